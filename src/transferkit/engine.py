@@ -1,0 +1,161 @@
+"""The training loop: `train_one_epoch`, `evaluate` and `fit` (best epoch, early stop, Ctrl-C).
+
+The loop only sees a module, loaders and a `prepare` function turning a loader batch into model
+input, so the same code trains a head on cached features and a whole network on images, and can
+later run under torchrun (DistributedSampler + DDP-wrapped module) unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .runtime import Runtime
+
+Prepare = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    lr: float
+    seconds: float
+
+
+@dataclass
+class FitResult:
+    history: list[EpochStats] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_acc: float = -1.0
+    interrupted: bool = False
+    stopped_early: bool = False
+
+
+def make_optimizer(name: str, groups: list[dict], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+
+
+def make_scheduler(name: str, optimizer: torch.optim.Optimizer, total_steps: int,
+                   warmup_steps: int = 0) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step schedule: cosine to zero (after an optional linear warm-up), one-cycle, or constant."""
+    if name == "onecycle":
+        max_lrs = [g["lr"] for g in optimizer.param_groups]
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lrs, total_steps=max(1, total_steps))
+    if name == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+    def cosine(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                    scheduler, loss_fn: nn.Module, runtime: Runtime, prepare: Prepare,
+                    scaler: torch.amp.GradScaler | None = None, progress=None) -> tuple[float, float]:
+    """One pass over `loader`; returns (mean loss, accuracy)."""
+    model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    for inputs, targets in loader:
+        x, y = prepare(inputs), targets.to(runtime.device)
+        with runtime.autocast():
+            logits = model(x)
+            loss = loss_fn(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None and scaler.is_enabled():
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        n = y.shape[0]
+        total_loss += loss.item() * n
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += n
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+    return total_loss / max(1, seen), correct / max(1, seen)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, runtime: Runtime,
+             prepare: Prepare) -> tuple[float, float, torch.Tensor]:
+    """Returns (mean loss, accuracy, logits in loader order)."""
+    model.eval()
+    total_loss, correct, seen, outs = 0.0, 0, 0, []
+    for inputs, targets in loader:
+        x, y = prepare(inputs), targets.to(runtime.device)
+        with runtime.autocast():
+            logits = model(x).float()
+        total_loss += loss_fn(logits, y).item() * y.shape[0]
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += y.shape[0]
+        outs.append(logits.cpu())
+    return total_loss / max(1, seen), correct / max(1, seen), torch.cat(outs) if outs else torch.empty(0)
+
+
+def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
+        optimizer: torch.optim.Optimizer, scheduler, loss_fn: nn.Module, runtime: Runtime,
+        prepare: Prepare, epochs: int, patience: int = 0,
+        on_epoch: Callable[[EpochStats], None] | None = None,
+        progress_factory=None) -> tuple[FitResult, dict[str, torch.Tensor]]:
+    """Train for `epochs`, validating after each; keep the best weights (by val accuracy, ties to
+    the lower val loss). Stops early after `patience` epochs without improvement (0: never), and
+    cleanly on Ctrl-C, keeping the best epoch so far. Returns the result and the best state."""
+    result = FitResult()
+    best_state = copy.deepcopy(model.state_dict())
+    best_loss = math.inf
+    scaler = runtime.grad_scaler()
+    since_best = 0
+    try:
+        for epoch in range(1, epochs + 1):
+            start = time.perf_counter()
+            if hasattr(train_loader.dataset, "set_epoch"):
+                train_loader.dataset.set_epoch(epoch)  # seeds this epoch's augmentation
+            bar = progress_factory(epoch, len(train_loader)) if progress_factory else None
+            try:
+                train_loss, train_acc = train_one_epoch(
+                    model, train_loader, optimizer, scheduler, loss_fn, runtime, prepare, scaler, bar
+                )
+                val_loss, val_acc, _ = evaluate(model, val_loader, loss_fn, runtime, prepare)
+            finally:
+                if bar is not None:
+                    bar.close()
+            stats = EpochStats(epoch, train_loss, train_acc, val_loss, val_acc,
+                               optimizer.param_groups[-1]["lr"], time.perf_counter() - start)
+            result.history.append(stats)
+            if val_acc > result.best_val_acc or (val_acc == result.best_val_acc and val_loss < best_loss):
+                result.best_epoch, result.best_val_acc, best_loss = epoch, val_acc, val_loss
+                best_state = copy.deepcopy(model.state_dict())
+                since_best = 0
+            else:
+                since_best += 1
+            if on_epoch is not None:
+                on_epoch(stats)
+            if patience and since_best >= patience:
+                result.stopped_early = True
+                break
+    except KeyboardInterrupt:
+        result.interrupted = True
+    return result, best_state

@@ -1,0 +1,275 @@
+"""Frozen-backbone features: batched fast extraction and an on-disk cache.
+
+The cache holds one small file per (image, view): the float32 feature vector with a checksum,
+so a truncated or corrupted entry is detected and recomputed, never trusted. Entries are keyed by
+the backbone (name, weights checksum, preprocessing, precision) and by the image's identity
+(absolute path, size, mtime): a changed image gets a new key and is extracted again.
+Unreadable images are cached as such, with the reason, so a warm run reports them without
+decoding anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from . import transforms
+from .backbones import Preprocess
+from .errors import ImageDecodeError
+from .images import load_rgb
+from .runtime import Runtime
+
+FORMAT_VERSION = 1
+_FEAT, _ERR = b"TKF1", b"TKE1"
+_DIGEST = 16
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("TRANSFERKIT_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "transferkit"
+
+
+def image_key(path: str) -> str:
+    """Identity of an image file: absolute path, size and modification time."""
+    st = os.stat(path)
+    ident = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}"
+    return hashlib.blake2b(ident.encode(), digest_size=16).hexdigest()
+
+
+def model_key(backbone: str, weights_sha256: str | None, pre: Preprocess, precision: str) -> str:
+    ident = json.dumps(
+        {
+            "v": FORMAT_VERSION,
+            "backbone": backbone,
+            "weights": weights_sha256,
+            "pre": pre.to_dict(),
+            "precision": precision,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(ident.encode()).hexdigest()[:24]
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=_DIGEST).digest()
+
+
+class ArrayCache:
+    """Small arrays keyed by (image key, name), one checksummed file each, under `dir`.
+
+    Used for feature vectors (one per view) and for decoded uint8 images. A file that is short,
+    has a wrong header or fails its checksum is counted in `recomputed` and treated as missing.
+    """
+
+    def __init__(self, directory: Path):
+        self.dir = Path(directory)
+        self.recomputed = 0
+
+    def _path(self, key: str, name: str) -> Path:
+        return self.dir / key[:2] / f"{key}.{name}"
+
+    def get(self, key: str, name: str) -> np.ndarray | None:
+        data = self._read(self._path(key, name), _FEAT)
+        if data is None:
+            return None
+        try:
+            dtype_len, ndim = struct.unpack_from("<BB", data)
+            dtype = np.dtype(data[2:2 + dtype_len].decode())
+            pos = 2 + dtype_len
+            shape = struct.unpack_from(f"<{ndim}I", data, pos)
+            pos += 4 * ndim
+            arr = np.frombuffer(data, dtype=dtype, offset=pos)
+            return arr.reshape(shape)
+        except (ValueError, TypeError, struct.error):
+            self.recomputed += 1
+            return None
+
+    def put(self, key: str, name: str, arr: np.ndarray) -> None:
+        arr = np.ascontiguousarray(arr)
+        dt = arr.dtype.str.encode()
+        header = struct.pack("<BB", len(dt), arr.ndim) + dt + struct.pack(f"<{arr.ndim}I", *arr.shape)
+        self._write(self._path(key, name), _FEAT, header + arr.tobytes())
+
+    def get_error(self, key: str) -> str | None:
+        data = self._read(self._path(key, "err"), _ERR)
+        return None if data is None else data.decode("utf-8", "replace")
+
+    def put_error(self, key: str, reason: str) -> None:
+        self._write(self._path(key, "err"), _ERR, reason.encode("utf-8"))
+
+    def _read(self, path: Path, magic: bytes) -> bytes | None:
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        if len(raw) < 4 + _DIGEST or raw[:4] != magic or _digest(raw[:-_DIGEST]) != raw[-_DIGEST:]:
+            self.recomputed += 1
+            return None
+        return raw[4:-_DIGEST]
+
+    def _write(self, path: Path, magic: bytes, body: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = magic + body
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload + _digest(payload))
+        os.replace(tmp, path)
+
+
+def feature_cache(root: Path, key: str) -> ArrayCache:
+    """Cache of one backbone configuration's features (see `model_key`)."""
+    return ArrayCache(Path(root) / "features" / key)
+
+
+def decoded_cache(root: Path, pre: Preprocess) -> ArrayCache:
+    """Cache of decoded images resized to `pre.resize_size` (shared by every backbone using it)."""
+    return ArrayCache(Path(root) / "decoded" / f"s{pre.resize_size}-{pre.interpolation}-v{FORMAT_VERSION}")
+
+
+# -- reading images for the network --------------------------------------------------------------
+
+
+class ImageViews(Dataset):
+    """Item i -> (i, uint8 tensor (V, 3, S, S) or None, error reason or "").
+
+    View 0 is the eval view (resize + center crop); views 1..K are seeded random resized crops
+    with flips, the same for a given (seed, image) in every run and every worker."""
+
+    def __init__(self, paths: list[str], pre: Preprocess, aug_views: int = 0, seed: int = 0,
+                 keys: list[str] | None = None):
+        self.paths, self.pre, self.aug_views, self.seed = paths, pre, aug_views, seed
+        self.keys = keys if keys is not None else paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            img = load_rgb(self.paths[i], min_short_side=self.pre.resize_size)
+        except ImageDecodeError as exc:
+            return i, None, exc.reason
+        base = transforms.resize_short(img, self.pre.resize_size, self.pre)
+        views = [transforms.center_crop(base, self.pre.input_size)]
+        for v in range(1, self.aug_views + 1):
+            rng = transforms.view_rng(self.seed, self.keys[i], v)
+            views.append(transforms.train_view(base, self.pre, rng))
+        return i, torch.stack([transforms.to_tensor(v) for v in views]), ""
+
+
+def collate_views(items):
+    ok = [(i, t) for i, t, _ in items if t is not None]
+    errors = [(i, reason) for i, t, reason in items if t is None]
+    idx = [i for i, _ in ok]
+    batch = torch.stack([t for _, t in ok]) if ok else None
+    return idx, batch, errors
+
+
+class Extractor:
+    """Runs a frozen backbone over image files, fast: eval mode, channels_last, bf16 where the
+    CPU has it (AMP dtype on CUDA), inference_mode, batched; decoding in DataLoader workers."""
+
+    def __init__(self, backbone: nn.Module, pre: Preprocess, runtime: Runtime,
+                 batch_size: int = 32, workers: int = 0):
+        self.module = runtime.inference_module(backbone)
+        self.pre, self.runtime = pre, runtime
+        self.batch_size, self.workers = batch_size, workers
+        self.mean = torch.tensor(pre.mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(pre.std).view(1, 3, 1, 1)
+
+    @torch.inference_mode()
+    def forward(self, batch_u8: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, S, S) -> float32 features (B, D) on the CPU."""
+        x = self.runtime.to_input(batch_u8, self.mean, self.std, self.runtime.dtype)
+        return self.module(x).float().cpu()
+
+    def iter_batches(self, paths: list[str], aug_views: int = 0, seed: int = 0,
+                     keys: list[str] | None = None, progress=None) -> Iterator[tuple]:
+        """Yields (indices, features (b, 1+K, D), errors [(index, reason)]) per batch."""
+        views = 1 + aug_views
+        per_batch = max(1, self.batch_size // views)
+        loader = DataLoader(
+            ImageViews(paths, self.pre, aug_views, seed, keys),
+            batch_size=per_batch,
+            num_workers=self.workers,
+            collate_fn=collate_views,
+            persistent_workers=False,
+        )
+        for idx, batch, errors in loader:
+            feats = None
+            if batch is not None:
+                b = batch.shape[0]
+                feats = self.forward(batch.flatten(0, 1)).view(b, views, -1)
+            if progress is not None:
+                progress.update(len(idx) + len(errors))
+            yield idx, feats, errors
+
+
+@dataclass
+class FeatureSet:
+    features: torch.Tensor  # (N, D): eval view
+    augmented: torch.Tensor | None  # (N, K, D) or None
+    errors: dict[str, str]  # path -> reason, for images that could not be read
+    cached: int  # images served from the cache
+    computed: int  # images run through the backbone
+
+
+def extract_features(extractor: Extractor, paths: list[str], cache: ArrayCache | None,
+                     aug_views: int = 0, seed: int = 0, progress=None) -> FeatureSet:
+    """Features for every path (rows of unreadable files are zero and listed in `errors`)."""
+    keys = [image_key(p) for p in paths]
+    n, views = len(paths), 1 + aug_views
+    rows: list[np.ndarray | None] = [None] * n
+    errors: dict[str, str] = {}
+    todo: list[int] = []
+    for i, key in enumerate(keys):
+        got = None
+        if cache is not None:
+            reason = cache.get_error(key)
+            if reason is not None:
+                errors[paths[i]] = reason
+                continue
+            vecs = [cache.get(key, f"v{v}") for v in range(views)]
+            if all(v is not None for v in vecs):
+                got = np.stack(vecs)
+        if got is None:
+            todo.append(i)
+        rows[i] = got
+    if progress is not None:
+        progress.update(n - len(todo))
+    if todo:
+        batches = extractor.iter_batches(
+            [paths[i] for i in todo], aug_views, seed, [keys[i] for i in todo], progress
+        )
+        for idx, feats, errs in batches:
+            for j, reason in errs:
+                i = todo[j]
+                errors[paths[i]] = reason
+                if cache is not None:
+                    cache.put_error(keys[i], reason)
+            for row, j in enumerate(idx):
+                i = todo[j]
+                rows[i] = feats[row].numpy()
+                if cache is not None:
+                    for v in range(views):
+                        cache.put(keys[i], f"v{v}", rows[i][v])
+    dim = next((r.shape[-1] for r in rows if r is not None), 0)
+    full = np.zeros((n, views, dim), dtype=np.float32)
+    for i, r in enumerate(rows):
+        if r is not None:
+            full[i] = r
+    t = torch.from_numpy(full)
+    return FeatureSet(t[:, 0], t[:, 1:] if aug_views else None, errors, n - len(todo), len(todo))

@@ -1,0 +1,84 @@
+"""Image preparation: resize to the short side, center crop, random resized crop + flip.
+
+Everything works on 8-bit RGB (PIL or uint8 arrays); normalization happens on the batch
+(`Runtime.to_input`), so decoded pixels can be cached as compact uint8.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .backbones import Preprocess
+
+_RESAMPLE = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+# RandomResizedCrop parameters for training. A smaller lower bound than ImageNet's 0.08: our
+# schedules are short and the datasets small, so very small crops mostly destroy the label.
+CROP_SCALE = (0.25, 1.0)
+CROP_RATIO = (3 / 4, 4 / 3)
+
+
+def resample(pre: Preprocess) -> Image.Resampling:
+    return _RESAMPLE.get(pre.interpolation, Image.Resampling.BICUBIC)
+
+
+def resize_short(img: Image.Image, size: int, pre: Preprocess) -> Image.Image:
+    w, h = img.size
+    scale = size / min(w, h)
+    new = (max(size, round(w * scale)), max(size, round(h * scale)))
+    return img if new == (w, h) else img.resize(new, resample(pre))
+
+
+def center_crop(img: Image.Image, size: int) -> Image.Image:
+    w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def eval_view(img: Image.Image, pre: Preprocess) -> Image.Image:
+    """The deterministic view: resize short side to `resize_size`, center crop `input_size`."""
+    return center_crop(resize_short(img, pre.resize_size, pre), pre.input_size)
+
+
+def sample_crop(w: int, h: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """A RandomResizedCrop box (left, top, right, bottom) drawn from `rng`."""
+    area = w * h
+    log_ratio = (math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*CROP_SCALE)
+        ratio = math.exp(rng.uniform(*log_ratio))
+        cw, ch = round(math.sqrt(target * ratio)), round(math.sqrt(target / ratio))
+        if 0 < cw <= w and 0 < ch <= h:
+            left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+            return left, top, left + cw, top + ch
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    return left, top, left + side, top + side
+
+
+def train_view(img: Image.Image, pre: Preprocess, rng: np.random.Generator) -> Image.Image:
+    """Random resized crop to `input_size` and a random horizontal flip."""
+    box = sample_crop(*img.size, rng)
+    out = img.resize((pre.input_size, pre.input_size), resample(pre), box=box)
+    return out.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else out
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """PIL RGB -> uint8 tensor (3, H, W)."""
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def view_rng(seed: int, key: str, view: int) -> np.random.Generator:
+    """A generator for one augmented view of one image: the same view every run, in any worker."""
+    digest = hashlib.blake2b(f"{seed}:{key}:{view}".encode(), digest_size=8).digest()
+    return np.random.default_rng(int.from_bytes(digest, "little"))
