@@ -1,0 +1,40 @@
+"""Test helpers: tiny synthetic datasets and the shared real datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "assets" / "datasets"
+
+
+def shared_dataset(name: str) -> Path:
+    path = SHARED / name
+    if not path.is_dir():
+        pytest.skip(f"shared dataset {path} is absent (CI always has ../shared)")
+    return path
+
+
+def make_image(path: Path, color: tuple[int, int, int], size=(64, 48), seed: int = 0) -> Path:
+    """A noisy image of one dominant colour, so a linear probe can learn the class."""
+    rng = np.random.default_rng(seed)
+    arr = np.clip(np.array(color) + rng.normal(0, 25, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+COLORS = {"blue": (30, 60, 200), "red": (200, 40, 30), "green": (40, 180, 60)}
+
+
+def make_dataset(root: Path, classes=("blue", "red"), n_train=6, n_val=3, with_val=True) -> Path:
+    for ci, c in enumerate(classes):
+        for i in range(n_train):
+            make_image(root / "train" / c / f"{c}{i}.png", COLORS[c], seed=ci * 100 + i)
+        if with_val:
+            for i in range(n_val):
+                make_image(root / "val" / c / f"{c}{i}.jpg", COLORS[c], seed=ci * 100 + 50 + i)
+    return root

@@ -1,0 +1,130 @@
+"""Strategies, determinism, and the feature cache (parity, invalidation, corruption)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import transferkit
+from helpers import make_dataset, make_image, shared_dataset
+from transferkit import backbones
+from transferkit.features import Extractor, extract_features, feature_cache, image_key
+from transferkit.model import build_classifier
+from transferkit.runtime import Runtime
+
+
+def test_finetune_trains_all_layers_and_saves(tmp_path):
+    data = make_dataset(tmp_path / "d", n_train=4, n_val=2)
+    run = transferkit.train(data, strategy="finetune", epochs=2, batch_size=4, out=str(tmp_path / "r"), quiet=True)
+    assert run.results["strategy"] == "finetune" and run.results["epochs_run"] == 2
+    loaded = transferkit.load(run.path)
+    before, _ = build_classifier(backbones.get("efficientnet_lite0"), 2)
+    changed = [k for k, v in loaded.model.backbone.state_dict().items()
+               if v.is_floating_point() and not torch.equal(v, before.backbone.state_dict()[k])]
+    assert len(changed) > 50  # the backbone itself was trained
+    ev = transferkit.evaluate(run.path)
+    assert abs(ev["accuracy"] - run.val_acc) <= 0.005
+
+
+@pytest.mark.parametrize("strategy", ["linear", "finetune"])
+def test_same_seed_same_result(tmp_path, strategy):
+    data = make_dataset(tmp_path / "d", n_train=4, n_val=2)
+    kw = dict(strategy=strategy, epochs=2, batch_size=4, quiet=True, seed=3)
+    a = transferkit.train(data, out=str(tmp_path / "a"), **kw)
+    b = transferkit.train(data, out=str(tmp_path / "b"), **kw)
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(str(a.path / "model.safetensors")), load_file(str(b.path / "model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert (a.path / "metrics.csv").read_text().split("\n")[1].split(",")[:5] == \
+        (b.path / "metrics.csv").read_text().split("\n")[1].split(",")[:5]
+
+
+def test_cached_head_matches_full_model(tmp_path):
+    """The head trained on cached features gives the same predictions as the saved model run
+    end to end on the images."""
+    data = make_dataset(tmp_path / "d", classes=("blue", "red", "green"), n_train=5, n_val=3)
+    run = transferkit.train(data, epochs=20, out=str(tmp_path / "r"), quiet=True)
+    model = transferkit.load(run.path)
+    split = json.loads((run.path / "split.json").read_text())
+    logits, errors = model.logits([p for p, _ in split["val"]])
+    assert not errors
+    full_pred = logits.argmax(1).numpy()
+    saved = np.array(run.results["metrics"]["confusion_matrix"])
+    from sklearn.metrics import confusion_matrix
+
+    labels = [label for _, label in split["val"]]
+    assert (confusion_matrix(labels, full_pred, labels=[0, 1, 2]) == saved).all()
+
+
+def _extract(paths, cache):
+    spec = backbones.get("efficientnet_lite0")
+    model, info = build_classifier(spec, 2)
+    ex = Extractor(model.backbone, spec.preprocess, Runtime.create("cpu"), batch_size=8)
+    return extract_features(ex, paths, cache)
+
+
+def test_cache_reuse_invalidation_and_corruption(tmp_path):
+    paths = [str(make_image(tmp_path / f"i{i}.png", (10 * i, 80, 200), seed=i)) for i in range(4)]
+    cache = feature_cache(tmp_path / "cache", "k")
+    first = _extract(paths, cache)
+    assert first.computed == 4 and first.cached == 0
+    again = _extract(paths, cache)
+    assert again.computed == 0 and again.cached == 4
+    assert torch.equal(first.features, again.features)
+
+    # A changed image is extracted again (new size/mtime -> new key).
+    make_image(Path(paths[0]), (255, 255, 0), seed=99)
+    os.utime(paths[0], ns=(1, 1))
+    changed = _extract(paths, cache)
+    assert changed.computed == 1 and not torch.equal(changed.features[0], first.features[0])
+
+    # A corrupted (flipped byte) and a truncated entry are detected and recomputed.
+    entry = cache._path(image_key(paths[1]), "v0")
+    raw = bytearray(entry.read_bytes())
+    raw[20] ^= 0xFF
+    entry.write_bytes(bytes(raw))
+    cache._path(image_key(paths[2]), "v0").write_bytes(raw[:10])
+    fixed = _extract(paths, cache)
+    assert fixed.computed == 2
+    assert torch.allclose(fixed.features[1:3], first.features[1:3])
+
+
+def test_bad_images_cached_with_reason(tmp_path):
+    good = str(make_image(tmp_path / "g.png", (1, 2, 3)))
+    bad = tmp_path / "b.jpg"
+    bad.write_text("nope")
+    cache = feature_cache(tmp_path / "cache", "k")
+    a = _extract([good, str(bad)], cache)
+    b = _extract([good, str(bad)], cache)
+    assert a.errors == b.errors and "not an image" in b.errors[str(bad)]
+    assert b.computed == 0
+
+
+def test_bf16_matches_fp32_accuracy_on_real_images():
+    """bf16 (the default where the CPU has it) and fp32 agree within 0.5 pt on real photos."""
+    if not Runtime.create("cpu", "auto").dtype == torch.bfloat16:
+        pytest.skip("this CPU has no native bf16: fp32 is used")
+    root = shared_dataset("flower_photos_small")
+    from transferkit.data import discover
+
+    split = discover(root)
+    spec = backbones.get("efficientnet_lite0")
+    model, _ = build_classifier(spec, len(split.classes))
+    paths = [s.path for s in split.train[::2]] + [s.path for s in split.val[::2]]
+    labels = np.array([s.label for s in split.train[::2]] + [s.label for s in split.val[::2]])
+    n_train = len(split.train[::2])
+    accs = {}
+    for precision in ("bf16", "fp32"):
+        ex = Extractor(model.backbone, spec.preprocess, Runtime.create("cpu", precision), batch_size=32)
+        feats = extract_features(ex, paths, None).features.numpy()
+        from sklearn.linear_model import LogisticRegression
+
+        clf = LogisticRegression(max_iter=2000).fit(feats[:n_train], labels[:n_train])
+        accs[precision] = clf.score(feats[n_train:], labels[n_train:])
+    assert abs(accs["bf16"] - accs["fp32"]) <= 0.005 + 1e-9, accs
