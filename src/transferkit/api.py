@@ -6,7 +6,6 @@ import json
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +72,6 @@ def train(data: str | Path, *, config: TrainConfig | None = None, console: Conso
     Example: ``transferkit.train("data").val_acc``
     """
     started = time.perf_counter() if started is None else started
-    _preload_reporting()
     if config is None:
         config = TrainConfig.from_mapping({"data": str(data), **options})
     else:
@@ -124,20 +122,6 @@ def train(data: str | Path, *, config: TrainConfig | None = None, console: Conso
         f"outputs: {run_dir}"
     )
     return Run(run_dir, results)
-
-
-def _preload_reporting() -> None:
-    """Import scikit-learn and matplotlib in a background thread: together they take over a
-    second to import, which then overlaps with feature extraction (torch releases the GIL)."""
-
-    def work():
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot  # noqa: F401
-        import sklearn.metrics  # noqa: F401
-
-    threading.Thread(target=work, daemon=True).start()
 
 
 def make_run_dir(cfg: TrainConfig) -> Path:
