@@ -136,6 +136,9 @@ def test_yaml_config_and_unknown_key(tmp_path, capsys):
     (tmp_path / "c.yaml").write_text("epochs: 3\nbatch_sise: 4\n")
     assert main(["train", str(data), "--config", str(tmp_path / "c.yaml")]) == 2
     assert "did you mean 'batch_size'" in capsys.readouterr().err
+    (tmp_path / "c.yaml").write_text("epochs: ten\n")
+    assert main(["train", str(data), "--config", str(tmp_path / "c.yaml")]) == 2
+    assert "option 'epochs' must be of type int" in capsys.readouterr().err
     (tmp_path / "c.yaml").write_text("epochs: 3\nseed: 5\n")
     run = tmp_path / "r"
     assert main(["train", str(data), "--config", str(tmp_path / "c.yaml"), "--seed", "7", "--out", str(run), "--quiet"]) == 0

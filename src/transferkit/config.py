@@ -118,6 +118,7 @@ class TrainConfig:
     def from_mapping(cls, values: dict[str, Any]) -> "TrainConfig":
         """Build from a dict (a YAML file or keyword arguments); unknown keys are rejected."""
         check_keys(values, cls)
+        check_types(values, cls)
         return cls(**values)
 
     @classmethod
@@ -147,6 +148,20 @@ def check_keys(values: dict[str, Any], cls: type) -> None:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise UserError(f"unknown option '{key}'{hint}")
+
+
+_PY_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+
+def check_types(values: dict[str, Any], cls: type) -> None:
+    """Reject a value of the wrong type (e.g. `epochs: ten` in a YAML file) with a one-line error."""
+    declared = {f.name: str(f.type).replace(" | None", "").strip() for f in fields(cls)}
+    for key, value in values.items():
+        allowed = _PY_TYPES.get(declared[key])
+        if value is None or allowed is None:
+            continue
+        if not isinstance(value, allowed) or (declared[key] != "bool" and isinstance(value, bool)):
+            raise UserError(f"option '{key}' must be of type {declared[key]} (got {value!r})")
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:

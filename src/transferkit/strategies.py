@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -35,8 +36,8 @@ class Context:
     model: Classifier
     pre: Preprocess
     runtime: Runtime
-    feature_cache: ArrayCache | None
-    cache_root: object  # Path of the cache, or None when caching is off
+    feature_cache: ArrayCache
+    cache_root: Path  # the cache folder (a temporary one under --no-cache)
     workers: int
     log: Callable[[str], None]
     progress: Callable  # (total, desc) -> tqdm-like bar
