@@ -187,7 +187,7 @@ class Extractor:
 
     def __init__(self, backbone: nn.Module, pre: Preprocess, runtime: Runtime,
                  batch_size: int = 32, workers: int = 0):
-        self.module = runtime.inference_module(backbone)
+        self.module = runtime.inference_module(backbone, pre.input_size)
         self.frozen: torch.jit.ScriptModule | None = None
         self.freeze = False  # set by callers with enough images to pay for freezing
         self.pre, self.runtime = pre, runtime

@@ -58,19 +58,58 @@ class Runtime:
     def train_module(self, module: nn.Module) -> nn.Module:
         return module.to(self.device, memory_format=torch.channels_last)
 
-    def inference_module(self, module: nn.Module) -> nn.Module:
-        """An eval-mode copy in channels_last and the compute dtype. On CPU the weights are cast
-        to bf16 outright: measured faster than autocast for inference."""
-        m = copy.deepcopy(module).eval().to(self.device, memory_format=torch.channels_last)
+    def inference_module(self, module: nn.Module, input_size: int = 224) -> nn.Module:
+        """An eval-mode copy with BatchNorm folded into the convolutions, in channels_last and the
+        compute dtype. On CPU the weights are cast to bf16 outright: measured faster than autocast
+        for inference."""
+        m = copy.deepcopy(module).eval()
         for p in m.parameters():
             p.requires_grad_(False)
-        return m.to(self.dtype)
+        fold_batchnorm(m, module.eval(), input_size)
+        return m.to(self.device, memory_format=torch.channels_last).to(self.dtype)
 
     def to_input(self, batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dtype=None) -> torch.Tensor:
         """uint8 (B,3,H,W) -> normalized float in channels_last on the device."""
         x = batch.to(self.device, non_blocking=True).float().div_(255.0)
         x = x.sub_(mean.to(self.device)).div_(std.to(self.device))
         return x.contiguous(memory_format=torch.channels_last).to(dtype or torch.float32)
+
+
+def fold_batchnorm(model: nn.Module, reference: nn.Module, input_size: int = 224) -> int:
+    """Fold each eval-mode BatchNorm into the convolution registered just before it (conv, then bn,
+    in one container: how timm and torchvision build their blocks), in place. BatchNorm alone
+    took a fifth of EfficientNet-Lite0's CPU inference time. The result is checked against
+    `reference` on a random batch; where it differs (a model whose data flow is not its
+    registration order) the folding is undone. Returns the number of folded pairs."""
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+    swaps = []
+    for parent in list(model.modules()):
+        children = list(parent.named_children())
+        for (_, conv), (bn_name, bn) in zip(children, children[1:]):
+            if (type(conv).__name__.startswith("Conv2d") and isinstance(conv, nn.Conv2d)
+                    and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats
+                    and bn.num_features == conv.out_channels):
+                swaps.append((parent, conv, bn_name, bn))
+    if not swaps:
+        return 0
+    saved = [(conv.weight, conv.bias) for _, conv, _, _ in swaps]
+    for parent, conv, bn_name, bn in swaps:
+        weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var,
+                                            bn.eps, bn.weight, bn.bias)
+        conv.weight, conv.bias = weight.requires_grad_(False), bias.requires_grad_(False)
+        # timm's BatchNormAct2d is bn -> drop -> act: keep what follows the normalization.
+        rest = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None)) if m is not None]
+        setattr(parent, bn_name, nn.Sequential(*rest) if rest else nn.Identity())
+    x = torch.rand(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        ok = torch.allclose(model(x), reference(x), rtol=1e-3, atol=1e-3)
+    if not ok:
+        for (parent, conv, bn_name, bn), (w, b) in zip(swaps, saved):
+            conv.weight, conv.bias = w, b
+            setattr(parent, bn_name, bn)
+        return 0
+    return len(swaps)
 
 
 def default_workers() -> int:
