@@ -84,7 +84,7 @@ def test_bundle_round_trip_identical_logits(tmp_path):
     torch.nn.init.normal_(model.head.weight)
     meta = bundle.BundleMeta(spec.name, spec.arch, ["a", "b", "c", "d"], spec.preprocess, "linear", 0.0,
                              info.source, info.sha256)
-    bundle.save(tmp_path, model, meta)
+    bundle.save(tmp_path, model.state_dict(), meta)
     loaded, meta2, _ = bundle.load(tmp_path)
     x = torch.rand(2, 3, 224, 224)
     with torch.inference_mode():

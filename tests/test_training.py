@@ -128,3 +128,22 @@ def test_bf16_matches_fp32_accuracy_on_real_images():
         clf = LogisticRegression(max_iter=2000).fit(feats[:n_train], labels[:n_train])
         accs[precision] = clf.score(feats[n_train:], labels[n_train:])
     assert abs(accs["bf16"] - accs["fp32"]) <= 0.005 + 1e-9, accs
+
+
+def test_warm_run_skips_building_the_network(tmp_path):
+    """With every feature cached, the bundle comes from the verified backbone cache file: the
+    network is not built, and the saved model is byte-identical to the cold run's."""
+    data = make_dataset(tmp_path / "d", n_train=3, n_val=2)
+    cold = transferkit.train(data, epochs=3, out=str(tmp_path / "a"), quiet=True)
+    warm = transferkit.train(data, epochs=3, out=str(tmp_path / "b"), quiet=True)
+    assert cold.results["strategy_info"]["network_built"] is True
+    assert warm.results["strategy_info"]["network_built"] is False
+    assert (cold.path / "model.safetensors").read_bytes() == (warm.path / "model.safetensors").read_bytes()
+    # A damaged backbone cache file is not trusted: the network is built again.
+    cache_file = next(Path(os.environ["TRANSFERKIT_CACHE"]).rglob("backbone.safetensors"))
+    raw = bytearray(cache_file.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    cache_file.write_bytes(bytes(raw))
+    again = transferkit.train(data, epochs=3, out=str(tmp_path / "c"), quiet=True)
+    assert again.results["strategy_info"]["network_built"] is True
+    assert (again.path / "model.safetensors").read_bytes() == (cold.path / "model.safetensors").read_bytes()

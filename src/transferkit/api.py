@@ -18,7 +18,7 @@ from .config import TrainConfig
 from .data import Sample, discover, eval_files
 from .errors import UserError
 from .features import default_cache_dir, feature_cache, model_key
-from .model import build_classifier
+from .model import LazyClassifier, identify_weights
 from .predict import Predictor
 from .runtime import Runtime, default_workers
 from .strategies import STRATEGIES, Context
@@ -83,16 +83,19 @@ def train(data: str | Path, *, config: TrainConfig | None = None, console: Conso
     split = discover(cfg.data, cfg.val_fraction, cfg.seed)
     spec = backbones.get(cfg.model)
     runtime = Runtime.create(cfg.device, cfg.precision)
-    torch.manual_seed(cfg.seed)
-    model, weights = build_classifier(spec, len(split.classes), cfg.weights, cfg.dropout)
-    run_dir = make_run_dir(cfg)
-
     tmp_cache = tempfile.TemporaryDirectory(prefix="transferkit-") if cfg.no_cache else None
     cache_root = Path(tmp_cache.name) if tmp_cache else Path(cfg.cache_dir or default_cache_dir())
     pre = spec.preprocess
+    weights = identify_weights(spec, cfg.weights)
+    features = feature_cache(cache_root, model_key(spec.name, weights.sha256, pre, runtime.precision))
+    torch.manual_seed(cfg.seed)
+    models = LazyClassifier(spec, len(split.classes), cfg.weights, cfg.dropout,
+                            features.dir / "backbone.safetensors")
+    models.prepare()  # weights that do not fit the architecture fail here, before any output
+    run_dir = make_run_dir(cfg)
     ctx = Context(
-        cfg=cfg, split=split, model=model, pre=pre, runtime=runtime,
-        feature_cache=feature_cache(cache_root, model_key(spec.name, weights.sha256, pre, runtime.precision)),
+        cfg=cfg, split=split, models=models, pre=pre, runtime=runtime,
+        feature_cache=features,
         cache_root=cache_root, workers=default_workers() if cfg.workers is None else cfg.workers,
         log=console.info, progress=console.progress,
     )
@@ -113,7 +116,7 @@ def train(data: str | Path, *, config: TrainConfig | None = None, console: Conso
 
     meta = bundle.BundleMeta(spec.name, spec.arch, split.classes, pre, cfg.strategy, cfg.dropout,
                              weights.source, weights.sha256)
-    bundle.save(run_dir, model, meta)
+    bundle.save(run_dir, outcome.state, meta)
     results = write_outputs(run_dir, cfg, split, outcome, runtime, started)
     console.info(metrics.format_table(results["metrics"]))
     console.info(

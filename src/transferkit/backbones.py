@@ -97,8 +97,8 @@ class BackboneSpec:
 
         return timm.create_model(self.arch, pretrained=False, num_classes=1000)
 
-    def imagenet_state_dict(self) -> tuple[dict[str, torch.Tensor], str]:
-        """Full ImageNet state dict in timm key names (classifier included) and its sha256."""
+    def imagenet_file(self) -> tuple[Path, str]:
+        """The offline ImageNet weights file and its sha256 (published prefix verified)."""
         if self.imagenet is None:
             raise UserError(
                 f"no offline ImageNet weights are known for '{self.name}'; pass --weights PATH "
@@ -111,6 +111,11 @@ class BackboneSpec:
                 f"weights file {path} has sha256 {digest[:16]}..., expected prefix "
                 f"{self.imagenet.sha256_prefix}: reinstall {self.imagenet.package}"
             )
+        return path, digest
+
+    def imagenet_state_dict(self) -> tuple[dict[str, torch.Tensor], str]:
+        """Full ImageNet state dict in timm key names (classifier included) and its sha256."""
+        path, digest = self.imagenet_file()
         source = load_state_dict_file(path)
         reference = self.build_imagenet_classifier().state_dict()
         return map_by_order(source, reference, str(path)), digest

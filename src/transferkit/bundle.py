@@ -43,16 +43,16 @@ def write_json(path: Path, obj) -> None:
 
 
 def versions() -> dict[str, str]:
-    import timm
-    import torchvision
+    """Versions of the packages that define the model (read from metadata: no imports)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return {
-        "transferkit": __version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "timm": timm.__version__,
-        "python": platform.python_version(),
-    }
+    out = {"transferkit": __version__, "python": platform.python_version()}
+    for name in ("torch", "torchvision", "timm"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
 
 
 @dataclass
@@ -92,12 +92,13 @@ class BundleMeta:
                    d["strategy"], float(d.get("dropout", 0.0)), d.get("weights", ""), d.get("weights_sha256"))
 
 
-def save(run_dir: Path, model: Classifier, meta: BundleMeta) -> None:
-    """Write the bundle into `run_dir` (weights first, then the json that points at them)."""
+def save(run_dir: Path, state: dict[str, torch.Tensor], meta: BundleMeta) -> None:
+    """Write the bundle (a `Classifier` state dict and its metadata) into `run_dir`: weights
+    first, then the json that points at them."""
     from safetensors.torch import save as st_save
 
     state = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
-             for k, v in model.state_dict().items()}
+             for k, v in state.items()}
     atomic_write(Path(run_dir) / "model.safetensors", st_save(state, metadata={"format": FORMAT}))
     write_json(Path(run_dir) / "model.json", meta.to_dict())
 

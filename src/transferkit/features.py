@@ -17,7 +17,7 @@ import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -54,9 +54,12 @@ def image_key(path: str) -> str:
 
 
 def model_key(backbone: str, weights_sha256: str | None, pre: Preprocess, precision: str) -> str:
+    from importlib.metadata import version
+
     ident = json.dumps(
         {
             "v": FORMAT_VERSION,
+            "timm": version("timm"),
             "backbone": backbone,
             "weights": weights_sha256,
             "pre": pre.to_dict(),
@@ -263,9 +266,11 @@ class FeatureSet:
     computed: int  # images run through the backbone
 
 
-def extract_features(extractor: Extractor, paths: list[str], cache: ArrayCache | None,
-                     aug_views: int = 0, seed: int = 0, progress=None) -> FeatureSet:
-    """Features for every path (rows of unreadable files are zero and listed in `errors`)."""
+def extract_features(extractor: Extractor | Callable[[], Extractor], paths: list[str],
+                     cache: ArrayCache | None, aug_views: int = 0, seed: int = 0,
+                     progress=None) -> FeatureSet:
+    """Features for every path (rows of unreadable files are zero and listed in `errors`).
+    `extractor` may be a factory: it is then called only if some features are not cached."""
     keys = [image_key(p) for p in paths]
     n, views = len(paths), 1 + aug_views
     rows: list[np.ndarray | None] = [None] * n
@@ -287,6 +292,8 @@ def extract_features(extractor: Extractor, paths: list[str], cache: ArrayCache |
     if progress is not None:
         progress.update(n - len(todo))
     if todo:
+        if not isinstance(extractor, Extractor):
+            extractor = extractor()
         extractor.freeze = extractor.freeze or len(todo) * views >= FREEZE_MIN_IMAGES
         batches = extractor.iter_batches(
             [paths[i] for i in todo], aug_views, seed, [keys[i] for i in todo], progress

@@ -23,7 +23,7 @@ from .data import DatasetSplit
 from .errors import ImageDecodeError
 from .features import ArrayCache, Extractor, decoded_cache, extract_features, image_key
 from .images import load_rgb
-from .model import Classifier
+from .model import LazyClassifier
 from .runtime import Runtime
 
 
@@ -33,7 +33,7 @@ class Context:
 
     cfg: TrainConfig
     split: DatasetSplit
-    model: Classifier
+    models: LazyClassifier  # the classifier, built on first use
     pre: Preprocess
     runtime: Runtime
     feature_cache: ArrayCache
@@ -47,6 +47,7 @@ class Context:
 class Outcome:
     fit: engine.FitResult
     val_logits: torch.Tensor  # of the kept model, in split.val order
+    state: dict[str, torch.Tensor]  # the kept model: a Classifier state dict
     info: dict  # strategy-specific facts for results.json
 
 
@@ -66,7 +67,9 @@ def _epoch_bar(ctx: Context, desc: str):
 
 def train_linear(ctx: Context) -> Outcome:
     cfg, split = ctx.cfg, ctx.split
-    extractor = Extractor(ctx.model.backbone, ctx.pre, ctx.runtime, batch_size=32, workers=ctx.workers)
+    def extractor() -> Extractor:  # only built when some features are not cached
+        return Extractor(ctx.models.get().backbone, ctx.pre, ctx.runtime, batch_size=32, workers=ctx.workers)
+
     paths = [s.path for s in split.train] + [s.path for s in split.val]
     n_train = len(split.train)
     bar = ctx.progress(len(paths), "features")
@@ -86,11 +89,12 @@ def train_linear(ctx: Context) -> Outcome:
         y_train = torch.cat([y_train, y_train.repeat_interleave(aug.shape[1])])
     x_val, y_val = val_fs.features[keep_val], _labels(split.val)
 
-    # The head: dropout + linear, trained on cached features in fp32.
+    # The head: dropout + linear (zero init), trained on cached features in fp32.
     torch.manual_seed(cfg.seed)
-    head = nn.Sequential(ctx.model.dropout, ctx.model.head)
-    nn.init.zeros_(ctx.model.head.weight)
-    nn.init.zeros_(ctx.model.head.bias)
+    linear = nn.Linear(x_train.shape[1], len(split.classes))
+    nn.init.zeros_(linear.weight)
+    nn.init.zeros_(linear.bias)
+    head = nn.Sequential(nn.Dropout(cfg.dropout), linear)
     gen = torch.Generator().manual_seed(cfg.seed)
     train_loader = DataLoader(TensorDataset(x_train, y_train), batch_size=cfg.batch_size,
                               shuffle=True, generator=gen)
@@ -109,13 +113,16 @@ def train_linear(ctx: Context) -> Outcome:
     head.eval()
     with torch.inference_mode():
         val_logits = head(x_val)
+    state = {f"backbone.{k}": v for k, v in ctx.models.backbone_state().items()}
+    state.update({"head.weight": linear.weight.detach(), "head.bias": linear.bias.detach()})
     info = {
         "features_cached": train_fs.cached + val_fs.cached,
         "features_computed": train_fs.computed + val_fs.computed,
         "aug_views": cfg.aug_views,
-        "cache_entries_recomputed": ctx.feature_cache.recomputed if ctx.feature_cache else 0,
+        "cache_entries_recomputed": ctx.feature_cache.recomputed,
+        "network_built": ctx.models.built,
     }
-    return Outcome(result, val_logits, info)
+    return Outcome(result, val_logits, state, info)
 
 
 def _tick(bar, stats: engine.EpochStats) -> None:
@@ -189,7 +196,7 @@ def decode_all(ctx: Context, cache: ArrayCache) -> dict[str, str]:
 
 
 def train_finetune(ctx: Context) -> Outcome:
-    cfg, split, runtime, model = ctx.cfg, ctx.split, ctx.runtime, ctx.model
+    cfg, split, runtime, model = ctx.cfg, ctx.split, ctx.runtime, ctx.models.get()
     cache = decoded_cache(ctx.cache_root, ctx.pre)
     split.drop(decode_all(ctx, cache))
     split.check_not_empty()
@@ -232,7 +239,7 @@ def train_finetune(ctx: Context) -> Outcome:
     with torch.inference_mode():
         val_logits = model.head(feats)
     info = {"backbone_lr": cfg.lr * cfg.backbone_lr_mult, "head_lr": cfg.lr}
-    return Outcome(result, val_logits, info)
+    return Outcome(result, val_logits, model.state_dict(), info)
 
 
 STRATEGIES: dict[str, Callable[[Context], Outcome]] = {
