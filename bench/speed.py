@@ -154,6 +154,7 @@ def main() -> None:
         e2 = tk_row(f"(e2) transferkit fine-tune, {args.ft_epochs} epochs", "ft",
                     "--strategy", "finetune", "--epochs", str(args.ft_epochs))
         n_train = e2["results"]["num_train"]
+        # training passes only (validation excluded), as timed for the plain loop
         e2["train_s"] = sum(float(line.split(",")[-1]) for line in
                             (work / "ft" / "metrics.csv").read_text().splitlines()[1:])
         e2["images"] = n_train * args.ft_epochs

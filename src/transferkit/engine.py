@@ -30,7 +30,8 @@ class EpochStats:
     val_loss: float
     val_acc: float
     lr: float
-    seconds: float
+    seconds: float  # the whole epoch, validation included
+    train_seconds: float  # the training pass alone
 
 
 @dataclass
@@ -138,12 +139,13 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
                 train_loss, train_acc = train_one_epoch(
                     model, train_loader, optimizer, scheduler, loss_fn, runtime, prepare, scaler, bar
                 )
+                train_seconds = time.perf_counter() - start
                 val_loss, val_acc, _ = evaluate(model, val_loader, loss_fn, runtime, prepare)
             finally:
                 if bar is not None:
                     bar.close()
             stats = EpochStats(epoch, train_loss, train_acc, val_loss, val_acc,
-                               optimizer.param_groups[-1]["lr"], time.perf_counter() - start)
+                               optimizer.param_groups[-1]["lr"], time.perf_counter() - start, train_seconds)
             result.history.append(stats)
             if val_acc > result.best_val_acc or (val_acc == result.best_val_acc and val_loss < best_loss):
                 result.best_epoch, result.best_val_acc, best_loss = epoch, val_acc, val_loss

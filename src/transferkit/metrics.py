@@ -43,10 +43,10 @@ def format_table(summary: dict) -> str:
 def write_history_csv(path: Path, history) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"])
+        w.writerow(["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "train_seconds"])
         for s in history:
             w.writerow([s.epoch, f"{s.train_loss:.6f}", f"{s.train_acc:.6f}", f"{s.val_loss:.6f}",
-                        f"{s.val_acc:.6f}", f"{s.lr:.3e}", f"{s.seconds:.3f}"])
+                        f"{s.val_acc:.6f}", f"{s.lr:.3e}", f"{s.seconds:.3f}", f"{s.train_seconds:.3f}"])
 
 
 def _pyplot():
