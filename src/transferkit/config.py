@@ -135,8 +135,9 @@ class TrainConfig:
         return cls.from_mapping(values)
 
 
-# Measured on the shared datasets (see README, "Speed"): extra augmented views of each training
-# image cost one forward pass each and did not raise val accuracy of the linear head there.
+# Measured on the shared datasets (README, "Augmented views"): K=2 views left hymenoptera at
+# 94.8% and raised flower_photos_small from 84.0% to 85.5%, but cost one more forward pass per
+# training image and view (+2.5 s cold there). The default keeps the first run fast.
 DEFAULT_AUG_VIEWS = 0
 
 

@@ -65,20 +65,23 @@ def _epoch_bar(ctx: Context, desc: str):
     return factory
 
 
-def train_linear(ctx: Context) -> Outcome:
+def cached_features(ctx: Context) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    """Train (eval view + augmented views) and val features from the cache, computing the
+    missing ones; unreadable images are dropped from the split. Returns x_train, y_train, x_val,
+    y_val and cache facts."""
     cfg, split = ctx.cfg, ctx.split
+
     def extractor() -> Extractor:  # only built when some features are not cached
         return Extractor(ctx.models.get().backbone, ctx.pre, ctx.runtime, batch_size=32, workers=ctx.workers)
 
-    paths = [s.path for s in split.train] + [s.path for s in split.val]
-    n_train = len(split.train)
-    bar = ctx.progress(len(paths), "features")
-    train_fs = extract_features(extractor, paths[:n_train], ctx.feature_cache, cfg.aug_views, cfg.seed, bar)
-    val_fs = extract_features(extractor, paths[n_train:], ctx.feature_cache, 0, cfg.seed, bar)
+    train_paths, val_paths = [s.path for s in split.train], [s.path for s in split.val]
+    bar = ctx.progress(len(train_paths) + len(val_paths), "features")
+    train_fs = extract_features(extractor, train_paths, ctx.feature_cache, cfg.aug_views, cfg.seed, bar)
+    val_fs = extract_features(extractor, val_paths, ctx.feature_cache, 0, cfg.seed, bar)
     bar.close()
     errors = {**train_fs.errors, **val_fs.errors}
-    keep_train = [i for i, s in enumerate(split.train) if s.path not in errors]
-    keep_val = [i for i, s in enumerate(split.val) if s.path not in errors]
+    keep_train = [i for i, p in enumerate(train_paths) if p not in errors]
+    keep_val = [i for i, p in enumerate(val_paths) if p not in errors]
     split.drop(errors)
     split.check_not_empty()
 
@@ -87,11 +90,20 @@ def train_linear(ctx: Context) -> Outcome:
         aug = train_fs.augmented[keep_train]
         x_train = torch.cat([x_train, aug.flatten(0, 1)])
         y_train = torch.cat([y_train, y_train.repeat_interleave(aug.shape[1])])
-    x_val, y_val = val_fs.features[keep_val], _labels(split.val)
+    facts = {
+        "features_cached": train_fs.cached + val_fs.cached,
+        "features_computed": train_fs.computed + val_fs.computed,
+        "aug_views": cfg.aug_views,
+        "cache_entries_recomputed": ctx.feature_cache.recomputed,
+    }
+    return x_train, y_train, val_fs.features[keep_val], _labels(split.val), facts
 
-    # The head: dropout + linear (zero init), trained on cached features in fp32.
+
+def fit_head(ctx: Context, x_train, y_train, x_val, y_val) -> tuple[engine.FitResult, nn.Linear]:
+    """Dropout + linear head (zero init) trained on features in fp32; the best epoch is kept."""
+    cfg = ctx.cfg
     torch.manual_seed(cfg.seed)
-    linear = nn.Linear(x_train.shape[1], len(split.classes))
+    linear = nn.Linear(x_train.shape[1], len(ctx.split.classes))
     nn.init.zeros_(linear.weight)
     nn.init.zeros_(linear.bias)
     head = nn.Sequential(nn.Dropout(cfg.dropout), linear)
@@ -102,27 +114,25 @@ def train_linear(ctx: Context) -> Outcome:
     optimizer = engine.make_optimizer(cfg.optimizer, [{"params": head.parameters()}], cfg.lr, cfg.weight_decay)
     steps = cfg.epochs * len(train_loader)
     scheduler = engine.make_scheduler(cfg.schedule, optimizer, steps, int(cfg.warmup_epochs * len(train_loader)))
-    cpu = Runtime(torch.device("cpu"), torch.float32)
     bar = ctx.progress(cfg.epochs, "head")
     result, best = engine.fit(
-        head, train_loader, val_loader, optimizer, scheduler, _loss(cfg), cpu, lambda x: x,
-        cfg.epochs, cfg.patience, on_epoch=lambda s: _tick(bar, s),
+        head, train_loader, val_loader, optimizer, scheduler, _loss(cfg),
+        Runtime(torch.device("cpu"), torch.float32), lambda x: x, cfg.epochs, cfg.patience,
+        on_epoch=lambda s: _tick(bar, s),
     )
     bar.close()
     head.load_state_dict(best)
-    head.eval()
+    return result, linear.eval()
+
+
+def train_linear(ctx: Context) -> Outcome:
+    x_train, y_train, x_val, y_val, facts = cached_features(ctx)
+    result, linear = fit_head(ctx, x_train, y_train, x_val, y_val)
     with torch.inference_mode():
-        val_logits = head(x_val)
+        val_logits = linear(x_val)
     state = {f"backbone.{k}": v for k, v in ctx.models.backbone_state().items()}
     state.update({"head.weight": linear.weight.detach(), "head.bias": linear.bias.detach()})
-    info = {
-        "features_cached": train_fs.cached + val_fs.cached,
-        "features_computed": train_fs.computed + val_fs.computed,
-        "aug_views": cfg.aug_views,
-        "cache_entries_recomputed": ctx.feature_cache.recomputed,
-        "network_built": ctx.models.built,
-    }
-    return Outcome(result, val_logits, state, info)
+    return Outcome(result, val_logits, state, {**facts, "network_built": ctx.models.built})
 
 
 def _tick(bar, stats: engine.EpochStats) -> None:
