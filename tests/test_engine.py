@@ -1,0 +1,92 @@
+"""The training loop: best epoch kept, early stopping, Ctrl-C, optimizers and schedules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import transferkit
+from helpers import make_dataset
+from transferkit import engine
+from transferkit.runtime import Runtime
+
+CPU = Runtime(torch.device("cpu"), torch.float32)
+
+
+def _problem(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(64, 8, generator=g)
+    y = (x[:, 0] > 0).long()
+    x[:, 0] += torch.where(y == 1, 1.0, -1.0)  # a margin, so every optimizer can separate it
+    return DataLoader(TensorDataset(x, y), batch_size=16), DataLoader(TensorDataset(x, y), batch_size=64)
+
+
+def _fit(epochs, patience=0, on_epoch=None, optimizer="adamw", schedule="cosine", noisy_val=False):
+    torch.manual_seed(0)
+    model = nn.Linear(8, 2)
+    train, val = _problem()
+    if noisy_val:  # labels unrelated to the inputs: val stops improving early
+        x = torch.randn(64, 8, generator=torch.Generator().manual_seed(1))
+        val = DataLoader(TensorDataset(x, torch.randint(0, 2, (64,), generator=torch.Generator().manual_seed(2))),
+                         batch_size=64)
+    opt = engine.make_optimizer(optimizer, [{"params": model.parameters()}], 0.1, 0.0)
+    sched = engine.make_scheduler(schedule, opt, epochs * len(train))
+    return engine.fit(model, train, val, opt, sched, nn.CrossEntropyLoss(), CPU, lambda x: x,
+                      epochs, patience, on_epoch=on_epoch)
+
+
+def test_best_epoch_state_is_returned():
+    result, best = _fit(5)
+    assert len(result.history) == 5
+    best_acc = max(s.val_acc for s in result.history)
+    assert result.best_val_acc == best_acc
+    assert result.history[result.best_epoch - 1].val_acc == best_acc
+    assert set(best) == {"weight", "bias"}
+
+
+def test_early_stopping_after_patience():
+    result, _ = _fit(50, patience=2, noisy_val=True)
+    assert result.stopped_early
+    assert len(result.history) == result.best_epoch + 2 < 50
+
+
+def test_ctrl_c_keeps_best_so_far():
+    def interrupt(stats):
+        if stats.epoch == 3:
+            raise KeyboardInterrupt
+
+    result, best = _fit(10, on_epoch=interrupt)
+    assert result.interrupted and len(result.history) == 3
+    assert 1 <= result.best_epoch <= 3 and best["weight"].shape == (2, 8)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "adam", "sgd"])
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle", "constant"])
+def test_optimizers_and_schedules_learn(optimizer, schedule):
+    result, _ = _fit(6, optimizer=optimizer, schedule=schedule)
+    assert result.best_val_acc >= 0.9
+
+
+def test_interrupted_run_still_writes_outputs(tmp_path, monkeypatch):
+    """Ctrl-C during training: the run folder is complete, with the best epoch so far."""
+    data = make_dataset(tmp_path / "d", n_train=3, n_val=2)
+    real_fit = engine.fit
+
+    def fit_interrupted_at_2(*args, **kwargs):
+        user_callback = kwargs.get("on_epoch")
+
+        def on_epoch(stats):
+            if user_callback:
+                user_callback(stats)
+            if stats.epoch == 2:
+                raise KeyboardInterrupt
+
+        kwargs["on_epoch"] = on_epoch
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "fit", fit_interrupted_at_2)
+    run = transferkit.train(data, epochs=10, out=str(tmp_path / "r"), quiet=True)
+    assert run.results["interrupted"] and run.results["epochs_run"] == 2
+    assert (run.path / "model.safetensors").is_file() and (run.path / "curves.png").is_file()
