@@ -148,7 +148,7 @@ def test_yaml_config_and_unknown_key(tmp_path, capsys):
     assert cfg["epochs"] == 3 and cfg["seed"] == 7  # flags override the file
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["predict"], ["models"], ["cache"]])
+@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["predict"], ["models"], ["summary"], ["cache"]])
 def test_help(command, capsys):
     with pytest.raises(SystemExit) as exc:
         main(command + ["--help"])
@@ -160,3 +160,16 @@ def test_models_lists_offline_weights(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "efficientnet_lite0" in out and "yes" in out
+
+
+def test_summary_resnet18_reports_published_total(capsys):
+    assert main(["summary", "resnet18"]) == 0
+    out = capsys.readouterr().out
+    assert "Total params: 11,689,512" in out and "Trainable params: 11,689,512" in out
+
+
+def test_summary_linear_marks_backbone_frozen(capsys):
+    assert main(["summary", "squeezenet1_1", "--num-classes", "5", "--strategy", "linear"]) == 0
+    out = capsys.readouterr().out
+    assert "Trainable params: 2,565" in out  # only the new head: 512 * 5 + 5
+    assert "Non-trainable params: 722,496" in out

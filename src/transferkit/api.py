@@ -219,6 +219,26 @@ def evaluate(run: str | Path, data: str | Path | None = None, device: str = "aut
     return summary
 
 
+def summary(model: str, num_classes: int = 1000, input_size: int | None = None,
+            strategy: str = "finetune", depth: int = 3) -> str:
+    """The per-layer table (torchinfo) of `model` with a new head for `num_classes`, as the
+    strategy will train it: under "linear" the backbone is marked frozen. No weights are needed."""
+    import torchinfo
+
+    from .model import Classifier
+
+    spec = backbones.get(model)
+    backbone = spec.build()
+    net = Classifier(backbone, backbone.num_features, num_classes)
+    if strategy == "linear":
+        for p in net.backbone.parameters():
+            p.requires_grad_(False)
+    size = input_size or spec.preprocess.input_size
+    stats = torchinfo.summary(net, input_size=(1, 3, size, size), depth=depth, verbose=0,
+                              col_names=("output_size", "num_params", "trainable"))
+    return f"{spec.name} for {num_classes} classes, input {size}x{size}, strategy {strategy}\n{stats}"
+
+
 def clear_cache(cache_dir: str | None = None) -> tuple[Path, int]:
     """Delete the feature/decode cache; returns (folder, bytes freed)."""
     root = Path(cache_dir or default_cache_dir())

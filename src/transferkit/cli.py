@@ -70,6 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the available backbones")
 
+    p = sub.add_parser("summary", help="per-layer table of a model as it will be trained",
+                       description="Layers, output shapes and parameters (torchinfo) of MODEL with a "
+                                   "new head for --num-classes; frozen parts are marked.")
+    p.add_argument("model", help="backbone name (see `transferkit models`) or timm:<name>")
+    p.add_argument("--num-classes", type=int, default=1000, help="classes of the new head [default: 1000]")
+    p.add_argument("--input-size", type=int, help="input side in pixels [default: the backbone's]")
+    p.add_argument("--strategy", default="finetune", choices=["linear", "finetune"],
+                   help="linear marks the backbone frozen [default: finetune]")
+    p.add_argument("--depth", type=int, default=3, help="nesting depth of the table [default: 3]")
+
     p = sub.add_parser("cache", help="show or clear the feature cache")
     p.add_argument("action", choices=["info", "clear"])
     p.add_argument("--cache-dir", help="cache folder [default: $TRANSFERKIT_CACHE or ~/.cache/transferkit]")
@@ -134,13 +144,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     from . import backbones
 
-    print(f"{'name':<20} {'input':>5} {'top1':>5}  weights offline")
+    print(f"{'name':<20} {'params':>12} {'input':>5} {'top1':>5}  weights offline")
     for name in backbones.names():
         spec = backbones.get(name)
         offline = "yes" if spec.imagenet and spec.imagenet.available() else "no"
         top1 = f"{spec.top1:.1f}" if spec.top1 else "-"
-        print(f"{name:<20} {spec.preprocess.input_size:>5} {top1:>5}  {offline}")
+        params = f"{spec.params:,}" if spec.params else "-"
+        print(f"{name:<20} {params:>12} {spec.preprocess.input_size:>5} {top1:>5}  {offline}")
     print("any timm architecture: timm:<name> (weights from --weights PATH)")
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from .api import summary
+
+    if args.num_classes < 1:
+        raise UserError("--num-classes must be >= 1")
+    print(summary(args.model, args.num_classes, args.input_size, args.strategy, args.depth))
     return 0
 
 
@@ -173,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return cmd_train(args, started)
-        handlers = {"eval": cmd_eval, "predict": cmd_predict, "models": cmd_models, "cache": cmd_cache}
+        handlers = {"eval": cmd_eval, "predict": cmd_predict, "models": cmd_models,
+                    "summary": cmd_summary, "cache": cmd_cache}
         return handlers[args.command](args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -181,6 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
