@@ -28,6 +28,31 @@ def test_builds_and_gives_n_outputs(name):
     assert spec.top1 is not None and 50 < spec.top1 < 90
 
 
+@pytest.mark.parametrize("name", ALL)
+def test_stages_cover_every_parameter_once(name):
+    spec = backbones.get(name)
+    backbone = spec.build()
+    stages = spec.stages(backbone)
+    flat = [n for stage in stages for n in stage]
+    assert len(stages) >= 4 and all(stages)
+    assert sorted(flat) == sorted(n for n, _ in backbone.named_parameters())
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_linear_trains_exactly_the_head(name):
+    from transferkit.strategies import param_groups
+
+    backbone = backbones.get(name).build()
+    model = Classifier(backbone, backbone.num_features, 4)
+    groups = param_groups(model, "linear", 1e-3, 0.1)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"head.weight", "head.bias"}
+    assert [g["name"] for g in groups] == ["head"] and len(groups[0]["params"]) == 2
+    groups = param_groups(model, "finetune", 1e-3, 0.1)
+    assert all(p.requires_grad for p in model.parameters())
+    assert [(g["name"], g["lr"]) for g in groups] == [("backbone", pytest.approx(1e-4)), ("head", 1e-3)]
+
+
 @pytest.mark.parametrize("name", sorted(backbones.PUBLISHED_PARAMS))
 def test_parameter_counts_equal_published(name):
     """With a 1000-class head, the counts equal the published ones (e.g. resnet18 11,689,512)."""
@@ -106,3 +131,11 @@ def test_train_end_to_end_with_torchvision_weights_file(tmp_path):
     assert run.results["backbone"] == "resnet18"
     pred = transferkit.load(run.path).predict([str(data / "val" / "red" / "red0.jpg")])[0]
     assert pred.label in ("blue", "red") and not pred.error
+
+
+def test_finetune_with_a_torchvision_backbone(tmp_path):
+    data = make_dataset(tmp_path / "d", n_train=3, n_val=2)
+    run = transferkit.train(data, model="squeezenet1_1", weights="none", strategy="finetune", epochs=1,
+                            batch_size=3, out=str(tmp_path / "r"), quiet=True)
+    assert run.results["backbone"] == "squeezenet1_1" and run.results["epochs_run"] == 1
+    assert abs(transferkit.evaluate(run.path)["accuracy"] - run.val_acc) <= 0.005

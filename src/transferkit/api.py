@@ -21,7 +21,7 @@ from .features import default_cache_dir, feature_cache, model_key
 from .model import LazyClassifier, identify_weights
 from .predict import Predictor
 from .runtime import Runtime, default_workers
-from .strategies import STRATEGIES, Context
+from .strategies import STRATEGIES, Context, param_groups
 
 
 @dataclass
@@ -230,9 +230,7 @@ def summary(model: str, num_classes: int = 1000, input_size: int | None = None,
     spec = backbones.get(model)
     backbone = spec.build()
     net = Classifier(backbone, backbone.num_features, num_classes)
-    if strategy == "linear":
-        for p in net.backbone.parameters():
-            p.requires_grad_(False)
+    param_groups(net, strategy, 1.0, 1.0)  # marks what this strategy trains
     size = input_size or spec.preprocess.input_size
     stats = torchinfo.summary(net, input_size=(1, 3, size, size), depth=depth, verbose=0,
                               col_names=("output_size", "num_params", "trainable"))

@@ -158,6 +158,16 @@ class BackboneSpec:
 
         return timm.create_model(self.arch, pretrained=False, num_classes=1000)
 
+    def stages(self, backbone: nn.Module) -> list[list[str]]:
+        """Parameter names of `backbone` (as built by `build`) grouped into stages, input to
+        output: the units of partial freezing and per-stage learning rates."""
+        if self.family == "timm":
+            from timm.models import group_parameters
+
+            groups = group_parameters(backbone, backbone.group_matcher(coarse=True))
+            return [list(names) for _, names in sorted(groups.items())]
+        return _torchvision_stages(backbone)
+
     def _build_torchvision(self) -> nn.Module:
         import torchvision
 
@@ -199,6 +209,29 @@ class BackboneSpec:
             return source, digest  # already in torchvision's own key names
         reference = self.build_imagenet_classifier().state_dict()
         return map_by_order(source, reference, str(path)), digest
+
+
+def _torchvision_stages(backbone: nn.Module) -> list[list[str]]:
+    """torchvision models in order of their children: each block of `features` is a stage (VGG,
+    SqueezeNet, MobileNet, EfficientNet), each other child with parameters is one (ResNet's
+    layers, ShuffleNet's stages), and loose layers before the first block form the stem."""
+    stages: list[list[str]] = []
+    stem: list[str] = []
+    for name, child in backbone.named_children():
+        blocks = list(child.named_children()) if name == "features" else [("", child)]
+        for sub, block in blocks:
+            prefix = f"{name}.{sub}." if sub else f"{name}."
+            names = [prefix + n for n, _ in block.named_parameters()]
+            if not names:
+                continue
+            if not sub and not list(block.children()) and not stages:
+                stem += names  # a loose conv/bn at the top, before any block
+                continue
+            if stem:
+                stages.append(stem)
+                stem = []
+            stages.append(names)
+    return stages + ([stem] if stem else [])
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}

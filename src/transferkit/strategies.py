@@ -51,6 +51,22 @@ class Outcome:
     info: dict  # strategy-specific facts for results.json
 
 
+def param_groups(model: nn.Module, strategy: str, lr: float, backbone_lr_mult: float) -> list[dict]:
+    """Set what trains for `strategy` (requires_grad) and return the optimizer's parameter groups,
+    holding only trainable parameters. linear: the head alone; finetune: everything, the backbone
+    at lr * backbone_lr_mult."""
+    train_backbone = strategy != "linear"
+    for p in model.backbone.parameters():
+        p.requires_grad_(train_backbone)
+    for p in model.head.parameters():
+        p.requires_grad_(True)
+    groups = [{"params": list(model.head.parameters()), "lr": lr, "name": "head"}]
+    if train_backbone:
+        groups.insert(0, {"params": list(model.backbone.parameters()), "lr": lr * backbone_lr_mult,
+                          "name": "backbone"})
+    return groups
+
+
 def _loss(cfg: TrainConfig) -> nn.Module:
     return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
@@ -223,10 +239,7 @@ def train_finetune(ctx: Context) -> Outcome:
     nn.init.normal_(model.head.weight, std=0.01)
     nn.init.zeros_(model.head.bias)
     runtime.train_module(model)
-    groups = [
-        {"params": [p for p in model.backbone.parameters() if p.requires_grad], "lr": cfg.lr * cfg.backbone_lr_mult},
-        {"params": list(model.head.parameters()), "lr": cfg.lr},
-    ]
+    groups = param_groups(model, cfg.strategy, cfg.lr, cfg.backbone_lr_mult)
     optimizer = engine.make_optimizer(cfg.optimizer, groups, cfg.lr, cfg.weight_decay)
     steps = cfg.epochs * len(train_loader)
     scheduler = engine.make_scheduler(cfg.schedule, optimizer, steps, int(cfg.warmup_epochs * len(train_loader)))
