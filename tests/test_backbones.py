@@ -139,3 +139,35 @@ def test_finetune_with_a_torchvision_backbone(tmp_path):
                             batch_size=3, out=str(tmp_path / "r"), quiet=True)
     assert run.results["backbone"] == "squeezenet1_1" and run.results["epochs_run"] == 1
     assert abs(transferkit.evaluate(run.path)["accuracy"] - run.val_acc) <= 0.005
+
+
+def test_timm_model_weights_from_hub_cache(tmp_path, monkeypatch):
+    """timm:<name>: weights in timm's own key names are found in the torch hub cache."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    spec = backbones.get("timm:convnext_atto")
+    reference = spec.build_imagenet_classifier().eval()
+    target = spec.imagenet.expected_path()
+    target.parent.mkdir(parents=True)
+    from safetensors.torch import save_file
+
+    save_file(reference.state_dict(), str(target))
+    if spec.imagenet._hf_cached() is not None:
+        pytest.skip("this machine's Hugging Face cache holds the file: the cache path would be used")
+    model, info = build_classifier(spec, 1000)
+    model.head.load_state_dict(reference.get_classifier().state_dict())
+    x = torch.rand(1, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.allclose(model.eval()(x), reference(x), atol=1e-5)
+    assert info.source == "imagenet"
+
+
+def test_timm_model_absent_weights_fail_fast(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    monkeypatch.setattr(backbones, "_download", _offline)
+    spec = backbones.get("timm:convnext_atto")
+    if spec.imagenet.available():
+        pytest.skip("weights for timm:convnext_atto are cached on this machine")
+    start = time.perf_counter()
+    with pytest.raises(UserError, match="timm--convnext_atto.*--weights PATH"):
+        build_classifier(spec, 2)
+    assert time.perf_counter() - start < 5

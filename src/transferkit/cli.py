@@ -151,7 +151,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         top1 = f"{spec.top1:.1f}" if spec.top1 else "-"
         params = f"{spec.params:,}" if spec.params else "-"
         print(f"{name:<20} {params:>12} {spec.preprocess.input_size:>5} {top1:>5}  {offline}")
-    print("any timm architecture: timm:<name> (weights from --weights PATH)")
+    print("any timm architecture: timm:<name> (ImageNet weights from the Hugging Face or torch hub "
+          "cache, or --weights PATH)")
     return 0
 
 
