@@ -42,13 +42,15 @@ def test_stages_cover_every_parameter_once(name):
 def test_linear_trains_exactly_the_head(name):
     from transferkit.strategies import param_groups
 
-    backbone = backbones.get(name).build()
+    spec = backbones.get(name)
+    backbone = spec.build()
     model = Classifier(backbone, backbone.num_features, 4)
-    groups = param_groups(model, "linear", 1e-3, 0.1)
+    stages = spec.stages(backbone)
+    groups = param_groups(model, stages, "linear", 1e-3, 0.1)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"head.weight", "head.bias"}
     assert [g["name"] for g in groups] == ["head"] and len(groups[0]["params"]) == 2
-    groups = param_groups(model, "finetune", 1e-3, 0.1)
+    groups = param_groups(model, stages, "finetune", 1e-3, 0.1)
     assert all(p.requires_grad for p in model.parameters())
     assert [(g["name"], g["lr"]) for g in groups] == [("backbone", pytest.approx(1e-4)), ("head", 1e-3)]
 

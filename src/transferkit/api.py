@@ -220,7 +220,7 @@ def evaluate(run: str | Path, data: str | Path | None = None, device: str = "aut
 
 
 def summary(model: str, num_classes: int = 1000, input_size: int | None = None,
-            strategy: str = "finetune", depth: int = 3) -> str:
+            strategy: str = "finetune", depth: int = 3, unfreeze: int = 2) -> str:
     """The per-layer table (torchinfo) of `model` with a new head for `num_classes`, as the
     strategy will train it: under "linear" the backbone is marked frozen. No weights are needed."""
     import torchinfo
@@ -230,7 +230,7 @@ def summary(model: str, num_classes: int = 1000, input_size: int | None = None,
     spec = backbones.get(model)
     backbone = spec.build()
     net = Classifier(backbone, backbone.num_features, num_classes)
-    param_groups(net, strategy, 1.0, 1.0)  # marks what this strategy trains
+    param_groups(net, spec.stages(backbone), strategy, 1.0, unfreeze=unfreeze)  # marks what trains
     size = input_size or spec.preprocess.input_size
     stats = torchinfo.summary(net, input_size=(1, 3, size, size), depth=depth, verbose=0,
                               col_names=("output_size", "num_params", "trainable"))

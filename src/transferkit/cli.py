@@ -76,8 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="backbone name (see `transferkit models`) or timm:<name>")
     p.add_argument("--num-classes", type=int, default=1000, help="classes of the new head [default: 1000]")
     p.add_argument("--input-size", type=int, help="input side in pixels [default: the backbone's]")
-    p.add_argument("--strategy", default="finetune", choices=["linear", "finetune"],
-                   help="linear marks the backbone frozen [default: finetune]")
+    p.add_argument("--strategy", default="finetune", choices=["linear", "finetune", "partial"],
+                   help="linear marks the backbone frozen, partial all but its last --unfreeze "
+                        "stages [default: finetune]")
+    p.add_argument("--unfreeze", type=int, default=2, help="partial: stages that train [default: 2]")
     p.add_argument("--depth", type=int, default=3, help="nesting depth of the table [default: 3]")
 
     p = sub.add_parser("cache", help="show or clear the feature cache")
@@ -161,7 +163,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
     if args.num_classes < 1:
         raise UserError("--num-classes must be >= 1")
-    print(summary(args.model, args.num_classes, args.input_size, args.strategy, args.depth))
+    print(summary(args.model, args.num_classes, args.input_size, args.strategy, args.depth, args.unfreeze))
     return 0
 
 

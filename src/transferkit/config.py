@@ -16,7 +16,8 @@ import yaml
 
 from .errors import UserError
 
-STRATEGIES = ("linear", "finetune")
+STRATEGIES = ("linear", "finetune", "partial", "gradual", "lp-ft")
+CLASS_WEIGHTS = ("none", "auto")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "onecycle", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -29,6 +30,9 @@ STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {
     # Full fine-tuning: the backbone at lr * backbone_lr_mult, the head at lr.
     "finetune": {"epochs": 8, "lr": 1e-3, "batch_size": 32, "weight_decay": 1e-2, "patience": 0},
 }
+# Partial, gradual and LP-FT train the network on images like finetune, with the same defaults.
+for _name in ("partial", "gradual", "lp-ft"):
+    STRATEGY_DEFAULTS[_name] = dict(STRATEGY_DEFAULTS["finetune"])
 
 
 def opt(default: Any, help: str) -> Any:
@@ -43,7 +47,11 @@ class TrainConfig:
     data: str = opt("", "dataset folder: DATA/train/<class>/..., optional DATA/val/<class>/...")
     model: str = opt("efficientnet_lite0", "backbone name, see `transferkit models`")
     weights: str = opt("imagenet", "imagenet | none | PATH to a state dict")
-    strategy: str = opt("linear", "linear (frozen backbone, new head) | finetune (all layers)")
+    strategy: str = opt("linear", "linear (frozen backbone, new head) | finetune (all layers) | partial "
+                        "(last --unfreeze stages) | gradual (stages unfrozen from the top) | lp-ft "
+                        "(linear probe, then finetune from that head)")
+    unfreeze: int = opt(2, "partial: how many of the backbone's last stages train")
+    lr_decay: float = opt(0.5, "gradual: LR multiplier per stage, from the top stage down")
     epochs: int | None = opt(None, "training epochs")
     batch_size: int | None = opt(None, "images (or cached feature rows) per step")
     lr: float | None = opt(None, "peak learning rate of the head")
@@ -53,6 +61,8 @@ class TrainConfig:
     schedule: str = opt("cosine", "cosine | onecycle | constant")
     warmup_epochs: float = opt(0.0, "linear warm-up before the schedule (cosine only)")
     label_smoothing: float = opt(0.0, "cross-entropy label smoothing")
+    class_weights: str = opt("none", "none | auto (inverse class frequency in the loss)")
+    balanced_sampler: bool = opt(False, "draw training images so that every class is equally frequent")
     dropout: float = opt(0.0, "dropout before the new head")
     patience: int | None = opt(None, "stop after this many epochs without a better val accuracy (0: off)")
     seed: int = opt(0, "seeds the split, the augmentation and the initialization")
@@ -85,6 +95,10 @@ class TrainConfig:
         if not self.data:
             raise UserError("no dataset folder given")
         _choice("strategy", self.strategy, STRATEGIES)
+        _choice("class_weights", self.class_weights, CLASS_WEIGHTS)
+        _positive("unfreeze", self.unfreeze)
+        if not 0.0 < self.lr_decay <= 1.0:
+            raise UserError(f"--lr-decay must be in (0, 1] (got {self.lr_decay})")
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("precision", self.precision, PRECISIONS)
@@ -167,7 +181,7 @@ def check_types(values: dict[str, Any], cls: type) -> None:
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise UserError(f"--{name} must be one of {', '.join(choices)} (got '{value}')")
+        raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(choices)} (got '{value}')")
 
 
 def _positive(name: str, value: float | None) -> None:

@@ -120,7 +120,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
         optimizer: torch.optim.Optimizer, scheduler, loss_fn: nn.Module, runtime: Runtime,
         prepare: Prepare, epochs: int, patience: int = 0,
         on_epoch: Callable[[EpochStats], None] | None = None,
-        progress_factory=None) -> tuple[FitResult, dict[str, torch.Tensor]]:
+        progress_factory=None, before_epoch: Callable[[int], None] | None = None) -> tuple[FitResult, dict[str, torch.Tensor]]:
     """Train for `epochs`, validating after each; keep the best weights (by val accuracy, ties to
     the lower val loss). Stops early after `patience` epochs without improvement (0: never), and
     cleanly on Ctrl-C, keeping the best epoch so far. Returns the result and the best state."""
@@ -132,6 +132,8 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
     try:
         for epoch in range(1, epochs + 1):
             start = time.perf_counter()
+            if before_epoch is not None:
+                before_epoch(epoch)  # e.g. unfreeze the next stages
             if hasattr(train_loader.dataset, "set_epoch"):
                 train_loader.dataset.set_epoch(epoch)  # seeds this epoch's augmentation
             bar = progress_factory(epoch, len(train_loader)) if progress_factory else None

@@ -21,9 +21,27 @@ class Classifier(nn.Module):
         self.backbone = backbone
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(num_features, num_classes)
+        self.frozen_norms: list[nn.Module] = []  # BatchNorm layers of frozen stages
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(self.backbone(x)))
+
+    def refresh_frozen_norms(self) -> None:
+        """Note the BatchNorm layers whose parameters are all frozen: `train()` keeps them in
+        eval mode, so their running statistics do not drift while the rest trains."""
+        self.frozen_norms = [
+            m for m in self.backbone.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and any(True for _ in m.parameters(recurse=False))
+            and not any(p.requires_grad for p in m.parameters(recurse=False))
+        ]
+
+    def train(self, mode: bool = True) -> "Classifier":
+        super().train(mode)
+        if mode:
+            for m in self.frozen_norms:
+                m.eval()
+        return self
 
 
 @dataclass(frozen=True)

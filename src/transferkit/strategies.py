@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -14,16 +15,16 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset, WeightedRandomSampler
 
 from . import engine, transforms
 from .backbones import Preprocess
-from .config import TrainConfig
+from .config import STRATEGY_DEFAULTS, TrainConfig
 from .data import DatasetSplit
 from .errors import ImageDecodeError
 from .features import ArrayCache, Extractor, decoded_cache, extract_features, image_key
 from .images import load_rgb
-from .model import LazyClassifier
+from .model import Classifier, LazyClassifier
 from .runtime import Runtime
 
 
@@ -51,24 +52,69 @@ class Outcome:
     info: dict  # strategy-specific facts for results.json
 
 
-def param_groups(model: nn.Module, strategy: str, lr: float, backbone_lr_mult: float) -> list[dict]:
-    """Set what trains for `strategy` (requires_grad) and return the optimizer's parameter groups,
-    holding only trainable parameters. linear: the head alone; finetune: everything, the backbone
-    at lr * backbone_lr_mult."""
-    train_backbone = strategy != "linear"
-    for p in model.backbone.parameters():
-        p.requires_grad_(train_backbone)
+def param_groups(model: Classifier, stages: list[list[str]], strategy: str, lr: float,
+                 backbone_lr_mult: float = 0.1, unfreeze: int = 2, lr_decay: float = 0.5) -> list[dict]:
+    """Set what trains for `strategy` (requires_grad), keep BatchNorm of frozen parts in eval
+    mode, and return the optimizer's parameter groups (only trainable parameters, except under
+    gradual, whose stage groups are unfrozen later by `unfreeze_top`).
+
+    linear: the head alone. finetune / lp-ft: everything, the backbone at lr * backbone_lr_mult.
+    partial: the head and the last `unfreeze` stages. gradual: one group per stage, its LR
+    lr * backbone_lr_mult * lr_decay**(distance from the top stage); all frozen at first."""
+    params = dict(model.backbone.named_parameters())
+    trainable = {"linear": 0, "partial": min(unfreeze, len(stages)), "gradual": 0}.get(strategy, len(stages))
+    for i, stage in enumerate(stages):
+        for name in stage:
+            params[name].requires_grad_(i >= len(stages) - trainable)
     for p in model.head.parameters():
         p.requires_grad_(True)
-    groups = [{"params": list(model.head.parameters()), "lr": lr, "name": "head"}]
-    if train_backbone:
-        groups.insert(0, {"params": list(model.backbone.parameters()), "lr": lr * backbone_lr_mult,
-                          "name": "backbone"})
-    return groups
+    model.refresh_frozen_norms()
+    head = {"params": list(model.head.parameters()), "lr": lr, "name": "head"}
+    if strategy == "gradual":
+        n = len(stages)
+        groups = [{"params": [params[k] for k in stage], "lr": lr * backbone_lr_mult * lr_decay ** (n - 1 - i),
+                   "name": f"stage{i}"} for i, stage in enumerate(stages)]
+        return groups + [head]
+    body = [p for p in model.backbone.parameters() if p.requires_grad]
+    return ([{"params": body, "lr": lr * backbone_lr_mult, "name": "backbone"}] if body else []) + [head]
 
 
-def _loss(cfg: TrainConfig) -> nn.Module:
-    return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+def unfreeze_top(model: Classifier, stages: list[list[str]], k: int) -> None:
+    """Gradual unfreezing: the top `k` stages train from now on (BatchNorm included)."""
+    params = dict(model.backbone.named_parameters())
+    for i, stage in enumerate(stages):
+        for name in stage:
+            params[name].requires_grad_(i >= len(stages) - k)
+    model.refresh_frozen_norms()
+
+
+def gradual_schedule(epoch: int, epochs: int, n_stages: int) -> int:
+    """Stages trainable in `epoch` (1-based): none in the first (the head warms up), then more
+    each epoch, all of them by the last."""
+    if epoch <= 1:
+        return 0
+    return min(n_stages, -(-(epoch - 1) * n_stages // max(1, epochs - 1)))
+
+
+def _loss(cfg: TrainConfig, labels: torch.Tensor, num_classes: int) -> nn.Module:
+    """Cross-entropy; with --class-weights auto each class weighs N / (C * count) (inverse
+    frequency), so rare classes count as much as common ones."""
+    weight = None
+    if cfg.class_weights == "auto":
+        counts = torch.bincount(labels, minlength=num_classes).float().clamp(min=1)
+        weight = len(labels) / (num_classes * counts)
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+
+
+def train_loader(cfg: TrainConfig, dataset, labels: torch.Tensor, workers: int = 0, drop_last=False) -> DataLoader:
+    """Shuffled batches, or with --balanced-sampler every class equally likely per draw."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    if cfg.balanced_sampler:
+        counts = torch.bincount(labels).float()
+        sampler = WeightedRandomSampler((1.0 / counts)[labels].double(), len(labels), replacement=True, generator=gen)
+        return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last)
+    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=gen,
+                      num_workers=workers, drop_last=drop_last)
 
 
 def _labels(samples) -> torch.Tensor:
@@ -115,24 +161,23 @@ def cached_features(ctx: Context) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return x_train, y_train, val_fs.features[keep_val], _labels(split.val), facts
 
 
-def fit_head(ctx: Context, x_train, y_train, x_val, y_val) -> tuple[engine.FitResult, nn.Linear]:
-    """Dropout + linear head (zero init) trained on features in fp32; the best epoch is kept."""
-    cfg = ctx.cfg
+def fit_head(ctx: Context, x_train, y_train, x_val, y_val, hp: dict | None = None) -> tuple[engine.FitResult, nn.Linear]:
+    """Dropout + linear head (zero init) trained on features in fp32; the best epoch is kept.
+    `hp` overrides epochs / lr / batch_size / weight_decay / patience (lp-ft's probe)."""
+    cfg = dataclasses.replace(ctx.cfg, **(hp or {}))
     torch.manual_seed(cfg.seed)
     linear = nn.Linear(x_train.shape[1], len(ctx.split.classes))
     nn.init.zeros_(linear.weight)
     nn.init.zeros_(linear.bias)
     head = nn.Sequential(nn.Dropout(cfg.dropout), linear)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    train_loader = DataLoader(TensorDataset(x_train, y_train), batch_size=cfg.batch_size,
-                              shuffle=True, generator=gen)
+    loader = train_loader(cfg, TensorDataset(x_train, y_train), y_train)
     val_loader = DataLoader(TensorDataset(x_val, y_val), batch_size=1024)
     optimizer = engine.make_optimizer(cfg.optimizer, [{"params": head.parameters()}], cfg.lr, cfg.weight_decay)
-    steps = cfg.epochs * len(train_loader)
-    scheduler = engine.make_scheduler(cfg.schedule, optimizer, steps, int(cfg.warmup_epochs * len(train_loader)))
+    steps = cfg.epochs * len(loader)
+    scheduler = engine.make_scheduler(cfg.schedule, optimizer, steps, int(cfg.warmup_epochs * len(loader)))
     bar = ctx.progress(cfg.epochs, "head")
     result, best = engine.fit(
-        head, train_loader, val_loader, optimizer, scheduler, _loss(cfg),
+        head, loader, val_loader, optimizer, scheduler, _loss(cfg, y_train, len(ctx.split.classes)),
         Runtime(torch.device("cpu"), torch.float32), lambda x: x, cfg.epochs, cfg.patience,
         on_epoch=lambda s: _tick(bar, s),
     )
@@ -221,7 +266,9 @@ def decode_all(ctx: Context, cache: ArrayCache) -> dict[str, str]:
     return errors
 
 
-def train_finetune(ctx: Context) -> Outcome:
+def train_network(ctx: Context, head_init: nn.Linear | None = None) -> Outcome:
+    """Train the network on images (finetune, partial, gradual, and LP-FT's second step):
+    decoded once into the cache, bf16 autocast + channels_last, what trains set by the strategy."""
     cfg, split, runtime, model = ctx.cfg, ctx.split, ctx.runtime, ctx.models.get()
     cache = decoded_cache(ctx.cache_root, ctx.pre)
     split.drop(decode_all(ctx, cache))
@@ -230,29 +277,38 @@ def train_finetune(ctx: Context) -> Outcome:
     def dataset(samples, train):
         return DecodedImages([s.path for s in samples], [s.label for s in samples], ctx.pre, cache, train, cfg.seed)
 
-    gen = torch.Generator().manual_seed(cfg.seed)
-    train_loader = DataLoader(dataset(split.train, True), batch_size=cfg.batch_size, shuffle=True,
-                              generator=gen, num_workers=ctx.workers, drop_last=len(split.train) > cfg.batch_size)
+    y_train = _labels(split.train)
+    loader = train_loader(cfg, dataset(split.train, True), y_train, ctx.workers,
+                          drop_last=len(split.train) > cfg.batch_size)
     val_loader = DataLoader(dataset(split.val, False), batch_size=cfg.batch_size, num_workers=ctx.workers)
 
     torch.manual_seed(cfg.seed)
-    nn.init.normal_(model.head.weight, std=0.01)
-    nn.init.zeros_(model.head.bias)
+    if head_init is not None:
+        model.head.load_state_dict(head_init.state_dict())
+    else:
+        nn.init.normal_(model.head.weight, std=0.01)
+        nn.init.zeros_(model.head.bias)
     runtime.train_module(model)
-    groups = param_groups(model, cfg.strategy, cfg.lr, cfg.backbone_lr_mult)
+    stages = ctx.models.spec.stages(model.backbone)
+    groups = param_groups(model, stages, cfg.strategy, cfg.lr, cfg.backbone_lr_mult, cfg.unfreeze, cfg.lr_decay)
     optimizer = engine.make_optimizer(cfg.optimizer, groups, cfg.lr, cfg.weight_decay)
-    steps = cfg.epochs * len(train_loader)
-    scheduler = engine.make_scheduler(cfg.schedule, optimizer, steps, int(cfg.warmup_epochs * len(train_loader)))
+    steps = cfg.epochs * len(loader)
+    scheduler = engine.make_scheduler(cfg.schedule, optimizer, steps, int(cfg.warmup_epochs * len(loader)))
+    before_epoch = None
+    if cfg.strategy == "gradual":
+        def before_epoch(epoch: int) -> None:
+            unfreeze_top(model, stages, gradual_schedule(epoch, cfg.epochs, len(stages)))
+
     mean = torch.tensor(ctx.pre.mean).view(1, 3, 1, 1)
     std = torch.tensor(ctx.pre.std).view(1, 3, 1, 1)
     result, best = engine.fit(
-        model, train_loader, val_loader, optimizer, scheduler, _loss(cfg), runtime,
+        model, loader, val_loader, optimizer, scheduler, _loss(cfg, y_train, len(split.classes)), runtime,
         lambda u8: runtime.to_input(u8, mean, std), cfg.epochs, cfg.patience,
         on_epoch=lambda s: ctx.log(
             f"epoch {s.epoch}: train loss {s.train_loss:.3f} acc {s.train_acc:.3f} | "
             f"val loss {s.val_loss:.3f} acc {s.val_acc:.3f} | {s.seconds:.1f}s"
         ),
-        progress_factory=_epoch_bar(ctx, "finetune"),
+        progress_factory=_epoch_bar(ctx, cfg.strategy), before_epoch=before_epoch,
     )
     model.load_state_dict(best)
     model.to("cpu").eval()
@@ -261,11 +317,27 @@ def train_finetune(ctx: Context) -> Outcome:
     feats = torch.cat([extractor.forward(u8) for u8, _ in val_loader])
     with torch.inference_mode():
         val_logits = model.head(feats)
-    info = {"backbone_lr": cfg.lr * cfg.backbone_lr_mult, "head_lr": cfg.lr}
+    info = {"param_groups": [{"name": g["name"], "lr": g["lr"]} for g in groups],
+            "stages": len(stages), "trainable_stages_at_end": sum(
+                any(dict(model.backbone.named_parameters())[n].requires_grad for n in st) for st in stages)}
     return Outcome(result, val_logits, model.state_dict(), info)
+
+
+def train_lp_ft(ctx: Context) -> Outcome:
+    """LP-FT (Kumar et al., 2022): a linear probe on cached features, then fine-tuning of every
+    layer starting from that head instead of a random one."""
+    x_train, y_train, x_val, y_val, facts = cached_features(ctx)
+    probe_hp = {k: v for k, v in STRATEGY_DEFAULTS["linear"].items()}
+    probe, head = fit_head(ctx, x_train, y_train, x_val, y_val, probe_hp)
+    outcome = train_network(ctx, head_init=head)
+    outcome.info.update(probe_val_acc=probe.best_val_acc, probe_epochs=len(probe.history), **facts)
+    return outcome
 
 
 STRATEGIES: dict[str, Callable[[Context], Outcome]] = {
     "linear": train_linear,
-    "finetune": train_finetune,
+    "finetune": train_network,
+    "partial": train_network,
+    "gradual": train_network,
+    "lp-ft": train_lp_ft,
 }

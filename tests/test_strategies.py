@@ -1,0 +1,112 @@
+"""Partial, gradual and LP-FT: which parameters train, with which learning rates; imbalance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import transferkit
+from helpers import make_dataset, make_image
+from transferkit import backbones
+from transferkit.model import Classifier
+from transferkit.strategies import gradual_schedule, param_groups, unfreeze_top
+
+
+def _model(name="resnet18"):
+    spec = backbones.get(name)
+    backbone = spec.build()
+    return Classifier(backbone, backbone.num_features, 3), spec.stages(backbone)
+
+
+def _trainable(model):
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_partial_trains_last_k_stages_and_freezes_the_rest_with_bn_in_eval():
+    model, stages = _model()
+    groups = param_groups(model, stages, "partial", 1e-3, 0.1, unfreeze=2)
+    expected = {f"backbone.{n}" for st in stages[-2:] for n in st} | {"head.weight", "head.bias"}
+    assert _trainable(model) == expected
+    assert [(g["name"], g["lr"]) for g in groups] == [("backbone", pytest.approx(1e-4)), ("head", 1e-3)]
+    optimizer_params = {id(p) for g in groups for p in g["params"]}
+    assert optimizer_params == {id(p) for p in model.parameters() if p.requires_grad}
+    model.train()
+    assert model.backbone.bn1.training is False and model.backbone.layer1[0].bn1.training is False
+    assert model.backbone.layer4[0].bn1.training is True
+    # Frozen BatchNorm statistics do not drift during a training step.
+    before = model.backbone.bn1.running_mean.clone()
+    model(torch.rand(2, 3, 64, 64)).sum().backward()
+    assert torch.equal(model.backbone.bn1.running_mean, before)
+
+
+def test_strategies_differ_in_what_trains():
+    sets = {}
+    for strategy in ("linear", "finetune", "partial", "gradual", "lp-ft"):
+        model, stages = _model()
+        param_groups(model, stages, strategy, 1e-3, 0.1, unfreeze=1)
+        sets[strategy] = frozenset(_trainable(model))
+    assert sets["linear"] == {"head.weight", "head.bias"}
+    assert sets["gradual"] == sets["linear"]  # at first; stages unfreeze epoch by epoch
+    assert sets["finetune"] == sets["lp-ft"] and len(sets["finetune"]) == len(list(_model()[0].parameters()))
+    assert sets["linear"] < sets["partial"] < sets["finetune"]
+
+
+def test_gradual_groups_have_discriminative_lrs_and_unfreeze_from_the_top():
+    model, stages = _model()
+    groups = param_groups(model, stages, "gradual", 1e-3, 0.1, lr_decay=0.5)
+    assert [g["name"] for g in groups] == [f"stage{i}" for i in range(len(stages))] + ["head"]
+    lrs = [g["lr"] for g in groups[:-1]]
+    assert lrs[-1] == pytest.approx(1e-4) and lrs[-2] == pytest.approx(5e-5) and lrs[0] < lrs[1]
+    unfreeze_top(model, stages, 1)
+    assert _trainable(model) == {f"backbone.{n}" for n in stages[-1]} | {"head.weight", "head.bias"}
+    assert [gradual_schedule(e, 5, len(stages)) for e in range(1, 6)] == [0, 2, 3, 4, 5]
+
+
+def test_partial_gradual_lpft_run_end_to_end(tmp_path):
+    data = make_dataset(tmp_path / "d", n_train=3, n_val=2)
+    for strategy in ("partial", "gradual", "lp-ft"):
+        run = transferkit.train(data, model="squeezenet1_1", weights="none", strategy=strategy, epochs=2,
+                                batch_size=3, out=str(tmp_path / strategy), quiet=True)
+        assert run.results["strategy"] == strategy and run.results["epochs_run"] == 2
+        info = run.results["strategy_info"]
+        if strategy == "gradual":
+            assert info["trainable_stages_at_end"] == info["stages"]
+        if strategy == "partial":
+            assert info["trainable_stages_at_end"] == 2
+        if strategy == "lp-ft":
+            assert "probe_val_acc" in info
+
+
+def test_class_weights_and_balanced_sampler(tmp_path):
+    root = tmp_path / "d"
+    for i in range(8):
+        make_image(root / "train" / "blue" / f"b{i}.png", (30, 60, 200), seed=i)
+    for i in range(2):
+        make_image(root / "train" / "red" / f"r{i}.png", (200, 40, 30), seed=50 + i)
+    for c, col in (("blue", (30, 60, 200)), ("red", (200, 40, 30))):
+        make_image(root / "val" / c / "v.png", col, seed=99)
+    from transferkit.config import TrainConfig
+    from transferkit.strategies import _loss, train_loader
+
+    cfg = TrainConfig(data=str(root), class_weights="auto", balanced_sampler=True, batch_size=1000).resolved()
+    labels = torch.tensor([0] * 8 + [1] * 2)
+    loss = _loss(cfg, labels, 2)
+    assert torch.allclose(loss.weight, torch.tensor([10 / 16, 10 / 4]))
+    draws = torch.cat([y for _, y in train_loader(cfg, torch.utils.data.TensorDataset(torch.zeros(10, 1), labels), labels)])
+    assert len(draws) == 10 and 2 <= int(draws.sum()) <= 8  # not the 1-in-5 of the data
+    many = torch.cat([torch.cat([y for _, y in train_loader(
+        cfg.__class__(**{**cfg.to_dict(), "seed": s}), torch.utils.data.TensorDataset(torch.zeros(10, 1), labels), labels)])
+        for s in range(40)])
+    assert abs(many.float().mean().item() - 0.5) < 0.08
+    run = transferkit.train(root, class_weights="auto", balanced_sampler=True, epochs=5, out=str(tmp_path / "r"), quiet=True)
+    assert "balanced_accuracy" in run.results
+
+
+@pytest.mark.parametrize("bad, message", [({"unfreeze": 0}, "--unfreeze must be > 0"),
+                                          ({"lr_decay": 1.5}, "--lr-decay must be in"),
+                                          ({"class_weights": "yes"}, "--class-weights must be one of")])
+def test_option_errors(tmp_path, bad, message):
+    data = make_dataset(tmp_path / "d", n_train=2, n_val=1)
+    with pytest.raises(transferkit.UserError, match=message):
+        transferkit.train(data, **bad)
