@@ -148,7 +148,7 @@ def test_yaml_config_and_unknown_key(tmp_path, capsys):
     assert cfg["epochs"] == 3 and cfg["seed"] == 7  # flags override the file
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["predict"], ["models"], ["summary"], ["cache"]])
+@pytest.mark.parametrize("command", [[], ["train"], ["lr-find"], ["eval"], ["predict"], ["models"], ["summary"], ["cache"]])
 def test_help(command, capsys):
     with pytest.raises(SystemExit) as exc:
         main(command + ["--help"])

@@ -79,26 +79,9 @@ def train(data: str | Path, *, config: TrainConfig | None = None, console: Conso
     cfg = config.resolved()
     console = console or Console(cfg.quiet)
 
-    # Everything that can fail on user input is checked before any long work starts.
-    split = discover(cfg.data, cfg.val_fraction, cfg.seed)
-    spec = backbones.get(cfg.model)
-    runtime = Runtime.create(cfg.device, cfg.precision)
-    tmp_cache = tempfile.TemporaryDirectory(prefix="transferkit-") if cfg.no_cache else None
-    cache_root = Path(tmp_cache.name) if tmp_cache else Path(cfg.cache_dir or default_cache_dir())
-    pre = spec.preprocess
-    weights = identify_weights(spec, cfg.weights)
-    features = feature_cache(cache_root, model_key(spec.name, weights.sha256, pre, runtime.precision))
-    torch.manual_seed(cfg.seed)
-    models = LazyClassifier(spec, len(split.classes), cfg.weights, cfg.dropout,
-                            features.dir / "backbone.safetensors")
-    models.prepare()  # weights that do not fit the architecture fail here, before any output
-    run_dir = make_run_dir(cfg)
-    ctx = Context(
-        cfg=cfg, split=split, models=models, pre=pre, runtime=runtime,
-        feature_cache=features,
-        cache_root=cache_root, workers=default_workers() if cfg.workers is None else cfg.workers,
-        log=console.info, progress=console.progress,
-    )
+    ctx, tmp_cache = _context(cfg, console)
+    split, spec, runtime, run_dir = ctx.split, ctx.models.spec, ctx.runtime, ctx.run_dir
+    weights, pre = ctx.models.info, ctx.pre
     console.info(
         f"training {spec.name} ({cfg.strategy}) on {len(split.classes)} classes: "
         f"{len(split.train)} train / {len(split.val)} val images ({split.val_source}), "
@@ -127,7 +110,76 @@ def train(data: str | Path, *, config: TrainConfig | None = None, console: Conso
     return Run(run_dir, results)
 
 
-def make_run_dir(cfg: TrainConfig) -> Path:
+def _context(cfg: TrainConfig, console: Console, run_name: str | None = None):
+    """Check every user input (data, model, weights, options), then make the run folder and the
+    strategy's context. Returns (context, temporary cache or None)."""
+    split = discover(cfg.data, cfg.val_fraction, cfg.seed)
+    spec = backbones.get(cfg.model)
+    runtime = Runtime.create(cfg.device, cfg.precision)
+    tmp_cache = tempfile.TemporaryDirectory(prefix="transferkit-") if cfg.no_cache else None
+    cache_root = Path(tmp_cache.name) if tmp_cache else Path(cfg.cache_dir or default_cache_dir())
+    weights = identify_weights(spec, cfg.weights)
+    features = feature_cache(cache_root, model_key(spec.name, weights.sha256, spec.preprocess, runtime.precision))
+    torch.manual_seed(cfg.seed)
+    models = LazyClassifier(spec, len(split.classes), cfg.weights, cfg.dropout,
+                            features.dir / "backbone.safetensors")
+    models.prepare()  # weights that do not fit the architecture fail here, before any output
+    run_dir = make_run_dir(cfg, run_name)
+    ctx = Context(
+        cfg=cfg, split=split, models=models, pre=spec.preprocess, runtime=runtime,
+        feature_cache=features, cache_root=cache_root,
+        workers=default_workers() if cfg.workers is None else cfg.workers,
+        log=console.info, progress=console.progress, run_dir=run_dir,
+    )
+    return ctx, tmp_cache
+
+
+def lr_find(data: str | Path, *, config: TrainConfig | None = None, console: Console | None = None,
+            steps: int | None = None, start_lr: float = 1e-7, end_lr: float = 1.0, **options):
+    """LR range test for the chosen strategy on `data`: prints and returns the suggested LR and
+    writes `lr_find.png` and `lr_find.json` into a fresh run folder (or --out).
+    Steps default to 100 on cached features (linear), 50 for the network strategies."""
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    from . import lrfind
+    from .strategies import cached_features, network_setup, train_loader, unfreeze_top, _loss
+
+    base = config.to_dict() if config else {}
+    cfg = TrainConfig.from_mapping({**base, **options, "data": str(data)}).resolved()
+    if not start_lr > 0 or not end_lr > start_lr:
+        raise UserError("need 0 < --start-lr < --end-lr")
+    console = console or Console(cfg.quiet)
+    ctx, tmp_cache = _context(cfg, console, run_name=f"lr-find-{cfg.strategy}")
+    try:
+        if cfg.strategy == "linear":
+            x, y, _, _, _ = cached_features(ctx)
+            torch.manual_seed(cfg.seed)
+            model = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(x.shape[1], len(ctx.split.classes)))
+            loader = train_loader(cfg, TensorDataset(x, y), y)
+            groups = [{"params": list(model.parameters()), "lr": 1.0}]
+            args = (model, loader, groups, _loss(cfg, y, len(ctx.split.classes)),
+                    Runtime(torch.device("cpu"), torch.float32), lambda t: t)
+            steps = steps or 100
+        else:
+            net = network_setup(ctx)
+            if cfg.strategy == "gradual":  # the test covers the fully unfrozen network
+                unfreeze_top(net.model, net.stages, len(net.stages))
+            args = (net.model, net.loader, net.groups, net.loss, ctx.runtime, net.prepare)
+            steps = steps or 50
+        result = lrfind.range_test(*args, optimizer=cfg.optimizer, weight_decay=cfg.weight_decay,
+                                   start_lr=start_lr, end_lr=end_lr, steps=steps)
+    finally:
+        if tmp_cache:
+            tmp_cache.cleanup()
+    lrfind.plot(result, ctx.run_dir / "lr_find.png")
+    bundle.write_json(ctx.run_dir / "lr_find.json", result.to_dict())
+    console.info(f"suggested learning rate: {result.suggestion:.2e} (steepest loss descent, "
+                 f"{len(result.lrs)} steps)\nplot: {ctx.run_dir / 'lr_find.png'}")
+    return result
+
+
+def make_run_dir(cfg: TrainConfig, run_name: str | None = None) -> Path:
     if cfg.out:
         out = Path(cfg.out).expanduser()
         if out.exists() and not out.is_dir():
@@ -136,7 +188,8 @@ def make_run_dir(cfg: TrainConfig) -> Path:
             raise UserError(f"--out {out} is not empty and not a transferkit run; choose another folder")
         out.mkdir(parents=True, exist_ok=True)
         return out
-    base = Path(cfg.runs_dir) / (cfg.name or f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model.replace(':', '-')}-{cfg.strategy}")
+    default = f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model.replace(':', '-')}-{run_name or cfg.strategy}"
+    base = Path(cfg.runs_dir) / (cfg.name or default)
     run_dir, n = base, 2
     while run_dir.exists():
         run_dir, n = base.with_name(f"{base.name}-{n}"), n + 1

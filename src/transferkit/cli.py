@@ -50,6 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML file of options (command-line flags override it)")
     add_config_options(p)
 
+    p = sub.add_parser("lr-find", help="LR range test: suggest a learning rate",
+                       description="Raises the LR exponentially over a few steps of the chosen "
+                                   "strategy, prints the LR of steepest loss descent and saves the plot.")
+    p.add_argument("data", help="dataset folder")
+    p.add_argument("--config", help="YAML file of options (command-line flags override it)")
+    p.add_argument("--steps", type=int, help="steps of the sweep [default: 100 linear, 50 otherwise]")
+    p.add_argument("--start-lr", type=float, default=1e-7, help="[default: 1e-7]")
+    p.add_argument("--end-lr", type=float, default=1.0, help="[default: 1.0]")
+    add_config_options(p)
+
     p = sub.add_parser("eval", help="re-evaluate a saved run",
                        description="Accuracy and per-class accuracy of RUN's model on DATA/val "
                                    "(or DATA's class folders), or on the run's own val split.")
@@ -94,6 +104,18 @@ def cmd_train(args: argparse.Namespace, started: float) -> int:
     options = {k: v for k, v in vars(args).items() if k not in ("command", "config", "version", "data")}
     config = TrainConfig.from_yaml(args.config) if args.config else TrainConfig()
     api.train(args.data, config=config, started=started, **options)
+    return 0
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from . import api
+
+    skip = ("command", "config", "version", "data", "steps", "start_lr", "end_lr")
+    options = {k: v for k, v in vars(args).items() if k not in skip}
+    if args.steps is not None and args.steps < 2:
+        raise UserError("--steps must be >= 2")
+    config = TrainConfig.from_yaml(args.config) if args.config else TrainConfig()
+    api.lr_find(args.data, config=config, steps=args.steps, start_lr=args.start_lr, end_lr=args.end_lr, **options)
     return 0
 
 
@@ -196,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return cmd_train(args, started)
-        handlers = {"eval": cmd_eval, "predict": cmd_predict, "models": cmd_models,
+        handlers = {"lr-find": cmd_lr_find, "eval": cmd_eval, "predict": cmd_predict, "models": cmd_models,
                     "summary": cmd_summary, "cache": cmd_cache}
         return handlers[args.command](args)
     except UserError as exc:

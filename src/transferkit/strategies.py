@@ -42,6 +42,7 @@ class Context:
     workers: int
     log: Callable[[str], None]
     progress: Callable  # (total, desc) -> tqdm-like bar
+    run_dir: Path
 
 
 @dataclass
@@ -266,9 +267,22 @@ def decode_all(ctx: Context, cache: ArrayCache) -> dict[str, str]:
     return errors
 
 
-def train_network(ctx: Context, head_init: nn.Linear | None = None) -> Outcome:
-    """Train the network on images (finetune, partial, gradual, and LP-FT's second step):
-    decoded once into the cache, bf16 autocast + channels_last, what trains set by the strategy."""
+@dataclass
+class NetworkSetup:
+    """Everything needed to train the network on images for one strategy."""
+
+    model: Classifier
+    loader: DataLoader
+    val_loader: DataLoader
+    stages: list[list[str]]
+    groups: list[dict]
+    loss: nn.Module
+    prepare: Callable[[torch.Tensor], torch.Tensor]
+
+
+def network_setup(ctx: Context, head_init: nn.Linear | None = None) -> NetworkSetup:
+    """Decode every image once into the cache, build loaders, initialize the head, and set what
+    trains (param groups) for the strategy."""
     cfg, split, runtime, model = ctx.cfg, ctx.split, ctx.runtime, ctx.models.get()
     cache = decoded_cache(ctx.cache_root, ctx.pre)
     split.drop(decode_all(ctx, cache))
@@ -281,7 +295,6 @@ def train_network(ctx: Context, head_init: nn.Linear | None = None) -> Outcome:
     loader = train_loader(cfg, dataset(split.train, True), y_train, ctx.workers,
                           drop_last=len(split.train) > cfg.batch_size)
     val_loader = DataLoader(dataset(split.val, False), batch_size=cfg.batch_size, num_workers=ctx.workers)
-
     torch.manual_seed(cfg.seed)
     if head_init is not None:
         model.head.load_state_dict(head_init.state_dict())
@@ -291,6 +304,18 @@ def train_network(ctx: Context, head_init: nn.Linear | None = None) -> Outcome:
     runtime.train_module(model)
     stages = ctx.models.spec.stages(model.backbone)
     groups = param_groups(model, stages, cfg.strategy, cfg.lr, cfg.backbone_lr_mult, cfg.unfreeze, cfg.lr_decay)
+    mean = torch.tensor(ctx.pre.mean).view(1, 3, 1, 1)
+    std = torch.tensor(ctx.pre.std).view(1, 3, 1, 1)
+    return NetworkSetup(model, loader, val_loader, stages, groups, _loss(cfg, y_train, len(split.classes)),
+                        lambda u8: runtime.to_input(u8, mean, std))
+
+
+def train_network(ctx: Context, head_init: nn.Linear | None = None) -> Outcome:
+    """Train the network on images (finetune, partial, gradual, and LP-FT's second step):
+    decoded once into the cache, bf16 autocast + channels_last, what trains set by the strategy."""
+    cfg, runtime = ctx.cfg, ctx.runtime
+    net = network_setup(ctx, head_init)
+    model, loader, stages, groups = net.model, net.loader, net.stages, net.groups
     optimizer = engine.make_optimizer(cfg.optimizer, groups, cfg.lr, cfg.weight_decay)
     steps = cfg.epochs * len(loader)
     scheduler = engine.make_scheduler(cfg.schedule, optimizer, steps, int(cfg.warmup_epochs * len(loader)))
@@ -299,11 +324,9 @@ def train_network(ctx: Context, head_init: nn.Linear | None = None) -> Outcome:
         def before_epoch(epoch: int) -> None:
             unfreeze_top(model, stages, gradual_schedule(epoch, cfg.epochs, len(stages)))
 
-    mean = torch.tensor(ctx.pre.mean).view(1, 3, 1, 1)
-    std = torch.tensor(ctx.pre.std).view(1, 3, 1, 1)
     result, best = engine.fit(
-        model, loader, val_loader, optimizer, scheduler, _loss(cfg, y_train, len(split.classes)), runtime,
-        lambda u8: runtime.to_input(u8, mean, std), cfg.epochs, cfg.patience,
+        model, loader, net.val_loader, optimizer, scheduler, net.loss, runtime, net.prepare,
+        cfg.epochs, cfg.patience,
         on_epoch=lambda s: ctx.log(
             f"epoch {s.epoch}: train loss {s.train_loss:.3f} acc {s.train_acc:.3f} | "
             f"val loss {s.val_loss:.3f} acc {s.val_acc:.3f} | {s.seconds:.1f}s"
@@ -314,7 +337,7 @@ def train_network(ctx: Context, head_init: nn.Linear | None = None) -> Outcome:
     model.to("cpu").eval()
     # The reported accuracy is that of the saved model on the fast inference path.
     extractor = Extractor(model.backbone, ctx.pre, runtime, batch_size=32, workers=ctx.workers)
-    feats = torch.cat([extractor.forward(u8) for u8, _ in val_loader])
+    feats = torch.cat([extractor.forward(u8) for u8, _ in net.val_loader])
     with torch.inference_mode():
         val_logits = model.head(feats)
     info = {"param_groups": [{"name": g["name"], "lr": g["lr"]} for g in groups],
