@@ -55,8 +55,8 @@ class Console:
                     file=sys.stderr, dynamic_ncols=True)
 
 
-def train(data: str | Path, *, config: TrainConfig | None = None, console: Console | None = None,
-          started: float | None = None, **options) -> Run:
+def train(data: str | Path | None = None, *, config: TrainConfig | None = None,
+          console: Console | None = None, started: float | None = None, **options) -> Run:
     """Train a classifier on the image folder `data` and write a run folder.
 
     Args:
@@ -72,14 +72,20 @@ def train(data: str | Path, *, config: TrainConfig | None = None, console: Conso
     Example: ``transferkit.train("data").val_acc``
     """
     started = time.perf_counter() if started is None else started
-    if config is None:
-        config = TrainConfig.from_mapping({"data": str(data), **options})
+    resume = options.get("resume") or (config.resume if config else None)
+    if resume:
+        config, checkpoint = _resume_config(resume, data, options)
     else:
-        config = TrainConfig.from_mapping({**config.to_dict(), **options, "data": str(data)})
+        if data is None:
+            raise UserError("give the dataset folder (or --resume RUN)")
+        base = config.to_dict() if config else {}
+        config = TrainConfig.from_mapping({**base, **options, "data": str(Path(data).expanduser().absolute())})
+        checkpoint = None
     cfg = config.resolved()
     console = console or Console(cfg.quiet)
 
     ctx, tmp_cache = _context(cfg, console)
+    ctx.resume = checkpoint
     split, spec, runtime, run_dir = ctx.split, ctx.models.spec, ctx.runtime, ctx.run_dir
     weights, pre = ctx.models.info, ctx.pre
     console.info(
@@ -95,7 +101,10 @@ def train(data: str | Path, *, config: TrainConfig | None = None, console: Conso
     for item in split.skipped:
         console.warn(f"skipped {item['path']}: {item['reason']}")
     if outcome.fit.interrupted:
-        console.warn(f"interrupted: keeping the best epoch so far ({outcome.fit.best_epoch})")
+        console.warn(f"interrupted: keeping the best epoch so far ({outcome.fit.best_epoch}); "
+                     f"continue with: transferkit train --resume {run_dir}")
+    elif ctx.checkpoint.exists():
+        ctx.checkpoint.unlink()  # finished: the bundle is what remains
 
     meta = bundle.BundleMeta(spec.name, spec.arch, split.classes, pre, cfg.strategy, cfg.dropout,
                              weights.source, weights.sha256)
@@ -125,6 +134,7 @@ def _context(cfg: TrainConfig, console: Console, run_name: str | None = None):
                             features.dir / "backbone.safetensors")
     models.prepare()  # weights that do not fit the architecture fail here, before any output
     run_dir = make_run_dir(cfg, run_name)
+    cfg.to_yaml(run_dir / "config.yaml")  # written first: --resume reads it
     ctx = Context(
         cfg=cfg, split=split, models=models, pre=spec.preprocess, runtime=runtime,
         feature_cache=features, cache_root=cache_root,
@@ -179,12 +189,35 @@ def lr_find(data: str | Path, *, config: TrainConfig | None = None, console: Con
     return result
 
 
+def _resume_config(run: str, data, options: dict) -> tuple[TrainConfig, dict]:
+    """The interrupted run's own options (its config.yaml), with the options given now on top
+    (e.g. more --epochs), and its last checkpoint."""
+    from .engine import load_checkpoint
+
+    run_dir = Path(run).expanduser()
+    ckpt = run_dir / "checkpoint.pt"
+    if not (run_dir / "config.yaml").is_file() or not ckpt.is_file():
+        raise UserError(f"nothing to resume in {run_dir}: it has no config.yaml and checkpoint.pt "
+                        "(a finished run keeps no checkpoint)")
+    saved = TrainConfig.from_yaml(run_dir / "config.yaml").to_dict()
+    given = {k: v for k, v in options.items() if k != "resume"}
+    if data is not None and str(Path(data).expanduser().absolute()) != saved["data"]:
+        raise UserError(f"{run_dir} was trained on {saved['data']}; resume it without a DATA folder")
+    cfg = TrainConfig.from_mapping({**saved, **given, "out": str(run_dir), "resume": str(run_dir)})
+    try:
+        checkpoint = load_checkpoint(ckpt)
+    except Exception as exc:  # noqa: BLE001 - a damaged checkpoint is a user-facing condition
+        raise UserError(f"{ckpt} cannot be read ({str(exc).splitlines()[0]})") from None
+    return cfg, checkpoint
+
+
 def make_run_dir(cfg: TrainConfig, run_name: str | None = None) -> Path:
     if cfg.out:
         out = Path(cfg.out).expanduser()
         if out.exists() and not out.is_dir():
             raise UserError(f"--out {out} is a file, not a folder")
-        if out.is_dir() and any(out.iterdir()) and not (out / "model.json").exists():
+        is_run = (out / "model.json").exists() or (out / "checkpoint.pt").exists()
+        if out.is_dir() and any(out.iterdir()) and not is_run:
             raise UserError(f"--out {out} is not empty and not a transferkit run; choose another folder")
         out.mkdir(parents=True, exist_ok=True)
         return out

@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a classifier on a folder of images",
                        description="Train on DATA/train/<class>/* (and DATA/val/<class>/* if present).")
-    p.add_argument("data", help="dataset folder")
+    p.add_argument("data", nargs="?", help="dataset folder (not needed with --resume)")
     p.add_argument("--config", help="YAML file of options (command-line flags override it)")
     add_config_options(p)
 

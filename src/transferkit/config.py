@@ -77,6 +77,7 @@ class TrainConfig:
     runs_dir: str = opt("runs", "where fresh run folders are made")
     name: str | None = opt(None, "run folder name under runs_dir")
     quiet: bool = opt(False, "no progress bars")
+    resume: str | None = opt(None, "continue the interrupted run in this folder from its last checkpoint")
 
     # -- resolution and validation -------------------------------------------------------------
     def resolved(self) -> "TrainConfig":

@@ -8,9 +8,11 @@ later run under torchrun (DistributedSampler + DDP-wrapped module) unchanged.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -120,17 +122,36 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
         optimizer: torch.optim.Optimizer, scheduler, loss_fn: nn.Module, runtime: Runtime,
         prepare: Prepare, epochs: int, patience: int = 0,
         on_epoch: Callable[[EpochStats], None] | None = None,
-        progress_factory=None, before_epoch: Callable[[int], None] | None = None) -> tuple[FitResult, dict[str, torch.Tensor]]:
+        progress_factory=None, before_epoch: Callable[[int], None] | None = None,
+        checkpoint: Path | None = None, resume: dict | None = None) -> tuple[FitResult, dict[str, torch.Tensor]]:
     """Train for `epochs`, validating after each; keep the best weights (by val accuracy, ties to
     the lower val loss). Stops early after `patience` epochs without improvement (0: never), and
-    cleanly on Ctrl-C, keeping the best epoch so far. Returns the result and the best state."""
+    cleanly on Ctrl-C, keeping the best epoch so far. Returns the result and the best state.
+
+    With `checkpoint`, everything needed to continue (model, optimizer, scheduler, RNG states,
+    best so far) is written there atomically after every epoch; `resume` (such a checkpoint,
+    loaded) continues from its epoch, giving on CPU the same result as an uninterrupted run."""
     result = FitResult()
     best_state = copy.deepcopy(model.state_dict())
     best_loss = math.inf
     scaler = runtime.grad_scaler()
     since_best = 0
+    first = 1
+    generators = _generators(train_loader)
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        scaler.load_state_dict(resume["scaler"])
+        torch.set_rng_state(resume["torch_rng"])
+        for gen, state in zip(generators, resume["loader_rng"]):
+            gen.set_state(state)
+        best_state, best_loss, since_best = resume["best_state"], resume["best_loss"], resume["since_best"]
+        result.best_epoch, result.best_val_acc = resume["best_epoch"], resume["best_val_acc"]
+        result.history = [EpochStats(**h) for h in resume["history"]]
+        first = resume["epoch"] + 1
     try:
-        for epoch in range(1, epochs + 1):
+        for epoch in range(first, epochs + 1):
             start = time.perf_counter()
             if before_epoch is not None:
                 before_epoch(epoch)  # e.g. unfreeze the next stages
@@ -155,6 +176,15 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
                 since_best = 0
             else:
                 since_best += 1
+            if checkpoint is not None:
+                save_checkpoint(checkpoint, {
+                    "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                    "torch_rng": torch.get_rng_state(), "loader_rng": [g.get_state() for g in generators],
+                    "best_state": best_state, "best_loss": best_loss, "since_best": since_best,
+                    "best_epoch": result.best_epoch, "best_val_acc": result.best_val_acc,
+                    "history": [dataclasses.asdict(h) for h in result.history],
+                })
             if on_epoch is not None:
                 on_epoch(stats)
             if patience and since_best >= patience:
@@ -163,3 +193,28 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
     except KeyboardInterrupt:
         result.interrupted = True
     return result, best_state
+
+
+def _generators(loader: DataLoader) -> list[torch.Generator]:
+    """The random generators that decide a loader's order (its own and its sampler's)."""
+    gens = [loader.generator, getattr(loader.sampler, "generator", None)]
+    out: list[torch.Generator] = []
+    for g in gens:
+        if g is not None and all(g is not o for o in out):
+            out.append(g)
+    return out
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    import io
+
+    from .bundle import atomic_write
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint written by `fit` (tensors and plain values only: loaded with weights_only)."""
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -43,6 +43,11 @@ class Context:
     log: Callable[[str], None]
     progress: Callable  # (total, desc) -> tqdm-like bar
     run_dir: Path
+    resume: dict | None = None  # a checkpoint to continue from (--resume)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.run_dir / "checkpoint.pt"
 
 
 @dataclass
@@ -181,6 +186,8 @@ def fit_head(ctx: Context, x_train, y_train, x_val, y_val, hp: dict | None = Non
         head, loader, val_loader, optimizer, scheduler, _loss(cfg, y_train, len(ctx.split.classes)),
         Runtime(torch.device("cpu"), torch.float32), lambda x: x, cfg.epochs, cfg.patience,
         on_epoch=lambda s: _tick(bar, s),
+        # lp-ft's probe (hp given) is cheap and deterministic: only the main fit checkpoints.
+        checkpoint=None if hp else ctx.checkpoint, resume=None if hp else ctx.resume,
     )
     bar.close()
     head.load_state_dict(best)
@@ -332,6 +339,7 @@ def train_network(ctx: Context, head_init: nn.Linear | None = None) -> Outcome:
             f"val loss {s.val_loss:.3f} acc {s.val_acc:.3f} | {s.seconds:.1f}s"
         ),
         progress_factory=_epoch_bar(ctx, cfg.strategy), before_epoch=before_epoch,
+        checkpoint=ctx.checkpoint, resume=ctx.resume,
     )
     model.load_state_dict(best)
     model.to("cpu").eval()
