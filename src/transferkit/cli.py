@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="steps of the sweep [default: 100 linear, 50 otherwise]")
     p.add_argument("--start-lr", type=float, default=1e-7, help="[default: 1e-7]")
     p.add_argument("--end-lr", type=float, default=1.0, help="[default: 1.0]")
-    add_config_options(p)
+    add_config_options(p, skip=("data", "resume"))
 
     p = sub.add_parser("eval", help="re-evaluate a saved run",
                        description="Accuracy and per-class accuracy of RUN's model on DATA/val "
@@ -110,7 +110,7 @@ def cmd_train(args: argparse.Namespace, started: float) -> int:
 def cmd_lr_find(args: argparse.Namespace) -> int:
     from . import api
 
-    skip = ("command", "config", "version", "data", "steps", "start_lr", "end_lr")
+    skip = ("command", "config", "version", "data", "steps", "start_lr", "end_lr")  # not TrainConfig
     options = {k: v for k, v in vars(args).items() if k not in skip}
     if args.steps is not None and args.steps < 2:
         raise UserError("--steps must be >= 2")
