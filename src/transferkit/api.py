@@ -64,6 +64,8 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None,
             DATA/<class>/images; without a val folder a stratified split is held out.
         config: a full `TrainConfig` (its `data` is replaced by `data`); or give options as keywords,
             e.g. ``strategy="finetune", epochs=5``. Unknown keywords raise `UserError`.
+            ``resume="runs/x"`` continues that interrupted run (no `data` needed; options given
+            now, such as more epochs, override its saved ones).
     Returns:
         `Run` with the run folder and results (``run.val_acc``).
     Raises:
