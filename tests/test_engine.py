@@ -59,7 +59,7 @@ def test_ctrl_c_keeps_best_so_far():
 
     result, best = _fit(10, on_epoch=interrupt)
     assert result.interrupted and len(result.history) == 3
-    assert 1 <= result.best_epoch <= 3 and best["weight"].shape == (2, 8)
+    assert result.best_epoch in (1, 2, 3) and best["weight"].shape == (2, 8)
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "adam", "sgd"])
