@@ -76,6 +76,7 @@ class LazyClassifier:
         self.info = identify_weights(spec, weights)
         self.cache_file = cache_file if self.info.sha256 else None  # random init is not cached
         self._model: Classifier | None = None
+        self._state: dict[str, torch.Tensor] | None = None  # the verified cache file, read once
 
     @property
     def built(self) -> bool:
@@ -101,7 +102,9 @@ class LazyClassifier:
         return self.get().backbone.state_dict()
 
     def _cached_state(self) -> dict[str, torch.Tensor] | None:
-        return _read_checked(self.cache_file) if self.cache_file is not None else None
+        if self._state is None and self.cache_file is not None:
+            self._state = _read_checked(self.cache_file)
+        return self._state
 
 
 def _write_checked(path: Path, state: dict[str, torch.Tensor]) -> None:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -139,7 +140,8 @@ def cached_features(ctx: Context) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     y_val and cache facts."""
     cfg, split = ctx.cfg, ctx.split
 
-    def extractor() -> Extractor:  # only built when some features are not cached
+    @functools.cache
+    def extractor() -> Extractor:  # built once, and only when some features are not cached
         return Extractor(ctx.models.get().backbone, ctx.pre, ctx.runtime, batch_size=32, workers=ctx.workers)
 
     train_paths, val_paths = [s.path for s in split.train], [s.path for s in split.val]
