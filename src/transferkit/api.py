@@ -236,8 +236,7 @@ def write_outputs(run_dir: Path, cfg: TrainConfig, split, outcome, runtime: Runt
     y_val = np.array([s.label for s in split.val])
     y_pred = outcome.val_logits.argmax(1).numpy()
     summary = metrics.summarize(y_val, y_pred, split.classes)
-    fit = outcome.fit
-    cfg.to_yaml(run_dir / "config.yaml")
+    fit = outcome.fit  # config.yaml was written when the run folder was made
     metrics.write_history_csv(run_dir / "metrics.csv", fit.history)
     bundle.write_json(run_dir / "split.json", {
         "val_source": split.val_source, "seed": cfg.seed, "val_fraction": cfg.val_fraction,

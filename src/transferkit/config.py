@@ -127,7 +127,10 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def to_yaml(self, path: Path) -> None:
-        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        """Write every option to `path` atomically (--resume reads it back)."""
+        from .bundle import atomic_write
+
+        atomic_write(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False).encode())
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> "TrainConfig":
