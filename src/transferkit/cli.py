@@ -98,11 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _config_and_options(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
+    """The YAML config (or defaults) and the TrainConfig options given as flags (flags win)."""
+    names = {f.name for f in fields(TrainConfig)} - {"data"}
+    options = {k: v for k, v in vars(args).items() if k in names}
+    return (TrainConfig.from_yaml(args.config) if args.config else TrainConfig()), options
+
+
 def cmd_train(args: argparse.Namespace, started: float) -> int:
     from . import api
 
-    options = {k: v for k, v in vars(args).items() if k not in ("command", "config", "version", "data")}
-    config = TrainConfig.from_yaml(args.config) if args.config else TrainConfig()
+    config, options = _config_and_options(args)
     api.train(args.data, config=config, started=started, **options)
     return 0
 
@@ -110,11 +116,9 @@ def cmd_train(args: argparse.Namespace, started: float) -> int:
 def cmd_lr_find(args: argparse.Namespace) -> int:
     from . import api
 
-    skip = ("command", "config", "version", "data", "steps", "start_lr", "end_lr")  # not TrainConfig
-    options = {k: v for k, v in vars(args).items() if k not in skip}
     if args.steps is not None and args.steps < 2:
         raise UserError("--steps must be >= 2")
-    config = TrainConfig.from_yaml(args.config) if args.config else TrainConfig()
+    config, options = _config_and_options(args)
     api.lr_find(args.data, config=config, steps=args.steps, start_lr=args.start_lr, end_lr=args.end_lr, **options)
     return 0
 
