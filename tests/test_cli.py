@@ -43,7 +43,7 @@ def test_train_writes_every_file_and_results(trained):
     for name in RUN_FILES:
         assert (run / name).is_file(), name
     results = json.loads((run / "results.json").read_text())
-    for key in ("val_acc", "best_epoch", "strategy", "backbone", "classes", "num_train", "num_val",
+    for key in ("val_acc", "head_iterations", "strategy", "backbone", "classes", "num_train", "num_val",
                 "skipped_files", "wall_s"):
         assert key in results
     assert results["classes"] == ["blue", "red"]
@@ -52,7 +52,9 @@ def test_train_writes_every_file_and_results(trained):
     skipped = {d["path"].rsplit("/", 1)[-1]: d["reason"] for d in results["skipped_files"]}
     assert set(skipped) == {"empty.jpg", "readme.txt", "cut.jpg"}
     rows = list(csv.DictReader(open(run / "metrics.csv")))
-    assert len(rows) == results["epochs_run"] and set(rows[0]) >= {"epoch", "train_loss", "val_acc", "lr"}
+    # the default head is a logistic regression: one row per chunk of L-BFGS iterations
+    assert set(rows[0]) >= {"iteration", "train_loss", "val_acc"}
+    assert int(rows[-1]["iteration"]) == results["head_iterations"] and results["epochs_run"] is None
     meta = json.loads((run / "model.json").read_text())
     assert meta["preprocess"]["mean"] == [0.5, 0.5, 0.5] and "torch" in meta["versions"]
 

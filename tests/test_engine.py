@@ -87,6 +87,6 @@ def test_interrupted_run_still_writes_outputs(tmp_path, monkeypatch):
         return real_fit(*args, **kwargs)
 
     monkeypatch.setattr(engine, "fit", fit_interrupted_at_2)
-    run = transferkit.train(data, epochs=10, out=str(tmp_path / "r"), quiet=True)
+    run = transferkit.train(data, optimizer="adamw", epochs=10, out=str(tmp_path / "r"), quiet=True)
     assert run.results["interrupted"] and run.results["epochs_run"] == 2
     assert (run.path / "model.safetensors").is_file() and (run.path / "curves.png").is_file()

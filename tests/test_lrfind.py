@@ -22,7 +22,7 @@ def test_lr_find_command(tmp_path, capsys):
     out = tmp_path / "lr"
     assert main(["lr-find", str(data), "--out", str(out), "--steps", "60", "--quiet"]) == 0
     text = capsys.readouterr().out
-    assert "suggested learning rate:" in text
+    assert "suggested learning rate for --optimizer adamw:" in text  # linear's L-BFGS has no LR
     saved = json.loads((out / "lr_find.json").read_text())
     assert 1e-7 <= saved["suggested_lr"] <= 1.0 and len(saved["lrs"]) == len(saved["losses"]) > 10
     assert (out / "lr_find.png").stat().st_size > 1000

@@ -105,8 +105,50 @@ def test_class_weights_and_balanced_sampler(tmp_path):
 
 @pytest.mark.parametrize("bad, message", [({"unfreeze": 0}, "--unfreeze must be > 0"),
                                           ({"lr_decay": 1.5}, "--lr-decay must be in"),
-                                          ({"class_weights": "yes"}, "--class-weights must be one of")])
+                                          ({"class_weights": "yes"}, "--class-weights must be one of"),
+                                          ({"strategy": "finetune", "optimizer": "lbfgs"}, "lbfgs fits only the linear")])
 def test_option_errors(tmp_path, bad, message):
     data = make_dataset(tmp_path / "d", n_train=2, n_val=1)
     with pytest.raises(transferkit.UserError, match=message):
         transferkit.train(data, **bad)
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_logistic_head_folds_into_one_linear_layer(num_classes):
+    """The L-BFGS head (standardized features) becomes one nn.Linear on raw features whose softmax
+    equals scikit-learn's probabilities, binary case included; it converges and records losses."""
+    from types import SimpleNamespace
+
+    from sklearn.linear_model import LogisticRegression
+
+    from transferkit.config import TrainConfig
+    from transferkit.strategies import fit_logistic
+
+    gen = torch.Generator().manual_seed(0)
+    y = torch.arange(60) % num_classes
+    x = torch.randn(60, 16, generator=gen) * 3 + 5 + y[:, None] * torch.linspace(0, 2, 16)
+    cfg = TrainConfig.from_mapping({"data": "unused"}).resolved()
+    ctx = SimpleNamespace(cfg=cfg, split=SimpleNamespace(classes=[str(i) for i in range(num_classes)]),
+                          progress=lambda total, desc: _NullBar())
+    result, linear = fit_logistic(ctx, x[:40], y[:40], x[40:], y[40:])
+    assert result.unit == "iteration" and result.history and result.best_epoch == result.history[-1].epoch
+    assert result.history[-1].train_acc > 0.8 and result.best_epoch < 1000  # converged, learned
+    z = x[:40].double()
+    mean, std = z.mean(0), z.std(0, unbiased=False) + 1e-6
+    ref = LogisticRegression(C=1 / (cfg.weight_decay * 40), tol=1e-6, max_iter=1000).fit(
+        ((z - mean) / std).numpy(), y[:40].numpy())
+    expected = torch.from_numpy(ref.predict_proba(((x[40:].double() - mean) / std).numpy()))
+    with torch.no_grad():
+        got = torch.softmax(linear(x[40:]).double(), 1)
+    assert torch.allclose(got, expected, atol=2e-3)
+
+
+class _NullBar:
+    def update(self, n=1):
+        pass
+
+    def set_postfix(self, **kw):
+        pass
+
+    def close(self):
+        pass

@@ -113,11 +113,10 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None,
     bundle.save(run_dir, outcome.state, meta)
     results = write_outputs(run_dir, cfg, split, outcome, runtime, started)
     console.info(metrics.format_table(results["metrics"]))
-    console.info(
-        f"val accuracy {results['val_acc']:.4f} ({results['num_val']} images), best epoch "
-        f"{results['best_epoch']}/{len(outcome.fit.history)}, {results['wall_s']:.1f} s\n"
-        f"outputs: {run_dir}"
-    )
+    kept = (f"logistic regression, {outcome.fit.best_epoch} L-BFGS iterations" if outcome.fit.unit == "iteration"
+            else f"best epoch {results['best_epoch']}/{len(outcome.fit.history)}")
+    console.info(f"val accuracy {results['val_acc']:.4f} ({results['num_val']} images), {kept}, "
+                 f"{results['wall_s']:.1f} s\noutputs: {run_dir}")
     return Run(run_dir, results)
 
 
@@ -157,10 +156,15 @@ def lr_find(data: str | Path, *, config: TrainConfig | None = None, console: Con
     from . import lrfind
     from .strategies import cached_features, network_setup, train_loader, unfreeze_top, _loss
 
-    base = config.to_dict() if config else {}
-    cfg = TrainConfig.from_mapping({**base, **options, "data": str(data)}).resolved()
+    values = {**(config.to_dict() if config else {}), **options, "data": str(data)}
+    if values.get("optimizer") is None and values.get("strategy", "linear") == "linear":
+        values["optimizer"] = "adamw"  # L-BFGS, linear's default, has no LR: find one for epoch training
+    cfg = TrainConfig.from_mapping(values).resolved()
     if not start_lr > 0 or not end_lr > start_lr:
         raise UserError("need 0 < --start-lr < --end-lr")
+    if cfg.optimizer == "lbfgs":
+        raise UserError("the linear head is fitted by L-BFGS (logistic regression), which has no learning "
+                        "rate: add --optimizer adamw (or adam, sgd) to find one for an epoch-trained head")
     console = console or Console(cfg.quiet)
     ctx, tmp_cache = _context(cfg, console, run_name=f"lr-find-{cfg.strategy}")
     try:
@@ -186,7 +190,7 @@ def lr_find(data: str | Path, *, config: TrainConfig | None = None, console: Con
             tmp_cache.cleanup()
     lrfind.plot(result, ctx.run_dir / "lr_find.png")
     bundle.write_json(ctx.run_dir / "lr_find.json", result.to_dict())
-    console.info(f"suggested learning rate: {result.suggestion:.2e} (steepest loss descent, "
+    console.info(f"suggested learning rate for --optimizer {cfg.optimizer}: {result.suggestion:.2e} (steepest loss descent, "
                  f"{len(result.lrs)} steps)\nplot: {ctx.run_dir / 'lr_find.png'}")
     return result
 
@@ -237,20 +241,21 @@ def write_outputs(run_dir: Path, cfg: TrainConfig, split, outcome, runtime: Runt
     y_pred = outcome.val_logits.argmax(1).numpy()
     summary = metrics.summarize(y_val, y_pred, split.classes)
     fit = outcome.fit  # config.yaml was written when the run folder was made
-    metrics.write_history_csv(run_dir / "metrics.csv", fit.history)
+    metrics.write_history_csv(run_dir / "metrics.csv", fit.history, fit.unit)
     bundle.write_json(run_dir / "split.json", {
         "val_source": split.val_source, "seed": cfg.seed, "val_fraction": cfg.val_fraction,
         "classes": split.classes,
         "train": [[s.path, s.label] for s in split.train],
         "val": [[s.path, s.label] for s in split.val],
     })
-    metrics.plot_curves(run_dir / "curves.png", fit.history, fit.best_epoch)
+    metrics.plot_curves(run_dir / "curves.png", fit.history, fit.best_epoch, fit.unit)
     metrics.plot_confusion(run_dir / "confusion_matrix.png", summary["confusion_matrix"], split.classes)
     results = {
         "val_acc": summary["accuracy"],
         "balanced_accuracy": summary["balanced_accuracy"],
-        "best_epoch": fit.best_epoch,
-        "epochs_run": len(fit.history),
+        "best_epoch": fit.best_epoch if fit.unit == "epoch" else None,
+        "epochs_run": len(fit.history) if fit.unit == "epoch" else None,
+        "head_iterations": fit.best_epoch if fit.unit == "iteration" else None,
         "stopped_early": fit.stopped_early,
         "interrupted": fit.interrupted,
         "strategy": cfg.strategy,

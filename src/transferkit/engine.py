@@ -43,6 +43,7 @@ class FitResult:
     best_val_acc: float = -1.0
     interrupted: bool = False
     stopped_early: bool = False
+    unit: str = "epoch"  # what `EpochStats.epoch` counts: "epoch", or "iteration" for L-BFGS
 
 
 def make_optimizer(name: str, groups: list[dict], lr: float, weight_decay: float) -> torch.optim.Optimizer:

@@ -40,10 +40,10 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def write_history_csv(path: Path, history) -> None:
+def write_history_csv(path: Path, history, unit: str = "epoch") -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "train_seconds"])
+        w.writerow([unit, "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "train_seconds"])
         for s in history:
             w.writerow([s.epoch, f"{s.train_loss:.6f}", f"{s.train_acc:.6f}", f"{s.val_loss:.6f}",
                         f"{s.val_acc:.6f}", f"{s.lr:.3e}", f"{s.seconds:.3f}", f"{s.train_seconds:.3f}"])
@@ -58,18 +58,19 @@ def _pyplot():
     return plt
 
 
-def plot_curves(path: Path, history, best_epoch: int) -> None:
+def plot_curves(path: Path, history, best_epoch: int, unit: str = "epoch") -> None:
+    """Loss and accuracy per epoch (or per L-BFGS `unit`), the kept epoch marked."""
     plt = _pyplot()
     epochs = [s.epoch for s in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     ax1.plot(epochs, [s.train_loss for s in history], label="train")
     ax1.plot(epochs, [s.val_loss for s in history], label="val")
-    ax1.set(title="loss", xlabel="epoch")
+    ax1.set(title="loss", xlabel=unit)
     ax2.plot(epochs, [s.train_acc for s in history], label="train")
     ax2.plot(epochs, [s.val_acc for s in history], label="val")
-    ax2.set(title="accuracy", xlabel="epoch", ylim=(0, 1.01))
+    ax2.set(title="accuracy", xlabel=unit, ylim=(0, 1.01))
     for ax in (ax1, ax2):
-        if best_epoch:
+        if best_epoch and unit == "epoch":
             ax.axvline(best_epoch, color="gray", linestyle=":", label=f"best epoch {best_epoch}")
         ax.grid(alpha=0.3)
         ax.legend()

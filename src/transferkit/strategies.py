@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -20,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset, WeightedRandomS
 
 from . import engine, transforms
 from .backbones import Preprocess
-from .config import STRATEGY_DEFAULTS, TrainConfig
+from .config import TrainConfig, strategy_defaults
 from .data import DatasetSplit
 from .errors import ImageDecodeError
 from .features import ArrayCache, Extractor, decoded_cache, extract_features, image_key
@@ -196,9 +197,71 @@ def fit_head(ctx: Context, x_train, y_train, x_val, y_val, hp: dict | None = Non
     return result, linear.eval()
 
 
+def fit_logistic(ctx: Context, x_train, y_train, x_val, y_val, hp: dict | None = None) -> tuple[engine.FitResult, nn.Linear]:
+    """Multinomial logistic regression (scikit-learn, L-BFGS, full batch) on standardized
+    features, folded back into one `nn.Linear` on the raw features. Convex: the converged model is
+    kept, nothing is selected on the val set. L2 strength: --weight-decay (on the mean loss),
+    i.e. C = 1 / (weight_decay * n). --class-weights auto and --balanced-sampler both weigh each
+    class by inverse frequency. The history records the losses every `step` iterations."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+
+    cfg, classes = dataclasses.replace(ctx.cfg, **(hp or {})), list(range(len(ctx.split.classes)))
+    xt, yt = x_train.double().numpy(), y_train.numpy()
+    xv, yv = x_val.double().numpy(), y_val.numpy()
+    mean, std = xt.mean(0), xt.std(0) + 1e-6
+    zt, zv = (xt - mean) / std, (xv - mean) / std
+    balanced = cfg.class_weights == "auto" or cfg.balanced_sampler
+    clf = LogisticRegression(C=1.0 / (cfg.weight_decay * len(yt)), class_weight="balanced" if balanced else None,
+                             max_iter=LBFGS_STEP, warm_start=True, tol=1e-6)
+    result, start, done = engine.FitResult(unit="iteration"), time.perf_counter(), 0
+    bar = ctx.progress(LBFGS_MAX_ITER, "head (L-BFGS)")
+    while done < LBFGS_MAX_ITER:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            clf.fit(zt, yt)
+        iters = int(np.max(clf.n_iter_))
+        done += iters
+        pt, pv = clf.predict_proba(zt), clf.predict_proba(zv)
+        seconds = time.perf_counter() - start
+        stats = engine.EpochStats(
+            done, log_loss(yt, pt, labels=classes), float((pt.argmax(1) == yt).mean()),
+            log_loss(yv, pv, labels=classes) if len(yv) else 0.0, float((pv.argmax(1) == yv).mean()) if len(yv) else 0.0,
+            0.0, seconds, seconds)
+        result.history.append(stats)
+        _tick(bar, stats, iters)
+        if iters < LBFGS_STEP:  # converged
+            break
+    bar.close()
+    result.best_epoch, result.best_val_acc = done, result.history[-1].val_acc
+    coef, intercept = clf.coef_ / std, clf.intercept_ - (clf.coef_ / std) @ mean
+    if coef.shape[0] == 1:  # binary: sklearn keeps one row, the logit of class 1
+        coef, intercept = np.concatenate([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2])
+    linear = nn.Linear(x_train.shape[1], len(classes))
+    with torch.no_grad():
+        linear.weight.copy_(torch.from_numpy(coef))
+        linear.bias.copy_(torch.from_numpy(intercept))
+    return result, linear.eval()
+
+
+# L-BFGS runs in chunks of LBFGS_STEP iterations (one row of the history each), at most LBFGS_MAX_ITER.
+LBFGS_STEP, LBFGS_MAX_ITER = 10, 1000
+
+
+def train_head(ctx: Context, x_train, y_train, x_val, y_val, hp: dict | None = None):
+    """The head on cached features: logistic regression (--optimizer lbfgs, the default) or
+    epochs of a first-order optimizer."""
+    if (hp or {}).get("optimizer", ctx.cfg.optimizer) == "lbfgs":
+        return fit_logistic(ctx, x_train, y_train, x_val, y_val, hp)
+    return fit_head(ctx, x_train, y_train, x_val, y_val, hp)
+
+
 def train_linear(ctx: Context) -> Outcome:
     x_train, y_train, x_val, y_val, facts = cached_features(ctx)
-    result, linear = fit_head(ctx, x_train, y_train, x_val, y_val)
+    result, linear = train_head(ctx, x_train, y_train, x_val, y_val)
     with torch.inference_mode():
         val_logits = linear(x_val)
     state = {f"backbone.{k}": v for k, v in ctx.models.backbone_state().items()}
@@ -206,8 +269,8 @@ def train_linear(ctx: Context) -> Outcome:
     return Outcome(result, val_logits, state, {**facts, "network_built": ctx.models.built})
 
 
-def _tick(bar, stats: engine.EpochStats) -> None:
-    bar.update(1)
+def _tick(bar, stats: engine.EpochStats, n: int = 1) -> None:
+    bar.update(n)
     bar.set_postfix(loss=f"{stats.train_loss:.3f}", val_acc=f"{stats.val_acc:.3f}")
 
 
@@ -360,8 +423,8 @@ def train_lp_ft(ctx: Context) -> Outcome:
     """LP-FT (Kumar et al., 2022): a linear probe on cached features, then fine-tuning of every
     layer starting from that head instead of a random one."""
     x_train, y_train, x_val, y_val, facts = cached_features(ctx)
-    probe_hp = {k: v for k, v in STRATEGY_DEFAULTS["linear"].items()}
-    probe, head = fit_head(ctx, x_train, y_train, x_val, y_val, probe_hp)
+    probe_hp = strategy_defaults("linear")
+    probe, head = train_head(ctx, x_train, y_train, x_val, y_val, probe_hp)
     outcome = train_network(ctx, head_init=head)
     outcome.info.update(probe_val_acc=probe.best_val_acc, probe_epochs=len(probe.history), **facts)
     return outcome
