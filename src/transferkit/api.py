@@ -109,7 +109,7 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None,
         ctx.checkpoint.unlink()  # finished: the bundle is what remains
 
     meta = bundle.BundleMeta(spec.name, spec.arch, split.classes, pre, cfg.strategy, cfg.dropout,
-                             weights.source, weights.sha256)
+                             weights.source, weights.sha256, ctx.models.stem)
     bundle.save(run_dir, outcome.state, meta)
     results = write_outputs(run_dir, cfg, split, outcome, runtime, started)
     console.info(metrics.format_table(results["metrics"]))
@@ -123,21 +123,27 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None,
 def _context(cfg: TrainConfig, console: Console, run_name: str | None = None):
     """Check every user input (data, model, weights, options), then make the run folder and the
     strategy's context. Returns (context, temporary cache or None)."""
-    split = discover(cfg.data, cfg.val_fraction, cfg.seed)
     spec = backbones.get(cfg.model)
     runtime = Runtime.create(cfg.device, cfg.precision)
     tmp_cache = tempfile.TemporaryDirectory(prefix="transferkit-") if cfg.no_cache else None
     cache_root = Path(tmp_cache.name) if tmp_cache else Path(cfg.cache_dir or default_cache_dir())
+    split = discover(cfg.data, cfg.val_fraction, cfg.seed, cache_root)
+    # Without pretrained weights, images of a fixed small size (CIFAR) are used at that size.
+    size = cfg.image_size or (split.image_size if cfg.weights == "none" else None)
+    pre = spec.with_input_size(size)
+    stem = cfg.stem if cfg.stem != "auto" else (
+        "small" if cfg.weights == "none" and pre.input_size <= 64 else "standard")
     weights = identify_weights(spec, cfg.weights)
-    features = feature_cache(cache_root, model_key(spec.name, weights.sha256, spec.preprocess, runtime.precision))
+    net_key = spec.name + ("+small-stem" if stem == "small" else "")
+    features = feature_cache(cache_root, model_key(net_key, weights.sha256, pre, runtime.precision))
     torch.manual_seed(cfg.seed)
     models = LazyClassifier(spec, len(split.classes), cfg.weights, cfg.dropout,
-                            features.dir / "backbone.safetensors")
+                            features.dir / "backbone.safetensors", stem)
     models.prepare()  # weights that do not fit the architecture fail here, before any output
     run_dir = make_run_dir(cfg, run_name)
     cfg.to_yaml(run_dir / "config.yaml")  # written first: --resume reads it
     ctx = Context(
-        cfg=cfg, split=split, models=models, pre=spec.preprocess, runtime=runtime,
+        cfg=cfg, split=split, models=models, pre=pre, runtime=runtime,
         feature_cache=features, cache_root=cache_root,
         workers=default_workers() if cfg.workers is None else cfg.workers,
         log=console.info, progress=console.progress, run_dir=run_dir,

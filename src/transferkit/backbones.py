@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 import torch
 from torch import nn
@@ -161,6 +161,20 @@ def _download(url: str, target: Path, timeout: float = 10.0) -> None:
         ) from None
 
 
+def small_image_stem(model: nn.Module, name: str) -> nn.Module:
+    """CIFAR-style stem for ~32 px inputs, so the first layers do not throw away 4x of the
+    resolution: ResNets get a stride-1 3x3 first conv and no max-pool (He et al.'s CIFAR setup);
+    timm's EfficientNet/MobileNet-style stem conv runs at stride 1."""
+    if isinstance(getattr(model, "conv1", None), nn.Conv2d) and isinstance(getattr(model, "maxpool", None), nn.Module):
+        model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, 1, 1, bias=False)
+        model.maxpool = nn.Identity()
+    elif isinstance(getattr(model, "conv_stem", None), nn.Conv2d):
+        model.conv_stem.stride = (1, 1)
+    else:
+        raise UserError(f"--stem small is available for ResNets and EfficientNet/MobileNet-style timm models, not {name}")
+    return model
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
     """One registered backbone: how to build it, its weights and preprocessing."""
@@ -175,14 +189,22 @@ class BackboneSpec:
     num_features: int | None = None  # torchvision: size of the pooled features the head sees
     params: int | None = None  # parameters with the original 1000-class head (published)
 
-    def build(self) -> nn.Module:
+    def build(self, stem: str = "standard") -> nn.Module:
         """The architecture without weights, as a pooled-feature extractor (no classifier):
-        forward gives (B, num_features)."""
+        forward gives (B, num_features). stem="small" adapts it to ~32 px images."""
         if self.family == "torchvision":
-            return self._build_torchvision()
-        import timm
+            model = self._build_torchvision()
+        else:
+            import timm
 
-        return timm.create_model(self.arch, pretrained=False, num_classes=0)
+            model = timm.create_model(self.arch, pretrained=False, num_classes=0)
+        return small_image_stem(model, self.name) if stem == "small" else model
+
+    def with_input_size(self, size: int | None) -> Preprocess:
+        """The preprocessing at another input size (small images: no resize margin, crop = all)."""
+        if size is None or size == self.preprocess.input_size:
+            return self.preprocess
+        return replace(self.preprocess, input_size=size, crop_pct=1.0 if size <= 64 else self.preprocess.crop_pct)
 
     def build_imagenet_classifier(self) -> nn.Module:
         """The architecture with its original 1000-class head (for checking weights)."""

@@ -65,6 +65,7 @@ class BundleMeta:
     dropout: float
     weights: str
     weights_sha256: str | None
+    stem: str = "standard"  # "small": the CIFAR-style stem for ~32 px images
 
     def to_dict(self) -> dict:
         return {
@@ -79,6 +80,7 @@ class BundleMeta:
             "dropout": self.dropout,
             "weights": self.weights,
             "weights_sha256": self.weights_sha256,
+            "stem": self.stem,
             "versions": versions(),
         }
 
@@ -89,7 +91,8 @@ class BundleMeta:
         if int(d.get("format_version", 0)) > FORMAT_VERSION:
             raise UserError("model.json was written by a newer transferkit; upgrade to load it")
         return cls(d["backbone"], d["arch"], list(d["classes"]), Preprocess.from_dict(d["preprocess"]),
-                   d["strategy"], float(d.get("dropout", 0.0)), d.get("weights", ""), d.get("weights_sha256"))
+                   d["strategy"], float(d.get("dropout", 0.0)), d.get("weights", ""), d.get("weights_sha256"),
+                   d.get("stem", "standard"))
 
 
 def save(run_dir: Path, state: dict[str, torch.Tensor], meta: BundleMeta) -> None:
@@ -126,7 +129,7 @@ def load(path: str | Path) -> tuple[Classifier, BundleMeta, Path]:
     except (json.JSONDecodeError, KeyError) as exc:
         raise UserError(f"{run_dir / 'model.json'} is damaged: {exc}") from None
     spec = backbones.get(meta.backbone)
-    backbone = spec.build()
+    backbone = spec.build(meta.stem)
     model = Classifier(backbone, backbone.num_features, len(meta.classes), meta.dropout)
     try:
         state = load_file(str(run_dir / "model.safetensors"))

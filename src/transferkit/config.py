@@ -16,7 +16,8 @@ import yaml
 
 from .errors import UserError
 
-STRATEGIES = ("linear", "finetune", "partial", "gradual", "lp-ft")
+STRATEGIES = ("linear", "finetune", "partial", "gradual", "lp-ft", "scratch")
+STEMS = ("auto", "standard", "small")
 CLASS_WEIGHTS = ("none", "auto")
 OPTIMIZERS = ("lbfgs", "adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "onecycle", "constant")
@@ -39,6 +40,9 @@ OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {"lbfgs": {"weight_decay": 0.1}}
 # Partial, gradual and LP-FT train the network on images like finetune, with the same defaults.
 for _name in ("partial", "gradual", "lp-ft"):
     STRATEGY_DEFAULTS[_name] = dict(STRATEGY_DEFAULTS["finetune"])
+# From scratch (random init, every layer at lr): the CIFAR recipe of the seeds, SGD + one-cycle.
+STRATEGY_DEFAULTS["scratch"] = {"optimizer": "sgd", "schedule": "onecycle", "epochs": 30, "lr": 0.1,
+                                "batch_size": 128, "weight_decay": 5e-4, "patience": 0}
 
 
 def strategy_defaults(strategy: str, optimizer: str | None = None) -> dict[str, Any]:
@@ -63,7 +67,10 @@ class TrainConfig:
     weights: str = opt("imagenet", "imagenet | none | PATH to a state dict")
     strategy: str = opt("linear", "linear (frozen backbone, new head) | finetune (all layers) | partial "
                         "(last --unfreeze stages) | gradual (stages unfrozen from the top) | lp-ft "
-                        "(linear probe, then finetune from that head)")
+                        "(linear probe, then finetune from that head) | scratch (random init, = --weights none)")
+    stem: str = opt("auto", "auto (small for <= 64 px images without pretrained weights) | standard | small "
+                    "(CIFAR-style: stride-1 3x3 stem conv, no max-pool)")
+    image_size: int | None = opt(None, "network input size (None: the backbone's; CIFAR-10 from scratch: 32)")
     unfreeze: int = opt(2, "partial: how many of the backbone's last stages train")
     lr_decay: float = opt(0.5, "gradual: LR multiplier per stage, from the top stage down")
     epochs: int | None = opt(None, "training epochs")
@@ -73,7 +80,7 @@ class TrainConfig:
     weight_decay: float | None = opt(None, "decoupled weight decay (AdamW) or L2 (SGD/Adam)")
     optimizer: str | None = opt(None, "lbfgs (linear: logistic regression, the default there) | adamw "
                                 "(the default elsewhere) | adam | sgd")
-    schedule: str = opt("cosine", "cosine | onecycle | constant")
+    schedule: str | None = opt(None, "cosine (the default) | onecycle (scratch's default) | constant")
     warmup_epochs: float = opt(0.0, "linear warm-up before the schedule (cosine only)")
     label_smoothing: float = opt(0.0, "cross-entropy label smoothing")
     class_weights: str = opt("none", "none | auto (inverse class frequency in the loss)")
@@ -99,6 +106,12 @@ class TrainConfig:
         """A copy with strategy defaults filled in, validated; raises `UserError` on a bad value."""
         self.validate()
         cfg = dataclasses.replace(self)
+        if cfg.strategy == "scratch":
+            if cfg.weights not in ("imagenet", "none"):
+                raise UserError("--strategy scratch trains from random weights: drop --weights")
+            cfg.weights = "none"
+        if cfg.schedule is None:
+            cfg.schedule = STRATEGY_DEFAULTS[cfg.strategy].get("schedule", "cosine")
         for key, value in strategy_defaults(cfg.strategy, cfg.optimizer).items():
             if getattr(cfg, key) is None:
                 setattr(cfg, key, value)
@@ -120,7 +133,11 @@ class TrainConfig:
             if self.optimizer == "lbfgs" and self.strategy != "linear":
                 raise UserError(f"--optimizer lbfgs fits only the linear head on cached features, "
                                 f"not --strategy {self.strategy}")
-        _choice("schedule", self.schedule, SCHEDULES)
+        if self.schedule is not None:
+            _choice("schedule", self.schedule, SCHEDULES)
+        _choice("stem", self.stem, STEMS)
+        if self.image_size is not None and self.image_size < 16:
+            raise UserError(f"--image-size must be >= 16 (got {self.image_size})")
         _choice("precision", self.precision, PRECISIONS)
         _choice("device", self.device, DEVICES)
         _positive("epochs", self.epochs)

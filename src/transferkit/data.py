@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import cifar
 from .errors import UserError
 
 
@@ -27,6 +28,7 @@ class DatasetSplit:
     val: list[Sample]
     val_source: str  # "folder" (DATA/val) or "split" (stratified split of the train files)
     skipped: list[dict] = field(default_factory=list)  # {path, reason}
+    image_size: int | None = None  # the images' native size where the format fixes it (CIFAR: 32)
 
     def drop(self, bad: dict[str, str]) -> None:
         """Remove unreadable files (path -> reason) and record them as skipped."""
@@ -111,9 +113,31 @@ def stratified_split(labels: list[int], val_fraction: float, seed: int) -> np.nd
     return is_val
 
 
-def discover(data: str | Path, val_fraction: float = 0.2, seed: int = 0) -> DatasetSplit:
-    """Find classes and files of a dataset folder; raise `UserError` for a layout we cannot use."""
+def image_root(data: str | Path, cache_root: Path | None = None) -> tuple[Path, int | None]:
+    """The image folder for `data`, and the images' native size when the format fixes it: a
+    CIFAR-10 python-format folder is written once as PNG class folders into the cache."""
     root = Path(data).expanduser()
+    folder = cifar.find(root) if root.is_dir() else None
+    if folder is None:
+        return root, None
+    if cache_root is None:
+        from .features import default_cache_dir
+
+        cache_root = default_cache_dir()
+    return cifar.materialize(folder, cache_root), cifar.SIDE
+
+
+def discover(data: str | Path, val_fraction: float = 0.2, seed: int = 0,
+             cache_root: Path | None = None) -> DatasetSplit:
+    """Find classes and files of a dataset folder (image class folders, or CIFAR-10's python
+    batches); raise `UserError` for a layout we cannot use."""
+    root, image_size = image_root(data, cache_root)
+    split = _discover(root, val_fraction, seed)
+    split.image_size = image_size
+    return split
+
+
+def _discover(root: Path, val_fraction: float, seed: int) -> DatasetSplit:
     train_dir, val_dir = find_layout(root)
     train_files = scan_classes(train_dir, "train")
     classes = sorted(train_files)
@@ -140,10 +164,10 @@ def discover(data: str | Path, val_fraction: float = 0.2, seed: int = 0) -> Data
     return DatasetSplit(str(root), classes, train, val, "split")
 
 
-def eval_files(data: str | Path, classes: list[str]) -> list[Sample]:
-    """Labelled files for `transferkit eval DATA`: DATA/val if present, else DATA's class folders.
-    Classes must be those the model was trained on."""
-    root = Path(data).expanduser()
+def eval_files(data: str | Path, classes: list[str], cache_root: Path | None = None) -> list[Sample]:
+    """Labelled files for `transferkit eval DATA`: DATA/val if present, else DATA's class folders
+    (CIFAR-10 batches: test_batch). Classes must be those the model was trained on."""
+    root, _ = image_root(data, cache_root)
     train_dir, val_dir = find_layout(root)
     folder = val_dir if val_dir is not None else train_dir
     files = scan_classes(folder, "evaluation")

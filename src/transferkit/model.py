@@ -71,8 +71,9 @@ class LazyClassifier:
     validated against the architecture, and is only used while its checksum holds."""
 
     def __init__(self, spec: backbones.BackboneSpec, num_classes: int, weights: str,
-                 dropout: float = 0.0, cache_file: Path | None = None):
+                 dropout: float = 0.0, cache_file: Path | None = None, stem: str = "standard"):
         self.spec, self.num_classes, self.weights, self.dropout = spec, num_classes, weights, dropout
+        self.stem = stem
         self.info = identify_weights(spec, weights)
         self.cache_file = cache_file if self.info.sha256 else None  # random init is not cached
         self._model: Classifier | None = None
@@ -89,7 +90,7 @@ class LazyClassifier:
 
     def get(self) -> Classifier:
         if self._model is None:
-            self._model, _ = build_classifier(self.spec, self.num_classes, self.weights, self.dropout)
+            self._model, _ = build_classifier(self.spec, self.num_classes, self.weights, self.dropout, self.stem)
             if self.cache_file is not None and self._cached_state() is None:
                 _write_checked(self.cache_file, self._model.backbone.state_dict())
         return self._model
@@ -130,10 +131,11 @@ def _read_checked(path: Path) -> dict[str, torch.Tensor] | None:
 
 
 def build_classifier(
-    spec: backbones.BackboneSpec, num_classes: int, weights: str = "imagenet", dropout: float = 0.0
+    spec: backbones.BackboneSpec, num_classes: int, weights: str = "imagenet", dropout: float = 0.0,
+    stem: str = "standard",
 ) -> tuple[Classifier, WeightsInfo]:
     """Build `spec` for `num_classes` with the given weights ("imagenet", "none" or a file)."""
-    backbone = spec.build()
+    backbone = spec.build(stem)
     info = load_backbone_weights(spec, backbone, weights)
     return Classifier(backbone, backbone.num_features, num_classes, dropout), info
 

@@ -67,6 +67,7 @@ def param_groups(model: Classifier, stages: list[list[str]], strategy: str, lr: 
     gradual, whose stage groups are unfrozen later by `unfreeze_top`).
 
     linear: the head alone. finetune / lp-ft: everything, the backbone at lr * backbone_lr_mult.
+    scratch: everything at lr (random weights: nothing to preserve).
     partial: the head and the last `unfreeze` stages. gradual: one group per stage, its LR
     lr * backbone_lr_mult * lr_decay**(distance from the top stage); all frozen at first."""
     params = dict(model.backbone.named_parameters())
@@ -84,7 +85,8 @@ def param_groups(model: Classifier, stages: list[list[str]], strategy: str, lr: 
                    "name": f"stage{i}"} for i, stage in enumerate(stages)]
         return groups + [head]
     body = [p for p in model.backbone.parameters() if p.requires_grad]
-    return ([{"params": body, "lr": lr * backbone_lr_mult, "name": "backbone"}] if body else []) + [head]
+    body_lr = lr if strategy == "scratch" else lr * backbone_lr_mult
+    return ([{"params": body, "lr": body_lr, "name": "backbone"}] if body else []) + [head]
 
 
 def unfreeze_top(model: Classifier, stages: list[list[str]], k: int) -> None:
@@ -388,6 +390,7 @@ def train_network(ctx: Context, head_init: nn.Linear | None = None) -> Outcome:
     cfg, runtime = ctx.cfg, ctx.runtime
     net = network_setup(ctx, head_init)
     model, loader, stages, groups = net.model, net.loader, net.stages, net.groups
+    peak_lrs = [{"name": g["name"], "lr": g["lr"]} for g in groups]  # before the schedule moves them
     optimizer = engine.make_optimizer(cfg.optimizer, groups, cfg.lr, cfg.weight_decay)
     steps = cfg.epochs * len(loader)
     scheduler = engine.make_scheduler(cfg.schedule, optimizer, steps, int(cfg.warmup_epochs * len(loader)))
@@ -413,7 +416,7 @@ def train_network(ctx: Context, head_init: nn.Linear | None = None) -> Outcome:
     feats = torch.cat([extractor.forward(u8) for u8, _ in net.val_loader])
     with torch.inference_mode():
         val_logits = model.head(feats)
-    info = {"param_groups": [{"name": g["name"], "lr": g["lr"]} for g in groups],
+    info = {"param_groups": peak_lrs,
             "stages": len(stages), "trainable_stages_at_end": sum(
                 any(dict(model.backbone.named_parameters())[n].requires_grad for n in st) for st in stages)}
     return Outcome(result, val_logits, model.state_dict(), info)
@@ -436,4 +439,5 @@ STRATEGIES: dict[str, Callable[[Context], Outcome]] = {
     "partial": train_network,
     "gradual": train_network,
     "lp-ft": train_lp_ft,
+    "scratch": train_network,
 }

@@ -39,6 +39,9 @@ def resize_short(img: Image.Image, size: int, pre: Preprocess) -> Image.Image:
     return img if new == (w, h) else img.resize(new, resample(pre))
 
 
+SMALL = 64  # images at most this size are augmented CIFAR-style
+
+
 def center_crop(img: Image.Image, size: int) -> Image.Image:
     w, h = img.size
     left, top = (w - size) // 2, (h - size) // 2
@@ -67,7 +70,14 @@ def sample_crop(w: int, h: int, rng: np.random.Generator) -> tuple[int, int, int
 
 
 def train_view(img: Image.Image, pre: Preprocess, rng: np.random.Generator) -> Image.Image:
-    """Random resized crop to `input_size` and a random horizontal flip."""
+    """Random resized crop to `input_size` and a random horizontal flip; small images (<= 64 px,
+    e.g. CIFAR) get the CIFAR recipe instead: pad by 1/8 of the side, random crop, flip."""
+    if pre.input_size <= SMALL:
+        pad = pre.input_size // 8
+        arr = np.pad(np.asarray(center_crop(img, pre.input_size)), ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+        top, left = rng.integers(0, 2 * pad + 1, size=2)
+        out = Image.fromarray(arr[top:top + pre.input_size, left:left + pre.input_size])
+        return out.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else out
     box = sample_crop(*img.size, rng)
     out = img.resize((pre.input_size, pre.input_size), resample(pre), box=box)
     return out.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else out
