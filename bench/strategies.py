@@ -1,11 +1,14 @@
 """Every strategy on one dataset, same backbone, side by side.
 
     python bench/strategies.py DATASET [--model efficientnet_lite0] [--epochs 4]
+                                       [--teacher-model efficientnet_lite2]
 
 Runs `transferkit train DATASET --strategy S` for each strategy in its own process (cold cache
 for the first, as a user would meet it) and prints accuracy, balanced accuracy and wall time.
-Network strategies (finetune, partial, gradual, lp-ft) run `--epochs` epochs; linear runs its
-default 60 cheap epochs on cached features. Not a test: numbers depend on the machine.
+Network strategies run `--epochs` epochs; linear fits its logistic regression on cached features.
+distill first fine-tunes a `--teacher-model` teacher (same epochs; its row is listed too), then
+trains the `--model` student from it: compare with the finetune row, the same student on labels
+alone with the same epochs. Not a test: numbers depend on the machine.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-STRATEGIES = ["linear", "finetune", "partial", "gradual", "lp-ft"]
+STRATEGIES = ["linear", "finetune", "partial", "gradual", "lp-ft", "distill"]
 
 
 def main() -> None:
@@ -29,28 +32,39 @@ def main() -> None:
     ap.add_argument("--model", default="efficientnet_lite0")
     ap.add_argument("--epochs", type=int, default=4, help="epochs of the network strategies")
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
+    ap.add_argument("--teacher-model", default="efficientnet_lite2", help="distill: the teacher's backbone")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tk-strategies-"))
     env = {**os.environ, "TRANSFERKIT_CACHE": str(work / "cache")}
     rows = []
-    for strategy in args.strategies.split(","):
-        out = work / strategy
-        cmd = [sys.executable, "-m", "transferkit.cli", "train", args.dataset, "--model", args.model,
-               "--strategy", strategy, "--out", str(out), "--quiet"]
+
+    def run(name: str, model: str, strategy: str, extra: list[str]) -> None:
+        out = work / name
+        cmd = [sys.executable, "-m", "transferkit.cli", "train", args.dataset, "--model", model,
+               "--strategy", strategy, "--out", str(out), "--quiet", *extra]
         if strategy != "linear":
             cmd += ["--epochs", str(args.epochs)]
         start = time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - start
         if proc.returncode != 0:
-            raise SystemExit(f"{strategy} failed:\n{proc.stderr[-2000:]}")
+            raise SystemExit(f"{name} failed:\n{proc.stderr[-2000:]}")
         res = json.loads((out / "results.json").read_text())
-        rows.append((strategy, res["val_acc"], res["balanced_accuracy"], wall, res["best_epoch"], res["epochs_run"]))
-        print(f"done {strategy}: {res['val_acc']:.4f} in {wall:.1f} s", file=sys.stderr, flush=True)
+        kept = (f"{res['best_epoch']} / {res['epochs_run']}" if res.get("epochs_run")
+                else f"L-BFGS, {res['head_iterations']} it.")
+        rows.append((name, model, res["val_acc"], res["balanced_accuracy"], wall, kept))
+        print(f"done {name}: {res['val_acc']:.4f} in {wall:.1f} s", file=sys.stderr, flush=True)
+
+    for strategy in args.strategies.split(","):
+        if strategy == "distill":
+            run("teacher (finetune)", args.teacher_model, "finetune", [])
+            run("distill", args.model, "distill", ["--teacher", str(work / "teacher (finetune)")])
+        else:
+            run(strategy, args.model, strategy, [])
     print(f"\ndataset: {args.dataset}  model: {args.model}  network epochs: {args.epochs}\n")
-    print("| strategy | val acc | balanced acc | wall s | kept epoch / run |\n|---|---:|---:|---:|---:|")
-    for s, acc, bal, wall, best, ran in rows:
-        print(f"| {s} | {acc:.4f} | {bal:.4f} | {wall:.1f} | {best} / {ran} |")
+    print("| strategy | model | val acc | balanced acc | wall s | kept epoch / run |\n|---|---|---:|---:|---:|---:|")
+    for name, model, acc, bal, wall, kept in rows:
+        print(f"| {name} | {model} | {acc:.4f} | {bal:.4f} | {wall:.1f} | {kept} |")
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -152,3 +152,80 @@ class _NullBar:
 
     def close(self):
         pass
+
+
+def test_distill_loss_is_hinton_kd_plus_label_ce():
+    from transferkit.strategies import DistillLoss
+
+    gen = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(6, 4, generator=gen), torch.randn(6, 4, generator=gen)
+    labels = torch.tensor([0, 1, 2, 3, 0, 1])
+    ce = nn.CrossEntropyLoss()
+    loss = DistillLoss(ce, temperature=3.0, alpha=0.7)
+    p_t = torch.softmax(teacher / 3, 1)
+    kd = (p_t * (torch.log(p_t) - torch.log_softmax(student / 3, 1))).sum(1).mean()
+    assert torch.allclose(loss(student, labels, teacher), 0.7 * 9 * kd + 0.3 * ce(student, labels))
+    assert torch.allclose(loss(student, labels), ce(student, labels))  # validation: labels only
+    assert torch.allclose(DistillLoss(ce, 3.0, 1.0)(teacher, labels, teacher), torch.tensor(0.0), atol=1e-6)
+
+
+def test_distill_learns_from_a_teacher_run_whose_logits_are_cached(tmp_path):
+    data = make_dataset(tmp_path / "d", n_train=4, n_val=2)
+    teacher = transferkit.train(data, out=str(tmp_path / "t"), quiet=True)
+    kw = dict(strategy="distill", teacher=str(teacher.path), epochs=1, batch_size=4, quiet=True)
+    first = transferkit.train(data, out=str(tmp_path / "s1"), **kw)
+    info = first.results["strategy_info"]
+    assert info["teacher"] == str(teacher.path) and info["teacher_logits_computed"] == 8
+    assert (info["temperature"], info["alpha"]) == (4.0, 0.7)
+    second = transferkit.train(data, out=str(tmp_path / "s2"), **kw)
+    assert second.results["strategy_info"]["teacher_logits_cached"] == 8  # computed once
+    assert second.results["strategy_info"]["teacher_logits_computed"] == 0
+    other = make_dataset(tmp_path / "o", classes=("blue", "green"), n_train=2, n_val=1)
+    with pytest.raises(transferkit.UserError, match="teacher .* was trained on classes blue, red"):
+        transferkit.train(other, out=str(tmp_path / "s3"), **kw)
+    assert not (tmp_path / "s3").exists()  # refused before any output
+    with pytest.raises(transferkit.UserError, match="needs --teacher"):
+        transferkit.train(data, strategy="distill")
+
+
+def test_auto_rules_and_reasons():
+    from transferkit.strategies import choose_strategy
+
+    assert choose_strategy(500, 0.95, None, None)[0] == "linear"  # features already separate classes
+    chosen, reason = choose_strategy(40, 0.7, None, None)
+    assert chosen == "linear" and "40 training images per class" in reason
+    calls = []
+
+    def slow():
+        calls.append(1)
+        return 900.0
+
+    chosen, reason = choose_strategy(500, 0.7, slow, 60)
+    assert chosen == "linear" and "900 s, over the 60 s budget" in reason and calls == [1]
+    assert choose_strategy(500, 0.7, slow, 1200)[0] == "lp-ft"
+    assert choose_strategy(500, 0.7, slow, None)[0] == "lp-ft" and len(calls) == 2  # no budget: not measured
+
+
+def test_auto_writes_its_choice_and_reason(tmp_path, capsys):
+    data = make_dataset(tmp_path / "d", n_train=6, n_val=2)
+    run = transferkit.train(data, strategy="auto", out=str(tmp_path / "r"))
+    assert run.results["strategy"] == "linear" and run.results["strategy_reason"]
+    assert run.results["strategy_info"]["probe_cv_accuracy"] is not None
+    assert f"auto: linear, because {run.results['strategy_reason']}" in capsys.readouterr().out
+    assert transferkit.evaluate(run.path)["accuracy"] == pytest.approx(run.val_acc)
+
+
+def test_auto_estimates_finetune_time_by_measuring_steps(tmp_path):
+    import dataclasses
+
+    from transferkit.api import Console, _context
+    from transferkit.config import TrainConfig
+    from transferkit.strategies import estimate_finetune_seconds
+
+    data = make_dataset(tmp_path / "d", n_train=3, n_val=1)
+    cfg = TrainConfig.from_mapping({"data": str(data), "model": "squeezenet1_1", "weights": "none",
+                                    "image_size": 64, "out": str(tmp_path / "r")}).resolved()
+    ctx, _ = _context(cfg, Console(True))
+    one = estimate_finetune_seconds(ctx, dataclasses.replace(cfg, epochs=1))
+    assert 0 < one < 30
+    assert not any(p.grad is not None for p in ctx.models.get().parameters())  # left clean

@@ -21,7 +21,7 @@ from .features import default_cache_dir, feature_cache, model_key
 from .model import LazyClassifier, identify_weights
 from .predict import Predictor
 from .runtime import Runtime, default_workers
-from .strategies import STRATEGIES, Context, param_groups
+from .strategies import check_teacher, STRATEGIES, Context, param_groups
 
 
 @dataclass
@@ -100,6 +100,7 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None,
     finally:
         if tmp_cache:
             tmp_cache.cleanup()
+    cfg = ctx.cfg  # auto replaced itself by the strategy it chose
     for item in split.skipped:
         console.warn(f"skipped {item['path']}: {item['reason']}")
     if outcome.fit.interrupted:
@@ -132,7 +133,7 @@ def _context(cfg: TrainConfig, console: Console, run_name: str | None = None):
     size = cfg.image_size or (split.image_size if cfg.weights == "none" else None)
     pre = spec.with_input_size(size)
     stem = cfg.stem if cfg.stem != "auto" else (
-        "small" if cfg.weights == "none" and pre.input_size <= 64 else "standard")
+        "small" if cfg.weights == "none" and pre.input_size <= 64 and backbones.has_small_stem(spec) else "standard")
     weights = identify_weights(spec, cfg.weights)
     net_key = spec.name + ("+small-stem" if stem == "small" else "")
     features = feature_cache(cache_root, model_key(net_key, weights.sha256, pre, runtime.precision))
@@ -140,6 +141,8 @@ def _context(cfg: TrainConfig, console: Console, run_name: str | None = None):
     models = LazyClassifier(spec, len(split.classes), cfg.weights, cfg.dropout,
                             features.dir / "backbone.safetensors", stem)
     models.prepare()  # weights that do not fit the architecture fail here, before any output
+    if cfg.strategy == "distill":
+        check_teacher(cfg.teacher, split.classes)
     run_dir = make_run_dir(cfg, run_name)
     cfg.to_yaml(run_dir / "config.yaml")  # written first: --resume reads it
     ctx = Context(
@@ -168,6 +171,8 @@ def lr_find(data: str | Path, *, config: TrainConfig | None = None, console: Con
     cfg = TrainConfig.from_mapping(values).resolved()
     if not start_lr > 0 or not end_lr > start_lr:
         raise UserError("need 0 < --start-lr < --end-lr")
+    if cfg.strategy == "auto":
+        raise UserError("lr-find needs a fixed --strategy (auto chooses one while training)")
     if cfg.optimizer == "lbfgs":
         raise UserError("the linear head is fitted by L-BFGS (logistic regression), which has no learning "
                         "rate: add --optimizer adamw (or adam, sgd) to find one for an epoch-trained head")
@@ -265,6 +270,7 @@ def write_outputs(run_dir: Path, cfg: TrainConfig, split, outcome, runtime: Runt
         "stopped_early": fit.stopped_early,
         "interrupted": fit.interrupted,
         "strategy": cfg.strategy,
+        "strategy_reason": outcome.info.get("strategy_reason"),
         "backbone": cfg.model,
         "classes": split.classes,
         "num_train": len(split.train),

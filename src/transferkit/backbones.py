@@ -161,6 +161,13 @@ def _download(url: str, target: Path, timeout: float = 10.0) -> None:
         ) from None
 
 
+def has_small_stem(spec: "BackboneSpec") -> bool:
+    """Whether `small_image_stem` knows this architecture (ResNets, timm's conv_stem families)."""
+    if spec.family == "torchvision":
+        return spec.arch.startswith(("resnet", "resnext", "wide_resnet"))
+    return any(k in spec.arch for k in ("efficientnet", "mobilenet", "mnasnet", "mixnet"))
+
+
 def small_image_stem(model: nn.Module, name: str) -> nn.Module:
     """CIFAR-style stem for ~32 px inputs, so the first layers do not throw away 4x of the
     resolution: ResNets get a stride-1 3x3 first conv and no max-pool (He et al.'s CIFAR setup);

@@ -119,15 +119,20 @@ def resolve(path: str | Path) -> Path:
     return p
 
 
+def read_meta(path: str | Path) -> tuple[BundleMeta, Path]:
+    """A run's model.json (checked), and the run folder."""
+    run_dir = resolve(path)
+    try:
+        return BundleMeta.from_dict(json.loads((run_dir / "model.json").read_text())), run_dir
+    except (json.JSONDecodeError, KeyError) as exc:
+        raise UserError(f"{run_dir / 'model.json'} is damaged: {exc}") from None
+
+
 def load(path: str | Path) -> tuple[Classifier, BundleMeta, Path]:
     """Load a bundle into a `Classifier` on the CPU (eval mode)."""
     from safetensors.torch import load_file
 
-    run_dir = resolve(path)
-    try:
-        meta = BundleMeta.from_dict(json.loads((run_dir / "model.json").read_text()))
-    except (json.JSONDecodeError, KeyError) as exc:
-        raise UserError(f"{run_dir / 'model.json'} is damaged: {exc}") from None
+    meta, run_dir = read_meta(path)
     spec = backbones.get(meta.backbone)
     backbone = spec.build(meta.stem)
     model = Classifier(backbone, backbone.num_features, len(meta.classes), meta.dropout)

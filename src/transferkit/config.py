@@ -16,7 +16,7 @@ import yaml
 
 from .errors import UserError
 
-STRATEGIES = ("linear", "finetune", "partial", "gradual", "lp-ft", "scratch")
+STRATEGIES = ("linear", "finetune", "partial", "gradual", "lp-ft", "scratch", "distill", "auto")
 STEMS = ("auto", "standard", "small")
 CLASS_WEIGHTS = ("none", "auto")
 OPTIMIZERS = ("lbfgs", "adamw", "adam", "sgd")
@@ -38,7 +38,7 @@ STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {
 # the mean loss over standardized features (C = 1 / (0.1 n) in scikit-learn's terms).
 OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {"lbfgs": {"weight_decay": 0.1}}
 # Partial, gradual and LP-FT train the network on images like finetune, with the same defaults.
-for _name in ("partial", "gradual", "lp-ft"):
+for _name in ("partial", "gradual", "lp-ft", "distill"):
     STRATEGY_DEFAULTS[_name] = dict(STRATEGY_DEFAULTS["finetune"])
 # From scratch (random init, every layer at lr): the CIFAR recipe of the seeds, SGD + one-cycle.
 STRATEGY_DEFAULTS["scratch"] = {"optimizer": "sgd", "schedule": "onecycle", "epochs": 30, "lr": 0.1,
@@ -67,8 +67,15 @@ class TrainConfig:
     weights: str = opt("imagenet", "imagenet | none | PATH to a state dict")
     strategy: str = opt("linear", "linear (frozen backbone, new head) | finetune (all layers) | partial "
                         "(last --unfreeze stages) | gradual (stages unfrozen from the top) | lp-ft "
-                        "(linear probe, then finetune from that head) | scratch (random init, = --weights none)")
-    stem: str = opt("auto", "auto (small for <= 64 px images without pretrained weights) | standard | small "
+                        "(linear probe, then finetune from that head) | scratch (random init, = --weights none) | "
+                        "distill (finetune, learning from --teacher's logits too) | auto (chosen from the data "
+                        "and --budget; the choice and its reason go to the console and results.json)")
+    budget: float | None = opt(None, "auto: seconds the training may take (None: no limit)")
+    teacher: str | None = opt(None, "distill: the trained run (folder) whose predictions the model learns from")
+    temperature: float = opt(4.0, "distill: softmax temperature of the teacher's and the student's logits")
+    alpha: float = opt(0.7, "distill: weight of the teacher term; 1 - alpha weighs the labels' cross-entropy")
+    stem: str = opt("auto", "auto (small for <= 64 px images without pretrained weights, where the backbone "
+                    "has one) | standard | small "
                     "(CIFAR-style: stride-1 3x3 stem conv, no max-pool)")
     image_size: int | None = opt(None, "network input size (None: the backbone's; CIFAR-10 from scratch: 32)")
     unfreeze: int = opt(2, "partial: how many of the backbone's last stages train")
@@ -110,6 +117,9 @@ class TrainConfig:
             if cfg.weights not in ("imagenet", "none"):
                 raise UserError("--strategy scratch trains from random weights: drop --weights")
             cfg.weights = "none"
+        if cfg.strategy == "auto":  # the rest stays unset until the strategy is chosen
+            cfg.aug_views = DEFAULT_AUG_VIEWS if cfg.aug_views is None else cfg.aug_views
+            return cfg
         if cfg.schedule is None:
             cfg.schedule = STRATEGY_DEFAULTS[cfg.strategy].get("schedule", "cosine")
         for key, value in strategy_defaults(cfg.strategy, cfg.optimizer).items():
@@ -130,12 +140,18 @@ class TrainConfig:
             raise UserError(f"--lr-decay must be in (0, 1] (got {self.lr_decay})")
         if self.optimizer is not None:
             _choice("optimizer", self.optimizer, OPTIMIZERS)
-            if self.optimizer == "lbfgs" and self.strategy != "linear":
+            if self.optimizer == "lbfgs" and self.strategy not in ("linear", "auto"):
                 raise UserError(f"--optimizer lbfgs fits only the linear head on cached features, "
                                 f"not --strategy {self.strategy}")
         if self.schedule is not None:
             _choice("schedule", self.schedule, SCHEDULES)
         _choice("stem", self.stem, STEMS)
+        if self.strategy == "distill" and not self.teacher:
+            raise UserError("--strategy distill needs --teacher RUN (a trained run folder)")
+        if self.budget is not None and self.budget <= 0:
+            raise UserError(f"--budget must be > 0 seconds (got {self.budget})")
+        if self.temperature <= 0 or not 0.0 <= self.alpha <= 1.0:
+            raise UserError(f"need --temperature > 0 and 0 <= --alpha <= 1 (got {self.temperature}, {self.alpha})")
         if self.image_size is not None and self.image_size < 16:
             raise UserError(f"--image-size must be >= 16 (got {self.image_size})")
         _choice("precision", self.precision, PRECISIONS)

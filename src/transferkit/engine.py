@@ -79,10 +79,13 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     for inputs, targets in loader:
-        x, y = prepare(inputs), targets.to(runtime.device)
+        # targets: labels, or [labels, extra...] for a loss that needs more (distillation).
+        extra = [t.to(runtime.device) for t in targets[1:]] if isinstance(targets, (list, tuple)) else []
+        y = (targets[0] if isinstance(targets, (list, tuple)) else targets).to(runtime.device)
+        x = prepare(inputs)
         with runtime.autocast():
             logits = model(x)
-            loss = loss_fn(logits.float(), y)
+            loss = loss_fn(logits.float(), y, *extra)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None and scaler.is_enabled():
             scaler.scale(loss).backward()

@@ -23,7 +23,7 @@ from . import engine, transforms
 from .backbones import Preprocess
 from .config import TrainConfig, strategy_defaults
 from .data import DatasetSplit
-from .errors import ImageDecodeError
+from .errors import ImageDecodeError, UserError
 from .features import ArrayCache, Extractor, decoded_cache, extract_features, image_key
 from .images import load_rgb
 from .model import Classifier, LazyClassifier
@@ -384,11 +384,15 @@ def network_setup(ctx: Context, head_init: nn.Linear | None = None) -> NetworkSe
                         lambda u8: runtime.to_input(u8, mean, std))
 
 
-def train_network(ctx: Context, head_init: nn.Linear | None = None) -> Outcome:
-    """Train the network on images (finetune, partial, gradual, and LP-FT's second step):
-    decoded once into the cache, bf16 autocast + channels_last, what trains set by the strategy."""
+def train_network(ctx: Context, head_init: nn.Linear | None = None,
+                  adapt: Callable[[NetworkSetup], NetworkSetup] | None = None) -> Outcome:
+    """Train the network on images (finetune, partial, gradual, scratch, and the second step of
+    LP-FT and the student of distill): decoded once into the cache, bf16 autocast + channels_last,
+    what trains set by the strategy. `adapt` may change the loader and loss (distill)."""
     cfg, runtime = ctx.cfg, ctx.runtime
     net = network_setup(ctx, head_init)
+    if adapt is not None:
+        net = adapt(net)
     model, loader, stages, groups = net.model, net.loader, net.stages, net.groups
     peak_lrs = [{"name": g["name"], "lr": g["lr"]} for g in groups]  # before the schedule moves them
     optimizer = engine.make_optimizer(cfg.optimizer, groups, cfg.lr, cfg.weight_decay)
@@ -433,6 +437,181 @@ def train_lp_ft(ctx: Context) -> Outcome:
     return outcome
 
 
+# -- distillation --------------------------------------------------------------------------------
+
+
+class DistillLoss(nn.Module):
+    """Hinton et al. (2015): alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(labels),
+    the softmaxes at temperature T. Without teacher logits (validation) it is the cross-entropy."""
+
+    def __init__(self, ce: nn.Module, temperature: float, alpha: float):
+        super().__init__()
+        self.ce, self.t, self.alpha = ce, temperature, alpha
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None = None):
+        ce = self.ce(logits, labels)
+        if teacher is None:
+            return ce
+        kd = nn.functional.kl_div(nn.functional.log_softmax(logits / self.t, 1),
+                                  nn.functional.log_softmax(teacher.float() / self.t, 1),
+                                  reduction="batchmean", log_target=True)
+        return self.alpha * self.t ** 2 * kd + (1 - self.alpha) * ce
+
+
+class WithTeacher(Dataset):
+    """A training dataset whose targets become (label, the teacher's logits for that image)."""
+
+    def __init__(self, base: DecodedImages, teacher_logits: torch.Tensor):
+        self.base, self.teacher_logits = base, teacher_logits
+
+    def set_epoch(self, epoch: int) -> None:
+        self.base.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        image, label = self.base[i]
+        return image, (label, self.teacher_logits[i])
+
+
+def check_teacher(teacher: str, classes: list[str]) -> None:
+    """The teacher run must exist and know exactly these classes (in this order)."""
+    from . import bundle
+
+    meta, run_dir = bundle.read_meta(teacher)
+    if meta.classes != classes:
+        raise UserError(f"the teacher {run_dir} was trained on classes {', '.join(meta.classes)}; "
+                        f"this dataset has {', '.join(classes)}")
+
+
+def teacher_logits(ctx: Context, paths: list[str]) -> tuple[torch.Tensor, dict[str, str], dict]:
+    """The --teacher run's logits for `paths` (its own preprocessing, center view), computed once:
+    its pooled features are cached under a key of the teacher's weights file, the head is applied
+    here. Returns logits, unreadable files and facts for results.json."""
+    from . import bundle
+    from .backbones import file_sha256
+    from .features import feature_cache, model_key
+
+    check_teacher(ctx.cfg.teacher, ctx.split.classes)
+    teacher, meta, run_dir = bundle.load(ctx.cfg.teacher)
+    digest = file_sha256(run_dir / "model.safetensors")
+    cache = feature_cache(ctx.cache_root, model_key(f"run:{meta.backbone}", digest, meta.preprocess,
+                                                    ctx.runtime.precision))
+
+    def extractor() -> Extractor:
+        return Extractor(teacher.backbone, meta.preprocess, ctx.runtime, batch_size=32, workers=ctx.workers)
+
+    bar = ctx.progress(len(paths), "teacher")
+    feats = extract_features(extractor, paths, cache, 0, ctx.cfg.seed, bar)
+    bar.close()
+    with torch.inference_mode():
+        logits = teacher.head(feats.features.float())
+    facts = {"teacher": str(run_dir), "teacher_backbone": meta.backbone,
+             "teacher_logits_cached": feats.cached, "teacher_logits_computed": feats.computed,
+             "temperature": ctx.cfg.temperature, "alpha": ctx.cfg.alpha}
+    return logits, feats.errors, facts
+
+
+def train_distill(ctx: Context) -> Outcome:
+    """Fine-tune the student (every layer, as `finetune`) on labels and the teacher's soft targets."""
+    paths = [s.path for s in ctx.split.train]
+    logits, errors, facts = teacher_logits(ctx, paths)
+    by_path = dict(zip(paths, logits))
+    ctx.split.drop(errors)
+
+    def adapt(net: NetworkSetup) -> NetworkSetup:
+        rows = torch.stack([by_path[p] for p in net.loader.dataset.paths])
+        dataset = WithTeacher(net.loader.dataset, rows)
+        net.loader = train_loader(ctx.cfg, dataset, _labels(ctx.split.train), ctx.workers,
+                                  drop_last=net.loader.drop_last)
+        net.loss = DistillLoss(net.loss, ctx.cfg.temperature, ctx.cfg.alpha)
+        return net
+
+    outcome = train_network(ctx, adapt=adapt)
+    outcome.info.update(facts)
+    return outcome
+
+
+# -- automatic choice ----------------------------------------------------------------------------
+
+# auto's thresholds. Measured (README, bench/strategies.py): on ~40-120 images per class, fine-tuning
+# Lite0 for 4 epochs did not beat the linear head (flowers: 75.0 vs 84.5%; ants/bees: 96.1 vs 96.1%).
+AUTO_MIN_PER_CLASS = 100  # fewer training images per class: fine-tuning mostly overfits
+AUTO_PROBE_GOOD = 0.90  # cross-validated probe accuracy this high: the features already separate the classes
+
+
+def probe_accuracy(x: torch.Tensor, y: torch.Tensor, weight_decay: float, seed: int) -> float | None:
+    """Cross-validated (up to 3 stratified folds, training images only) accuracy of the logistic
+    regression probe: how well the frozen features separate the classes (a domain-gap signal).
+    None when a class has fewer than 2 images."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    folds = min(3, int(torch.bincount(y).min()))
+    if folds < 2:
+        return None
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0 / (weight_decay * len(y) * (folds - 1) / folds)))
+    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    return float(cross_val_score(clf, x.double().numpy(), y.numpy(), cv=cv).mean())
+
+
+def choose_strategy(per_class: float, probe: float | None, finetune_s: Callable[[], float] | None,
+                    budget: float | None) -> tuple[str, str]:
+    """(strategy, reason) from the training images per class, the probe's accuracy and, with a
+    budget, the estimated fine-tuning time (a callable: measured only when needed)."""
+    probe_text = "n/a" if probe is None else f"{probe:.1%}"
+    if probe is not None and probe >= AUTO_PROBE_GOOD:
+        return "linear", (f"the frozen features already separate the classes (cross-validated probe accuracy "
+                          f"{probe_text} >= {AUTO_PROBE_GOOD:.0%}): fine-tuning has little to add")
+    if per_class < AUTO_MIN_PER_CLASS:
+        return "linear", (f"{per_class:.0f} training images per class (< {AUTO_MIN_PER_CLASS}): too few to "
+                          f"fine-tune without overfitting (probe accuracy {probe_text})")
+    if budget is not None and finetune_s is not None:
+        needed = finetune_s()
+        if needed > budget:
+            return "linear", (f"fine-tuning would take about {needed:.0f} s, over the {budget:.0f} s budget "
+                              f"(probe accuracy {probe_text})")
+    return "lp-ft", (f"{per_class:.0f} images per class and a domain gap (probe accuracy {probe_text} < "
+                     f"{AUTO_PROBE_GOOD:.0%}): linear probe, then fine-tune every layer from it")
+
+
+def estimate_finetune_seconds(ctx: Context, cfg: TrainConfig) -> float:
+    """Epochs x training images x the measured time of one bf16/channels_last training step
+    (3 steps of 8 images after a warm-up), plus one decode pass."""
+    model = ctx.models.get()
+    ctx.runtime.train_module(model)
+    x = ctx.runtime.to_input(torch.randint(0, 255, (8, 3, ctx.pre.input_size, ctx.pre.input_size), dtype=torch.uint8),
+                             torch.tensor(ctx.pre.mean).view(1, 3, 1, 1), torch.tensor(ctx.pre.std).view(1, 3, 1, 1))
+    times = []
+    for _ in range(4):
+        start = time.perf_counter()
+        with ctx.runtime.autocast():
+            model(x).float().sum().backward()
+        times.append(time.perf_counter() - start)
+    model.zero_grad(set_to_none=True)
+    model.to("cpu").eval()
+    per_image = min(times[1:]) / 8
+    return cfg.epochs * len(ctx.split.train) * per_image * 1.15 + 0.003 * len(ctx.split.train) / max(1, ctx.workers)
+
+
+def train_auto(ctx: Context) -> Outcome:
+    """Choose a strategy from the data (and --budget), say why, and train with it."""
+    x_train, y_train, _, _, _ = cached_features(ctx)
+    n = len(ctx.split.train)
+    per_class = n / len(ctx.split.classes)
+    probe = probe_accuracy(x_train[:n], y_train[:n], strategy_defaults("linear")["weight_decay"], ctx.cfg.seed)
+    lp_ft = dataclasses.replace(ctx.cfg, strategy="lp-ft").resolved()
+    chosen, reason = choose_strategy(per_class, probe, lambda: estimate_finetune_seconds(ctx, lp_ft), ctx.cfg.budget)
+    ctx.log(f"auto: {chosen}, because {reason}")
+    ctx.cfg = dataclasses.replace(ctx.cfg, strategy=chosen).resolved()
+    outcome = STRATEGIES[chosen](ctx)
+    outcome.info.update(strategy_reason=reason, probe_cv_accuracy=probe, images_per_class=per_class)
+    return outcome
+
+
 STRATEGIES: dict[str, Callable[[Context], Outcome]] = {
     "linear": train_linear,
     "finetune": train_network,
@@ -440,4 +619,6 @@ STRATEGIES: dict[str, Callable[[Context], Outcome]] = {
     "gradual": train_network,
     "lp-ft": train_lp_ft,
     "scratch": train_network,
+    "distill": train_distill,
+    "auto": train_auto,
 }
