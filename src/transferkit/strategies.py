@@ -433,7 +433,7 @@ def train_lp_ft(ctx: Context) -> Outcome:
     probe_hp = strategy_defaults("linear")
     probe, head = train_head(ctx, x_train, y_train, x_val, y_val, probe_hp)
     outcome = train_network(ctx, head_init=head)
-    outcome.info.update(probe_val_acc=probe.best_val_acc, probe_epochs=len(probe.history), **facts)
+    outcome.info.update(probe_val_acc=probe.best_val_acc, probe_steps=probe.best_epoch, probe_unit=probe.unit, **facts)
     return outcome
 
 
