@@ -606,7 +606,8 @@ def train_auto(ctx: Context) -> Outcome:
     lp_ft = dataclasses.replace(ctx.cfg, strategy="lp-ft").resolved()
     chosen, reason = choose_strategy(per_class, probe, lambda: estimate_finetune_seconds(ctx, lp_ft), ctx.cfg.budget)
     ctx.log(f"auto: {chosen}, because {reason}")
-    ctx.cfg = dataclasses.replace(ctx.cfg, strategy=chosen).resolved()
+    lbfgs_elsewhere = chosen != "linear" and ctx.cfg.optimizer == "lbfgs"  # lbfgs fits linear heads only
+    ctx.cfg = dataclasses.replace(ctx.cfg, strategy=chosen, **({"optimizer": None} if lbfgs_elsewhere else {})).resolved()
     outcome = STRATEGIES[chosen](ctx)
     outcome.info.update(strategy_reason=reason, probe_cv_accuracy=probe, images_per_class=per_class)
     return outcome
