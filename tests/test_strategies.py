@@ -213,6 +213,9 @@ def test_auto_writes_its_choice_and_reason(tmp_path, capsys):
     assert run.results["strategy_info"]["probe_cv_accuracy"] is not None
     assert f"auto: linear, because {run.results['strategy_reason']}" in capsys.readouterr().out
     assert transferkit.evaluate(run.path)["accuracy"] == pytest.approx(run.val_acc)
+    # --optimizer lbfgs (linear's head) is accepted with auto, whatever it would cost to fine-tune
+    lbfgs = transferkit.train(data, strategy="auto", optimizer="lbfgs", out=str(tmp_path / "r2"), quiet=True)
+    assert lbfgs.results["strategy"] == "linear"
 
 
 def test_auto_estimates_finetune_time_by_measuring_steps(tmp_path):

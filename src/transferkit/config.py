@@ -28,11 +28,11 @@ DEVICES = ("auto", "cpu", "cuda")
 STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {
     # The linear head trains on cached features: by default a logistic regression (L-BFGS, full
     # batch); with --optimizer adamw/adam/sgd, epochs of mini-batches (milliseconds each).
-    "linear": {"optimizer": "lbfgs", "epochs": 60, "lr": 1e-3, "batch_size": 64, "weight_decay": 1e-4,
-               "patience": 0},
+    "linear": {"optimizer": "lbfgs", "schedule": "cosine", "epochs": 60, "lr": 1e-3, "batch_size": 64,
+               "weight_decay": 1e-4, "patience": 0},
     # Full fine-tuning: the backbone at lr * backbone_lr_mult, the head at lr.
-    "finetune": {"optimizer": "adamw", "epochs": 8, "lr": 1e-3, "batch_size": 32, "weight_decay": 1e-2,
-                 "patience": 0},
+    "finetune": {"optimizer": "adamw", "schedule": "cosine", "epochs": 8, "lr": 1e-3, "batch_size": 32,
+                 "weight_decay": 1e-2, "patience": 0},
 }
 # Defaults that depend on the optimizer; they win over the strategy's. L-BFGS: the L2 penalty on
 # the mean loss over standardized features (C = 1 / (0.1 n) in scikit-learn's terms).
@@ -120,8 +120,6 @@ class TrainConfig:
         if cfg.strategy == "auto":  # the rest stays unset until the strategy is chosen
             cfg.aug_views = DEFAULT_AUG_VIEWS if cfg.aug_views is None else cfg.aug_views
             return cfg
-        if cfg.schedule is None:
-            cfg.schedule = STRATEGY_DEFAULTS[cfg.strategy].get("schedule", "cosine")
         for key, value in strategy_defaults(cfg.strategy, cfg.optimizer).items():
             if getattr(cfg, key) is None:
                 setattr(cfg, key, value)

@@ -46,6 +46,7 @@ class Context:
     progress: Callable  # (total, desc) -> tqdm-like bar
     run_dir: Path
     resume: dict | None = None  # a checkpoint to continue from (--resume)
+    features: tuple | None = None  # cached_features' result, once computed (auto, then its choice)
 
     @property
     def checkpoint(self) -> Path:
@@ -140,7 +141,13 @@ def _epoch_bar(ctx: Context, desc: str):
 def cached_features(ctx: Context) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
     """Train (eval view + augmented views) and val features from the cache, computing the
     missing ones; unreadable images are dropped from the split. Returns x_train, y_train, x_val,
-    y_val and cache facts."""
+    y_val and cache facts. Computed once per context."""
+    if ctx.features is None:
+        ctx.features = _cached_features(ctx)
+    return ctx.features
+
+
+def _cached_features(ctx: Context):
     cfg, split = ctx.cfg, ctx.split
 
     @functools.cache
@@ -597,17 +604,23 @@ def estimate_finetune_seconds(ctx: Context, cfg: TrainConfig) -> float:
     return cfg.epochs * len(ctx.split.train) * per_image * 1.15 + 0.003 * len(ctx.split.train) / max(1, ctx.workers)
 
 
+def _as(cfg: TrainConfig, strategy: str) -> TrainConfig:
+    """auto's options resolved for `strategy`; an --optimizer lbfgs (linear heads only) is dropped
+    for a network strategy."""
+    drop = {"optimizer": None} if strategy != "linear" and cfg.optimizer == "lbfgs" else {}
+    return dataclasses.replace(cfg, strategy=strategy, **drop).resolved()
+
+
 def train_auto(ctx: Context) -> Outcome:
     """Choose a strategy from the data (and --budget), say why, and train with it."""
     x_train, y_train, _, _, _ = cached_features(ctx)
     n = len(ctx.split.train)
     per_class = n / len(ctx.split.classes)
     probe = probe_accuracy(x_train[:n], y_train[:n], strategy_defaults("linear")["weight_decay"], ctx.cfg.seed)
-    lp_ft = dataclasses.replace(ctx.cfg, strategy="lp-ft").resolved()
-    chosen, reason = choose_strategy(per_class, probe, lambda: estimate_finetune_seconds(ctx, lp_ft), ctx.cfg.budget)
+    chosen, reason = choose_strategy(per_class, probe, lambda: estimate_finetune_seconds(ctx, _as(ctx.cfg, "lp-ft")),
+                                     ctx.cfg.budget)
     ctx.log(f"auto: {chosen}, because {reason}")
-    lbfgs_elsewhere = chosen != "linear" and ctx.cfg.optimizer == "lbfgs"  # lbfgs fits linear heads only
-    ctx.cfg = dataclasses.replace(ctx.cfg, strategy=chosen, **({"optimizer": None} if lbfgs_elsewhere else {})).resolved()
+    ctx.cfg = _as(ctx.cfg, chosen)
     outcome = STRATEGIES[chosen](ctx)
     outcome.info.update(strategy_reason=reason, probe_cv_accuracy=probe, images_per_class=per_class)
     return outcome
