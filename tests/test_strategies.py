@@ -172,20 +172,52 @@ def test_distill_loss_is_hinton_kd_plus_label_ce():
 def test_distill_learns_from_a_teacher_run_whose_logits_are_cached(tmp_path):
     data = make_dataset(tmp_path / "d", n_train=4, n_val=2)
     teacher = transferkit.train(data, out=str(tmp_path / "t"), quiet=True)
-    kw = dict(strategy="distill", teacher=str(teacher.path), epochs=1, batch_size=4, quiet=True)
-    first = transferkit.train(data, out=str(tmp_path / "s1"), **kw)
+    kw = dict(strategy="distill", teacher=str(teacher.path), batch_size=4, quiet=True)
+    first = transferkit.train(data, out=str(tmp_path / "s1"), epochs=1, **kw)
     info = first.results["strategy_info"]
-    assert info["teacher"] == str(teacher.path) and info["teacher_logits_computed"] == 8
+    assert info["teacher"] == str(teacher.path) and info["teacher_views_computed"] == 8  # 8 images x 1 epoch
     assert (info["temperature"], info["alpha"]) == (4.0, 0.7)
-    second = transferkit.train(data, out=str(tmp_path / "s2"), **kw)
-    assert second.results["strategy_info"]["teacher_logits_cached"] == 8  # computed once
-    assert second.results["strategy_info"]["teacher_logits_computed"] == 0
+    second = transferkit.train(data, out=str(tmp_path / "s2"), epochs=2, **kw)
+    info = second.results["strategy_info"]  # epoch 0's views are cached, epoch 1's are new
+    assert (info["teacher_views_cached"], info["teacher_views_computed"]) == (8, 8)
     other = make_dataset(tmp_path / "o", classes=("blue", "green"), n_train=2, n_val=1)
     with pytest.raises(transferkit.UserError, match="teacher .* was trained on classes blue, red"):
         transferkit.train(other, out=str(tmp_path / "s3"), **kw)
     assert not (tmp_path / "s3").exists()  # refused before any output
     with pytest.raises(transferkit.UserError, match="needs --teacher"):
         transferkit.train(data, strategy="distill")
+
+
+def test_distill_teacher_sees_the_students_view_of_each_epoch(tmp_path):
+    """Consistent teaching: the soft target for image i in epoch e is the teacher's output on the
+    very crop the student gets in that epoch (resized to the teacher's input size)."""
+    from transferkit import bundle
+    from transferkit.api import Console, _context
+    from transferkit.config import TrainConfig
+    from transferkit.strategies import network_setup, teacher_logits
+
+    data = make_dataset(tmp_path / "d", n_train=3, n_val=1)
+    teacher = transferkit.train(data, out=str(tmp_path / "t"), image_size=64, precision="fp32", quiet=True)
+    cfg = TrainConfig.from_mapping(dict(data=str(data), out=str(tmp_path / "s"), strategy="distill", epochs=2,
+                                        teacher=str(teacher.path), image_size=48, precision="fp32",
+                                        cache_dir=str(tmp_path / "cache"), quiet=True)).resolved()
+    ctx, _ = _context(cfg, Console(True))
+    views = network_setup(ctx).loader.dataset
+    logits, facts = teacher_logits(ctx, views)
+    assert logits.shape == (2, 6, 2) and facts["teacher_views_computed"] == 12
+    assert not torch.allclose(logits[0], logits[1])  # a different view each epoch
+    model, meta, _ = bundle.load(str(teacher.path))
+    model.eval()
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (meta.preprocess.mean, meta.preprocess.std))
+    for e in range(2):
+        u8 = torch.stack([views.view(i, e + 1) for i in range(len(views))]).float()  # epochs count from 1
+        u8 = nn.functional.interpolate(u8, size=(64, 64), mode="bilinear", antialias=True).round().clamp(0, 255)
+        with torch.no_grad():
+            expected = model((u8 / 255 - mean) / std)
+        torch.testing.assert_close(logits[e], expected, atol=1e-3, rtol=1e-3)
+    again, facts = teacher_logits(ctx, views)  # cached: nothing recomputed, same logits
+    assert facts["teacher_views_cached"] == 12 and torch.equal(again, logits)
+
 
 
 def test_auto_rules_and_reasons():

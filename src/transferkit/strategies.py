@@ -288,7 +288,7 @@ def _tick(bar, stats: engine.EpochStats, n: int = 1) -> None:
 
 class DecodedImages(Dataset):
     """Images decoded once, resized to the short side the crops need, kept as uint8 in the decode
-    cache; item -> (uint8 (3, S, S) view, label). Training views are seeded per (epoch, image)."""
+    cache; item -> (uint8 (3, S, S) view, label). Training views are seeded per (image, epoch)."""
 
     def __init__(self, paths: list[str], labels: list[int], pre: Preprocess, cache: ArrayCache,
                  train: bool, seed: int = 0):
@@ -310,14 +310,18 @@ class DecodedImages(Dataset):
             arr = decode_into(self.cache, self.paths[i], self.keys[i], self.pre)
         return Image.fromarray(arr)
 
-    def __getitem__(self, i: int):
+    def view(self, i: int, epoch: int) -> torch.Tensor:
+        """Image i as seen in `epoch`: a random view seeded by (seed, image, epoch) for training,
+        the center crop otherwise."""
         img = self.image(i)
         if self.train:
-            rng = np.random.default_rng([self.seed, self.epoch, i])
-            view = transforms.train_view(img, self.pre, rng)
+            view = transforms.train_view(img, self.pre, transforms.view_rng(self.seed, self.keys[i], epoch))
         else:
             view = transforms.center_crop(img, self.pre.input_size)
-        return transforms.to_tensor(view), self.labels[i]
+        return transforms.to_tensor(view)
+
+    def __getitem__(self, i: int):
+        return self.view(i, self.epoch), self.labels[i]
 
 
 def decode_into(cache: ArrayCache, path: str, key: str, pre: Preprocess) -> np.ndarray:
@@ -466,7 +470,8 @@ class DistillLoss(nn.Module):
 
 
 class WithTeacher(Dataset):
-    """A training dataset whose targets become (label, the teacher's logits for that image)."""
+    """A training dataset whose targets become (label, the teacher's logits for exactly this
+    epoch's view of that image): `teacher_logits` is (epochs, N, C), row e for epoch e + 1."""
 
     def __init__(self, base: DecodedImages, teacher_logits: torch.Tensor):
         self.base, self.teacher_logits = base, teacher_logits
@@ -479,7 +484,7 @@ class WithTeacher(Dataset):
 
     def __getitem__(self, i: int):
         image, label = self.base[i]
-        return image, (label, self.teacher_logits[i])
+        return image, (label, self.teacher_logits[self.base.epoch - 1, i])
 
 
 def check_teacher(teacher: str, classes: list[str]) -> None:
@@ -492,49 +497,88 @@ def check_teacher(teacher: str, classes: list[str]) -> None:
                         f"this dataset has {', '.join(classes)}")
 
 
-def teacher_logits(ctx: Context, paths: list[str]) -> tuple[torch.Tensor, dict[str, str], dict]:
-    """The --teacher run's logits for `paths` (its own preprocessing, center view), computed once:
-    its pooled features are cached under a key of the teacher's weights file, the head is applied
-    here. Returns logits, unreadable files and facts for results.json."""
+class _ViewsOf(Dataset):
+    """(row, image) pairs of a training dataset -> (epoch row + 1's augmented view, uint8; index)."""
+
+    def __init__(self, base: DecodedImages, todo: list[tuple[int, int]]):
+        self.base, self.todo = base, todo
+
+    def __len__(self) -> int:
+        return len(self.todo)
+
+    def __getitem__(self, j: int):
+        e, i = self.todo[j]
+        return self.base.view(i, e + 1), j
+
+
+def teacher_logits(ctx: Context, train: DecodedImages) -> tuple[torch.Tensor, dict]:
+    """The --teacher run's logits for every epoch's augmented view of every training image: the
+    very crop the student sees, resized to the teacher's input size and normalized its way
+    (consistent teaching: Beyer et al., 2022, "Knowledge distillation: a good teacher is patient
+    and consistent"). Views are seeded by (seed, image, epoch), so the logits are cached per
+    (teacher weights, student preprocessing, seed, image, epoch) and later runs reuse them.
+    Returns (epochs, N, C) logits and facts for results.json."""
+    import hashlib
+    import json
+
     from . import bundle
     from .backbones import file_sha256
-    from .features import feature_cache, model_key
 
     check_teacher(ctx.cfg.teacher, ctx.split.classes)
     teacher, meta, run_dir = bundle.load(ctx.cfg.teacher)
-    digest = file_sha256(run_dir / "model.safetensors")
-    cache = feature_cache(ctx.cache_root, model_key(f"run:{meta.backbone}", digest, meta.preprocess,
-                                                    ctx.runtime.precision))
-
-    def extractor() -> Extractor:
-        return Extractor(teacher.backbone, meta.preprocess, ctx.runtime, batch_size=32, workers=ctx.workers)
-
-    bar = ctx.progress(len(paths), "teacher")
-    feats = extract_features(extractor, paths, cache, 0, ctx.cfg.seed, bar)
-    bar.close()
-    with torch.inference_mode():
-        logits = teacher.head(feats.features.float())
+    ident = json.dumps({"teacher": file_sha256(run_dir / "model.safetensors"), "student": ctx.pre.to_dict(),
+                        "seed": ctx.cfg.seed, "precision": ctx.runtime.precision}, sort_keys=True)
+    cache = ArrayCache(ctx.cache_root / "teacher" / hashlib.sha256(ident.encode()).hexdigest()[:24])
+    epochs, n, classes = ctx.cfg.epochs, len(train), len(ctx.split.classes)
+    out = torch.zeros(epochs, n, classes)
+    todo = []
+    for e in range(epochs):  # row e: the views of epoch e + 1 (epochs count from 1)
+        for i, key in enumerate(train.keys):
+            row = cache.get(key, f"e{e + 1}")
+            if row is None or row.shape != (classes,):
+                todo.append((e, i))
+            else:
+                out[e, i] = torch.from_numpy(row.copy())
+    if todo:
+        extractor = Extractor(teacher.backbone, meta.preprocess, ctx.runtime, batch_size=32, workers=ctx.workers)
+        extractor.freeze = len(todo) >= 64
+        head = teacher.head.float().eval()
+        size = meta.preprocess.input_size
+        bar = ctx.progress(len(todo), "teacher")
+        for views, js in DataLoader(_ViewsOf(train, todo), batch_size=32, num_workers=ctx.workers):
+            if views.shape[-1] != size:
+                views = nn.functional.interpolate(views.float(), size=(size, size), mode="bilinear",
+                                                  antialias=True, align_corners=False)
+                views = views.round_().clamp_(0, 255).to(torch.uint8)
+            with torch.inference_mode():
+                logits = head(extractor.forward(views))
+            for row, j in zip(logits, js.tolist()):
+                e, i = todo[j]
+                out[e, i] = row
+                cache.put(train.keys[i], f"e{e + 1}", row.numpy())
+            bar.update(len(js))
+        bar.close()
     facts = {"teacher": str(run_dir), "teacher_backbone": meta.backbone,
-             "teacher_logits_cached": feats.cached, "teacher_logits_computed": feats.computed,
+             "teacher_views_cached": epochs * n - len(todo), "teacher_views_computed": len(todo),
              "temperature": ctx.cfg.temperature, "alpha": ctx.cfg.alpha}
-    return logits, feats.errors, facts
+    return out, facts
 
 
 def train_distill(ctx: Context) -> Outcome:
-    """Fine-tune the student (every layer, as `finetune`) on labels and the teacher's soft targets."""
-    paths = [s.path for s in ctx.split.train]
-    logits, errors, facts = teacher_logits(ctx, paths)
-    by_path = dict(zip(paths, logits))
-    ctx.split.drop(errors)
+    """Fine-tune the student (every layer, as `finetune`) on labels and the teacher's soft targets
+    for the same augmented views."""
+    facts: dict = {}
 
     def adapt(net: NetworkSetup) -> NetworkSetup:
-        rows = torch.stack([by_path[p] for p in net.loader.dataset.paths])
-        dataset = WithTeacher(net.loader.dataset, rows)
-        net.loader = train_loader(ctx.cfg, dataset, _labels(ctx.split.train), ctx.workers,
+        base = net.loader.dataset
+        logits, more = teacher_logits(ctx, base)
+        facts.update(more)
+        net.loader = train_loader(ctx.cfg, WithTeacher(base, logits), _labels(ctx.split.train), ctx.workers,
                                   drop_last=net.loader.drop_last)
         net.loss = DistillLoss(net.loss, ctx.cfg.temperature, ctx.cfg.alpha)
         return net
 
+    check_teacher(ctx.cfg.teacher, ctx.split.classes)  # before any decoding
     outcome = train_network(ctx, adapt=adapt)
     outcome.info.update(facts)
     return outcome
