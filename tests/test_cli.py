@@ -13,7 +13,9 @@ from PIL import Image
 from helpers import make_dataset
 from transferkit.cli import main
 
-RUN_FILES = ["model.safetensors", "model.json", "config.yaml", "metrics.csv", "results.json",
+RUN_FILES = ["model.safetensors", "model.json", "config.yaml", "metrics.csv", "results.json", "metrics.json",
+             "predictions.csv", "misclassified.csv", "predictions.png", "top_losses.png",
+             "confusion_matrix_normalized.png", "report.html",
              "curves.png", "confusion_matrix.png"]
 
 

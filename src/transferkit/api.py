@@ -248,9 +248,11 @@ def make_run_dir(cfg: TrainConfig, run_name: str | None = None) -> Path:
 
 
 def write_outputs(run_dir: Path, cfg: TrainConfig, split, outcome, runtime: Runtime, started: float) -> dict:
-    y_val = np.array([s.label for s in split.val])
-    y_pred = outcome.val_logits.argmax(1).numpy()
-    summary = metrics.summarize(y_val, y_pred, split.classes)
+    from . import report
+
+    y_val = np.array([s.label for s in split.val], dtype=np.int64)
+    summary = report.write_evaluation(run_dir, [s.path for s in split.val], y_val, outcome.val_logits,
+                                      split.classes, {"skipped_files": split.skipped})
     fit = outcome.fit  # config.yaml was written when the run folder was made
     metrics.write_history_csv(run_dir / "metrics.csv", fit.history, fit.unit)
     bundle.write_json(run_dir / "split.json", {
@@ -259,8 +261,6 @@ def write_outputs(run_dir: Path, cfg: TrainConfig, split, outcome, runtime: Runt
         "train": [[s.path, s.label] for s in split.train],
         "val": [[s.path, s.label] for s in split.val],
     })
-    metrics.plot_curves(run_dir / "curves.png", fit.history, fit.best_epoch, fit.unit)
-    metrics.plot_confusion(run_dir / "confusion_matrix.png", summary["confusion_matrix"], split.classes)
     results = {
         "val_acc": summary["accuracy"],
         "balanced_accuracy": summary["balanced_accuracy"],
@@ -284,6 +284,7 @@ def write_outputs(run_dir: Path, cfg: TrainConfig, split, outcome, runtime: Runt
         "wall_s": round(time.perf_counter() - started, 3),
     }
     bundle.write_json(run_dir / "results.json", results)
+    report.render(run_dir)  # plots, misclassified.csv, report.html
     return results
 
 
@@ -294,9 +295,13 @@ def load(path: str | Path, device: str = "auto", precision: str = "auto") -> Pre
 
 
 def evaluate(run: str | Path, data: str | Path | None = None, device: str = "auto",
-             precision: str = "auto", console: Console | None = None) -> dict:
+             precision: str = "auto", console: Console | None = None, out: str | Path | None = None) -> dict:
     """Re-evaluate a saved run: on DATA/val (or DATA's class folders) when `data` is given,
-    else on the run's own validation split. Returns accuracy and per-class metrics."""
+    else on the run's own validation split. Writes metrics.json, the plots, misclassified.csv and
+    report.html into `out` (default: a new RUN/eval-<name> folder) and returns the metrics
+    (with "out": that folder)."""
+    from . import report
+
     predictor = load(run, device, precision)
     classes = predictor.classes
     if data is not None:
@@ -310,17 +315,45 @@ def evaluate(run: str | Path, data: str | Path | None = None, device: str = "aut
         if missing:
             raise UserError(f"{len(missing)} validation image(s) of this run are gone, e.g. {missing[0]}; "
                             "pass the DATA folder to evaluate on")
+    out_dir = _eval_dir(predictor.run_dir, data, out)
     logits, errors = predictor.logits([s.path for s in samples])
     ok = [i for i in range(len(samples)) if i not in errors]
-    y_true = np.array([samples[i].label for i in ok])
-    y_pred = logits[ok].argmax(1).numpy()
-    summary = metrics.summarize(y_true, y_pred, classes)
-    summary["num_images"] = len(ok)
-    summary["skipped_files"] = [{"path": samples[i].path, "reason": r} for i, r in errors.items()]
+    skipped = [{"path": samples[i].path, "reason": r} for i, r in errors.items()]
     console = console or Console()
-    for item in summary["skipped_files"]:
+    for item in skipped:
         console.warn(f"skipped {item['path']}: {item['reason']}")
+    summary = report.write_evaluation(
+        out_dir, [samples[i].path for i in ok], np.array([samples[i].label for i in ok], dtype=np.int64),
+        logits[ok], classes, {"skipped_files": skipped, "run": str(predictor.run_dir),
+                              "data": str(data) if data is not None else "the run's validation split"})
+    report.render(out_dir)
+    summary["out"] = str(out_dir)
     return summary
+
+
+def _eval_dir(run_dir: Path, data, out) -> Path:
+    """--out, or a fresh RUN/eval-<dataset name> (eval-val for the run's own split), never an
+    existing folder of the user's that is not an eval folder."""
+    if out is not None:
+        out = Path(out).expanduser()
+        if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "metrics.json").exists())):
+            raise UserError(f"--out {out} exists and is not an eval folder; choose another")
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+    base = run_dir / f"eval-{Path(data).expanduser().absolute().name if data is not None else 'val'}"
+    path, n = base, 2
+    while path.exists():
+        path, n = base.with_name(f"{base.name}-{n}"), n + 1
+    path.mkdir(parents=True)
+    return path
+
+
+def report(run: str | Path) -> Path:
+    """Rebuild the plots, misclassified.csv and report.html of a run or eval folder from its
+    metrics.json and predictions.csv; returns the report's path."""
+    from . import report as report_mod
+
+    return report_mod.render(run)
 
 
 def summary(model: str, num_classes: int = 1000, input_size: int | None = None,

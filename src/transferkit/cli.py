@@ -61,13 +61,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(p, skip=("data", "resume"))
 
     p = sub.add_parser("eval", help="re-evaluate a saved run",
-                       description="Accuracy and per-class accuracy of RUN's model on DATA/val "
-                                   "(or DATA's class folders), or on the run's own val split.")
+                       description="Per-class precision, recall and F1, confusion matrix, top losses and "
+                                   "report.html of RUN's model on DATA/val (or DATA's class folders), or "
+                                   "on the run's own val split.")
     p.add_argument("run", help="run folder")
     p.add_argument("data", nargs="?", help="dataset folder (default: the run's validation split)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--output", help="also write the metrics to this JSON file")
+    p.add_argument("--out", help="folder for metrics.json, plots and report.html "
+                                 "[default: a new RUN/eval-<dataset name> folder]")
+
+    p = sub.add_parser("report", help="rebuild a run's report.html and plots",
+                       description="Regenerates the plots, misclassified.csv and the self-contained "
+                                   "report.html of a run (or eval) folder from its metrics.json and "
+                                   "predictions.csv; the model is not needed.")
+    p.add_argument("run", help="run or eval folder")
 
     p = sub.add_parser("predict", help="predict labels of images or folders",
                        description="Walks folders recursively; writes CSV (default) or JSON.")
@@ -128,7 +137,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from . import api, metrics
 
-    summary = api.evaluate(args.run, args.data, args.device, args.precision)
+    summary = api.evaluate(args.run, args.data, args.device, args.precision, out=args.out)
     print(metrics.format_table(summary))
     results_file = Path(args.run) / "results.json"
     if args.data is None and results_file.is_file():
@@ -139,6 +148,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"accuracy {summary['accuracy']:.4f} on {summary['num_images']} images")
     if args.output:
         Path(args.output).write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"report: {Path(summary['out']) / 'report.html'}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from . import api
+
+    print(f"report: {api.report(args.run)}")
     return 0
 
 
@@ -223,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             return cmd_train(args, started)
         handlers = {"lr-find": cmd_lr_find, "eval": cmd_eval, "predict": cmd_predict, "models": cmd_models,
-                    "summary": cmd_summary, "cache": cmd_cache}
+                    "summary": cmd_summary, "cache": cmd_cache, "report": cmd_report}
         return handlers[args.command](args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

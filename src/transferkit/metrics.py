@@ -8,35 +8,77 @@ from pathlib import Path
 import numpy as np
 
 
-def summarize(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
-    """Accuracy, balanced accuracy, per-class accuracy (= recall), precision, F1, support,
-    and the confusion matrix (rows: actual, columns: predicted)."""
-    from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix,
-                                 precision_recall_fscore_support)
+MOST_CONFUSED = 10  # pairs listed in the table and the report
+
+
+def summarize(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], probs: np.ndarray | None = None) -> dict:
+    """Everything scikit-learn says about these predictions: accuracy, balanced accuracy, top-5
+    accuracy (with `probs`, when there are at least 5 classes), per-class precision, recall
+    (= per-class accuracy), F1 and support, their macro and weighted averages, the confusion
+    matrix (rows: actual, columns: predicted) in counts and row-normalized, and the most-confused
+    (actual, predicted) pairs."""
+    from sklearn.metrics import (accuracy_score, balanced_accuracy_score, classification_report,
+                                 confusion_matrix, top_k_accuracy_score)
 
     labels = list(range(len(classes)))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0
-    )
-    per_class = {
-        c: {"accuracy": float(recall[i]), "precision": float(precision[i]), "f1": float(f1[i]),
-            "support": int(support[i])}
-        for i, c in enumerate(classes)
+    report = classification_report(y_true, y_pred, labels=labels, target_names=classes,
+                                   output_dict=True, zero_division=0) if len(y_true) else {}
+    per_class = {}
+    for c in classes:
+        r = report.get(c, {"precision": 0.0, "recall": 0.0, "f1-score": 0.0, "support": 0})
+        per_class[c] = {"precision": float(r["precision"]), "recall": float(r["recall"]),
+                        "f1": float(r["f1-score"]), "support": int(r["support"]),
+                        "accuracy": float(r["recall"])}  # per-class accuracy is the class's recall
+    averages = {
+        name: {"precision": float(r["precision"]), "recall": float(r["recall"]),
+               "f1": float(r["f1-score"]), "support": int(r["support"])}
+        for name, r in ((n, report.get(f"{n} avg")) for n in ("macro", "weighted")) if r is not None
     }
+    cm = confusion_matrix(y_true, y_pred, labels=labels)
+    rows = cm.sum(1, keepdims=True)
+    normalized = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
+    off = [(int(cm[i, j]), i, j) for i in labels for j in labels if i != j and cm[i, j] > 0]
+    off.sort(key=lambda t: (-t[0], t[1], t[2]))
+    top5 = None
+    if probs is not None and len(classes) >= 5 and len(y_true):
+        import warnings
+
+        with warnings.catch_warnings():  # with exactly 5 classes it is 1.0 by definition: sklearn warns
+            warnings.simplefilter("ignore")
+            top5 = float(top_k_accuracy_score(y_true, probs, k=5, labels=labels))
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)) if len(y_true) else 0.0,
         "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)) if len(y_true) else 0.0,
+        "top5_accuracy": top5,
         "per_class": per_class,
-        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "macro_avg": averages.get("macro"),
+        "weighted_avg": averages.get("weighted"),
+        "confusion_matrix": cm.tolist(),
+        "confusion_matrix_normalized": np.round(normalized, 4).tolist(),
+        "most_confused": [{"actual": classes[i], "predicted": classes[j], "count": n}
+                          for n, i, j in off[:MOST_CONFUSED]],
     }
 
 
 def format_table(summary: dict) -> str:
-    width = max(8, *(len(c) for c in summary["per_class"]))
-    lines = [f"{'class':<{width}}  accuracy  precision     f1  support"]
-    for c, m in summary["per_class"].items():
-        lines.append(f"{c:<{width}}  {m['accuracy']:8.3f}  {m['precision']:9.3f}  {m['f1']:5.3f}  {m['support']:7d}")
-    lines.append(f"{'overall':<{width}}  {summary['accuracy']:8.3f}  (balanced accuracy {summary['balanced_accuracy']:.3f})")
+    """The per-class table, the averages, the overall accuracies and the most-confused pairs."""
+    width = max(12, *(len(c) for c in summary["per_class"]))
+    lines = [f"{'class':<{width}}  precision  recall     f1  support"]
+
+    def row(name: str, m: dict) -> str:
+        return f"{name:<{width}}  {m['precision']:9.3f}  {m['recall']:6.3f}  {m['f1']:5.3f}  {m['support']:7d}"
+
+    lines += [row(c, m) for c, m in summary["per_class"].items()]
+    for name in ("macro_avg", "weighted_avg"):
+        if summary.get(name):
+            lines.append(row(name.replace("_", " "), summary[name]))
+    overall = f"accuracy {summary['accuracy']:.3f}, balanced accuracy {summary['balanced_accuracy']:.3f}"
+    if summary.get("top5_accuracy") is not None:
+        overall += f", top-5 accuracy {summary['top5_accuracy']:.3f}"
+    lines.append(overall)
+    if summary.get("most_confused"):
+        pairs = "; ".join(f"{p['actual']} -> {p['predicted']} ({p['count']})" for p in summary["most_confused"][:5])
+        lines.append(f"most confused (actual -> predicted): {pairs}")
     return "\n".join(lines)
 
 
@@ -79,22 +121,3 @@ def plot_curves(path: Path, history, best_epoch: int, unit: str = "epoch") -> No
     plt.close(fig)
 
 
-def plot_confusion(path: Path, matrix: list[list[int]], classes: list[str]) -> None:
-    plt = _pyplot()
-    cm = np.asarray(matrix)
-    n = len(classes)
-    size = min(40.0, max(4.5, 0.45 * n + 2.5))
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(n), labels=classes, rotation=45 if n > 2 else 0, ha="right" if n > 2 else "center")
-    ax.set_yticks(range(n), labels=classes)
-    ax.set(xlabel="predicted", ylabel="actual", title="confusion matrix (counts)")
-    if n <= 30:
-        high = cm.max() / 2 if cm.size else 0
-        for i in range(n):
-            for j in range(n):
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center",
-                        color="white" if cm[i, j] > high else "black", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -1,0 +1,316 @@
+"""What a run's evaluation leaves behind, and the one page that shows it all.
+
+`write_evaluation` turns validation logits into `metrics.json` and `predictions.csv` (one row per
+image: path, actual, predicted, probabilities). `render` makes everything else from those files
+(and the run's `metrics.csv`, `config.yaml`, `results.json` where present): `confusion_matrix.png`
+and its row-normalized twin, `curves.png`, `predictions.png`, `top_losses.png`,
+`misclassified.csv` and a self-contained `report.html` (images embedded, no network). So
+`transferkit report RUN` can rebuild the report without the model.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from . import metrics
+from .errors import ImageDecodeError, UserError
+
+CONFUSION_MAX = 30  # classes drawn in a confusion matrix; more: the most-confused sub-matrix
+GRID = 16  # validation images in predictions.png
+TOP_LOSSES = 9  # images in top_losses.png
+REPORT_THUMBS = 60  # misclassified images shown in report.html
+PLOTS = ["curves.png", "confusion_matrix.png", "confusion_matrix_normalized.png", "predictions.png",
+         "top_losses.png"]
+RIGHT, WRONG = "#1f4fbf", "#c62828"  # title colors: blue when right, red when wrong
+
+
+def write_evaluation(out_dir: Path, paths: list[str], y_true: np.ndarray, logits, classes: list[str],
+                     extra: dict | None = None) -> dict:
+    """metrics.json (scikit-learn's numbers, plus `extra`) and predictions.csv; returns the summary."""
+    import torch
+
+    probs = torch.softmax(torch.as_tensor(logits).float(), 1).numpy()
+    y_pred = probs.argmax(1)
+    summary = metrics.summarize(y_true, y_pred, classes, probs)
+    summary.update({"num_images": len(paths), "classes": classes, **(extra or {})})
+    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    with open(out_dir / "predictions.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "actual", "predicted", "probability", "actual_probability"])
+        for path, t, p, row in zip(paths, y_true, y_pred, probs):
+            w.writerow([path, classes[t], classes[p], f"{row[p]:.6f}", f"{row[t]:.6f}"])
+    return summary
+
+
+def read_predictions(run_dir: Path) -> list[dict]:
+    with open(run_dir / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r["probability"], r["actual_probability"] = float(r["probability"]), float(r["actual_probability"])
+    return rows
+
+
+def render(run_dir: str | Path) -> Path:
+    """All plots, misclassified.csv and report.html of a run (or eval) folder, from its
+    metrics.json and predictions.csv. Returns the report's path."""
+    run_dir = Path(run_dir).expanduser()
+    for name in ("metrics.json", "predictions.csv"):
+        if not (run_dir / name).is_file():
+            raise UserError(f"{run_dir} has no {name}: not a transferkit run or eval folder "
+                            "(runs before transferkit 0.1 did not write it; retrain or `transferkit eval` it)")
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    classes = summary["classes"]
+    rows = read_predictions(run_dir)
+    wrong = sorted((r for r in rows if r["actual"] != r["predicted"]), key=lambda r: -r["probability"])
+    with open(run_dir / "misclassified.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "actual", "predicted", "probability"])
+        w.writerows([r["path"], r["actual"], r["predicted"], f"{r['probability']:.4f}"] for r in wrong)
+    confusion_note = plot_confusion(run_dir, summary, classes)
+    history = run_dir / "metrics.csv"
+    if history.is_file():
+        results = run_dir / "results.json"
+        best = json.loads(results.read_text()).get("best_epoch") if results.is_file() else None
+        plot_history(run_dir / "curves.png", history, best or 0)
+    plot_grid(run_dir / "predictions.png", _sample(rows, GRID), "validation predictions", show_actual=False)
+    plot_grid(run_dir / "top_losses.png", wrong[:TOP_LOSSES], "most confidently wrong", show_actual=True)
+    page = run_dir / "report.html"
+    page.write_text(report_html(run_dir, summary, wrong, confusion_note), encoding="utf-8")
+    return page
+
+
+# -- plots ---------------------------------------------------------------------------------------
+
+
+def _pyplot():
+    return metrics._pyplot()
+
+
+def confusion_subset(cm: np.ndarray, limit: int = CONFUSION_MAX) -> list[int]:
+    """All classes when there are at most `limit`; else the `limit` classes with the most errors
+    (as actual or as predicted), in class order."""
+    n = cm.shape[0]
+    if n <= limit:
+        return list(range(n))
+    off = cm - np.diag(np.diag(cm))
+    errors = off.sum(0) + off.sum(1)
+    top = sorted(np.argsort(-errors, kind="stable")[:limit].tolist())
+    return top
+
+
+def plot_confusion(run_dir: Path, summary: dict, classes: list[str]) -> str:
+    """confusion_matrix.png (counts) and confusion_matrix_normalized.png (each row sums to 1);
+    above CONFUSION_MAX classes, the sub-matrix of the most-confused classes. Returns a note
+    saying what was drawn."""
+    cm = np.asarray(summary["confusion_matrix"])
+    keep = confusion_subset(cm)
+    note = (f"all {len(classes)} classes" if len(keep) == len(classes) else
+            f"the {len(keep)} most-confused of {len(classes)} classes; the full matrix is in metrics.json")
+    subtitle = "" if len(keep) == len(classes) else f"\n{note}"
+    names = [classes[i] for i in keep]
+    sub = cm[np.ix_(keep, keep)]
+    rows = cm[keep].sum(1, keepdims=True)  # normalized by the full row: all of the class's images
+    normalized = np.divide(sub, rows, out=np.zeros(sub.shape), where=rows > 0)
+    _matrix(run_dir / "confusion_matrix.png", sub, names, f"confusion matrix (images){subtitle}", "d")
+    _matrix(run_dir / "confusion_matrix_normalized.png", normalized, names,
+            f"confusion matrix (share of each actual class){subtitle}", ".2f")
+    return note
+
+
+def _matrix(path: Path, values: np.ndarray, names: list[str], title: str, fmt: str) -> None:
+    plt = _pyplot()
+    n = len(names)
+    size = min(24.0, max(5.0, 0.5 * n + 3))
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(values, cmap="Blues", vmin=0)
+    ax.set_xticks(range(n), labels=names, rotation=45 if n > 2 else 0, ha="right" if n > 2 else "center")
+    ax.set_yticks(range(n), labels=names)
+    ax.set(xlabel="predicted", ylabel="actual")
+    ax.set_title(title)
+    high = values.max() / 2 if values.size else 0
+    font = 10 if n <= 10 else 8 if n <= 20 else 6
+    for i in range(n):
+        for j in range(n):
+            if values[i, j] or i == j:
+                ax.text(j, i, format(values[i, j], fmt), ha="center", va="center", fontsize=font,
+                        color="white" if values[i, j] > high else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_history(path: Path, history_csv: Path, best_epoch: int) -> None:
+    """curves.png from metrics.csv (epochs, or L-BFGS iterations of the logistic-regression head)."""
+    from .engine import EpochStats
+
+    with open(history_csv, newline="") as f:
+        reader = csv.DictReader(f)
+        unit = reader.fieldnames[0] if reader.fieldnames else "epoch"
+        history = [EpochStats(int(r.pop(unit)), **{k: float(v) for k, v in r.items()}) for r in reader]
+    metrics.plot_curves(path, history, best_epoch, unit)
+
+
+def _sample(rows: list[dict], k: int) -> list[dict]:
+    """k rows spread over the validation set (a fixed draw: the same images every time)."""
+    if len(rows) <= k:
+        return rows
+    idx = np.sort(np.random.default_rng(0).choice(len(rows), k, replace=False))
+    return [rows[i] for i in idx]
+
+
+def _thumbnail(path: str, side: int):
+    """The image, shrunk to fit side x side; None when it cannot be read (moved, deleted)."""
+    from .images import load_rgb
+
+    try:
+        img = load_rgb(path, min_short_side=side)
+    except (ImageDecodeError, OSError):
+        return None
+    img.thumbnail((side, side))
+    return img
+
+
+def plot_grid(path: Path, rows: list[dict], title: str, show_actual: bool) -> None:
+    """Images titled with the prediction and its probability: blue when right, red when wrong
+    (with the actual class); `show_actual` always names it."""
+    plt = _pyplot()
+    cols = 4 if len(rows) > 9 else 3
+    n_rows = max(1, -(-len(rows) // cols))
+    fig, axes = plt.subplots(n_rows, cols, figsize=(2.8 * cols, 3.1 * n_rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    if not rows:
+        axes[0, 0].text(0, 0.5, "no misclassified images", fontsize=14, transform=axes[0, 0].transAxes)
+    for ax, r in zip(axes.flat, rows):
+        img = _thumbnail(r["path"], 224)
+        if img is None:
+            ax.text(0.5, 0.5, "image not found", ha="center", va="center", transform=ax.transAxes)
+        else:
+            ax.imshow(img)
+        ok = r["actual"] == r["predicted"]
+        text = f"{r['predicted']} ({r['probability']:.0%})"
+        if show_actual or not ok:
+            text += f"\nactual: {r['actual']}"
+        ax.set_title(text, color=RIGHT if ok else WRONG, fontsize=10)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+# -- the page ------------------------------------------------------------------------------------
+
+
+def _data_uri(raw: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(raw).decode()}"
+
+
+def _img_tag(path: Path, alt: str) -> str:
+    if not path.is_file():
+        return ""
+    return (f'<figure><img src="{_data_uri(path.read_bytes(), "image/png")}" alt="{html.escape(alt)}">'
+            f"<figcaption>{html.escape(alt)}</figcaption></figure>")
+
+
+def _thumb_uri(path: str) -> str | None:
+    img = _thumbnail(path, 160)
+    if img is None:
+        return None
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=85)
+    return _data_uri(buf.getvalue(), "image/jpeg")
+
+
+def _table(header: list[str], rows: list[list], cls: str = "") -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _settings(run_dir: Path) -> list[list]:
+    rows: list[list] = []
+    results = run_dir / "results.json"
+    if results.is_file():
+        r = json.loads(results.read_text())
+        for key in ("backbone", "strategy", "strategy_reason", "num_train", "num_val", "val_source",
+                    "device", "precision", "wall_s"):
+            if r.get(key) is not None:
+                rows.append([key, r[key]])
+    config = run_dir / "config.yaml"
+    if config.is_file():
+        import yaml
+
+        for key, value in (yaml.safe_load(config.read_text()) or {}).items():
+            if value is not None and key not in {k for k, _ in rows}:
+                rows.append([key, value])
+    return rows
+
+
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+h1{font-size:1.6em}h2{margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}
+td:first-child,th:first-child{text-align:left}thead{background:#f3f3f3}
+figure{margin:1em 0}figure img{max-width:100%}figcaption{color:#666;font-size:.9em}
+.thumbs{display:flex;flex-wrap:wrap;gap:.6em}.thumbs figure{margin:0;width:170px}
+.thumbs img{width:160px;height:160px;object-fit:contain;background:#eee}
+.wrong{color:#c62828}.note{color:#666}
+"""
+
+
+def report_html(run_dir: Path, summary: dict, wrong: list[dict], confusion_note: str) -> str:
+    """One self-contained page: settings, metrics, plots, misclassified images (all embedded)."""
+    e = html.escape
+    classes = summary["classes"]
+    per_class = [[c, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", m["support"]]
+                 for c, m in summary["per_class"].items()]
+    for name in ("macro_avg", "weighted_avg"):
+        if summary.get(name):
+            m = summary[name]
+            per_class.append([name.replace("_", " "), f"{m['precision']:.3f}", f"{m['recall']:.3f}",
+                              f"{m['f1']:.3f}", m["support"]])
+    overall = [["accuracy", f"{summary['accuracy']:.4f}"], ["balanced accuracy", f"{summary['balanced_accuracy']:.4f}"]]
+    if summary.get("top5_accuracy") is not None:
+        overall.append(["top-5 accuracy", f"{summary['top5_accuracy']:.4f}"])
+    overall.append(["images", summary.get("num_images", sum(m["support"] for m in summary["per_class"].values()))])
+    confused = [[p["actual"], p["predicted"], p["count"]] for p in summary.get("most_confused", [])]
+    thumbs = []
+    for r in wrong[:REPORT_THUMBS]:
+        uri = _thumb_uri(r["path"])
+        img = f'<img src="{uri}" alt="{e(Path(r["path"]).name)}">' if uri else "<div>image not found</div>"
+        thumbs.append(f'<figure>{img}<figcaption title="{e(r["path"])}">{e(Path(r["path"]).name)}<br>'
+                      f'actual {e(r["actual"])}<br><span class="wrong">predicted {e(r["predicted"])} '
+                      f'({r["probability"]:.0%})</span></figcaption></figure>')
+    more = (f'<p class="note">{len(wrong) - REPORT_THUMBS} more in misclassified.csv</p>'
+            if len(wrong) > REPORT_THUMBS else "")
+    skipped = summary.get("skipped_files") or []
+    plots = "".join(_img_tag(run_dir / name, caption) for name, caption in [
+        ("curves.png", "training curves"),
+        ("confusion_matrix.png", f"confusion matrix, counts: {confusion_note}"),
+        ("confusion_matrix_normalized.png", "confusion matrix, row-normalized (recall on the diagonal)"),
+        ("predictions.png", "validation predictions: blue right, red wrong"),
+        ("top_losses.png", "top losses: the most confidently wrong predictions"),
+    ])
+    title = f"transferkit report: {run_dir.name}"
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>
+<body>
+<h1>{e(title)}</h1>
+<p class="note">{len(classes)} classes; validation images: {summary.get('num_images', '')}.</p>
+<h2>Summary</h2>{_table(["metric", "value"], overall, "overall")}
+<h2>Per class</h2>{_table(["class", "precision", "recall", "f1", "support"], per_class, "per-class")}
+<h2>Most confused</h2>{_table(["actual", "predicted", "images"], confused, "confused") if confused else "<p>none</p>"}
+<h2>Plots</h2>{plots}
+<h2>Misclassified images ({len(wrong)})</h2><div class="thumbs">{"".join(thumbs) or "<p>none</p>"}</div>{more}
+{"<h2>Skipped files</h2>" + _table(["path", "reason"], [[s["path"], s["reason"]] for s in skipped]) if skipped else ""}
+<h2>Settings</h2>{_table(["setting", "value"], _settings(run_dir), "settings")}
+</body></html>
+"""

@@ -1,0 +1,205 @@
+"""Evaluation outputs: scikit-learn's numbers, the plots, misclassified.csv, report.html (checked
+in headless Chromium), `transferkit report` and `transferkit eval`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import classification_report, confusion_matrix, top_k_accuracy_score
+
+import transferkit
+from helpers import make_dataset, shared_dataset
+from transferkit import metrics, report
+from transferkit.cli import main
+
+EVAL_FILES = ["metrics.json", "predictions.csv", "misclassified.csv", "confusion_matrix.png",
+              "confusion_matrix_normalized.png", "predictions.png", "top_losses.png", "report.html"]
+
+
+def _fake(n_classes: int, n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, n_classes, n)
+    logits = rng.normal(0, 1, (n, n_classes))
+    logits[np.arange(n), y] += 1.5  # mostly right, some errors
+    return y, logits
+
+
+def test_per_class_numbers_equal_scikit_learns_classification_report():
+    classes = [f"c{i}" for i in range(6)]
+    y, logits = _fake(6, 200)
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    pred = logits.argmax(1)
+    ours = metrics.summarize(y, pred, classes, probs)
+    ref = classification_report(y, pred, target_names=classes, output_dict=True, zero_division=0)
+    for c in classes:
+        m = ours["per_class"][c]
+        assert (m["precision"], m["recall"], m["f1"], m["support"]) == (
+            ref[c]["precision"], ref[c]["recall"], ref[c]["f1-score"], ref[c]["support"])
+    for name in ("macro", "weighted"):
+        assert ours[f"{name}_avg"]["f1"] == ref[f"{name} avg"]["f1-score"]
+    assert ours["accuracy"] == ref["accuracy"]
+    assert ours["top5_accuracy"] == top_k_accuracy_score(y, probs, k=5)
+    cm = confusion_matrix(y, pred)
+    assert ours["confusion_matrix"] == cm.tolist()
+    np.testing.assert_allclose(np.array(ours["confusion_matrix_normalized"]).sum(1), 1.0, atol=1e-3)
+    first = ours["most_confused"][0]
+    off = cm - np.diag(np.diag(cm))
+    assert first["count"] == off.max()
+    assert metrics.summarize(y[:10], pred[:10], classes[:2] + ["x", "y"], None)["top5_accuracy"] is None
+
+
+def test_many_classes_draw_the_most_confused_sub_matrix(tmp_path):
+    classes = [f"class{i:03d}" for i in range(120)]
+    y, logits = _fake(120, 600, seed=1)
+    paths = [str(tmp_path / f"gone{i}.jpg") for i in range(600)]  # images that no longer exist
+    summary = report.write_evaluation(tmp_path, paths, y, logits, classes)
+    page = report.render(tmp_path)
+    assert np.array(summary["confusion_matrix"]).shape == (120, 120)  # full matrix in metrics.json
+    html = page.read_text()
+    assert "the 30 most-confused of 120 classes" in html
+    keep = report.confusion_subset(np.array(summary["confusion_matrix"]))
+    off = np.array(summary["confusion_matrix"]) - np.diag(np.diag(summary["confusion_matrix"]))
+    errors = off.sum(0) + off.sum(1)
+    assert len(keep) == 30 and min(errors[keep]) >= max(np.delete(errors, keep))
+    for name in EVAL_FILES:
+        assert (tmp_path / name).is_file(), name
+    assert "class119" in html and "image not found" in html
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    data = make_dataset(root / "data", classes=("blue", "red", "green"), n_train=6, n_val=3)
+    # a red image among the blue validation images: at least one error to show
+    shutil.copy(data / "val" / "red" / "red0.jpg", data / "val" / "blue" / "odd.jpg")
+    return data, transferkit.train(data, out=str(root / "run"), quiet=True).path
+
+
+def test_train_writes_every_evaluation_file(run):
+    data, run_dir = run
+    for name in EVAL_FILES + ["curves.png"]:
+        assert (run_dir / name).stat().st_size > 0, name
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved["classes"] == ["blue", "green", "red"] and saved["num_images"] == 10
+    wrong = _rows(run_dir / "misclassified.csv")
+    preds = _rows(run_dir / "predictions.csv")
+    assert len(preds) == 10
+    assert [r["path"] for r in wrong] == [r["path"] for r in sorted(
+        (r for r in preds if r["actual"] != r["predicted"]), key=lambda r: -float(r["probability"]))]
+    assert any(r["path"].endswith("odd.jpg") and r["actual"] == "blue" for r in wrong)
+    assert set(wrong[0]) == {"path", "actual", "predicted", "probability"}
+
+
+def test_report_command_rebuilds_the_page_and_plots_without_the_model(run, tmp_path, capsys):
+    _, run_dir = run
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    for name in ["report.html", "predictions.png", "top_losses.png", "confusion_matrix.png", "curves.png",
+                 "model.safetensors"]:
+        (copy / name).unlink()
+    assert main(["report", str(copy)]) == 0
+    assert f"report: {copy / 'report.html'}" in capsys.readouterr().out
+    for name in EVAL_FILES + ["curves.png"]:
+        assert (copy / name).is_file(), name
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert "has no metrics.json" in capsys.readouterr().err
+
+
+def test_eval_writes_its_own_report_folder(run, capsys):
+    data, run_dir = run
+    assert main(["eval", str(run_dir), str(data)]) == 0
+    out = capsys.readouterr().out
+    folder = run_dir / "eval-data"
+    assert f"report: {folder / 'report.html'}" in out and "precision" in out
+    for name in EVAL_FILES:
+        assert (folder / name).is_file(), name
+    assert main(["eval", str(run_dir), str(data)]) == 0  # a second eval never overwrites the first
+    assert (run_dir / "eval-data-2" / "report.html").is_file()
+    capsys.readouterr()
+    assert main(["eval", str(run_dir), "--out", str(data / "train")]) == 2  # the user's folder: refused
+    assert "is not an eval folder" in capsys.readouterr().err
+
+
+# -- the page in a real browser ------------------------------------------------------------------
+
+
+def _chromium() -> str:
+    """Debian's chromium, installed here if missing (root and apt-get needed); else skip."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found:
+        return found
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("chromium is not installed and cannot be installed (apt-get as root is needed)")
+    proc = subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], capture_output=True, text=True,
+                          env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, timeout=600)
+    if proc.returncode != 0:
+        proc = subprocess.run("apt-get update -q && apt-get install -y -q chromium", shell=True,
+                              capture_output=True, text=True, timeout=900,
+                              env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    found = shutil.which("chromium")
+    if not found:
+        pytest.skip(f"Debian's chromium could not be installed: {proc.stderr.strip()[-300:]}")
+    return found
+
+
+# Appended to a copy of the page: after everything loaded, write what the test checks into the DOM.
+PROBE = """<script>
+window.addEventListener("load", () => {
+  const imgs = [...document.images];
+  const out = {images: imgs.length,
+               broken: imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt),
+               per_class: [...document.querySelectorAll("table.per-class tbody tr")].map(
+                 tr => [...tr.cells].map(td => td.textContent))};
+  const pre = document.createElement("pre");
+  pre.id = "tk-probe";
+  pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});
+</script>"""
+
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--virtual-time-budget=15000"]
+
+
+@pytest.mark.slow
+def test_report_renders_in_headless_chromium_with_every_image_and_class(tmp_path_factory):
+    """The acceptance run: `transferkit train` on flower_photos_small; its report.html in headless
+    Chromium: every image loaded, the per-class table equal to metrics.json; a screenshot kept."""
+    browser = _chromium()
+    data = shared_dataset("flower_photos_small")
+    run_dir = tmp_path_factory.mktemp("flowers") / "run"
+    assert main(["train", str(data), "--out", str(run_dir), "--quiet"]) == 0
+    for name in EVAL_FILES + ["curves.png"]:
+        assert (run_dir / name).stat().st_size > 0, name
+    page = run_dir / "report.html"
+    probe = run_dir / "report_probe.html"  # same folder: the same relative paths resolve
+    probe.write_text(page.read_text().replace("</body>", PROBE + "</body>"))
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    proc = subprocess.run([browser, *FLAGS, f"--user-data-dir={profile}", "--dump-dom", probe.as_uri()],
+                          capture_output=True, text=True, timeout=180)
+    probe.unlink()
+    dom = proc.stdout
+    assert 'id="tk-probe"' in dom, proc.stderr[-2000:]
+    found = json.loads(__import__("html").unescape(dom.split('id="tk-probe">')[1].split("</pre>")[0]))
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert found["images"] >= 5 and found["broken"] == []
+    table = {row[0]: row[1:] for row in found["per_class"]}
+    for c, m in saved["per_class"].items():
+        assert table[c] == [f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"])]
+    shot = run_dir / "report_screenshot.png"
+    subprocess.run([browser, *FLAGS, f"--user-data-dir={profile}", "--window-size=1200,2400",
+                    f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=180)
+    assert shot.stat().st_size > 10_000
