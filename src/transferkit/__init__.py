@@ -8,9 +8,19 @@
 
 __version__ = "0.1.0"
 
-from .api import Run, evaluate, load, train  # noqa: E402
-from .config import TrainConfig  # noqa: E402
 from .errors import UserError  # noqa: E402
-from .predict import Predictor  # noqa: E402
 
-__all__ = ["train", "load", "evaluate", "Run", "Predictor", "TrainConfig", "UserError", "__version__"]
+# Imported on first use (PEP 562), so that torch-free parts (ONNX Runtime prediction from
+# `transferkit predict model.onnx`) work where torch is not installed.
+_LAZY = {"train": "api", "load": "api", "evaluate": "api", "export": "api", "Run": "api",
+         "Predictor": "predict", "TrainConfig": "config"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+__all__ = ["train", "load", "evaluate", "export", "Run", "Predictor", "TrainConfig", "UserError", "__version__"]

@@ -348,6 +348,17 @@ def _eval_dir(run_dir: Path, data, out) -> Path:
     return path
 
 
+def export(run: str | Path, formats: str = "all", calib: int = 100, max_drop: float = 1.0,
+           out: str | Path | None = None, runs: int = 50, console: Console | None = None):
+    """Export RUN's model to ONNX, TorchScript and/or INT8 ONNX, each checked on the run's
+    validation images against the PyTorch model (see `transferkit.deploy`); returns the
+    `ExportResult` (``.failed`` lists artifacts whose accuracy drop exceeds `max_drop` points)."""
+    from . import deploy
+
+    console = console or Console()
+    return deploy.export(run, formats, calib, max_drop, out, runs, console.info, console.warn)
+
+
 def report(run: str | Path) -> Path:
     """Rebuild the plots, misclassified.csv and report.html of a run or eval folder from its
     metrics.json and predictions.csv; returns the report's path."""

@@ -72,6 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for metrics.json, plots and report.html "
                                  "[default: a new RUN/eval-<dataset name> folder]")
 
+    p = sub.add_parser("export", help="export ONNX, TorchScript and INT8 models, each checked",
+                       description="Exports RUN's model and checks every artifact on the run's validation "
+                                   "images against the PyTorch model (top-1 agreement, logit difference, "
+                                   "accuracy per class, latency, throughput); results in export.json. Exits "
+                                   "with status 1 when an artifact loses more than --max-drop points of accuracy "
+                                   "(the artifact is kept, renamed *.FAILED.*).")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--format", default="all", help="onnx, torchscript, int8 (comma-separated) or all [default: all]")
+    p.add_argument("--calib", type=int, default=100, help="INT8 calibration images from the training split [default: 100]")
+    p.add_argument("--max-drop", type=float, default=1.0, help="largest accuracy drop allowed, in points [default: 1.0]")
+    p.add_argument("--out", help="output folder [default: RUN/export]")
+    p.add_argument("--runs", type=int, default=50, help="batch-1 latency samples per artifact [default: 50]")
+
     p = sub.add_parser("report", help="rebuild a run's report.html and plots",
                        description="Regenerates the plots, misclassified.csv and the self-contained "
                                    "report.html of a run (or eval) folder from its metrics.json and "
@@ -80,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="predict labels of images or folders",
                        description="Walks folders recursively; writes CSV (default) or JSON.")
-    p.add_argument("run", help="run folder")
+    p.add_argument("run", help="run folder, or an exported model.onnx / model.int8.onnx (ONNX Runtime "
+                                "only: torch is not needed)")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
     p.add_argument("--top-k", type=int, default=3, help="labels per image [default: 3]")
     p.add_argument("--output", help="preds.csv or preds.json (default: CSV on stdout)")
@@ -152,6 +166,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from . import api
+
+    if args.runs < 1:
+        raise UserError("--runs must be >= 1")
+    result = api.export(args.run, args.format, args.calib, args.max_drop, args.out, args.runs)
+    for check in result.failed:
+        print(f"error: {check.format}: {check.note}; kept as {result.out / check.file}", file=sys.stderr)
+    return 1 if result.failed else 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from . import api
 
@@ -160,15 +185,21 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from . import api
-    from .predict import expand_inputs, to_csv, to_json
+    from .prediction import expand_inputs, to_csv, to_json
 
     if args.top_k < 1:
         raise UserError("--top-k must be >= 1")
     files = expand_inputs(args.inputs)
     if not files:
         raise UserError("no files found in the given inputs")
-    predictor = api.load(args.run, args.device, args.precision)
+    if args.run.endswith(".onnx"):  # an exported model: ONNX Runtime alone, torch is not imported
+        from .onnx_predict import OnnxPredictor
+
+        predictor = OnnxPredictor(args.run)
+    else:
+        from . import api
+
+        predictor = api.load(args.run, args.device, args.precision)
     top_k = min(args.top_k, len(predictor.classes))
     preds = predictor.predict(files, top_k)
     for p in preds:
@@ -240,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             return cmd_train(args, started)
         handlers = {"lr-find": cmd_lr_find, "eval": cmd_eval, "predict": cmd_predict, "models": cmd_models,
-                    "summary": cmd_summary, "cache": cmd_cache, "report": cmd_report}
+                    "summary": cmd_summary, "cache": cmd_cache, "report": cmd_report, "export": cmd_export}
         return handlers[args.command](args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -94,3 +94,46 @@ def to_rgb8(im: Image.Image) -> Image.Image:
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text[:120]
+
+
+# -- the evaluation view, torch-free (shared by training, prediction and ONNX Runtime prediction) --
+
+_RESAMPLE = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+def resample(interpolation: str) -> Image.Resampling:
+    return _RESAMPLE.get(interpolation, Image.Resampling.BICUBIC)
+
+
+def resize_short(img: Image.Image, size: int, interpolation: str = "bicubic") -> Image.Image:
+    """Resize so the short side is `size` (the long side keeps the aspect ratio)."""
+    w, h = img.size
+    scale = size / min(w, h)
+    new = (max(size, round(w * scale)), max(size, round(h * scale)))
+    return img if new == (w, h) else img.resize(new, resample(interpolation))
+
+
+def center_crop(img: Image.Image, size: int) -> Image.Image:
+    w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def eval_view(img: Image.Image, resize_size: int, input_size: int, interpolation: str = "bicubic") -> Image.Image:
+    """Resize the short side to `resize_size`, center crop `input_size` x `input_size`."""
+    return center_crop(resize_short(img, resize_size, interpolation), input_size)
+
+
+def normalized_array(path: str | Path, resize_size: int, input_size: int, interpolation: str,
+                     mean, std) -> np.ndarray:
+    """One image file as a float32 (3, S, S) array: eval view, scaled to [0, 1], (x - mean) / std,
+    as every transferkit model expects (and export metadata describes)."""
+    img = eval_view(load_rgb(path, min_short_side=resize_size), resize_size, input_size, interpolation)
+    x = np.asarray(img, dtype=np.float32) / 255.0
+    x = (x - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))

@@ -13,14 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import images
 from .backbones import Preprocess
-
-_RESAMPLE = {
-    "bicubic": Image.Resampling.BICUBIC,
-    "bilinear": Image.Resampling.BILINEAR,
-    "nearest": Image.Resampling.NEAREST,
-    "lanczos": Image.Resampling.LANCZOS,
-}
 
 # RandomResizedCrop parameters for training. A smaller lower bound than ImageNet's 0.08: our
 # schedules are short and the datasets small, so very small crops mostly destroy the label.
@@ -29,28 +23,22 @@ CROP_RATIO = (3 / 4, 4 / 3)
 
 
 def resample(pre: Preprocess) -> Image.Resampling:
-    return _RESAMPLE.get(pre.interpolation, Image.Resampling.BICUBIC)
+    return images.resample(pre.interpolation)
 
 
 def resize_short(img: Image.Image, size: int, pre: Preprocess) -> Image.Image:
-    w, h = img.size
-    scale = size / min(w, h)
-    new = (max(size, round(w * scale)), max(size, round(h * scale)))
-    return img if new == (w, h) else img.resize(new, resample(pre))
+    return images.resize_short(img, size, pre.interpolation)
 
 
 SMALL = 64  # images at most this size are augmented CIFAR-style
 
 
-def center_crop(img: Image.Image, size: int) -> Image.Image:
-    w, h = img.size
-    left, top = (w - size) // 2, (h - size) // 2
-    return img.crop((left, top, left + size, top + size))
+center_crop = images.center_crop
 
 
 def eval_view(img: Image.Image, pre: Preprocess) -> Image.Image:
     """The deterministic view: resize short side to `resize_size`, center crop `input_size`."""
-    return center_crop(resize_short(img, pre.resize_size, pre), pre.input_size)
+    return images.eval_view(img, pre.resize_size, pre.input_size, pre.interpolation)
 
 
 def sample_crop(w: int, h: int, rng: np.random.Generator) -> tuple[int, int, int, int]:

@@ -1,0 +1,114 @@
+"""Export: ONNX equals PyTorch, metadata round-trips, the INT8 accuracy gate, torch-free predict."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+import transferkit
+from helpers import make_dataset
+from transferkit import bundle, deploy
+from transferkit.api import Console
+from transferkit.cli import main
+from transferkit.onnx_predict import OnnxPredictor, read_metadata
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    data = make_dataset(root / "data", classes=("blue", "red", "green"), n_train=6, n_val=3)
+    run = transferkit.train(data, out=str(root / "run"), image_size=64, quiet=True).path
+    result = transferkit.export(run, "onnx,torchscript", runs=3, console=Console(True))
+    return data, run, result
+
+
+def test_onnx_matches_pytorch_and_carries_the_preprocessing(exported):
+    data, run, result = exported
+    onnx_check, ts_check = result.checks
+    assert (onnx_check.format, ts_check.format) == ("onnx", "torchscript") and not result.failed
+    model, meta, _ = bundle.load(run)
+    meta_onnx = read_metadata(run / "export" / "model.onnx")
+    assert meta_onnx == json.loads(json.dumps(deploy.metadata(meta)))  # round-trips exactly
+    assert meta_onnx["classes"] == ["blue", "green", "red"]
+    assert meta_onnx["preprocess"]["input_size"] == 64 and meta_onnx["preprocess"]["mean"] == list(meta.preprocess.mean)
+    # the same preprocessed batch through both: fp32 logits within 1e-4, any batch size
+    predictor = OnnxPredictor(run / "export" / "model.onnx")
+    paths = sorted(str(p) for p in (data / "val").rglob("*.jpg"))
+    x = np.stack([predictor.prepare(p) for p in paths])
+    with torch.no_grad():
+        expected = model.eval()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(predictor.run(x), expected, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(predictor.run(x[:1]), expected[:1], atol=1e-4, rtol=0)
+    assert onnx_check.top1_agreement == 1.0 and onnx_check.max_abs_logit_diff < 1e-4
+    extra = {"transferkit.json": ""}
+    torch.jit.load(str(run / "export" / "model.torchscript.pt"), _extra_files=extra)
+    assert json.loads(extra["transferkit.json"]) == meta_onnx
+    saved = json.loads((run / "export" / "export.json").read_text())
+    assert saved["reference"]["latency_ms_p50"] > 0 and saved["artifacts"][0]["throughput_b32"] > 0
+    assert set(saved["artifacts"][0]["per_class_accuracy"]) == {"blue", "green", "red"}
+
+
+def test_int8_gate_trips_when_max_drop_is_below_the_measured_drop(exported, capsys):
+    _, run, _ = exported
+    out = run / "int8"
+    assert main(["export", str(run), "--format", "int8", "--calib", "8", "--runs", "3", "--max-drop", "100",
+                 "--out", str(out)]) == 0
+    saved = json.loads((out / "export.json").read_text())
+    int8 = next(a for a in saved["artifacts"] if a["format"] == "int8")
+    assert int8["passed"] and (out / "model.int8.onnx").is_file() and saved["calibration_images"] == 8
+    assert int8["size_mb"] < next(a for a in saved["artifacts"] if a["format"] == "onnx")["size_mb"]
+    capsys.readouterr()
+    limit = int8["accuracy_drop_pt"] - 0.5
+    assert main(["export", str(run), "--format", "int8", "--calib", "8", "--runs", "3", "--max-drop", str(limit),
+                 "--out", str(out)]) == 1
+    assert "int8: " in capsys.readouterr().err
+    assert (out / "model.int8.FAILED.onnx").is_file() and not (out / "model.int8.onnx").exists()
+    saved = json.loads((out / "export.json").read_text())
+    assert [a["passed"] for a in saved["artifacts"] if a["format"] == "int8"] == [False]
+
+
+def test_predict_from_onnx_runs_where_torch_cannot_be_imported(exported, tmp_path):
+    data, run, _ = exported
+    images = sorted(str(p) for p in (data / "val").rglob("*.jpg"))
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    script = textwrap.dedent("""
+        import sys
+        class NoTorch:
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith(("torch.", "torchvision", "timm")):
+                    raise ImportError("torch is not installed (blocked by the test)")
+        sys.meta_path.insert(0, NoTorch())
+        from transferkit.cli import main
+        code = main(sys.argv[1:])
+        assert "torch" not in sys.modules
+        sys.exit(code)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script, "predict", str(run / "export" / "model.onnx"),
+                           *images, str(tmp_path / "broken.jpg"), "--top-k", "2"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(io.StringIO(proc.stdout)))
+    assert len(rows) == len(images) + 1 and rows[-1]["error"] and "broken.jpg" in proc.stderr
+    expected = transferkit.load(run, precision="fp32").predict(images, top_k=2)
+    assert [r["label"] for r in rows[:-1]] == [p.label for p in expected]
+    np.testing.assert_allclose([float(r["probability"]) for r in rows[:-1]], [p.probability for p in expected],
+                               atol=1e-4)
+
+
+def test_bad_export_options_are_one_line_errors(exported, capsys):
+    _, run, _ = exported
+    assert main(["export", str(run), "--format", "tflite"]) == 2
+    assert "choose from onnx, torchscript, int8" in capsys.readouterr().err
+    assert deploy.parse_formats("int8") == ["onnx", "int8"]  # INT8 quantizes the ONNX model
+    assert main(["predict", str(run / "missing.onnx"), str(run / "model.json")]) == 2
+    assert "not found" in capsys.readouterr().err
