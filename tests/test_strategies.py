@@ -134,13 +134,35 @@ def test_logistic_head_folds_into_one_linear_layer(num_classes):
     assert result.unit == "iteration" and result.history and result.best_epoch == result.history[-1].epoch
     assert result.history[-1].train_acc > 0.8 and result.best_epoch < 1000  # converged, learned
     z = x[:40].double()
-    mean, std = z.mean(0), z.std(0, unbiased=False) + 1e-6
+    std = z.std(0, unbiased=False)
+    mean, std = z.mean(0), torch.maximum(std, torch.quantile(std, 0.1)) + 1e-6
     ref = LogisticRegression(C=1 / (cfg.weight_decay * 40), tol=1e-6, max_iter=1000).fit(
         ((z - mean) / std).numpy(), y[:40].numpy())
     expected = torch.from_numpy(ref.predict_proba(((x[40:].double() - mean) / std).numpy()))
     with torch.no_grad():
         got = torch.softmax(linear(x[40:]).double(), 1)
     assert torch.allclose(got, expected, atol=2e-3)
+
+
+def test_logistic_head_does_not_lean_on_near_constant_features():
+    """A feature that barely varies (std 1e-3) must not get a huge raw weight: standardization
+    floors each feature's scale at the 10th percentile of all scales."""
+    from types import SimpleNamespace
+
+    from transferkit.config import TrainConfig
+    from transferkit.strategies import fit_logistic
+
+    gen = torch.Generator().manual_seed(0)
+    y = torch.arange(60) % 2
+    x = torch.randn(60, 32, generator=gen) + y[:, None] * 0.8
+    x[:, 0] = 1e-3 * (y * 2 - 1) + 1e-3 * torch.randn(60, generator=gen)  # tiny, label-correlated
+    cfg = TrainConfig.from_mapping({"data": "unused"}).resolved()
+    ctx = SimpleNamespace(cfg=cfg, split=SimpleNamespace(classes=["a", "b"]), progress=lambda total, desc: _NullBar())
+    _, linear = fit_logistic(ctx, x[:40], y[:40], x[40:], y[40:])
+    assert linear.weight.abs().max() < 5  # without the floor: the weight on feature 0 is in the hundreds
+    noisy = x[40:] + 0.01 * torch.randn(20, 32, generator=gen)  # an input change far below the features' spread
+    with torch.no_grad():
+        assert torch.equal(linear(noisy).argmax(1), linear(x[40:]).argmax(1))
 
 
 class _NullBar:

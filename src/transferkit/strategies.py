@@ -208,7 +208,7 @@ def fit_head(ctx: Context, x_train, y_train, x_val, y_val, hp: dict | None = Non
 
 def fit_logistic(ctx: Context, x_train, y_train, x_val, y_val, hp: dict | None = None) -> tuple[engine.FitResult, nn.Linear]:
     """Multinomial logistic regression (scikit-learn, L-BFGS, full batch) on standardized
-    features, folded back into one `nn.Linear` on the raw features. Convex: the converged model is
+    features (`scale`: std with a floor), folded back into one `nn.Linear` on the raw features. Convex: the converged model is
     kept, nothing is selected on the val set. L2 strength: --weight-decay (on the mean loss),
     i.e. C = 1 / (weight_decay * n). --class-weights auto and --balanced-sampler both weigh each
     class by inverse frequency. The history records the losses every `step` iterations."""
@@ -221,7 +221,7 @@ def fit_logistic(ctx: Context, x_train, y_train, x_val, y_val, hp: dict | None =
     cfg, classes = dataclasses.replace(ctx.cfg, **(hp or {})), list(range(len(ctx.split.classes)))
     xt, yt = x_train.double().numpy(), y_train.numpy()
     xv, yv = x_val.double().numpy(), y_val.numpy()
-    mean, std = xt.mean(0), xt.std(0) + 1e-6
+    mean, std = xt.mean(0), scale(xt)
     zt, zv = (xt - mean) / std, (xv - mean) / std
     balanced = cfg.class_weights == "auto" or cfg.balanced_sampler
     clf = LogisticRegression(C=1.0 / (cfg.weight_decay * len(yt)), class_weight="balanced" if balanced else None,
@@ -254,6 +254,20 @@ def fit_logistic(ctx: Context, x_train, y_train, x_val, y_val, hp: dict | None =
         linear.weight.copy_(torch.from_numpy(coef))
         linear.bias.copy_(torch.from_numpy(intercept))
     return result, linear.eval()
+
+
+STD_FLOOR_PERCENTILE = 10
+
+
+def scale(x: np.ndarray) -> np.ndarray:
+    """Per-feature scale for standardizing: the standard deviation, floored at its 10th
+    percentile over features. Plain standardization blows up near-constant features (std ~0.01
+    where the median is ~0.3): on small data the fit leans on them with huge raw weights (78 on the
+    80-image ants/bees sample), which tiny input changes (INT8, another decoder) flip. Measured with
+    the floor, Lite0: sample 91.3 -> 95.0%, hymenoptera 94.8 -> 95.4%, flowers 84.0 -> 84.0%, and
+    INT8 export no longer loses accuracy on the sample."""
+    std = x.std(0)
+    return np.maximum(std, np.percentile(std, STD_FLOOR_PERCENTILE)) + 1e-6
 
 
 # L-BFGS runs in chunks of LBFGS_STEP iterations (one row of the history each), at most LBFGS_MAX_ITER.
