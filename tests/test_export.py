@@ -32,6 +32,7 @@ def exported(tmp_path_factory):
     return data, run, result
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
 def test_onnx_matches_pytorch_and_carries_the_preprocessing(exported):
     data, run, result = exported
     onnx_check, ts_check = result.checks

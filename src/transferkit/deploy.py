@@ -88,28 +88,33 @@ def metadata(meta: bundle.BundleMeta) -> dict:
             "input": "float32 NCHW (batch, 3, input_size, input_size), RGB", "output": "logits (batch, classes)"}
 
 
-def _images(paths: list[str], meta: dict, warn: Callable[[str], None]) -> tuple[np.ndarray, list[int]]:
-    """The eval views of `paths` as one float32 array, with the indices that could be read."""
+def _images(paths: list[str], meta: dict, folder: Path, name: str,
+            warn: Callable[[str], None]) -> tuple[np.ndarray, list[int]]:
+    """The eval views of `paths`, decoded once into a memory-mapped float32 file in `folder` (so
+    a large validation set is never held in memory), with the indices that could be read."""
     p = meta["preprocess"]
-    arrays, ok = [], []
+    size = p["input_size"]
+    x = np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=np.float32,
+                                  shape=(max(1, len(paths)), 3, size, size))
+    ok = []
     for i, path in enumerate(paths):
         try:
-            arrays.append(normalized_array(path, p["resize_size"], p["input_size"], p["interpolation"], p["mean"], p["std"]))
+            x[len(ok)] = normalized_array(path, p["resize_size"], size, p["interpolation"], p["mean"], p["std"])
             ok.append(i)
         except (ImageDecodeError, OSError) as exc:
             warn(f"skipped {path}: {getattr(exc, 'reason', exc)}")
-    if not arrays:
-        raise UserError("none of the run's images could be read")
-    return np.stack(arrays), ok
+    if not ok:
+        raise UserError(f"none of the run's {name} images could be read")
+    return x[:len(ok)], ok
 
 
 def _batched(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int = 32) -> np.ndarray:
-    return np.concatenate([fn(x[i:i + batch]) for i in range(0, len(x), batch)])
+    return np.concatenate([fn(np.ascontiguousarray(x[i:i + batch])) for i in range(0, len(x), batch)])
 
 
 def speed(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, runs: int) -> dict:
     """Batch-1 latency (p50, p90 over `runs` calls) and batch-32 throughput (median of a few)."""
-    one = x[:1]
+    one = np.ascontiguousarray(x[:1])
     for _ in range(3):
         fn(one)
     times = []
@@ -117,7 +122,7 @@ def speed(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, runs: int) -> d
         t = time.perf_counter()
         fn(one)
         times.append(time.perf_counter() - t)
-    b32 = np.concatenate([x] * (32 // len(x) + 1))[:32]
+    b32 = np.ascontiguousarray(x[np.arange(32) % len(x)])
     fn(b32)
     batch_times = []
     for _ in range(max(2, runs // 10)):
@@ -164,10 +169,11 @@ def export_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path
 
 
 class _Calibration:
-    """ONNX Runtime's CalibrationDataReader over preprocessed training images, one at a time."""
+    """ONNX Runtime's CalibrationDataReader over preprocessed training images, in batches (MinMax
+    calibration keeps running extremes: the batch size does not change the result)."""
 
-    def __init__(self, x: np.ndarray, name: str):
-        self.items = iter([{name: x[i:i + 1]} for i in range(len(x))])
+    def __init__(self, x: np.ndarray, name: str, batch: int = 16):
+        self.items = ({name: np.ascontiguousarray(x[i:i + batch])} for i in range(0, len(x), batch))
 
     def get_next(self):
         return next(self.items, None)
@@ -220,6 +226,8 @@ def export(run: str | Path, formats: str = "all", calib: int = 100, max_drop: fl
     """Export RUN's model to `formats` under `out` (default RUN/export), check each artifact on the
     run's validation images and write export.json. An artifact whose accuracy drop exceeds
     `max_drop` points is kept, renamed *.FAILED.*, and listed in `result.failed`."""
+    import tempfile
+
     names = parse_formats(formats)
     if calib < 1:
         raise UserError("--calib must be >= 1")
@@ -230,69 +238,75 @@ def export(run: str | Path, formats: str = "all", calib: int = 100, max_drop: fl
         raise UserError(f"{split_file} is missing: export checks each artifact on the run's validation images")
     split = json.loads(split_file.read_text())
     meta = metadata(bmeta)
-    classes = meta["classes"]
     out_dir = Path(out).expanduser() if out else run_dir / "export"
     out_dir.mkdir(parents=True, exist_ok=True)
-
     val = [(p, int(label)) for p, label in split["val"] if Path(p).exists()]
     if len(val) < len(split["val"]):
         warn(f"{len(split['val']) - len(val)} validation image(s) of this run are gone; checking on the rest")
-    x_val, ok = _images([p for p, _ in val], meta, warn)
-    y_val = np.array([val[i][1] for i in ok])
-    rng = np.random.default_rng(0)
     train_paths = [p for p, _ in split["train"] if Path(p).exists()]
-    calib_paths = [train_paths[i] for i in rng.permutation(len(train_paths))[:calib]]
+    calib_paths = [train_paths[i] for i in np.random.default_rng(0).permutation(len(train_paths))[:calib]]
 
     def torch_fp32(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             return model(torch.from_numpy(x)).numpy()
 
-    reference = _batched(torch_fp32, x_val)
-    ref_acc, ref_per_class = _accuracy(reference, y_val, classes)
-    result = ExportResult(out_dir, {"format": "pytorch fp32 eager", "accuracy": ref_acc,
-                                    "per_class_accuracy": ref_per_class, "num_val": len(y_val),
-                                    **speed(torch_fp32, x_val, runs)})
-    log(f"PyTorch fp32: accuracy {ref_acc:.4f} on {len(y_val)} validation images, "
-        f"batch-1 {result.reference['latency_ms_p50']:.1f} ms")
-    example = torch.from_numpy(x_val[:2])
-    onnx_file = out_dir / FILES["onnx"]  # INT8's source (renamed if it failed its own check)
-    for name in names:
-        path = out_dir / FILES[name]
-        for stale in (path, failing_name(path)):
-            stale.unlink(missing_ok=True)
-        log(f"exporting {name} ...")
-        if name == "onnx":
-            export_onnx(model, example, path, meta)
-            runner = _onnx_runner(path)
-        elif name == "torchscript":
-            export_torchscript(model, example, path, meta)
-            runner = _torchscript_runner(path)
-        else:
-            x_cal, _ = _images(calib_paths, meta, warn)
-            export_int8(onnx_file, path, x_cal, meta)
-            runner = _onnx_runner(path)
-        logits = _batched(runner, x_val)
-        acc, per_class = _accuracy(logits, y_val, classes)
-        check = Check(name, path.name, path.stat().st_size / 1e6,
-                      float((logits.argmax(1) == reference.argmax(1)).mean()),
-                      float(np.abs(logits - reference).max()), acc, (ref_acc - acc) * 100, per_class,
-                      **speed(runner, x_val, runs))
-        if name == "int8":
-            check.note = f"{len(x_cal)} calibration images from the training split"
-        if check.accuracy_drop_pt > max_drop:
-            check.passed = False
-            failed = failing_name(path)
-            path.rename(failed)
-            check.file = failed.name
+    with tempfile.TemporaryDirectory(prefix="transferkit-export-") as tmp:
+        x_val, ok = _images([p for p, _ in val], meta, Path(tmp), "validation", warn)
+        y_val = np.array([val[i][1] for i in ok])
+        reference = _batched(torch_fp32, x_val)
+        ref_acc, ref_per_class = _accuracy(reference, y_val, meta["classes"])
+        result = ExportResult(out_dir, {"format": "pytorch fp32 eager", "accuracy": ref_acc,
+                                        "per_class_accuracy": ref_per_class, "num_val": len(y_val),
+                                        **speed(torch_fp32, x_val, runs)})
+        log(f"PyTorch fp32: accuracy {ref_acc:.4f} on {len(y_val)} validation images, "
+            f"batch-1 {result.reference['latency_ms_p50']:.1f} ms")
+        example = torch.from_numpy(np.ascontiguousarray(x_val[:2]))
+        onnx_file = out_dir / FILES["onnx"]  # INT8's source (renamed if it failed its own check)
+        calibrated = 0
+        for name in names:
+            path = out_dir / FILES[name]
+            for stale in (path, failing_name(path)):
+                stale.unlink(missing_ok=True)
+            log(f"exporting {name} ...")
             if name == "onnx":
-                onnx_file = failed
-            check.note = (check.note + "; " if check.note else "") + (
-                f"accuracy drop {check.accuracy_drop_pt:.2f} pt > --max-drop {max_drop}")
-        result.checks.append(check)
+                export_onnx(model, example, path, meta)
+            elif name == "torchscript":
+                export_torchscript(model, example, path, meta)
+            else:
+                x_cal, _ = _images(calib_paths, meta, Path(tmp), "calibration", warn)
+                calibrated = len(x_cal)
+                export_int8(onnx_file, path, x_cal, meta)
+            runner = _torchscript_runner(path) if name == "torchscript" else _onnx_runner(path)
+            check = measure(name, path, runner, x_val, y_val, reference, result.reference, meta["classes"], runs)
+            if name == "int8":
+                check.note = f"{calibrated} calibration images from the training split"
+            if check.accuracy_drop_pt > max_drop:
+                mark_failed(check, path, max_drop)
+                onnx_file = out_dir / check.file if name == "onnx" else onnx_file
+            result.checks.append(check)
     bundle.write_json(out_dir / "export.json", {**result.to_dict(), "max_drop_pt": max_drop,
-                                                "calibration_images": len(calib_paths), "metadata": meta})
+                                                "calibration_images": calibrated, "metadata": meta})
     log(format_table(result))
     return result
+
+
+def measure(name: str, path: Path, runner, x: np.ndarray, y: np.ndarray, reference: np.ndarray,
+            ref: dict, classes: list[str], runs: int) -> Check:
+    """One artifact against the PyTorch fp32 logits `reference` on the same inputs."""
+    logits = _batched(runner, x)
+    acc, per_class = _accuracy(logits, y, classes)
+    return Check(name, path.name, path.stat().st_size / 1e6, float((logits.argmax(1) == reference.argmax(1)).mean()),
+                 float(np.abs(logits - reference).max()), acc, (ref["accuracy"] - acc) * 100, per_class,
+                 **speed(runner, x, runs))
+
+
+def mark_failed(check: Check, path: Path, max_drop: float) -> None:
+    """Keep the artifact, under a name nobody deploys by mistake."""
+    failed = failing_name(path)
+    path.rename(failed)
+    check.passed, check.file = False, failed.name
+    check.note = (check.note + "; " if check.note else "") + (
+        f"accuracy drop {check.accuracy_drop_pt:.2f} pt > --max-drop {max_drop}")
 
 
 def failing_name(path: Path) -> Path:

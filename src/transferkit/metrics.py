@@ -91,7 +91,7 @@ def write_history_csv(path: Path, history, unit: str = "epoch") -> None:
                         f"{s.val_acc:.6f}", f"{s.lr:.3e}", f"{s.seconds:.3f}", f"{s.train_seconds:.3f}"])
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -102,7 +102,7 @@ def _pyplot():
 
 def plot_curves(path: Path, history, best_epoch: int, unit: str = "epoch") -> None:
     """Loss and accuracy per epoch (or per L-BFGS `unit`), the kept epoch marked."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [s.epoch for s in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     ax1.plot(epochs, [s.train_loss for s in history], label="train")

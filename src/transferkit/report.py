@@ -89,10 +89,6 @@ def render(run_dir: str | Path) -> Path:
 # -- plots ---------------------------------------------------------------------------------------
 
 
-def _pyplot():
-    return metrics._pyplot()
-
-
 def confusion_subset(cm: np.ndarray, limit: int = CONFUSION_MAX) -> list[int]:
     """All classes when there are at most `limit`; else the `limit` classes with the most errors
     (as actual or as predicted), in class order."""
@@ -125,7 +121,7 @@ def plot_confusion(run_dir: Path, summary: dict, classes: list[str]) -> str:
 
 
 def _matrix(path: Path, values: np.ndarray, names: list[str], title: str, fmt: str) -> None:
-    plt = _pyplot()
+    plt = metrics.pyplot()
     n = len(names)
     size = min(24.0, max(5.0, 0.5 * n + 3))
     fig, ax = plt.subplots(figsize=(size, size))
@@ -180,7 +176,7 @@ def _thumbnail(path: str, side: int):
 def plot_grid(path: Path, rows: list[dict], title: str, show_actual: bool) -> None:
     """Images titled with the prediction and its probability: blue when right, red when wrong
     (with the actual class); `show_actual` always names it."""
-    plt = _pyplot()
+    plt = metrics.pyplot()
     cols = 4 if len(rows) > 9 else 3
     n_rows = max(1, -(-len(rows) // cols))
     fig, axes = plt.subplots(n_rows, cols, figsize=(2.8 * cols, 3.1 * n_rows), squeeze=False)
@@ -201,7 +197,7 @@ def plot_grid(path: Path, rows: list[dict], title: str, show_actual: bool) -> No
         ax.set_title(text, color=RIGHT if ok else WRONG, fontsize=10)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=72, pil_kwargs={"compress_level": 1})  # photos barely compress: save the time
     plt.close(fig)
 
 
