@@ -198,7 +198,7 @@ def test_distill_learns_from_a_teacher_run_whose_logits_are_cached(tmp_path):
     first = transferkit.train(data, out=str(tmp_path / "s1"), epochs=1, **kw)
     info = first.results["strategy_info"]
     assert info["teacher"] == str(teacher.path) and info["teacher_views_computed"] == 8  # 8 images x 1 epoch
-    assert (info["temperature"], info["alpha"]) == (4.0, 0.7)
+    assert (info["temperature"], info["alpha"]) == (1.0, 0.5)
     second = transferkit.train(data, out=str(tmp_path / "s2"), epochs=2, **kw)
     info = second.results["strategy_info"]  # epoch 0's views are cached, epoch 1's are new
     assert (info["teacher_views_cached"], info["teacher_views_computed"]) == (8, 8)
