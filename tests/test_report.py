@@ -203,3 +203,14 @@ def test_report_renders_in_headless_chromium_with_every_image_and_class(tmp_path
     subprocess.run([browser, *FLAGS, f"--user-data-dir={profile}", "--window-size=1200,2400",
                     f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=180)
     assert shot.stat().st_size > 10_000
+
+
+def test_no_report_skips_the_plots_and_report_makes_them_later(tmp_path, capsys):
+    data = make_dataset(tmp_path / "data", n_train=4, n_val=2)
+    run_dir = tmp_path / "run"
+    assert main(["train", str(data), "--out", str(run_dir), "--no-report", "--quiet"]) == 0
+    assert (run_dir / "metrics.json").is_file() and (run_dir / "predictions.csv").is_file()
+    assert not list(run_dir.glob("*.png")) and not (run_dir / "report.html").exists()
+    assert main(["report", str(run_dir)]) == 0
+    for name in EVAL_FILES + ["curves.png"]:
+        assert (run_dir / name).is_file(), name

@@ -284,7 +284,8 @@ def write_outputs(run_dir: Path, cfg: TrainConfig, split, outcome, runtime: Runt
         "wall_s": round(time.perf_counter() - started, 3),
     }
     bundle.write_json(run_dir / "results.json", results)
-    report.render(run_dir)  # plots, misclassified.csv, report.html
+    if not cfg.no_report:
+        report.render(run_dir)  # plots, misclassified.csv, report.html
     return results
 
 

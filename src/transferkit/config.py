@@ -101,6 +101,7 @@ class TrainConfig:
     aug_views: int | None = opt(None, "linear: augmented crops per training image, cached (None: default)")
     cache_dir: str | None = opt(None, "feature/decode cache (default: $TRANSFERKIT_CACHE or ~/.cache/transferkit)")
     no_cache: bool = opt(False, "compute features in a temporary cache, leave the user's cache alone")
+    no_report: bool = opt(False, "skip the plots and report.html (about 1.5 s; `transferkit report RUN` makes them later)")
     precision: str = opt("auto", "auto (bf16 where the CPU has it, AMP on CUDA) | bf16 | fp32")
     device: str = opt("auto", "auto | cpu | cuda")
     workers: int | None = opt(None, "DataLoader worker processes (None: chosen for the machine)")
