@@ -26,17 +26,15 @@ CONFUSION_MAX = 30  # classes drawn in a confusion matrix; more: the most-confus
 GRID = 16  # validation images in predictions.png
 TOP_LOSSES = 9  # images in top_losses.png
 REPORT_THUMBS = 60  # misclassified images shown in report.html
-PLOTS = ["curves.png", "confusion_matrix.png", "confusion_matrix_normalized.png", "predictions.png",
-         "top_losses.png"]
 RIGHT, WRONG = "#1f4fbf", "#c62828"  # title colors: blue when right, red when wrong
 
 
 def write_evaluation(out_dir: Path, paths: list[str], y_true: np.ndarray, logits, classes: list[str],
                      extra: dict | None = None) -> dict:
     """metrics.json (scikit-learn's numbers, plus `extra`) and predictions.csv; returns the summary."""
-    import torch
+    from scipy.special import softmax
 
-    probs = torch.softmax(torch.as_tensor(logits).float(), 1).numpy()
+    probs = softmax(np.asarray(logits, dtype=np.float64), axis=1)
     y_pred = probs.argmax(1)
     summary = metrics.summarize(y_true, y_pred, classes, probs)
     summary.update({"num_images": len(paths), "classes": classes, **(extra or {})})
@@ -63,8 +61,8 @@ def render(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir).expanduser()
     for name in ("metrics.json", "predictions.csv"):
         if not (run_dir / name).is_file():
-            raise UserError(f"{run_dir} has no {name}: not a transferkit run or eval folder "
-                            "(runs before transferkit 0.1 did not write it; retrain or `transferkit eval` it)")
+            raise UserError(f"{run_dir} has no {name}: not a transferkit run or eval folder (a run made "
+                            "before reports existed lacks it: `transferkit eval RUN` writes a fresh one)")
     summary = json.loads((run_dir / "metrics.json").read_text())
     classes = summary["classes"]
     rows = read_predictions(run_dir)
