@@ -125,6 +125,8 @@ def test_eval_writes_its_own_report_folder(run, capsys):
     assert f"report: {folder / 'report.html'}" in out and "precision" in out
     for name in EVAL_FILES:
         assert (folder / name).is_file(), name
+    page = (folder / "report.html").read_text()
+    assert f"<td>run</td><td>{run_dir}</td>" in page and "<td>strategy</td><td>linear</td>" in page
     assert main(["eval", str(run_dir), str(data)]) == 0  # a second eval never overwrites the first
     assert (run_dir / "eval-data-2" / "report.html").is_file()
     capsys.readouterr()

@@ -293,6 +293,9 @@ def report_html(run_dir: Path, summary: dict, wrong: list[dict], confusion_note:
         ("top_losses.png", "top losses: the most confidently wrong predictions"),
     ])
     title = f"transferkit report: {run_dir.name}"
+    # an eval folder: what was evaluated on what, then the settings of the run it evaluated
+    evaluated = [[k, summary[k]] for k in ("run", "data") if summary.get(k)]
+    settings = evaluated + _settings(Path(summary["run"]) if summary.get("run") else run_dir)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>
@@ -305,6 +308,6 @@ def report_html(run_dir: Path, summary: dict, wrong: list[dict], confusion_note:
 <h2>Plots</h2>{plots}
 <h2>Misclassified images ({len(wrong)})</h2><div class="thumbs">{"".join(thumbs) or "<p>none</p>"}</div>{more}
 {"<h2>Skipped files</h2>" + _table(["path", "reason"], [[s["path"], s["reason"]] for s in skipped]) if skipped else ""}
-<h2>Settings</h2>{_table(["setting", "value"], _settings(run_dir), "settings")}
+<h2>Settings</h2>{_table(["setting", "value"], settings, "settings")}
 </body></html>
 """
