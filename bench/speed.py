@@ -31,7 +31,6 @@ HERE = Path(__file__).resolve()
 
 
 def plain(dataset: str, mode: str, epochs: int) -> dict:
-    import numpy as np
     import torch
     from torch import nn
     from torchvision import datasets, transforms
@@ -162,7 +161,7 @@ def main() -> None:
             r["img_s"] = r["images"] / r["train_s"]
 
     print(f"\ndataset: {args.dataset}   machine: {os.cpu_count()} cores\n")
-    print(f"| variant | wall s | img/s | val acc | peak RSS MB |\n|---|---:|---:|---:|---:|")
+    print("| variant | wall s | img/s | val acc | peak RSS MB |\n|---|---:|---:|---:|---:|")
     for label, r in rows:
         img_s = r.get("img_s", r["images"] / r["wall_s"])
         print(f"| {label} | {r['wall_s']:.1f} | {img_s:.1f} | {r['val_acc']:.4f} | {r['peak_rss_mb']:.0f} |")

@@ -12,7 +12,6 @@ import yaml
 from PIL import Image
 
 import transferkit
-from transferkit import cifar
 from transferkit.data import discover
 
 CLASSES = ["blue", "red", "green"]

@@ -207,9 +207,9 @@ def fit_head(ctx: Context, x_train, y_train, x_val, y_val, hp: dict | None = Non
 
 
 def fit_logistic(ctx: Context, x_train, y_train, x_val, y_val, hp: dict | None = None) -> tuple[engine.FitResult, nn.Linear]:
-    """Multinomial logistic regression (scikit-learn, L-BFGS, full batch) on standardized
-    features (`scale`: std with a floor), folded back into one `nn.Linear` on the raw features. Convex: the converged model is
-    kept, nothing is selected on the val set. L2 strength: --weight-decay (on the mean loss),
+    """Multinomial logistic regression (scikit-learn, L-BFGS, full batch) on standardized features
+    (`scale`: the std with a floor), folded back into one `nn.Linear` on the raw features. Convex:
+    the converged model is kept, nothing is selected on the val set. L2 strength: --weight-decay (on the mean loss),
     i.e. C = 1 / (weight_decay * n). --class-weights auto and --balanced-sampler both weigh each
     class by inverse frequency. The history records the losses every `step` iterations."""
     import warnings
@@ -592,7 +592,6 @@ def train_distill(ctx: Context) -> Outcome:
         net.loss = DistillLoss(net.loss, ctx.cfg.temperature, ctx.cfg.alpha)
         return net
 
-    check_teacher(ctx.cfg.teacher, ctx.split.classes)  # before any decoding
     outcome = train_network(ctx, adapt=adapt)
     outcome.info.update(facts)
     return outcome
