@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-STRATEGIES = ["linear", "finetune", "partial", "gradual", "lp-ft", "distill"]
+STRATEGIES = ["linear", "finetune", "partial", "gradual", "lp-ft", "distill", "auto"]
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tk-strategies-"))
     env = {**os.environ, "TRANSFERKIT_CACHE": str(work / "cache")}
-    rows = []
+    rows, reasons = [], []
 
     def run(name: str, model: str, strategy: str, extra: list[str]) -> None:
         out = work / name
@@ -53,6 +53,8 @@ def main() -> None:
         kept = (f"{res['best_epoch']} / {res['epochs_run']}" if res.get("epochs_run")
                 else f"L-BFGS, {res['head_iterations']} it.")
         rows.append((name, model, res["val_acc"], res["balanced_accuracy"], wall, kept))
+        if strategy == "auto":
+            reasons.append(f"auto chose {res['strategy']}: {res['strategy_reason']}")
         print(f"done {name}: {res['val_acc']:.4f} in {wall:.1f} s", file=sys.stderr, flush=True)
 
     for strategy in args.strategies.split(","):
@@ -65,6 +67,8 @@ def main() -> None:
     print("| strategy | model | val acc | balanced acc | wall s | kept epoch / run |\n|---|---|---:|---:|---:|---:|")
     for name, model, acc, bal, wall, kept in rows:
         print(f"| {name} | {model} | {acc:.4f} | {bal:.4f} | {wall:.1f} | {kept} |")
+    for line in reasons:
+        print(f"\n{line}")
     shutil.rmtree(work, ignore_errors=True)
 
 
