@@ -113,3 +113,5 @@ def test_bad_export_options_are_one_line_errors(exported, capsys):
     assert deploy.parse_formats("int8") == ["onnx", "int8"]  # INT8 quantizes the ONNX model
     assert main(["predict", str(run / "missing.onnx"), str(run / "model.json")]) == 2
     assert "not found" in capsys.readouterr().err
+    assert main(["export", str(run), "--out", str(run)]) == 2  # a folder of other files is never written into
+    assert "is not an export folder" in capsys.readouterr().err

@@ -239,6 +239,8 @@ def export(run: str | Path, formats: str = "all", calib: int = 100, max_drop: fl
     split = json.loads(split_file.read_text())
     meta = metadata(bmeta)
     out_dir = Path(out).expanduser() if out else run_dir / "export"
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / "export.json").exists())):
+        raise UserError(f"--out {out_dir} exists and is not an export folder; choose another")
     out_dir.mkdir(parents=True, exist_ok=True)
     val = [(p, int(label)) for p, label in split["val"] if Path(p).exists()]
     if len(val) < len(split["val"]):
