@@ -216,3 +216,12 @@ def test_no_report_skips_the_plots_and_report_makes_them_later(tmp_path, capsys)
     assert main(["report", str(run_dir)]) == 0
     for name in EVAL_FILES + ["curves.png"]:
         assert (run_dir / name).is_file(), name
+
+
+def test_class_names_are_drawn_as_text_not_math(tmp_path):
+    classes = ["$\\frac{1$ off", "plain"]  # matplotlib would parse this as broken math and fail
+    y = np.array([0, 1, 0, 1])
+    report.write_evaluation(tmp_path, [str(tmp_path / f"{i}.jpg") for i in range(4)], y,
+                            np.eye(2)[[1, 1, 0, 1]] * 3, classes)
+    assert report.render(tmp_path).is_file()
+    assert "$\\frac{1$ off" in json.loads((tmp_path / "metrics.json").read_text())["per_class"]

@@ -87,6 +87,11 @@ def render(run_dir: str | Path) -> Path:
 # -- plots ---------------------------------------------------------------------------------------
 
 
+def plain(name: str) -> str:
+    """A class name as literal text for matplotlib (a folder named "$5 notes" is not math)."""
+    return name.replace("$", r"\$")
+
+
 def confusion_subset(cm: np.ndarray, limit: int = CONFUSION_MAX) -> list[int]:
     """All classes when there are at most `limit`; else the `limit` classes with the most errors
     (as actual or as predicted), in class order."""
@@ -108,7 +113,7 @@ def plot_confusion(run_dir: Path, summary: dict, classes: list[str]) -> str:
     note = (f"all {len(classes)} classes" if len(keep) == len(classes) else
             f"the {len(keep)} most-confused of {len(classes)} classes; the full matrix is in metrics.json")
     subtitle = "" if len(keep) == len(classes) else f"\n{note}"
-    names = [classes[i] for i in keep]
+    names = [plain(classes[i]) for i in keep]
     sub = cm[np.ix_(keep, keep)]
     rows = cm[keep].sum(1, keepdims=True)  # normalized by the full row: all of the class's images
     normalized = np.divide(sub, rows, out=np.zeros(sub.shape), where=rows > 0)
@@ -189,9 +194,9 @@ def plot_grid(path: Path, rows: list[dict], title: str, show_actual: bool) -> No
         else:
             ax.imshow(img)
         ok = r["actual"] == r["predicted"]
-        text = f"{r['predicted']} ({r['probability']:.0%})"
+        text = f"{plain(r['predicted'])} ({r['probability']:.0%})"
         if show_actual or not ok:
-            text += f"\nactual: {r['actual']}"
+            text += f"\nactual: {plain(r['actual'])}"
         ax.set_title(text, color=RIGHT if ok else WRONG, fontsize=10)
     fig.suptitle(title)
     fig.tight_layout()
