@@ -53,6 +53,8 @@ def test_per_class_numbers_equal_scikit_learns_classification_report():
     off = cm - np.diag(np.diag(cm))
     assert first["count"] == off.max()
     assert metrics.summarize(y[:10], pred[:10], classes[:2] + ["x", "y"], None)["top5_accuracy"] is None
+    named = metrics.summarize(y, pred, ["accuracy", "macro avg", "c2", "c3", "c4", "c5"], probs)  # folder names
+    assert named["per_class"]["accuracy"] == ours["per_class"]["c0"]
 
 
 def test_many_classes_draw_the_most_confused_sub_matrix(tmp_path):

@@ -21,11 +21,12 @@ def summarize(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], probs:
                                  confusion_matrix, top_k_accuracy_score)
 
     labels = list(range(len(classes)))
-    report = classification_report(y_true, y_pred, labels=labels, target_names=classes,
-                                   output_dict=True, zero_division=0) if len(y_true) else {}
+    # keyed by class index: a class folder named "accuracy" or "macro avg" must not collide
+    report = classification_report(y_true, y_pred, labels=labels, output_dict=True,
+                                   zero_division=0) if len(y_true) else {}
     per_class = {}
-    for c in classes:
-        r = report.get(c, {"precision": 0.0, "recall": 0.0, "f1-score": 0.0, "support": 0})
+    for k, c in enumerate(classes):
+        r = report.get(str(k), {"precision": 0.0, "recall": 0.0, "f1-score": 0.0, "support": 0})
         per_class[c] = {"precision": float(r["precision"]), "recall": float(r["recall"]),
                         "f1": float(r["f1-score"]), "support": int(r["support"]),
                         "accuracy": float(r["recall"])}  # per-class accuracy is the class's recall
