@@ -134,9 +134,12 @@ def speed(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, runs: int) -> d
 
 
 def _accuracy(logits: np.ndarray, y: np.ndarray, classes: list[str]) -> tuple[float, dict[str, float]]:
+    """Accuracy and per-class accuracy (= recall), by scikit-learn."""
+    from sklearn.metrics import accuracy_score, recall_score
+
     pred = logits.argmax(1)
-    per_class = {c: float((pred[y == k] == k).mean()) if (y == k).any() else 0.0 for k, c in enumerate(classes)}
-    return float((pred == y).mean()), per_class
+    recall = recall_score(y, pred, labels=list(range(len(classes))), average=None, zero_division=0)
+    return float(accuracy_score(y, pred)), {c: float(r) for c, r in zip(classes, recall)}
 
 
 def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, meta: dict) -> None:
