@@ -230,21 +230,9 @@ def _resume_config(run: str, data, options: dict) -> tuple[TrainConfig, dict]:
 
 def make_run_dir(cfg: TrainConfig, run_name: str | None = None) -> Path:
     if cfg.out:
-        out = Path(cfg.out).expanduser()
-        if out.exists() and not out.is_dir():
-            raise UserError(f"--out {out} is a file, not a folder")
-        is_run = (out / "model.json").exists() or (out / "checkpoint.pt").exists()
-        if out.is_dir() and any(out.iterdir()) and not is_run:
-            raise UserError(f"--out {out} is not empty and not a transferkit run; choose another folder")
-        out.mkdir(parents=True, exist_ok=True)
-        return out
+        return bundle.claim_out(cfg.out, ("model.json", "checkpoint.pt"), "a transferkit run")
     default = f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model.replace(':', '-')}-{run_name or cfg.strategy}"
-    base = Path(cfg.runs_dir) / (cfg.name or default)
-    run_dir, n = base, 2
-    while run_dir.exists():
-        run_dir, n = base.with_name(f"{base.name}-{n}"), n + 1
-    run_dir.mkdir(parents=True)
-    return run_dir
+    return bundle.fresh_dir(Path(cfg.runs_dir) / (cfg.name or default))
 
 
 def write_outputs(run_dir: Path, cfg: TrainConfig, split, outcome, runtime: Runtime, started: float) -> dict:
@@ -336,17 +324,8 @@ def _eval_dir(run_dir: Path, data, out) -> Path:
     """--out, or a fresh RUN/eval-<dataset name> (eval-val for the run's own split), never an
     existing folder of the user's that is not an eval folder."""
     if out is not None:
-        out = Path(out).expanduser()
-        if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "metrics.json").exists())):
-            raise UserError(f"--out {out} exists and is not an eval folder; choose another")
-        out.mkdir(parents=True, exist_ok=True)
-        return out
-    base = run_dir / f"eval-{Path(data).expanduser().absolute().name if data is not None else 'val'}"
-    path, n = base, 2
-    while path.exists():
-        path, n = base.with_name(f"{base.name}-{n}"), n + 1
-    path.mkdir(parents=True)
-    return path
+        return bundle.claim_out(out, ("metrics.json",), "an eval folder")
+    return bundle.fresh_dir(run_dir / f"eval-{Path(data).expanduser().absolute().name if data is not None else 'val'}")
 
 
 def export(run: str | Path, formats: str = "all", calib: int = 100, max_drop: float = 1.0,

@@ -42,6 +42,27 @@ def write_json(path: Path, obj) -> None:
     atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
+def claim_out(out: str | Path, markers: tuple[str, ...], kind: str) -> Path:
+    """The folder `--out` names, created if needed: new, empty, or already `kind` (holding one of
+    `markers`). A file, or a folder of other files (which would be overwritten), is refused."""
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not any((out / m).exists() for m in markers):
+        raise UserError(f"--out {out} is not empty and is not {kind}; choose another folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def fresh_dir(base: Path) -> Path:
+    """`base`, or base-2, base-3, ...: the first that does not exist yet, created."""
+    path, n = base, 2
+    while path.exists():
+        path, n = base.with_name(f"{base.name}-{n}"), n + 1
+    path.mkdir(parents=True)
+    return path
+
+
 def versions() -> dict[str, str]:
     """Versions of the packages that define the model (read from metadata: no imports)."""
     from importlib.metadata import PackageNotFoundError, version

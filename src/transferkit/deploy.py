@@ -241,10 +241,8 @@ def export(run: str | Path, formats: str = "all", calib: int = 100, max_drop: fl
         raise UserError(f"{split_file} is missing: export checks each artifact on the run's validation images")
     split = json.loads(split_file.read_text())
     meta = metadata(bmeta)
-    out_dir = Path(out).expanduser() if out else run_dir / "export"
-    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / "export.json").exists())):
-        raise UserError(f"--out {out_dir} exists and is not an export folder; choose another")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ours = ("export.json", *FILES.values(), *(failing_name(Path(f)).name for f in FILES.values()))
+    out_dir = bundle.claim_out(out or run_dir / "export", ours, "an export folder")
     val = [(p, int(label)) for p, label in split["val"] if Path(p).exists()]
     if len(val) < len(split["val"]):
         warn(f"{len(split['val']) - len(val)} validation image(s) of this run are gone; checking on the rest")
