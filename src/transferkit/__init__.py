@@ -23,4 +23,5 @@ def __getattr__(name: str):
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 __all__ = ["train", "load", "evaluate", "export", "Run", "Predictor", "TrainConfig", "UserError", "__version__"]

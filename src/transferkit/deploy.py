@@ -204,9 +204,9 @@ def export_int8(onnx_path: Path, path: Path, calib: np.ndarray, meta: dict) -> N
 
 
 def _onnx_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
-    from .onnx_predict import _session
+    from .onnx_predict import open_session
 
-    session = _session(path)
+    session = open_session(path)
     return lambda x: session.run(None, {"input": x})[0]
 
 

@@ -24,17 +24,17 @@ def summarize(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], probs:
     # keyed by class index: a class folder named "accuracy" or "macro avg" must not collide
     report = classification_report(y_true, y_pred, labels=labels, output_dict=True,
                                    zero_division=0) if len(y_true) else {}
+    empty = {"precision": 0.0, "recall": 0.0, "f1-score": 0.0, "support": 0}
+
+    def row(r: dict) -> dict:
+        return {"precision": float(r["precision"]), "recall": float(r["recall"]), "f1": float(r["f1-score"]),
+                "support": int(r["support"])}
+
     per_class = {}
     for k, c in enumerate(classes):
-        r = report.get(str(k), {"precision": 0.0, "recall": 0.0, "f1-score": 0.0, "support": 0})
-        per_class[c] = {"precision": float(r["precision"]), "recall": float(r["recall"]),
-                        "f1": float(r["f1-score"]), "support": int(r["support"]),
-                        "accuracy": float(r["recall"])}  # per-class accuracy is the class's recall
-    averages = {
-        name: {"precision": float(r["precision"]), "recall": float(r["recall"]),
-               "f1": float(r["f1-score"]), "support": int(r["support"])}
-        for name, r in ((n, report.get(f"{n} avg")) for n in ("macro", "weighted")) if r is not None
-    }
+        m = row(report.get(str(k), empty))
+        per_class[c] = {**m, "accuracy": m["recall"]}  # per-class accuracy is the class's recall
+    averages = {n: row(report[f"{n} avg"]) for n in ("macro", "weighted") if f"{n} avg" in report}
     cm = confusion_matrix(y_true, y_pred, labels=labels)
     rows = cm.sum(1, keepdims=True)
     normalized = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
@@ -90,6 +90,16 @@ def write_history_csv(path: Path, history, unit: str = "epoch") -> None:
         for s in history:
             w.writerow([s.epoch, f"{s.train_loss:.6f}", f"{s.train_acc:.6f}", f"{s.val_loss:.6f}",
                         f"{s.val_acc:.6f}", f"{s.lr:.3e}", f"{s.seconds:.3f}", f"{s.train_seconds:.3f}"])
+
+
+def read_history_csv(path: Path) -> tuple[list, str]:
+    """What `write_history_csv` wrote: (EpochStats rows, unit)."""
+    from .engine import EpochStats
+
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        unit = reader.fieldnames[0] if reader.fieldnames else "epoch"
+        return [EpochStats(int(r.pop(unit)), **{k: float(v) for k, v in r.items()}) for r in reader], unit
 
 
 def pyplot():

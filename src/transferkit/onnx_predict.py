@@ -22,11 +22,11 @@ META_KEY = "transferkit"  # the ONNX metadata_props key holding the JSON below
 
 def read_metadata(path: str | Path) -> dict:
     """The transferkit metadata of an exported ONNX model (classes, preprocessing, ...)."""
-    session = _session(path)
+    session = open_session(path)
     return _metadata(session, path)
 
 
-def _session(path: str | Path):
+def open_session(path: str | Path):
     try:
         import onnxruntime as ort
     except ImportError:
@@ -54,7 +54,7 @@ class OnnxPredictor:
 
     def __init__(self, path: str | Path, batch_size: int = 32):
         self.path = Path(path).expanduser()
-        self.session = _session(self.path)
+        self.session = open_session(self.path)
         self.meta = _metadata(self.session, self.path)
         self.classes: list[str] = self.meta["classes"]
         self.pre: dict = self.meta["preprocess"]

@@ -76,7 +76,8 @@ def render(run_dir: str | Path) -> Path:
     if history.is_file():
         results = run_dir / "results.json"
         best = json.loads(results.read_text()).get("best_epoch") if results.is_file() else None
-        plot_history(run_dir / "curves.png", history, best or 0)
+        epochs, unit = metrics.read_history_csv(history)
+        metrics.plot_curves(run_dir / "curves.png", epochs, best or 0, unit)
     plot_grid(run_dir / "predictions.png", _sample(rows, GRID), "validation predictions", show_actual=False)
     plot_grid(run_dir / "top_losses.png", wrong[:TOP_LOSSES], "most confidently wrong", show_actual=True)
     page = run_dir / "report.html"
@@ -143,17 +144,6 @@ def _matrix(path: Path, values: np.ndarray, names: list[str], title: str, fmt: s
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def plot_history(path: Path, history_csv: Path, best_epoch: int) -> None:
-    """curves.png from metrics.csv (epochs, or L-BFGS iterations of the logistic-regression head)."""
-    from .engine import EpochStats
-
-    with open(history_csv, newline="") as f:
-        reader = csv.DictReader(f)
-        unit = reader.fieldnames[0] if reader.fieldnames else "epoch"
-        history = [EpochStats(int(r.pop(unit)), **{k: float(v) for k, v in r.items()}) for r in reader]
-    metrics.plot_curves(path, history, best_epoch, unit)
 
 
 def _sample(rows: list[dict], k: int) -> list[dict]:
