@@ -13,7 +13,7 @@ import torch
 import transferkit
 from helpers import make_dataset, make_image, shared_dataset
 from transferkit import backbones
-from transferkit.features import Extractor, extract_features, feature_cache, image_key
+from transferkit.features import Extractor, FeaturePass, extract_features, feature_cache, image_key
 from transferkit.model import build_classifier
 from transferkit.runtime import Runtime
 
@@ -93,6 +93,41 @@ def test_cache_reuse_invalidation_and_corruption(tmp_path):
     fixed = _extract(paths, cache)
     assert fixed.computed == 2
     assert torch.allclose(fixed.features[1:3], first.features[1:3])
+
+
+def test_feature_pass_decodes_before_the_network_exists(tmp_path):
+    """One pass over train (with augmented views) and val images: decoding starts in a worker when
+    the pass is made, before any network exists; the features equal one-list extraction; the
+    network factory is not called when everything is cached."""
+    paths = [str(make_image(tmp_path / f"i{i}.png", (30 * i, 90, 160), seed=i)) for i in range(5)]
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    train, val = paths[:3] + [str(bad)], paths[3:]
+    spec = backbones.get("efficientnet_lite0")
+    model, _ = build_classifier(spec, 2)
+    cache = feature_cache(tmp_path / "cache", "k")
+    built = []
+
+    def factory():
+        built.append(1)
+        return Extractor(model.backbone, spec.preprocess, Runtime.create("cpu"), batch_size=8)
+
+    first = FeaturePass([(train, 2), (val, 0)], spec.preprocess, cache, seed=3, batch_size=8, workers=1)
+    assert first.todo and not built  # decoding is under way in the worker; no network yet
+    tr, va = first.run(factory)
+    assert built == [1] and tr.computed == 4 and va.computed == 2
+    assert tr.augmented.shape[:2] == (4, 2) and va.augmented is None
+    assert "not an image" in tr.errors[str(bad)]
+
+    ex = Extractor(model.backbone, spec.preprocess, Runtime.create("cpu"), batch_size=8)
+    alone = extract_features(ex, train, None, aug_views=2, seed=3)
+    assert torch.allclose(tr.features, alone.features, rtol=1e-2, atol=1e-2)
+    assert torch.allclose(tr.augmented, alone.augmented, rtol=1e-2, atol=1e-2)
+    assert torch.allclose(va.features, extract_features(ex, val, None).features, rtol=1e-2, atol=1e-2)
+
+    tr2, va2 = FeaturePass([(train, 2), (val, 0)], spec.preprocess, cache, seed=3, workers=1).run(factory)
+    assert built == [1] and tr2.computed == va2.computed == 0  # all cached: no network
+    assert torch.equal(tr2.augmented, tr.augmented) and tr2.errors == tr.errors
 
 
 def test_bad_images_cached_with_reason(tmp_path):

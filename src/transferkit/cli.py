@@ -286,5 +286,22 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+def run() -> None:
+    """The console script: `main`, then a direct exit. Tearing the interpreter down after torch,
+    timm, scikit-learn and matplotlib were loaded takes 0.4-0.8 s (measured on 2 cores) and only
+    frees memory the OS reclaims anyway. By now every output file is written atomically and
+    closed, temporary folders are removed and DataLoader workers have stopped, so the streams
+    are flushed and the process ends at once."""
+    import os
+
+    code = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:
+        pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -151,14 +151,15 @@ def decoded_cache(root: Path, pre: Preprocess) -> ArrayCache:
 
 
 class ImageViews(Dataset):
-    """Item i -> (i, uint8 tensor (V, 3, S, S) or None, error reason or "").
+    """Item i -> (i, uint8 tensor (1 + K_i, 3, S, S) or None, error reason or "").
 
-    View 0 is the eval view (resize + center crop); views 1..K are seeded random resized crops
+    View 0 is the eval view (resize + center crop); views 1..K_i are seeded random resized crops
     with flips, the same for a given (seed, image) in every run and every worker."""
 
-    def __init__(self, paths: list[str], pre: Preprocess, aug_views: int = 0, seed: int = 0,
+    def __init__(self, paths: list[str], pre: Preprocess, aug_views: int | list[int] = 0, seed: int = 0,
                  keys: list[str] | None = None):
-        self.paths, self.pre, self.aug_views, self.seed = paths, pre, aug_views, seed
+        self.paths, self.pre, self.seed = paths, pre, seed
+        self.aug_views = [aug_views] * len(paths) if isinstance(aug_views, int) else list(aug_views)
         self.keys = keys if keys is not None else paths
 
     def __len__(self) -> int:
@@ -171,18 +172,34 @@ class ImageViews(Dataset):
             return i, None, exc.reason
         base = transforms.resize_short(img, self.pre.resize_size, self.pre)
         views = [transforms.center_crop(base, self.pre.input_size)]
-        for v in range(1, self.aug_views + 1):
+        for v in range(1, self.aug_views[i] + 1):
             rng = transforms.view_rng(self.seed, self.keys[i], v)
             views.append(transforms.train_view(base, self.pre, rng))
         return i, torch.stack([transforms.to_tensor(v) for v in views]), ""
 
 
 def collate_views(items):
+    """-> (indices, all their views concatenated (sum V, 3, S, S) or None, views per index, errors)."""
     ok = [(i, t) for i, t, _ in items if t is not None]
     errors = [(i, reason) for i, t, reason in items if t is None]
-    idx = [i for i, _ in ok]
-    batch = torch.stack([t for _, t in ok]) if ok else None
-    return idx, batch, errors
+    batch = torch.cat([t for _, t in ok]) if ok else None
+    return [i for i, _ in ok], batch, [len(t) for _, t in ok], errors
+
+
+# Decoded batches a worker may hold ahead of the network (about 5 MB each at 224 px): enough to
+# decode through the 2-3 s it takes to build the network, bounded whatever the dataset's size.
+PREFETCH_BATCHES = 16
+
+
+def decode_batches(paths: list[str], pre: Preprocess, aug_views: int | list[int] = 0, seed: int = 0,
+                   keys: list[str] | None = None, batch_size: int = 32, workers: int = 0) -> Iterator[tuple]:
+    """A started iterator of `collate_views` batches of at most `batch_size` views. With
+    workers, decoding begins now, in worker processes, up to PREFETCH_BATCHES batches ahead."""
+    dataset = ImageViews(paths, pre, aug_views, seed, keys)
+    per_batch = max(1, batch_size // (1 + max(dataset.aug_views, default=0)))
+    loader = DataLoader(dataset, batch_size=per_batch, num_workers=workers, collate_fn=collate_views,
+                        prefetch_factor=max(2, PREFETCH_BATCHES // workers) if workers else None)
+    return iter(loader)
 
 
 class Extractor:
@@ -239,22 +256,13 @@ class Extractor:
         return out.cpu()
 
     def iter_batches(self, paths: list[str], aug_views: int = 0, seed: int = 0,
-                     keys: list[str] | None = None, progress=None) -> Iterator[tuple]:
-        """Yields (indices, features (b, 1+K, D), errors [(index, reason)]) per batch."""
-        views = 1 + aug_views
-        per_batch = max(1, self.batch_size // views)
-        loader = DataLoader(
-            ImageViews(paths, self.pre, aug_views, seed, keys),
-            batch_size=per_batch,
-            num_workers=self.workers,
-            collate_fn=collate_views,
-            persistent_workers=False,
-        )
-        for idx, batch, errors in loader:
-            feats = None
-            if batch is not None:
-                b = batch.shape[0]
-                feats = self.forward(batch.flatten(0, 1)).view(b, views, -1)
+                     keys: list[str] | None = None, progress=None, batches: Iterator | None = None) -> Iterator[tuple]:
+        """Yields (indices, their features: one (1 + K, D) tensor per index, errors [(index, reason)])
+        per batch; `batches` is a `decode_batches` iterator already under way, if any."""
+        if batches is None:
+            batches = decode_batches(paths, self.pre, aug_views, seed, keys, self.batch_size, self.workers)
+        for idx, batch, counts, errors in batches:
+            feats = self.forward(batch).split(counts) if batch is not None else ()
             if progress is not None:
                 progress.update(len(idx) + len(errors))
             yield idx, feats, errors
@@ -269,54 +277,87 @@ class FeatureSet:
     computed: int  # images run through the backbone
 
 
-def extract_features(extractor: Extractor | Callable[[], Extractor], paths: list[str],
-                     cache: ArrayCache | None, aug_views: int = 0, seed: int = 0,
-                     progress=None) -> FeatureSet:
-    """Features for every path (rows of unreadable files are zero and listed in `errors`).
-    `extractor` may be a factory: it is then called only if some features are not cached."""
-    keys = [image_key(p) for p in paths]
-    n, views = len(paths), 1 + aug_views
-    rows: list[np.ndarray | None] = [None] * n
-    errors: dict[str, str] = {}
-    todo: list[int] = []
-    for i, key in enumerate(keys):
-        got = None
-        if cache is not None:
-            reason = cache.get_error(key)
-            if reason is not None:
-                errors[paths[i]] = reason
-                continue
-            vecs = [cache.get(key, f"v{v}") for v in range(views)]
-            if all(v is not None for v in vecs):
-                got = np.stack(vecs)
-        if got is None:
-            todo.append(i)
-        rows[i] = got
-    if progress is not None:
-        progress.update(n - len(todo))
-    if todo:
-        if not isinstance(extractor, Extractor):
-            extractor = extractor()
-        extractor.freeze = extractor.freeze or len(todo) * views >= FREEZE_MIN_IMAGES
-        batches = extractor.iter_batches(
-            [paths[i] for i in todo], aug_views, seed, [keys[i] for i in todo], progress
-        )
-        for idx, feats, errs in batches:
-            for j, reason in errs:
-                i = todo[j]
-                errors[paths[i]] = reason
-                if cache is not None:
-                    cache.put_error(keys[i], reason)
-            for row, j in enumerate(idx):
-                i = todo[j]
-                rows[i] = feats[row].numpy()
-                if cache is not None:
-                    for v in range(views):
-                        cache.put(keys[i], f"v{v}", rows[i][v])
+class FeaturePass:
+    """Features of lists of images, each list with its number of augmented views (train: K,
+    val: 0), from the cache where it has them, the rest computed in one streaming pass.
+
+    The cache is read when the pass is made, and the missing images start decoding then too, in
+    DataLoader worker processes: decoding overlaps what the caller does before `run` (building
+    the network: importing timm alone holds one core for about 2 s while the other is idle)."""
+
+    def __init__(self, groups: list[tuple[list[str], int]], pre: Preprocess, cache: ArrayCache | None,
+                 seed: int = 0, batch_size: int = 32, workers: int = 0):
+        self.groups = groups
+        self.keys = [[image_key(p) for p in paths] for paths, _ in groups]
+        self.rows: list[list[np.ndarray | None]] = [[None] * len(paths) for paths, _ in groups]
+        self.errors: list[dict[str, str]] = [{} for _ in groups]
+        self.cache = cache
+        self.todo: list[tuple[int, int]] = []  # (group, index) of the images to compute
+        for g, (paths, aug_views) in enumerate(groups):
+            for i, key in enumerate(self.keys[g]):
+                got = self._cached(key, 1 + aug_views)
+                if isinstance(got, str):
+                    self.errors[g][paths[i]] = got
+                elif got is None:
+                    self.todo.append((g, i))
+                else:
+                    self.rows[g][i] = got
+        self.todo_views = sum(1 + groups[g][1] for g, _ in self.todo)
+        self._batches = None
+        if self.todo:
+            self._batches = decode_batches(
+                [groups[g][0][i] for g, i in self.todo], pre, [groups[g][1] for g, _ in self.todo], seed,
+                [self.keys[g][i] for g, i in self.todo], batch_size, workers)
+
+    def _cached(self, key: str, views: int) -> np.ndarray | str | None:
+        """The cached (views, D) features, the cached reason the image is unreadable, or None."""
+        if self.cache is None:
+            return None
+        reason = self.cache.get_error(key)
+        if reason is not None:
+            return reason
+        vecs = [self.cache.get(key, f"v{v}") for v in range(views)]
+        return np.stack(vecs) if all(v is not None for v in vecs) else None
+
+    def run(self, extractor: Extractor | Callable[[], Extractor], progress=None) -> list[FeatureSet]:
+        """One `FeatureSet` per group. `extractor` may be a factory, called only if some features
+        are not cached."""
+        if progress is not None:
+            progress.update(sum(len(p) for p, _ in self.groups) - len(self.todo))
+        if self._batches is not None:
+            if not isinstance(extractor, Extractor):
+                extractor = extractor()
+            extractor.freeze = extractor.freeze or self.todo_views >= FREEZE_MIN_IMAGES
+            batches, self._batches = self._batches, None
+            for idx, feats, errs in extractor.iter_batches([], progress=progress, batches=batches):
+                for j, reason in errs:
+                    g, i = self.todo[j]
+                    self.errors[g][self.groups[g][0][i]] = reason
+                    if self.cache is not None:
+                        self.cache.put_error(self.keys[g][i], reason)
+                for j, f in zip(idx, feats):
+                    g, i = self.todo[j]
+                    self.rows[g][i] = f.numpy()
+                    if self.cache is not None:
+                        for v in range(len(f)):
+                            self.cache.put(self.keys[g][i], f"v{v}", self.rows[g][i][v])
+        todo = {g: sum(1 for t, _ in self.todo if t == g) for g in range(len(self.groups))}
+        return [_feature_set(self.rows[g], 1 + aug_views, self.errors[g], todo[g])
+                for g, (_, aug_views) in enumerate(self.groups)]
+
+
+def _feature_set(rows: list[np.ndarray | None], views: int, errors: dict[str, str], computed: int) -> FeatureSet:
     dim = next((r.shape[-1] for r in rows if r is not None), 0)
-    full = np.zeros((n, views, dim), dtype=np.float32)
+    full = np.zeros((len(rows), views, dim), dtype=np.float32)
     for i, r in enumerate(rows):
         if r is not None:
             full[i] = r
     t = torch.from_numpy(full)
-    return FeatureSet(t[:, 0], t[:, 1:] if aug_views else None, errors, n - len(todo), len(todo))
+    return FeatureSet(t[:, 0], t[:, 1:] if views > 1 else None, errors, len(rows) - computed, computed)
+
+
+def extract_features(extractor: Extractor, paths: list[str], cache: ArrayCache | None, aug_views: int = 0,
+                     seed: int = 0, progress=None) -> FeatureSet:
+    """Features for every path (rows of unreadable files are zero and listed in `errors`)."""
+    feature_pass = FeaturePass([(paths, aug_views)], extractor.pre, cache, seed, extractor.batch_size, extractor.workers)
+    return feature_pass.run(extractor, progress)[0]

@@ -29,8 +29,8 @@ class Predictor:
         out = torch.full((len(paths), len(self.classes)), float("nan"))
         errors: dict[int, str] = {}
         for idx, feats, errs in self.extractor.iter_batches(paths, progress=progress):
-            if feats is not None:
-                out[idx] = self.model.head(feats[:, 0])
+            if idx:
+                out[idx] = self.model.head(torch.stack([f[0] for f in feats]))
             errors.update(dict(errs))
         return out, errors
 

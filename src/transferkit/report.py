@@ -166,32 +166,65 @@ def _thumbnail(path: str, side: int):
     return img
 
 
+CELL, PAD, LINE = 200, 8, 17  # image grids: image side, spacing, text line height (pixels)
+
+
+def _font(size: int):
+    """matplotlib's DejaVu Sans (found without importing matplotlib), else Pillow's default."""
+    from importlib.util import find_spec
+
+    from PIL import ImageFont
+
+    spec = find_spec("matplotlib")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"
+        if path.is_file():
+            return ImageFont.truetype(str(path), size)
+    return ImageFont.load_default(size)
+
+
+def _fit(text: str, font, width: int) -> str:
+    """`text` shortened with an ellipsis to fit `width` pixels."""
+    if font.getlength(text) <= width:
+        return text
+    while text and font.getlength(text + "…") > width:
+        text = text[:-1]
+    return text + "…"
+
+
 def plot_grid(path: Path, rows: list[dict], title: str, show_actual: bool) -> None:
-    """Images titled with the prediction and its probability: blue when right, red when wrong
-    (with the actual class); `show_actual` always names it."""
-    plt = metrics.pyplot()
+    """Images captioned with the prediction and its probability: blue when right, red when wrong
+    (with the actual class); `show_actual` always names it. Composed with Pillow: a contact sheet
+    needs no axes, and this takes 0.05 s where matplotlib took 0.5 s (16 images)."""
+    from PIL import Image, ImageDraw
+
     cols = 4 if len(rows) > 9 else 3
     n_rows = max(1, -(-len(rows) // cols))
-    fig, axes = plt.subplots(n_rows, cols, figsize=(2.8 * cols, 3.1 * n_rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
+    cell_w, cell_h = CELL + 2 * PAD, CELL + 2 * LINE + 2 * PAD
+    top = 2 * LINE + PAD
+    sheet = Image.new("RGB", (cols * cell_w, top + n_rows * cell_h), "white")
+    draw = ImageDraw.Draw(sheet)
+    font, big = _font(13), _font(16)
+    draw.text((sheet.width // 2, PAD + LINE // 2), title, fill="black", font=big, anchor="mm")
     if not rows:
-        axes[0, 0].text(0, 0.5, "no misclassified images", fontsize=14, transform=axes[0, 0].transAxes)
-    for ax, r in zip(axes.flat, rows):
-        img = _thumbnail(r["path"], 224)
-        if img is None:
-            ax.text(0.5, 0.5, "image not found", ha="center", va="center", transform=ax.transAxes)
-        else:
-            ax.imshow(img)
+        draw.text((PAD, top + PAD), "no misclassified images", fill="black", font=big)
+    for k, r in enumerate(rows):
+        x, y = (k % cols) * cell_w + PAD, top + (k // cols) * cell_h
         ok = r["actual"] == r["predicted"]
-        text = f"{plain(r['predicted'])} ({r['probability']:.0%})"
+        lines = [f"{r['predicted']} ({r['probability']:.0%})"]
         if show_actual or not ok:
-            text += f"\nactual: {plain(r['actual'])}"
-        ax.set_title(text, color=RIGHT if ok else WRONG, fontsize=10)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=72, pil_kwargs={"compress_level": 1})  # photos barely compress: save the time
-    plt.close(fig)
+            lines.append(f"actual: {r['actual']}")
+        for i, line in enumerate(lines):
+            draw.text((x + CELL // 2, y + LINE * i + LINE // 2), _fit(line, font, CELL), fill=RIGHT if ok else WRONG,
+                      font=font, anchor="mm")
+        y += 2 * LINE
+        img = _thumbnail(r["path"], CELL)
+        if img is None:
+            draw.rectangle((x, y, x + CELL - 1, y + CELL - 1), outline="#bbbbbb")
+            draw.text((x + CELL // 2, y + CELL // 2), "image not found", fill="black", font=font, anchor="mm")
+        else:
+            sheet.paste(img, (x + (CELL - img.width) // 2, y))  # right under its caption
+    sheet.save(path, compress_level=1)  # photos barely compress: save the time
 
 
 # -- the page ------------------------------------------------------------------------------------

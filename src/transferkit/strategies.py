@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from .backbones import Preprocess
 from .config import TrainConfig, strategy_defaults
 from .data import DatasetSplit
 from .errors import ImageDecodeError, UserError
-from .features import ArrayCache, Extractor, decoded_cache, extract_features, image_key
+from .features import ArrayCache, Extractor, FeaturePass, decoded_cache, image_key
 from .images import load_rgb
 from .model import Classifier, LazyClassifier
 from .runtime import Runtime
@@ -47,6 +46,7 @@ class Context:
     run_dir: Path
     resume: dict | None = None  # a checkpoint to continue from (--resume)
     features: tuple | None = None  # cached_features' result, once computed (auto, then its choice)
+    feature_pass: FeaturePass | None = None  # started early (decoding while the network is built)
 
     @property
     def checkpoint(self) -> Path:
@@ -147,17 +147,28 @@ def cached_features(ctx: Context) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return ctx.features
 
 
+FEATURE_STRATEGIES = ("linear", "lp-ft", "auto")  # the strategies that start from cached features
+
+
+def start_feature_pass(cfg: TrainConfig, split: DatasetSplit, pre: Preprocess, cache: ArrayCache,
+                       workers: int) -> FeaturePass:
+    """The features of the train (eval view + --aug-views) and val images: cached ones read, the
+    others decoding from now on (see `FeaturePass`), so it can start before the network is built."""
+    return FeaturePass([([s.path for s in split.train], cfg.aug_views), ([s.path for s in split.val], 0)],
+                       pre, cache, cfg.seed, batch_size=32, workers=workers)
+
+
 def _cached_features(ctx: Context):
     cfg, split = ctx.cfg, ctx.split
 
-    @functools.cache
-    def extractor() -> Extractor:  # built once, and only when some features are not cached
+    def extractor() -> Extractor:  # built only when some features are not cached
         return Extractor(ctx.models.get().backbone, ctx.pre, ctx.runtime, batch_size=32, workers=ctx.workers)
 
+    feature_pass = ctx.feature_pass or start_feature_pass(cfg, split, ctx.pre, ctx.feature_cache, ctx.workers)
+    ctx.feature_pass = None
     train_paths, val_paths = [s.path for s in split.train], [s.path for s in split.val]
     bar = ctx.progress(len(train_paths) + len(val_paths), "features")
-    train_fs = extract_features(extractor, train_paths, ctx.feature_cache, cfg.aug_views, cfg.seed, bar)
-    val_fs = extract_features(extractor, val_paths, ctx.feature_cache, 0, cfg.seed, bar)
+    train_fs, val_fs = feature_pass.run(extractor, bar)
     bar.close()
     errors = {**train_fs.errors, **val_fs.errors}
     keep_train = [i for i, p in enumerate(train_paths) if p not in errors]
