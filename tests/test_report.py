@@ -57,6 +57,42 @@ def test_per_class_numbers_equal_scikit_learns_classification_report():
     assert named["per_class"]["accuracy"] == ours["per_class"]["c0"]
 
 
+def test_worker_process_writes_what_this_process_would(tmp_path):
+    """The evaluation and the report done by the Worker child equal the in-process ones."""
+    classes = ["a", "b", "c"]
+    y, logits = _fake(3, 30)
+    img = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(img)
+    paths = [str(img)] * 30
+    here, there = tmp_path / "here", tmp_path / "there"
+    here.mkdir()
+    there.mkdir()
+    expected = report.write_evaluation(here, paths, y, logits, classes, {"skipped_files": []})
+    warnings = []
+    with report.Worker(warnings.append) as worker:
+        assert worker.proc is not None
+        got = worker.evaluate(there, paths, y, logits, classes, {"skipped_files": []})
+        page = worker.render(there)
+    assert not warnings and got == expected and page == there / "report.html"
+    for name in ("metrics.json", "predictions.csv"):
+        assert (here / name).read_text() == (there / name).read_text()
+    assert all((there / name).is_file() for name in EVAL_FILES)
+
+
+def test_worker_that_cannot_run_falls_back_with_a_warning(tmp_path, monkeypatch):
+    """A child that dies (here: not Python at all) costs a warning, never an output."""
+    monkeypatch.setattr(report.sys, "executable", shutil.which("false"))
+    y, logits = _fake(2, 10)
+    warnings = []
+    with report.Worker(warnings.append) as worker:
+        summary = worker.evaluate(tmp_path, ["p.jpg"] * 10, y, logits, ["a", "b"])
+        worker.render(tmp_path)
+    assert summary["num_images"] == 10 and (tmp_path / "report.html").is_file()
+    assert len(warnings) == 1 and "the report process failed" in warnings[0]
+
+
 def test_many_classes_draw_the_most_confused_sub_matrix(tmp_path):
     classes = [f"class{i:03d}" for i in range(120)]
     y, logits = _fake(120, 600, seed=1)

@@ -20,6 +20,7 @@ from .errors import UserError
 from .features import default_cache_dir, feature_cache, model_key
 from .model import LazyClassifier, identify_weights
 from .predict import Predictor
+from .report import Worker
 from .runtime import Runtime, default_workers
 from .strategies import FEATURE_STRATEGIES, STRATEGIES, Context, check_teacher, param_groups, start_feature_pass
 
@@ -56,7 +57,8 @@ class Console:
 
 
 def train(data: str | Path | None = None, *, config: TrainConfig | None = None,
-          console: Console | None = None, started: float | None = None, **options) -> Run:
+          console: Console | None = None, started: float | None = None, worker: Worker | None = None,
+          **options) -> Run:
     """Train a classifier on the image folder `data` and write a run folder.
 
     Args:
@@ -66,6 +68,8 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None,
             e.g. ``strategy="finetune", epochs=5``. Unknown keywords raise `UserError`.
             ``resume="runs/x"`` continues that interrupted run (no `data` needed; options given
             now, such as more epochs, override its saved ones).
+        worker: a `report.Worker` for the evaluation and the report, started early (the CLI starts
+            one before importing torch); one is started here otherwise. It is closed at the end.
     Returns:
         `Run` with the run folder and results (``run.val_acc``).
     Raises:
@@ -74,6 +78,13 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None,
     Example: ``transferkit.train("data").val_acc``
     """
     started = time.perf_counter() if started is None else started
+    with worker or Worker() as worker:  # scikit-learn and matplotlib load there meanwhile
+        return _train(data, config, console, started, worker, options)
+
+
+def _train(data, config: TrainConfig | None, console: Console | None, started: float, worker: Worker,
+           options: dict) -> Run:
+    """`train`, with its `worker` running."""
     resume = options.get("resume") or (config.resume if config else None)
     if resume:
         config, checkpoint = _resume_config(resume, data, options)
@@ -85,7 +96,7 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None,
         checkpoint = None
     cfg = config.resolved()
     console = console or Console(cfg.quiet)
-
+    worker.warn = console.warn
     ctx, tmp_cache = _context(cfg, console)
     ctx.resume = checkpoint
     split, spec, runtime, run_dir = ctx.split, ctx.models.spec, ctx.runtime, ctx.run_dir
@@ -112,7 +123,7 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None,
     meta = bundle.BundleMeta(spec.name, spec.arch, split.classes, pre, cfg.strategy, cfg.dropout,
                              weights.source, weights.sha256, ctx.models.stem)
     bundle.save(run_dir, outcome.state, meta)
-    results = write_outputs(run_dir, cfg, split, outcome, runtime, started)
+    results = write_outputs(run_dir, cfg, split, outcome, runtime, started, worker)
     console.info(metrics.format_table(results["metrics"]))
     kept = (f"logistic regression, {outcome.fit.best_epoch} L-BFGS iterations" if outcome.fit.unit == "iteration"
             else f"best epoch {results['best_epoch']}/{len(outcome.fit.history)}")
@@ -246,12 +257,13 @@ def make_run_dir(cfg: TrainConfig, run_name: str | None = None) -> Path:
     return bundle.fresh_dir(Path(cfg.runs_dir) / (cfg.name or default))
 
 
-def write_outputs(run_dir: Path, cfg: TrainConfig, split, outcome, runtime: Runtime, started: float) -> dict:
-    from . import report
-
+def write_outputs(run_dir: Path, cfg: TrainConfig, split, outcome, runtime: Runtime, started: float,
+                  worker: Worker) -> dict:
+    """results.json, metrics.csv, split.json, and by `worker` the evaluation files and (unless
+    --no-report) the report."""
     y_val = np.array([s.label for s in split.val], dtype=np.int64)
-    summary = report.write_evaluation(run_dir, [s.path for s in split.val], y_val, outcome.val_logits,
-                                      split.classes, {"skipped_files": split.skipped})
+    summary = worker.evaluate(run_dir, [s.path for s in split.val], y_val, outcome.val_logits.float().numpy(),
+                              split.classes, {"skipped_files": split.skipped})
     fit = outcome.fit  # config.yaml was written when the run folder was made
     metrics.write_history_csv(run_dir / "metrics.csv", fit.history, fit.unit)
     bundle.write_json(run_dir / "split.json", {
@@ -284,7 +296,7 @@ def write_outputs(run_dir: Path, cfg: TrainConfig, split, outcome, runtime: Runt
     }
     bundle.write_json(run_dir / "results.json", results)
     if not cfg.no_report:
-        report.render(run_dir)  # plots, misclassified.csv, report.html
+        worker.render(run_dir)  # plots, misclassified.csv, report.html
     return results
 
 

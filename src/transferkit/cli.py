@@ -129,10 +129,13 @@ def _config_and_options(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
 
 
 def cmd_train(args: argparse.Namespace, started: float) -> int:
+    from .report import Worker
+
+    worker = Worker()  # started before torch is imported: its own imports run meanwhile
     from . import api
 
     config, options = _config_and_options(args)
-    api.train(args.data, config=config, started=started, **options)
+    api.train(args.data, config=config, started=started, worker=worker, **options)
     return 0
 
 

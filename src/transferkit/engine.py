@@ -19,21 +19,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .metrics import EpochStats
 from .runtime import Runtime
 
 Prepare = Callable[[torch.Tensor], torch.Tensor]
-
-
-@dataclass
-class EpochStats:
-    epoch: int
-    train_loss: float
-    train_acc: float
-    val_loss: float
-    val_acc: float
-    lr: float
-    seconds: float  # the whole epoch, validation included
-    train_seconds: float  # the training pass alone
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,20 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class EpochStats:
+    """One row of the training history (an epoch, or a chunk of L-BFGS iterations)."""
+
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    lr: float
+    seconds: float  # the whole epoch, validation included
+    train_seconds: float  # the training pass alone
+
+
 def write_history_csv(path: Path, history, unit: str = "epoch") -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
@@ -94,8 +109,6 @@ def write_history_csv(path: Path, history, unit: str = "epoch") -> None:
 
 def read_history_csv(path: Path) -> tuple[list, str]:
     """What `write_history_csv` wrote: (EpochStats rows, unit)."""
-    from .engine import EpochStats
-
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         unit = reader.fieldnames[0] if reader.fieldnames else "epoch"
