@@ -256,11 +256,14 @@ class Extractor:
         return out.cpu()
 
     def iter_batches(self, paths: list[str], aug_views: int = 0, seed: int = 0,
-                     keys: list[str] | None = None, progress=None, batches: Iterator | None = None) -> Iterator[tuple]:
+                     keys: list[str] | None = None, progress=None) -> Iterator[tuple]:
         """Yields (indices, their features: one (1 + K, D) tensor per index, errors [(index, reason)])
-        per batch; `batches` is a `decode_batches` iterator already under way, if any."""
-        if batches is None:
-            batches = decode_batches(paths, self.pre, aug_views, seed, keys, self.batch_size, self.workers)
+        per batch."""
+        batches = decode_batches(paths, self.pre, aug_views, seed, keys, self.batch_size, self.workers)
+        return self.run(batches, progress)
+
+    def run(self, batches: Iterator[tuple], progress=None) -> Iterator[tuple]:
+        """`iter_batches` on `decode_batches` batches already under way."""
         for idx, batch, counts, errors in batches:
             feats = self.forward(batch).split(counts) if batch is not None else ()
             if progress is not None:
@@ -329,7 +332,7 @@ class FeaturePass:
                 extractor = extractor()
             extractor.freeze = extractor.freeze or self.todo_views >= FREEZE_MIN_IMAGES
             batches, self._batches = self._batches, None
-            for idx, feats, errs in extractor.iter_batches([], progress=progress, batches=batches):
+            for idx, feats, errs in extractor.run(batches, progress):
                 for j, reason in errs:
                     g, i = self.todo[j]
                     self.errors[g][self.groups[g][0][i]] = reason
