@@ -89,6 +89,10 @@ def render(run_dir: str | Path) -> Path:
     return page
 
 
+# The Worker's child: lowest CPU priority (where the OS has it), then `_serve`.
+_CHILD = "import os; hasattr(os, 'nice') and os.nice(19); from transferkit.report import _serve; _serve()"
+
+
 class Worker:
     """A child process for a run's evaluation and report, started before training: it imports
     scikit-learn and matplotlib (about 1.1 s on one core, at the lowest CPU priority) while this
@@ -103,7 +107,7 @@ class Worker:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", "import os; os.nice(19); from transferkit.report import _serve; _serve()"],
+                [sys.executable, "-c", _CHILD],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         except OSError:
             self.proc = None
