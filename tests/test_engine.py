@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
@@ -90,3 +92,59 @@ def test_interrupted_run_still_writes_outputs(tmp_path, monkeypatch):
     run = transferkit.train(data, optimizer="adamw", epochs=10, out=str(tmp_path / "r"), quiet=True)
     assert run.results["interrupted"] and run.results["epochs_run"] == 2
     assert (run.path / "model.safetensors").is_file() and (run.path / "curves.png").is_file()
+
+
+def _depthwise_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU6(),
+        nn.Conv2d(8, 8, 5, stride=2, groups=8, bias=False), nn.BatchNorm2d(8), nn.ReLU6(),  # depthwise, strided
+        nn.Conv2d(8, 16, 3, padding=1, groups=8),  # channel multiplier 2, with bias
+        nn.Conv2d(16, 16, 3, padding="same", groups=16, bias=False),  # string padding: left to autocast
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 3),
+    ).to(memory_format=torch.channels_last)
+
+
+def _grads(net: nn.Module, context) -> list[torch.Tensor]:
+    x = torch.randn(4, 3, 20, 20, generator=torch.Generator().manual_seed(1)).contiguous(
+        memory_format=torch.channels_last).requires_grad_(True)
+    net.zero_grad()
+    with context():
+        loss = nn.functional.cross_entropy(net(x).float(), torch.tensor([0, 1, 2, 0]))
+    loss.backward()
+    return [x.grad] + [p.grad.clone() for p in net.parameters()]
+
+
+def test_bf16_training_computes_depthwise_weight_gradients_in_fp32():
+    """Runtime.autocast on CPU in bf16: depthwise weight gradients come from fp32 (closer to the
+    fp32 reference than bf16's), and every gradient agrees with plain autocast's; the forward is
+    unchanged and without gradients nothing is intercepted."""
+    from transferkit.runtime import DepthwiseGradFp32, _DepthwiseConv
+
+    bf16 = Runtime(torch.device("cpu"), torch.bfloat16)
+    net = _depthwise_net()
+    ours = _grads(net, bf16.autocast)
+    plain = _grads(net, lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    ref = _grads(net, contextlib.nullcontext)
+    for a, b in zip(ours, plain):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert nn.functional.cosine_similarity(a.flatten().float(), b.flatten().float(), dim=0) > 0.99
+    depthwise = [i + 1 for i, p in enumerate(net.parameters()) if p.dim() == 4 and p.shape[1] == 1]
+    assert len(depthwise) == 3
+    for i in depthwise[:2]:  # the two that the mode handles (not the string padding)
+        assert (ours[i] - ref[i]).norm() <= (plain[i] - ref[i]).norm() * 1.01
+    calls = []
+    original = _DepthwiseConv.apply
+    try:
+        _DepthwiseConv.apply = lambda *a: calls.append(1) or original(*a)
+        x = torch.randn(2, 3, 20, 20).contiguous(memory_format=torch.channels_last)
+        with bf16.autocast():
+            out = net(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            expected = net(x)
+        assert len(calls) == 2 and torch.equal(out, expected)
+        with torch.no_grad(), DepthwiseGradFp32(), torch.autocast("cpu", dtype=torch.bfloat16):
+            net(x)
+        assert len(calls) == 2
+    finally:
+        _DepthwiseConv.apply = original
