@@ -81,9 +81,12 @@ class Runtime:
 
 
 class _DepthwiseConv(torch.autograd.Function):
-    """A depthwise convolution computed in the autocast dtype, whose weight gradient is computed
-    in fp32: oneDNN has no depthwise kernel for the bf16 weight gradient and runs it as a generic
-    grouped convolution, 3.7x slower than fp32's (75 vs 20 ms for 32x672x14x14, 5x5)."""
+    """A depthwise convolution computed in the autocast dtype whose slow bf16 gradients are
+    computed in fp32. oneDNN (ONEDNN_VERBOSE) has no depthwise kernel in bf16 for the weight
+    gradient, nor for the input gradient of a strided convolution, and runs generic grouped
+    ones: weight gradient of 32x672x14x14 5x5 75 ms vs 20 ms in fp32; input gradient of
+    32x96x113x113 3x3 stride 2 162 ms vs 48 ms. The input gradient of an unstrided one stays bf16
+    (its depthwise kernel exists)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
@@ -94,7 +97,7 @@ class _DepthwiseConv(torch.autograd.Function):
             out = nn.functional.conv2d(xc, wc, bc, stride, padding, dilation, groups)
         ctx.save_for_backward(xc, wc)
         ctx.conv = (stride, padding, dilation, groups)
-        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
         return out
 
     @staticmethod
@@ -102,24 +105,30 @@ class _DepthwiseConv(torch.autograd.Function):
         xc, wc = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.conv
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        conv_backward = torch.ops.aten.convolution_backward
-        gx = gw = gb = None
-        if need_x or need_b:
-            gx, _, gb = conv_backward(grad, xc, wc, [wc.shape[0]] if need_b else None, stride, padding, dilation,
-                                      False, [0, 0], groups, [need_x, False, need_b])
-        if need_w:
-            gw = conv_backward(grad.float(), xc.float(), wc.float(), None, stride, padding, dilation,
-                               False, [0, 0], groups, [False, True, False])[1].to(ctx.dtypes[0])
-        if gb is not None:
-            gb = gb.to(ctx.dtypes[1])
-        return gx, gw, gb, None, None, None, None
+        x_fp32 = need_x and max(stride) > 1  # strided: the input gradient in fp32 too
+        bias_sizes = [wc.shape[0]] if need_b else None
+
+        def conv_backward(g, x, w, mask):
+            return torch.ops.aten.convolution_backward(g, x, w, bias_sizes, stride, padding, dilation, False,
+                                                       [0, 0], groups, mask)
+
+        gx = gb = None
+        if need_x and not x_fp32:
+            gx = conv_backward(grad, xc, wc, [True, False, False])[0]
+        g32, x32, w32 = grad.float(), xc.float(), wc.float()
+        fx, gw, gb = conv_backward(g32, x32, w32, [x_fp32, need_w, need_b])
+        if x_fp32:
+            gx = fx
+        return (None if gx is None else gx.to(ctx.dtypes[0]), None if gw is None else gw.to(ctx.dtypes[1]),
+                None if gb is None else gb.to(ctx.dtypes[2]), None, None, None, None)
 
 
 class DepthwiseGradFp32(TorchFunctionMode):
     """While active, depthwise convolutions that need a weight gradient run as `_DepthwiseConv`:
-    same forward, same input gradient (bf16), the weight gradient in fp32. EfficientNet-Lite0's
-    bf16 training step: about 1.6 s -> 1.3 s of CPU time at batch 32 (torch profiler); the
-    gradients agree with plain autocast's (tested)."""
+    the same forward, the slow bf16 gradients in fp32. EfficientNet-Lite0's bf16 training step
+    at batch 32 (best of 3 steps, 3 repeats): plain autocast 43-48 ms/img, weight gradients in
+    fp32 38, and strided input gradients too 32-37. The gradients agree with plain autocast's
+    (tested)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
