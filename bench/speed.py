@@ -1,6 +1,6 @@
 """Speed benchmark: the plain PyTorch recipe vs transferkit, side by side in one run.
 
-    python bench/speed.py DATASET [--epochs 3] [--ft-epochs 2]
+    python bench/speed.py DATASET [--epochs 3] [--ft-epochs 2] [--repeat N]
 
 Each variant runs in its own process (wall time and peak RSS are per process, imports included):
   (a) plain recipe: frozen backbone, Adam on the head, RandomResizedCrop + flip,
@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -118,6 +119,8 @@ def main() -> None:
     ap.add_argument("--ft-epochs", type=int, default=2)
     ap.add_argument("--child", choices=["head", "logreg", "finetune"], help=argparse.SUPPRESS)
     ap.add_argument("--skip-finetune", action="store_true")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds of every variant; the table shows medians (this machine's noise is +-15%%)")
     args = ap.parse_args()
     if args.child:
         epochs = args.ft_epochs if args.child == "finetune" else args.epochs
@@ -127,55 +130,74 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="tk-bench-"))
     env = {**os.environ, "TRANSFERKIT_CACHE": str(work / "cache")}
     py, tk = sys.executable, [sys.executable, "-m", "transferkit.cli"]
-    rows = []
+    rounds: list[dict[str, dict]] = []
 
-    def plain_row(label, child):
+    def plain_row(child):
         r = run_child([py, str(HERE), args.dataset, "--child", child, "--epochs", str(args.epochs),
                        "--ft-epochs", str(args.ft_epochs)], env)
         r.update(json.loads(r.pop("stdout").strip().splitlines()[-1]))
-        rows.append((label, r))
         return r
 
-    def tk_row(label, out, *extra):
+    def tk_row(out, *extra):
         r = run_child(tk + ["train", args.dataset, "--out", str(work / out), "--quiet", *extra], env)
         res = json.loads((work / out / "results.json").read_text())
         r.update(val_acc=res["val_acc"], images=res["num_train"] + res["num_val"], results=res)
         r.pop("stdout")
-        rows.append((label, r))
         return r
 
-    a = plain_row(f"(a) plain: frozen fp32 forward each epoch, {args.epochs} epochs", "head")
-    b = plain_row("(b) plain: one fp32 pass + sklearn LogisticRegression", "logreg")
-    c = tk_row("(c) transferkit train (defaults), cold cache", "cold")
-    d = tk_row("(d) transferkit train (defaults), warm cache", "warm")
-    if not args.skip_finetune:
-        e1 = plain_row(f"(e1) plain fine-tune fp32 NCHW, {args.ft_epochs} epochs", "finetune")
-        e2 = tk_row(f"(e2) transferkit fine-tune, {args.ft_epochs} epochs", "ft",
-                    "--strategy", "finetune", "--epochs", str(args.ft_epochs))
-        n_train = e2["results"]["num_train"]
-        # training passes only (validation excluded), as timed for the plain loop
-        e2["train_s"] = sum(float(line.split(",")[-1]) for line in
-                            (work / "ft" / "metrics.csv").read_text().splitlines()[1:])
-        e2["images"] = n_train * args.ft_epochs
-        for r in (e1, e2):
-            r["img_s"] = r["images"] / r["train_s"]
+    labels = {
+        "a": f"(a) plain: frozen fp32 forward each epoch, {args.epochs} epochs",
+        "b": "(b) plain: one fp32 pass + sklearn LogisticRegression",
+        "c": "(c) transferkit train (defaults), cold cache",
+        "d": "(d) transferkit train (defaults), warm cache",
+        "e1": f"(e1) plain fine-tune fp32 NCHW, {args.ft_epochs} epochs",
+        "e2": f"(e2) transferkit fine-tune, {args.ft_epochs} epochs",
+    }
+    for k in range(args.repeat):  # rounds run every variant in turn: slow spells hit all of them
+        shutil.rmtree(work / "cache", ignore_errors=True)  # (c) is cold in every round
+        row = {"a": plain_row("head"), "b": plain_row("logreg"), "c": tk_row(f"cold{k}"), "d": tk_row(f"warm{k}")}
+        for r in row.values():
+            r["img_s"] = r["images"] / r["wall_s"]
+        if not args.skip_finetune:
+            row["e1"] = plain_row("finetune")
+            row["e2"] = e2 = tk_row(f"ft{k}", "--strategy", "finetune", "--epochs", str(args.ft_epochs))
+            # training passes only (validation excluded), as timed for the plain loop
+            e2["train_s"] = sum(float(line.split(",")[-1]) for line in
+                                (work / f"ft{k}" / "metrics.csv").read_text().splitlines()[1:])
+            e2["images"] = e2["results"]["num_train"] * args.ft_epochs
+            for r in (row["e1"], e2):
+                r["img_s"] = r["images"] / r["train_s"]
+        rounds.append(row)
 
-    print(f"\ndataset: {args.dataset}   machine: {os.cpu_count()} cores\n")
-    print("| variant | wall s | img/s | val acc | peak RSS MB |\n|---|---:|---:|---:|---:|")
-    for label, r in rows:
-        img_s = r.get("img_s", r["images"] / r["wall_s"])
-        print(f"| {label} | {r['wall_s']:.1f} | {img_s:.1f} | {r['val_acc']:.4f} | {r['peak_rss_mb']:.0f} |")
-    print("\nratios:")
-    print(f"- cold-cache train / (b) wall time: {c['wall_s'] / b['wall_s']:.2f}x   (target <= 0.33x)")
-    print(f"- cold-cache train / (a) wall time: {c['wall_s'] / a['wall_s']:.2f}x")
-    print(f"- warm-cache train wall time: {d['wall_s']:.2f} s   (target <= 3 s)")
-    print(f"- accuracy, cold train - (b): {100 * (c['val_acc'] - b['val_acc']):+.1f} pt   (target >= -0.5)")
+    def median(key: str, field: str) -> float:
+        return statistics.median(r[key][field] for r in rounds)
+
+    print(f"\ndataset: {args.dataset}   machine: {os.cpu_count()} cores   rounds: {args.repeat} "
+          f"(each cell: the median over rounds; wall time also min-max)\n")
+    print("| variant | wall s | wall s min-max | img/s | val acc | peak RSS MB |\n|---|---:|---:|---:|---:|---:|")
+    for key in rounds[0]:
+        walls = [r[key]["wall_s"] for r in rounds]
+        print(f"| {labels[key]} | {median(key, 'wall_s'):.1f} | {min(walls):.1f}-{max(walls):.1f} | "
+              f"{median(key, 'img_s'):.1f} | {median(key, 'val_acc'):.4f} | {median(key, 'peak_rss_mb'):.0f} |")
+    cold = [r["c"]["wall_s"] / r["b"]["wall_s"] for r in rounds]
+    print("\nratios (medians; per round in brackets):")
+    print(f"- cold-cache train / (b) wall time: {statistics.median(cold):.2f}x {_each(cold, 'x')}   (target <= 0.33x)")
+    print(f"- cold-cache train / (a) wall time: {median('c', 'wall_s') / median('a', 'wall_s'):.2f}x")
+    warm = [r["d"]["wall_s"] for r in rounds]
+    print(f"- warm-cache train wall time: {statistics.median(warm):.2f} s {_each(warm, ' s')}   (target <= 3 s)")
+    print(f"- accuracy, cold train - (b): {100 * (median('c', 'val_acc') - median('b', 'val_acc')):+.1f} pt   "
+          "(target >= -0.5)")
     if not args.skip_finetune:
-        print(f"- fine-tune images/s, ours / plain: {e2['img_s'] / e1['img_s']:.2f}x   (target >= 3x); "
-              f"accuracy ours - plain: {100 * (e2['val_acc'] - e1['val_acc']):+.1f} pt")
-    print(f"- peak RSS of transferkit train: {max(c['peak_rss_mb'], d['peak_rss_mb']):.0f} MB   (target <= 3072)")
+        ft = [r["e2"]["img_s"] / r["e1"]["img_s"] for r in rounds]
+        print(f"- fine-tune images/s, ours / plain: {statistics.median(ft):.2f}x {_each(ft, 'x')}   (target >= 3x); "
+              f"accuracy ours - plain: {100 * (median('e2', 'val_acc') - median('e1', 'val_acc')):+.1f} pt")
+    rss = max(r[k]["peak_rss_mb"] for r in rounds for k in ("c", "d"))
+    print(f"- peak RSS of transferkit train: {rss:.0f} MB   (target <= 3072)")
     shutil.rmtree(work, ignore_errors=True)
 
+
+def _each(values: list[float], unit: str) -> str:
+    return "[" + ", ".join(f"{v:.2f}{unit}" for v in values) + "]" if len(values) > 1 else ""
 
 if __name__ == "__main__":
     main()

@@ -49,7 +49,8 @@ class Runtime:
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Mixed precision for training (AMP on CUDA, bf16 autocast on CPU). On CPU in bf16 the
-        weight gradients of depthwise convolutions are computed in fp32 (see `DepthwiseGradFp32`)."""
+        gradients of depthwise convolutions that oneDNN computes slowly in bf16 are computed in
+        fp32 (see `DepthwiseGradFp32`)."""
         if self.dtype == torch.float32:
             return contextlib.nullcontext()
         amp = torch.autocast(device_type=self.device.type, dtype=self.dtype)
@@ -112,13 +113,12 @@ class _DepthwiseConv(torch.autograd.Function):
             return torch.ops.aten.convolution_backward(g, x, w, bias_sizes, stride, padding, dilation, False,
                                                        [0, 0], groups, mask)
 
-        gx = gb = None
+        gx = gw = gb = None
         if need_x and not x_fp32:
             gx = conv_backward(grad, xc, wc, [True, False, False])[0]
-        g32, x32, w32 = grad.float(), xc.float(), wc.float()
-        fx, gw, gb = conv_backward(g32, x32, w32, [x_fp32, need_w, need_b])
-        if x_fp32:
-            gx = fx
+        if x_fp32 or need_w or need_b:
+            fx, gw, gb = conv_backward(grad.float(), xc.float(), wc.float(), [x_fp32, need_w, need_b])
+            gx = fx if x_fp32 else gx
         return (None if gx is None else gx.to(ctx.dtypes[0]), None if gw is None else gw.to(ctx.dtypes[1]),
                 None if gb is None else gb.to(ctx.dtypes[2]), None, None, None, None)
 
