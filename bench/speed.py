@@ -167,6 +167,7 @@ def main() -> None:
             e2["images"] = e2["results"]["num_train"] * args.ft_epochs
             for r in (row["e1"], e2):
                 r["img_s"] = r["images"] / r["train_s"]
+        row["torch"] = run_child([py, "-c", "import torch"], env)  # the machine's speed in this round
         rounds.append(row)
 
     def median(key: str, field: str) -> float:
@@ -175,7 +176,9 @@ def main() -> None:
     print(f"\ndataset: {args.dataset}   machine: {os.cpu_count()} cores   rounds: {args.repeat} "
           f"(each cell: the median over rounds; wall time also min-max)\n")
     print("| variant | wall s | wall s min-max | img/s | val acc | peak RSS MB |\n|---|---:|---:|---:|---:|---:|")
-    for key in rounds[0]:
+    for key in labels:
+        if key not in rounds[0]:
+            continue
         walls = [r[key]["wall_s"] for r in rounds]
         print(f"| {labels[key]} | {median(key, 'wall_s'):.1f} | {min(walls):.1f}-{max(walls):.1f} | "
               f"{median(key, 'img_s'):.1f} | {median(key, 'val_acc'):.4f} | {median(key, 'peak_rss_mb'):.0f} |")
@@ -191,6 +194,8 @@ def main() -> None:
         ft = [r["e2"]["img_s"] / r["e1"]["img_s"] for r in rounds]
         print(f"- fine-tune images/s, ours / plain: {statistics.median(ft):.2f}x {_each(ft, 'x')}   (target >= 3x); "
               f"accuracy ours - plain: {100 * (median('e2', 'val_acc') - median('e1', 'val_acc')):+.1f} pt")
+    torch_s = [r["torch"]["wall_s"] for r in rounds]
+    print(f"- for scale, `python -c 'import torch'`: {statistics.median(torch_s):.2f} s {_each(torch_s, ' s')}")
     rss = max(r[k]["peak_rss_mb"] for r in rounds for k in ("c", "d"))
     print(f"- peak RSS of transferkit train: {rss:.0f} MB   (target <= 3072)")
     shutil.rmtree(work, ignore_errors=True)
