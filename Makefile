@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) bench/speed.py ../shared/assets/datasets/hymenoptera_data
+	$(PY) bench/speed.py ../shared/assets/datasets/hymenoptera_data --repeat 3
 
 clean:
 	rm -rf runs .pytest_cache
