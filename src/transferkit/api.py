@@ -150,12 +150,12 @@ def _context(cfg: TrainConfig, console: Console, run_name: str | None = None, wi
     net_key = spec.name + ("+small-stem" if stem == "small" else "")
     features = feature_cache(cache_root, model_key(net_key, weights.sha256, pre, runtime.precision))
     workers = default_workers() if cfg.workers is None else cfg.workers
-    # Images whose features are missing start decoding now, while the network is built.
     if with_features is None:
         with_features = cfg.strategy in FEATURE_STRATEGIES
-    # The feature pass decodes in at least one worker process even on 2 cores: it overlaps the
-    # network's build and then the forward (measured, 2 cores, ants/bees cold: 9.2-10.4 s with
-    # none, 7.7 s with one; 4x the images: 24.3 s vs 20.8 s).
+    # Images whose features are missing start decoding now, while the network is built, in at
+    # least one worker process even on 2 cores: it overlaps the build and then the forward
+    # (measured, 2 cores, ants/bees cold: 9.2-10.4 s with none, 7.7 s with one; 4x the images:
+    # 24.3 s vs 20.8 s).
     pass_workers = max(1, workers) if cfg.workers is None else workers
     feature_pass = start_feature_pass(cfg, split, pre, features, pass_workers) if with_features else None
     torch.manual_seed(cfg.seed)

@@ -292,9 +292,9 @@ def main(argv: list[str] | None = None) -> int:
 def run() -> None:
     """The console script: `main` with fewer garbage collections, then a direct exit. Tearing the
     interpreter down after torch, timm, scikit-learn and matplotlib were loaded takes 0.4-0.8 s
-    (measured on 2 cores) and only frees memory the OS reclaims anyway. By now every output file is written atomically and
-    closed, temporary folders are removed and DataLoader workers have stopped, so the streams
-    are flushed and the process ends at once."""
+    (measured on 2 cores) and only frees memory the OS reclaims anyway. By now every output file
+    is written atomically and closed, temporary folders are removed and DataLoader workers have
+    stopped, so the streams are flushed and the process ends at once."""
     import gc
     import os
 

@@ -305,7 +305,6 @@ class FeaturePass:
                     self.todo.append((g, i))
                 else:
                     self.rows[g][i] = got
-        self.todo_views = sum(1 + groups[g][1] for g, _ in self.todo)
         self._batches = None
         if self.todo:
             self._batches = decode_batches(
@@ -330,7 +329,8 @@ class FeaturePass:
         if self._batches is not None:
             if not isinstance(extractor, Extractor):
                 extractor = extractor()
-            extractor.freeze = extractor.freeze or self.todo_views >= FREEZE_MIN_IMAGES
+            views = sum(1 + self.groups[g][1] for g, _ in self.todo)
+            extractor.freeze = extractor.freeze or views >= FREEZE_MIN_IMAGES
             batches, self._batches = self._batches, None
             for idx, feats, errs in extractor.run(batches, progress):
                 for j, reason in errs:

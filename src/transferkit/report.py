@@ -287,7 +287,7 @@ def _fit(text: str, font, width: int) -> str:
 def plot_grid(path: Path, rows: list[dict], title: str, show_actual: bool) -> None:
     """Images captioned with the prediction and its probability: blue when right, red when wrong
     (with the actual class); `show_actual` always names it. Composed with Pillow: a contact sheet
-    needs no axes, and this takes 0.05 s where matplotlib took 0.5 s (16 images)."""
+    needs no axes, and this takes 0.12 s where matplotlib took 0.48 s (16 images)."""
     from PIL import Image, ImageDraw
 
     cols = 4 if len(rows) > 9 else 3
@@ -383,13 +383,11 @@ def report_html(run_dir: Path, summary: dict, wrong: list[dict], confusion_note:
     """One self-contained page: settings, metrics, plots, misclassified images (all embedded)."""
     e = html.escape
     classes = summary["classes"]
-    per_class = [[c, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", m["support"]]
-                 for c, m in summary["per_class"].items()]
-    for name in ("macro_avg", "weighted_avg"):
-        if summary.get(name):
-            m = summary[name]
-            per_class.append([name.replace("_", " "), f"{m['precision']:.3f}", f"{m['recall']:.3f}",
-                              f"{m['f1']:.3f}", m["support"]])
+    def row(name: str, m: dict) -> list:
+        return [name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", m["support"]]
+
+    per_class = [row(c, m) for c, m in summary["per_class"].items()]
+    per_class += [row(n.replace("_", " "), summary[n]) for n in ("macro_avg", "weighted_avg") if summary.get(n)]
     overall = [["accuracy", f"{summary['accuracy']:.4f}"], ["balanced accuracy", f"{summary['balanced_accuracy']:.4f}"]]
     if summary.get("top5_accuracy") is not None:
         overall.append(["top-5 accuracy", f"{summary['top5_accuracy']:.4f}"])
