@@ -36,7 +36,7 @@ def plain(dataset: str, mode: str, epochs: int) -> dict:
     from torch import nn
     from torchvision import datasets, transforms
 
-    from transferkit import backbones
+    from transferkit.models import backbones
 
     torch.manual_seed(0)
     spec = backbones.get("efficientnet_lite0")

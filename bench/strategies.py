@@ -23,7 +23,21 @@ import tempfile
 import time
 from pathlib import Path
 
-STRATEGIES = ["linear", "finetune", "partial", "gradual", "lp-ft", "distill", "auto"]
+
+def registered() -> list[str]:
+    """Every registered strategy except scratch (random init: a different experiment)."""
+    from transferkit.training.strategies import STRATEGIES
+
+    return [s.name for s in STRATEGIES if s.weights is None]
+
+
+def epoch_flags(strategy: str, epochs: int) -> list[str]:
+    """--epochs where the strategy takes it (not the logistic-regression head)."""
+    from transferkit.config import applies
+    from transferkit.training.strategies import STRATEGIES
+
+    entry = STRATEGIES.get(strategy)
+    return ["--epochs", str(epochs)] if applies("epochs", entry, entry.defaults.get("optimizer")) else []
 
 
 def main() -> None:
@@ -31,7 +45,7 @@ def main() -> None:
     ap.add_argument("dataset")
     ap.add_argument("--model", default="efficientnet_lite0")
     ap.add_argument("--epochs", type=int, default=4, help="epochs of the network strategies")
-    ap.add_argument("--strategies", default=",".join(STRATEGIES))
+    ap.add_argument("--strategies", default=",".join(registered()))
     ap.add_argument("--teacher-model", default="efficientnet_lite2", help="distill: the teacher's backbone")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tk-strategies-"))
@@ -40,10 +54,8 @@ def main() -> None:
 
     def run(name: str, model: str, strategy: str, extra: list[str]) -> None:
         out = work / name
-        cmd = [sys.executable, "-m", "transferkit.cli", "train", args.dataset, "--model", model,
-               "--strategy", strategy, "--out", str(out), "--quiet", *extra]
-        if strategy != "linear":
-            cmd += ["--epochs", str(args.epochs)]
+        cmd = [sys.executable, "-m", "transferkit", "train", args.dataset, "--model", model,
+               "--strategy", strategy, "--out", str(out), "--quiet", *epoch_flags(strategy, args.epochs), *extra]
         start = time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - start

@@ -9,9 +9,9 @@ import torch
 
 import transferkit
 from helpers import make_dataset
-from transferkit import backbones
+from transferkit.models import backbones, weights as weight_sources
 from transferkit.errors import UserError
-from transferkit.model import Classifier, build_classifier
+from transferkit.models.classifier import Classifier, build_classifier
 
 ALL = backbones.names()
 
@@ -40,7 +40,7 @@ def test_stages_cover_every_parameter_once(name):
 
 @pytest.mark.parametrize("name", ALL)
 def test_linear_trains_exactly_the_head(name):
-    from transferkit.strategies import param_groups
+    from transferkit.training.network import param_groups
 
     spec = backbones.get(name)
     backbone = spec.build()
@@ -96,7 +96,7 @@ def test_mismatched_file_gives_readable_diff(tmp_path):
 
 def test_absent_imagenet_weights_offline_give_clear_error_fast(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
-    monkeypatch.setattr(backbones, "_download", _offline)
+    monkeypatch.setattr(weight_sources, "_download", _offline)
     start = time.perf_counter()
     with pytest.raises(UserError) as exc:
         build_classifier(backbones.get("resnet18"), 2)
@@ -110,7 +110,7 @@ def _offline(url, target, timeout=10.0):
     return _real_download("http://weights.invalid/" + url.rsplit("/", 1)[1], target, timeout)
 
 
-_real_download = backbones._download
+_real_download = weight_sources._download
 
 
 def test_hub_cache_file_is_used_and_checked(tmp_path, monkeypatch):
@@ -129,7 +129,7 @@ def test_train_end_to_end_with_torchvision_weights_file(tmp_path):
     torch.manual_seed(0)
     path = tmp_path / "resnet18.pth"
     torch.save(spec.build_imagenet_classifier().state_dict(), path)
-    run = transferkit.train(data, model="resnet18", weights=str(path), epochs=3, out=str(tmp_path / "r"), quiet=True)
+    run = transferkit.train(data, model="resnet18", weights=str(path), out=str(tmp_path / "r"), quiet=True)
     assert run.results["backbone"] == "resnet18"
     pred = transferkit.load(run.path).predict([str(data / "val" / "red" / "red0.jpg")])[0]
     assert pred.label in ("blue", "red") and not pred.error
@@ -165,7 +165,7 @@ def test_timm_model_weights_from_hub_cache(tmp_path, monkeypatch):
 
 def test_timm_model_absent_weights_fail_fast(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
-    monkeypatch.setattr(backbones, "_download", _offline)
+    monkeypatch.setattr(weight_sources, "_download", _offline)
     spec = backbones.get("timm:convnext_atto")
     if spec.imagenet.available():
         pytest.skip("weights for timm:convnext_atto are cached on this machine")

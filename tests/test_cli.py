@@ -34,7 +34,7 @@ def trained(tmp_path_factory):
     add_bad_files(data / "train" / "red")
     before = {p: p.stat().st_mtime_ns for p in data.rglob("*")}
     run = root / "run"
-    rc = main(["train", str(data), "--out", str(run), "--epochs", "30", "--quiet"])
+    rc = main(["train", str(data), "--out", str(run), "--quiet"])
     assert rc == 0
     assert before == {p: p.stat().st_mtime_ns for p in data.rglob("*")}  # user's files untouched
     return data, run
@@ -64,7 +64,7 @@ def test_train_writes_every_file_and_results(trained):
 def test_skipped_files_warned_by_name(tmp_path, capsys):
     data = make_dataset(tmp_path / "d", n_train=4, n_val=2)
     add_bad_files(data / "train" / "blue")
-    assert main(["train", str(data), "--out", str(tmp_path / "r"), "--epochs", "2", "--quiet"]) == 0
+    assert main(["train", str(data), "--out", str(tmp_path / "r"), "--quiet"]) == 0
     err = capsys.readouterr().err
     for name in ("empty.jpg", "readme.txt", "cut.jpg"):
         assert any(name in line and line.startswith("warning: skipped") for line in err.splitlines()), err
@@ -143,13 +143,13 @@ def test_yaml_config_and_unknown_key(tmp_path, capsys):
     (tmp_path / "c.yaml").write_text("epochs: ten\n")
     assert main(["train", str(data), "--config", str(tmp_path / "c.yaml")]) == 2
     assert "option 'epochs' must be of type int" in capsys.readouterr().err
-    (tmp_path / "c.yaml").write_text("epochs: 3\nseed: 5\n")
+    (tmp_path / "c.yaml").write_text("aug_views: 1\nseed: 5\n")
     run = tmp_path / "r"
     assert main(["train", str(data), "--config", str(tmp_path / "c.yaml"), "--seed", "7", "--out", str(run), "--quiet"]) == 0
     import yaml
 
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    assert cfg["epochs"] == 3 and cfg["seed"] == 7  # flags override the file
+    assert cfg["aug_views"] == 1 and cfg["seed"] == 7  # flags override the file
 
 
 @pytest.mark.parametrize("command", [[], ["train"], ["lr-find"], ["eval"], ["predict"], ["models"], ["summary"], ["cache"]])

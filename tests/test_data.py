@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from transferkit.data import discover, stratified_split
+from transferkit.data.discover import discover, stratified_split
 from transferkit.errors import UserError
 
 from helpers import make_dataset, make_image

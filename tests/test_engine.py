@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import transferkit
 from helpers import make_dataset
-from transferkit import engine
+from transferkit.training import engine
 from transferkit.runtime import Runtime
 
 CPU = Runtime(torch.device("cpu"), torch.float32)
@@ -126,9 +126,12 @@ def test_bf16_training_computes_depthwise_weight_gradients_in_fp32():
     ours = _grads(net, bf16.autocast)
     plain = _grads(net, lambda: torch.autocast("cpu", dtype=torch.bfloat16))
     ref = _grads(net, contextlib.nullcontext)
-    for a, b in zip(ours, plain):
+    for a, b, r in zip(ours, plain, ref):
         assert a.dtype == b.dtype and a.shape == b.shape
-        assert nn.functional.cosine_similarity(a.flatten().float(), b.flatten().float(), dim=0) > 0.99
+        if r.norm() > (b - r).norm():
+            assert nn.functional.cosine_similarity(a.flatten().float(), b.flatten().float(), dim=0) > 0.99
+        else:  # zero in fp32 (a conv bias before BatchNorm): bf16 gives rounding noise, ours no more of it
+            assert (a - r).norm() <= 1.5 * (b - r).norm()
     depthwise = [i + 1 for i, p in enumerate(net.parameters()) if p.dim() == 4 and p.shape[1] == 1]
     assert len(depthwise) == 3
     for i in depthwise[:2]:  # the two that the mode handles (not the string padding)

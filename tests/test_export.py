@@ -15,10 +15,11 @@ import torch
 
 import transferkit
 from helpers import make_dataset
-from transferkit import bundle, deploy
-from transferkit.api import Console
+from transferkit.exporting import exporter, registry
+from transferkit.models import bundle
+from transferkit.console import Console
 from transferkit.cli import main
-from transferkit.onnx_predict import OnnxPredictor, read_metadata
+from transferkit.prediction.onnx_predictor import OnnxPredictor, read_metadata
 
 pytest.importorskip("onnxruntime")
 
@@ -39,7 +40,7 @@ def test_onnx_matches_pytorch_and_carries_the_preprocessing(exported):
     assert (onnx_check.format, ts_check.format) == ("onnx", "torchscript") and not result.failed
     model, meta, _ = bundle.load(run)
     meta_onnx = read_metadata(run / "export" / "model.onnx")
-    assert meta_onnx == json.loads(json.dumps(deploy.metadata(meta)))  # round-trips exactly
+    assert meta_onnx == json.loads(json.dumps(exporter.metadata(meta)))  # round-trips exactly
     assert meta_onnx["classes"] == ["blue", "green", "red"]
     assert meta_onnx["preprocess"]["input_size"] == 64 and meta_onnx["preprocess"]["mean"] == list(meta.preprocess.mean)
     # the same preprocessed batch through both: fp32 logits within 1e-4, any batch size
@@ -110,7 +111,7 @@ def test_bad_export_options_are_one_line_errors(exported, capsys):
     _, run, _ = exported
     assert main(["export", str(run), "--format", "tflite"]) == 2
     assert "choose from onnx, torchscript, int8" in capsys.readouterr().err
-    assert deploy.parse_formats("int8") == ["onnx", "int8"]  # INT8 quantizes the ONNX model
+    assert registry.parse_formats("int8") == ["onnx", "int8"]  # INT8 quantizes the ONNX model
     assert main(["predict", str(run / "missing.onnx"), str(run / "model.json")]) == 2
     assert "not found" in capsys.readouterr().err
     assert main(["export", str(run), "--out", str(run)]) == 2  # a folder of other files is never written into

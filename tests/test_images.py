@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from transferkit.errors import ImageDecodeError
-from transferkit.images import load_rgb
+from transferkit.data.decode import load_rgb
 
 
 def png_rgb16(path, rgb16: np.ndarray) -> None:

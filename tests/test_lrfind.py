@@ -8,7 +8,7 @@ import numpy as np
 
 from helpers import make_dataset
 from transferkit.cli import main
-from transferkit.lrfind import suggest
+from transferkit.training.lrfind import suggest
 
 
 def test_suggestion_is_steepest_descent():

@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from helpers import shared_dataset
-from transferkit import backbones, bundle
-from transferkit.data import list_files
+from transferkit.models import backbones, bundle
+from transferkit.data.discover import list_files
 from transferkit.errors import UserError
-from transferkit.images import load_rgb
-from transferkit.model import build_classifier
-from transferkit.transforms import eval_view, to_tensor
+from transferkit.data.decode import load_rgb
+from transferkit.models.classifier import build_classifier
+from transferkit.data.datasets import to_tensor
+from transferkit.data.decode import eval_view
 
 BEE, ANT = 309, 310
 
@@ -30,7 +31,7 @@ def test_lite0_imagenet_weights_recognise_ants_and_bees():
     hits = {}
     for cls, target in (("ants", ANT), ("bees", BEE)):
         files = list_files(root / cls)[:24]
-        x = torch.stack([(to_tensor(eval_view(load_rgb(f), pre)).float() / 255 - mean) / std for f in files])
+        x = torch.stack([(to_tensor(eval_view(load_rgb(f), pre.resize_size, pre.input_size, pre.interpolation)).float() / 255 - mean) / std for f in files])
         with torch.inference_mode():
             pred = net(x).argmax(1).numpy()
         hits[cls] = float(np.mean(pred == target))

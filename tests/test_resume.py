@@ -62,7 +62,7 @@ def test_interrupt_resume_and_more_epochs(tmp_path, monkeypatch):
     kw = dict(model="squeezenet1_1", weights="none", strategy="partial", epochs=3, batch_size=2, seed=1, quiet=True)
     full = transferkit.train(data, out=str(tmp_path / "full"), **kw)
 
-    from transferkit import engine
+    from transferkit.training import engine
 
     real_fit = engine.fit
 

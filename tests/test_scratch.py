@@ -12,7 +12,7 @@ import yaml
 from PIL import Image
 
 import transferkit
-from transferkit.data import discover
+from transferkit.data.discover import discover
 
 CLASSES = ["blue", "red", "green"]
 COLORS = np.array([(30, 60, 200), (200, 40, 30), (40, 180, 60)])
@@ -44,14 +44,14 @@ def make_cifar(root: Path, per_batch: int = 12) -> dict:
 
 def test_cifar_batches_are_detected_and_read_pixel_exact(tmp_path):
     written = make_cifar(tmp_path / "cifar-10-batches-py")
-    split = discover(tmp_path, cache_root=tmp_path / "cache")  # the parent folder works too
+    split = discover(tmp_path, datasets_dir=tmp_path / "cache" / "datasets")  # the parent folder works too
     assert split.classes == sorted(CLASSES) and split.image_size == 32
     assert len(split.train) == 24 and len(split.val) == 12 and split.val_source == "folder"
     images, labels = written["data_batch_2"]
     sample = next(s for s in split.train if s.path.endswith("data_batch_2_00004.png"))
     assert split.classes[sample.label] == CLASSES[labels[4]]
     assert np.array_equal(np.asarray(Image.open(sample.path)), images[4])
-    again = discover(tmp_path / "cifar-10-batches-py", cache_root=tmp_path / "cache")
+    again = discover(tmp_path / "cifar-10-batches-py", datasets_dir=tmp_path / "cache" / "datasets")
     assert [s.path for s in again.train] == [s.path for s in split.train]  # made once, reused
 
 
@@ -67,7 +67,7 @@ def test_cifar_reader_refuses_a_pickle_that_runs_code(tmp_path):
 
     (root / "data_batch_1").write_bytes(pickle.dumps({b"data": Evil()}, protocol=2))
     with pytest.raises(transferkit.UserError, match=r"data_batch_1: not a CIFAR-10 python batch \(refused"):
-        discover(root, cache_root=tmp_path / "cache")
+        discover(root, datasets_dir=tmp_path / "cache" / "datasets")
     assert not marker.exists() and not list((tmp_path / "cache" / "datasets").glob("cifar10-*"))
 
 

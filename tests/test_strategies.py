@@ -8,9 +8,9 @@ from torch import nn
 
 import transferkit
 from helpers import make_dataset, make_image
-from transferkit import backbones
-from transferkit.model import Classifier
-from transferkit.strategies import gradual_schedule, param_groups, unfreeze_top
+from transferkit.models import backbones
+from transferkit.models.classifier import Classifier
+from transferkit.training.network import gradual_schedule, param_groups, unfreeze_top
 
 
 def _model(name="resnet18"):
@@ -87,24 +87,25 @@ def test_class_weights_and_balanced_sampler(tmp_path):
     for c, col in (("blue", (30, 60, 200)), ("red", (200, 40, 30))):
         make_image(root / "val" / c / "v.png", col, seed=99)
     from transferkit.config import TrainConfig
-    from transferkit.strategies import _loss, train_loader
+    from transferkit.data.datasets import train_loader
+    from transferkit.training.losses import classification_loss
 
-    cfg = TrainConfig(data=str(root), class_weights="auto", balanced_sampler=True, batch_size=1000).resolved()
+    cfg = TrainConfig(data=str(root), class_weights="auto", balanced_sampler=True, strategy="finetune").resolved()
     labels = torch.tensor([0] * 8 + [1] * 2)
-    loss = _loss(cfg, labels, 2)
+    loss = classification_loss(cfg, labels, 2)
     assert torch.allclose(loss.weight, torch.tensor([10 / 16, 10 / 4]))
-    draws = torch.cat([y for _, y in train_loader(cfg, torch.utils.data.TensorDataset(torch.zeros(10, 1), labels), labels)])
+    dataset = torch.utils.data.TensorDataset(torch.zeros(10, 1), labels)
+    draws = torch.cat([y for _, y in train_loader(dataset, labels, 1000, seed=0, balanced=True)])
     assert len(draws) == 10 and 2 <= int(draws.sum()) <= 8  # not the 1-in-5 of the data
-    many = torch.cat([torch.cat([y for _, y in train_loader(
-        cfg.__class__(**{**cfg.to_dict(), "seed": s}), torch.utils.data.TensorDataset(torch.zeros(10, 1), labels), labels)])
-        for s in range(40)])
+    many = torch.cat([torch.cat([y for _, y in train_loader(dataset, labels, 1000, seed=s, balanced=True)])
+                      for s in range(40)])
     assert abs(many.float().mean().item() - 0.5) < 0.08
-    run = transferkit.train(root, class_weights="auto", balanced_sampler=True, epochs=5, out=str(tmp_path / "r"), quiet=True)
+    run = transferkit.train(root, class_weights="auto", balanced_sampler=True, out=str(tmp_path / "r"), quiet=True)
     assert "balanced_accuracy" in run.results
 
 
-@pytest.mark.parametrize("bad, message", [({"unfreeze": 0}, "--unfreeze must be > 0"),
-                                          ({"lr_decay": 1.5}, "--lr-decay must be in"),
+@pytest.mark.parametrize("bad, message", [({"unfreeze": 0, "strategy": "partial"}, "--unfreeze must be > 0"),
+                                          ({"lr_decay": 1.5, "strategy": "gradual"}, "--lr-decay must be in"),
                                           ({"class_weights": "yes"}, "--class-weights must be one of"),
                                           ({"strategy": "finetune", "optimizer": "lbfgs"}, "lbfgs fits only the linear")])
 def test_option_errors(tmp_path, bad, message):
@@ -117,20 +118,16 @@ def test_option_errors(tmp_path, bad, message):
 def test_logistic_head_folds_into_one_linear_layer(num_classes):
     """The L-BFGS head (standardized features) becomes one nn.Linear on raw features whose softmax
     equals scikit-learn's probabilities, binary case included; it converges and records losses."""
-    from types import SimpleNamespace
-
     from sklearn.linear_model import LogisticRegression
 
     from transferkit.config import TrainConfig
-    from transferkit.strategies import fit_logistic
+    from transferkit.training.heads import fit_logistic
 
     gen = torch.Generator().manual_seed(0)
     y = torch.arange(60) % num_classes
     x = torch.randn(60, 16, generator=gen) * 3 + 5 + y[:, None] * torch.linspace(0, 2, 16)
     cfg = TrainConfig.from_mapping({"data": "unused"}).resolved()
-    ctx = SimpleNamespace(cfg=cfg, split=SimpleNamespace(classes=[str(i) for i in range(num_classes)]),
-                          progress=lambda total, desc: _NullBar())
-    result, linear = fit_logistic(ctx, x[:40], y[:40], x[40:], y[40:])
+    result, linear = fit_logistic(cfg, num_classes, x[:40], y[:40], x[40:], y[40:])
     assert result.unit == "iteration" and result.history and result.best_epoch == result.history[-1].epoch
     assert result.history[-1].train_acc > 0.8 and result.best_epoch < 1000  # converged, learned
     z = x[:40].double()
@@ -147,37 +144,23 @@ def test_logistic_head_folds_into_one_linear_layer(num_classes):
 def test_logistic_head_does_not_lean_on_near_constant_features():
     """A feature that barely varies (std 1e-3) must not get a huge raw weight: standardization
     floors each feature's scale at the 10th percentile of all scales."""
-    from types import SimpleNamespace
-
     from transferkit.config import TrainConfig
-    from transferkit.strategies import fit_logistic
+    from transferkit.training.heads import fit_logistic
 
     gen = torch.Generator().manual_seed(0)
     y = torch.arange(60) % 2
     x = torch.randn(60, 32, generator=gen) + y[:, None] * 0.8
     x[:, 0] = 1e-3 * (y * 2 - 1) + 1e-3 * torch.randn(60, generator=gen)  # tiny, label-correlated
     cfg = TrainConfig.from_mapping({"data": "unused"}).resolved()
-    ctx = SimpleNamespace(cfg=cfg, split=SimpleNamespace(classes=["a", "b"]), progress=lambda total, desc: _NullBar())
-    _, linear = fit_logistic(ctx, x[:40], y[:40], x[40:], y[40:])
+    _, linear = fit_logistic(cfg, 2, x[:40], y[:40], x[40:], y[40:])
     assert linear.weight.abs().max() < 5  # without the floor: the weight on feature 0 is in the hundreds
     noisy = x[40:] + 0.01 * torch.randn(20, 32, generator=gen)  # an input change far below the features' spread
     with torch.no_grad():
         assert torch.equal(linear(noisy).argmax(1), linear(x[40:]).argmax(1))
 
 
-class _NullBar:
-    def update(self, n=1):
-        pass
-
-    def set_postfix(self, **kw):
-        pass
-
-    def close(self):
-        pass
-
-
 def test_distill_loss_is_hinton_kd_plus_label_ce():
-    from transferkit.strategies import DistillLoss
+    from transferkit.training.losses import DistillLoss
 
     gen = torch.Generator().manual_seed(0)
     student, teacher = torch.randn(6, 4, generator=gen), torch.randn(6, 4, generator=gen)
@@ -213,17 +196,20 @@ def test_distill_learns_from_a_teacher_run_whose_logits_are_cached(tmp_path):
 def test_distill_teacher_sees_the_students_view_of_each_epoch(tmp_path):
     """Consistent teaching: the soft target for image i in epoch e is the teacher's output on the
     very crop the student gets in that epoch (resized to the teacher's input size)."""
-    from transferkit import bundle
-    from transferkit.api import Console, _context
+    from transferkit.models import bundle
+    from transferkit.console import Console
+    from transferkit.training.run import make_context
     from transferkit.config import TrainConfig
-    from transferkit.strategies import network_setup, teacher_logits
+    from transferkit.cache import Cache
+    from transferkit.training.network import network_setup
+    from transferkit.training.teacher import teacher_logits
 
     data = make_dataset(tmp_path / "d", n_train=3, n_val=1)
     teacher = transferkit.train(data, out=str(tmp_path / "t"), image_size=64, precision="fp32", quiet=True)
     cfg = TrainConfig.from_mapping(dict(data=str(data), out=str(tmp_path / "s"), strategy="distill", epochs=2,
                                         teacher=str(teacher.path), image_size=48, precision="fp32",
                                         cache_dir=str(tmp_path / "cache"), quiet=True)).resolved()
-    ctx, _ = _context(cfg, Console(True))
+    ctx = make_context(cfg, Console(True), Cache(cfg.cache_dir))
     views = network_setup(ctx).loader.dataset
     logits, facts = teacher_logits(ctx, views)
     assert logits.shape == (2, 6, 2) and facts["teacher_views_computed"] == 12
@@ -243,7 +229,7 @@ def test_distill_teacher_sees_the_students_view_of_each_epoch(tmp_path):
 
 
 def test_auto_rules_and_reasons():
-    from transferkit.strategies import choose_strategy
+    from transferkit.training.strategies.auto import choose_strategy
 
     assert choose_strategy(500, 0.95, None, None)[0] == "linear"  # features already separate classes
     chosen, reason = choose_strategy(40, 0.7, None, None)
@@ -275,14 +261,16 @@ def test_auto_writes_its_choice_and_reason(tmp_path, capsys):
 def test_auto_estimates_finetune_time_by_measuring_steps(tmp_path):
     import dataclasses
 
-    from transferkit.api import Console, _context
+    from transferkit.console import Console
+    from transferkit.training.run import make_context
     from transferkit.config import TrainConfig
-    from transferkit.strategies import estimate_finetune_seconds
+    from transferkit.cache import Cache
+    from transferkit.training.network import estimate_finetune_seconds
 
     data = make_dataset(tmp_path / "d", n_train=3, n_val=1)
     cfg = TrainConfig.from_mapping({"data": str(data), "model": "squeezenet1_1", "weights": "none",
-                                    "image_size": 64, "out": str(tmp_path / "r")}).resolved()
-    ctx, _ = _context(cfg, Console(True))
+                                    "image_size": 64, "strategy": "finetune", "out": str(tmp_path / "r")}).resolved()
+    ctx = make_context(cfg, Console(True), Cache())
     one = estimate_finetune_seconds(ctx, dataclasses.replace(cfg, epochs=1))
     assert 0 < one < 30
     assert not any(p.grad is not None for p in ctx.models.get().parameters())  # left clean

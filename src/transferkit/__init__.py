@@ -12,8 +12,8 @@ from .errors import UserError  # noqa: E402
 
 # Imported on first use (PEP 562), so that torch-free parts (ONNX Runtime prediction from
 # `transferkit predict model.onnx`) work where torch is not installed.
-_LAZY = {"train": "api", "load": "api", "evaluate": "api", "export": "api", "Run": "api",
-         "Predictor": "predict", "TrainConfig": "config"}
+_LAZY = {"train": "api", "load": "api", "evaluate": "api", "export": "api", "report": "api", "Run": "api",
+         "Predictor": "prediction.torch_predictor", "TrainConfig": "config"}
 
 
 def __getattr__(name: str):
@@ -24,4 +24,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["train", "load", "evaluate", "export", "Run", "Predictor", "TrainConfig", "UserError", "__version__"]
+__all__ = ["train", "load", "evaluate", "export", "report", "Run", "Predictor", "TrainConfig", "UserError", "__version__"]

@@ -5,35 +5,42 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import MISSING, fields
+from dataclasses import fields
 from pathlib import Path
 
-from .config import TrainConfig
+from . import config
+from .config import ExportOptions, LRFindOptions, PredictOptions, SummaryOptions, TrainConfig
 from .errors import UserError
 
 _TYPES = {"int": int, "float": float, "str": str}
 
 
-def _field_type(f) -> type | None:
-    """int/float/str/bool of a TrainConfig field (Optional unwrapped)."""
-    name = str(f.type).replace(" | None", "").strip()
-    return bool if name == "bool" else _TYPES.get(name)
-
-
-def add_config_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ("data",)) -> None:
-    """One --option per TrainConfig field, same name with dashes, help from the field."""
-    for f in fields(TrainConfig):
+def add_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (),
+                aliases: dict[str, str] | None = None) -> None:
+    """One --option per field of the options class `cls`, same name with dashes, its help and
+    default from the field. Values are checked by `config`, the same as from Python."""
+    for f in fields(cls):
         if f.name in skip:
             continue
-        flag = "--" + f.name.replace("_", "-")
-        kind = _field_type(f)
-        default = None if f.default is MISSING else f.default
-        shown = "strategy default" if default is None else default
-        help_text = f"{f.metadata.get('help', '')} [default: {shown}]"
-        if kind is bool:
-            parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=help_text)
+        flags = [config.flag(f.name)] + ([aliases[f.name]] if aliases and f.name in aliases else [])
+        kind = config.field_type(f)
+        help_text = f"{f.metadata.get('help', '')} [default: {config.default_text(cls, f)}]"
+        if kind == "bool":
+            parser.add_argument(*flags, action="store_true", default=argparse.SUPPRESS, help=help_text)
         else:
-            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=f.name.upper(), help=help_text)
+            parser.add_argument(*flags, type=_TYPES.get(kind, str), default=argparse.SUPPRESS,
+                                metavar=f.name.upper(), help=help_text)
+
+
+def _options(args: argparse.Namespace, cls: type) -> dict:
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+def _strategies_help() -> str:
+    from .training.strategies import STRATEGIES
+
+    return "strategies:\n" + "\n".join(f"  {s.name:<9} {s.summary}" for s in STRATEGIES)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,22 +50,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    raw = argparse.RawDescriptionHelpFormatter
 
-    p = sub.add_parser("train", help="train a classifier on a folder of images",
-                       description="Train on DATA/train/<class>/* (and DATA/val/<class>/* if present).")
+    p = sub.add_parser("train", help="train a classifier on a folder of images", formatter_class=raw,
+                       description="Train on DATA/train/<class>/* (and DATA/val/<class>/* if present).\n\n"
+                                   + _strategies_help())
     p.add_argument("data", nargs="?", help="dataset folder (not needed with --resume)")
     p.add_argument("--config", help="YAML file of options (command-line flags override it)")
-    add_config_options(p)
+    add_options(p, TrainConfig, skip=("data",))
 
     p = sub.add_parser("lr-find", help="LR range test: suggest a learning rate",
                        description="Raises the LR exponentially over a few steps of the chosen "
                                    "strategy, prints the LR of steepest loss descent and saves the plot.")
     p.add_argument("data", help="dataset folder")
     p.add_argument("--config", help="YAML file of options (command-line flags override it)")
-    p.add_argument("--steps", type=int, help="steps of the sweep [default: 100 linear, 50 otherwise]")
-    p.add_argument("--start-lr", type=float, default=1e-7, help="[default: 1e-7]")
-    p.add_argument("--end-lr", type=float, default=1.0, help="[default: 1.0]")
-    add_config_options(p, skip=("data", "resume"))
+    add_options(p, LRFindOptions)
+    add_options(p, TrainConfig, skip=("data", "resume"))
 
     p = sub.add_parser("eval", help="re-evaluate a saved run",
                        description="Per-class precision, recall and F1, confusion matrix, top losses and "
@@ -66,24 +73,21 @@ def build_parser() -> argparse.ArgumentParser:
                                    "on the run's own val split.")
     p.add_argument("run", help="run folder")
     p.add_argument("data", nargs="?", help="dataset folder (default: the run's validation split)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    add_options(p, PredictOptions, skip=("top_k",))
     p.add_argument("--output", help="also write the metrics to this JSON file")
     p.add_argument("--out", help="folder for metrics.json, plots and report.html "
                                  "[default: a new RUN/eval-<dataset name> folder]")
 
-    p = sub.add_parser("export", help="export ONNX, TorchScript and INT8 models, each checked",
+    from .exporting.registry import help_text
+
+    p = sub.add_parser("export", help="export deployable models, each checked",
                        description="Exports RUN's model and checks every artifact on the run's validation "
                                    "images against the PyTorch model (top-1 agreement, logit difference, "
                                    "accuracy per class, latency, throughput); results in export.json. Exits "
                                    "with status 1 when an artifact loses more than --max-drop points of accuracy "
-                                   "(the artifact is kept, renamed *.FAILED.*).")
+                                   "(the artifact is kept, renamed *.FAILED.*). Formats: " + help_text())
     p.add_argument("run", help="run folder")
-    p.add_argument("--format", default="all", help="onnx, torchscript, int8 (comma-separated) or all [default: all]")
-    p.add_argument("--calib", type=int, default=100, help="INT8 calibration images from the training split [default: 100]")
-    p.add_argument("--max-drop", type=float, default=1.0, help="largest accuracy drop allowed, in points [default: 1.0]")
-    p.add_argument("--out", help="output folder [default: RUN/export]")
-    p.add_argument("--runs", type=int, default=50, help="batch-1 latency samples per artifact [default: 50]")
+    add_options(p, ExportOptions, aliases={"formats": "--format"})
 
     p = sub.add_parser("report", help="rebuild a run's report.html and plots",
                        description="Regenerates the plots, misclassified.csv and the self-contained "
@@ -96,10 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder, or an exported model.onnx / model.int8.onnx (ONNX Runtime "
                                 "only: torch is not needed)")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
-    p.add_argument("--top-k", type=int, default=3, help="labels per image [default: 3]")
+    add_options(p, PredictOptions)
     p.add_argument("--output", help="preds.csv or preds.json (default: CSV on stdout)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
 
     p = sub.add_parser("models", help="list the available backbones")
 
@@ -107,13 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Layers, output shapes and parameters (torchinfo) of MODEL with a "
                                    "new head for --num-classes; frozen parts are marked.")
     p.add_argument("model", help="backbone name (see `transferkit models`) or timm:<name>")
-    p.add_argument("--num-classes", type=int, default=1000, help="classes of the new head [default: 1000]")
-    p.add_argument("--input-size", type=int, help="input side in pixels [default: the backbone's]")
-    p.add_argument("--strategy", default="finetune", choices=["linear", "finetune", "partial"],
-                   help="linear marks the backbone frozen, partial all but its last --unfreeze "
-                        "stages [default: finetune]")
-    p.add_argument("--unfreeze", type=int, default=2, help="partial: stages that train [default: 2]")
-    p.add_argument("--depth", type=int, default=3, help="nesting depth of the table [default: 3]")
+    add_options(p, SummaryOptions)
 
     p = sub.add_parser("cache", help="show or clear the feature cache")
     p.add_argument("action", choices=["info", "clear"])
@@ -123,38 +119,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _config_and_options(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
     """The YAML config (or defaults) and the TrainConfig options given as flags (flags win)."""
-    names = {f.name for f in fields(TrainConfig)} - {"data"}
-    options = {k: v for k, v in vars(args).items() if k in names}
+    options = _options(args, TrainConfig)
+    options.pop("data", None)
     return (TrainConfig.from_yaml(args.config) if args.config else TrainConfig()), options
 
 
 def cmd_train(args: argparse.Namespace, started: float) -> int:
-    from .report import Worker
+    from .evaluation.worker import Worker
 
     worker = Worker()  # started before torch is imported: its own imports run meanwhile
     from . import api
 
-    config, options = _config_and_options(args)
-    api.train(args.data, config=config, started=started, worker=worker, **options)
+    cfg, options = _config_and_options(args)
+    api.train(args.data, config=cfg, started=started, worker=worker, **options)
     return 0
 
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
     from . import api
 
-    if args.steps is not None and args.steps < 2:
-        raise UserError("--steps must be >= 2")
-    config, options = _config_and_options(args)
-    api.lr_find(args.data, config=config, steps=args.steps, start_lr=args.start_lr, end_lr=args.end_lr, **options)
+    cfg, options = _config_and_options(args)
+    api.lr_find(args.data, config=cfg, **_options(args, LRFindOptions), **options)
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
-    from . import api, metrics
+    from . import api
+    from .evaluation import metrics
 
-    summary = api.evaluate(args.run, args.data, args.device, args.precision, out=args.out)
+    summary = api.evaluate(args.run, args.data, out=args.out, **_options(args, PredictOptions))
     print(metrics.format_table(summary))
     results_file = Path(args.run) / "results.json"
     if args.data is None and results_file.is_file():
@@ -172,9 +167,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from . import api
 
-    if args.runs < 1:
-        raise UserError("--runs must be >= 1")
-    result = api.export(args.run, args.format, args.calib, args.max_drop, args.out, args.runs)
+    result = api.export(args.run, **_options(args, ExportOptions))
     for check in result.failed:
         print(f"error: {check.format}: {check.note}; kept as {result.out / check.file}", file=sys.stderr)
     return 1 if result.failed else 0
@@ -188,23 +181,23 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .prediction import expand_inputs, to_csv, to_json
+    from .prediction.outputs import expand_inputs, to_csv, to_json
 
-    if args.top_k < 1:
-        raise UserError("--top-k must be >= 1")
+    options = PredictOptions(**_options(args, PredictOptions))
     files = expand_inputs(args.inputs)
     if not files:
         raise UserError("no files found in the given inputs")
     if args.run.endswith(".onnx"):  # an exported model: ONNX Runtime alone, torch is not imported
-        from .onnx_predict import OnnxPredictor
+        from .prediction.onnx_predictor import OnnxPredictor
 
         predictor = OnnxPredictor(args.run)
     else:
         from . import api
 
-        predictor = api.load(args.run, args.device, args.precision)
-    top_k = min(args.top_k, len(predictor.classes))
-    preds = predictor.predict(files, top_k)
+        predictor = api.load(args.run, options.device, options.precision)
+    top_k = min(options.top_k, len(predictor.classes))
+    with predictor:
+        preds = predictor.predict(files, top_k)
     for p in preds:
         if p.error:
             print(f"warning: {p.path}: {p.error}", file=sys.stderr)
@@ -221,7 +214,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from . import backbones
+    from .models import backbones
 
     print(f"{'name':<20} {'params':>12} {'input':>5} {'top1':>5}  weights offline")
     for name in backbones.names():
@@ -238,23 +231,19 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_summary(args: argparse.Namespace) -> int:
     from .api import summary
 
-    if args.num_classes < 1:
-        raise UserError("--num-classes must be >= 1")
-    print(summary(args.model, args.num_classes, args.input_size, args.strategy, args.depth, args.unfreeze))
+    print(summary(args.model, **_options(args, SummaryOptions)))
     return 0
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
     from . import api
-    from .features import default_cache_dir
 
     if args.action == "clear":
         root, size = api.clear_cache(args.cache_dir)
         print(f"cleared {root} ({size / 1e6:.1f} MB)")
         return 0
-    root = Path(args.cache_dir or default_cache_dir())
-    files = [f for f in root.rglob("*") if f.is_file()] if root.exists() else []
-    print(f"{root}: {len(files)} entries, {sum(f.stat().st_size for f in files) / 1e6:.1f} MB")
+    root, entries, size = api.cache_usage(args.cache_dir)
+    print(f"{root}: {entries} entries, {size / 1e6:.1f} MB")
     return 0
 
 

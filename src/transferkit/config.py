@@ -1,22 +1,26 @@
-"""Every training option as one typed dataclass: defaults, YAML in/out, early validation.
+"""Every option of every command as a typed dataclass field: its default, its help, its
+constraints and, for training, the strategies it applies to. No torch here.
 
-The same names are used by the CLI (``--batch-size``), the YAML file (``batch_size:``) and Python
-(``transferkit.train(data, batch_size=...)``).
+The same names are used by the CLI (``--batch-size``), a YAML file (``batch_size:``) and Python
+(``transferkit.train(data, batch_size=...)``), and the same checks run for all three: a number
+out of range or not finite, an unknown choice, or an option that does not apply to the chosen
+strategy is one `UserError` line, raised before any work starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
 from .errors import UserError
+from .training.strategies.base import STRATEGIES, Strategy
 
-STRATEGIES = ("linear", "finetune", "partial", "gradual", "lp-ft", "scratch", "distill", "auto")
 STEMS = ("auto", "standard", "small")
 CLASS_WEIGHTS = ("none", "auto")
 OPTIMIZERS = ("lbfgs", "adamw", "adam", "sgd")
@@ -24,87 +28,71 @@ SCHEDULES = ("cosine", "onecycle", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
 
-# Per-strategy defaults, used where the user leaves an option unset (None).
-STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {
-    # The linear head trains on cached features: by default a logistic regression (L-BFGS, full
-    # batch); with --optimizer adamw/adam/sgd, epochs of mini-batches (milliseconds each).
-    "linear": {"optimizer": "lbfgs", "schedule": "cosine", "epochs": 60, "lr": 1e-3, "batch_size": 64,
-               "weight_decay": 1e-4, "patience": 0},
-    # Full fine-tuning: the backbone at lr * backbone_lr_mult, the head at lr.
-    "finetune": {"optimizer": "adamw", "schedule": "cosine", "epochs": 8, "lr": 1e-3, "batch_size": 32,
-                 "weight_decay": 1e-2, "patience": 0},
-}
-# Defaults that depend on the optimizer; they win over the strategy's. L-BFGS: the L2 penalty on
-# the mean loss over standardized features (C = 1 / (0.1 n) in scikit-learn's terms).
-OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {"lbfgs": {"weight_decay": 0.1}}
-# Partial, gradual and LP-FT train the network on images like finetune, with the same defaults.
-for _name in ("partial", "gradual", "lp-ft", "distill"):
-    STRATEGY_DEFAULTS[_name] = dict(STRATEGY_DEFAULTS["finetune"])
-# From scratch (random init, every layer at lr): the CIFAR recipe of the seeds, SGD + one-cycle.
-STRATEGY_DEFAULTS["scratch"] = {"optimizer": "sgd", "schedule": "onecycle", "epochs": 30, "lr": 0.1,
-                                "batch_size": 128, "weight_decay": 5e-4, "patience": 0}
+
+def opt(default: Any, help: str, *, choices: tuple | Callable[[], list] | None = None,
+        low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False,
+        epochs: bool = False) -> Any:
+    """A config field with its one-line help (shown by `--help`) and its constraints: `choices`
+    (or a callable giving them), a range [low, high] (`*_open`: the bound itself excluded; floats
+    must be finite), and `epochs`: used only where a model trains for epochs (not by the
+    logistic-regression head, which is fitted to convergence)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "low": low, "high": high,
+                                            "low_open": low_open, "high_open": high_open, "epochs": epochs})
 
 
-def strategy_defaults(strategy: str, optimizer: str | None = None) -> dict[str, Any]:
-    """The values a strategy uses for options left unset, given the optimizer (None: its default)."""
-    values = dict(STRATEGY_DEFAULTS[strategy])
-    values["optimizer"] = optimizer or values["optimizer"]
-    values.update(OPTIMIZER_DEFAULTS.get(values["optimizer"], {}))
-    return values
-
-
-def opt(default: Any, help: str) -> Any:
-    """A config field with its one-line help (shown by `--help`)."""
-    return field(default=default, metadata={"help": help})
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 @dataclass
 class TrainConfig:
-    """Options of `transferkit train`. ``None`` means "the strategy's default"."""
+    """Options of `transferkit train`. ``None`` means "the strategy's default" (or, for an option
+    the strategy does not take, "not used")."""
 
     data: str = opt("", "dataset folder: DATA/train/<class>/..., optional DATA/val/<class>/...")
     model: str = opt("efficientnet_lite0", "backbone name, see `transferkit models`")
-    weights: str = opt("imagenet", "imagenet | none | PATH to a state dict")
-    strategy: str = opt("linear", "linear (frozen backbone, new head) | finetune (all layers) | partial "
-                        "(last --unfreeze stages) | gradual (stages unfrozen from the top) | lp-ft "
-                        "(linear probe, then finetune from that head) | scratch (random init, = --weights none) | "
-                        "distill (finetune, learning from --teacher's logits too) | auto (chosen from the data "
-                        "and --budget; the choice and its reason go to the console and results.json)")
-    budget: float | None = opt(None, "auto: seconds the training may take (None: no limit)")
+    weights: str | None = opt(None, "imagenet | none | PATH to a state dict (None: imagenet; scratch: none)")
+    strategy: str = opt("linear", "see `transferkit train --help` (strategies)", choices=STRATEGIES.names)
+    budget: float | None = opt(None, "auto: seconds the training may take (None: no limit)", low=0, low_open=True)
     teacher: str | None = opt(None, "distill: the trained run (folder) whose predictions the model learns from")
-    # distill's defaults: the only setting of five measured (README) that was at least as accurate
-    # as labels alone on both shared datasets; T = 1 is Beyer et al.'s function matching.
-    temperature: float = opt(1.0, "distill: softmax temperature of the teacher's and the student's logits")
-    alpha: float = opt(0.5, "distill: weight of the teacher term; 1 - alpha weighs the labels' cross-entropy")
+    temperature: float | None = opt(None, "distill: softmax temperature of the teacher's and the student's logits",
+                                    low=0, low_open=True)
+    alpha: float | None = opt(None, "distill: weight of the teacher term; 1 - alpha weighs the labels' "
+                                    "cross-entropy", low=0, high=1)
     stem: str = opt("auto", "auto (small for <= 64 px images without pretrained weights, where the backbone "
-                    "has one) | standard | small "
-                    "(CIFAR-style: stride-1 3x3 stem conv, no max-pool)")
-    image_size: int | None = opt(None, "network input size (None: the backbone's; CIFAR-10 from scratch: 32)")
-    unfreeze: int = opt(2, "partial: how many of the backbone's last stages train")
-    lr_decay: float = opt(0.5, "gradual: LR multiplier per stage, from the top stage down")
-    epochs: int | None = opt(None, "training epochs")
-    batch_size: int | None = opt(None, "images (or cached feature rows) per step")
-    lr: float | None = opt(None, "peak learning rate of the head")
-    backbone_lr_mult: float = opt(0.1, "finetune: backbone LR = lr * this")
-    weight_decay: float | None = opt(None, "decoupled weight decay (AdamW) or L2 (SGD/Adam)")
-    optimizer: str | None = opt(None, "lbfgs (linear: logistic regression, the default there) | adamw "
-                                "(the default elsewhere) | adam | sgd")
-    schedule: str | None = opt(None, "cosine (the default) | onecycle (scratch's default) | constant")
-    warmup_epochs: float = opt(0.0, "linear warm-up before the schedule (cosine only)")
-    label_smoothing: float = opt(0.0, "cross-entropy label smoothing")
-    class_weights: str = opt("none", "none | auto (inverse class frequency in the loss)")
+                    "has one) | standard | small (CIFAR-style: stride-1 3x3 stem conv, no max-pool)", choices=STEMS)
+    image_size: int | None = opt(None, "network input size (None: the backbone's; CIFAR-10 from scratch: 32)", low=16)
+    unfreeze: int | None = opt(None, "partial: how many of the backbone's last stages train", low=0, low_open=True)
+    lr_decay: float | None = opt(None, "gradual: LR multiplier per stage, from the top stage down",
+                                 low=0, high=1, low_open=True)
+    epochs: int | None = opt(None, "training epochs", low=0, low_open=True, epochs=True)
+    batch_size: int | None = opt(None, "images (or cached feature rows) per step", low=0, low_open=True, epochs=True)
+    lr: float | None = opt(None, "peak learning rate of the head", low=0, low_open=True, epochs=True)
+    backbone_lr_mult: float | None = opt(None, "the backbone's LR = lr * this", low=0, low_open=True)
+    weight_decay: float | None = opt(None, "decoupled weight decay (AdamW), L2 (SGD/Adam) or the logistic "
+                                     "regression's L2 on standardized features (lbfgs)", low=0)
+    optimizer: str | None = opt(None, "lbfgs (linear only: a logistic regression, its default) | adamw "
+                                "(the default elsewhere) | adam | sgd", choices=OPTIMIZERS)
+    schedule: str | None = opt(None, "cosine | onecycle | constant", choices=SCHEDULES, epochs=True)
+    warmup_epochs: float | None = opt(None, "linear warm-up before the schedule (cosine only)", low=0, epochs=True)
+    label_smoothing: float | None = opt(None, "cross-entropy label smoothing", low=0, high=1, high_open=True,
+                                        epochs=True)
+    class_weights: str = opt("none", "none | auto (inverse class frequency in the loss)", choices=CLASS_WEIGHTS)
     balanced_sampler: bool = opt(False, "draw training images so that every class is equally frequent")
-    dropout: float = opt(0.0, "dropout before the new head")
-    patience: int | None = opt(None, "stop after this many epochs without a better val accuracy (0: off)")
+    dropout: float | None = opt(None, "dropout before the new head", low=0, high=1, high_open=True, epochs=True)
+    patience: int | None = opt(None, "stop after this many epochs without a better val accuracy (0: off)", low=0,
+                               epochs=True)
     seed: int = opt(0, "seeds the split, the augmentation and the initialization")
-    val_fraction: float = opt(0.2, "used when DATA has no val/ folder: stratified split")
-    aug_views: int | None = opt(None, "linear: augmented crops per training image, cached (None: default)")
+    val_fraction: float = opt(0.2, "used when DATA has no val/ folder: stratified split", low=0, high=1,
+                              low_open=True, high_open=True)
+    aug_views: int | None = opt(None, "augmented crops per training image whose features are cached too", low=0)
     cache_dir: str | None = opt(None, "feature/decode cache (default: $TRANSFERKIT_CACHE or ~/.cache/transferkit)")
     no_cache: bool = opt(False, "compute features in a temporary cache, leave the user's cache alone")
-    no_report: bool = opt(False, "skip the plots and report.html (about 1.5 s; `transferkit report RUN` makes them later)")
-    precision: str = opt("auto", "auto (bf16 where the CPU has it, AMP on CUDA) | bf16 | fp32")
-    device: str = opt("auto", "auto | cpu | cuda")
-    workers: int | None = opt(None, "DataLoader worker processes (None: chosen for the machine)")
+    no_report: bool = opt(False, "skip the plots and report.html (about 0.45 s of a warm run; "
+                          "`transferkit report RUN` makes them later)")
+    precision: str = opt("auto", "auto (bf16 where the CPU has it, AMP on CUDA) | bf16 | fp32", choices=PRECISIONS)
+    device: str = opt("auto", "auto | cpu | cuda", choices=DEVICES)
+    workers: int | None = opt(None, "DataLoader worker processes (None: chosen for the machine)", low=0)
     out: str | None = opt(None, "run folder (default: a fresh folder under runs_dir)")
     runs_dir: str = opt("runs", "where fresh run folders are made")
     name: str | None = opt(None, "run folder name under runs_dir")
@@ -113,67 +101,57 @@ class TrainConfig:
 
     # -- resolution and validation -------------------------------------------------------------
     def resolved(self) -> "TrainConfig":
-        """A copy with strategy defaults filled in, validated; raises `UserError` on a bad value."""
-        self.validate()
+        """A copy with the strategy's defaults filled in, validated; raises `UserError` on a bad value."""
+        strategy = self.validate()
         cfg = dataclasses.replace(self)
-        if cfg.strategy == "scratch":
-            if cfg.weights not in ("imagenet", "none"):
-                raise UserError("--strategy scratch trains from random weights: drop --weights")
-            cfg.weights = "none"
-        if cfg.strategy == "auto":  # the rest stays unset until the strategy is chosen
-            cfg.aug_views = DEFAULT_AUG_VIEWS if cfg.aug_views is None else cfg.aug_views
-            return cfg
-        for key, value in strategy_defaults(cfg.strategy, cfg.optimizer).items():
-            if getattr(cfg, key) is None:
+        if strategy.weights is not None:
+            if cfg.weights not in (None, strategy.weights):
+                raise UserError(f"--strategy {strategy.name} trains from random weights (--weights "
+                                f"{strategy.weights}): drop --weights")
+            cfg.weights = strategy.weights
+        elif cfg.weights is None:
+            cfg.weights = "imagenet"
+        optimizer = cfg.optimizer or strategy.defaults.get("optimizer")
+        for key, value in strategy.defaults_for(cfg.optimizer).items():
+            if getattr(cfg, key) is None and applies(key, strategy, optimizer):
                 setattr(cfg, key, value)
-        if cfg.aug_views is None:
-            cfg.aug_views = DEFAULT_AUG_VIEWS
-        cfg.validate()
         return cfg
 
-    def validate(self) -> None:
+    def validate(self) -> Strategy:
+        """Check every value and that each option given applies to the strategy; returns the
+        strategy's registry entry."""
         if not self.data:
             raise UserError("no dataset folder given")
-        _choice("strategy", self.strategy, STRATEGIES)
-        _choice("class_weights", self.class_weights, CLASS_WEIGHTS)
-        _positive("unfreeze", self.unfreeze)
-        if not 0.0 < self.lr_decay <= 1.0:
-            raise UserError(f"--lr-decay must be in (0, 1] (got {self.lr_decay})")
-        if self.optimizer is not None:
-            _choice("optimizer", self.optimizer, OPTIMIZERS)
-            if self.optimizer == "lbfgs" and self.strategy not in ("linear", "auto"):
+        check_values(self)
+        strategy = STRATEGIES.get(self.strategy)
+        optimizer = self.optimizer or strategy.defaults.get("optimizer")
+        if self.optimizer is not None and self.optimizer not in strategy.optimizers:
+            if self.optimizer == "lbfgs":
                 raise UserError(f"--optimizer lbfgs fits only the linear head on cached features, "
-                                f"not --strategy {self.strategy}")
-        if self.schedule is not None:
-            _choice("schedule", self.schedule, SCHEDULES)
-        _choice("stem", self.stem, STEMS)
-        if self.strategy == "distill" and not self.teacher:
-            raise UserError("--strategy distill needs --teacher RUN (a trained run folder)")
-        if self.budget is not None and self.budget <= 0:
-            raise UserError(f"--budget must be > 0 seconds (got {self.budget})")
-        if self.temperature <= 0 or not 0.0 <= self.alpha <= 1.0:
-            raise UserError(f"need --temperature > 0 and 0 <= --alpha <= 1 (got {self.temperature}, {self.alpha})")
-        if self.image_size is not None and self.image_size < 16:
-            raise UserError(f"--image-size must be >= 16 (got {self.image_size})")
-        _choice("precision", self.precision, PRECISIONS)
-        _choice("device", self.device, DEVICES)
-        _positive("epochs", self.epochs)
-        _positive("batch_size", self.batch_size)
-        _positive("lr", self.lr)
-        if not 0.0 < self.val_fraction < 1.0:
-            raise UserError(f"--val-fraction must be between 0 and 1 (got {self.val_fraction})")
-        for name in ("weight_decay", "label_smoothing", "dropout", "warmup_epochs"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 0 (got {value})")
-        if self.label_smoothing >= 1 or self.dropout >= 1:
-            raise UserError("--label-smoothing and --dropout must be below 1")
-        for name in ("patience", "aug_views", "workers"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 0 (got {value})")
-        if self.backbone_lr_mult <= 0:
-            raise UserError(f"--backbone-lr-mult must be > 0 (got {self.backbone_lr_mult})")
+                                f"not --strategy {strategy.name}")
+            raise UserError(f"--strategy {strategy.name} takes --optimizer {' | '.join(strategy.optimizers)}")
+        for f in fields(self):
+            if getattr(self, f.name) is not None and not applies(f.name, strategy, optimizer):
+                raise UserError(_not_applicable(f.name, strategy))
+        for name in strategy.required:
+            if getattr(self, name) is None:
+                raise UserError(f"--strategy {strategy.name} needs {flag(name)}: {_help(name)}")
+        return strategy
+
+    def for_strategy(self, name: str) -> "TrainConfig":
+        """These options resolved for strategy `name`, less those that do not apply to it (auto:
+        its options, once it has chosen)."""
+        return self._pruned(STRATEGIES.get(name)).resolved()
+
+    def _pruned(self, strategy: Strategy) -> "TrainConfig":
+        cfg = dataclasses.replace(self, strategy=strategy.name)
+        if cfg.optimizer is not None and cfg.optimizer not in strategy.optimizers:
+            cfg.optimizer = None
+        optimizer = cfg.optimizer or strategy.defaults.get("optimizer")
+        for f in fields(cfg):
+            if not applies(f.name, strategy, optimizer):
+                setattr(cfg, f.name, None)
+        return cfg
 
     # -- YAML ------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -181,68 +159,211 @@ class TrainConfig:
 
     def to_yaml(self, path: Path) -> None:
         """Write every option to `path` atomically (--resume reads it back)."""
-        from .bundle import atomic_write
+        from .files import atomic_write
 
         atomic_write(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False).encode())
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> "TrainConfig":
         """Build from a dict (a YAML file or keyword arguments); unknown keys are rejected."""
-        check_keys(values, cls)
-        check_types(values, cls)
-        return cls(**values)
+        return cls(**coerce(values, cls))
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "TrainConfig":
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"config file not found: {p}")
-        try:
-            values = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise UserError(f"config file {p} is not valid YAML: {exc}") from None
-        if not isinstance(values, dict):
-            raise UserError(f"config file {p} must hold a mapping of option: value")
-        return cls.from_mapping(values)
+        return cls.from_mapping(read_yaml(path))
+
+    @classmethod
+    def from_saved(cls, path: str | Path) -> "TrainConfig":
+        """A run's own config.yaml: written by this or an earlier version, which stored a value for
+        every option, those the strategy does not take included; these are dropped."""
+        values = read_yaml(path)
+        cfg = cls.from_mapping({k: v for k, v in values.items() if k in {f.name for f in fields(cls)}})
+        return cfg._pruned(STRATEGIES.get(cfg.strategy))
 
 
-# Measured on the shared datasets (README, "Augmented views"): K=2 views left hymenoptera at
-# 94.8% and raised flower_photos_small from 84.0% to 85.5%, but cost one more forward pass per
-# training image and view (+2.5 s cold there). The default keeps the first run fast.
-DEFAULT_AUG_VIEWS = 0
+def applies(name: str, strategy: Strategy, optimizer: str | None) -> bool:
+    """Whether option `name` means something for `strategy` trained with `optimizer`."""
+    if name in strategy_options() and name not in strategy.options:
+        return False
+    meta = {f.name: f.metadata for f in fields(TrainConfig)}[name]
+    return not (meta.get("epochs") and optimizer == "lbfgs")
 
 
-def check_keys(values: dict[str, Any], cls: type) -> None:
-    """Reject unknown option names, suggesting the closest known one."""
-    known = [f.name for f in fields(cls)]
-    for key in values:
+def strategy_options() -> dict[str, list[str]]:
+    """Each strategy-specific option and the strategies that take it."""
+    owners: dict[str, list[str]] = {}
+    for s in STRATEGIES:
+        for name in s.options:
+            owners.setdefault(name, []).append(s.name)
+    return owners
+
+
+def _not_applicable(name: str, strategy: Strategy) -> str:
+    owners = strategy_options().get(name)
+    if owners:
+        return f"{flag(name)} applies only to --strategy {' | '.join(owners)}, not {strategy.name}"
+    return (f"{flag(name)} does not apply to the logistic-regression head (--optimizer lbfgs, the default of "
+            f"--strategy linear), which is fitted to convergence; add --optimizer adamw to train the head for epochs")
+
+
+def _help(name: str) -> str:
+    return {f.name: f.metadata.get("help", "") for f in fields(TrainConfig)}[name]
+
+
+def default_text(cls: type, f: dataclasses.Field) -> str:
+    """The default shown by --help: the field's, or for a strategy default each strategy's value."""
+    if f.default is not None or cls is not TrainConfig:
+        return str(f.default)
+    values: dict[str, list[str]] = {}
+    for s in STRATEGIES:
+        if f.name in s.defaults:
+            values.setdefault(str(s.defaults[f.name]), []).append(s.name)
+    if not values:
+        return "none"
+    return "; ".join(f"{v} ({', '.join(names)})" for v, names in values.items())
+
+
+# -- the options of the other commands ---------------------------------------------------------
+
+
+@dataclass
+class ExportOptions:
+    """Options of `transferkit export`."""
+
+    formats: str = opt("all", "formats, comma-separated, or all", choices=None)
+    calib: int = opt(100, "INT8 calibration images drawn from the training split", low=1)
+    max_drop: float = opt(1.0, "largest accuracy drop allowed, in points; an artifact past it is renamed "
+                          "*.FAILED.* and the command exits with status 1", low=0)
+    out: str | None = opt(None, "output folder (default: RUN/export)")
+    runs: int = opt(50, "batch-1 latency samples per artifact", low=1)
+
+    def __post_init__(self) -> None:
+        check_values(self)
+        from .exporting.registry import parse_formats
+
+        parse_formats(self.formats)
+
+
+@dataclass
+class PredictOptions:
+    """Options of `transferkit predict` and `transferkit.load(...).predict`."""
+
+    top_k: int = opt(3, "labels per image", low=1)
+    device: str = opt("auto", "auto | cpu | cuda", choices=DEVICES)
+    precision: str = opt("auto", "auto | bf16 | fp32", choices=PRECISIONS)
+
+    def __post_init__(self) -> None:
+        check_values(self)
+
+
+@dataclass
+class LRFindOptions:
+    """Options of `transferkit lr-find` besides the training options."""
+
+    steps: int | None = opt(None, "steps of the sweep (None: 100 on cached features, 50 otherwise)", low=2)
+    start_lr: float = opt(1e-7, "first learning rate", low=0, low_open=True)
+    end_lr: float = opt(1.0, "last learning rate", low=0, low_open=True)
+
+    def __post_init__(self) -> None:
+        check_values(self)
+        if not self.end_lr > self.start_lr:
+            raise UserError(f"need --start-lr < --end-lr (got {self.start_lr}, {self.end_lr})")
+
+
+@dataclass
+class SummaryOptions:
+    """Options of `transferkit summary`."""
+
+    num_classes: int = opt(1000, "classes of the new head", low=1)
+    input_size: int | None = opt(None, "input side in pixels (None: the backbone's)", low=16)
+    strategy: str = opt("finetune", "what is marked trainable: as this strategy trains it",
+                        choices=lambda: [s.name for s in STRATEGIES if s.trains != "chosen"])
+    unfreeze: int = opt(2, "partial: stages that train", low=1)
+    depth: int = opt(3, "nesting depth of the table", low=1)
+
+    def __post_init__(self) -> None:
+        check_values(self)
+
+
+# -- checks shared by every options class ------------------------------------------------------
+
+
+def check_values(obj: Any) -> None:
+    """Each field's value: finite, in its range, one of its choices (None passes: unset)."""
+    for f in fields(obj):
+        value, meta = getattr(obj, f.name), f.metadata
+        if value is None or isinstance(value, bool):
+            continue
+        choices = meta.get("choices")
+        if choices is not None:
+            known = list(choices() if callable(choices) else choices)
+            if value not in known:
+                raise UserError(f"{flag(f.name)} must be one of {', '.join(known)} (got '{value}')")
+        if isinstance(value, (int, float)):
+            _check_number(f.name, value, meta)
+
+
+def _check_number(name: str, value: float, meta: dict) -> None:
+    if not math.isfinite(value):
+        raise UserError(f"{flag(name)} must be a finite number (got {value})")
+    low, high = meta.get("low"), meta.get("high")
+    too_low = low is not None and (value <= low if meta.get("low_open") else value < low)
+    too_high = high is not None and (value >= high if meta.get("high_open") else value > high)
+    if not (too_low or too_high):
+        return
+    if high is None:
+        raise UserError(f"{flag(name)} must be {'>' if meta.get('low_open') else '>='} {low:g} (got {value})")
+    if low is None:
+        raise UserError(f"{flag(name)} must be {'<' if meta.get('high_open') else '<='} {high:g} (got {value})")
+    left, right = "(" if meta.get("low_open") else "[", ")" if meta.get("high_open") else "]"
+    raise UserError(f"{flag(name)} must be in {left}{low:g}, {high:g}{right} (got {value})")
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"config file not found: {p}")
+    try:
+        values = yaml.safe_load(p.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UserError(f"config file {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise UserError(f"config file {p} must hold a mapping of option: value")
+    return values
+
+
+def field_type(f: dataclasses.Field) -> str:
+    """int / float / str / bool of a field (Optional unwrapped)."""
+    return str(f.type).replace(" | None", "").strip()
+
+
+def coerce(values: dict[str, Any], cls: type) -> dict[str, Any]:
+    """`values` checked against `cls`'s fields: unknown names are refused with the closest known
+    one, and values of the wrong type with a one-line error. A float written as YAML reads it
+    without a dot (`lr: 1e-3` is a string to YAML 1.1) is accepted as a float."""
+    known = {f.name: field_type(f) for f in fields(cls)}
+    out = {}
+    for key, value in values.items():
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
+            close = difflib.get_close_matches(key, list(known), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise UserError(f"unknown option '{key}'{hint}")
+        out[key] = _typed(key, value, known[key])
+    return out
 
 
 _PY_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
 
 
-def check_types(values: dict[str, Any], cls: type) -> None:
-    """Reject a value of the wrong type (e.g. `epochs: ten` in a YAML file) with a one-line error."""
-    declared = {f.name: str(f.type).replace(" | None", "").strip() for f in fields(cls)}
-    for key, value in values.items():
-        allowed = _PY_TYPES.get(declared[key])
-        if value is None or allowed is None:
-            continue
-        if not isinstance(value, allowed) or (declared[key] != "bool" and isinstance(value, bool)):
-            raise UserError(f"option '{key}' must be of type {declared[key]} (got {value!r})")
-
-
-def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(choices)} (got '{value}')")
-
-
-def _positive(name: str, value: float | None) -> None:
-    if value is None:
-        return
-    if value <= 0:
-        raise UserError(f"--{name.replace('_', '-')} must be > 0 (got {value})")
+def _typed(key: str, value: Any, declared: str) -> Any:
+    allowed = _PY_TYPES.get(declared)
+    if value is None or allowed is None:
+        return value
+    if declared == "float" and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if not isinstance(value, allowed) or (declared != "bool" and isinstance(value, bool)):
+        raise UserError(f"option '{key}' must be of type {declared} (got {value!r})")
+    return value

@@ -1,0 +1,5 @@
+"""`python -m transferkit ...`: the command line."""
+
+from .cli import run
+
+run()

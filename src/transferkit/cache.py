@@ -1,0 +1,151 @@
+"""The cache folder: the one owner of its layout and of the keys that name its entries. No torch.
+
+    <root>/features/<model key>/<image key[:2]>/<image key>.v<view>   feature vectors, one per view
+    <root>/features/<model key>/<image key[:2]>/<image key>.err       why an image is unreadable
+    <root>/features/<model key>/backbone.safetensors                  the backbone's prepared weights
+    <root>/decoded/<resize>-<interpolation>-d<decoder>/...<key>.img   decoded uint8 images (fine-tuning)
+    <root>/teacher/<teacher key>/...<image key>.e<epoch>             distillation: teacher logits per view
+    <root>/datasets/cifar10-<key>/                                    CIFAR-10 batches as PNG class folders
+
+Every entry is a checksummed blob (`files.write_checked`): a truncated or corrupted entry is
+detected and recomputed, never trusted. Keys carry what the content depends on: a model key the
+backbone, weights checksum, preprocessing, precision, timm's version and the decoder's version;
+an image key the file's absolute path, size and modification time. A change to any of them
+(an edited image, a new decoder) gives a new key, so nothing stale is ever reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from . import files
+from .data.decode import DECODER_VERSION
+
+FORMAT_VERSION = 2  # of the entries' layout; part of every key
+_ARRAY, _ERROR = b"TKF1", b"TKE1"
+
+
+def default_dir() -> Path:
+    """$TRANSFERKIT_CACHE, else $XDG_CACHE_HOME/transferkit, else ~/.cache/transferkit."""
+    env = os.environ.get("TRANSFERKIT_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "transferkit"
+
+
+def image_key(path: str) -> str:
+    """Identity of an image file: absolute path, size and modification time."""
+    st = os.stat(path)
+    ident = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}"
+    return hashlib.blake2b(ident.encode(), digest_size=16).hexdigest()
+
+
+def model_key(backbone: str, weights_sha256: str | None, preprocess: dict, precision: str) -> str:
+    """Identity of what turns an image into features."""
+    from importlib.metadata import version
+
+    return _hash({"v": FORMAT_VERSION, "decoder": DECODER_VERSION, "timm": version("timm"), "backbone": backbone,
+                  "weights": weights_sha256, "pre": preprocess, "precision": precision})
+
+
+def _hash(ident: dict) -> str:
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
+
+
+class ArrayCache:
+    """Small arrays keyed by (image key, name), one checksummed file each, under `dir`.
+
+    A file that is short, has a wrong header or fails its checksum is counted in `recomputed`
+    and treated as missing."""
+
+    def __init__(self, directory: Path):
+        self.dir = Path(directory)
+        self.recomputed = 0
+
+    def _path(self, key: str, name: str) -> Path:
+        return self.dir / key[:2] / f"{key}.{name}"
+
+    def _read(self, key: str, name: str, magic: bytes) -> bytes | None:
+        try:
+            return files.read_checked(self._path(key, name), magic)
+        except files.CorruptBlob:
+            self.recomputed += 1
+            return None
+
+    def get(self, key: str, name: str) -> np.ndarray | None:
+        data = self._read(key, name, _ARRAY)
+        if data is None:
+            return None
+        try:
+            dtype_len, ndim = struct.unpack_from("<BB", data)
+            dtype = np.dtype(data[2:2 + dtype_len].decode())
+            pos = 2 + dtype_len
+            shape = struct.unpack_from(f"<{ndim}I", data, pos)
+            pos += 4 * ndim
+            return np.frombuffer(data, dtype=dtype, offset=pos).reshape(shape)
+        except (ValueError, TypeError, struct.error):
+            self.recomputed += 1
+            return None
+
+    def put(self, key: str, name: str, arr: np.ndarray) -> None:
+        arr = np.ascontiguousarray(arr)
+        dt = arr.dtype.str.encode()
+        header = struct.pack("<BB", len(dt), arr.ndim) + dt + struct.pack(f"<{arr.ndim}I", *arr.shape)
+        files.write_checked(self._path(key, name), _ARRAY, header + arr.tobytes())
+
+    def get_error(self, key: str) -> str | None:
+        data = self._read(key, "err", _ERROR)
+        return None if data is None else data.decode("utf-8", "replace")
+
+    def put_error(self, key: str, reason: str) -> None:
+        files.write_checked(self._path(key, "err"), _ERROR, reason.encode("utf-8"))
+
+
+class Cache:
+    """The cache folder and where each kind of entry lives in it (see the module docstring)."""
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root).expanduser() if root is not None else default_dir()
+
+    def features(self, model: str) -> ArrayCache:
+        """Feature vectors of one backbone configuration (`model_key`)."""
+        return ArrayCache(self.root / "features" / model)
+
+    def backbone_file(self, model: str) -> Path:
+        """The backbone's weights, prepared for `model` (mapped, checked), so a warm run need not
+        build the network to write its bundle."""
+        return self.root / "features" / model / "backbone.safetensors"
+
+    def decoded(self, resize_size: int, interpolation: str) -> ArrayCache:
+        """Decoded images, resized to the short side the crops need (shared by every backbone
+        that uses the same size and interpolation)."""
+        return ArrayCache(self.root / "decoded" / f"s{resize_size}-{interpolation}-d{DECODER_VERSION}-v{FORMAT_VERSION}")
+
+    def teacher(self, ident: dict) -> ArrayCache:
+        """A distillation teacher's logits for the student's views (see `training.teacher`)."""
+        return ArrayCache(self.root / "teacher" / _hash({"v": FORMAT_VERSION, "decoder": DECODER_VERSION, **ident}))
+
+    def datasets(self) -> Path:
+        """Datasets converted to image folders (CIFAR-10's python batches)."""
+        return self.root / "datasets"
+
+    def usage(self) -> tuple[int, int]:
+        """(files, bytes) under the cache folder."""
+        entries = [f for f in self.root.rglob("*") if f.is_file()] if self.root.exists() else []
+        return len(entries), sum(f.stat().st_size for f in entries)
+
+    def clear(self) -> int:
+        """Delete the cache folder; returns the bytes freed."""
+        import shutil
+
+        _, size = self.usage()
+        if self.root.exists():
+            shutil.rmtree(self.root)
+        return size

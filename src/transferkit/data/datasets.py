@@ -1,0 +1,161 @@
+"""Torch datasets and loaders over image files: streaming decode for feature extraction, the
+decode cache for training, and the shuffled or class-balanced training loader."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+
+from ..cache import ArrayCache, image_key
+from ..errors import ImageDecodeError
+from ..models.preprocess import Preprocess
+from .decode import center_crop, load_rgb, resize_short
+from .discover import Sample
+from .views import train_view, view_rng
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """PIL RGB -> uint8 tensor (3, H, W)."""
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def labels_of(samples: list[Sample]) -> torch.Tensor:
+    return torch.tensor([s.label for s in samples], dtype=torch.long)
+
+
+# -- streaming: every image decoded once, for one pass of a frozen backbone ------------------------
+
+
+class ImageViews(Dataset):
+    """Item i -> (i, uint8 tensor (1 + K_i, 3, S, S) or None, error reason or "").
+
+    View 0 is the eval view (resize + center crop); views 1..K_i are seeded random resized crops
+    with flips, the same for a given (seed, image) in every run and every worker."""
+
+    def __init__(self, paths: list[str], pre: Preprocess, aug_views: int | list[int] = 0, seed: int = 0,
+                 keys: list[str] | None = None):
+        self.paths, self.pre, self.seed = paths, pre, seed
+        self.aug_views = [aug_views] * len(paths) if isinstance(aug_views, int) else list(aug_views)
+        self.keys = keys if keys is not None else paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            img = load_rgb(self.paths[i], min_short_side=self.pre.resize_size)
+        except ImageDecodeError as exc:
+            return i, None, exc.reason
+        base = resize_short(img, self.pre.resize_size, self.pre.interpolation)
+        views = [center_crop(base, self.pre.input_size)]
+        for v in range(1, self.aug_views[i] + 1):
+            views.append(train_view(base, self.pre, view_rng(self.seed, self.keys[i], v)))
+        return i, torch.stack([to_tensor(v) for v in views]), ""
+
+
+def collate_views(items):
+    """-> (indices, all their views concatenated (sum V, 3, S, S) or None, views per index, errors)."""
+    ok = [(i, t) for i, t, _ in items if t is not None]
+    errors = [(i, reason) for i, t, reason in items if t is None]
+    batch = torch.cat([t for _, t in ok]) if ok else None
+    return [i for i, _ in ok], batch, [len(t) for _, t in ok], errors
+
+
+# Decoded batches a worker may hold ahead of the network (about 5 MB each at 224 px): enough to
+# decode through the 2-3 s it takes to build the network, bounded whatever the dataset's size.
+PREFETCH_BATCHES = 16
+
+
+def decode_batches(paths: list[str], pre: Preprocess, aug_views: int | list[int] = 0, seed: int = 0,
+                   keys: list[str] | None = None, batch_size: int = 32, workers: int = 0) -> Iterator[tuple]:
+    """A started iterator of `collate_views` batches of at most `batch_size` views. With
+    workers, decoding begins now, in worker processes, up to PREFETCH_BATCHES batches ahead."""
+    dataset = ImageViews(paths, pre, aug_views, seed, keys)
+    per_batch = max(1, batch_size // (1 + max(dataset.aug_views, default=0)))
+    loader = DataLoader(dataset, batch_size=per_batch, num_workers=workers, collate_fn=collate_views,
+                        prefetch_factor=max(2, PREFETCH_BATCHES // workers) if workers else None)
+    return iter(loader)
+
+
+# -- training on images: decoded once into the cache, a seeded view per epoch -----------------------
+
+
+class DecodedImages(Dataset):
+    """Images decoded once, resized to the short side the crops need, kept as uint8 in the decode
+    cache; item -> (uint8 (3, S, S) view, label). Training views are seeded per (image, epoch)."""
+
+    def __init__(self, paths: list[str], labels: list[int], pre: Preprocess, cache: ArrayCache,
+                 train: bool, seed: int = 0):
+        self.paths, self.labels, self.pre, self.cache = paths, labels, pre, cache
+        self.keys = [image_key(p) for p in paths]
+        self.train, self.seed, self.epoch = train, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def image(self, i: int) -> Image.Image:
+        arr = self.cache.get(self.keys[i], "img")
+        if arr is None:
+            arr = decode_into(self.cache, self.paths[i], self.keys[i], self.pre)
+        return Image.fromarray(arr)
+
+    def view(self, i: int, epoch: int) -> torch.Tensor:
+        """Image i as seen in `epoch`: a random view seeded by (seed, image, epoch) for training,
+        the center crop otherwise."""
+        img = self.image(i)
+        if self.train:
+            view = train_view(img, self.pre, view_rng(self.seed, self.keys[i], epoch))
+        else:
+            view = center_crop(img, self.pre.input_size)
+        return to_tensor(view)
+
+    def __getitem__(self, i: int):
+        return self.view(i, self.epoch), self.labels[i]
+
+
+def decode_into(cache: ArrayCache, path: str, key: str, pre: Preprocess) -> np.ndarray:
+    img = load_rgb(path, min_short_side=pre.resize_size)
+    arr = np.asarray(resize_short(img, pre.resize_size, pre.interpolation), dtype=np.uint8)
+    cache.put(key, "img", arr)
+    return arr
+
+
+def decode_all(samples: list[Sample], cache: ArrayCache, pre: Preprocess, progress: Callable) -> dict[str, str]:
+    """Fill the decode cache once (so epochs never decode JPEGs again); returns the unreadable
+    files (path -> reason)."""
+    errors: dict[str, str] = {}
+    bar = progress(len(samples), "decode")
+    for s in samples:
+        key = image_key(s.path)
+        reason = cache.get_error(key)
+        if reason is None and cache.get(key, "img") is None:
+            try:
+                decode_into(cache, s.path, key, pre)
+            except ImageDecodeError as exc:
+                reason = exc.reason
+                cache.put_error(key, reason)
+        if reason is not None:
+            errors[s.path] = reason
+        bar.update(1)
+    bar.close()
+    return errors
+
+
+def train_loader(dataset, labels: torch.Tensor, batch_size: int, seed: int, balanced: bool = False,
+                 workers: int = 0, drop_last: bool = False) -> DataLoader:
+    """Shuffled batches from a generator seeded by `seed`, or with `balanced` every class equally
+    likely per draw."""
+    gen = torch.Generator().manual_seed(seed)
+    if balanced:
+        counts = torch.bincount(labels).float()
+        sampler = WeightedRandomSampler((1.0 / counts)[labels].double(), len(labels), replacement=True, generator=gen)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=gen, num_workers=workers,
+                      drop_last=drop_last)

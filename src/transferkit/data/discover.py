@@ -1,0 +1,182 @@
+"""Dataset discovery: class folders, train/val matching, the stratified split. No torch here."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from . import cifar
+from ..errors import UserError
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: str
+    label: int
+
+
+@dataclass
+class DatasetSplit:
+    """Files of one dataset, split into train and val, with class names."""
+
+    classes: list[str]
+    train: list[Sample]
+    val: list[Sample]
+    val_source: str  # "folder" (DATA/val) or "split" (stratified split of the train files)
+    skipped: list[dict] = field(default_factory=list)  # {path, reason}
+    image_size: int | None = None  # the images' native size where the format fixes it (CIFAR: 32)
+
+    def without(self, bad: dict[str, str]) -> "DatasetSplit":
+        """This split less the unreadable files (path -> reason), which are listed as skipped;
+        raises `UserError` when a class is left without training images or val is empty."""
+        if not bad:
+            return self
+        known = {d["path"] for d in self.skipped}
+        out = replace(self, train=[s for s in self.train if s.path not in bad],
+                      val=[s for s in self.val if s.path not in bad],
+                      skipped=self.skipped + [{"path": p, "reason": r} for p, r in sorted(bad.items()) if p not in known])
+        out.check_not_empty()
+        return out
+
+    def check_not_empty(self) -> None:
+        """After unreadable files are dropped, every class still needs a training image."""
+        counts = np.bincount([s.label for s in self.train], minlength=len(self.classes))
+        empty = [c for c, n in zip(self.classes, counts) if n == 0]
+        if empty:
+            raise UserError(f"no readable training images in class(es): {', '.join(empty)}")
+        if not self.val:
+            raise UserError("no readable validation images")
+
+
+def is_hidden(name: str) -> bool:
+    return name.startswith(".") or name.startswith("__MACOSX") or name == "Thumbs.db"
+
+
+def list_files(folder: Path) -> list[str]:
+    """Every non-hidden file under `folder`, recursively, sorted; hidden folders are not entered."""
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
+        out += [os.path.join(dirpath, f) for f in sorted(filenames) if not is_hidden(f)]
+    return out
+
+
+def class_folders(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise UserError(f"folder not found: {folder}")
+    return {p.name: p for p in sorted(folder.iterdir()) if p.is_dir() and not is_hidden(p.name)}
+
+
+def find_layout(root: Path) -> tuple[Path, Path | None]:
+    """(train folder, val folder or None). DATA/train[/val] or DATA/<class>/ directly."""
+    if not root.exists():
+        raise UserError(f"dataset folder not found: {root}")
+    if not root.is_dir():
+        raise UserError(f"dataset path is not a folder: {root}")
+    train = root / "train"
+    if train.is_dir():
+        val = root / "val"
+        if not val.is_dir() and (root / "valid").is_dir():
+            val = root / "valid"
+        return train, (val if val.is_dir() else None)
+    return root, None
+
+
+def scan_classes(folder: Path, what: str) -> dict[str, list[str]]:
+    """Class name -> files. Errors: fewer than 2 classes, an empty class."""
+    classes = class_folders(folder)
+    if len(classes) < 2:
+        found = f" (found: {', '.join(classes)})" if classes else ""
+        raise UserError(
+            f"{what} folder {folder} needs at least 2 class folders{found}; "
+            "expected layout: DATA/train/<class>/<image files>"
+        )
+    files = {name: list_files(path) for name, path in classes.items()}
+    empty = [name for name, f in files.items() if not f]
+    if empty:
+        raise UserError(f"empty class folder(s) in {folder}: {', '.join(empty)}")
+    return files
+
+
+def stratified_split(labels: list[int], val_fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of validation items: `val_fraction` of each class (at least one where a class
+    has 2+ items, never all of it), chosen by a seeded shuffle: same seed, same split."""
+    labels_arr = np.asarray(labels)
+    is_val = np.zeros(len(labels_arr), dtype=bool)
+    rng = np.random.default_rng(seed)
+    for c in np.unique(labels_arr):
+        idx = np.flatnonzero(labels_arr == c)
+        n_val = int(round(len(idx) * val_fraction))
+        n_val = min(max(n_val, 1 if len(idx) >= 2 else 0), len(idx) - 1)
+        is_val[rng.permutation(idx)[:n_val]] = True
+    return is_val
+
+
+def image_root(data: str | Path, datasets_dir: Path | None = None) -> tuple[Path, int | None]:
+    """The image folder for `data`, and the images' native size when the format fixes it: a
+    CIFAR-10 python-format folder is written once as PNG class folders into `datasets_dir`
+    (default: the cache's)."""
+    root = Path(data).expanduser()
+    folder = cifar.find(root) if root.is_dir() else None
+    if folder is None:
+        return root, None
+    if datasets_dir is None:
+        from ..cache import Cache
+
+        datasets_dir = Cache().datasets()
+    return cifar.materialize(folder, datasets_dir), cifar.SIDE
+
+
+def discover(data: str | Path, val_fraction: float = 0.2, seed: int = 0,
+             datasets_dir: Path | None = None) -> DatasetSplit:
+    """Find classes and files of a dataset folder (image class folders, or CIFAR-10's python
+    batches); raise `UserError` for a layout we cannot use."""
+    root, image_size = image_root(data, datasets_dir)
+    return replace(_discover(root, val_fraction, seed), image_size=image_size)
+
+
+def _discover(root: Path, val_fraction: float, seed: int) -> DatasetSplit:
+    train_dir, val_dir = find_layout(root)
+    train_files = scan_classes(train_dir, "train")
+    classes = sorted(train_files)
+    if val_dir is not None:
+        val_files = scan_classes(val_dir, "val")
+        only_train = sorted(set(train_files) - set(val_files))
+        only_val = sorted(set(val_files) - set(train_files))
+        if only_train or only_val:
+            parts = []
+            if only_train:
+                parts.append(f"only in train: {', '.join(only_train)}")
+            if only_val:
+                parts.append(f"only in val: {', '.join(only_val)}")
+            raise UserError(f"train and val class folders differ ({'; '.join(parts)})")
+        train = [Sample(p, i) for i, c in enumerate(classes) for p in train_files[c]]
+        val = [Sample(p, i) for i, c in enumerate(classes) for p in val_files[c]]
+        return DatasetSplit(classes, train, val, "folder")
+    every = [Sample(p, i) for i, c in enumerate(classes) for p in train_files[c]]
+    is_val = stratified_split([s.label for s in every], val_fraction, seed)
+    train = [s for s, v in zip(every, is_val) if not v]
+    val = [s for s, v in zip(every, is_val) if v]
+    if not val:
+        raise UserError("too few images to hold out a validation split; add a val/ folder")
+    return DatasetSplit(classes, train, val, "split")
+
+
+def eval_files(data: str | Path, classes: list[str], datasets_dir: Path | None = None) -> list[Sample]:
+    """Labelled files for `transferkit eval DATA`: DATA/val if present, else DATA's class folders
+    (CIFAR-10 batches: test_batch). Classes must be those the model was trained on."""
+    root, _ = image_root(data, datasets_dir)
+    train_dir, val_dir = find_layout(root)
+    folder = val_dir if val_dir is not None else train_dir
+    files = scan_classes(folder, "evaluation")
+    unknown = sorted(set(files) - set(classes))
+    if unknown:
+        raise UserError(
+            f"class folder(s) the model was not trained on: {', '.join(unknown)} "
+            f"(model classes: {', '.join(classes)})"
+        )
+    index = {c: i for i, c in enumerate(classes)}
+    return [Sample(p, index[c]) for c in sorted(files) for p in files[c]]

@@ -1,0 +1,115 @@
+"""Classification metrics (scikit-learn) and the training history (metrics.csv). No torch here."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+MOST_CONFUSED = 10  # pairs listed in the table and the report
+
+
+def summarize(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], probs: np.ndarray | None = None) -> dict:
+    """Everything scikit-learn says about these predictions: accuracy, balanced accuracy, top-5
+    accuracy (with `probs`, when there are at least 5 classes), per-class precision, recall
+    (= per-class accuracy), F1 and support, their macro and weighted averages, the confusion
+    matrix (rows: actual, columns: predicted) in counts and row-normalized, and the most-confused
+    (actual, predicted) pairs."""
+    from sklearn.metrics import (accuracy_score, balanced_accuracy_score, classification_report,
+                                 confusion_matrix, top_k_accuracy_score)
+
+    labels = list(range(len(classes)))
+    # keyed by class index: a class folder named "accuracy" or "macro avg" must not collide
+    report = classification_report(y_true, y_pred, labels=labels, output_dict=True,
+                                   zero_division=0) if len(y_true) else {}
+    empty = {"precision": 0.0, "recall": 0.0, "f1-score": 0.0, "support": 0}
+
+    def row(r: dict) -> dict:
+        return {"precision": float(r["precision"]), "recall": float(r["recall"]), "f1": float(r["f1-score"]),
+                "support": int(r["support"])}
+
+    per_class = {}
+    for k, c in enumerate(classes):
+        m = row(report.get(str(k), empty))
+        per_class[c] = {**m, "accuracy": m["recall"]}  # per-class accuracy is the class's recall
+    averages = {n: row(report[f"{n} avg"]) for n in ("macro", "weighted") if f"{n} avg" in report}
+    cm = confusion_matrix(y_true, y_pred, labels=labels)
+    rows = cm.sum(1, keepdims=True)
+    normalized = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
+    off = [(int(cm[i, j]), i, j) for i in labels for j in labels if i != j and cm[i, j] > 0]
+    off.sort(key=lambda t: (-t[0], t[1], t[2]))
+    top5 = None
+    if probs is not None and len(classes) >= 5 and len(y_true):
+        import warnings
+
+        with warnings.catch_warnings():  # with exactly 5 classes it is 1.0 by definition: sklearn warns
+            warnings.simplefilter("ignore")
+            top5 = float(top_k_accuracy_score(y_true, probs, k=5, labels=labels))
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)) if len(y_true) else 0.0,
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)) if len(y_true) else 0.0,
+        "top5_accuracy": top5,
+        "per_class": per_class,
+        "macro_avg": averages.get("macro"),
+        "weighted_avg": averages.get("weighted"),
+        "confusion_matrix": cm.tolist(),
+        "confusion_matrix_normalized": np.round(normalized, 4).tolist(),
+        "most_confused": [{"actual": classes[i], "predicted": classes[j], "count": n}
+                          for n, i, j in off[:MOST_CONFUSED]],
+    }
+
+
+def format_table(summary: dict) -> str:
+    """The per-class table, the averages, the overall accuracies and the most-confused pairs."""
+    width = max(12, *(len(c) for c in summary["per_class"]))
+    lines = [f"{'class':<{width}}  precision  recall     f1  support"]
+
+    def row(name: str, m: dict) -> str:
+        return f"{name:<{width}}  {m['precision']:9.3f}  {m['recall']:6.3f}  {m['f1']:5.3f}  {m['support']:7d}"
+
+    lines += [row(c, m) for c, m in summary["per_class"].items()]
+    for name in ("macro_avg", "weighted_avg"):
+        if summary.get(name):
+            lines.append(row(name.replace("_", " "), summary[name]))
+    overall = f"accuracy {summary['accuracy']:.3f}, balanced accuracy {summary['balanced_accuracy']:.3f}"
+    if summary.get("top5_accuracy") is not None:
+        overall += f", top-5 accuracy {summary['top5_accuracy']:.3f}"
+    lines.append(overall)
+    if summary.get("most_confused"):
+        pairs = "; ".join(f"{p['actual']} -> {p['predicted']} ({p['count']})" for p in summary["most_confused"][:5])
+        lines.append(f"most confused (actual -> predicted): {pairs}")
+    return "\n".join(lines)
+
+
+@dataclass
+class EpochStats:
+    """One row of the training history (an epoch, or a chunk of L-BFGS iterations)."""
+
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    lr: float
+    seconds: float  # the whole epoch, validation included
+    train_seconds: float  # the training pass alone
+
+
+def write_history_csv(path: Path, history, unit: str = "epoch") -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([unit, "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "train_seconds"])
+        for s in history:
+            w.writerow([s.epoch, f"{s.train_loss:.6f}", f"{s.train_acc:.6f}", f"{s.val_loss:.6f}",
+                        f"{s.val_acc:.6f}", f"{s.lr:.3e}", f"{s.seconds:.3f}", f"{s.train_seconds:.3f}"])
+
+
+def read_history_csv(path: Path) -> tuple[list, str]:
+    """What `write_history_csv` wrote: (EpochStats rows, unit)."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        unit = reader.fieldnames[0] if reader.fieldnames else "epoch"
+        return [EpochStats(int(r.pop(unit)), **{k: float(v) for k, v in r.items()}) for r in reader], unit

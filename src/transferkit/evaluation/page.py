@@ -1,0 +1,122 @@
+"""The self-contained report page (report.html): every image embedded, no network. No torch."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+from .plots import thumbnail
+
+REPORT_THUMBS = 60  # misclassified images shown in report.html
+
+
+def _data_uri(raw: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(raw).decode()}"
+
+
+def _img_tag(path: Path, alt: str) -> str:
+    if not path.is_file():
+        return ""
+    return (f'<figure><img src="{_data_uri(path.read_bytes(), "image/png")}" alt="{html.escape(alt)}">'
+            f"<figcaption>{html.escape(alt)}</figcaption></figure>")
+
+
+def _thumb_uri(path: str) -> str | None:
+    img = thumbnail(path, 160)
+    if img is None:
+        return None
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=85)
+    return _data_uri(buf.getvalue(), "image/jpeg")
+
+
+def _table(header: list[str], rows: list[list], cls: str = "") -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _settings(run_dir: Path) -> list[list]:
+    rows: list[list] = []
+    results = run_dir / "results.json"
+    if results.is_file():
+        r = json.loads(results.read_text())
+        for key in ("backbone", "strategy", "strategy_reason", "num_train", "num_val", "val_source",
+                    "device", "precision", "wall_s"):
+            if r.get(key) is not None:
+                rows.append([key, r[key]])
+    config = run_dir / "config.yaml"
+    if config.is_file():
+        import yaml
+
+        for key, value in (yaml.safe_load(config.read_text()) or {}).items():
+            if value is not None and key not in {k for k, _ in rows}:
+                rows.append([key, value])
+    return rows
+
+
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+h1{font-size:1.6em}h2{margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}
+td:first-child,th:first-child{text-align:left}thead{background:#f3f3f3}
+figure{margin:1em 0}figure img{max-width:100%}figcaption{color:#666;font-size:.9em}
+.thumbs{display:flex;flex-wrap:wrap;gap:.6em}.thumbs figure{margin:0;width:170px}
+.thumbs img{width:160px;height:160px;object-fit:contain;background:#eee}
+.wrong{color:#c62828}.note{color:#666}
+"""
+
+
+def report_html(run_dir: Path, summary: dict, wrong: list[dict], confusion_note: str) -> str:
+    """One self-contained page: settings, metrics, plots, misclassified images (all embedded)."""
+    e = html.escape
+    classes = summary["classes"]
+    def row(name: str, m: dict) -> list:
+        return [name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", m["support"]]
+
+    per_class = [row(c, m) for c, m in summary["per_class"].items()]
+    per_class += [row(n.replace("_", " "), summary[n]) for n in ("macro_avg", "weighted_avg") if summary.get(n)]
+    overall = [["accuracy", f"{summary['accuracy']:.4f}"], ["balanced accuracy", f"{summary['balanced_accuracy']:.4f}"]]
+    if summary.get("top5_accuracy") is not None:
+        overall.append(["top-5 accuracy", f"{summary['top5_accuracy']:.4f}"])
+    overall.append(["images", summary.get("num_images", sum(m["support"] for m in summary["per_class"].values()))])
+    confused = [[p["actual"], p["predicted"], p["count"]] for p in summary.get("most_confused", [])]
+    thumbs = []
+    for r in wrong[:REPORT_THUMBS]:
+        uri = _thumb_uri(r["path"])
+        img = f'<img src="{uri}" alt="{e(Path(r["path"]).name)}">' if uri else "<div>image not found</div>"
+        thumbs.append(f'<figure>{img}<figcaption title="{e(r["path"])}">{e(Path(r["path"]).name)}<br>'
+                      f'actual {e(r["actual"])}<br><span class="wrong">predicted {e(r["predicted"])} '
+                      f'({r["probability"]:.0%})</span></figcaption></figure>')
+    more = (f'<p class="note">{len(wrong) - REPORT_THUMBS} more in misclassified.csv</p>'
+            if len(wrong) > REPORT_THUMBS else "")
+    skipped = summary.get("skipped_files") or []
+    plots = "".join(_img_tag(run_dir / name, caption) for name, caption in [
+        ("curves.png", "training curves"),
+        ("confusion_matrix.png", f"confusion matrix, counts: {confusion_note}"),
+        ("confusion_matrix_normalized.png", "confusion matrix, row-normalized (recall on the diagonal)"),
+        ("predictions.png", "validation predictions: blue right, red wrong"),
+        ("top_losses.png", "top losses: the most confidently wrong predictions"),
+    ])
+    title = f"transferkit report: {run_dir.name}"
+    # an eval folder: what was evaluated on what, then the settings of the run it evaluated
+    evaluated = [[k, summary[k]] for k in ("run", "data") if summary.get(k)]
+    settings = evaluated + _settings(Path(summary["run"]) if summary.get("run") else run_dir)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>
+<body>
+<h1>{e(title)}</h1>
+<p class="note">{len(classes)} classes; validation images: {summary.get('num_images', '')}.</p>
+<h2>Summary</h2>{_table(["metric", "value"], overall, "overall")}
+<h2>Per class</h2>{_table(["class", "precision", "recall", "f1", "support"], per_class, "per-class")}
+<h2>Most confused</h2>{_table(["actual", "predicted", "images"], confused, "confused") if confused else "<p>none</p>"}
+<h2>Plots</h2>{plots}
+<h2>Misclassified images ({len(wrong)})</h2><div class="thumbs">{"".join(thumbs) or "<p>none</p>"}</div>{more}
+{"<h2>Skipped files</h2>" + _table(["path", "reason"], [[s["path"], s["reason"]] for s in skipped]) if skipped else ""}
+<h2>Settings</h2>{_table(["setting", "value"], settings, "settings")}
+</body></html>
+"""

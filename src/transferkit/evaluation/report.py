@@ -1,0 +1,89 @@
+"""What a run's evaluation leaves behind, and the one page that shows it all.
+
+`write_evaluation` turns validation logits into `metrics.json` and `predictions.csv` (one row per
+image: path, actual, predicted, probabilities). `render` makes everything else from those files
+(and the run's `metrics.csv`, `config.yaml`, `results.json` where present): `confusion_matrix.png`
+and its row-normalized twin, `curves.png`, `predictions.png`, `top_losses.png`,
+`misclassified.csv` and a self-contained `report.html` (images embedded, no network). So
+`transferkit report RUN` can rebuild the report without the model.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from . import metrics
+from .page import report_html
+from .plots import plot_confusion, plot_curves, plot_grid
+
+GRID = 16  # validation images in predictions.png
+TOP_LOSSES = 9  # images in top_losses.png
+
+
+def write_evaluation(out_dir: Path, paths: list[str], y_true: np.ndarray, logits, classes: list[str],
+                     extra: dict | None = None) -> dict:
+    """metrics.json (scikit-learn's numbers, plus `extra`) and predictions.csv; returns the summary."""
+    from scipy.special import softmax
+
+    probs = softmax(np.asarray(logits, dtype=np.float64), axis=1)
+    y_pred = probs.argmax(1)
+    summary = metrics.summarize(y_true, y_pred, classes, probs)
+    summary.update({"num_images": len(paths), "classes": classes, **(extra or {})})
+    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    with open(out_dir / "predictions.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "actual", "predicted", "probability", "actual_probability"])
+        for path, t, p, row in zip(paths, y_true, y_pred, probs):
+            w.writerow([path, classes[t], classes[p], f"{row[p]:.6f}", f"{row[t]:.6f}"])
+    return summary
+
+
+def read_predictions(run_dir: Path) -> list[dict]:
+    with open(run_dir / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r["probability"], r["actual_probability"] = float(r["probability"]), float(r["actual_probability"])
+    return rows
+
+
+def render(run_dir: str | Path) -> Path:
+    """All plots, misclassified.csv and report.html of a run (or eval) folder, from its
+    metrics.json and predictions.csv. Returns the report's path."""
+    run_dir = Path(run_dir).expanduser()
+    for name in ("metrics.json", "predictions.csv"):
+        if not (run_dir / name).is_file():
+            raise UserError(f"{run_dir} has no {name}: not a transferkit run or eval folder (a run made "
+                            "before reports existed lacks it: `transferkit eval RUN` writes a fresh one)")
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    classes = summary["classes"]
+    rows = read_predictions(run_dir)
+    wrong = sorted((r for r in rows if r["actual"] != r["predicted"]), key=lambda r: -r["probability"])
+    with open(run_dir / "misclassified.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "actual", "predicted", "probability"])
+        w.writerows([r["path"], r["actual"], r["predicted"], f"{r['probability']:.4f}"] for r in wrong)
+    confusion_note = plot_confusion(run_dir, summary, classes)
+    history = run_dir / "metrics.csv"
+    if history.is_file():
+        results = run_dir / "results.json"
+        best = json.loads(results.read_text()).get("best_epoch") if results.is_file() else None
+        epochs, unit = metrics.read_history_csv(history)
+        plot_curves(run_dir / "curves.png", epochs, best or 0, unit)
+    plot_grid(run_dir / "predictions.png", sample_rows(rows, GRID), "validation predictions", show_actual=False)
+    plot_grid(run_dir / "top_losses.png", wrong[:TOP_LOSSES], "most confidently wrong", show_actual=True)
+    page = run_dir / "report.html"
+    page.write_text(report_html(run_dir, summary, wrong, confusion_note), encoding="utf-8")
+    return page
+
+
+def sample_rows(rows: list[dict], k: int) -> list[dict]:
+    """k rows spread over the validation set (a fixed draw: the same images every time)."""
+    if len(rows) <= k:
+        return rows
+    idx = np.sort(np.random.default_rng(0).choice(len(rows), k, replace=False))
+    return [rows[i] for i in idx]

@@ -1,0 +1,106 @@
+"""Building a run's export formats and checking each one (see `verify`) before anyone trusts it."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..config import ExportOptions
+from ..console import Console
+from ..errors import UserError
+from ..files import claim_out, write_json
+from ..models import bundle
+from .registry import FORMATS, parse_formats
+from .verify import ExportResult, batched, decode_images, failing_name, format_table, mark_failed, measure, speed, \
+    accuracy
+
+
+def metadata(meta: bundle.BundleMeta) -> dict:
+    """What an exported model carries about itself: classes, preprocessing, input and output."""
+    from .. import __version__
+
+    pre = meta.preprocess.to_dict()
+    return {"transferkit": __version__, "backbone": meta.backbone, "classes": meta.classes,
+            "preprocess": {k: pre[k] for k in ("input_size", "resize_size", "interpolation", "mean", "std", "rule")},
+            "input": "float32 NCHW (batch, 3, input_size, input_size), RGB", "output": "logits (batch, classes)"}
+
+
+@dataclass
+class ExportJob:
+    """What a format's `build` gets: the fp32 model, an example input, the metadata, the files
+    built so far in this export (by format name) and the calibration images (decoded on first use)."""
+
+    model: torch.nn.Module
+    example: torch.Tensor
+    meta: dict
+    calibration: Callable[[], np.ndarray]
+    built: dict[str, Path] = field(default_factory=dict)
+
+
+def export(run: str | Path, options: ExportOptions | None = None, console: Console | None = None) -> ExportResult:
+    """Export RUN's model to `options.formats` under `options.out` (default RUN/export), check each
+    artifact on the run's validation images and write export.json. An artifact whose accuracy drop
+    exceeds `max_drop` points is kept, renamed *.FAILED.*, and listed in `result.failed`."""
+    options, console = options or ExportOptions(), console or Console()
+    names = parse_formats(options.formats)
+    model, bmeta, run_dir = bundle.load(run)
+    model = model.float().eval()
+    split_file = run_dir / "split.json"
+    if not split_file.is_file():
+        raise UserError(f"{split_file} is missing: export checks each artifact on the run's validation images")
+    split = json.loads(split_file.read_text())
+    meta = metadata(bmeta)
+    ours = ("export.json", *(f.file for f in FORMATS), *(failing_name(Path(f.file)).name for f in FORMATS))
+    out_dir = claim_out(options.out or run_dir / "export", ours, "an export folder")
+    val = [(p, int(label)) for p, label in split["val"] if Path(p).exists()]
+    if len(val) < len(split["val"]):
+        console.warn(f"{len(split['val']) - len(val)} validation image(s) of this run are gone; checking on the rest")
+    train_paths = [p for p, _ in split["train"] if Path(p).exists()]
+    calib_paths = [train_paths[i] for i in np.random.default_rng(0).permutation(len(train_paths))[:options.calib]]
+
+    def torch_fp32(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(x)).numpy()
+
+    with tempfile.TemporaryDirectory(prefix="transferkit-export-") as tmp:
+        x_val, ok = decode_images([p for p, _ in val], meta, Path(tmp), "validation", console.warn)
+        y_val = np.array([val[i][1] for i in ok])
+        reference = batched(torch_fp32, x_val)
+        ref_acc, ref_per_class = accuracy(reference, y_val, meta["classes"])
+        result = ExportResult(out_dir, {"format": "pytorch fp32 eager", "accuracy": ref_acc,
+                                        "per_class_accuracy": ref_per_class, "num_val": len(y_val),
+                                        **speed(torch_fp32, x_val, options.runs)})
+        console.info(f"PyTorch fp32: accuracy {ref_acc:.4f} on {len(y_val)} validation images, "
+                     f"batch-1 {result.reference['latency_ms_p50']:.1f} ms")
+        calibrated: list[int] = []
+
+        def calibration() -> np.ndarray:
+            x_cal, _ = decode_images(calib_paths, meta, Path(tmp), "calibration", console.warn)
+            calibrated.append(len(x_cal))
+            return x_cal
+
+        job = ExportJob(model, torch.from_numpy(np.ascontiguousarray(x_val[:2])), meta, calibration)
+        for name in names:
+            fmt = FORMATS.get(name)
+            path = out_dir / fmt.file
+            for stale in (path, failing_name(path)):
+                stale.unlink(missing_ok=True)
+            console.info(f"exporting {name} ...")
+            note = fmt.build(job, path)
+            check = measure(name, path, fmt.runner(path), x_val, y_val, reference, result.reference, meta["classes"],
+                            options.runs)
+            check.note = note or ""
+            if check.accuracy_drop_pt > options.max_drop:
+                mark_failed(check, path, options.max_drop)
+            job.built[name] = out_dir / check.file  # what a later format builds from (renamed if it failed)
+            result.checks.append(check)
+    write_json(out_dir / "export.json", {**result.to_dict(), "max_drop_pt": options.max_drop,
+                                         "calibration_images": calibrated[0] if calibrated else 0, "metadata": meta})
+    console.info(format_table(result))
+    return result

@@ -1,0 +1,100 @@
+"""Writing files safely: atomic writes, checksummed blobs, JSON, and output folders that never
+take over a folder of the user's. No torch here.
+
+Every file transferkit writes goes through `atomic_write` (a temporary file beside the target,
+then a rename), so a crash or a full disk never leaves a half-written file under the real name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+DIGEST_BYTES = 16  # blake2b digest appended to every checksummed blob
+
+
+def atomic_write(path: str | Path, data: bytes, fsync: bool = True) -> None:
+    """Write `data` to a temporary file beside `path`, then rename it over `path`.
+
+    `fsync=False` skips the flush to disk: for cache entries, which are checksummed and simply
+    recomputed if a crash loses them (one fsync per feature vector would dominate a cold run)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=DIGEST_BYTES).digest()
+
+
+def write_checked(path: str | Path, magic: bytes, body: bytes, fsync: bool = False) -> None:
+    """A checksummed blob: `magic` (4 bytes), `body`, then the digest of both, written atomically."""
+    payload = magic + body
+    atomic_write(path, payload + digest(payload), fsync=fsync)
+
+
+def read_checked(path: str | Path, magic: bytes) -> bytes | None:
+    """The body of a blob written by `write_checked`; None when the file is missing. A file that is
+    short, carries another magic or fails its checksum raises `CorruptBlob`."""
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        return None
+    if len(raw) < len(magic) + DIGEST_BYTES or raw[:len(magic)] != magic \
+            or digest(raw[:-DIGEST_BYTES]) != raw[-DIGEST_BYTES:]:
+        raise CorruptBlob(str(path))
+    return raw[len(magic):-DIGEST_BYTES]
+
+
+class CorruptBlob(Exception):
+    """A checksummed file that does not check out (truncated, overwritten, bit flips)."""
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def claim_out(out: str | Path, markers: tuple[str, ...], kind: str) -> Path:
+    """The folder `--out` names, created if needed: new, empty, or already `kind` (holding one of
+    `markers`). A file, or a folder of other files (which would be overwritten), is refused."""
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not any((out / m).exists() for m in markers):
+        raise UserError(f"--out {out} is not empty and is not {kind}; choose another folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def fresh_dir(base: Path) -> Path:
+    """`base`, or base-2, base-3, ...: the first that does not exist yet, created."""
+    path, n = base, 2
+    while path.exists():
+        path, n = base.with_name(f"{base.name}-{n}"), n + 1
+    path.mkdir(parents=True)
+    return path

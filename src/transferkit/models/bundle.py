@@ -1,0 +1,127 @@
+"""The run bundle: `model.safetensors` (weights) + `model.json` (everything else needed to use
+them). Loadable without unpickling anything; both files are written atomically."""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..errors import UserError
+from ..files import atomic_write, write_json
+from . import backbones
+from .classifier import Classifier
+from .preprocess import Preprocess
+from .weights import state_dict_diff
+
+FORMAT = "transferkit-bundle"
+FORMAT_VERSION = 1
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages that define the model (read from metadata: no imports)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"transferkit": __version__, "python": platform.python_version()}
+    for name in ("torch", "torchvision", "timm"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+@dataclass
+class BundleMeta:
+    backbone: str
+    arch: str
+    classes: list[str]
+    preprocess: Preprocess
+    strategy: str
+    dropout: float
+    weights: str
+    weights_sha256: str | None
+    stem: str = "standard"  # "small": the CIFAR-style stem for ~32 px images
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "backbone": self.backbone,
+            "arch": self.arch,
+            "num_classes": len(self.classes),
+            "classes": self.classes,
+            "preprocess": self.preprocess.to_dict(),
+            "strategy": self.strategy,
+            "dropout": self.dropout,
+            "weights": self.weights,
+            "weights_sha256": self.weights_sha256,
+            "stem": self.stem,
+            "versions": versions(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BundleMeta":
+        if d.get("format") != FORMAT:
+            raise UserError("model.json is not a transferkit bundle")
+        if int(d.get("format_version", 0)) > FORMAT_VERSION:
+            raise UserError("model.json was written by a newer transferkit; upgrade to load it")
+        return cls(d["backbone"], d["arch"], list(d["classes"]), Preprocess.from_dict(d["preprocess"]),
+                   d["strategy"], float(d.get("dropout", 0.0)), d.get("weights", ""), d.get("weights_sha256"),
+                   d.get("stem", "standard"))
+
+
+def save(run_dir: Path, state: dict[str, torch.Tensor], meta: BundleMeta) -> None:
+    """Write the bundle (a `Classifier` state dict and its metadata) into `run_dir`: weights
+    first, then the json that points at them."""
+    from safetensors.torch import save as st_save
+
+    state = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+             for k, v in state.items()}
+    atomic_write(Path(run_dir) / "model.safetensors", st_save(state, metadata={"format": FORMAT}))
+    write_json(Path(run_dir) / "model.json", meta.to_dict())
+
+
+def resolve(path: str | Path) -> Path:
+    """A run folder (or its model.json / model.safetensors) -> the run folder."""
+    p = Path(path).expanduser()
+    if p.is_file() and p.name in ("model.json", "model.safetensors"):
+        p = p.parent
+    if not p.is_dir():
+        raise UserError(f"run folder not found: {p}")
+    for name in ("model.json", "model.safetensors"):
+        if not (p / name).is_file():
+            raise UserError(f"{p} is not a transferkit run: {name} is missing")
+    return p
+
+
+def read_meta(path: str | Path) -> tuple[BundleMeta, Path]:
+    """A run's model.json (checked), and the run folder."""
+    run_dir = resolve(path)
+    try:
+        return BundleMeta.from_dict(json.loads((run_dir / "model.json").read_text())), run_dir
+    except (json.JSONDecodeError, KeyError) as exc:
+        raise UserError(f"{run_dir / 'model.json'} is damaged: {exc}") from None
+
+
+def load(path: str | Path) -> tuple[Classifier, BundleMeta, Path]:
+    """Load a bundle into a `Classifier` on the CPU (eval mode)."""
+    from safetensors.torch import load_file
+
+    meta, run_dir = read_meta(path)
+    spec = backbones.get(meta.backbone)
+    backbone = spec.build(meta.stem)
+    model = Classifier(backbone, backbone.num_features, len(meta.classes), meta.dropout)
+    try:
+        state = load_file(str(run_dir / "model.safetensors"))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a damaged file
+        raise UserError(f"{run_dir / 'model.safetensors'} is damaged: {exc}") from None
+    diff = state_dict_diff(model.state_dict(), state)
+    if diff:
+        raise UserError(f"{run_dir / 'model.safetensors'} does not match {meta.backbone}: " + "; ".join(diff))
+    model.load_state_dict(state)
+    return model.eval(), meta, run_dir

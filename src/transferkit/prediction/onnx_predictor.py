@@ -1,0 +1,69 @@
+"""Prediction from an exported model with ONNX Runtime alone: no torch needed.
+
+The model's metadata (written by `transferkit export`) says how to prepare an image: resize the
+short side to `resize_size` with `interpolation`, center crop `input_size`, scale to [0, 1],
+subtract `mean` and divide by `std` per RGB channel, NCHW float32. This module applies exactly
+that with Pillow and NumPy, the same code the PyTorch path uses for its evaluation view.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..data.decode import normalized_array
+from ..errors import UserError
+from .base import BasePredictor
+
+META_KEY = "transferkit"  # the ONNX metadata_props key holding the JSON below
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The transferkit metadata of an exported ONNX model (classes, preprocessing, ...)."""
+    session = open_session(path)
+    return _metadata(session, path)
+
+
+def open_session(path: str | Path):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise UserError("predicting from an ONNX model needs onnxruntime: pip install onnxruntime") from None
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"not found: {path}")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise UserError(f"{path} is not a loadable ONNX model ({str(exc).splitlines()[0][:200]})") from None
+
+
+def _metadata(session, path) -> dict:
+    raw = session.get_modelmeta().custom_metadata_map.get(META_KEY)
+    if raw is None:
+        raise UserError(f"{path} has no transferkit metadata: export it with `transferkit export RUN`")
+    return json.loads(raw)
+
+
+class OnnxPredictor(BasePredictor):
+    """An exported model (fp32 or INT8 ONNX) ready to predict images, torch-free."""
+
+    def __init__(self, path: str | Path, batch_size: int = 32, workers: int = 0):
+        super().__init__(batch_size, workers)
+        self.path = Path(path).expanduser()
+        self.session = open_session(self.path)
+        self.meta = _metadata(self.session, self.path)
+        self.classes: list[str] = self.meta["classes"]
+        self.pre: dict = self.meta["preprocess"]
+        self.input = self.session.get_inputs()[0].name
+
+    def prepare(self, source, name: str | None = None) -> np.ndarray:
+        p = self.pre
+        return normalized_array(source, p["resize_size"], p["input_size"], p["interpolation"], p["mean"], p["std"], name)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input: batch})[0]

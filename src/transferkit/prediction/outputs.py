@@ -1,0 +1,77 @@
+"""What a prediction is and how predictions are written: shared by the PyTorch `Predictor` and
+prediction with ONNX Runtime alone (`onnx_predictor`). No torch here."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..data.discover import list_files
+from ..errors import UserError
+
+
+@dataclass
+class Prediction:
+    path: str
+    label: str | None  # None when the file could not be read
+    probability: float | None
+    top_k: list[tuple[str, float]] = field(default_factory=list)
+    error: str = ""
+
+
+def top_predictions(paths: list[str], probs: np.ndarray, errors: dict[int, str], classes: list[str],
+                    top_k: int) -> list[Prediction]:
+    """Predictions from class probabilities (N, C); rows in `errors` become error predictions."""
+    k = max(1, min(top_k, len(classes)))
+    out = []
+    for i, path in enumerate(paths):
+        if i in errors:
+            out.append(Prediction(path, None, None, [], errors[i]))
+            continue
+        order = np.argsort(-probs[i], kind="stable")[:k]
+        top = [(classes[j], float(probs[i, j])) for j in order]
+        out.append(Prediction(path, top[0][0], top[0][1], top))
+    return out
+
+
+def expand_inputs(inputs: list[str]) -> list[str]:
+    """Files as given, folders walked recursively (hidden files skipped); missing paths are errors."""
+    files: list[str] = []
+    for item in inputs:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            files += list_files(p)
+        elif p.is_file():
+            files.append(str(p))
+        else:
+            raise UserError(f"not found: {item}")
+    return files
+
+
+def to_csv(preds: list[Prediction], top_k: int) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    header = ["path", "label", "probability"]
+    for k in range(1, top_k + 1):
+        header += [f"top{k}_label", f"top{k}_probability"]
+    w.writerow(header + ["error"])
+    for p in preds:
+        row = [p.path, p.label or "", "" if p.probability is None else f"{p.probability:.6f}"]
+        for k in range(top_k):
+            row += [p.top_k[k][0], f"{p.top_k[k][1]:.6f}"] if k < len(p.top_k) else ["", ""]
+        w.writerow(row + [p.error])
+    return buf.getvalue()
+
+
+def to_json(preds: list[Prediction]) -> str:
+    rows = [
+        {"path": p.path, "label": p.label, "probability": p.probability,
+         "top_k": [{"label": lab, "probability": q} for lab, q in p.top_k], "error": p.error or None}
+        for p in preds
+    ]
+    return json.dumps(rows, indent=2) + "\n"

@@ -1,0 +1,126 @@
+"""What a strategy gets (`Context`) and what it returns (`Outcome`).
+
+The context is frozen: a strategy never hands results back by changing it. Files found unreadable
+while training leave the split in the `Outcome` (`Outcome.split`), and `auto` returns the options
+of the strategy it chose (`Outcome.cfg`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..cache import ArrayCache, Cache
+from ..config import TrainConfig
+from ..console import Console
+from ..data.datasets import labels_of
+from ..data.discover import DatasetSplit
+from ..features import Extractor, FeaturePass
+from ..models.classifier import LazyClassifier
+from ..models.preprocess import Preprocess
+from ..runtime import Runtime
+from . import engine
+from .strategies.base import STRATEGIES, Strategy
+
+
+@dataclass
+class Features:
+    """The cached features of a split: train (eval view, then the augmented views) and val."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    split: DatasetSplit  # the split less the images that could not be read
+    facts: dict  # cache statistics for results.json
+
+    @property
+    def num_images(self) -> int:
+        """Training images (rows beyond these are augmented views)."""
+        return len(self.split.train)
+
+
+class CachedFeatures:
+    """The features of one split, computed at most once: the cache is read (and missing images
+    start decoding) when this is made, before the network is built; `get` finishes the pass."""
+
+    def __init__(self, split: DatasetSplit, pre: Preprocess, cache: ArrayCache, aug_views: int, seed: int,
+                 workers: int):
+        self.split, self.cache, self.aug_views, self.workers = split, cache, aug_views, workers
+        self._pass: FeaturePass | None = FeaturePass(
+            [([s.path for s in split.train], aug_views), ([s.path for s in split.val], 0)],
+            pre, cache, seed, batch_size=32, workers=workers)
+        self._features: Features | None = None
+
+    def get(self, ctx: "Context") -> Features:
+        if self._features is None:
+            self._features = self._compute(ctx)
+        return self._features
+
+    def _compute(self, ctx: "Context") -> Features:
+        def extractor() -> Extractor:  # built only when some features are not cached
+            return Extractor(ctx.models.get().backbone, ctx.pre, ctx.runtime, batch_size=32, workers=ctx.workers)
+
+        feature_pass, self._pass = self._pass, None
+        train_paths, val_paths = [s.path for s in self.split.train], [s.path for s in self.split.val]
+        bar = ctx.console.progress(len(train_paths) + len(val_paths), "features")
+        train_fs, val_fs = feature_pass.run(extractor, bar)
+        bar.close()
+        errors = {**train_fs.errors, **val_fs.errors}
+        keep_train = [i for i, p in enumerate(train_paths) if p not in errors]
+        keep_val = [i for i, p in enumerate(val_paths) if p not in errors]
+        split = self.split.without(errors)
+        split.check_not_empty()
+        x_train, y_train = train_fs.features[keep_train], labels_of(split.train)
+        if train_fs.augmented is not None:
+            aug = train_fs.augmented[keep_train]
+            x_train = torch.cat([x_train, aug.flatten(0, 1)])
+            y_train = torch.cat([y_train, y_train.repeat_interleave(aug.shape[1])])
+        facts = {
+            "features_cached": train_fs.cached + val_fs.cached,
+            "features_computed": train_fs.computed + val_fs.computed,
+            "aug_views": self.aug_views,
+            "cache_entries_recomputed": self.cache.recomputed,
+        }
+        return Features(x_train, y_train, val_fs.features[keep_val], labels_of(split.val), split, facts)
+
+
+@dataclass(frozen=True)
+class Context:
+    """Everything a strategy needs: resolved options, the data, the model and where it runs."""
+
+    cfg: TrainConfig
+    split: DatasetSplit
+    models: LazyClassifier  # the classifier, built on first use
+    pre: Preprocess
+    runtime: Runtime
+    cache: Cache
+    workers: int
+    console: Console
+    features: CachedFeatures | None  # for strategies that start from cached features
+    checkpoint: Path | None = None  # where the epoch loop writes its checkpoint (None: nowhere)
+    resume: dict | None = None  # a checkpoint to continue from (--resume)
+
+    @property
+    def strategy(self) -> Strategy:
+        return STRATEGIES.get(self.cfg.strategy)
+
+    def cached_features(self) -> Features:
+        """The train and val features (computed once per run, whichever strategy asks)."""
+        if self.features is None:
+            raise RuntimeError(f"strategy {self.cfg.strategy} declares no cached features (uses_features)")
+        return self.features.get(self)
+
+
+@dataclass
+class Outcome:
+    """What a strategy returns: the fit, the kept model and what it was measured on."""
+
+    fit: engine.FitResult
+    val_logits: torch.Tensor  # of the kept model, in split.val order
+    state: dict[str, torch.Tensor]  # the kept model: a Classifier state dict
+    split: DatasetSplit  # the split trained on (less unreadable files)
+    cfg: TrainConfig  # the options trained with (auto: those of the strategy it chose)
+    info: dict = field(default_factory=dict)  # strategy-specific facts for results.json

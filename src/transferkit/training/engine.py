@@ -1,0 +1,201 @@
+"""The training loop: `train_one_epoch`, `evaluate` and `fit` (best epoch, early stop, Ctrl-C,
+a checkpoint per epoch).
+
+The loop only sees a module, loaders and a `prepare` function turning a loader batch into model
+input, so the same code trains a head on cached features and a whole network on images. It runs
+in one process on one device (CPU or one GPU). It is not ready for torchrun: every process would
+choose its own best epoch and early-stop on its own val accuracy, and write the checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..evaluation.metrics import EpochStats
+from ..runtime import Runtime
+from .checkpoint import save_checkpoint
+
+Prepare = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class FitResult:
+    history: list[EpochStats] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_acc: float = -1.0
+    interrupted: bool = False
+    stopped_early: bool = False
+    unit: str = "epoch"  # what `EpochStats.epoch` counts: "epoch", or "iteration" for L-BFGS
+
+
+def make_optimizer(name: str, groups: list[dict], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+
+
+def make_scheduler(name: str, optimizer: torch.optim.Optimizer, total_steps: int,
+                   warmup_steps: int = 0) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step schedule: cosine to zero (after an optional linear warm-up), one-cycle, or constant."""
+    if name == "onecycle":
+        max_lrs = [g["lr"] for g in optimizer.param_groups]
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lrs, total_steps=max(1, total_steps))
+    if name == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+    def cosine(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                    scheduler, loss_fn: nn.Module, runtime: Runtime, prepare: Prepare,
+                    scaler: torch.amp.GradScaler | None = None, progress=None) -> tuple[float, float]:
+    """One pass over `loader`; returns (mean loss, accuracy)."""
+    model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    for inputs, targets in loader:
+        # targets: labels, or [labels, extra...] for a loss that needs more (distillation).
+        extra = [t.to(runtime.device) for t in targets[1:]] if isinstance(targets, (list, tuple)) else []
+        y = (targets[0] if isinstance(targets, (list, tuple)) else targets).to(runtime.device)
+        x = prepare(inputs)
+        with runtime.autocast():
+            logits = model(x)
+            loss = loss_fn(logits.float(), y, *extra)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None and scaler.is_enabled():
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        n = y.shape[0]
+        total_loss += loss.item() * n
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += n
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+    return total_loss / max(1, seen), correct / max(1, seen)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, runtime: Runtime,
+             prepare: Prepare) -> tuple[float, float, torch.Tensor]:
+    """Returns (mean loss, accuracy, logits in loader order)."""
+    model.eval()
+    total_loss, correct, seen, outs = 0.0, 0, 0, []
+    for inputs, targets in loader:
+        x, y = prepare(inputs), targets.to(runtime.device)
+        with runtime.autocast():
+            logits = model(x).float()
+        total_loss += loss_fn(logits, y).item() * y.shape[0]
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += y.shape[0]
+        outs.append(logits.cpu())
+    return total_loss / max(1, seen), correct / max(1, seen), torch.cat(outs) if outs else torch.empty(0)
+
+
+def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
+        optimizer: torch.optim.Optimizer, scheduler, loss_fn: nn.Module, runtime: Runtime,
+        prepare: Prepare, epochs: int, patience: int = 0,
+        on_epoch: Callable[[EpochStats], None] | None = None,
+        progress_factory=None, before_epoch: Callable[[int], None] | None = None,
+        checkpoint: Path | None = None, resume: dict | None = None) -> tuple[FitResult, dict[str, torch.Tensor]]:
+    """Train for `epochs`, validating after each; keep the best weights (by val accuracy, ties to
+    the lower val loss). Stops early after `patience` epochs without improvement (0: never), and
+    cleanly on Ctrl-C, keeping the best epoch so far. Returns the result and the best state.
+
+    With `checkpoint`, everything needed to continue (model, optimizer, scheduler, RNG states,
+    best so far) is written there atomically after every epoch; `resume` (such a checkpoint,
+    loaded) continues from its epoch, giving on CPU the same result as an uninterrupted run."""
+    result = FitResult()
+    best_state = copy.deepcopy(model.state_dict())
+    best_loss = math.inf
+    scaler = runtime.grad_scaler()
+    since_best = 0
+    first = 1
+    generators = _generators(train_loader)
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        scaler.load_state_dict(resume["scaler"])
+        torch.set_rng_state(resume["torch_rng"])
+        for gen, state in zip(generators, resume["loader_rng"]):
+            gen.set_state(state)
+        best_state, best_loss, since_best = resume["best_state"], resume["best_loss"], resume["since_best"]
+        result.best_epoch, result.best_val_acc = resume["best_epoch"], resume["best_val_acc"]
+        result.history = [EpochStats(**h) for h in resume["history"]]
+        first = resume["epoch"] + 1
+    try:
+        for epoch in range(first, epochs + 1):
+            start = time.perf_counter()
+            if before_epoch is not None:
+                before_epoch(epoch)  # e.g. unfreeze the next stages
+            if hasattr(train_loader.dataset, "set_epoch"):
+                train_loader.dataset.set_epoch(epoch)  # seeds this epoch's augmentation
+            bar = progress_factory(epoch, len(train_loader)) if progress_factory else None
+            try:
+                train_loss, train_acc = train_one_epoch(
+                    model, train_loader, optimizer, scheduler, loss_fn, runtime, prepare, scaler, bar
+                )
+                train_seconds = time.perf_counter() - start
+                val_loss, val_acc, _ = evaluate(model, val_loader, loss_fn, runtime, prepare)
+            finally:
+                if bar is not None:
+                    bar.close()
+            stats = EpochStats(epoch, train_loss, train_acc, val_loss, val_acc,
+                               optimizer.param_groups[-1]["lr"], time.perf_counter() - start, train_seconds)
+            result.history.append(stats)
+            if val_acc > result.best_val_acc or (val_acc == result.best_val_acc and val_loss < best_loss):
+                result.best_epoch, result.best_val_acc, best_loss = epoch, val_acc, val_loss
+                best_state = copy.deepcopy(model.state_dict())
+                since_best = 0
+            else:
+                since_best += 1
+            if checkpoint is not None:
+                save_checkpoint(checkpoint, {
+                    "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                    "torch_rng": torch.get_rng_state(), "loader_rng": [g.get_state() for g in generators],
+                    "best_state": best_state, "best_loss": best_loss, "since_best": since_best,
+                    "best_epoch": result.best_epoch, "best_val_acc": result.best_val_acc,
+                    "history": [dataclasses.asdict(h) for h in result.history],
+                })
+            if on_epoch is not None:
+                on_epoch(stats)
+            if patience and since_best >= patience:
+                result.stopped_early = True
+                break
+    except KeyboardInterrupt:
+        result.interrupted = True
+    return result, best_state
+
+
+def _generators(loader: DataLoader) -> list[torch.Generator]:
+    """The random generators that decide a loader's order (its own and its sampler's)."""
+    gens = [loader.generator, getattr(loader.sampler, "generator", None)]
+    out: list[torch.Generator] = []
+    for g in gens:
+        if g is not None and all(g is not o for o in out):
+            out.append(g)
+    return out

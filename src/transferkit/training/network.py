@@ -1,0 +1,185 @@
+"""Training the network on images: what trains at which learning rate (`param_groups`), the
+loaders over the decode cache (`network_setup`) and the epoch loop around them (`train_network`),
+shared by every strategy that trains more than the head."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..config import TrainConfig
+from ..data.datasets import DecodedImages, decode_all, labels_of, train_loader
+from ..data.discover import DatasetSplit
+from ..features import Extractor
+from ..models.classifier import Classifier
+from . import engine
+from .context import Context, Outcome
+from .losses import classification_loss
+from .strategies.base import STRATEGIES, Strategy
+
+
+def param_groups(model: Classifier, stages: list[list[str]], strategy: Strategy | str, lr: float,
+                 backbone_lr_mult: float = 0.1, unfreeze: int = 2, lr_decay: float = 0.5) -> list[dict]:
+    """Set what trains as `strategy` declares it (requires_grad), keep BatchNorm of frozen parts
+    in eval mode, and return the optimizer's parameter groups (only trainable parameters, except
+    under "gradual", whose stage groups are unfrozen later by `unfreeze_top`).
+
+    trains "head": the head alone. "all": everything, the backbone at `backbone_lr` ("scaled":
+    lr * backbone_lr_mult; "same": lr). "top": the head and the last `unfreeze` stages.
+    "gradual": one group per stage, its LR lr * backbone_lr_mult * lr_decay**(distance from the
+    top stage); all frozen at first."""
+    entry = STRATEGIES.get(strategy) if isinstance(strategy, str) else strategy
+    params = dict(model.backbone.named_parameters())
+    trainable = {"head": 0, "top": min(unfreeze, len(stages)), "gradual": 0}.get(entry.trains, len(stages))
+    for i, stage in enumerate(stages):
+        for name in stage:
+            params[name].requires_grad_(i >= len(stages) - trainable)
+    for p in model.head.parameters():
+        p.requires_grad_(True)
+    model.refresh_frozen_norms()
+    head = {"params": list(model.head.parameters()), "lr": lr, "name": "head"}
+    if entry.trains == "gradual":
+        n = len(stages)
+        groups = [{"params": [params[k] for k in stage], "lr": lr * backbone_lr_mult * lr_decay ** (n - 1 - i),
+                   "name": f"stage{i}"} for i, stage in enumerate(stages)]
+        return groups + [head]
+    body = [p for p in model.backbone.parameters() if p.requires_grad]
+    body_lr = lr if entry.backbone_lr == "same" else lr * backbone_lr_mult
+    return ([{"params": body, "lr": body_lr, "name": "backbone"}] if body else []) + [head]
+
+
+def unfreeze_top(model: Classifier, stages: list[list[str]], k: int) -> None:
+    """Gradual unfreezing: the top `k` stages train from now on (BatchNorm included)."""
+    params = dict(model.backbone.named_parameters())
+    for i, stage in enumerate(stages):
+        for name in stage:
+            params[name].requires_grad_(i >= len(stages) - k)
+    model.refresh_frozen_norms()
+
+
+def gradual_schedule(epoch: int, epochs: int, n_stages: int) -> int:
+    """Stages trainable in `epoch` (1-based): none in the first (the head warms up), then more
+    each epoch, all of them by the last."""
+    if epoch <= 1:
+        return 0
+    return min(n_stages, -(-(epoch - 1) * n_stages // max(1, epochs - 1)))
+
+
+def _epoch_bar(console, desc: str, epochs: int):
+    def factory(epoch: int, steps: int):
+        return console.progress(steps, f"{desc} epoch {epoch}/{epochs}")
+    return factory
+
+
+@dataclass
+class NetworkSetup:
+    """Everything needed to train the network on images for one strategy."""
+
+    model: Classifier
+    loader: DataLoader
+    val_loader: DataLoader
+    stages: list[list[str]]
+    groups: list[dict]
+    loss: nn.Module
+    prepare: Callable[[torch.Tensor], torch.Tensor]
+    split: DatasetSplit  # the split less the images that could not be decoded
+
+
+def network_setup(ctx: Context, head_init: nn.Linear | None = None, split: DatasetSplit | None = None) -> NetworkSetup:
+    """Decode every image of `split` (default: the context's) once into the cache, build
+    loaders, initialize the head, and set what trains (param groups) as the strategy declares."""
+    cfg, runtime, model = ctx.cfg, ctx.runtime, ctx.models.get()
+    cache = ctx.cache.decoded(ctx.pre.resize_size, ctx.pre.interpolation)
+    split = split or ctx.split
+    split = split.without(decode_all(split.train + split.val, cache, ctx.pre, ctx.console.progress))
+    split.check_not_empty()
+
+    def dataset(samples, train):
+        return DecodedImages([s.path for s in samples], [s.label for s in samples], ctx.pre, cache, train, cfg.seed)
+
+    y_train = labels_of(split.train)
+    loader = train_loader(dataset(split.train, True), y_train, cfg.batch_size, cfg.seed, cfg.balanced_sampler,
+                          ctx.workers, drop_last=len(split.train) > cfg.batch_size)
+    val_loader = DataLoader(dataset(split.val, False), batch_size=cfg.batch_size, num_workers=ctx.workers)
+    torch.manual_seed(cfg.seed)
+    if head_init is not None:
+        model.head.load_state_dict(head_init.state_dict())
+    else:
+        nn.init.normal_(model.head.weight, std=0.01)
+        nn.init.zeros_(model.head.bias)
+    runtime.train_module(model)
+    stages = ctx.models.spec.stages(model.backbone)
+    groups = param_groups(model, stages, ctx.strategy, cfg.lr, cfg.backbone_lr_mult or 1.0, cfg.unfreeze or 0,
+                          cfg.lr_decay or 1.0)
+    mean = torch.tensor(ctx.pre.mean).view(1, 3, 1, 1)
+    std = torch.tensor(ctx.pre.std).view(1, 3, 1, 1)
+    return NetworkSetup(model, loader, val_loader, stages, groups, classification_loss(cfg, y_train, len(split.classes)),
+                        lambda u8: runtime.to_input(u8, mean, std), split)
+
+
+def train_network(ctx: Context, head_init: nn.Linear | None = None,
+                  adapt: Callable[[NetworkSetup], NetworkSetup] | None = None,
+                  split: DatasetSplit | None = None) -> Outcome:
+    """Train the network on images (finetune, partial, gradual, scratch, and the second step of
+    LP-FT and the student of distill): decoded once into the cache, bf16 autocast + channels_last,
+    what trains set as the strategy declares. `adapt` may change the loader and loss (distill);
+    `split` replaces the context's (LP-FT: the one its probe was fitted on)."""
+    cfg, runtime = ctx.cfg, ctx.runtime
+    net = network_setup(ctx, head_init, split)
+    if adapt is not None:
+        net = adapt(net)
+    model, loader, stages, groups = net.model, net.loader, net.stages, net.groups
+    peak_lrs = [{"name": g["name"], "lr": g["lr"]} for g in groups]  # before the schedule moves them
+    optimizer = engine.make_optimizer(cfg.optimizer, groups, cfg.lr, cfg.weight_decay)
+    steps = cfg.epochs * len(loader)
+    scheduler = engine.make_scheduler(cfg.schedule, optimizer, steps, int(cfg.warmup_epochs * len(loader)))
+    before_epoch = None
+    if ctx.strategy.trains == "gradual":
+        def before_epoch(epoch: int) -> None:
+            unfreeze_top(model, stages, gradual_schedule(epoch, cfg.epochs, len(stages)))
+
+    result, best = engine.fit(
+        model, loader, net.val_loader, optimizer, scheduler, net.loss, runtime, net.prepare,
+        cfg.epochs, cfg.patience,
+        on_epoch=lambda s: ctx.console.info(
+            f"epoch {s.epoch}: train loss {s.train_loss:.3f} acc {s.train_acc:.3f} | "
+            f"val loss {s.val_loss:.3f} acc {s.val_acc:.3f} | {s.seconds:.1f}s"
+        ),
+        progress_factory=_epoch_bar(ctx.console, cfg.strategy, cfg.epochs), before_epoch=before_epoch,
+        checkpoint=ctx.checkpoint, resume=ctx.resume,
+    )
+    model.load_state_dict(best)
+    model.to("cpu").eval()
+    # The reported accuracy is that of the saved model on the fast inference path.
+    extractor = Extractor(model.backbone, ctx.pre, runtime, batch_size=32, workers=ctx.workers)
+    feats = torch.cat([extractor.forward(u8) for u8, _ in net.val_loader])
+    with torch.inference_mode():
+        val_logits = model.head(feats)
+    info = {"param_groups": peak_lrs,
+            "stages": len(stages), "trainable_stages_at_end": sum(
+                any(dict(model.backbone.named_parameters())[n].requires_grad for n in st) for st in stages)}
+    return Outcome(result, val_logits, model.state_dict(), net.split, cfg, info)
+
+
+def estimate_finetune_seconds(ctx: Context, cfg: TrainConfig) -> float:
+    """Epochs x training images x the measured time of one bf16/channels_last training step
+    (3 steps of 8 images after a warm-up), plus one decode pass."""
+    model = ctx.models.get()
+    ctx.runtime.train_module(model)
+    x = ctx.runtime.to_input(torch.randint(0, 255, (8, 3, ctx.pre.input_size, ctx.pre.input_size), dtype=torch.uint8),
+                             torch.tensor(ctx.pre.mean).view(1, 3, 1, 1), torch.tensor(ctx.pre.std).view(1, 3, 1, 1))
+    times = []
+    for _ in range(4):
+        start = time.perf_counter()
+        with ctx.runtime.autocast():
+            model(x).float().sum().backward()
+        times.append(time.perf_counter() - start)
+    model.zero_grad(set_to_none=True)
+    model.to("cpu").eval()
+    per_image = min(times[1:]) / 8
+    return cfg.epochs * len(ctx.split.train) * per_image * 1.15 + 0.003 * len(ctx.split.train) / max(1, ctx.workers)

@@ -1,0 +1,236 @@
+"""A training run from start to end: check every input, make the run folder, run the strategy,
+write the bundle, the results and the report. Also the LR range test, which shares the set-up."""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..cache import Cache, model_key
+from ..config import LRFindOptions, TrainConfig
+from ..console import Console
+from ..data.discover import discover
+from ..errors import UserError
+from ..evaluation import metrics
+from ..evaluation.worker import Worker
+from ..files import claim_out, fresh_dir, write_json
+from ..models import backbones, bundle
+from ..models.classifier import LazyClassifier, identify_weights
+from ..runtime import Runtime, default_workers
+from .checkpoint import load_checkpoint
+from .context import CachedFeatures, Context, Outcome
+from .result import Run
+from .strategies.base import STRATEGIES
+
+
+def train(cfg: TrainConfig, console: Console, worker: Worker, started: float, checkpoint: dict | None = None) -> Run:
+    """Train with the options `cfg` (not yet resolved); `checkpoint`: the interrupted run's, to
+    continue from. The global torch RNG is seeded for the run and restored afterwards."""
+    cfg = cfg.resolved()
+    worker.warn = console.warn
+    with _own_rng(), _cache_for(cfg) as cache:
+        ctx = make_context(cfg, console, cache, resume=checkpoint)
+        run_dir = ctx.checkpoint.parent
+        spec, runtime = ctx.models.spec, ctx.runtime
+        console.info(
+            f"training {spec.name} ({cfg.strategy}) on {len(ctx.split.classes)} classes: "
+            f"{len(ctx.split.train)} train / {len(ctx.split.val)} val images ({ctx.split.val_source}), "
+            f"{runtime.device.type} {runtime.precision}"
+        )
+        outcome = ctx.strategy.run(ctx)
+    for item in outcome.split.skipped:
+        console.warn(f"skipped {item['path']}: {item['reason']}")
+    if outcome.fit.interrupted:
+        console.warn(f"interrupted: keeping the best epoch so far ({outcome.fit.best_epoch}); "
+                     f"continue with: transferkit train --resume {run_dir}")
+    elif ctx.checkpoint.exists():
+        ctx.checkpoint.unlink()  # finished: the bundle is what remains
+    used = outcome.cfg  # auto: the options of the strategy it chose
+    meta = bundle.BundleMeta(spec.name, spec.arch, outcome.split.classes, ctx.pre, used.strategy, used.dropout or 0.0,
+                             ctx.models.info.source, ctx.models.info.sha256, ctx.models.stem)
+    bundle.save(run_dir, outcome.state, meta)
+    results = write_outputs(run_dir, outcome, runtime, started, worker)
+    console.info(metrics.format_table(results["metrics"]))
+    kept = (f"logistic regression, {outcome.fit.best_epoch} L-BFGS iterations" if outcome.fit.unit == "iteration"
+            else f"best epoch {results['best_epoch']}/{len(outcome.fit.history)}")
+    console.info(f"val accuracy {results['val_acc']:.4f} ({results['num_val']} images), {kept}, "
+                 f"{results['wall_s']:.1f} s\noutputs: {run_dir}")
+    return Run(run_dir, results)
+
+
+def _own_rng():
+    """The run may seed and draw from the global torch RNG (model init, dropout, loaders without a
+    generator); it is put back as it was afterwards, so a caller's own random stream is not
+    disturbed."""
+    return torch.random.fork_rng(devices=[])
+
+
+@contextlib.contextmanager
+def _cache_for(cfg: TrainConfig):
+    """The cache: the user's, or with --no-cache a temporary one removed afterwards."""
+    if not cfg.no_cache:
+        yield Cache(cfg.cache_dir)
+        return
+    with tempfile.TemporaryDirectory(prefix="transferkit-") as tmp:
+        yield Cache(tmp)
+
+
+def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str | None = None,
+                 with_features: bool | None = None, resume: dict | None = None) -> Context:
+    """Check every user input (data, model, weights, options), then make the run folder and the
+    strategy's context; `with_features` (default: the strategy declares it uses cached features)
+    starts the feature pass."""
+    strategy = STRATEGIES.get(cfg.strategy)
+    spec = backbones.get(cfg.model)
+    runtime = Runtime.create(cfg.device, cfg.precision)
+    split = discover(cfg.data, cfg.val_fraction, cfg.seed, cache.datasets())
+    # Without pretrained weights, images of a fixed small size (CIFAR) are used at that size.
+    size = cfg.image_size or (split.image_size if cfg.weights == "none" else None)
+    pre = spec.with_input_size(size)
+    stem = cfg.stem if cfg.stem != "auto" else (
+        "small" if cfg.weights == "none" and pre.input_size <= 64 and backbones.has_small_stem(spec) else "standard")
+    weights = identify_weights(spec, cfg.weights)
+    key = model_key(spec.name + ("+small-stem" if stem == "small" else ""), weights.sha256, pre.to_dict(),
+                    runtime.precision)
+    workers = default_workers() if cfg.workers is None else cfg.workers
+    features = None
+    if strategy.uses_features if with_features is None else with_features:
+        # Images whose features are missing start decoding now, while the network is built, in at
+        # least one worker process even on 2 cores: it overlaps the build and then the forward
+        # (measured, 2 cores, ants/bees cold: 9.2-10.4 s with none, 7.7 s with one; 4x the images:
+        # 24.3 s vs 20.8 s).
+        features = CachedFeatures(split, pre, cache.features(key), cfg.aug_views or 0, cfg.seed,
+                                  max(1, workers) if cfg.workers is None else workers)
+    torch.manual_seed(cfg.seed)  # random weights (scratch, a new head) are the same for a seed
+    models = LazyClassifier(spec, len(split.classes), cfg.weights, cfg.dropout or 0.0, cache.backbone_file(key), stem)
+    models.prepare()  # weights that do not fit the architecture fail here, before any output
+    if cfg.teacher is not None:
+        from .teacher import check_teacher
+
+        check_teacher(cfg.teacher, split.classes)
+    run_dir = make_run_dir(cfg, run_name)
+    cfg.to_yaml(run_dir / "config.yaml")  # written first: --resume reads it
+    return Context(cfg=cfg, split=split, models=models, pre=pre, runtime=runtime, cache=cache, workers=workers,
+                   console=console, features=features, checkpoint=run_dir / "checkpoint.pt", resume=resume)
+
+
+def resume_config(run: str, data, options: dict) -> tuple[TrainConfig, dict]:
+    """The interrupted run's own options (its config.yaml), with the options given now on top
+    (e.g. more --epochs), and its last checkpoint."""
+    run_dir = Path(run).expanduser()
+    ckpt = run_dir / "checkpoint.pt"
+    if not (run_dir / "config.yaml").is_file() or not ckpt.is_file():
+        raise UserError(f"nothing to resume in {run_dir}: it has no config.yaml and checkpoint.pt "
+                        "(a finished run keeps no checkpoint)")
+    saved = TrainConfig.from_saved(run_dir / "config.yaml").to_dict()
+    given = {k: v for k, v in options.items() if k != "resume"}
+    if data is not None and str(Path(data).expanduser().absolute()) != saved["data"]:
+        raise UserError(f"{run_dir} was trained on {saved['data']}; resume it without a DATA folder")
+    cfg = TrainConfig.from_mapping({**saved, **given, "out": str(run_dir), "resume": str(run_dir)})
+    try:
+        checkpoint = load_checkpoint(ckpt)
+    except Exception as exc:  # noqa: BLE001 - a damaged checkpoint is a user-facing condition
+        raise UserError(f"{ckpt} cannot be read ({str(exc).splitlines()[0]})") from None
+    return cfg, checkpoint
+
+
+def make_run_dir(cfg: TrainConfig, run_name: str | None = None) -> Path:
+    if cfg.out:
+        return claim_out(cfg.out, ("model.json", "checkpoint.pt"), "a transferkit run")
+    default = f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model.replace(':', '-')}-{run_name or cfg.strategy}"
+    return fresh_dir(Path(cfg.runs_dir) / (cfg.name or default))
+
+
+def write_outputs(run_dir: Path, outcome: Outcome, runtime: Runtime, started: float, worker: Worker) -> dict:
+    """results.json, metrics.csv, split.json, and by `worker` the evaluation files and (unless
+    --no-report) the report."""
+    cfg, split, fit = outcome.cfg, outcome.split, outcome.fit
+    y_val = np.array([s.label for s in split.val], dtype=np.int64)
+    summary = worker.evaluate(run_dir, [s.path for s in split.val], y_val, outcome.val_logits.float().numpy(),
+                              split.classes, {"skipped_files": split.skipped})
+    metrics.write_history_csv(run_dir / "metrics.csv", fit.history, fit.unit)  # config.yaml is already there
+    write_json(run_dir / "split.json", {
+        "val_source": split.val_source, "seed": cfg.seed, "val_fraction": cfg.val_fraction,
+        "classes": split.classes,
+        "train": [[s.path, s.label] for s in split.train],
+        "val": [[s.path, s.label] for s in split.val],
+    })
+    results = {
+        "val_acc": summary["accuracy"],
+        "balanced_accuracy": summary["balanced_accuracy"],
+        "best_epoch": fit.best_epoch if fit.unit == "epoch" else None,
+        "epochs_run": len(fit.history) if fit.unit == "epoch" else None,
+        "head_iterations": fit.best_epoch if fit.unit == "iteration" else None,
+        "stopped_early": fit.stopped_early,
+        "interrupted": fit.interrupted,
+        "strategy": cfg.strategy,
+        "strategy_reason": outcome.info.get("strategy_reason"),
+        "backbone": cfg.model,
+        "classes": split.classes,
+        "num_train": len(split.train),
+        "num_val": len(split.val),
+        "val_source": split.val_source,
+        "skipped_files": split.skipped,
+        "device": runtime.device.type,
+        "precision": runtime.precision,
+        "metrics": summary,
+        "strategy_info": outcome.info,
+        "wall_s": round(time.perf_counter() - started, 3),
+    }
+    write_json(run_dir / "results.json", results)
+    if not cfg.no_report:
+        worker.render(run_dir)  # plots, misclassified.csv, report.html
+    return results
+
+
+def lr_find(cfg: TrainConfig, options: LRFindOptions, console: Console):
+    """LR range test for `cfg`'s strategy: returns the result and writes `lr_find.png` and
+    `lr_find.json` into a fresh run folder (or --out)."""
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    from ..data.datasets import train_loader
+    from ..evaluation.plots import plot_lr_find
+    from . import lrfind
+    from .losses import classification_loss
+    from .network import network_setup, unfreeze_top
+
+    cfg = cfg.resolved()
+    strategy = STRATEGIES.get(cfg.strategy)
+    if strategy.trains == "chosen":
+        raise UserError("lr-find needs a fixed --strategy (auto chooses one while training)")
+    if cfg.optimizer == "lbfgs":
+        raise UserError("the linear head is fitted by L-BFGS (logistic regression), which has no learning "
+                        "rate: add --optimizer adamw (or adam, sgd) to find one for an epoch-trained head")
+    head_only = strategy.trains == "head"
+    with _own_rng(), _cache_for(cfg) as cache:
+        ctx = make_context(cfg, console, cache, run_name=f"lr-find-{cfg.strategy}", with_features=head_only)
+        if head_only:
+            f = ctx.cached_features()
+            torch.manual_seed(cfg.seed)
+            model = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(f.x_train.shape[1], len(f.split.classes)))
+            loader = train_loader(TensorDataset(f.x_train, f.y_train), f.y_train, cfg.batch_size, cfg.seed,
+                                  cfg.balanced_sampler)
+            groups = [{"params": list(model.parameters()), "lr": 1.0}]
+            args = (model, loader, groups, classification_loss(cfg, f.y_train, len(f.split.classes)),
+                    Runtime(torch.device("cpu"), torch.float32), lambda t: t)
+            steps = options.steps or 100
+        else:
+            net = network_setup(ctx)
+            if strategy.trains == "gradual":  # the test covers the fully unfrozen network
+                unfreeze_top(net.model, net.stages, len(net.stages))
+            args = (net.model, net.loader, net.groups, net.loss, ctx.runtime, net.prepare)
+            steps = options.steps or 50
+        result = lrfind.range_test(*args, optimizer=cfg.optimizer, weight_decay=cfg.weight_decay,
+                                   start_lr=options.start_lr, end_lr=options.end_lr, steps=steps)
+    run_dir = ctx.checkpoint.parent
+    plot_lr_find(result.lrs, result.losses, result.suggestion, run_dir / "lr_find.png")
+    write_json(run_dir / "lr_find.json", result.to_dict())
+    console.info(f"suggested learning rate for --optimizer {cfg.optimizer}: {result.suggestion:.2e} "
+                 f"(steepest loss descent, {len(result.lrs)} steps)\nplot: {run_dir / 'lr_find.png'}")
+    return result
