@@ -143,13 +143,13 @@ def test_yaml_config_and_unknown_key(tmp_path, capsys):
     (tmp_path / "c.yaml").write_text("epochs: ten\n")
     assert main(["train", str(data), "--config", str(tmp_path / "c.yaml")]) == 2
     assert "option 'epochs' must be of type int" in capsys.readouterr().err
-    (tmp_path / "c.yaml").write_text("aug_views: 1\nseed: 5\n")
+    (tmp_path / "c.yaml").write_text("class_weights: auto\nseed: 5\n")
     run = tmp_path / "r"
     assert main(["train", str(data), "--config", str(tmp_path / "c.yaml"), "--seed", "7", "--out", str(run), "--quiet"]) == 0
     import yaml
 
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    assert cfg["aug_views"] == 1 and cfg["seed"] == 7  # flags override the file
+    assert cfg["class_weights"] == "auto" and cfg["seed"] == 7  # flags override the file
 
 
 @pytest.mark.parametrize("command", [[], ["train"], ["lr-find"], ["eval"], ["predict"], ["models"], ["summary"], ["cache"]])

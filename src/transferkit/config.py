@@ -31,13 +31,15 @@ DEVICES = ("auto", "cpu", "cuda")
 
 def opt(default: Any, help: str, *, choices: tuple | Callable[[], list] | None = None,
         low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False,
-        epochs: bool = False) -> Any:
+        epochs: bool = False, shown: str | None = None) -> Any:
     """A config field with its one-line help (shown by `--help`) and its constraints: `choices`
     (or a callable giving them), a range [low, high] (`*_open`: the bound itself excluded; floats
     must be finite), and `epochs`: used only where a model trains for epochs (not by the
-    logistic-regression head, which is fitted to convergence)."""
+    logistic-regression head, which is fitted to convergence). `shown`: the default as --help
+    states it, where the field's own (None) means something else."""
     return field(default=default, metadata={"help": help, "choices": choices, "low": low, "high": high,
-                                            "low_open": low_open, "high_open": high_open, "epochs": epochs})
+                                            "low_open": low_open, "high_open": high_open, "epochs": epochs,
+                                            "shown": shown})
 
 
 def flag(name: str) -> str:
@@ -51,8 +53,9 @@ class TrainConfig:
 
     data: str = opt("", "dataset folder: DATA/train/<class>/..., optional DATA/val/<class>/...")
     model: str = opt("efficientnet_lite0", "backbone name, see `transferkit models`")
-    weights: str | None = opt(None, "imagenet | none | PATH to a state dict (None: imagenet; scratch: none)")
-    strategy: str = opt("linear", "see `transferkit train --help` (strategies)", choices=STRATEGIES.names)
+    weights: str | None = opt(None, "imagenet | none (random init) | PATH to a state dict",
+                              shown="imagenet; none (scratch)")
+    strategy: str = opt("linear", "one of the strategies listed above", choices=STRATEGIES.names)
     budget: float | None = opt(None, "auto: seconds the training may take (None: no limit)", low=0, low_open=True)
     teacher: str | None = opt(None, "distill: the trained run (folder) whose predictions the model learns from")
     temperature: float | None = opt(None, "distill: softmax temperature of the teacher's and the student's logits",
@@ -211,13 +214,23 @@ def _help(name: str) -> str:
 
 
 def default_text(cls: type, f: dataclasses.Field) -> str:
-    """The default shown by --help: the field's, or for a strategy default each strategy's value."""
+    """The default shown by --help: the field's, or for a strategy default each strategy's value
+    (for the linear head also its value when trained for epochs)."""
+    if f.metadata.get("shown"):
+        return f.metadata["shown"]
     if f.default is not None or cls is not TrainConfig:
         return str(f.default)
     values: dict[str, list[str]] = {}
     for s in STRATEGIES:
-        if f.name in s.defaults:
-            values.setdefault(str(s.defaults[f.name]), []).append(s.name)
+        optimizers = [None] + (["adamw"] if s.defaults.get("optimizer") == "lbfgs" else [])
+        for optimizer in optimizers:
+            if optimizer is not None and f.name == "optimizer":
+                continue
+            label = s.name if optimizer is None else f"{s.name} --optimizer adamw"
+            default_opt = optimizer or s.defaults.get("optimizer")
+            if f.name in s.defaults and applies(f.name, s, default_opt):
+                value = s.defaults_for(optimizer)[f.name]
+                values.setdefault(f"{value:g}" if isinstance(value, float) else str(value), []).append(label)
     if not values:
         return "none"
     return "; ".join(f"{v} ({', '.join(names)})" for v, names in values.items())

@@ -27,16 +27,16 @@ FREEZE_MIN_IMAGES = 600
 
 class Extractor:
     """Runs a frozen backbone over image files, fast: eval mode, BatchNorm folded, channels_last,
-    bf16 where the CPU has it (AMP dtype on CUDA), batched; decoding in DataLoader workers where
-    the machine has cores to spare."""
+    bf16 where the CPU has it (AMP dtype on CUDA), batched. Batches come decoded (`run` takes
+    `decode_batches`, whose workers decode ahead)."""
 
     def __init__(self, backbone: nn.Module, pre: Preprocess, runtime: Runtime,
-                 batch_size: int = 32, workers: int = 0):
+                 batch_size: int = 32):
         self.module = runtime.inference_module(backbone, pre.input_size)
         self.frozen: torch.jit.ScriptModule | None = None
         self.freeze = False  # set by callers with enough images to pay for freezing
         self.pre, self.runtime = pre, runtime
-        self.batch_size, self.workers = batch_size, workers
+        self.batch_size = batch_size
         self.mean = torch.tensor(pre.mean).view(1, 3, 1, 1)
         self.std = torch.tensor(pre.std).view(1, 3, 1, 1)
 

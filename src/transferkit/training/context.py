@@ -61,7 +61,7 @@ class CachedFeatures:
 
     def _compute(self, ctx: "Context") -> Features:
         def extractor() -> Extractor:  # built only when some features are not cached
-            return Extractor(ctx.models.get().backbone, ctx.pre, ctx.runtime, batch_size=32, workers=ctx.workers)
+            return Extractor(ctx.models.get().backbone, ctx.pre, ctx.runtime, batch_size=32)
 
         feature_pass, self._pass = self._pass, None
         train_paths, val_paths = [s.path for s in self.split.train], [s.path for s in self.split.val]

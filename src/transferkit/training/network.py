@@ -156,7 +156,7 @@ def train_network(ctx: Context, head_init: nn.Linear | None = None,
     model.load_state_dict(best)
     model.to("cpu").eval()
     # The reported accuracy is that of the saved model on the fast inference path.
-    extractor = Extractor(model.backbone, ctx.pre, runtime, batch_size=32, workers=ctx.workers)
+    extractor = Extractor(model.backbone, ctx.pre, runtime, batch_size=32)
     feats = torch.cat([extractor.forward(u8) for u8, _ in net.val_loader])
     with torch.inference_mode():
         val_logits = model.head(feats)

@@ -77,7 +77,7 @@ def teacher_logits(ctx: Context, train: DecodedImages) -> tuple[torch.Tensor, di
             else:
                 out[e, i] = torch.from_numpy(row.copy())
     if todo:
-        extractor = Extractor(teacher.backbone, meta.preprocess, ctx.runtime, batch_size=32, workers=ctx.workers)
+        extractor = Extractor(teacher.backbone, meta.preprocess, ctx.runtime, batch_size=32)
         extractor.freeze = len(todo) >= 64
         head = teacher.head.float().eval()
         size = meta.preprocess.input_size

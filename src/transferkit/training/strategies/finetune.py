@@ -1,17 +1,10 @@
 """finetune: every layer trains on images (decoded once into a cache), the backbone at a lower
 learning rate than the new head."""
 
-from .base import NETWORK_DEFAULTS, Strategy, register
-
-
-def run(ctx):
-    from ..network import train_network
-
-    return train_network(ctx)
-
+from .base import NETWORK_DEFAULTS, Strategy, register, train_network
 
 register(Strategy(
-    name="finetune", order=1, run=run, trains="all", backbone_lr="scaled",
+    name="finetune", order=1, run=train_network, trains="all", backbone_lr="scaled",
     summary="every layer trains, the backbone at lr * --backbone-lr-mult",
     options=("backbone_lr_mult",), defaults=NETWORK_DEFAULTS,
 ))
