@@ -9,7 +9,10 @@ Each variant runs in its own process (wall time and peak RSS are per process, im
   (c) `transferkit train DATASET` with defaults, cold cache;
   (d) the same command again, warm cache;
   (e) fine-tuning over `--ft-epochs` epochs: plain fp32 loop vs `transferkit train --strategy finetune`.
-Prints a table and the ratios. Not a test: numbers depend on the machine.
+With `--baseline SRC`, the transferkit variants also run from another source tree (SRC/src, e.g.
+`git worktree add /tmp/old HEAD~3`), in the same rounds, and the ratios new / baseline are
+printed; `--skip-plain` leaves out the plain recipe. Prints a table and the ratios. Not a test:
+numbers depend on the machine.
 """
 
 from __future__ import annotations
@@ -109,7 +112,10 @@ def run_child(cmd: list[str], env: dict) -> dict:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"failed: {' '.join(cmd)}\n{err[-2000:]}")
-    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "stdout": out}
+    # CPU seconds of the child (user + sys; its own children, such as DataLoader workers and the
+    # report process, are not counted): on a contended host wall time drifts, CPU time less so.
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024,
+            "stdout": out}
 
 
 def main() -> None:
@@ -119,6 +125,8 @@ def main() -> None:
     ap.add_argument("--ft-epochs", type=int, default=2)
     ap.add_argument("--child", choices=["head", "logreg", "finetune"], help=argparse.SUPPRESS)
     ap.add_argument("--skip-finetune", action="store_true")
+    ap.add_argument("--skip-plain", action="store_true", help="only the transferkit variants")
+    ap.add_argument("--baseline", help="another transferkit source tree to time beside this one (SRC/src)")
     ap.add_argument("--repeat", type=int, default=1,
                     help="rounds of every variant; the table shows medians (this machine's noise is +-15%%)")
     args = ap.parse_args()
@@ -138,8 +146,12 @@ def main() -> None:
         r.update(json.loads(r.pop("stdout").strip().splitlines()[-1]))
         return r
 
-    def tk_row(out, *extra):
-        r = run_child(tk + ["train", args.dataset, "--out", str(work / out), "--quiet", *extra], env)
+    base_env = {**env, "PYTHONPATH": str(Path(args.baseline).resolve() / "src"),
+                "TRANSFERKIT_CACHE": str(work / "cache-baseline")} if args.baseline else None
+
+    def tk_row(out, *extra, baseline=False):
+        r = run_child(tk + ["train", args.dataset, "--out", str(work / out), "--quiet", *extra],
+                      base_env if baseline else env)
         res = json.loads((work / out / "results.json").read_text())
         r.update(val_acc=res["val_acc"], images=res["num_train"] + res["num_val"], results=res)
         r.pop("stdout")
@@ -153,20 +165,31 @@ def main() -> None:
         "e1": f"(e1) plain fine-tune fp32 NCHW, {args.ft_epochs} epochs",
         "e2": f"(e2) transferkit fine-tune, {args.ft_epochs} epochs",
     }
+    if args.baseline:
+        labels.update({f"{k}0": f"{labels[k]} [baseline]" for k in ("c", "d", "e2")})
     for k in range(args.repeat):  # rounds run every variant in turn: slow spells hit all of them
-        shutil.rmtree(work / "cache", ignore_errors=True)  # (c) is cold in every round
-        row = {"a": plain_row("head"), "b": plain_row("logreg"), "c": tk_row(f"cold{k}"), "d": tk_row(f"warm{k}")}
+        for cache in ("cache", "cache-baseline"):  # (c) is cold in every round
+            shutil.rmtree(work / cache, ignore_errors=True)
+        row = {} if args.skip_plain else {"a": plain_row("head"), "b": plain_row("logreg")}
+        versions = [("", False)] + ([("0", True)] if args.baseline else [])
+        for suffix, baseline in versions:
+            row["c" + suffix] = tk_row(f"cold{k}{suffix}", baseline=baseline)
+            row["d" + suffix] = tk_row(f"warm{k}{suffix}", baseline=baseline)
         for r in row.values():
             r["img_s"] = r["images"] / r["wall_s"]
         if not args.skip_finetune:
-            row["e1"] = plain_row("finetune")
-            row["e2"] = e2 = tk_row(f"ft{k}", "--strategy", "finetune", "--epochs", str(args.ft_epochs))
-            # training passes only (validation excluded), as timed for the plain loop
-            e2["train_s"] = sum(float(line.split(",")[-1]) for line in
-                                (work / f"ft{k}" / "metrics.csv").read_text().splitlines()[1:])
-            e2["images"] = e2["results"]["num_train"] * args.ft_epochs
-            for r in (row["e1"], e2):
-                r["img_s"] = r["images"] / r["train_s"]
+            if not args.skip_plain:
+                row["e1"] = plain_row("finetune")
+            for suffix, baseline in versions:
+                row["e2" + suffix] = e2 = tk_row(f"ft{k}{suffix}", "--strategy", "finetune", "--epochs",
+                                                 str(args.ft_epochs), baseline=baseline)
+                # training passes only (validation excluded), as timed for the plain loop
+                e2["train_s"] = sum(float(line.split(",")[-1]) for line in
+                                    (work / f"ft{k}{suffix}" / "metrics.csv").read_text().splitlines()[1:])
+                e2["images"] = e2["results"]["num_train"] * args.ft_epochs
+                e2["img_s"] = e2["images"] / e2["train_s"]
+            if "e1" in row:
+                row["e1"]["img_s"] = row["e1"]["images"] / row["e1"]["train_s"]
         row["torch"] = run_child([py, "-c", "import torch"], env)  # the machine's speed in this round
         rounds.append(row)
 
@@ -175,15 +198,25 @@ def main() -> None:
 
     print(f"\ndataset: {args.dataset}   machine: {os.cpu_count()} cores   rounds: {args.repeat} "
           f"(each cell: the median over rounds; wall time also min-max)\n")
-    print("| variant | wall s | wall s min-max | img/s | val acc | peak RSS MB |\n|---|---:|---:|---:|---:|---:|")
+    print("| variant | wall s | wall s min-max | CPU s | img/s | val acc | peak RSS MB |\n|---|---:|---:|---:|---:|---:|---:|")
     for key in labels:
         if key not in rounds[0]:
             continue
         walls = [r[key]["wall_s"] for r in rounds]
         print(f"| {labels[key]} | {median(key, 'wall_s'):.1f} | {min(walls):.1f}-{max(walls):.1f} | "
+              f"{median(key, 'cpu_s'):.1f} | "
               f"{median(key, 'img_s'):.1f} | {median(key, 'val_acc'):.4f} | {median(key, 'peak_rss_mb'):.0f} |")
-    cold = [r["c"]["wall_s"] / r["b"]["wall_s"] for r in rounds]
     print("\nratios (medians; per round in brackets):")
+    if args.baseline:
+        for key, what in (("c", "cold train wall"), ("d", "warm train wall"), ("e2", "fine-tune img/s")):
+            if key in rounds[0]:
+                field = "img_s" if key == "e2" else "wall_s"
+                ratio = [r[key][field] / r[key + "0"][field] for r in rounds]
+                print(f"- {what}, this tree / baseline: {statistics.median(ratio):.2f}x {_each(ratio, 'x')}")
+    if args.skip_plain:
+        shutil.rmtree(work, ignore_errors=True)
+        return
+    cold = [r["c"]["wall_s"] / r["b"]["wall_s"] for r in rounds]
     print(f"- cold-cache train / (b) wall time: {statistics.median(cold):.2f}x {_each(cold, 'x')}   (target <= 0.33x)")
     print(f"- cold-cache train / (a) wall time: {median('c', 'wall_s') / median('a', 'wall_s'):.2f}x")
     warm = [r["d"]["wall_s"] for r in rounds]

@@ -45,17 +45,28 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None,
     from .training import run
 
     started = time.perf_counter() if started is None else started
-    with worker or Worker() as worker:  # scikit-learn and matplotlib load there meanwhile
-        resume = options.get("resume") or (config.resume if config else None)
-        if resume:
-            cfg, checkpoint = run.resume_config(resume, data, options)
-        else:
-            if data is None:
-                raise UserError("give the dataset folder (or --resume RUN)")
-            base = config.to_dict() if config else {}
-            cfg = TrainConfig.from_mapping({**base, **options, "data": str(Path(data).expanduser().absolute())})
-            checkpoint = None
-        return run.train(cfg, console or Console(cfg.quiet), worker, started, checkpoint)
+    try:
+        cfg, checkpoint = _train_config(data, config, options)
+        cfg.validate()
+    except BaseException:
+        if worker is not None:
+            worker.close()
+        raise
+    with worker or Worker() as report_worker:  # started once the options check out
+        return run.train(cfg, console or Console(cfg.quiet), report_worker, started, checkpoint)
+
+
+def _train_config(data, config: TrainConfig | None, options: dict) -> tuple[TrainConfig, dict | None]:
+    """The options of a new run, or of the interrupted run `resume` names and its checkpoint."""
+    from .training import run
+
+    resume = options.get("resume") or (config.resume if config else None)
+    if resume:
+        return run.resume_config(resume, data, options)
+    if data is None:
+        raise UserError("give the dataset folder (or --resume RUN)")
+    base = config.to_dict() if config else {}
+    return TrainConfig.from_mapping({**base, **options, "data": str(Path(data).expanduser().absolute())}), None
 
 
 def lr_find(data: str | Path, *, config: TrainConfig | None = None, console: Console | None = None,

@@ -1,4 +1,4 @@
-"""The training loop: `train_one_epoch`, `evaluate` and `fit` (best epoch, early stop, Ctrl-C,
+"""The training loop: `train_one_epoch`, `validate` and `fit` (best epoch, early stop, Ctrl-C,
 a checkpoint per epoch).
 
 The loop only sees a module, loaders and a `prepare` function turning a loader batch into model
@@ -98,7 +98,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, runtime: Runtime,
+def validate(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, runtime: Runtime,
              prepare: Prepare) -> tuple[float, float, torch.Tensor]:
     """Returns (mean loss, accuracy, logits in loader order)."""
     model.eval()
@@ -159,7 +159,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
                     model, train_loader, optimizer, scheduler, loss_fn, runtime, prepare, scaler, bar
                 )
                 train_seconds = time.perf_counter() - start
-                val_loss, val_acc, _ = evaluate(model, val_loader, loss_fn, runtime, prepare)
+                val_loss, val_acc, _ = validate(model, val_loader, loss_fn, runtime, prepare)
             finally:
                 if bar is not None:
                     bar.close()

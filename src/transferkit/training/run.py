@@ -151,7 +151,7 @@ def write_outputs(run_dir: Path, outcome: Outcome, runtime: Runtime, started: fl
     --no-report) the report."""
     cfg, split, fit = outcome.cfg, outcome.split, outcome.fit
     y_val = np.array([s.label for s in split.val], dtype=np.int64)
-    summary = worker.evaluate(run_dir, [s.path for s in split.val], y_val, outcome.val_logits.float().numpy(),
+    summary = worker.write_evaluation(run_dir, [s.path for s in split.val], y_val, outcome.val_logits.float().numpy(),
                               split.classes, {"skipped_files": split.skipped})
     metrics.write_history_csv(run_dir / "metrics.csv", fit.history, fit.unit)  # config.yaml is already there
     write_json(run_dir / "split.json", {
