@@ -30,16 +30,13 @@ class DatasetSplit:
     image_size: int | None = None  # the images' native size where the format fixes it (CIFAR: 32)
 
     def without(self, bad: dict[str, str]) -> "DatasetSplit":
-        """This split less the unreadable files (path -> reason), which are listed as skipped;
-        raises `UserError` when a class is left without training images or val is empty."""
+        """This split less the unreadable files (path -> reason), which are listed as skipped."""
         if not bad:
             return self
         known = {d["path"] for d in self.skipped}
-        out = replace(self, train=[s for s in self.train if s.path not in bad],
-                      val=[s for s in self.val if s.path not in bad],
-                      skipped=self.skipped + [{"path": p, "reason": r} for p, r in sorted(bad.items()) if p not in known])
-        out.check_not_empty()
-        return out
+        return replace(self, train=[s for s in self.train if s.path not in bad],
+                       val=[s for s in self.val if s.path not in bad],
+                       skipped=self.skipped + [{"path": p, "reason": r} for p, r in sorted(bad.items()) if p not in known])
 
     def check_not_empty(self) -> None:
         """After unreadable files are dropped, every class still needs a training image."""

@@ -48,7 +48,7 @@ class CachedFeatures:
 
     def __init__(self, split: DatasetSplit, pre: Preprocess, cache: ArrayCache, aug_views: int, seed: int,
                  workers: int):
-        self.split, self.cache, self.aug_views, self.workers = split, cache, aug_views, workers
+        self.split, self.cache, self.aug_views = split, cache, aug_views
         self._pass: FeaturePass | None = FeaturePass(
             [([s.path for s in split.train], aug_views), ([s.path for s in split.val], 0)],
             pre, cache, seed, batch_size=32, workers=workers)
@@ -100,8 +100,13 @@ class Context:
     workers: int
     console: Console
     features: CachedFeatures | None  # for strategies that start from cached features
-    checkpoint: Path | None = None  # where the epoch loop writes its checkpoint (None: nowhere)
+    run_dir: Path
     resume: dict | None = None  # a checkpoint to continue from (--resume)
+
+    @property
+    def checkpoint(self) -> Path:
+        """Where the epoch loop writes its checkpoint after every epoch."""
+        return self.run_dir / "checkpoint.pt"
 
     @property
     def strategy(self) -> Strategy:

@@ -35,7 +35,7 @@ def train(cfg: TrainConfig, console: Console, worker: Worker, started: float, ch
     worker.warn = console.warn
     with _own_rng(), _cache_for(cfg) as cache:
         ctx = make_context(cfg, console, cache, resume=checkpoint)
-        run_dir = ctx.checkpoint.parent
+        run_dir = ctx.run_dir
         spec, runtime = ctx.models.spec, ctx.runtime
         console.info(
             f"training {spec.name} ({cfg.strategy}) on {len(ctx.split.classes)} classes: "
@@ -116,7 +116,7 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
     run_dir = make_run_dir(cfg, run_name)
     cfg.to_yaml(run_dir / "config.yaml")  # written first: --resume reads it
     return Context(cfg=cfg, split=split, models=models, pre=pre, runtime=runtime, cache=cache, workers=workers,
-                   console=console, features=features, checkpoint=run_dir / "checkpoint.pt", resume=resume)
+                   console=console, features=features, run_dir=run_dir, resume=resume)
 
 
 def resume_config(run: str, data, options: dict) -> tuple[TrainConfig, dict]:
@@ -228,7 +228,7 @@ def lr_find(cfg: TrainConfig, options: LRFindOptions, console: Console):
             steps = options.steps or 50
         result = lrfind.range_test(*args, optimizer=cfg.optimizer, weight_decay=cfg.weight_decay,
                                    start_lr=options.start_lr, end_lr=options.end_lr, steps=steps)
-    run_dir = ctx.checkpoint.parent
+    run_dir = ctx.run_dir
     plot_lr_find(result.lrs, result.losses, result.suggestion, run_dir / "lr_find.png")
     write_json(run_dir / "lr_find.json", result.to_dict())
     console.info(f"suggested learning rate for --optimizer {cfg.optimizer}: {result.suggestion:.2e} "
