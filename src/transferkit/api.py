@@ -122,7 +122,7 @@ def evaluate(run: str | Path, data: str | Path | None = None, device: str = "aut
                 raise UserError(f"{len(missing)} validation image(s) of this run are gone, e.g. {missing[0]}; "
                                 "pass the DATA folder to evaluate on")
         out_dir = _eval_dir(predictor.run_dir, data, out)
-        logits, errors = predictor.logits([s.path for s in samples])
+        logits, errors = predictor.logits([s.path for s in samples], progress=console.progress)
     ok = [i for i in range(len(samples)) if i not in errors]
     skipped = [{"path": samples[i].path, "reason": r} for i, r in errors.items()]
     for item in skipped:
@@ -190,7 +190,9 @@ def cache_usage(cache_dir: str | None = None) -> tuple[Path, int, int]:
     return (cache.root, *cache.usage())
 
 
-def clear_cache(cache_dir: str | None = None) -> tuple[Path, int]:
-    """Delete the feature/decode cache; returns (folder, bytes freed)."""
+def clear_cache(cache_dir: str | None = None, dry_run: bool = False) -> tuple[Path, list[Path], int]:
+    """Delete what the feature/decode cache wrote (nothing else: a folder that is not a transferkit
+    cache is refused); returns (folder, what was, or with `dry_run` would be, removed, bytes)."""
     cache = Cache(cache_dir)
-    return cache.root, cache.clear()
+    removed, size = cache.clear(dry_run)
+    return cache.root, removed, size

@@ -25,10 +25,17 @@ from pathlib import Path
 import numpy as np
 
 from . import files
+from .errors import UserError
 from .data.decode import DECODER_VERSION
 
 FORMAT_VERSION = 2  # of the entries' layout; part of every key
 _ARRAY, _ERROR = b"TKF1", b"TKE1"
+# The Cache Directory Tagging Specification's file (backup tools skip the folder): what marks a
+# folder as transferkit's cache, and the only thing `clear` trusts.
+MARKER = "CACHEDIR.TAG"
+_TAG = ("Signature: 8a477f597d28d172789f06886806bc55\n"
+        "# This file marks the transferkit cache (features, decoded images); see `transferkit cache`.\n")
+SUBFOLDERS = ("features", "decoded", "teacher", "datasets")  # all that the cache writes
 
 
 def default_dir() -> Path:
@@ -136,16 +143,48 @@ class Cache:
         """Datasets converted to image folders (CIFAR-10's python batches)."""
         return self.root / "datasets"
 
+    def prepare(self) -> "Cache":
+        """Make the cache folder (and its marker) before anything is written into it. A folder that
+        holds other things and no marker is somebody else's: refused, never written into."""
+        if self.root.exists() and not self.is_ours():
+            raise UserError(f"the cache folder {self.root} holds files that are not transferkit's; give an empty "
+                            "or new folder (--cache-dir or $TRANSFERKIT_CACHE)")
+        self.root.mkdir(parents=True, exist_ok=True)
+        marker = self.root / MARKER
+        if not marker.is_file():
+            files.atomic_write(marker, _TAG.encode())
+        return self
+
+    def is_ours(self) -> bool:
+        """The folder is a transferkit cache: it has the marker, or (written before the marker
+        existed) nothing but the cache's own sub-folders; an empty folder counts too."""
+        if (self.root / MARKER).is_file():
+            return True
+        return self.root.is_dir() and all(p.name in SUBFOLDERS for p in self.root.iterdir())
+
+    def owned(self) -> list[Path]:
+        """What the cache wrote under its folder: its sub-folders and the marker."""
+        return [p for p in (self.root / name for name in (*SUBFOLDERS, MARKER)) if p.exists()]
+
     def usage(self) -> tuple[int, int]:
-        """(files, bytes) under the cache folder."""
-        entries = [f for f in self.root.rglob("*") if f.is_file()] if self.root.exists() else []
+        """(files, bytes) of the cache's own entries."""
+        entries = [f for p in self.owned() for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file()]
         return len(entries), sum(f.stat().st_size for f in entries)
 
-    def clear(self) -> int:
-        """Delete the cache folder; returns the bytes freed."""
+    def clear(self, dry_run: bool = False) -> tuple[list[Path], int]:
+        """Delete what the cache wrote (its sub-folders and marker), nothing else: a folder that is
+        not a transferkit cache is refused. Returns (what was, or with `dry_run` would be, removed;
+        bytes)."""
         import shutil
 
-        _, size = self.usage()
-        if self.root.exists():
-            shutil.rmtree(self.root)
-        return size
+        if not self.root.exists():
+            return [], 0
+        if not self.is_ours():
+            raise UserError(f"{self.root} is not a transferkit cache (no {MARKER}); nothing was deleted")
+        owned, (_, size) = self.owned(), self.usage()
+        if not dry_run:
+            for path in owned:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            if not any(self.root.iterdir()):
+                self.root.rmdir()
+        return owned, size

@@ -99,7 +99,7 @@ class TrainConfig:
     out: str | None = opt(None, "run folder (default: a fresh folder under runs_dir)")
     runs_dir: str = opt("runs", "where fresh run folders are made")
     name: str | None = opt(None, "run folder name under runs_dir")
-    quiet: bool = opt(False, "no progress bars")
+    quiet: bool = opt(False, "print warnings and errors only (no progress, no results table)")
     resume: str | None = opt(None, "continue the interrupted run in this folder from its last checkpoint")
 
     # -- resolution and validation -------------------------------------------------------------

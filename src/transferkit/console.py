@@ -3,23 +3,56 @@
 from __future__ import annotations
 
 import sys
+import time
 
 
 class Console:
-    """Messages of a command or an API call. `quiet` turns progress bars off."""
+    """Messages of a command or an API call. `quiet`: warnings and errors only (no results, no
+    progress)."""
 
     def __init__(self, quiet: bool = False):
         self.quiet = quiet
 
     def info(self, msg: str) -> None:
-        print(msg, flush=True)
+        if not self.quiet:
+            print(msg, flush=True)
 
     def warn(self, msg: str) -> None:
         print(f"warning: {msg}", file=sys.stderr, flush=True)
 
     def progress(self, total: int, desc: str):
-        """A tqdm bar on stderr (shown on a terminal, unless quiet)."""
-        from tqdm import tqdm
+        """Progress of long work on stderr: a tqdm bar on a terminal; elsewhere (a log file, CI)
+        a line every few seconds; nothing when quiet."""
+        if self.quiet:
+            return LogProgress(total, desc, every=None)
+        if sys.stderr.isatty():
+            from tqdm import tqdm
 
-        return tqdm(total=total, desc=desc, leave=False, disable=True if self.quiet else None,
-                    file=sys.stderr, dynamic_ncols=True)
+            return tqdm(total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True)
+        return LogProgress(total, desc)
+
+
+class LogProgress:
+    """A progress bar for a log: one line every `every` seconds while work goes on (None: silent),
+    and a closing line if any was written."""
+
+    def __init__(self, total: int, desc: str, every: float | None = 5.0):
+        self.total, self.desc, self.every = total, desc, every
+        self.n, self.start, self.last, self.postfix, self.lines = 0, time.monotonic(), time.monotonic(), "", 0
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self.every is not None and time.monotonic() - self.last >= self.every:
+            self._line()
+
+    def set_postfix(self, **values) -> None:
+        self.postfix = ", ".join(f"{k} {v}" for k, v in values.items())
+
+    def _line(self) -> None:
+        self.last, self.lines = time.monotonic(), self.lines + 1
+        extra = f" ({self.postfix})" if self.postfix else ""
+        print(f"{self.desc}: {self.n}/{self.total}{extra}, {self.last - self.start:.0f} s", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.lines:
+            self._line()

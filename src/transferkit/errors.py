@@ -5,10 +5,38 @@ class UserError(Exception):
     """Bad input or option: printed as a one-line message, never as a traceback."""
 
 
-class ImageDecodeError(Exception):
-    """An image file that cannot be used; `reason` says why in a few words."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (the console script raises it): handled as Ctrl-C is, a clean stop that keeps what
+    there is, but reported as SIGTERM (exit status 143, not 130)."""
 
-    def __init__(self, path: str, reason: str):
+
+class ImageDecodeError(Exception):
+    """An image file that cannot be used; `reason` says why in a few words. `cacheable`: the
+    reason lies in the file's bytes (not an image, truncated, ...), so it may be remembered with
+    them; a reason of the environment (no permission, a missing file, a broken link) is not: it
+    may be fixed without the file changing."""
+
+    def __init__(self, path: str, reason: str, cacheable: bool = True):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+        self.cacheable = cacheable
+
+
+def describe_os_error(exc: OSError) -> str:
+    """An OSError as a few words for the user: its cause, without errno numbers."""
+    import os
+
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, FileNotFoundError):
+        name = getattr(exc, "filename", None)
+        return "broken symbolic link" if name and os.path.islink(name) else "file not found"
+    return exc.strerror or type(exc).__name__
+
+
+def os_error_line(exc: OSError) -> str:
+    """An OSError as one line: the path(s) and the cause."""
+    where = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
+    cause = exc.strerror or str(exc) or type(exc).__name__
+    return f"{where}: {cause}" if where else cause

@@ -16,6 +16,7 @@ from torch import nn
 
 from .cache import ArrayCache, image_key
 from .data.datasets import decode_batches
+from .errors import describe_os_error
 from .models.preprocess import Preprocess
 from .runtime import Runtime
 
@@ -80,7 +81,7 @@ class Extractor:
 
     def run(self, batches: Iterator[tuple], progress=None) -> Iterator[tuple]:
         """Features of `decode_batches` batches (already under way): yields (indices, one
-        (1 + K, D) tensor per index, errors [(index, reason)]) per batch."""
+        (1 + K, D) tensor per index, errors [(index, reason, cacheable)]) per batch."""
         for idx, batch, counts, errors in batches:
             feats = self.forward(batch).split(counts) if batch is not None else ()
             if progress is not None:
@@ -108,13 +109,15 @@ class FeaturePass:
     def __init__(self, groups: list[tuple[list[str], int]], pre: Preprocess, cache: ArrayCache | None,
                  seed: int = 0, batch_size: int = 32, workers: int = 0):
         self.groups = groups
-        self.keys = [[image_key(p) for p in paths] for paths, _ in groups]
         self.rows: list[list[np.ndarray | None]] = [[None] * len(paths) for paths, _ in groups]
         self.errors: list[dict[str, str]] = [{} for _ in groups]
+        self.keys = [[self._key(p, self.errors[g]) for p in paths] for g, (paths, _) in enumerate(groups)]
         self.cache = cache
         self.todo: list[tuple[int, int]] = []  # (group, index) of the images to compute
         for g, (paths, aug_views) in enumerate(groups):
             for i, key in enumerate(self.keys[g]):
+                if key is None:
+                    continue
                 got = self._cached(key, 1 + aug_views)
                 if isinstance(got, str):
                     self.errors[g][paths[i]] = got
@@ -127,6 +130,15 @@ class FeaturePass:
             self._batches = decode_batches(
                 [groups[g][0][i] for g, i in self.todo], pre, [groups[g][1] for g, _ in self.todo], seed,
                 [self.keys[g][i] for g, i in self.todo], batch_size, workers)
+
+    @staticmethod
+    def _key(path: str, errors: dict[str, str]) -> str | None:
+        """The image's cache key, or None (and the reason in `errors`) when it cannot be stat'ed."""
+        try:
+            return image_key(path)
+        except OSError as exc:
+            errors[path] = describe_os_error(exc)
+            return None
 
     def _cached(self, key: str, views: int) -> np.ndarray | str | None:
         """The cached (views, D) features, the cached reason the image is unreadable, or None."""
@@ -150,10 +162,10 @@ class FeaturePass:
             extractor.freeze = extractor.freeze or views >= FREEZE_MIN_IMAGES
             batches, self._batches = self._batches, None
             for idx, feats, errs in extractor.run(batches, progress):
-                for j, reason in errs:
+                for j, reason, cacheable in errs:
                     g, i = self.todo[j]
                     self.errors[g][self.groups[g][0][i]] = reason
-                    if self.cache is not None:
+                    if self.cache is not None and cacheable:  # not "permission denied": it may be fixed
                         self.cache.put_error(self.keys[g][i], reason)
                 for j, f in zip(idx, feats):
                     g, i = self.todo[j]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,10 @@ def atomic_write(path: str | Path, data: bytes, fsync: bool = True) -> None:
     recomputed if a crash loses them (one fsync per feature vector would dominate a cold run)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+    # mode 0o666 less the umask, as for any file the user's programs write (mkstemp's 0600 made
+    # run files unreadable to the user's group where everything else was not)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -77,6 +80,55 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection).
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(value) -> str:
+    """A cell as written to CSV: text that a spreadsheet would run as a formula (a class folder
+    named "=HYPERLINK(...)") gets a leading apostrophe, which shows it as the text it is; numbers
+    ("-0.5") stay numbers."""
+    value = "" if value is None else str(value)
+    if not value.startswith(_FORMULA):
+        return value
+    try:
+        float(value)
+        return value
+    except ValueError:
+        return "'" + value
+
+
+def csv_table(header: list[str], rows) -> str:
+    """A CSV document of `rows` under `header`, every cell through `csv_text`."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows([csv_text(c) for c in row] for row in rows)
+    return buf.getvalue()
+
+
+def csv_untext(value: str) -> str:
+    """A text cell as `csv_text` wrote it, read back."""
+    return value[1:] if value.startswith("'") and value[1:].startswith(_FORMULA) else value
+
+
+def check_output_file(path: str | Path, flag: str) -> Path:
+    """An output file the user named: its folder must exist and be writable, checked before any
+    long work starts."""
+    path = Path(path).expanduser()
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder, not a file")
+    if not folder.is_dir():
+        raise UserError(f"{flag} {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: the folder {folder} is not writable")
+    return path
 
 
 def claim_out(out: str | Path, markers: tuple[str, ...], kind: str) -> Path:

@@ -11,7 +11,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from ..cache import ArrayCache, image_key
-from ..errors import ImageDecodeError
+from ..errors import ImageDecodeError, describe_os_error
 from ..models.preprocess import Preprocess
 from .decode import center_crop, load_rgb, resize_short
 from .discover import Sample
@@ -31,7 +31,8 @@ def labels_of(samples: list[Sample]) -> torch.Tensor:
 
 
 class ImageViews(Dataset):
-    """Item i -> (i, uint8 tensor (1 + K_i, 3, S, S) or None, error reason or "").
+    """Item i -> (i, uint8 tensor (1 + K_i, 3, S, S) or None, error reason or "", whether the
+    reason may be cached).
 
     View 0 is the eval view (resize + center crop); views 1..K_i are seeded random resized crops
     with flips, the same for a given (seed, image) in every run and every worker."""
@@ -49,18 +50,19 @@ class ImageViews(Dataset):
         try:
             img = load_rgb(self.paths[i], min_short_side=self.pre.resize_size)
         except ImageDecodeError as exc:
-            return i, None, exc.reason
+            return i, None, exc.reason, exc.cacheable
         base = resize_short(img, self.pre.resize_size, self.pre.interpolation)
         views = [center_crop(base, self.pre.input_size)]
         for v in range(1, self.aug_views[i] + 1):
             views.append(train_view(base, self.pre, view_rng(self.seed, self.keys[i], v)))
-        return i, torch.stack([to_tensor(v) for v in views]), ""
+        return i, torch.stack([to_tensor(v) for v in views]), "", True
 
 
 def collate_views(items):
-    """-> (indices, all their views concatenated (sum V, 3, S, S) or None, views per index, errors)."""
-    ok = [(i, t) for i, t, _ in items if t is not None]
-    errors = [(i, reason) for i, t, reason in items if t is None]
+    """-> (indices, all their views concatenated (sum V, 3, S, S) or None, views per index, errors
+    [(index, reason, cacheable)])."""
+    ok = [(i, t) for i, t, _, _ in items if t is not None]
+    errors = [(i, reason, cacheable) for i, t, reason, cacheable in items if t is None]
     batch = torch.cat([t for _, t in ok]) if ok else None
     return [i for i, _ in ok], batch, [len(t) for _, t in ok], errors
 
@@ -133,14 +135,19 @@ def decode_all(samples: list[Sample], cache: ArrayCache, pre: Preprocess, progre
     errors: dict[str, str] = {}
     bar = progress(len(samples), "decode")
     for s in samples:
-        key = image_key(s.path)
-        reason = cache.get_error(key)
-        if reason is None and cache.get(key, "img") is None:
+        try:
+            key = image_key(s.path)
+        except OSError as exc:
+            key, reason = None, describe_os_error(exc)
+        else:
+            reason = cache.get_error(key)
+        if key is not None and reason is None and cache.get(key, "img") is None:
             try:
                 decode_into(cache, s.path, key, pre)
             except ImageDecodeError as exc:
                 reason = exc.reason
-                cache.put_error(key, reason)
+                if exc.cacheable:
+                    cache.put_error(key, reason)
         if reason is not None:
             errors[s.path] = reason
         bar.update(1)

@@ -14,7 +14,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from PIL import BmpImagePlugin, GifImagePlugin, JpegImagePlugin  # noqa: F401
 from PIL import PngImagePlugin, TiffImagePlugin, WebPImagePlugin  # noqa: F401
 
-from ..errors import ImageDecodeError
+from ..errors import ImageDecodeError, describe_os_error
 
 # Formats we accept, by content. The JPEG decoder also opens MPO, the multi-picture JPEG of cameras.
 FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
@@ -69,8 +69,8 @@ def load_rgb(source: str | Path | bytes | Image.Image, min_short_side: int | Non
                 return to_rgb8(im)
     except ImageDecodeError:
         raise
-    except FileNotFoundError:
-        raise ImageDecodeError(p, "file not found") from None
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+        raise ImageDecodeError(p, describe_os_error(exc), cacheable=False) from None
     except UnidentifiedImageError:
         raise ImageDecodeError(p, "not an image (unknown or unsupported format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from . import cifar
-from ..errors import UserError
+from ..errors import UserError, describe_os_error
 
 
 @dataclass(frozen=True)
@@ -52,46 +52,97 @@ def is_hidden(name: str) -> bool:
     return name.startswith(".") or name.startswith("__MACOSX") or name == "Thumbs.db"
 
 
-def list_files(folder: Path) -> list[str]:
-    """Every non-hidden file under `folder`, recursively, sorted; hidden folders are not entered."""
+def list_files(folder: Path, unreadable: list[dict] | None = None) -> list[str]:
+    """Every non-hidden file under `folder`, recursively, sorted; hidden folders are not entered.
+    Linked folders are followed, each real folder once (a link loop is walked once); a broken link
+    is listed like a file (it is then skipped, saying so); transferkit's own output folders are
+    not entered. Folders that cannot be read are added to
+    `unreadable` as {path, reason}."""
     out: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
+    seen: set[str] = set()
+
+    def failed(exc: OSError) -> None:
+        if unreadable is not None:
+            unreadable.append({"path": str(exc.filename), "reason": f"folder not readable ({describe_os_error(exc)})"})
+
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=failed):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d) and not is_own_output(Path(dirpath) / d))
         out += [os.path.join(dirpath, f) for f in sorted(filenames) if not is_hidden(f)]
     return out
 
 
 def class_folders(folder: Path) -> dict[str, Path]:
+    """The visible sub-folders of `folder` by name, less transferkit's own outputs."""
     if not folder.is_dir():
         raise UserError(f"folder not found: {folder}")
-    return {p.name: p for p in sorted(folder.iterdir()) if p.is_dir() and not is_hidden(p.name)}
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as exc:
+        raise UserError(f"cannot read the folder {folder}: {describe_os_error(exc)}") from None
+    return {p.name: p for p in entries if p.is_dir() and not is_hidden(p.name) and not is_own_output(p)}
 
 
-def find_layout(root: Path) -> tuple[Path, Path | None]:
-    """(train folder, val folder or None). DATA/train[/val] or DATA/<class>/ directly."""
+# The usual names of split folders (compared case-insensitively).
+TRAIN_NAMES = ("train", "training")
+VAL_NAMES = ("val", "valid", "validation")
+TEST_NAMES = ("test", "testing")
+
+
+def is_own_output(folder: Path) -> bool:
+    """A folder transferkit wrote (a run, an export, an eval, or a folder of runs): never a class,
+    never images."""
+    def has(*names: str) -> bool:
+        return all((folder / n).is_file() for n in names)
+
+    return (has(OWN_MARKER) or has("model.json", "model.safetensors") or has("export.json")
+            or has("metrics.json", "predictions.csv"))
+
+
+OWN_MARKER = ".transferkit"  # in a folder that holds run folders (runs/)
+
+
+def find_layout(root: Path) -> tuple[Path | None, Path | None, Path | None]:
+    """(train folder, val folder, test folder), each None when absent. DATA/train[/val][/test]
+    under any usual split name (train or training; val, valid or validation; test), or
+    DATA/<class>/ directly (train = DATA). A folder named like a split beside class folders is
+    refused rather than taken as a class."""
     if not root.exists():
         raise UserError(f"dataset folder not found: {root}")
     if not root.is_dir():
         raise UserError(f"dataset path is not a folder: {root}")
-    train = root / "train"
-    if train.is_dir():
-        val = root / "val"
-        if not val.is_dir() and (root / "valid").is_dir():
-            val = root / "valid"
-        return train, (val if val.is_dir() else None)
-    return root, None
+    folders = {p.name.lower(): p for p in class_folders(root).values()}
+
+    def first(names: tuple[str, ...]) -> Path | None:
+        return next((folders[n] for n in names if n in folders), None)
+
+    train, val, test = first(TRAIN_NAMES), first(VAL_NAMES), first(TEST_NAMES)
+    if train is not None or val is not None or test is not None:
+        others = sorted(p.name for n, p in folders.items() if n not in TRAIN_NAMES + VAL_NAMES + TEST_NAMES)
+        if train is None and others:
+            splits = ", ".join(p.name for p in (val, test) if p is not None)
+            raise UserError(f"{root} has class folders and a folder named like a split ({splits}); rename it if it "
+                            f"is a class, or use DATA/train/<class> + DATA/{splits.split(',')[0]}/<class>")
+        return train, val, test
+    return root, None, None
 
 
-def scan_classes(folder: Path, what: str) -> dict[str, list[str]]:
-    """Class name -> files. Errors: fewer than 2 classes, an empty class."""
+def scan_classes(folder: Path, what: str, unreadable: list[dict] | None = None,
+                 min_classes: int = 2) -> dict[str, list[str]]:
+    """Class name -> files (folders that cannot be read are added to `unreadable`). Errors: fewer
+    than `min_classes` classes, an empty class."""
     classes = class_folders(folder)
-    if len(classes) < 2:
+    if len(classes) < min_classes:
         found = f" (found: {', '.join(classes)})" if classes else ""
         raise UserError(
-            f"{what} folder {folder} needs at least 2 class folders{found}; "
+            f"{what} folder {folder} needs at least {min_classes} class folder{'s' if min_classes > 1 else ''}{found}; "
             "expected layout: DATA/train/<class>/<image files>"
         )
-    files = {name: list_files(path) for name, path in classes.items()}
+    files = {name: list_files(path, unreadable) for name, path in classes.items()}
     empty = [name for name, f in files.items() if not f]
     if empty:
         raise UserError(f"empty class folder(s) in {folder}: {', '.join(empty)}")
@@ -123,7 +174,7 @@ def image_root(data: str | Path, datasets_dir: Path | None = None) -> tuple[Path
     if datasets_dir is None:
         from ..cache import Cache
 
-        datasets_dir = Cache().datasets()
+        datasets_dir = Cache().prepare().datasets()
     return cifar.materialize(folder, datasets_dir), cifar.SIDE
 
 
@@ -136,11 +187,15 @@ def discover(data: str | Path, val_fraction: float = 0.2, seed: int = 0,
 
 
 def _discover(root: Path, val_fraction: float, seed: int) -> DatasetSplit:
-    train_dir, val_dir = find_layout(root)
-    train_files = scan_classes(train_dir, "train")
+    train_dir, val_dir, _ = find_layout(root)
+    if train_dir is None:
+        raise UserError(f"{root} has no training folder (train/ or training/) beside {val_dir.name if val_dir else 'test'}/; "
+                        "expected layout: DATA/train/<class>/<image files>")
+    unreadable: list[dict] = []
+    train_files = scan_classes(train_dir, "train", unreadable)
     classes = sorted(train_files)
     if val_dir is not None:
-        val_files = scan_classes(val_dir, "val")
+        val_files = scan_classes(val_dir, "val", unreadable)
         only_train = sorted(set(train_files) - set(val_files))
         only_val = sorted(set(val_files) - set(train_files))
         if only_train or only_val:
@@ -152,23 +207,24 @@ def _discover(root: Path, val_fraction: float, seed: int) -> DatasetSplit:
             raise UserError(f"train and val class folders differ ({'; '.join(parts)})")
         train = [Sample(p, i) for i, c in enumerate(classes) for p in train_files[c]]
         val = [Sample(p, i) for i, c in enumerate(classes) for p in val_files[c]]
-        return DatasetSplit(classes, train, val, "folder")
+        return DatasetSplit(classes, train, val, "folder", skipped=unreadable)
     every = [Sample(p, i) for i, c in enumerate(classes) for p in train_files[c]]
     is_val = stratified_split([s.label for s in every], val_fraction, seed)
     train = [s for s, v in zip(every, is_val) if not v]
     val = [s for s, v in zip(every, is_val) if v]
     if not val:
         raise UserError("too few images to hold out a validation split; add a val/ folder")
-    return DatasetSplit(classes, train, val, "split")
+    return DatasetSplit(classes, train, val, "split", skipped=unreadable)
 
 
 def eval_files(data: str | Path, classes: list[str], datasets_dir: Path | None = None) -> list[Sample]:
-    """Labelled files for `transferkit eval DATA`: DATA/val if present, else DATA's class folders
-    (CIFAR-10 batches: test_batch). Classes must be those the model was trained on."""
+    """Labelled files for `transferkit eval DATA`: DATA's val folder if present, else its test
+    folder, else DATA's class folders (CIFAR-10 batches: test_batch). Any of the model's classes
+    may be missing (evaluated by name on those present); a class the model does not know is refused."""
     root, _ = image_root(data, datasets_dir)
-    train_dir, val_dir = find_layout(root)
-    folder = val_dir if val_dir is not None else train_dir
-    files = scan_classes(folder, "evaluation")
+    train_dir, val_dir, test_dir = find_layout(root)
+    folder = val_dir or test_dir or train_dir
+    files = scan_classes(folder, "evaluation", min_classes=1)
     unknown = sorted(set(files) - set(classes))
     if unknown:
         raise UserError(

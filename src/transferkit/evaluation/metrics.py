@@ -36,6 +36,13 @@ def summarize(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], probs:
         m = row(report.get(str(k), empty))
         per_class[c] = {**m, "accuracy": m["recall"]}  # per-class accuracy is the class's recall
     averages = {n: row(report[f"{n} avg"]) for n in ("macro", "weighted") if f"{n} avg" in report}
+    present = sorted(set(np.asarray(y_true).tolist()))
+    if len(y_true) and len(present) < len(classes):
+        # A class without validation images has no measured precision or recall: averaged as 0 it
+        # would pull the macro average down while balanced accuracy (the mean recall of the classes
+        # present) ignores it. Both average over the classes present.
+        averages["macro"] = row(classification_report(y_true, y_pred, labels=present, output_dict=True,
+                                                      zero_division=0)["macro avg"])
     cm = confusion_matrix(y_true, y_pred, labels=labels)
     rows = cm.sum(1, keepdims=True)
     normalized = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
@@ -49,6 +56,7 @@ def summarize(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], probs:
             warnings.simplefilter("ignore")
             top5 = float(top_k_accuracy_score(y_true, probs, k=5, labels=labels))
     return {
+        "classes_without_images": [classes[k] for k in labels if k not in present],
         "accuracy": float(accuracy_score(y_true, y_pred)) if len(y_true) else 0.0,
         "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)) if len(y_true) else 0.0,
         "top5_accuracy": top5,
@@ -99,12 +107,12 @@ class EpochStats:
 
 
 def write_history_csv(path: Path, history, unit: str = "epoch") -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow([unit, "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "train_seconds"])
-        for s in history:
-            w.writerow([s.epoch, f"{s.train_loss:.6f}", f"{s.train_acc:.6f}", f"{s.val_loss:.6f}",
-                        f"{s.val_acc:.6f}", f"{s.lr:.3e}", f"{s.seconds:.3f}", f"{s.train_seconds:.3f}"])
+    from ..files import atomic_write, csv_table
+
+    atomic_write(path, csv_table(
+        [unit, "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "train_seconds"],
+        ([s.epoch, f"{s.train_loss:.6f}", f"{s.train_acc:.6f}", f"{s.val_loss:.6f}", f"{s.val_acc:.6f}",
+          f"{s.lr:.3e}", f"{s.seconds:.3f}", f"{s.train_seconds:.3f}"] for s in history)).encode())
 
 
 def read_history_csv(path: Path) -> tuple[list, str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..files import atomic_write, csv_table, csv_untext, write_json
 from . import metrics
 from .page import report_html
 from .plots import plot_confusion, plot_curves, plot_grid
@@ -34,21 +35,39 @@ def write_evaluation(out_dir: Path, paths: list[str], y_true: np.ndarray, logits
     y_pred = probs.argmax(1)
     summary = metrics.summarize(y_true, y_pred, classes, probs)
     summary.update({"num_images": len(paths), "classes": classes, **(extra or {})})
-    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-    with open(out_dir / "predictions.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "actual", "predicted", "probability", "actual_probability"])
-        for path, t, p, row in zip(paths, y_true, y_pred, probs):
-            w.writerow([path, classes[t], classes[p], f"{row[p]:.6f}", f"{row[t]:.6f}"])
+    write_json(out_dir / "metrics.json", summary)
+    atomic_write(out_dir / "predictions.csv", csv_table(
+        ["path", "actual", "predicted", "probability", "actual_probability"],
+        ([path, classes[t], classes[p], f"{row[p]:.6f}", f"{row[t]:.6f}"]
+         for path, t, p, row in zip(paths, y_true, y_pred, probs))).encode())
     return summary
 
 
 def read_predictions(run_dir: Path) -> list[dict]:
-    with open(run_dir / "predictions.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        r["probability"], r["actual_probability"] = float(r["probability"]), float(r["actual_probability"])
+    """predictions.csv as written by `write_evaluation`; a damaged file is a `UserError`."""
+    path = run_dir / "predictions.csv"
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        for r in rows:
+            r["probability"], r["actual_probability"] = float(r["probability"]), float(r["actual_probability"])
+            r["path"], r["actual"], r["predicted"] = (csv_untext(r[k]) for k in ("path", "actual", "predicted"))
+    except (KeyError, TypeError, ValueError, csv.Error, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is damaged ({type(exc).__name__}: {exc}); `transferkit eval RUN` writes a "
+                        "fresh one") from None
     return rows
+
+
+def read_summary(run_dir: Path) -> dict:
+    """metrics.json as written by `write_evaluation`; a damaged file is a `UserError`."""
+    path = run_dir / "metrics.json"
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(summary, dict) or not isinstance(summary.get("classes"), list):
+            raise ValueError("no list of classes")
+        return summary
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is damaged ({exc}); `transferkit eval RUN` writes a fresh one") from None
 
 
 def render(run_dir: str | Path) -> Path:
@@ -59,14 +78,13 @@ def render(run_dir: str | Path) -> Path:
         if not (run_dir / name).is_file():
             raise UserError(f"{run_dir} has no {name}: not a transferkit run or eval folder (a run made "
                             "before reports existed lacks it: `transferkit eval RUN` writes a fresh one)")
-    summary = json.loads((run_dir / "metrics.json").read_text())
+    summary = read_summary(run_dir)
     classes = summary["classes"]
     rows = read_predictions(run_dir)
     wrong = sorted((r for r in rows if r["actual"] != r["predicted"]), key=lambda r: -r["probability"])
-    with open(run_dir / "misclassified.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "actual", "predicted", "probability"])
-        w.writerows([r["path"], r["actual"], r["predicted"], f"{r['probability']:.4f}"] for r in wrong)
+    atomic_write(run_dir / "misclassified.csv", csv_table(
+        ["path", "actual", "predicted", "probability"],
+        ([r["path"], r["actual"], r["predicted"], f"{r['probability']:.4f}"] for r in wrong)).encode())
     confusion_note = plot_confusion(run_dir, summary, classes)
     history = run_dir / "metrics.csv"
     if history.is_file():
@@ -77,7 +95,7 @@ def render(run_dir: str | Path) -> Path:
     plot_grid(run_dir / "predictions.png", sample_rows(rows, GRID), "validation predictions", show_actual=False)
     plot_grid(run_dir / "top_losses.png", wrong[:TOP_LOSSES], "most confidently wrong", show_actual=True)
     page = run_dir / "report.html"
-    page.write_text(report_html(run_dir, summary, wrong, confusion_note), encoding="utf-8")
+    atomic_write(page, report_html(run_dir, summary, wrong, confusion_note).encode("utf-8"))
     return page
 
 

@@ -12,14 +12,16 @@ import numpy as np
 
 from .report import render, write_evaluation
 
-# The Worker's child: lowest CPU priority (where the OS has it), then `_serve`.
-_CHILD = "import os; hasattr(os, 'nice') and os.nice(19); from transferkit.evaluation.worker import _serve; _serve()"
+# The Worker's child, at the caller's own CPU priority: the caller waits for its work, so a lower
+# one lets any other load starve the run (a warm run took 196 s instead of 11 s at load ~10 on
+# 2 cores with the child at nice 19).
+_CHILD = "from transferkit.evaluation.worker import _serve; _serve()"
 
 
 class Worker:
     """A child process for a run's evaluation and report, started before training: it imports
-    scikit-learn and matplotlib (about 1.1 s on one core, at the lowest CPU priority) while this
-    process imports torch and trains. `write_evaluation` and `render` then run there
+    scikit-learn and matplotlib (about 1.1 s on one core) while this process imports torch and
+    trains. `write_evaluation` and `render` then run there
     and this process only waits. If the child cannot start or fails, the work is done here
     instead, with a warning naming the reason: the outputs are the same either way. `close()` (or
     leaving the `with` block) ends the child."""
@@ -81,6 +83,11 @@ class Worker:
 def _serve() -> None:
     """The child of `Worker`: import what the work needs, then answer requests (pickled
     (name, args) on stdin; (ok, result or error text) on stdout) until stdin closes."""
+    import signal
+
+    # Ctrl-C reaches the whole process group: the parent handles it (keeps what it has, writes its
+    # outputs through this child) and ends the child when done; the child itself goes on.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     requests, replies = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # a stray print must not corrupt the replies
     import matplotlib.backends.backend_agg  # noqa: F401

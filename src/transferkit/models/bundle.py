@@ -3,16 +3,17 @@ them). Loadable without unpickling anything; both files are written atomically."
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from .. import __version__
 from ..errors import UserError
-from ..files import atomic_write, write_json
+from ..files import atomic_write, file_sha256, write_json
 from . import backbones
 from .classifier import Classifier
 from .preprocess import Preprocess
@@ -46,6 +47,7 @@ class BundleMeta:
     weights: str
     weights_sha256: str | None
     stem: str = "standard"  # "small": the CIFAR-style stem for ~32 px images
+    model_sha256: str | None = None  # of model.safetensors, checked on load (bundles before it: None)
 
     def to_dict(self) -> dict:
         return {
@@ -61,18 +63,36 @@ class BundleMeta:
             "weights": self.weights,
             "weights_sha256": self.weights_sha256,
             "stem": self.stem,
+            "model_sha256": self.model_sha256,
             "versions": versions(),
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> "BundleMeta":
-        if d.get("format") != FORMAT:
+        """The metadata, every field checked: a damaged or crafted model.json is a `UserError`
+        naming the field, never a huge allocation or a traceback later."""
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise UserError("model.json is not a transferkit bundle")
-        if int(d.get("format_version", 0)) > FORMAT_VERSION:
+        if not isinstance(d.get("format_version", 0), int) or d.get("format_version", 0) > FORMAT_VERSION:
             raise UserError("model.json was written by a newer transferkit; upgrade to load it")
-        return cls(d["backbone"], d["arch"], list(d["classes"]), Preprocess.from_dict(d["preprocess"]),
-                   d["strategy"], float(d.get("dropout", 0.0)), d.get("weights", ""), d.get("weights_sha256"),
-                   d.get("stem", "standard"))
+        classes = d.get("classes")
+        if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) and c for c in classes) \
+                or len(set(classes)) != len(classes) or d.get("num_classes", len(classes)) != len(classes):
+            raise UserError("model.json: classes must be a list of 2 or more distinct names (and num_classes their count)")
+        for key in ("backbone", "arch", "strategy"):
+            if not isinstance(d.get(key), str) or not d[key]:
+                raise UserError(f"model.json: {key} must be a name")
+        dropout = d.get("dropout", 0.0)
+        if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise UserError(f"model.json: dropout must be in [0, 1) (got {dropout!r})")
+        stem = d.get("stem", "standard")
+        if stem not in ("standard", "small"):
+            raise UserError(f"model.json: stem must be standard or small (got {stem!r})")
+        digest = d.get("model_sha256")
+        if digest is not None and not (isinstance(digest, str) and len(digest) == 64):
+            raise UserError("model.json: model_sha256 must be a sha256 hex digest")
+        return cls(d["backbone"], d["arch"], list(classes), Preprocess.from_dict(d.get("preprocess")),
+                   d["strategy"], float(dropout), str(d.get("weights", "")), d.get("weights_sha256"), stem, digest)
 
 
 def save(run_dir: Path, state: dict[str, torch.Tensor], meta: BundleMeta) -> None:
@@ -82,7 +102,12 @@ def save(run_dir: Path, state: dict[str, torch.Tensor], meta: BundleMeta) -> Non
 
     state = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
              for k, v in state.items()}
-    atomic_write(Path(run_dir) / "model.safetensors", st_save(state, metadata={"format": FORMAT}))
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise UserError(f"the trained model has non-finite weights ({bad[0]}, ...): not saved; lower --lr")
+    data = st_save(state, metadata={"format": FORMAT})
+    atomic_write(Path(run_dir) / "model.safetensors", data)
+    meta = replace(meta, model_sha256=hashlib.sha256(data).hexdigest())
     write_json(Path(run_dir) / "model.json", meta.to_dict())
 
 
@@ -103,8 +128,8 @@ def read_meta(path: str | Path) -> tuple[BundleMeta, Path]:
     """A run's model.json (checked), and the run folder."""
     run_dir = resolve(path)
     try:
-        return BundleMeta.from_dict(json.loads((run_dir / "model.json").read_text())), run_dir
-    except (json.JSONDecodeError, KeyError) as exc:
+        return BundleMeta.from_dict(json.loads((run_dir / "model.json").read_text(encoding="utf-8"))), run_dir
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
         raise UserError(f"{run_dir / 'model.json'} is damaged: {exc}") from None
 
 
@@ -116,8 +141,12 @@ def load(path: str | Path) -> tuple[Classifier, BundleMeta, Path]:
     spec = backbones.get(meta.backbone)
     backbone = spec.build(meta.stem)
     model = Classifier(backbone, backbone.num_features, len(meta.classes), meta.dropout)
+    weights = run_dir / "model.safetensors"
+    if meta.model_sha256 is not None and file_sha256(weights) != meta.model_sha256:
+        raise UserError(f"{weights} does not match the checksum in model.json: the file is damaged or was "
+                        "replaced; retrain, or restore it from a copy")
     try:
-        state = load_file(str(run_dir / "model.safetensors"))
+        state = load_file(str(weights))
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a damaged file
         raise UserError(f"{run_dir / 'model.safetensors'} is damaged: {exc}") from None
     diff = state_dict_diff(model.state_dict(), state)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 
@@ -29,10 +30,29 @@ class Preprocess:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocess":
-        return cls(
-            input_size=int(d["input_size"]),
-            crop_pct=float(d["crop_pct"]),
-            interpolation=str(d["interpolation"]),
-            mean=tuple(float(x) for x in d["mean"]),
-            std=tuple(float(x) for x in d["std"]),
-        )
+        """From a saved bundle or an exported model's metadata, every field checked: a crafted
+        file cannot ask for a 100,000-pixel input (240 GB) or divide by a zero std."""
+        from ..errors import UserError
+
+        try:
+            pre = cls(int(d["input_size"]), float(d["crop_pct"]), str(d["interpolation"]),
+                      tuple(float(x) for x in d["mean"]), tuple(float(x) for x in d["std"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"preprocessing settings are damaged ({type(exc).__name__}: {exc})") from None
+        problems = []
+        if not MIN_SIZE <= pre.input_size <= MAX_SIZE:
+            problems.append(f"input_size {pre.input_size} is outside {MIN_SIZE}-{MAX_SIZE}")
+        if not 0.25 <= pre.crop_pct <= 1.0:
+            problems.append(f"crop_pct {pre.crop_pct} is outside 0.25-1")
+        if pre.interpolation not in INTERPOLATIONS:
+            problems.append(f"interpolation {pre.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}")
+        if len(pre.mean) != 3 or len(pre.std) != 3 or not all(math.isfinite(v) for v in pre.mean + pre.std) \
+                or min(pre.std) <= 0:
+            problems.append("mean and std must be 3 finite numbers each, std > 0")
+        if problems:
+            raise UserError("preprocessing settings are invalid: " + "; ".join(problems))
+        return pre
+
+
+MIN_SIZE, MAX_SIZE = 16, 1024  # input sides a model may ask for
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos")

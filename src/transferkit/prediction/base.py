@@ -41,9 +41,10 @@ class BasePredictor:
         except ImageDecodeError as exc:
             return exc.reason
 
-    def logits(self, images: list, names: list[str] | None = None) -> tuple[np.ndarray, dict[int, str]]:
+    def logits(self, images: list, names: list[str] | None = None, progress=None) -> tuple[np.ndarray, dict[int, str]]:
         """Logits (N, C) of `images` (paths, bytes or PIL images; rows of unusable images are NaN)
-        and {index: reason} for those."""
+        and {index: reason} for those. `progress`: (total, desc) -> a bar, updated per batch."""
+        bar = progress(len(images), "predict") if progress else None
         names = names or [source_name(x, f"<image {i}>") for i, x in enumerate(images)]
         out = np.full((len(images), len(self.classes)), np.nan, dtype=np.float32)
         errors: dict[int, str] = {}
@@ -56,16 +57,21 @@ class BasePredictor:
             errors.update({start + j: p for j, p in enumerate(prepared) if isinstance(p, str)})
             if ok:
                 out[ok] = self.run(np.stack([prepared[i - start] for i in ok]))
+            if bar is not None:
+                bar.update(len(items))
+        if bar is not None:
+            bar.close()
         return out, errors
 
-    def predict(self, images: list, top_k: int = 1, names: list[str] | None = None) -> list[Prediction]:
+    def predict(self, images: list, top_k: int = 1, names: list[str] | None = None,
+                progress=None) -> list[Prediction]:
         """Predict each image (a path, the file's bytes or a PIL image); an unusable one gives a
         `Prediction` with `error` set. `names` label them in the results (default: the paths).
 
         Example: ``transferkit.load("runs/x").predict(["a.jpg"])[0].label``"""
         images = [str(x) if isinstance(x, Path) else x for x in images]
         names = names or [source_name(x, f"<image {i}>") for i, x in enumerate(images)]
-        logits, errors = self.logits(images, names)
+        logits, errors = self.logits(images, names, progress)
         z = logits - logits.max(1, keepdims=True)  # rows of unreadable images stay NaN
         probs = np.exp(z) / np.exp(z).sum(1, keepdims=True)
         return top_predictions(names, probs, errors, self.classes, top_k)

@@ -43,10 +43,23 @@ def open_session(path: str | Path):
 
 
 def _metadata(session, path) -> dict:
+    """The model's transferkit metadata, checked (classes, preprocessing) like a bundle's."""
+    from ..models.preprocess import MAX_SIZE, Preprocess
+
     raw = session.get_modelmeta().custom_metadata_map.get(META_KEY)
     if raw is None:
         raise UserError(f"{path} has no transferkit metadata: export it with `transferkit export RUN`")
-    return json.loads(raw)
+    try:
+        meta = json.loads(raw)
+        classes, pre = meta["classes"], meta["preprocess"]
+        Preprocess.from_dict({**pre, "crop_pct": pre["input_size"] / pre["resize_size"]})
+        if not pre["input_size"] <= pre["resize_size"] <= 2 * MAX_SIZE:
+            raise ValueError(f"resize_size {pre['resize_size']} must be between input_size and {2 * MAX_SIZE}")
+        if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) for c in classes)):
+            raise ValueError("classes must be a list of names")
+    except (ValueError, KeyError, TypeError, ZeroDivisionError, UserError) as exc:
+        raise UserError(f"{path}: its transferkit metadata is damaged ({exc})") from None
+    return meta
 
 
 class OnnxPredictor(BasePredictor):

@@ -3,8 +3,6 @@ prediction with ONNX Runtime alone (`onnx_predictor`). No torch here."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +11,7 @@ import numpy as np
 
 from ..data.discover import list_files
 from ..errors import UserError
+from ..files import csv_table
 
 
 @dataclass
@@ -21,7 +20,7 @@ class Prediction:
     label: str | None  # None when the file could not be read
     probability: float | None
     top_k: list[tuple[str, float]] = field(default_factory=list)
-    error: str = ""
+    error: str | None = None  # why the image could not be used
 
 
 def top_predictions(paths: list[str], probs: np.ndarray, errors: dict[int, str], classes: list[str],
@@ -54,24 +53,22 @@ def expand_inputs(inputs: list[str]) -> list[str]:
 
 
 def to_csv(preds: list[Prediction], top_k: int) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf)
     header = ["path", "label", "probability"]
     for k in range(1, top_k + 1):
         header += [f"top{k}_label", f"top{k}_probability"]
-    w.writerow(header + ["error"])
+    rows = []
     for p in preds:
         row = [p.path, p.label or "", "" if p.probability is None else f"{p.probability:.6f}"]
         for k in range(top_k):
             row += [p.top_k[k][0], f"{p.top_k[k][1]:.6f}"] if k < len(p.top_k) else ["", ""]
-        w.writerow(row + [p.error])
-    return buf.getvalue()
+        rows.append(row + [p.error or ""])
+    return csv_table(header + ["error"], rows)
 
 
 def to_json(preds: list[Prediction]) -> str:
     rows = [
         {"path": p.path, "label": p.label, "probability": p.probability,
-         "top_k": [{"label": lab, "probability": q} for lab, q in p.top_k], "error": p.error or None}
+         "top_k": [{"label": lab, "probability": q} for lab, q in p.top_k], "error": p.error}
         for p in preds
     ]
     return json.dumps(rows, indent=2) + "\n"

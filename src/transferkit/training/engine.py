@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..evaluation.metrics import EpochStats
+from ..errors import Terminated, UserError
 from ..runtime import Runtime
 from .checkpoint import save_checkpoint
 
@@ -36,6 +37,7 @@ class FitResult:
     interrupted: bool = False
     stopped_early: bool = False
     unit: str = "epoch"  # what `EpochStats.epoch` counts: "epoch", or "iteration" for L-BFGS
+    stopped_by: str | None = None  # "SIGINT" (Ctrl-C) or "SIGTERM" when interrupted
 
 
 def make_optimizer(name: str, groups: list[dict], lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -78,6 +80,10 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         with runtime.autocast():
             logits = model(x)
             loss = loss_fn(logits.float(), y, *extra)
+        if not torch.isfinite(loss):
+            lr = max(g["lr"] for g in optimizer.param_groups)
+            raise UserError(f"the training loss became {loss.item()} (learning rate {lr:.3g}): training stopped and "
+                            "no model was saved; lower --lr")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None and scaler.is_enabled():
             scaler.scale(loss).backward()
@@ -186,8 +192,9 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
             if patience and since_best >= patience:
                 result.stopped_early = True
                 break
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         result.interrupted = True
+        result.stopped_by = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
     return result, best_state
 
 

@@ -14,7 +14,7 @@ import torch
 from ..cache import Cache, model_key
 from ..config import LRFindOptions, TrainConfig
 from ..console import Console
-from ..data.discover import discover
+from ..data.discover import OWN_MARKER, discover, is_own_output
 from ..errors import UserError
 from ..evaluation import metrics
 from ..evaluation.worker import Worker
@@ -45,6 +45,11 @@ def train(cfg: TrainConfig, console: Console, worker: Worker, started: float, ch
         outcome = ctx.strategy.run(ctx)
     for item in outcome.split.skipped:
         console.warn(f"skipped {item['path']}: {item['reason']}")
+    val_counts = np.bincount([s.label for s in outcome.split.val], minlength=len(outcome.split.classes))
+    for name, count in zip(outcome.split.classes, val_counts):
+        if count == 0:
+            console.warn(f"class {name} has no validation image: its accuracy is not measured, and the averages "
+                         "leave it out; add images to it (or a val/ folder)")
     if outcome.fit.interrupted:
         console.warn(f"interrupted: keeping the best epoch so far ({outcome.fit.best_epoch}); "
                      f"continue with: transferkit train --resume {run_dir}")
@@ -74,10 +79,10 @@ def _own_rng():
 def _cache_for(cfg: TrainConfig):
     """The cache: the user's, or with --no-cache a temporary one removed afterwards."""
     if not cfg.no_cache:
-        yield Cache(cfg.cache_dir)
+        yield Cache(cfg.cache_dir).prepare()
         return
     with tempfile.TemporaryDirectory(prefix="transferkit-") as tmp:
-        yield Cache(tmp)
+        yield Cache(tmp).prepare()
 
 
 def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str | None = None,
@@ -139,11 +144,46 @@ def resume_config(run: str, data, options: dict) -> tuple[TrainConfig, dict]:
     return cfg, checkpoint
 
 
+# What a run folder holds of an earlier run's that a new run into the same folder would leave
+# beside its own model: removed first (export/ and eval-*/ only when they are transferkit's).
+RUN_FILES = ("model.safetensors", "model.json", "results.json", "metrics.json", "metrics.csv", "predictions.csv",
+             "misclassified.csv", "split.json", "report.html", "curves.png", "confusion_matrix.png",
+             "confusion_matrix_normalized.png", "predictions.png", "top_losses.png", "lr_find.png", "lr_find.json")
+
+
 def make_run_dir(cfg: TrainConfig, run_name: str | None = None) -> Path:
-    if cfg.out:
-        return claim_out(cfg.out, ("model.json", "checkpoint.pt"), "a transferkit run")
+    """The run folder: --out (new, empty, or a transferkit run) or a fresh folder under
+    --runs-dir; never inside the dataset. Reusing a finished run's folder removes that run's
+    files first, so nothing of the old model survives beside the new one; an unfinished run's
+    folder is only continued (--resume), never silently overwritten."""
     default = f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model.replace(':', '-')}-{run_name or cfg.strategy}"
-    return fresh_dir(Path(cfg.runs_dir) / (cfg.name or default))
+    target = Path(cfg.out).expanduser() if cfg.out else Path(cfg.runs_dir).expanduser() / (cfg.name or default)
+    data = Path(cfg.data).resolve()
+    if target.resolve() == data or data in target.resolve().parents:
+        raise UserError(f"the run folder {target} would be inside the dataset {data}, where its files would "
+                        "become training images; give --out (or --runs-dir) outside it")
+    if not cfg.out:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (target.parent / OWN_MARKER).touch()  # a folder of runs: never taken as a class
+        return fresh_dir(target)
+    run_dir = claim_out(target, (OWN_MARKER, "model.json", "checkpoint.pt"), "a transferkit run")
+    if cfg.resume is None:
+        if (run_dir / "checkpoint.pt").exists():
+            raise UserError(f"{run_dir} holds an unfinished run (checkpoint.pt): continue it with "
+                            f"`transferkit train --resume {run_dir}`, or delete {run_dir / 'checkpoint.pt'} to start over")
+        _remove_earlier_run(run_dir)
+    (run_dir / OWN_MARKER).touch()
+    return run_dir
+
+
+def _remove_earlier_run(run_dir: Path) -> None:
+    import shutil
+
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    for folder in [run_dir / "export", *run_dir.glob("eval-*")]:
+        if folder.is_dir() and is_own_output(folder):
+            shutil.rmtree(folder)
 
 
 def write_outputs(run_dir: Path, outcome: Outcome, runtime: Runtime, started: float, worker: Worker) -> dict:
@@ -168,6 +208,7 @@ def write_outputs(run_dir: Path, outcome: Outcome, runtime: Runtime, started: fl
         "head_iterations": fit.best_epoch if fit.unit == "iteration" else None,
         "stopped_early": fit.stopped_early,
         "interrupted": fit.interrupted,
+        "stopped_by": fit.stopped_by,
         "strategy": cfg.strategy,
         "strategy_reason": outcome.info.get("strategy_reason"),
         "backbone": cfg.model,
