@@ -20,7 +20,7 @@ def test_suggestion_is_steepest_descent():
 def test_lr_find_command(tmp_path, capsys):
     data = make_dataset(tmp_path / "d", n_train=4, n_val=2)
     out = tmp_path / "lr"
-    assert main(["lr-find", str(data), "--out", str(out), "--steps", "60", "--quiet"]) == 0
+    assert main(["lr-find", str(data), "--out", str(out), "--steps", "60"]) == 0  # not --quiet: the suggestion is printed
     text = capsys.readouterr().out
     assert "suggested learning rate for --optimizer adamw:" in text  # linear's L-BFGS has no LR
     saved = json.loads((out / "lr_find.json").read_text())
