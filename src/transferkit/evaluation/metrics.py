@@ -18,7 +18,7 @@ def summarize(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], probs:
     (= per-class accuracy), F1 and support, their macro and weighted averages, the confusion
     matrix (rows: actual, columns: predicted) in counts and row-normalized, and the most-confused
     (actual, predicted) pairs."""
-    from sklearn.metrics import (accuracy_score, balanced_accuracy_score, classification_report,
+    from sklearn.metrics import (accuracy_score, classification_report,
                                  confusion_matrix, top_k_accuracy_score)
 
     labels = list(range(len(classes)))
@@ -41,8 +41,12 @@ def summarize(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], probs:
         # A class without validation images has no measured precision or recall: averaged as 0 it
         # would pull the macro average down while balanced accuracy (the mean recall of the classes
         # present) ignores it. Both average over the classes present.
-        averages["macro"] = row(classification_report(y_true, y_pred, labels=present, output_dict=True,
-                                                      zero_division=0)["macro avg"])
+        import warnings
+
+        with warnings.catch_warnings():  # sklearn warns about the missing classes: said in metrics.json
+            warnings.simplefilter("ignore")
+            averages["macro"] = row(classification_report(y_true, y_pred, labels=present, output_dict=True,
+                                                          zero_division=0)["macro avg"])
     cm = confusion_matrix(y_true, y_pred, labels=labels)
     rows = cm.sum(1, keepdims=True)
     normalized = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
@@ -58,7 +62,7 @@ def summarize(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], probs:
     return {
         "classes_without_images": [classes[k] for k in labels if k not in present],
         "accuracy": float(accuracy_score(y_true, y_pred)) if len(y_true) else 0.0,
-        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)) if len(y_true) else 0.0,
+        "balanced_accuracy": _balanced_accuracy(y_true, y_pred),
         "top5_accuracy": top5,
         "per_class": per_class,
         "macro_avg": averages.get("macro"),
@@ -121,3 +125,17 @@ def read_history_csv(path: Path) -> tuple[list, str]:
         reader = csv.DictReader(f)
         unit = reader.fieldnames[0] if reader.fieldnames else "epoch"
         return [EpochStats(int(r.pop(unit)), **{k: float(v) for k, v in r.items()}) for r in reader], unit
+
+
+def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """The mean recall of the classes present in `y_true` (scikit-learn's; its warning about
+    predicted classes absent from `y_true` is what `classes_without_images` records)."""
+    import warnings
+
+    from sklearn.metrics import balanced_accuracy_score
+
+    if not len(y_true):
+        return 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(balanced_accuracy_score(y_true, y_pred))
