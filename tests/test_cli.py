@@ -75,8 +75,9 @@ def test_eval_agrees_with_results(trained, capsys):
     assert main(["eval", str(run)]) == 0
     out = capsys.readouterr().out
     assert "difference 0.0000" in out
-    assert main(["eval", str(run), str(data), "--output", str(run / "eval.json")]) == 0
-    assert json.loads((run / "eval.json").read_text())["accuracy"] == 1.0
+    assert main(["eval", str(run), str(data), "--out", str(run / "eval-held-out")]) == 0
+    assert f"metrics: {run / 'eval-held-out' / 'metrics.json'}" in capsys.readouterr().out
+    assert json.loads((run / "eval-held-out" / "metrics.json").read_text())["accuracy"] == 1.0
 
 
 def test_predict_csv_and_json(trained, tmp_path):

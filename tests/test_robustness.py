@@ -352,3 +352,24 @@ def test_the_report_process_outlives_a_ctrl_c(tmp_path):
         summary = worker.write_evaluation(tmp_path, ["a.jpg", "b.jpg"], np.array([0, 1]),
                                           np.array([[2.0, 0.0], [0.0, 2.0]]), ["x", "y"])
     assert summary["accuracy"] == 1.0 and not warnings
+
+
+def test_help_and_output_text(run, capsys):
+    """Help lists what applies, a bad value is one line, metrics.csv has no repeated L-BFGS row."""
+    data, folder = run
+    for command, absent in ((["lr-find"], ("--no-report", "--resume", "--epochs", "--patience")),
+                            (["eval"], ("--output",))):
+        with pytest.raises(SystemExit):
+            main(command + ["--help"])
+        text = capsys.readouterr().out
+        assert not [flag for flag in absent if f"{flag} " in text], text
+    with pytest.raises(SystemExit) as exc:
+        main(["train", str(data), "--epochs", "ten"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert err.count("\n") == 1 and err.startswith("error: argument --epochs: invalid int value")
+    import csv
+
+    linear = transferkit.train(data, model="efficientnet_lite0", out=str(folder.parent / "lin"), quiet=True)
+    steps = [int(r["iteration"]) for r in csv.DictReader(open(linear.path / "metrics.csv"))]
+    assert steps == sorted(set(steps)) and steps[-1] == linear.results["head_iterations"]

@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="dataset folder")
     p.add_argument("--config", help="YAML file of options (command-line flags override it)")
     add_options(p, LRFindOptions)
-    add_options(p, TrainConfig, skip=("data", "resume"))
+    # the sweep runs --steps batches: what concerns epochs, the report or resuming does not apply
+    add_options(p, TrainConfig, skip=("data", "resume", "no_report", "epochs", "patience", "budget"))
 
     p = sub.add_parser("eval", help="re-evaluate a saved run",
                        description="Per-class precision, recall and F1, confusion matrix, top losses and "
@@ -74,7 +75,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder")
     p.add_argument("data", nargs="?", help="dataset folder (default: the run's validation split)")
     add_options(p, PredictOptions, skip=("top_k",))
-    p.add_argument("--output", help="also write the metrics to this JSON file")
     p.add_argument("--out", help="folder for metrics.json, plots and report.html "
                                  "[default: a new RUN/eval-<dataset name> folder]")
 
@@ -149,10 +149,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from . import api
     from .evaluation import metrics
-    from .files import check_output_file
-
-    if args.output:
-        check_output_file(args.output, "--output")
     summary = api.evaluate(args.run, args.data, out=args.out, **_options(args, PredictOptions))
     print(metrics.format_table(summary))
     results_file = Path(args.run) / "results.json"
@@ -162,9 +158,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
               f"(results.json: {saved:.4f}, difference {abs(summary['accuracy'] - saved):.4f})")
     else:
         print(f"accuracy {summary['accuracy']:.4f} on {summary['num_images']} images")
-    if args.output:
-        Path(args.output).write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"report: {Path(summary['out']) / 'report.html'}")
+    print(f"metrics: {Path(summary['out']) / 'metrics.json'}\nreport: {Path(summary['out']) / 'report.html'}")
     return 0
 
 
@@ -216,7 +210,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         text = to_csv(preds, top_k)
     if args.output:
-        Path(args.output).write_text(text)
+        from .files import atomic_write
+
+        atomic_write(args.output, text.encode())
         print(f"{len(preds)} predictions written to {args.output}")
     else:
         sys.stdout.write(text)

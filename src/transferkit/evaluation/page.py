@@ -66,6 +66,7 @@ td:first-child,th:first-child{text-align:left}thead{background:#f3f3f3}
 figure{margin:1em 0}figure img{max-width:100%}figcaption{color:#666;font-size:.9em}
 .thumbs{display:flex;flex-wrap:wrap;gap:.6em}.thumbs figure{margin:0;width:170px}
 .thumbs img{width:160px;height:160px;object-fit:contain;background:#eee}
+.thumbs figcaption{overflow-wrap:anywhere}
 .wrong{color:#c62828}.note{color:#666}
 """
 

@@ -37,6 +37,10 @@ def plot_curves(path: Path, history, best_epoch: int, unit: str = "epoch") -> No
     ax2.plot(epochs, [s.train_acc for s in history], label="train")
     ax2.plot(epochs, [s.val_acc for s in history], label="val")
     ax2.set(title="accuracy", xlabel=unit, ylim=(0, 1.01))
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs (iterations) are whole numbers
     for ax in (ax1, ax2):
         if best_epoch and unit == "epoch":
             ax.axvline(best_epoch, color="gray", linestyle=":", label=f"best epoch {best_epoch}")

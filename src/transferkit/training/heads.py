@@ -95,6 +95,8 @@ def fit_logistic(cfg: TrainConfig, num_classes: int, x_train, y_train, x_val, y_
         fit = minimize(objective, theta, jac=True, method="L-BFGS-B",
                        options={"maxiter": LBFGS_STEP, "gtol": 1e-6, "ftol": 64 * np.finfo(float).eps})
         theta, iters = fit.x, int(fit.nit)
+        if iters == 0 and result.history:  # converged exactly at the end of the last chunk: no new row
+            break
         done += iters
         seconds = time.perf_counter() - start
         row = engine.EpochStats(done, *stats(zt, yt, theta), *stats(zv, yv, theta), 0.0, seconds, seconds)

@@ -38,9 +38,8 @@ def train(cfg: TrainConfig, console: Console, worker: Worker, started: float, ch
         run_dir = ctx.run_dir
         spec, runtime = ctx.models.spec, ctx.runtime
         console.info(
-            f"training {spec.name} ({cfg.strategy}) on {len(ctx.split.classes)} classes: "
-            f"{len(ctx.split.train)} train / {len(ctx.split.val)} val images ({ctx.split.val_source}), "
-            f"{runtime.device.type} {runtime.precision}"
+            f"training {spec.name} ({cfg.strategy}) on {len(ctx.split.classes)} classes "
+            f"({ctx.split.val_source} validation), {runtime.device.type} {runtime.precision}"
         )
         outcome = ctx.strategy.run(ctx)
     for item in outcome.split.skipped:
@@ -63,8 +62,9 @@ def train(cfg: TrainConfig, console: Console, worker: Worker, started: float, ch
     console.info(metrics.format_table(results["metrics"]))
     kept = (f"logistic regression, {outcome.fit.best_epoch} L-BFGS iterations" if outcome.fit.unit == "iteration"
             else f"best epoch {results['best_epoch']}/{len(outcome.fit.history)}")
-    console.info(f"val accuracy {results['val_acc']:.4f} ({results['num_val']} images), {kept}, "
-                 f"{results['wall_s']:.1f} s\noutputs: {run_dir}")
+    skipped = f", {len(outcome.split.skipped)} skipped" if outcome.split.skipped else ""
+    console.info(f"val accuracy {results['val_acc']:.4f} ({results['num_val']} val / {results['num_train']} train "
+                 f"images{skipped}), {kept}, {results['wall_s']:.1f} s\noutputs: {run_dir}")
     return Run(run_dir, results)
 
 
