@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench browser clean
+.PHONY: demo test bench system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,18 +15,22 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/transferkit train samples/hymenoptera_small --out runs/demo
 
-test: $(STAMP) browser
+test: $(STAMP) system-deps
 	$(PY) -m pytest -q
 
-# The real browser of the page tests: Debian's chromium, installed when missing (needs root and
-# apt-get; elsewhere those tests skip and say why).
-browser:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  echo "installing Debian's chromium for the page tests (apt-get)"; \
+# What the tests need from the system: Debian's chromium (the real browser of the page tests) and a
+# font with CJK glyphs (class names in Chinese in the plots), installed when missing (needs root
+# and apt-get; elsewhere those tests skip and say why).
+SYSTEM_DEPS := chromium:chromium fonts-wqy-microhei:/usr/share/fonts/truetype/wqy/wqy-microhei.ttc
+system-deps:
+	@for dep in $(SYSTEM_DEPS); do pkg=$${dep%%:*}; probe=$${dep#*:}; \
+	  if command -v "$$probe" >/dev/null 2>&1 || [ -e "$$probe" ]; then continue; fi; \
+	  echo "installing Debian's $$pkg for the tests (apt-get)"; \
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	    (DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
-	     (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null)); } || \
-	  echo "warning: chromium could not be installed; the browser tests will skip"; }
+	    (DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$pkg >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$pkg >/dev/null)); } || \
+	  echo "warning: $$pkg could not be installed; the tests that need it will skip"; \
+	done
 
 bench: $(STAMP)
 	$(PY) bench/speed.py ../shared/assets/datasets/hymenoptera_data --repeat 3

@@ -175,10 +175,10 @@ def test_eval_writes_its_own_report_folder(run, capsys):
 
 
 def _chromium() -> str:
-    """Debian's chromium, which `make test` installs (its `browser` step); else skip."""
+    """Debian's chromium, which `make test` installs (its `system-deps` step); else skip."""
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if not found:
-        pytest.skip("chromium is not installed: `make browser` (run by `make test`) installs Debian's package")
+        pytest.skip("chromium is not installed: `make system-deps` (run by `make test`) installs Debian's package")
     return found
 
 

@@ -373,3 +373,27 @@ def test_help_and_output_text(run, capsys):
     linear = transferkit.train(data, model="efficientnet_lite0", out=str(folder.parent / "lin"), quiet=True)
     steps = [int(r["iteration"]) for r in csv.DictReader(open(linear.path / "metrics.csv"))]
     assert steps == sorted(set(steps)) and steps[-1] == linear.results["head_iterations"]
+
+
+def test_class_names_in_any_script_read_correctly_in_the_plots(tmp_path):
+    """Chinese class names: the plots use an installed font that has their characters (make test
+    installs one, Debian's fonts-wqy-microhei), and matplotlib reports no missing glyph."""
+    import warnings
+
+    from transferkit.evaluation import plots
+
+    names = ["猫", "狗子"]
+    font = plots.font_for(names)
+    if font is None or not {ord(c) for n in names for c in n} <= plots._glyphs(str(font)):
+        pytest.skip("no installed font has CJK characters (`make test` installs fonts-wqy-microhei)")
+    root = tmp_path / "d"
+    for c, color in zip(names, ((30, 60, 200), (200, 40, 30))):
+        for i in range(3):
+            make_image(root / "train" / c / f"{i}.png", color, seed=i)
+        make_image(root / "val" / c / "v.png", color, seed=9)
+    run = transferkit.train(root, out=str(tmp_path / "r"), no_report=True, **TINY)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        transferkit.report(run.path)
+    assert not [w for w in caught if "missing from" in str(w.message)], [str(w.message) for w in caught]
+    assert (run.path / "confusion_matrix.png").is_file() and (run.path / "predictions.png").is_file()

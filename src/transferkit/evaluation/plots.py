@@ -4,6 +4,8 @@ left as it was); the image grids are composed with Pillow. No torch here."""
 
 from __future__ import annotations
 
+import functools
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -91,8 +93,10 @@ def _matrix(path: Path, values: np.ndarray, names: list[str], title: str, fmt: s
     fig = figure((size, size))
     ax = fig.subplots()
     ax.imshow(values, cmap="Blues", vmin=0)
-    ax.set_xticks(range(n), labels=names, rotation=45 if n > 2 else 0, ha="right" if n > 2 else "center")
-    ax.set_yticks(range(n), labels=names)
+    fp = font_properties(names)  # class names in any script (CJK: a font that has them)
+    ax.set_xticks(range(n), labels=names, rotation=45 if n > 2 else 0, ha="right" if n > 2 else "center",
+                  fontproperties=fp)
+    ax.set_yticks(range(n), labels=names, fontproperties=fp)
     ax.set(xlabel="predicted", ylabel="actual")
     ax.set_title(title)
     high = values.max() / 2 if values.size else 0
@@ -120,18 +124,73 @@ def thumbnail(path: str, side: int):
 CELL, PAD, LINE = 200, 8, 17  # image grids: image side, spacing, text line height (pixels)
 
 
-def _font(size: int):
-    """matplotlib's DejaVu Sans (found without importing matplotlib), else Pillow's default."""
+def _dejavu() -> Path | None:
+    """matplotlib's DejaVu Sans (found without importing matplotlib)."""
     from importlib.util import find_spec
-
-    from PIL import ImageFont
 
     spec = find_spec("matplotlib")
     for folder in (spec.submodule_search_locations or []) if spec else []:
         path = Path(folder) / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"
         if path.is_file():
-            return ImageFont.truetype(str(path), size)
-    return ImageFont.load_default(size)
+            return path
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _glyphs(path: str) -> frozenset[int]:
+    """The code points a font file has glyphs for (the first face of a collection)."""
+    from fontTools.ttLib import TTFont
+
+    try:
+        with TTFont(path, fontNumber=0, lazy=True) as font:
+            return frozenset(font.getBestCmap() or {})
+    except Exception:  # noqa: BLE001 - an unreadable font file is simply not a candidate
+        return frozenset()
+
+
+@functools.lru_cache(maxsize=None)
+def _system_fonts() -> tuple[str, ...]:
+    from matplotlib import font_manager
+
+    return tuple(sorted(font_manager.findSystemFonts()))
+
+
+def font_for(texts) -> Path | None:
+    """A font file with a glyph for every character of `texts` (class names in any script):
+    DejaVu Sans when it has them all, else the first installed font that does (a CJK font for
+    Chinese names), else None, after one warning saying what to install."""
+    needed = {ord(c) for t in texts for c in str(t) if not c.isspace()}
+    dejavu = _dejavu()
+    if dejavu is not None and needed <= _glyphs(str(dejavu)):
+        return dejavu
+    for path in _system_fonts():
+        if needed <= _glyphs(path):
+            return Path(path)
+    missing = "".join(sorted({chr(c) for c in needed - _glyphs(str(dejavu))} if dejavu else set()))[:10]
+    _warn_once(f"no installed font has the characters {missing!r} of the class names: the plots show boxes for "
+               "them (report.html shows them); install a font for that script (Debian: fonts-noto-cjk for CJK)")
+    return dejavu
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def font_properties(texts):
+    """matplotlib FontProperties of `font_for(texts)`, or None where the default font will do."""
+    from matplotlib.font_manager import FontProperties
+
+    path = font_for(texts)
+    return None if path is None or path == _dejavu() else FontProperties(fname=str(path))
+
+
+def _font(size: int, texts=()):
+    """A Pillow font that can draw `texts`: see `font_for`; Pillow's default when none is found."""
+    from PIL import ImageFont
+
+    path = font_for(texts)
+    return ImageFont.truetype(str(path), size) if path is not None else ImageFont.load_default(size)
 
 
 def _fit(text: str, font, width: int) -> str:
@@ -155,7 +214,8 @@ def plot_grid(path: Path, rows: list[dict], title: str, show_actual: bool) -> No
     top = 2 * LINE + PAD
     sheet = Image.new("RGB", (cols * cell_w, top + n_rows * cell_h), "white")
     draw = ImageDraw.Draw(sheet)
-    font, big = _font(13), _font(16)
+    texts = [title] + [r[k] for r in rows for k in ("predicted", "actual")]
+    font, big = _font(13, texts), _font(16, texts)
     draw.text((sheet.width // 2, PAD + LINE // 2), title, fill="black", font=big, anchor="mm")
     if not rows:
         draw.text((PAD, top + PAD), "no misclassified images", fill="black", font=big)
