@@ -64,12 +64,14 @@ class TrainConfig:
                                     "cross-entropy", low=0, high=1)
     stem: str = opt("auto", "auto (small for <= 64 px images without pretrained weights, where the backbone "
                     "has one) | standard | small (CIFAR-style: stride-1 3x3 stem conv, no max-pool)", choices=STEMS)
-    image_size: int | None = opt(None, "network input size (None: the backbone's; CIFAR-10 from scratch: 32)", low=16)
+    image_size: int | None = opt(None, "network input size (None: the backbone's; CIFAR-10 from scratch: 32)",
+                                 low=16, high=1024)
     unfreeze: int | None = opt(None, "partial: how many of the backbone's last stages train", low=0, low_open=True)
     lr_decay: float | None = opt(None, "gradual: LR multiplier per stage, from the top stage down",
                                  low=0, high=1, low_open=True)
     epochs: int | None = opt(None, "training epochs", low=0, low_open=True, epochs=True)
-    batch_size: int | None = opt(None, "images (or cached feature rows) per step", low=0, low_open=True, epochs=True)
+    batch_size: int | None = opt(None, "images (or cached feature rows) per step", low=0, low_open=True, high=65536,
+                                 epochs=True)
     lr: float | None = opt(None, "peak learning rate of the head", low=0, low_open=True, epochs=True)
     backbone_lr_mult: float | None = opt(None, "the backbone's LR = lr * this", low=0, low_open=True)
     weight_decay: float | None = opt(None, "decoupled weight decay (AdamW), L2 (SGD/Adam) or the logistic "
@@ -85,7 +87,7 @@ class TrainConfig:
     dropout: float | None = opt(None, "dropout before the new head", low=0, high=1, high_open=True, epochs=True)
     patience: int | None = opt(None, "stop after this many epochs without a better val accuracy (0: off)", low=0,
                                epochs=True)
-    seed: int = opt(0, "seeds the split, the augmentation and the initialization")
+    seed: int = opt(0, "seeds the split, the augmentation and the initialization", low=0, high=2**32 - 1)
     val_fraction: float = opt(0.2, "used when DATA has no val/ folder: stratified split", low=0, high=1,
                               low_open=True, high_open=True)
     aug_views: int | None = opt(None, "augmented crops per training image whose features are cached too", low=0)
@@ -95,7 +97,7 @@ class TrainConfig:
                           "`transferkit report RUN` makes them later)")
     precision: str = opt("auto", "auto (bf16 where the CPU has it, AMP on CUDA) | bf16 | fp32", choices=PRECISIONS)
     device: str = opt("auto", "auto | cpu | cuda", choices=DEVICES)
-    workers: int | None = opt(None, "DataLoader worker processes (None: chosen for the machine)", low=0)
+    workers: int | None = opt(None, "DataLoader worker processes (None: chosen for the machine)", low=0, high=64)
     out: str | None = opt(None, "run folder (default: a fresh folder under runs_dir)")
     runs_dir: str = opt("runs", "where fresh run folders are made")
     name: str | None = opt(None, "run folder name under runs_dir")
@@ -248,7 +250,7 @@ class ExportOptions:
     max_drop: float = opt(1.0, "largest accuracy drop allowed, in points; an artifact past it is renamed "
                           "*.FAILED.* and the command exits with status 1", low=0)
     out: str | None = opt(None, "output folder (default: RUN/export)")
-    runs: int = opt(50, "batch-1 latency samples per artifact", low=1)
+    runs: int = opt(50, "batch-1 latency samples per artifact", low=1, high=10000)
 
     def __post_init__(self) -> None:
         check_values(self)
@@ -287,8 +289,8 @@ class LRFindOptions:
 class SummaryOptions:
     """Options of `transferkit summary`."""
 
-    num_classes: int = opt(1000, "classes of the new head", low=1)
-    input_size: int | None = opt(None, "input side in pixels (None: the backbone's)", low=16)
+    num_classes: int = opt(1000, "classes of the new head", low=1, high=100_000)
+    input_size: int | None = opt(None, "input side in pixels (None: the backbone's)", low=16, high=1024)
     strategy: str = opt("finetune", "what is marked trainable: as this strategy trains it",
                         choices=lambda: [s.name for s in STRATEGIES if s.trains != "chosen"])
     unfreeze: int = opt(2, "partial: stages that train", low=1)
@@ -325,11 +327,15 @@ def _check_number(name: str, value: float, meta: dict) -> None:
     if not (too_low or too_high):
         return
     if high is None:
-        raise UserError(f"{flag(name)} must be {'>' if meta.get('low_open') else '>='} {low:g} (got {value})")
+        raise UserError(f"{flag(name)} must be {'>' if meta.get('low_open') else '>='} {_fmt(low)} (got {value})")
     if low is None:
-        raise UserError(f"{flag(name)} must be {'<' if meta.get('high_open') else '<='} {high:g} (got {value})")
+        raise UserError(f"{flag(name)} must be {'<' if meta.get('high_open') else '<='} {_fmt(high)} (got {value})")
     left, right = "(" if meta.get("low_open") else "[", ")" if meta.get("high_open") else "]"
-    raise UserError(f"{flag(name)} must be in {left}{low:g}, {high:g}{right} (got {value})")
+    raise UserError(f"{flag(name)} must be in {left}{_fmt(low)}, {_fmt(high)}{right} (got {value})")
+
+
+def _fmt(bound: float) -> str:
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

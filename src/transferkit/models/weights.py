@@ -136,7 +136,10 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(p))
+        try:
+            return load_file(str(p))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a damaged file
+            raise UserError(f"cannot load weights file {p} as safetensors: {str(exc).splitlines()[0]}") from None
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling refusal is a user-facing error here

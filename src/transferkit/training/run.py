@@ -129,8 +129,9 @@ def resume_config(run: str, data, options: dict) -> tuple[TrainConfig, dict]:
     (e.g. more --epochs), and its last checkpoint."""
     run_dir = Path(run).expanduser()
     ckpt = run_dir / "checkpoint.pt"
-    if not (run_dir / "config.yaml").is_file() or not ckpt.is_file():
-        raise UserError(f"nothing to resume in {run_dir}: it has no config.yaml and checkpoint.pt "
+    missing = [name for name in ("config.yaml", "checkpoint.pt") if not (run_dir / name).is_file()]
+    if missing:
+        raise UserError(f"nothing to resume in {run_dir}: it has no {' and no '.join(missing)} "
                         "(a finished run keeps no checkpoint)")
     saved = TrainConfig.from_saved(run_dir / "config.yaml").to_dict()
     given = {k: v for k, v in options.items() if k != "resume"}

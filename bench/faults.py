@@ -1,0 +1,198 @@
+"""Bad input and fault corpus: every case runs the real command in its own process.
+
+    python bench/faults.py [--keep]
+
+Each case is a bad input or a fault a user meets (a corrupt image, a link loop, a wrong option, a
+damaged bundle, a file where a folder should be, ...), built here at run time. For every case it
+records the exit status, whether stderr holds a Python traceback, whether the error is one line,
+and whether the user's data (hashed before and after) changed. Prints a table and the totals;
+exits 1 when any case printed a traceback or changed the user's files. Not a test: it takes a few
+minutes (each case starts Python and imports torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+TINY = ["--model", "squeezenet1_1", "--weights", "none", "--image-size", "64", "--quiet"]
+
+
+def image(path: Path, color, size=(64, 48), seed=0, fmt=None) -> Path:
+    rng = np.random.default_rng(seed)
+    arr = np.clip(np.array(color) + rng.normal(0, 25, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, format=fmt)
+    return path
+
+
+def dataset(root: Path, classes=("blue", "red"), n=4, val=True) -> Path:
+    colors = {"blue": (30, 60, 200), "red": (200, 40, 30), "green": (40, 180, 60)}
+    for k, c in enumerate(classes):
+        for i in range(n):
+            image(root / "train" / c / f"{i}.png", colors.get(c, (120, 120, 120)), seed=10 * k + i)
+            if val and i < 2:
+                image(root / "val" / c / f"v{i}.png", colors.get(c, (120, 120, 120)), seed=100 + 10 * k + i)
+    return root
+
+
+def digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and not p.is_symlink():
+            h.update(str(p.relative_to(folder)).encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def cases(w: Path) -> list[tuple[str, list[str], Path | None]]:
+    """(name, CLI arguments, the user's data folder to check or None)."""
+    out: list[tuple[str, list[str], Path | None]] = []
+
+    def data(name: str, **kw) -> Path:
+        return dataset(w / name, **kw)
+
+    good = data("good")
+    run = w / "run"
+    subprocess.run([sys.executable, "-m", "transferkit", "train", str(good), "--out", str(run), *TINY], check=True)
+
+    bad = data("bad-images")
+    (bad / "train" / "red" / "empty.jpg").write_bytes(b"")
+    (bad / "train" / "red" / "text.jpg").write_text("not an image")
+    buf = io.BytesIO()
+    Image.new("RGB", (80, 80), (1, 2, 3)).save(buf, "JPEG")
+    (bad / "train" / "red" / "cut.jpg").write_bytes(buf.getvalue()[:200])
+    Image.new("L", (40, 40), 90).save(bad / "train" / "blue" / "gray.png")
+    Image.new("P", (40, 40)).save(bad / "train" / "blue" / "palette.gif")
+    Image.new("RGBA", (40, 40), (0, 0, 0, 0)).save(bad / "train" / "blue" / "alpha.png")
+    Image.new("I;16", (40, 40)).save(bad / "train" / "blue" / "deep.png")
+    out.append(("corrupt, empty, odd-mode images", ["train", str(bad), "--out", str(w / "r1"), *TINY], bad))
+
+    links = data("links")
+    os.symlink(w / "nowhere.jpg", links / "train" / "red" / "broken.jpg")
+    os.symlink(links / "train" / "red", links / "train" / "red" / "loop")
+    out.append(("broken link and link loop", ["train", str(links), "--out", str(w / "r2"), *TINY], links))
+    out.append(("predict on a folder with a link loop", ["predict", str(run), str(links / "train")], links))
+
+    splits = w / "splits"
+    for split, n in (("training", 4), ("validation", 2)):
+        for c in ("blue", "red"):
+            for i in range(n):
+                image(splits / split / c / f"{i}.png", (30, 60, 200) if c == "blue" else (200, 40, 30), seed=i)
+    out.append(("training/ + validation/ split names", ["train", str(splits), "--out", str(w / "r3"), *TINY], splits))
+    like = data("split-like", val=False)
+    shutil.move(str(like / "train" / "red"), str(like / "test"))
+    shutil.move(str(like / "train" / "blue"), str(like / "blue"))
+    (like / "train").rmdir()
+    out.append(("class folder named like a split", ["train", str(like), *TINY], like))
+
+    inside = data("inside")
+    out.append(("run folder inside the data", ["train", str(inside), "--out", str(inside / "runs" / "x"), *TINY], inside))
+
+    photos = w / "photos"
+    image(photos / "holiday.png", (1, 2, 3))
+    (photos / "thesis.tex").write_text("precious")
+    out.append(("cache clear on a folder of photos", ["cache", "clear", "--cache-dir", str(photos)], photos))
+    out.append(("train with a folder of photos as cache", ["train", str(good), "--cache-dir", str(photos), *TINY], photos))
+
+    mine = w / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    out.append(("--out a folder of the user's", ["train", str(good), "--out", str(mine), *TINY], mine))
+    (w / "afile").write_text("x")
+    out.append(("--out under a file", ["train", str(good), "--out", str(w / "afile" / "run"), *TINY], good))
+    out.append(("--output in a missing folder", ["predict", str(run), str(good / "val"), "--output",
+                                                str(w / "no" / "such" / "p.csv")], good))
+    for name, args in (("--lr inf", ["--strategy", "finetune", "--lr", "inf"]),
+                       ("--lr nan", ["--strategy", "finetune", "--lr", "nan"]),
+                       ("--dropout nan", ["--strategy", "finetune", "--dropout", "nan"]),
+                       ("--epochs ten", ["--epochs", "ten"]),
+                       ("--unfreeze with finetune", ["--strategy", "finetune", "--unfreeze", "3"]),
+                       ("--teacher with linear", ["--teacher", str(run)]),
+                       ("--seed -1", ["--seed", "-1"]),
+                       ("--image-size 100000", ["--image-size", "100000"]),
+                       ("--strategy magic", ["--strategy", "magic"]),
+                       ("huge lr: the loss diverges", ["--strategy", "finetune", "--lr", "1e30", "--epochs", "2"])):
+        out.append((name, ["train", str(good), "--out", str(w / f"opt-{len(out)}"), *TINY, *args], good))
+    out.append(("export --max-drop nan", ["export", str(run), "--max-drop", "nan"], good))
+    out.append(("export --runs 0", ["export", str(run), "--runs", "0"], good))
+    yaml = w / "cfg.yaml"
+    yaml.write_text("lr: 1e-3\nstrategy: finetune\nepochs: 1\n")
+    out.append(("YAML lr: 1e-3", ["train", str(good), "--config", str(yaml), "--out", str(w / "r-yaml"), *TINY], good))
+
+    flipped = Path(shutil.copytree(run, w / "flipped"))
+    raw = bytearray((flipped / "model.safetensors").read_bytes())
+    raw[-8] ^= 0x10
+    (flipped / "model.safetensors").write_bytes(bytes(raw))
+    out.append(("bundle with flipped bits", ["predict", str(flipped), str(good / "val")], good))
+    crafted = Path(shutil.copytree(run, w / "crafted"))
+    meta = json.loads((crafted / "model.json").read_text())
+    meta["preprocess"]["input_size"] = 100000
+    (crafted / "model.json").write_text(json.dumps(meta))
+    out.append(("model.json with input_size 100000", ["predict", str(crafted), str(good / "val")], good))
+    damaged = Path(shutil.copytree(run, w / "damaged"))
+    (damaged / "metrics.json").write_text("{ not json")
+    (damaged / "predictions.csv").write_text("garbage\n\x00\x01")
+    out.append(("report of a damaged metrics.json", ["report", str(damaged)], good))
+    garbage = w / "garbage.safetensors"
+    garbage.write_bytes(b"\x00" * 64)
+    out.append(("--weights a garbage .safetensors", ["train", str(good), "--model", "squeezenet1_1", "--weights",
+                                                     str(garbage), "--quiet"], good))
+    out.append(("predict a garbage .onnx", ["predict", str(garbage.with_suffix(".onnx")), str(good / "val")], good))
+    garbage.with_suffix(".onnx").write_bytes(b"\x00" * 64)
+    out.append(("eval with val-only data", ["eval", str(run), str(data("val-only", val=True) / "val"),
+                                            "--out", str(w / "e1")], None))
+    sub = data("subset", classes=("red",), n=2)
+    out.append(("eval with a subset of the classes", ["eval", str(run), str(sub), "--out", str(w / "e2")], sub))
+    formula = dataset(w / "formula", classes=("=HYPERLINK(1)", "@cmd"))
+    out.append(("class names that are formulas", ["train", str(formula), "--out", str(w / "r-formula"), *TINY], formula))
+    cjk = dataset(w / "cjk", classes=("猫", "狗"))
+    out.append(("class names in Chinese", ["train", str(cjk), "--out", str(w / "r-cjk"), *TINY], cjk))
+    out.append(("resume a finished run", ["train", "--resume", str(run)], None))
+    out.append(("missing dataset folder", ["train", str(w / "nope")], None))
+    out.append(("dataset is a file", ["train", str(w / "afile")], None))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="tk-faults-"))
+    env = {**os.environ, "TRANSFERKIT_CACHE": str(work / "cache")}
+    os.environ["TRANSFERKIT_CACHE"] = env["TRANSFERKIT_CACHE"]
+    rows, bad = [], 0
+    for name, cli, data in cases(work):
+        before = digest(data) if data else None
+        proc = subprocess.run([sys.executable, "-m", "transferkit", *cli], capture_output=True, text=True, env=env,
+                              cwd=work, timeout=600)
+        traceback = "Traceback" in proc.stderr
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        changed = data is not None and digest(data) != before
+        bad += traceback or changed
+        first = (errors[0] if errors else proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "")[:110]
+        rows.append((name, proc.returncode, "yes" if traceback else "no", len(errors) <= 1,
+                     "CHANGED" if changed else "unchanged" if data else "-", first))
+        print(f"done: {name}", file=sys.stderr, flush=True)
+    print("| case | exit | traceback | one error line | user's data | what it said |\n|---|---:|---|---|---|---|")
+    for name, rc, tb, one, data, said in rows:
+        print(f"| {name} | {rc} | {tb} | {'yes' if one else 'NO'} | {data} | {said.replace('|', '/')} |")
+    print(f"\n{len(rows)} cases: {sum(r[2] == 'yes' for r in rows)} tracebacks, "
+          f"{sum(r[4] == 'CHANGED' for r in rows)} with the user's data changed")
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
