@@ -373,6 +373,11 @@ def test_help_and_output_text(run, capsys):
     linear = transferkit.train(data, model="efficientnet_lite0", out=str(folder.parent / "lin"), quiet=True)
     steps = [int(r["iteration"]) for r in csv.DictReader(open(linear.path / "metrics.csv"))]
     assert steps == sorted(set(steps)) and steps[-1] == linear.results["head_iterations"]
+    page = (linear.path / "report.html").read_text()
+    settings = page[page.index("<h2>Settings</h2>"):]
+    for unused in ("epochs", "batch_size", "schedule", "patience"):  # the L-BFGS head takes none of them
+        assert f"<td>{unused}</td>" not in settings
+    assert "overflow-wrap:anywhere" in page  # long file names under thumbnails wrap instead of overlapping
 
 
 def test_class_names_in_any_script_read_correctly_in_the_plots(tmp_path):
