@@ -143,13 +143,13 @@ def test_options_are_refused_the_same_way_from_python_and_the_cli(tmp_path, caps
 
 
 def test_other_commands_validate_in_config(tmp_path):
-    with pytest.raises(transferkit.UserError, match="--runs must be >= 1"):
+    with pytest.raises(transferkit.UserError, match=r"--runs must be in \[1, 10000\]"):
         transferkit.export(tmp_path, runs=0)
     with pytest.raises(transferkit.UserError, match="--max-drop must be a finite number"):
         transferkit.export(tmp_path, max_drop=float("nan"))
     with pytest.raises(transferkit.UserError, match="--formats magic"):
         transferkit.export(tmp_path, "magic")
-    with pytest.raises(transferkit.UserError, match="--num-classes must be >= 1"):
+    with pytest.raises(transferkit.UserError, match=r"--num-classes must be in \[1, 100000\]"):
         transferkit.api.summary("resnet18", num_classes=0)
     with pytest.raises(transferkit.UserError, match="--device must be one of"):
         transferkit.load(tmp_path, device="tpu")
