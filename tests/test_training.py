@@ -189,3 +189,19 @@ def test_warm_run_skips_building_the_network(tmp_path):
     again = transferkit.train(data, out=str(tmp_path / "c"), quiet=True)
     assert again.results["strategy_info"]["network_built"] is True
     assert (again.path / "model.safetensors").read_bytes() == (cold.path / "model.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_the_kept_bundle_scores_what_its_epoch_measured(tmp_path, precision):
+    """The kept epoch's row in metrics.csv, results.json and `eval` of the saved bundle agree
+    exactly: every epoch is measured on the path the bundle is used on (BatchNorm folded, the
+    compute dtype's weights), not under training's autocast."""
+    import csv
+
+    data = make_dataset(tmp_path / "d", classes=("blue", "red", "green"), n_train=4, n_val=4)
+    run = transferkit.train(data, model="mobilenet_v3_small", weights="none", image_size=64, strategy="finetune",
+                            epochs=3, batch_size=6, precision=precision, out=str(tmp_path / "r"), quiet=True)
+    rows = {int(r["epoch"]): float(r["val_acc"]) for r in csv.DictReader(open(run.path / "metrics.csv"))}
+    kept = rows[run.results["best_epoch"]]
+    assert kept == pytest.approx(run.val_acc, abs=1e-6) == max(rows.values())
+    assert transferkit.evaluate(run.path, precision=precision)["accuracy"] == pytest.approx(run.val_acc, abs=1e-9)

@@ -125,7 +125,9 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
         prepare: Prepare, epochs: int, patience: int = 0,
         on_epoch: Callable[[EpochStats], None] | None = None,
         progress_factory=None, before_epoch: Callable[[int], None] | None = None,
-        checkpoint: Path | None = None, resume: dict | None = None) -> tuple[FitResult, dict[str, torch.Tensor]]:
+        checkpoint: Path | None = None, resume: dict | None = None,
+        measure: Callable[[nn.Module], tuple[float, float, torch.Tensor]] | None = None,
+        ) -> tuple[FitResult, dict[str, torch.Tensor]]:
     """Train for `epochs`, validating after each; keep the best weights (by val accuracy, ties to
     the lower val loss). Stops early after `patience` epochs without improvement (0: never), and
     cleanly on Ctrl-C, keeping the best epoch so far. Returns the result and the best state.
@@ -165,7 +167,8 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
                     model, train_loader, optimizer, scheduler, loss_fn, runtime, prepare, scaler, bar
                 )
                 train_seconds = time.perf_counter() - start
-                val_loss, val_acc, _ = validate(model, val_loader, loss_fn, runtime, prepare)
+                val_loss, val_acc, _ = (measure(model) if measure is not None
+                                        else validate(model, val_loader, loss_fn, runtime, prepare))
             finally:
                 if bar is not None:
                     bar.close()

@@ -143,6 +143,21 @@ def train_network(ctx: Context, head_init: nn.Linear | None = None,
         def before_epoch(epoch: int) -> None:
             unfreeze_top(model, stages, gradual_schedule(epoch, cfg.epochs, len(stages)))
 
+    def measure(m: Classifier) -> tuple[float, float, torch.Tensor]:
+        """Val loss, accuracy and logits of `m` on the path the saved model is used on (BatchNorm
+        folded, the compute dtype's weights: `Extractor`, as `predict` and `eval` run it). Measured
+        so every epoch, the kept epoch's row in metrics.csv is what its bundle scores; autocast
+        numerics differ enough to flip borderline images between the two paths."""
+        was_training = m.training
+        extractor = Extractor(m.backbone, ctx.pre, runtime, batch_size=32)
+        feats = torch.cat([extractor.forward(u8) for u8, _ in net.val_loader])
+        with torch.inference_mode():
+            logits = nn.functional.linear(feats, m.head.weight.detach().float().cpu(), m.head.bias.detach().float().cpu())
+            loss = float(net.loss(logits, y_val))
+        m.train(was_training)
+        return loss, float((logits.argmax(1) == y_val).float().mean()) if len(y_val) else 0.0, logits
+
+    y_val = labels_of(net.split.val)
     result, best = engine.fit(
         model, loader, net.val_loader, optimizer, scheduler, net.loss, runtime, net.prepare,
         cfg.epochs, cfg.patience,
@@ -151,15 +166,11 @@ def train_network(ctx: Context, head_init: nn.Linear | None = None,
             f"val loss {s.val_loss:.3f} acc {s.val_acc:.3f} | {s.seconds:.1f}s"
         ),
         progress_factory=_epoch_bar(ctx.console, cfg.strategy, cfg.epochs), before_epoch=before_epoch,
-        checkpoint=ctx.checkpoint, resume=ctx.resume,
+        checkpoint=ctx.checkpoint, resume=ctx.resume, measure=measure,
     )
     model.load_state_dict(best)
+    _, _, val_logits = measure(model)  # the kept epoch's logits, as its row in metrics.csv measured them
     model.to("cpu").eval()
-    # The reported accuracy is that of the saved model on the fast inference path.
-    extractor = Extractor(model.backbone, ctx.pre, runtime, batch_size=32)
-    feats = torch.cat([extractor.forward(u8) for u8, _ in net.val_loader])
-    with torch.inference_mode():
-        val_logits = model.head(feats)
     info = {"param_groups": peak_lrs,
             "stages": len(stages), "trainable_stages_at_end": sum(
                 any(dict(model.backbone.named_parameters())[n].requires_grad for n in st) for st in stages)}
