@@ -126,7 +126,7 @@ def test_logistic_head_folds_into_one_linear_layer(num_classes):
     gen = torch.Generator().manual_seed(0)
     y = torch.arange(60) % num_classes
     x = torch.randn(60, 16, generator=gen) * 3 + 5 + y[:, None] * torch.linspace(0, 2, 16)
-    cfg = TrainConfig.from_mapping({"data": "unused"}).resolved()
+    cfg = TrainConfig.from_mapping({"data": "unused", "weight_decay": 0.1}).resolved()
     result, linear = fit_logistic(cfg, num_classes, x[:40], y[:40], x[40:], y[40:])
     assert result.unit == "iteration" and result.history and result.best_epoch == result.history[-1].epoch
     assert result.history[-1].train_acc > 0.8 and result.best_epoch < 1000  # converged, learned
@@ -151,7 +151,7 @@ def test_logistic_head_does_not_lean_on_near_constant_features():
     y = torch.arange(60) % 2
     x = torch.randn(60, 32, generator=gen) + y[:, None] * 0.8
     x[:, 0] = 1e-3 * (y * 2 - 1) + 1e-3 * torch.randn(60, generator=gen)  # tiny, label-correlated
-    cfg = TrainConfig.from_mapping({"data": "unused"}).resolved()
+    cfg = TrainConfig.from_mapping({"data": "unused", "weight_decay": 0.1}).resolved()
     _, linear = fit_logistic(cfg, 2, x[:40], y[:40], x[40:], y[40:])
     assert linear.weight.abs().max() < 5  # without the floor: the weight on feature 0 is in the hundreds
     noisy = x[40:] + 0.01 * torch.randn(20, 32, generator=gen)  # an input change far below the features' spread
@@ -231,9 +231,11 @@ def test_distill_teacher_sees_the_students_view_of_each_epoch(tmp_path):
 def test_auto_rules_and_reasons():
     from transferkit.training.strategies.auto import choose_strategy
 
-    assert choose_strategy(500, 0.95, None, None)[0] == "linear"  # features already separate classes
-    chosen, reason = choose_strategy(40, 0.7, None, None)
-    assert chosen == "linear" and "40 training images per class" in reason
+    chosen, reason = choose_strategy(500, 0.98, None, None)
+    assert chosen == "linear" and "cross-validates at 98.0%" in reason  # the head leaves little to win
+    chosen, reason = choose_strategy(20, 0.7, None, None)
+    assert chosen == "linear" and "20 training images per class" in reason and "70.0%" in reason
+    assert choose_strategy(500, None, None, None)[0] == "linear"  # nothing to cross-validate
     calls = []
 
     def slow():
@@ -250,7 +252,7 @@ def test_auto_writes_its_choice_and_reason(tmp_path, capsys):
     data = make_dataset(tmp_path / "d", n_train=6, n_val=2)
     run = transferkit.train(data, strategy="auto", out=str(tmp_path / "r"))
     assert run.results["strategy"] == "linear" and run.results["strategy_reason"]
-    assert run.results["strategy_info"]["probe_cv_accuracy"] is not None
+    assert run.results["strategy_info"]["head_cv_accuracy"] is not None
     assert f"auto: linear, because {run.results['strategy_reason']}" in capsys.readouterr().out
     assert transferkit.evaluate(run.path)["accuracy"] == pytest.approx(run.val_acc)
     # --optimizer lbfgs (linear's head) is accepted with auto, whatever it would cost to fine-tune

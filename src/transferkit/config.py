@@ -27,6 +27,7 @@ OPTIMIZERS = ("lbfgs", "adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "onecycle", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
+FEATURES = ("auto", "last", "multi")
 
 
 def opt(default: Any, help: str, *, choices: tuple | Callable[[], list] | None = None,
@@ -75,7 +76,8 @@ class TrainConfig:
     lr: float | None = opt(None, "peak learning rate of the head", low=0, low_open=True, epochs=True)
     backbone_lr_mult: float | None = opt(None, "the backbone's LR = lr * this", low=0, low_open=True)
     weight_decay: float | None = opt(None, "decoupled weight decay (AdamW), L2 (SGD/Adam) or the logistic "
-                                     "regression's L2 on standardized features (lbfgs)", low=0)
+                                     "regression's L2 on standardized features (lbfgs; default: chosen by "
+                                     "cross-validation)", low=0)
     optimizer: str | None = opt(None, "lbfgs (linear only: a logistic regression, its default) | adamw "
                                 "(the default elsewhere) | adam | sgd", choices=OPTIMIZERS)
     schedule: str | None = opt(None, "cosine | onecycle | constant", choices=SCHEDULES, epochs=True)
@@ -91,6 +93,9 @@ class TrainConfig:
     val_fraction: float = opt(0.2, "used when DATA has no val/ folder: stratified split", low=0, high=1,
                               low_open=True, high_open=True)
     aug_views: int | None = opt(None, "augmented crops per training image whose features are cached too", low=0)
+    features: str | None = opt(None, "the head's input: last (the backbone's pooled output) | multi (plus earlier "
+                               "stages' pooled activations, same forward pass) | auto (whichever cross-validates "
+                               "better on the training images)", choices=FEATURES)
     cache_dir: str | None = opt(None, "feature/decode cache (default: $TRANSFERKIT_CACHE or ~/.cache/transferkit)")
     no_cache: bool = opt(False, "compute features in a temporary cache, leave the user's cache alone")
     no_report: bool = opt(False, "skip the plots and report.html (about 0.45 s of a warm run; "
@@ -232,7 +237,8 @@ def default_text(cls: type, f: dataclasses.Field) -> str:
             default_opt = optimizer or s.defaults.get("optimizer")
             if f.name in s.defaults and applies(f.name, s, default_opt):
                 value = s.defaults_for(optimizer)[f.name]
-                values.setdefault(f"{value:g}" if isinstance(value, float) else str(value), []).append(label)
+                text = "cross-validated" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+                values.setdefault(text, []).append(label)
     if not values:
         return "none"
     return "; ".join(f"{v} ({', '.join(names)})" for v, names in values.items())

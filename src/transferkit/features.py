@@ -1,5 +1,7 @@
 """Frozen-backbone features: fast batched extraction, streamed from the image files, with the
 results stored in the cache (`cache.ArrayCache`, one checksummed entry per image and view).
+With multi-layer features (`models.multilayer`) each view is two entries: "v" the last layer's
+features (the same entry a last-layer-only run reads and writes) and "t" the earlier stages'.
 
 Unreadable images are cached as such, with the reason, so a warm run reports them without
 decoding anything.
@@ -34,6 +36,7 @@ class Extractor:
     def __init__(self, backbone: nn.Module, pre: Preprocess, runtime: Runtime,
                  batch_size: int = 32):
         self.module = runtime.inference_module(backbone, pre.input_size)
+        self.last_features = getattr(backbone, "last_features", None)  # multi-layer: width of the last layer's part
         self.frozen: torch.jit.ScriptModule | None = None
         self.freeze = False  # set by callers with enough images to pay for freezing
         self.pre, self.runtime = pre, runtime
@@ -96,6 +99,7 @@ class FeatureSet:
     errors: dict[str, str]  # path -> reason, for images that could not be read
     cached: int  # images served from the cache
     computed: int  # images run through the backbone
+    last_width: int  # the first columns that are the last layer's features (all of them without multi)
 
 
 class FeaturePass:
@@ -107,8 +111,9 @@ class FeaturePass:
     the network: importing timm alone holds one core for about 2 s while the other is idle)."""
 
     def __init__(self, groups: list[tuple[list[str], int]], pre: Preprocess, cache: ArrayCache | None,
-                 seed: int = 0, batch_size: int = 32, workers: int = 0):
-        self.groups = groups
+                 seed: int = 0, batch_size: int = 32, workers: int = 0, multi: bool = False):
+        self.groups, self.multi = groups, multi
+        self.last_width: int | None = None
         self.rows: list[list[np.ndarray | None]] = [[None] * len(paths) for paths, _ in groups]
         self.errors: list[dict[str, str]] = [{} for _ in groups]
         self.keys = [[self._key(p, self.errors[g]) for p in paths] for g, (paths, _) in enumerate(groups)]
@@ -148,6 +153,12 @@ class FeaturePass:
         if reason is not None:
             return reason
         vecs = [self.cache.get(key, f"v{v}") for v in range(views)]
+        if self.multi:
+            taps = [self.cache.get(key, f"t{v}") for v in range(views)]
+            if any(t is None for t in taps) or any(v is None for v in vecs):
+                return None
+            self.last_width = vecs[0].shape[-1]
+            vecs = [np.concatenate([v, t]) for v, t in zip(vecs, taps)]
         return np.stack(vecs) if all(v is not None for v in vecs) else None
 
     def run(self, extractor: Extractor | Callable[[], Extractor], progress=None) -> list[FeatureSet]:
@@ -160,6 +171,10 @@ class FeaturePass:
                 extractor = extractor()
             views = sum(1 + self.groups[g][1] for g, _ in self.todo)
             extractor.freeze = extractor.freeze or views >= FREEZE_MIN_IMAGES
+            if self.multi:
+                if extractor.last_features is None:
+                    raise RuntimeError("a multi-layer feature pass needs a multi-layer backbone")
+                self.last_width = extractor.last_features
             batches, self._batches = self._batches, None
             for idx, feats, errs in extractor.run(batches, progress):
                 for j, reason, cacheable in errs:
@@ -171,18 +186,23 @@ class FeaturePass:
                     g, i = self.todo[j]
                     self.rows[g][i] = f.numpy()
                     if self.cache is not None:
+                        row, w = self.rows[g][i], self.last_width or self.rows[g][i].shape[-1]
                         for v in range(len(f)):
-                            self.cache.put(self.keys[g][i], f"v{v}", self.rows[g][i][v])
+                            self.cache.put(self.keys[g][i], f"v{v}", row[v, :w])
+                            if self.multi:
+                                self.cache.put(self.keys[g][i], f"t{v}", row[v, w:])
         todo = {g: sum(1 for t, _ in self.todo if t == g) for g in range(len(self.groups))}
-        return [_feature_set(self.rows[g], 1 + aug_views, self.errors[g], todo[g])
+        return [_feature_set(self.rows[g], 1 + aug_views, self.errors[g], todo[g], self.last_width)
                 for g, (_, aug_views) in enumerate(self.groups)]
 
 
-def _feature_set(rows: list[np.ndarray | None], views: int, errors: dict[str, str], computed: int) -> FeatureSet:
+def _feature_set(rows: list[np.ndarray | None], views: int, errors: dict[str, str], computed: int,
+                 last_width: int | None) -> FeatureSet:
     dim = next((r.shape[-1] for r in rows if r is not None), 0)
     full = np.zeros((len(rows), views, dim), dtype=np.float32)
     for i, r in enumerate(rows):
         if r is not None:
             full[i] = r
     t = torch.from_numpy(full)
-    return FeatureSet(t[:, 0], t[:, 1:] if views > 1 else None, errors, len(rows) - computed, computed)
+    return FeatureSet(t[:, 0], t[:, 1:] if views > 1 else None, errors, len(rows) - computed, computed,
+                      last_width or dim)

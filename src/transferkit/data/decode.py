@@ -176,3 +176,17 @@ def normalized_array(source, resize_size: int, input_size: int, interpolation: s
     x = np.asarray(img, dtype=np.float32) / 255.0
     x = (x - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def typical_short_side(paths: list[str], sample: int = 32) -> int | None:
+    """The median short side of up to `sample` images spread over `paths`, from their headers
+    (nothing is decoded); None when none can be read."""
+    step = max(1, len(paths) // sample)
+    sides = []
+    for path in paths[::step][:sample]:
+        try:
+            with Image.open(path) as im:
+                sides.append(min(im.size))
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue
+    return int(np.median(sides)) if sides else None

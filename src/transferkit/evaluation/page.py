@@ -44,10 +44,15 @@ def _settings(run_dir: Path) -> list[list]:
     results = run_dir / "results.json"
     if results.is_file():
         r = json.loads(results.read_text())
-        for key in ("backbone", "strategy", "strategy_reason", "num_train", "num_val", "val_source",
+        for key in ("backbone", "strategy", "strategy_reason", "features", "num_train", "num_val", "val_source",
                     "device", "precision", "wall_s"):
             if r.get(key) is not None:
                 rows.append([key, r[key]])
+        head = r.get("head") or {}
+        if head.get("cv_accuracy") is not None:
+            rows.append(["head (chosen by cross-validation)",
+                         f"{head['features']} features, {head['scaling']} scaling, weight decay "
+                         f"{head['weight_decay']:g}: {head['cv_accuracy']:.1%} in {head['folds']} folds"])
     config = run_dir / "config.yaml"
     if config.is_file():
         import yaml

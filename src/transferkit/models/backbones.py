@@ -16,6 +16,7 @@ from torch import nn
 from ..errors import UserError
 from ..files import file_sha256
 from ..registry import Registry
+from . import multilayer
 from .preprocess import Preprocess
 from .weights import HubWeights, PackageWeights, TimmHubWeights, load_state_dict_file, map_by_order
 
@@ -55,16 +56,24 @@ class BackboneSpec:
     num_features: int | None = None  # torchvision: size of the pooled features the head sees
     params: int | None = None  # parameters with the original 1000-class head (published)
 
-    def build(self, stem: str = "standard") -> nn.Module:
+    def build(self, stem: str = "standard", features: str = "last") -> nn.Module:
         """The architecture without weights, as a pooled-feature extractor (no classifier):
-        forward gives (B, num_features). stem="small" adapts it to ~32 px images."""
+        forward gives (B, num_features). stem="small" adapts it to ~32 px images; features="multi"
+        adds earlier stages' pooled activations (`multilayer`), the same parameters under the
+        same names."""
         if self.family == "torchvision":
             model = self._build_torchvision()
         else:
             import timm
 
             model = timm.create_model(self.arch, pretrained=False, num_classes=0)
-        return small_image_stem(model, self.name) if stem == "small" else model
+        model = small_image_stem(model, self.name) if stem == "small" else model
+        return multilayer.multi_layer(model, self.name) if features == "multi" else model
+
+    @property
+    def has_multi_layer(self) -> bool:
+        """Whether `build(features="multi")` works: timm models (their `feature_info` names the stages)."""
+        return self.family == "timm"
 
     def with_input_size(self, size: int | None) -> Preprocess:
         """The preprocessing at another input size (small images: no resize margin, crop = all)."""

@@ -48,6 +48,7 @@ class BundleMeta:
     weights_sha256: str | None
     stem: str = "standard"  # "small": the CIFAR-style stem for ~32 px images
     model_sha256: str | None = None  # of model.safetensors, checked on load (bundles before it: None)
+    features: str = "last"  # "multi": the head sees earlier stages' pooled activations too (models.multilayer)
 
     def to_dict(self) -> dict:
         return {
@@ -64,6 +65,7 @@ class BundleMeta:
             "weights_sha256": self.weights_sha256,
             "stem": self.stem,
             "model_sha256": self.model_sha256,
+            "features": self.features,
             "versions": versions(),
         }
 
@@ -88,11 +90,15 @@ class BundleMeta:
         stem = d.get("stem", "standard")
         if stem not in ("standard", "small"):
             raise UserError(f"model.json: stem must be standard or small (got {stem!r})")
+        features = d.get("features", "last")
+        if features not in ("last", "multi"):
+            raise UserError(f"model.json: features must be last or multi (got {features!r})")
         digest = d.get("model_sha256")
         if digest is not None and not (isinstance(digest, str) and len(digest) == 64):
             raise UserError("model.json: model_sha256 must be a sha256 hex digest")
         return cls(d["backbone"], d["arch"], list(classes), Preprocess.from_dict(d.get("preprocess")),
-                   d["strategy"], float(dropout), str(d.get("weights", "")), d.get("weights_sha256"), stem, digest)
+                   d["strategy"], float(dropout), str(d.get("weights", "")), d.get("weights_sha256"), stem, digest,
+                   features)
 
 
 def save(run_dir: Path, state: dict[str, torch.Tensor], meta: BundleMeta) -> None:
@@ -139,7 +145,7 @@ def load(path: str | Path) -> tuple[Classifier, BundleMeta, Path]:
 
     meta, run_dir = read_meta(path)
     spec = backbones.get(meta.backbone)
-    backbone = spec.build(meta.stem)
+    backbone = spec.build(meta.stem, meta.features)
     model = Classifier(backbone, backbone.num_features, len(meta.classes), meta.dropout)
     weights = run_dir / "model.safetensors"
     if meta.model_sha256 is not None and file_sha256(weights) != meta.model_sha256:

@@ -27,14 +27,15 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(self.backbone(x)))
 
-    def refresh_frozen_norms(self) -> None:
-        """Note the BatchNorm layers whose parameters are all frozen: `train()` keeps them in
-        eval mode, so their running statistics do not drift while the rest trains."""
+    def refresh_frozen_norms(self, all_norms: bool = False) -> None:
+        """Note the BatchNorm layers whose parameters are all frozen (`all_norms`: every one):
+        `train()` keeps them in eval mode, so their running statistics do not drift while the
+        rest trains."""
         self.frozen_norms = [
             m for m in self.backbone.modules()
             if isinstance(m, nn.modules.batchnorm._BatchNorm)
             and any(True for _ in m.parameters(recurse=False))
-            and not any(p.requires_grad for p in m.parameters(recurse=False))
+            and (all_norms or not any(p.requires_grad for p in m.parameters(recurse=False)))
         ]
 
     def train(self, mode: bool = True) -> "Classifier":
@@ -72,9 +73,10 @@ class LazyClassifier:
     validated against the architecture, and is only used while its checksum holds."""
 
     def __init__(self, spec: backbones.BackboneSpec, num_classes: int, weights: str,
-                 dropout: float = 0.0, cache_file: Path | None = None, stem: str = "standard"):
+                 dropout: float = 0.0, cache_file: Path | None = None, stem: str = "standard",
+                 features: str = "last"):
         self.spec, self.num_classes, self.weights, self.dropout = spec, num_classes, weights, dropout
-        self.stem = stem
+        self.stem, self.features = stem, features
         self.info = identify_weights(spec, weights)
         self.cache_file = cache_file if self.info.sha256 else None  # random init is not cached
         self._model: Classifier | None = None
@@ -91,7 +93,8 @@ class LazyClassifier:
 
     def get(self) -> Classifier:
         if self._model is None:
-            self._model, _ = build_classifier(self.spec, self.num_classes, self.weights, self.dropout, self.stem)
+            self._model, _ = build_classifier(self.spec, self.num_classes, self.weights, self.dropout, self.stem,
+                                              self.features)
             if self.cache_file is not None and self._cached_state() is None:
                 _write_checked(self.cache_file, self._model.backbone.state_dict())
         return self._model
@@ -130,11 +133,16 @@ def _read_checked(path: Path) -> dict[str, torch.Tensor] | None:
 
 def build_classifier(
     spec: backbones.BackboneSpec, num_classes: int, weights: str = "imagenet", dropout: float = 0.0,
-    stem: str = "standard",
+    stem: str = "standard", features: str = "last",
 ) -> tuple[Classifier, WeightsInfo]:
-    """Build `spec` for `num_classes` with the given weights ("imagenet", "none" or a file)."""
+    """Build `spec` for `num_classes` with the given weights ("imagenet", "none" or a file);
+    features="multi": the multi-layer backbone (`multilayer`), its weights loaded the same way."""
     backbone = spec.build(stem)
     info = load_backbone_weights(spec, backbone, weights)
+    if features == "multi":
+        from .multilayer import multi_layer
+
+        backbone = multi_layer(backbone, spec.name)
     return Classifier(backbone, backbone.num_features, num_classes, dropout), info
 
 

@@ -35,6 +35,8 @@ class Features:
     y_val: torch.Tensor
     split: DatasetSplit  # the split less the images that could not be read
     facts: dict  # cache statistics for results.json
+    widths: dict[str, int] = field(default_factory=dict)  # "last" (the first columns) and, if extracted, "multi"
+    memo: dict = field(default_factory=dict)  # results computed from these features once per run (the head's CV)
 
     @property
     def num_images(self) -> int:
@@ -47,11 +49,11 @@ class CachedFeatures:
     start decoding) when this is made, before the network is built; `get` finishes the pass."""
 
     def __init__(self, split: DatasetSplit, pre: Preprocess, cache: ArrayCache, aug_views: int, seed: int,
-                 workers: int):
+                 workers: int, multi: bool = False):
         self.split, self.cache, self.aug_views = split, cache, aug_views
         self._pass: FeaturePass | None = FeaturePass(
             [([s.path for s in split.train], aug_views), ([s.path for s in split.val], 0)],
-            pre, cache, seed, batch_size=32, workers=workers)
+            pre, cache, seed, batch_size=32, workers=workers, multi=multi)
         self._features: Features | None = None
 
     def get(self, ctx: "Context") -> Features:
@@ -84,7 +86,10 @@ class CachedFeatures:
             "aug_views": self.aug_views,
             "cache_entries_recomputed": self.cache.recomputed,
         }
-        return Features(x_train, y_train, val_fs.features[keep_val], labels_of(split.val), split, facts)
+        widths = {"last": train_fs.last_width}
+        if x_train.shape[1] > train_fs.last_width:
+            widths["multi"] = x_train.shape[1]
+        return Features(x_train, y_train, val_fs.features[keep_val], labels_of(split.val), split, facts, widths)
 
 
 @dataclass(frozen=True)
@@ -129,3 +134,4 @@ class Outcome:
     split: DatasetSplit  # the split trained on (less unreadable files)
     cfg: TrainConfig  # the options trained with (auto: those of the strategy it chose)
     info: dict = field(default_factory=dict)  # strategy-specific facts for results.json
+    features: str = "last"  # the head's input: "last" or "multi" (models.multilayer), as the bundle records it

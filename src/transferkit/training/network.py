@@ -41,7 +41,7 @@ def param_groups(model: Classifier, stages: list[list[str]], strategy: Strategy 
             params[name].requires_grad_(i >= len(stages) - trainable)
     for p in model.head.parameters():
         p.requires_grad_(True)
-    model.refresh_frozen_norms()
+    model.refresh_frozen_norms(entry.batchnorm == "frozen")
     head = {"params": list(model.head.parameters()), "lr": lr, "name": "head"}
     if entry.trains == "gradual":
         n = len(stages)

@@ -4,6 +4,7 @@ write the bundle, the results and the report. Also the LR range test, which shar
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -56,7 +57,8 @@ def train(cfg: TrainConfig, console: Console, worker: Worker, started: float, ch
         ctx.checkpoint.unlink()  # finished: the bundle is what remains
     used = outcome.cfg  # auto: the options of the strategy it chose
     meta = bundle.BundleMeta(spec.name, spec.arch, outcome.split.classes, ctx.pre, used.strategy, used.dropout or 0.0,
-                             ctx.models.info.source, ctx.models.info.sha256, ctx.models.stem)
+                             ctx.models.info.source, ctx.models.info.sha256, ctx.models.stem,
+                             features=outcome.features)
     bundle.save(run_dir, outcome.state, meta)
     results = write_outputs(run_dir, outcome, runtime, started, worker)
     console.info(metrics.format_table(results["metrics"]))
@@ -96,13 +98,22 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
     split = discover(cfg.data, cfg.val_fraction, cfg.seed, cache.datasets())
     # Without pretrained weights, images of a fixed small size (CIFAR) are used at that size.
     size = cfg.image_size or (split.image_size if cfg.weights == "none" else None)
+    upscaled = size is None and strategy.trains != "head" and cfg.weights != "none"
+    size = network_input_size(split, spec.preprocess.input_size) if upscaled else size
     pre = spec.with_input_size(size)
+    if upscaled and size is not None:
+        pre = dataclasses.replace(pre, crop_pct=1.0)  # the whole small image, not a center crop of it
     stem = cfg.stem if cfg.stem != "auto" else (
         "small" if cfg.weights == "none" and pre.input_size <= 64 and backbones.has_small_stem(spec) else "standard")
     weights = identify_weights(spec, cfg.weights)
     key = model_key(spec.name + ("+small-stem" if stem == "small" else ""), weights.sha256, pre.to_dict(),
                     runtime.precision)
     workers = default_workers() if cfg.workers is None else cfg.workers
+    # --features auto | multi: the earlier stages' pooled activations are extracted too (one pass)
+    multi = cfg.features == "multi" or (cfg.features == "auto" and spec.has_multi_layer)
+    if multi and not spec.has_multi_layer:
+        raise UserError(f"--features multi needs a timm backbone (its feature_info names the stages); "
+                        f"{spec.name} is built by torchvision")
     features = None
     if strategy.uses_features if with_features is None else with_features:
         # Images whose features are missing start decoding now, while the network is built, in at
@@ -110,9 +121,10 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
         # (measured, 2 cores, ants/bees cold: 9.2-10.4 s with none, 7.7 s with one; 4x the images:
         # 24.3 s vs 20.8 s).
         features = CachedFeatures(split, pre, cache.features(key), cfg.aug_views or 0, cfg.seed,
-                                  max(1, workers) if cfg.workers is None else workers)
+                                  max(1, workers) if cfg.workers is None else workers, multi)
     torch.manual_seed(cfg.seed)  # random weights (scratch, a new head) are the same for a seed
-    models = LazyClassifier(spec, len(split.classes), cfg.weights, cfg.dropout or 0.0, cache.backbone_file(key), stem)
+    models = LazyClassifier(spec, len(split.classes), cfg.weights, cfg.dropout or 0.0, cache.backbone_file(key), stem,
+                            "multi" if multi else "last")
     models.prepare()  # weights that do not fit the architecture fail here, before any output
     if cfg.teacher is not None:
         from .teacher import check_teacher
@@ -122,6 +134,23 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
     cfg.to_yaml(run_dir / "config.yaml")  # written first: --resume reads it
     return Context(cfg=cfg, split=split, models=models, pre=pre, runtime=runtime, cache=cache, workers=workers,
                    console=console, features=features, run_dir=run_dir, resume=resume)
+
+
+# Pretrained networks trained on small images (<= 64 px) get them upsampled SMALL_IMAGE_UPSCALE
+# times, not to the backbone's full size: a 32 px image holds no more detail at 224 px, and
+# training steps at 128 px cost a third of those at 224 (CIFAR-10: see the README's accuracy table).
+SMALL_IMAGE_SIDE, SMALL_IMAGE_UPSCALE = 64, 4
+
+
+def network_input_size(split, default: int) -> int | None:
+    """The input size for training a pretrained network on `split`: None (the backbone's) unless
+    its images are small, then SMALL_IMAGE_UPSCALE x their typical short side, a multiple of 32."""
+    from ..data.decode import typical_short_side
+
+    side = split.image_size or typical_short_side([s.path for s in split.train])
+    if side is None or side > SMALL_IMAGE_SIDE:
+        return None
+    return min(default, max(64, -(-side * SMALL_IMAGE_UPSCALE // 32) * 32))
 
 
 def resume_config(run: str, data, options: dict) -> tuple[TrainConfig, dict]:
@@ -213,6 +242,8 @@ def write_outputs(run_dir: Path, outcome: Outcome, runtime: Runtime, started: fl
         "strategy": cfg.strategy,
         "strategy_reason": outcome.info.get("strategy_reason"),
         "backbone": cfg.model,
+        "features": outcome.features,
+        "head": outcome.info.get("head"),
         "classes": split.classes,
         "num_train": len(split.train),
         "num_val": len(split.val),

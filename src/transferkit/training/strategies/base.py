@@ -41,11 +41,11 @@ NETWORK_DEFAULTS: dict[str, Any] = {
 HEAD_DEFAULTS: dict[str, Any] = {
     "optimizer": "lbfgs", "schedule": "cosine", "epochs": 60, "lr": 1e-3, "batch_size": 64,
     "weight_decay": 1e-4, "patience": 0, "warmup_epochs": 0.0, "label_smoothing": 0.0, "dropout": 0.0,
-    "aug_views": 0,
+    "aug_views": 0, "features": "auto",
 }
 # Defaults that depend on the optimizer; they win over the strategy's. L-BFGS: the L2 penalty on
-# the mean loss over standardized features (C = 1 / (0.1 n) in scikit-learn's terms).
-OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {"lbfgs": {"weight_decay": 0.1}}
+# the mean loss over standardized features is chosen by cross-validation (None; `heads.select_head`).
+OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {"lbfgs": {"weight_decay": None}}
 EPOCH_OPTIMIZERS = ("adamw", "adam", "sgd")
 
 
@@ -64,6 +64,7 @@ class Strategy:
     required: tuple[str, ...] = ()  # options that must be given
     optimizers: tuple[str, ...] = EPOCH_OPTIMIZERS  # the --optimizer values it accepts
     weights: str | None = None  # forced --weights ("none": from scratch)
+    batchnorm: str = "train"  # "frozen": every BatchNorm keeps its running statistics (eval mode) while training
     order: int = 100  # position in listings
 
     def __post_init__(self) -> None:

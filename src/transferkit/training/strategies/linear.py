@@ -1,5 +1,6 @@
 """linear (the default): the backbone frozen; each image's features computed once and cached; a
-new head fitted on them (a logistic regression by default)."""
+new head fitted on them (a logistic regression by default, its regularization and its input
+features chosen by cross-validation on the training images)."""
 
 from .base import HEAD_DEFAULTS, Strategy, register
 
@@ -8,20 +9,32 @@ def run(ctx):
     import torch
 
     from ..context import Outcome
-    from ..heads import train_head
+    from ..heads import fit_best_head
 
     f = ctx.cached_features()
-    result, linear = train_head(ctx.cfg, len(f.split.classes), f.x_train, f.y_train, f.x_val, f.y_val,
-                                ctx.console.progress, ctx.checkpoint, ctx.resume)
+    result, linear, choice = fit_best_head(ctx.cfg, f, ctx.console.progress, ctx.checkpoint, ctx.resume)
+    width = f.widths[choice.features]
     with torch.inference_mode():
-        val_logits = linear(f.x_val)
+        val_logits = linear(f.x_val[:, :width])
+    if choice.cv_accuracy is not None:
+        ctx.console.info(head_choice_line(choice))
     state = {f"backbone.{k}": v for k, v in ctx.models.backbone_state().items()}
     state.update({"head.weight": linear.weight.detach(), "head.bias": linear.bias.detach()})
-    return Outcome(result, val_logits, state, f.split, ctx.cfg, {**f.facts, "network_built": ctx.models.built})
+    return Outcome(result, val_logits, state, f.split, ctx.cfg,
+                   {**f.facts, "network_built": ctx.models.built, "head": choice.to_dict()}, features=choice.features)
+
+
+def head_choice_line(choice) -> str:
+    """One console line: the head chosen and the cross-validated numbers it was chosen on."""
+    others = [f"{name} {row['cv_accuracy']:.1%}" for name in ("last", "multi")
+              if (row := choice.best_for(name)) is not None]
+    return (f"head: {choice.features}-layer features, {choice.scaling} scaling, weight decay {choice.weight_decay:g} "
+            f"(cross-validated accuracy {choice.cv_accuracy:.1%} in {choice.folds} folds; best per feature set: "
+            f"{', '.join(others)}; {choice.seconds:.1f} s)")
 
 
 register(Strategy(
     name="linear", order=0, run=run, trains="head", uses_features=True,
-    summary="frozen backbone, new head (a logistic regression on cached features)",
-    options=("aug_views",), defaults=HEAD_DEFAULTS, optimizers=("lbfgs", "adamw", "adam", "sgd"),
+    summary="frozen backbone, new head (a logistic regression on cached features, tuned by cross-validation)",
+    options=("aug_views", "features"), defaults=HEAD_DEFAULTS, optimizers=("lbfgs", "adamw", "adam", "sgd"),
 ))

@@ -1,27 +1,66 @@
 """lp-ft (Kumar et al., 2022): a linear probe on cached features, then fine-tuning of every
-layer starting from that head instead of a random one."""
+layer starting from that head instead of a random one.
 
-from .base import NETWORK_DEFAULTS, STRATEGIES, Strategy, register
+The recipe is made so that fine-tuning starts at the probe's accuracy and cannot end below it:
+every BatchNorm keeps its ImageNet statistics (the network at step 0 is exactly the probe's), a
+warm-up epoch, the backbone at a fraction of the head's learning rate, and the probe itself is
+kept if no fine-tuned epoch beats it on the same val images.
+"""
+
+from .base import NETWORK_DEFAULTS, Strategy, register
+
+LP_FT_DEFAULTS = {**NETWORK_DEFAULTS, "lr": 3e-4, "backbone_lr_mult": 0.3, "warmup_epochs": 1.0,
+                  "weight_decay": 0.05, "label_smoothing": 0.1, "aug_views": 0, "features": "auto"}
 
 
 def run(ctx):
     import dataclasses
 
-    from ..heads import train_head
+    import torch
+
+    from ..context import Outcome
+    from ..heads import fit_best_head
     from ..network import train_network
+    from .linear import head_choice_line
 
     f = ctx.cached_features()
-    probe_cfg = dataclasses.replace(ctx.cfg, **STRATEGIES.get("linear").defaults_for("lbfgs"))
-    probe, head = train_head(probe_cfg, len(f.split.classes), f.x_train, f.y_train, f.x_val, f.y_val,
-                             ctx.console.progress)
+    probe_cfg = dataclasses.replace(ctx.cfg, optimizer="lbfgs", weight_decay=None, class_weights=ctx.cfg.class_weights)
+    probe, head, choice = fit_best_head(probe_cfg, f, ctx.console.progress)
+    if choice.cv_accuracy is not None:
+        ctx.console.info(head_choice_line(choice))
+    width = f.widths[choice.features]
+    with torch.inference_mode():
+        probe_logits = head(f.x_val[:, :width])
+    probe_acc = float((probe_logits.argmax(1) == f.y_val).float().mean()) if len(f.y_val) else 0.0
+    probe_head = head
+    model_width = f.widths.get("multi", width) if ctx.models.features == "multi" else width
+    if model_width > width:  # the network is multi-layer: the earlier stages' columns start at zero
+        wide = torch.nn.Linear(model_width, head.out_features)
+        with torch.no_grad():
+            wide.weight.zero_()
+            wide.weight[:, :width] = head.weight
+            wide.bias.copy_(head.bias)
+        head = wide
+    facts = {"probe_val_acc": probe_acc, "probe_steps": probe.best_epoch, "probe_unit": probe.unit,
+             "head": choice.to_dict(), **f.facts}
+    backbone = {k: v.detach().clone() for k, v in ctx.models.backbone_state().items()}  # the probe's
     outcome = train_network(ctx, head_init=head, split=f.split)
-    outcome.info.update(probe_val_acc=probe.best_val_acc, probe_steps=probe.best_epoch, probe_unit=probe.unit,
-                        **f.facts)
-    return outcome
+    outcome.info.update(facts)
+    features = ctx.models.features
+    if outcome.fit.best_val_acc > probe_acc or not len(f.y_val):
+        return dataclasses.replace(outcome, features=features)
+    ctx.console.info(f"lp-ft: no fine-tuned epoch beat the probe on the val images ({outcome.fit.best_val_acc:.4f} "
+                     f"<= {probe_acc:.4f}): keeping the probe")
+    state = {f"backbone.{k}": v for k, v in backbone.items()}
+    state.update({"head.weight": probe_head.weight.detach(), "head.bias": probe_head.bias.detach()})
+    outcome.info.update(kept="probe", fine_tuned_val_acc=outcome.fit.best_val_acc)
+    outcome.fit.best_epoch, outcome.fit.best_val_acc = 0, probe_acc
+    return Outcome(outcome.fit, probe_logits, state, f.split, outcome.cfg, outcome.info, features=choice.features)
 
 
 register(Strategy(
-    name="lp-ft", order=4, run=run, trains="all", backbone_lr="scaled", uses_features=True,
-    summary="a linear probe on cached features, then every layer fine-tuned from that head",
-    options=("aug_views", "backbone_lr_mult"), defaults={**NETWORK_DEFAULTS, "aug_views": 0},
+    name="lp-ft", order=4, run=run, trains="all", backbone_lr="scaled", uses_features=True, batchnorm="frozen",
+    summary="a linear probe on cached features, then every layer fine-tuned from that head (BatchNorm statistics "
+            "kept); the probe is kept if fine-tuning does not beat it",
+    options=("aug_views", "backbone_lr_mult", "features"), defaults=LP_FT_DEFAULTS,
 ))

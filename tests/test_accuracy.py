@@ -1,0 +1,150 @@
+"""Accuracy machinery: the cross-validated head, multi-layer features, LP-FT's guarantee, the
+input size for small images (#16). Accuracy itself is measured by bench/accuracy.py."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import transferkit
+from transferkit.console import Console
+from helpers import make_dataset
+
+
+def _blobs(seed: int, classes: int, per_class: int, dim: int = 64, spread: float = 2.5):
+    """Gaussian classes in `dim` dimensions, with a few dominant noise directions: a weak penalty
+    and raw geometry pay here, as on many-class data."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 1, (classes, dim))
+    y = np.repeat(np.arange(classes), per_class)
+    x = centers[y] + spread * rng.normal(0, 1, (len(y), dim)) * rng.uniform(0.2, 1.5, dim)
+    return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y)
+
+
+@pytest.mark.parametrize("seed,classes,per_class", [(0, 20, 12), (1, 4, 40), (2, 30, 8)])
+def test_cross_validated_head_is_not_worse_than_scikit_learns_default(seed, classes, per_class):
+    """The head's regularization comes from the data: on held-out images it is at least as
+    accurate as a plain LogisticRegression() on the same features (within one image)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from transferkit.config import TrainConfig
+    from transferkit.training.heads import fit_logistic, select_head
+
+    x, y = _blobs(seed, classes, per_class * 2)
+    train = (torch.arange(len(y)) % 2) == 0
+    choice = select_head(x[train], y[train], classes, {"last": x.shape[1]}, seed=0)
+    assert choice.cv_accuracy is not None and choice.folds >= 2 and choice.table
+    assert {r["scaling"] for r in choice.table} == {"feature", "global"}
+    cfg = TrainConfig.from_mapping({"data": "unused", "weight_decay": choice.weight_decay}).resolved()
+    _, head = fit_logistic(cfg, classes, x[train], y[train], x[~train], y[~train], scaling=choice.scaling)
+    with torch.no_grad():
+        ours = float((head(x[~train]).argmax(1) == y[~train]).float().mean())
+    plain = LogisticRegression(max_iter=2000).fit(x[train].numpy(), y[train].numpy()).score(
+        x[~train].numpy(), y[~train].numpy())
+    assert ours >= plain - 1 / int((~train).sum()) - 1e-9, (ours, plain, choice.to_dict())
+
+
+def test_cross_validation_in_the_span_of_the_training_rows_is_exact():
+    """Fewer rows than features: the fit in the training rows' span predicts exactly as the full one."""
+    from transferkit.training.heads import Logistic, _in_span
+
+    x, y = _blobs(3, 3, 6, dim=40)
+    z, ze = x[:12].double().numpy(), x[12:].double().numpy()
+    full, small = Logistic(z, y[:12].numpy(), 3, 0.05), None
+    zs, zes = _in_span(z, ze)
+    assert zs.shape == (12, 12)
+    small = Logistic(zs, y[:12].numpy(), 3, 0.05)
+    a, _ = full.fit(full.start(), 500, 1e-9)
+    b, _ = small.fit(small.start(), 500, 1e-9)
+    np.testing.assert_allclose(np.exp(full.log_probs(ze, a)), np.exp(small.log_probs(zes, b)), atol=1e-5)
+
+
+def test_a_class_with_one_image_falls_back_to_the_default_head():
+    from transferkit.training.heads import DEFAULT_WEIGHT_DECAY, select_head
+
+    x, y = _blobs(0, 3, 4)
+    y[1:4] = 2  # class 0 keeps a single image
+    choice = select_head(x, y, 3, {"last": x.shape[1]}, seed=0)
+    assert choice.cv_accuracy is None and choice.weight_decay == DEFAULT_WEIGHT_DECAY and choice.features == "last"
+
+
+def test_multi_layer_backbone_keeps_the_last_layer_and_the_parameter_names():
+    from transferkit.models import backbones
+
+    spec = backbones.get("efficientnet_lite0")
+    torch.manual_seed(0)
+    plain = spec.build().eval()
+    multi = spec.build(features="multi")
+    multi.load_state_dict(plain.state_dict())  # the same names: bundles and caches carry over
+    multi.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out = multi(x)
+        assert out.shape == (2, multi.num_features) and multi.num_features > plain.num_features
+        torch.testing.assert_close(out[:, :plain.num_features], plain(x))
+        traced = torch.jit.trace(copy.deepcopy(multi), x)  # export and the fast extractor trace it
+        torch.testing.assert_close(traced(x), out)
+    assert len(spec.stages(multi)) == len(spec.stages(plain))  # partial / per-stage LRs see the same stages
+
+
+def test_multi_layer_features_end_to_end(tmp_path):
+    """--features multi: the bundle says so, loads as trained (eval = the run's val accuracy),
+    exports to ONNX with the same predictions, and a later run reuses every cached feature."""
+    data = make_dataset(tmp_path / "d", n_train=5, n_val=3)
+    options = dict(weights="none", image_size=64, features="multi", cache_dir=str(tmp_path / "cache"), quiet=True)
+    run = transferkit.train(data, out=str(tmp_path / "r"), **options)
+    meta = json.loads((run.path / "model.json").read_text())
+    assert meta["features"] == "multi" and run.results["features"] == "multi"
+    assert transferkit.evaluate(run.path)["accuracy"] == pytest.approx(run.val_acc)
+    transferkit.export(run.path, "onnx", runs=2, console=Console(True))
+    from transferkit.prediction.onnx_predictor import OnnxPredictor
+
+    image = next((data / "val" / "red").iterdir())
+    torch_probs = transferkit.load(run.path).predict([image])[0]
+    with OnnxPredictor(run.path / "export" / "model.onnx") as onnx:
+        onnx_probs = onnx.predict([image])[0]
+    assert torch_probs.label == onnx_probs.label and torch_probs.probability == pytest.approx(onnx_probs.probability,
+                                                                                               abs=1e-4)
+    again = transferkit.train(data, out=str(tmp_path / "r2"), **{**options, "features": "auto"})
+    info = again.results["strategy_info"]
+    assert info["features_computed"] == 0 and info["features_cached"] == 16
+    assert again.results["head"]["candidates"]  # auto cross-validated last against multi
+
+
+def test_features_multi_is_refused_for_a_torchvision_backbone(tmp_path):
+    data = make_dataset(tmp_path / "d", n_train=2, n_val=1)
+    with pytest.raises(transferkit.UserError, match="--features multi needs a timm backbone"):
+        transferkit.train(data, model="squeezenet1_1", weights="none", features="multi", out=str(tmp_path / "r"))
+    with pytest.raises(transferkit.UserError, match="--features applies only to --strategy"):
+        transferkit.train(data, strategy="finetune", features="multi", out=str(tmp_path / "r"))
+
+
+def test_lp_ft_starts_at_the_probe_and_keeps_it_when_fine_tuning_does_not_beat_it(tmp_path):
+    """BatchNorm statistics kept and a learning rate too small to move anything: the fine-tuned
+    epoch measures exactly the probe's accuracy, so the probe is kept, and eval reproduces it."""
+    data = make_dataset(tmp_path / "d", classes=("blue", "red", "green"), n_train=4, n_val=3)
+    run = transferkit.train(data, strategy="lp-ft", weights="none", image_size=64, epochs=1, lr=1e-12,
+                            batch_size=4, out=str(tmp_path / "r"), quiet=True)
+    info = run.results["strategy_info"]
+    assert info["fine_tuned_val_acc"] == pytest.approx(info["probe_val_acc"])
+    assert info["kept"] == "probe" and run.results["best_epoch"] == 0
+    assert run.val_acc == pytest.approx(info["probe_val_acc"])
+    assert transferkit.evaluate(run.path)["accuracy"] == pytest.approx(run.val_acc)
+
+
+def test_pretrained_networks_train_small_images_upscaled_not_at_full_size(tmp_path):
+    from transferkit.data.discover import discover
+    from transferkit.training.run import network_input_size
+
+    small = discover(make_dataset(tmp_path / "s", n_train=2, n_val=1))  # 64 x 48 images
+    assert network_input_size(small, 224) == 192
+    from helpers import make_image
+
+    for i in range(2):
+        for c in ("a", "b"):
+            make_image(tmp_path / "big" / "train" / c / f"{i}.png", (90, 90, 90), size=(300, 200), seed=i)
+    assert network_input_size(discover(tmp_path / "big"), 224) is None
