@@ -109,6 +109,18 @@ def test_multi_layer_features_end_to_end(tmp_path):
         onnx_probs = onnx.predict([image])[0]
     assert torch_probs.label == onnx_probs.label and torch_probs.probability == pytest.approx(onnx_probs.probability,
                                                                                                abs=1e-4)
+    # test-time augmentation: the log of the mean probability of the view and its mirror image
+    for make in (lambda tta: transferkit.load(run.path, tta=tta),
+                 lambda tta: OnnxPredictor(run.path / "export" / "model.onnx", tta=tta)):
+        with make("none") as plain, make("flip") as flip:
+            view = plain.prepare(str(image))
+            mirrored = np.flip(view, 1 if plain.channels_last else 2)
+            both = plain.run(np.ascontiguousarray(np.stack([view, mirrored]))).astype(np.float64)
+            probs = np.exp(both - both.max(1, keepdims=True))
+            expected = np.log((probs / probs.sum(1, keepdims=True)).mean(0))
+            np.testing.assert_allclose(flip.logits([image])[0][0], expected, atol=1e-4)
+            assert not np.allclose(both[0], both[1])  # the mirror image is another input
+    assert transferkit.evaluate(run.path, tta="flip-crops")["num_images"] == 6
     again = transferkit.train(data, out=str(tmp_path / "r2"), **{**options, "features": "auto"})
     info = again.results["strategy_info"]
     assert info["features_computed"] == 0 and info["features_cached"] == 16

@@ -84,20 +84,21 @@ def lr_find(data: str | Path, *, config: TrainConfig | None = None, console: Con
     return run.lr_find(cfg, sweep, console or Console(cfg.quiet))
 
 
-def load(path: str | Path, device: str = "auto", precision: str = "auto"):
+def load(path: str | Path, device: str = "auto", precision: str = "auto", tta: str = "none"):
     """Load a run folder's bundle as a `Predictor`: ``.predict(images, top_k)`` takes paths, the
     files' bytes or PIL images. Use it as a context manager (or call ``close()``) to stop its
-    decoding threads when done."""
+    decoding threads when done. `tta`: test-time augmentation (none | flip | flip-crops)."""
     from .models import bundle
     from .prediction.torch_predictor import Predictor
 
-    options = PredictOptions(device=device, precision=precision)
+    options = PredictOptions(device=device, precision=precision, tta=tta)
     model, meta, run_dir = bundle.load(path)
-    return Predictor(model, meta, run_dir, options.device, options.precision)
+    return Predictor(model, meta, run_dir, options.device, options.precision, tta=options.tta)
 
 
 def evaluate(run: str | Path, data: str | Path | None = None, device: str = "auto",
-             precision: str = "auto", console: Console | None = None, out: str | Path | None = None) -> dict:
+             precision: str = "auto", console: Console | None = None, out: str | Path | None = None,
+             tta: str = "none") -> dict:
     """Re-evaluate a saved run: on DATA/val (or DATA's class folders) when `data` is given,
     else on the run's own validation split. Writes metrics.json, the plots, misclassified.csv and
     report.html into `out` (default: a new RUN/eval-<name> folder) and returns the metrics
@@ -108,7 +109,7 @@ def evaluate(run: str | Path, data: str | Path | None = None, device: str = "aut
     from .evaluation import report
 
     console = console or Console()
-    with load(run, device, precision) as predictor:
+    with load(run, device, precision, tta) as predictor:
         classes = predictor.classes
         if data is not None:
             samples = eval_files(data, classes)
@@ -130,7 +131,8 @@ def evaluate(run: str | Path, data: str | Path | None = None, device: str = "aut
     summary = report.write_evaluation(
         out_dir, [samples[i].path for i in ok], np.array([samples[i].label for i in ok], dtype=np.int64),
         logits[ok], classes, {"skipped_files": skipped, "run": str(predictor.run_dir),
-                              "data": str(data) if data is not None else "the run's validation split"})
+                              "data": str(data) if data is not None else "the run's validation split",
+                              "tta": tta})
     report.render(out_dir)
     summary["out"] = str(out_dir)
     return summary

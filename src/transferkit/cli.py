@@ -155,7 +155,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.data is None and results_file.is_file():
         saved = json.loads(results_file.read_text())["val_acc"]
         print(f"accuracy {summary['accuracy']:.4f} on {summary['num_images']} images "
-              f"(results.json: {saved:.4f}, difference {abs(summary['accuracy'] - saved):.4f})")
+              f"(results.json: {saved:.4f}, difference {abs(summary['accuracy'] - saved):.4f}"
+              + (f"; --tta {args.tta}, the run's figure without" if args.tta != "none" else "") + ")")
     else:
         print(f"accuracy {summary['accuracy']:.4f} on {summary['num_images']} images")
     print(f"metrics: {Path(summary['out']) / 'metrics.json'}\nreport: {Path(summary['out']) / 'report.html'}")
@@ -192,11 +193,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.run.endswith(".onnx"):  # an exported model: ONNX Runtime alone, torch is not imported
         from .prediction.onnx_predictor import OnnxPredictor
 
-        predictor = OnnxPredictor(args.run)
+        predictor = OnnxPredictor(args.run, tta=options.tta)
     else:
         from . import api
 
-        predictor = api.load(args.run, options.device, options.precision)
+        predictor = api.load(args.run, options.device, options.precision, options.tta)
     top_k = min(options.top_k, len(predictor.classes))
     from .console import Console
 

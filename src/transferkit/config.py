@@ -28,6 +28,7 @@ SCHEDULES = ("cosine", "onecycle", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
 FEATURES = ("auto", "last", "multi")
+TTA = ("none", "flip", "flip-crops")  # test-time augmentation (prediction.base): the views averaged per image
 
 
 def opt(default: Any, help: str, *, choices: tuple | Callable[[], list] | None = None,
@@ -272,6 +273,9 @@ class PredictOptions:
     top_k: int = opt(3, "labels per image", low=1)
     device: str = opt("auto", "auto | cpu | cuda", choices=DEVICES)
     precision: str = opt("auto", "auto | bf16 | fp32", choices=PRECISIONS)
+    tta: str = opt("none", "test-time augmentation, the probabilities of the views averaged: none | flip (and "
+                   "its mirror image: 2x the compute) | flip-crops (also the view without the crop margin: 4x)",
+                   choices=TTA)
 
     def __post_init__(self) -> None:
         check_values(self)

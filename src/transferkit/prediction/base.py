@@ -8,9 +8,22 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import TTA
 from ..data.decode import source_name
 from ..errors import ImageDecodeError
 from .outputs import Prediction, top_predictions
+
+
+
+
+def _mean_of_views(logits: np.ndarray) -> np.ndarray:
+    """(N, V, C) logits of V views -> (N, C): the log of the views' mean probabilities (one view:
+    its logits unchanged)."""
+    if logits.shape[1] == 1:
+        return logits[:, 0]
+    z = logits - logits.max(2, keepdims=True)
+    probs = np.exp(z) / np.exp(z).sum(2, keepdims=True)
+    return np.log(probs.mean(1)).astype(np.float32)
 
 
 class BasePredictor:
@@ -22,14 +35,31 @@ class BasePredictor:
     calls, as a server makes, pay for them once."""
 
     classes: list[str]
+    channels_last: bool = True  # the layout `prepare` returns: (H, W, C), else (C, H, W)
 
-    def __init__(self, batch_size: int = 32, workers: int = 0):
-        self.batch_size, self.workers = batch_size, workers
+    def __init__(self, batch_size: int = 32, workers: int = 0, tta: str = "none"):
+        if tta not in TTA:
+            raise ValueError(f"tta must be one of {', '.join(TTA)}")
+        self.batch_size, self.workers, self.tta = batch_size, workers, tta
         self._pool: ThreadPoolExecutor | None = None
 
-    def prepare(self, source, name: str | None = None) -> np.ndarray:
-        """One image -> one model input; raises `ImageDecodeError`."""
+    def prepare(self, source, name: str | None = None, whole: bool = False) -> np.ndarray:
+        """One image -> one model input (`whole`: its short side resized to the input size, so
+        no margin is cropped off); raises `ImageDecodeError`."""
         raise NotImplementedError
+
+    def views(self, source, name: str | None = None) -> np.ndarray:
+        """The stacked inputs of one image: its evaluation view, and with test-time augmentation
+        its mirror image ("flip"), plus the view without the crop margin and its mirror
+        ("flip-crops")."""
+        first = self.prepare(source, name)
+        if self.tta == "none":
+            return first[None]
+        out = [first]
+        if self.tta == "flip-crops":
+            out.append(self.prepare(source, name, whole=True))
+        axis = 1 if self.channels_last else 2
+        return np.stack(out + [np.ascontiguousarray(np.flip(v, axis)) for v in out])
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """A stacked batch of inputs -> logits (B, C) as float32."""
@@ -37,7 +67,7 @@ class BasePredictor:
 
     def _prepared(self, item: tuple[object, str]) -> np.ndarray | str:
         try:
-            return self.prepare(*item)
+            return self.views(*item)
         except ImageDecodeError as exc:
             return exc.reason
 
@@ -56,7 +86,8 @@ class BasePredictor:
             ok = [start + j for j, p in enumerate(prepared) if not isinstance(p, str)]
             errors.update({start + j: p for j, p in enumerate(prepared) if isinstance(p, str)})
             if ok:
-                out[ok] = self.run(np.stack([prepared[i - start] for i in ok]))
+                views = np.concatenate([prepared[i - start] for i in ok])
+                out[ok] = _mean_of_views(self.run(views).reshape(len(ok), -1, len(self.classes)))
             if bar is not None:
                 bar.update(len(items))
         if bar is not None:

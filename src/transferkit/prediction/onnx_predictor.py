@@ -65,8 +65,10 @@ def _metadata(session, path) -> dict:
 class OnnxPredictor(BasePredictor):
     """An exported model (fp32 or INT8 ONNX) ready to predict images, torch-free."""
 
-    def __init__(self, path: str | Path, batch_size: int = 32, workers: int = 0):
-        super().__init__(batch_size, workers)
+    channels_last = False
+
+    def __init__(self, path: str | Path, batch_size: int = 32, workers: int = 0, tta: str = "none"):
+        super().__init__(batch_size, workers, tta)
         self.path = Path(path).expanduser()
         self.session = open_session(self.path)
         self.meta = _metadata(self.session, self.path)
@@ -74,9 +76,10 @@ class OnnxPredictor(BasePredictor):
         self.pre: dict = self.meta["preprocess"]
         self.input = self.session.get_inputs()[0].name
 
-    def prepare(self, source, name: str | None = None) -> np.ndarray:
+    def prepare(self, source, name: str | None = None, whole: bool = False) -> np.ndarray:
         p = self.pre
-        return normalized_array(source, p["resize_size"], p["input_size"], p["interpolation"], p["mean"], p["std"], name)
+        return normalized_array(source, p["input_size"] if whole else p["resize_size"], p["input_size"],
+                                p["interpolation"], p["mean"], p["std"], name)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input: batch})[0]

@@ -21,16 +21,17 @@ class Predictor(BasePredictor):
     has it), the same as training's feature extraction."""
 
     def __init__(self, model: Classifier, meta: bundle.BundleMeta, run_dir: Path | None = None,
-                 device: str = "auto", precision: str = "auto", batch_size: int = 32, workers: int | None = None):
-        super().__init__(batch_size, default_workers() if workers is None else workers)
+                 device: str = "auto", precision: str = "auto", batch_size: int = 32, workers: int | None = None,
+                 tta: str = "none"):
+        super().__init__(batch_size, default_workers() if workers is None else workers, tta)
         self.model, self.meta, self.run_dir = model.eval(), meta, run_dir
         self.classes = meta.classes
         self.runtime = Runtime.create(device, precision)
         self.extractor = Extractor(model.backbone, meta.preprocess, self.runtime, batch_size)
 
-    def prepare(self, source, name: str | None = None) -> np.ndarray:
+    def prepare(self, source, name: str | None = None, whole: bool = False) -> np.ndarray:
         p = self.meta.preprocess
-        return eval_array(source, p.resize_size, p.input_size, p.interpolation, name)
+        return eval_array(source, p.input_size if whole else p.resize_size, p.input_size, p.interpolation, name)
 
     @torch.inference_mode()
     def run(self, batch: np.ndarray) -> np.ndarray:
