@@ -73,9 +73,10 @@ def test_every_strategy_trains_what_it_declares(tiny, name):
     changed = {k for k, v in initial.items() if not torch.equal(v, trained[k])}
     every = set(initial)
     last_stage = {f"backbone.{k}" for k in stages[-1]}
+    kept_probe = run.results["strategy_info"].get("kept") == "probe"  # LP-FT: fine-tuning did not beat it
     if entry.weights is None:  # (from scratch every weight is new)
         expected = {"head": set(), "top": last_stage, "all": every, "gradual": every}[chosen.trains]
-        assert changed == expected
+        assert changed == (set() if kept_probe else expected)
     groups = {g["name"]: g["lr"] for g in run.results["strategy_info"].get("param_groups", [])}
     if chosen.trains == "head":
         assert not groups and run.results["head_iterations"]
@@ -88,6 +89,13 @@ def test_every_strategy_trains_what_it_declares(tiny, name):
         assert groups == pytest.approx({"backbone": backbone_lr, "head": lr})
     if chosen.trains == "top":
         assert run.results["strategy_info"]["trainable_stages_at_end"] == 1
+
+
+def _logit_range(run) -> float:
+    with transferkit.load(run) as predictor:
+        val = [p for p, _ in json.loads((Path(run) / "split.json").read_text())["val"]]
+        logits, _ = predictor.logits(val)
+    return float(logits.max() - logits.min())
 
 
 def test_every_strategy_is_declared_consistently():
@@ -105,7 +113,8 @@ def test_every_export_format_builds_and_matches_pytorch(tiny, tmp_path, name):
     result = transferkit.export(teacher, name, calib=4, runs=2, out=tmp_path / "x")
     check = next(c for c in result.checks if c.format == name)
     assert (tmp_path / "x" / FORMATS.get(name).file).is_file() and check.passed
-    tolerance = 0.5 if name == "int8" else 1e-3  # INT8 rounds; fp32 artifacts agree to float precision
+    # INT8 rounds (here to within 5% of the logits' range); fp32 artifacts agree to float precision
+    tolerance = 1e-3 if name != "int8" else 0.05 * _logit_range(teacher)
     assert check.max_abs_logit_diff < tolerance and check.top1_agreement >= (0.75 if name == "int8" else 1.0)
     recorded = json.loads((tmp_path / "x" / "export.json").read_text())
     assert name in [a["format"] for a in recorded["artifacts"]]

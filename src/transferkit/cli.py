@@ -156,7 +156,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         saved = json.loads(results_file.read_text())["val_acc"]
         print(f"accuracy {summary['accuracy']:.4f} on {summary['num_images']} images "
               f"(results.json: {saved:.4f}, difference {abs(summary['accuracy'] - saved):.4f}"
-              + (f"; --tta {args.tta}, the run's figure without" if args.tta != "none" else "") + ")")
+              + (f"; --tta {tta}, the run's figure without" if (tta := getattr(args, "tta", "none")) != "none"
+                 else "") + ")")
     else:
         print(f"accuracy {summary['accuracy']:.4f} on {summary['num_images']} images")
     print(f"metrics: {Path(summary['out']) / 'metrics.json'}\nreport: {Path(summary['out']) / 'report.html'}")

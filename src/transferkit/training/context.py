@@ -135,3 +135,4 @@ class Outcome:
     cfg: TrainConfig  # the options trained with (auto: those of the strategy it chose)
     info: dict = field(default_factory=dict)  # strategy-specific facts for results.json
     features: str = "last"  # the head's input: "last" or "multi" (models.multilayer), as the bundle records it
+    pre: Preprocess | None = None  # the kept model's preprocessing where it is not the context's (auto)

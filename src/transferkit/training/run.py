@@ -56,7 +56,8 @@ def train(cfg: TrainConfig, console: Console, worker: Worker, started: float, ch
     elif ctx.checkpoint.exists():
         ctx.checkpoint.unlink()  # finished: the bundle is what remains
     used = outcome.cfg  # auto: the options of the strategy it chose
-    meta = bundle.BundleMeta(spec.name, spec.arch, outcome.split.classes, ctx.pre, used.strategy, used.dropout or 0.0,
+    meta = bundle.BundleMeta(spec.name, spec.arch, outcome.split.classes, outcome.pre or ctx.pre, used.strategy,
+                             used.dropout or 0.0,
                              ctx.models.info.source, ctx.models.info.sha256, ctx.models.stem,
                              features=outcome.features)
     bundle.save(run_dir, outcome.state, meta)
@@ -98,16 +99,12 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
     split = discover(cfg.data, cfg.val_fraction, cfg.seed, cache.datasets())
     # Without pretrained weights, images of a fixed small size (CIFAR) are used at that size.
     size = cfg.image_size or (split.image_size if cfg.weights == "none" else None)
-    upscaled = size is None and strategy.trains != "head" and cfg.weights != "none"
-    size = network_input_size(split, spec.preprocess.input_size) if upscaled else size
-    pre = spec.with_input_size(size)
-    if upscaled and size is not None:
-        pre = dataclasses.replace(pre, crop_pct=1.0)  # the whole small image, not a center crop of it
+    upscaled = size is None and strategy.trains not in ("head", "chosen") and cfg.weights != "none"
+    pre = network_preprocess(spec, split) if upscaled else spec.with_input_size(size)
     stem = cfg.stem if cfg.stem != "auto" else (
         "small" if cfg.weights == "none" and pre.input_size <= 64 and backbones.has_small_stem(spec) else "standard")
     weights = identify_weights(spec, cfg.weights)
-    key = model_key(spec.name + ("+small-stem" if stem == "small" else ""), weights.sha256, pre.to_dict(),
-                    runtime.precision)
+    key = _features_key(spec, stem, weights.sha256, pre, runtime)
     workers = default_workers() if cfg.workers is None else cfg.workers
     # --features auto | multi: the earlier stages' pooled activations are extracted too (one pass)
     multi = cfg.features == "multi" or (cfg.features == "auto" and spec.has_multi_layer)
@@ -140,6 +137,30 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
 # times, not to the backbone's full size: a 32 px image holds no more detail at 224 px, and
 # training steps at 128 px cost a third of those at 224 (CIFAR-10: see the README's accuracy table).
 SMALL_IMAGE_SIDE, SMALL_IMAGE_UPSCALE = 64, 4
+
+
+def network_preprocess(spec, split):
+    """The preprocessing for training a pretrained `spec` on `split`: the backbone's, or for small
+    images `network_input_size`'s size with the whole image in view (no center crop)."""
+    size = network_input_size(split, spec.preprocess.input_size)
+    pre = spec.with_input_size(size)
+    return dataclasses.replace(pre, crop_pct=1.0) if size is not None else pre
+
+
+def _features_key(spec, stem: str, weights_sha256: str | None, pre, runtime: Runtime) -> str:
+    return model_key(spec.name + ("+small-stem" if stem == "small" else ""), weights_sha256, pre.to_dict(),
+                     runtime.precision)
+
+
+def context_at(ctx: Context, pre) -> Context:
+    """`ctx` with another preprocessing (auto's fine-tuning candidate on small images): its own
+    cached features, the same classifier, data and run folder."""
+    if pre == ctx.pre:
+        return ctx
+    key = _features_key(ctx.models.spec, ctx.models.stem, ctx.models.info.sha256, pre, ctx.runtime)
+    features = CachedFeatures(ctx.split, pre, ctx.cache.features(key), ctx.cfg.aug_views or 0, ctx.cfg.seed,
+                              max(1, ctx.workers), ctx.models.features == "multi")
+    return dataclasses.replace(ctx, pre=pre, features=features)
 
 
 def network_input_size(split, default: int) -> int | None:

@@ -45,25 +45,42 @@ def run(ctx):
 
     from ..heads import head_choice
     from ..network import estimate_finetune_seconds
+    from ..run import context_at, network_preprocess
 
     f = ctx.cached_features()
     per_class = f.num_images / len(f.split.classes)
-    linear_cfg = ctx.cfg.for_strategy("linear")
-    choice = head_choice(linear_cfg, f)  # memoized on `f`: linear and lp-ft reuse it
+    choice = head_choice(ctx.cfg.for_strategy("linear"), f)  # memoized on `f`: linear reuses it
+    ft_ctx = dataclasses.replace(context_at(ctx, network_preprocess(ctx.models.spec, ctx.split)),
+                                 cfg=ctx.cfg.for_strategy("lp-ft"))
     chosen, reason = choose_strategy(per_class, choice.cv_accuracy,
-                                     lambda: estimate_finetune_seconds(ctx, ctx.cfg.for_strategy("lp-ft")),
-                                     ctx.cfg.budget)
+                                     lambda: estimate_finetune_seconds(ft_ctx, ft_ctx.cfg), ctx.cfg.budget)
     ctx.console.info(f"auto: {chosen}, because {reason}")
-    outcome = STRATEGIES.get(chosen).run(dataclasses.replace(ctx, cfg=ctx.cfg.for_strategy(chosen)))
+    head = STRATEGIES.get("linear").run(dataclasses.replace(ctx, cfg=ctx.cfg.for_strategy("linear")))
+    outcome = head
     if chosen == "lp-ft":
-        kept = outcome.info.get("kept") == "probe"
-        reason += (f"; kept the head ({outcome.fit.best_val_acc:.1%}): fine-tuning reached "
-                   f"{outcome.info.get('fine_tuned_val_acc', 0):.1%}" if kept else
-                   f"; kept fine-tuning: {outcome.fit.best_val_acc:.1%} vs the head's "
-                   f"{outcome.info.get('probe_val_acc', 0):.1%} on the val images")
-        ctx.console.info(f"auto: {reason.rsplit('; ', 1)[1]}")
+        head.state = {k: v.detach().clone() for k, v in head.state.items()}  # fine-tuning changes the network in place
+        tuned = STRATEGIES.get("lp-ft").run(ft_ctx)
+        head_acc, tuned_acc = _val_acc(head), _val_acc(tuned)
+        if tuned.info.get("kept") != "probe" and tuned_acc > head_acc:
+            outcome = dataclasses.replace(tuned, pre=ft_ctx.pre)
+            verdict = f"kept lp-ft: val accuracy {tuned_acc:.1%} vs the head's {head_acc:.1%} on the same images"
+        else:
+            verdict = (f"kept the head: val accuracy {head_acc:.1%}, lp-ft reached {tuned_acc:.1%} "
+                       f"(best fine-tuned epoch {tuned.info.get('fine_tuned_val_acc', tuned_acc):.1%})")
+            head.info.update(lp_ft_val_acc=tuned_acc)
+        ctx.console.info(f"auto: {verdict}")
+        reason += "; " + verdict
     outcome.info.update(strategy_reason=reason, head_cv_accuracy=choice.cv_accuracy, images_per_class=per_class)
     return outcome
+
+
+def _val_acc(outcome) -> float:
+    y = [s.label for s in outcome.split.val]
+    if not y:
+        return 0.0
+    import torch
+
+    return float((outcome.val_logits.argmax(1) == torch.tensor(y)).float().mean())
 
 
 register(Strategy(

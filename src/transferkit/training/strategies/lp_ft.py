@@ -49,8 +49,9 @@ def run(ctx):
     features = ctx.models.features
     if outcome.fit.best_val_acc > probe_acc or not len(f.y_val):
         return dataclasses.replace(outcome, features=features)
-    ctx.console.info(f"lp-ft: no fine-tuned epoch beat the probe on the val images ({outcome.fit.best_val_acc:.4f} "
-                     f"<= {probe_acc:.4f}): keeping the probe")
+    tuned = (f"{outcome.fit.best_val_acc:.4f} <= {probe_acc:.4f}" if outcome.fit.history
+             else "no epoch finished")
+    ctx.console.info(f"lp-ft: no fine-tuned epoch beat the probe on the val images ({tuned}): keeping the probe")
     state = {f"backbone.{k}": v for k, v in backbone.items()}
     state.update({"head.weight": probe_head.weight.detach(), "head.bias": probe_head.bias.detach()})
     outcome.info.update(kept="probe", fine_tuned_val_acc=outcome.fit.best_val_acc)
