@@ -9,7 +9,7 @@ kept if no fine-tuned epoch beats it on the same val images.
 
 from .base import NETWORK_DEFAULTS, Strategy, register
 
-LP_FT_DEFAULTS = {**NETWORK_DEFAULTS, "lr": 3e-4, "backbone_lr_mult": 0.3, "warmup_epochs": 1.0,
+LP_FT_DEFAULTS = {**NETWORK_DEFAULTS, "epochs": 6, "lr": 3e-4, "backbone_lr_mult": 0.3, "warmup_epochs": 1.0,
                   "weight_decay": 0.05, "label_smoothing": 0.1, "aug_views": 0, "features": "auto"}
 
 
