@@ -218,9 +218,8 @@ def select_head(x: torch.Tensor, y: torch.Tensor, num_classes: int, widths: dict
     per image; the first `widths["last"]` columns are the last layer's): every feature set in
     `widths` x every scaling in SCALINGS x every weight decay in WEIGHT_DECAY_GRID (or just
     `weight_decay`, when given), in up to CV_MAX_FOLDS stratified folds. Picked: the highest mean
-    accuracy over the folds, ties broken by the lower log loss; the multi-layer features only when
-    they beat the last layer's by more than one standard error (a larger input is also less robust
-    to INT8: measured on the sample, 1.25 pt lost vs none). A class with fewer than 2 images
+    accuracy over the folds, ties broken by the lower log loss (the last layer's features come
+    first in `widths`, so they win a tie with the multi-layer ones). A class with fewer than 2 images
     leaves nothing to cross-validate: the last layer, per-feature scaling, DEFAULT_WEIGHT_DECAY."""
     start = time.perf_counter()
     yn = y.numpy()
@@ -258,13 +257,6 @@ def select_head(x: torch.Tensor, y: torch.Tensor, num_classes: int, widths: dict
                 if worse == 2:
                     break
     best = max(table, key=_rank)
-    last = max((r for r in table if r["features"] == "last"), key=_rank, default=None)
-    if last is not None and best["features"] != "last":
-        # the one-standard-error rule (Hastie et al., ESL 7.10): the larger feature set only when it
-        # beats the last layer's by more than the standard error of a cross-validated accuracy
-        se = float(np.sqrt(best["cv_accuracy"] * (1 - best["cv_accuracy"]) / len(yn)))
-        if best["cv_accuracy"] - last["cv_accuracy"] <= se:
-            best = last
     return HeadChoice(best["features"], best["scaling"], best["weight_decay"], best["cv_accuracy"], folds,
                       time.perf_counter() - start, table)
 
