@@ -160,3 +160,22 @@ def test_pretrained_networks_train_small_images_upscaled_not_at_full_size(tmp_pa
         for c in ("a", "b"):
             make_image(tmp_path / "big" / "train" / c / f"{i}.png", (90, 90, 90), size=(300, 200), seed=i)
     assert network_input_size(discover(tmp_path / "big"), 224) is None
+
+
+def test_auto_tries_lp_ft_when_the_head_leaves_room_and_keeps_the_better(tmp_path):
+    """Two classes of noise, 30 images each: the head cross-validates near chance, so auto also
+    runs LP-FT and keeps whichever is more accurate on the same val images, saying so with numbers."""
+    from helpers import make_image
+
+    for c in ("a", "b"):
+        for i in range(30):
+            make_image(tmp_path / "d" / "train" / c / f"{i}.png", (128, 128, 128), size=(32, 32), seed=ord(c) * 100 + i)
+        for i in range(5):
+            make_image(tmp_path / "d" / "val" / c / f"{i}.png", (128, 128, 128), size=(32, 32), seed=1000 + i + (c == "b"))
+    run = transferkit.train(tmp_path / "d", strategy="auto", model="squeezenet1_1", weights="none", image_size=32,
+                            out=str(tmp_path / "r"), quiet=True)
+    info, reason = run.results["strategy_info"], run.results["strategy_reason"]
+    assert info["head_cv_accuracy"] < 0.97 and "cross-validates at" in reason and "kept " in reason
+    assert run.val_acc == pytest.approx(max(info["head_val_acc"], info["lp_ft_val_acc"]))
+    assert run.results["strategy"] == ("lp-ft" if info["lp_ft_val_acc"] > info["head_val_acc"] else "linear")
+    assert transferkit.evaluate(run.path)["accuracy"] == pytest.approx(run.val_acc)

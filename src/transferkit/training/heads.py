@@ -1,5 +1,5 @@
 """Heads on cached features: the logistic regression (scipy's L-BFGS on scikit-learn's
-objective), the epoch-trained head, and the cross-validated probe accuracy auto measures."""
+objective) with its settings chosen by cross-validation (`select_head`), and the epoch-trained head."""
 
 from __future__ import annotations
 
@@ -334,23 +334,6 @@ def _wanted_widths(cfg: TrainConfig, f) -> dict[str, int]:
 def _tick(bar, stats: engine.EpochStats, n: int = 1) -> None:
     bar.update(n)
     bar.set_postfix(loss=f"{stats.train_loss:.3f}", val_acc=f"{stats.val_acc:.3f}")
-
-
-def probe_accuracy(x: torch.Tensor, y: torch.Tensor, weight_decay: float, seed: int) -> float | None:
-    """Cross-validated (up to 3 stratified folds, training images only) accuracy of the logistic
-    regression probe: how well the frozen features separate the classes (a domain-gap signal).
-    None when a class has fewer than 2 images."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    folds = min(3, int(torch.bincount(y).min()))
-    if folds < 2:
-        return None
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0 / (weight_decay * len(y) * (folds - 1) / folds)))
-    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    return float(cross_val_score(clf, x.double().numpy(), y.numpy(), cv=cv).mean())
 
 
 class _NoBar:

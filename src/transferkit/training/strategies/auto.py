@@ -67,7 +67,7 @@ def run(ctx):
         else:
             verdict = (f"kept the head: val accuracy {head_acc:.1%}, lp-ft reached {tuned_acc:.1%} "
                        f"(best fine-tuned epoch {tuned.info.get('fine_tuned_val_acc', tuned_acc):.1%})")
-            head.info.update(lp_ft_val_acc=tuned_acc)
+        outcome.info.update(head_val_acc=head_acc, lp_ft_val_acc=tuned_acc)
         ctx.console.info(f"auto: {verdict}")
         reason += "; " + verdict
     outcome.info.update(strategy_reason=reason, head_cv_accuracy=choice.cv_accuracy, images_per_class=per_class)
