@@ -88,13 +88,14 @@ def decode_batches(paths: list[str], pre: Preprocess, aug_views: int | list[int]
 
 class DecodedImages(Dataset):
     """Images decoded once, resized to the short side the crops need, kept as uint8 in the decode
-    cache; item -> (uint8 (3, S, S) view, label). Training views are seeded per (image, epoch)."""
+    cache; item -> (uint8 (3, S, S) view, label). Training views are seeded per (image, epoch);
+    `small`: the images are small (upsampled to the input), augmented CIFAR-style (`train_view`)."""
 
     def __init__(self, paths: list[str], labels: list[int], pre: Preprocess, cache: ArrayCache,
-                 train: bool, seed: int = 0):
+                 train: bool, seed: int = 0, small: bool = False):
         self.paths, self.labels, self.pre, self.cache = paths, labels, pre, cache
         self.keys = [image_key(p) for p in paths]
-        self.train, self.seed, self.epoch = train, seed, 0
+        self.train, self.seed, self.epoch, self.small = train, seed, 0, small
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -113,7 +114,7 @@ class DecodedImages(Dataset):
         the center crop otherwise."""
         img = self.image(i)
         if self.train:
-            view = train_view(img, self.pre, view_rng(self.seed, self.keys[i], epoch))
+            view = train_view(img, self.pre, view_rng(self.seed, self.keys[i], epoch), self.small)
         else:
             view = center_crop(img, self.pre.input_size)
         return to_tensor(view)

@@ -38,10 +38,13 @@ def sample_crop(w: int, h: int, rng: np.random.Generator) -> tuple[int, int, int
     return left, top, left + side, top + side
 
 
-def train_view(img: Image.Image, pre: Preprocess, rng: np.random.Generator) -> Image.Image:
+def train_view(img: Image.Image, pre: Preprocess, rng: np.random.Generator, small: bool = False) -> Image.Image:
     """Random resized crop to `input_size` and a random horizontal flip; small images (<= 64 px,
-    e.g. CIFAR) get the CIFAR recipe instead: pad by 1/8 of the side, random crop, flip."""
-    if pre.input_size <= SMALL:
+    e.g. CIFAR, also when upsampled: `small`) get the CIFAR recipe instead: pad by 1/8 of the
+    side, random crop, flip. A random resized crop of a 32 px image keeps as little as 16 px of
+    it: measured on CIFAR-10 at 128 px, fine-tuning then fits only 83% of its training images in
+    6 epochs."""
+    if pre.input_size <= SMALL or small:
         pad = pre.input_size // 8
         arr = np.pad(np.asarray(center_crop(img, pre.input_size)), ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
         top, left = rng.integers(0, 2 * pad + 1, size=2)

@@ -14,6 +14,8 @@ from torch.utils.data import DataLoader
 
 from ..config import TrainConfig
 from ..data.datasets import DecodedImages, decode_all, labels_of, train_loader
+from ..data.decode import typical_short_side
+from ..data.views import SMALL
 from ..data.discover import DatasetSplit
 from ..features import Extractor
 from ..models.classifier import Classifier
@@ -99,8 +101,11 @@ def network_setup(ctx: Context, head_init: nn.Linear | None = None, split: Datas
     split = split.without(decode_all(split.train + split.val, cache, ctx.pre, ctx.console.progress))
     split.check_not_empty()
 
+    small = is_small(split)
+
     def dataset(samples, train):
-        return DecodedImages([s.path for s in samples], [s.label for s in samples], ctx.pre, cache, train, cfg.seed)
+        return DecodedImages([s.path for s in samples], [s.label for s in samples], ctx.pre, cache, train, cfg.seed,
+                             small)
 
     y_train = labels_of(split.train)
     loader = train_loader(dataset(split.train, True), y_train, cfg.batch_size, cfg.seed, cfg.balanced_sampler,
@@ -120,6 +125,13 @@ def network_setup(ctx: Context, head_init: nn.Linear | None = None, split: Datas
     std = torch.tensor(ctx.pre.std).view(1, 3, 1, 1)
     return NetworkSetup(model, loader, val_loader, stages, groups, classification_loss(cfg, y_train, len(split.classes)),
                         lambda u8: runtime.to_input(u8, mean, std), split)
+
+
+def is_small(split: DatasetSplit) -> bool:
+    """Whether the split's images are small (typical short side <= views.SMALL), whatever size
+    the network sees them at."""
+    side = split.image_size or typical_short_side([s.path for s in split.train])
+    return side is not None and side <= SMALL
 
 
 def train_network(ctx: Context, head_init: nn.Linear | None = None,

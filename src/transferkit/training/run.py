@@ -16,6 +16,7 @@ from ..cache import Cache, model_key
 from ..config import LRFindOptions, TrainConfig
 from ..console import Console
 from ..data.discover import OWN_MARKER, discover, is_own_output
+from ..data.views import SMALL
 from ..errors import UserError
 from ..evaluation import metrics
 from ..evaluation.worker import Worker
@@ -133,10 +134,10 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
                    console=console, features=features, run_dir=run_dir, resume=resume)
 
 
-# Pretrained networks trained on small images (<= 64 px) get them upsampled SMALL_IMAGE_UPSCALE
-# times, not to the backbone's full size: a 32 px image holds no more detail at 224 px, and
-# training steps at 128 px cost a third of those at 224 (CIFAR-10: see the README's accuracy table).
-SMALL_IMAGE_SIDE, SMALL_IMAGE_UPSCALE = 64, 4
+# Pretrained networks trained on small images (<= views.SMALL px) get them upsampled
+# SMALL_IMAGE_UPSCALE times, not to the backbone's full size: a 32 px image holds no more detail at
+# 224 px, and training steps at 128 px cost a third of those at 224 (CIFAR-10: README, accuracy).
+SMALL_IMAGE_UPSCALE = 4
 
 
 def network_preprocess(spec, split):
@@ -169,7 +170,7 @@ def network_input_size(split, default: int) -> int | None:
     from ..data.decode import typical_short_side
 
     side = split.image_size or typical_short_side([s.path for s in split.train])
-    if side is None or side > SMALL_IMAGE_SIDE:
+    if side is None or side > SMALL:
         return None
     return min(default, max(64, -(-side * SMALL_IMAGE_UPSCALE // 32) * 32))
 
