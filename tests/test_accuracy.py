@@ -179,3 +179,23 @@ def test_auto_tries_lp_ft_when_the_head_leaves_room_and_keeps_the_better(tmp_pat
     assert run.val_acc == pytest.approx(max(info["head_val_acc"], info["lp_ft_val_acc"]))
     assert run.results["strategy"] == ("lp-ft" if info["lp_ft_val_acc"] > info["head_val_acc"] else "linear")
     assert transferkit.evaluate(run.path)["accuracy"] == pytest.approx(run.val_acc)
+
+
+def test_small_images_upsampled_are_augmented_by_shifts_not_by_zooming():
+    """A 32 px image seen at 128 px: the training view is the whole image shifted by at most 1/8
+    and maybe mirrored (CIFAR's recipe), never a zoomed-in crop of a part of it."""
+    from PIL import Image
+
+    from transferkit.data.views import train_view, view_rng
+    from transferkit.models import backbones
+
+    pre = backbones.get("efficientnet_lite0").with_input_size(128)
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 255, (128, 128, 3), dtype=np.uint8))
+    ref = np.asarray(img)
+    for v in range(6):
+        out = np.asarray(train_view(img, pre, view_rng(0, "k", v), small=True))
+        assert out.shape == (128, 128, 3)
+        inner = [out[16:112, 16:112], np.flip(out, 1)[16:112, 16:112]]
+        shifts = [(dy, dx) for dy in range(-16, 17) for dx in range(-16, 17)]
+        assert any(np.array_equal(x, ref[16 + dy:112 + dy, 16 + dx:112 + dx]) for x in inner for dy, dx in shifts)
