@@ -125,6 +125,13 @@ def test_multi_layer_features_end_to_end(tmp_path):
     info = again.results["strategy_info"]
     assert info["features_computed"] == 0 and info["features_cached"] == 16
     assert again.results["head"]["candidates"]  # auto cross-validated last against multi
+    assert not again.results["head"]["cached"]
+    # a warm run on the same features reads the cross-validation's result instead of redoing it
+    warm = transferkit.train(data, out=str(tmp_path / "r3"), **{**options, "features": "auto"})
+    assert warm.results["head"]["cached"] and warm.results["head"]["candidates"] == again.results["head"]["candidates"]
+    assert warm.val_acc == again.val_acc
+    other_seed = transferkit.train(data, out=str(tmp_path / "r4"), **{**options, "features": "auto", "seed": 1})
+    assert not other_seed.results["head"]["cached"]
 
 
 def test_features_multi_is_refused_for_a_torchvision_backbone(tmp_path):

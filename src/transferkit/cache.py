@@ -1,7 +1,9 @@
 """The cache folder: the one owner of its layout and of the keys that name its entries. No torch.
 
     <root>/features/<model key>/<image key[:2]>/<image key>.v<view>   feature vectors, one per view
+    <root>/features/<model key>/<image key[:2]>/<image key>.t<view>   earlier stages' pooled activations (multi-layer)
     <root>/features/<model key>/<image key[:2]>/<image key>.err       why an image is unreadable
+    <root>/features/<model key>/<digest[:2]>/<digest>.head            the head's cross-validation result (heads.head_choice)
     <root>/features/<model key>/backbone.safetensors                  the backbone's prepared weights
     <root>/decoded/<resize>-<interpolation>-d<decoder>/...<key>.img   decoded uint8 images (fine-tuning)
     <root>/teacher/<teacher key>/...<image key>.e<epoch>             distillation: teacher logits per view

@@ -37,6 +37,7 @@ class Features:
     facts: dict  # cache statistics for results.json
     widths: dict[str, int] = field(default_factory=dict)  # "last" (the first columns) and, if extracted, "multi"
     memo: dict = field(default_factory=dict)  # results computed from these features once per run (the head's CV)
+    store: ArrayCache | None = None  # where results computed from these features persist across runs
 
     @property
     def num_images(self) -> int:
@@ -89,7 +90,8 @@ class CachedFeatures:
         widths = {"last": train_fs.last_width}
         if x_train.shape[1] > train_fs.last_width:
             widths["multi"] = x_train.shape[1]
-        return Features(x_train, y_train, val_fs.features[keep_val], labels_of(split.val), split, facts, widths)
+        return Features(x_train, y_train, val_fs.features[keep_val], labels_of(split.val), split, facts, widths,
+                        store=self.cache)
 
 
 @dataclass(frozen=True)

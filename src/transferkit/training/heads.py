@@ -197,6 +197,7 @@ class HeadChoice:
     folds: int
     seconds: float
     table: list[dict] = field(default_factory=list)  # features, scaling, weight_decay, cv_accuracy, cv_log_loss
+    cached: bool = False  # read from the feature cache (a run on the same features did the cross-validation)
 
     def best_for(self, features: str) -> dict | None:
         rows = [r for r in self.table if r["features"] == features]
@@ -205,7 +206,7 @@ class HeadChoice:
     def to_dict(self) -> dict:
         return {"features": self.features, "scaling": self.scaling, "weight_decay": self.weight_decay,
                 "cv_accuracy": self.cv_accuracy, "folds": self.folds, "seconds": round(self.seconds, 3),
-                "candidates": self.table}
+                "cached": self.cached, "candidates": self.table}
 
 
 def _rank(row: dict) -> tuple[float, float]:
@@ -321,9 +322,49 @@ def head_choice(cfg: TrainConfig, f) -> HeadChoice:
     n, balanced = f.num_images, cfg.class_weights == "auto" or cfg.balanced_sampler
     key = ("select_head", tuple(widths.items()), cfg.seed, cfg.weight_decay, balanced)
     if key not in f.memo:
-        f.memo[key] = select_head(f.x_train[:n], f.y_train[:n], len(f.split.classes), widths, cfg.seed,
-                                  cfg.weight_decay, balanced)
+        f.memo[key] = _stored_choice(f, key) or select_head(
+            f.x_train[:n], f.y_train[:n], len(f.split.classes), widths, cfg.seed, cfg.weight_decay, balanced)
+        _store_choice(f, key, f.memo[key])
     return f.memo[key]
+
+
+# The cross-validation's result is kept in the feature cache under a digest of exactly what it
+# saw (the features, labels, options and this version), so a warm run with the same images does
+# not cross-validate again.
+HEAD_CHOICE_VERSION = 1
+
+
+def _choice_key(f, key: tuple) -> str:
+    import hashlib
+
+    n = f.num_images
+    h = hashlib.sha256(repr((HEAD_CHOICE_VERSION, key)).encode())
+    h.update(np.ascontiguousarray(f.x_train[:n].numpy()).tobytes())
+    h.update(np.ascontiguousarray(f.y_train[:n].numpy()).tobytes())
+    return h.hexdigest()
+
+
+def _stored_choice(f, key: tuple) -> HeadChoice | None:
+    import json
+
+    if f.store is None:
+        return None
+    data = f.store.get(_choice_key(f, key), "head")
+    if data is None:
+        return None
+    try:
+        d = json.loads(data.tobytes().decode())
+        return HeadChoice(d["features"], d["scaling"], float(d["weight_decay"]), d["cv_accuracy"], int(d["folds"]),
+                          0.0, d["candidates"], cached=True)
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return None
+
+
+def _store_choice(f, key: tuple, choice: HeadChoice) -> None:
+    import json
+
+    if f.store is not None and not choice.cached and choice.cv_accuracy is not None:
+        f.store.put(_choice_key(f, key), "head", np.frombuffer(json.dumps(choice.to_dict()).encode(), dtype=np.uint8))
 
 
 def _wanted_widths(cfg: TrainConfig, f) -> dict[str, int]:

@@ -30,7 +30,7 @@ def head_choice_line(choice) -> str:
               if (row := choice.best_for(name)) is not None]
     return (f"head: {choice.features}-layer features, {choice.scaling} scaling, weight decay {choice.weight_decay:g} "
             f"(cross-validated accuracy {choice.cv_accuracy:.1%} in {choice.folds} folds; best per feature set: "
-            f"{', '.join(others)}; {choice.seconds:.1f} s)")
+            f"{', '.join(others)}; {'cached' if choice.cached else f'{choice.seconds:.1f} s'})")
 
 
 register(Strategy(
