@@ -76,6 +76,11 @@ def test_every_strategy_trains_what_it_declares(tiny, name):
     kept_probe = run.results["strategy_info"].get("kept") == "probe"  # LP-FT: fine-tuning did not beat it
     if entry.weights is None:  # (from scratch every weight is new)
         expected = {"head": set(), "top": last_stage, "all": every, "gradual": every}[chosen.trains]
+        if chosen.trains == "gradual":  # the kept epoch's: the top stages unfrozen by then
+            from transferkit.training.network import gradual_schedule
+
+            k = gradual_schedule(run.results["best_epoch"], run.results["epochs_run"], len(stages))
+            expected = {f"backbone.{n}" for stage in stages[len(stages) - k:] for n in stage}
         assert changed == (set() if kept_probe else expected)
     groups = {g["name"]: g["lr"] for g in run.results["strategy_info"].get("param_groups", [])}
     if chosen.trains == "head":
