@@ -24,7 +24,7 @@ def run(ctx):
     from .linear import head_choice_line
 
     f = ctx.cached_features()
-    probe_cfg = dataclasses.replace(ctx.cfg, optimizer="lbfgs", weight_decay=None, class_weights=ctx.cfg.class_weights)
+    probe_cfg = dataclasses.replace(ctx.cfg, optimizer="lbfgs", weight_decay=None)
     probe, head, choice = fit_best_head(probe_cfg, f, ctx.console.progress)
     if choice.cv_accuracy is not None:
         ctx.console.info(head_choice_line(choice))
