@@ -4,6 +4,7 @@
     >>> run = transferkit.train("data", strategy="linear")      # doctest: +SKIP
     >>> model = transferkit.load(run.path)                       # doctest: +SKIP
     >>> model.predict(["a.jpg"])                                 # doctest: +SKIP
+    >>> transferkit.serve(run.path, port=8000)                   # doctest: +SKIP
 """
 
 __version__ = "0.1.0"
@@ -13,7 +14,8 @@ from .errors import UserError  # noqa: E402
 # Imported on first use (PEP 562), so that torch-free parts (ONNX Runtime prediction from
 # `transferkit predict model.onnx`) work where torch is not installed.
 _LAZY = {"train": "api", "load": "api", "evaluate": "api", "export": "api", "report": "api", "Run": "api",
-         "Predictor": "prediction.torch_predictor", "TrainConfig": "config"}
+         "Predictor": "prediction.torch_predictor", "TrainConfig": "config", "serve": "serving.server",
+         "create_app": "serving.app"}
 
 
 def __getattr__(name: str):
@@ -24,4 +26,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["train", "load", "evaluate", "export", "report", "Run", "Predictor", "TrainConfig", "UserError", "__version__"]
+__all__ = ["train", "load", "evaluate", "export", "report", "serve", "create_app", "Run", "Predictor", "TrainConfig",
+           "UserError", "__version__"]

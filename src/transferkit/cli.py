@@ -9,7 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from . import config
-from .config import ExportOptions, LRFindOptions, PredictOptions, SummaryOptions, TrainConfig
+from .config import ExportOptions, LRFindOptions, PredictOptions, ServeOptions, SummaryOptions, TrainConfig
 from .errors import Terminated, UserError, os_error_line
 
 _TYPES = {"int": int, "float": float, "str": str}
@@ -102,6 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
     add_options(p, PredictOptions)
     p.add_argument("--output", help="preds.csv or preds.json (default: CSV on stdout)")
+
+    p = sub.add_parser("serve", help="serve a model over HTTP: an API and a web page",
+                       description="The web page at /, POST /predict (multipart files or a raw image body, "
+                                   "?top_k=), GET /model, /health, /ready and the API docs at /docs. Images of "
+                                   "concurrent requests are batched for the model. Listens on 127.0.0.1 unless "
+                                   "--host says otherwise, which needs --token (or $TRANSFERKIT_TOKEN) or "
+                                   "--no-auth.")
+    p.add_argument("model", help="run folder, or an exported model.onnx / model.int8.onnx (ONNX Runtime only: "
+                                 "torch is not imported)")
+    add_options(p, ServeOptions)
 
     p = sub.add_parser("models", help="list the available backbones")
 
@@ -221,6 +231,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serving.server import serve
+
+    serve(args.model, ServeOptions(**_options(args, ServeOptions)))
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import backbones
 
@@ -273,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             return cmd_train(args, started)
         handlers = {"lr-find": cmd_lr_find, "eval": cmd_eval, "predict": cmd_predict, "models": cmd_models,
-                    "summary": cmd_summary, "cache": cmd_cache, "report": cmd_report, "export": cmd_export}
+                    "summary": cmd_summary, "cache": cmd_cache, "report": cmd_report, "export": cmd_export,
+                    "serve": cmd_serve}
         return handlers[args.command](args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

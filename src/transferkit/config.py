@@ -282,6 +282,53 @@ class PredictOptions:
 
 
 @dataclass
+class ServeOptions:
+    """Options of `transferkit serve` and `transferkit.serve(...)`: where it listens, who may call
+    it, how requests are batched for the model and what a request may hold."""
+
+    host: str = opt("127.0.0.1", "address to listen on; any other than loopback needs --token or --no-auth")
+    port: int = opt(8000, "port (0: a free one, printed at start)", low=0, high=65535)
+    token: str | None = opt(None, "Bearer token that /predict and /model require (also read from "
+                            "$TRANSFERKIT_TOKEN, which keeps it out of the process list); 16 characters or more",
+                            shown="$TRANSFERKIT_TOKEN or none")
+    no_auth: bool = opt(False, "serve a non-loopback address without a token (anyone who reaches it may use it)")
+    workers: int = opt(1, "worker processes, each with its own copy of the model", low=1, high=64)
+    max_batch: int = opt(32, "most model inputs run together: images of concurrent requests are batched",
+                         low=1, high=1024)
+    max_wait_ms: float = opt(2.0, "how long a batch waits for more images once the model is free, in ms",
+                             low=0, high=1000)
+    max_body_mb: float = opt(20.0, "largest request body in MB: a bigger one gets 413", low=0, low_open=True,
+                             high=4096)
+    max_files: int = opt(16, "most images in one request", low=1, high=1024)
+    top_k: int = opt(3, "labels per image when the request does not say (?top_k=)", low=1)
+    cors: str | None = opt(None, "origins allowed to call the API from other sites' pages, comma-separated "
+                           "(* for any); CORS is off without it")
+    device: str = opt("auto", "auto | cpu | cuda (a torch bundle)", choices=DEVICES)
+    precision: str = opt("auto", "auto | bf16 | fp32 (a torch bundle)", choices=PRECISIONS)
+    tta: str = opt("none", "test-time augmentation: none | flip | flip-crops", choices=TTA)
+
+    def __post_init__(self) -> None:
+        check_values(self)
+        import ipaddress
+        import os
+
+        if self.token is None:
+            self.token = os.environ.get("TRANSFERKIT_TOKEN") or None
+        if self.token is not None and (len(self.token) < 16 or any(c.isspace() for c in self.token)):
+            raise UserError("--token must be 16 characters or more, without spaces (e.g. `openssl rand -hex 16`)")
+        if self.token and self.no_auth:
+            raise UserError("give --token or --no-auth, not both")
+        try:
+            loopback = self.host == "localhost" or ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            raise UserError(f"--host must be an IP address or localhost (got '{self.host}')") from None
+        if not loopback and not (self.token or self.no_auth):
+            raise UserError(f"--host {self.host} lets other machines reach the model: give --token (or set "
+                            "$TRANSFERKIT_TOKEN) so that only callers who know it may use it, or --no-auth "
+                            "to serve it to anyone")
+
+
+@dataclass
 class LRFindOptions:
     """Options of `transferkit lr-find` besides the training options."""
 

@@ -14,9 +14,7 @@ from ..errors import ImageDecodeError
 from .outputs import Prediction, top_predictions
 
 
-
-
-def _mean_of_views(logits: np.ndarray) -> np.ndarray:
+def mean_of_views(logits: np.ndarray) -> np.ndarray:
     """(N, V, C) logits of V views -> (N, C): the log of the views' mean probabilities (one view:
     its logits unchanged)."""
     if logits.shape[1] == 1:
@@ -24,6 +22,12 @@ def _mean_of_views(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(2, keepdims=True)
     probs = np.exp(z) / np.exp(z).sum(2, keepdims=True)
     return np.log(probs.mean(1)).astype(np.float32)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities of logits (N, C), row by row (rows of unreadable images stay NaN)."""
+    z = logits - logits.max(1, keepdims=True)
+    return np.exp(z) / np.exp(z).sum(1, keepdims=True)
 
 
 class BasePredictor:
@@ -87,7 +91,7 @@ class BasePredictor:
             errors.update({start + j: p for j, p in enumerate(prepared) if isinstance(p, str)})
             if ok:
                 views = np.concatenate([prepared[i - start] for i in ok])
-                out[ok] = _mean_of_views(self.run(views).reshape(len(ok), -1, len(self.classes)))
+                out[ok] = mean_of_views(self.run(views).reshape(len(ok), -1, len(self.classes)))
             if bar is not None:
                 bar.update(len(items))
         if bar is not None:
@@ -103,9 +107,7 @@ class BasePredictor:
         images = [str(x) if isinstance(x, Path) else x for x in images]
         names = names or [source_name(x, f"<image {i}>") for i, x in enumerate(images)]
         logits, errors = self.logits(images, names, progress)
-        z = logits - logits.max(1, keepdims=True)  # rows of unreadable images stay NaN
-        probs = np.exp(z) / np.exp(z).sum(1, keepdims=True)
-        return top_predictions(names, probs, errors, self.classes, top_k)
+        return top_predictions(names, softmax(logits), errors, self.classes, top_k)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -26,7 +26,9 @@ def read_metadata(path: str | Path) -> dict:
     return _metadata(session, path)
 
 
-def open_session(path: str | Path):
+def open_session(path: str | Path, threads: int = 0):
+    """An ONNX Runtime CPU session of the model at `path`; `threads`: its intra-op threads (0: one
+    per core)."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -36,6 +38,7 @@ def open_session(path: str | Path):
         raise UserError(f"not found: {path}")
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only
+    options.intra_op_num_threads = threads
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
@@ -67,10 +70,11 @@ class OnnxPredictor(BasePredictor):
 
     channels_last = False
 
-    def __init__(self, path: str | Path, batch_size: int = 32, workers: int = 0, tta: str = "none"):
+    def __init__(self, path: str | Path, batch_size: int = 32, workers: int = 0, tta: str = "none",
+                 threads: int = 0):
         super().__init__(batch_size, workers, tta)
         self.path = Path(path).expanduser()
-        self.session = open_session(self.path)
+        self.session = open_session(self.path, threads)
         self.meta = _metadata(self.session, self.path)
         self.classes: list[str] = self.meta["classes"]
         self.pre: dict = self.meta["preprocess"]

@@ -1,0 +1,256 @@
+"""The HTTP application: `POST /predict`, `GET /model`, `/health`, `/ready`, the web page at `/`
+and the API's own docs at `/docs` (served from the package: no CDN), built with FastAPI.
+
+Create it with `create_app(model_or_path, options)`; run it with `transferkit serve` or any
+ASGI server (``uvicorn --factory transferkit.serving.server:from_environment``)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import numpy as np
+from fastapi import Depends, HTTPException, Query, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
+from pydantic import BaseModel
+from starlette.datastructures import UploadFile
+from starlette.middleware.cors import CORSMiddleware
+
+from .. import __version__
+from ..config import ServeOptions
+from ..errors import UserError
+from ..prediction.base import mean_of_views, softmax
+from ..prediction.outputs import top_predictions
+from .batcher import Batcher
+from .limits import LOG, BodyLimit, RequestLog
+from .model import ServedModel
+
+STATIC = Path(__file__).parent / "static"
+
+# Raw request bodies taken as one image; anything else but multipart gets 415.
+RAW_TYPES = ("image/", "application/octet-stream")
+HOW_TO_SEND = ("send images as multipart files (curl -F file=@photo.jpg URL) or one image as the raw body "
+               "with an image content type (curl -H 'Content-Type: image/jpeg' --data-binary @photo.jpg URL)")
+# The page's own resources only: no inline script, nothing from elsewhere.
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
+                                           "base-uri 'none'; frame-ancestors 'none'",
+                "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+
+
+class LabelProbability(BaseModel):
+    label: str
+    probability: float
+
+
+class ImagePrediction(BaseModel):
+    name: str
+    label: str | None = None
+    probability: float | None = None
+    top_k: list[LabelProbability] = []
+    error: str | None = None
+
+
+class PredictResponse(BaseModel):
+    model: str
+    predictions: list[ImagePrediction]
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+    predictions: list[ImagePrediction] = []
+
+
+class Service:
+    """What the routes share: the model (loaded before or at start-up), its batcher, the
+    decoding threads and the options. One per application, no globals."""
+
+    def __init__(self, model: ServedModel | str | Path, options: ServeOptions):
+        self.options = options
+        self.model = model if isinstance(model, ServedModel) else None
+        self.source = None if self.model else model
+        self.error: str | None = None
+        self.batcher: Batcher | None = None
+        self._decode: ThreadPoolExecutor | None = None
+        self._loading: asyncio.Task | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.batcher is not None
+
+    async def start(self) -> None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self._decode = ThreadPoolExecutor(max(2, min(4, cores)), thread_name_prefix="transferkit-decode")
+        if self.model is None:  # liveness at once; readiness once the model is loaded
+            self._loading = asyncio.get_running_loop().create_task(self._load())
+        else:
+            await self._start_batcher()
+
+    async def _load(self) -> None:
+        o = self.options
+        try:
+            self.model = await asyncio.to_thread(ServedModel, self.source, o.device, o.precision, o.tta)
+        except UserError as exc:
+            self.error = str(exc)
+            LOG.error("could not load the model: %s", exc)
+            return
+        await self._start_batcher()
+
+    async def _start_batcher(self) -> None:
+        self.batcher = await Batcher(self.model.run, self.options.max_batch, self.options.max_wait_ms / 1000).__aenter__()
+        LOG.info("ready: %s (%d classes)", self.model.info["name"], len(self.model.classes))
+
+    async def stop(self) -> None:
+        if self._loading is not None:
+            self._loading.cancel()
+        if self.batcher is not None:
+            await self.batcher.__aexit__(None, None, None)
+        if self._decode is not None:
+            self._decode.shutdown(wait=False, cancel_futures=True)
+        if self.model is not None:
+            self.model.close()
+
+    async def predict(self, images: list[tuple[str, bytes]], top_k: int) -> list[dict]:
+        """Each image decoded on a decoding thread, batched with other requests' images for the
+        model, then turned into probabilities exactly as `predict` does."""
+        loop = asyncio.get_running_loop()
+        views = await asyncio.gather(*(loop.run_in_executor(self._decode, self.model.views, data, name)
+                                       for name, data in images))
+        ok = [i for i, v in enumerate(views) if not isinstance(v, str)]
+        logits = np.full((len(images), len(self.model.classes)), np.nan, dtype=np.float32)
+        for i, rows in zip(ok, await asyncio.gather(*(self.batcher(views[i]) for i in ok))):
+            logits[i] = mean_of_views(rows[None])[0]
+        errors = {i: v for i, v in enumerate(views) if isinstance(v, str)}
+        preds = top_predictions([name for name, _ in images], softmax(logits), errors, self.model.classes, top_k)
+        return [{"name": p.path, "label": p.label, "probability": p.probability,
+                 "top_k": [{"label": lab, "probability": q} for lab, q in p.top_k], "error": p.error} for p in preds]
+
+
+def create_app(model: ServedModel | str | Path, options: ServeOptions | None = None):
+    """The ASGI application serving `model`: a loaded `ServedModel`, or the path of a run folder
+    or an exported .onnx file, loaded in the background at start-up (`/ready` answers 503 until
+    then). `options`: batching, limits, token and CORS (`ServeOptions`; host and port are the
+    server's business)."""
+    options = options or ServeOptions()
+    service = Service(model, options)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = FastAPIOffline(title="transferkit", version=__version__, lifespan=lifespan,
+                         description="Image classification with a model trained by transferkit. "
+                                     "POST images to /predict; the web page is at /.")
+    app.state.service = service
+    auth = [Depends(_bearer_check(options.token))] if options.token else []
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
+
+    @app.get("/health", summary="Liveness: the process answers")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/ready", summary="Readiness: the model is loaded and answers requests",
+             responses={503: {"model": ErrorResponse}})
+    async def ready():
+        if service.ready:
+            return {"ready": True, "model": service.model.info["name"]}
+        return JSONResponse({"ready": False, "detail": service.error or "the model is loading"}, 503)
+
+    @app.get("/model", summary="The model: classes, backbone, preprocessing, val metrics", dependencies=auth,
+             responses={503: {"model": ErrorResponse}})
+    async def model_info():
+        _require_ready(service)
+        o, b = service.options, service.batcher
+        return {**service.model.info, "top_k_default": o.top_k, "auth": bool(o.token),
+                "limits": {"max_body_mb": o.max_body_mb, "max_files": o.max_files},
+                "batching": {"max_batch": o.max_batch, "max_wait_ms": o.max_wait_ms, "batches": b.batches,
+                             "images": b.rows}}
+
+    @app.post("/predict", summary="Classify images", dependencies=auth, response_model=PredictResponse,
+              responses={400: {"model": ErrorResponse, "description": "no image, or none of them usable"},
+                         401: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
+                         415: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+              openapi_extra={"requestBody": _request_body_doc()})
+    async def predict(request: Request, top_k: int | None = Query(None, ge=1, le=1000,
+                                                                   description="labels per image")):
+        """One or more images, as multipart files (any field name) or as the raw body with an image
+        content type. Per image: the label, its probability, the top-k labels with theirs, or
+        the reason it could not be used. Unusable images in a request with usable ones are
+        answered per image (200); a request without a usable image is a 400."""
+        _require_ready(service)
+        images = await _images_of(request, service.options.max_files)
+        request.scope.setdefault("state", {})["images"] = len(images)
+        k = min(top_k or service.options.top_k, len(service.model.classes))
+        preds = await service.predict(images, k)
+        body = {"model": service.model.info["name"], "predictions": preds}
+        if all(p["error"] for p in preds):
+            first = preds[0]
+            return JSONResponse({"detail": f"{first['name']}: {first['error']}", **body}, 400)
+        return JSONResponse(body)
+
+    if options.cors:
+        origins = [o.strip() for o in options.cors.split(",") if o.strip()]
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(BodyLimit, max_bytes=int(options.max_body_mb * 1e6))
+    app.add_middleware(RequestLog)  # added last: the outermost, so it logs the 413s too
+    return app
+
+
+def _require_ready(service: Service) -> None:
+    if not service.ready:
+        raise HTTPException(503, service.error or "the model is loading; try again shortly",
+                            headers={"Retry-After": "1"})
+
+
+def _bearer_check(token: str):
+    bearer = HTTPBearer(auto_error=False, description="the server's --token")
+
+    async def check(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        given = credentials.credentials.encode() if credentials else b""
+        if not secrets.compare_digest(given, token.encode()):
+            raise HTTPException(401, "this server needs its token: Authorization: Bearer <token>",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    return check
+
+
+async def _images_of(request: Request, max_files: int) -> list[tuple[str, bytes]]:
+    """The request's images as (name, bytes): multipart files, or the raw body."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        async with request.form(max_files=max_files, max_fields=max_files) as form:
+            images = [(item.filename or key, await item.read()) for key, item in form.multi_items()
+                      if isinstance(item, UploadFile)]
+        if not images:
+            raise HTTPException(400, f"no image file in the form: {HOW_TO_SEND}")
+        return images
+    if not ctype.startswith(RAW_TYPES):
+        raise HTTPException(415, f"unsupported content type '{ctype or 'none'}': {HOW_TO_SEND}")
+    body = await request.body()
+    if not body:
+        raise HTTPException(400, "empty request body: no image")
+    return [("<body>", body)]
+
+
+def _request_body_doc() -> dict:
+    binary = {"type": "string", "format": "binary"}
+    return {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "properties": {
+            "file": {"type": "array", "items": binary, "description": "one or more images"}}}},
+        "image/jpeg": {"schema": binary}, "image/png": {"schema": binary}, "image/webp": {"schema": binary},
+        "application/octet-stream": {"schema": binary}}}

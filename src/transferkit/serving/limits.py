@@ -1,0 +1,94 @@
+"""ASGI middleware around the application: a cap on the request body (413 past it, counted as
+the body streams in, whatever Content-Length claims) and one log line per request (no image
+bytes, no token)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+LOG = logging.getLogger("transferkit.serve")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _send_json(send, status: int, body: dict, headers: list | None = None) -> None:
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                            (b"connection", b"close"), *(headers or [])]})
+    await send({"type": "http.response.body", "body": data})
+
+
+class BodyLimit:
+    """Refuse request bodies over `max_bytes` with 413: at once when Content-Length says so,
+    else as soon as the streamed body passes the cap (nothing past it is read)."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        detail = {"detail": f"request body over the server's limit of {self.max_bytes / 1e6:g} MB (--max-body-mb)"}
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await _send_json(send, 413, detail)
+        received, started = 0, False
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        async def tracked_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracked_send)
+        except _TooLarge:
+            if not started:
+                await _send_json(send, 413, detail)
+
+
+class RequestLog:
+    """One INFO line per HTTP request: client, method, path, status, images, body bytes, time."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, status, size = time.perf_counter(), None, 0
+
+        async def counting_receive():
+            nonlocal size
+            message = await receive()
+            size += len(message.get("body", b""))
+            return message
+
+        async def status_send(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, status_send)
+        finally:
+            client = scope.get("client") or ("-", 0)
+            images = scope.get("state", {}).get("images")
+            LOG.info("%s:%s %s %s %s%s %dB %.1fms", client[0], client[1], scope["method"], scope["path"],
+                     status or "no response (client gone)",
+                     f" {images} image(s)" if images is not None else "", size,
+                     (time.perf_counter() - started) * 1000)

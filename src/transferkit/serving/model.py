@@ -1,0 +1,115 @@
+"""The model a server answers with: a run folder's bundle (PyTorch) or an exported ONNX file
+(ONNX Runtime alone: torch is never imported), and what `GET /model` says about it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ImageDecodeError, UserError
+from ..prediction.base import BasePredictor
+
+
+def is_onnx(model: str | Path) -> bool:
+    return str(model).endswith(".onnx")
+
+
+class ServedModel:
+    """A predictor and its description. `threads`: the model's intra-op threads (0: the
+    library's default, one per core); several workers share the cores."""
+
+    def __init__(self, model: str | Path, device: str = "auto", precision: str = "auto", tta: str = "none",
+                 threads: int = 0):
+        self.source = Path(model).expanduser()
+        if not self.source.exists():
+            raise UserError(f"not found: {model}")
+        if is_onnx(model):
+            from ..prediction.onnx_predictor import OnnxPredictor
+
+            self.predictor: BasePredictor = OnnxPredictor(self.source, tta=tta, threads=threads)
+            self.info = _onnx_info(self.predictor)
+        else:
+            from .. import api
+
+            if threads:
+                import torch
+
+                torch.set_num_threads(threads)
+            self.predictor = api.load(self.source, device, precision, tta)
+            self.info = _bundle_info(self.predictor)
+        self.info["tta"] = tta
+        self.classes: list[str] = self.predictor.classes
+
+    def views(self, data: bytes, name: str) -> np.ndarray | str:
+        """One image's model inputs (its views), or why it cannot be used."""
+        try:
+            return self.predictor.views(data, name)
+        except ImageDecodeError as exc:
+            return exc.reason
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.predictor.run(batch)
+
+    def close(self) -> None:
+        self.predictor.close()
+
+
+def _bundle_info(predictor) -> dict:
+    meta, run_dir = predictor.meta, predictor.run_dir
+    pre = meta.preprocess.to_dict()
+    return {"name": run_dir.name if run_dir else meta.backbone, "format": "pytorch", "backbone": meta.backbone,
+            "strategy": meta.strategy, "classes": meta.classes, "num_classes": len(meta.classes),
+            "preprocess": {k: pre[k] for k in ("input_size", "resize_size", "interpolation", "mean", "std")},
+            "device": str(predictor.runtime.device), "precision": predictor.runtime.precision,
+            "metrics": _run_metrics(run_dir) if run_dir else {}}
+
+
+def _onnx_info(predictor) -> dict:
+    meta, path = predictor.meta, predictor.path
+    run_dir = path.resolve().parent.parent  # exported into RUN/export/ by default
+    metrics = _run_metrics(run_dir)
+    export = _read_json(path.resolve().parent / "export.json") or {}
+    for artifact in export.get("artifacts", []):
+        if artifact.get("file") == path.name and isinstance(artifact.get("accuracy"), (int, float)):
+            # this file's own accuracy on the run's val images, as `export` measured it
+            metrics = {**metrics, "val_acc": artifact["accuracy"], "measured_as": f"export.json ({path.name})"}
+    pre = meta["preprocess"]
+    return {"name": path.name, "format": "onnx", "backbone": meta.get("backbone"), "classes": meta["classes"],
+            "num_classes": len(meta["classes"]),
+            "preprocess": {k: pre[k] for k in ("input_size", "resize_size", "interpolation", "mean", "std")},
+            "device": "cpu", "precision": "int8" if ".int8." in path.name else "fp32", "metrics": metrics}
+
+
+def _run_metrics(run_dir: Path) -> dict:
+    """The run's val accuracy and macro F1 (results.json, metrics.json), where they are."""
+    results, metrics = _read_json(run_dir / "results.json"), _read_json(run_dir / "metrics.json")
+    out = {}
+    if results and isinstance(results.get("val_acc"), (int, float)):
+        out["val_acc"] = results["val_acc"]
+    if metrics:
+        for key in ("balanced_accuracy", "num_images"):
+            if isinstance(metrics.get(key), (int, float)):
+                out[key] = metrics[key]
+        macro = metrics.get("macro_avg") or {}
+        if isinstance(macro, dict) and isinstance(macro.get("f1"), (int, float)):
+            out["macro_f1"] = macro["f1"]
+    return out
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def worker_threads(workers: int) -> int:
+    """Intra-op threads per worker process: the cores shared out (0: one worker, the default)."""
+    if workers <= 1:
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // workers)

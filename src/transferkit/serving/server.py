@@ -1,0 +1,89 @@
+"""Running the application with uvicorn: one process, or several workers that each load the
+model, behind the safety checks of `ServeOptions` (loopback unless a token or --no-auth)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from ..config import ServeOptions
+from ..errors import UserError
+from .model import ServedModel, worker_threads
+
+# How `transferkit serve` hands the model and options to worker processes (they start afresh).
+ENV = "TRANSFERKIT_SERVE"
+
+
+def serve(model: str | Path, options: ServeOptions | None = None, **kwargs) -> None:
+    """Serve `model` (a run folder, or an exported .onnx file: then torch is not imported) over
+    HTTP until interrupted: the web page at /, the API at /predict, its docs at /docs.
+
+    Args:
+        options: a `ServeOptions`, or its fields as keywords (``port=8080, workers=2``).
+    Raises:
+        UserError: the model does not load, an option is wrong, or a non-loopback host without
+            --token or --no-auth.
+
+    Example: ``transferkit.serve("runs/flowers", port=8080)``"""
+    import uvicorn
+
+    from .app import create_app
+
+    options = options or ServeOptions(**kwargs)
+    # Loaded here first, so a bad model is one line before anything listens (each worker loads
+    # its own copy again).
+    served = ServedModel(model, options.device, options.precision, options.tta, worker_threads(options.workers))
+    common = {"host": options.host, "port": options.port, "log_config": _log_config(),
+              "access_log": False, "timeout_graceful_shutdown": 10, "server_header": False}
+    if options.workers > 1:
+        served.close()
+        os.environ[ENV] = json.dumps({"model": str(Path(model).expanduser().absolute()), **asdict(options)})
+        config = uvicorn.Config("transferkit.serving.server:from_environment", factory=True,
+                                workers=options.workers, **common)
+    else:
+        config = uvicorn.Config(create_app(served, options), **common)
+    try:
+        sock = config.bind_socket()
+    except SystemExit:  # uvicorn logs the reason (address in use, permission) and exits
+        raise UserError(f"cannot listen on {options.host}:{options.port} (in use, or not allowed)") from None
+    port = sock.getsockname()[1]
+    shown = f"[{options.host}]" if ":" in options.host else options.host
+    print(f"serving {served.info['name']} ({served.info['backbone']}, {len(served.classes)} classes) at "
+          f"http://{shown}:{port}/  (API docs: /docs; "
+          f"{'token required' if options.token else 'no token'}; Ctrl-C stops)", file=sys.stderr, flush=True)
+    server = uvicorn.Server(config)
+    if options.workers > 1:
+        from uvicorn.supervisors import Multiprocess
+
+        Multiprocess(config, target=server.run, sockets=[sock]).run()
+    else:
+        server.run(sockets=[sock])
+
+
+def from_environment():
+    """The application of one worker process: the model and options `serve` put in the
+    environment. Also for your own ASGI server: set TRANSFERKIT_SERVE='{"model": "runs/x"}' and
+    run ``uvicorn --factory transferkit.serving.server:from_environment``."""
+    from .app import create_app
+
+    try:
+        values = json.loads(os.environ[ENV])
+        model = values.pop("model")
+    except (KeyError, ValueError) as exc:
+        raise UserError(f"${ENV} must hold JSON with the model's path, e.g. {{\"model\": \"runs/x\"}} ({exc})") from None
+    options = ServeOptions(**values)
+    return create_app(ServedModel(model, options.device, options.precision, options.tta,
+                                  worker_threads(options.workers)), options)
+
+
+def _log_config() -> dict:
+    """uvicorn's logging, plus our one line per request on the same handler."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["transferkit.serve"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return config

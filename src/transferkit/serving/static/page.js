@@ -1,0 +1,159 @@
+// The page of `transferkit serve`: choose, drop or paste images; each is sent to /predict and
+// shown with its top-k labels as bars. Everything it loads comes from this server.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { token: sessionStorage.getItem("transferkit-token") || "", maxTopK: 1000 };
+
+function headers() {
+  return state.token ? { Authorization: "Bearer " + state.token } : {};
+}
+
+function percent(p) {
+  return (100 * p).toFixed(1) + "%";
+}
+
+async function loadModel() {
+  let response;
+  try {
+    response = await fetch("model", { headers: headers() });
+  } catch (err) {
+    $("model-summary").textContent = "the server does not answer: " + err;
+    return;
+  }
+  if (response.status === 401) {
+    $("token-form").hidden = false;
+    $("model-summary").textContent = "this server needs its token";
+    $("token").focus();
+    return;
+  }
+  if (response.status === 503) {
+    $("model-summary").textContent = "the model is loading\u2026";
+    setTimeout(loadModel, 1000);
+    return;
+  }
+  const info = await response.json();
+  $("token-form").hidden = true;
+  $("model-name").textContent = info.name;
+  document.title = info.name + " \u2013 transferkit";
+  const acc = info.metrics && typeof info.metrics.val_acc === "number"
+    ? ", val accuracy " + (100 * info.metrics.val_acc).toFixed(1) + "%" : "";
+  $("model-summary").textContent = `${info.backbone || info.format}, ${info.num_classes} classes${acc}`;
+  $("model-classes").textContent = info.classes.join(", ");
+  $("model-classes-box").hidden = false;
+  state.maxTopK = info.num_classes;
+  $("top-k").max = info.num_classes;
+  $("top-k").value = Math.min(info.top_k_default, info.num_classes);
+  document.body.dataset.ready = "true";
+}
+
+function card(file) {
+  const li = document.createElement("li");
+  li.className = "result";
+  li.dataset.state = "pending";
+  li.tabIndex = -1;
+  const img = document.createElement("img");
+  img.alt = file.name || "pasted image";
+  img.src = URL.createObjectURL(file);
+  const h3 = document.createElement("h3");
+  h3.textContent = "predicting\u2026";
+  const name = document.createElement("div");
+  name.className = "name";
+  name.textContent = file.name || "pasted image";
+  li.append(img, h3, name);
+  $("results").prepend(li);
+  return li;
+}
+
+function show(li, pred) {
+  const h3 = li.querySelector("h3");
+  if (pred.error) {
+    li.dataset.state = "error";
+    h3.textContent = "not classified";
+    const p = document.createElement("p");
+    p.className = "error";
+    p.textContent = pred.error;
+    li.append(p);
+    return;
+  }
+  li.dataset.state = "done";
+  li.dataset.label = pred.label;
+  li.dataset.probability = String(pred.probability);
+  h3.textContent = `${pred.label} \u2013 ${percent(pred.probability)}`;
+  const bars = document.createElement("ul");
+  bars.className = "bars";
+  bars.setAttribute("aria-label", "top labels");
+  for (const t of pred.top_k) {
+    const item = document.createElement("li");
+    const label = document.createElement("span");
+    label.textContent = t.label;
+    const pct = document.createElement("span");
+    pct.className = "pct";
+    pct.textContent = percent(t.probability);
+    const bar = document.createElement("div");
+    bar.className = "bar";
+    bar.setAttribute("role", "meter");
+    bar.setAttribute("aria-label", t.label);
+    bar.setAttribute("aria-valuemin", "0");
+    bar.setAttribute("aria-valuemax", "100");
+    bar.setAttribute("aria-valuenow", (100 * t.probability).toFixed(1));
+    const fill = document.createElement("span");
+    fill.style.width = (100 * t.probability).toFixed(2) + "%";
+    bar.append(fill);
+    item.append(label, pct, bar);
+    bars.append(item);
+  }
+  li.append(bars);
+}
+
+async function classify(file) {
+  const li = card(file);
+  const body = new FormData();
+  body.append("file", file, file.name || "pasted.png");
+  const k = Math.max(1, Math.min(state.maxTopK, parseInt($("top-k").value, 10) || 1));
+  try {
+    const response = await fetch("predict?top_k=" + k, { method: "POST", body, headers: headers() });
+    const answer = await response.json().catch(() => ({ detail: "HTTP " + response.status }));
+    if (response.status === 401) {
+      $("token-form").hidden = false;
+      $("token").focus();
+    }
+    show(li, answer.predictions && answer.predictions[0] ? answer.predictions[0]
+                                                          : { error: answer.detail || "HTTP " + response.status });
+  } catch (err) {
+    show(li, { error: "the server does not answer: " + err });
+  }
+}
+
+function classifyAll(files) {
+  const images = [...files].filter((f) => !f.type || f.type.startsWith("image/"));
+  if (files.length && !images.length) {
+    show(card(files[0]), { error: "not an image" });
+  }
+  images.forEach(classify);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("files").addEventListener("change", (e) => { classifyAll(e.target.files); e.target.value = ""; });
+  $("clear").addEventListener("click", () => { $("results").replaceChildren(); $("files").focus(); });
+  $("token-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    state.token = $("token").value.trim();
+    sessionStorage.setItem("transferkit-token", state.token);
+    loadModel();
+  });
+  document.addEventListener("paste", (e) => {
+    const files = [...(e.clipboardData ? e.clipboardData.files : [])];
+    if (files.length) { e.preventDefault(); classifyAll(files); }
+  });
+  document.addEventListener("dragover", (e) => { e.preventDefault(); document.body.classList.add("dragging"); });
+  document.addEventListener("dragleave", (e) => {
+    if (!e.relatedTarget) document.body.classList.remove("dragging");
+  });
+  document.addEventListener("drop", (e) => {
+    e.preventDefault();
+    document.body.classList.remove("dragging");
+    classifyAll(e.dataTransfer.files);
+  });
+  loadModel();
+});
