@@ -234,7 +234,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .serving.server import serve
 
-    serve(args.model, ServeOptions(**_options(args, ServeOptions)))
+    options = ServeOptions(**_options(args, ServeOptions))
+    try:
+        serve(args.model, options)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: uvicorn finished the requests in flight and stopped
+        print("stopped", file=sys.stderr)
     return 0
 
 

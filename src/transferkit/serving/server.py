@@ -52,16 +52,32 @@ def serve(model: str | Path, options: ServeOptions | None = None, **kwargs) -> N
         raise UserError(f"cannot listen on {options.host}:{options.port} (in use, or not allowed)") from None
     port = sock.getsockname()[1]
     shown = f"[{options.host}]" if ":" in options.host else options.host
-    print(f"serving {served.info['name']} ({served.info['backbone']}, {len(served.classes)} classes) at "
-          f"http://{shown}:{port}/  (API docs: /docs; "
-          f"{'token required' if options.token else 'no token'}; Ctrl-C stops)", file=sys.stderr, flush=True)
-    server = uvicorn.Server(config)
+    banner = (f"serving {served.info['name']} ({served.info['backbone']}, {len(served.classes)} classes) at "
+              f"http://{shown}:{port}/  (API docs: /docs; {'token required' if options.token else 'no token'}"
+              f"{f'; {options.workers} workers' if options.workers > 1 else ''}; Ctrl-C stops)")
     if options.workers > 1:
         from uvicorn.supervisors import Multiprocess
 
-        Multiprocess(config, target=server.run, sockets=[sock]).run()
+        print(banner, file=sys.stderr, flush=True)
+        Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock]).run()
     else:
-        server.run(sockets=[sock])
+        _Server(config, banner).run(sockets=[sock])
+
+
+class _Server:
+    """uvicorn's server, saying where it listens once it does (not before: a client that reads
+    the line may connect at once)."""
+
+    def __new__(cls, config, banner: str):
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            async def startup(self, sockets=None) -> None:
+                await super().startup(sockets)
+                if self.started:
+                    print(banner, file=sys.stderr, flush=True)
+
+        return Server(config)
 
 
 def from_environment():

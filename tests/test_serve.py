@@ -1,0 +1,315 @@
+"""`transferkit serve`: the API (FastAPI's test client), its answers equal to `predict`'s for the
+bundle and the ONNX file, every bad input a 4xx, auth off loopback, the batcher, and the page in
+headless Chromium driven by Playwright."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import transferkit
+from helpers import make_dataset, shared_dataset
+from transferkit.cli import main
+from transferkit.config import ServeOptions
+from transferkit.console import Console
+from transferkit.errors import UserError
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from transferkit.serving import create_app  # noqa: E402
+from transferkit.serving.batcher import Batcher  # noqa: E402
+from transferkit.serving.model import ServedModel  # noqa: E402
+
+TOKEN = "s3cret-token-0123456789"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A tiny run, its ONNX export and a folder of test images (JPEG and PNG, two sizes)."""
+    root = tmp_path_factory.mktemp("serve")
+    data = make_dataset(root / "data", classes=("blue", "red", "green"), n_train=6, n_val=3)
+    run = transferkit.train(data, out=str(root / "run"), image_size=64, quiet=True).path
+    transferkit.export(run, "onnx", runs=2, console=Console(True))
+    images = sorted(str(p) for p in (data / "val").rglob("*.jpg")) + sorted(str(p) for p in (data / "train" / "red").glob("*.png"))[:2]
+    return {"run": run, "onnx": run / "export" / "model.onnx", "images": images}
+
+
+def _client(model, **options) -> TestClient:
+    return TestClient(create_app(ServedModel(model), ServeOptions(**options)))
+
+
+def _files(paths):
+    return [("file", (Path(p).name, Path(p).read_bytes(), "application/octet-stream")) for p in paths]
+
+
+def _cli_predictions(model, paths, tmp_path, top_k) -> dict:
+    out = tmp_path / f"preds-{Path(model).name}.json"
+    assert main(["predict", str(model), *paths, "--top-k", str(top_k), "--output", str(out)]) == 0
+    return {Path(p["path"]).name: p for p in json.loads(out.read_text())}
+
+
+@pytest.mark.parametrize("kind", ["run", "onnx"])
+def test_answers_equal_predict_for_the_bundle_and_the_onnx_file(served, kind, tmp_path):
+    model, paths = served[kind], served["images"]
+    expected = _cli_predictions(model, paths, tmp_path, top_k=2)
+    with _client(model) as client:
+        many = client.post("/predict?top_k=2", files=_files(paths))  # several images in one request
+        one = client.post("/predict?top_k=2", content=Path(paths[1]).read_bytes(), headers={"content-type": "image/jpeg"})
+        info = client.get("/model").json()
+    assert many.status_code == 200 and one.status_code == 200
+    got = {p["name"]: p for p in many.json()["predictions"]}
+    assert set(got) == set(expected)
+    for name, p in expected.items():
+        assert got[name]["label"] == p["label"] and got[name]["error"] is None
+        assert got[name]["probability"] == pytest.approx(p["probability"], abs=1e-5)
+        assert [t["label"] for t in got[name]["top_k"]] == [t["label"] for t in p["top_k"]]
+        np.testing.assert_allclose([t["probability"] for t in got[name]["top_k"]],
+                                   [t["probability"] for t in p["top_k"]], atol=1e-5)
+    raw = one.json()["predictions"][0]
+    assert raw["name"] == "<body>" and raw["label"] == expected[Path(paths[1]).name]["label"]
+    assert info["classes"] == ["blue", "green", "red"] and info["format"] == ("onnx" if kind == "onnx" else "pytorch")
+    assert info["backbone"] == "efficientnet_lite0" and info["preprocess"]["input_size"] == 64
+    assert info["metrics"]["val_acc"] == json.loads((served["run"] / "results.json").read_text())["val_acc"] or kind == "onnx"
+    assert 0 <= info["metrics"]["val_acc"] <= 1 and info["batching"]["images"] == len(paths) + 1
+
+
+def _bomb() -> bytes:
+    """A 12000 x 12000 PNG of 18 kB: 144 million pixels, past Pillow's limit."""
+    out = io.BytesIO()
+    Image.new("1", (12000, 12000)).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_every_bad_input_is_a_4xx_with_a_one_line_reason(served):
+    good = Path(served["images"][0]).read_bytes()
+    with _client(served["onnx"], max_body_mb=1, max_files=3) as client:
+        cases = {
+            "empty body": (client.post("/predict", content=b"", headers={"content-type": "image/jpeg"}), 400, "empty"),
+            "text as jpeg": (client.post("/predict", content=b"hello", headers={"content-type": "image/jpeg"}),
+                             400, "not an image"),
+            "text file": (client.post("/predict", files=[("file", ("a.txt", b"hello", "text/plain"))]), 400,
+                          "a.txt: not an image"),
+            "truncated": (client.post("/predict", files=[("file", ("t.jpg", good[:300], "image/jpeg"))]), 400,
+                          "truncated"),
+            "bomb": (client.post("/predict", files=[("file", ("bomb.png", _bomb(), "image/png"))]), 400,
+                     "decompression bomb"),
+            "oversize": (client.post("/predict", content=b"\xff" * 1_100_000, headers={"content-type": "image/jpeg"}),
+                         413, "over the server's limit"),
+            "oversize, streamed": (client.post("/predict", content=iter([b"\xff" * 400_000] * 3),
+                                               headers={"content-type": "image/jpeg"}), 413, "over the server's limit"),
+            "json": (client.post("/predict", json={"image": "x"}), 415, "unsupported content type 'application/json'"),
+            "no content type": (client.post("/predict", content=good, headers={"content-type": ""}), 415,
+                                "unsupported content type"),
+            "form without a file": (client.post("/predict", data={"x": "1"}, files=[("other", ("", b"", ""))]), 400, None),
+            "too many files": (client.post("/predict", files=_files(served["images"][:4])), 400, "files"),
+            "top_k 0": (client.post("/predict?top_k=0", files=_files(served["images"][:1])), 422, None),
+        }
+        for name, (response, status, words) in cases.items():
+            assert response.status_code == status, (name, response.status_code, response.text)
+            detail = response.json()["detail"]
+            if words:
+                assert words in detail and "\n" not in detail, (name, detail)
+        mixed = client.post("/predict", files=[("file", ("ok.jpg", good, "image/jpeg")), ("file", ("bad.jpg", b"no", "image/jpeg"))])
+        assert mixed.status_code == 200
+        ok, bad = mixed.json()["predictions"]
+        assert ok["label"] and ok["error"] is None and bad["label"] is None and "not an image" in bad["error"]
+        assert client.get("/health").json() == {"status": "ok"}  # still answering
+
+
+def test_token_is_required_when_set_and_off_loopback(served, monkeypatch):
+    with _client(served["onnx"], token=TOKEN) as client:
+        image = _files(served["images"][:1])
+        assert client.post("/predict", files=image).status_code == 401
+        wrong = client.post("/predict", files=image, headers={"Authorization": "Bearer " + "x" * 23})
+        assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+        assert client.get("/model").status_code == 401
+        assert client.post("/predict", files=image, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+        assert client.get("/health").status_code == 200 and client.get("/").status_code == 200
+        assert "HTTPBearer" in json.dumps(client.get("/openapi.json").json()["components"]["securitySchemes"])
+    monkeypatch.delenv("TRANSFERKIT_TOKEN", raising=False)
+    for options, words in [({"host": "0.0.0.0"}, "--token"), ({"host": "192.168.1.5"}, "--no-auth"),
+                           ({"token": "short"}, "16 characters"), ({"token": TOKEN, "no_auth": True}, "not both"),
+                           ({"host": "example.com"}, "IP address"), ({"port": 70000}, "--port")]:
+        with pytest.raises(UserError, match=re.escape(words)):
+            ServeOptions(**options)
+    assert ServeOptions(host="0.0.0.0", no_auth=True).token is None
+    assert ServeOptions(host="::1").host == "::1"
+    monkeypatch.setenv("TRANSFERKIT_TOKEN", TOKEN)
+    assert ServeOptions(host="0.0.0.0").token == TOKEN  # from the environment: not in the process list
+
+
+def test_cors_is_off_unless_asked_and_the_page_loads_nothing_from_elsewhere(served):
+    origin = {"Origin": "http://elsewhere.example"}
+    with _client(served["onnx"]) as client:
+        assert "access-control-allow-origin" not in client.get("/health", headers=origin).headers
+        page = client.get("/")
+        assert page.headers["content-security-policy"].startswith("default-src 'self'")
+        assert not re.search(r"""(src|href)=["']?(https?:)?//""", page.text)  # no CDN, no external font
+        docs = client.get("/docs").text
+        assert "cdn" not in docs.lower() and client.get("/openapi.json").json()["paths"]["/predict"]
+    with _client(served["onnx"], cors="http://elsewhere.example") as client:
+        assert client.get("/health", headers=origin).headers["access-control-allow-origin"] == "http://elsewhere.example"
+
+
+def test_readiness_follows_the_model_and_each_request_is_logged_once(served, caplog):
+    with TestClient(create_app(served["run"].parent / "missing")) as client:
+        for _ in range(100):
+            ready = client.get("/ready")
+            if "not found" in ready.text:
+                break
+            time.sleep(0.05)
+        assert ready.status_code == 503 and "not found" in ready.json()["detail"]
+        assert client.get("/health").status_code == 200
+        assert client.post("/predict", files=_files(served["images"][:1])).status_code == 503
+    caplog.set_level(logging.INFO, logger="transferkit.serve")
+    with TestClient(create_app(served["onnx"])) as client:  # loads in the background
+        for _ in range(200):
+            if client.get("/ready").status_code == 200:
+                break
+            time.sleep(0.05)
+        assert client.get("/ready").json() == {"ready": True, "model": "model.onnx"}
+        caplog.clear()
+        client.post("/predict", files=_files(served["images"][:2]))
+    lines = [r.getMessage() for r in caplog.records if r.name == "transferkit.serve"]
+    assert len(lines) == 1 and re.search(r"POST /predict 200 2 image\(s\) \d+B [\d.]+ms$", lines[0]), lines
+
+
+def test_the_worker_factory_reads_the_model_and_options_from_the_environment(served, monkeypatch):
+    from transferkit.serving.server import ENV, from_environment
+
+    monkeypatch.setenv(ENV, json.dumps({"model": str(served["onnx"]), "top_k": 1, "workers": 2}))
+    with TestClient(from_environment()) as client:
+        answer = client.post("/predict", files=_files(served["images"][:1])).json()
+    assert len(answer["predictions"][0]["top_k"]) == 1
+    monkeypatch.setenv(ENV, "{}")
+    with pytest.raises(UserError, match="model"):
+        from_environment()
+
+
+def test_serving_an_onnx_file_never_imports_torch(served):
+    code = textwrap.dedent(f"""
+        import sys
+        from fastapi.testclient import TestClient
+        from transferkit.serving import create_app
+        with TestClient(create_app({str(served['onnx'])!r})) as client:
+            while client.get("/ready").status_code != 200:
+                pass
+            r = client.post("/predict", content=open({served['images'][0]!r}, "rb").read(),
+                            headers={{"content-type": "image/jpeg"}})
+            assert r.status_code == 200, r.text
+        print("torch" in sys.modules)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr[-2000:]
+
+
+def test_the_batcher_joins_concurrent_requests_and_contains_failures():
+    sizes = []
+
+    def run(batch):
+        sizes.append(len(batch))
+        time.sleep(0.05)  # the model is busy: the others queue up meanwhile
+        if (batch < 0).any():
+            raise RuntimeError("model failed")
+        return batch.reshape(len(batch), -1)[:, :1] * 2
+
+    async def scenario():
+        async with Batcher(run, max_batch=8, max_wait=0.001) as batcher:
+            inputs = [np.full((2 if i % 3 == 0 else 1, 2), i, np.float32) for i in range(12)]
+            first = asyncio.ensure_future(batcher(inputs[0]))
+            await asyncio.sleep(0.01)  # the first runs alone; the others arrive while the model is busy
+            results = [await first] + await asyncio.gather(*(batcher(x) for x in inputs[1:]))
+            for x, y in zip(inputs, results):
+                np.testing.assert_array_equal(y[:, 0], x[:, 0] * 2)  # each request gets its own rows back
+            failed = await asyncio.gather(batcher(np.full((1, 2), -1, np.float32)), return_exceptions=True)
+            after = await batcher(np.ones((1, 2), np.float32))  # the next batch runs as usual
+            return failed, after
+
+    failed, after = asyncio.run(scenario())
+    assert sizes == [2, 8, 6, 1, 1]  # 14 rows that queued up went in batches of at most 8, in order
+    assert isinstance(failed[0], RuntimeError) and after[0, 0] == 2
+
+
+# -- the real server and the page in a browser ----------------------------------------------------
+
+
+def _start_server(model, *extra) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-m", "transferkit", "serve", str(model), "--port", "0", *extra],
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        lines.append(line)
+        if line.startswith("serving "):
+            url = re.search(r"at (http://\S+/)", "".join(lines)).group(1)
+            return proc, url
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise AssertionError("the server did not start:\n" + "".join(lines))
+
+
+@pytest.mark.slow
+def test_the_page_in_headless_chromium_shows_what_predict_says(served, tmp_path):
+    """`transferkit serve` for real; the page in Chromium: choose a photo, read the label and
+    probability shown, compare with `transferkit predict`; keyboard reachable; nothing loaded
+    from elsewhere; a screenshot kept."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    browser_path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not browser_path:
+        pytest.skip("chromium is not installed: `make system-deps` (run by `make test`) installs Debian's package")
+    photo = str(sorted((shared_dataset("hymenoptera_data") / "val" / "bees").glob("*.jpg"))[0])
+    expected = _cli_predictions(served["run"], [photo], tmp_path, top_k=3)[Path(photo).name]
+    proc, url = _start_server(served["run"])
+    try:
+        health = json.loads(urllib.request.urlopen(url + "health", timeout=10).read())
+        assert health == {"status": "ok"}
+        requested = []
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1100, "height": 800})
+            page.on("request", lambda r: requested.append(r.url))
+            page.goto(url)
+            page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+            assert "3 classes" in page.inner_text("#model-summary") and "val accuracy" in page.inner_text("#model-summary")
+            assert not page.is_visible("#token-form")  # no token asked for: the server has none
+            for _ in range(6):  # the file chooser is reached by keyboard
+                page.keyboard.press("Tab")
+                if page.evaluate("document.activeElement.id") == "files":
+                    break
+            assert page.evaluate("document.activeElement.id") == "files"
+            page.set_input_files("#files", photo)
+            card = page.wait_for_selector("li.result[data-state=done]", timeout=30_000)
+            label, probability = card.get_attribute("data-label"), float(card.get_attribute("data-probability"))
+            shown = card.inner_text()
+            page.screenshot(path=str(tmp_path / "serve_page.png"), full_page=True)
+            browser.close()
+        assert label == expected["label"] and probability == pytest.approx(expected["probability"], abs=1e-5)
+        assert f"{100 * expected['probability']:.1f}%" in shown and len(card_bars := re.findall(r"\d+\.\d%", shown)) >= 3, card_bars
+        assert all(u.startswith(url) or u.startswith("blob:") for u in requested), requested
+        assert (tmp_path / "serve_page.png").stat().st_size > 10_000
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    assert proc.returncode == 0, proc.stderr.read()[-2000:]
