@@ -35,5 +35,7 @@ class Predictor(BasePredictor):
 
     @torch.inference_mode()
     def run(self, batch: np.ndarray) -> np.ndarray:
+        if not batch.flags.writeable:  # one image's view as decoded: torch wants memory it may write
+            batch = batch.copy()
         u8 = torch.from_numpy(batch).permute(0, 3, 1, 2)
         return self.model.head(self.extractor.forward(u8)).float().numpy()

@@ -34,7 +34,8 @@ def serve(model: str | Path, options: ServeOptions | None = None, **kwargs) -> N
     from .app import create_app
 
     options = options or ServeOptions(**kwargs)
-    # Loaded here first, so a bad model is one line before anything listens (each worker loads
+    sock = _bind(options.host, options.port)  # a port in use: one line before the model loads
+    # Loaded here first, so a bad model is one line before anything answers (each worker loads
     # its own copy again).
     served = ServedModel(model, options.device, options.precision, options.tta, worker_threads(options.workers))
     common = {"host": options.host, "port": options.port, "log_config": _log_config(),
@@ -46,10 +47,6 @@ def serve(model: str | Path, options: ServeOptions | None = None, **kwargs) -> N
                                 workers=options.workers, **common)
     else:
         config = uvicorn.Config(create_app(served, options), **common)
-    try:
-        sock = config.bind_socket()
-    except SystemExit:  # uvicorn logs the reason (address in use, permission) and exits
-        raise UserError(f"cannot listen on {options.host}:{options.port} (in use, or not allowed)") from None
     port = sock.getsockname()[1]
     shown = f"[{options.host}]" if ":" in options.host else options.host
     banner = (f"serving {served.info['name']} ({served.info['backbone']}, {len(served.classes)} classes) at "
@@ -94,6 +91,23 @@ def from_environment():
     options = ServeOptions(**values)
     return create_app(ServedModel(model, options.device, options.precision, options.tta,
                                   worker_threads(options.workers)), options)
+
+
+def _bind(host: str, port: int):
+    """The listening socket, bound here (uvicorn's own binding announces "running" before the
+    application has started); a port in use or not allowed is one line."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # proto set: asyncio then turns on TCP_NODELAY
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1" if host == "localhost" else host, port))
+    except OSError as exc:
+        sock.close()
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def _log_config() -> dict:
