@@ -48,11 +48,11 @@ def served(tmp_path_factory):
     run = transferkit.train(data, out=str(root / "run"), image_size=64, quiet=True).path
     transferkit.export(run, "onnx", runs=2, console=Console(True))
     images = sorted(str(p) for p in (data / "val").rglob("*.jpg")) + sorted(str(p) for p in (data / "train" / "red").glob("*.png"))[:2]
-    return {"run": run, "onnx": run / "export" / "model.onnx", "images": images}
+    return {"run": run, "onnx": run / "export" / "model.onnx", "images": images, "cache": root / "cache"}
 
 
-def _client(model, **options) -> TestClient:
-    return TestClient(create_app(ServedModel(model), ServeOptions(**options)))
+def _client(model, engine="torch", **options) -> TestClient:
+    return TestClient(create_app(ServedModel(model, engine=engine), ServeOptions(**options)))
 
 
 def _files(paths):
@@ -65,11 +65,14 @@ def _cli_predictions(model, paths, tmp_path, top_k) -> dict:
     return {Path(p["path"]).name: p for p in json.loads(out.read_text())}
 
 
-@pytest.mark.parametrize("kind", ["run", "onnx"])
-def test_answers_equal_predict_for_the_bundle_and_the_onnx_file(served, kind, tmp_path):
+@pytest.mark.parametrize("kind, engine", [("run", "torch"), ("run", "auto"), ("onnx", "auto")])
+def test_answers_equal_predict_for_the_bundle_and_the_onnx_file(served, kind, engine, tmp_path, monkeypatch):
+    """The bundle under PyTorch, the bundle converted for ONNX Runtime (auto, on this CPU), and
+    the exported file: the same labels and probabilities as `transferkit predict`."""
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(served["cache"]))  # one conversion for this module
     model, paths = served[kind], served["images"]
     expected = _cli_predictions(model, paths, tmp_path, top_k=2)
-    with _client(model) as client:
+    with _client(model, engine) as client:
         many = client.post("/predict?top_k=2", files=_files(paths))  # several images in one request
         one = client.post("/predict?top_k=2", content=Path(paths[1]).read_bytes(), headers={"content-type": "image/jpeg"})
         info = client.get("/model").json()
@@ -85,9 +88,32 @@ def test_answers_equal_predict_for_the_bundle_and_the_onnx_file(served, kind, tm
     raw = one.json()["predictions"][0]
     assert raw["name"] == "<body>" and raw["label"] == expected[Path(paths[1]).name]["label"]
     assert info["classes"] == ["blue", "green", "red"] and info["format"] == ("onnx" if kind == "onnx" else "pytorch")
+    assert info["engine"] == ("pytorch" if engine == "torch" else "onnxruntime")
     assert info["backbone"] == "efficientnet_lite0" and info["preprocess"]["input_size"] == 64
     assert info["metrics"]["val_acc"] == json.loads((served["run"] / "results.json").read_text())["val_acc"] or kind == "onnx"
     assert 0 <= info["metrics"]["val_acc"] <= 1 and info["batching"]["images"] == len(paths) + 1
+
+
+def test_a_bundle_is_converted_once_and_falls_back_to_pytorch_when_it_cannot_be(served, monkeypatch):
+    from transferkit.exporting.formats import onnx_fp32
+    from transferkit.serving.convert import onnx_for_bundle
+
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(served["cache"]))  # converted already by the parity test
+    first = onnx_for_bundle(served["run"])
+    said = []
+    assert onnx_for_bundle(served["run"], say=said.append) == first and first.is_file() and said == []  # cached
+    first.unlink()
+
+    def broken(job, path):
+        raise RuntimeError("unsupported operator")
+
+    monkeypatch.setattr(onnx_fp32, "build", broken)
+    model = ServedModel(served["run"], say=said.append)
+    assert model.info["engine"] == "pytorch" and "converting" in said[0]
+    assert said[1].startswith("warning: serving with PyTorch") and "unsupported operator" in said[1]
+    assert not list(first.parent.glob("*.tmp"))  # nothing half-written left behind
+    with pytest.raises(UserError, match="--engine onnx"):
+        ServedModel(served["run"], engine="onnx", say=said.append)
 
 
 def _bomb() -> bytes:
@@ -169,7 +195,7 @@ def test_cors_is_off_unless_asked_and_the_page_loads_nothing_from_elsewhere(serv
 
 
 def test_readiness_follows_the_model_and_each_request_is_logged_once(served, caplog):
-    with TestClient(create_app(served["run"].parent / "missing")) as client:
+    with TestClient(create_app(served["run"].parent / "missing")) as client:  # loads in the background
         for _ in range(100):
             ready = client.get("/ready")
             if "not found" in ready.text:
@@ -278,7 +304,7 @@ def test_the_page_in_headless_chromium_shows_what_predict_says(served, tmp_path)
         pytest.skip("chromium is not installed: `make system-deps` (run by `make test`) installs Debian's package")
     photo = str(sorted((shared_dataset("hymenoptera_data") / "val" / "bees").glob("*.jpg"))[0])
     expected = _cli_predictions(served["run"], [photo], tmp_path, top_k=3)[Path(photo).name]
-    proc, url = _start_server(served["run"])
+    proc, url = _start_server(served["run"], "--engine", "torch")
     try:
         health = json.loads(urllib.request.urlopen(url + "health", timeout=10).read())
         assert health == {"status": "ok"}

@@ -8,6 +8,7 @@
     <root>/decoded/<resize>-<interpolation>-d<decoder>/...<key>.img   decoded uint8 images (fine-tuning)
     <root>/teacher/<teacher key>/...<image key>.e<epoch>             distillation: teacher logits per view
     <root>/datasets/cifar10-<key>/                                    CIFAR-10 batches as PNG class folders
+    <root>/serving/<bundle key>.onnx                                  a bundle converted for serving on CPU
 
 Every entry is a checksummed blob (`files.write_checked`): a truncated or corrupted entry is
 detected and recomputed, never trusted. Keys carry what the content depends on: a model key the
@@ -37,7 +38,7 @@ _ARRAY, _ERROR = b"TKF1", b"TKE1"
 MARKER = "CACHEDIR.TAG"
 _TAG = ("Signature: 8a477f597d28d172789f06886806bc55\n"
         "# This file marks the transferkit cache (features, decoded images); see `transferkit cache`.\n")
-SUBFOLDERS = ("features", "decoded", "teacher", "datasets")  # all that the cache writes
+SUBFOLDERS = ("features", "decoded", "teacher", "datasets", "serving")  # all that the cache writes
 
 
 def default_dir() -> Path:
@@ -144,6 +145,11 @@ class Cache:
     def datasets(self) -> Path:
         """Datasets converted to image folders (CIFAR-10's python batches)."""
         return self.root / "datasets"
+
+    def serving_model(self, ident: dict) -> Path:
+        """A bundle converted to ONNX for `transferkit serve` on CPU; `ident`: what it was built from
+        (the weights' checksum, the model.json, the versions of the converter)."""
+        return self.root / "serving" / f"{_hash({'v': FORMAT_VERSION, **ident})}.onnx"
 
     def prepare(self) -> "Cache":
         """Make the cache folder (and its marker) before anything is written into it. A folder that

@@ -28,6 +28,7 @@ SCHEDULES = ("cosine", "onecycle", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
 FEATURES = ("auto", "last", "multi")
+ENGINES = ("auto", "torch", "onnx")  # what runs a bundle in `serve` (serving.model)
 TTA = ("none", "flip", "flip-crops")  # test-time augmentation (prediction.base): the views averaged per image
 
 
@@ -303,8 +304,10 @@ class ServeOptions:
     top_k: int = opt(3, "labels per image when the request does not say (?top_k=)", low=1)
     cors: str | None = opt(None, "origins allowed to call the API from other sites' pages, comma-separated "
                            "(* for any); CORS is off without it")
-    device: str = opt("auto", "auto | cpu | cuda (a torch bundle)", choices=DEVICES)
-    precision: str = opt("auto", "auto | bf16 | fp32 (a torch bundle)", choices=PRECISIONS)
+    engine: str = opt("auto", "what runs a run folder's model: auto (ONNX Runtime on a CPU: the bundle converted "
+                      "once, cached and checked against PyTorch; PyTorch on a GPU) | torch | onnx", choices=ENGINES)
+    device: str = opt("auto", "auto | cpu | cuda (a run folder's model)", choices=DEVICES)
+    precision: str = opt("auto", "auto | bf16 | fp32 (a run folder's model under PyTorch)", choices=PRECISIONS)
     tta: str = opt("none", "test-time augmentation: none | flip | flip-crops", choices=TTA)
 
     def __post_init__(self) -> None:

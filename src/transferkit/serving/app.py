@@ -95,7 +95,8 @@ class Service:
     async def _load(self) -> None:
         o = self.options
         try:
-            self.model = await asyncio.to_thread(ServedModel, self.source, o.device, o.precision, o.tta)
+            self.model = await asyncio.to_thread(ServedModel, self.source, o.device, o.precision, o.tta, 0, o.engine,
+                                                 LOG.info)
         except UserError as exc:
             self.error = str(exc)
             LOG.error("could not load the model: %s", exc)

@@ -1,11 +1,14 @@
-"""The model a server answers with: a run folder's bundle (PyTorch) or an exported ONNX file
-(ONNX Runtime alone: torch is never imported), and what `GET /model` says about it."""
+"""The model a server answers with: a run folder's bundle (on ONNX Runtime or PyTorch) or an
+exported ONNX file (ONNX Runtime alone: torch is never imported), and what `GET /model` says
+about it."""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -18,28 +21,28 @@ def is_onnx(model: str | Path) -> bool:
 
 
 class ServedModel:
-    """A predictor and its description. `threads`: the model's intra-op threads (0: the
-    library's default, one per core); several workers share the cores."""
+    """A predictor and its description.
+
+    A run folder's bundle runs on `engine`: "auto" converts it to ONNX once (cached, checked
+    against PyTorch: `convert`) and runs it with ONNX Runtime when it is served on a CPU, and
+    with PyTorch on a GPU or where the conversion fails (`say` tells why, and when it converts); "torch" and "onnx"
+    force one. An .onnx file always runs on ONNX Runtime, and torch is not imported.
+    `threads`: the model's intra-op threads (0: the library's default, one per core); several
+    workers share the cores."""
 
     def __init__(self, model: str | Path, device: str = "auto", precision: str = "auto", tta: str = "none",
-                 threads: int = 0):
+                 threads: int = 0, engine: str = "auto", say: Callable[[str], None] | None = None):
         self.source = Path(model).expanduser()
         if not self.source.exists():
             raise UserError(f"not found: {model}")
+        say = say or (lambda message: print(message, file=sys.stderr, flush=True))
         if is_onnx(model):
             from ..prediction.onnx_predictor import OnnxPredictor
 
             self.predictor: BasePredictor = OnnxPredictor(self.source, tta=tta, threads=threads)
             self.info = _onnx_info(self.predictor)
         else:
-            from .. import api
-
-            if threads:
-                import torch
-
-                torch.set_num_threads(threads)
-            self.predictor = api.load(self.source, device, precision, tta)
-            self.info = _bundle_info(self.predictor)
+            self.predictor, self.info = _bundle_predictor(self.source, device, precision, tta, threads, engine, say)
         self.info["tta"] = tta
         self.classes: list[str] = self.predictor.classes
 
@@ -57,14 +60,39 @@ class ServedModel:
         self.predictor.close()
 
 
-def _bundle_info(predictor) -> dict:
-    meta, run_dir = predictor.meta, predictor.run_dir
+def _bundle_predictor(source: Path, device: str, precision: str, tta: str, threads: int, engine: str,
+                      say) -> tuple[BasePredictor, dict]:
+    import torch
+
+    from ..models import bundle
+
+    meta, run_dir = bundle.read_meta(source)
+    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    if engine == "onnx" or (engine == "auto" and on_cpu and precision != "bf16"):
+        from ..prediction.onnx_predictor import OnnxPredictor
+        from .convert import onnx_for_bundle
+
+        try:
+            predictor = OnnxPredictor(onnx_for_bundle(source, say=say), tta=tta, threads=threads)
+            return predictor, _bundle_info(meta, run_dir, "onnxruntime", "cpu", "fp32")
+        except (UserError, ImportError) as exc:
+            if engine == "onnx":
+                raise UserError(f"--engine onnx: {exc}") from None
+            say(f"warning: serving with PyTorch, not ONNX Runtime: {exc}")
+    from .. import api
+
+    if threads:
+        torch.set_num_threads(threads)
+    predictor = api.load(source, device, precision, tta)
+    return predictor, _bundle_info(meta, run_dir, "pytorch", str(predictor.runtime.device), predictor.runtime.precision)
+
+
+def _bundle_info(meta, run_dir: Path, engine: str, device: str, precision: str) -> dict:
     pre = meta.preprocess.to_dict()
-    return {"name": run_dir.name if run_dir else meta.backbone, "format": "pytorch", "backbone": meta.backbone,
+    return {"name": run_dir.name, "format": "pytorch", "engine": engine, "backbone": meta.backbone,
             "strategy": meta.strategy, "classes": meta.classes, "num_classes": len(meta.classes),
             "preprocess": {k: pre[k] for k in ("input_size", "resize_size", "interpolation", "mean", "std")},
-            "device": str(predictor.runtime.device), "precision": predictor.runtime.precision,
-            "metrics": _run_metrics(run_dir) if run_dir else {}}
+            "device": device, "precision": precision, "metrics": _run_metrics(run_dir)}
 
 
 def _onnx_info(predictor) -> dict:
@@ -77,7 +105,7 @@ def _onnx_info(predictor) -> dict:
             # this file's own accuracy on the run's val images, as `export` measured it
             metrics = {**metrics, "val_acc": artifact["accuracy"], "measured_as": f"export.json ({path.name})"}
     pre = meta["preprocess"]
-    return {"name": path.name, "format": "onnx", "backbone": meta.get("backbone"), "classes": meta["classes"],
+    return {"name": path.name, "format": "onnx", "engine": "onnxruntime", "backbone": meta.get("backbone"), "classes": meta["classes"],
             "num_classes": len(meta["classes"]),
             "preprocess": {k: pre[k] for k in ("input_size", "resize_size", "interpolation", "mean", "std")},
             "device": "cpu", "precision": "int8" if ".int8." in path.name else "fp32", "metrics": metrics}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..config import ServeOptions
 from ..errors import UserError
+from .limits import LOG
 from .model import ServedModel, worker_threads
 
 # How `transferkit serve` hands the model and options to worker processes (they start afresh).
@@ -37,7 +38,8 @@ def serve(model: str | Path, options: ServeOptions | None = None, **kwargs) -> N
     sock = _bind(options.host, options.port)  # a port in use: one line before the model loads
     # Loaded here first, so a bad model is one line before anything answers (each worker loads
     # its own copy again).
-    served = ServedModel(model, options.device, options.precision, options.tta, worker_threads(options.workers))
+    served = ServedModel(model, options.device, options.precision, options.tta, worker_threads(options.workers),
+                         options.engine)
     common = {"host": options.host, "port": options.port, "log_config": _log_config(),
               "access_log": False, "timeout_graceful_shutdown": 10, "server_header": False}
     if options.workers > 1:
@@ -49,14 +51,19 @@ def serve(model: str | Path, options: ServeOptions | None = None, **kwargs) -> N
         config = uvicorn.Config(create_app(served, options), **common)
     port = sock.getsockname()[1]
     shown = f"[{options.host}]" if ":" in options.host else options.host
-    banner = (f"serving {served.info['name']} ({served.info['backbone']}, {len(served.classes)} classes) at "
+    banner = (f"serving {served.info['name']} ({served.info['backbone']}, {len(served.classes)} classes, "
+              f"{served.info['engine']}) at "
               f"http://{shown}:{port}/  (API docs: /docs; {'token required' if options.token else 'no token'}"
               f"{f'; {options.workers} workers' if options.workers > 1 else ''}; Ctrl-C stops)")
     if options.workers > 1:
         from uvicorn.supervisors import Multiprocess
 
         print(banner, file=sys.stderr, flush=True)
-        Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock]).run()
+        import inspect
+
+        # uvicorn before 0.50 or so took the target; later ones build it from the config
+        target = {"target": uvicorn.Server(config).run} if "target" in inspect.signature(Multiprocess).parameters else {}
+        Multiprocess(config, sockets=[sock], **target).run()
     else:
         _Server(config, banner).run(sockets=[sock])
 
@@ -90,7 +97,7 @@ def from_environment():
         raise UserError(f"${ENV} must hold JSON with the model's path, e.g. {{\"model\": \"runs/x\"}} ({exc})") from None
     options = ServeOptions(**values)
     return create_app(ServedModel(model, options.device, options.precision, options.tta,
-                                  worker_threads(options.workers)), options)
+                                  worker_threads(options.workers), options.engine, LOG.info), options)
 
 
 def _bind(host: str, port: int):
