@@ -293,6 +293,27 @@ def _start_server(model, *extra) -> tuple[subprocess.Popen, str]:
     raise AssertionError("the server did not start:\n" + "".join(lines))
 
 
+def test_workers_serve_the_same_model_from_one_command(served):
+    """`--workers 2` on the ONNX file (each worker loads it; torch-free, so quick to start)."""
+    proc, url = _start_server(served["onnx"], "--workers", "2")
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if urllib.request.urlopen(url + "ready", timeout=5).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.2)
+        body = Path(served["images"][0]).read_bytes()
+        for _ in range(4):
+            request = urllib.request.Request(url + "predict", body, {"Content-Type": "image/jpeg"})
+            assert json.loads(urllib.request.urlopen(request, timeout=30).read())["predictions"][0]["label"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    assert proc.returncode == 0
+
+
 @pytest.mark.slow
 def test_the_page_in_headless_chromium_shows_what_predict_says(served, tmp_path):
     """`transferkit serve` for real; the page in Chromium: choose a photo, read the label and
