@@ -25,8 +25,8 @@ class ServedModel:
 
     A run folder's bundle runs on `engine`: "auto" converts it to ONNX once (cached, checked
     against PyTorch: `convert`) and runs it with ONNX Runtime when it is served on a CPU, and
-    with PyTorch on a GPU or where the conversion fails (`say` tells why, and when it converts); "torch" and "onnx"
-    force one. An .onnx file always runs on ONNX Runtime, and torch is not imported.
+    with PyTorch on a GPU or where the conversion fails (`say` tells why, and when it
+    converts); "torch" and "onnx" force one. An .onnx file always runs on ONNX Runtime, and torch is not imported.
     `threads`: the model's intra-op threads (0: the library's default, one per core); several
     workers share the cores."""
 

@@ -4,11 +4,16 @@ model, behind the safety checks of `ServeOptions` (loopback unless a token or --
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import os
+import socket
 import sys
 from dataclasses import asdict
 from pathlib import Path
+
+import uvicorn
+from uvicorn.supervisors import Multiprocess
 
 from ..config import ServeOptions
 from ..errors import UserError
@@ -29,9 +34,10 @@ def serve(model: str | Path, options: ServeOptions | None = None, **kwargs) -> N
         UserError: the model does not load, an option is wrong, or a non-loopback host without
             --token or --no-auth.
 
-    Example: ``transferkit.serve("runs/flowers", port=8080)``"""
-    import uvicorn
+    With `workers` > 1 the model and options reach the worker processes through the environment
+    variable TRANSFERKIT_SERVE, set in this process.
 
+    Example: ``transferkit.serve("runs/flowers", port=8080)``"""
     from .app import create_app
 
     options = options or ServeOptions(**kwargs)
@@ -56,32 +62,26 @@ def serve(model: str | Path, options: ServeOptions | None = None, **kwargs) -> N
               f"http://{shown}:{port}/  (API docs: /docs; {'token required' if options.token else 'no token'}"
               f"{f'; {options.workers} workers' if options.workers > 1 else ''}; Ctrl-C stops)")
     if options.workers > 1:
-        from uvicorn.supervisors import Multiprocess
-
         print(banner, file=sys.stderr, flush=True)
-        import inspect
-
-        # uvicorn before 0.50 or so took the target; later ones build it from the config
+        # older uvicorn releases take the target; newer ones build it from the config
         target = {"target": uvicorn.Server(config).run} if "target" in inspect.signature(Multiprocess).parameters else {}
         Multiprocess(config, sockets=[sock], **target).run()
     else:
         _Server(config, banner).run(sockets=[sock])
 
 
-class _Server:
+class _Server(uvicorn.Server):
     """uvicorn's server, saying where it listens once it does (not before: a client that reads
     the line may connect at once)."""
 
-    def __new__(cls, config, banner: str):
-        import uvicorn
+    def __init__(self, config: uvicorn.Config, banner: str):
+        super().__init__(config)
+        self.banner = banner
 
-        class Server(uvicorn.Server):
-            async def startup(self, sockets=None) -> None:
-                await super().startup(sockets)
-                if self.started:
-                    print(banner, file=sys.stderr, flush=True)
-
-        return Server(config)
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            print(self.banner, file=sys.stderr, flush=True)
 
 
 def from_environment():
@@ -103,8 +103,6 @@ def from_environment():
 def _bind(host: str, port: int):
     """The listening socket, bound here (uvicorn's own binding announces "running" before the
     application has started); a port in use or not allowed is one line."""
-    import socket
-
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # proto set: asyncio then turns on TCP_NODELAY
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -119,8 +117,6 @@ def _bind(host: str, port: int):
 
 def _log_config() -> dict:
     """uvicorn's logging, plus our one line per request on the same handler."""
-    from uvicorn.config import LOGGING_CONFIG
-
-    config = copy.deepcopy(LOGGING_CONFIG)
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     config["loggers"]["transferkit.serve"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
     return config
