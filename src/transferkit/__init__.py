@@ -13,7 +13,7 @@ from .errors import UserError  # noqa: E402
 
 # Imported on first use (PEP 562), so that torch-free parts (ONNX Runtime prediction from
 # `transferkit predict model.onnx`) work where torch is not installed.
-_LAZY = {"train": "api", "load": "api", "evaluate": "api", "export": "api", "report": "api", "Run": "api",
+_LAZY = {"train": "api", "doctor": "api", "load": "api", "evaluate": "api", "export": "api", "report": "api", "Run": "api",
          "Predictor": "prediction.torch_predictor", "TrainConfig": "config", "serve": "serving.server",
          "create_app": "serving.app"}
 
@@ -26,5 +26,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["train", "load", "evaluate", "export", "report", "serve", "create_app", "Run", "Predictor", "TrainConfig",
+__all__ = ["train", "doctor", "load", "evaluate", "export", "report", "serve", "create_app", "Run", "Predictor", "TrainConfig",
            "UserError", "__version__"]

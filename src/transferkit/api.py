@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 
 from .cache import Cache
-from .config import ExportOptions, LRFindOptions, PredictOptions, SummaryOptions, TrainConfig
+from .config import DoctorOptions, ExportOptions, LRFindOptions, PredictOptions, SummaryOptions, TrainConfig
 from .console import Console
 from .errors import UserError
 from .evaluation.worker import Worker
 from .files import claim_out, fresh_dir
 from .training.result import Run
 
-__all__ = ["Run", "train", "lr_find", "load", "evaluate", "export", "report", "summary", "cache_usage",
+__all__ = ["Run", "train", "lr_find", "load", "evaluate", "export", "report", "summary", "doctor", "cache_usage",
            "clear_cache"]
 
 
@@ -184,6 +184,19 @@ def summary(model: str, num_classes: int = 1000, input_size: int | None = None,
     stats = torchinfo.summary(net, input_size=(1, 3, size, size), depth=options.depth, verbose=0,
                               col_names=("output_size", "num_params", "trainable"))
     return f"{spec.name} for {options.num_classes} classes, input {size}x{size}, strategy {options.strategy}\n{stats}"
+
+
+def doctor(data: str | Path, console: Console | None = None, **options) -> dict:
+    """Check the dataset DATA for duplicates and train/val leakage, images with two labels, likely
+    label errors, outliers, imbalance and bad images; write doctor.json and doctor.html (and with
+    ``write_exclude=FILE`` the files to leave out). Returns the report (``report["out"]``: the
+    folder). Options: `config.DoctorOptions`. Nothing in DATA is changed.
+
+    Example: ``transferkit.doctor("data")["label_issues"][:5]``"""
+    from .doctor.diagnose import diagnose
+
+    options = DoctorOptions(**options)
+    return diagnose(data, options, console or Console(options.quiet))
 
 
 def cache_usage(cache_dir: str | None = None) -> tuple[Path, int, int]:

@@ -9,6 +9,7 @@
     <root>/teacher/<teacher key>/...<image key>.e<epoch>             distillation: teacher logits per view
     <root>/datasets/cifar10-<key>/                                    CIFAR-10 batches as PNG class folders
     <root>/serving/<bundle key>.onnx                                  a bundle converted for serving on CPU
+    <root>/images/v<version>/<image key[:2]>/<image key>.sha|.props   an image's content hash and pixel statistics (doctor)
 
 Every entry is a checksummed blob (`files.write_checked`): a truncated or corrupted entry is
 detected and recomputed, never trusted. Keys carry what the content depends on: a model key the
@@ -38,7 +39,7 @@ _ARRAY, _ERROR = b"TKF1", b"TKE1"
 MARKER = "CACHEDIR.TAG"
 _TAG = ("Signature: 8a477f597d28d172789f06886806bc55\n"
         "# This file marks the transferkit cache (features, decoded images); see `transferkit cache`.\n")
-SUBFOLDERS = ("features", "decoded", "teacher", "datasets", "serving")  # all that the cache writes
+SUBFOLDERS = ("features", "decoded", "teacher", "datasets", "serving", "images")  # all that the cache writes
 
 
 def default_dir() -> Path:
@@ -145,6 +146,10 @@ class Cache:
     def datasets(self) -> Path:
         """Datasets converted to image folders (CIFAR-10's python batches)."""
         return self.root / "datasets"
+
+    def image_facts(self) -> ArrayCache:
+        """Per image: the sha256 of its bytes and its pixel statistics (`doctor.images`)."""
+        return ArrayCache(self.root / "images" / f"d{DECODER_VERSION}-v{FORMAT_VERSION}")
 
     def serving_model(self, ident: dict) -> Path:
         """A bundle converted to ONNX for `transferkit serve` on CPU; `ident`: what it was built from

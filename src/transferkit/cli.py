@@ -9,7 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from . import config
-from .config import ExportOptions, LRFindOptions, PredictOptions, ServeOptions, SummaryOptions, TrainConfig
+from .config import DoctorOptions, ExportOptions, LRFindOptions, PredictOptions, ServeOptions, SummaryOptions, TrainConfig
 from .errors import Terminated, UserError, os_error_line
 
 _TYPES = {"int": int, "float": float, "str": str}
@@ -102,6 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
     add_options(p, PredictOptions)
     p.add_argument("--output", help="preds.csv or preds.json (default: CSV on stdout)")
+
+    p = sub.add_parser("doctor", help="find what is wrong with a dataset before training on it",
+                       description="Exact and near duplicates (and train/val leakage), images with two labels, "
+                                   "likely label errors (cleanlab), outliers, class balance, blank, dark, tiny or "
+                                   "greyscale images and unreadable files. Prints a summary; writes doctor.json and "
+                                   "doctor.html. Uses train's feature cache: a doctor after a train (or before) "
+                                   "extracts nothing twice. Nothing in DATA is changed.")
+    p.add_argument("data", help="dataset folder")
+    add_options(p, DoctorOptions)
 
     p = sub.add_parser("serve", help="serve a model over HTTP: an API and a web page",
                        description="The web page at /, POST /predict (multipart files or a raw image body, "
@@ -231,6 +240,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from . import api
+
+    report = api.doctor(args.data, **_options(args, DoctorOptions))
+    print(f"report: {Path(report['out']) / 'doctor.html'}")
+    if getattr(args, "write_exclude", None):
+        print(f"files to leave out: {args.write_exclude} (train --exclude {args.write_exclude})")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .serving.server import serve
 
@@ -295,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_train(args, started)
         handlers = {"lr-find": cmd_lr_find, "eval": cmd_eval, "predict": cmd_predict, "models": cmd_models,
                     "summary": cmd_summary, "cache": cmd_cache, "report": cmd_report, "export": cmd_export,
-                    "serve": cmd_serve}
+                    "serve": cmd_serve, "doctor": cmd_doctor}
         return handlers[args.command](args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

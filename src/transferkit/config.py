@@ -98,6 +98,8 @@ class TrainConfig:
     features: str | None = opt(None, "the head's input: last (the backbone's pooled output) | multi (plus earlier "
                                "stages' pooled activations, same forward pass) | auto (whichever cross-validates "
                                "better on the training images)", choices=FEATURES)
+    exclude: str | None = opt(None, "file of image paths to leave out, one per line (# starts a comment), e.g. "
+                              "written by `transferkit doctor --write-exclude`")
     cache_dir: str | None = opt(None, "feature/decode cache (default: $TRANSFERKIT_CACHE or ~/.cache/transferkit)")
     no_cache: bool = opt(False, "compute features in a temporary cache, leave the user's cache alone")
     no_report: bool = opt(False, "skip the plots and report.html (about 0.45 s of a warm run; "
@@ -329,6 +331,28 @@ class ServeOptions:
             raise UserError(f"--host {self.host} lets other machines reach the model: give --token (or set "
                             "$TRANSFERKIT_TOKEN) so that only callers who know it may use it, or --no-auth "
                             "to serve it to anyone")
+
+
+@dataclass
+class DoctorOptions:
+    """Options of `transferkit doctor`."""
+
+    model: str = opt("efficientnet_lite0", "backbone whose features compare the images (train's default: the "
+                     "features are shared with train through the cache)")
+    out: str | None = opt(None, "folder for doctor.json and doctor.html (default: a new runs/doctor-<data> folder)")
+    write_exclude: str | None = opt(None, "write the files it would leave out to this file, one per line, for "
+                                    "`train --exclude`")
+    near_threshold: float = opt(0.90, "cosine similarity of two images' features from which they are near "
+                                "duplicates", low=0, high=1, low_open=True)
+    val_fraction: float = opt(0.2, "share held out for validation without a val/ folder (as train: the same split)",
+                              low=0, high=1, low_open=True, high_open=True)
+    seed: int = opt(0, "the split's seed (as train's)", low=0, high=2**31 - 1)
+    cache_dir: str | None = opt(None, "cache folder [default: $TRANSFERKIT_CACHE or ~/.cache/transferkit]")
+    workers: int | None = opt(None, "decoding processes (None: as train)", low=0, high=64)
+    quiet: bool = opt(False, "print only the summary")
+
+    def __post_init__(self) -> None:
+        check_values(self)
 
 
 @dataclass

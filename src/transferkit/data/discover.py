@@ -28,6 +28,14 @@ class DatasetSplit:
     val_source: str  # "folder" (DATA/val) or "split" (stratified split of the train files)
     skipped: list[dict] = field(default_factory=list)  # {path, reason}
     image_size: int | None = None  # the images' native size where the format fixes it (CIFAR: 32)
+    excluded: dict | None = None  # train --exclude: {file, images left out, paths listed but not found}
+
+    def excluding(self, paths: set[str], source: str) -> "DatasetSplit":
+        """This split less the files listed in `source` (train --exclude), recorded."""
+        found = {s.path for s in self.train + self.val} & paths
+        return replace(self, train=[s for s in self.train if s.path not in paths],
+                       val=[s for s in self.val if s.path not in paths],
+                       excluded={"file": source, "images": len(found), "not_found": len(paths) - len(found)})
 
     def without(self, bad: dict[str, str]) -> "DatasetSplit":
         """This split less the unreadable files (path -> reason), which are listed as skipped."""

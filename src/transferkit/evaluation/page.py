@@ -76,6 +76,19 @@ figure{margin:1em 0}figure img{max-width:100%}figcaption{color:#666;font-size:.9
 """
 
 
+def _health(health: dict | None) -> str:
+    """The "Data health" section: what train's own checks found (doctor.health)."""
+    if not health:
+        return ""
+    e = html.escape
+    found = (f"{health['leakage']} val image(s) are copies or near copies of training images (leakage: the val accuracy "
+             f"overstates the model); {health['two_labels']} image(s) are in two classes.")
+    rows = [[p["kind"], f"{p['similarity']:.3f}", p["a"], p["b"]] for p in health["pairs"]]
+    table = _table(["kind", "similarity", "image", "copy"], rows) if rows else ""
+    return (f"<h2>Data health</h2><p>{e(found)} For duplicates within a class, likely label errors, outliers and bad "
+            f"images: <code>{e(health['command'])}</code></p>{table}")
+
+
 def report_html(run_dir: Path, summary: dict, wrong: list[dict], confusion_note: str) -> str:
     """One self-contained page: settings, metrics, plots, misclassified images (all embedded)."""
     e = html.escape
@@ -100,6 +113,7 @@ def report_html(run_dir: Path, summary: dict, wrong: list[dict], confusion_note:
     more = (f'<p class="note">{len(wrong) - REPORT_THUMBS} more in misclassified.csv</p>'
             if len(wrong) > REPORT_THUMBS else "")
     skipped = summary.get("skipped_files") or []
+    health = _health(summary.get("data_health"))
     plots = "".join(_img_tag(run_dir / name, caption) for name, caption in [
         ("curves.png", "training curves"),
         ("confusion_matrix.png", f"confusion matrix, counts: {confusion_note}"),
@@ -122,6 +136,7 @@ def report_html(run_dir: Path, summary: dict, wrong: list[dict], confusion_note:
 <h2>Most confused</h2>{_table(["actual", "predicted", "images"], confused, "confused") if confused else "<p>none</p>"}
 <h2>Plots</h2>{plots}
 <h2>Misclassified images ({len(wrong)})</h2><div class="thumbs">{"".join(thumbs) or "<p>none</p>"}</div>{more}
+{health}
 {"<h2>Skipped files</h2>" + _table(["path", "reason"], [[s["path"], s["reason"]] for s in skipped]) if skipped else ""}
 <h2>Settings</h2>{_table(["setting", "value"], settings, "settings")}
 </body></html>

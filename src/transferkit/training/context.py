@@ -57,6 +57,10 @@ class CachedFeatures:
             pre, cache, seed, batch_size=32, workers=workers, multi=multi)
         self._features: Features | None = None
 
+    def computed(self) -> Features | None:
+        """The features if a strategy asked for them, else None (nothing is extracted here)."""
+        return self._features
+
     def get(self, ctx: "Context") -> Features:
         if self._features is None:
             self._features = self._compute(ctx)

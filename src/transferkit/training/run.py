@@ -24,6 +24,7 @@ from ..files import claim_out, fresh_dir, write_json
 from ..models import backbones, bundle
 from ..models.classifier import LazyClassifier, identify_weights
 from ..runtime import Runtime, default_workers
+from ..doctor.health import quick_health, warnings as health_warnings
 from .checkpoint import load_checkpoint
 from .context import CachedFeatures, Context, Outcome
 from .result import Run
@@ -44,6 +45,10 @@ def train(cfg: TrainConfig, console: Console, worker: Worker, started: float, ch
             f"({ctx.split.val_source} validation), {runtime.device.type} {runtime.precision}"
         )
         outcome = ctx.strategy.run(ctx)
+        health = quick_health(outcome.split, ctx.features.computed() if ctx.features is not None else None, cache,
+                              cfg.data)
+    for line in health_warnings(health):
+        console.warn(line)
     for item in outcome.split.skipped:
         console.warn(f"skipped {item['path']}: {item['reason']}")
     val_counts = np.bincount([s.label for s in outcome.split.val], minlength=len(outcome.split.classes))
@@ -62,7 +67,7 @@ def train(cfg: TrainConfig, console: Console, worker: Worker, started: float, ch
                              ctx.models.info.source, ctx.models.info.sha256, ctx.models.stem,
                              features=outcome.features)
     bundle.save(run_dir, outcome.state, meta)
-    results = write_outputs(run_dir, outcome, runtime, started, worker)
+    results = write_outputs(run_dir, outcome, runtime, started, worker, health)
     console.info(metrics.format_table(results["metrics"]))
     kept = (f"logistic regression, {outcome.fit.best_epoch} L-BFGS iterations" if outcome.fit.unit == "iteration"
             else f"best epoch {results['best_epoch']}/{len(outcome.fit.history)}")
@@ -98,6 +103,13 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
     spec = backbones.get(cfg.model)
     runtime = Runtime.create(cfg.device, cfg.precision)
     split = discover(cfg.data, cfg.val_fraction, cfg.seed, cache.datasets())
+    if cfg.exclude:
+        from ..doctor.diagnose import read_exclude
+
+        split = split.excluding(read_exclude(cfg.exclude), str(Path(cfg.exclude).expanduser().absolute()))
+        console.info(f"left out {split.excluded['images']} image(s) listed in {cfg.exclude}"
+                     + (f" ({split.excluded['not_found']} listed path(s) not in the dataset)"
+                        if split.excluded["not_found"] else ""))
     # Without pretrained weights, images of a fixed small size (CIFAR) are used at that size.
     size = cfg.image_size or (split.image_size if cfg.weights == "none" else None)
     upscaled = size is None and strategy.trains not in ("head", "chosen") and cfg.weights != "none"
@@ -238,13 +250,14 @@ def _remove_earlier_run(run_dir: Path) -> None:
             shutil.rmtree(folder)
 
 
-def write_outputs(run_dir: Path, outcome: Outcome, runtime: Runtime, started: float, worker: Worker) -> dict:
+def write_outputs(run_dir: Path, outcome: Outcome, runtime: Runtime, started: float, worker: Worker,
+                  health: dict | None = None) -> dict:
     """results.json, metrics.csv, split.json, and by `worker` the evaluation files and (unless
     --no-report) the report."""
     cfg, split, fit = outcome.cfg, outcome.split, outcome.fit
     y_val = np.array([s.label for s in split.val], dtype=np.int64)
     summary = worker.write_evaluation(run_dir, [s.path for s in split.val], y_val, outcome.val_logits.float().numpy(),
-                              split.classes, {"skipped_files": split.skipped})
+                              split.classes, {"skipped_files": split.skipped, "data_health": health})
     metrics.write_history_csv(run_dir / "metrics.csv", fit.history, fit.unit)  # config.yaml is already there
     write_json(run_dir / "split.json", {
         "val_source": split.val_source, "seed": cfg.seed, "val_fraction": cfg.val_fraction,
@@ -271,6 +284,8 @@ def write_outputs(run_dir: Path, outcome: Outcome, runtime: Runtime, started: fl
         "num_val": len(split.val),
         "val_source": split.val_source,
         "skipped_files": split.skipped,
+        "excluded": split.excluded,
+        "data_health": health,
         "device": runtime.device.type,
         "precision": runtime.precision,
         "metrics": summary,

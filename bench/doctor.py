@@ -1,0 +1,146 @@
+"""Doctor benchmark: known problems injected into a copy of each shared dataset, then
+`transferkit doctor` on it, cold (empty cache) and warm; precision and recall per kind.
+
+    python bench/doctor.py [--datasets hymenoptera_data,flower_photos_small]
+
+Injected into the copy (nothing of ../shared is changed): 5% of the training images moved to
+another class (flipped labels); 20 exact copies of training images placed in val (same class);
+20 near copies in val (5 each: JPEG quality 50, resized to 0.7x, cropped to the central 90%,
+mirrored); 5 blank or very dark images among the training images. The clean dataset is
+checked first: what doctor finds there is listed (not counted as false) and the pairs it already
+holds are not held against the injected ones. Not a test: numbers depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "assets" / "datasets"
+
+
+def inject(src: Path, dst: Path, seed: int = 0) -> dict:
+    """Copy `src` to `dst` with the problems injected; returns what was injected (paths in dst)."""
+    rng = random.Random(seed)
+    shutil.copytree(src, dst)
+    classes = sorted(p.name for p in (dst / "train").iterdir() if p.is_dir())
+    train = sorted(p for p in (dst / "train").rglob("*") if p.is_file() and p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    picked = rng.sample(train, len(train) // 20 + 40)
+    flipped = []
+    for path in picked[:len(train) // 20]:
+        other = rng.choice([c for c in classes if c != path.parent.name])
+        target = dst / "train" / other / f"flipped_{path.name}"
+        path.rename(target)
+        flipped.append(str(target))
+    pairs = []
+    for n, path in enumerate(picked[len(train) // 20:len(train) // 20 + 20]):
+        copy = dst / "val" / path.parent.name / f"exact_{n}_{path.name}"
+        shutil.copyfile(path, copy)
+        pairs.append((str(path), str(copy), "exact"))
+    for n, path in enumerate(picked[len(train) // 20 + 20:]):
+        how = ("jpeg50", "resize0.7", "crop0.9", "flip")[n % 4]
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im).convert("RGB")
+            if how == "resize0.7":
+                im = im.resize((int(im.width * 0.7), int(im.height * 0.7)), Image.BICUBIC)
+            elif how == "crop0.9":
+                w, h = im.width, im.height
+                im = im.crop((int(w * 0.05), int(h * 0.05), int(w * 0.95), int(h * 0.95)))
+            elif how == "flip":
+                im = ImageOps.mirror(im)
+            copy = dst / "val" / path.parent.name / f"near_{how}_{n}_{path.stem}.jpg"
+            im.save(copy, quality=50 if how == "jpeg50" else 90)
+        pairs.append((str(path), str(copy), how))
+    bad = []
+    for n in range(5):
+        level = (0, 8, 128, 250, 3)[n]
+        arr = Image.new("RGB", (320, 240), (level,) * 3)
+        target = dst / "train" / classes[n % len(classes)] / f"blank_{n}.png"
+        arr.save(target)
+        bad.append(str(target))
+    return {"flipped": flipped, "pairs": pairs, "bad": bad}
+
+
+def doctor(data: Path, out: Path, cache: Path) -> tuple[dict, float, float]:
+    started, cpu = time.perf_counter(), os.times()
+    proc = subprocess.run([sys.executable, "-m", "transferkit", "doctor", str(data), "--out", str(out),
+                           "--cache-dir", str(cache), "--quiet"], capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(proc.stderr[-3000:])
+    after = os.times()
+    return (json.loads((out / "doctor.json").read_text()), time.perf_counter() - started,
+            after.children_user + after.children_system - cpu.children_user - cpu.children_system)
+
+
+def pairs_of(report: dict) -> set[frozenset]:
+    return {frozenset((p["a"]["path"], p["b"]["path"])) for k in ("exact_duplicates", "near_duplicates") for p in report[k]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", default="hymenoptera_data,flower_photos_small")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="tk-doctor-bench-"))
+    for name in args.datasets.split(","):
+        src = SHARED / name
+        cache = work / f"cache-{name}"
+        clean, t_clean, _ = doctor(src, work / f"clean-{name}", cache)
+        print(f"\n== {name}: {clean['images']} images, clean: {len(clean['exact_duplicates'])} exact and "
+              f"{len(clean['near_duplicates'])} near duplicate pairs, {len(clean['label_issues'])} label suspects, "
+              f"{len(clean['outliers'])} outliers, "
+              + ", ".join(f"{len(v)} {k}" for k, v in clean["image_issues"].items() if v))
+        for kind in ("exact_duplicates", "near_duplicates"):
+            for p in clean[kind]:
+                print(f"   clean {kind}: {p['kind']} {p['similarity']:.3f} {p['a']['path']} | {p['b']['path']}")
+        for x in clean["label_issues"]:
+            print(f"   clean label suspect: {x['path']} ({x['label']} -> {x['suggested']}, score {x['score']})")
+        for x in clean["outliers"]:
+            print(f"   clean outlier: {x['path']} (z {x['z']})")
+        for kind, items in clean["image_issues"].items():
+            for x in items:
+                print(f"   clean {kind}: {x['path']} ({x['detail']})")
+        data = work / f"injected-{name}"
+        truth = inject(src, data)
+        cache2 = work / f"cache2-{name}"
+        report, cold, cold_cpu = doctor(data, work / f"out-{name}", cache2)
+        _, warm, warm_cpu = doctor(data, work / f"out2-{name}", cache2)
+        found = pairs_of(report)
+        injected = {frozenset(p[:2]) for p in truth["pairs"]}
+        hit = injected & found
+        # pairs of the clean data found again (under their paths in the copy) are not false
+        relocated = {frozenset(str(data / Path(x).relative_to(src)) for x in pair) for pair in pairs_of(clean)}
+        false = found - injected - relocated
+        missed = [p for p in truth["pairs"] if frozenset(p[:2]) not in found]
+        suspects = {x["path"] for x in report["label_issues"]}
+        flipped = set(truth["flipped"])
+        bad_found = {x["path"] for k in ("blank", "dark") for x in report["image_issues"].get(k, [])}
+        sims = {frozenset((p["a"]["path"], p["b"]["path"])): p["similarity"] for k in ("exact_duplicates", "near_duplicates")
+                for p in report[k]}
+        print(f"duplicates (20 exact + 20 near, across train/val): recall {len(hit) / len(injected):.3f} "
+              f"({len(hit)}/{len(injected)}), false pairs {len(false)}")
+        for p in missed:
+            print(f"   missed {p[2]}: {p[1]}")
+        for pair in sorted(false, key=lambda q: sorted(q)):
+            print(f"   false pair {sims[pair]:.3f}: {' | '.join(sorted(pair))}")
+        for how in ("exact", "jpeg50", "resize0.7", "crop0.9", "flip"):
+            got = [sims.get(frozenset(p[:2])) for p in truth["pairs"] if p[2] == how]
+            print(f"   {how:<9} similarities: {', '.join('missed' if s is None else f'{s:.3f}' for s in got)}")
+        print(f"flipped labels ({len(flipped)}): recall {len(flipped & suspects) / len(flipped):.3f}, precision "
+              f"{len(flipped & suspects) / max(len(suspects), 1):.3f} ({len(suspects)} flagged)")
+        print(f"blank/dark images: {len(set(truth['bad']) & bad_found)}/{len(truth['bad'])} found")
+        print(f"doctor wall time: cold {cold:.1f} s (CPU {cold_cpu:.1f} s), warm {warm:.1f} s (CPU {warm_cpu:.1f} s)")
+    print(f"\nfiles: {work}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""`transferkit doctor DATA`: every check on a dataset, from the features `train` caches (the
+same backbone, preprocessing and split, so neither extracts anything the other did), and the
+cheap part of it that `train` runs on its own features (`quick_health`)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from ..cache import Cache
+from ..config import DoctorOptions
+from ..console import Console
+from ..errors import UserError
+from ..files import atomic_write, check_output_file, claim_out, fresh_dir
+from . import checks, images
+
+KINDS = ("unreadable", "exact_duplicates", "near_duplicates", "label_issues", "outliers", "image_issues", "balance")
+
+
+def diagnose(data: str | Path, options: DoctorOptions | None = None, console: Console | None = None) -> dict:
+    """Check DATA; write doctor.json and doctor.html into `options.out` (and the exclude list when
+    asked); return the report (with "out": the folder)."""
+    from ..data.discover import discover
+
+    options, console = options or DoctorOptions(), console or Console()
+    started = time.perf_counter()
+    if options.write_exclude:
+        check_output_file(options.write_exclude, "--write-exclude")
+    cache = Cache(options.cache_dir).prepare()
+    data = Path(data).expanduser().absolute()
+    split = discover(data, options.val_fraction, options.seed, cache.datasets())
+    out = _out_dir(options.out, data)
+    features = _features(split, options, cache, console)
+    samples = features.split.train + features.split.val
+    paths = [s.path for s in samples]
+    labels = np.array([s.label for s in samples])
+    splits = np.array(["train"] * len(features.split.train) + ["val"] * len(features.split.val))
+    last = features.widths.get("last", features.x_train.shape[1])
+    emb = np.concatenate([features.x_train[:len(features.split.train), :last].numpy(),
+                          features.x_val[:, :last].numpy()]).astype(np.float32)
+    hashes, props = images.read_all(paths, cache.image_facts())
+    timings = {"features_s": round(time.perf_counter() - started, 2)}
+    found = find_all(emb, labels, splits, hashes, props, len(split.classes), options.near_threshold, options.seed)
+    report = _report(data, options, features.split, paths, labels, splits, found, timings)
+    timings["total_s"] = round(time.perf_counter() - started, 2)
+    atomic_write(out / "doctor.json", (json.dumps(report, indent=2) + "\n").encode())
+    from .page import write_page
+
+    write_page(out / "doctor.html", report)
+    if options.write_exclude:
+        atomic_write(options.write_exclude, exclude_text(report).encode())
+    report["out"] = str(out)
+    for line in summary_lines(report):
+        console.info(line) if not line.startswith("!") else console.warn(line[1:])
+    return report
+
+
+def find_all(emb, labels, splits, hashes, props, num_classes: int, near_threshold: float, seed: int) -> dict:
+    """Every check's findings, by kind (indices into the samples)."""
+    exact = checks.exact_duplicates(hashes, labels, splits)
+    sims, idx = checks.neighbours(emb)
+    counts = np.bincount(labels, minlength=num_classes)
+    folds = int(min(5, counts.min()))
+    if folds >= 2:
+        probs = checks.out_of_fold_probabilities(emb, labels, num_classes, folds, seed)
+        label_issues = checks.label_issues(probs, labels)
+    else:
+        label_issues = []
+    return {"exact_duplicates": exact,
+            "near_duplicates": checks.near_duplicates(sims, idx, labels, splits, exact, near_threshold),
+            "label_issues": label_issues, "outliers": checks.outliers(sims),
+            "image_issues": checks.image_issues(props),
+            "label_folds": folds}
+
+
+def _report(data: Path, options: DoctorOptions, split, paths, labels, splits, found: dict, timings: dict) -> dict:
+    classes = split.classes
+
+    def who(i: int) -> dict:
+        return {"path": paths[i], "label": classes[labels[i]], "split": str(splits[i])}
+
+    def pairs(items):
+        return [{"kind": p["kind"], "similarity": p["similarity"], "a": who(p["a"]), "b": who(p["b"])} for p in items]
+
+    return {
+        "data": str(data), "model": options.model, "images": len(paths), "classes": classes,
+        "val_source": split.val_source,
+        "thresholds": {"near_duplicate_cosine": options.near_threshold, "outlier_z": checks.OUTLIER_Z,
+                       "small_class": checks.SMALL_CLASS},
+        "unreadable": split.skipped,
+        "exact_duplicates": pairs(found["exact_duplicates"]),
+        "near_duplicates": pairs(found["near_duplicates"]),
+        "label_issues": [{**who(f["i"]), "suggested": classes[f["suggested"]], "score": f["score"]}
+                         for f in found["label_issues"]],
+        "label_issue_folds": found["label_folds"],
+        "outliers": [{**who(f["i"]), "distance": f["distance"], "z": f["z"]} for f in found["outliers"]],
+        "image_issues": {kind: [{**who(f["i"]), "detail": f["detail"]} for f in items]
+                         for kind, items in found["image_issues"].items()},
+        "balance": checks.balance(labels, splits, classes),
+        "timings": timings,
+    }
+
+
+def summary_lines(report: dict) -> list[str]:
+    """One line per kind of problem with its count and the worst examples ("!" first: a warning)."""
+    def names(items, key=lambda x: x["path"]):
+        shown = [Path(key(x)).name for x in items[:3]]
+        return ": " + ", ".join(shown) + (", ..." if len(items) > 3 else "") if shown else ""
+
+    lines = [f"{report['images']} images in {len(report['classes'])} classes ({report['val_source']} validation)"]
+    for kind, label in (("exact_duplicates", "exact duplicates"), ("near_duplicates", "near duplicates")):
+        items = report[kind]
+        by = {k: [p for p in items if p["kind"] == k] for k in ("leakage", "two labels", "within class")}
+        lines.append(f"{'!' if by['leakage'] or by['two labels'] else ''}{label}: {len(items)} pair(s) "
+                     f"({len(by['leakage'])} across train/val, {len(by['two labels'])} with two labels, "
+                     f"{len(by['within class'])} within a class)" + names(items, lambda p: p["b"]["path"]))
+    issues = report["label_issues"]
+    lines.append(f"likely label errors: {len(issues)}" + ", ".join(
+        [":"] + [f" {Path(x['path']).name} ({x['label']} -> {x['suggested']}?)" for x in issues[:3]])[1:]
+        if issues else "likely label errors: 0")
+    lines.append(f"outliers: {len(report['outliers'])}" + names(report["outliers"]))
+    for kind, items in report["image_issues"].items():
+        if items:
+            lines.append(f"{kind.replace('_', ' ')} images: {len(items)}" + names(items))
+    if report["unreadable"]:
+        lines.append(f"!unreadable files: {len(report['unreadable'])}" + names(report["unreadable"]))
+    b = report["balance"]
+    lines.append(f"balance: largest/smallest class {b['max_min_ratio']:g}x" +
+                 (f"; small classes: {', '.join(b['small_classes'])}" if b["small_classes"] else ""))
+    lines += [f"  remedy: {r}" for r in b["remedies"]]
+    return lines
+
+
+def exclude_text(report: dict) -> str:
+    """The files doctor would leave out, for `train --exclude`: the second file of each duplicate
+    pair (the val copy of a leak), both files of an image with two labels, likely label errors,
+    outliers and blank images. One path per line, each after a comment saying why."""
+    chosen: dict[str, str] = {}
+    for kind in ("exact_duplicates", "near_duplicates"):
+        for p in report[kind]:
+            if p["kind"] == "two labels":
+                chosen.setdefault(p["a"]["path"], f"{kind}: also labelled {p['b']['label']} ({p['b']['path']})")
+                chosen.setdefault(p["b"]["path"], f"{kind}: also labelled {p['a']['label']} ({p['a']['path']})")
+            else:
+                dropped, kept = (p["a"], p["b"]) if p["a"]["split"] == "val" and p["b"]["split"] == "train" else (p["b"], p["a"])
+                chosen.setdefault(dropped["path"], f"{kind} ({p['kind']}) of {kept['path']}")
+    for x in report["label_issues"]:
+        chosen.setdefault(x["path"], f"likely label error: labelled {x['label']}, looks like {x['suggested']}")
+    for x in report["outliers"]:
+        chosen.setdefault(x["path"], f"outlier (z {x['z']})")
+    for x in report["image_issues"].get("blank", []):
+        chosen.setdefault(x["path"], f"blank: {x['detail']}")
+    lines = [f"# transferkit doctor {report['data']}: {len(chosen)} file(s) to leave out (train --exclude THIS_FILE)"]
+    for path, why in chosen.items():
+        lines += [f"# {why}", path]
+    return "\n".join(lines) + "\n"
+
+
+def read_exclude(path: str | Path) -> set[str]:
+    """The absolute paths listed in an exclude file (comments and blank lines skipped)."""
+    try:
+        text = Path(path).expanduser().read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"--exclude {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"--exclude {path} is not a text file of paths") from None
+    return {str(Path(line.strip()).expanduser().absolute()) for line in text.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")}
+
+
+def _out_dir(out: str | None, data: Path) -> Path:
+    if out is not None:
+        target = Path(out).expanduser().absolute()
+        if target == data or data in target.parents:
+            raise UserError(f"--out {out} is inside the dataset {data}: its files would be taken for images")
+        return claim_out(target, ("doctor.json", "doctor.html"), "a doctor folder")
+    target = Path("runs") / f"doctor-{data.name}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return fresh_dir(target)
+
+
+def _features(split, options: DoctorOptions, cache: Cache, console: Console):
+    """The split's features as `train` (default strategy) extracts and caches them."""
+    from ..models import backbones
+    from ..models.classifier import LazyClassifier, identify_weights
+    from ..runtime import Runtime, default_workers
+    from ..training.context import CachedFeatures
+    from ..training.run import _features_key
+
+    spec = backbones.get(options.model)
+    runtime = Runtime.create("auto", "auto")
+    pre = spec.with_input_size(None)  # the linear default: the backbone's own size
+    weights = identify_weights(spec, "imagenet")
+    key = _features_key(spec, "standard", weights.sha256, pre, runtime)
+    multi = spec.has_multi_layer  # as train's default (--features auto): one pass serves both
+    workers = default_workers() if options.workers is None else options.workers
+    cached = CachedFeatures(split, pre, cache.features(key), 0, options.seed, max(1, workers), multi)
+    models = LazyClassifier(spec, len(split.classes), "imagenet", 0.0, cache.backbone_file(key), "standard",
+                            "multi" if multi else "last")
+    return cached.get(SimpleNamespace(models=models, pre=pre, runtime=runtime, console=console))

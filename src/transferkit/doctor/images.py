@@ -1,0 +1,71 @@
+"""Per image: its content hash (exact duplicates) and a few properties of its pixels (size,
+brightness, contrast, colour), read once and cached under the image's key (path, size, mtime)."""
+
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from PIL import Image
+
+from ..cache import ArrayCache, image_key
+from ..data.decode import load_rgb
+from ..errors import ImageDecodeError
+
+# The properties, in the order they are stored: width, height (as decoded, EXIF applied), mean
+# and standard deviation of the luma (0-255), colourfulness (mean |R-G| + |G-B| over pixels:
+# 0 for a grey image), and 1 when the file itself is greyscale (mode L, LA, 1, I, F).
+PROPERTIES = ("width", "height", "luma_mean", "luma_std", "colourfulness", "grey_file")
+THUMB = 64  # the side the pixel statistics are computed at
+
+
+def content_hash(path: str, cache: ArrayCache) -> bytes | None:
+    """The sha256 of the file's bytes (None: unreadable)."""
+    try:
+        key = image_key(path)
+    except OSError:
+        return None
+    cached = cache.get(key, "sha")
+    if cached is not None:
+        return cached.tobytes()
+    try:
+        with open(path, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").digest()
+    except OSError:
+        return None
+    cache.put(key, "sha", np.frombuffer(digest, dtype=np.uint8))
+    return digest
+
+
+def properties(path: str, cache: ArrayCache) -> np.ndarray | None:
+    """PROPERTIES of the image (None: unreadable)."""
+    try:
+        key = image_key(path)
+    except OSError:
+        return None
+    cached = cache.get(key, "props")
+    if cached is not None:
+        return cached
+    try:
+        with Image.open(path) as im:
+            grey = float(im.mode in ("L", "LA", "1", "I", "F", "I;16"))
+        rgb = load_rgb(path, min_short_side=THUMB)
+    except (ImageDecodeError, OSError):
+        return None
+    width, height = rgb.size
+    rgb.thumbnail((THUMB, THUMB))
+    a = np.asarray(rgb, dtype=np.float32)
+    luma = a @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    colour = float(np.abs(a[..., 0] - a[..., 1]).mean() + np.abs(a[..., 1] - a[..., 2]).mean())
+    props = np.array([width, height, luma.mean(), luma.std(), colour, grey], dtype=np.float64)
+    cache.put(key, "props", props)
+    return props
+
+
+def read_all(paths: list[str], cache: ArrayCache, with_properties: bool = True, threads: int = 4):
+    """(hashes, properties) of `paths`, on `threads` threads (Pillow and hashlib release the GIL)."""
+    with ThreadPoolExecutor(threads) as pool:
+        hashes = list(pool.map(lambda p: content_hash(p, cache), paths))
+        props = list(pool.map(lambda p: properties(p, cache), paths)) if with_properties else None
+    return hashes, props

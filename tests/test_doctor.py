@@ -1,0 +1,118 @@
+"""`transferkit doctor`: injected problems found (duplicates and leakage, two labels, a flipped
+label, a blank image), nothing in DATA changed, the exclude list honoured by `train --exclude`,
+train's own data-health warnings, and the feature cache shared both ways."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from helpers import shared_dataset
+from transferkit.cli import main
+from transferkit.doctor import checks
+
+
+def _snapshot(root: Path) -> dict:
+    return {str(p): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def dirty(tmp_path_factory):
+    """A small real dataset (ants and bees) with known problems."""
+    src = shared_dataset("hymenoptera_data")
+    root = tmp_path_factory.mktemp("doctor") / "data"
+    for split, n in (("train", 14), ("val", 5)):
+        for c in ("ants", "bees"):
+            (root / split / c).mkdir(parents=True)
+            for p in sorted((src / split / c).glob("*.jpg"))[:n]:
+                shutil.copyfile(p, root / split / c / p.name)
+    ants = sorted((root / "train" / "ants").glob("*.jpg"))
+    bees = sorted((root / "train" / "bees").glob("*.jpg"))
+    truth = {}
+    truth["leak"] = (ants[0], root / "val" / "ants" / "leaked.jpg")
+    shutil.copyfile(*truth["leak"])
+    truth["two_labels"] = (ants[1], root / "train" / "bees" / "also_a_bee.jpg")
+    shutil.copyfile(*truth["two_labels"])
+    with Image.open(bees[0]) as im:
+        near = root / "val" / "bees" / "near.jpg"
+        ImageOps.mirror(im).save(near, quality=90)
+    truth["near"] = (bees[0], near)
+    flipped = root / "train" / "ants" / "really_a_bee.jpg"
+    bees[1].rename(flipped)
+    truth["flipped"] = flipped
+    truth["blank"] = root / "train" / "bees" / "blank.png"
+    Image.new("RGB", (300, 200), (3, 3, 3)).save(truth["blank"])
+    return root, truth
+
+
+def test_doctor_finds_the_injected_problems_and_changes_nothing(dirty, tmp_path, capsys):
+    data, truth = dirty
+    before = _snapshot(data)
+    out, exclude = tmp_path / "out", tmp_path / "exclude.txt"
+    assert main(["doctor", str(data), "--out", str(out), "--write-exclude", str(exclude)]) == 0
+    printed = capsys.readouterr()
+    assert _snapshot(data) == before  # nothing in DATA modified, moved or added
+    report = json.loads((out / "doctor.json").read_text())
+    assert (out / "doctor.html").stat().st_size > 10_000 and "data:image/jpeg;base64" in (out / "doctor.html").read_text()
+    pairs = {frozenset((p["a"]["path"], p["b"]["path"])): p for p in report["exact_duplicates"] + report["near_duplicates"]}
+    leak = pairs[frozenset(map(str, truth["leak"]))]
+    assert leak["kind"] == "leakage" and leak["similarity"] == 1.0
+    assert pairs[frozenset(map(str, truth["two_labels"]))]["kind"] == "two labels"
+    near = pairs[frozenset(map(str, truth["near"]))]
+    assert near["kind"] == "leakage" and checks.NEAR_DUPLICATE <= near["similarity"] < 1
+    assert len(pairs) <= 4, list(pairs)  # at most one pair beyond the three injected
+    suspects = {x["path"]: x for x in report["label_issues"]}
+    assert suspects[str(truth["flipped"])]["suggested"] == "bees"
+    assert str(truth["blank"]) in {x["path"] for x in report["image_issues"]["blank"]}
+    assert report["balance"]["per_class"]["ants"]["train"] == 15 and report["balance"]["max_min_ratio"] >= 1
+    assert "across train/val" in printed.err and "likely label errors: " in printed.out
+    listed = [line for line in exclude.read_text().splitlines() if not line.startswith("#")]
+    assert str(truth["leak"][1]) in listed and str(truth["near"][1]) in listed  # the val copies
+    assert str(truth["flipped"]) in listed and str(truth["blank"]) in listed
+    assert str(truth["leak"][0]) not in listed  # the training original stays
+
+    # train --exclude leaves them out and says so; train after doctor extracts nothing again
+    run = tmp_path / "run"
+    assert main(["train", str(data), "--out", str(run), "--exclude", str(exclude), "--quiet"]) == 0
+    results = json.loads((run / "results.json").read_text())
+    assert results["excluded"] == {"file": str(exclude), "images": len(listed), "not_found": 0}
+    split = json.loads((run / "split.json").read_text())
+    used = {p for p, _ in split["train"] + split["val"]}
+    assert not used & set(listed) and results["strategy_info"]["features_computed"] == 0
+    assert results["data_health"]["leakage"] == 0  # the leaked copies were left out
+
+
+def test_train_warns_about_leakage_and_two_labels_from_its_own_features(dirty, tmp_path, capsys):
+    data, truth = dirty
+    run = tmp_path / "run"
+    assert main(["train", str(data), "--out", str(run)]) == 0
+    err = capsys.readouterr().err
+    results = json.loads((run / "results.json").read_text())
+    health = results["data_health"]
+    assert health["leakage"] >= 2 and health["two_labels"] >= 1
+    assert "transferkit doctor" in err and "val" in err
+    page = (run / "report.html").read_text()
+    assert "Data health" in page and "leakage" in page.lower()
+
+
+def test_checks_scale_and_are_exact_on_small_cases():
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(3000, 64)).astype(np.float32)
+    emb[10] = emb[20] * 1.01  # a near copy
+    sims, idx = checks.neighbours(emb, k=5)
+    assert sims.shape == (3000, 5) and idx[10, 0] == 20 and sims[10, 0] > 0.999
+    labels, splits = np.zeros(3000, int), np.array(["train"] * 2990 + ["val"] * 10)
+    pairs = checks.near_duplicates(sims, idx, labels, splits, [])
+    assert [(p["a"], p["b"]) for p in pairs] == [(10, 20)]
+    hashes = [b"x", b"y", b"x", None]
+    exact = checks.exact_duplicates(hashes, [0, 0, 1, 0], ["train", "val", "val", "train"])
+    assert exact == [{"a": 0, "b": 2, "kind": "two labels", "similarity": 1.0}]
+    b = checks.balance([0] * 40 + [1] * 5, ["train"] * 45, ["big", "small"])
+    assert b["max_min_ratio"] == 8.0 and b["small_classes"] == ["small"] and len(b["remedies"]) == 2
