@@ -117,9 +117,12 @@ def main() -> None:
         found = pairs_of(report)
         injected = {frozenset(p[:2]) for p in truth["pairs"]}
         hit = injected & found
-        # pairs of the clean data found again (under their paths in the copy) are not false
+        # pairs of the clean data found again (under their paths in the copy) are not false, nor is
+        # a copy paired with an image that the clean data pairs with its original
         relocated = {frozenset(str(data / Path(x).relative_to(src)) for x in pair) for pair in pairs_of(clean)}
-        false = found - injected - relocated
+        original = {copy: orig for orig, copy, _ in truth["pairs"]}
+        false = {pair for pair in found - injected - relocated
+                 if frozenset(original.get(x, x) for x in pair) not in relocated | injected}
         missed = [p for p in truth["pairs"] if frozenset(p[:2]) not in found]
         suspects = {x["path"] for x in report["label_issues"]}
         flipped = set(truth["flipped"])
@@ -135,8 +138,11 @@ def main() -> None:
         for how in ("exact", "jpeg50", "resize0.7", "crop0.9", "flip"):
             got = [sims.get(frozenset(p[:2])) for p in truth["pairs"] if p[2] == how]
             print(f"   {how:<9} similarities: {', '.join('missed' if s is None else f'{s:.3f}' for s in got)}")
+        before = {str(data / Path(x["path"]).relative_to(src)) for x in clean["label_issues"]}
+        fresh = suspects - before
         print(f"flipped labels ({len(flipped)}): recall {len(flipped & suspects) / len(flipped):.3f}, precision "
-              f"{len(flipped & suspects) / max(len(suspects), 1):.3f} ({len(suspects)} flagged)")
+              f"{len(flipped & suspects) / max(len(suspects), 1):.3f} ({len(suspects)} flagged; "
+              f"{len(flipped & fresh) / max(len(fresh), 1):.3f} of the {len(fresh)} not already flagged on the clean data)")
         print(f"blank/dark images: {len(set(truth['bad']) & bad_found)}/{len(truth['bad'])} found")
         print(f"doctor wall time: cold {cold:.1f} s (CPU {cold_cpu:.1f} s), warm {warm:.1f} s (CPU {warm_cpu:.1f} s)")
     print(f"\nfiles: {work}")

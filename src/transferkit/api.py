@@ -186,7 +186,7 @@ def summary(model: str, num_classes: int = 1000, input_size: int | None = None,
     return f"{spec.name} for {options.num_classes} classes, input {size}x{size}, strategy {options.strategy}\n{stats}"
 
 
-def doctor(data: str | Path, console: Console | None = None, **options) -> dict:
+def doctor(data: str | Path, console: Console | None = None, worker: Worker | None = None, **options) -> dict:
     """Check the dataset DATA for duplicates and train/val leakage, images with two labels, likely
     label errors, outliers, imbalance and bad images; write doctor.json and doctor.html (and with
     ``write_exclude=FILE`` the files to leave out). Returns the report (``report["out"]``: the
@@ -196,7 +196,11 @@ def doctor(data: str | Path, console: Console | None = None, **options) -> dict:
     from .doctor.diagnose import diagnose
 
     options = DoctorOptions(**options)
-    return diagnose(data, options, console or Console(options.quiet))
+    try:
+        return diagnose(data, options, console or Console(options.quiet), worker)
+    finally:
+        if worker is not None:
+            worker.close()
 
 
 def cache_usage(cache_dir: str | None = None) -> tuple[Path, int, int]:

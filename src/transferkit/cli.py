@@ -241,9 +241,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    from .evaluation.worker import DOCTOR_MODULES, Worker
+
+    worker = Worker(preload=DOCTOR_MODULES)  # imports scikit-learn and cleanlab while torch is imported here
     from . import api
 
-    report = api.doctor(args.data, **_options(args, DoctorOptions))
+    report = api.doctor(args.data, worker=worker, **_options(args, DoctorOptions))
     print(f"report: {Path(report['out']) / 'doctor.html'}")
     if getattr(args, "write_exclude", None):
         print(f"files to leave out: {args.write_exclude} (train --exclude {args.write_exclude})")

@@ -81,7 +81,7 @@ def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, num_classes: int, fo
                               seed: int = 0, weight_decay: float = 0.1) -> np.ndarray:
     """Each image's class probabilities from a logistic-regression head fitted without it
     (stratified K-fold, features standardized on the training folds)."""
-    from ..training.heads import Logistic, standardizer, stratified_folds
+    from ..training.logistic import Logistic, standardizer, stratified_folds
 
     fold_of = stratified_folds(y, folds, seed)
     probs = np.zeros((len(y), num_classes))

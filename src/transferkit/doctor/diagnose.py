@@ -21,9 +21,12 @@ from . import checks, images
 KINDS = ("unreadable", "exact_duplicates", "near_duplicates", "label_issues", "outliers", "image_issues", "balance")
 
 
-def diagnose(data: str | Path, options: DoctorOptions | None = None, console: Console | None = None) -> dict:
+def diagnose(data: str | Path, options: DoctorOptions | None = None, console: Console | None = None,
+             worker=None) -> dict:
     """Check DATA; write doctor.json and doctor.html into `options.out` (and the exclude list when
-    asked); return the report (with "out": the folder)."""
+    asked); return the report (with "out": the folder). `worker`: an `evaluation.worker.Worker`
+    started with DOCTOR_MODULES (the CLI starts it before importing torch), where the analysis
+    runs while this process reads the features; without one it runs here."""
     from ..data.discover import discover
 
     options, console = options or DoctorOptions(), console or Console()
@@ -44,7 +47,8 @@ def diagnose(data: str | Path, options: DoctorOptions | None = None, console: Co
                           features.x_val[:, :last].numpy()]).astype(np.float32)
     hashes, props = images.read_all(paths, cache.image_facts())
     timings = {"features_s": round(time.perf_counter() - started, 2)}
-    found = find_all(emb, labels, splits, hashes, props, len(split.classes), options.near_threshold, options.seed)
+    args = (emb, labels, splits, hashes, props, len(split.classes), options.near_threshold, options.seed)
+    found = worker.find_problems(*args) if worker is not None else find_all(*args)
     report = _report(data, options, features.split, paths, labels, splits, found, timings)
     timings["total_s"] = round(time.perf_counter() - started, 2)
     atomic_write(out / "doctor.json", (json.dumps(report, indent=2) + "\n").encode())
@@ -70,11 +74,14 @@ def find_all(emb, labels, splits, hashes, props, num_classes: int, near_threshol
         label_issues = checks.label_issues(probs, labels)
     else:
         label_issues = []
-    return {"exact_duplicates": exact,
-            "near_duplicates": checks.near_duplicates(sims, idx, labels, splits, exact, near_threshold),
+    image_issues = checks.image_issues(props)
+    # blank images are all alike (and reported as blank): pairing them with each other says nothing
+    blank = {f["i"] for f in image_issues.get("blank", [])}
+    near = [p for p in checks.near_duplicates(sims, idx, labels, splits, exact, near_threshold)
+            if p["a"] not in blank and p["b"] not in blank]
+    return {"exact_duplicates": exact, "near_duplicates": near,
             "label_issues": label_issues, "outliers": checks.outliers(sims),
-            "image_issues": checks.image_issues(props),
-            "label_folds": folds}
+            "image_issues": image_issues, "label_folds": folds}
 
 
 def _report(data: Path, options: DoctorOptions, split, paths, labels, splits, found: dict, timings: dict) -> dict:

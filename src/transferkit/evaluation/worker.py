@@ -16,6 +16,9 @@ from .report import render, write_evaluation
 # one lets any other load starve the run (a warm run took 196 s instead of 11 s at load ~10 on
 # 2 cores with the child at nice 19).
 _CHILD = "from transferkit.evaluation.worker import _serve; _serve()"
+# What the child imports before it answers (train's evaluation and report); others pass `preload`.
+REPORT_MODULES = ("matplotlib.backends.backend_agg", "matplotlib.figure", "scipy.special", "sklearn.metrics")
+DOCTOR_MODULES = ("cleanlab.filter", "cleanlab.rank", "sklearn.neighbors", "scipy.optimize")
 
 
 class Worker:
@@ -26,13 +29,13 @@ class Worker:
     instead, with a warning naming the reason: the outputs are the same either way. `close()` (or
     leaving the `with` block) ends the child."""
 
-    def __init__(self, warn=None):
+    def __init__(self, warn=None, preload: tuple[str, ...] = REPORT_MODULES):
         self.warn = warn
         package_root = str(Path(__file__).resolve().parents[2])  # the same transferkit in the child
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", _CHILD],
+                [sys.executable, "-c", _CHILD, *preload],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         except OSError:
             self.proc = None
@@ -43,6 +46,10 @@ class Worker:
 
     def render(self, run_dir: Path) -> Path:
         return self._call("render", run_dir)
+
+    def find_problems(self, *args) -> dict:
+        """`doctor.diagnose.find_all` (nearest neighbours, out-of-fold head, cleanlab) in the child."""
+        return self._call("find_problems", *args)
 
     def _call(self, name: str, *args):
         if self.proc is not None:
@@ -90,10 +97,10 @@ def _serve() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     requests, replies = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # a stray print must not corrupt the replies
-    import matplotlib.backends.backend_agg  # noqa: F401
-    import matplotlib.figure  # noqa: F401
-    import scipy.special  # noqa: F401 - imported now, while the parent trains
-    import sklearn.metrics  # noqa: F401
+    import importlib
+
+    for module in sys.argv[1:]:  # imported now, while the parent imports torch and computes
+        importlib.import_module(module)
 
     while True:
         try:
@@ -108,4 +115,11 @@ def _serve() -> None:
         replies.flush()
 
 
-_WORK = {"write_evaluation": write_evaluation, "render": render}  # what a Worker does, by name
+def _find_problems(*args) -> dict:
+    from ..doctor.diagnose import find_all
+
+    return find_all(*args)
+
+
+_WORK = {"write_evaluation": write_evaluation, "render": render,
+         "find_problems": _find_problems}  # what a Worker does, by name
