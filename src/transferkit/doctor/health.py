@@ -11,6 +11,7 @@ from ..cache import Cache
 from . import checks, images
 
 SHOWN_PAIRS = 50  # pairs listed in results.json (all are counted)
+CHUNK = 1024  # val rows compared with every training row at once
 
 
 def quick_health(split, features, cache: Cache, data: str) -> dict:
@@ -36,24 +37,27 @@ def quick_health(split, features, cache: Cache, data: str) -> dict:
 
 def _val_near_train(features, labels, splits, exact: list[dict], n_train: int) -> list[dict]:
     """Each val image's nearest training image by the last layer's features (cosine), where at
-    least NEAR_DUPLICATE and not already an exact copy. One search of val against train: its
-    cost grows with val x train, not with the square of the dataset."""
-    from sklearn.neighbors import NearestNeighbors
-
+    least NEAR_DUPLICATE and not already an exact copy. One search of val against train, in
+    chunks of val rows: its cost grows with val x train, its memory with a chunk x train. Plain
+    NumPy, so that train's process does not import scikit-learn (about 1 s) for it."""
     last = features.widths.get("last", features.x_train.shape[1])
-    train = features.x_train[:n_train, :last].numpy().astype(np.float32)
-    val = features.x_val[:, :last].numpy().astype(np.float32)
-    train /= np.maximum(np.linalg.norm(train, axis=1, keepdims=True), 1e-12)
-    val /= np.maximum(np.linalg.norm(val, axis=1, keepdims=True), 1e-12)
-    dist, idx = NearestNeighbors(n_neighbors=1, metric="cosine", algorithm="brute").fit(train).kneighbors(val)
+    train = _unit(features.x_train[:n_train, :last].numpy())
+    val = _unit(features.x_val[:, :last].numpy())
     same = {frozenset((p["a"], p["b"])) for p in exact}
     out = []
-    for v, (d, t) in enumerate(zip(dist[:, 0], idx[:, 0])):
-        a, b = int(t), n_train + v
-        if 1 - d >= checks.NEAR_DUPLICATE and frozenset((a, b)) not in same:
-            out.append({"a": a, "b": b, "kind": checks.kind_of_pair(a, b, labels, splits),
-                        "similarity": round(float(1 - d), 4)})
+    for start in range(0, len(val), CHUNK):
+        sims = val[start:start + CHUNK] @ train.T
+        for v, t in enumerate(sims.argmax(1)):
+            a, b, sim = int(t), n_train + start + v, float(sims[v, t])
+            if sim >= checks.NEAR_DUPLICATE and frozenset((a, b)) not in same:
+                out.append({"a": a, "b": b, "kind": checks.kind_of_pair(a, b, labels, splits),
+                            "similarity": round(min(sim, 1.0), 4)})
     return out
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def warnings(health: dict) -> list[str]:
