@@ -12,8 +12,8 @@ import numpy as np
 
 # Cosine similarity of the backbone's last-layer features at or above which two images are near
 # duplicates. Chosen by measurement (bench/doctor.py on hymenoptera and flowers: copies re-saved
-# at JPEG quality 50, resized to 0.7x, cropped to 90%% or mirrored score at least 0.90; distinct
-# photos of one class at most 0.87, hymenoptera's known near-copies aside): see the README.
+# at JPEG quality 50, resized to 0.7x, cropped to 90% or mirrored mostly score 0.92-0.99; distinct
+# photos never reach it in hymenoptera; in flowers only burst shots of one scene do): see the README.
 NEAR_DUPLICATE = 0.90
 NEIGHBOURS = 10  # nearest neighbours looked at per image (near duplicates and outliers)
 OUTLIER_Z = 5.0  # robust z-score of the mean distance to the nearest neighbours past which an image is an outlier
@@ -133,8 +133,8 @@ def balance(labels, splits, classes: list[str]) -> dict:
         remedies.append("train with --class-weights auto (or --balanced-sampler), and read the balanced accuracy "
                         "and per-class recall rather than the accuracy")
     if small:
-        remedies.append(f"add images to {', '.join(small)}: under {SMALL_CLASS} images, its val accuracy rests on "
-                        "one or two images")
+        remedies.append(f"add images to {', '.join(small)}: with under {SMALL_CLASS} images, a class's val accuracy "
+                        "rests on one or two images")
     return {"per_class": {c: {"train": int(train[i]), "val": int(val[i]), "total": int(total[i])}
                           for i, c in enumerate(classes)},
             "max_min_ratio": round(ratio, 2), "small_classes": small, "remedies": remedies}
