@@ -7,7 +7,6 @@ ASGI server (``uvicorn --factory transferkit.serving.server:from_environment``).
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -30,7 +29,7 @@ from ..prediction.base import mean_of_views, softmax
 from ..prediction.outputs import top_predictions
 from .batcher import Batcher
 from .limits import LOG, BodyLimit, RequestLog
-from .model import ServedModel
+from .model import ServedModel, usable_cores
 
 STATIC = Path(__file__).parent / "static"
 
@@ -85,8 +84,7 @@ class Service:
         return self.batcher is not None
 
     async def start(self) -> None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        self._decode = ThreadPoolExecutor(max(2, min(4, cores)), thread_name_prefix="transferkit-decode")
+        self._decode = ThreadPoolExecutor(max(2, min(4, usable_cores())), thread_name_prefix="transferkit-decode")
         if self.model is None:  # liveness at once; readiness once the model is loaded
             self._loading = asyncio.get_running_loop().create_task(self._load())
         else:
