@@ -21,6 +21,19 @@ SMALL_CLASS = 10  # fewer images than this: a 20% val split holds one or none of
 IMBALANCE = 3.0  # largest / smallest class past which the remedies are suggested
 
 
+def samples_of(split) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(paths, labels, splits) of a `DatasetSplit`'s images: its train images, then its val images."""
+    samples = split.train + split.val
+    return ([s.path for s in samples], np.array([s.label for s in samples]),
+            np.array(["train"] * len(split.train) + ["val"] * len(split.val)))
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """The rows of `x` scaled to length 1 (float32): their dot products are cosine similarities."""
+    x = x.astype(np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def kind_of_pair(i: int, j: int, labels, splits) -> str:
     """"two labels" (one image in two classes), "leakage" (in train and val, same class) or
     "within class"."""
@@ -50,7 +63,7 @@ def neighbours(embeddings: np.ndarray, k: int = NEIGHBOURS) -> tuple[np.ndarray,
     search works through the rows in chunks: memory grows with rows x chunk, not rows^2."""
     from sklearn.neighbors import NearestNeighbors
 
-    z = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    z = unit_rows(embeddings)
     k = min(k + 1, len(z))
     dist, idx = NearestNeighbors(n_neighbors=k, metric="cosine", algorithm="brute").fit(z).kneighbors(z)
     # drop each row itself (normally the first; with exact copies it may come later)

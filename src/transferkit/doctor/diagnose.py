@@ -1,6 +1,6 @@
 """`transferkit doctor DATA`: every check on a dataset, from the features `train` caches (the
-same backbone, preprocessing and split, so neither extracts anything the other did), and the
-cheap part of it that `train` runs on its own features (`quick_health`)."""
+same backbone, preprocessing and split, so neither extracts anything the other did). The cheap
+part that `train` runs on its own features is `health`."""
 
 from __future__ import annotations
 
@@ -17,9 +17,6 @@ from ..console import Console
 from ..errors import UserError
 from ..files import atomic_write, check_output_file, claim_out, fresh_dir
 from . import checks, images
-
-KINDS = ("unreadable", "exact_duplicates", "near_duplicates", "label_issues", "outliers", "image_issues", "balance")
-
 
 def diagnose(data: str | Path, options: DoctorOptions | None = None, console: Console | None = None,
              worker=None) -> dict:
@@ -38,13 +35,8 @@ def diagnose(data: str | Path, options: DoctorOptions | None = None, console: Co
     split = discover(data, options.val_fraction, options.seed, cache.datasets())
     out = _out_dir(options.out, data)
     features = _features(split, options, cache, console)
-    samples = features.split.train + features.split.val
-    paths = [s.path for s in samples]
-    labels = np.array([s.label for s in samples])
-    splits = np.array(["train"] * len(features.split.train) + ["val"] * len(features.split.val))
-    last = features.widths.get("last", features.x_train.shape[1])
-    emb = np.concatenate([features.x_train[:len(features.split.train), :last].numpy(),
-                          features.x_val[:, :last].numpy()]).astype(np.float32)
+    paths, labels, splits = checks.samples_of(features.split)
+    emb = np.concatenate(features.last_layer()).astype(np.float32)
     hashes, props = images.read_all(paths, cache.image_facts())
     timings = {"features_s": round(time.perf_counter() - started, 2)}
     args = (emb, labels, splits, hashes, props, len(split.classes), options.near_threshold, options.seed)

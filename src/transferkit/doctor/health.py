@@ -5,8 +5,6 @@ model) and for one image under two labels. `transferkit doctor` does the full ex
 
 from __future__ import annotations
 
-import numpy as np
-
 from ..cache import Cache
 from . import checks, images
 
@@ -17,10 +15,7 @@ CHUNK = 1024  # val rows compared with every training row at once
 def quick_health(split, features, cache: Cache, data: str) -> dict:
     """Counts and the first pairs of: exact and near copies across train/val, images with two
     labels. `features`: the run's `Features` (None for network strategies: no near check)."""
-    samples = split.train + split.val
-    paths = [s.path for s in samples]
-    labels = np.array([s.label for s in samples])
-    splits = np.array(["train"] * len(split.train) + ["val"] * len(split.val))
+    paths, labels, splits = checks.samples_of(split)
     hashes, _ = images.read_all(paths, cache.image_facts(), with_properties=False)
     exact = [p for p in checks.exact_duplicates(hashes, labels, splits) if p["kind"] != "within class"]
     near = []
@@ -40,9 +35,7 @@ def _val_near_train(features, labels, splits, exact: list[dict], n_train: int) -
     least NEAR_DUPLICATE and not already an exact copy. One search of val against train, in
     chunks of val rows: its cost grows with val x train, its memory with a chunk x train. Plain
     NumPy, so that train's process does not import scikit-learn (about 1 s) for it."""
-    last = features.widths.get("last", features.x_train.shape[1])
-    train = _unit(features.x_train[:n_train, :last].numpy())
-    val = _unit(features.x_val[:, :last].numpy())
+    train, val = (checks.unit_rows(x) for x in features.last_layer())
     same = {frozenset((p["a"], p["b"])) for p in exact}
     out = []
     for start in range(0, len(val), CHUNK):
@@ -53,11 +46,6 @@ def _val_near_train(features, labels, splits, exact: list[dict], n_train: int) -
                 out.append({"a": a, "b": b, "kind": checks.kind_of_pair(a, b, labels, splits),
                             "similarity": round(min(sim, 1.0), 4)})
     return out
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def warnings(health: dict) -> list[str]:

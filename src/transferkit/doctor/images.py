@@ -20,33 +20,40 @@ PROPERTIES = ("width", "height", "luma_mean", "luma_std", "colourfulness", "grey
 THUMB = 64  # the side the pixel statistics are computed at
 
 
-def content_hash(path: str, cache: ArrayCache) -> bytes | None:
-    """The sha256 of the file's bytes (None: unreadable)."""
+def _cached(path: str, cache: ArrayCache, name: str, compute) -> np.ndarray | None:
+    """`compute(path)` (an array, or None: unreadable), stored under the image's key as `name`."""
     try:
         key = image_key(path)
     except OSError:
         return None
-    cached = cache.get(key, "sha")
-    if cached is not None:
-        return cached.tobytes()
-    try:
-        with open(path, "rb") as f:
-            digest = hashlib.file_digest(f, "sha256").digest()
-    except OSError:
-        return None
-    cache.put(key, "sha", np.frombuffer(digest, dtype=np.uint8))
-    return digest
+    value = cache.get(key, name)
+    if value is None:
+        value = compute(path)
+        if value is not None:
+            cache.put(key, name, value)
+    return value
+
+
+def content_hash(path: str, cache: ArrayCache) -> bytes | None:
+    """The sha256 of the file's bytes (None: unreadable)."""
+    digest = _cached(path, cache, "sha", _sha256)
+    return None if digest is None else digest.tobytes()
 
 
 def properties(path: str, cache: ArrayCache) -> np.ndarray | None:
     """PROPERTIES of the image (None: unreadable)."""
+    return _cached(path, cache, "props", _properties)
+
+
+def _sha256(path: str) -> np.ndarray | None:
     try:
-        key = image_key(path)
+        with open(path, "rb") as f:
+            return np.frombuffer(hashlib.file_digest(f, "sha256").digest(), dtype=np.uint8)
     except OSError:
         return None
-    cached = cache.get(key, "props")
-    if cached is not None:
-        return cached
+
+
+def _properties(path: str) -> np.ndarray | None:
     try:
         with Image.open(path) as im:
             grey = float(im.mode in ("L", "LA", "1", "I", "F", "I;16"))
@@ -58,9 +65,7 @@ def properties(path: str, cache: ArrayCache) -> np.ndarray | None:
     a = np.asarray(rgb, dtype=np.float32)
     luma = a @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     colour = float(np.abs(a[..., 0] - a[..., 1]).mean() + np.abs(a[..., 1] - a[..., 2]).mean())
-    props = np.array([width, height, luma.mean(), luma.std(), colour, grey], dtype=np.float64)
-    cache.put(key, "props", props)
-    return props
+    return np.array([width, height, luma.mean(), luma.std(), colour, grey], dtype=np.float64)
 
 
 def read_all(paths: list[str], cache: ArrayCache, with_properties: bool = True, threads: int = 4):

@@ -69,11 +69,15 @@ class BasePredictor:
         """A stacked batch of inputs -> logits (B, C) as float32."""
         raise NotImplementedError
 
-    def _prepared(self, item: tuple[object, str]) -> np.ndarray | str:
+    def usable_views(self, source, name: str | None = None) -> np.ndarray | str:
+        """`views(source, name)`, or the reason the image cannot be used."""
         try:
-            return self.views(*item)
+            return self.views(source, name)
         except ImageDecodeError as exc:
             return exc.reason
+
+    def _prepared(self, item: tuple[object, str]) -> np.ndarray | str:
+        return self.usable_views(*item)
 
     def logits(self, images: list, names: list[str] | None = None, progress=None) -> tuple[np.ndarray, dict[int, str]]:
         """Logits (N, C) of `images` (paths, bytes or PIL images; rows of unusable images are NaN)

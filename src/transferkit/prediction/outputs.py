@@ -65,10 +65,11 @@ def to_csv(preds: list[Prediction], top_k: int) -> str:
     return csv_table(header + ["error"], rows)
 
 
+def to_dict(p: Prediction, name_key: str = "path") -> dict:
+    """One prediction as JSON writes it (`predict --output x.json`; the server names it "name")."""
+    return {name_key: p.path, "label": p.label, "probability": p.probability,
+            "top_k": [{"label": lab, "probability": q} for lab, q in p.top_k], "error": p.error}
+
+
 def to_json(preds: list[Prediction]) -> str:
-    rows = [
-        {"path": p.path, "label": p.label, "probability": p.probability,
-         "top_k": [{"label": lab, "probability": q} for lab, q in p.top_k], "error": p.error}
-        for p in preds
-    ]
-    return json.dumps(rows, indent=2) + "\n"
+    return json.dumps([to_dict(p) for p in preds], indent=2) + "\n"

@@ -26,7 +26,7 @@ from .. import __version__
 from ..config import ServeOptions
 from ..errors import UserError
 from ..prediction.base import mean_of_views, softmax
-from ..prediction.outputs import top_predictions
+from ..prediction.outputs import to_dict, top_predictions
 from .batcher import Batcher
 from .limits import LOG, BodyLimit, RequestLog
 from .model import ServedModel, usable_cores
@@ -127,8 +127,7 @@ class Service:
             logits[i] = mean_of_views(rows[None])[0]
         errors = {i: v for i, v in enumerate(views) if isinstance(v, str)}
         preds = top_predictions([name for name, _ in images], softmax(logits), errors, self.model.classes, top_k)
-        return [{"name": p.path, "label": p.label, "probability": p.probability,
-                 "top_k": [{"label": lab, "probability": q} for lab, q in p.top_k], "error": p.error} for p in preds]
+        return [to_dict(p, "name") for p in preds]
 
 
 def create_app(model: ServedModel | str | Path, options: ServeOptions | None = None):

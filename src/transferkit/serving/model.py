@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import ImageDecodeError, UserError
+from ..errors import UserError
 from ..prediction.base import BasePredictor
 
 
@@ -48,10 +48,7 @@ class ServedModel:
 
     def views(self, data: bytes, name: str) -> np.ndarray | str:
         """One image's model inputs (its views), or why it cannot be used."""
-        try:
-            return self.predictor.views(data, name)
-        except ImageDecodeError as exc:
-            return exc.reason
+        return self.predictor.usable_views(data, name)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.predictor.run(batch)

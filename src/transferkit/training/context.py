@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..cache import ArrayCache, Cache
@@ -38,6 +39,11 @@ class Features:
     widths: dict[str, int] = field(default_factory=dict)  # "last" (the first columns) and, if extracted, "multi"
     memo: dict = field(default_factory=dict)  # results computed from these features once per run (the head's CV)
     store: ArrayCache | None = None  # where results computed from these features persist across runs
+
+    def last_layer(self) -> tuple[np.ndarray, np.ndarray]:
+        """The last layer's features of the training images (eval view) and of the val images."""
+        last = self.widths.get("last", self.x_train.shape[1])
+        return self.x_train[:self.num_images, :last].numpy(), self.x_val[:, :last].numpy()
 
     @property
     def num_images(self) -> int:
