@@ -13,7 +13,7 @@ import torch
 import transferkit
 from helpers import make_dataset, make_image, shared_dataset
 from transferkit.models import backbones
-from transferkit.cache import ArrayCache, image_key
+from transferkit.cache import ShardedCache, image_key
 from transferkit.features import Extractor, FeaturePass
 from transferkit.models.classifier import build_classifier
 from transferkit.runtime import Runtime
@@ -78,7 +78,7 @@ def _extract(paths, cache):
 
 def test_cache_reuse_invalidation_and_corruption(tmp_path):
     paths = [str(make_image(tmp_path / f"i{i}.png", (10 * i, 80, 200), seed=i)) for i in range(4)]
-    cache = ArrayCache(tmp_path / "cache" / "k")
+    cache = ShardedCache(tmp_path / "cache" / "k")
     first = _extract(paths, cache)
     assert first.computed == 4 and first.cached == 0
     again = _extract(paths, cache)
@@ -91,15 +91,39 @@ def test_cache_reuse_invalidation_and_corruption(tmp_path):
     changed = _extract(paths, cache)
     assert changed.computed == 1 and not torch.equal(changed.features[0], first.features[0])
 
-    # A corrupted (flipped byte) and a truncated entry are detected and recomputed.
-    entry = cache._path(image_key(paths[1]), "v0")
-    raw = bytearray(entry.read_bytes())
-    raw[20] ^= 0xFF
-    entry.write_bytes(bytes(raw))
-    cache._path(image_key(paths[2]), "v0").write_bytes(raw[:10])
+    # A corrupted entry (a flipped byte) and a truncated shard (its last two entries cut) are
+    # detected and recomputed.
+    def where(key):
+        shard, row = cache._load()[(key.encode(), b"v0")]
+        return cache._data[shard], int(cache._rows[shard][row]["offset"])
+
+    data, offset = where(image_key(paths[1]))
+    raw = bytearray(data.read_bytes())
+    raw[offset + 20] ^= 0xFF
+    data.write_bytes(bytes(raw[:where(image_key(paths[2]))[1] + 10]))
+    cache = ShardedCache(tmp_path / "cache" / "k")  # a new run
     fixed = _extract(paths, cache)
-    assert fixed.computed == 2
-    assert torch.allclose(fixed.features[1:3], first.features[1:3])
+    assert fixed.computed == 3 and cache.recomputed == 3
+    assert torch.allclose(fixed.features[1:], first.features[1:])
+    assert _extract(paths, ShardedCache(tmp_path / "cache" / "k")).computed == 0  # the newer shard wins
+
+
+def test_sharded_cache_two_writers_and_flush(tmp_path):
+    """Two stores on one folder (two runs at once) each write their own shard; each sees the
+    other's entries once flushed; errors and arrays of any dtype round-trip; nothing is written
+    before a flush."""
+    a, b = ShardedCache(tmp_path / "k"), ShardedCache(tmp_path / "k")
+    a.put("k1", "v0", np.arange(6, dtype=np.float32).reshape(2, 3))
+    b.put("k2", "sha", np.arange(4, dtype=np.uint8))
+    b.put_error("k3", "not an image (é)")
+    assert not list((tmp_path / "k").rglob("*.idx")) and a.get("k1", "v0") is not None  # pending, readable
+    a.flush()
+    b.flush()
+    assert len(list((tmp_path / "k" / "shards").glob("*.idx"))) == 2
+    fresh = ShardedCache(tmp_path / "k")
+    assert np.array_equal(fresh.get("k1", "v0"), np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert fresh.get("k2", "sha").dtype == np.uint8 and fresh.get_error("k3") == "not an image (é)"
+    assert fresh.get("k3", "v0") is None and fresh.get_error("k1") is None
 
 
 def test_feature_pass_decodes_before_the_network_exists(tmp_path):
@@ -112,7 +136,7 @@ def test_feature_pass_decodes_before_the_network_exists(tmp_path):
     train, val = paths[:3] + [str(bad)], paths[3:]
     spec = backbones.get("efficientnet_lite0")
     model, _ = build_classifier(spec, 2)
-    cache = ArrayCache(tmp_path / "cache" / "k")
+    cache = ShardedCache(tmp_path / "cache" / "k")
     built = []
 
     def factory():
@@ -141,7 +165,7 @@ def test_bad_images_cached_with_reason(tmp_path):
     good = str(make_image(tmp_path / "g.png", (1, 2, 3)))
     bad = tmp_path / "b.jpg"
     bad.write_text("nope")
-    cache = ArrayCache(tmp_path / "cache" / "k")
+    cache = ShardedCache(tmp_path / "cache" / "k")
     a = _extract([good, str(bad)], cache)
     b = _extract([good, str(bad)], cache)
     assert a.errors == b.errors and "not an image" in b.errors[str(bad)]

@@ -1,18 +1,22 @@
 """The cache folder: the one owner of its layout and of the keys that name its entries. No torch.
 
-    <root>/features/<model key>/<image key[:2]>/<image key>.v<view>   feature vectors, one per view
-    <root>/features/<model key>/<image key[:2]>/<image key>.t<view>   earlier stages' pooled activations (multi-layer)
-    <root>/features/<model key>/<image key[:2]>/<image key>.err       why an image is unreadable
-    <root>/features/<model key>/<digest[:2]>/<digest>.head            the head's cross-validation result (heads.head_choice)
-    <root>/features/<model key>/backbone.safetensors                  the backbone's prepared weights
+    <root>/features/<model key>/shards/<shard>.dat|.idx   per image: feature vectors ("v<view>"), earlier
+                                                          stages' pooled activations ("t<view>", multi-layer),
+                                                          why it is unreadable ("err"); the head's
+                                                          cross-validation results ("head")
+    <root>/features/<model key>/backbone.safetensors      the backbone's prepared weights
     <root>/decoded/<resize>-<interpolation>-d<decoder>/...<key>.img   decoded uint8 images (fine-tuning)
-    <root>/teacher/<teacher key>/...<image key>.e<epoch>             distillation: teacher logits per view
-    <root>/datasets/cifar10-<key>/                                    CIFAR-10 batches as PNG class folders
-    <root>/serving/<bundle key>.onnx                                  a bundle converted for serving on CPU
-    <root>/images/v<version>/<image key[:2]>/<image key>.sha|.props   an image's content hash and pixel statistics (doctor)
+    <root>/teacher/<teacher key>/shards/...               distillation: teacher logits per image and epoch
+    <root>/datasets/cifar10-<key>/                        CIFAR-10 batches as PNG class folders
+    <root>/serving/<bundle key>.onnx                      a bundle converted for serving on CPU
+    <root>/images/v<version>/shards/...                   an image's content hash and pixel statistics (doctor)
 
-Every entry is a checksummed blob (`files.write_checked`): a truncated or corrupted entry is
-detected and recomputed, never trusted. Keys carry what the content depends on: a model key the
+Small entries (a feature vector is 5 KB) live in shards (`ShardedCache`): one data file and one
+index per flush, thousands of entries each, so a warm start at a million images opens hundreds
+of files, not millions. Decoded images (150-200 KB each, read by DataLoader workers) stay one
+file each (`ArrayCache`). Every entry is checksummed (a shard entry by its digest in the
+checksummed index, a file by `files.write_checked`): a truncated or corrupted entry is detected
+and recomputed, never trusted. Keys carry what the content depends on: a model key the
 backbone, weights checksum, preprocessing, precision, timm's version and the decoder's version;
 an image key the file's absolute path, size and modification time. A change to any of them
 (an edited image, a new decoder) gives a new key, so nothing stale is ever reused.
@@ -23,7 +27,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import struct
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +39,7 @@ from . import files
 from .errors import UserError
 from .data.decode import DECODER_VERSION
 
-FORMAT_VERSION = 2  # of the entries' layout; part of every key
+FORMAT_VERSION = 3  # of the entries' layout; part of every key
 _ARRAY, _ERROR = b"TKF1", b"TKE1"
 # The Cache Directory Tagging Specification's file (backup tools skip the folder): what marks a
 # folder as transferkit's cache, and the only thing `clear` trusts.
@@ -119,15 +126,166 @@ class ArrayCache:
         files.write_checked(self._path(key, "err"), _ERROR, reason.encode("utf-8"))
 
 
+_INDEX = b"TKI1"
+# One row per entry of a shard's data file. Keys are at most 40 characters (image keys are 32 hex
+# digits, the head's 64), names at most 8 ("v0", "t3", "err", "e12").
+_ROW = np.dtype([("key", "S64"), ("name", "S8"), ("kind", "u1"), ("ndim", "u1"), ("dtype", "S4"),
+                 ("shape", "<u4", (4,)), ("offset", "<u8"), ("length", "<u8"), ("digest", "S8")])
+_KIND_ARRAY, _KIND_ERROR = 0, 1
+
+
+class ShardedCache:
+    """Small arrays keyed by (key, name), like `ArrayCache`, stored in shards under `dir/shards`:
+    entries put are held in memory and written by `flush` (or once FLUSH_BYTES are pending) as one
+    data file and one index, the data first, each written atomically under a name no other process
+    uses. So two runs at once never write the same file; a reader sees an index only once its data
+    is complete; a warm run reads a few indexes and then the entries it needs.
+
+    Each entry's digest is in its shard's checksummed index: an entry that does not check out
+    (bit flips, a truncated data file) is counted in `recomputed` and treated as missing. An
+    image that changes gets a new key (`image_key`), so its stale entries are simply never read
+    again. Where two shards hold one entry, the newer wins. Thread-safe."""
+
+    FLUSH_BYTES = 64 << 20
+
+    def __init__(self, directory: Path):
+        self.dir = Path(directory) / "shards"
+        self.recomputed = 0
+        self._lock = threading.RLock()
+        self._index: dict[tuple[bytes, bytes], tuple[int, int]] | None = None
+        self._rows: list[np.ndarray] = []  # per shard loaded: its index rows
+        self._data: list[Path] = []  # per shard loaded: its data file
+        self._open: dict[int, object] = {}  # shard -> open file
+        self._pending: dict[tuple[bytes, bytes], tuple[int, np.ndarray]] = {}
+        self._pending_bytes = 0
+
+    # -- reading ---------------------------------------------------------------------------------
+    def _load(self) -> dict:
+        if self._index is None:
+            self._index = {}
+            for idx in sorted(self.dir.glob("*.idx")) if self.dir.is_dir() else ():
+                self._add_shard(idx)
+        return self._index
+
+    def _add_shard(self, idx: Path, rows: np.ndarray | None = None) -> None:
+        if rows is None:
+            try:
+                body = files.read_checked(idx, _INDEX)
+            except files.CorruptBlob:
+                self.recomputed += 1
+                return
+            if body is None or len(body) % _ROW.itemsize:
+                return
+            rows = np.frombuffer(body, dtype=_ROW)
+        shard = len(self._rows)
+        self._rows.append(rows)
+        self._data.append(idx.with_suffix(".dat"))
+        self._index.update(zip(zip(rows["key"].tolist(), rows["name"].tolist()), zip([shard] * len(rows),
+                                                                                    range(len(rows)))))
+
+    def _entry(self, key: str, name: str, kind: int) -> np.ndarray | None:
+        ident = (key.encode(), name.encode())
+        with self._lock:
+            if ident in self._pending:
+                k, arr = self._pending[ident]
+                return arr if k == kind else None
+            where = self._load().get(ident)
+            if where is None:
+                return None
+            shard, r = where
+            row = self._rows[shard][r]
+            if row["kind"] != kind:
+                return None
+            try:
+                f = self._open.get(shard)
+                if f is None:
+                    f = self._open[shard] = open(self._data[shard], "rb")
+                f.seek(int(row["offset"]))
+                raw = f.read(int(row["length"]))
+            except OSError:  # the data file went away (`transferkit cache clear` meanwhile)
+                raw = b""
+        if len(raw) != int(row["length"]) or _digest8(raw) != row["digest"]:
+            with self._lock:
+                self.recomputed += 1
+                self._index.pop(ident, None)
+            return None
+        if kind == _KIND_ERROR:
+            return np.frombuffer(raw, dtype=np.uint8)
+        shape = tuple(int(d) for d in row["shape"][:row["ndim"]])
+        return np.frombuffer(raw, dtype=np.dtype(row["dtype"].decode())).reshape(shape)
+
+    def get(self, key: str, name: str) -> np.ndarray | None:
+        return self._entry(key, name, _KIND_ARRAY)
+
+    def get_error(self, key: str) -> str | None:
+        data = self._entry(key, "err", _KIND_ERROR)
+        return None if data is None else data.tobytes().decode("utf-8", "replace")
+
+    # -- writing ---------------------------------------------------------------------------------
+    def put(self, key: str, name: str, arr: np.ndarray) -> None:
+        self._put(key, name, _KIND_ARRAY, np.ascontiguousarray(arr))
+
+    def put_error(self, key: str, reason: str) -> None:
+        self._put(key, "err", _KIND_ERROR, np.frombuffer(reason.encode("utf-8"), dtype=np.uint8))
+
+    def _put(self, key: str, name: str, kind: int, arr: np.ndarray) -> None:
+        if len(key) > 64 or len(name) > 8 or arr.ndim > 4:
+            raise ValueError(f"cache entry {key}.{name} {arr.shape}: key, name or rank too long for a shard")
+        with self._lock:
+            self._pending[(key.encode(), name.encode())] = (kind, arr)
+            self._pending_bytes += arr.nbytes
+            if self._pending_bytes >= self.FLUSH_BYTES:
+                self.flush()
+
+    def flush(self) -> None:
+        """Write the entries put since the last flush as one shard (nothing if there are none)."""
+        with self._lock:
+            if not self._pending:
+                return
+            rows = np.zeros(len(self._pending), dtype=_ROW)
+            chunks, offset = [], 0
+            for r, ((key, name), (kind, arr)) in enumerate(self._pending.items()):
+                raw = arr.tobytes()
+                rows[r] = (key, name, kind, arr.ndim, arr.dtype.str.encode(), tuple(arr.shape) + (0,) * (4 - arr.ndim),
+                           offset, len(raw), _digest8(raw))
+                chunks.append(raw)
+                offset += len(raw)
+            name = f"{time.time_ns():016x}-{os.getpid()}-{secrets.token_hex(4)}"
+            files.atomic_write(self.dir / f"{name}.dat", b"".join(chunks), fsync=False)
+            files.write_checked(self.dir / f"{name}.idx", _INDEX, rows.tobytes())
+            self._pending.clear()
+            self._pending_bytes = 0
+            if self._index is not None:
+                self._add_shard(self.dir / f"{name}.idx", rows)
+
+    def close(self) -> None:
+        """Flush, and close the data files opened for reading."""
+        with self._lock:
+            self.flush()
+            for f in self._open.values():
+                f.close()
+            self._open.clear()
+
+    def __enter__(self) -> "ShardedCache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _digest8(raw: bytes) -> bytes:
+    return hashlib.blake2b(raw, digest_size=8).digest()
+
+
 class Cache:
     """The cache folder and where each kind of entry lives in it (see the module docstring)."""
 
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root).expanduser() if root is not None else default_dir()
 
-    def features(self, model: str) -> ArrayCache:
+    def features(self, model: str) -> ShardedCache:
         """Feature vectors of one backbone configuration (`model_key`)."""
-        return ArrayCache(self.root / "features" / model)
+        return ShardedCache(self.root / "features" / model)
 
     def backbone_file(self, model: str) -> Path:
         """The backbone's weights, prepared for `model` (mapped, checked), so a warm run need not
@@ -139,17 +297,17 @@ class Cache:
         that uses the same size and interpolation)."""
         return ArrayCache(self.root / "decoded" / f"s{resize_size}-{interpolation}-d{DECODER_VERSION}-v{FORMAT_VERSION}")
 
-    def teacher(self, ident: dict) -> ArrayCache:
+    def teacher(self, ident: dict) -> ShardedCache:
         """A distillation teacher's logits for the student's views (see `training.teacher`)."""
-        return ArrayCache(self.root / "teacher" / _hash({"v": FORMAT_VERSION, "decoder": DECODER_VERSION, **ident}))
+        return ShardedCache(self.root / "teacher" / _hash({"v": FORMAT_VERSION, "decoder": DECODER_VERSION, **ident}))
 
     def datasets(self) -> Path:
         """Datasets converted to image folders (CIFAR-10's python batches)."""
         return self.root / "datasets"
 
-    def image_facts(self) -> ArrayCache:
+    def image_facts(self) -> ShardedCache:
         """Per image: the sha256 of its bytes and its pixel statistics (`doctor.images`)."""
-        return ArrayCache(self.root / "images" / f"d{DECODER_VERSION}-v{FORMAT_VERSION}")
+        return ShardedCache(self.root / "images" / f"d{DECODER_VERSION}-v{FORMAT_VERSION}")
 
     def serving_model(self, ident: dict) -> Path:
         """A bundle converted to ONNX for `transferkit serve` on CPU; `ident`: what it was built from

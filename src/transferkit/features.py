@@ -1,5 +1,5 @@
 """Frozen-backbone features: fast batched extraction, streamed from the image files, with the
-results stored in the cache (`cache.ArrayCache`, one checksummed entry per image and view).
+results stored in the cache (`cache.ShardedCache`, one checksummed entry per image and view).
 With multi-layer features (`models.multilayer`) each view is two entries: "v" the last layer's
 features (the same entry a last-layer-only run reads and writes) and "t" the earlier stages'.
 
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .cache import ArrayCache, image_key
+from .cache import ShardedCache, image_key
 from .data.datasets import decode_batches
 from .errors import describe_os_error
 from .models.preprocess import Preprocess
@@ -110,7 +110,7 @@ class FeaturePass:
     DataLoader worker processes: decoding overlaps what the caller does before `run` (building
     the network: importing timm alone holds one core for about 2 s while the other is idle)."""
 
-    def __init__(self, groups: list[tuple[list[str], int]], pre: Preprocess, cache: ArrayCache | None,
+    def __init__(self, groups: list[tuple[list[str], int]], pre: Preprocess, cache: ShardedCache | None,
                  seed: int = 0, batch_size: int = 32, workers: int = 0, multi: bool = False):
         self.groups, self.multi = groups, multi
         self.last_width: int | None = None
@@ -191,6 +191,8 @@ class FeaturePass:
                             self.cache.put(self.keys[g][i], f"v{v}", row[v, :w])
                             if self.multi:
                                 self.cache.put(self.keys[g][i], f"t{v}", row[v, w:])
+            if self.cache is not None:
+                self.cache.flush()
         todo = {g: sum(1 for t, _ in self.todo if t == g) for g in range(len(self.groups))}
         return [_feature_set(self.rows[g], 1 + aug_views, self.errors[g], todo[g], self.last_width)
                 for g, (_, aug_views) in enumerate(self.groups)]

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image
 
-from ..cache import ArrayCache, image_key
+from ..cache import ShardedCache, image_key
 from ..data.decode import load_rgb
 from ..errors import ImageDecodeError
 
@@ -20,7 +20,7 @@ PROPERTIES = ("width", "height", "luma_mean", "luma_std", "colourfulness", "grey
 THUMB = 64  # the side the pixel statistics are computed at
 
 
-def _cached(path: str, cache: ArrayCache, name: str, compute) -> np.ndarray | None:
+def _cached(path: str, cache: ShardedCache, name: str, compute) -> np.ndarray | None:
     """`compute(path)` (an array, or None: unreadable), stored under the image's key as `name`."""
     try:
         key = image_key(path)
@@ -34,13 +34,13 @@ def _cached(path: str, cache: ArrayCache, name: str, compute) -> np.ndarray | No
     return value
 
 
-def content_hash(path: str, cache: ArrayCache) -> bytes | None:
+def content_hash(path: str, cache: ShardedCache) -> bytes | None:
     """The sha256 of the file's bytes (None: unreadable)."""
     digest = _cached(path, cache, "sha", _sha256)
     return None if digest is None else digest.tobytes()
 
 
-def properties(path: str, cache: ArrayCache) -> np.ndarray | None:
+def properties(path: str, cache: ShardedCache) -> np.ndarray | None:
     """PROPERTIES of the image (None: unreadable)."""
     return _cached(path, cache, "props", _properties)
 
@@ -68,9 +68,10 @@ def _properties(path: str) -> np.ndarray | None:
     return np.array([width, height, luma.mean(), luma.std(), colour, grey], dtype=np.float64)
 
 
-def read_all(paths: list[str], cache: ArrayCache, with_properties: bool = True, threads: int = 4):
+def read_all(paths: list[str], cache: ShardedCache, with_properties: bool = True, threads: int = 4):
     """(hashes, properties) of `paths`, on `threads` threads (Pillow and hashlib release the GIL)."""
     with ThreadPoolExecutor(threads) as pool:
         hashes = list(pool.map(lambda p: content_hash(p, cache), paths))
         props = list(pool.map(lambda p: properties(p, cache), paths)) if with_properties else None
+    cache.flush()
     return hashes, props

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..cache import ArrayCache, Cache
+from ..cache import Cache, ShardedCache
 from ..config import TrainConfig
 from ..console import Console
 from ..data.datasets import labels_of
@@ -38,7 +38,7 @@ class Features:
     facts: dict  # cache statistics for results.json
     widths: dict[str, int] = field(default_factory=dict)  # "last" (the first columns) and, if extracted, "multi"
     memo: dict = field(default_factory=dict)  # results computed from these features once per run (the head's CV)
-    store: ArrayCache | None = None  # where results computed from these features persist across runs
+    store: ShardedCache | None = None  # where results computed from these features persist across runs
 
     def last_layer(self) -> tuple[np.ndarray, np.ndarray]:
         """The last layer's features of the training images (eval view) and of the val images."""
@@ -55,7 +55,7 @@ class CachedFeatures:
     """The features of one split, computed at most once: the cache is read (and missing images
     start decoding) when this is made, before the network is built; `get` finishes the pass."""
 
-    def __init__(self, split: DatasetSplit, pre: Preprocess, cache: ArrayCache, aug_views: int, seed: int,
+    def __init__(self, split: DatasetSplit, pre: Preprocess, cache: ShardedCache, aug_views: int, seed: int,
                  workers: int, multi: bool = False):
         self.split, self.cache, self.aug_views = split, cache, aug_views
         self._pass: FeaturePass | None = FeaturePass(

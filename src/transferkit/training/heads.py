@@ -274,6 +274,7 @@ def _store_choice(f, key: tuple, choice: HeadChoice) -> None:
 
     if f.store is not None and not choice.cached and choice.cv_accuracy is not None:
         f.store.put(_choice_key(f, key), "head", np.frombuffer(json.dumps(choice.to_dict()).encode(), dtype=np.uint8))
+        f.store.flush()
 
 
 def _wanted_widths(cfg: TrainConfig, f) -> dict[str, int]:

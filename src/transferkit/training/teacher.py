@@ -95,6 +95,7 @@ def teacher_logits(ctx: Context, train: DecodedImages) -> tuple[torch.Tensor, di
                 cache.put(train.keys[i], f"e{e + 1}", row.numpy())
             bar.update(len(js))
         bar.close()
+        cache.flush()
     facts = {"teacher": str(run_dir), "teacher_backbone": meta.backbone,
              "teacher_views_cached": epochs * n - len(todo), "teacher_views_computed": len(todo),
              "temperature": ctx.cfg.temperature, "alpha": ctx.cfg.alpha}
