@@ -130,7 +130,7 @@ _INDEX = b"TKI1"
 # One row per entry of a shard's data file. Keys are at most 40 characters (image keys are 32 hex
 # digits, the head's 64), names at most 8 ("v0", "t3", "err", "e12").
 _ROW = np.dtype([("key", "S64"), ("name", "S8"), ("kind", "u1"), ("ndim", "u1"), ("dtype", "S4"),
-                 ("shape", "<u4", (4,)), ("offset", "<u8"), ("length", "<u8"), ("digest", "S8")])
+                 ("shape", "<u4", (4,)), ("offset", "<u8"), ("length", "<u8"), ("digest", "<u8")])
 _KIND_ARRAY, _KIND_ERROR = 0, 1
 
 
@@ -204,7 +204,7 @@ class ShardedCache:
                 raw = f.read(int(row["length"]))
             except OSError:  # the data file went away (`transferkit cache clear` meanwhile)
                 raw = b""
-        if len(raw) != int(row["length"]) or _digest8(raw) != row["digest"]:
+        if len(raw) != int(row["length"]) or _digest8(raw) != int(row["digest"]):
             with self._lock:
                 self.recomputed += 1
                 self._index.pop(ident, None)
@@ -273,8 +273,8 @@ class ShardedCache:
         self.close()
 
 
-def _digest8(raw: bytes) -> bytes:
-    return hashlib.blake2b(raw, digest_size=8).digest()
+def _digest8(raw: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little")
 
 
 class Cache:

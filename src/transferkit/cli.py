@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    + _strategies_help())
     p.add_argument("data", nargs="?", help="dataset folder (not needed with --resume)")
     p.add_argument("--config", help="YAML file of options (command-line flags override it)")
+    p.add_argument("--nproc", type=int, metavar="N", help="train with N processes on this machine (one per GPU, "
+                   "or sharing the CPU cores): launches `torchrun --standalone --nproc-per-node N` for you; "
+                   "--batch-size is per process. Several machines: run torchrun yourself (README, Scaling out)")
     add_options(p, TrainConfig, skip=("data",))
 
     p = sub.add_parser("lr-find", help="LR range test: suggest a learning rate",
@@ -144,7 +147,11 @@ def _config_and_options(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
     return (TrainConfig.from_yaml(args.config) if args.config else TrainConfig()), options
 
 
-def cmd_train(args: argparse.Namespace, started: float) -> int:
+def cmd_train(args: argparse.Namespace, started: float, argv: list[str]) -> int:
+    if args.nproc is not None:
+        from .launch import launch
+
+        return launch(args.nproc, argv)
     from .evaluation.worker import Worker
 
     worker = Worker()  # started before torch is imported: its own imports run meanwhile
@@ -303,6 +310,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     if args.version:
         from . import __version__
@@ -314,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.command == "train":
-            return cmd_train(args, started)
+            return cmd_train(args, started, argv)
         handlers = {"lr-find": cmd_lr_find, "eval": cmd_eval, "predict": cmd_predict, "models": cmd_models,
                     "summary": cmd_summary, "cache": cmd_cache, "report": cmd_report, "export": cmd_export,
                     "serve": cmd_serve, "doctor": cmd_doctor}
@@ -330,10 +338,30 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # a read-only folder, a full disk, a file in the way: one line, not a traceback
         print(f"error: {os_error_line(exc)}", file=sys.stderr)
         return 1
+    except Exception as exc:  # noqa: BLE001 - only a peer's failure is answered here
+        if not _peer_failed(exc):
+            raise
+        print("error: another process of this torchrun group stopped (its error is above); this one stopped too",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt as exc:  # before any model was trained: nothing to keep
         print("interrupted: nothing was trained yet, so there is nothing to keep (features computed so far "
               "are cached)" if args.command == "train" else "interrupted", file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
+
+
+def _peer_failed(exc: Exception) -> bool:
+    """Whether `exc` is a collective of a torchrun group that failed because another process of
+    the group ended (that process reports its own error)."""
+    from .distributed import under_torchrun
+
+    if not under_torchrun() or "torch" not in sys.modules:
+        return False
+    import torch.distributed as dist
+
+    text = str(exc)
+    return isinstance(exc, dist.DistError) or (isinstance(exc, RuntimeError) and (
+        "Connection closed by peer" in text or "Connection reset by peer" in text or "gloo" in text.lower()))
 
 
 def _on_sigterm(signum, frame) -> None:

@@ -88,6 +88,8 @@ class TrainConfig:
                                         epochs=True)
     class_weights: str = opt("none", "none | auto (inverse class frequency in the loss)", choices=CLASS_WEIGHTS)
     balanced_sampler: bool = opt(False, "draw training images so that every class is equally frequent")
+    sync_bn: bool | None = opt(None, "under torchrun on GPUs: BatchNorm statistics over the whole group's batch "
+                               "(SyncBatchNorm) instead of each process's own")
     dropout: float | None = opt(None, "dropout before the new head", low=0, high=1, high_open=True, epochs=True)
     patience: int | None = opt(None, "stop after this many epochs without a better val accuracy (0: off)", low=0,
                                epochs=True)

@@ -8,17 +8,18 @@ import time
 
 class Console:
     """Messages of a command or an API call. `quiet`: warnings and errors only (no results, no
-    progress)."""
+    progress); `warnings=False` too: errors only (the ranks of a group other than the primary)."""
 
-    def __init__(self, quiet: bool = False):
-        self.quiet = quiet
+    def __init__(self, quiet: bool = False, warnings: bool = True):
+        self.quiet, self.warnings = quiet, warnings
 
     def info(self, msg: str) -> None:
         if not self.quiet:
             print(msg, flush=True)
 
     def warn(self, msg: str) -> None:
-        print(f"warning: {msg}", file=sys.stderr, flush=True)
+        if self.warnings:
+            print(f"warning: {msg}", file=sys.stderr, flush=True)
 
     def progress(self, total: int, desc: str):
         """Progress of long work on stderr: a tqdm bar on a terminal; elsewhere (a log file, CI)

@@ -18,6 +18,7 @@ from torch import nn
 
 from .cache import ShardedCache, image_key
 from .data.datasets import decode_batches
+from .distributed import Group
 from .errors import describe_os_error
 from .models.preprocess import Preprocess
 from .runtime import Runtime
@@ -108,11 +109,17 @@ class FeaturePass:
 
     The cache is read when the pass is made, and the missing images start decoding then too, in
     DataLoader worker processes: decoding overlaps what the caller does before `run` (building
-    the network: importing timm alone holds one core for about 2 s while the other is idle)."""
+    the network: importing timm alone holds one core for about 2 s while the other is idle).
+
+    In a group of processes (`distributed.Group`) the images missing from any rank's cache are
+    shared out: each rank computes every world-th of them, and the results (features, or why an
+    image is unreadable) are exchanged over the group, so every rank ends with the same
+    features without the nodes sharing a filesystem; one rank per node writes them to its cache."""
 
     def __init__(self, groups: list[tuple[list[str], int]], pre: Preprocess, cache: ShardedCache | None,
-                 seed: int = 0, batch_size: int = 32, workers: int = 0, multi: bool = False):
-        self.groups, self.multi = groups, multi
+                 seed: int = 0, batch_size: int = 32, workers: int = 0, multi: bool = False,
+                 group: Group | None = None):
+        self.groups, self.multi, self.group = groups, multi, group or Group()
         self.last_width: int | None = None
         self.rows: list[list[np.ndarray | None]] = [[None] * len(paths) for paths, _ in groups]
         self.errors: list[dict[str, str]] = [{} for _ in groups]
@@ -130,11 +137,16 @@ class FeaturePass:
                     self.todo.append((g, i))
                 else:
                     self.rows[g][i] = got
+        self.missing = set(self.todo)  # what this rank's cache lacks
+        if self.group.distributed:  # what any rank lacks is computed once, shared out
+            self.todo = sorted({tuple(t) for part in self.group.all_gather(self.todo) for t in part})
+        self.share = list(self.group.share(len(self.todo)))  # the positions in `todo` computed here
         self._batches = None
-        if self.todo:
+        if self.share:
+            mine = [self.todo[j] for j in self.share]
             self._batches = decode_batches(
-                [groups[g][0][i] for g, i in self.todo], pre, [groups[g][1] for g, _ in self.todo], seed,
-                [self.keys[g][i] for g, i in self.todo], batch_size, workers)
+                [groups[g][0][i] for g, i in mine], pre, [groups[g][1] for g, _ in mine], seed,
+                [self.keys[g][i] for g, i in mine], batch_size, workers)
 
     @staticmethod
     def _key(path: str, errors: dict[str, str]) -> str | None:
@@ -163,39 +175,57 @@ class FeaturePass:
 
     def run(self, extractor: Extractor | Callable[[], Extractor], progress=None) -> list[FeatureSet]:
         """One `FeatureSet` per group. `extractor` may be a factory, called only if some features
-        are not cached."""
+        are not this rank's to compute."""
         if progress is not None:
             progress.update(sum(len(p) for p, _ in self.groups) - len(self.todo))
-        if self._batches is not None:
-            if not isinstance(extractor, Extractor):
-                extractor = extractor()
-            views = sum(1 + self.groups[g][1] for g, _ in self.todo)
-            extractor.freeze = extractor.freeze or views >= FREEZE_MIN_IMAGES
-            if self.multi:
-                if extractor.last_features is None:
-                    raise RuntimeError("a multi-layer feature pass needs a multi-layer backbone")
-                self.last_width = extractor.last_features
-            batches, self._batches = self._batches, None
-            for idx, feats, errs in extractor.run(batches, progress):
-                for j, reason, cacheable in errs:
-                    g, i = self.todo[j]
-                    self.errors[g][self.groups[g][0][i]] = reason
-                    if self.cache is not None and cacheable:  # not "permission denied": it may be fixed
-                        self.cache.put_error(self.keys[g][i], reason)
-                for j, f in zip(idx, feats):
-                    g, i = self.todo[j]
-                    self.rows[g][i] = f.numpy()
-                    if self.cache is not None:
-                        row, w = self.rows[g][i], self.last_width or self.rows[g][i].shape[-1]
-                        for v in range(len(f)):
-                            self.cache.put(self.keys[g][i], f"v{v}", row[v, :w])
-                            if self.multi:
-                                self.cache.put(self.keys[g][i], f"t{v}", row[v, w:])
-            if self.cache is not None:
-                self.cache.flush()
+        done = self._compute(extractor, progress) if self._batches is not None else {}
+        if self.group.distributed:
+            parts = self.group.all_gather((done, self.last_width))
+            done = {j: result for part, _ in parts for j, result in part.items()}
+            self.last_width = self.last_width or next((w for _, w in parts if w is not None), None)
+            if progress is not None:
+                progress.update(len(self.todo) - len(self.share))
+        writes = self.cache is not None and (self.group.writes_cache or not self.group.distributed)
+        for j, (row, reason, cacheable) in sorted(done.items()):
+            g, i = self.todo[j]
+            write = writes and (g, i) in self.missing
+            if row is None:
+                self.errors[g][self.groups[g][0][i]] = reason
+                if write and cacheable:  # not "permission denied": it may be fixed
+                    self.cache.put_error(self.keys[g][i], reason)
+                continue
+            self.rows[g][i] = row
+            if write:
+                w = self.last_width or row.shape[-1]
+                for v in range(len(row)):
+                    self.cache.put(self.keys[g][i], f"v{v}", row[v, :w])
+                    if self.multi:
+                        self.cache.put(self.keys[g][i], f"t{v}", row[v, w:])
+        if self.cache is not None:
+            self.cache.flush()
         todo = {g: sum(1 for t, _ in self.todo if t == g) for g in range(len(self.groups))}
         return [_feature_set(self.rows[g], 1 + aug_views, self.errors[g], todo[g], self.last_width)
                 for g, (_, aug_views) in enumerate(self.groups)]
+
+    def _compute(self, extractor: Extractor | Callable[[], Extractor], progress) -> dict[int, tuple]:
+        """This rank's share: {position in `todo`: (features (1 + K, D) or None, error reason,
+        whether the reason may be cached)}."""
+        if not isinstance(extractor, Extractor):
+            extractor = extractor()
+        views = sum(1 + self.groups[self.todo[j][0]][1] for j in self.share)
+        extractor.freeze = extractor.freeze or views >= FREEZE_MIN_IMAGES
+        if self.multi:
+            if extractor.last_features is None:
+                raise RuntimeError("a multi-layer feature pass needs a multi-layer backbone")
+            self.last_width = extractor.last_features
+        batches, self._batches = self._batches, None
+        done: dict[int, tuple] = {}
+        for idx, feats, errs in extractor.run(batches, progress):
+            for k, reason, cacheable in errs:
+                done[self.share[k]] = (None, reason, cacheable)
+            for k, f in zip(idx, feats):
+                done[self.share[k]] = (f.numpy(), "", True)
+        return done
 
 
 def _feature_set(rows: list[np.ndarray | None], views: int, errors: dict[str, str], computed: int,

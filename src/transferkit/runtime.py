@@ -30,7 +30,7 @@ class Runtime:
     def create(cls, device: str = "auto", precision: str = "auto") -> "Runtime":
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device == "cuda" and not torch.cuda.is_available():
+        if device.startswith("cuda") and not torch.cuda.is_available():
             raise UserError("--device cuda was asked for but no CUDA GPU is available")
         dev = torch.device(device)
         if precision == "fp32":

@@ -8,7 +8,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, WeightedRandomSampler
 
 from ..cache import ArrayCache, image_key
 from ..errors import ImageDecodeError, describe_os_error
@@ -157,9 +157,17 @@ def decode_all(samples: list[Sample], cache: ArrayCache, pre: Preprocess, progre
 
 
 def train_loader(dataset, labels: torch.Tensor, batch_size: int, seed: int, balanced: bool = False,
-                 workers: int = 0, drop_last: bool = False) -> DataLoader:
+                 workers: int = 0, drop_last: bool = False, group=None) -> DataLoader:
     """Shuffled batches from a generator seeded by `seed`, or with `balanced` every class equally
-    likely per draw."""
+    likely per draw. With `group` (`distributed.Group`; training on images) the order is drawn
+    per epoch from (seed, epoch) by a `DistributedSampler` (the loop sets its epoch), and each
+    rank gets every world-th image of it: ranks x batch images per step, the same images as one
+    process with that batch."""
+    if group is not None:
+        kind = ClassBalancedSampler if balanced else DistributedSampler
+        extra = {"labels": labels} if balanced else {}
+        sampler = kind(dataset, num_replicas=group.world, rank=group.rank, shuffle=True, seed=seed, **extra)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last)
     gen = torch.Generator().manual_seed(seed)
     if balanced:
         counts = torch.bincount(labels).float()
@@ -167,3 +175,17 @@ def train_loader(dataset, labels: torch.Tensor, batch_size: int, seed: int, bala
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last)
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=gen, num_workers=workers,
                       drop_last=drop_last)
+
+
+class ClassBalancedSampler(DistributedSampler):
+    """Every class equally likely per draw (with replacement), drawn per epoch from (seed,
+    epoch), the draws shared out across the group as `DistributedSampler` shares its order."""
+
+    def __init__(self, dataset, labels: torch.Tensor, **kwargs):
+        super().__init__(dataset, **kwargs)
+        self.weights = (1.0 / torch.bincount(labels).float())[labels].double()
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        draws = torch.multinomial(self.weights, self.total_size, replacement=True, generator=gen).tolist()
+        return iter(draws[self.rank:self.total_size:self.num_replicas])

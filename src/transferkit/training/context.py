@@ -18,6 +18,7 @@ from ..config import TrainConfig
 from ..console import Console
 from ..data.datasets import labels_of
 from ..data.discover import DatasetSplit
+from ..distributed import Group
 from ..features import Extractor, FeaturePass
 from ..models.classifier import LazyClassifier
 from ..models.preprocess import Preprocess
@@ -56,11 +57,11 @@ class CachedFeatures:
     start decoding) when this is made, before the network is built; `get` finishes the pass."""
 
     def __init__(self, split: DatasetSplit, pre: Preprocess, cache: ShardedCache, aug_views: int, seed: int,
-                 workers: int, multi: bool = False):
+                 workers: int, multi: bool = False, group: Group | None = None):
         self.split, self.cache, self.aug_views = split, cache, aug_views
         self._pass: FeaturePass | None = FeaturePass(
             [([s.path for s in split.train], aug_views), ([s.path for s in split.val], 0)],
-            pre, cache, seed, batch_size=32, workers=workers, multi=multi)
+            pre, cache, seed, batch_size=32, workers=workers, multi=multi, group=group)
         self._features: Features | None = None
 
     def computed(self) -> Features | None:
@@ -119,6 +120,7 @@ class Context:
     features: CachedFeatures | None  # for strategies that start from cached features
     run_dir: Path
     resume: dict | None = None  # a checkpoint to continue from (--resume)
+    group: Group = field(default_factory=Group)  # the processes training together (torchrun), or one
 
     @property
     def checkpoint(self) -> Path:

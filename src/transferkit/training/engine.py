@@ -2,9 +2,11 @@
 a checkpoint per epoch).
 
 The loop only sees a module, loaders and a `prepare` function turning a loader batch into model
-input, so the same code trains a head on cached features and a whole network on images. It runs
-in one process on one device (CPU or one GPU). It is not ready for torchrun: every process would
-choose its own best epoch and early-stop on its own val accuracy, and write the checkpoint.
+input, so the same code trains a head on cached features and a whole network on images. In a
+group of processes (torchrun, `distributed.Group`) each trains the module `replicate` gives
+(DDP) on its share of every batch; `measure` returns the same val accuracy on every rank (the
+caller gathers the val logits), so every rank keeps the same best epoch and stops at the same
+time; the primary alone writes the checkpoint, holding every rank's random state.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch.utils.data import DataLoader
 
 from ..evaluation.metrics import EpochStats
 from ..errors import Terminated, UserError
+from ..distributed import Group
 from ..runtime import Runtime
 from .checkpoint import save_checkpoint
 
@@ -127,6 +130,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
         progress_factory=None, before_epoch: Callable[[int], None] | None = None,
         checkpoint: Path | None = None, resume: dict | None = None,
         measure: Callable[[nn.Module], tuple[float, float, torch.Tensor]] | None = None,
+        group: Group | None = None, replicate: Callable[[nn.Module], nn.Module] | None = None,
         ) -> tuple[FitResult, dict[str, torch.Tensor]]:
     """Train for `epochs`, validating after each; keep the best weights (by val accuracy, ties to
     the lower val loss). Stops early after `patience` epochs without improvement (0: never), and
@@ -134,7 +138,10 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
 
     With `checkpoint`, everything needed to continue (model, optimizer, scheduler, RNG states,
     best so far) is written there atomically after every epoch; `resume` (such a checkpoint,
-    loaded) continues from its epoch, giving on CPU the same result as an uninterrupted run."""
+    loaded) continues from its epoch, giving on CPU the same result as an uninterrupted run.
+    In a `group`, `replicate(model)` is what trains (DDP), and the loader's sampler is told the
+    epoch."""
+    group = group or Group()
     result = FitResult()
     best_state = copy.deepcopy(model.state_dict())
     best_loss = math.inf
@@ -147,7 +154,9 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         scaler.load_state_dict(resume["scaler"])
-        torch.set_rng_state(resume["torch_rng"])
+        rng = resume["torch_rng"]  # one state, or one per rank of the group that wrote it
+        if isinstance(rng, torch.Tensor) or len(rng) == group.world:
+            torch.set_rng_state(rng if isinstance(rng, torch.Tensor) else rng[group.rank])
         for gen, state in zip(generators, resume["loader_rng"]):
             gen.set_state(state)
         best_state, best_loss, since_best = resume["best_state"], resume["best_loss"], resume["since_best"]
@@ -161,11 +170,17 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
                 before_epoch(epoch)  # e.g. unfreeze the next stages
             if hasattr(train_loader.dataset, "set_epoch"):
                 train_loader.dataset.set_epoch(epoch)  # seeds this epoch's augmentation
+            if hasattr(train_loader.sampler, "set_epoch"):
+                train_loader.sampler.set_epoch(epoch)  # this epoch's order (and share of it)
             bar = progress_factory(epoch, len(train_loader)) if progress_factory else None
             try:
                 train_loss, train_acc = train_one_epoch(
-                    model, train_loader, optimizer, scheduler, loss_fn, runtime, prepare, scaler, bar
+                    replicate(model) if replicate else model, train_loader, optimizer, scheduler, loss_fn, runtime,
+                    prepare, scaler, bar
                 )
+                if group.distributed:  # every rank saw as many images (the sampler pads)
+                    ranks = group.all_gather((train_loss, train_acc))
+                    train_loss, train_acc = (sum(r[0] for r in ranks) / len(ranks), sum(r[1] for r in ranks) / len(ranks))
                 train_seconds = time.perf_counter() - start
                 val_loss, val_acc, _ = (measure(model) if measure is not None
                                         else validate(model, val_loader, loss_fn, runtime, prepare))
@@ -181,11 +196,12 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
                 since_best = 0
             else:
                 since_best += 1
-            if checkpoint is not None:
+            rng = group.all_gather(torch.get_rng_state()) if group.distributed else torch.get_rng_state()
+            if checkpoint is not None and group.primary:
                 save_checkpoint(checkpoint, {
                     "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                    "torch_rng": torch.get_rng_state(), "loader_rng": [g.get_state() for g in generators],
+                    "torch_rng": rng, "loader_rng": [g.get_state() for g in generators],
                     "best_state": best_state, "best_loss": best_loss, "since_best": since_best,
                     "best_epoch": result.best_epoch, "best_val_acc": result.best_val_acc,
                     "history": [dataclasses.asdict(h) for h in result.history],

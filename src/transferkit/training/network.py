@@ -17,6 +17,7 @@ from ..data.datasets import DecodedImages, decode_all, labels_of, train_loader
 from ..data.decode import typical_short_side
 from ..data.views import SMALL
 from ..data.discover import DatasetSplit
+from ..distributed import sync_batchnorm
 from ..features import Extractor
 from ..models.classifier import Classifier
 from . import engine
@@ -94,11 +95,18 @@ class NetworkSetup:
 
 def network_setup(ctx: Context, head_init: nn.Linear | None = None, split: DatasetSplit | None = None) -> NetworkSetup:
     """Decode every image of `split` (default: the context's) once into the cache, build
-    loaders, initialize the head, and set what trains (param groups) as the strategy declares."""
-    cfg, runtime, model = ctx.cfg, ctx.runtime, ctx.models.get()
+    loaders, initialize the head, and set what trains (param groups) as the strategy declares.
+    In a group the ranks of each node decode a share each into the node's cache, and the
+    unreadable files found are exchanged; the training loader gives each rank its share of
+    every epoch, the val loader its share of the val images."""
+    cfg, runtime, model, group = ctx.cfg, ctx.runtime, ctx.models.get(), ctx.group
     cache = ctx.cache.decoded(ctx.pre.resize_size, ctx.pre.interpolation)
     split = split or ctx.split
-    split = split.without(decode_all(split.train + split.val, cache, ctx.pre, ctx.console.progress))
+    samples = split.train + split.val
+    errors = decode_all([samples[i] for i in group.node_share(len(samples))], cache, ctx.pre, ctx.console.progress)
+    if group.distributed:
+        errors = {path: reason for part in group.all_gather(errors) for path, reason in part.items()}
+    split = split.without(errors)
     split.check_not_empty()
 
     small = is_small(split)
@@ -108,9 +116,11 @@ def network_setup(ctx: Context, head_init: nn.Linear | None = None, split: Datas
                              small)
 
     y_train = labels_of(split.train)
+    per_rank = -(-len(split.train) // group.world)
     loader = train_loader(dataset(split.train, True), y_train, cfg.batch_size, cfg.seed, cfg.balanced_sampler,
-                          ctx.workers, drop_last=len(split.train) > cfg.batch_size)
-    val_loader = DataLoader(dataset(split.val, False), batch_size=cfg.batch_size, num_workers=ctx.workers)
+                          ctx.workers, drop_last=per_rank > cfg.batch_size, group=group)
+    val_loader = DataLoader(dataset(split.val, False), batch_size=cfg.batch_size, num_workers=ctx.workers,
+                            sampler=list(group.share(len(split.val))))
     torch.manual_seed(cfg.seed)
     if head_init is not None:
         model.head.load_state_dict(head_init.state_dict())
@@ -118,6 +128,8 @@ def network_setup(ctx: Context, head_init: nn.Linear | None = None, split: Datas
         nn.init.normal_(model.head.weight, std=0.01)
         nn.init.zeros_(model.head.bias)
     runtime.train_module(model)
+    if cfg.sync_bn and group.distributed:
+        sync_batchnorm(model)
     stages = ctx.models.spec.stages(model.backbone)
     groups = param_groups(model, stages, ctx.strategy, cfg.lr, cfg.backbone_lr_mult or 1.0, cfg.unfreeze or 0,
                           cfg.lr_decay or 1.0)
@@ -141,7 +153,7 @@ def train_network(ctx: Context, head_init: nn.Linear | None = None,
     LP-FT and the student of distill): decoded once into the cache, bf16 autocast + channels_last,
     what trains set as the strategy declares. `adapt` may change the loader and loss (distill);
     `split` replaces the context's (LP-FT: the one its probe was fitted on)."""
-    cfg, runtime = ctx.cfg, ctx.runtime
+    cfg, runtime, group = ctx.cfg, ctx.runtime, ctx.group
     net = network_setup(ctx, head_init, split)
     if adapt is not None:
         net = adapt(net)
@@ -162,9 +174,14 @@ def train_network(ctx: Context, head_init: nn.Linear | None = None,
         numerics differ enough to flip borderline images between the two paths."""
         was_training = m.training
         extractor = Extractor(m.backbone, ctx.pre, runtime, batch_size=32)
-        feats = torch.cat([extractor.forward(u8) for u8, _ in net.val_loader])
+        feats = [extractor.forward(u8) for u8, _ in net.val_loader]
         with torch.inference_mode():
-            logits = nn.functional.linear(feats, m.head.weight.detach().float().cpu(), m.head.bias.detach().float().cpu())
+            weight, bias = m.head.weight.detach().float().cpu(), m.head.bias.detach().float().cpu()
+            logits = nn.functional.linear(torch.cat(feats), weight, bias) if feats else torch.empty(0, len(bias))
+            if group.distributed:  # each rank measured its share: every rank gets them all, in order
+                mine = dict(zip(net.val_loader.sampler, logits))
+                every = group.gather_rows(mine)
+                logits = torch.stack([every[i] for i in range(len(y_val))]) if len(y_val) else logits
             loss = float(net.loss(logits, y_val))
         m.train(was_training)
         return loss, float((logits.argmax(1) == y_val).float().mean()) if len(y_val) else 0.0, logits
@@ -179,11 +196,14 @@ def train_network(ctx: Context, head_init: nn.Linear | None = None,
         ),
         progress_factory=_epoch_bar(ctx.console, cfg.strategy, cfg.epochs), before_epoch=before_epoch,
         checkpoint=ctx.checkpoint, resume=ctx.resume, measure=measure,
+        group=group, replicate=group.replicate(runtime.device) if group.distributed else None,
     )
     model.load_state_dict(best)
     _, _, val_logits = measure(model)  # the kept epoch's logits, as its row in metrics.csv measured them
     model.to("cpu").eval()
     info = {"param_groups": peak_lrs,
+            "batch": {"per_process": cfg.batch_size, "processes": group.world, "global": cfg.batch_size * group.world,
+                      "lr": cfg.lr, "sync_bn": bool(cfg.sync_bn) and group.distributed},
             "stages": len(stages), "trainable_stages_at_end": sum(
                 any(dict(model.backbone.named_parameters())[n].requires_grad for n in st) for st in stages)}
     return Outcome(result, val_logits, model.state_dict(), net.split, cfg, info)

@@ -23,8 +23,10 @@ from ..evaluation.worker import Worker
 from ..files import claim_out, fresh_dir, write_json
 from ..models import backbones, bundle
 from ..models.classifier import LazyClassifier, identify_weights
+from ..distributed import Group, check_sync_bn, joined, under_torchrun
 from ..runtime import Runtime, default_workers
 from ..doctor.health import quick_health, warnings as health_warnings
+from . import elastic
 from .checkpoint import load_checkpoint
 from .context import CachedFeatures, Context, Outcome
 from .result import Run
@@ -35,18 +37,26 @@ def train(cfg: TrainConfig, console: Console, worker: Worker, started: float, ch
     """Train with the options `cfg` (not yet resolved); `checkpoint`: the interrupted run's, to
     continue from. The global torch RNG is seeded for the run and restored afterwards."""
     cfg = cfg.resolved()
-    worker.warn = console.warn
-    with _own_rng(), _cache_for(cfg) as cache:
-        ctx = make_context(cfg, console, cache, resume=checkpoint)
+    with joined(cfg.device) as group, _own_rng(), _cache_for(cfg, group) as cache:
+        if not group.primary:
+            console = Console(quiet=True, warnings=False)  # the primary speaks for the group
+        worker.warn = console.warn
+        cfg, checkpoint = elastic.restarted(cfg, checkpoint, group)
+        ctx = make_context(cfg, console, cache, resume=checkpoint, group=group)
         run_dir = ctx.run_dir
         spec, runtime = ctx.models.spec, ctx.runtime
+        processes = f", {group.world} processes ({group.backend})" if group.distributed else ""
         console.info(
             f"training {spec.name} ({cfg.strategy}) on {len(ctx.split.classes)} classes "
-            f"({ctx.split.val_source} validation), {runtime.device.type} {runtime.precision}"
+            f"({ctx.split.val_source} validation), {runtime.device.type} {runtime.precision}{processes}"
         )
         outcome = ctx.strategy.run(ctx)
+        if not group.primary:
+            return Run(run_dir, {"rank": group.rank})  # the primary writes the run folder
         health = quick_health(outcome.split, ctx.features.computed() if ctx.features is not None else None, cache,
                               cfg.data)
+        if group.distributed:
+            outcome.info["distributed"] = group.describe()
     for line in health_warnings(health):
         console.warn(line)
     for item in outcome.split.skipped:
@@ -61,6 +71,7 @@ def train(cfg: TrainConfig, console: Console, worker: Worker, started: float, ch
                      f"continue with: transferkit train --resume {run_dir}")
     elif ctx.checkpoint.exists():
         ctx.checkpoint.unlink()  # finished: the bundle is what remains
+    elastic.finished(cfg)
     used = outcome.cfg  # auto: the options of the strategy it chose
     meta = bundle.BundleMeta(spec.name, spec.arch, outcome.split.classes, outcome.pre or ctx.pre, used.strategy,
                              used.dropout or 0.0,
@@ -85,23 +96,36 @@ def _own_rng():
 
 
 @contextlib.contextmanager
-def _cache_for(cfg: TrainConfig):
+def _cache_for(cfg: TrainConfig, group: Group | None = None):
     """The cache: the user's, or with --no-cache a temporary one removed afterwards."""
+    group = group or Group()
     if not cfg.no_cache:
-        yield Cache(cfg.cache_dir).prepare()
+        yield _prepared(Cache(cfg.cache_dir), group)
         return
     with tempfile.TemporaryDirectory(prefix="transferkit-") as tmp:
-        yield Cache(tmp).prepare()
+        yield _prepared(Cache(tmp), group)
+        group.barrier()  # no rank removes it while another still reads from it
+
+
+def _prepared(cache: Cache, group: Group) -> Cache:
+    """`cache.prepare()`, by one rank per node first (the others would find it half-made)."""
+    if group.writes_cache:
+        cache.prepare()
+    group.barrier()
+    return cache if group.writes_cache else cache.prepare()
 
 
 def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str | None = None,
-                 with_features: bool | None = None, resume: dict | None = None) -> Context:
+                 with_features: bool | None = None, resume: dict | None = None, group: Group | None = None) -> Context:
     """Check every user input (data, model, weights, options), then make the run folder and the
     strategy's context; `with_features` (default: the strategy declares it uses cached features)
-    starts the feature pass."""
+    starts the feature pass. In a group the primary makes the run folder; every rank checks the
+    inputs (each reads the data itself)."""
+    group = group or Group()
     strategy = STRATEGIES.get(cfg.strategy)
     spec = backbones.get(cfg.model)
-    runtime = Runtime.create(cfg.device, cfg.precision)
+    runtime = Runtime.create(group.device(cfg.device), cfg.precision)
+    check_sync_bn(cfg.sync_bn, group, runtime.device)
     split = discover(cfg.data, cfg.val_fraction, cfg.seed, cache.datasets())
     if cfg.exclude:
         from ..doctor.diagnose import read_exclude
@@ -131,7 +155,7 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
         # (measured, 2 cores, ants/bees cold: 9.2-10.4 s with none, 7.7 s with one; 4x the images:
         # 24.3 s vs 20.8 s).
         features = CachedFeatures(split, pre, cache.features(key), cfg.aug_views or 0, cfg.seed,
-                                  max(1, workers) if cfg.workers is None else workers, multi)
+                                  max(1, workers) if cfg.workers is None else workers, multi, group)
     torch.manual_seed(cfg.seed)  # random weights (scratch, a new head) are the same for a seed
     models = LazyClassifier(spec, len(split.classes), cfg.weights, cfg.dropout or 0.0, cache.backbone_file(key), stem,
                             "multi" if multi else "last")
@@ -140,10 +164,14 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
         from .teacher import check_teacher
 
         check_teacher(cfg.teacher, split.classes)
-    run_dir = make_run_dir(cfg, run_name)
-    cfg.to_yaml(run_dir / "config.yaml")  # written first: --resume reads it
+    def new_run_dir() -> Path:
+        run_dir = make_run_dir(cfg, run_name)
+        cfg.to_yaml(run_dir / "config.yaml")  # written first: --resume reads it
+        elastic.started(cfg, run_dir)
+        return run_dir
+
     return Context(cfg=cfg, split=split, models=models, pre=pre, runtime=runtime, cache=cache, workers=workers,
-                   console=console, features=features, run_dir=run_dir, resume=resume)
+                   console=console, features=features, run_dir=group.decide(new_run_dir), resume=resume, group=group)
 
 
 # Pretrained networks trained on small images (<= views.SMALL px) get them upsampled
@@ -172,7 +200,7 @@ def context_at(ctx: Context, pre) -> Context:
         return ctx
     key = _features_key(ctx.models.spec, ctx.models.stem, ctx.models.info.sha256, pre, ctx.runtime)
     features = CachedFeatures(ctx.split, pre, ctx.cache.features(key), ctx.cfg.aug_views or 0, ctx.cfg.seed,
-                              max(1, ctx.workers), ctx.models.features == "multi")
+                              max(1, ctx.workers), ctx.models.features == "multi", ctx.group)
     return dataclasses.replace(ctx, pre=pre, features=features)
 
 
@@ -288,6 +316,7 @@ def write_outputs(run_dir: Path, outcome: Outcome, runtime: Runtime, started: fl
         "data_health": health,
         "device": runtime.device.type,
         "precision": runtime.precision,
+        "distributed": outcome.info.get("distributed"),
         "metrics": summary,
         "strategy_info": outcome.info,
         "wall_s": round(time.perf_counter() - started, 3),
@@ -311,6 +340,8 @@ def lr_find(cfg: TrainConfig, options: LRFindOptions, console: Console):
     from .network import network_setup, unfreeze_top
 
     cfg = cfg.resolved()
+    if under_torchrun():
+        raise UserError("lr-find runs in one process: start it without torchrun (or --nproc)")
     strategy = STRATEGIES.get(cfg.strategy)
     if strategy.trains == "chosen":
         raise UserError("lr-find needs a fixed --strategy (auto chooses one while training)")

@@ -66,7 +66,7 @@ def teacher_logits(ctx: Context, train: DecodedImages) -> tuple[torch.Tensor, di
     teacher, meta, run_dir = bundle.load(ctx.cfg.teacher)
     cache = ctx.cache.teacher({"teacher": file_sha256(run_dir / "model.safetensors"), "student": ctx.pre.to_dict(),
                                "seed": ctx.cfg.seed, "precision": ctx.runtime.precision})
-    epochs, n, classes = ctx.cfg.epochs, len(train), len(ctx.split.classes)
+    epochs, n, classes, group = ctx.cfg.epochs, len(train), len(ctx.split.classes), ctx.group
     out = torch.zeros(epochs, n, classes)
     todo = []
     for e in range(epochs):  # row e: the views of epoch e + 1 (epochs count from 1)
@@ -76,13 +76,18 @@ def teacher_logits(ctx: Context, train: DecodedImages) -> tuple[torch.Tensor, di
                 todo.append((e, i))
             else:
                 out[e, i] = torch.from_numpy(row.copy())
-    if todo:
+    missing = set(todo)  # what this rank's cache lacks
+    if group.distributed:  # what any rank lacks is computed once, shared out, and exchanged
+        todo = sorted({tuple(t) for part in group.all_gather(todo) for t in part})
+    mine = [todo[j] for j in group.share(len(todo))]
+    computed: dict[tuple[int, int], torch.Tensor] = {}
+    if mine:
         extractor = Extractor(teacher.backbone, meta.preprocess, ctx.runtime, batch_size=32)
-        extractor.freeze = len(todo) >= 64
+        extractor.freeze = len(mine) >= 64
         head = teacher.head.float().eval()
         size = meta.preprocess.input_size
-        bar = ctx.console.progress(len(todo), "teacher")
-        for views, js in DataLoader(_ViewsOf(train, todo), batch_size=32, num_workers=ctx.workers):
+        bar = ctx.console.progress(len(mine), "teacher")
+        for views, js in DataLoader(_ViewsOf(train, mine), batch_size=32, num_workers=ctx.workers):
             if views.shape[-1] != size:
                 views = nn.functional.interpolate(views.float(), size=(size, size), mode="bilinear",
                                                   antialias=True, align_corners=False)
@@ -90,12 +95,16 @@ def teacher_logits(ctx: Context, train: DecodedImages) -> tuple[torch.Tensor, di
             with torch.inference_mode():
                 logits = head(extractor.forward(views))
             for row, j in zip(logits, js.tolist()):
-                e, i = todo[j]
-                out[e, i] = row
-                cache.put(train.keys[i], f"e{e + 1}", row.numpy())
+                computed[mine[j]] = row
             bar.update(len(js))
         bar.close()
-        cache.flush()
+    if group.distributed:
+        computed = group.gather_rows(computed)
+    for (e, i), row in computed.items():
+        out[e, i] = row
+        if (e, i) in missing and group.writes_cache:
+            cache.put(train.keys[i], f"e{e + 1}", row.numpy())
+    cache.flush()
     facts = {"teacher": str(run_dir), "teacher_backbone": meta.backbone,
              "teacher_views_cached": epochs * n - len(todo), "teacher_views_computed": len(todo),
              "temperature": ctx.cfg.temperature, "alpha": ctx.cfg.alpha}

@@ -49,11 +49,15 @@ def run(ctx):
 
     f = ctx.cached_features()
     per_class = f.num_images / len(f.split.classes)
-    choice = head_choice(ctx.cfg.for_strategy("linear"), f)  # memoized on `f`: linear reuses it
     ft_ctx = dataclasses.replace(context_at(ctx, network_preprocess(ctx.models.spec, ctx.split)),
                                  cfg=ctx.cfg.for_strategy("lp-ft"))
-    chosen, reason = choose_strategy(per_class, choice.cv_accuracy,
-                                     lambda: estimate_finetune_seconds(ft_ctx, ft_ctx.cfg), ctx.cfg.budget)
+
+    def choose():  # measured once, by the primary of a group
+        choice = head_choice(ctx.cfg.for_strategy("linear"), f)  # memoized on `f`: linear reuses it
+        return choice, *choose_strategy(per_class, choice.cv_accuracy,
+                                        lambda: estimate_finetune_seconds(ft_ctx, ft_ctx.cfg), ctx.cfg.budget)
+
+    choice, chosen, reason = ctx.group.decide(choose)
     ctx.console.info(f"auto: {chosen}, because {reason}")
     head = STRATEGIES.get("linear").run(dataclasses.replace(ctx, cfg=ctx.cfg.for_strategy("linear")))
     outcome = head
@@ -88,6 +92,6 @@ register(Strategy(
     summary="chosen by measurement (cross-validated heads, timed fine-tuning steps, --budget); LP-FT kept only "
             "if it beats the head; the choice and its numbers go to the console and results.json",
     # the options of its candidates (resolved for the one chosen) and its own
-    options=("aug_views", "backbone_lr_mult", "budget", "features"), defaults={"aug_views": 0, "features": "auto"},
+    options=("aug_views", "backbone_lr_mult", "budget", "features", "sync_bn"), defaults={"aug_views": 0, "features": "auto"},
     optimizers=("lbfgs", "adamw", "adam", "sgd"),
 ))

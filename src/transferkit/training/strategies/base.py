@@ -34,7 +34,7 @@ BACKBONE_LR = {
 NETWORK_DEFAULTS: dict[str, Any] = {
     "optimizer": "adamw", "schedule": "cosine", "epochs": 8, "lr": 1e-3, "batch_size": 32,
     "weight_decay": 1e-2, "patience": 0, "warmup_epochs": 0.0, "label_smoothing": 0.0, "dropout": 0.0,
-    "backbone_lr_mult": 0.1,
+    "backbone_lr_mult": 0.1, "sync_bn": False,
 }
 # Defaults of the head on cached features. The logistic regression (--optimizer lbfgs) uses only
 # weight_decay; with --optimizer adamw/adam/sgd the head trains for epochs of mini-batches.

@@ -17,7 +17,7 @@ def run(ctx):
         logits, more = teacher_logits(ctx, base)
         facts.update(more)
         net.loader = train_loader(WithTeacher(base, logits), labels_of(net.split.train), cfg.batch_size, cfg.seed,
-                                  cfg.balanced_sampler, ctx.workers, drop_last=net.loader.drop_last)
+                                  cfg.balanced_sampler, ctx.workers, drop_last=net.loader.drop_last, group=ctx.group)
         net.loss = DistillLoss(net.loss, cfg.temperature, cfg.alpha)
         return net
 
@@ -31,6 +31,6 @@ def run(ctx):
 register(Strategy(
     name="distill", order=6, run=run, trains="all", backbone_lr="scaled",
     summary="finetune, learning from the --teacher run's logits too",
-    options=("teacher", "temperature", "alpha", "backbone_lr_mult"), required=("teacher",),
+    options=("teacher", "temperature", "alpha", "backbone_lr_mult", "sync_bn"), required=("teacher",),
     defaults={**NETWORK_DEFAULTS, "temperature": 1.0, "alpha": 0.5},
 ))

@@ -6,5 +6,5 @@ from .base import NETWORK_DEFAULTS, Strategy, register, train_network
 register(Strategy(
     name="finetune", order=1, run=train_network, trains="all", backbone_lr="scaled",
     summary="every layer trains, the backbone at lr * --backbone-lr-mult",
-    options=("backbone_lr_mult",), defaults=NETWORK_DEFAULTS,
+    options=("backbone_lr_mult", "sync_bn"), defaults=NETWORK_DEFAULTS,
 ))

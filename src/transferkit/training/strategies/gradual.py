@@ -6,5 +6,5 @@ from .base import NETWORK_DEFAULTS, Strategy, register, train_network
 register(Strategy(
     name="gradual", order=3, run=train_network, trains="gradual", backbone_lr="per-stage",
     summary="stages unfrozen from the top, epoch by epoch, with per-stage LRs (--lr-decay)",
-    options=("lr_decay", "backbone_lr_mult"), defaults={**NETWORK_DEFAULTS, "lr_decay": 0.5},
+    options=("lr_decay", "backbone_lr_mult", "sync_bn"), defaults={**NETWORK_DEFAULTS, "lr_decay": 0.5},
 ))

@@ -12,7 +12,9 @@ def run(ctx):
     from ..heads import fit_best_head
 
     f = ctx.cached_features()
-    result, linear, choice = fit_best_head(ctx.cfg, f, ctx.console.progress, ctx.checkpoint, ctx.resume)
+    # fitted once, by the primary of a group; every rank gets the head
+    result, linear, choice = ctx.group.decide(
+        lambda: fit_best_head(ctx.cfg, f, ctx.console.progress, ctx.checkpoint, ctx.resume))
     width = f.widths[choice.features]
     with torch.inference_mode():
         val_logits = linear(f.x_val[:, :width])

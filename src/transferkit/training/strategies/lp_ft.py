@@ -25,7 +25,7 @@ def run(ctx):
 
     f = ctx.cached_features()
     probe_cfg = dataclasses.replace(ctx.cfg, optimizer="lbfgs", weight_decay=None)
-    probe, head, choice = fit_best_head(probe_cfg, f, ctx.console.progress)
+    probe, head, choice = ctx.group.decide(lambda: fit_best_head(probe_cfg, f, ctx.console.progress))
     if choice.cv_accuracy is not None:
         ctx.console.info(head_choice_line(choice))
     width = f.widths[choice.features]
@@ -63,5 +63,5 @@ register(Strategy(
     name="lp-ft", order=4, run=run, trains="all", backbone_lr="scaled", uses_features=True, batchnorm="frozen",
     summary="a linear probe on cached features, then every layer fine-tuned from that head (BatchNorm statistics "
             "kept); the probe is kept if fine-tuning does not beat it",
-    options=("aug_views", "backbone_lr_mult", "features"), defaults=LP_FT_DEFAULTS,
+    options=("aug_views", "backbone_lr_mult", "features", "sync_bn"), defaults=LP_FT_DEFAULTS,
 ))

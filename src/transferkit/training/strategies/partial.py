@@ -6,5 +6,5 @@ from .base import NETWORK_DEFAULTS, Strategy, register, train_network
 register(Strategy(
     name="partial", order=2, run=train_network, trains="top", backbone_lr="scaled",
     summary="the last --unfreeze stages and the head train",
-    options=("unfreeze", "backbone_lr_mult"), defaults={**NETWORK_DEFAULTS, "unfreeze": 2},
+    options=("unfreeze", "backbone_lr_mult", "sync_bn"), defaults={**NETWORK_DEFAULTS, "unfreeze": 2},
 ))

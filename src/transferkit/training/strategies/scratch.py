@@ -5,7 +5,7 @@ from .base import NETWORK_DEFAULTS, Strategy, register, train_network
 
 register(Strategy(
     name="scratch", order=5, run=train_network, trains="all", backbone_lr="same", weights="none",
-    summary="random init (= --weights none), every layer at lr; SGD + one-cycle",
+    summary="random init (= --weights none), every layer at lr; SGD + one-cycle", options=("sync_bn",),
     defaults={**{k: v for k, v in NETWORK_DEFAULTS.items() if k != "backbone_lr_mult"},
               "optimizer": "sgd", "schedule": "onecycle", "epochs": 30, "lr": 0.1, "batch_size": 128,
               "weight_decay": 5e-4},
