@@ -331,7 +331,9 @@ class Cache:
         existed) nothing but the cache's own sub-folders; an empty folder counts too."""
         if (self.root / MARKER).is_file():
             return True
-        return self.root.is_dir() and all(p.name in SUBFOLDERS for p in self.root.iterdir())
+        # (another run making the cache at this moment: its marker's temporary file)
+        return self.root.is_dir() and all(p.name in SUBFOLDERS or p.name.startswith(f".{MARKER}.")
+                                          for p in self.root.iterdir())
 
     def owned(self) -> list[Path]:
         """What the cache wrote under its folder: its sub-folders and the marker."""

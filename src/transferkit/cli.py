@@ -391,7 +391,14 @@ def run() -> None:
     gc.set_threshold(100_000, 50, 100)
     import signal
 
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    from .distributed import under_torchrun
+
+    if under_torchrun():
+        # torchrun stops a group (to restart it, or on Ctrl-C) with SIGTERM: a process ends at
+        # once, and the run continues from its last checkpoint (a restart, or --resume).
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    else:
+        signal.signal(signal.SIGTERM, _on_sigterm)
     code = main()
     try:
         sys.stdout.flush()

@@ -34,7 +34,10 @@ def launch(nproc: int, argv: list[str]) -> int:
         return main(args)
     import torch
 
-    env = dict(os.environ)
+    # torchrun's rendezvous store shared with the workers' process group can hand a restarted
+    # group its previous attempt's addresses (pytorch/pytorch#135712; seen here as gloo's
+    # "connectFullMesh failed" after a restart): one store each.
+    env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": os.environ.get("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")}
     if torch.cuda.is_available():
         if nproc > torch.cuda.device_count():
             raise UserError(f"--nproc {nproc}: this machine has {torch.cuda.device_count()} GPU(s), one per process")

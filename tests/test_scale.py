@@ -1,0 +1,210 @@
+"""Training under torchrun (CPU, gloo, 2 processes): the group trains as one process with the
+global batch would, feature strategies give byte-identical heads, two "nodes" finish one run,
+a worker killed mid-run is restarted and the result equals an uninterrupted run's, and a rank
+that fails stops the others with its error."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from helpers import make_dataset
+from transferkit import api
+
+# A network without BatchNorm (SqueezeNet), from random weights, on tiny images: what the
+# parity of 2 x 8 and 1 x 16 is about is the gradients, not the accuracy.
+NETWORK = ["--model", "squeezenet1_1", "--weights", "none", "--strategy", "finetune", "--epochs", "4",
+           "--image-size", "96", "--optimizer", "sgd", "--lr", "0.01", "--quiet"]
+
+
+def torchrun(data: Path, out: Path, *options: str, nproc: int = 2, launcher: tuple[str, ...] = ("--standalone",),
+             cache: Path | None = None, wait: bool = True):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    if cache is not None:
+        env["TRANSFERKIT_CACHE"] = str(cache)
+    cmd = [sys.executable, "-m", "torch.distributed.run", *launcher, f"--nproc-per-node={nproc}",
+           "-m", "transferkit", "train", str(data), "--out", str(out), *options]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if not wait:
+        return proc
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    return stdout, stderr
+
+
+def weights(run: Path) -> dict:
+    return load_file(run / "model.safetensors")
+
+
+def max_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("scale") / "data", n_train=24, n_val=4)
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory):
+    """An uninterrupted run of 2 processes x batch 8."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    stdout, stderr = torchrun(data, out, *NETWORK, "--batch-size", "8", cache=tmp_path_factory.mktemp("cache"))
+    return out, stdout, stderr
+
+
+def test_two_processes_train_as_one_with_the_global_batch(data, reference, tmp_path):
+    run, stdout, stderr = reference
+    assert stdout == "" and "warning" not in stderr  # --quiet: and the other rank prints nothing either
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith("model")) == ["model.json", "model.safetensors"]
+    assert not (run / "checkpoint.pt").exists()
+    results = json.loads((run / "results.json").read_text())
+    assert results["distributed"] == {"world_size": 2, "nodes": 1, "processes_per_node": 2, "backend": "gloo"}
+    assert results["strategy_info"]["batch"] == {"per_process": 8, "processes": 2, "global": 16, "lr": 0.01,
+                                                 "sync_bn": False}
+    trained = weights(run)
+    assert not any(k.startswith("module.") for k in trained)  # saved from the model, not its DDP wrapper
+
+    one = api.train(data, out=str(tmp_path / "one"), batch_size=16, **_options(NETWORK))
+    assert one.results["strategy_info"]["batch"]["global"] == 16
+    assert max_difference(trained, weights(tmp_path / "one")) < 1e-5
+    assert one.results["best_epoch"] == results["best_epoch"]
+    assert [round(h, 5) for h in _val_losses(run)] == [round(h, 5) for h in _val_losses(tmp_path / "one")]
+
+
+def test_feature_heads_are_byte_identical(data, tmp_path):
+    """2 processes extract a share each (cold) and exchange them; one process on the same
+    features (warm, from that cache) fits the same head, byte for byte."""
+    cache = tmp_path / "cache"
+    torchrun(data, tmp_path / "two", "--strategy", "linear", "--quiet", cache=cache)
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert two["strategy_info"]["features_computed"] == 56 and two["distributed"]["world_size"] == 2
+    writers = {p.name.split("-")[1] for p in (cache / "features").rglob("*.idx")}
+    assert len(writers) == 1  # one process of the node wrote what the group computed
+    os.environ["TRANSFERKIT_CACHE"], saved = str(cache), os.environ["TRANSFERKIT_CACHE"]
+    try:
+        one = api.train(data, out=str(tmp_path / "one"), strategy="linear", quiet=True)
+    finally:
+        os.environ["TRANSFERKIT_CACHE"] = saved
+    assert one.results["strategy_info"]["features_computed"] == 0
+    a, b = weights(tmp_path / "two"), weights(tmp_path / "one")
+    assert all(a[k].numpy().tobytes() == b[k].numpy().tobytes() for k in ("head.weight", "head.bias"))
+
+
+def test_two_nodes_finish_one_run(data, reference, tmp_path):
+    """Two torchrun commands (--nnodes 2, one process each, each its own cache: no shared
+    filesystem but the run folder's) make one run folder, equal to one node's two processes."""
+    port = _free_port()
+    nodes = [torchrun(data, tmp_path / "run", *NETWORK, "--batch-size", "8", nproc=1, wait=False,
+                      cache=tmp_path / f"cache{rank}",
+                      launcher=("--nnodes=2", f"--node-rank={rank}", "--master-addr=127.0.0.1",
+                                f"--master-port={port}"))
+             for rank in (0, 1)]
+    outputs = [n.communicate(timeout=300) for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    assert outputs[1] == ("", "")  # the second node's process writes nothing and says nothing
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["distributed"]["nodes"] == 2
+    assert max_difference(weights(tmp_path / "run"), weights(reference[0])) < 1e-6
+
+
+def test_a_killed_worker_is_restarted_and_the_run_ends_as_if_uninterrupted(data, reference, tmp_path):
+    out = tmp_path / "run"
+    proc = torchrun(data, out, *NETWORK, "--batch-size", "8", wait=False,
+                    launcher=("--standalone", "--max-restarts=1"))
+    killed = None
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and killed is None and time.monotonic() < deadline:
+        if (out / "checkpoint.pt").exists():  # an epoch is done: kill rank 1 in the next one
+            worker = next((pid for pid in _children(proc.pid) if _environ(pid).get("LOCAL_RANK") == "1"), None)
+            if worker is not None:
+                time.sleep(0.2)
+                os.kill(worker, signal.SIGKILL)
+                killed = worker
+        time.sleep(0.02)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert killed is not None, "the run ended before a worker could be killed"
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "exitcode: -9" in stderr  # torchrun saw the kill, and restarted the group
+    assert max_difference(weights(out), weights(reference[0])) < 1e-6
+    assert _val_losses(out) == _val_losses(reference[0])
+    assert not (out / "checkpoint.pt").exists()
+
+
+def test_a_failing_rank_stops_the_group_with_its_error(data, tmp_path):
+    """A node whose data folder is missing fails in one line; the other node stops too (no
+    hang) and says why; no traceback."""
+    port = _free_port()
+    started = time.monotonic()
+    nodes = [torchrun(data if rank == 0 else tmp_path / "not-mounted", tmp_path / "run", "--quiet", nproc=1,
+                      wait=False, launcher=("--nnodes=2", f"--node-rank={rank}", "--master-addr=127.0.0.1",
+                                            f"--master-port={port}"))
+             for rank in (0, 1)]
+    outputs = [n.communicate(timeout=240) for n in nodes]
+    assert time.monotonic() - started < 200
+    assert all(n.returncode != 0 for n in nodes)
+    worker_lines = [line for _, err in outputs for line in err.splitlines() if line.startswith("error: ")]
+    assert any("dataset folder not found" in line and "not-mounted" in line for line in worker_lines), outputs
+    assert any("another process of this torchrun group stopped" in line for line in worker_lines)
+    assert not any("[rank" in line and "Traceback" in line for _, err in outputs for line in err.splitlines())
+
+
+def test_nproc_launches_torchrun(data, tmp_path):
+    from transferkit.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", str(data), "--out", str(out), "--nproc", "2", "--strategy", "linear", "--quiet"]) == 0
+    assert json.loads((out / "results.json").read_text())["distributed"]["world_size"] == 2
+    assert main(["train", str(tmp_path / "missing"), "--nproc", "2", "--quiet"]) == 2
+
+
+def _options(flags: list[str]) -> dict:
+    out, i = {}, 0
+    while i < len(flags):
+        key = flags[i][2:].replace("-", "_")
+        if key == "quiet":
+            out[key], i = True, i + 1
+            continue
+        value = flags[i + 1]
+        out[key] = int(value) if value.isdigit() else float(value) if value.replace(".", "", 1).isdigit() else value
+        i += 2
+    return out
+
+
+def _val_losses(run: Path) -> list[float]:
+    lines = (run / "metrics.csv").read_text().splitlines()[1:]
+    return [float(line.split(",")[3]) for line in lines]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _environ(pid: int) -> dict:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(kv.split("=", 1) for kv in raw.decode(errors="replace").split("\0") if "=" in kv)
