@@ -104,6 +104,11 @@ LBFGS_GTOL = 1e-5  # on the largest gradient component (scikit-learn's default t
 WEIGHT_DECAY_GRID = (3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 3e-3, 1e-3, 3e-4, 1e-4)
 CV_MAX_FOLDS, CV_MAX_ITER = 5, 100
 CV_FEWER_FOLDS_FROM = 1000  # from this many training images on, 3 folds (each fold's estimate is steadier)
+# At most this many training images (a stratified, seeded sample) are cross-validated: the
+# choice's cost stops growing with the dataset (16,000 images: README, Scaling out). The weight
+# decay chosen is then scaled by (sample / all images) for the fit on all of them, which keeps
+# the penalty on the summed loss (scikit-learn's C) what cross-validation chose.
+CV_MAX_IMAGES = 4000
 DEFAULT_WEIGHT_DECAY = 0.1  # where no cross-validation is possible (a class with one image)
 
 
@@ -120,6 +125,7 @@ class HeadChoice:
     seconds: float
     table: list[dict] = field(default_factory=list)  # features, scaling, weight_decay, cv_accuracy, cv_log_loss
     cached: bool = False  # read from the feature cache (a run on the same features did the cross-validation)
+    images: int | None = None  # training images cross-validated (a sample of them beyond CV_MAX_IMAGES)
 
     def best_for(self, features: str) -> dict | None:
         rows = [r for r in self.table if r["features"] == features]
@@ -128,7 +134,7 @@ class HeadChoice:
     def to_dict(self) -> dict:
         return {"features": self.features, "scaling": self.scaling, "weight_decay": self.weight_decay,
                 "cv_accuracy": self.cv_accuracy, "folds": self.folds, "seconds": round(self.seconds, 3),
-                "cached": self.cached, "candidates": self.table}
+                "cached": self.cached, "cv_images": self.images, "candidates": self.table}
 
 
 def _rank(row: dict) -> tuple[float, float]:
@@ -146,6 +152,10 @@ def select_head(x: torch.Tensor, y: torch.Tensor, num_classes: int, widths: dict
     leaves nothing to cross-validate: the last layer, per-feature scaling, DEFAULT_WEIGHT_DECAY."""
     start = time.perf_counter()
     yn = y.numpy()
+    total = len(yn)
+    if total > CV_MAX_IMAGES:  # a stratified sample: one fold of ceil(total / CV_MAX_IMAGES)
+        sample = np.flatnonzero(stratified_folds(yn, -(-total // CV_MAX_IMAGES), seed) == 0)
+        x, yn = x[torch.from_numpy(sample)], yn[sample]
     counts = np.bincount(yn, minlength=num_classes)
     most = CV_MAX_FOLDS if len(yn) < CV_FEWER_FOLDS_FROM else 3
     folds = int(min(most, counts[counts > 0].min())) if len(yn) else 0
@@ -180,8 +190,9 @@ def select_head(x: torch.Tensor, y: torch.Tensor, num_classes: int, widths: dict
                 if worse == 2:
                     break
     best = max(table, key=_rank)
-    return HeadChoice(best["features"], best["scaling"], best["weight_decay"], best["cv_accuracy"], folds,
-                      time.perf_counter() - start, table)
+    chosen = best["weight_decay"] * (len(yn) / total if weight_decay is None else 1.0)
+    return HeadChoice(best["features"], best["scaling"], chosen, best["cv_accuracy"], folds,
+                      time.perf_counter() - start, table, images=len(yn))
 
 
 def _in_span(zt: np.ndarray, ze: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -219,9 +230,64 @@ def fit_best_head(cfg: TrainConfig, f, progress=None, checkpoint: Path | None = 
     choice = head_choice(cfg, f)
     w = f.widths[choice.features]
     fit_cfg = dataclasses.replace(cfg, weight_decay=choice.weight_decay)
-    result, linear = fit_logistic(fit_cfg, len(f.split.classes), f.x_train[:, :w], f.y_train, f.x_val[:, :w], f.y_val,
-                                  progress, choice.scaling)
+    args = (len(f.split.classes), f.x_train[:, :w], f.y_train, f.x_val[:, :w], f.y_val)
+    key = _fit_key(fit_cfg, choice, *args) if f.store is not None else None
+    stored = _stored_fit(f.store, key) if key is not None else None
+    if stored is not None:
+        return *stored, choice
+    result, linear = fit_logistic(fit_cfg, *args, progress, choice.scaling)
+    if key is not None:
+        _store_fit(f.store, key, result, linear)
     return result, linear, choice
+
+
+# The fitted logistic head is kept in the feature cache too, under a digest of what it was fitted
+# on (every feature row, the labels, the val rows its history measured, the settings): the fit is
+# deterministic, so a warm run on the same images reads it instead of refitting (16,000 images:
+# 100 s of L-BFGS).
+HEAD_FIT_VERSION = 1
+
+
+def _fit_key(cfg: TrainConfig, choice: HeadChoice, num_classes: int, *arrays: torch.Tensor) -> str:
+    import hashlib
+
+    ident = (HEAD_FIT_VERSION, num_classes, choice.scaling, cfg.weight_decay, cfg.class_weights, cfg.balanced_sampler,
+             LBFGS_STEP, LBFGS_MAX_ITER, LBFGS_GTOL)
+    h = hashlib.sha256(repr(ident).encode())
+    for a in arrays:
+        h.update(repr(tuple(a.shape)).encode())
+        h.update(np.ascontiguousarray(a.numpy()).tobytes())
+    return h.hexdigest()
+
+
+def _stored_fit(store, key: str) -> tuple[engine.FitResult, nn.Linear] | None:
+    import json
+
+    params, meta = store.get(key, "fitp"), store.get(key, "fith")
+    if params is None or meta is None:
+        return None
+    try:
+        d = json.loads(meta.tobytes().decode())
+        result = engine.FitResult([engine.EpochStats(**h) for h in d["history"]], d["best_epoch"], d["best_val_acc"],
+                                  unit="iteration")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return None
+    linear = nn.Linear(params.shape[1] - 1, params.shape[0])
+    with torch.no_grad():
+        linear.weight.copy_(torch.from_numpy(params[:, :-1].copy()))
+        linear.bias.copy_(torch.from_numpy(params[:, -1].copy()))
+    return result, linear.eval()
+
+
+def _store_fit(store, key: str, result: engine.FitResult, linear: nn.Linear) -> None:
+    import json
+
+    meta = {"history": [dataclasses.asdict(h) for h in result.history], "best_epoch": result.best_epoch,
+            "best_val_acc": result.best_val_acc}
+    params = torch.cat([linear.weight.detach(), linear.bias.detach()[:, None]], 1).numpy()
+    store.put(key, "fitp", params)
+    store.put(key, "fith", np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+    store.flush()
 
 
 def head_choice(cfg: TrainConfig, f) -> HeadChoice:
@@ -240,7 +306,7 @@ def head_choice(cfg: TrainConfig, f) -> HeadChoice:
 # The cross-validation's result is kept in the feature cache under a digest of exactly what it
 # saw (the features, labels, options and this version), so a warm run with the same images does
 # not cross-validate again.
-HEAD_CHOICE_VERSION = 1
+HEAD_CHOICE_VERSION = 2
 
 
 def _choice_key(f, key: tuple) -> str:
@@ -264,7 +330,7 @@ def _stored_choice(f, key: tuple) -> HeadChoice | None:
     try:
         d = json.loads(data.tobytes().decode())
         return HeadChoice(d["features"], d["scaling"], float(d["weight_decay"]), d["cv_accuracy"], int(d["folds"]),
-                          0.0, d["candidates"], cached=True)
+                          0.0, d["candidates"], cached=True, images=d.get("cv_images"))
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         return None
 
