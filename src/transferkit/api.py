@@ -3,6 +3,7 @@ does the work and returns its result; the CLI is a thin layer over these."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -52,7 +53,8 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None,
         if worker is not None:
             worker.close()
         raise
-    with worker or Worker() as report_worker:  # started once the options check out
+    # started once the options check out; not in the processes of a torchrun group but the primary
+    with worker or Worker(spawn=os.environ.get("RANK", "0") == "0") as report_worker:
         return run.train(cfg, console or Console(cfg.quiet), report_worker, started, checkpoint)
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import secrets
 import struct
@@ -155,7 +156,7 @@ class ShardedCache:
         self._index: dict[tuple[bytes, bytes], tuple[int, int]] | None = None
         self._rows: list[np.ndarray] = []  # per shard loaded: its index rows
         self._data: list[Path] = []  # per shard loaded: its data file
-        self._open: dict[int, object] = {}  # shard -> open file
+        self._open: dict[int, mmap.mmap] = {}  # shard -> its data file, mapped
         self._pending: dict[tuple[bytes, bytes], tuple[int, np.ndarray]] = {}
         self._pending_bytes = 0
 
@@ -197,12 +198,13 @@ class ShardedCache:
             if row["kind"] != kind:
                 return None
             try:
-                f = self._open.get(shard)
-                if f is None:
-                    f = self._open[shard] = open(self._data[shard], "rb")
-                f.seek(int(row["offset"]))
-                raw = f.read(int(row["length"]))
-            except OSError:  # the data file went away (`transferkit cache clear` meanwhile)
+                data = self._open.get(shard)
+                if data is None:  # mapped, not read: a run reads only the entries it needs
+                    with open(self._data[shard], "rb") as f:
+                        data = self._open[shard] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                start = int(row["offset"])
+                raw = data[start:start + int(row["length"])]
+            except (OSError, ValueError):  # the data file went away (`cache clear` meanwhile), or is empty
                 raw = b""
         if len(raw) != int(row["length"]) or _digest8(raw) != int(row["digest"]):
             with self._lock:
@@ -259,7 +261,7 @@ class ShardedCache:
                 self._add_shard(self.dir / f"{name}.idx", rows)
 
     def close(self) -> None:
-        """Flush, and close the data files opened for reading."""
+        """Flush, and unmap the data files mapped for reading."""
         with self._lock:
             self.flush()
             for f in self._open.values():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from dataclasses import fields
@@ -148,13 +149,16 @@ def _config_and_options(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
 
 
 def cmd_train(args: argparse.Namespace, started: float, argv: list[str]) -> int:
+    import os
+
     if args.nproc is not None:
         from .launch import launch
 
         return launch(args.nproc, argv)
     from .evaluation.worker import Worker
 
-    worker = Worker()  # started before torch is imported: its own imports run meanwhile
+    # started before torch is imported: its own imports run meanwhile (by the primary of a group)
+    worker = Worker(spawn=os.environ.get("RANK", "0") == "0")
     from . import api
 
     cfg, options = _config_and_options(args)
@@ -207,7 +211,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .prediction.outputs import expand_inputs, to_csv, to_json
+    from .prediction.outputs import PredictionWriter, expand_inputs
 
     from .files import check_output_file
 
@@ -228,23 +232,67 @@ def cmd_predict(args: argparse.Namespace) -> int:
     top_k = min(options.top_k, len(predictor.classes))
     from .console import Console
 
-    with predictor:
-        preds = predictor.predict(files, top_k, progress=Console().progress)
-    for p in preds:
-        if p.error:
-            print(f"warning: {p.path}: {p.error}", file=sys.stderr)
-    if args.output and args.output.endswith(".json"):
-        text = to_json(preds)
-    else:
-        text = to_csv(preds, top_k)
+    kind = "json" if args.output and args.output.endswith(".json") else "csv"
+    bar = Console().progress(len(files), "predict")
+    with predictor, _output_stream(args.output) as stream:
+        writer = PredictionWriter(stream, kind, top_k)
+        for start in range(0, len(files), PREDICT_CHUNK):  # written as they come: memory stays flat
+            preds = predictor.predict(files[start:start + PREDICT_CHUNK], top_k, progress=lambda n, desc: _Part(bar))
+            for p in preds:
+                if p.error:
+                    print(f"warning: {p.path}: {p.error}", file=sys.stderr)
+            writer.write(preds)
+        writer.close()
+    bar.close()
     if args.output:
-        from .files import atomic_write
-
-        atomic_write(args.output, text.encode())
-        print(f"{len(preds)} predictions written to {args.output}")
-    else:
-        sys.stdout.write(text)
+        print(f"{len(files)} predictions written to {args.output}")
     return 0
+
+
+PREDICT_CHUNK = 4096  # images predicted, then written, at a time
+
+
+class _Part:
+    """One chunk's view of the whole command's progress bar."""
+
+    def __init__(self, bar):
+        self.bar = bar
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+
+    def close(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _output_stream(output: str | None):
+    """stdout, or a temporary file beside `output` renamed over it once complete (a failure
+    leaves no half-written file under the name)."""
+    if not output:
+        yield sys.stdout
+        return
+    import os
+    import tempfile
+
+    path = Path(output).expanduser()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            yield f
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

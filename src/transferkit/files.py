@@ -100,14 +100,16 @@ def csv_text(value) -> str:
         return "'" + value
 
 
-def csv_table(header: list[str], rows) -> str:
-    """A CSV document of `rows` under `header`, every cell through `csv_text`."""
+def csv_table(header: list[str] | None, rows) -> str:
+    """A CSV document of `rows` under `header` (None: rows only, to append), every cell through
+    `csv_text`."""
     import csv
     import io
 
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(header)
+    if header is not None:
+        w.writerow(header)
     w.writerows([csv_text(c) for c in row] for row in rows)
     return buf.getvalue()
 

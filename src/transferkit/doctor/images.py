@@ -69,9 +69,26 @@ def _properties(path: str) -> np.ndarray | None:
 
 
 def read_all(paths: list[str], cache: ShardedCache, with_properties: bool = True, threads: int = 4):
-    """(hashes, properties) of `paths`, on `threads` threads (Pillow and hashlib release the GIL)."""
-    with ThreadPoolExecutor(threads) as pool:
-        hashes = list(pool.map(lambda p: content_hash(p, cache), paths))
-        props = list(pool.map(lambda p: properties(p, cache), paths)) if with_properties else None
-    cache.flush()
-    return hashes, props
+    """(hashes, properties) of `paths`: the cached ones read here, the others computed on
+    `threads` threads (Pillow and hashlib release the GIL)."""
+    keys = []
+    for p in paths:
+        try:
+            keys.append(image_key(p))
+        except OSError:
+            keys.append(None)
+
+    def known(name: str) -> list:
+        return [None if k is None else cache.get(k, name) for k in keys]
+
+    hashes = known("sha")
+    props = known("props") if with_properties else None
+    todo = [(i, hashes, "sha", _sha256) for i, h in enumerate(hashes) if h is None and keys[i] is not None]
+    todo += [(i, props, "props", _properties) for i, p in enumerate(props or []) if p is None and keys[i] is not None]
+    if todo:
+        with ThreadPoolExecutor(threads) as pool:
+            done = list(pool.map(lambda job: _cached(paths[job[0]], cache, job[2], job[3]), todo))
+        for (i, column, _, _), value in zip(todo, done):
+            column[i] = value
+        cache.flush()
+    return [None if h is None else h.tobytes() for h in hashes], props

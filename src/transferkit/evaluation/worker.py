@@ -27,10 +27,14 @@ class Worker:
     trains. `write_evaluation` and `render` then run there
     and this process only waits. If the child cannot start or fails, the work is done here
     instead, with a warning naming the reason: the outputs are the same either way. `close()` (or
-    leaving the `with` block) ends the child."""
+    leaving the `with` block) ends the child. `spawn=False`: no child (the processes of a torchrun
+    group other than the primary, which evaluate nothing)."""
 
-    def __init__(self, warn=None, preload: tuple[str, ...] = REPORT_MODULES):
+    def __init__(self, warn=None, preload: tuple[str, ...] = REPORT_MODULES, spawn: bool = True):
         self.warn = warn
+        if not spawn:
+            self.proc = None
+            return
         package_root = str(Path(__file__).resolve().parents[2])  # the same transferkit in the child
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
         try:

@@ -53,16 +53,51 @@ def expand_inputs(inputs: list[str]) -> list[str]:
 
 
 def to_csv(preds: list[Prediction], top_k: int) -> str:
+    return csv_table(_csv_header(top_k), _csv_rows(preds, top_k))
+
+
+def _csv_header(top_k: int) -> list[str]:
     header = ["path", "label", "probability"]
     for k in range(1, top_k + 1):
         header += [f"top{k}_label", f"top{k}_probability"]
+    return header + ["error"]
+
+
+def _csv_rows(preds: list[Prediction], top_k: int) -> list[list[str]]:
     rows = []
     for p in preds:
         row = [p.path, p.label or "", "" if p.probability is None else f"{p.probability:.6f}"]
         for k in range(top_k):
             row += [p.top_k[k][0], f"{p.top_k[k][1]:.6f}"] if k < len(p.top_k) else ["", ""]
         rows.append(row + [p.error or ""])
-    return csv_table(header + ["error"], rows)
+    return rows
+
+
+class PredictionWriter:
+    """Predictions written as they come, CSV or JSON (the same text `to_csv` / `to_json` make
+    of all of them at once), to `stream`: `predict` on a million images holds one chunk of
+    predictions, not all of them."""
+
+    def __init__(self, stream, kind: str, top_k: int):
+        self.stream, self.kind, self.top_k, self.count = stream, kind, top_k, 0
+        if kind == "csv":
+            stream.write(csv_table(_csv_header(top_k), []))
+
+    def write(self, preds: list[Prediction]) -> None:
+        if self.kind == "csv":
+            self.stream.write(csv_table(None, _csv_rows(preds, self.top_k)))
+        else:
+            for p in preds:
+                item = json.dumps(to_dict(p), indent=2).replace("\n", "\n  ")
+                self.stream.write(("[\n  " if self.count == 0 else ",\n  ") + item)
+                self.count += 1
+            return
+        self.count += len(preds)
+
+    def close(self) -> None:
+        if self.kind == "json":
+            self.stream.write("[]\n" if self.count == 0 else "\n]\n")
+        self.stream.flush()
 
 
 def to_dict(p: Prediction, name_key: str = "path") -> dict:
