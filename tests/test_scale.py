@@ -208,3 +208,23 @@ def _environ(pid: int) -> dict:
     except OSError:
         return {}
     return dict(kv.split("=", 1) for kv in raw.decode(errors="replace").split("\0") if "=" in kv)
+
+
+def test_predictions_written_as_they_come_are_the_whole_document():
+    """`predict` writes chunk by chunk: the same CSV and JSON as written all at once."""
+    import io
+
+    from transferkit.prediction.outputs import Prediction, PredictionWriter, to_csv, to_json
+
+    preds = [Prediction(f"/x/{i}.jpg", "a", 0.9, [("a", 0.9), ("=b", 0.1)]) for i in range(5)]
+    preds.insert(2, Prediction("/x/bad.jpg", None, None, [], "not an image"))
+    for kind, whole in (("csv", to_csv(preds, 2)), ("json", to_json(preds))):
+        out = io.StringIO()
+        writer = PredictionWriter(out, kind, 2)
+        for start in range(0, len(preds), 4):
+            writer.write(preds[start:start + 4])
+        writer.close()
+        assert out.getvalue() == whole
+    empty = io.StringIO()
+    PredictionWriter(empty, "json", 1).close()
+    assert empty.getvalue() == to_json([])
