@@ -141,7 +141,7 @@ def main() -> None:
         small, large = sizes[0], sizes[-1]
         for kind in ("cold", "warm"):
             ratio = (by[(large, kind)]["wall_s"] / large) / (by[(small, kind)]["wall_s"] / small)
-            print(f"{kind}: time per image at {large} / at {small}: {ratio:.2f}x (goal <= 1.2x for cold)")
+            print(f"{kind}: time per image at {large} / at {small}: {ratio:.2f}x (goal <= 1.2x)")
     largest = sizes[-1]
     print(f"warm run at {largest}: {by[(largest, 'warm')]['wall_s']:.1f} s (goal <= 10 s at 16000); "
           f"peak RSS {max(by[(largest, k)]['rss_mb'] for k in ('cold', 'warm')):.0f} MB (goal <= 2048)")

@@ -3,7 +3,6 @@ does the work and returns its result; the CLI is a thin layer over these."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -43,6 +42,7 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None,
 
     Example: ``transferkit.train("data").val_acc``
     """
+    from .distributed import is_primary_process
     from .training import run
 
     started = time.perf_counter() if started is None else started
@@ -54,7 +54,7 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None,
             worker.close()
         raise
     # started once the options check out; not in the processes of a torchrun group but the primary
-    with worker or Worker(spawn=os.environ.get("RANK", "0") == "0") as report_worker:
+    with worker or Worker(spawn=is_primary_process()) as report_worker:
         return run.train(cfg, console or Console(cfg.quiet), report_worker, started, checkpoint)
 
 

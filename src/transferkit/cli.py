@@ -149,16 +149,15 @@ def _config_and_options(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
 
 
 def cmd_train(args: argparse.Namespace, started: float, argv: list[str]) -> int:
-    import os
-
     if args.nproc is not None:
         from .launch import launch
 
         return launch(args.nproc, argv)
+    from .distributed import is_primary_process
     from .evaluation.worker import Worker
 
     # started before torch is imported: its own imports run meanwhile (by the primary of a group)
-    worker = Worker(spawn=os.environ.get("RANK", "0") == "0")
+    worker = Worker(spawn=is_primary_process())
     from . import api
 
     cfg, options = _config_and_options(args)

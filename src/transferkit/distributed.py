@@ -39,6 +39,11 @@ def under_torchrun() -> bool:
     return all(name in os.environ for name in ENV)
 
 
+def is_primary_process() -> bool:
+    """Not under torchrun, or its rank 0 (known before any process group exists)."""
+    return not under_torchrun() or os.environ["RANK"] == "0"
+
+
 @dataclass(frozen=True)
 class Group:
     """This process's place in the run: rank, world size, and on its node local rank and size."""
