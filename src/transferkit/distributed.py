@@ -30,9 +30,11 @@ T = TypeVar("T")
 
 # The environment torchrun gives each worker.
 ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
-# How long a collective may wait for a rank before the group gives up (a failed rank normally
-# ends the others at once: torchrun stops the whole group when one worker exits with an error).
-TIMEOUT = datetime.timedelta(minutes=30)
+# How long a collective may wait for a rank before the group gives up. A failed rank ends the
+# others at once (torchrun stops the whole group when one worker exits with an error); what a
+# rank legitimately waits for is the primary's work alone: the head's fit, which on a million
+# images can take tens of minutes (README, Scaling out).
+TIMEOUT = datetime.timedelta(hours=2)
 
 
 def under_torchrun() -> bool:
@@ -144,7 +146,7 @@ class Group:
                 return f"cuda:{self.local_rank}"
         return requested
 
-    def replicate(self, device, sync_bn: bool = False) -> Callable:
+    def replicate(self, device) -> Callable:
         """`wrap(model) -> module to train`: the model itself in a group of one, else the model
         in DDP. A new DDP is made when the set of trainable parameters changes (gradual
         unfreezing), since DDP reduces the gradients of the parameters trainable when it was

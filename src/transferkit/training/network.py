@@ -179,9 +179,10 @@ def train_network(ctx: Context, head_init: nn.Linear | None = None,
             weight, bias = m.head.weight.detach().float().cpu(), m.head.bias.detach().float().cpu()
             logits = nn.functional.linear(torch.cat(feats), weight, bias) if feats else torch.empty(0, len(bias))
             if group.distributed:  # each rank measured its share: every rank gets them all, in order
-                mine = dict(zip(net.val_loader.sampler, logits))
-                every = group.gather_rows(mine)
-                logits = torch.stack([every[i] for i in range(len(y_val))]) if len(y_val) else logits
+                every = torch.empty(len(y_val), len(bias))
+                for rows, part in group.all_gather((net.val_loader.sampler, logits)):
+                    every[rows] = part
+                logits = every
             loss = float(net.loss(logits, y_val))
         m.train(was_training)
         return loss, float((logits.argmax(1) == y_val).float().mean()) if len(y_val) else 0.0, logits
