@@ -135,7 +135,9 @@ def test_a_killed_worker_is_restarted_and_the_run_ends_as_if_uninterrupted(data,
     stdout, stderr = proc.communicate(timeout=300)
     assert killed is not None, "the run ended before a worker could be killed"
     assert proc.returncode == 0, stderr[-3000:]
-    assert "exitcode: -9" in stderr  # torchrun saw the kill, and restarted the group
+    # torchrun saw the group fail (the killed worker, or first its peer's lost connection) and,
+    # since the command succeeded, restarted it
+    assert "failed (exitcode: " in stderr
     assert max_difference(weights(out), weights(reference[0])) < 1e-6
     assert _val_losses(out) == _val_losses(reference[0])
     assert not (out / "checkpoint.pt").exists()
