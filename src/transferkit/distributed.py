@@ -119,6 +119,13 @@ class Group:
             raise value
         return value
 
+    def union(self, items: list[tuple]) -> list[tuple]:
+        """Every rank's `items` (what its cache lacks), merged and sorted: the same list on every
+        rank, to be shared out (`share`). In a group of one: `items` as they are."""
+        if not self.distributed:
+            return items
+        return sorted({tuple(t) for part in self.all_gather(items) for t in part})
+
     def share(self, n: int) -> range:
         """This rank's items of `n` (every world-th, from its rank)."""
         return range(self.rank, n, self.world)

@@ -138,8 +138,7 @@ class FeaturePass:
                 else:
                     self.rows[g][i] = got
         self.missing = set(self.todo)  # what this rank's cache lacks
-        if self.group.distributed:  # what any rank lacks is computed once, shared out
-            self.todo = sorted({tuple(t) for part in self.group.all_gather(self.todo) for t in part})
+        self.todo = self.group.union(self.todo)  # what any rank lacks is computed once, shared out
         self.share = list(self.group.share(len(self.todo)))  # the positions in `todo` computed here
         self._batches = None
         if self.share:

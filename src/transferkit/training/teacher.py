@@ -77,8 +77,7 @@ def teacher_logits(ctx: Context, train: DecodedImages) -> tuple[torch.Tensor, di
             else:
                 out[e, i] = torch.from_numpy(row.copy())
     missing = set(todo)  # what this rank's cache lacks
-    if group.distributed:  # what any rank lacks is computed once, shared out, and exchanged
-        todo = sorted({tuple(t) for part in group.all_gather(todo) for t in part})
+    todo = group.union(todo)  # what any rank lacks is computed once, shared out, and exchanged
     mine = [todo[j] for j in group.share(len(todo))]
     computed: dict[tuple[int, int], torch.Tensor] = {}
     if mine:
