@@ -128,8 +128,8 @@ class ArrayCache:
 
 
 _INDEX = b"TKI1"
-# One row per entry of a shard's data file. Keys are at most 40 characters (image keys are 32 hex
-# digits, the head's 64), names at most 8 ("v0", "t3", "err", "e12").
+# One row per entry of a shard's data file. Keys are at most 64 characters (image keys are 32 hex
+# digits, the head's digests 64), names at most 8 ("v0", "t3", "err", "e12", "fitp").
 _ROW = np.dtype([("key", "S64"), ("name", "S8"), ("kind", "u1"), ("ndim", "u1"), ("dtype", "S4"),
                  ("shape", "<u4", (4,)), ("offset", "<u8"), ("length", "<u8"), ("digest", "<u8")])
 _KIND_ARRAY, _KIND_ERROR = 0, 1
@@ -259,20 +259,6 @@ class ShardedCache:
             self._pending_bytes = 0
             if self._index is not None:
                 self._add_shard(self.dir / f"{name}.idx", rows)
-
-    def close(self) -> None:
-        """Flush, and unmap the data files mapped for reading."""
-        with self._lock:
-            self.flush()
-            for f in self._open.values():
-                f.close()
-            self._open.clear()
-
-    def __enter__(self) -> "ShardedCache":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def _digest8(raw: bytes) -> int:

@@ -271,27 +271,10 @@ def _output_stream(output: str | None):
     if not output:
         yield sys.stdout
         return
-    import os
-    import tempfile
+    from .files import atomic_stream
 
-    path = Path(output).expanduser()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            yield f
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    import os
-
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    with atomic_stream(Path(output).expanduser(), "w", encoding="utf-8", newline="") as f:
+        yield f
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

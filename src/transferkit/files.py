@@ -7,6 +7,7 @@ then a rename), so a crash or a full disk never leaves a half-written file under
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -24,6 +25,14 @@ def atomic_write(path: str | Path, data: bytes, fsync: bool = True) -> None:
 
     `fsync=False` skips the flush to disk: for cache entries, which are checksummed and simply
     recomputed if a crash loses them (one fsync per feature vector would dominate a cold run)."""
+    with atomic_stream(path, "wb", fsync) as f:
+        f.write(data)
+
+
+@contextlib.contextmanager
+def atomic_stream(path: str | Path, mode: str = "wb", fsync: bool = True, **open_args):
+    """A file to write to bit by bit (`open` `mode` and `open_args`), a temporary one beside
+    `path`, renamed over `path` once the block ends without error and removed otherwise."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
@@ -31,8 +40,8 @@ def atomic_write(path: str | Path, data: bytes, fsync: bool = True) -> None:
     # run files unreadable to the user's group where everything else was not)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        with os.fdopen(fd, mode, **open_args) as f:
+            yield f
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())

@@ -20,31 +20,6 @@ PROPERTIES = ("width", "height", "luma_mean", "luma_std", "colourfulness", "grey
 THUMB = 64  # the side the pixel statistics are computed at
 
 
-def _cached(path: str, cache: ShardedCache, name: str, compute) -> np.ndarray | None:
-    """`compute(path)` (an array, or None: unreadable), stored under the image's key as `name`."""
-    try:
-        key = image_key(path)
-    except OSError:
-        return None
-    value = cache.get(key, name)
-    if value is None:
-        value = compute(path)
-        if value is not None:
-            cache.put(key, name, value)
-    return value
-
-
-def content_hash(path: str, cache: ShardedCache) -> bytes | None:
-    """The sha256 of the file's bytes (None: unreadable)."""
-    digest = _cached(path, cache, "sha", _sha256)
-    return None if digest is None else digest.tobytes()
-
-
-def properties(path: str, cache: ShardedCache) -> np.ndarray | None:
-    """PROPERTIES of the image (None: unreadable)."""
-    return _cached(path, cache, "props", _properties)
-
-
 def _sha256(path: str) -> np.ndarray | None:
     try:
         with open(path, "rb") as f:
@@ -87,8 +62,10 @@ def read_all(paths: list[str], cache: ShardedCache, with_properties: bool = True
     todo += [(i, props, "props", _properties) for i, p in enumerate(props or []) if p is None and keys[i] is not None]
     if todo:
         with ThreadPoolExecutor(threads) as pool:
-            done = list(pool.map(lambda job: _cached(paths[job[0]], cache, job[2], job[3]), todo))
-        for (i, column, _, _), value in zip(todo, done):
+            done = list(pool.map(lambda job: job[3](paths[job[0]]), todo))
+        for (i, column, name, _), value in zip(todo, done):
             column[i] = value
+            if value is not None:  # None: unreadable, not cached (it may become readable)
+                cache.put(keys[i], name, value)
         cache.flush()
     return [None if h is None else h.tobytes() for h in hashes], props
