@@ -15,8 +15,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/transferkit train samples/hymenoptera_small --out runs/demo
 
+# The suite, then its precision-dependent tests (-m precision) once more in bf16: they compare in
+# fp32 by default on every CPU, and bf16 runs anywhere (emulated where the CPU lacks it).
 test: $(STAMP) system-deps
 	$(PY) -m pytest -q
+	@echo "precision-dependent tests in bf16:"
+	$(PY) -m pytest -q -m precision --precision bf16
 
 # What the tests need from the system: Debian's chromium (the real browser of the page tests) and a
 # font with CJK glyphs (class names in Chinese in the plots), installed when missing (needs root

@@ -38,3 +38,12 @@ def make_dataset(root: Path, classes=("blue", "red"), n_train=6, n_val=3, with_v
             for i in range(n_val):
                 make_image(root / "val" / c / f"{c}{i}.jpg", COLORS[c], seed=ci * 100 + 50 + i)
     return root
+
+
+# Machine epsilon (the spacing of numbers near 1) of the precisions tests compare in: a tolerance
+# that holds in fp32 and in bf16 is written in these, not as one fixed number.
+EPS = {"fp32": 2.0 ** -23, "bf16": 2.0 ** -8}
+
+
+def eps(precision: str) -> float:
+    return EPS[precision]
