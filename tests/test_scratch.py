@@ -82,7 +82,7 @@ def test_scratch_trains_a_cifar_resnet_from_random_weights(tmp_path):
     assert meta["stem"] == "small" and meta["preprocess"]["input_size"] == 32 and meta["weights"] == "none"
     groups = run.results["strategy_info"]["param_groups"]
     assert {g["name"]: g["lr"] for g in groups} == {"backbone": 0.1, "head": 0.1}  # every layer at lr
-    model = transferkit.load(run.path).model
+    model = transferkit.load(run.path, engine="torch").model
     conv1 = model.backbone.conv1
     assert (conv1.kernel_size, conv1.stride) == ((3, 3), (1, 1))
     assert type(model.backbone.maxpool).__name__ == "Identity"

@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 import transferkit
-from helpers import make_dataset, shared_dataset
+from helpers import eps, make_dataset, shared_dataset
 from transferkit.cli import main
 from transferkit.config import ServeOptions
 from transferkit.console import Console
@@ -51,28 +51,34 @@ def served(tmp_path_factory):
     return {"run": run, "onnx": run / "export" / "model.onnx", "images": images, "cache": root / "cache"}
 
 
-def _client(model, engine="torch", **options) -> TestClient:
-    return TestClient(create_app(ServedModel(model, engine=engine), ServeOptions(**options)))
+def _client(model, engine="torch", precision="auto", **options) -> TestClient:
+    return TestClient(create_app(ServedModel(model, engine=engine, precision=precision), ServeOptions(**options)))
 
 
 def _files(paths):
     return [("file", (Path(p).name, Path(p).read_bytes(), "application/octet-stream")) for p in paths]
 
 
-def _cli_predictions(model, paths, tmp_path, top_k) -> dict:
+def _cli_predictions(model, paths, tmp_path, top_k, *options: str) -> dict:
     out = tmp_path / f"preds-{Path(model).name}.json"
-    assert main(["predict", str(model), *paths, "--top-k", str(top_k), "--output", str(out)]) == 0
+    assert main(["predict", str(model), *paths, "--top-k", str(top_k), "--output", str(out), *options]) == 0
     return {Path(p["path"]).name: p for p in json.loads(out.read_text())}
 
 
+@pytest.mark.precision
 @pytest.mark.parametrize("kind, engine", [("run", "torch"), ("run", "auto"), ("onnx", "auto")])
-def test_answers_equal_predict_for_the_bundle_and_the_onnx_file(served, kind, engine, tmp_path, monkeypatch):
-    """The bundle under PyTorch, the bundle converted for ONNX Runtime (auto, on this CPU), and
-    the exported file: the same labels and probabilities as `transferkit predict`."""
+def test_answers_equal_predict_for_the_bundle_and_the_onnx_file(served, kind, engine, precision, tmp_path,
+                                                                  monkeypatch):
+    """The bundle under PyTorch, the bundle on the engine auto picks, and the exported file: the
+    same labels and probabilities as `transferkit predict` with the same engine and precision."""
     monkeypatch.setenv("TRANSFERKIT_CACHE", str(served["cache"]))  # one conversion for this module
     model, paths = served[kind], served["images"]
-    expected = _cli_predictions(model, paths, tmp_path, top_k=2)
-    with _client(model, engine) as client:
+    options = ["--engine", engine] + (["--precision", precision] if kind == "run" else [])
+    expected = _cli_predictions(model, paths, tmp_path, 2, *options)
+    # One engine on the same batch: equal in fp32 up to float noise; in bf16 a probability goes
+    # through activations rounded to eps(bf16) = 2^-8 and may move by a few of them.
+    tolerance = max(1e-5, 4 * eps(precision))
+    with _client(model, engine, precision if kind == "run" else "auto") as client:
         many = client.post("/predict?top_k=2", files=_files(paths))  # several images in one request
         one = client.post("/predict?top_k=2", content=Path(paths[1]).read_bytes(), headers={"content-type": "image/jpeg"})
         info = client.get("/model").json()
@@ -81,38 +87,43 @@ def test_answers_equal_predict_for_the_bundle_and_the_onnx_file(served, kind, en
     assert set(got) == set(expected)
     for name, p in expected.items():
         assert got[name]["label"] == p["label"] and got[name]["error"] is None
-        assert got[name]["probability"] == pytest.approx(p["probability"], abs=1e-5)
+        assert got[name]["probability"] == pytest.approx(p["probability"], abs=tolerance)
         assert [t["label"] for t in got[name]["top_k"]] == [t["label"] for t in p["top_k"]]
         np.testing.assert_allclose([t["probability"] for t in got[name]["top_k"]],
-                                   [t["probability"] for t in p["top_k"]], atol=1e-5)
+                                   [t["probability"] for t in p["top_k"]], atol=tolerance)
     raw = one.json()["predictions"][0]
     assert raw["name"] == "<body>" and raw["label"] == expected[Path(paths[1]).name]["label"]
     assert info["classes"] == ["blue", "green", "red"] and info["format"] == ("onnx" if kind == "onnx" else "pytorch")
-    assert info["engine"] == ("pytorch" if engine == "torch" else "onnxruntime")
+    assert info["engine"] == ("pytorch" if engine == "torch" or (kind == "run" and precision == "bf16")
+                              else "onnxruntime")
     assert info["backbone"] == "efficientnet_lite0" and info["preprocess"]["input_size"] == 64
     assert info["metrics"]["val_acc"] == json.loads((served["run"] / "results.json").read_text())["val_acc"] or kind == "onnx"
     assert 0 <= info["metrics"]["val_acc"] <= 1 and info["batching"]["images"] == len(paths) + 1
 
 
 def test_a_bundle_is_converted_once_and_falls_back_to_pytorch_when_it_cannot_be(served, monkeypatch):
-    from transferkit.exporting.formats import onnx_fp32
-    from transferkit.serving.convert import onnx_for_bundle
+    import torch
+
+    from transferkit.cache import Cache
+    from transferkit.engines import ort
 
     monkeypatch.setenv("TRANSFERKIT_CACHE", str(served["cache"]))  # converted already by the parity test
-    first = onnx_for_bundle(served["run"])
+    first, _, _ = ort.converted_bundle(served["run"], Cache())
     said = []
-    assert onnx_for_bundle(served["run"], say=said.append) == first and first.is_file() and said == []  # cached
-    first.unlink()
+    again, _, _ = ort.converted_bundle(served["run"], Cache(), say=said.append)
+    assert again.path == first.path and again.model == first.model and said == []  # cached
+    assert again.facts["checked_on"] == ort.CHECK_IMAGES  # on the run's validation images (it has 9)
+    first.path.unlink()
 
-    def broken(job, path):
+    def broken(*args, **kwargs):
         raise RuntimeError("unsupported operator")
 
-    monkeypatch.setattr(onnx_fp32, "build", broken)
+    monkeypatch.setattr(torch.onnx, "export", broken)
     model = ServedModel(served["run"], say=said.append)
     assert model.info["engine"] == "pytorch" and "converting" in said[0]
-    assert said[1].startswith("warning: serving with PyTorch") and "unsupported operator" in said[1]
-    assert not list(first.parent.glob("*.tmp"))  # nothing half-written left behind
-    with pytest.raises(UserError, match="--engine onnx"):
+    assert said[1].startswith("warning: ONNX Runtime could not run it") and "unsupported operator" in said[1]
+    assert not first.path.exists() and not list(first.path.parent.glob("*.tmp*"))  # nothing half-written
+    with pytest.raises(UserError, match="--engine onnxruntime"):
         ServedModel(served["run"], engine="onnx", say=said.append)
 
 

@@ -86,46 +86,53 @@ def lr_find(data: str | Path, *, config: TrainConfig | None = None, console: Con
     return run.lr_find(cfg, sweep, console or Console(cfg.quiet))
 
 
-def load(path: str | Path, device: str = "auto", precision: str = "auto", tta: str = "none"):
-    """Load a run folder's bundle as a `Predictor`: ``.predict(images, top_k)`` takes paths, the
+def load(path: str | Path, device: str = "auto", precision: str = "auto", tta: str = "none", engine: str = "auto",
+         images: int | None = None, say=None):
+    """Load a run folder's bundle as a predictor: ``.predict(images, top_k)`` takes paths, the
     files' bytes or PIL images. Use it as a context manager (or call ``close()``) to stop its
-    decoding threads when done. `tta`: test-time augmentation (none | flip | flip-crops)."""
-    from .models import bundle
-    from .prediction.torch_predictor import Predictor
+    decoding threads when done. `tta`: test-time augmentation (none | flip | flip-crops).
+    `engine`: auto | onnxruntime | torch (`engines.choose`; `images`, the number to predict,
+    informs it); the predictor's ``engine`` says which runs it and why. On ONNX Runtime (a CPU's
+    default) torch is imported only to convert a model the cache does not hold yet."""
+    from . import engines
 
-    options = PredictOptions(device=device, precision=precision, tta=tta)
-    model, meta, run_dir = bundle.load(path)
-    return Predictor(model, meta, run_dir, options.device, options.precision, tta=options.tta)
+    options = PredictOptions(device=device, precision=precision, tta=tta, engine=engine)
+    return engines.load_bundle(path, options.engine, options.device, options.precision, options.tta, images,
+                               say=say)
 
 
 def evaluate(run: str | Path, data: str | Path | None = None, device: str = "auto",
              precision: str = "auto", console: Console | None = None, out: str | Path | None = None,
-             tta: str = "none") -> dict:
+             tta: str = "none", engine: str = "auto") -> dict:
     """Re-evaluate a saved run: on DATA/val (or DATA's class folders) when `data` is given,
     else on the run's own validation split. Writes metrics.json, the plots, misclassified.csv and
     report.html into `out` (default: a new RUN/eval-<name> folder) and returns the metrics
-    (with "out": that folder)."""
+    (with "out": that folder, and "engine": what ran the model). `engine`: as `load`'s."""
     import json
 
     from .data.discover import Sample, eval_files
-    from .evaluation import report
+    from .models import bundle
 
     console = console or Console()
-    with load(run, device, precision, tta) as predictor:
-        classes = predictor.classes
-        if data is not None:
-            samples = eval_files(data, classes)
-        else:
-            split_file = predictor.run_dir / "split.json"
-            if not split_file.is_file():
-                raise UserError(f"{split_file} is missing: pass the DATA folder to evaluate on")
-            samples = [Sample(p, int(label)) for p, label in json.loads(split_file.read_text())["val"]]
-            missing = [s.path for s in samples if not Path(s.path).exists()]
-            if missing:
-                raise UserError(f"{len(missing)} validation image(s) of this run are gone, e.g. {missing[0]}; "
-                                "pass the DATA folder to evaluate on")
-        out_dir = _eval_dir(predictor.run_dir, data, out)
+    meta, run_dir = bundle.read_meta(run)
+    if data is not None:
+        samples = eval_files(data, meta.classes)
+    else:
+        split_file = run_dir / "split.json"
+        if not split_file.is_file():
+            raise UserError(f"{split_file} is missing: pass the DATA folder to evaluate on")
+        samples = [Sample(p, int(label)) for p, label in json.loads(split_file.read_text())["val"]]
+        missing = [s.path for s in samples if not Path(s.path).exists()]
+        if missing:
+            raise UserError(f"{len(missing)} validation image(s) of this run are gone, e.g. {missing[0]}; "
+                            "pass the DATA folder to evaluate on")
+    with load(run, device, precision, tta, engine, images=len(samples), say=console.info) as predictor:
+        console.info(f"engine: {predictor.engine.line()}")
+        out_dir = _eval_dir(run_dir, data, out)
         logits, errors = predictor.logits([s.path for s in samples], progress=console.progress)
+        classes = predictor.classes
+    from .evaluation import report
+
     ok = [i for i in range(len(samples)) if i not in errors]
     skipped = [{"path": samples[i].path, "reason": r} for i, r in errors.items()]
     for item in skipped:
@@ -134,9 +141,10 @@ def evaluate(run: str | Path, data: str | Path | None = None, device: str = "aut
         out_dir, [samples[i].path for i in ok], np.array([samples[i].label for i in ok], dtype=np.int64),
         logits[ok], classes, {"skipped_files": skipped, "run": str(predictor.run_dir),
                               "data": str(data) if data is not None else "the run's validation split",
-                              "tta": tta})
+                              "tta": tta, "engine": predictor.engine.to_dict()})
     report.render(out_dir)
     summary["out"] = str(out_dir)
+    summary["engine"] = predictor.engine.to_dict()
     return summary
 
 

@@ -8,7 +8,7 @@
     <root>/decoded/<resize>-<interpolation>-d<decoder>/...<key>.img   decoded uint8 images (fine-tuning)
     <root>/teacher/<teacher key>/shards/...               distillation: teacher logits per image and epoch
     <root>/datasets/cifar10-<key>/                        CIFAR-10 batches as PNG class folders
-    <root>/serving/<bundle key>.onnx                      a bundle converted for serving on CPU
+    <root>/engines/<network key>.onnx                     a backbone or a run's model converted for ONNX Runtime
     <root>/images/v<version>/shards/...                   an image's content hash and pixel statistics (doctor)
 
 Small entries (a feature vector is 5 KB) live in shards (`ShardedCache`): one data file and one
@@ -47,7 +47,8 @@ _ARRAY, _ERROR = b"TKF1", b"TKE1"
 MARKER = "CACHEDIR.TAG"
 _TAG = ("Signature: 8a477f597d28d172789f06886806bc55\n"
         "# This file marks the transferkit cache (features, decoded images); see `transferkit cache`.\n")
-SUBFOLDERS = ("features", "decoded", "teacher", "datasets", "serving", "images")  # all that the cache writes
+# all that the cache writes ("serving": where conversions lived before "engines", still cleared)
+SUBFOLDERS = ("features", "decoded", "teacher", "datasets", "engines", "serving", "images")
 
 
 def default_dir() -> Path:
@@ -297,10 +298,10 @@ class Cache:
         """Per image: the sha256 of its bytes and its pixel statistics (`doctor.images`)."""
         return ShardedCache(self.root / "images" / f"d{DECODER_VERSION}-v{FORMAT_VERSION}")
 
-    def serving_model(self, ident: dict) -> Path:
-        """A bundle converted to ONNX for `transferkit serve` on CPU; `ident`: what it was built from
-        (the weights' checksum, the model.json, the versions of the converter)."""
-        return self.root / "serving" / f"{_hash({'v': FORMAT_VERSION, **ident})}.onnx"
+    def engine_file(self, ident: dict) -> Path:
+        """A network converted for an inference engine (`engines.convert`): a backbone for feature
+        extraction or a run's model; `ident`: everything its output depends on."""
+        return self.root / "engines" / f"{_hash({'v': FORMAT_VERSION, **ident})}.onnx"
 
     def prepare(self) -> "Cache":
         """Make the cache folder (and its marker) before anything is written into it. A folder that

@@ -227,7 +227,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         from . import api
 
-        predictor = api.load(args.run, options.device, options.precision, options.tta)
+        say = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731 - stdout may hold the CSV
+        predictor = api.load(args.run, options.device, options.precision, options.tta, options.engine,
+                             images=len(files), say=say)
+        say(f"engine: {predictor.engine.line()}")
     top_k = min(options.top_k, len(predictor.classes))
     from .console import Console
 

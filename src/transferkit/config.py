@@ -28,7 +28,10 @@ SCHEDULES = ("cosine", "onecycle", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
 FEATURES = ("auto", "last", "multi")
-ENGINES = ("auto", "torch", "onnx")  # what runs a bundle in `serve` (serving.model)
+ENGINES = ("auto", "onnxruntime", "torch", "onnx")  # what runs a network (engines.choose); onnx: onnxruntime
+ENGINE_HELP = ("what runs the frozen network: auto (ONNX Runtime in fp32 on a CPU, the network converted once, "
+               "cached and checked against PyTorch; PyTorch on a GPU, and in bf16 on CPUs with AMX for long passes) "
+               "| onnxruntime | torch")
 TTA = ("none", "flip", "flip-crops")  # test-time augmentation (prediction.base): the views averaged per image
 
 
@@ -106,8 +109,10 @@ class TrainConfig:
     no_cache: bool = opt(False, "compute features in a temporary cache, leave the user's cache alone")
     no_report: bool = opt(False, "skip the plots and report.html (about 0.45 s of a warm run; "
                           "`transferkit report RUN` makes them later)")
-    precision: str = opt("auto", "auto (bf16 where the CPU has it, AMP on CUDA) | bf16 | fp32", choices=PRECISIONS)
+    precision: str = opt("auto", "auto (networks train in bf16 where the CPU has it, AMP on CUDA; features: "
+                         "the engine's) | bf16 | fp32", choices=PRECISIONS)
     device: str = opt("auto", "auto | cpu | cuda", choices=DEVICES)
+    engine: str = opt("auto", ENGINE_HELP, choices=ENGINES)
     workers: int | None = opt(None, "DataLoader worker processes (None: chosen for the machine)", low=0, high=64)
     out: str | None = opt(None, "run folder (default: a fresh folder under runs_dir)")
     runs_dir: str = opt("runs", "where fresh run folders are made")
@@ -276,8 +281,9 @@ class PredictOptions:
     """Options of `transferkit predict` and `transferkit.load(...).predict`."""
 
     top_k: int = opt(3, "labels per image", low=1)
+    engine: str = opt("auto", ENGINE_HELP, choices=ENGINES)
     device: str = opt("auto", "auto | cpu | cuda", choices=DEVICES)
-    precision: str = opt("auto", "auto | bf16 | fp32", choices=PRECISIONS)
+    precision: str = opt("auto", "auto | bf16 (PyTorch) | fp32", choices=PRECISIONS)
     tta: str = opt("none", "test-time augmentation, the probabilities of the views averaged: none | flip (and "
                    "its mirror image: 2x the compute) | flip-crops (also the view without the crop margin: 4x)",
                    choices=TTA)
@@ -308,8 +314,7 @@ class ServeOptions:
     top_k: int = opt(3, "labels per image when the request does not say (?top_k=)", low=1)
     cors: str | None = opt(None, "origins allowed to call the API from other sites' pages, comma-separated "
                            "(* for any); CORS is off without it")
-    engine: str = opt("auto", "what runs a run folder's model: auto (ONNX Runtime on a CPU: the bundle converted "
-                      "once, cached and checked against PyTorch; PyTorch on a GPU) | torch | onnx", choices=ENGINES)
+    engine: str = opt("auto", ENGINE_HELP, choices=ENGINES)
     device: str = opt("auto", "auto | cpu | cuda (a run folder's model)", choices=DEVICES)
     precision: str = opt("auto", "auto | bf16 | fp32 (a run folder's model under PyTorch)", choices=PRECISIONS)
     tta: str = opt("none", "test-time augmentation: none | flip | flip-crops", choices=TTA)
@@ -351,6 +356,7 @@ class DoctorOptions:
     seed: int = opt(0, "the split's seed (as train's)", low=0, high=2**31 - 1)
     cache_dir: str | None = opt(None, "cache folder [default: $TRANSFERKIT_CACHE or ~/.cache/transferkit]")
     workers: int | None = opt(None, "decoding processes (None: as train)", low=0, high=64)
+    engine: str = opt("auto", ENGINE_HELP, choices=ENGINES)
     quiet: bool = opt(False, "print only the summary")
 
     def __post_init__(self) -> None:

@@ -173,7 +173,8 @@ class FeaturePass:
         return np.stack(vecs) if all(v is not None for v in vecs) else None
 
     def run(self, extractor: Extractor | Callable[[], Extractor], progress=None) -> list[FeatureSet]:
-        """One `FeatureSet` per group. `extractor` may be a factory, called only if some features
+        """One `FeatureSet` per group. `extractor` (a `features.Extractor`, or an engine's
+        extractor with its interface: `engines`) may be a factory, called only if some features
         are not this rank's to compute."""
         if progress is not None:
             progress.update(sum(len(p) for p, _ in self.groups) - len(self.todo))
@@ -209,21 +210,21 @@ class FeaturePass:
     def _compute(self, extractor: Extractor | Callable[[], Extractor], progress) -> dict[int, tuple]:
         """This rank's share: {position in `todo`: (features (1 + K, D) or None, error reason,
         whether the reason may be cached)}."""
-        if not isinstance(extractor, Extractor):
+        if callable(extractor) and not hasattr(extractor, "run"):
             extractor = extractor()
         views = sum(1 + self.groups[self.todo[j][0]][1] for j in self.share)
         extractor.freeze = extractor.freeze or views >= FREEZE_MIN_IMAGES
-        if self.multi:
-            if extractor.last_features is None:
-                raise RuntimeError("a multi-layer feature pass needs a multi-layer backbone")
-            self.last_width = extractor.last_features
         batches, self._batches = self._batches, None
         done: dict[int, tuple] = {}
         for idx, feats, errs in extractor.run(batches, progress):
             for k, reason, cacheable in errs:
                 done[self.share[k]] = (None, reason, cacheable)
             for k, f in zip(idx, feats):
-                done[self.share[k]] = (f.numpy(), "", True)
+                done[self.share[k]] = (np.asarray(f), "", True)
+        if self.multi:  # known once the network runs (an engine's conversion records it)
+            if extractor.last_features is None and any(row is not None for row, _, _ in done.values()):
+                raise RuntimeError("a multi-layer feature pass needs a multi-layer backbone")
+            self.last_width = extractor.last_features
         return done
 
 

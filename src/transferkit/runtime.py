@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .engines.cpu import usable_cores
 from .errors import UserError
 
 
@@ -193,5 +193,5 @@ def fold_batchnorm(model: nn.Module, reference: nn.Module, input_size: int = 224
 def default_workers() -> int:
     """DataLoader workers: none on small machines, where they compete with the model for cores
     (measured on 2 cores); a few where cores are plentiful."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     return 0 if cores <= 4 else min(8, cores // 2)

@@ -184,20 +184,24 @@ def _out_dir(out: str | None, data: Path) -> Path:
 
 def _features(split, options: DoctorOptions, cache: Cache, console: Console):
     """The split's features as `train` (default strategy) extracts and caches them."""
+    from .. import engines
     from ..models import backbones
     from ..models.classifier import LazyClassifier, identify_weights
-    from ..runtime import Runtime, default_workers
+    from ..runtime import default_workers
     from ..training.context import CachedFeatures
-    from ..training.run import _features_key
+    from ..training.run import _features_key, feature_extractor
 
     spec = backbones.get(options.model)
-    runtime = Runtime.create("auto", "auto")
+    # train's default choice for this split, so that both read the same cached features
+    engine = engines.choose(options.engine, "auto", "auto", len(split.train) + len(split.val))
+    console.info(f"features: {engine.line()}")
     pre = spec.with_input_size(None)  # the linear default: the backbone's own size
     weights = identify_weights(spec, "imagenet")
-    key = _features_key(spec, "standard", weights.sha256, pre, runtime)
+    key = _features_key(spec, "standard", weights.sha256, pre, engine.precision)
     multi = spec.has_multi_layer  # as train's default (--features auto): one pass serves both
     workers = default_workers() if options.workers is None else options.workers
-    cached = CachedFeatures(split, pre, cache.features(key), 0, options.seed, max(1, workers), multi)
     models = LazyClassifier(spec, len(split.classes), "imagenet", 0.0, cache.backbone_file(key), "standard",
                             "multi" if multi else "last")
-    return cached.get(SimpleNamespace(models=models, pre=pre, runtime=runtime, console=console))
+    cached = CachedFeatures(split, pre, cache.features(key), 0, options.seed, max(1, workers),
+                            feature_extractor(engine, key, multi, pre, models, cache, console), multi)
+    return cached.get(SimpleNamespace(console=console))

@@ -23,12 +23,7 @@ from .verify import ExportResult, batched, decode_images, failing_name, format_t
 
 def metadata(meta: bundle.BundleMeta) -> dict:
     """What an exported model carries about itself: classes, preprocessing, input and output."""
-    from .. import __version__
-
-    pre = meta.preprocess.to_dict()
-    return {"transferkit": __version__, "backbone": meta.backbone, "classes": meta.classes,
-            "preprocess": {k: pre[k] for k in ("input_size", "resize_size", "interpolation", "mean", "std", "rule")},
-            "input": "float32 NCHW (batch, 3, input_size, input_size), RGB", "output": "logits (batch, classes)"}
+    return meta.export_metadata()
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """The run bundle: `model.safetensors` (weights) + `model.json` (everything else needed to use
-them). Loadable without unpickling anything; both files are written atomically."""
+them). Loadable without unpickling anything; both files are written atomically. Reading the
+metadata and checking the weights' checksum import no torch (a run served by ONNX Runtime)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,10 @@ import platform
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
-
 from .. import __version__
 from ..errors import UserError
 from ..files import atomic_write, file_sha256, write_json
-from . import backbones
-from .classifier import Classifier
 from .preprocess import Preprocess
-from .weights import state_dict_diff
 
 FORMAT = "transferkit-bundle"
 FORMAT_VERSION = 1
@@ -49,6 +45,10 @@ class BundleMeta:
     stem: str = "standard"  # "small": the CIFAR-style stem for ~32 px images
     model_sha256: str | None = None  # of model.safetensors, checked on load (bundles before it: None)
     features: str = "last"  # "multi": the head sees earlier stages' pooled activations too (models.multilayer)
+    # A head on a frozen backbone: the identity of the features network it was fitted on
+    # ({"features": cache key, "multi": bool}); an engine that has that network converted runs it
+    # and the head, no conversion of the run's own model needed (engines.ort).
+    frozen_features: dict | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -66,8 +66,17 @@ class BundleMeta:
             "stem": self.stem,
             "model_sha256": self.model_sha256,
             "features": self.features,
+            "frozen_features": self.frozen_features,
             "versions": versions(),
         }
+
+    def export_metadata(self) -> dict:
+        """What an exported (or converted) model carries about itself: classes, preprocessing,
+        input and output (what `prediction.onnx_predictor` reads)."""
+        pre = self.preprocess.to_dict()
+        return {"transferkit": __version__, "backbone": self.backbone, "classes": self.classes,
+                "preprocess": {k: pre[k] for k in ("input_size", "resize_size", "interpolation", "mean", "std", "rule")},
+                "input": "float32 NCHW (batch, 3, input_size, input_size), RGB", "output": "logits (batch, classes)"}
 
     @classmethod
     def from_dict(cls, d: dict) -> "BundleMeta":
@@ -93,17 +102,23 @@ class BundleMeta:
         features = d.get("features", "last")
         if features not in ("last", "multi"):
             raise UserError(f"model.json: features must be last or multi (got {features!r})")
+        frozen = d.get("frozen_features")
+        if frozen is not None and not (isinstance(frozen, dict) and set(frozen) == {"features", "multi"}
+                                       and isinstance(frozen["features"], str) and frozen["features"].isalnum()
+                                       and len(frozen["features"]) <= 64 and isinstance(frozen["multi"], bool)):
+            raise UserError("model.json: frozen_features must be {features: a cache key, multi: true|false}")
         digest = d.get("model_sha256")
         if digest is not None and not (isinstance(digest, str) and len(digest) == 64):
             raise UserError("model.json: model_sha256 must be a sha256 hex digest")
         return cls(d["backbone"], d["arch"], list(classes), Preprocess.from_dict(d.get("preprocess")),
                    d["strategy"], float(dropout), str(d.get("weights", "")), d.get("weights_sha256"), stem, digest,
-                   features)
+                   features, frozen)
 
 
-def save(run_dir: Path, state: dict[str, torch.Tensor], meta: BundleMeta) -> None:
+def save(run_dir: Path, state: dict, meta: BundleMeta) -> None:
     """Write the bundle (a `Classifier` state dict and its metadata) into `run_dir`: weights
     first, then the json that points at them."""
+    import torch
     from safetensors.torch import save as st_save
 
     state = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
@@ -139,20 +154,32 @@ def read_meta(path: str | Path) -> tuple[BundleMeta, Path]:
         raise UserError(f"{run_dir / 'model.json'} is damaged: {exc}") from None
 
 
-def load(path: str | Path) -> tuple[Classifier, BundleMeta, Path]:
+def weights_sha256(meta: BundleMeta, run_dir: Path) -> str:
+    """The sha256 of the run's model.safetensors, checked against model.json's record; raises
+    `UserError` for a damaged or replaced file."""
+    weights = run_dir / "model.safetensors"
+    digest = file_sha256(weights)
+    if meta.model_sha256 is not None and digest != meta.model_sha256:
+        raise UserError(f"{weights} does not match the checksum in model.json: the file is damaged or was "
+                        "replaced; retrain, or restore it from a copy")
+    return digest
+
+
+def load(path: str | Path) -> tuple["Classifier", BundleMeta, Path]:
     """Load a bundle into a `Classifier` on the CPU (eval mode)."""
     from safetensors.torch import load_file
+
+    from . import backbones
+    from .classifier import Classifier
+    from .weights import state_dict_diff
 
     meta, run_dir = read_meta(path)
     spec = backbones.get(meta.backbone)
     backbone = spec.build(meta.stem, meta.features)
     model = Classifier(backbone, backbone.num_features, len(meta.classes), meta.dropout)
-    weights = run_dir / "model.safetensors"
-    if meta.model_sha256 is not None and file_sha256(weights) != meta.model_sha256:
-        raise UserError(f"{weights} does not match the checksum in model.json: the file is damaged or was "
-                        "replaced; retrain, or restore it from a copy")
+    weights_sha256(meta, run_dir)
     try:
-        state = load_file(str(weights))
+        state = load_file(str(run_dir / "model.safetensors"))
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a damaged file
         raise UserError(f"{run_dir / 'model.safetensors'} is damaged: {exc}") from None
     diff = state_dict_diff(model.state_dict(), state)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.decode import normalized_array
+from ..engines.cpu import usable_cores
 from ..errors import UserError
 from .base import BasePredictor
 
@@ -26,23 +27,27 @@ def read_metadata(path: str | Path) -> dict:
     return _metadata(session, path)
 
 
-def open_session(path: str | Path, threads: int = 0):
-    """An ONNX Runtime CPU session of the model at `path`; `threads`: its intra-op threads (0: one
-    per core)."""
+def open_session(model: str | Path | bytes, threads: int = 0):
+    """An ONNX Runtime CPU session of the model at `model` (a path, or the model's bytes);
+    `threads`: its intra-op threads (0: one per core this process may use)."""
     try:
         import onnxruntime as ort
     except ImportError:
         raise UserError("predicting from an ONNX model needs onnxruntime: pip install onnxruntime") from None
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"not found: {path}")
+    if not isinstance(model, bytes):
+        model = Path(model).expanduser()
+        if not model.is_file():
+            raise UserError(f"not found: {model}")
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only
-    options.intra_op_num_threads = threads
+    options.intra_op_num_threads = threads or usable_cores()
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
+                                    providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-        raise UserError(f"{path} is not a loadable ONNX model ({str(exc).splitlines()[0][:200]})") from None
+        what = "the model" if isinstance(model, bytes) else model
+        raise UserError(f"{what} is not a loadable ONNX model ({str(exc).splitlines()[0][:200]})") from None
+
 
 
 def _metadata(session, path) -> dict:
@@ -66,15 +71,16 @@ def _metadata(session, path) -> dict:
 
 
 class OnnxPredictor(BasePredictor):
-    """An exported model (fp32 or INT8 ONNX) ready to predict images, torch-free."""
+    """An exported model (fp32 or INT8 ONNX) ready to predict images, torch-free. `model`: the
+    model's bytes, already read and checked (a cached conversion of `path`'s run)."""
 
     channels_last = False
 
     def __init__(self, path: str | Path, batch_size: int = 32, workers: int = 0, tta: str = "none",
-                 threads: int = 0):
+                 threads: int = 0, model: bytes | None = None):
         super().__init__(batch_size, workers, tta)
         self.path = Path(path).expanduser()
-        self.session = open_session(self.path, threads)
+        self.session = open_session(self.path if model is None else model, threads)
         self.meta = _metadata(self.session, self.path)
         self.classes: list[str] = self.meta["classes"]
         self.pre: dict = self.meta["preprocess"]

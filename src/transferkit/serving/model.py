@@ -5,13 +5,13 @@ about it."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from ..engines.cpu import usable_cores
 from ..errors import UserError
 from ..prediction.base import BasePredictor
 
@@ -23,10 +23,10 @@ def is_onnx(model: str | Path) -> bool:
 class ServedModel:
     """A predictor and its description.
 
-    A run folder's bundle runs on `engine`: "auto" converts it to ONNX once (cached, checked
-    against PyTorch: `convert`) and runs it with ONNX Runtime when it is served on a CPU, and
-    with PyTorch on a GPU or where the conversion fails (`say` tells why, and when it
-    converts); "torch" and "onnx" force one. An .onnx file always runs on ONNX Runtime, and torch is not imported.
+    A run folder's bundle runs on the engine `engines.choose` picks (`engine`: auto | onnxruntime
+    | torch): on a CPU ONNX Runtime, the bundle converted once (cached, checked against PyTorch),
+    on a GPU or where the conversion fails PyTorch (`say` tells which and why, and when it
+    converts). An .onnx file always runs on ONNX Runtime, and torch is not imported.
     `threads`: the model's intra-op threads (0: the library's default, one per core); several
     workers share the cores."""
 
@@ -59,29 +59,16 @@ class ServedModel:
 
 def _bundle_predictor(source: Path, device: str, precision: str, tta: str, threads: int, engine: str,
                       say) -> tuple[BasePredictor, dict]:
-    import torch
-
+    """The run's model on the engine `engines.choose` picks for an open-ended stream of images."""
+    from .. import engines
     from ..models import bundle
 
     meta, run_dir = bundle.read_meta(source)
-    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
-    if engine == "onnx" or (engine == "auto" and on_cpu and precision != "bf16"):
-        from ..prediction.onnx_predictor import OnnxPredictor
-        from .convert import onnx_for_bundle
-
-        try:
-            predictor = OnnxPredictor(onnx_for_bundle(source, say=say), tta=tta, threads=threads)
-            return predictor, _bundle_info(meta, run_dir, "onnxruntime", "cpu", "fp32")
-        except (UserError, ImportError) as exc:
-            if engine == "onnx":
-                raise UserError(f"--engine onnx: {exc}") from None
-            say(f"warning: serving with PyTorch, not ONNX Runtime: {exc}")
-    from .. import api
-
-    if threads:
-        torch.set_num_threads(threads)
-    predictor = api.load(source, device, precision, tta)
-    return predictor, _bundle_info(meta, run_dir, "pytorch", str(predictor.runtime.device), predictor.runtime.precision)
+    predictor = engines.load_bundle(source, engine, device, precision, tta, threads=threads, say=say)
+    choice = predictor.engine
+    say(f"engine: {choice.line()}")
+    name = "onnxruntime" if choice.engine == "onnxruntime" else "pytorch"
+    return predictor, _bundle_info(meta, run_dir, name, choice.device, choice.precision)
 
 
 def _bundle_info(meta, run_dir: Path, engine: str, device: str, precision: str) -> dict:
@@ -130,11 +117,6 @@ def _read_json(path: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return value if isinstance(value, dict) else None
-
-
-def usable_cores() -> int:
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def worker_threads(workers: int) -> int:

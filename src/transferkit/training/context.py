@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -17,9 +18,10 @@ from ..cache import Cache, ShardedCache
 from ..config import TrainConfig
 from ..console import Console
 from ..data.datasets import labels_of
+from ..engines import Choice
 from ..data.discover import DatasetSplit
 from ..distributed import Group
-from ..features import Extractor, FeaturePass
+from ..features import FeaturePass
 from ..models.classifier import LazyClassifier
 from ..models.preprocess import Preprocess
 from ..runtime import Runtime
@@ -54,11 +56,12 @@ class Features:
 
 class CachedFeatures:
     """The features of one split, computed at most once: the cache is read (and missing images
-    start decoding) when this is made, before the network is built; `get` finishes the pass."""
+    start decoding) when this is made, before the network is built; `get` finishes the pass.
+    `extractor`: makes the engine's extractor (`engines`), called only when features are missing."""
 
     def __init__(self, split: DatasetSplit, pre: Preprocess, cache: ShardedCache, aug_views: int, seed: int,
-                 workers: int, multi: bool = False, group: Group | None = None):
-        self.split, self.cache, self.aug_views = split, cache, aug_views
+                 workers: int, extractor: Callable, multi: bool = False, group: Group | None = None):
+        self.split, self.cache, self.aug_views, self.extractor = split, cache, aug_views, extractor
         self._pass: FeaturePass | None = FeaturePass(
             [([s.path for s in split.train], aug_views), ([s.path for s in split.val], 0)],
             pre, cache, seed, batch_size=32, workers=workers, multi=multi, group=group)
@@ -74,13 +77,10 @@ class CachedFeatures:
         return self._features
 
     def _compute(self, ctx: "Context") -> Features:
-        def extractor() -> Extractor:  # built only when some features are not cached
-            return Extractor(ctx.models.get().backbone, ctx.pre, ctx.runtime, batch_size=32)
-
         feature_pass, self._pass = self._pass, None
         train_paths, val_paths = [s.path for s in self.split.train], [s.path for s in self.split.val]
         bar = ctx.console.progress(len(train_paths) + len(val_paths), "features")
-        train_fs, val_fs = feature_pass.run(extractor, bar)
+        train_fs, val_fs = feature_pass.run(self.extractor, bar)  # the extractor is built only if needed
         bar.close()
         errors = {**train_fs.errors, **val_fs.errors}
         keep_train = [i for i, p in enumerate(train_paths) if p not in errors]
@@ -113,12 +113,14 @@ class Context:
     split: DatasetSplit
     models: LazyClassifier  # the classifier, built on first use
     pre: Preprocess
-    runtime: Runtime
+    runtime: Runtime  # where and in which precision networks train
     cache: Cache
     workers: int
     console: Console
     features: CachedFeatures | None  # for strategies that start from cached features
     run_dir: Path
+    engine: "Choice | None" = None  # what extracts the cached features (engines.choose), if any
+    features_ident: dict | None = None  # the features network's identity (its engine conversion's key)
     resume: dict | None = None  # a checkpoint to continue from (--resume)
     group: Group = field(default_factory=Group)  # the processes training together (torchrun), or one
 

@@ -15,6 +15,7 @@ import torch
 from ..cache import Cache, model_key
 from ..config import LRFindOptions, TrainConfig
 from ..console import Console
+from .. import engines
 from ..data.discover import OWN_MARKER, discover, is_own_output
 from ..data.views import SMALL
 from ..errors import UserError
@@ -46,10 +47,14 @@ def train(cfg: TrainConfig, console: Console, worker: Worker, started: float, ch
         run_dir = ctx.run_dir
         spec, runtime = ctx.models.spec, ctx.runtime
         processes = f", {group.world} processes ({group.backend})" if group.distributed else ""
+        trains = ctx.strategy.trains != "head"  # a network trains (in the runtime's precision), not only a head
         console.info(
             f"training {spec.name} ({cfg.strategy}) on {len(ctx.split.classes)} classes "
-            f"({ctx.split.val_source} validation), {runtime.device.type} {runtime.precision}{processes}"
+            f"({ctx.split.val_source} validation)"
+            + (f", {runtime.device.type} {runtime.precision}" if trains else "") + processes
         )
+        if ctx.engine is not None:
+            console.info(f"features: {ctx.engine.line()}")
         outcome = ctx.strategy.run(ctx)
         if not group.primary:
             return Run(run_dir, {"rank": group.rank})  # the primary writes the run folder
@@ -73,12 +78,13 @@ def train(cfg: TrainConfig, console: Console, worker: Worker, started: float, ch
         ctx.checkpoint.unlink()  # finished: the bundle is what remains
     elastic.finished(cfg)
     used = outcome.cfg  # auto: the options of the strategy it chose
+    frozen = ctx.features_ident if STRATEGIES.get(used.strategy).trains == "head" and outcome.pre is None else None
     meta = bundle.BundleMeta(spec.name, spec.arch, outcome.split.classes, outcome.pre or ctx.pre, used.strategy,
                              used.dropout or 0.0,
                              ctx.models.info.source, ctx.models.info.sha256, ctx.models.stem,
-                             features=outcome.features)
+                             features=outcome.features, frozen_features=frozen)
     bundle.save(run_dir, outcome.state, meta)
-    results = write_outputs(run_dir, outcome, runtime, started, worker, health)
+    results = write_outputs(run_dir, outcome, runtime, started, worker, health, ctx.engine)
     console.info(metrics.format_table(results["metrics"]))
     kept = (f"logistic regression, {outcome.fit.best_epoch} L-BFGS iterations" if outcome.fit.unit == "iteration"
             else f"best epoch {results['best_epoch']}/{len(outcome.fit.history)}")
@@ -141,24 +147,30 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
     stem = cfg.stem if cfg.stem != "auto" else (
         "small" if cfg.weights == "none" and pre.input_size <= 64 and backbones.has_small_stem(spec) else "standard")
     weights = identify_weights(spec, cfg.weights)
-    key = _features_key(spec, stem, weights.sha256, pre, runtime)
+    uses_features = strategy.uses_features if with_features is None else with_features
+    # the engine that extracts features, chosen by the primary for the group (the same precision everywhere)
+    images = len(split.train) * (1 + (cfg.aug_views or 0)) + len(split.val)
+    engine = group.decide(lambda: engines.choose(cfg.engine, group.device(cfg.device), cfg.precision, images)) \
+        if uses_features else None
+    key = _features_key(spec, stem, weights.sha256, pre, engine.precision if engine else runtime.precision)
     workers = default_workers() if cfg.workers is None else cfg.workers
     # --features auto | multi: the earlier stages' pooled activations are extracted too (one pass)
     multi = cfg.features == "multi" or (cfg.features == "auto" and spec.has_multi_layer)
     if multi and not spec.has_multi_layer:
         raise UserError(f"--features multi needs a timm backbone (its feature_info names the stages); "
                         f"{spec.name} is built by torchvision")
+    torch.manual_seed(cfg.seed)  # random weights (scratch, a new head) are the same for a seed
+    models = LazyClassifier(spec, len(split.classes), cfg.weights, cfg.dropout or 0.0, cache.backbone_file(key), stem,
+                            "multi" if multi else "last")
     features = None
-    if strategy.uses_features if with_features is None else with_features:
+    if uses_features:
         # Images whose features are missing start decoding now, while the network is built, in at
         # least one worker process even on 2 cores: it overlaps the build and then the forward
         # (measured, 2 cores, ants/bees cold: 9.2-10.4 s with none, 7.7 s with one; 4x the images:
         # 24.3 s vs 20.8 s).
         features = CachedFeatures(split, pre, cache.features(key), cfg.aug_views or 0, cfg.seed,
-                                  max(1, workers) if cfg.workers is None else workers, multi, group)
-    torch.manual_seed(cfg.seed)  # random weights (scratch, a new head) are the same for a seed
-    models = LazyClassifier(spec, len(split.classes), cfg.weights, cfg.dropout or 0.0, cache.backbone_file(key), stem,
-                            "multi" if multi else "last")
+                                  max(1, workers) if cfg.workers is None else workers,
+                                  feature_extractor(engine, key, multi, pre, models, cache, console), multi, group)
     models.prepare()  # weights that do not fit the architecture fail here, before any output
     if cfg.teacher is not None:
         from .teacher import check_teacher
@@ -171,7 +183,28 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
         return run_dir
 
     return Context(cfg=cfg, split=split, models=models, pre=pre, runtime=runtime, cache=cache, workers=workers,
-                   console=console, features=features, run_dir=group.decide(new_run_dir), resume=resume, group=group)
+                   console=console, features=features, run_dir=group.decide(new_run_dir), engine=engine,
+                   features_ident={"features": key, "multi": multi} if uses_features else None, resume=resume,
+                   group=group)
+
+
+def feature_extractor(engine: engines.Choice, key: str, multi: bool, pre, models: LazyClassifier, cache: Cache,
+                      console: Console):
+    """A factory of `engine`'s extractor of the backbone's features (the cache key `key`; `multi`:
+    the earlier stages' too), called only when some features are missing: only then is the
+    network built (or its conversion read)."""
+    from ..engines.convert import features_network
+
+    network = features_network({"features": key, "multi": multi}, lambda: models.get().backbone, pre,
+                               models.spec.name)
+
+    def say(message: str) -> None:
+        if message.startswith("warning: "):
+            console.warn(message[len("warning: "):])
+        else:
+            console.info(message)
+
+    return lambda: engine.implementation.features(network, engine, cache, say)
 
 
 # Pretrained networks trained on small images (<= views.SMALL px) get them upsampled
@@ -188,9 +221,10 @@ def network_preprocess(spec, split):
     return dataclasses.replace(pre, crop_pct=1.0) if size is not None else pre
 
 
-def _features_key(spec, stem: str, weights_sha256: str | None, pre, runtime: Runtime) -> str:
-    return model_key(spec.name + ("+small-stem" if stem == "small" else ""), weights_sha256, pre.to_dict(),
-                     runtime.precision)
+def _features_key(spec, stem: str, weights_sha256: str | None, pre, precision: str) -> str:
+    """The features' cache key. Features are keyed by precision, not engine: ONNX Runtime's and
+    PyTorch's fp32 features agree to 1e-5 of their scale (tested), bf16's do not."""
+    return model_key(spec.name + ("+small-stem" if stem == "small" else ""), weights_sha256, pre.to_dict(), precision)
 
 
 def context_at(ctx: Context, pre) -> Context:
@@ -198,9 +232,14 @@ def context_at(ctx: Context, pre) -> Context:
     cached features, the same classifier, data and run folder."""
     if pre == ctx.pre:
         return ctx
-    key = _features_key(ctx.models.spec, ctx.models.stem, ctx.models.info.sha256, pre, ctx.runtime)
+    engine = ctx.engine or ctx.group.decide(lambda: engines.choose(
+        ctx.cfg.engine, ctx.group.device(ctx.cfg.device), ctx.cfg.precision,
+        len(ctx.split.train) * (1 + (ctx.cfg.aug_views or 0)) + len(ctx.split.val)))
+    key = _features_key(ctx.models.spec, ctx.models.stem, ctx.models.info.sha256, pre, engine.precision)
+    multi = ctx.models.features == "multi"
     features = CachedFeatures(ctx.split, pre, ctx.cache.features(key), ctx.cfg.aug_views or 0, ctx.cfg.seed,
-                              max(1, ctx.workers), ctx.models.features == "multi", ctx.group)
+                              max(1, ctx.workers), feature_extractor(engine, key, multi, pre, ctx.models, ctx.cache,
+                                                                     ctx.console), multi, ctx.group)
     return dataclasses.replace(ctx, pre=pre, features=features)
 
 
@@ -279,9 +318,9 @@ def _remove_earlier_run(run_dir: Path) -> None:
 
 
 def write_outputs(run_dir: Path, outcome: Outcome, runtime: Runtime, started: float, worker: Worker,
-                  health: dict | None = None) -> dict:
+                  health: dict | None = None, engine: engines.Choice | None = None) -> dict:
     """results.json, metrics.csv, split.json, and by `worker` the evaluation files and (unless
-    --no-report) the report."""
+    --no-report) the report. `engine`: what extracted the features, if any."""
     cfg, split, fit = outcome.cfg, outcome.split, outcome.fit
     y_val = np.array([s.label for s in split.val], dtype=np.int64)
     summary = worker.write_evaluation(run_dir, [s.path for s in split.val], y_val, outcome.val_logits.float().numpy(),
@@ -315,7 +354,10 @@ def write_outputs(run_dir: Path, outcome: Outcome, runtime: Runtime, started: fl
         "excluded": split.excluded,
         "data_health": health,
         "device": runtime.device.type,
-        "precision": runtime.precision,
+        # a head on features: the features' precision; a network trained: the training's
+        "precision": engine.precision if engine is not None and STRATEGIES.get(cfg.strategy).trains == "head"
+        else runtime.precision,
+        "engine": engine.to_dict() if engine is not None else None,
         "distributed": outcome.info.get("distributed"),
         "metrics": summary,
         "strategy_info": outcome.info,

@@ -1,0 +1,147 @@
+"""Inference engines: what runs a frozen network wherever transferkit only infers (feature
+extraction in train, doctor and lr-find; eval; predict; serve). Training a network stays on
+PyTorch.
+
+`choose` decides, once per command, which engine runs and in which precision, and why:
+
+- a CUDA GPU: PyTorch on it, in bf16 (fp16 where the GPU lacks bf16);
+- a CPU: ONNX Runtime in fp32 (the network converted once, cached by content and checked
+  against PyTorch on real images: `convert`). It ran EfficientNet-Lite0 1.2-4x faster than
+  PyTorch on CPUs without AMX, and gives the same answers on every CPU;
+- a CPU with Intel AMX, for a pass of `AMX_TORCH_MIN_IMAGES` images or more: PyTorch bf16,
+  measured about 15% faster there, enough to pay for importing torch and tracing the network;
+- `--engine torch|onnxruntime` forces one; `--precision bf16` means PyTorch (ONNX Runtime has no
+  bf16 kernels on CPU); ONNX Runtime missing, or a network it cannot run, means PyTorch.
+
+Each engine is one module of this package that registers an `Engine`; this module and those
+import no torch at the top, so a command that runs on ONNX Runtime never imports it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Callable
+
+from ..errors import UserError
+from ..registry import Registry
+from . import cpu
+
+# A pass over this many images or more runs on PyTorch bf16 where the CPU has AMX: PyTorch there
+# ran Lite0 at 165 img/s against ONNX Runtime's 144 (bench/speed.py), 0.9 ms an image, which
+# pays for importing torch, building and tracing the network (about 2 s) from about 2,000 images.
+AMX_TORCH_MIN_IMAGES = 2000
+
+CHOICES = ("auto", "onnxruntime", "torch")
+
+
+@dataclass(frozen=True)
+class Engine:
+    """One inference engine: how it extracts features and how it runs a run folder's model."""
+
+    name: str
+    summary: str
+    features: Callable  # (network: convert.Network, choice, cache, say) -> an extractor (features.Extractor's API)
+    bundle: Callable  # (run, choice, tta, threads, cache, say) -> a prediction.base.BasePredictor
+
+
+ENGINES: Registry[Engine] = Registry("inference engine", package=__name__)
+register = ENGINES.register
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The engine chosen, where and in which precision it runs, and why."""
+
+    engine: str  # "onnxruntime" | "torch"
+    device: str  # "cpu" | "cuda" | "cuda:N"
+    precision: str  # "fp32" | "bf16" | "fp16"
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {"name": self.engine, "device": self.device, "precision": self.precision, "reason": self.reason,
+                **cpu.describe()}
+
+    def line(self) -> str:
+        """One console line."""
+        return f"{self.engine} on {self.device} in {self.precision} ({self.reason})"
+
+    @property
+    def implementation(self) -> Engine:
+        return ENGINES.get(self.engine)
+
+
+def normalized(engine: str) -> str:
+    """The engine's name ("onnx" is accepted for "onnxruntime")."""
+    return "onnxruntime" if engine == "onnx" else engine
+
+
+def choose(engine: str = "auto", device: str = "auto", precision: str = "auto", images: int | None = None) -> Choice:
+    """The engine for a pass over `images` images (None: an open-ended stream, as a server's).
+
+    Raises `UserError` for a combination that cannot run (ONNX Runtime in bf16, or on a GPU)."""
+    engine = normalized(engine)
+    if engine not in CHOICES:
+        raise UserError(f"--engine {engine}: choose from {', '.join(CHOICES)}")
+    if device.startswith("cuda") or (device == "auto" and engine != "onnxruntime" and _cuda_available()):
+        if engine == "onnxruntime":
+            raise UserError("--engine onnxruntime runs on the CPU: give --device cpu, or --engine torch for the GPU")
+        return _torch_choice(device, precision, "a CUDA GPU: PyTorch runs on it")
+    if engine == "torch":
+        return _torch_choice("cpu", precision, "--engine torch")
+    if precision == "bf16":
+        if engine == "onnxruntime":
+            raise UserError("--engine onnxruntime runs in fp32 on a CPU: drop --precision bf16 (or --engine torch)")
+        return _torch_choice("cpu", precision, "--precision bf16: ONNX Runtime has no bf16 kernels on a CPU")
+    if importlib.util.find_spec("onnxruntime") is None:
+        if engine == "onnxruntime":
+            raise UserError("--engine onnxruntime needs onnxruntime: pip install onnxruntime")
+        return _torch_choice("cpu", precision, "onnxruntime is not installed")
+    if engine == "auto" and precision == "auto" and cpu.has_amx_bf16() and images is not None \
+            and images >= AMX_TORCH_MIN_IMAGES:
+        return _torch_choice("cpu", "bf16", f"this CPU has AMX: PyTorch bf16 is faster for {images} images")
+    reason = "--engine onnxruntime" if engine == "onnxruntime" else "the fastest engine on this CPU in fp32"
+    return Choice("onnxruntime", "cpu", "fp32", reason)
+
+
+def _torch_choice(device: str, precision: str, reason: str) -> Choice:
+    from ..runtime import Runtime
+
+    runtime = Runtime.create(device, precision)
+    return Choice("torch", str(runtime.device), runtime.precision, reason)
+
+
+def _cuda_available() -> bool:
+    if not cpu.cuda_driver_present():
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def fallback(choice: Choice, why: str) -> Choice:
+    """PyTorch in place of ONNX Runtime for a network it could not convert or run, in the same
+    precision (fp32: what is cached under the choice's precision must be computed in it)."""
+    return _torch_choice(choice.device, choice.precision, f"ONNX Runtime could not run it: {why}")
+
+
+def load_bundle(run, engine: str = "auto", device: str = "auto", precision: str = "auto", tta: str = "none",
+                images: int | None = None, threads: int = 0, cache=None, say=None, batch_size: int = 32):
+    """A predictor of a run folder's model on the chosen engine (`choose`), with its `engine`
+    (the `Choice`) set; ONNX Runtime falls back to PyTorch where the model does not convert,
+    unless it was asked for by name. `say`: told of a conversion and of a fallback."""
+    from ..cache import Cache
+    from .convert import ConversionError
+
+    say = say or (lambda message: None)
+    choice = choose(engine, device, precision, images)
+    cache = cache or Cache()
+    if choice.engine == "onnxruntime":
+        try:
+            return choice.implementation.bundle(run, choice, tta, threads, cache.prepare(), say, batch_size)
+        except ConversionError as exc:
+            if normalized(engine) == "onnxruntime":
+                raise UserError(f"--engine onnxruntime: {exc}") from None
+            choice = fallback(choice, str(exc))
+            say(f"warning: {choice.reason}; running it with PyTorch {choice.precision}")
+    return choice.implementation.bundle(run, choice, tta, threads, cache, say, batch_size)

@@ -1,0 +1,188 @@
+"""PyTorch networks converted to ONNX for ONNX Runtime, once, into the cache.
+
+A conversion is keyed by everything its output depends on (`Network.ident`: the weights'
+checksum, the preprocessing, the network's configuration, and the versions of transferkit, timm,
+torch, onnx and onnxruntime), so a change to any of them converts again. Before its first use it
+is checked against the PyTorch network in fp32 on real images (the first batch of a feature pass,
+a run's validation images): a conversion that disagrees is never stored, and the caller falls
+back to PyTorch. It is stored as one checksummed file (`files.write_checked`): the facts of the
+check, then the ONNX model; a file that fails its checksum is rebuilt, with one line, and never
+loaded. Reading a stored conversion imports no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .. import files
+from ..errors import UserError
+
+FORMAT = 1  # of the stored conversions; part of every key
+OPSET = 18
+MAGIC = b"TKX1"
+# Largest |output difference| between ONNX Runtime and PyTorch (both fp32), relative to the
+# outputs' scale: measured 2e-6 for Lite0's features and logits; float reordering, not an error.
+TOLERANCE = 1e-4
+_PACKAGES = ("torch", "timm", "onnx", "onnxruntime")
+
+
+class ConversionError(UserError):
+    """A network that does not convert, or whose conversion disagrees with PyTorch."""
+
+
+@dataclass
+class Network:
+    """A frozen PyTorch network to convert. `kind` "features": uint8 NCHW images in (normalized
+    inside the graph), features out; "classifier": normalized float32 NCHW in, logits out.
+    `build` makes the eval-mode module (it imports torch); `meta`, stored in the ONNX model's
+    metadata, is what `OnnxPredictor` reads (a classifier's classes and preprocessing)."""
+
+    kind: str
+    ident: dict
+    build: Callable
+    pre: object = None  # a features network's models.preprocess.Preprocess (its mean and std)
+    meta: dict | None = None
+    label: str = "the network"  # for messages
+
+    def key(self) -> dict:
+        from .. import __version__
+
+        return {"format": FORMAT, "opset": OPSET, "kind": self.kind, "transferkit": __version__,
+                "versions": {p: _version(p) for p in _PACKAGES}, **self.ident}
+
+
+def features_network(ident: dict, build: Callable, pre, backbone: str) -> Network:
+    """The features network of a backbone (`ident`: {"features": its features' cache key,
+    "multi": whether earlier stages' pooled activations follow the last layer's})."""
+    return Network("features", ident, build, pre=pre, label=f"{backbone}'s backbone")
+
+
+@dataclass
+class Converted:
+    """A stored, checked conversion: the ONNX model's bytes and the facts of its check."""
+
+    path: Path
+    model: bytes
+    facts: dict = field(default_factory=dict)
+
+
+def _version(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def lookup(network: Network, cache, say=None) -> Converted | None:
+    """The stored conversion of `network`, or None. One that fails its checksum is removed (and
+    `say` told), so that it is rebuilt."""
+    path = cache.engine_file(network.key())
+    try:
+        body = files.read_checked(path, MAGIC)
+    except files.CorruptBlob:
+        if say:
+            say(f"warning: the cached conversion {path} failed its checksum: converting again")
+        path.unlink(missing_ok=True)
+        return None
+    except OSError:
+        return None
+    if body is None:
+        return None
+    try:
+        (size,) = struct.unpack_from("<I", body)
+        facts = json.loads(body[4:4 + size])
+        return Converted(path, body[4 + size:], facts)
+    except (struct.error, ValueError):
+        return None
+
+
+def convert(network: Network, example: np.ndarray, cache, say=None) -> Converted:
+    """Convert `network`, check it against PyTorch on `example` (real images where the caller has
+    them) and store it; raises `ConversionError` when it does not convert or disagrees."""
+    import contextlib
+    import io
+    import warnings
+
+    import torch
+
+    if say:
+        say(f"converting {network.label} to ONNX for ONNX Runtime, once (cached)")
+    module = _wrapped(network)
+    x = torch.from_numpy(np.ascontiguousarray(example))
+    buffer = io.BytesIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.inference_mode(False):
+            warnings.simplefilter("ignore")
+            # The TorchScript-based exporter: 1.2 s for Lite0 against 8 s for torch.export's (measured).
+            torch.onnx.export(module, (x,), buffer, input_names=["input"], output_names=["output"],
+                              dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                              opset_version=OPSET, dynamo=False)
+        model = _with_metadata(buffer.getvalue(), network.meta)
+        with torch.no_grad():
+            expected = module(x).float().numpy()
+        got = session(model, threads=0).run(None, {"input": example})[0]
+    except Exception as exc:  # noqa: BLE001 - the exporter and runtime raise many types; the caller falls back
+        raise ConversionError(f"it did not convert ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    scale = max(1.0, float(np.abs(expected).max()))
+    diff = float(np.abs(got - expected).max())
+    if not diff <= TOLERANCE * scale:
+        raise ConversionError(f"ONNX Runtime's output differs from PyTorch's by {diff:.2g} (scale {scale:.3g})")
+    facts = {"checked_on": int(len(example)), "max_abs_difference": diff, "output_scale": scale,
+             "output_width": int(expected.shape[-1]),
+             "last_features": getattr(getattr(module, "net", None), "last_features", None)}
+    head = json.dumps(facts).encode()
+    path = cache.engine_file(network.key())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    files.write_checked(path, MAGIC, struct.pack("<I", len(head)) + head + model)
+    return Converted(path, model, facts)
+
+
+def _wrapped(network: Network):
+    """The module to export: a features network gets uint8 images and normalizes them itself,
+    exactly as `runtime.Runtime.to_input` does."""
+    import torch
+    from torch import nn
+
+    net = network.build().float().eval()
+    if network.kind != "features":
+        return net
+
+    class Normalized(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+            self.register_buffer("mean", torch.tensor(network.pre.mean).view(1, 3, 1, 1))
+            self.register_buffer("std", torch.tensor(network.pre.std).view(1, 3, 1, 1))
+
+        def forward(self, x):
+            return self.net((x.float() / 255.0 - self.mean) / self.std)
+
+    return Normalized().eval()
+
+
+def _with_metadata(model: bytes, meta: dict | None) -> bytes:
+    if meta is None:
+        return model
+    import onnx
+
+    from ..prediction.onnx_predictor import META_KEY
+
+    proto = onnx.load_from_string(model)
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, {META_KEY: json.dumps(meta)})
+    return proto.SerializeToString()
+
+
+def session(model: bytes | str | Path, threads: int = 0):
+    """An ONNX Runtime CPU session of a model (its bytes or a path); `threads`: intra-op threads
+    (0: one per core this process may use)."""
+    from ..prediction.onnx_predictor import open_session
+
+    return open_session(model, threads)

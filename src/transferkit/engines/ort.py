@@ -1,0 +1,208 @@
+"""ONNX Runtime (CPU, fp32): frozen networks converted once (`convert`) and run without torch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..errors import UserError
+from ..prediction.base import BasePredictor
+from . import Choice, Engine, fallback, register
+from .convert import Converted, Network, convert, features_network, lookup, session
+
+CHECK_IMAGES = 8  # a run's validation images a conversion of its model is checked on
+
+
+class OrtExtractor:
+    """Features of decoded uint8 batches on ONNX Runtime (the interface of `features.Extractor`).
+
+    The network is converted on the first batch, if the cache has no conversion of it yet, and
+    checked against PyTorch on that batch; where it cannot be, PyTorch takes over in the same
+    precision (fp32), with one warning."""
+
+    freeze = False  # what features.Extractor's callers may set: nothing to trace here
+
+    def __init__(self, network: Network, choice: Choice, cache, say):
+        self.network, self.choice, self.cache, self.say = network, choice, cache, say
+        self._session = None
+        self._torch = None  # the fallback: a features.Extractor
+        self.last_features: int | None = None
+        self.info: dict = {}
+
+    def _open(self, first: np.ndarray) -> None:
+        found = lookup(self.network, self.cache, self.say)
+        try:
+            found = found or convert(self.network, first, self.cache, self.say)
+            self._session = session(found.model)
+        except UserError as exc:  # ConversionError, or a stored conversion ONNX Runtime cannot load
+            self._use_torch(str(exc))
+            return
+        self.last_features = found.facts.get("last_features")
+        self.info = {"conversion": found.path.name, **found.facts}
+
+    def _use_torch(self, why: str) -> None:
+        from ..features import Extractor
+        from ..runtime import Runtime
+
+        choice = fallback(self.choice, why)
+        self.say(f"warning: {self.network.label}: {choice.reason}; extracting with PyTorch {choice.precision}")
+        backbone = self.network.build()
+        self._torch = Extractor(backbone, self.network.pre, Runtime.create(choice.device, choice.precision))
+        self.last_features = self._torch.last_features
+        self.info = {"fallback": choice.to_dict()}
+
+    def forward(self, batch_u8) -> np.ndarray:
+        """uint8 (B, 3, S, S) (a torch tensor or an array) -> float32 features (B, D)."""
+        x = np.ascontiguousarray(batch_u8.numpy() if hasattr(batch_u8, "numpy") else batch_u8)
+        if self._session is None and self._torch is None:
+            self._open(x)
+        if self._torch is not None:
+            return self._torch.forward(batch_u8 if hasattr(batch_u8, "numpy") else _tensor(x)).numpy()
+        return self._session.run(None, {"input": x})[0]
+
+    def run(self, batches: Iterator[tuple], progress=None) -> Iterator[tuple]:
+        """As `features.Extractor.run`: (indices, one (1 + K, D) array per index, errors) per batch."""
+        for idx, batch, counts, errors in batches:
+            feats = np.split(self.forward(batch), np.cumsum(counts)[:-1]) if batch is not None else ()
+            if progress is not None:
+                progress.update(len(idx) + len(errors))
+            yield idx, feats, errors
+
+
+def _tensor(x: np.ndarray):
+    import torch
+
+    return torch.from_numpy(x)
+
+
+def features(network: Network, choice: Choice, cache, say) -> OrtExtractor:
+    return OrtExtractor(network, choice, cache, say)
+
+
+def bundle_network(run: str | Path) -> tuple[Network, object, Path]:
+    """The `convert.Network` of a run folder's model (the weights checked against model.json's
+    checksum first), its metadata and the run folder. No torch."""
+    from ..models import bundle
+
+    meta, run_dir = bundle.read_meta(run)
+    ident = {"weights": bundle.weights_sha256(meta, run_dir), "meta": meta.to_dict() | {"versions": None}}
+
+    def build():
+        return bundle.load(run_dir)[0]
+
+    return (Network("classifier", ident, build, meta=meta.export_metadata(), label=f"{run_dir.name}'s model"),
+            meta, run_dir)
+
+
+def check_images(run_dir: Path, meta, count: int = CHECK_IMAGES) -> np.ndarray:
+    """Up to `count` of the run's validation images (split.json) as the model's inputs, to check a
+    conversion on real images; random inputs where none is left to read."""
+    from ..data.decode import normalized_array
+    from ..errors import ImageDecodeError
+
+    p = meta.preprocess
+    rows = []
+    try:
+        val = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))["val"]
+    except (OSError, ValueError, KeyError, TypeError):
+        val = []
+    for item in val:
+        if len(rows) == count:
+            break
+        try:
+            rows.append(normalized_array(str(item[0]), p.resize_size, p.input_size, p.interpolation, p.mean, p.std))
+        except (ImageDecodeError, OSError, IndexError, TypeError):
+            continue
+    if rows:
+        return np.stack(rows)
+    return np.random.default_rng(0).normal(0, 1, (2, 3, p.input_size, p.input_size)).astype(np.float32)
+
+
+def converted_bundle(run: str | Path, cache, say=None) -> tuple[Converted, object, Path]:
+    """A run's model for ONNX Runtime: from the cache, or converted now (checked against PyTorch
+    on the run's validation images). Raises `UserError` when it cannot be."""
+    network, meta, run_dir = bundle_network(run)
+    found = lookup(network, cache, say)
+    if found is None:
+        found = convert(network, check_images(run_dir, meta), cache, say)
+    return found, meta, run_dir
+
+
+class HeadOnFeatures(BasePredictor):
+    """A run whose head was fitted on a frozen backbone's features: the backbone's conversion (made
+    and checked when its features were extracted, keyed by the same identity) and the head, in
+    NumPy. Nothing of the run needs converting, and torch is never imported."""
+
+    def __init__(self, features: Converted, meta, run_dir: Path, weights: dict[str, np.ndarray], threads: int = 0,
+                 batch_size: int = 32, workers: int = 0, tta: str = "none"):
+        super().__init__(batch_size, workers, tta)
+        self.bundle_meta, self.run_dir, self.classes = meta, run_dir, meta.classes
+        self.session = session(features.model, threads)
+        self.weight = np.ascontiguousarray(weights["head.weight"], dtype=np.float32).T  # (D, C)
+        self.bias = np.asarray(weights["head.bias"], dtype=np.float32)
+        self.conversion = {"file": features.path.name, "network": "features", **features.facts}
+
+    def prepare(self, source, name: str | None = None, whole: bool = False) -> np.ndarray:
+        from ..data.decode import eval_array
+
+        p = self.bundle_meta.preprocess
+        return eval_array(source, p.input_size if whole else p.resize_size, p.input_size, p.interpolation, name)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))  # uint8 (B, 3, S, S): normalized in the graph
+        features = self.session.run(None, {"input": x})[0]
+        return features[:, :self.weight.shape[0]] @ self.weight + self.bias
+
+
+def _head_on_features(meta, run_dir: Path, cache, threads: int, batch_size: int, tta: str, say=None):
+    """`HeadOnFeatures` for a run fitted on frozen features whose conversion the cache holds,
+    else None (then the run's model is converted whole)."""
+    from safetensors import SafetensorError, safe_open
+
+    from ..models import bundle as bundles
+
+    if meta.frozen_features is None:
+        return None
+    found = lookup(features_network(meta.frozen_features, None, meta.preprocess, meta.backbone), cache, say)
+    if found is None:
+        return None
+    bundles.weights_sha256(meta, run_dir)  # a damaged model.safetensors is refused, as PyTorch's loader does
+    try:
+        with safe_open(str(run_dir / "model.safetensors"), framework="np") as f:
+            weights = {k: f.get_tensor(k) for k in ("head.weight", "head.bias")}
+    except (SafetensorError, OSError, KeyError) as exc:
+        raise UserError(f"{run_dir / 'model.safetensors'} is damaged: {exc}") from None
+    width = (found.facts.get("output_width") or 0)
+    if weights["head.weight"].ndim != 2 or weights["head.weight"].shape[1] > width \
+            or weights["head.weight"].shape[0] != len(meta.classes):
+        return None
+    return HeadOnFeatures(found, meta, run_dir, weights, threads, batch_size, tta=tta)
+
+
+def bundle(run: str | Path, choice: Choice, tta: str, threads: int, cache, say, batch_size: int = 32,
+           workers: int = 0):
+    """A predictor of a run folder's model on ONNX Runtime; its `run_dir`, `bundle_meta`,
+    `engine` (the choice) and `conversion` are set. A head on frozen features runs on its
+    backbone's conversion (`HeadOnFeatures`); any other model is converted whole (once, cached,
+    checked on the run's validation images). Raises `ConversionError` when it cannot be."""
+    from ..models import bundle as bundles
+    from ..prediction.onnx_predictor import OnnxPredictor
+
+    meta, run_dir = bundles.read_meta(run)
+    predictor = _head_on_features(meta, run_dir, cache, threads, batch_size, tta, say)
+    if predictor is not None:
+        predictor.engine = choice
+        return predictor
+    found, meta, run_dir = converted_bundle(run, cache, say)
+    predictor = OnnxPredictor(found.path, batch_size=batch_size, workers=workers, tta=tta, threads=threads,
+                              model=found.model)
+    predictor.run_dir, predictor.bundle_meta, predictor.engine = run_dir, meta, choice
+    predictor.conversion = {"file": found.path.name, **found.facts}
+    return predictor
+
+
+register(Engine(name="onnxruntime", features=features, bundle=bundle,
+                summary="ONNX Runtime on the CPU in fp32: the network converted once, cached and checked"))

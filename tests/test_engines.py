@@ -1,0 +1,192 @@
+"""The inference engine layer: which engine runs where and why, ONNX Runtime's features and
+predictions against PyTorch's, the conversion cache (keyed by content, checksummed, rebuilt when
+damaged), and the hot paths that never import torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import transferkit
+from helpers import make_dataset
+from transferkit import engines
+from transferkit.cli import main
+from transferkit.engines import cpu
+from transferkit.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A default run on tiny images and the cache that holds its conversions."""
+    root = tmp_path_factory.mktemp("engines")
+    cache = root / "cache"
+    data = make_dataset(root / "data", classes=("blue", "red", "green"), n_train=6, n_val=3)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRANSFERKIT_CACHE", str(cache))
+        run = transferkit.train(data, out=str(root / "run"), image_size=64, quiet=True)
+    return {"data": data, "run": run.path, "results": run.results, "cache": cache}
+
+
+@pytest.fixture
+def shared_cache(trained, monkeypatch):
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(trained["cache"]))
+    return trained["cache"]
+
+
+def test_auto_picks_onnxruntime_on_a_cpu_and_pytorch_where_it_is_faster(monkeypatch):
+    monkeypatch.setattr(cpu, "cuda_driver_present", lambda: False)
+    monkeypatch.setattr(cpu, "has_amx_bf16", lambda: False)
+    choice = engines.choose("auto", "auto", "auto", images=100_000)
+    assert (choice.engine, choice.device, choice.precision) == ("onnxruntime", "cpu", "fp32")
+    monkeypatch.setattr(cpu, "has_amx_bf16", lambda: True)  # AMX: PyTorch bf16 once the pass pays for it
+    assert engines.choose("auto", "cpu", "auto", images=engines.AMX_TORCH_MIN_IMAGES - 1).engine == "onnxruntime"
+    assert engines.choose("auto", "cpu", "auto", images=None).engine == "onnxruntime"  # a server's stream
+    big = engines.choose("auto", "cpu", "auto", images=engines.AMX_TORCH_MIN_IMAGES)
+    assert (big.engine, big.precision) == ("torch", "bf16") and "AMX" in big.reason
+    assert engines.choose("auto", "cpu", "fp32", images=10**6).engine == "onnxruntime"  # fp32 asked: the same answers
+    bf16 = engines.choose("auto", "cpu", "bf16")
+    assert (bf16.engine, bf16.precision) == ("torch", "bf16") and "bf16" in bf16.reason
+    assert engines.choose("torch", "cpu", "fp32").to_dict()["precision"] == "fp32"
+    assert engines.choose("onnx", "cpu", "auto").engine == "onnxruntime"  # the old name still works
+    with pytest.raises(UserError, match="runs in fp32"):
+        engines.choose("onnxruntime", "cpu", "bf16")
+    with pytest.raises(UserError, match="runs on the CPU"):
+        engines.choose("onnxruntime", "cuda", "auto")
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)  # onnxruntime not installed
+    assert "not installed" in engines.choose("auto", "cpu", "auto").reason
+
+
+def test_onnxruntime_features_equal_pytorch_fp32_on_real_weights(tmp_path):
+    """Lite0's ImageNet weights, multi-layer features, real photos' pixels: the engines agree to
+    1e-5 of the features' scale (the README states the measured difference)."""
+    import torch
+
+    from transferkit.cache import Cache
+    from transferkit.data.decode import eval_array
+    from transferkit.engines.convert import Network
+    from transferkit.features import Extractor
+    from transferkit.models import backbones
+    from transferkit.models.classifier import build_classifier
+    from transferkit.runtime import Runtime
+
+    spec = backbones.get("efficientnet_lite0")
+    pre = spec.with_input_size(96)
+    model, _ = build_classifier(spec, 2, features="multi")
+    root = Path(__file__).resolve().parents[1] / "samples" / "hymenoptera_small" / "val"
+    paths = sorted(str(p) for p in root.rglob("*.jpg"))[:6]
+    batch = np.stack([eval_array(p, pre.resize_size, pre.input_size, pre.interpolation) for p in paths])
+    batch = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+    network = Network("features", {"test": 1}, lambda: model.backbone, pre=pre)
+    ort = engines.ENGINES.get("onnxruntime").features(network, engines.choose("onnxruntime", "cpu"),
+                                                      Cache(tmp_path).prepare(), print)
+    got = ort.forward(batch)
+    expected = Extractor(model.backbone, pre, Runtime.create("cpu", "fp32")).forward(torch.from_numpy(batch)).numpy()
+    assert got.shape == expected.shape and ort.last_features == 1280
+    assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+    assert ort.info["checked_on"] == 6 and ort.info["max_abs_difference"] <= 1e-5 * ort.info["output_scale"]
+
+
+def test_train_predict_and_eval_say_which_engine_and_why(trained, shared_cache, tmp_path, capsys):
+    engine = trained["results"]["engine"]
+    assert engine["name"] == "onnxruntime" and engine["precision"] == trained["results"]["precision"] == "fp32"
+    assert engine["reason"] and {"cpu", "bf16", "amx"} <= set(engine)
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(trained["run"]), str(trained["data"] / "val"), "--output", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("engine: onnxruntime on cpu in fp32") == 1 and "converting" not in err  # cached by train's eval?
+    assert main(["eval", str(trained["run"]), "--out", str(tmp_path / "ev")]) == 0
+    said = capsys.readouterr().out
+    assert "engine: onnxruntime" in said and "difference 0.0000" in said
+    ev = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert ev["engine"]["name"] == "onnxruntime"
+    assert main(["predict", str(trained["run"]), str(trained["data"] / "val"), "--engine", "onnxruntime",
+                 "--precision", "bf16"]) == 2
+    assert "runs in fp32" in capsys.readouterr().err
+
+
+def test_pytorch_and_onnxruntime_predict_alike(trained, shared_cache):
+    images = sorted(str(p) for p in (trained["data"] / "val").rglob("*.jpg"))
+    with transferkit.load(trained["run"], engine="torch", precision="fp32") as a, \
+            transferkit.load(trained["run"], engine="onnxruntime") as b:
+        assert (a.engine.engine, b.engine.engine) == ("torch", "onnxruntime")
+        la, _ = a.logits(images)
+        lb, _ = b.logits(images)
+    np.testing.assert_allclose(la, lb, atol=1e-4 * max(1.0, np.abs(la).max()))
+
+
+def test_a_damaged_conversion_is_rebuilt_and_damaged_weights_refused(trained, shared_cache, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run)
+    with transferkit.load(run) as p:
+        conversion = Path(shared_cache) / "engines" / p.conversion["file"]
+        expected, _ = p.logits([str(x) for x in sorted((trained["data"] / "val").rglob("*.jpg"))])
+    raw = bytearray(conversion.read_bytes())
+    raw[len(raw) // 2] ^= 0x40
+    conversion.write_bytes(bytes(raw))
+    said = []
+    with transferkit.load(run, say=said.append) as p:
+        got, _ = p.logits([str(x) for x in sorted((trained["data"] / "val").rglob("*.jpg"))])
+    assert any("failed its checksum: converting again" in s for s in said)
+    np.testing.assert_allclose(got, expected, atol=1e-4 * max(1.0, np.abs(expected).max()))
+    weights = run / "model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-100] ^= 0x01
+    weights.write_bytes(bytes(raw))  # the conversion is cached, but keyed by the verified weights
+    assert main(["predict", str(run), str(trained["data"] / "val")]) == 2
+    assert "does not match the checksum" in capsys.readouterr().err
+
+
+BLOCK_TORCH = textwrap.dedent("""
+    import sys
+
+    class Blocked:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("torch", "timm", "torchvision"):
+                raise ImportError(f"{name} is made unimportable by the test")
+
+    sys.meta_path.insert(0, Blocked())
+""")
+
+
+def _torch_free(code: str, cache: Path) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, "TRANSFERKIT_CACHE": str(cache)}
+    proc = subprocess.run([sys.executable, "-c", BLOCK_TORCH + textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_hot_paths_never_import_torch(trained, shared_cache, tmp_path):
+    """With the run's conversion cached, predict, eval and serve run with torch unimportable."""
+    run, val = trained["run"], trained["data"] / "val"
+    with transferkit.load(run):
+        pass  # the conversion is in the cache
+    proc = _torch_free(f"""
+        from transferkit.cli import main
+        assert main(["predict", {str(run)!r}, {str(val)!r}, "--output", {str(tmp_path / "p.csv")!r}]) == 0
+        assert main(["eval", {str(run)!r}, "--out", {str(tmp_path / "ev")!r}]) == 0
+
+        from fastapi.testclient import TestClient
+        from transferkit.config import ServeOptions
+        from transferkit.serving.app import create_app
+        from transferkit.serving.model import ServedModel
+
+        with TestClient(create_app(ServedModel({str(run)!r}), ServeOptions())) as client:
+            image = open({str(next(val.rglob("*.jpg")))!r}, "rb").read()
+            answer = client.post("/predict", content=image, headers={{"content-type": "image/jpeg"}})
+            assert answer.status_code == 200, answer.text
+            assert client.get("/model").json()["engine"] == "onnxruntime"
+        print("torch" in sys.modules, "timm" in sys.modules)
+    """, shared_cache)
+    assert proc.stdout.strip().splitlines()[-1] == "False False"
+    assert "difference 0.0000" in proc.stdout
