@@ -70,10 +70,9 @@ def test_onnxruntime_features_equal_pytorch_fp32_on_real_weights(tmp_path):
     from transferkit.cache import Cache
     from transferkit.data.decode import eval_array
     from transferkit.engines.convert import Network
-    from transferkit.features import Extractor
     from transferkit.models import backbones
     from transferkit.models.classifier import build_classifier
-    from transferkit.runtime import Runtime
+    from transferkit.runtime import Extractor, Runtime
 
     spec = backbones.get("efficientnet_lite0")
     pre = spec.with_input_size(96)
@@ -167,12 +166,15 @@ def _torch_free(code: str, cache: Path) -> subprocess.CompletedProcess:
 
 
 def test_hot_paths_never_import_torch(trained, shared_cache, tmp_path):
-    """With the run's conversion cached, predict, eval and serve run with torch unimportable."""
-    run, val = trained["run"], trained["data"] / "val"
-    with transferkit.load(run):
-        pass  # the conversion is in the cache
+    """Once a run exists and the backbone's conversion is cached, a warm default train, predict,
+    eval, a warm doctor and serve all run with torch unimportable; the warm bundle is
+    byte-identical to the one trained with torch."""
+    run, data, val = trained["run"], trained["data"], trained["data"] / "val"
+    assert main(["doctor", str(data), "--out", str(tmp_path / "doc0"), "--quiet"]) == 0  # its features cached
     proc = _torch_free(f"""
         from transferkit.cli import main
+        assert main(["train", {str(data)!r}, "--image-size", "64", "--out", {str(tmp_path / "warm")!r}]) == 0
+        assert main(["doctor", {str(data)!r}, "--out", {str(tmp_path / "doc")!r}]) == 0
         assert main(["predict", {str(run)!r}, {str(val)!r}, "--output", {str(tmp_path / "p.csv")!r}]) == 0
         assert main(["eval", {str(run)!r}, "--out", {str(tmp_path / "ev")!r}]) == 0
 
@@ -189,4 +191,9 @@ def test_hot_paths_never_import_torch(trained, shared_cache, tmp_path):
         print("torch" in sys.modules, "timm" in sys.modules)
     """, shared_cache)
     assert proc.stdout.strip().splitlines()[-1] == "False False"
-    assert "difference 0.0000" in proc.stdout
+    assert "difference 0.0000" in proc.stdout and "converting" not in proc.stdout + proc.stderr
+    assert (tmp_path / "warm" / "model.safetensors").read_bytes() == (run / "model.safetensors").read_bytes()
+    warm = json.loads((tmp_path / "warm" / "results.json").read_text())
+    assert warm["val_acc"] == trained["results"]["val_acc"] and warm["strategy_info"]["features_computed"] == 0
+    assert json.loads((tmp_path / "doc" / "doctor.json").read_text())["images"] == \
+        json.loads((tmp_path / "doc0" / "doctor.json").read_text())["images"]

@@ -1,5 +1,6 @@
-"""Frozen-backbone features: fast batched extraction, streamed from the image files, with the
-results stored in the cache (`cache.ShardedCache`, one checksummed entry per image and view).
+"""Frozen-backbone features, streamed from the image files through an engine's extractor
+(`engines`: ONNX Runtime, or PyTorch's `runtime.Extractor`), with the results stored in the
+cache (`cache.ShardedCache`, one checksummed entry per image and view). No torch here.
 With multi-layer features (`models.multilayer`) each view is two entries: "v" the last layer's
 features (the same entry a last-layer-only run reads and writes) and "t" the earlier stages'.
 
@@ -10,93 +11,23 @@ decoding anything.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import numpy as np
-import torch
-from torch import nn
 
 from .cache import ShardedCache, image_key
-from .data.datasets import decode_batches
 from .distributed import Group
 from .errors import describe_os_error
 from .models.preprocess import Preprocess
-from .runtime import Runtime
 
 # Freezing the backbone (TorchScript) makes the first batch about 0.5 s slower and then saves
 # 0.7-1.4 ms per image over the BatchNorm-folded eager module (Lite0, bf16, 2 cores): it pays from
-# roughly 400-700 images.
+# roughly 400-700 images (`runtime.Extractor`).
 FREEZE_MIN_IMAGES = 600
-
-
-class Extractor:
-    """Runs a frozen backbone over image files, fast: eval mode, BatchNorm folded, channels_last,
-    bf16 where the CPU has it (AMP dtype on CUDA), batched. Batches come decoded (`run` takes
-    `decode_batches`, whose workers decode ahead)."""
-
-    def __init__(self, backbone: nn.Module, pre: Preprocess, runtime: Runtime,
-                 batch_size: int = 32):
-        self.module = runtime.inference_module(backbone, pre.input_size)
-        self.last_features = getattr(backbone, "last_features", None)  # multi-layer: width of the last layer's part
-        self.frozen: torch.jit.ScriptModule | None = None
-        self.freeze = False  # set by callers with enough images to pay for freezing
-        self.pre, self.runtime = pre, runtime
-        self.batch_size = batch_size
-        self.mean = torch.tensor(pre.mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(pre.std).view(1, 3, 1, 1)
-
-    @torch.no_grad()
-    def forward(self, batch_u8: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, 3, S, S) -> float32 features (B, D) on the CPU."""
-        x = self.runtime.to_input(batch_u8, self.mean, self.std, self.runtime.dtype)
-        if self.freeze and self.frozen is None:
-            out = self._freeze(x)
-            if out is not None:
-                return out
-        if self.frozen is not None:
-            # no_grad, not inference_mode: TorchScript runs its optimized graph only outside it.
-            return self.frozen(x).float().cpu()
-        with torch.inference_mode():
-            return self.module(x).float().cpu()
-
-    def _freeze(self, x: torch.Tensor) -> torch.Tensor | None:
-        """TorchScript trace + freeze: fuses ops beyond the eager BatchNorm folding; measured 10-18%
-        faster than the folded eager module for EfficientNet-Lite0 in bf16 on CPU (6.3 vs 7.0-7.7
-        ms/img). Returns this batch's features,
-        or None (and stays eager) for a model that does not trace or whose traced output differs.
-        The first call of the frozen module must see the real batch shape: its executor optimizes
-        for the shapes of its first runs."""
-        import warnings
-
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                frozen = torch.jit.freeze(torch.jit.trace(self.module, x, check_trace=False))
-                out = frozen(x).float()
-                ref = self.module(x[:2]).float()
-        except Exception:  # noqa: BLE001 - any tracing failure just means: stay eager
-            self.freeze = False
-            return None
-        if not torch.allclose(out[:2], ref, rtol=0.05, atol=0.05):
-            self.freeze = False
-            return None
-        self.frozen = frozen
-        return out.cpu()
-
-    def run(self, batches: Iterator[tuple], progress=None) -> Iterator[tuple]:
-        """Features of `decode_batches` batches (already under way): yields (indices, one
-        (1 + K, D) tensor per index, errors [(index, reason, cacheable)]) per batch."""
-        for idx, batch, counts, errors in batches:
-            feats = self.forward(batch).split(counts) if batch is not None else ()
-            if progress is not None:
-                progress.update(len(idx) + len(errors))
-            yield idx, feats, errors
-
 
 @dataclass
 class FeatureSet:
-    features: torch.Tensor  # (N, D): eval view
-    augmented: torch.Tensor | None  # (N, K, D) or None
+    features: np.ndarray  # (N, D): eval view
+    augmented: np.ndarray | None  # (N, K, D) or None
     errors: dict[str, str]  # path -> reason, for images that could not be read
     cached: int  # images served from the cache
     computed: int  # images run through the backbone
@@ -142,6 +73,8 @@ class FeaturePass:
         self.share = list(self.group.share(len(self.todo)))  # the positions in `todo` computed here
         self._batches = None
         if self.share:
+            from .data.datasets import decode_batches  # DataLoader workers (torch): only when there is work
+
             mine = [self.todo[j] for j in self.share]
             self._batches = decode_batches(
                 [groups[g][0][i] for g, i in mine], pre, [groups[g][1] for g, _ in mine], seed,
@@ -172,8 +105,8 @@ class FeaturePass:
             vecs = [np.concatenate([v, t]) for v, t in zip(vecs, taps)]
         return np.stack(vecs) if all(v is not None for v in vecs) else None
 
-    def run(self, extractor: Extractor | Callable[[], Extractor], progress=None) -> list[FeatureSet]:
-        """One `FeatureSet` per group. `extractor` (a `features.Extractor`, or an engine's
+    def run(self, extractor, progress=None) -> list[FeatureSet]:
+        """One `FeatureSet` per group. `extractor` (`runtime.Extractor`, or an engine's
         extractor with its interface: `engines`) may be a factory, called only if some features
         are not this rank's to compute."""
         if progress is not None:
@@ -207,7 +140,7 @@ class FeaturePass:
         return [_feature_set(self.rows[g], 1 + aug_views, self.errors[g], todo[g], self.last_width)
                 for g, (_, aug_views) in enumerate(self.groups)]
 
-    def _compute(self, extractor: Extractor | Callable[[], Extractor], progress) -> dict[int, tuple]:
+    def _compute(self, extractor, progress) -> dict[int, tuple]:
         """This rank's share: {position in `todo`: (features (1 + K, D) or None, error reason,
         whether the reason may be cached)}."""
         if callable(extractor) and not hasattr(extractor, "run"):
@@ -235,6 +168,5 @@ def _feature_set(rows: list[np.ndarray | None], views: int, errors: dict[str, st
     for i, r in enumerate(rows):
         if r is not None:
             full[i] = r
-    t = torch.from_numpy(full)
-    return FeatureSet(t[:, 0], t[:, 1:] if views > 1 else None, errors, len(rows) - computed, computed,
+    return FeatureSet(full[:, 0], full[:, 1:] if views > 1 else None, errors, len(rows) - computed, computed,
                       last_width or dim)

@@ -1,17 +1,19 @@
-"""Where and in which precision the model runs: device, channels_last, bf16/AMP, threads."""
+"""Where and in which precision a PyTorch network runs (device, channels_last, bf16/AMP), and the
+PyTorch engine's feature extractor (`Extractor`)."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .engines.cpu import usable_cores
 from .errors import UserError
+from .models.preprocess import Preprocess
 
 
 def cpu_has_bf16() -> bool:
@@ -190,8 +192,65 @@ def fold_batchnorm(model: nn.Module, reference: nn.Module, input_size: int = 224
     return len(swaps)
 
 
-def default_workers() -> int:
-    """DataLoader workers: none on small machines, where they compete with the model for cores
-    (measured on 2 cores); a few where cores are plentiful."""
-    cores = usable_cores()
-    return 0 if cores <= 4 else min(8, cores // 2)
+class Extractor:
+    """Runs a frozen backbone over image files, fast: eval mode, BatchNorm folded, channels_last,
+    bf16 where the CPU has it (AMP dtype on CUDA), batched. Batches come decoded (`run` takes
+    `decode_batches`, whose workers decode ahead)."""
+
+    def __init__(self, backbone: nn.Module, pre: Preprocess, runtime: Runtime,
+                 batch_size: int = 32):
+        self.module = runtime.inference_module(backbone, pre.input_size)
+        self.last_features = getattr(backbone, "last_features", None)  # multi-layer: width of the last layer's part
+        self.frozen: torch.jit.ScriptModule | None = None
+        self.freeze = False  # set by callers with enough images to pay for freezing
+        self.pre, self.runtime = pre, runtime
+        self.batch_size = batch_size
+        self.mean = torch.tensor(pre.mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(pre.std).view(1, 3, 1, 1)
+
+    @torch.no_grad()
+    def forward(self, batch_u8: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, S, S) -> float32 features (B, D) on the CPU."""
+        x = self.runtime.to_input(batch_u8, self.mean, self.std, self.runtime.dtype)
+        if self.freeze and self.frozen is None:
+            out = self._freeze(x)
+            if out is not None:
+                return out
+        if self.frozen is not None:
+            # no_grad, not inference_mode: TorchScript runs its optimized graph only outside it.
+            return self.frozen(x).float().cpu()
+        with torch.inference_mode():
+            return self.module(x).float().cpu()
+
+    def _freeze(self, x: torch.Tensor) -> torch.Tensor | None:
+        """TorchScript trace + freeze: fuses ops beyond the eager BatchNorm folding; measured 10-18%
+        faster than the folded eager module for EfficientNet-Lite0 in bf16 on CPU (6.3 vs 7.0-7.7
+        ms/img). Returns this batch's features,
+        or None (and stays eager) for a model that does not trace or whose traced output differs.
+        The first call of the frozen module must see the real batch shape: its executor optimizes
+        for the shapes of its first runs."""
+        import warnings
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                frozen = torch.jit.freeze(torch.jit.trace(self.module, x, check_trace=False))
+                out = frozen(x).float()
+                ref = self.module(x[:2]).float()
+        except Exception:  # noqa: BLE001 - any tracing failure just means: stay eager
+            self.freeze = False
+            return None
+        if not torch.allclose(out[:2], ref, rtol=0.05, atol=0.05):
+            self.freeze = False
+            return None
+        self.frozen = frozen
+        return out.cpu()
+
+    def run(self, batches: Iterator[tuple], progress=None) -> Iterator[tuple]:
+        """Features of `decode_batches` batches (already under way): yields (indices, one
+        (1 + K, D) tensor per index, errors [(index, reason, cacheable)]) per batch."""
+        for idx, batch, counts, errors in batches:
+            feats = self.forward(batch).split(counts) if batch is not None else ()
+            if progress is not None:
+                progress.update(len(idx) + len(errors))
+            yield idx, feats, errors

@@ -186,8 +186,8 @@ def _features(split, options: DoctorOptions, cache: Cache, console: Console):
     """The split's features as `train` (default strategy) extracts and caches them."""
     from .. import engines
     from ..models import backbones
-    from ..models.classifier import LazyClassifier, identify_weights
-    from ..runtime import default_workers
+    from ..models.lazy import LazyClassifier, identify_weights
+    from ..engines.cpu import default_workers
     from ..training.context import CachedFeatures
     from ..training.run import _features_key, feature_extractor
 

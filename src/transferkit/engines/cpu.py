@@ -49,6 +49,13 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def default_workers() -> int:
+    """DataLoader workers: none on small machines, where they compete with the model for cores
+    (measured on 2 cores); a few where cores are plentiful."""
+    cores = usable_cores()
+    return 0 if cores <= 4 else min(8, cores // 2)
+
+
 def cuda_driver_present() -> bool:
     """Whether an NVIDIA driver is loaded: only then is torch imported to ask for a CUDA device."""
     return any(os.path.exists(p) for p in ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/nvidia0"))

@@ -44,8 +44,7 @@ class OrtExtractor:
         self.info = {"conversion": found.path.name, **found.facts}
 
     def _use_torch(self, why: str) -> None:
-        from ..features import Extractor
-        from ..runtime import Runtime
+        from ..runtime import Extractor, Runtime
 
         choice = fallback(self.choice, why)
         self.say(f"warning: {self.network.label}: {choice.reason}; extracting with PyTorch {choice.precision}")

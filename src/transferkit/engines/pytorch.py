@@ -11,8 +11,7 @@ from .convert import Network
 
 
 def features(network: Network, choice: Choice, cache, say):
-    from ..features import Extractor
-    from ..runtime import Runtime
+    from ..runtime import Extractor, Runtime
 
     return Extractor(network.build(), network.pre, Runtime.create(choice.device, choice.precision))
 

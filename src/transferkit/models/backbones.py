@@ -9,16 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from ..errors import UserError
 from ..files import file_sha256
 from ..registry import Registry
-from . import multilayer
 from .preprocess import Preprocess
 from .weights import HubWeights, PackageWeights, TimmHubWeights, load_state_dict_file, map_by_order
+
+if TYPE_CHECKING:  # the registry and the specs import no torch: a warm run on cached features needs none
+    import torch
+    from torch import nn
 
 
 def has_small_stem(spec: "BackboneSpec") -> bool:
@@ -32,6 +33,8 @@ def small_image_stem(model: nn.Module, name: str) -> nn.Module:
     """CIFAR-style stem for ~32 px inputs, so the first layers do not throw away 4x of the
     resolution: ResNets get a stride-1 3x3 first conv and no max-pool (He et al.'s CIFAR setup);
     timm's EfficientNet/MobileNet-style stem conv runs at stride 1."""
+    from torch import nn
+
     if isinstance(getattr(model, "conv1", None), nn.Conv2d) and isinstance(getattr(model, "maxpool", None), nn.Module):
         model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, 1, 1, bias=False)
         model.maxpool = nn.Identity()
@@ -68,7 +71,11 @@ class BackboneSpec:
 
             model = timm.create_model(self.arch, pretrained=False, num_classes=0)
         model = small_image_stem(model, self.name) if stem == "small" else model
-        return multilayer.multi_layer(model, self.name) if features == "multi" else model
+        if features != "multi":
+            return model
+        from . import multilayer
+
+        return multilayer.multi_layer(model, self.name)
 
     @property
     def has_multi_layer(self) -> bool:
@@ -103,6 +110,7 @@ class BackboneSpec:
 
     def _build_torchvision(self) -> nn.Module:
         import torchvision
+        from torch import nn
 
         model = torchvision.models.get_model(self.arch, weights=None)
         if self.head == "pool":

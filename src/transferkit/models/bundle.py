@@ -116,20 +116,30 @@ class BundleMeta:
 
 
 def save(run_dir: Path, state: dict, meta: BundleMeta) -> None:
-    """Write the bundle (a `Classifier` state dict and its metadata) into `run_dir`: weights
-    first, then the json that points at them."""
-    import torch
-    from safetensors.torch import save as st_save
+    """Write the bundle (a `Classifier` state dict, of torch tensors or NumPy arrays, and its
+    metadata) into `run_dir`: weights first, then the json that points at them. Floating-point
+    weights are stored in fp32; NumPy arrays are written without importing torch."""
+    import numpy as np
+    from safetensors.numpy import save as st_save
 
-    state = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
-             for k, v in state.items()}
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    arrays = {k: _as_array(v) for k, v in state.items()}
+    arrays = {k: np.array(v, np.float32 if np.issubdtype(v.dtype, np.floating) else v.dtype, order="C")
+              for k, v in arrays.items()}  # (np.ascontiguousarray would make a 0-d counter 1-d)
+    bad = [k for k, v in arrays.items() if v.dtype == np.float32 and not np.isfinite(v).all()]
     if bad:
         raise UserError(f"the trained model has non-finite weights ({bad[0]}, ...): not saved; lower --lr")
-    data = st_save(state, metadata={"format": FORMAT})
+    data = st_save(arrays, metadata={"format": FORMAT})
     atomic_write(Path(run_dir) / "model.safetensors", data)
     meta = replace(meta, model_sha256=hashlib.sha256(data).hexdigest())
     write_json(Path(run_dir) / "model.json", meta.to_dict())
+
+
+def _as_array(value):
+    """A torch tensor (any dtype, any device) or an array -> a NumPy array."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu()
+        return (value.float() if value.is_floating_point() else value).numpy()
+    return value
 
 
 def resolve(path: str | Path) -> Path:

@@ -1,5 +1,5 @@
 """The classifier: a backbone (images -> pooled features) plus a new linear head for N classes,
-and building it with its weights."""
+and building it with its weights (`models.lazy` builds it on first use)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from torch import nn
 from .. import files
 from ..errors import UserError
 from . import backbones, weights as weight_files
+from .lazy import WeightsInfo
 
 
 class Classifier(nn.Module):
@@ -44,91 +45,6 @@ class Classifier(nn.Module):
             for m in self.frozen_norms:
                 m.eval()
         return self
-
-
-@dataclass(frozen=True)
-class WeightsInfo:
-    source: str  # "imagenet", "none" or a file path
-    sha256: str | None  # of the weights file; None for random init
-
-
-def identify_weights(spec: backbones.BackboneSpec, weights: str) -> WeightsInfo:
-    """Source and sha256 of the weights, without building the network (fails early when the
-    file or package is missing, or the published checksum does not match)."""
-    if weights == "none":
-        return WeightsInfo("none", None)
-    if weights == "imagenet":
-        return WeightsInfo("imagenet", spec.imagenet_file()[1])
-    if not Path(weights).is_file():
-        raise UserError(f"weights file not found: {weights}")
-    return WeightsInfo(str(weights), files.file_sha256(weights))
-
-
-class LazyClassifier:
-    """The classifier, built (timm, weights mapping) on first use only.
-
-    The backbone's prepared weights are kept in a checksummed cache file keyed by the weights'
-    sha256: a linear run whose features are all cached then never builds the network, which
-    saves the 2.2 s of importing timm (and with it torchvision and torch._dynamo). The cache file is only written after the weights were
-    validated against the architecture, and is only used while its checksum holds."""
-
-    def __init__(self, spec: backbones.BackboneSpec, num_classes: int, weights: str,
-                 dropout: float = 0.0, cache_file: Path | None = None, stem: str = "standard",
-                 features: str = "last"):
-        self.spec, self.num_classes, self.weights, self.dropout = spec, num_classes, weights, dropout
-        self.stem, self.features = stem, features
-        self.info = identify_weights(spec, weights)
-        self.cache_file = cache_file if self.info.sha256 else None  # random init is not cached
-        self._model: Classifier | None = None
-        self._state: dict[str, torch.Tensor] | None = None  # the verified cache file, read once
-
-    @property
-    def built(self) -> bool:
-        return self._model is not None
-
-    def prepare(self) -> None:
-        """Validate the weights now (building the model) unless a verified cache file exists."""
-        if self._cached_state() is None:
-            self.get()
-
-    def get(self) -> Classifier:
-        if self._model is None:
-            self._model, _ = build_classifier(self.spec, self.num_classes, self.weights, self.dropout, self.stem,
-                                              self.features)
-            if self.cache_file is not None and self._cached_state() is None:
-                _write_checked(self.cache_file, self._model.backbone.state_dict())
-        return self._model
-
-    def backbone_state(self) -> dict[str, torch.Tensor]:
-        if self._model is None:
-            cached = self._cached_state()
-            if cached is not None:
-                return cached
-        return self.get().backbone.state_dict()
-
-    def _cached_state(self) -> dict[str, torch.Tensor] | None:
-        if self._state is None and self.cache_file is not None:
-            self._state = _read_checked(self.cache_file)
-        return self._state
-
-
-_WEIGHTS = b"TKW1"  # magic of the cached backbone weights
-
-
-def _write_checked(path: Path, state: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save
-
-    files.write_checked(path, _WEIGHTS, save({k: v.detach().contiguous() for k, v in state.items()}))
-
-
-def _read_checked(path: Path) -> dict[str, torch.Tensor] | None:
-    from safetensors.torch import load
-
-    try:
-        data = files.read_checked(path, _WEIGHTS)
-    except files.CorruptBlob:
-        return None
-    return None if data is None else load(data)
 
 
 def build_classifier(

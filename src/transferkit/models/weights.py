@@ -12,8 +12,6 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from ..errors import UserError
 
 
@@ -130,6 +128,8 @@ def _download(url: str, target: Path, timeout: float = 10.0) -> None:
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Load tensors from .safetensors or a .pt/.pth state dict, never unpickling code."""
+    import torch
+
     p = Path(path)
     if not p.is_file():
         raise UserError(f"weights file not found: {p}")

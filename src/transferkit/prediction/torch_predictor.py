@@ -8,10 +8,10 @@ import numpy as np
 import torch
 
 from ..data.decode import eval_array
-from ..features import Extractor
 from ..models import bundle
 from ..models.classifier import Classifier
-from ..runtime import Runtime, default_workers
+from ..engines.cpu import default_workers
+from ..runtime import Extractor, Runtime
 from .base import BasePredictor
 
 

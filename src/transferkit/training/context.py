@@ -7,36 +7,38 @@ of the strategy it chose (`Outcome.cfg`).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
 
 from ..cache import Cache, ShardedCache
 from ..config import TrainConfig
 from ..console import Console
-from ..data.datasets import labels_of
-from ..engines import Choice
 from ..data.discover import DatasetSplit
 from ..distributed import Group
+from ..engines import Choice
 from ..features import FeaturePass
-from ..models.classifier import LazyClassifier
 from ..models.preprocess import Preprocess
-from ..runtime import Runtime
-from . import engine
+from .result import FitResult
 from .strategies.base import STRATEGIES, Strategy
+
+if TYPE_CHECKING:
+    from ..models.lazy import LazyClassifier
+    from ..runtime import Runtime
 
 
 @dataclass
 class Features:
-    """The cached features of a split: train (eval view, then the augmented views) and val."""
+    """The cached features of a split: train (eval view, then the augmented views) and val, as
+    NumPy arrays (float32 features, int64 labels): a head on them needs no torch."""
 
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_val: torch.Tensor
-    y_val: torch.Tensor
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
     split: DatasetSplit  # the split less the images that could not be read
     facts: dict  # cache statistics for results.json
     widths: dict[str, int] = field(default_factory=dict)  # "last" (the first columns) and, if extracted, "multi"
@@ -46,7 +48,7 @@ class Features:
     def last_layer(self) -> tuple[np.ndarray, np.ndarray]:
         """The last layer's features of the training images (eval view) and of the val images."""
         last = self.widths.get("last", self.x_train.shape[1])
-        return self.x_train[:self.num_images, :last].numpy(), self.x_val[:, :last].numpy()
+        return self.x_train[:self.num_images, :last], self.x_val[:, :last]
 
     @property
     def num_images(self) -> int:
@@ -90,8 +92,8 @@ class CachedFeatures:
         x_train, y_train = train_fs.features[keep_train], labels_of(split.train)
         if train_fs.augmented is not None:
             aug = train_fs.augmented[keep_train]
-            x_train = torch.cat([x_train, aug.flatten(0, 1)])
-            y_train = torch.cat([y_train, y_train.repeat_interleave(aug.shape[1])])
+            x_train = np.concatenate([x_train, aug.reshape(-1, aug.shape[-1])])
+            y_train = np.concatenate([y_train, np.repeat(y_train, aug.shape[1])])
         facts = {
             "features_cached": train_fs.cached + val_fs.cached,
             "features_computed": train_fs.computed + val_fs.computed,
@@ -105,6 +107,10 @@ class CachedFeatures:
                         store=self.cache)
 
 
+def labels_of(samples) -> np.ndarray:
+    return np.array([s.label for s in samples], dtype=np.int64)
+
+
 @dataclass(frozen=True)
 class Context:
     """Everything a strategy needs: resolved options, the data, the model and where it runs."""
@@ -113,7 +119,7 @@ class Context:
     split: DatasetSplit
     models: LazyClassifier  # the classifier, built on first use
     pre: Preprocess
-    runtime: Runtime  # where and in which precision networks train
+    device: str  # where networks run: auto | cpu | cuda | cuda:N (see `runtime`)
     cache: Cache
     workers: int
     console: Console
@@ -123,6 +129,14 @@ class Context:
     features_ident: dict | None = None  # the features network's identity (its engine conversion's key)
     resume: dict | None = None  # a checkpoint to continue from (--resume)
     group: Group = field(default_factory=Group)  # the processes training together (torchrun), or one
+
+    @functools.cached_property
+    def runtime(self) -> Runtime:
+        """Where and in which precision networks train (torch is imported on first use only: a
+        head on cached features never asks)."""
+        from ..runtime import Runtime
+
+        return Runtime.create(self.device, self.cfg.precision)
 
     @property
     def checkpoint(self) -> Path:
@@ -144,9 +158,9 @@ class Context:
 class Outcome:
     """What a strategy returns: the fit, the kept model and what it was measured on."""
 
-    fit: engine.FitResult
-    val_logits: torch.Tensor  # of the kept model, in split.val order
-    state: dict[str, torch.Tensor]  # the kept model: a Classifier state dict
+    fit: FitResult
+    val_logits: np.ndarray  # of the kept model, in split.val order (a torch tensor from network strategies)
+    state: dict  # the kept model: a Classifier state dict (torch tensors or NumPy arrays)
     split: DatasetSplit  # the split trained on (less unreadable files)
     cfg: TrainConfig  # the options trained with (auto: those of the strategy it chose)
     info: dict = field(default_factory=dict)  # strategy-specific facts for results.json

@@ -28,19 +28,9 @@ from ..errors import Terminated, UserError
 from ..distributed import Group
 from ..runtime import Runtime
 from .checkpoint import save_checkpoint
+from .result import FitResult
 
 Prepare = Callable[[torch.Tensor], torch.Tensor]
-
-
-@dataclass
-class FitResult:
-    history: list[EpochStats] = field(default_factory=list)
-    best_epoch: int = 0
-    best_val_acc: float = -1.0
-    interrupted: bool = False
-    stopped_early: bool = False
-    unit: str = "epoch"  # what `EpochStats.epoch` counts: "epoch", or "iteration" for L-BFGS
-    stopped_by: str | None = None  # "SIGINT" (Ctrl-C) or "SIGTERM" when interrupted
 
 
 def make_optimizer(name: str, groups: list[dict], lr: float, weight_decay: float) -> torch.optim.Optimizer:

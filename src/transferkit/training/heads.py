@@ -9,22 +9,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from ..config import TrainConfig
-from ..data.datasets import train_loader
-from ..runtime import Runtime
-from . import engine
+from ..evaluation.metrics import EpochStats
 from .logistic import STD_FLOOR_PERCENTILE, Logistic, scale, standardizer, stratified_folds  # noqa: F401
-from .losses import classification_loss
+from .result import FitResult, LinearHead
 
 
 def fit_head(cfg: TrainConfig, num_classes: int, x_train, y_train, x_val, y_val, progress=None,
-             checkpoint: Path | None = None, resume: dict | None = None) -> tuple[engine.FitResult, nn.Linear]:
-    """Dropout + linear head (zero init) trained on features in fp32 for `cfg.epochs`; the best
-    epoch is kept. `checkpoint` / `resume`: as in `engine.fit`."""
+             checkpoint: Path | None = None, resume: dict | None = None) -> tuple[FitResult, LinearHead]:
+    """Dropout + linear head (zero init) trained on features (NumPy arrays) in fp32 for
+    `cfg.epochs`; the best epoch is kept. `checkpoint` / `resume`: as in `engine.fit`."""
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from ..data.datasets import train_loader
+    from ..runtime import Runtime
+    from . import engine
+    from .losses import classification_loss
+
+    x_train, y_train, x_val, y_val = (torch.from_numpy(np.ascontiguousarray(a)) for a in (x_train, y_train, x_val, y_val))
     progress = progress or _no_progress
     torch.manual_seed(cfg.seed)
     linear = nn.Linear(x_train.shape[1], num_classes)
@@ -44,13 +49,13 @@ def fit_head(cfg: TrainConfig, num_classes: int, x_train, y_train, x_val, y_val,
     )
     bar.close()
     head.load_state_dict(best)
-    return result, linear.eval()
+    return result, LinearHead.of(linear)
 
 
 def fit_logistic(cfg: TrainConfig, num_classes: int, x_train, y_train, x_val, y_val,
-                 progress=None, scaling: str = "feature") -> tuple[engine.FitResult, nn.Linear]:
+                 progress=None, scaling: str = "feature") -> tuple[FitResult, LinearHead]:
     """Multinomial logistic regression, fitted full-batch by scipy's L-BFGS-B (float64) on
-    standardized features (`scaling`: see `standardizer`), folded back into one `nn.Linear` on
+    standardized features (`scaling`: see `standardizer`), folded back into one `LinearHead` on
     the raw features. The objective is scikit-learn's LogisticRegression's (tested to give its
     probabilities): the mean cross-entropy plus weight_decay / 2 * |W|^2, the bias unpenalized,
     i.e. C = 1 / (weight_decay * n); with two classes one logit, as there. --class-weights auto
@@ -59,14 +64,14 @@ def fit_logistic(cfg: TrainConfig, num_classes: int, x_train, y_train, x_val, y_
     the losses every LBFGS_STEP iterations. Not scikit-learn itself: importing it costs 0.7 s,
     scipy.optimize 0.4 s (a torch optimizer imports torch._dynamo: 1.1 s)."""
     progress = progress or _no_progress
-    xt, yt = x_train.double().numpy(), y_train.numpy()
-    xv, yv = x_val.double().numpy(), y_val.numpy()
+    xt, yt = np.asarray(x_train, dtype=np.float64), np.asarray(y_train)
+    xv, yv = np.asarray(x_val, dtype=np.float64), np.asarray(y_val)
     mean, std = standardizer(xt, scaling)
     problem = Logistic((xt - mean) / std, yt, num_classes, cfg.weight_decay,
                        cfg.class_weights == "auto" or cfg.balanced_sampler)
     zv = (xv - mean) / std
     theta = problem.start()
-    result, start, done = engine.FitResult(unit="iteration"), time.perf_counter(), 0
+    result, start, done = FitResult(unit="iteration"), time.perf_counter(), 0
     bar = progress(LBFGS_MAX_ITER, "head (L-BFGS)")
     while done < LBFGS_MAX_ITER:
         theta, iters = problem.fit(theta, LBFGS_STEP, LBFGS_GTOL)
@@ -74,7 +79,7 @@ def fit_logistic(cfg: TrainConfig, num_classes: int, x_train, y_train, x_val, y_
             break
         done += iters
         seconds = time.perf_counter() - start
-        row = engine.EpochStats(done, *problem.stats(problem.z, yt, theta), *problem.stats(zv, yv, theta), 0.0,
+        row = EpochStats(done, *problem.stats(problem.z, yt, theta), *problem.stats(zv, yv, theta), 0.0,
                                 seconds, seconds)
         result.history.append(row)
         _tick(bar, row, iters)
@@ -85,11 +90,7 @@ def fit_logistic(cfg: TrainConfig, num_classes: int, x_train, y_train, x_val, y_
     coef, intercept = problem.coefficients(theta)
     coef = coef / std  # (k, d), on raw features
     intercept = intercept - coef @ mean
-    linear = nn.Linear(x_train.shape[1], num_classes)
-    with torch.no_grad():
-        linear.weight.copy_(torch.from_numpy(coef))
-        linear.bias.copy_(torch.from_numpy(intercept))
-    return result, linear.eval()
+    return result, LinearHead(coef.astype(np.float32), intercept.astype(np.float32))
 
 
 SCALINGS = ("feature", "global")
@@ -141,7 +142,7 @@ def _rank(row: dict) -> tuple[float, float]:
     return row["cv_accuracy"], -row["cv_log_loss"]
 
 
-def select_head(x: torch.Tensor, y: torch.Tensor, num_classes: int, widths: dict[str, int], seed: int,
+def select_head(x: np.ndarray, y: np.ndarray, num_classes: int, widths: dict[str, int], seed: int,
                 weight_decay: float | None = None, balanced: bool = False) -> HeadChoice:
     """Cross-validate the logistic-regression head on the training images' features `x` (one row
     per image; the first `widths["last"]` columns are the last layer's): every feature set in
@@ -151,11 +152,11 @@ def select_head(x: torch.Tensor, y: torch.Tensor, num_classes: int, widths: dict
     first in `widths`, so they win a tie with the multi-layer ones). A class with fewer than 2 images
     leaves nothing to cross-validate: the last layer, per-feature scaling, DEFAULT_WEIGHT_DECAY."""
     start = time.perf_counter()
-    yn = y.numpy()
+    yn = np.asarray(y)
     total = len(yn)
     if total > CV_MAX_IMAGES:  # a stratified sample: one fold of ceil(total / CV_MAX_IMAGES)
         sample = np.flatnonzero(stratified_folds(yn, -(-total // CV_MAX_IMAGES), seed) == 0)
-        x, yn = x[torch.from_numpy(sample)], yn[sample]
+        x, yn = x[sample], yn[sample]
     counts = np.bincount(yn, minlength=num_classes)
     most = CV_MAX_FOLDS if len(yn) < CV_FEWER_FOLDS_FROM else 3
     folds = int(min(most, counts[counts > 0].min())) if len(yn) else 0
@@ -164,7 +165,7 @@ def select_head(x: torch.Tensor, y: torch.Tensor, num_classes: int, widths: dict
         return HeadChoice("last", "feature", grid[0] if weight_decay is not None else DEFAULT_WEIGHT_DECAY,
                           None, 0, time.perf_counter() - start)
     fold_of = stratified_folds(yn, folds, seed)
-    xs = x.numpy().astype(np.float32)
+    xs = np.asarray(x, dtype=np.float32)
     table = []
     for features, width in widths.items():
         for scaling in SCALINGS:
@@ -206,7 +207,7 @@ def _in_span(zt: np.ndarray, ze: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def train_head(cfg: TrainConfig, num_classes: int, x_train, y_train, x_val, y_val, progress=None,
-               checkpoint: Path | None = None, resume: dict | None = None) -> tuple[engine.FitResult, nn.Linear]:
+               checkpoint: Path | None = None, resume: dict | None = None) -> tuple[FitResult, LinearHead]:
     """The head on cached features: logistic regression (--optimizer lbfgs, linear's default) or
     epochs of a first-order optimizer."""
     if cfg.optimizer == "lbfgs":
@@ -215,7 +216,7 @@ def train_head(cfg: TrainConfig, num_classes: int, x_train, y_train, x_val, y_va
 
 
 def fit_best_head(cfg: TrainConfig, f, progress=None, checkpoint: Path | None = None,
-                  resume: dict | None = None) -> tuple[engine.FitResult, nn.Linear, HeadChoice]:
+                  resume: dict | None = None) -> tuple[FitResult, LinearHead, HeadChoice]:
     """The head on the cached features `f` (`context.Features`), as linear and LP-FT's probe fit
     it. The logistic regression (--optimizer lbfgs): the feature set (--features auto: last or
     multi), the scaling and the weight decay (unless given) chosen by `select_head` on the
@@ -248,7 +249,7 @@ def fit_best_head(cfg: TrainConfig, f, progress=None, checkpoint: Path | None = 
 HEAD_FIT_VERSION = 1
 
 
-def _fit_key(cfg: TrainConfig, choice: HeadChoice, num_classes: int, *arrays: torch.Tensor) -> str:
+def _fit_key(cfg: TrainConfig, choice: HeadChoice, num_classes: int, *arrays: np.ndarray) -> str:
     import hashlib
 
     ident = (HEAD_FIT_VERSION, num_classes, choice.scaling, cfg.weight_decay, cfg.class_weights, cfg.balanced_sampler,
@@ -256,11 +257,11 @@ def _fit_key(cfg: TrainConfig, choice: HeadChoice, num_classes: int, *arrays: to
     h = hashlib.sha256(repr(ident).encode())
     for a in arrays:
         h.update(repr(tuple(a.shape)).encode())
-        h.update(np.ascontiguousarray(a.numpy()).tobytes())
+        h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()
 
 
-def _stored_fit(store, key: str) -> tuple[engine.FitResult, nn.Linear] | None:
+def _stored_fit(store, key: str) -> tuple[FitResult, LinearHead] | None:
     import json
 
     params, meta = store.get(key, "fitp"), store.get(key, "fith")
@@ -268,23 +269,20 @@ def _stored_fit(store, key: str) -> tuple[engine.FitResult, nn.Linear] | None:
         return None
     try:
         d = json.loads(meta.tobytes().decode())
-        result = engine.FitResult([engine.EpochStats(**h) for h in d["history"]], d["best_epoch"], d["best_val_acc"],
-                                  unit="iteration")
+        result = FitResult([EpochStats(**h) for h in d["history"]], d["best_epoch"], d["best_val_acc"],
+                           unit="iteration")
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         return None
-    linear = nn.Linear(params.shape[1] - 1, params.shape[0])
-    with torch.no_grad():
-        linear.weight.copy_(torch.from_numpy(params[:, :-1].copy()))
-        linear.bias.copy_(torch.from_numpy(params[:, -1].copy()))
-    return result, linear.eval()
+    return result, LinearHead(np.ascontiguousarray(params[:, :-1], dtype=np.float32),
+                              np.ascontiguousarray(params[:, -1], dtype=np.float32))
 
 
-def _store_fit(store, key: str, result: engine.FitResult, linear: nn.Linear) -> None:
+def _store_fit(store, key: str, result: FitResult, linear: LinearHead) -> None:
     import json
 
     meta = {"history": [dataclasses.asdict(h) for h in result.history], "best_epoch": result.best_epoch,
             "best_val_acc": result.best_val_acc}
-    params = torch.cat([linear.weight.detach(), linear.bias.detach()[:, None]], 1).numpy()
+    params = np.concatenate([linear.weight, linear.bias[:, None]], 1).astype(np.float32)
     store.put(key, "fitp", params)
     store.put(key, "fith", np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
     store.flush()
@@ -314,8 +312,8 @@ def _choice_key(f, key: tuple) -> str:
 
     n = f.num_images
     h = hashlib.sha256(repr((HEAD_CHOICE_VERSION, key)).encode())
-    h.update(np.ascontiguousarray(f.x_train[:n].numpy()).tobytes())
-    h.update(np.ascontiguousarray(f.y_train[:n].numpy()).tobytes())
+    h.update(np.ascontiguousarray(f.x_train[:n]).tobytes())
+    h.update(np.ascontiguousarray(f.y_train[:n]).tobytes())
     return h.hexdigest()
 
 
@@ -348,7 +346,7 @@ def _wanted_widths(cfg: TrainConfig, f) -> dict[str, int]:
     return {wanted: f.widths[wanted]} if wanted != "auto" and wanted in f.widths else dict(f.widths)
 
 
-def _tick(bar, stats: engine.EpochStats, n: int = 1) -> None:
+def _tick(bar, stats: EpochStats, n: int = 1) -> None:
     bar.update(n)
     bar.set_postfix(loss=f"{stats.train_loss:.3f}", val_acc=f"{stats.val_acc:.3f}")
 

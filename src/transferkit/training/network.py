@@ -18,11 +18,12 @@ from ..data.decode import typical_short_side
 from ..data.views import SMALL
 from ..data.discover import DatasetSplit
 from ..distributed import sync_batchnorm
-from ..features import Extractor
 from ..models.classifier import Classifier
+from ..runtime import Extractor
 from . import engine
 from .context import Context, Outcome
 from .losses import classification_loss
+from .result import LinearHead
 from .strategies.base import STRATEGIES, Strategy
 
 
@@ -93,7 +94,7 @@ class NetworkSetup:
     split: DatasetSplit  # the split less the images that could not be decoded
 
 
-def network_setup(ctx: Context, head_init: nn.Linear | None = None, split: DatasetSplit | None = None) -> NetworkSetup:
+def network_setup(ctx: Context, head_init: LinearHead | None = None, split: DatasetSplit | None = None) -> NetworkSetup:
     """Decode every image of `split` (default: the context's) once into the cache, build
     loaders, initialize the head, and set what trains (param groups) as the strategy declares.
     In a group the ranks of each node decode a share each into the node's cache, and the
@@ -123,7 +124,7 @@ def network_setup(ctx: Context, head_init: nn.Linear | None = None, split: Datas
                             sampler=list(group.share(len(split.val))))
     torch.manual_seed(cfg.seed)
     if head_init is not None:
-        model.head.load_state_dict(head_init.state_dict())
+        model.head.load_state_dict({"weight": torch.from_numpy(head_init.weight), "bias": torch.from_numpy(head_init.bias)})
     else:
         nn.init.normal_(model.head.weight, std=0.01)
         nn.init.zeros_(model.head.bias)
@@ -146,7 +147,7 @@ def is_small(split: DatasetSplit) -> bool:
     return side is not None and side <= SMALL
 
 
-def train_network(ctx: Context, head_init: nn.Linear | None = None,
+def train_network(ctx: Context, head_init: LinearHead | None = None,
                   adapt: Callable[[NetworkSetup], NetworkSetup] | None = None,
                   split: DatasetSplit | None = None) -> Outcome:
     """Train the network on images (finetune, partial, gradual, scratch, and the second step of

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..cache import Cache, model_key
 from ..config import LRFindOptions, TrainConfig
@@ -23,9 +23,9 @@ from ..evaluation import metrics
 from ..evaluation.worker import Worker
 from ..files import claim_out, fresh_dir, write_json
 from ..models import backbones, bundle
-from ..models.classifier import LazyClassifier, identify_weights
+from ..models.lazy import LazyClassifier, identify_weights
 from ..distributed import Group, check_sync_bn, joined, under_torchrun
-from ..runtime import Runtime, default_workers
+from ..engines.cpu import default_workers
 from ..doctor.health import quick_health, warnings as health_warnings
 from . import elastic
 from .checkpoint import load_checkpoint
@@ -36,7 +36,8 @@ from .strategies.base import STRATEGIES
 
 def train(cfg: TrainConfig, console: Console, worker: Worker, started: float, checkpoint: dict | None = None) -> Run:
     """Train with the options `cfg` (not yet resolved); `checkpoint`: the interrupted run's, to
-    continue from. The global torch RNG is seeded for the run and restored afterwards."""
+    continue from. The global torch RNG is seeded for the run and restored afterwards. A head
+    fitted on cached features (the default, warm) imports no torch at all."""
     cfg = cfg.resolved()
     with joined(cfg.device) as group, _own_rng(), _cache_for(cfg, group) as cache:
         if not group.primary:
@@ -45,13 +46,13 @@ def train(cfg: TrainConfig, console: Console, worker: Worker, started: float, ch
         cfg, checkpoint = elastic.restarted(cfg, checkpoint, group)
         ctx = make_context(cfg, console, cache, resume=checkpoint, group=group)
         run_dir = ctx.run_dir
-        spec, runtime = ctx.models.spec, ctx.runtime
+        spec = ctx.models.spec
         processes = f", {group.world} processes ({group.backend})" if group.distributed else ""
         trains = ctx.strategy.trains != "head"  # a network trains (in the runtime's precision), not only a head
         console.info(
             f"training {spec.name} ({cfg.strategy}) on {len(ctx.split.classes)} classes "
             f"({ctx.split.val_source} validation)"
-            + (f", {runtime.device.type} {runtime.precision}" if trains else "") + processes
+            + (f", {ctx.runtime.device.type} {ctx.runtime.precision}" if trains else "") + processes
         )
         if ctx.engine is not None:
             console.info(f"features: {ctx.engine.line()}")
@@ -84,7 +85,7 @@ def train(cfg: TrainConfig, console: Console, worker: Worker, started: float, ch
                              ctx.models.info.source, ctx.models.info.sha256, ctx.models.stem,
                              features=outcome.features, frozen_features=frozen)
     bundle.save(run_dir, outcome.state, meta)
-    results = write_outputs(run_dir, outcome, runtime, started, worker, health, ctx.engine)
+    results = write_outputs(run_dir, outcome, ran_on(ctx, outcome), started, worker, health, ctx.engine)
     console.info(metrics.format_table(results["metrics"]))
     kept = (f"logistic regression, {outcome.fit.best_epoch} L-BFGS iterations" if outcome.fit.unit == "iteration"
             else f"best epoch {results['best_epoch']}/{len(outcome.fit.history)}")
@@ -97,8 +98,21 @@ def train(cfg: TrainConfig, console: Console, worker: Worker, started: float, ch
 def _own_rng():
     """The run may seed and draw from the global torch RNG (model init, dropout, loaders without a
     generator); it is put back as it was afterwards, so a caller's own random stream is not
-    disturbed."""
+    disturbed. A caller that has not imported torch has no stream to disturb (and a warm head
+    on cached features never imports it)."""
+    if "torch" not in sys.modules:
+        return contextlib.nullcontext()
+    import torch
+
     return torch.random.fork_rng(devices=[])
+
+
+def ran_on(ctx: Context, outcome: Outcome) -> tuple[str, str]:
+    """(device, precision) of the kept model's numbers: a head on features, the features'
+    engine's; a trained network, the runtime's."""
+    if ctx.engine is not None and STRATEGIES.get(outcome.cfg.strategy).trains == "head":
+        return ctx.engine.device, ctx.engine.precision
+    return ctx.runtime.device.type, ctx.runtime.precision
 
 
 @contextlib.contextmanager
@@ -130,8 +144,11 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
     group = group or Group()
     strategy = STRATEGIES.get(cfg.strategy)
     spec = backbones.get(cfg.model)
-    runtime = Runtime.create(group.device(cfg.device), cfg.precision)
-    check_sync_bn(cfg.sync_bn, group, runtime.device)
+    device = group.device(cfg.device)
+    if cfg.sync_bn:
+        from ..runtime import Runtime
+
+        check_sync_bn(cfg.sync_bn, group, Runtime.create(device, cfg.precision).device)
     split = discover(cfg.data, cfg.val_fraction, cfg.seed, cache.datasets())
     if cfg.exclude:
         from ..doctor.diagnose import read_exclude
@@ -150,16 +167,19 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
     uses_features = strategy.uses_features if with_features is None else with_features
     # the engine that extracts features, chosen by the primary for the group (the same precision everywhere)
     images = len(split.train) * (1 + (cfg.aug_views or 0)) + len(split.val)
-    engine = group.decide(lambda: engines.choose(cfg.engine, group.device(cfg.device), cfg.precision, images)) \
-        if uses_features else None
-    key = _features_key(spec, stem, weights.sha256, pre, engine.precision if engine else runtime.precision)
+    engine = group.decide(lambda: engines.choose(cfg.engine, device, cfg.precision, images)) if uses_features else None
+    # (a network strategy's backbone weights are cached under its training precision's key)
+    key = _features_key(spec, stem, weights.sha256, pre, engine.precision if engine else _training_precision(device, cfg))
     workers = default_workers() if cfg.workers is None else cfg.workers
     # --features auto | multi: the earlier stages' pooled activations are extracted too (one pass)
     multi = cfg.features == "multi" or (cfg.features == "auto" and spec.has_multi_layer)
     if multi and not spec.has_multi_layer:
         raise UserError(f"--features multi needs a timm backbone (its feature_info names the stages); "
                         f"{spec.name} is built by torchvision")
-    torch.manual_seed(cfg.seed)  # random weights (scratch, a new head) are the same for a seed
+    if strategy.trains != "head":  # random weights (scratch, a new head) are the same for a seed
+        import torch
+
+        torch.manual_seed(cfg.seed)
     models = LazyClassifier(spec, len(split.classes), cfg.weights, cfg.dropout or 0.0, cache.backbone_file(key), stem,
                             "multi" if multi else "last")
     features = None
@@ -182,7 +202,7 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
         elastic.started(cfg, run_dir)
         return run_dir
 
-    return Context(cfg=cfg, split=split, models=models, pre=pre, runtime=runtime, cache=cache, workers=workers,
+    return Context(cfg=cfg, split=split, models=models, pre=pre, device=device, cache=cache, workers=workers,
                    console=console, features=features, run_dir=group.decide(new_run_dir), engine=engine,
                    features_ident={"features": key, "multi": multi} if uses_features else None, resume=resume,
                    group=group)
@@ -219,6 +239,12 @@ def network_preprocess(spec, split):
     size = network_input_size(split, spec.preprocess.input_size)
     pre = spec.with_input_size(size)
     return dataclasses.replace(pre, crop_pct=1.0) if size is not None else pre
+
+
+def _training_precision(device: str, cfg: TrainConfig) -> str:
+    from ..runtime import Runtime
+
+    return Runtime.create(device, cfg.precision).precision
 
 
 def _features_key(spec, stem: str, weights_sha256: str | None, pre, precision: str) -> str:
@@ -317,13 +343,16 @@ def _remove_earlier_run(run_dir: Path) -> None:
             shutil.rmtree(folder)
 
 
-def write_outputs(run_dir: Path, outcome: Outcome, runtime: Runtime, started: float, worker: Worker,
+def write_outputs(run_dir: Path, outcome: Outcome, ran_on: tuple[str, str], started: float, worker: Worker,
                   health: dict | None = None, engine: engines.Choice | None = None) -> dict:
     """results.json, metrics.csv, split.json, and by `worker` the evaluation files and (unless
-    --no-report) the report. `engine`: what extracted the features, if any."""
+    --no-report) the report. `ran_on`: (device, precision) of the kept model's numbers; `engine`:
+    what extracted the features, if any."""
     cfg, split, fit = outcome.cfg, outcome.split, outcome.fit
     y_val = np.array([s.label for s in split.val], dtype=np.int64)
-    summary = worker.write_evaluation(run_dir, [s.path for s in split.val], y_val, outcome.val_logits.float().numpy(),
+    logits = outcome.val_logits
+    logits = logits.detach().float().cpu().numpy() if hasattr(logits, "detach") else np.asarray(logits, np.float32)
+    summary = worker.write_evaluation(run_dir, [s.path for s in split.val], y_val, logits,
                               split.classes, {"skipped_files": split.skipped, "data_health": health})
     metrics.write_history_csv(run_dir / "metrics.csv", fit.history, fit.unit)  # config.yaml is already there
     write_json(run_dir / "split.json", {
@@ -353,10 +382,8 @@ def write_outputs(run_dir: Path, outcome: Outcome, runtime: Runtime, started: fl
         "skipped_files": split.skipped,
         "excluded": split.excluded,
         "data_health": health,
-        "device": runtime.device.type,
-        # a head on features: the features' precision; a network trained: the training's
-        "precision": engine.precision if engine is not None and STRATEGIES.get(cfg.strategy).trains == "head"
-        else runtime.precision,
+        "device": ran_on[0],
+        "precision": ran_on[1],
         "engine": engine.to_dict() if engine is not None else None,
         "distributed": outcome.info.get("distributed"),
         "metrics": summary,
@@ -372,11 +399,13 @@ def write_outputs(run_dir: Path, outcome: Outcome, runtime: Runtime, started: fl
 def lr_find(cfg: TrainConfig, options: LRFindOptions, console: Console):
     """LR range test for `cfg`'s strategy: returns the result and writes `lr_find.png` and
     `lr_find.json` into a fresh run folder (or --out)."""
+    import torch
     from torch import nn
     from torch.utils.data import TensorDataset
 
     from ..data.datasets import train_loader
     from ..evaluation.plots import plot_lr_find
+    from ..runtime import Runtime
     from . import lrfind
     from .losses import classification_loss
     from .network import network_setup, unfreeze_top
@@ -395,12 +424,13 @@ def lr_find(cfg: TrainConfig, options: LRFindOptions, console: Console):
         ctx = make_context(cfg, console, cache, run_name=f"lr-find-{cfg.strategy}", with_features=head_only)
         if head_only:
             f = ctx.cached_features()
+            x_train, y_train = torch.from_numpy(f.x_train), torch.from_numpy(f.y_train)
             torch.manual_seed(cfg.seed)
-            model = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(f.x_train.shape[1], len(f.split.classes)))
-            loader = train_loader(TensorDataset(f.x_train, f.y_train), f.y_train, cfg.batch_size, cfg.seed,
+            model = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(x_train.shape[1], len(f.split.classes)))
+            loader = train_loader(TensorDataset(x_train, y_train), y_train, cfg.batch_size, cfg.seed,
                                   cfg.balanced_sampler)
             groups = [{"params": list(model.parameters()), "lr": 1.0}]
-            args = (model, loader, groups, classification_loss(cfg, f.y_train, len(f.split.classes)),
+            args = (model, loader, groups, classification_loss(cfg, y_train, len(f.split.classes)),
                     Runtime(torch.device("cpu"), torch.float32), lambda t: t)
             steps = options.steps or 100
         else:

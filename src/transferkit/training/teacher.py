@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.datasets import DecodedImages
 from ..errors import UserError
-from ..features import Extractor
+from ..runtime import Extractor
 from ..files import file_sha256
 from ..models import bundle
 from .context import Context

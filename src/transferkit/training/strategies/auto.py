@@ -62,7 +62,7 @@ def run(ctx):
     head = STRATEGIES.get("linear").run(dataclasses.replace(ctx, cfg=ctx.cfg.for_strategy("linear")))
     outcome = head
     if chosen == "lp-ft":
-        head.state = {k: v.detach().clone() for k, v in head.state.items()}  # fine-tuning changes the network in place
+        head.state = {k: v.copy() for k, v in head.state.items()}  # (NumPy) fine-tuning changes the network in place
         tuned = STRATEGIES.get("lp-ft").run(ft_ctx)
         head_acc, tuned_acc = _val_acc(head), _val_acc(tuned)
         if tuned.info.get("kept") != "probe" and tuned_acc > head_acc:
@@ -79,12 +79,12 @@ def run(ctx):
 
 
 def _val_acc(outcome) -> float:
-    y = [s.label for s in outcome.split.val]
-    if not y:
-        return 0.0
-    import torch
+    import numpy as np
 
-    return float((outcome.val_logits.argmax(1) == torch.tensor(y)).float().mean())
+    y = np.array([s.label for s in outcome.split.val])
+    if not len(y):
+        return 0.0
+    return float((np.asarray(outcome.val_logits).argmax(1) == y).mean())
 
 
 register(Strategy(

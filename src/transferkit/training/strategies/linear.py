@@ -6,8 +6,6 @@ from .base import HEAD_DEFAULTS, Strategy, register
 
 
 def run(ctx):
-    import torch
-
     from ..context import Outcome
     from ..heads import fit_best_head
 
@@ -16,12 +14,12 @@ def run(ctx):
     result, linear, choice = ctx.group.decide(
         lambda: fit_best_head(ctx.cfg, f, ctx.console.progress, ctx.checkpoint, ctx.resume))
     width = f.widths[choice.features]
-    with torch.inference_mode():
-        val_logits = linear(f.x_val[:, :width])
+    val_logits = linear(f.x_val[:, :width])
     if choice.cv_accuracy is not None:
         ctx.console.info(head_choice_line(choice))
-    state = {f"backbone.{k}": v for k, v in ctx.models.backbone_state().items()}
-    state.update({"head.weight": linear.weight.detach(), "head.bias": linear.bias.detach()})
+    # NumPy throughout: with the features, the head and the backbone's weights cached, no torch
+    state = {f"backbone.{k}": v for k, v in ctx.models.backbone_arrays().items()}
+    state.update(linear.state())
     return Outcome(result, val_logits, state, f.split, ctx.cfg,
                    {**f.facts, "network_built": ctx.models.built, "head": choice.to_dict()}, features=choice.features)
 

@@ -29,18 +29,12 @@ def run(ctx):
     if choice.cv_accuracy is not None:
         ctx.console.info(head_choice_line(choice))
     width = f.widths[choice.features]
-    with torch.inference_mode():
-        probe_logits = head(f.x_val[:, :width])
-    probe_acc = float((probe_logits.argmax(1) == f.y_val).float().mean()) if len(f.y_val) else 0.0
+    probe_logits = head(f.x_val[:, :width])
+    probe_acc = float((probe_logits.argmax(1) == f.y_val).mean()) if len(f.y_val) else 0.0
     probe_head = head
     model_width = f.widths.get("multi", width) if ctx.models.features == "multi" else width
     if model_width > width:  # the network is multi-layer: the earlier stages' columns start at zero
-        wide = torch.nn.Linear(model_width, head.out_features)
-        with torch.no_grad():
-            wide.weight.zero_()
-            wide.weight[:, :width] = head.weight
-            wide.bias.copy_(head.bias)
-        head = wide
+        head = head.widened(model_width)
     facts = {"probe_val_acc": probe_acc, "probe_steps": probe.best_epoch, "probe_unit": probe.unit,
              "head": choice.to_dict(), **f.facts}
     backbone = {k: v.detach().clone() for k, v in ctx.models.backbone_state().items()}  # the probe's
@@ -53,10 +47,10 @@ def run(ctx):
              else "no epoch finished")
     ctx.console.info(f"lp-ft: no fine-tuned epoch beat the probe on the val images ({tuned}): keeping the probe")
     state = {f"backbone.{k}": v for k, v in backbone.items()}
-    state.update({"head.weight": probe_head.weight.detach(), "head.bias": probe_head.bias.detach()})
+    state.update({k: torch.from_numpy(v) for k, v in probe_head.state().items()})
     outcome.info.update(kept="probe", fine_tuned_val_acc=outcome.fit.best_val_acc)
     outcome.fit.best_epoch, outcome.fit.best_val_acc = 0, probe_acc
-    return Outcome(outcome.fit, probe_logits, state, f.split, outcome.cfg, outcome.info, features=choice.features)
+    return Outcome(outcome.fit, torch.from_numpy(probe_logits), state, f.split, outcome.cfg, outcome.info, features=choice.features)
 
 
 register(Strategy(
