@@ -30,8 +30,8 @@ DEVICES = ("auto", "cpu", "cuda")
 FEATURES = ("auto", "last", "multi")
 ENGINES = ("auto", "onnxruntime", "torch", "onnx")  # what runs a network (engines.choose); onnx: onnxruntime
 ENGINE_HELP = ("what runs the frozen network: auto (ONNX Runtime in fp32 on a CPU, the network converted once, "
-               "cached and checked against PyTorch; PyTorch on a GPU, and in bf16 on CPUs with AMX for long passes) "
-               "| onnxruntime | torch")
+               "cached and checked against PyTorch: the same answers on every CPU; PyTorch on a GPU) | onnxruntime "
+               "| torch (bf16 where the CPU has it: faster with AMX, answers a little different)")
 TTA = ("none", "flip", "flip-crops")  # test-time augmentation (prediction.base): the views averaged per image
 
 

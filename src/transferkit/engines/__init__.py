@@ -4,12 +4,14 @@ PyTorch.
 
 `choose` decides, once per command, which engine runs and in which precision, and why:
 
-- a CUDA GPU: PyTorch on it, in bf16 (fp16 where the GPU lacks bf16);
 - a CPU: ONNX Runtime in fp32 (the network converted once, cached by content and checked
-  against PyTorch on real images: `convert`). It ran EfficientNet-Lite0 1.2-4x faster than
-  PyTorch on CPUs without AMX, and gives the same answers on every CPU;
-- a CPU with Intel AMX, for a pass of `AMX_TORCH_MIN_IMAGES` images or more: PyTorch bf16,
-  measured about 15% faster there, enough to pay for importing torch and tracing the network;
+  against PyTorch on real images: `convert`). On AMD Zen 4 it ran EfficientNet-Lite0 1.9x as fast
+  as PyTorch bf16 and 4.3x as fast as PyTorch fp32, on Zen 5 1.1-1.2x as fast as PyTorch bf16; it
+  needs no torch import (1.3-2.8 s); and its answers are the same on every CPU. On a CPU with
+  Intel AMX, PyTorch bf16 computes 1.34x as fast (bench/engines.py), but its features differ
+  from fp32's by up to 7% of their scale, which moved 4 of CIFAR-10's 1,000 val images
+  (bench/same_answers.py): `auto` keeps the same answers, `--engine torch` takes the speed;
+- a CUDA GPU: PyTorch on it, in bf16 (fp16 where the GPU lacks bf16);
 - `--engine torch|onnxruntime` forces one; `--precision bf16` means PyTorch (ONNX Runtime has no
   bf16 kernels on CPU); ONNX Runtime missing, or a network it cannot run, means PyTorch.
 
@@ -26,11 +28,6 @@ from typing import Callable
 from ..errors import UserError
 from ..registry import Registry
 from . import cpu
-
-# A pass over this many images or more runs on PyTorch bf16 where the CPU has AMX: PyTorch there
-# ran Lite0 at 165 img/s against ONNX Runtime's 144 (bench/speed.py), 0.9 ms an image, which
-# pays for importing torch, building and tracing the network (about 2 s) from about 2,000 images.
-AMX_TORCH_MIN_IMAGES = 2000
 
 CHOICES = ("auto", "onnxruntime", "torch")
 
@@ -77,7 +74,8 @@ def normalized(engine: str) -> str:
 
 
 def choose(engine: str = "auto", device: str = "auto", precision: str = "auto", images: int | None = None) -> Choice:
-    """The engine for a pass over `images` images (None: an open-ended stream, as a server's).
+    """The engine for a pass over `images` images (None: an open-ended stream, as a server's;
+    the rule does not depend on it today, the callers say it for the rules to come).
 
     Raises `UserError` for a combination that cannot run (ONNX Runtime in bf16, or on a GPU)."""
     engine = normalized(engine)
@@ -97,10 +95,9 @@ def choose(engine: str = "auto", device: str = "auto", precision: str = "auto", 
         if engine == "onnxruntime":
             raise UserError("--engine onnxruntime needs onnxruntime: pip install onnxruntime")
         return _torch_choice("cpu", precision, "onnxruntime is not installed")
-    if engine == "auto" and precision == "auto" and cpu.has_amx_bf16() and images is not None \
-            and images >= AMX_TORCH_MIN_IMAGES:
-        return _torch_choice("cpu", "bf16", f"this CPU has AMX: PyTorch bf16 is faster for {images} images")
-    reason = "--engine onnxruntime" if engine == "onnxruntime" else "the fastest engine on this CPU in fp32"
+    reason = "--engine onnxruntime" if engine == "onnxruntime" else (
+        "fp32, the same answers on every CPU; --engine torch: PyTorch bf16, 1.34x the speed with AMX"
+        if cpu.has_amx_bf16() else "the fastest engine on this CPU, fp32: the same answers on every CPU")
     return Choice("onnxruntime", "cpu", "fp32", reason)
 
 

@@ -13,7 +13,7 @@ from ..prediction.base import BasePredictor
 from . import Choice, Engine, fallback, register
 from .convert import Converted, Network, convert, features_network, lookup, session
 
-CHECK_IMAGES = 8  # a run's validation images a conversion of its model is checked on
+CHECK_IMAGES = 8  # real images a conversion is made and checked on (a run's val images, a pass's first)
 
 
 class OrtExtractor:
@@ -35,7 +35,7 @@ class OrtExtractor:
     def _open(self, first: np.ndarray) -> None:
         found = lookup(self.network, self.cache, self.say)
         try:
-            found = found or convert(self.network, first, self.cache, self.say)
+            found = found or convert(self.network, first[:CHECK_IMAGES], self.cache, self.say)
             self._session = session(found.model)
         except UserError as exc:  # ConversionError, or a stored conversion ONNX Runtime cannot load
             self._use_torch(str(exc))

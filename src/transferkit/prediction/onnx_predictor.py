@@ -9,6 +9,7 @@ that with Pillow and NumPy, the same code the PyTorch path uses for its evaluati
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ def read_metadata(path: str | Path) -> dict:
 
 def open_session(model: str | Path | bytes, threads: int = 0):
     """An ONNX Runtime CPU session of the model at `model` (a path, or the model's bytes);
-    `threads`: its intra-op threads (0: one per core this process may use)."""
+    `threads`: its intra-op threads (0: as many as this process has cores, see below)."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -40,7 +41,9 @@ def open_session(model: str | Path | bytes, threads: int = 0):
             raise UserError(f"not found: {model}")
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only
-    options.intra_op_num_threads = threads or usable_cores()
+    # (0: the cores this process may use, or OMP_NUM_THREADS where set: torchrun sets it to share
+    # the cores among the processes of a node)
+    options.intra_op_num_threads = threads or int(os.environ.get("OMP_NUM_THREADS") or 0) or usable_cores()
     try:
         return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
                                     providers=["CPUExecutionProvider"])
