@@ -163,13 +163,18 @@ def _torch_free(code: str, cache: Path) -> subprocess.CompletedProcess:
 
 
 def test_hot_paths_never_import_torch(trained, shared_cache, tmp_path):
-    """Once a run exists and the backbone's conversion is cached, a warm default train, predict,
-    eval, a warm doctor and serve all run with torch unimportable; the warm bundle is
-    byte-identical to the one trained with torch."""
+    """Once the backbone's conversion is cached, a cold default train on new images (decoded by
+    worker processes, run on ONNX Runtime), a warm one, predict, eval, a warm doctor and serve all
+    run with torch unimportable; the warm bundle is byte-identical to the one trained with torch."""
     run, data, val = trained["run"], trained["data"], trained["data"] / "val"
     assert main(["doctor", str(data), "--out", str(tmp_path / "doc0"), "--quiet"]) == 0  # its features cached
+    ready = make_dataset(tmp_path / "ready", classes=("red", "blue"), n_train=2, n_val=1)  # no image of "other"
+    assert main(["train", str(ready), "--image-size", "64", "--out", str(tmp_path / "ready-run"), "--no-report"]) == 0
+    # the backbone's conversion now exists, whatever ran before; these images have no feature cached:
+    other = make_dataset(tmp_path / "other", classes=("blue", "green"), n_train=3, n_val=2)
     proc = _torch_free(f"""
         from transferkit.cli import main
+        assert main(["train", {str(other)!r}, "--image-size", "64", "--out", {str(tmp_path / "cold")!r}]) == 0
         assert main(["train", {str(data)!r}, "--image-size", "64", "--out", {str(tmp_path / "warm")!r}]) == 0
         assert main(["doctor", {str(data)!r}, "--out", {str(tmp_path / "doc")!r}]) == 0
         assert main(["predict", {str(run)!r}, {str(val)!r}, "--output", {str(tmp_path / "p.csv")!r}]) == 0
@@ -190,7 +195,36 @@ def test_hot_paths_never_import_torch(trained, shared_cache, tmp_path):
     assert proc.stdout.strip().splitlines()[-1] == "False False"
     assert "difference 0.0000" in proc.stdout and "converting" not in proc.stdout + proc.stderr
     assert (tmp_path / "warm" / "model.safetensors").read_bytes() == (run / "model.safetensors").read_bytes()
+    cold = json.loads((tmp_path / "cold" / "results.json").read_text())
+    assert cold["strategy_info"]["features_computed"] == 10 and cold["engine"]["name"] == "onnxruntime"
     warm = json.loads((tmp_path / "warm" / "results.json").read_text())
     assert warm["val_acc"] == trained["results"]["val_acc"] and warm["strategy_info"]["features_computed"] == 0
     assert json.loads((tmp_path / "doc" / "doctor.json").read_text())["images"] == \
         json.loads((tmp_path / "doc0" / "doctor.json").read_text())["images"]
+
+
+def test_decoding_streams_in_order_with_workers_and_leaves_none_behind(tmp_path):
+    """Worker processes decode the same batches, in the same order, as decoding in this process;
+    a pass abandoned halfway stops its workers; a bad file is a reason, not an exception."""
+    from helpers import make_image
+    from transferkit.data import stream
+    from transferkit.models.preprocess import Preprocess
+
+    paths = [str(make_image(tmp_path / f"i{i}.png", (20 * i, 90, 160), seed=i)) for i in range(7)]
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    paths.insert(3, str(tmp_path / "bad.jpg"))
+    pre = Preprocess(input_size=32, crop_pct=1.0)
+    here = list(stream.decode_batches(paths, pre, aug_views=1, seed=5, batch_size=4, workers=0))
+    batches = stream.decode_batches(paths, pre, aug_views=1, seed=5, batch_size=4, workers=2)
+    assert batches.pool is not None and len(batches.ahead) == 4  # all 4 batches under way at once
+    there = list(batches)
+    assert batches.pool is None  # exhausted: the workers are stopped
+    assert [b[0] for b in here] == [b[0] for b in there] == [[0, 1], [2], [4, 5], [6, 7]]
+    assert all(np.array_equal(a[1], b[1]) and a[2] == b[2] for a, b in zip(here, there))
+    assert here[1][3][0][0] == 3 and "not an image" in here[1][3][0][1]
+    assert here[0][1].dtype == np.uint8 and here[0][1].shape == (4, 3, 32, 32)  # 2 images x (eval + 1 view)
+    half = stream.decode_batches(paths, pre, batch_size=2, workers=1)
+    next(half)
+    workers = list(half.pool._processes.values())
+    half.close()
+    assert all(not w.is_alive() for w in workers)

@@ -335,8 +335,10 @@ def test_the_page_in_headless_chromium_shows_what_predict_says(served, tmp_path)
     if not browser_path:
         pytest.skip("chromium is not installed: `make system-deps` (run by `make test`) installs Debian's package")
     photo = str(sorted((shared_dataset("hymenoptera_data") / "val" / "bees").glob("*.jpg"))[0])
-    expected = _cli_predictions(served["run"], [photo], tmp_path, top_k=3)[Path(photo).name]
-    proc, url = _start_server(served["run"], "--engine", "torch")
+    # one engine and precision for both (fp32: the same numbers on every CPU)
+    engine = ("--engine", "torch", "--precision", "fp32")
+    expected = _cli_predictions(served["run"], [photo], tmp_path, 3, *engine)[Path(photo).name]
+    proc, url = _start_server(served["run"], *engine)
     try:
         health = json.loads(urllib.request.urlopen(url + "health", timeout=10).read())
         assert health == {"status": "ok"}

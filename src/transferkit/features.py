@@ -73,7 +73,7 @@ class FeaturePass:
         self.share = list(self.group.share(len(self.todo)))  # the positions in `todo` computed here
         self._batches = None
         if self.share:
-            from .data.datasets import decode_batches  # DataLoader workers (torch): only when there is work
+            from .data.stream import decode_batches  # worker processes: only when there is work
 
             mine = [self.todo[j] for j in self.share]
             self._batches = decode_batches(

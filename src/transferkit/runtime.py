@@ -209,8 +209,10 @@ class Extractor:
         self.std = torch.tensor(pre.std).view(1, 3, 1, 1)
 
     @torch.no_grad()
-    def forward(self, batch_u8: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, 3, S, S) -> float32 features (B, D) on the CPU."""
+    def forward(self, batch_u8) -> torch.Tensor:
+        """uint8 (B, 3, S, S) (a tensor or an array) -> float32 features (B, D) on the CPU."""
+        if not isinstance(batch_u8, torch.Tensor):
+            batch_u8 = torch.from_numpy(batch_u8)
         x = self.runtime.to_input(batch_u8, self.mean, self.std, self.runtime.dtype)
         if self.freeze and self.frozen is None:
             out = self._freeze(x)

@@ -1,9 +1,9 @@
-"""Torch datasets and loaders over image files: streaming decode for feature extraction, the
-decode cache for training, and the shuffled or class-balanced training loader."""
+"""Torch datasets and loaders over image files for training: the decode cache, and the shuffled
+or class-balanced training loader (a frozen network's pass streams through `data.stream`)."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
@@ -25,62 +25,6 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
 
 def labels_of(samples: list[Sample]) -> torch.Tensor:
     return torch.tensor([s.label for s in samples], dtype=torch.long)
-
-
-# -- streaming: every image decoded once, for one pass of a frozen backbone ------------------------
-
-
-class ImageViews(Dataset):
-    """Item i -> (i, uint8 tensor (1 + K_i, 3, S, S) or None, error reason or "", whether the
-    reason may be cached).
-
-    View 0 is the eval view (resize + center crop); views 1..K_i are seeded random resized crops
-    with flips, the same for a given (seed, image) in every run and every worker."""
-
-    def __init__(self, paths: list[str], pre: Preprocess, aug_views: int | list[int] = 0, seed: int = 0,
-                 keys: list[str] | None = None):
-        self.paths, self.pre, self.seed = paths, pre, seed
-        self.aug_views = [aug_views] * len(paths) if isinstance(aug_views, int) else list(aug_views)
-        self.keys = keys if keys is not None else paths
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        try:
-            img = load_rgb(self.paths[i], min_short_side=self.pre.resize_size)
-        except ImageDecodeError as exc:
-            return i, None, exc.reason, exc.cacheable
-        base = resize_short(img, self.pre.resize_size, self.pre.interpolation)
-        views = [center_crop(base, self.pre.input_size)]
-        for v in range(1, self.aug_views[i] + 1):
-            views.append(train_view(base, self.pre, view_rng(self.seed, self.keys[i], v)))
-        return i, torch.stack([to_tensor(v) for v in views]), "", True
-
-
-def collate_views(items):
-    """-> (indices, all their views concatenated (sum V, 3, S, S) or None, views per index, errors
-    [(index, reason, cacheable)])."""
-    ok = [(i, t) for i, t, _, _ in items if t is not None]
-    errors = [(i, reason, cacheable) for i, t, reason, cacheable in items if t is None]
-    batch = torch.cat([t for _, t in ok]) if ok else None
-    return [i for i, _ in ok], batch, [len(t) for _, t in ok], errors
-
-
-# Decoded batches a worker may hold ahead of the network (about 5 MB each at 224 px): enough to
-# decode through the 2-3 s it takes to build the network, bounded whatever the dataset's size.
-PREFETCH_BATCHES = 16
-
-
-def decode_batches(paths: list[str], pre: Preprocess, aug_views: int | list[int] = 0, seed: int = 0,
-                   keys: list[str] | None = None, batch_size: int = 32, workers: int = 0) -> Iterator[tuple]:
-    """A started iterator of `collate_views` batches of at most `batch_size` views. With
-    workers, decoding begins now, in worker processes, up to PREFETCH_BATCHES batches ahead."""
-    dataset = ImageViews(paths, pre, aug_views, seed, keys)
-    per_batch = max(1, batch_size // (1 + max(dataset.aug_views, default=0)))
-    loader = DataLoader(dataset, batch_size=per_batch, num_workers=workers, collate_fn=collate_views,
-                        prefetch_factor=max(2, PREFETCH_BATCHES // workers) if workers else None)
-    return iter(loader)
 
 
 # -- training on images: decoded once into the cache, a seeded view per epoch -----------------------
