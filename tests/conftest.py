@@ -1,5 +1,5 @@
-"""Every test gets its own feature cache, never the user's; and the precision that the
-precision-dependent tests compare in.
+"""Every test gets its own cache, never the user's (holding the conversions earlier tests made);
+and the precision that the precision-dependent tests compare in.
 
 Precision: a parity test (2 ranks against 1, served against predicted, exported against
 PyTorch) runs its networks in one fixed precision, `--precision` (default fp32, or
@@ -32,6 +32,30 @@ def precision(request) -> str:
     return request.config.getoption("--precision")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def conversions(tmp_path_factory):
+    """Networks converted for ONNX Runtime by any test, shared by all (see `isolated_cache`); and
+    a cache for the module-scoped fixtures, made before any function's own: none reaches the
+    user's cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRANSFERKIT_CACHE", str(tmp_path_factory.mktemp("fixtures-cache")))
+        yield tmp_path_factory.mktemp("conversions")
+
+
 @pytest.fixture(autouse=True)
-def isolated_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path_factory.mktemp("cache")))
+def isolated_cache(tmp_path_factory, monkeypatch, conversions):
+    """A fresh cache per test, holding the conversions earlier tests made: they are keyed by
+    everything their output depends on (a random-weights backbone by its seed), which is what
+    a user's cache shares between runs too, and re-making one cost 1.5-2.3 s (about 60 of them in
+    a run of the suite). Hard links: the cache replaces an entry atomically, never in place; a
+    test that damages a conversion on purpose uses its own cache (test_engines' shared_cache)."""
+    root = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(root))
+    engines = root / "engines"
+    engines.mkdir()
+    for made in conversions.iterdir():
+        os.link(made, engines / made.name)
+    yield root
+    for made in engines.glob("*.onnx") if engines.is_dir() else ():
+        if not (conversions / made.name).exists():
+            os.link(made, conversions / made.name)

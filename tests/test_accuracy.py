@@ -95,7 +95,7 @@ def test_multi_layer_features_end_to_end(tmp_path):
     """--features multi: the bundle says so, loads as trained (eval = the run's val accuracy),
     exports to ONNX with the same predictions, and a later run reuses every cached feature."""
     data = make_dataset(tmp_path / "d", n_train=5, n_val=3)
-    options = dict(weights="none", image_size=64, features="multi", cache_dir=str(tmp_path / "cache"), quiet=True)
+    options = dict(weights="none", image_size=64, features="multi", quiet=True)
     run = transferkit.train(data, out=str(tmp_path / "r"), **options)
     meta = json.loads((run.path / "model.json").read_text())
     assert meta["features"] == "multi" and run.results["features"] == "multi"

@@ -223,6 +223,29 @@ def test_warm_run_skips_building_the_network(tmp_path):
     assert (again.path / "model.safetensors").read_bytes() == (cold.path / "model.safetensors").read_bytes()
 
 
+def test_random_init_is_one_network_per_seed_and_never_shares_its_features(tmp_path):
+    """--weights none: the backbone is drawn from the seed, whatever the strategy, so a seed's
+    features are reused and another seed's are computed (never read from the first's cache), and
+    a linear run's bundle evaluates to its own val accuracy."""
+    data = make_dataset(tmp_path / "d", classes=("blue", "red", "green"), n_train=3, n_val=2)
+    options = dict(weights="none", image_size=64, quiet=True)
+    first = transferkit.train(data, out=str(tmp_path / "a"), **options)
+    again = transferkit.train(data, out=str(tmp_path / "b"), **options)
+    other = transferkit.train(data, out=str(tmp_path / "c"), seed=1, **options)
+    assert first.results["strategy_info"]["features_computed"] == 15
+    assert again.results["strategy_info"]["features_computed"] == 0
+    assert other.results["strategy_info"]["features_computed"] == 15
+    assert (first.path / "model.safetensors").read_bytes() == (again.path / "model.safetensors").read_bytes()
+    for run in (first, other):
+        assert transferkit.evaluate(run.path)["accuracy"] == pytest.approx(run.val_acc)
+    # lp-ft's probe is measured on the features of the very network it then fine-tunes
+    lpft = transferkit.train(data, out=str(tmp_path / "e"), strategy="lp-ft", epochs=1, lr=1e-12, batch_size=4,
+                             **options)
+    assert lpft.results["strategy_info"]["features_computed"] == 0  # seed 0's, the same network
+    info = lpft.results["strategy_info"]
+    assert info["fine_tuned_val_acc"] == pytest.approx(info["probe_val_acc"])
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
 def test_the_kept_bundle_scores_what_its_epoch_measured(tmp_path, precision):
     """The kept epoch's row in metrics.csv, results.json and `eval` of the saved bundle agree

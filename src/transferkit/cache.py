@@ -67,12 +67,12 @@ def image_key(path: str) -> str:
     return hashlib.blake2b(ident.encode(), digest_size=16).hexdigest()
 
 
-def model_key(backbone: str, weights_sha256: str | None, preprocess: dict, precision: str) -> str:
-    """Identity of what turns an image into features."""
+def model_key(backbone: str, weights: str, preprocess: dict, precision: str) -> str:
+    """Identity of what turns an image into features (`weights`: `WeightsInfo.identity`)."""
     from importlib.metadata import version
 
     return _hash({"v": FORMAT_VERSION, "decoder": DECODER_VERSION, "timm": version("timm"), "backbone": backbone,
-                  "weights": weights_sha256, "pre": preprocess, "precision": precision})
+                  "weights": weights, "pre": preprocess, "precision": precision})
 
 
 def _hash(ident: dict) -> str:

@@ -197,7 +197,7 @@ def _features(split, options: DoctorOptions, cache: Cache, console: Console):
     console.info(f"features: {engine.line()}")
     pre = spec.with_input_size(None)  # the linear default: the backbone's own size
     weights = identify_weights(spec, "imagenet")
-    key = _features_key(spec, "standard", weights.sha256, pre, engine.precision)
+    key = _features_key(spec, "standard", weights.identity, pre, engine.precision)
     multi = spec.has_multi_layer  # as train's default (--features auto): one pass serves both
     workers = default_workers() if options.workers is None else options.workers
     models = LazyClassifier(spec, len(split.classes), "imagenet", 0.0, cache.backbone_file(key), "standard",

@@ -24,13 +24,26 @@ if TYPE_CHECKING:
 class WeightsInfo:
     source: str  # "imagenet", "none" or a file path
     sha256: str | None  # of the weights file; None for random init
+    seed: int | None = None  # random init: the seed the network is initialized from
+
+    @property
+    def identity(self) -> str:
+        """What the network's output depends on, for cache keys: the weights file's sha256, or
+        for random init its seed and the torch version that draws it (two seeds are two
+        networks, and their features or conversions must never be mistaken for each other)."""
+        if self.sha256:
+            return self.sha256
+        from importlib.metadata import version
+
+        return f"random-init:seed={self.seed}:torch={version('torch')}"
 
 
-def identify_weights(spec: backbones.BackboneSpec, weights: str) -> WeightsInfo:
+def identify_weights(spec: backbones.BackboneSpec, weights: str, seed: int = 0) -> WeightsInfo:
     """Source and sha256 of the weights, without building the network (fails early when the
-    file or package is missing, or the published checksum does not match)."""
+    file or package is missing, or the published checksum does not match); random init ("none")
+    is identified by `seed`."""
     if weights == "none":
-        return WeightsInfo("none", None)
+        return WeightsInfo("none", None, seed)
     if weights == "imagenet":
         return WeightsInfo("imagenet", spec.imagenet_file()[1])
     if not Path(weights).is_file():
@@ -48,10 +61,10 @@ class LazyClassifier:
 
     def __init__(self, spec: backbones.BackboneSpec, num_classes: int, weights: str,
                  dropout: float = 0.0, cache_file: Path | None = None, stem: str = "standard",
-                 features: str = "last"):
+                 features: str = "last", seed: int = 0):
         self.spec, self.num_classes, self.weights, self.dropout = spec, num_classes, weights, dropout
         self.stem, self.features = stem, features
-        self.info = identify_weights(spec, weights)
+        self.info = identify_weights(spec, weights, seed)
         self.cache_file = cache_file if self.info.sha256 else None  # random init is not cached
         self._model: Classifier | None = None
         self._state: dict[str, np.ndarray] | None = None  # the verified cache file, read once
@@ -67,10 +80,15 @@ class LazyClassifier:
 
     def get(self) -> Classifier:
         if self._model is None:
+            import torch
+
             from .classifier import build_classifier
 
-            self._model, _ = build_classifier(self.spec, self.num_classes, self.weights, self.dropout, self.stem,
-                                              self.features)
+            with torch.random.fork_rng(devices=[], enabled=self.info.seed is not None):
+                if self.info.seed is not None:  # random init: the same network for a seed, whenever built
+                    torch.manual_seed(self.info.seed)
+                self._model, _ = build_classifier(self.spec, self.num_classes, self.weights, self.dropout, self.stem,
+                                                  self.features)
             if self.cache_file is not None and self._cached_state() is None:
                 _write_checked(self.cache_file, self._model.backbone.state_dict())
         return self._model

@@ -163,13 +163,13 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
     pre = network_preprocess(spec, split) if upscaled else spec.with_input_size(size)
     stem = cfg.stem if cfg.stem != "auto" else (
         "small" if cfg.weights == "none" and pre.input_size <= 64 and backbones.has_small_stem(spec) else "standard")
-    weights = identify_weights(spec, cfg.weights)
+    weights = identify_weights(spec, cfg.weights, cfg.seed)
     uses_features = strategy.uses_features if with_features is None else with_features
     # the engine that extracts features, chosen by the primary for the group (the same precision everywhere)
     images = len(split.train) * (1 + (cfg.aug_views or 0)) + len(split.val)
     engine = group.decide(lambda: engines.choose(cfg.engine, device, cfg.precision, images)) if uses_features else None
     # (a network strategy's backbone weights are cached under its training precision's key)
-    key = _features_key(spec, stem, weights.sha256, pre, engine.precision if engine else _training_precision(device, cfg))
+    key = _features_key(spec, stem, weights.identity, pre, engine.precision if engine else _training_precision(device, cfg))
     workers = default_workers() if cfg.workers is None else cfg.workers
     # --features auto | multi: the earlier stages' pooled activations are extracted too (one pass)
     multi = cfg.features == "multi" or (cfg.features == "auto" and spec.has_multi_layer)
@@ -181,7 +181,7 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
 
         torch.manual_seed(cfg.seed)
     models = LazyClassifier(spec, len(split.classes), cfg.weights, cfg.dropout or 0.0, cache.backbone_file(key), stem,
-                            "multi" if multi else "last")
+                            "multi" if multi else "last", cfg.seed)
     features = None
     if uses_features:
         # Images whose features are missing start decoding now, while the network is built, in at
@@ -247,10 +247,10 @@ def _training_precision(device: str, cfg: TrainConfig) -> str:
     return Runtime.create(device, cfg.precision).precision
 
 
-def _features_key(spec, stem: str, weights_sha256: str | None, pre, precision: str) -> str:
-    """The features' cache key. Features are keyed by precision, not engine: ONNX Runtime's and
+def _features_key(spec, stem: str, weights: str, pre, precision: str) -> str:
+    """The features' cache key (`weights`: `WeightsInfo.identity`). Features are keyed by precision, not engine: ONNX Runtime's and
     PyTorch's fp32 features agree to 1e-5 of their scale (tested), bf16's do not."""
-    return model_key(spec.name + ("+small-stem" if stem == "small" else ""), weights_sha256, pre.to_dict(), precision)
+    return model_key(spec.name + ("+small-stem" if stem == "small" else ""), weights, pre.to_dict(), precision)
 
 
 def context_at(ctx: Context, pre) -> Context:
@@ -261,7 +261,7 @@ def context_at(ctx: Context, pre) -> Context:
     engine = ctx.engine or ctx.group.decide(lambda: engines.choose(
         ctx.cfg.engine, ctx.group.device(ctx.cfg.device), ctx.cfg.precision,
         len(ctx.split.train) * (1 + (ctx.cfg.aug_views or 0)) + len(ctx.split.val)))
-    key = _features_key(ctx.models.spec, ctx.models.stem, ctx.models.info.sha256, pre, engine.precision)
+    key = _features_key(ctx.models.spec, ctx.models.stem, ctx.models.info.identity, pre, engine.precision)
     multi = ctx.models.features == "multi"
     features = CachedFeatures(ctx.split, pre, ctx.cache.features(key), ctx.cfg.aug_views or 0, ctx.cfg.seed,
                               max(1, ctx.workers), feature_extractor(engine, key, multi, pre, ctx.models, ctx.cache,
