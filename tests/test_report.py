@@ -167,8 +167,13 @@ def test_eval_writes_its_own_report_folder(run, capsys):
     assert main(["eval", str(run_dir), str(data)]) == 0  # a second eval never overwrites the first
     assert (run_dir / "eval-data-2" / "report.html").is_file()
     capsys.readouterr()
-    assert main(["eval", str(run_dir), "--out", str(data / "train")]) == 2  # the user's folder: refused
-    assert "is not an eval folder" in capsys.readouterr().err
+    assert main(["eval", str(run_dir), "--out", str(data / "train")]) == 2  # the run's data: refused
+    assert "never writes into your data" in capsys.readouterr().err
+    mine = data.parent / "my-notes"  # a folder of the user's: refused
+    mine.mkdir(exist_ok=True)
+    (mine / "notes.txt").write_text("mine")
+    assert main(["eval", str(run_dir), "--out", str(mine)]) == 2
+    assert "is not an eval folder" in capsys.readouterr().err and (mine / "notes.txt").read_text() == "mine"
 
 
 # -- the page in a real browser ------------------------------------------------------------------

@@ -72,6 +72,69 @@ def test_a_run_never_lands_inside_the_data_and_own_folders_are_no_class(tmp_path
     assert not any("run" in s["path"] for s in again.results["skipped_files"])
 
 
+def test_no_command_writes_into_its_data_or_over_a_file_it_did_not_write(run, tmp_path, monkeypatch, capsys):
+    """One rule for every path a command writes: never inside a dataset or input folder it was
+    given (named, or the default under the current folder); never over a file transferkit did not
+    write unless --force; FIFOs and devices written through, symbolic links followed, neither
+    replaced. The data is byte-identical afterwards."""
+    data, folder = run
+    before = _digest(data)
+    photo = data / "train" / "blue" / "blue0.png"
+    refused = [
+        ["doctor", str(data), "--write-exclude", str(photo), "--out", str(tmp_path / "doc")],
+        ["doctor", str(data), "--out", str(data / "report")],
+        ["eval", str(folder), str(data), "--out", str(data / "eval")],
+        ["eval", str(folder), "--out", str(data / "val" / "eval")],  # the run's own training data
+        ["export", str(folder), "--format", "onnx", "--out", str(data / "export")],
+        ["predict", str(folder), str(data / "val"), "--output", str(data / "val" / "preds.csv")],
+        ["predict", str(folder), str(data / "val"), "--output", str(photo)],
+    ]
+    capsys.readouterr()
+    for args in refused:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "never writes into your data" in err and err.count("\n") == 1, err
+    monkeypatch.chdir(data)  # `cd DATA && transferkit doctor .`: the default ./runs would be inside
+    assert main(["doctor", ".", "--quiet"]) == 2 and "never writes into your data" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    assert _digest(data) == before and not (data / "runs").exists()
+
+    mine = tmp_path / "notes.csv"  # a file of the user's: replaced only with --force
+    mine.write_text("my,own,notes\n")
+    for args in (["predict", str(folder), str(data / "val"), "--output", str(mine)],
+                 ["doctor", str(data), "--write-exclude", str(mine), "--out", str(tmp_path / "doc"), "--quiet"]):
+        assert main(args) == 2 and "was not written by transferkit" in capsys.readouterr().err
+        assert mine.read_text() == "my,own,notes\n"
+    preds = tmp_path / "preds.csv"
+    assert main(["predict", str(folder), str(data / "val"), "--output", str(preds)]) == 0
+    assert main(["predict", str(folder), str(data / "val"), "--output", str(preds)]) == 0  # its own: replaced
+    assert main(["predict", str(folder), str(data / "val"), "--output", str(mine), "--force"]) == 0
+    assert mine.read_text() == preds.read_text()
+
+    link = tmp_path / "link.csv"  # a symbolic link: its target written, the link kept
+    link.symlink_to(preds)
+    assert main(["predict", str(folder), str(data / "val"), "--top-k", "1", "--output", str(link)]) == 0
+    assert link.is_symlink() and "top2_label" not in preds.read_text()
+    fifo = tmp_path / "fifo"  # a FIFO: written through, still a FIFO
+    os.mkfifo(fifo)
+    import threading
+
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    assert main(["predict", str(folder), str(data / "val"), "--output", str(fifo)]) == 0
+    reader.join(timeout=60)
+    assert got and got[0].startswith("path,label,probability,") and stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert main(["predict", str(folder), str(data / "val"), "--output", "/dev/null"]) == 0
+    capsys.readouterr()
+    if Path("/dev/full").exists():  # a device that is full: one line, nothing claimed
+        assert main(["predict", str(folder), str(data / "val"), "--output", "/dev/full"]) == 1
+        out, err = capsys.readouterr()
+        errors = [line for line in err.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and "Traceback" not in err and "written" not in out, err
+    assert Path("/dev/null").is_char_device() and _digest(data) == before
+
+
 def test_retraining_into_a_run_folder_leaves_nothing_of_the_old_model(run, tmp_path):
     data, first = run
     folder = tmp_path / "r"
@@ -402,3 +465,20 @@ def test_class_names_in_any_script_read_correctly_in_the_plots(tmp_path):
         transferkit.report(run.path)
     assert not [w for w in caught if "missing from" in str(w.message)], [str(w.message) for w in caught]
     assert (run.path / "confusion_matrix.png").is_file() and (run.path / "predictions.png").is_file()
+
+
+def test_users_bytes_reach_the_terminal_escaped(run, tmp_path, capsys):
+    """A file name with a terminal escape sequence and a CR/LF is quoted escaped in every line
+    that names it (a warning, an error): never obeyed by the terminal, never a forged line."""
+    data, folder = run
+    photos = tmp_path / "in"
+    photos.mkdir()
+    evil = "bad\x1b[2J\r\nerror: forged.jpg"
+    (photos / evil).write_bytes(b"not an image")
+    make_image(photos / "ok.png", (30, 60, 200))
+    assert main(["predict", str(folder), str(photos), "--output", str(tmp_path / "p.csv")]) == 0
+    assert main(["predict", str(folder), str(photos / "missing\x1b]0;title\x07.jpg")]) == 2
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\r" not in err and "\x07" not in err
+    assert not any(line.startswith("error: forged") for line in err.splitlines())
+    assert "bad\\x1b[2J\\r\\nerror: forged.jpg" in err, err

@@ -244,3 +244,62 @@ def test_predictions_written_as_they_come_are_the_whole_document():
     empty = io.StringIO()
     PredictionWriter(empty, "json", 1).close()
     assert empty.getvalue() == to_json([])
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; the parent-death signal is Linux's")
+def test_no_process_outlives_the_launcher_and_nproc_is_bounded_by_the_cores(data, tmp_path, capsys):
+    """--nproc beyond the cores is refused with the reason; a launcher killed with SIGKILL (no
+    chance to clean up) takes torchrun and both training processes with it."""
+    from transferkit.cli import main
+    from transferkit.engines.cpu import usable_cores
+
+    assert main(["train", str(data), "--nproc", str(usable_cores() + 1), "--quiet"]) == 2
+    assert "CPU core" in capsys.readouterr().err
+    launcher = subprocess.Popen([sys.executable, "-m", "transferkit", "train", str(data), "--out", str(tmp_path / "r"),
+                                 "--nproc", "2", *NETWORK, "--epochs", "500"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    started: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and launcher.poll() is None:
+            started = _descendants(launcher.pid)
+            if len(started) >= 3 and (tmp_path / "r" / "config.yaml").exists():  # torchrun and 2 training
+                break
+            time.sleep(0.5)
+        assert len(started) >= 3 and launcher.poll() is None, "the training processes never started"
+        os.kill(launcher.pid, signal.SIGKILL)
+        launcher.wait()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(_running(p) for p in started):
+            time.sleep(0.5)
+        assert not [p for p in started if _running(p)], "processes outlived the launcher"
+    finally:
+        for pid in [launcher.pid, *started, *_descendants(launcher.pid)]:  # none left, even when it failed
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass

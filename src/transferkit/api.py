@@ -151,9 +151,13 @@ def evaluate(run: str | Path, data: str | Path | None = None, device: str = "aut
 def _eval_dir(run_dir: Path, data, out) -> Path:
     """--out, or a fresh RUN/eval-<dataset name> (eval-val for the run's own split), never an
     existing folder of the user's that is not an eval folder."""
+    from .models.bundle import trained_on
+
+    datasets = [*trained_on(run_dir), *([data] if data is not None else [])]
     if out is not None:
-        return claim_out(out, ("metrics.json",), "an eval folder")
-    return fresh_dir(run_dir / f"eval-{Path(data).expanduser().absolute().name if data is not None else 'val'}")
+        return claim_out(out, ("metrics.json",), "an eval folder", datasets)
+    return fresh_dir(run_dir / f"eval-{Path(data).expanduser().absolute().name if data is not None else 'val'}",
+                     datasets, "the eval folder")
 
 
 def export(run: str | Path, formats: str = "all", calib: int = 100, max_drop: float = 1.0,

@@ -12,6 +12,7 @@ from pathlib import Path
 from . import config
 from .config import DoctorOptions, ExportOptions, LRFindOptions, PredictOptions, ServeOptions, SummaryOptions, TrainConfig
 from .errors import Terminated, UserError, os_error_line
+from .console import printable
 
 _TYPES = {"int": int, "float": float, "str": str}
 
@@ -105,7 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 "only: torch is not needed)")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
     add_options(p, PredictOptions)
-    p.add_argument("--output", help="preds.csv or preds.json (default: CSV on stdout)")
+    p.add_argument("--output", help="preds.csv or preds.json (default: CSV on stdout); never inside an input "
+                                    "folder; an existing file only if predict wrote it (or with --force); a FIFO "
+                                    "or device is written through")
+    p.add_argument("--force", action="store_true", help="replace an existing --output file that predict did not write")
 
     p = sub.add_parser("doctor", help="find what is wrong with a dataset before training on it",
                        description="Exact and near duplicates (and train/val leakage), images with two labels, "
@@ -210,13 +214,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .prediction.outputs import PredictionWriter, expand_inputs
-
     from .files import check_output_file
+    from .prediction.outputs import OWN_HEADS, PredictionWriter, expand_inputs
 
     options = PredictOptions(**_options(args, PredictOptions))
     if args.output:
-        check_output_file(args.output, "--output")
+        from .models.bundle import trained_on
+
+        datasets = [*args.inputs, *(trained_on(Path(args.run)) if Path(args.run).is_dir() else [])]
+        check_output_file(args.output, "--output", datasets, OWN_HEADS, args.force)
     files = expand_inputs(args.inputs)
     if not files:
         raise UserError("no files found in the given inputs")
@@ -242,7 +248,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             preds = predictor.predict(files[start:start + PREDICT_CHUNK], top_k, progress=lambda n, desc: _Part(bar))
             for p in preds:
                 if p.error:
-                    print(f"warning: {p.path}: {p.error}", file=sys.stderr)
+                    print(printable(f"warning: {p.path}: {p.error}", lines=False), file=sys.stderr)
             writer.write(preds)
         writer.close()
     bar.close()
@@ -269,14 +275,14 @@ class _Part:
 
 @contextlib.contextmanager
 def _output_stream(output: str | None):
-    """stdout, or a temporary file beside `output` renamed over it once complete (a failure
-    leaves no half-written file under the name)."""
+    """stdout, or `output` (`files.output_stream`: a file is written beside it and renamed over
+    it once complete, so a failure leaves no half-written file under the name)."""
     if not output:
         yield sys.stdout
         return
-    from .files import atomic_stream
+    from .files import output_stream
 
-    with atomic_stream(Path(output).expanduser(), "w", encoding="utf-8", newline="") as f:
+    with output_stream(output, "w", encoding="utf-8", newline="") as f:
         yield f
 
 
@@ -353,6 +359,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    from .distributed import under_torchrun
+
+    if under_torchrun():  # a process torchrun started ends with torchrun, even when that is killed
+        from .processes import die_with_parent
+
+        die_with_parent()
     try:
         if args.command == "train":
             return cmd_train(args, started, argv)
@@ -361,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
                     "serve": cmd_serve, "doctor": cmd_doctor}
         return handlers[args.command](args)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(printable(f"error: {exc}", lines=False), file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
         import os
@@ -369,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except OSError as exc:  # a read-only folder, a full disk, a file in the way: one line, not a traceback
-        print(f"error: {os_error_line(exc)}", file=sys.stderr)
+        print(printable(f"error: {os_error_line(exc)}", lines=False), file=sys.stderr)
         return 1
     except Exception as exc:  # noqa: BLE001 - only a peer's failure is answered here
         if not _peer_failed(exc):

@@ -348,7 +348,8 @@ class DoctorOptions:
                      "features are shared with train through the cache)")
     out: str | None = opt(None, "folder for doctor.json and doctor.html (default: a new runs/doctor-<data> folder)")
     write_exclude: str | None = opt(None, "write the files it would leave out to this file, one per line, for "
-                                    "`train --exclude`")
+                                    "`train --exclude` (never into DATA; an existing file only if doctor wrote it)")
+    force: bool = opt(False, "replace an existing --write-exclude file that doctor did not write")
     near_threshold: float = opt(0.90, "cosine similarity of two images' features from which they are near "
                                 "duplicates", low=0, high=1, low_open=True)
     val_fraction: float = opt(0.2, "share held out for validation without a val/ folder (as train: the same split)",

@@ -15,11 +15,11 @@ class Console:
 
     def info(self, msg: str) -> None:
         if not self.quiet:
-            print(msg, flush=True)
+            print(printable(msg), flush=True)
 
     def warn(self, msg: str) -> None:
         if self.warnings:
-            print(f"warning: {msg}", file=sys.stderr, flush=True)
+            print(f"warning: {printable(msg, lines=False)}", file=sys.stderr, flush=True)
 
     def progress(self, total: int, desc: str):
         """Progress of long work on stderr: a tqdm bar on a terminal; elsewhere (a log file, CI)
@@ -31,6 +31,16 @@ class Console:
 
             return tqdm(total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True)
         return LogProgress(total, desc)
+
+
+def printable(msg: str, lines: bool = True) -> str:
+    """`msg` with the control characters of any user's text in it (file names, class names,
+    paths) escaped (`files.shown`): a terminal escape sequence is shown, not obeyed. `lines`:
+    its line breaks kept (a table); otherwise (a warning or an error: one line) escaped too, so
+    that a CR or LF inside a name cannot forge a line of its own."""
+    from .files import shown
+
+    return "\n".join(shown(line) for line in str(msg).split("\n")) if lines else shown(msg)
 
 
 class LogProgress:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import secrets
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -128,34 +129,105 @@ def csv_untext(value: str) -> str:
     return value[1:] if value.startswith("'") and value[1:].startswith(_FORMULA) else value
 
 
-def check_output_file(path: str | Path, flag: str) -> Path:
-    """An output file the user named: its folder must exist and be writable, checked before any
-    long work starts."""
+# -- where a command may write: one rule for every path it writes -----------------------------------
+#
+# Never inside a dataset the command was given (its files would be taken for images, or replace
+# them); never over an existing file that transferkit did not write, unless asked (--force); a
+# FIFO or a character device (/dev/stdout, a pipe) is written through, never replaced; a symbolic
+# link is followed: its target is written, the link is kept.
+
+
+def refuse_inside(path: str | Path, data, flag: str) -> None:
+    """Raise a UserError when `path` (followed through symbolic links) is, or is inside, one of
+    the folders in `data` (the datasets and input folders the command reads)."""
+    target = Path(path).expanduser().resolve()
+    for root in data:
+        folder = Path(root).expanduser().resolve()
+        if folder.is_dir() and (target == folder or folder in target.parents):
+            raise UserError(f"{flag} {shown(path)} is inside {shown(root)}, which this command reads as data: "
+                            "transferkit never writes into your data; give a path outside it")
+
+
+def check_output_file(path: str | Path, flag: str, data=(), ours: bytes | tuple[bytes, ...] = (),
+                      force: bool = False) -> Path:
+    """An output file the user named, checked before any long work starts: not inside `data`;
+    its folder exists and is writable; if it exists, a FIFO or character device (written
+    through) or a regular file that transferkit wrote (it starts with one of `ours`) or that
+    `force` allows to replace."""
     path = Path(path).expanduser()
-    folder = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise UserError(f"{flag} {path} is a folder, not a file")
+    refuse_inside(path, data, flag)
+    target = path.resolve()
+    folder = target.parent
+    if target.is_dir():
+        raise UserError(f"{flag} {shown(path)} is a folder, not a file")
     if not folder.is_dir():
-        raise UserError(f"{flag} {path}: the folder {folder} does not exist")
+        raise UserError(f"{flag} {shown(path)}: the folder {shown(folder)} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {path}: the folder {folder} is not writable")
+        raise UserError(f"{flag} {shown(path)}: the folder {shown(folder)} is not writable")
+    if target.exists():
+        mode = target.stat().st_mode
+        if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
+            return path
+        if not stat.S_ISREG(mode):
+            raise UserError(f"{flag} {shown(path)} is neither a file, a FIFO nor a character device")
+        if not force and not _starts_with(target, (ours,) if isinstance(ours, bytes) else ours):
+            raise UserError(f"{flag} {shown(path)} exists and was not written by transferkit: give another "
+                            "name, or --force to replace it")
     return path
 
 
-def claim_out(out: str | Path, markers: tuple[str, ...], kind: str) -> Path:
-    """The folder `--out` names, created if needed: new, empty, or already `kind` (holding one of
-    `markers`). A file, or a folder of other files (which would be overwritten), is refused."""
+def _starts_with(path: Path, heads: tuple[bytes, ...]) -> bool:
+    if path.stat().st_size == 0:
+        return True  # an empty file holds nothing to lose
+    try:
+        with open(path, "rb") as f:
+            start = f.read(max((len(h) for h in heads), default=0))
+    except OSError:
+        return False
+    return any(h and start.startswith(h) for h in heads)
+
+
+@contextlib.contextmanager
+def output_stream(path: str | Path, mode: str = "w", **open_args):
+    """Where `check_output_file` allowed writing: a FIFO or character device written through; a
+    file (a symbolic link's target) written atomically (`atomic_stream`)."""
+    target = Path(path).expanduser().resolve()
+    if target.exists() and not stat.S_ISREG(target.stat().st_mode):
+        with open(target, mode, **open_args) as f:
+            yield f
+        return
+    with atomic_stream(target, mode, **open_args) as f:
+        yield f
+
+
+def shown(value) -> str:
+    """A path, file name or any user's text as it may be printed: control characters (terminal
+    escape sequences, CR/LF that would forge a log line) and undecodable bytes escaped."""
+    text = os.fsdecode(value) if isinstance(value, (bytes, os.PathLike)) else str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   if ord(c) < 0xD800 or ord(c) > 0xDFFF else f"\\x{ord(c) - 0xDC00:02x}" for c in text)
+
+
+def claim_out(out: str | Path, markers: tuple[str, ...], kind: str, data=()) -> Path:
+    """The folder `--out` names, created if needed: outside `data`; new, empty, or already
+    `kind` (holding one of `markers`). A file, or a folder of other files (which would be
+    overwritten), is refused."""
     out = Path(out).expanduser()
+    refuse_inside(out, data, "--out")
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a folder")
+        raise UserError(f"--out {shown(out)} is a file, not a folder")
     if out.is_dir() and any(out.iterdir()) and not any((out / m).exists() for m in markers):
-        raise UserError(f"--out {out} is not empty and is not {kind}; choose another folder")
+        raise UserError(f"--out {shown(out)} is not empty and is not {kind}; choose another folder")
     out.mkdir(parents=True, exist_ok=True)
     return out
 
 
-def fresh_dir(base: Path) -> Path:
-    """`base`, or base-2, base-3, ...: the first that does not exist yet, created."""
+def fresh_dir(base: Path, data=(), flag: str = "the output folder") -> Path:
+    """`base`, or base-2, base-3, ...: the first that does not exist yet, created; never inside
+    `data` (a default folder under the current directory, when that is a dataset)."""
+    refuse_inside(base, data, flag)
     path, n = base, 2
     while path.exists():
         path, n = base.with_name(f"{base.name}-{n}"), n + 1

@@ -7,14 +7,18 @@ out of the user's terminal: a failing process's error is printed by that process
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
 
 from .distributed import under_torchrun
+from .engines.cpu import usable_cores
 from .errors import UserError
+from .processes import die_with_parent
 
 # torchrun's logging (glog style: "W1201 15:02:11.123000 4242 torch/distributed/run.py:792] ...").
 _TORCHRUN_LOG = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ ")
@@ -42,20 +46,59 @@ def launch(nproc: int, argv: list[str]) -> int:
         if nproc > torch.cuda.device_count():
             raise UserError(f"--nproc {nproc}: this machine has {torch.cuda.device_count()} GPU(s), one per process")
     else:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = usable_cores()
+        if nproc > cores:
+            raise UserError(f"--nproc {nproc}: this machine gives this command {cores} CPU core(s); more processes "
+                            f"than cores only compete for them (and each holds its own copy of the network): "
+                            f"use --nproc {cores} or fewer")
         env.setdefault("OMP_NUM_THREADS", str(max(1, cores // nproc)))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "transferkit", *args]
-    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace")
+    parent = os.getpid()
+    # torchrun gets SIGTERM when this process dies, however it dies (and its training processes,
+    # each in a session of its own, end with torchrun: `cli.main` has them die with it)
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace",
+                            preexec_fn=lambda: die_with_parent(signal.SIGTERM, parent))
     said: set[str] = set()
     relay = threading.Thread(target=_relay, args=(proc.stderr, said), daemon=True)
     relay.start()
-    try:
-        code = proc.wait()
-    except KeyboardInterrupt:  # Ctrl-C reached torchrun and its workers too: let them stop
-        code = proc.wait()
+    with _forwarded(proc):
+        code = _wait(proc)
     relay.join(timeout=5)
     return 2 if code and said else code  # a user's mistake, as in one process
+
+
+STOP_GRACE_S = 30  # after SIGTERM, how long torchrun may take to stop its processes before SIGKILL
+
+
+@contextlib.contextmanager
+def _forwarded(proc: subprocess.Popen):
+    """SIGTERM and SIGHUP to this process are passed on to torchrun (which stops its processes)
+    instead of ending this one first; Ctrl-C reaches torchrun through the terminal itself."""
+    def forward(signum, frame):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def _wait(proc: subprocess.Popen) -> int:
+    while True:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:  # Ctrl-C reached torchrun and its processes too: let them stop
+            try:
+                return proc.wait(timeout=STOP_GRACE_S)
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):
+                proc.kill()
 
 
 def _relay(stream, said: set[str]) -> None:

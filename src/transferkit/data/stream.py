@@ -10,7 +10,7 @@ every worker (`views.view_rng`).
 
 from __future__ import annotations
 
-import sys
+import os
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Iterator
@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import ImageDecodeError
 from ..models.preprocess import Preprocess
+from ..processes import die_with_parent
 from .decode import center_crop, load_rgb, resize_short
 from .views import train_view, view_rng
 
@@ -71,7 +72,7 @@ class DecodedBatches:
         self.views = views
         self.chunks = deque(range(s, min(s + per_batch, len(views))) for s in range(0, len(views), per_batch))
         self.ahead: deque[Future] = deque()
-        self.pool = ProcessPoolExecutor(workers, initializer=_worker_start, initargs=(views,)) \
+        self.pool = ProcessPoolExecutor(workers, initializer=_worker_start, initargs=(views, os.getpid())) \
             if workers and self.chunks else None
         self._fill()
 
@@ -114,24 +115,11 @@ def decode_batches(paths: list[str], pre: Preprocess, aug_views: int | list[int]
 _worker_views: ImageViews | None = None
 
 
-def _worker_start(views: ImageViews) -> None:
+def _worker_start(views: ImageViews, parent: int) -> None:
     global _worker_views
     _worker_views = views
-    _die_with_parent()
+    die_with_parent(parent=parent)  # none is ever left behind decoding for nobody
 
 
 def _decode(indices: range) -> tuple:
     return _worker_views.batch(indices)
-
-
-def _die_with_parent() -> None:
-    """On Linux, a worker is killed when the process that started it dies (SIGKILL included),
-    so none is ever left behind decoding for nobody."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass

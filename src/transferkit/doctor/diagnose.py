@@ -15,7 +15,7 @@ from ..cache import Cache
 from ..config import DoctorOptions
 from ..console import Console
 from ..errors import UserError
-from ..files import atomic_write, check_output_file, claim_out, fresh_dir
+from ..files import atomic_write, check_output_file, claim_out, fresh_dir, output_stream, refuse_inside
 from . import checks, images
 
 def diagnose(data: str | Path, options: DoctorOptions | None = None, console: Console | None = None,
@@ -28,10 +28,10 @@ def diagnose(data: str | Path, options: DoctorOptions | None = None, console: Co
 
     options, console = options or DoctorOptions(), console or Console()
     started = time.perf_counter()
-    if options.write_exclude:
-        check_output_file(options.write_exclude, "--write-exclude")
-    cache = Cache(options.cache_dir).prepare()
     data = Path(data).expanduser().absolute()
+    if options.write_exclude:
+        check_output_file(options.write_exclude, "--write-exclude", [data], EXCLUDE_HEAD, options.force)
+    cache = Cache(options.cache_dir).prepare()
     split = discover(data, options.val_fraction, options.seed, cache.datasets())
     out = _out_dir(options.out, data)
     features = _features(split, options, cache, console)
@@ -48,7 +48,8 @@ def diagnose(data: str | Path, options: DoctorOptions | None = None, console: Co
 
     write_page(out / "doctor.html", report)
     if options.write_exclude:
-        atomic_write(options.write_exclude, exclude_text(report).encode())
+        with output_stream(options.write_exclude, "wb") as f:
+            f.write(exclude_text(report).encode())
     report["out"] = str(out)
     for line in summary_lines(report):
         console.info(line) if not line.startswith("!") else console.warn(line[1:])
@@ -134,6 +135,9 @@ def summary_lines(report: dict) -> list[str]:
     return lines
 
 
+EXCLUDE_HEAD = b"# transferkit doctor "  # how an exclude list starts: doctor replaces only its own
+
+
 def exclude_text(report: dict) -> str:
     """The files doctor would leave out, for `train --exclude`: the second file of each duplicate
     pair (the val copy of a leak), both files of an image with two labels, likely label errors,
@@ -153,7 +157,7 @@ def exclude_text(report: dict) -> str:
         chosen.setdefault(x["path"], f"outlier (z {x['z']})")
     for x in report["image_issues"].get("blank", []):
         chosen.setdefault(x["path"], f"blank: {x['detail']}")
-    lines = [f"# transferkit doctor {report['data']}: {len(chosen)} file(s) to leave out (train --exclude THIS_FILE)"]
+    lines = [f"{EXCLUDE_HEAD.decode()}{report['data']}: {len(chosen)} file(s) to leave out (train --exclude THIS_FILE)"]
     for path, why in chosen.items():
         lines += [f"# {why}", path]
     return "\n".join(lines) + "\n"
@@ -173,13 +177,11 @@ def read_exclude(path: str | Path) -> set[str]:
 
 def _out_dir(out: str | None, data: Path) -> Path:
     if out is not None:
-        target = Path(out).expanduser().absolute()
-        if target == data or data in target.parents:
-            raise UserError(f"--out {out} is inside the dataset {data}: its files would be taken for images")
-        return claim_out(target, ("doctor.json", "doctor.html"), "a doctor folder")
+        return claim_out(Path(out).expanduser().absolute(), ("doctor.json", "doctor.html"), "a doctor folder", [data])
     target = Path("runs") / f"doctor-{data.name}"
+    refuse_inside(target, [data], "the report folder (default: ./runs/doctor-<data>; --out elsewhere)")
     target.parent.mkdir(parents=True, exist_ok=True)
-    return fresh_dir(target)
+    return fresh_dir(target, [data])
 
 
 def _features(split, options: DoctorOptions, cache: Cache, console: Console):

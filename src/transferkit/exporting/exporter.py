@@ -52,7 +52,7 @@ def export(run: str | Path, options: ExportOptions | None = None, console: Conso
     split = json.loads(split_file.read_text())
     meta = metadata(bmeta)
     ours = ("export.json", *(f.file for f in FORMATS), *(failing_name(Path(f.file)).name for f in FORMATS))
-    out_dir = claim_out(options.out or run_dir / "export", ours, "an export folder")
+    out_dir = claim_out(options.out or run_dir / "export", ours, "an export folder", bundle.trained_on(run_dir))
     val = [(p, int(label)) for p, label in split["val"] if Path(p).exists()]
     if len(val) < len(split["val"]):
         console.warn(f"{len(split['val']) - len(val)} validation image(s) of this run are gone; checking on the rest")

@@ -175,6 +175,18 @@ def weights_sha256(meta: BundleMeta, run_dir: Path) -> str:
     return digest
 
 
+def trained_on(run_dir: Path) -> list[str]:
+    """The dataset folder the run in `run_dir` was trained on (its config.yaml), if known: a
+    command on the run never writes into it."""
+    try:
+        import yaml
+
+        data = (yaml.safe_load((Path(run_dir) / "config.yaml").read_text(encoding="utf-8")) or {}).get("data")
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        return []
+    return [data] if isinstance(data, str) and data else []
+
+
 def load(path: str | Path) -> tuple["Classifier", BundleMeta, Path]:
     """Load a bundle into a `Classifier` on the CPU (eval mode)."""
     from safetensors.torch import load_file

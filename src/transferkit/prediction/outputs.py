@@ -56,6 +56,10 @@ def to_csv(preds: list[Prediction], top_k: int) -> str:
     return csv_table(_csv_header(top_k), _csv_rows(preds, top_k))
 
 
+# How predict's own output files start (CSV, JSON, JSON of no image): predict replaces only these.
+OWN_HEADS = (b"path,label,probability,", b'[\n  {\n    "path": ', b"[]\n")
+
+
 def _csv_header(top_k: int) -> list[str]:
     header = ["path", "label", "probability"]
     for k in range(1, top_k + 1):
