@@ -51,12 +51,12 @@ def digest(folder: Path) -> str:
     h = hashlib.sha256()
     for p in sorted(folder.rglob("*")):
         if p.is_file() and not p.is_symlink():
-            h.update(str(p.relative_to(folder)).encode() + p.read_bytes())
+            h.update(os.fsencode(str(p.relative_to(folder))) + p.read_bytes())
     return h.hexdigest()
 
 
-def cases(w: Path) -> list[tuple[str, list[str], Path | None]]:
-    """(name, CLI arguments, the user's data folder to check or None)."""
+def cases(w: Path) -> list[tuple]:
+    """(name, CLI arguments, the user's data folder to check or None[, the folder to run in])."""
     out: list[tuple[str, list[str], Path | None]] = []
 
     def data(name: str, **kw) -> Path:
@@ -161,6 +161,97 @@ def cases(w: Path) -> list[tuple[str, list[str], Path | None]]:
     out.append(("resume a finished run", ["train", "--resume", str(run)], None))
     out.append(("missing dataset folder", ["train", str(w / "nope")], None))
     out.append(("dataset is a file", ["train", str(w / "afile")], None))
+    out += round_three(w, good, run)
+    return out
+
+
+def damaged_exif_jpeg(path: Path, entries) -> Path:
+    """A JPEG whose EXIF block is `entries` (tag, type, count, 4 value bytes), written raw."""
+    import struct
+
+    ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHI", t, k, n) + v.ljust(4, b"\0")
+                                                       for t, k, n, v in entries) + struct.pack("<I", 0)
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (30, 60, 200)).save(buf, "JPEG", exif=b"Exif\x00\x00II*\x00" + struct.pack("<I", 8) + ifd)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+def round_three(w: Path, good: Path, run: Path) -> list:
+    """The third round's classes (issue 26): writes into the data or over the user's files through
+    any door, inputs no test had, bytes from users in terminal lines, processes beyond the cores."""
+    out = []
+    photo = good / "train" / "blue" / "0.png"
+    out.append(("doctor --write-exclude onto a photo", ["doctor", str(good), "--write-exclude", str(photo),
+                                                        "--out", str(w / "d1"), "--quiet"], good))
+    out.append(("cd DATA && doctor .", ["doctor", ".", "--quiet"], good, good))
+    out.append(("cd DATA && train .", ["train", ".", *TINY], good, good))
+    out.append(("eval --out inside the DATA given", ["eval", str(run), str(good), "--out", str(good / "ev")], good))
+    out.append(("eval --out inside the run's data", ["eval", str(run), "--out", str(good / "val" / "ev")], good))
+    out.append(("export --out inside the run's data", ["export", str(run), "--format", "onnx", "--out",
+                                                       str(good / "exp")], good))
+    out.append(("doctor --out inside DATA", ["doctor", str(good), "--out", str(good / "doc"), "--quiet"], good))
+    out.append(("predict --output onto a photo", ["predict", str(run), str(w / "good" / "val"), "--output",
+                                                  str(photo)], good))
+    out.append(("predict --output inside the input folder", ["predict", str(run), str(good / "val"), "--output",
+                                                             str(good / "val" / "p.csv")], good))
+    notes = w / "notes"
+    notes.mkdir()
+    (notes / "notes.csv").write_text("my,own\n")
+    os.symlink(notes / "notes.csv", notes / "link.csv")
+    out.append(("predict --output onto the user's file", ["predict", str(run), str(good / "val"), "--output",
+                                                          str(notes / "notes.csv")], notes))
+    out.append(("predict --output onto a link to the user's file", ["predict", str(run), str(good / "val"),
+                                                                    "--output", str(notes / "link.csv")], notes))
+    out.append(("doctor --write-exclude onto the user's file", ["doctor", str(good), "--write-exclude",
+                                                                 str(notes / "notes.csv"), "--out", str(w / "d2"),
+                                                                 "--quiet"], notes))
+    out.append(("predict --output a folder", ["predict", str(run), str(good / "val"), "--output", str(notes)], notes))
+    out.append(("predict --output /dev/null", ["predict", str(run), str(good / "val"), "--output", "/dev/null"], good))
+    if Path("/dev/full").exists():
+        out.append(("predict --output /dev/full (no space)", ["predict", str(run), str(good / "val"), "--output",
+                                                               "/dev/full"], good))
+
+    exif = dataset(w / "exif")
+    damaged_exif_jpeg(exif / "train" / "blue" / "text-in-rational.jpg", [(0x0112, 3, 1, b"\x06\x00"),
+                                                                         (0x011A, 2, 4, b"xyz\x00")])
+    damaged_exif_jpeg(exif / "train" / "red" / "count-past-end.jpg", [(0x0112, 3, 1000, b"\x06\x00")])
+    damaged_exif_jpeg(exif / "train" / "red" / "text-orientation.jpg", [(0x0112, 2, 4, b"abc\x00")])
+    out.append(("predict: JPEGs with damaged EXIF", ["predict", str(run), str(exif / "train")], exif))
+    out.append(("train: JPEGs with damaged EXIF", ["train", str(exif), "--out", str(w / "r-exif"), *TINY], exif))
+    out.append(("doctor: JPEGs with damaged EXIF", ["doctor", str(exif), "--out", str(w / "d-exif"), "--quiet"], exif))
+
+    raw = dataset(w / "raw-names")
+    os.rename(raw / "train" / "blue" / "0.png", os.path.join(os.fsencode(raw / "train" / "blue"), b"b\xfflue.png"))
+    os.rename(raw / "val" / "red" / "v0.png", os.path.join(os.fsencode(raw / "val" / "red"), b"r\xfeed.png"))
+    out.append(("predict: a file name that is not UTF-8", ["predict", str(run), str(raw / "train"), "--output",
+                                                           str(w / "raw.csv")], raw))
+    out.append(("train: a file name that is not UTF-8", ["train", str(raw), "--out", str(w / "r-raw"), *TINY], raw))
+    out.append(("doctor --write-exclude: names not UTF-8", ["doctor", str(raw), "--out", str(w / "d-raw"),
+                                                            "--write-exclude", str(w / "raw-ex.txt"), "--quiet"], raw))
+    escapes = w / "escapes"
+    escapes.mkdir()
+    (escapes / "bad\x1b[2J\r\nerror: forged.jpg").write_bytes(b"not an image")
+    out.append(("terminal escapes and CR/LF in a file name", ["predict", str(run), str(escapes)], escapes))
+    out.append(("a path with escapes that does not exist", ["predict", str(run), str(w / "no\x1b]0;t\x07.jpg")], None))
+    out.append(("train --nproc 99", ["train", str(good), "--nproc", "99", *TINY], good))
+    out.append(("train --nproc 0", ["train", str(good), "--nproc", "0", *TINY], good))
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    meta = json.loads((run / "model.json").read_text())
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["input"], ["flat"]), helper.make_node("MatMul", ["flat", "w"], ["output"])],
+        "two", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 4, 4])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor("w", TensorProto.FLOAT, [48, 2], [0.0] * 96)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    helper.set_model_props(model, {"transferkit": json.dumps({"classes": ["a", "b", "c"],
+                                                              "preprocess": meta["preprocess"]})})
+    onnx.save(model, w / "three.onnx")
+    out.append(("ONNX metadata: 3 classes, 2 outputs", ["predict", str(w / "three.onnx"), str(good / "val")], good))
     return out
 
 
@@ -172,10 +263,10 @@ def main() -> int:
     env = {**os.environ, "TRANSFERKIT_CACHE": str(work / "cache")}
     os.environ["TRANSFERKIT_CACHE"] = env["TRANSFERKIT_CACHE"]
     rows, bad = [], 0
-    for name, cli, data in cases(work):
+    for name, cli, data, *cwd in cases(work):  # (cwd: where the command runs, when not the work folder)
         before = digest(data) if data else None
         proc = subprocess.run([sys.executable, "-m", "transferkit", *cli], capture_output=True, text=True, env=env,
-                              cwd=work, timeout=600)
+                              cwd=cwd[0] if cwd else work, timeout=600, errors="replace")
         traceback = "Traceback" in proc.stderr
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
         changed = data is not None and digest(data) != before

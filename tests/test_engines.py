@@ -138,6 +138,10 @@ def test_a_damaged_conversion_is_rebuilt_and_damaged_weights_refused(trained, sh
     weights.write_bytes(bytes(raw))  # the conversion is cached, but keyed by the verified weights
     assert main(["predict", str(run), str(trained["data"] / "val")]) == 2
     assert "does not match the checksum" in capsys.readouterr().err
+    from transferkit.serving.model import ServedModel
+
+    with pytest.raises(UserError, match="does not match the checksum"):  # serve too, its conversion cached
+        ServedModel(run)
 
 
 BLOCK_TORCH = textwrap.dedent("""

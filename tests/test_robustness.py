@@ -482,3 +482,65 @@ def test_users_bytes_reach_the_terminal_escaped(run, tmp_path, capsys):
     assert "\x1b" not in err and "\r" not in err and "\x07" not in err
     assert not any(line.startswith("error: forged") for line in err.splitlines())
     assert "bad\\x1b[2J\\r\\nerror: forged.jpg" in err, err
+
+
+def _damaged_exif_jpeg(path: Path) -> None:
+    """A JPEG whose EXIF block holds a text value under a numeric tag (XResolution), beside a
+    rotation: Pillow's EXIF transpose raises on it."""
+    import io
+    import struct
+
+    from PIL import Image
+
+    entries = [(0x0112, 3, 1, b"\x06\x00"), (0x011A, 2, 4, b"xyz\x00")]
+    ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHI", t, k, n) + v.ljust(4, b"\0")
+                                                       for t, k, n, v in entries) + struct.pack("<I", 0)
+    buf = io.BytesIO()
+    Image.new("RGB", (48, 40), (30, 60, 200)).save(buf, "JPEG", exif=b"Exif\x00\x00II*\x00" + struct.pack("<I", 8) + ifd)
+    path.write_bytes(buf.getvalue())
+
+
+def test_inputs_no_test_had_are_answered_not_tracebacks(run, tmp_path, capsys):
+    """Damaged EXIF, a file name that is not UTF-8, arguments of the wrong type, one image given
+    alone, an ONNX file whose metadata does not fit its model: each works or is one clear error."""
+    data, folder = run
+    photos = tmp_path / "in"
+    photos.mkdir()
+    _damaged_exif_jpeg(photos / "exif.jpg")
+    make_image(photos / "plain.png", (200, 40, 30))
+    os.rename(photos / "plain.png", os.path.join(os.fsencode(photos), b"pl\xffain.png"))
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(folder), str(photos), "--output", str(out)]) == 0
+    rows = out.read_bytes().splitlines()[1:]
+    assert len(rows) == 2 and all(row.endswith(b",") for row in rows)  # the last column, error, is empty
+    assert b"pl\xffain.png" in out.read_bytes()  # the file name's own bytes
+    with transferkit.load(folder) as model:
+        one = model.predict(str(photos / "exif.jpg"))
+        assert len(one) == 1 and one[0].error is None and one[0].label in ("blue", "red")
+        assert len(model.predict((photos / "exif.jpg").read_bytes())) == 1
+        with pytest.raises(transferkit.UserError, match="list of paths"):
+            model.predict(42)
+    for call in (lambda: transferkit.train(123), lambda: transferkit.load(["x"]),
+                 lambda: transferkit.evaluate(folder, data=3.5), lambda: transferkit.doctor(None),
+                 lambda: transferkit.export(123), lambda: transferkit.report(b"")):
+        with pytest.raises(transferkit.UserError, match="must be a path"):
+            call()
+    import onnx
+    from onnx import TensorProto, helper
+
+    meta = json.loads((folder / "model.json").read_text())
+    pre = meta["preprocess"]
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["input"], ["flat"]), helper.make_node("MatMul", ["flat", "w"], ["output"])],
+        "two", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 4, 4])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor("w", TensorProto.FLOAT, [48, 2], [0.0] * 96)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    from transferkit.prediction.onnx_predictor import META_KEY
+
+    helper.set_model_props(model, {META_KEY: json.dumps({"classes": ["a", "b", "c"], "preprocess": pre})})
+    onnx.save(model, tmp_path / "three.onnx")
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "three.onnx"), str(photos)]) == 2
+    err = capsys.readouterr().err
+    assert "names 3 classes" in err and err.count("\n") == 1, err

@@ -12,10 +12,12 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -319,10 +321,28 @@ def test_workers_serve_the_same_model_from_one_command(served):
         for _ in range(4):
             request = urllib.request.Request(url + "predict", body, {"Content-Type": "image/jpeg"})
             assert json.loads(urllib.request.urlopen(request, timeout=30).read())["predictions"][0]["label"]
+        # a client that sends its whole (too large) body before reading gets the 413, not a reset
+        big = urllib.request.Request(url + "predict", b"\0" * 30_000_000, {"Content-Type": "image/jpeg"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(big, timeout=60)
+        assert refused.value.code == 413
+        # a client that goes away mid-body: no server error, the next request is answered
+        host, port = re.search(r"//([^:/]+):(\d+)/", url).groups()
+        with socket.create_connection((host, int(port)), timeout=10) as raw:
+            raw.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                        b"Content-Length: 100000\r\n\r\n" + body[:1000])
+        time.sleep(0.5)
+        request = urllib.request.Request(url + "predict", body, {"Content-Type": "image/jpeg"})
+        assert urllib.request.urlopen(request, timeout=30).status == 200
+        with pytest.raises(urllib.error.HTTPError):  # a CR/LF in the path forges no log line
+            urllib.request.urlopen(url + "x%0D%0Aforged%1B[2J", timeout=10)
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
     assert proc.returncode == 0
+    log = proc.stderr.read()
+    assert "Traceback" not in log and " 500 " not in log, log[-3000:]
+    assert "x\\r\\nforged\\x1b[2J" in log and not any(line.startswith("forged") for line in log.splitlines())
 
 
 @pytest.mark.slow

@@ -9,6 +9,9 @@
 
 __version__ = "0.1.0"
 
+import sys  # noqa: E402
+import types  # noqa: E402
+
 from .errors import UserError  # noqa: E402
 
 # Imported on first use (PEP 562), so that torch-free parts (ONNX Runtime prediction from
@@ -25,6 +28,19 @@ def __getattr__(name: str):
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
+class _Package(types.ModuleType):
+    """The package, whose API names stay the API's: importing the subpackage `doctor` (which the
+    import system records as the attribute `transferkit.doctor`) must not replace the function
+    `transferkit.doctor` (seen: "'module' object is not callable" once the doctor had run)."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _LAZY and isinstance(value, types.ModuleType):
+            return  # the submodule stays reachable through sys.modules and relative imports
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 __all__ = ["train", "doctor", "load", "evaluate", "export", "report", "serve", "create_app", "Run", "Predictor", "TrainConfig",
            "UserError", "__version__"]

@@ -3,6 +3,7 @@ does the work and returns its result; the CLI is a thin layer over these."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -47,6 +48,7 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None,
 
     started = time.perf_counter() if started is None else started
     try:
+        _path(data, "data", optional=True)
         cfg, checkpoint = _train_config(data, config, options)
         cfg.validate()
     except BaseException:
@@ -56,6 +58,16 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None,
     # started once the options check out; not in the processes of a torchrun group but the primary
     with worker or Worker(spawn=is_primary_process()) as report_worker:
         return run.train(cfg, console or Console(cfg.quiet), report_worker, started, checkpoint)
+
+
+def _path(value, what: str, optional: bool = False):
+    """A path argument of the API: a str or os.PathLike naming something, else one UserError
+    (never a TypeError from deep inside, nor a number taken for a folder name)."""
+    if value is None and optional:
+        return None
+    if isinstance(value, (str, os.PathLike)) and str(value).strip():
+        return value
+    raise UserError(f"{what} must be a path (a str or pathlib.Path), not {type(value).__name__} {str(value)[:40]!r}")
 
 
 def _train_config(data, config: TrainConfig | None, options: dict) -> tuple[TrainConfig, dict | None]:
@@ -96,6 +108,7 @@ def load(path: str | Path, device: str = "auto", precision: str = "auto", tta: s
     default) torch is imported only to convert a model the cache does not hold yet."""
     from . import engines
 
+    _path(path, "the run folder")
     options = PredictOptions(device=device, precision=precision, tta=tta, engine=engine)
     return engines.load_bundle(path, options.engine, options.device, options.precision, options.tta, images,
                                say=say)
@@ -114,6 +127,7 @@ def evaluate(run: str | Path, data: str | Path | None = None, device: str = "aut
     from .models import bundle
 
     console = console or Console()
+    _path(run, "the run folder"), _path(data, "data", optional=True), _path(out, "out", optional=True)
     meta, run_dir = bundle.read_meta(run)
     if data is not None:
         samples = eval_files(data, meta.classes)
@@ -167,6 +181,7 @@ def export(run: str | Path, formats: str = "all", calib: int = 100, max_drop: fl
     `ExportResult` (``.failed`` lists artifacts whose accuracy drop exceeds `max_drop` points)."""
     from .exporting.exporter import export as run_export
 
+    _path(run, "the run folder"), _path(out, "out", optional=True)
     options = ExportOptions(formats, calib, max_drop, None if out is None else str(out), runs)
     return run_export(run, options, console or Console())
 
@@ -176,7 +191,7 @@ def report(run: str | Path) -> Path:
     metrics.json and predictions.csv; returns the report's path."""
     from .evaluation.report import render
 
-    return render(run)
+    return render(_path(run, "the run or eval folder"))
 
 
 def summary(model: str, num_classes: int = 1000, input_size: int | None = None,
@@ -209,7 +224,13 @@ def doctor(data: str | Path, console: Console | None = None, worker: Worker | No
     Example: ``transferkit.doctor("data")["label_issues"][:5]``"""
     from .doctor.diagnose import diagnose
 
-    options = DoctorOptions(**options)
+    try:
+        _path(data, "data")
+        options = DoctorOptions(**options)
+    except UserError:
+        if worker is not None:
+            worker.close()
+        raise
     try:
         return diagnose(data, options, console or Console(options.quiet), worker)
     finally:

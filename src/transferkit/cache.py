@@ -64,7 +64,8 @@ def image_key(path: str) -> str:
     """Identity of an image file: absolute path, size and modification time."""
     st = os.stat(path)
     ident = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}"
-    return hashlib.blake2b(ident.encode(), digest_size=16).hexdigest()
+    # os.fsencode: a name that is not valid UTF-8 is the file system's bytes again (surrogateescape)
+    return hashlib.blake2b(os.fsencode(ident), digest_size=16).hexdigest()
 
 
 def model_key(backbone: str, weights: str, preprocess: dict, precision: str) -> str:

@@ -280,9 +280,9 @@ def _output_stream(output: str | None):
     if not output:
         yield sys.stdout
         return
-    from .files import output_stream
+    from .files import TEXT_ERRORS, output_stream
 
-    with output_stream(output, "w", encoding="utf-8", newline="") as f:
+    with output_stream(output, "w", encoding="utf-8", errors=TEXT_ERRORS, newline="") as f:
         yield f
 
 

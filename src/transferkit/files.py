@@ -53,6 +53,16 @@ def atomic_stream(path: str | Path, mode: str = "wb", fsync: bool = True, **open
         raise
 
 
+def text_bytes(text: str) -> bytes:
+    """Text as transferkit writes it to a file: UTF-8, where a file name that is not valid UTF-8
+    (held by Python as surrogates) is written back as its own bytes, so it can be read back
+    (`TEXT_ERRORS`) and still names the file."""
+    return text.encode("utf-8", TEXT_ERRORS)
+
+
+TEXT_ERRORS = "surrogateescape"  # how transferkit writes and reads its own text files
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode())
 
@@ -192,12 +202,17 @@ def output_stream(path: str | Path, mode: str = "w", **open_args):
     """Where `check_output_file` allowed writing: a FIFO or character device written through; a
     file (a symbolic link's target) written atomically (`atomic_stream`)."""
     target = Path(path).expanduser().resolve()
-    if target.exists() and not stat.S_ISREG(target.stat().st_mode):
-        with open(target, mode, **open_args) as f:
+    try:
+        if target.exists() and not stat.S_ISREG(target.stat().st_mode):
+            with open(target, mode, **open_args) as f:
+                yield f
+            return
+        with atomic_stream(target, mode, **open_args) as f:
             yield f
-        return
-    with atomic_stream(target, mode, **open_args) as f:
-        yield f
+    except OSError as exc:
+        if exc.filename is None:  # a write or flush (a full disk, /dev/full) names no file itself
+            exc.filename = str(path)
+        raise
 
 
 def shown(value) -> str:

@@ -59,14 +59,16 @@ def load_rgb(source: str | Path | bytes | Image.Image, min_short_side: int | Non
                 raise ImageDecodeError(p, "empty file (0 bytes)")
             opened = str(source)
         with warnings.catch_warnings():
-            # Pillow warns before refusing at 2x the limit; refuse at the limit itself.
+            # Pillow's warnings about a damaged file ("Tag data larger than file", ...) are not the
+            # user's concern: the image decodes or is skipped with one reason. It warns before
+            # refusing at 2x the pixel limit; refuse at the limit itself.
+            warnings.simplefilter("ignore")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(opened, formats=FORMATS) as im:
                 if min_short_side and im.format in ("JPEG", "MPO"):
                     _draft(im, min_short_side)
                 im.load()
-                im = ImageOps.exif_transpose(im)
-                return to_rgb8(im)
+                return to_rgb8(_upright(im))
     except ImageDecodeError:
         raise
     except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
@@ -77,6 +79,19 @@ def load_rgb(source: str | Path | bytes | Image.Image, min_short_side: int | Non
         raise ImageDecodeError(p, "refused: too many pixels (possible decompression bomb)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageDecodeError(p, f"truncated or corrupt image ({_short(exc)})") from None
+    except (MemoryError, RecursionError):
+        raise ImageDecodeError(p, "refused: decoding it needs more memory than there is") from None
+    except Exception as exc:  # noqa: BLE001 - a crafted file makes Pillow's plugins raise anything
+        raise ImageDecodeError(p, f"corrupt image ({type(exc).__name__}: {_short(exc)})") from None
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    """`im` turned as its EXIF orientation says; as it is when the EXIF block itself is damaged
+    (a text value under a numeric tag, a truncated IFD): the pixels are still the photo."""
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception:  # noqa: BLE001 - struct.error, TypeError, KeyError... from a damaged EXIF block
+        return im
 
 
 def _from_pil(im: Image.Image, name: str) -> Image.Image:
@@ -85,9 +100,9 @@ def _from_pil(im: Image.Image, name: str) -> Image.Image:
         raise ImageDecodeError(name, "refused: too many pixels (possible decompression bomb)")
     try:
         im.load()
-        return to_rgb8(ImageOps.exif_transpose(im))
-    except (OSError, ValueError) as exc:
-        raise ImageDecodeError(name, f"unusable image ({_short(exc)})") from None
+        return to_rgb8(_upright(im))
+    except Exception as exc:  # noqa: BLE001 - as load_rgb: any failure of a damaged image is one reason
+        raise ImageDecodeError(name, f"unusable image ({type(exc).__name__}: {_short(exc)})") from None
 
 
 def _draft(im: Image.Image, min_short_side: int) -> None:

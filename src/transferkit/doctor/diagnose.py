@@ -15,7 +15,7 @@ from ..cache import Cache
 from ..config import DoctorOptions
 from ..console import Console
 from ..errors import UserError
-from ..files import atomic_write, check_output_file, claim_out, fresh_dir, output_stream, refuse_inside
+from ..files import TEXT_ERRORS, atomic_write, check_output_file, claim_out, fresh_dir, output_stream, refuse_inside, text_bytes
 from . import checks, images
 
 def diagnose(data: str | Path, options: DoctorOptions | None = None, console: Console | None = None,
@@ -49,7 +49,7 @@ def diagnose(data: str | Path, options: DoctorOptions | None = None, console: Co
     write_page(out / "doctor.html", report)
     if options.write_exclude:
         with output_stream(options.write_exclude, "wb") as f:
-            f.write(exclude_text(report).encode())
+            f.write(text_bytes(exclude_text(report)))
     report["out"] = str(out)
     for line in summary_lines(report):
         console.info(line) if not line.startswith("!") else console.warn(line[1:])
@@ -166,7 +166,7 @@ def exclude_text(report: dict) -> str:
 def read_exclude(path: str | Path) -> set[str]:
     """The absolute paths listed in an exclude file (comments and blank lines skipped)."""
     try:
-        text = Path(path).expanduser().read_text(encoding="utf-8")
+        text = Path(path).expanduser().read_text(encoding="utf-8", errors=TEXT_ERRORS)
     except OSError as exc:
         raise UserError(f"--exclude {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:

@@ -7,7 +7,7 @@ import html
 from pathlib import Path
 
 from ..evaluation.page import _thumb_uri
-from ..files import atomic_write
+from ..files import atomic_write, text_bytes
 from .diagnose import summary_lines
 
 SHOWN = 60  # items per section with thumbnails (all of them are in doctor.json)
@@ -63,4 +63,4 @@ def write_page(path: Path, report: dict) -> None:
                               lambda x: f"<p>{html.escape(x['path'])}: {html.escape(x['reason'])}</p>"))
     page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>doctor</title><style>{CSS}</style>'
             f"</head><body>{''.join(parts)}</body></html>")
-    atomic_write(path, page.encode())
+    atomic_write(path, text_bytes(page))

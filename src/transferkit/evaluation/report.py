@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..files import atomic_write, csv_table, csv_untext, write_json
+from ..files import TEXT_ERRORS, atomic_write, csv_table, csv_untext, text_bytes, write_json
 from . import metrics
 from .page import report_html
 from .plots import plot_confusion, plot_curves, plot_grid
@@ -36,10 +36,10 @@ def write_evaluation(out_dir: Path, paths: list[str], y_true: np.ndarray, logits
     summary = metrics.summarize(y_true, y_pred, classes, probs)
     summary.update({"num_images": len(paths), "classes": classes, **(extra or {})})
     write_json(out_dir / "metrics.json", summary)
-    atomic_write(out_dir / "predictions.csv", csv_table(
+    atomic_write(out_dir / "predictions.csv", text_bytes(csv_table(
         ["path", "actual", "predicted", "probability", "actual_probability"],
         ([path, classes[t], classes[p], f"{row[p]:.6f}", f"{row[t]:.6f}"]
-         for path, t, p, row in zip(paths, y_true, y_pred, probs))).encode())
+         for path, t, p, row in zip(paths, y_true, y_pred, probs)))))
     return summary
 
 
@@ -47,7 +47,7 @@ def read_predictions(run_dir: Path) -> list[dict]:
     """predictions.csv as written by `write_evaluation`; a damaged file is a `UserError`."""
     path = run_dir / "predictions.csv"
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8", errors=TEXT_ERRORS) as f:
             rows = list(csv.DictReader(f))
         for r in rows:
             r["probability"], r["actual_probability"] = float(r["probability"]), float(r["actual_probability"])
@@ -82,9 +82,9 @@ def render(run_dir: str | Path) -> Path:
     classes = summary["classes"]
     rows = read_predictions(run_dir)
     wrong = sorted((r for r in rows if r["actual"] != r["predicted"]), key=lambda r: -r["probability"])
-    atomic_write(run_dir / "misclassified.csv", csv_table(
+    atomic_write(run_dir / "misclassified.csv", text_bytes(csv_table(
         ["path", "actual", "predicted", "probability"],
-        ([r["path"], r["actual"], r["predicted"], f"{r['probability']:.4f}"] for r in wrong)).encode())
+        ([r["path"], r["actual"], r["predicted"], f"{r['probability']:.4f}"] for r in wrong))))
     confusion_note = plot_confusion(run_dir, summary, classes)
     history = run_dir / "metrics.csv"
     if history.is_file():
@@ -95,7 +95,7 @@ def render(run_dir: str | Path) -> Path:
     plot_grid(run_dir / "predictions.png", sample_rows(rows, GRID), "validation predictions", show_actual=False)
     plot_grid(run_dir / "top_losses.png", wrong[:TOP_LOSSES], "most confidently wrong", show_actual=True)
     page = run_dir / "report.html"
-    atomic_write(page, report_html(run_dir, summary, wrong, confusion_note).encode("utf-8"))
+    atomic_write(page, text_bytes(report_html(run_dir, summary, wrong, confusion_note)))
     return page
 
 

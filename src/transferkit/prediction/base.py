@@ -10,8 +10,20 @@ import numpy as np
 
 from ..config import TTA
 from ..data.decode import source_name
-from ..errors import ImageDecodeError
+from ..errors import ImageDecodeError, UserError
 from .outputs import Prediction, top_predictions
+
+
+def as_list(images) -> list:
+    """The images a predictor is given: one image (a path, bytes, a PIL image) is a list of one,
+    never a sequence of its characters or bytes; anything else must be a list of those."""
+    from PIL import Image
+
+    if isinstance(images, (str, Path, bytes, bytearray, memoryview, Image.Image)):
+        return [images]
+    if isinstance(images, dict) or not hasattr(images, "__iter__"):
+        raise UserError(f"images must be a list of paths, bytes or PIL images, not {type(images).__name__}")
+    return list(images)
 
 
 def mean_of_views(logits: np.ndarray) -> np.ndarray:
@@ -82,6 +94,7 @@ class BasePredictor:
     def logits(self, images: list, names: list[str] | None = None, progress=None) -> tuple[np.ndarray, dict[int, str]]:
         """Logits (N, C) of `images` (paths, bytes or PIL images; rows of unusable images are NaN)
         and {index: reason} for those. `progress`: (total, desc) -> a bar, updated per batch."""
+        images = as_list(images)
         bar = progress(len(images), "predict") if progress else None
         names = names or [source_name(x, f"<image {i}>") for i, x in enumerate(images)]
         out = np.full((len(images), len(self.classes)), np.nan, dtype=np.float32)
@@ -107,8 +120,9 @@ class BasePredictor:
         """Predict each image (a path, the file's bytes or a PIL image); an unusable one gives a
         `Prediction` with `error` set. `names` label them in the results (default: the paths).
 
-        Example: ``transferkit.load("runs/x").predict(["a.jpg"])[0].label``"""
-        images = [str(x) if isinstance(x, Path) else x for x in images]
+        Example: ``transferkit.load("runs/x").predict(["a.jpg"])[0].label``; one image alone
+        (``predict("a.jpg")``) is taken as a list of one."""
+        images = [str(x) if isinstance(x, Path) else x for x in as_list(images)]
         names = names or [source_name(x, f"<image {i}>") for i, x in enumerate(images)]
         logits, errors = self.logits(images, names, progress)
         return top_predictions(names, softmax(logits), errors, self.classes, top_k)

@@ -68,6 +68,14 @@ def _metadata(session, path) -> dict:
             raise ValueError(f"resize_size {pre['resize_size']} must be between input_size and {2 * MAX_SIZE}")
         if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) for c in classes)):
             raise ValueError("classes must be a list of names")
+        shapes = [o.shape for o in session.get_outputs()]
+        width = shapes[0][-1] if len(shapes) == 1 and len(shapes[0]) == 2 else None
+        if not isinstance(width, int) or width != len(classes):  # a symbolic or missing width cannot be trusted
+            raise ValueError(f"it names {len(classes)} classes, but the model's output is {shapes}: "
+                             f"one (batch, {len(classes)}) output expected")
+        inputs = [i.shape for i in session.get_inputs()]
+        if len(inputs) != 1 or len(inputs[0]) != 4 or inputs[0][1] != 3:
+            raise ValueError(f"the model's input is {inputs}: one (batch, 3, height, width) input expected")
     except (ValueError, KeyError, TypeError, ZeroDivisionError, UserError) as exc:
         raise UserError(f"{path}: its transferkit metadata is damaged ({exc})") from None
     return meta

@@ -228,7 +228,17 @@ def _bearer_check(token: str):
 
 
 async def _images_of(request: Request, max_files: int) -> list[tuple[str, bytes]]:
-    """The request's images as (name, bytes): multipart files, or the raw body."""
+    """The request's images as (name, bytes): multipart files, or the raw body. A client that
+    goes away before its body is complete is answered 400 (nobody reads it), not a server error."""
+    from starlette.requests import ClientDisconnect
+
+    try:
+        return await _read_images(request, max_files)
+    except ClientDisconnect:
+        raise HTTPException(400, "the client closed the connection before the whole body arrived") from None
+
+
+async def _read_images(request: Request, max_files: int) -> list[tuple[str, bytes]]:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
         async with request.form(max_files=max_files, max_fields=max_files) as form:

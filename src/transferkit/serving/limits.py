@@ -8,11 +8,37 @@ import json
 import logging
 import time
 
+from ..files import shown
+
 LOG = logging.getLogger("transferkit.serve")
 
 
 class _TooLarge(Exception):
     pass
+
+
+# Lingering close, as nginx does: before a 413, what the client is still sending is read and
+# dropped (up to these bounds), so that a client that sends its whole body before reading the
+# answer (urllib, requests, curl) gets the 413 instead of a connection reset.
+DRAIN_MAX_BYTES = 256 * 2**20
+DRAIN_MAX_S = 10.0
+
+
+async def _drain(receive, more: bool) -> None:
+    """Read and drop the rest of the request body, within DRAIN_MAX_BYTES and DRAIN_MAX_S."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline, drained = loop.time() + DRAIN_MAX_S, 0
+    while more and drained < DRAIN_MAX_BYTES:
+        try:
+            message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+        except (asyncio.TimeoutError, OSError):
+            return
+        if message["type"] != "http.request":
+            return
+        drained += len(message.get("body", b""))
+        more = message.get("more_body", False)
 
 
 async def _send_json(send, status: int, body: dict, headers: list | None = None) -> None:
@@ -36,14 +62,16 @@ class BodyLimit:
         detail = {"detail": f"request body over the server's limit of {self.max_bytes / 1e6:g} MB (--max-body-mb)"}
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await _drain(receive, True)
             return await _send_json(send, 413, detail)
-        received, started = 0, False
+        received, started, more = 0, False, True
 
         async def limited_receive():
-            nonlocal received
+            nonlocal received, more
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                more = message.get("more_body", False)
                 if received > self.max_bytes:
                     raise _TooLarge
             return message
@@ -57,6 +85,7 @@ class BodyLimit:
             await self.app(scope, limited_receive, tracked_send)
         except _TooLarge:
             if not started:
+                await _drain(receive, more)
                 await _send_json(send, 413, detail)
 
 
@@ -88,7 +117,8 @@ class RequestLog:
         finally:
             client = scope.get("client") or ("-", 0)
             images = scope.get("state", {}).get("images")
-            LOG.info("%s:%s %s %s %s%s %dB %.1fms", client[0], client[1], scope["method"], scope["path"],
+            # the path as the client sent it, control characters escaped: a CR/LF in it forges no log line
+            LOG.info("%s:%s %s %s %s%s %dB %.1fms", client[0], client[1], shown(scope["method"]), shown(scope["path"]),
                      status or "no response (client gone)",
                      f" {images} image(s)" if images is not None else "", size,
                      (time.perf_counter() - started) * 1000)

@@ -46,7 +46,12 @@ def serve(model: str | Path, options: ServeOptions | None = None, **kwargs) -> N
     # its own copy again).
     served = ServedModel(model, options.device, options.precision, options.tta, worker_threads(options.workers),
                          options.engine)
-    common = {"host": options.host, "port": options.port, "log_config": _log_config(),
+    # h11, always (uvicorn would take httptools where installed): the request framing the README
+    # states is h11's — two different Content-Lengths, a Transfer-Encoding other than chunked, a
+    # signed or non-numeric length and a malformed request line are refused with 400; with both
+    # Content-Length and chunked Transfer-Encoding the chunked framing is read (RFC 9112 6.3), and
+    # BodyLimit counts what actually arrives, whatever Content-Length claimed.
+    common = {"host": options.host, "port": options.port, "log_config": _log_config(), "http": "h11",
               "access_log": False, "timeout_graceful_shutdown": 10, "server_header": False}
     if options.workers > 1:
         served.close()
