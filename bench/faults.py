@@ -191,6 +191,8 @@ def round_three(w: Path, good: Path, run: Path) -> list:
     out.append(("eval --out inside the run's data", ["eval", str(run), "--out", str(good / "val" / "ev")], good))
     out.append(("export --out inside the run's data", ["export", str(run), "--format", "onnx", "--out",
                                                        str(good / "exp")], good))
+    out.append(("train --cache-dir inside DATA", ["train", str(good), "--cache-dir", str(good / "cache"), *TINY],
+                good))
     out.append(("doctor --out inside DATA", ["doctor", str(good), "--out", str(good / "doc"), "--quiet"], good))
     out.append(("predict --output onto a photo", ["predict", str(run), str(w / "good" / "val"), "--output",
                                                   str(photo)], good))

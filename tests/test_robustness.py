@@ -88,6 +88,8 @@ def test_no_command_writes_into_its_data_or_over_a_file_it_did_not_write(run, tm
         ["export", str(folder), "--format", "onnx", "--out", str(data / "export")],
         ["predict", str(folder), str(data / "val"), "--output", str(data / "val" / "preds.csv")],
         ["predict", str(folder), str(data / "val"), "--output", str(photo)],
+        ["train", str(data), "--cache-dir", str(data / "cache"), "--out", str(tmp_path / "r")],
+        ["doctor", str(data), "--cache-dir", str(data / "train" / "cache"), "--out", str(tmp_path / "doc")],
     ]
     capsys.readouterr()
     for args in refused:

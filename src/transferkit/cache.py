@@ -51,6 +51,9 @@ _TAG = ("Signature: 8a477f597d28d172789f06886806bc55\n"
 SUBFOLDERS = ("features", "decoded", "teacher", "datasets", "engines", "serving", "images")
 
 
+CACHE_FLAG = "the cache folder (--cache-dir or $TRANSFERKIT_CACHE)"  # how messages name it
+
+
 def default_dir() -> Path:
     """$TRANSFERKIT_CACHE, else $XDG_CACHE_HOME/transferkit, else ~/.cache/transferkit."""
     env = os.environ.get("TRANSFERKIT_CACHE")

@@ -68,13 +68,13 @@ def launch(nproc: int, argv: list[str]) -> int:
     return 2 if code and said else code  # a user's mistake, as in one process
 
 
-STOP_GRACE_S = 30  # after SIGTERM, how long torchrun may take to stop its processes before SIGKILL
+STOP_GRACE_S = 30  # after Ctrl-C, how long torchrun may take to stop its processes before SIGKILL
 
 
 @contextlib.contextmanager
 def _forwarded(proc: subprocess.Popen):
     """SIGTERM and SIGHUP to this process are passed on to torchrun (which stops its processes)
-    instead of ending this one first; Ctrl-C reaches torchrun through the terminal itself."""
+    instead of ending this one first (Ctrl-C: `_wait`)."""
     def forward(signum, frame):
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -94,7 +94,9 @@ def _wait(proc: subprocess.Popen) -> int:
     while True:
         try:
             return proc.wait()
-        except KeyboardInterrupt:  # Ctrl-C reached torchrun and its processes too: let them stop
+        except KeyboardInterrupt:  # Ctrl-C (the terminal sent it to torchrun too; `kill -INT` did not)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
             try:
                 return proc.wait(timeout=STOP_GRACE_S)
             except (subprocess.TimeoutExpired, KeyboardInterrupt):

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ..cache import Cache
+from ..cache import CACHE_FLAG, Cache
 from ..config import DoctorOptions
 from ..console import Console
 from ..errors import UserError
@@ -31,7 +31,9 @@ def diagnose(data: str | Path, options: DoctorOptions | None = None, console: Co
     data = Path(data).expanduser().absolute()
     if options.write_exclude:
         check_output_file(options.write_exclude, "--write-exclude", [data], EXCLUDE_HEAD, options.force)
-    cache = Cache(options.cache_dir).prepare()
+    cache = Cache(options.cache_dir)
+    refuse_inside(cache.root, [data], CACHE_FLAG)
+    cache.prepare()
     split = discover(data, options.val_fraction, options.seed, cache.datasets())
     out = _out_dir(options.out, data)
     features = _features(split, options, cache, console)

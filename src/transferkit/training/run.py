@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cache import Cache, model_key
+from ..cache import CACHE_FLAG, Cache, model_key
 from ..config import LRFindOptions, TrainConfig
 from ..console import Console
 from .. import engines
@@ -21,7 +21,7 @@ from ..data.views import SMALL
 from ..errors import UserError
 from ..evaluation import metrics
 from ..evaluation.worker import Worker
-from ..files import claim_out, fresh_dir, write_json
+from ..files import claim_out, fresh_dir, refuse_inside, write_json
 from ..models import backbones, bundle
 from ..models.lazy import LazyClassifier, identify_weights
 from ..distributed import Group, check_sync_bn, joined, under_torchrun
@@ -120,7 +120,9 @@ def _cache_for(cfg: TrainConfig, group: Group | None = None):
     """The cache: the user's, or with --no-cache a temporary one removed afterwards."""
     group = group or Group()
     if not cfg.no_cache:
-        yield _prepared(Cache(cfg.cache_dir), group)
+        cache = Cache(cfg.cache_dir)
+        refuse_inside(cache.root, [cfg.data] if cfg.data else [], CACHE_FLAG)
+        yield _prepared(cache, group)
         return
     with tempfile.TemporaryDirectory(prefix="transferkit-") as tmp:
         yield _prepared(Cache(tmp), group)
