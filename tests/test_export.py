@@ -63,7 +63,7 @@ def test_onnx_matches_pytorch_and_carries_the_preprocessing(exported):
 def test_int8_gate_trips_when_max_drop_is_below_the_measured_drop(exported, capsys, monkeypatch):
     _, run, _ = exported
     out = run / "int8"
-    assert main(["export", str(run), "--format", "int8", "--calib", "8", "--runs", "3", "--max-drop", "100",
+    assert main(["export", str(run), "--format", "int8", "--calib", "8", "--runs", "1", "--max-drop", "100",
                  "--out", str(out)]) == 0
     saved = json.loads((out / "export.json").read_text())
     int8 = next(a for a in saved["artifacts"] if a["format"] == "int8")
@@ -83,7 +83,7 @@ def test_int8_gate_trips_when_max_drop_is_below_the_measured_drop(exported, caps
         monkeypatch.setitem(registry.FORMATS._entries, "int8", dataclasses.replace(fmt, runner=shifted))
         int8["accuracy_drop_pt"] = 50.0
     limit = int8["accuracy_drop_pt"] - 0.5
-    assert main(["export", str(run), "--format", "int8", "--calib", "8", "--runs", "3", "--max-drop", str(limit),
+    assert main(["export", str(run), "--format", "int8", "--calib", "8", "--runs", "1", "--max-drop", str(limit),
                  "--out", str(out)]) == 1
     assert "int8: " in capsys.readouterr().err
     assert (out / "model.int8.FAILED.onnx").is_file() and not (out / "model.int8.onnx").exists()

@@ -238,12 +238,7 @@ def test_random_init_is_one_network_per_seed_and_never_shares_its_features(tmp_p
     assert (first.path / "model.safetensors").read_bytes() == (again.path / "model.safetensors").read_bytes()
     for run in (first, other):
         assert transferkit.evaluate(run.path)["accuracy"] == pytest.approx(run.val_acc)
-    # lp-ft's probe is measured on the features of the very network it then fine-tunes
-    lpft = transferkit.train(data, out=str(tmp_path / "e"), strategy="lp-ft", epochs=1, lr=1e-12, batch_size=4,
-                             **options)
-    assert lpft.results["strategy_info"]["features_computed"] == 0  # seed 0's, the same network
-    info = lpft.results["strategy_info"]
-    assert info["fine_tuned_val_acc"] == pytest.approx(info["probe_val_acc"])
+    # (lp-ft's probe on the network it then fine-tunes: test_accuracy's lp-ft test, which caught this)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
