@@ -273,33 +273,39 @@ def _running(pid: int) -> bool:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; the parent-death signal is Linux's")
 def test_no_process_outlives_the_launcher_and_nproc_is_bounded_by_the_cores(data, tmp_path, capsys):
     """--nproc beyond the cores is refused with the reason; a launcher killed with SIGKILL (no
-    chance to clean up) takes torchrun and both training processes with it."""
+    chance to clean up) takes torchrun and both training processes with it; one sent SIGTERM
+    passes it on, and all end, with one line."""
     from transferkit.cli import main
     from transferkit.engines.cpu import usable_cores
 
     assert main(["train", str(data), "--nproc", str(usable_cores() + 1), "--quiet"]) == 2
     assert "CPU core" in capsys.readouterr().err
-    launcher = subprocess.Popen([sys.executable, "-m", "transferkit", "train", str(data), "--out", str(tmp_path / "r"),
-                                 "--nproc", "2", *NETWORK, "--epochs", "500"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    started: list[int] = []
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and launcher.poll() is None:
-            started = _descendants(launcher.pid)
-            if len(started) >= 3 and (tmp_path / "r" / "config.yaml").exists():  # torchrun and 2 training
-                break
-            time.sleep(0.5)
-        assert len(started) >= 3 and launcher.poll() is None, "the training processes never started"
-        os.kill(launcher.pid, signal.SIGKILL)
-        launcher.wait()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and any(_running(p) for p in started):
-            time.sleep(0.5)
-        assert not [p for p in started if _running(p)], "processes outlived the launcher"
-    finally:
-        for pid in [launcher.pid, *started, *_descendants(launcher.pid)]:  # none left, even when it failed
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+    for sig in (signal.SIGKILL, signal.SIGTERM):
+        out = tmp_path / f"r{int(sig)}"
+        launcher = subprocess.Popen([sys.executable, "-m", "transferkit", "train", str(data), "--out", str(out),
+                                     "--nproc", "2", *NETWORK, "--epochs", "500"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        started: list[int] = []
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and launcher.poll() is None:
+                started = _descendants(launcher.pid)
+                if len(started) >= 3 and (out / "config.yaml").exists():  # torchrun and 2 training
+                    break
+                time.sleep(0.5)
+            assert len(started) >= 3 and launcher.poll() is None, "the training processes never started"
+            os.kill(launcher.pid, sig)
+            code = launcher.wait(timeout=90)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and any(_running(p) for p in started):
+                time.sleep(0.5)
+            assert not [p for p in started if _running(p)], f"processes outlived the launcher ({sig.name})"
+            if sig == signal.SIGTERM:  # passed on, and said in one line: no traceback of torchrun's
+                err = launcher.stderr.read()
+                assert code == 143 and err.startswith("stopped: ") and "Traceback" not in err, err
+        finally:
+            for pid in [launcher.pid, *started, *_descendants(launcher.pid)]:  # none left, even when it failed
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass

@@ -60,11 +60,17 @@ def launch(nproc: int, argv: list[str]) -> int:
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace",
                             preexec_fn=lambda: die_with_parent(signal.SIGTERM, parent))
     said: set[str] = set()
-    relay = threading.Thread(target=_relay, args=(proc.stderr, said), daemon=True)
+    stopping = threading.Event()  # a signal was passed on: torchrun's own report of it is not shown
+    stopping.by_ctrl_c = False
+    relay = threading.Thread(target=_relay, args=(proc.stderr, said, stopping), daemon=True)
     relay.start()
-    with _forwarded(proc):
-        code = _wait(proc)
+    with _forwarded(proc, stopping):
+        code = _wait(proc, stopping)
     relay.join(timeout=5)
+    if stopping.is_set():
+        print("stopped: the processes of this run were ended (a checkpoint, if one was written, resumes it: "
+              "train --resume RUN)", file=sys.stderr)
+        return 130 if stopping.by_ctrl_c else 143  # as a process ended by SIGINT / SIGTERM
     return 2 if code and said else code  # a user's mistake, as in one process
 
 
@@ -72,10 +78,11 @@ STOP_GRACE_S = 30  # after Ctrl-C, how long torchrun may take to stop its proces
 
 
 @contextlib.contextmanager
-def _forwarded(proc: subprocess.Popen):
+def _forwarded(proc: subprocess.Popen, stopping: threading.Event):
     """SIGTERM and SIGHUP to this process are passed on to torchrun (which stops its processes)
     instead of ending this one first (Ctrl-C: `_wait`)."""
     def forward(signum, frame):
+        stopping.set()
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
 
@@ -90,11 +97,13 @@ def _forwarded(proc: subprocess.Popen):
             signal.signal(sig, handler)
 
 
-def _wait(proc: subprocess.Popen) -> int:
+def _wait(proc: subprocess.Popen, stopping: threading.Event) -> int:
     while True:
         try:
             return proc.wait()
         except KeyboardInterrupt:  # Ctrl-C (the terminal sent it to torchrun too; `kill -INT` did not)
+            stopping.by_ctrl_c = True
+            stopping.set()
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
             try:
@@ -103,13 +112,15 @@ def _wait(proc: subprocess.Popen) -> int:
                 proc.kill()
 
 
-def _relay(stream, said: set[str]) -> None:
+def _relay(stream, said: set[str], stopping: threading.Event) -> None:
     """Copy the workers' stderr (warnings, progress, errors) to ours, less torchrun's own lines:
     its log lines, its banner, and the report it prints after a worker failed (the worker printed
-    its error itself). An error line that several ranks print alike is shown once."""
+    its error itself). An error line that several ranks print alike is shown once. Once a signal
+    was passed on (`stopping`), only the workers' own error and interruption lines are shown:
+    torchrun's traceback of the signal it was sent is no news to whoever sent it."""
     report = False
     for line in stream:
-        if report:
+        if report or (stopping.is_set() and not line.startswith(("error: ", "interrupted"))):
             continue
         if _TORCHRUN_LOG.match(line):
             report = "failed (exitcode" in line
