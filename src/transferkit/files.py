@@ -221,7 +221,7 @@ def shown(value) -> str:
     text = os.fsdecode(value) if isinstance(value, (bytes, os.PathLike)) else str(value)
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
                    if ord(c) < 0xD800 or ord(c) > 0xDFFF else f"\\x{ord(c) - 0xDC00:02x}" for c in text)
 
 

@@ -183,7 +183,7 @@ def _out_dir(out: str | None, data: Path) -> Path:
     target = Path("runs") / f"doctor-{data.name}"
     refuse_inside(target, [data], "the report folder (default: ./runs/doctor-<data>; --out elsewhere)")
     target.parent.mkdir(parents=True, exist_ok=True)
-    return fresh_dir(target, [data])
+    return fresh_dir(target)
 
 
 def _features(split, options: DoctorOptions, cache: Cache, console: Console):

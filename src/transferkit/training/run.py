@@ -250,8 +250,9 @@ def _training_precision(device: str, cfg: TrainConfig) -> str:
 
 
 def _features_key(spec, stem: str, weights: str, pre, precision: str) -> str:
-    """The features' cache key (`weights`: `WeightsInfo.identity`). Features are keyed by precision, not engine: ONNX Runtime's and
-    PyTorch's fp32 features agree to 1e-5 of their scale (tested), bf16's do not."""
+    """The features' cache key (`weights`: `WeightsInfo.identity`). Features are keyed by
+    precision, not engine: ONNX Runtime's and PyTorch's fp32 features agree to 1e-5 of their
+    scale (tested), bf16's do not."""
     return model_key(spec.name + ("+small-stem" if stem == "small" else ""), weights, pre.to_dict(), precision)
 
 
