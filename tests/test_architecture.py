@@ -254,7 +254,7 @@ def test_train_leaves_the_callers_rng_and_matplotlib_alone(tiny, tmp_path):
 
 
 TORCH_FREE = ["transferkit.config", "transferkit.files", "transferkit.cache", "transferkit.console",
-              "transferkit.evaluation.page", "transferkit.evaluation.report", "transferkit.evaluation.worker",
+              "transferkit.evaluation.page", "transferkit.evaluation.report", "transferkit.worker",
               "transferkit.prediction.onnx_predictor", "transferkit.prediction.outputs",
               "transferkit.data.decode", "transferkit.data.discover", "transferkit.training.strategies",
               "transferkit.exporting.registry", "transferkit.api", "transferkit.cli"]
@@ -285,3 +285,36 @@ def test_onnx_prediction_runs_without_torch(tiny, tmp_path):
     rows = proc.stdout.strip().splitlines()
     assert len(rows) == 5 and rows[0].startswith("path,label")
     assert np.mean([r.split(",")[1] in r.split(",")[0] for r in rows[1:]]) >= 0.75
+
+
+def _imports(module_file: Path) -> set[str]:
+    """The transferkit modules `module_file` imports (absolute names), at any depth of its code."""
+    import ast
+
+    package = "transferkit." + ".".join(module_file.relative_to(Path(transferkit.__file__).parent).with_suffix("").parts)
+    base = package.split(".")
+    if module_file.name != "__init__.py":
+        base = base[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(module_file.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                prefix = ".".join(base[:len(base) - node.level + 1])
+                found.add(f"{prefix}.{node.module}" if node.module else prefix)
+            elif node.module and node.module.startswith("transferkit"):
+                found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("transferkit"))
+    return found
+
+
+def test_doctor_and_training_do_not_form_an_import_circle():
+    """train asks the doctor for its health checks; the doctor asks `features` (not `training`)
+    for the cached features; the helper process imports no other part of transferkit."""
+    root = Path(transferkit.__file__).parent
+    doctor = set().union(*(_imports(f) for f in (root / "doctor").glob("*.py")))
+    assert not {m for m in doctor if m.startswith("transferkit.training")}, doctor
+    features = set().union(*(_imports(f) for f in (root / "features").glob("*.py")))
+    assert not {m for m in features if m.startswith(("transferkit.training", "transferkit.doctor"))}
+    assert not _imports(root / "worker.py")
+    assert not {m for m in _imports(root / "folds.py") | _imports(root / "logistic.py")}

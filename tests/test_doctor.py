@@ -15,7 +15,7 @@ from PIL import Image, ImageOps
 
 from helpers import shared_dataset
 from transferkit.cli import main
-from transferkit.doctor import checks
+from transferkit.doctor import checks, copies
 
 
 def _snapshot(root: Path) -> dict:
@@ -66,10 +66,11 @@ def test_doctor_finds_the_injected_problems_and_changes_nothing(dirty, tmp_path,
     assert leak["kind"] == "leakage" and leak["similarity"] == 1.0
     assert pairs[frozenset(map(str, truth["two_labels"]))]["kind"] == "two labels"
     near = pairs[frozenset(map(str, truth["near"]))]
-    assert near["kind"] == "leakage" and checks.NEAR_DUPLICATE <= near["similarity"] < 1
+    assert near["kind"] == "leakage" and near["similarity"] < 1 and near["match"] >= copies.COPY_MATCH
     assert len(pairs) <= 4, list(pairs)  # at most one pair beyond the three injected
     suspects = {x["path"]: x for x in report["label_issues"]}
     assert suspects[str(truth["flipped"])]["suggested"] == "bees"
+    assert {e["label"] for e in suspects[str(truth["flipped"])]["evidence"]} == {"bees"}  # its nearest bees shown
     assert str(truth["blank"]) in {x["path"] for x in report["image_issues"]["blank"]}
     assert report["balance"]["per_class"]["ants"]["train"] == 15 and report["balance"]["max_min_ratio"] >= 1
     assert "across train/val" in printed.err and "likely label errors: " in printed.out
@@ -100,19 +101,92 @@ def test_train_warns_about_leakage_and_two_labels_from_its_own_features(dirty, t
     assert "transferkit doctor" in err and "val" in err
     page = (run / "report.html").read_text()
     assert "Data health" in page and "leakage" in page.lower()
+    cv = results["cv"]  # the head's cross-validation beside the val accuracy, with its groups
+    assert 0 <= cv["accuracy"] <= 1 and cv["folds"] >= 2 and cv["groups"] <= cv["images"]
+    assert cv["estimates"] == "the kept model"
 
 
-def test_checks_scale_and_are_exact_on_small_cases():
+def test_train_warns_when_cross_validation_reads_far_above_val():
+    from transferkit.training.run import cv_warning
+
+    results = {"val_acc": 0.684, "num_val": 400,
+               "cv": {"accuracy": 0.948, "groups": 310, "estimates": "the kept model"}}
+    assert "26.4 points lower" in cv_warning(results)
+    assert cv_warning({**results, "val_acc": 0.93}) is None  # within 5 points
+    assert cv_warning({**results, "cv": {**results["cv"], "estimates": "the head on frozen features"}}) is None
+
+
+def _smooth_noise(rng, n: int) -> np.ndarray:
+    """n thumbnails of smooth random pictures (blurred noise, as photos are: correlated pixels)."""
+    from scipy import ndimage
+
+    x = ndimage.gaussian_filter(rng.normal(size=(n, copies.THUMB, copies.THUMB)), (0, 3, 3))
+    x = (x - x.min()) / (x.max() - x.min()) * 255
+    return x.astype(np.uint8)
+
+
+def test_checks_scale_and_tell_copies_from_same_scene():
     rng = np.random.default_rng(0)
     emb = rng.normal(size=(3000, 64)).astype(np.float32)
-    emb[10] = emb[20] * 1.01  # a near copy
+    emb[10] = emb[20] * 1.01  # a near copy (its thumbnail mirrored below)
+    emb[30] = emb[40] + 0.05 * rng.normal(size=64)  # another shot of one scene: alike features, other pixels
     sims, idx = checks.neighbours(emb, k=5)
     assert sims.shape == (3000, 5) and idx[10, 0] == 20 and sims[10, 0] > 0.999
+    thumbs = list(_smooth_noise(rng, 3000))
+    thumbs[10] = thumbs[20][:, ::-1]
     labels, splits = np.zeros(3000, int), np.array(["train"] * 2990 + ["val"] * 10)
-    pairs = checks.near_duplicates(sims, idx, labels, splits, [])
-    assert [(p["a"], p["b"]) for p in pairs] == [(10, 20)]
+    near, scene = checks.look_alikes(sims, idx, thumbs, labels, splits, [], set())
+    assert [(p["a"], p["b"]) for p in near] == [(10, 20)] and near[0]["match"] > 0.99
+    assert [(p["a"], p["b"]) for p in scene] == [(30, 40)] and scene[0]["match"] < copies.COPY_MATCH
+    assert checks.look_alikes(sims, idx, thumbs, labels, splits, [], {10})[0] == []  # a blank image is not paired
     hashes = [b"x", b"y", b"x", None]
     exact = checks.exact_duplicates(hashes, [0, 0, 1, 0], ["train", "val", "val", "train"])
     assert exact == [{"a": 0, "b": 2, "kind": "two labels", "similarity": 1.0}]
     b = checks.balance([0] * 40 + [1] * 5, ["train"] * 45, ["big", "small"])
     assert b["max_min_ratio"] == 8.0 and b["small_classes"] == ["small"] and len(b["remedies"]) == 2
+
+
+def test_a_copy_survives_every_change_together_and_distinct_photos_do_not_match():
+    """Cropped to 80% of the area, halved, mirrored, turned 5 degrees, brighter and less contrasty,
+    JPEG quality 30: the thumbnails still match; two different photos do not."""
+    from PIL import ImageEnhance
+
+    from transferkit.doctor import images
+
+    src = shared_dataset("hymenoptera_data") / "train" / "bees"
+    first, other = sorted(src.glob("*.jpg"))[:2]
+    with Image.open(first) as im:
+        im = ImageOps.exif_transpose(im).convert("RGB")
+    w, h = im.size
+    copy = im.crop((w // 20, h // 20, w // 20 + int(w * 0.894), h // 20 + int(h * 0.894)))
+    copy = ImageOps.mirror(copy.resize((copy.width // 2, copy.height // 2))).rotate(5)
+    copy = ImageEnhance.Contrast(ImageEnhance.Brightness(copy).enhance(1.2)).enhance(0.8)
+    import io
+
+    buf = io.BytesIO()
+    copy.save(buf, "JPEG", quality=30)
+    tmp = Path(__import__("tempfile").mkdtemp()) / "copy.jpg"
+    tmp.write_bytes(buf.getvalue())
+    thumbs = [images._pixels(str(p))[1] for p in (first, tmp, other)]
+    match = copies.match_scores(thumbs, [(0, 1), (0, 2)])
+    assert match[0] >= 0.85 and match[1] < copies.COPY_MATCH, match
+
+
+def test_group_aware_folds_keep_near_identical_shots_together():
+    """Runs of near-identical shots (labels random per run): plain K-fold recognises a run's twin
+    across folds and reads far above chance; grouped folds read what the head can really do."""
+    from transferkit.folds import group_folds, similar_groups
+    from transferkit.training.heads import select_head
+
+    rng = np.random.default_rng(0)
+    centres, labels = rng.normal(size=(60, 32)), rng.integers(0, 2, 60)
+    x = np.repeat(centres, 4, axis=0) + 0.01 * rng.normal(size=(240, 32))
+    y = np.repeat(labels, 4)
+    groups = similar_groups(x)
+    assert groups.max() + 1 == 60 and (np.bincount(groups) == 4).all()
+    folds = group_folds(y, groups, 5, seed=0)
+    assert all(len(set(folds[groups == g])) == 1 for g in range(60))  # a run never split
+    plain = select_head(x, y, 2, {"last": 32}, seed=0)
+    grouped = select_head(x, y, 2, {"last": 32}, seed=0, last_width=32)
+    assert plain.cv_accuracy > 0.9 and grouped.cv_accuracy < 0.75, (plain.cv_accuracy, grouped.cv_accuracy)
+    assert grouped.groups == 60 and grouped.grouped_images == 240

@@ -15,7 +15,8 @@ from sklearn.metrics import classification_report, confusion_matrix, top_k_accur
 
 import transferkit
 from helpers import make_dataset, shared_dataset
-from transferkit.evaluation import metrics, plots, report, worker as report_worker
+from transferkit import worker as report_worker
+from transferkit.evaluation import metrics, plots, report
 from transferkit.cli import main
 
 EVAL_FILES = ["metrics.json", "predictions.csv", "misclassified.csv", "confusion_matrix.png",

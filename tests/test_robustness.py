@@ -162,7 +162,7 @@ def test_an_unfinished_run_is_continued_not_overwritten(tmp_path):
 
 
 def test_the_report_process_runs_at_the_callers_priority():
-    from transferkit.evaluation.worker import Worker
+    from transferkit.worker import Worker
 
     with Worker() as worker:
         assert os.getpriority(os.PRIO_PROCESS, worker.proc.pid) == os.getpriority(os.PRIO_PROCESS, 0)
@@ -408,7 +408,7 @@ def test_the_report_process_outlives_a_ctrl_c(tmp_path):
     import signal
     import time
 
-    from transferkit.evaluation.worker import Worker
+    from transferkit.worker import Worker
 
     warnings = []
     with Worker(warnings.append) as worker:

@@ -13,7 +13,7 @@ from .cache import Cache
 from .config import DoctorOptions, ExportOptions, LRFindOptions, PredictOptions, SummaryOptions, TrainConfig
 from .console import Console
 from .errors import UserError
-from .evaluation.worker import Worker
+from .worker import Worker
 from .files import claim_out, fresh_dir
 from .training.result import Run
 

@@ -158,7 +158,7 @@ def cmd_train(args: argparse.Namespace, started: float, argv: list[str]) -> int:
 
         return launch(args.nproc, argv)
     from .distributed import is_primary_process
-    from .evaluation.worker import Worker
+    from .worker import Worker
 
     # started before torch is imported: its own imports run meanwhile (by the primary of a group)
     worker = Worker(spawn=is_primary_process())
@@ -287,7 +287,7 @@ def _output_stream(output: str | None):
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from .evaluation.worker import DOCTOR_MODULES, Worker
+    from .worker import DOCTOR_MODULES, Worker
 
     worker = Worker(preload=DOCTOR_MODULES)  # imports scikit-learn and cleanlab while torch is imported here
     from . import api

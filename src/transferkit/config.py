@@ -350,8 +350,9 @@ class DoctorOptions:
     write_exclude: str | None = opt(None, "write the files it would leave out to this file, one per line, for "
                                     "`train --exclude` (never into DATA; an existing file only if doctor wrote it)")
     force: bool = opt(False, "replace an existing --write-exclude file that doctor did not write")
-    near_threshold: float = opt(0.90, "cosine similarity of two images' features from which they are near "
-                                "duplicates", low=0, high=1, low_open=True)
+    near_threshold: float = opt(0.90, "cosine similarity of two images' features from which they are the same "
+                                "scene (near copies are confirmed by comparing the images themselves)",
+                                low=0, high=1, low_open=True)
     val_fraction: float = opt(0.2, "share held out for validation without a val/ folder (as train: the same split)",
                               low=0, high=1, low_open=True, high_open=True)
     seed: int = opt(0, "the split's seed (as train's)", low=0, high=2**31 - 1)

@@ -10,11 +10,13 @@ from collections import defaultdict
 
 import numpy as np
 
-# Cosine similarity of the backbone's last-layer features at or above which two images are near
-# duplicates. Chosen by measurement (bench/doctor.py on hymenoptera and flowers: copies re-saved
-# at JPEG quality 50, resized to 0.7x, cropped to 90% or mirrored mostly score 0.92-0.99; distinct
-# photos never reach it in hymenoptera; in flowers only burst shots of one scene do): see the README.
-NEAR_DUPLICATE = 0.90
+from ..folds import SAME_SCENE, group_folds, unit_rows
+from . import copies
+
+# Cosine similarity of the backbone's last-layer features from which two images are the same
+# scene (a near copy, or another shot of it); near copies are confirmed by comparing the images
+# (`copies`), down to copies.CANDIDATE. Measured: README, "The doctor's thresholds".
+NEAR_DUPLICATE = SAME_SCENE
 NEIGHBOURS = 10  # nearest neighbours looked at per image (near duplicates and outliers)
 OUTLIER_Z = 5.0  # robust z-score of the mean distance to the nearest neighbours past which an image is an outlier
 SMALL_CLASS = 10  # fewer images than this: a 20% val split holds one or none of them
@@ -26,12 +28,6 @@ def samples_of(split) -> tuple[list[str], np.ndarray, np.ndarray]:
     samples = split.train + split.val
     return ([s.path for s in samples], np.array([s.label for s in samples]),
             np.array(["train"] * len(split.train) + ["val"] * len(split.val)))
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """The rows of `x` scaled to length 1 (float32): their dot products are cosine similarities."""
-    x = x.astype(np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def kind_of_pair(i: int, j: int, labels, splits) -> str:
@@ -73,33 +69,46 @@ def neighbours(embeddings: np.ndarray, k: int = NEIGHBOURS) -> tuple[np.ndarray,
     return sims, idx[keep].reshape(len(z), k - 1)
 
 
-def near_duplicates(sims: np.ndarray, idx: np.ndarray, labels, splits, exact: list[dict],
-                    threshold: float = NEAR_DUPLICATE) -> list[dict]:
-    """Pairs at or above `threshold` cosine similarity that are not byte-identical, most similar
-    first."""
+def look_alikes(sims: np.ndarray, idx: np.ndarray, thumbs, labels, splits, exact: list[dict], skip: set[int],
+                same_scene: float = SAME_SCENE) -> tuple[list[dict], list[dict]]:
+    """(near copies, same-scene pairs) among each image's nearest neighbours (`neighbours`), most
+    similar first. A pair at or above copies.CANDIDATE cosine is a near copy when the images
+    themselves match (`copies.is_copy` on their thumbnails); otherwise, from `same_scene`
+    cosine on, the same scene. Byte-identical pairs (`exact`) and images in `skip` (blank ones:
+    all alike) are left out."""
     same = {frozenset((p["a"], p["b"])) for p in exact}
-    found: dict[frozenset, float] = {}
-    for i, j in zip(*np.nonzero(sims >= threshold)):
-        pair = frozenset((i, int(idx[i, j])))
-        if len(pair) == 2 and pair not in same:
-            found[pair] = max(found.get(pair, 0.0), float(sims[i, j]))
-    out = []
-    for pair, sim in sorted(found.items(), key=lambda kv: -kv[1]):
-        a, b = sorted(pair)
-        out.append({"a": int(a), "b": int(b), "kind": kind_of_pair(a, b, labels, splits), "similarity": round(sim, 4)})
-    return out
+    found: dict[tuple[int, int], float] = {}
+    for i, j in zip(*np.nonzero(sims >= min(copies.CANDIDATE, same_scene))):
+        a, b = sorted((int(i), int(idx[i, j])))
+        if a != b and a not in skip and b not in skip and frozenset((a, b)) not in same:
+            found[(a, b)] = max(found.get((a, b), -1.0), min(float(sims[i, j]), 1.0))
+    pairs = list(found)
+    match = copies.match_scores(thumbs, np.array(pairs).reshape(-1, 2)) if pairs else np.zeros(0)
+    near, scene = [], []
+    for (a, b), m in zip(pairs, match):
+        cos = found[(a, b)]
+        item = {"a": a, "b": b, "kind": kind_of_pair(a, b, labels, splits), "similarity": round(cos, 4),
+                "match": None if np.isnan(m) else round(float(m), 4)}
+        if not np.isnan(m) and copies.is_copy(float(m), cos):
+            near.append(item)
+        elif cos >= same_scene:
+            scene.append(item)
+    order = lambda p: (-(p["match"] or 0.0) - p["similarity"], p["a"], p["b"])  # noqa: E731
+    return sorted(near, key=order), sorted(scene, key=order)
 
 
 def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, num_classes: int, folds: int = 5,
-                              seed: int = 0, weight_decay: float = 0.1) -> np.ndarray:
-    """Each image's class probabilities from a logistic-regression head fitted without it
-    (stratified K-fold, features standardized on the training folds)."""
-    from ..training.logistic import Logistic, standardizer, stratified_folds
+                              seed: int = 0, weight_decay: float = 0.1, groups: np.ndarray | None = None) -> np.ndarray:
+    """Each image's class probabilities from a logistic-regression head fitted without it (nor
+    anything in its group: `folds.group_folds`), features standardized on the training folds."""
+    from ..logistic import Logistic, standardizer
 
-    fold_of = stratified_folds(y, folds, seed)
+    fold_of = group_folds(y, groups, folds, seed)
     probs = np.zeros((len(y), num_classes))
     for f in range(folds):
         train, test = fold_of != f, fold_of == f
+        if not test.any():
+            continue
         mean, scale = standardizer(x[train])
         head = Logistic(((x[train] - mean) / scale).astype(np.float32), y[train], num_classes, weight_decay)
         theta, _ = head.fit(head.start(), 500)
@@ -107,16 +116,45 @@ def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, num_classes: int, fo
     return probs
 
 
-def label_issues(probs: np.ndarray, y: np.ndarray) -> list[dict]:
+KNN_SMOOTHING = 1.0  # pseudo-votes spread evenly over the classes
+
+
+def neighbour_vote(sims: np.ndarray, idx: np.ndarray, y: np.ndarray, num_classes: int,
+                   groups: np.ndarray | None = None) -> np.ndarray:
+    """Each image's class probabilities from its nearest neighbours' labels, weighted by their
+    cosine similarity; neighbours in the image's own group (copies of it) do not vote."""
+    w = np.clip(sims, 0, None)
+    if groups is not None:
+        w = np.where(groups[idx] == groups[:, None], 0.0, w)
+    votes = np.zeros((len(y), num_classes))
+    np.add.at(votes, (np.repeat(np.arange(len(y)), idx.shape[1]), y[idx].ravel()), w.ravel())
+    return (votes + KNN_SMOOTHING / num_classes) / (votes.sum(1, keepdims=True) + KNN_SMOOTHING)
+
+
+EVIDENCE = 3  # nearest images of the suggested class shown beside a suspect
+
+
+def label_issues(probs: np.ndarray, y: np.ndarray, sims: np.ndarray | None = None,
+                 idx: np.ndarray | None = None) -> list[dict]:
     """Likely label errors by confident learning (cleanlab), worst first: each with its given
-    and suggested class and cleanlab's label-quality score (low: likely wrong)."""
+    and suggested class, cleanlab's label-quality score (low: likely wrong) and, as evidence,
+    its nearest images labelled with the suggested class that are not suspects themselves."""
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
     issues = find_label_issues(y, probs, return_indices_ranked_by="self_confidence")
     scores = get_label_quality_scores(y, probs)
-    return [{"i": int(i), "given": int(y[i]), "suggested": int(np.argmax(probs[i])), "score": round(float(scores[i]), 4)}
-            for i in issues]
+    suspects = set(int(i) for i in issues)
+    out = []
+    for i in issues:
+        suggested = int(np.argmax(probs[i]))
+        evidence = []
+        if idx is not None:
+            evidence = [{"i": int(j), "similarity": round(float(s), 4)} for j, s in zip(idx[i], sims[i])
+                        if y[j] == suggested and int(j) not in suspects][:EVIDENCE]
+        out.append({"i": int(i), "given": int(y[i]), "suggested": suggested, "score": round(float(scores[i]), 4),
+                    "evidence": evidence})
+    return out
 
 
 def outliers(sims: np.ndarray, z: float = OUTLIER_Z) -> list[dict]:

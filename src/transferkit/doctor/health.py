@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..cache import Cache
+from ..folds import unit_rows
 from . import checks, images
 
 SHOWN_PAIRS = 50  # pairs listed in results.json (all are counted)
@@ -23,7 +24,7 @@ def quick_health(split, features, cache: Cache, data: str) -> dict:
     """Counts and the first pairs of: exact and near copies across train/val, images with two
     labels. `features`: the run's `Features` (None for network strategies: no near check)."""
     paths, labels, splits = checks.samples_of(split)
-    hashes, _ = images.read_all(paths, cache.image_facts(), with_properties=False)
+    hashes, _, _ = images.read_all(paths, cache.image_facts(), with_properties=False)
     exact = [p for p in checks.exact_duplicates(hashes, labels, splits) if p["kind"] != "within class"]
     near, checked = [], 0
     if features is not None and len(split.train) and len(split.val):
@@ -44,7 +45,7 @@ def _val_near_train(features, labels, splits, exact: list[dict], n_train: int) -
     search of val against train, in chunks of val rows: its cost grows with the sample x train,
     its memory with a chunk x train. Plain NumPy, so that train's process does not import
     scikit-learn (about 1 s) for it. Returns the pairs and how many val images were checked."""
-    train, val = (checks.unit_rows(x) for x in features.last_layer())
+    train, val = (unit_rows(x) for x in features.last_layer())
     rows = np.arange(len(val))
     if len(val) > NEAR_SAMPLE:
         rows = np.sort(np.random.default_rng(0).choice(len(val), NEAR_SAMPLE, replace=False))

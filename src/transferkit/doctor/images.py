@@ -1,5 +1,6 @@
-"""Per image: its content hash (exact duplicates) and a few properties of its pixels (size,
-brightness, contrast, colour), read once and cached under the image's key (path, size, mtime)."""
+"""Per image: its content hash (exact duplicates), a few properties of its pixels (size,
+brightness, contrast, colour) and a small grey thumbnail (`copies`), read once and cached under
+the image's key (path, size, mtime)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from PIL import Image
 from ..cache import ShardedCache, image_key
 from ..data.decode import load_rgb
 from ..errors import ImageDecodeError
+from .copies import THUMB as COPY_THUMB
 
 # The properties, in the order they are stored: width, height (as decoded, EXIF applied), mean
 # and standard deviation of the luma (0-255), colourfulness (mean |R-G| + |G-B| over pixels:
@@ -28,7 +30,8 @@ def _sha256(path: str) -> np.ndarray | None:
         return None
 
 
-def _properties(path: str) -> np.ndarray | None:
+def _pixels(path: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(the PROPERTIES, the grey COPY_THUMB x COPY_THUMB thumbnail as uint8), from one decode."""
     try:
         with Image.open(path) as im:
             grey = float(im.mode in ("L", "LA", "1", "I", "F", "I;16"))
@@ -36,15 +39,18 @@ def _properties(path: str) -> np.ndarray | None:
     except (ImageDecodeError, OSError):
         return None
     width, height = rgb.size
+    small = np.asarray(rgb.convert("L").resize((COPY_THUMB, COPY_THUMB), Image.BILINEAR, reducing_gap=2.0),
+                       dtype=np.uint8)
     rgb.thumbnail((THUMB, THUMB))
     a = np.asarray(rgb, dtype=np.float32)
     luma = a @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     colour = float(np.abs(a[..., 0] - a[..., 1]).mean() + np.abs(a[..., 1] - a[..., 2]).mean())
-    return np.array([width, height, luma.mean(), luma.std(), colour, grey], dtype=np.float64)
+    return np.array([width, height, luma.mean(), luma.std(), colour, grey], dtype=np.float64), small
 
 
 def read_all(paths: list[str], cache: ShardedCache, with_properties: bool = True, threads: int = 4):
-    """(hashes, properties) of `paths`: the cached ones read here, the others computed on
+    """(hashes, properties, thumbnails) of `paths` (None where a file cannot be read; without
+    `with_properties` the last two are None): the cached ones read here, the others computed on
     `threads` threads (Pillow and hashlib release the GIL)."""
     keys = []
     for p in paths:
@@ -57,15 +63,25 @@ def read_all(paths: list[str], cache: ShardedCache, with_properties: bool = True
         return [None if k is None else cache.get(k, name) for k in keys]
 
     hashes = known("sha")
-    props = known("props") if with_properties else None
-    todo = [(i, hashes, "sha", _sha256) for i, h in enumerate(hashes) if h is None and keys[i] is not None]
-    todo += [(i, props, "props", _properties) for i, p in enumerate(props or []) if p is None and keys[i] is not None]
+    props, thumbs = (known("props"), known("thumb")) if with_properties else (None, None)
+    todo = [(i, _sha256) for i, h in enumerate(hashes) if h is None and keys[i] is not None]
+    todo += [(i, _pixels) for i in range(len(paths)) if with_properties and keys[i] is not None
+             and (props[i] is None or thumbs[i] is None)]
     if todo:
         with ThreadPoolExecutor(threads) as pool:
-            done = list(pool.map(lambda job: job[3](paths[job[0]]), todo))
-        for (i, column, name, _), value in zip(todo, done):
-            column[i] = value
-            if value is not None:  # None: unreadable, not cached (it may become readable)
-                cache.put(keys[i], name, value)
+            done = list(pool.map(lambda job: job[1](paths[job[0]]), todo))
+        for (i, how), value in zip(todo, done):
+            if value is None:  # unreadable, not cached (it may become readable)
+                continue
+            if how is _sha256:
+                hashes[i] = value
+                cache.put(keys[i], "sha", value)
+            else:
+                props[i], thumbs[i] = value
+                cache.put(keys[i], "props", value[0])
+                cache.put(keys[i], "thumb", value[1])
         cache.flush()
-    return [None if h is None else h.tobytes() for h in hashes], props
+    hashes = [None if h is None else h.tobytes() for h in hashes]
+    if thumbs is not None:  # a thumbnail without its properties (never cached so) counts as missing
+        thumbs = [None if t is None or p is None else t.reshape(COPY_THUMB, COPY_THUMB) for t, p in zip(thumbs, props)]
+    return hashes, props, thumbs

@@ -1,5 +1,6 @@
 """doctor.html: one self-contained page (thumbnails inline), the problems grouped by kind:
-duplicate pairs side by side, label suspects with their given and suggested class."""
+duplicate and same-scene pairs side by side, label suspects with their given and suggested
+class and the nearest images of the suggested class."""
 
 from __future__ import annotations
 
@@ -37,12 +38,15 @@ def _section(title: str, items: list, render) -> str:
 
 def write_page(path: Path, report: dict) -> None:
     def pair(p):
-        return (f'<div class="pair"><p>{html.escape(p["kind"])}, similarity {p["similarity"]:.3f}</p>'
+        match = f", images match {p['match']:.3f}" if p.get("match") is not None else ""
+        return (f'<div class="pair"><p>{html.escape(p["kind"])}, features {p["similarity"]:.3f}{match}</p>'
                 f'{_figure(p["a"])}{_figure(p["b"])}</div>')
 
     def label(x):
         note = f"given {x['label']}, suggested {x['suggested']} (score {x['score']:.3f})"
-        return f'<div class="item">{_figure(x, note)}</div>'
+        evidence = "".join(_figure(e, f"similarity {e['similarity']:.3f}") for e in x.get("evidence", []))
+        nearest = (f"<p>nearest images labelled {html.escape(x['suggested'])}:</p>{evidence}" if evidence else "")
+        return f'<div class="pair">{_figure(x, note)}{nearest}</div>'
 
     def plain(note_key):
         return lambda x: f'<div class="item">{_figure(x, str(x.get(note_key, "")))}</div>'
@@ -51,6 +55,7 @@ def write_page(path: Path, report: dict) -> None:
              f"<pre>{html.escape(chr(10).join(summary_lines(report)))}</pre>",
              _section("Exact duplicates", report["exact_duplicates"], pair),
              _section("Near duplicates", report["near_duplicates"], pair),
+             _section("Same scene (distinct shots)", report.get("same_scene", []), pair),
              _section("Likely label errors", report["label_issues"], label),
              _section("Outliers", report["outliers"], plain("z"))]
     for kind, items in report["image_issues"].items():

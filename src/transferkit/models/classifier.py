@@ -3,8 +3,6 @@ and building it with its weights (`models.lazy` builds it on first use)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn

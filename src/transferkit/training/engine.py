@@ -15,7 +15,6 @@ import copy
 import dataclasses
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 

@@ -12,7 +12,8 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..evaluation.metrics import EpochStats
-from .logistic import STD_FLOOR_PERCENTILE, Logistic, scale, standardizer, stratified_folds  # noqa: F401
+from ..folds import group_folds, max_folds, similar_groups, stratified_sample
+from ..logistic import STD_FLOOR_PERCENTILE, Logistic, scale, standardizer  # noqa: F401
 from .result import FitResult, LinearHead
 
 
@@ -127,6 +128,8 @@ class HeadChoice:
     table: list[dict] = field(default_factory=list)  # features, scaling, weight_decay, cv_accuracy, cv_log_loss
     cached: bool = False  # read from the feature cache (a run on the same features did the cross-validation)
     images: int | None = None  # training images cross-validated (a sample of them beyond CV_MAX_IMAGES)
+    groups: int | None = None  # groups of near-identical images among them, each kept in one fold (`folds`)
+    grouped_images: int = 0  # images in a group of two or more
 
     def best_for(self, features: str) -> dict | None:
         rows = [r for r in self.table if r["features"] == features]
@@ -135,7 +138,8 @@ class HeadChoice:
     def to_dict(self) -> dict:
         return {"features": self.features, "scaling": self.scaling, "weight_decay": self.weight_decay,
                 "cv_accuracy": self.cv_accuracy, "folds": self.folds, "seconds": round(self.seconds, 3),
-                "cached": self.cached, "cv_images": self.images, "candidates": self.table}
+                "cached": self.cached, "cv_images": self.images, "cv_groups": self.groups,
+                "cv_grouped_images": self.grouped_images, "candidates": self.table}
 
 
 def _rank(row: dict) -> tuple[float, float]:
@@ -143,28 +147,35 @@ def _rank(row: dict) -> tuple[float, float]:
 
 
 def select_head(x: np.ndarray, y: np.ndarray, num_classes: int, widths: dict[str, int], seed: int,
-                weight_decay: float | None = None, balanced: bool = False) -> HeadChoice:
+                weight_decay: float | None = None, balanced: bool = False, last_width: int | None = None) -> HeadChoice:
     """Cross-validate the logistic-regression head on the training images' features `x` (one row
     per image; the first `widths["last"]` columns are the last layer's): every feature set in
     `widths` x every scaling in SCALINGS x every weight decay in WEIGHT_DECAY_GRID (or just
     `weight_decay`, when given), in up to CV_MAX_FOLDS stratified folds. Picked: the highest mean
     accuracy over the folds, ties broken by the lower log loss (the last layer's features come
     first in `widths`, so they win a tie with the multi-layer ones). A class with fewer than 2 images
-    leaves nothing to cross-validate: the last layer, per-feature scaling, DEFAULT_WEIGHT_DECAY."""
+    leaves nothing to cross-validate: the first feature set, per-feature scaling, DEFAULT_WEIGHT_DECAY.
+    The folds keep near-identical images together (`folds.similar_groups` on the first
+    `last_width` columns, the last layer's features; None: no grouping), unless the groups are so
+    large that a class would not split into two folds."""
     start = time.perf_counter()
     yn = np.asarray(y)
     total = len(yn)
-    if total > CV_MAX_IMAGES:  # a stratified sample: one fold of ceil(total / CV_MAX_IMAGES)
-        sample = np.flatnonzero(stratified_folds(yn, -(-total // CV_MAX_IMAGES), seed) == 0)
+    if total > CV_MAX_IMAGES:  # a stratified sample of CV_MAX_IMAGES
+        sample = stratified_sample(yn, CV_MAX_IMAGES, seed)
         x, yn = x[sample], yn[sample]
-    counts = np.bincount(yn, minlength=num_classes)
     most = CV_MAX_FOLDS if len(yn) < CV_FEWER_FOLDS_FROM else 3
-    folds = int(min(most, counts[counts > 0].min())) if len(yn) else 0
+    groups = similar_groups(x[:, :last_width]) if last_width and len(yn) else None
+    if groups is not None and max_folds(yn, groups, most) < 2:  # so alike that no class splits: plain folds
+        groups = None
+    folds = max_folds(yn, groups, most)
     grid = WEIGHT_DECAY_GRID if weight_decay is None else (weight_decay,)
+    n_groups = int(groups.max()) + 1 if groups is not None else None
+    grouped = int((np.bincount(groups) > 1)[groups].sum()) if groups is not None else 0
     if folds < 2:
-        return HeadChoice("last", "feature", grid[0] if weight_decay is not None else DEFAULT_WEIGHT_DECAY,
-                          None, 0, time.perf_counter() - start)
-    fold_of = stratified_folds(yn, folds, seed)
+        return HeadChoice(next(iter(widths)), "feature", grid[0] if weight_decay is not None else DEFAULT_WEIGHT_DECAY,
+                          None, 0, time.perf_counter() - start, groups=n_groups, grouped_images=grouped)
+    fold_of = group_folds(yn, groups, folds, seed)
     xs = np.asarray(x, dtype=np.float32)
     table = []
     for features, width in widths.items():
@@ -193,7 +204,7 @@ def select_head(x: np.ndarray, y: np.ndarray, num_classes: int, widths: dict[str
     best = max(table, key=_rank)
     chosen = best["weight_decay"] * (len(yn) / total if weight_decay is None else 1.0)
     return HeadChoice(best["features"], best["scaling"], chosen, best["cv_accuracy"], folds,
-                      time.perf_counter() - start, table, images=len(yn))
+                      time.perf_counter() - start, table, images=len(yn), groups=n_groups, grouped_images=grouped)
 
 
 def _in_span(zt: np.ndarray, ze: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -296,7 +307,8 @@ def head_choice(cfg: TrainConfig, f) -> HeadChoice:
     key = ("select_head", tuple(widths.items()), cfg.seed, cfg.weight_decay, balanced)
     if key not in f.memo:
         f.memo[key] = _stored_choice(f, key) or select_head(
-            f.x_train[:n], f.y_train[:n], len(f.split.classes), widths, cfg.seed, cfg.weight_decay, balanced)
+            f.x_train[:n], f.y_train[:n], len(f.split.classes), widths, cfg.seed, cfg.weight_decay, balanced,
+            f.widths["last"])
         _store_choice(f, key, f.memo[key])
     return f.memo[key]
 
@@ -304,7 +316,7 @@ def head_choice(cfg: TrainConfig, f) -> HeadChoice:
 # The cross-validation's result is kept in the feature cache under a digest of exactly what it
 # saw (the features, labels, options and this version), so a warm run with the same images does
 # not cross-validate again.
-HEAD_CHOICE_VERSION = 2
+HEAD_CHOICE_VERSION = 3  # 3: folds keep near-identical images together
 
 
 def _choice_key(f, key: tuple) -> str:
@@ -328,7 +340,8 @@ def _stored_choice(f, key: tuple) -> HeadChoice | None:
     try:
         d = json.loads(data.tobytes().decode())
         return HeadChoice(d["features"], d["scaling"], float(d["weight_decay"]), d["cv_accuracy"], int(d["folds"]),
-                          0.0, d["candidates"], cached=True, images=d.get("cv_images"))
+                          0.0, d["candidates"], cached=True, images=d.get("cv_images"), groups=d.get("cv_groups"),
+                          grouped_images=d.get("cv_grouped_images", 0))
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         return None
 

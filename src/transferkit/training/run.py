@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cache import CACHE_FLAG, Cache, model_key
+from ..cache import CACHE_FLAG, Cache
 from ..config import LRFindOptions, TrainConfig
 from ..console import Console
 from .. import engines
@@ -20,7 +20,7 @@ from ..data.discover import OWN_MARKER, discover, is_own_output
 from ..data.views import SMALL
 from ..errors import UserError
 from ..evaluation import metrics
-from ..evaluation.worker import Worker
+from ..worker import Worker
 from ..files import claim_out, fresh_dir, refuse_inside, write_json
 from ..models import backbones, bundle
 from ..models.lazy import LazyClassifier, identify_weights
@@ -30,6 +30,7 @@ from ..doctor.health import quick_health, warnings as health_warnings
 from . import elastic
 from .checkpoint import load_checkpoint
 from .context import CachedFeatures, Context, Outcome
+from ..features.dataset import feature_extractor, features_key
 from .result import Run
 from .strategies.base import STRATEGIES
 
@@ -87,6 +88,9 @@ def train(cfg: TrainConfig, console: Console, worker: Worker, started: float, ch
     bundle.save(run_dir, outcome.state, meta)
     results = write_outputs(run_dir, outcome, ran_on(ctx, outcome), started, worker, health, ctx.engine)
     console.info(metrics.format_table(results["metrics"]))
+    warning = cv_warning(results)
+    if warning:
+        console.warn(warning)
     kept = (f"logistic regression, {outcome.fit.best_epoch} L-BFGS iterations" if outcome.fit.unit == "iteration"
             else f"best epoch {results['best_epoch']}/{len(outcome.fit.history)}")
     skipped = f", {len(outcome.split.skipped)} skipped" if outcome.split.skipped else ""
@@ -153,7 +157,7 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
         check_sync_bn(cfg.sync_bn, group, Runtime.create(device, cfg.precision).device)
     split = discover(cfg.data, cfg.val_fraction, cfg.seed, cache.datasets())
     if cfg.exclude:
-        from ..doctor.diagnose import read_exclude
+        from ..data.exclude import read_exclude
 
         split = split.excluding(read_exclude(cfg.exclude), str(Path(cfg.exclude).expanduser().absolute()))
         console.info(f"left out {split.excluded['images']} image(s) listed in {cfg.exclude}"
@@ -171,7 +175,7 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
     images = len(split.train) * (1 + (cfg.aug_views or 0)) + len(split.val)
     engine = group.decide(lambda: engines.choose(cfg.engine, device, cfg.precision, images)) if uses_features else None
     # (a network strategy's backbone weights are cached under its training precision's key)
-    key = _features_key(spec, stem, weights.identity, pre, engine.precision if engine else _training_precision(device, cfg))
+    key = features_key(spec, stem, weights.identity, pre, engine.precision if engine else _training_precision(device, cfg))
     workers = default_workers() if cfg.workers is None else cfg.workers
     # --features auto | multi: the earlier stages' pooled activations are extracted too (one pass)
     multi = cfg.features == "multi" or (cfg.features == "auto" and spec.has_multi_layer)
@@ -210,25 +214,6 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
                    group=group)
 
 
-def feature_extractor(engine: engines.Choice, key: str, multi: bool, pre, models: LazyClassifier, cache: Cache,
-                      console: Console):
-    """A factory of `engine`'s extractor of the backbone's features (the cache key `key`; `multi`:
-    the earlier stages' too), called only when some features are missing: only then is the
-    network built (or its conversion read)."""
-    from ..engines.convert import features_network
-
-    network = features_network({"features": key, "multi": multi}, lambda: models.get().backbone, pre,
-                               models.spec.name)
-
-    def say(message: str) -> None:
-        if message.startswith("warning: "):
-            console.warn(message[len("warning: "):])
-        else:
-            console.info(message)
-
-    return lambda: engine.implementation.features(network, engine, cache, say)
-
-
 # Pretrained networks trained on small images (<= views.SMALL px) get them upsampled
 # SMALL_IMAGE_UPSCALE times, not to the backbone's full size: a 32 px image holds no more detail at
 # 224 px, and training steps at 128 px cost a third of those at 224 (CIFAR-10: README, accuracy).
@@ -249,13 +234,6 @@ def _training_precision(device: str, cfg: TrainConfig) -> str:
     return Runtime.create(device, cfg.precision).precision
 
 
-def _features_key(spec, stem: str, weights: str, pre, precision: str) -> str:
-    """The features' cache key (`weights`: `WeightsInfo.identity`). Features are keyed by
-    precision, not engine: ONNX Runtime's and PyTorch's fp32 features agree to 1e-5 of their
-    scale (tested), bf16's do not."""
-    return model_key(spec.name + ("+small-stem" if stem == "small" else ""), weights, pre.to_dict(), precision)
-
-
 def context_at(ctx: Context, pre) -> Context:
     """`ctx` with another preprocessing (auto's fine-tuning candidate on small images): its own
     cached features, the same classifier, data and run folder."""
@@ -264,7 +242,7 @@ def context_at(ctx: Context, pre) -> Context:
     engine = ctx.engine or ctx.group.decide(lambda: engines.choose(
         ctx.cfg.engine, ctx.group.device(ctx.cfg.device), ctx.cfg.precision,
         len(ctx.split.train) * (1 + (ctx.cfg.aug_views or 0)) + len(ctx.split.val)))
-    key = _features_key(ctx.models.spec, ctx.models.stem, ctx.models.info.identity, pre, engine.precision)
+    key = features_key(ctx.models.spec, ctx.models.stem, ctx.models.info.identity, pre, engine.precision)
     multi = ctx.models.features == "multi"
     features = CachedFeatures(ctx.split, pre, ctx.cache.features(key), ctx.cfg.aug_views or 0, ctx.cfg.seed,
                               max(1, ctx.workers), feature_extractor(engine, key, multi, pre, ctx.models, ctx.cache,
@@ -366,6 +344,7 @@ def write_outputs(run_dir: Path, outcome: Outcome, ran_on: tuple[str, str], star
     })
     results = {
         "val_acc": summary["accuracy"],
+        "cv": cross_validation(outcome),
         "balanced_accuracy": summary["balanced_accuracy"],
         "best_epoch": fit.best_epoch if fit.unit == "epoch" else None,
         "epochs_run": len(fit.history) if fit.unit == "epoch" else None,
@@ -397,6 +376,40 @@ def write_outputs(run_dir: Path, outcome: Outcome, ran_on: tuple[str, str], star
     if not cfg.no_report:
         worker.render(run_dir)  # plots, misclassified.csv, report.html
     return results
+
+
+# The head's cross-validated accuracy more than this above its val accuracy: a warning (the
+# training images resemble each other more than the val images resemble them).
+CV_OPTIMISM = 0.05
+
+
+def cross_validation(outcome: Outcome) -> dict | None:
+    """The head's cross-validation on the training images (kept beside the val accuracy in
+    results.json): its accuracy, folds, images, and the groups of near-identical images kept in
+    one fold. None where no head was cross-validated. `estimates`: whether the kept model is
+    the cross-validated head (not a fine-tuned network)."""
+    head = outcome.info.get("head")
+    if not head or head.get("cv_accuracy") is None:
+        return None
+    return {"accuracy": head["cv_accuracy"], "folds": head["folds"], "images": head.get("cv_images"),
+            "groups": head.get("cv_groups"), "grouped_images": head.get("cv_grouped_images", 0),
+            "estimates": "the kept model" if STRATEGIES.get(outcome.cfg.strategy).trains == "head" or
+            outcome.info.get("kept") == "probe" else "the head on frozen features"}
+
+
+def cv_warning(results: dict) -> str | None:
+    """A line when the head's cross-validated accuracy exceeds the val accuracy by more than
+    CV_OPTIMISM (and the val split is big enough to say so)."""
+    cv = results.get("cv")
+    if not cv or cv["estimates"] != "the kept model" or results["num_val"] < 20:
+        return None
+    gap = cv["accuracy"] - results["val_acc"]
+    if gap <= CV_OPTIMISM:
+        return None
+    return (f"the head cross-validates at {cv['accuracy']:.1%} on the training images but scores {results['val_acc']:.1%} "
+            f"on val ({gap * 100:.1f} points lower): the val images differ from the training images more than these "
+            f"differ from each other ({cv['groups']} groups of near-identical shots were kept apart in the folds); "
+            "trust the val figure, and check the split (`transferkit doctor`)")
 
 
 def lr_find(cfg: TrainConfig, options: LRFindOptions, console: Console):

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .cache import ShardedCache, image_key
-from .distributed import Group
-from .errors import describe_os_error
-from .models.preprocess import Preprocess
+from ..cache import ShardedCache, image_key
+from ..distributed import Group
+from ..errors import describe_os_error
+from ..models.preprocess import Preprocess
 
 # Freezing the backbone (TorchScript) makes the first batch about 0.5 s slower and then saves
 # 0.7-1.4 ms per image over the BatchNorm-folded eager module (Lite0, bf16, 2 cores): it pays from
@@ -73,7 +73,7 @@ class FeaturePass:
         self.share = list(self.group.share(len(self.todo)))  # the positions in `todo` computed here
         self._batches = None
         if self.share:
-            from .data.stream import decode_batches  # worker processes: only when there is work
+            from ..data.stream import decode_batches  # worker processes: only when there is work
 
             mine = [self.todo[j] for j in self.share]
             self._batches = decode_batches(

@@ -1,6 +1,7 @@
 """The logistic-regression head's numerics, torch-free (doctor's out-of-fold probabilities run
 in a process that never imports torch): scikit-learn's objective for scipy's L-BFGS-B,
-standardization and stratified folds. `heads` fits and selects heads with them."""
+and standardization. `training.heads` fits and selects heads with them; `folds` says which
+images are held out together."""
 
 from __future__ import annotations
 
@@ -85,16 +86,3 @@ def standardizer(x: np.ndarray, scaling: str = "feature") -> tuple[np.ndarray, n
     if scaling == "global":
         return mean, np.full(x.shape[1], float(np.sqrt((x.var(0)).mean())) + 1e-6, dtype=x.dtype)
     return mean, scale(x)
-
-
-def stratified_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """The fold (0..folds-1) of each sample: each class's samples shuffled (seeded) and dealt out
-    in turn, so every fold holds each class in proportion."""
-    rng = np.random.default_rng(seed)
-    fold_of = np.empty(len(y), dtype=np.int64)
-    offset = 0
-    for c in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == c))
-        fold_of[idx] = (np.arange(len(idx)) + offset) % folds
-        offset += len(idx)
-    return fold_of

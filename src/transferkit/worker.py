@@ -1,4 +1,7 @@
-"""A child process for a run's evaluation and report, started before torch is imported."""
+"""A helper process that does a command's CPU work beside it: a run's evaluation and report, the
+doctor's analysis. It is started before the command imports torch and imports what that work
+needs meanwhile. Work is named by "module:function" and imported where it runs: this module
+depends on no other part of transferkit."""
 
 from __future__ import annotations
 
@@ -10,15 +13,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .report import render, write_evaluation
+import importlib
 
 # The Worker's child, at the caller's own CPU priority: the caller waits for its work, so a lower
 # one lets any other load starve the run (a warm run took 196 s instead of 11 s at load ~10 on
 # 2 cores with the child at nice 19).
-_CHILD = "from transferkit.evaluation.worker import _serve; _serve()"
+_CHILD = "from transferkit.worker import _serve; _serve()"
 # What the child imports before it answers (train's evaluation and report); others pass `preload`.
-REPORT_MODULES = ("matplotlib.backends.backend_agg", "matplotlib.figure", "scipy.special", "sklearn.metrics")
-DOCTOR_MODULES = ("cleanlab.filter", "cleanlab.rank", "sklearn.neighbors", "scipy.optimize")
+REPORT_MODULES = ("transferkit.evaluation.report", "matplotlib.backends.backend_agg", "matplotlib.figure", "scipy.special", "sklearn.metrics")
+DOCTOR_MODULES = ("transferkit.doctor.analysis", "cleanlab.filter", "cleanlab.rank", "sklearn.neighbors",
+                  "sklearn.model_selection", "scipy.optimize", "scipy.ndimage")
+WRITE_EVALUATION, RENDER = "transferkit.evaluation.report:write_evaluation", "transferkit.evaluation.report:render"
 
 
 class Worker:
@@ -46,16 +51,15 @@ class Worker:
 
     def write_evaluation(self, out_dir: Path, paths: list[str], y_true: np.ndarray, logits, classes: list[str],
                  extra: dict | None = None) -> dict:
-        return self._call("write_evaluation", out_dir, paths, np.asarray(y_true), np.asarray(logits), classes, extra)
+        """`evaluation.report.write_evaluation` in the child."""
+        return self.call(WRITE_EVALUATION, out_dir, paths, np.asarray(y_true), np.asarray(logits), classes, extra)
 
     def render(self, run_dir: Path) -> Path:
-        return self._call("render", run_dir)
+        """`evaluation.report.render` (plots, report.html) in the child."""
+        return self.call(RENDER, run_dir)
 
-    def find_problems(self, *args) -> dict:
-        """`doctor.diagnose.find_all` (nearest neighbours, out-of-fold head, cleanlab) in the child."""
-        return self._call("find_problems", *args)
-
-    def _call(self, name: str, *args):
+    def call(self, name: str, *args):
+        """`name` ("module:function") called with `args` in the child (here, if it cannot)."""
         if self.proc is not None:
             try:
                 pickle.dump((name, args), self.proc.stdin)
@@ -68,7 +72,7 @@ class Worker:
                 return value
             if self.warn:
                 self.warn(f"the report process failed: {value}; doing its work here")
-        return _WORK[name](*args)
+        return _function(name)(*args)
 
     def close(self) -> None:
         """No more requests: the child is ended at once. Every request was answered before its
@@ -101,8 +105,6 @@ def _serve() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     requests, replies = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # a stray print must not corrupt the replies
-    import importlib
-
     for module in sys.argv[1:]:  # imported now, while the parent imports torch and computes
         importlib.import_module(module)
 
@@ -112,18 +114,13 @@ def _serve() -> None:
         except EOFError:
             return
         try:
-            reply = (True, _WORK[name](*args))
+            reply = (True, _function(name)(*args))
         except Exception as exc:  # noqa: BLE001 - the parent redoes the work and raises it there
             reply = (False, f"{type(exc).__name__}: {exc}")
         pickle.dump(reply, replies)
         replies.flush()
 
 
-def _find_problems(*args) -> dict:
-    from ..doctor.diagnose import find_all
-
-    return find_all(*args)
-
-
-_WORK = {"write_evaluation": write_evaluation, "render": render,
-         "find_problems": _find_problems}  # what a Worker does, by name
+def _function(name: str):
+    module, _, function = name.partition(":")
+    return getattr(importlib.import_module(module), function)

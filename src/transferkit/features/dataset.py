@@ -1,0 +1,129 @@
+"""The cached features of a dataset: what `train` (the feature strategies, auto) and `doctor`
+both ask for, so neither extracts what the other did. `features_key` names a backbone's features
+in the cache, `feature_extractor` makes the engine's extractor only when some are missing, and
+`CachedFeatures` computes a split's features at most once (`extract.FeaturePass`). No torch here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from ..cache import Cache, ShardedCache, model_key
+from ..console import Console
+from ..data.discover import DatasetSplit
+from ..distributed import Group
+from ..models.preprocess import Preprocess
+from .extract import FeaturePass
+
+if TYPE_CHECKING:
+    from .. import engines
+    from ..models.lazy import LazyClassifier
+
+
+def features_key(spec, stem: str, weights: str, pre, precision: str) -> str:
+    """The features' cache key (`weights`: `WeightsInfo.identity`). Features are keyed by
+    precision, not engine: ONNX Runtime's and PyTorch's fp32 features agree to 1e-5 of their
+    scale (tested), bf16's do not."""
+    return model_key(spec.name + ("+small-stem" if stem == "small" else ""), weights, pre.to_dict(), precision)
+
+
+def feature_extractor(engine: engines.Choice, key: str, multi: bool, pre, models: LazyClassifier, cache: Cache,
+                      console: Console):
+    """A factory of `engine`'s extractor of the backbone's features (the cache key `key`; `multi`:
+    the earlier stages' too), called only when some features are missing: only then is the
+    network built (or its conversion read)."""
+    from ..engines.convert import features_network
+
+    network = features_network({"features": key, "multi": multi}, lambda: models.get().backbone, pre,
+                               models.spec.name)
+
+    def say(message: str) -> None:
+        if message.startswith("warning: "):
+            console.warn(message[len("warning: "):])
+        else:
+            console.info(message)
+
+    return lambda: engine.implementation.features(network, engine, cache, say)
+
+
+@dataclass
+class Features:
+    """The cached features of a split: train (eval view, then the augmented views) and val, as
+    NumPy arrays (float32 features, int64 labels): a head on them needs no torch."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    split: DatasetSplit  # the split less the images that could not be read
+    facts: dict  # cache statistics for results.json
+    widths: dict[str, int] = field(default_factory=dict)  # "last" (the first columns) and, if extracted, "multi"
+    memo: dict = field(default_factory=dict)  # results computed from these features once per run (the head's CV)
+    store: ShardedCache | None = None  # where results computed from these features persist across runs
+
+    def last_layer(self) -> tuple[np.ndarray, np.ndarray]:
+        """The last layer's features of the training images (eval view) and of the val images."""
+        last = self.widths.get("last", self.x_train.shape[1])
+        return self.x_train[:self.num_images, :last], self.x_val[:, :last]
+
+    @property
+    def num_images(self) -> int:
+        """Training images (rows beyond these are augmented views)."""
+        return len(self.split.train)
+
+
+class CachedFeatures:
+    """The features of one split, computed at most once: the cache is read (and missing images
+    start decoding) when this is made, before the network is built; `get` finishes the pass.
+    `extractor`: makes the engine's extractor (`engines`), called only when features are missing."""
+
+    def __init__(self, split: DatasetSplit, pre: Preprocess, cache: ShardedCache, aug_views: int, seed: int,
+                 workers: int, extractor: Callable, multi: bool = False, group: Group | None = None):
+        self.split, self.cache, self.aug_views, self.extractor = split, cache, aug_views, extractor
+        self._pass: FeaturePass | None = FeaturePass(
+            [([s.path for s in split.train], aug_views), ([s.path for s in split.val], 0)],
+            pre, cache, seed, batch_size=32, workers=workers, multi=multi, group=group)
+        self._features: Features | None = None
+
+    def computed(self) -> Features | None:
+        """The features if a strategy asked for them, else None (nothing is extracted here)."""
+        return self._features
+
+    def get(self, console: Console) -> Features:
+        if self._features is None:
+            self._features = self._compute(console)
+        return self._features
+
+    def _compute(self, console: Console) -> Features:
+        feature_pass, self._pass = self._pass, None
+        train_paths, val_paths = [s.path for s in self.split.train], [s.path for s in self.split.val]
+        bar = console.progress(len(train_paths) + len(val_paths), "features")
+        train_fs, val_fs = feature_pass.run(self.extractor, bar)  # the extractor is built only if needed
+        bar.close()
+        errors = {**train_fs.errors, **val_fs.errors}
+        keep_train = [i for i, p in enumerate(train_paths) if p not in errors]
+        keep_val = [i for i, p in enumerate(val_paths) if p not in errors]
+        split = self.split.without(errors)
+        split.check_not_empty()
+        x_train, y_train = train_fs.features[keep_train], labels_of(split.train)
+        if train_fs.augmented is not None:
+            aug = train_fs.augmented[keep_train]
+            x_train = np.concatenate([x_train, aug.reshape(-1, aug.shape[-1])])
+            y_train = np.concatenate([y_train, np.repeat(y_train, aug.shape[1])])
+        facts = {
+            "features_cached": train_fs.cached + val_fs.cached,
+            "features_computed": train_fs.computed + val_fs.computed,
+            "aug_views": self.aug_views,
+            "cache_entries_recomputed": self.cache.recomputed,
+        }
+        widths = {"last": train_fs.last_width}
+        if x_train.shape[1] > train_fs.last_width:
+            widths["multi"] = x_train.shape[1]
+        return Features(x_train, y_train, val_fs.features[keep_val], labels_of(split.val), split, facts, widths,
+                        store=self.cache)
+
+
+def labels_of(samples) -> np.ndarray:
+    return np.array([s.label for s in samples], dtype=np.int64)
