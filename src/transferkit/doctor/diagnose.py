@@ -213,7 +213,7 @@ def _features(split, options: DoctorOptions, cache: Cache, console: Console):
     """The split's features as `train` (default strategy) extracts and caches them."""
     from .. import engines
     from ..engines.cpu import default_workers
-    from ..features.dataset import CachedFeatures, feature_extractor, features_key
+    from ..features.dataset import CachedFeatures, features_key
     from ..models import backbones
     from ..models.lazy import LazyClassifier, identify_weights
 
@@ -228,6 +228,5 @@ def _features(split, options: DoctorOptions, cache: Cache, console: Console):
     workers = default_workers() if options.workers is None else options.workers
     models = LazyClassifier(spec, len(split.classes), "imagenet", 0.0, cache.backbone_file(key), "standard",
                             "multi" if multi else "last")
-    cached = CachedFeatures(split, pre, cache.features(key), 0, options.seed, max(1, workers),
-                            feature_extractor(engine, key, multi, pre, models, cache, console), multi)
-    return cached.get(console)
+    return CachedFeatures.for_key(split, key, multi, pre, models, engine, cache, console, 0, options.seed,
+                                  max(1, workers)).get(console)

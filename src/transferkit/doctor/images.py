@@ -82,6 +82,6 @@ def read_all(paths: list[str], cache: ShardedCache, with_properties: bool = True
                 cache.put(keys[i], "thumb", value[1])
         cache.flush()
     hashes = [None if h is None else h.tobytes() for h in hashes]
-    if thumbs is not None:  # a thumbnail without its properties (never cached so) counts as missing
-        thumbs = [None if t is None or p is None else t.reshape(COPY_THUMB, COPY_THUMB) for t, p in zip(thumbs, props)]
+    if thumbs is not None:
+        thumbs = [None if t is None else t.reshape(COPY_THUMB, COPY_THUMB) for t in thumbs]
     return hashes, props, thumbs

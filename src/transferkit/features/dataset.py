@@ -87,6 +87,16 @@ class CachedFeatures:
             pre, cache, seed, batch_size=32, workers=workers, multi=multi, group=group)
         self._features: Features | None = None
 
+    @classmethod
+    def for_key(cls, split: DatasetSplit, key: str, multi: bool, pre: Preprocess, models: LazyClassifier,
+                engine: engines.Choice, cache: Cache, console: Console, aug_views: int = 0, seed: int = 0,
+                workers: int = 1, group: Group | None = None) -> "CachedFeatures":
+        """The split's features under the cache key `key` (`features_key`), extracted by
+        `engine` from `models`' backbone where the cache lacks them: how train, auto's other
+        input size and doctor all ask for them."""
+        return cls(split, pre, cache.features(key), aug_views, seed, workers,
+                   feature_extractor(engine, key, multi, pre, models, cache, console), multi, group)
+
     def computed(self) -> Features | None:
         """The features if a strategy asked for them, else None (nothing is extracted here)."""
         return self._features

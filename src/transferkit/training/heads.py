@@ -166,9 +166,9 @@ def select_head(x: np.ndarray, y: np.ndarray, num_classes: int, widths: dict[str
         x, yn = x[sample], yn[sample]
     most = CV_MAX_FOLDS if len(yn) < CV_FEWER_FOLDS_FROM else 3
     groups = similar_groups(x[:, :last_width]) if last_width and len(yn) else None
-    if groups is not None and max_folds(yn, groups, most) < 2:  # so alike that no class splits: plain folds
-        groups = None
     folds = max_folds(yn, groups, most)
+    if groups is not None and folds < 2:  # so alike that no class splits: plain folds
+        groups, folds = None, max_folds(yn, None, most)
     grid = WEIGHT_DECAY_GRID if weight_decay is None else (weight_decay,)
     n_groups = int(groups.max()) + 1 if groups is not None else None
     grouped = int((np.bincount(groups) > 1)[groups].sum()) if groups is not None else 0

@@ -30,7 +30,7 @@ from ..doctor.health import quick_health, warnings as health_warnings
 from . import elastic
 from .checkpoint import load_checkpoint
 from .context import CachedFeatures, Context, Outcome
-from ..features.dataset import feature_extractor, features_key
+from ..features.dataset import features_key
 from .result import Run
 from .strategies.base import STRATEGIES
 
@@ -194,9 +194,8 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
         # least one worker process even on 2 cores: it overlaps the build and then the forward
         # (measured, 2 cores, ants/bees cold: 9.2-10.4 s with none, 7.7 s with one; 4x the images:
         # 24.3 s vs 20.8 s).
-        features = CachedFeatures(split, pre, cache.features(key), cfg.aug_views or 0, cfg.seed,
-                                  max(1, workers) if cfg.workers is None else workers,
-                                  feature_extractor(engine, key, multi, pre, models, cache, console), multi, group)
+        features = CachedFeatures.for_key(split, key, multi, pre, models, engine, cache, console, cfg.aug_views or 0,
+                                          cfg.seed, max(1, workers) if cfg.workers is None else workers, group)
     models.prepare()  # weights that do not fit the architecture fail here, before any output
     if cfg.teacher is not None:
         from .teacher import check_teacher
@@ -244,9 +243,8 @@ def context_at(ctx: Context, pre) -> Context:
         len(ctx.split.train) * (1 + (ctx.cfg.aug_views or 0)) + len(ctx.split.val)))
     key = features_key(ctx.models.spec, ctx.models.stem, ctx.models.info.identity, pre, engine.precision)
     multi = ctx.models.features == "multi"
-    features = CachedFeatures(ctx.split, pre, ctx.cache.features(key), ctx.cfg.aug_views or 0, ctx.cfg.seed,
-                              max(1, ctx.workers), feature_extractor(engine, key, multi, pre, ctx.models, ctx.cache,
-                                                                     ctx.console), multi, ctx.group)
+    features = CachedFeatures.for_key(ctx.split, key, multi, pre, ctx.models, engine, ctx.cache, ctx.console,
+                                      ctx.cfg.aug_views or 0, ctx.cfg.seed, max(1, ctx.workers), ctx.group)
     return dataclasses.replace(ctx, pre=pre, features=features)
 
 
