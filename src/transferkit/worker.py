@@ -5,6 +5,7 @@ depends on no other part of transferkit."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import subprocess
@@ -13,27 +14,26 @@ from pathlib import Path
 
 import numpy as np
 
-import importlib
-
 # The Worker's child, at the caller's own CPU priority: the caller waits for its work, so a lower
 # one lets any other load starve the run (a warm run took 196 s instead of 11 s at load ~10 on
 # 2 cores with the child at nice 19).
 _CHILD = "from transferkit.worker import _serve; _serve()"
 # What the child imports before it answers (train's evaluation and report); others pass `preload`.
-REPORT_MODULES = ("transferkit.evaluation.report", "matplotlib.backends.backend_agg", "matplotlib.figure", "scipy.special", "sklearn.metrics")
+REPORT_MODULES = ("transferkit.evaluation.report", "matplotlib.backends.backend_agg", "matplotlib.figure",
+                  "scipy.special", "sklearn.metrics")
 DOCTOR_MODULES = ("transferkit.doctor.analysis", "cleanlab.filter", "cleanlab.rank", "sklearn.neighbors",
                   "sklearn.model_selection", "scipy.optimize", "scipy.ndimage")
 WRITE_EVALUATION, RENDER = "transferkit.evaluation.report:write_evaluation", "transferkit.evaluation.report:render"
 
 
 class Worker:
-    """A child process for a run's evaluation and report, started before training: it imports
-    scikit-learn and matplotlib (about 1.1 s on one core) while this process imports torch and
-    trains. `write_evaluation` and `render` then run there
-    and this process only waits. If the child cannot start or fails, the work is done here
-    instead, with a warning naming the reason: the outputs are the same either way. `close()` (or
-    leaving the `with` block) ends the child. `spawn=False`: no child (the processes of a torchrun
-    group other than the primary, which evaluate nothing)."""
+    """A child process for a command's CPU work (a run's evaluation and report, the doctor's
+    analysis), started before the command imports torch: it imports what that work needs (about
+    1.1 s on one core for scikit-learn and matplotlib) meanwhile. `call` (and `write_evaluation`,
+    `render`) then run there and this process only waits. If the child cannot start or fails, the
+    work is done here instead, with a warning naming the reason: the outputs are the same either
+    way. `close()` (or leaving the `with` block) ends the child. `spawn=False`: no child (the
+    processes of a torchrun group other than the primary, which evaluate nothing)."""
 
     def __init__(self, warn=None, preload: tuple[str, ...] = REPORT_MODULES, spawn: bool = True):
         self.warn = warn
