@@ -59,7 +59,9 @@ def _epoch_of(path) -> str:
 
 def test_interrupt_resume_and_more_epochs(tmp_path, monkeypatch):
     data = make_dataset(tmp_path / "d", n_train=3, n_val=2)
-    kw = dict(model="squeezenet1_1", weights="none", strategy="partial", epochs=3, batch_size=2, seed=1, quiet=True)
+    # the recipe's random parts too (augmentation ops, MixUp/CutMix draws) and its state (the EMA)
+    kw = dict(model="squeezenet1_1", weights="none", strategy="partial", epochs=3, batch_size=2, seed=1, quiet=True,
+              augment="trivial", mixup=0.2, cutmix=1.0, ema=0.9, layer_decay=0.8)
     full = transferkit.train(data, out=str(tmp_path / "full"), **kw)
 
     from transferkit.training import engine

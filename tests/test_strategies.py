@@ -228,23 +228,55 @@ def test_distill_teacher_sees_the_students_view_of_each_epoch(tmp_path):
 
 
 def test_auto_rules_and_reasons():
-    from transferkit.training.strategies.auto import choose_strategy
+    from transferkit.training.strategies.auto import MIN_EPOCHS, choose_strategy
 
-    chosen, reason = choose_strategy(500, 0.98, None, None)
+    chosen, reason, _ = choose_strategy(500, 0.98, None)
     assert chosen == "linear" and "cross-validates at 98.0%" in reason  # the head leaves little to win
-    chosen, reason = choose_strategy(20, 0.7, None, None)
+    chosen, reason, _ = choose_strategy(20, 0.7, None)
     assert chosen == "linear" and "20 training images per class" in reason and "70.0%" in reason
-    assert choose_strategy(500, None, None, None)[0] == "linear"  # nothing to cross-validate
+    assert choose_strategy(500, None, None)[0] == "linear"  # nothing to cross-validate
     calls = []
 
-    def slow():
-        calls.append(1)
-        return 900.0
+    def within(epochs):
+        def measure():
+            calls.append(1)
+            return epochs, 900.0
+        return measure
 
-    chosen, reason = choose_strategy(500, 0.7, slow, 60)
-    assert chosen == "linear" and "900 s, over the 60 s budget" in reason and calls == [1]
-    assert choose_strategy(500, 0.7, slow, 1200)[0] == "lp-ft"
-    assert choose_strategy(500, 0.7, slow, None)[0] == "lp-ft" and len(calls) == 2  # no budget: not measured
+    chosen, reason, epochs = choose_strategy(500, 0.7, within(MIN_EPOCHS - 1))
+    assert chosen == "linear" and "900 s for 2 epochs, more than is left of the budget" in reason and calls == [1]
+    chosen, reason, epochs = choose_strategy(500, 0.7, within(4))
+    assert (chosen, epochs) == ("lp-ft", 4) and "4 epochs fit in the budget" in reason
+    assert choose_strategy(500, 0.7, None)[::2] == ("lp-ft", None)  # no budget: its default epochs
+    assert choose_strategy(500, 0.98, within(4))[0] == "linear" and len(calls) == 2  # measured only when needed
+
+
+def test_fit_starts_no_epoch_that_would_end_past_the_deadline():
+    import time
+
+    from torch.utils.data import DataLoader, Dataset
+
+    from transferkit.runtime import Runtime
+    from transferkit.training import engine
+
+    class Slow(Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            time.sleep(0.05)
+            return torch.randn(3), i % 2
+
+    net = nn.Linear(3, 2)
+    loader = DataLoader(Slow(), batch_size=2)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    start = time.perf_counter()
+    deadline = start + 1.0  # an epoch (train + validate) takes about 0.4 s
+    result, _ = engine.fit(net, loader, loader, optimizer, engine.make_scheduler("constant", optimizer, 40),
+                           nn.CrossEntropyLoss(), Runtime(torch.device("cpu"), torch.float32), lambda t: t, 10,
+                           deadline=deadline)
+    assert result.stopped_by == "budget" and result.stopped_early and 1 <= len(result.history) < 10
+    assert time.perf_counter() <= deadline + 0.15
 
 
 def test_auto_writes_its_choice_and_reason(tmp_path, capsys):
@@ -266,12 +298,33 @@ def test_auto_estimates_finetune_time_by_measuring_steps(tmp_path):
     from transferkit.training.run import make_context
     from transferkit.config import TrainConfig
     from transferkit.cache import Cache
-    from transferkit.training.network import estimate_finetune_seconds
+    from transferkit.training.network import estimate_finetune_cost
 
     data = make_dataset(tmp_path / "d", n_train=3, n_val=1)
     cfg = TrainConfig.from_mapping({"data": str(data), "model": "squeezenet1_1", "weights": "none",
                                     "image_size": 64, "strategy": "finetune", "out": str(tmp_path / "r")}).resolved()
     ctx = make_context(cfg, Console(True), Cache())
-    one = estimate_finetune_seconds(ctx, dataclasses.replace(cfg, epochs=1))
-    assert 0 < one < 30
+    cost = estimate_finetune_cost(ctx)
+    assert 0 < cost.per_epoch < 30 and 0 < cost.decode
+    assert cost.seconds(3) == pytest.approx(3 * cost.per_epoch + cost.decode)
     assert not any(p.grad is not None for p in ctx.models.get().parameters())  # left clean
+
+
+def test_auto_reports_every_candidate_with_its_cost_and_keeps_to_its_budget(tmp_path, monkeypatch):
+    from transferkit.training.strategies import auto
+
+    monkeypatch.setattr(auto, "AUTO_HEAD_GOOD", 1.01)  # tiny data: let it fine-tune
+    monkeypatch.setattr(auto, "AUTO_MIN_PER_CLASS", 1)
+    data = make_dataset(tmp_path / "d", n_train=6, n_val=2)
+    run = transferkit.train(data, strategy="auto", image_size=64, out=str(tmp_path / "r"), quiet=True)
+    candidates = run.results["strategy_info"]["candidates"]
+    assert [c["candidate"] for c in candidates] == ["features", "linear", "lp-ft"]
+    assert all(c["seconds"] >= 0 for c in candidates) and candidates[2]["val_acc"] is not None
+    assert sum(bool(c.get("kept")) for c in candidates) == 1
+    assert "lp-ft" in candidates[2]["what"] or "epochs" in candidates[2]["what"]
+    assert "Candidates (auto)" in (run.path / "report.html").read_text()
+    # a budget that leaves no time for two epochs: the head, and why
+    tight = transferkit.train(data, strategy="auto", image_size=64, budget=0.5, out=str(tmp_path / "t"), quiet=True)
+    assert tight.results["strategy"] == "linear"
+    assert "more than is left of the budget" in tight.results["strategy_reason"]
+    assert tight.results["strategy_info"]["candidates"][2]["what"].startswith("not run:")

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, WeightedRa
 from ..cache import ArrayCache, image_key
 from ..errors import ImageDecodeError, describe_os_error
 from ..models.preprocess import Preprocess
+from .augment import AUGMENTS, apply_ops, build_ops
 from .decode import center_crop, load_rgb, resize_short
 from .discover import Sample
 from .views import train_view, view_rng
@@ -32,14 +33,17 @@ def labels_of(samples: list[Sample]) -> torch.Tensor:
 
 class DecodedImages(Dataset):
     """Images decoded once, resized to the short side the crops need, kept as uint8 in the decode
-    cache; item -> (uint8 (3, S, S) view, label). Training views are seeded per (image, epoch);
-    `small`: the images are small (upsampled to the input), augmented CIFAR-style (`train_view`)."""
+    cache; item -> (uint8 (3, S, S) view, label). Training views follow the `augment` policy
+    (`data.augment`), seeded per (image, epoch); `small`: the images are small (upsampled to the
+    input), cropped CIFAR-style (`train_view`)."""
 
     def __init__(self, paths: list[str], labels: list[int], pre: Preprocess, cache: ArrayCache,
-                 train: bool, seed: int = 0, small: bool = False):
+                 train: bool, seed: int = 0, small: bool = False, augment: str = "basic"):
         self.paths, self.labels, self.pre, self.cache = paths, labels, pre, cache
         self.keys = [image_key(p) for p in paths]
         self.train, self.seed, self.epoch, self.small = train, seed, 0, small
+        self.crop = AUGMENTS.get(augment).crop
+        self.ops = build_ops(augment) if train else None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -57,11 +61,11 @@ class DecodedImages(Dataset):
         """Image i as seen in `epoch`: a random view seeded by (seed, image, epoch) for training,
         the center crop otherwise."""
         img = self.image(i)
-        if self.train:
-            view = train_view(img, self.pre, view_rng(self.seed, self.keys[i], epoch), self.small)
-        else:
-            view = center_crop(img, self.pre.input_size)
-        return to_tensor(view)
+        if not self.train:
+            return to_tensor(center_crop(img, self.pre.input_size))
+        rng = view_rng(self.seed, self.keys[i], epoch)
+        view = train_view(img, self.pre, rng, self.small) if self.crop else center_crop(img, self.pre.input_size)
+        return apply_ops(self.ops, to_tensor(view), int(rng.integers(2**63)))
 
     def __getitem__(self, i: int):
         return self.view(i, self.epoch), self.labels[i]

@@ -63,6 +63,25 @@ def _settings(run_dir: Path) -> list[list]:
     return rows
 
 
+def _candidates(run_dir: Path) -> str:
+    """auto's "Candidates" section: every candidate it measured, with its cost."""
+    results = run_dir / "results.json"
+    if not results.is_file():
+        return ""
+    info = json.loads(results.read_text()).get("strategy_info") or {}
+    rows = [[c["candidate"] + (" (kept)" if c.get("kept") else ""), c["what"],
+             f"{c['cv_accuracy']:.1%}" if c.get("cv_accuracy") is not None else "",
+             f"{c['val_acc']:.1%}" if c.get("val_acc") is not None else "", f"{c['seconds']:.1f}",
+             f"{c['estimated_seconds']:.0f}" if c.get("estimated_seconds") is not None else ""]
+            for c in info.get("candidates") or []]
+    if not rows:
+        return ""
+    budget = f" within a budget of {info['budget_s']:g} s" if info.get("budget_s") else ""
+    return (f"<h2>Candidates (auto)</h2><p class=\"note\">What auto measured{budget}, with the seconds each "
+            f"took.</p>" + _table(["candidate", "what", "CV accuracy", "val accuracy", "seconds", "estimated s"],
+                                  rows, "candidates"))
+
+
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 h1{font-size:1.6em}h2{margin-top:1.6em;border-bottom:1px solid #ddd}
@@ -138,6 +157,7 @@ def report_html(run_dir: Path, summary: dict, wrong: list[dict], confusion_note:
 <h2>Misclassified images ({len(wrong)})</h2><div class="thumbs">{"".join(thumbs) or "<p>none</p>"}</div>{more}
 {health}
 {"<h2>Skipped files</h2>" + _table(["path", "reason"], [[s["path"], s["reason"]] for s in skipped]) if skipped else ""}
+{_candidates(Path(summary["run"]) if summary.get("run") else run_dir)}
 <h2>Settings</h2>{_table(["setting", "value"], settings, "settings")}
 </body></html>
 """

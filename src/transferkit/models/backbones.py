@@ -59,17 +59,20 @@ class BackboneSpec:
     num_features: int | None = None  # torchvision: size of the pooled features the head sees
     params: int | None = None  # parameters with the original 1000-class head (published)
 
-    def build(self, stem: str = "standard", features: str = "last") -> nn.Module:
+    def build(self, stem: str = "standard", features: str = "last", drop_path: float = 0.0) -> nn.Module:
         """The architecture without weights, as a pooled-feature extractor (no classifier):
         forward gives (B, num_features). stem="small" adapts it to ~32 px images; features="multi"
         adds earlier stages' pooled activations (`multilayer`), the same parameters under the
-        same names."""
+        same names; `drop_path`: timm's stochastic depth rate (training only: no parameters)."""
         if self.family == "torchvision":
+            if drop_path:  # (train refuses the option first, in one line)
+                raise ValueError(f"stochastic depth needs a timm backbone, not {self.name}")
             model = self._build_torchvision()
         else:
             import timm
 
-            model = timm.create_model(self.arch, pretrained=False, num_classes=0)
+            extra = {"drop_path_rate": drop_path} if drop_path else {}
+            model = timm.create_model(self.arch, pretrained=False, num_classes=0, **extra)
         model = small_image_stem(model, self.name) if stem == "small" else model
         if features != "multi":
             return model
@@ -98,13 +101,15 @@ class BackboneSpec:
 
         return timm.create_model(self.arch, pretrained=False, num_classes=1000)
 
-    def stages(self, backbone: nn.Module) -> list[list[str]]:
+    def stages(self, backbone: nn.Module, fine: bool = False) -> list[list[str]]:
         """Parameter names of `backbone` (as built by `build`) grouped into stages, input to
-        output: the units of partial freezing and per-stage learning rates."""
+        output: the units of partial freezing and per-stage learning rates. `fine`: timm's
+        fine-grained groups (the stem, each block, the last conv: layer-wise LR decay's layers);
+        torchvision backbones have one grouping."""
         if self.family == "timm":
             from timm.models import group_parameters
 
-            groups = group_parameters(backbone, backbone.group_matcher(coarse=True))
+            groups = group_parameters(backbone, backbone.group_matcher(coarse=not fine))
             return [list(names) for _, names in sorted(groups.items())]
         return _torchvision_stages(backbone)
 

@@ -47,11 +47,12 @@ class Classifier(nn.Module):
 
 def build_classifier(
     spec: backbones.BackboneSpec, num_classes: int, weights: str = "imagenet", dropout: float = 0.0,
-    stem: str = "standard", features: str = "last",
+    stem: str = "standard", features: str = "last", drop_path: float = 0.0,
 ) -> tuple[Classifier, WeightsInfo]:
     """Build `spec` for `num_classes` with the given weights ("imagenet", "none" or a file);
-    features="multi": the multi-layer backbone (`multilayer`), its weights loaded the same way."""
-    backbone = spec.build(stem)
+    features="multi": the multi-layer backbone (`multilayer`), its weights loaded the same way;
+    `drop_path`: the backbone's stochastic depth rate while training (timm)."""
+    backbone = spec.build(stem, drop_path=drop_path)
     info = load_backbone_weights(spec, backbone, weights)
     if features == "multi":
         from .multilayer import multi_layer

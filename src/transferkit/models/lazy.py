@@ -61,9 +61,9 @@ class LazyClassifier:
 
     def __init__(self, spec: backbones.BackboneSpec, num_classes: int, weights: str,
                  dropout: float = 0.0, cache_file: Path | None = None, stem: str = "standard",
-                 features: str = "last", seed: int = 0):
+                 features: str = "last", seed: int = 0, drop_path: float = 0.0):
         self.spec, self.num_classes, self.weights, self.dropout = spec, num_classes, weights, dropout
-        self.stem, self.features = stem, features
+        self.stem, self.features, self.drop_path = stem, features, drop_path
         self.info = identify_weights(spec, weights, seed)
         self.cache_file = cache_file if self.info.sha256 else None  # random init is not cached
         self._model: Classifier | None = None
@@ -88,7 +88,7 @@ class LazyClassifier:
                 if self.info.seed is not None:  # random init: the same network for a seed, whenever built
                     torch.manual_seed(self.info.seed)
                 self._model, _ = build_classifier(self.spec, self.num_classes, self.weights, self.dropout, self.stem,
-                                                  self.features)
+                                                  self.features, self.drop_path)
             if self.cache_file is not None and self._cached_state() is None:
                 _write_checked(self.cache_file, self._model.backbone.state_dict())
         return self._model

@@ -48,6 +48,8 @@ class Context:
     features_ident: dict | None = None  # the features network's identity (its engine conversion's key)
     resume: dict | None = None  # a checkpoint to continue from (--resume)
     group: Group = field(default_factory=Group)  # the processes training together (torchrun), or one
+    started: float = 0.0  # the command's start (time.perf_counter()): auto's --budget counts from it
+    deadline: float | None = None  # no training epoch starts that would end after it (auto's --budget)
 
     @functools.cached_property
     def runtime(self) -> Runtime:

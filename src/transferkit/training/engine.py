@@ -27,6 +27,7 @@ from ..errors import Terminated, UserError
 from ..distributed import Group
 from ..runtime import Runtime
 from .checkpoint import save_checkpoint
+from .recipe import Mixer, WeightAverage, hard_labels
 from .result import FitResult
 
 Prepare = Callable[[torch.Tensor], torch.Tensor]
@@ -60,8 +61,11 @@ def make_scheduler(name: str, optimizer: torch.optim.Optimizer, total_steps: int
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     scheduler, loss_fn: nn.Module, runtime: Runtime, prepare: Prepare,
-                    scaler: torch.amp.GradScaler | None = None, progress=None) -> tuple[float, float]:
-    """One pass over `loader`; returns (mean loss, accuracy)."""
+                    scaler: torch.amp.GradScaler | None = None, progress=None, mixer: Mixer | None = None,
+                    after_step: Callable[[int], None] | None = None) -> tuple[float, float]:
+    """One pass over `loader`; returns (mean loss, accuracy: of the heavier label where `mixer`
+    (MixUp / CutMix) mixes the batch into soft targets). `after_step(step)` runs after every
+    optimizer step (the weight average), with the scheduler's step count."""
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     for inputs, targets in loader:
@@ -69,6 +73,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         extra = [t.to(runtime.device) for t in targets[1:]] if isinstance(targets, (list, tuple)) else []
         y = (targets[0] if isinstance(targets, (list, tuple)) else targets).to(runtime.device)
         x = prepare(inputs)
+        if mixer is not None:
+            x, y = mixer(x, y)
         with runtime.autocast():
             logits = model(x)
             loss = loss_fn(logits.float(), y, *extra)
@@ -85,9 +91,11 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
             loss.backward()
             optimizer.step()
         scheduler.step()
+        if after_step is not None:
+            after_step(scheduler.last_epoch)
         n = y.shape[0]
         total_loss += loss.item() * n
-        correct += (logits.argmax(1) == y).sum().item()
+        correct += (logits.argmax(1) == hard_labels(y)).sum().item()
         seen += n
         if progress is not None:
             progress.update(1)
@@ -120,6 +128,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
         checkpoint: Path | None = None, resume: dict | None = None,
         measure: Callable[[nn.Module], tuple[float, float, torch.Tensor]] | None = None,
         group: Group | None = None, replicate: Callable[[nn.Module], nn.Module] | None = None,
+        mixer: Mixer | None = None, average: WeightAverage | None = None, deadline: float | None = None,
         ) -> tuple[FitResult, dict[str, torch.Tensor]]:
     """Train for `epochs`, validating after each; keep the best weights (by val accuracy, ties to
     the lower val loss). Stops early after `patience` epochs without improvement (0: never), and
@@ -129,9 +138,14 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
     best so far) is written there atomically after every epoch; `resume` (such a checkpoint,
     loaded) continues from its epoch, giving on CPU the same result as an uninterrupted run.
     In a `group`, `replicate(model)` is what trains (DDP), and the loader's sampler is told the
-    epoch."""
+    epoch. `mixer`: MixUp / CutMix of each training batch. `average` (the EMA of the weights):
+    updated after every step; it is what each epoch measures, and its weights are the kept ones.
+    `deadline` (a `time.perf_counter()` time, auto's --budget): no epoch starts that would end
+    after it, going by the last epoch's time (`stopped_by` "budget")."""
     group = group or Group()
     result = FitResult()
+    measured = average.module if average is not None else model  # what is measured and kept
+    after_step = (lambda step: average.update(model, step)) if average is not None else None
     best_state = copy.deepcopy(model.state_dict())
     best_loss = math.inf
     scaler = runtime.grad_scaler()
@@ -143,6 +157,8 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         scaler.load_state_dict(resume["scaler"])
+        if average is not None:
+            average.load_state_dict(resume["average"])
         rng = resume["torch_rng"]  # one state, or one per rank of the group that wrote it
         if isinstance(rng, torch.Tensor) or len(rng) == group.world:
             torch.set_rng_state(rng if isinstance(rng, torch.Tensor) else rng[group.rank])
@@ -155,6 +171,9 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
     try:
         for epoch in range(first, epochs + 1):
             start = time.perf_counter()
+            if deadline is not None and result.history and _past(start + result.history[-1].seconds, deadline, group):
+                result.stopped_early, result.stopped_by = True, "budget"
+                break
             if before_epoch is not None:
                 before_epoch(epoch)  # e.g. unfreeze the next stages
             if hasattr(train_loader.dataset, "set_epoch"):
@@ -165,14 +184,14 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
             try:
                 train_loss, train_acc = train_one_epoch(
                     replicate(model) if replicate else model, train_loader, optimizer, scheduler, loss_fn, runtime,
-                    prepare, scaler, bar
+                    prepare, scaler, bar, mixer, after_step
                 )
                 if group.distributed:  # every rank saw as many images (the sampler pads)
                     ranks = group.all_gather((train_loss, train_acc))
                     train_loss, train_acc = (sum(r[0] for r in ranks) / len(ranks), sum(r[1] for r in ranks) / len(ranks))
                 train_seconds = time.perf_counter() - start
-                val_loss, val_acc, _ = (measure(model) if measure is not None
-                                        else validate(model, val_loader, loss_fn, runtime, prepare))
+                val_loss, val_acc, _ = (measure(measured) if measure is not None
+                                        else validate(measured, val_loader, loss_fn, runtime, prepare))
             finally:
                 if bar is not None:
                     bar.close()
@@ -181,7 +200,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
             result.history.append(stats)
             if val_acc > result.best_val_acc or (val_acc == result.best_val_acc and val_loss < best_loss):
                 result.best_epoch, result.best_val_acc, best_loss = epoch, val_acc, val_loss
-                best_state = copy.deepcopy(model.state_dict())
+                best_state = copy.deepcopy(measured.state_dict())
                 since_best = 0
             else:
                 since_best += 1
@@ -190,6 +209,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
                 save_checkpoint(checkpoint, {
                     "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                    "average": average.state_dict() if average is not None else None,
                     "torch_rng": rng, "loader_rng": [g.get_state() for g in generators],
                     "best_state": best_state, "best_loss": best_loss, "since_best": since_best,
                     "best_epoch": result.best_epoch, "best_val_acc": result.best_val_acc,
@@ -204,6 +224,13 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
         result.interrupted = True
         result.stopped_by = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
     return result, best_state
+
+
+def _past(end: float, deadline: float, group: Group) -> bool:
+    """Whether an epoch ending at `end` would end after `deadline` (on any rank of the group:
+    every rank stops at the same epoch)."""
+    late = end > deadline
+    return any(group.all_gather(late)) if group.distributed else late
 
 
 def _generators(loader: DataLoader) -> list[torch.Generator]:

@@ -20,7 +20,7 @@ from ..data.discover import DatasetSplit
 from ..distributed import sync_batchnorm
 from ..models.classifier import Classifier
 from ..runtime import Extractor
-from . import engine
+from . import engine, recipe
 from .context import Context, Outcome
 from .losses import classification_loss
 from .result import LinearHead
@@ -28,7 +28,8 @@ from .strategies.base import STRATEGIES, Strategy
 
 
 def param_groups(model: Classifier, stages: list[list[str]], strategy: Strategy | str, lr: float,
-                 backbone_lr_mult: float = 0.1, unfreeze: int = 2, lr_decay: float = 0.5) -> list[dict]:
+                 backbone_lr_mult: float = 0.1, unfreeze: int = 2, lr_decay: float = 0.5,
+                 layer_decay: float = 1.0, layers: list[list[str]] | None = None) -> list[dict]:
     """Set what trains as `strategy` declares it (requires_grad), keep BatchNorm of frozen parts
     in eval mode, and return the optimizer's parameter groups (only trainable parameters, except
     under "gradual", whose stage groups are unfrozen later by `unfreeze_top`).
@@ -36,7 +37,9 @@ def param_groups(model: Classifier, stages: list[list[str]], strategy: Strategy 
     trains "head": the head alone. "all": everything, the backbone at `backbone_lr` ("scaled":
     lr * backbone_lr_mult; "same": lr). "top": the head and the last `unfreeze` stages.
     "gradual": one group per stage, its LR lr * backbone_lr_mult * lr_decay**(distance from the
-    top stage); all frozen at first."""
+    top stage); all frozen at first. `layer_decay` < 1 ("all", "top"): the backbone's trainable
+    parameters in one group per layer of `layers` (input to output), layer i of L at backbone_lr *
+    layer_decay**(L - i) (timm's convention: the top layer at layer_decay, the head, layer L, at lr)."""
     entry = STRATEGIES.get(strategy) if isinstance(strategy, str) else strategy
     params = dict(model.backbone.named_parameters())
     trainable = {"head": 0, "top": min(unfreeze, len(stages)), "gradual": 0}.get(entry.trains, len(stages))
@@ -54,6 +57,13 @@ def param_groups(model: Classifier, stages: list[list[str]], strategy: Strategy 
         return groups + [head]
     body = [p for p in model.backbone.parameters() if p.requires_grad]
     body_lr = lr if entry.backbone_lr == "same" else lr * backbone_lr_mult
+    if layer_decay < 1 and body:
+        if layers is None:
+            raise ValueError("layer-wise decay needs the backbone's layers")
+        groups = [{"params": [params[k] for k in layer if params[k].requires_grad],
+                   "lr": body_lr * layer_decay ** (len(layers) - i), "name": f"layer{i}"}
+                  for i, layer in enumerate(layers)]
+        return [g for g in groups if g["params"]] + [head]
     return ([{"params": body, "lr": body_lr, "name": "backbone"}] if body else []) + [head]
 
 
@@ -114,7 +124,7 @@ def network_setup(ctx: Context, head_init: LinearHead | None = None, split: Data
 
     def dataset(samples, train):
         return DecodedImages([s.path for s in samples], [s.label for s in samples], ctx.pre, cache, train, cfg.seed,
-                             small)
+                             small, cfg.augment or "basic")
 
     y_train = labels_of(split.train)
     per_rank = -(-len(split.train) // group.world)
@@ -132,8 +142,10 @@ def network_setup(ctx: Context, head_init: LinearHead | None = None, split: Data
     if cfg.sync_bn and group.distributed:
         sync_batchnorm(model)
     stages = ctx.models.spec.stages(model.backbone)
+    layer_decay = cfg.layer_decay or 1.0
+    layers = ctx.models.spec.stages(model.backbone, fine=True) if layer_decay < 1 else None
     groups = param_groups(model, stages, ctx.strategy, cfg.lr, cfg.backbone_lr_mult or 1.0, cfg.unfreeze or 0,
-                          cfg.lr_decay or 1.0)
+                          cfg.lr_decay or 1.0, layer_decay, layers)
     mean = torch.tensor(ctx.pre.mean).view(1, 3, 1, 1)
     std = torch.tensor(ctx.pre.std).view(1, 3, 1, 1)
     return NetworkSetup(model, loader, val_loader, stages, groups, classification_loss(cfg, y_train, len(split.classes)),
@@ -189,6 +201,8 @@ def train_network(ctx: Context, head_init: LinearHead | None = None,
         return loss, float((logits.argmax(1) == y_val).float().mean()) if len(y_val) else 0.0, logits
 
     y_val = labels_of(net.split.val)
+    mixer = recipe.batch_mixer(cfg.mixup, cfg.cutmix, len(net.split.classes))
+    average = recipe.WeightAverage(model, cfg.ema) if cfg.ema else None
     result, best = engine.fit(
         model, loader, net.val_loader, optimizer, scheduler, net.loss, runtime, net.prepare,
         cfg.epochs, cfg.patience,
@@ -199,6 +213,7 @@ def train_network(ctx: Context, head_init: LinearHead | None = None,
         progress_factory=_epoch_bar(ctx.console, cfg.strategy, cfg.epochs), before_epoch=before_epoch,
         checkpoint=ctx.checkpoint, resume=ctx.resume, measure=measure,
         group=group, replicate=group.replicate(runtime.device) if group.distributed else None,
+        mixer=mixer, average=average, deadline=ctx.deadline,
     )
     model.load_state_dict(best)
     _, _, val_logits = measure(model)  # the kept epoch's logits, as its row in metrics.csv measured them
@@ -211,9 +226,22 @@ def train_network(ctx: Context, head_init: LinearHead | None = None,
     return Outcome(result, val_logits, model.state_dict(), net.split, cfg, info)
 
 
-def estimate_finetune_seconds(ctx: Context, cfg: TrainConfig) -> float:
-    """Epochs x training images x the measured time of one bf16/channels_last training step
-    (3 steps of 8 images after a warm-up), plus one decode pass."""
+@dataclass
+class FinetuneCost:
+    """What fine-tuning is estimated to cost, in seconds (`estimate_finetune_cost`)."""
+
+    per_epoch: float  # a training pass over the training images and the val measurement after it
+    decode: float  # decoding every image once into the cache
+
+    def seconds(self, epochs: int) -> float:
+        return epochs * self.per_epoch + self.decode
+
+
+def estimate_finetune_cost(ctx: Context) -> FinetuneCost:
+    """From the measured time of one training step in the runtime's precision (3 steps of 8
+    images after a warm-up): an epoch is the training images x that step's time per image x 1.15
+    (loading, the optimizer) plus the val images' forward pass (a third of a training step's time
+    each); decoding the images once, 3 ms an image per worker."""
     model = ctx.models.get()
     ctx.runtime.train_module(model)
     x = ctx.runtime.to_input(torch.randint(0, 255, (8, 3, ctx.pre.input_size, ctx.pre.input_size), dtype=torch.uint8),
@@ -227,4 +255,6 @@ def estimate_finetune_seconds(ctx: Context, cfg: TrainConfig) -> float:
     model.zero_grad(set_to_none=True)
     model.to("cpu").eval()
     per_image = min(times[1:]) / 8
-    return cfg.epochs * len(ctx.split.train) * per_image * 1.15 + 0.003 * len(ctx.split.train) / max(1, ctx.workers)
+    n_train, n_val = len(ctx.split.train), len(ctx.split.val)
+    return FinetuneCost(n_train * per_image * 1.15 + n_val * per_image / 3,
+                        0.003 * (n_train + n_val) / max(1, ctx.workers))

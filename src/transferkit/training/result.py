@@ -33,7 +33,7 @@ class FitResult:
     interrupted: bool = False
     stopped_early: bool = False
     unit: str = "epoch"  # what `EpochStats.epoch` counts: "epoch", or "iteration" for L-BFGS
-    stopped_by: str | None = None  # "SIGINT" (Ctrl-C) or "SIGTERM" when interrupted
+    stopped_by: str | None = None  # "SIGINT" (Ctrl-C) or "SIGTERM" when interrupted; "budget": auto's deadline
 
 
 @dataclass

@@ -32,7 +32,7 @@ from .checkpoint import load_checkpoint
 from .context import CachedFeatures, Context, Outcome
 from ..features.dataset import features_key
 from .result import Run
-from .strategies.base import STRATEGIES
+from .strategies.base import RECIPE_OPTIONS, STRATEGIES
 
 
 def train(cfg: TrainConfig, console: Console, worker: Worker, started: float, checkpoint: dict | None = None) -> Run:
@@ -45,7 +45,7 @@ def train(cfg: TrainConfig, console: Console, worker: Worker, started: float, ch
             console = Console(quiet=True, warnings=False)  # the primary speaks for the group
         worker.warn = console.warn
         cfg, checkpoint = elastic.restarted(cfg, checkpoint, group)
-        ctx = make_context(cfg, console, cache, resume=checkpoint, group=group)
+        ctx = make_context(cfg, console, cache, resume=checkpoint, group=group, started=started)
         run_dir = ctx.run_dir
         spec = ctx.models.spec
         processes = f", {group.world} processes ({group.backend})" if group.distributed else ""
@@ -142,11 +142,14 @@ def _prepared(cache: Cache, group: Group) -> Cache:
 
 
 def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str | None = None,
-                 with_features: bool | None = None, resume: dict | None = None, group: Group | None = None) -> Context:
+                 with_features: bool | None = None, resume: dict | None = None, group: Group | None = None,
+                 started: float | None = None) -> Context:
     """Check every user input (data, model, weights, options), then make the run folder and the
     strategy's context; `with_features` (default: the strategy declares it uses cached features)
     starts the feature pass. In a group the primary makes the run folder; every rank checks the
-    inputs (each reads the data itself)."""
+    inputs (each reads the data itself). `started`: the command's start (`time.perf_counter()`;
+    default: now), from which auto's --budget counts."""
+    started = time.perf_counter() if started is None else started
     group = group or Group()
     strategy = STRATEGIES.get(cfg.strategy)
     spec = backbones.get(cfg.model)
@@ -182,12 +185,15 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
     if multi and not spec.has_multi_layer:
         raise UserError(f"--features multi needs a timm backbone (its feature_info names the stages); "
                         f"{spec.name} is built by torchvision")
+    if cfg.drop_path and spec.family != "timm":
+        raise UserError(f"--drop-path needs a timm backbone (efficientnet_lite*, timm:<name>); {spec.name} is built "
+                        f"by torchvision")
     if strategy.trains != "head":  # random weights (scratch, a new head) are the same for a seed
         import torch
 
         torch.manual_seed(cfg.seed)
     models = LazyClassifier(spec, len(split.classes), cfg.weights, cfg.dropout or 0.0, cache.backbone_file(key), stem,
-                            "multi" if multi else "last", cfg.seed)
+                            "multi" if multi else "last", cfg.seed, cfg.drop_path or 0.0)
     features = None
     if uses_features:
         # Images whose features are missing start decoding now, while the network is built, in at
@@ -210,7 +216,7 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
     return Context(cfg=cfg, split=split, models=models, pre=pre, device=device, cache=cache, workers=workers,
                    console=console, features=features, run_dir=group.decide(new_run_dir), engine=engine,
                    features_ident={"features": key, "multi": multi} if uses_features else None, resume=resume,
-                   group=group)
+                   group=group, started=started)
 
 
 # Pretrained networks trained on small images (<= views.SMALL px) get them upsampled
@@ -354,6 +360,7 @@ def write_outputs(run_dir: Path, outcome: Outcome, ran_on: tuple[str, str], star
         "strategy_reason": outcome.info.get("strategy_reason"),
         "backbone": cfg.model,
         "features": outcome.features,
+        "recipe": {k: getattr(cfg, k) for k in RECIPE_OPTIONS if getattr(cfg, k) is not None} or None,
         "head": outcome.info.get("head"),
         "classes": split.classes,
         "num_train": len(split.train),

@@ -1,81 +1,144 @@
 """auto: choose between the linear head and LP-FT by measurement, say why, and keep the better.
 
 What is cheap is measured first: the cross-validated accuracy of the best head on the cached
-features (last and multi-layer, `heads.select_head`). Fine-tuning (LP-FT) runs only when that
-leaves room, there are enough images per class, and (with --budget) its timed training steps fit;
-LP-FT then keeps the fine-tuned network only if it beats the head on the same val images.
+features (last and multi-layer, `heads.select_head`, with near-identical images kept in one fold:
+an honest ruler where the training images hold bursts of the same shot). Fine-tuning (LP-FT) runs
+only when that leaves room and there are enough images per class; with --budget, its epochs are
+those that fit in what is left of the budget (timed training steps), and no epoch starts that
+would end after it. LP-FT then keeps the fine-tuned network only if it beats the head on the same
+val images. Every candidate measured is reported with its cost (`strategy_info.candidates`).
 """
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
-from .base import STRATEGIES, Strategy, register
+from .base import RECIPE_OPTIONS, STRATEGIES, Strategy, register
 
 # auto's thresholds. Fine-tuning that does not pay costs only time (LP-FT keeps its probe then).
 AUTO_HEAD_GOOD = 0.97  # the head's cross-validated accuracy this high: fine-tuning has little to win
 AUTO_MIN_PER_CLASS = 30  # fewer training images per class: fine-tuning mostly overfits (README, bench/accuracy.py)
+MIN_EPOCHS = 2  # LP-FT's warm-up epoch and one more: with fewer it cannot move past its probe
+# Of a --budget, kept back for what follows training (the kept model's val pass, outputs, report).
+BUDGET_RESERVE_S, BUDGET_RESERVE_SHARE = 3.0, 0.03
 
 
-def choose_strategy(per_class: float, head_cv: float | None, finetune_s: Callable[[], float] | None,
-                    budget: float | None) -> tuple[str, str]:
-    """(strategy, reason) from the training images per class, the best head's cross-validated
-    accuracy and, with a budget, the estimated fine-tuning time (a callable: measured only when
-    needed)."""
+def choose_strategy(per_class: float, head_cv: float | None,
+                    epochs_within: Callable[[], tuple[int, float]] | None) -> tuple[str, str, int | None]:
+    """(strategy, reason, epochs of LP-FT or None: its default) from the training images per
+    class, the best head's cross-validated accuracy and, with a budget, `epochs_within()`: (the
+    LP-FT epochs that fit in what is left of it, the estimated seconds of MIN_EPOCHS), measured
+    only when needed."""
     cv = "not measurable" if head_cv is None else f"{head_cv:.1%}"
     if head_cv is None:
-        return "linear", "a class has a single training image: nothing to cross-validate or fine-tune on"
+        return "linear", "a class has a single training image: nothing to cross-validate or fine-tune on", None
     if head_cv >= AUTO_HEAD_GOOD:
         return "linear", (f"the head on the frozen features cross-validates at {cv} (>= {AUTO_HEAD_GOOD:.0%}): "
-                          f"fine-tuning has little to win")
+                          f"fine-tuning has little to win"), None
     if per_class < AUTO_MIN_PER_CLASS:
         return "linear", (f"{per_class:.0f} training images per class (< {AUTO_MIN_PER_CLASS}): too few to "
-                          f"fine-tune without overfitting (head cross-validated at {cv})")
-    if budget is not None and finetune_s is not None:
-        needed = finetune_s()
-        if needed > budget:
-            return "linear", (f"fine-tuning would take about {needed:.0f} s, over the {budget:.0f} s budget "
-                              f"(head cross-validated at {cv})")
-    return "lp-ft", (f"the head cross-validates at {cv} (< {AUTO_HEAD_GOOD:.0%}) on {per_class:.0f} images per class: "
-                     f"fine-tuning may win; it is kept only if it beats the head on the same val images")
+                          f"fine-tune without overfitting (head cross-validated at {cv})"), None
+    reason = (f"the head cross-validates at {cv} (< {AUTO_HEAD_GOOD:.0%}) on {per_class:.0f} images per class: "
+              f"fine-tuning may win; it is kept only if it beats the head on the same val images")
+    if epochs_within is None:
+        return "lp-ft", reason, None
+    epochs, needed = epochs_within()
+    if epochs < MIN_EPOCHS:
+        return "linear", (f"fine-tuning would take about {needed:.0f} s for {MIN_EPOCHS} epochs, more than is left "
+                          f"of the budget (head cross-validated at {cv})"), None
+    return "lp-ft", f"{reason}; {epochs} epochs fit in the budget", epochs
 
 
 def run(ctx):
     import dataclasses
 
     from ..heads import head_choice
-    from ..network import estimate_finetune_seconds
+    from ..network import estimate_finetune_cost
     from ..run import context_at, network_preprocess
 
+    deadline = ctx.started + ctx.cfg.budget if ctx.cfg.budget else None
+    reserve = BUDGET_RESERVE_S + BUDGET_RESERVE_SHARE * (ctx.cfg.budget or 0.0)
+    start = time.perf_counter()
     f = ctx.cached_features()
+    features_s = time.perf_counter() - start
     per_class = f.num_images / len(f.split.classes)
     ft_ctx = dataclasses.replace(context_at(ctx, network_preprocess(ctx.models.spec, ctx.split)),
                                  cfg=ctx.cfg.for_strategy("lp-ft"))
+    estimate = {}
+
+    def epochs_within() -> tuple[int, float]:
+        if "cost" not in estimate:
+            estimate["cost"] = estimate_finetune_cost(ft_ctx)
+        cost = estimate["cost"]
+        left = deadline - time.perf_counter() - reserve - cost.decode
+        return min(ft_ctx.cfg.epochs, max(0, int(left // cost.per_epoch))), cost.seconds(MIN_EPOCHS)
 
     def choose():  # measured once, by the primary of a group
         choice = head_choice(ctx.cfg.for_strategy("linear"), f)  # memoized on `f`: linear reuses it
-        return choice, *choose_strategy(per_class, choice.cv_accuracy,
-                                        lambda: estimate_finetune_seconds(ft_ctx, ft_ctx.cfg), ctx.cfg.budget)
+        return choice, *choose_strategy(per_class, choice.cv_accuracy, epochs_within if deadline else None)
 
-    choice, chosen, reason = ctx.group.decide(choose)
+    start = time.perf_counter()
+    choice, chosen, reason, epochs = ctx.group.decide(choose)
     ctx.console.info(f"auto: {chosen}, because {reason}")
     head = STRATEGIES.get("linear").run(dataclasses.replace(ctx, cfg=ctx.cfg.for_strategy("linear")))
+    head_acc = _val_acc(head)
+    candidates = [
+        {"candidate": "features", "what": f"{f.num_images} training + {len(f.y_val)} val images through the frozen "
+                                          f"backbone ({f.facts.get('features_computed', 0)} computed, the rest cached)",
+         "seconds": round(features_s, 2)},
+        {"candidate": "linear", "what": f"the head, cross-validated ({choice.folds} folds, "
+                                        f"{len(choice.table)} settings) and fitted",
+         "cv_accuracy": choice.cv_accuracy, "val_acc": head_acc, "seconds": round(time.perf_counter() - start, 2)},
+    ]
     outcome = head
     if chosen == "lp-ft":
         head.state = {k: v.copy() for k, v in head.state.items()}  # (NumPy) fine-tuning changes the network in place
-        tuned = STRATEGIES.get("lp-ft").run(ft_ctx)
-        head_acc, tuned_acc = _val_acc(head), _val_acc(tuned)
-        if tuned.info.get("kept") != "probe" and tuned_acc > head_acc:
+        tuned_cfg = ft_ctx.cfg if epochs is None else dataclasses.replace(ft_ctx.cfg, epochs=epochs)
+        tuned_ctx = dataclasses.replace(ft_ctx, cfg=tuned_cfg,
+                                        deadline=None if deadline is None else deadline - reserve)
+        start = time.perf_counter()
+        tuned = STRATEGIES.get("lp-ft").run(tuned_ctx)
+        tuned_acc = _val_acc(tuned)
+        kept = tuned.info.get("kept") != "probe" and tuned_acc > head_acc
+        if kept:
             outcome = dataclasses.replace(tuned, pre=ft_ctx.pre)
             verdict = f"kept lp-ft: val accuracy {tuned_acc:.1%} vs the head's {head_acc:.1%} on the same images"
         else:
             verdict = (f"kept the head: val accuracy {head_acc:.1%}, lp-ft reached {tuned_acc:.1%} "
                        f"(best fine-tuned epoch {tuned.info.get('fine_tuned_val_acc', tuned_acc):.1%})")
+        cost = estimate.get("cost")
+        candidates.append({
+            "candidate": "lp-ft", "what": f"{len(tuned.fit.history)} of {tuned_cfg.epochs} epochs at "
+                                          f"{ft_ctx.pre.input_size} px" + _stopped(tuned.fit),
+            "val_acc": tuned.info.get("fine_tuned_val_acc", tuned_acc),
+            "seconds": round(time.perf_counter() - start, 2),
+            "estimated_seconds": round(cost.seconds(tuned_cfg.epochs), 1) if cost else None, "kept": kept})
         outcome.info.update(head_val_acc=head_acc, lp_ft_val_acc=tuned_acc)
         ctx.console.info(f"auto: {verdict}")
         reason += "; " + verdict
-    outcome.info.update(strategy_reason=reason, head_cv_accuracy=choice.cv_accuracy, images_per_class=per_class)
+    else:
+        candidates.append({"candidate": "lp-ft", "what": "not run: " + reason, "seconds": 0.0})
+    candidates[1]["kept"] = outcome is head
+    for c in candidates:
+        ctx.console.info("auto: " + candidate_line(c))
+    outcome.info.update(strategy_reason=reason, head_cv_accuracy=choice.cv_accuracy, images_per_class=per_class,
+                        candidates=candidates, budget_s=ctx.cfg.budget)
     return outcome
+
+
+def candidate_line(c: dict) -> str:
+    """One candidate of `strategy_info.candidates` in words (the console, the report)."""
+    numbers = [f"CV {c['cv_accuracy']:.1%}" if c.get("cv_accuracy") is not None else "",
+               f"val {c['val_acc']:.1%}" if c.get("val_acc") is not None else "",
+               f"{c['seconds']:.1f} s" + (f" (estimated {c['estimated_seconds']:.0f} s)"
+                                          if c.get("estimated_seconds") is not None else "")]
+    kept = " (kept)" if c.get("kept") else ""
+    return f"{c['candidate']}{kept}: {c['what']}; " + ", ".join(n for n in numbers if n)
+
+
+def _stopped(fit) -> str:
+    return "; stopped by the budget" if fit.stopped_by == "budget" else ""
 
 
 def _val_acc(outcome) -> float:
@@ -92,6 +155,7 @@ register(Strategy(
     summary="chosen by measurement (cross-validated heads, timed fine-tuning steps, --budget); LP-FT kept only "
             "if it beats the head; the choice and its numbers go to the console and results.json",
     # the options of its candidates (resolved for the one chosen) and its own
-    options=("aug_views", "backbone_lr_mult", "budget", "features", "sync_bn"), defaults={"aug_views": 0, "features": "auto"},
+    options=("aug_views", "backbone_lr_mult", "budget", "features", "sync_bn", *RECIPE_OPTIONS),
+    defaults={"aug_views": 0, "features": "auto"},
     optimizers=("lbfgs", "adamw", "adam", "sgd"),
 ))

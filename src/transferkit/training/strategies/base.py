@@ -30,11 +30,21 @@ BACKBONE_LR = {
     "per-stage": "lr * --backbone-lr-mult * --lr-decay ** (distance of the stage from the top)",
 }
 
+# The fine-tuning recipe's options (`training.recipe`, `data.augment`), taken by the strategies
+# that train the network on images (each lists those that mean something for it) and their
+# defaults: the recipe as it was before these options (README, "The fine-tuning recipe").
+RECIPE_OPTIONS = ("augment", "mixup", "cutmix", "ema", "layer_decay", "drop_path")
+NO_LAYER_DECAY = tuple(o for o in RECIPE_OPTIONS if o != "layer_decay")  # gradual (its own --lr-decay), scratch
+# distill: the teacher's logits are per image, not per mixed pair
+NO_MIXING = tuple(o for o in RECIPE_OPTIONS if o not in ("mixup", "cutmix"))
+RECIPE_DEFAULTS: dict[str, Any] = {"augment": "basic", "mixup": 0.0, "cutmix": 0.0, "ema": 0.0, "layer_decay": 1.0,
+                                   "drop_path": 0.0}
+
 # Defaults of the strategies that train the network on images (finetune and its relatives).
 NETWORK_DEFAULTS: dict[str, Any] = {
     "optimizer": "adamw", "schedule": "cosine", "epochs": 8, "lr": 1e-3, "batch_size": 32,
     "weight_decay": 1e-2, "patience": 0, "warmup_epochs": 0.0, "label_smoothing": 0.0, "dropout": 0.0,
-    "backbone_lr_mult": 0.1, "sync_bn": False,
+    "backbone_lr_mult": 0.1, "sync_bn": False, **RECIPE_DEFAULTS,
 }
 # Defaults of the head on cached features. The logistic regression (--optimizer lbfgs) uses only
 # weight_decay; with --optimizer adamw/adam/sgd the head trains for epochs of mini-batches.

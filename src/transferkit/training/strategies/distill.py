@@ -1,7 +1,7 @@
 """distill: fine-tune the student (every layer, as finetune) on the labels and on the --teacher
 run's softened logits for the very same augmented views (Hinton et al., 2015; Beyer et al., 2022)."""
 
-from .base import NETWORK_DEFAULTS, Strategy, register
+from .base import NETWORK_DEFAULTS, NO_MIXING, Strategy, register
 
 
 def run(ctx):
@@ -31,6 +31,6 @@ def run(ctx):
 register(Strategy(
     name="distill", order=6, run=run, trains="all", backbone_lr="scaled",
     summary="finetune, learning from the --teacher run's logits too",
-    options=("teacher", "temperature", "alpha", "backbone_lr_mult", "sync_bn"), required=("teacher",),
+    options=("teacher", "temperature", "alpha", "backbone_lr_mult", "sync_bn", *NO_MIXING), required=("teacher",),
     defaults={**NETWORK_DEFAULTS, "temperature": 1.0, "alpha": 0.5},
 ))

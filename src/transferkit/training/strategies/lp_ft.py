@@ -7,7 +7,7 @@ warm-up epoch, the backbone at a fraction of the head's learning rate, and the p
 kept if no fine-tuned epoch beats it on the same val images.
 """
 
-from .base import NETWORK_DEFAULTS, Strategy, register
+from .base import NETWORK_DEFAULTS, RECIPE_OPTIONS, Strategy, register
 
 LP_FT_DEFAULTS = {**NETWORK_DEFAULTS, "epochs": 6, "lr": 3e-4, "backbone_lr_mult": 0.3, "warmup_epochs": 1.0,
                   "weight_decay": 0.05, "label_smoothing": 0.1, "aug_views": 0, "features": "auto"}
@@ -57,5 +57,5 @@ register(Strategy(
     name="lp-ft", order=4, run=run, trains="all", backbone_lr="scaled", uses_features=True, batchnorm="frozen",
     summary="a linear probe on cached features, then every layer fine-tuned from that head (BatchNorm statistics "
             "kept); the probe is kept if fine-tuning does not beat it",
-    options=("aug_views", "backbone_lr_mult", "features", "sync_bn"), defaults=LP_FT_DEFAULTS,
+    options=("aug_views", "backbone_lr_mult", "features", "sync_bn", *RECIPE_OPTIONS), defaults=LP_FT_DEFAULTS,
 ))
