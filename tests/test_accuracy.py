@@ -48,6 +48,22 @@ def test_cross_validated_head_is_not_worse_than_scikit_learns_default(seed, clas
     assert ours >= plain - 1 / int((~train).sum()) - 1e-9, (ours, plain, choice.to_dict())
 
 
+def test_the_head_is_chosen_by_log_loss_over_repeated_folds_on_small_sets():
+    """Few images: the folds are drawn CV_REPEATS times, and the candidate with the lowest mean
+    log loss wins (not the most accurate one: their accuracies tie or differ by an image)."""
+    from transferkit.training import heads
+
+    x, y = _blobs(5, 3, 30)
+    choice = heads.select_head(x, y, 3, {"last": 16, "multi": x.shape[1]}, seed=0)
+    assert choice.repeats == heads.CV_REPEATS and choice.to_dict()["cv_repeats"] == heads.CV_REPEATS
+    best = min(choice.table, key=lambda r: (r["cv_log_loss"], -r["cv_accuracy"]))
+    assert (choice.features, choice.scaling, choice.weight_decay) == (best["features"], best["scaling"],
+                                                                      best["weight_decay"])
+    assert choice.cv_accuracy == best["cv_accuracy"]
+    big_x, big_y = _blobs(5, 3, heads.CV_FEWER_FOLDS_FROM // 3 + 1, dim=8)
+    assert heads.select_head(big_x, big_y, 3, {"last": 8}, seed=0).repeats == 1  # enough images: one draw
+
+
 def test_cross_validation_in_the_span_of_the_training_rows_is_exact():
     """Fewer rows than features: the fit in the training rows' span predicts exactly as the full one."""
     from transferkit.training.heads import Logistic, _in_span

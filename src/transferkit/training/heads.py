@@ -106,6 +106,10 @@ LBFGS_GTOL = 1e-5  # on the largest gradient component (scikit-learn's default t
 WEIGHT_DECAY_GRID = (3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 3e-3, 1e-3, 3e-4, 1e-4)
 CV_MAX_FOLDS, CV_MAX_ITER = 5, 100
 CV_FEWER_FOLDS_FROM = 1000  # from this many training images on, 3 folds (each fold's estimate is steadier)
+# Below CV_FEWER_FOLDS_FROM images, the folds are drawn CV_REPEATS times (seeds seed, seed + 1, ...)
+# and every candidate's numbers averaged over all of them: with 40 images per class one draw of
+# the folds decides between candidates by an image or two (bench/head_rule.py).
+CV_REPEATS = 3
 # At most this many training images (a stratified, seeded sample) are cross-validated: the
 # choice's cost stops growing with the dataset (16,000 images: README, Scaling out). The weight
 # decay chosen is then scaled by (sample / all images) for the fit on all of them, which keeps
@@ -117,7 +121,8 @@ DEFAULT_WEIGHT_DECAY = 0.1  # where no cross-validation is possible (a class wit
 @dataclass
 class HeadChoice:
     """The head's settings chosen by cross-validation on the training images' cached features,
-    with every candidate's numbers (results.json, the report)."""
+    with every candidate's numbers (results.json, the report): the lowest cross-validated log
+    loss wins (`_rank`)."""
 
     features: str  # "last" or "multi"
     scaling: str  # a key of SCALINGS
@@ -129,6 +134,7 @@ class HeadChoice:
     cached: bool = False  # read from the feature cache (a run on the same features did the cross-validation)
     images: int | None = None  # training images cross-validated (a sample of them beyond CV_MAX_IMAGES)
     groups: int | None = None  # groups of near-identical images among them, each kept in one fold (`folds`)
+    repeats: int = 1  # draws of the folds averaged over
     grouped_images: int = 0  # images in a group of two or more
 
     def best_for(self, features: str) -> dict | None:
@@ -139,11 +145,17 @@ class HeadChoice:
         return {"features": self.features, "scaling": self.scaling, "weight_decay": self.weight_decay,
                 "cv_accuracy": self.cv_accuracy, "folds": self.folds, "seconds": round(self.seconds, 3),
                 "cached": self.cached, "cv_images": self.images, "cv_groups": self.groups,
-                "cv_grouped_images": self.grouped_images, "candidates": self.table}
+                "cv_grouped_images": self.grouped_images, "cv_repeats": self.repeats, "candidates": self.table}
 
 
 def _rank(row: dict) -> tuple[float, float]:
-    return row["cv_accuracy"], -row["cv_log_loss"]
+    """A candidate's rank (higher is better): its cross-validated log loss, lower first, then its
+    accuracy. The log loss, not the accuracy: on a few hundred images the accuracies of the
+    candidates differ by an image or two, so picking the most accurate picks noise (often the
+    strongest penalty, whose flat, underconfident probabilities tie on accuracy); the log loss
+    is a proper score, continuous, and charges those. Measured against scikit-learn's plain
+    LogisticRegression on 40 images per class (bench/head_rule.py)."""
+    return -row["cv_log_loss"], row["cv_accuracy"]
 
 
 def select_head(x: np.ndarray, y: np.ndarray, num_classes: int, widths: dict[str, int], seed: int,
@@ -151,9 +163,10 @@ def select_head(x: np.ndarray, y: np.ndarray, num_classes: int, widths: dict[str
     """Cross-validate the logistic-regression head on the training images' features `x` (one row
     per image; the first `widths["last"]` columns are the last layer's): every feature set in
     `widths` x every scaling in SCALINGS x every weight decay in WEIGHT_DECAY_GRID (or just
-    `weight_decay`, when given), in up to CV_MAX_FOLDS stratified folds. Picked: the highest mean
-    accuracy over the folds, ties broken by the lower log loss (the last layer's features come
-    first in `widths`, so they win a tie with the multi-layer ones). A class with fewer than 2 images
+    `weight_decay`, when given), in up to CV_MAX_FOLDS stratified folds (below
+    CV_FEWER_FOLDS_FROM images, CV_REPEATS draws of them). Picked: the lowest mean log loss over
+    the folds, ties broken by the higher accuracy (`_rank`; the last layer's features come
+    first in `widths`, so they win a full tie with the multi-layer ones). A class with fewer than 2 images
     leaves nothing to cross-validate: the first feature set, per-feature scaling, DEFAULT_WEIGHT_DECAY.
     The folds keep near-identical images together (`folds.similar_groups` on the first
     `last_width` columns, the last layer's features; None: no grouping), unless the groups are so
@@ -175,13 +188,15 @@ def select_head(x: np.ndarray, y: np.ndarray, num_classes: int, widths: dict[str
     if folds < 2:
         return HeadChoice(next(iter(widths)), "feature", grid[0] if weight_decay is not None else DEFAULT_WEIGHT_DECAY,
                           None, 0, time.perf_counter() - start, groups=n_groups, grouped_images=grouped)
-    fold_of = group_folds(yn, groups, folds, seed)
+    repeats = CV_REPEATS if len(yn) < CV_FEWER_FOLDS_FROM else 1
+    splits = [(fold_of, f) for r in range(repeats) for fold_of in [group_folds(yn, groups, folds, seed + r)]
+              for f in range(folds)]
     xs = np.asarray(x, dtype=np.float32)
     table = []
     for features, width in widths.items():
         for scaling in SCALINGS:
             problems = []
-            for f in range(folds):
+            for fold_of, f in splits:
                 tr, te = fold_of != f, fold_of == f
                 mean, std = standardizer(xs[tr, :width], scaling)
                 zt, ze = _in_span((xs[tr, :width] - mean) / std, (xs[te, :width] - mean) / std)
@@ -194,7 +209,8 @@ def select_head(x: np.ndarray, y: np.ndarray, num_classes: int, widths: dict[str
                     thetas[f], _ = problem.fit(thetas[f], CV_MAX_ITER, gtol=1e-5)
                     sums += problem.stats(ze, ye, thetas[f])
                 row = {"features": features, "scaling": scaling, "weight_decay": lam,
-                       "cv_accuracy": round(float(sums[1] / folds), 5), "cv_log_loss": round(float(sums[0] / folds), 5)}
+                       "cv_accuracy": round(float(sums[1] / len(splits)), 5),
+                       "cv_log_loss": round(float(sums[0] / len(splits)), 5)}
                 table.append(row)
                 # weaker penalties cost the most iterations: stop once two in a row did worse
                 worse = 0 if best is None or _rank(row) > _rank(best) else worse + 1
@@ -204,7 +220,8 @@ def select_head(x: np.ndarray, y: np.ndarray, num_classes: int, widths: dict[str
     best = max(table, key=_rank)
     chosen = best["weight_decay"] * (len(yn) / total if weight_decay is None else 1.0)
     return HeadChoice(best["features"], best["scaling"], chosen, best["cv_accuracy"], folds,
-                      time.perf_counter() - start, table, images=len(yn), groups=n_groups, grouped_images=grouped)
+                      time.perf_counter() - start, table, images=len(yn), groups=n_groups, grouped_images=grouped,
+                      repeats=repeats)
 
 
 def _in_span(zt: np.ndarray, ze: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -316,7 +333,7 @@ def head_choice(cfg: TrainConfig, f) -> HeadChoice:
 # The cross-validation's result is kept in the feature cache under a digest of exactly what it
 # saw (the features, labels, options and this version), so a warm run with the same images does
 # not cross-validate again.
-HEAD_CHOICE_VERSION = 3  # 3: folds keep near-identical images together
+HEAD_CHOICE_VERSION = 4  # 3: folds keep near-identical images together; 4: chosen by log loss, repeated folds
 
 
 def _choice_key(f, key: tuple) -> str:
@@ -341,7 +358,7 @@ def _stored_choice(f, key: tuple) -> HeadChoice | None:
         d = json.loads(data.tobytes().decode())
         return HeadChoice(d["features"], d["scaling"], float(d["weight_decay"]), d["cv_accuracy"], int(d["folds"]),
                           0.0, d["candidates"], cached=True, images=d.get("cv_images"), groups=d.get("cv_groups"),
-                          grouped_images=d.get("cv_grouped_images", 0))
+                          grouped_images=d.get("cv_grouped_images", 0), repeats=d.get("cv_repeats", 1))
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         return None
 

@@ -26,10 +26,11 @@ def run(ctx):
 
 def head_choice_line(choice) -> str:
     """One console line: the head chosen and the cross-validated numbers it was chosen on."""
-    others = [f"{name} {row['cv_accuracy']:.1%}" for name in ("last", "multi")
+    others = [f"{name} {row['cv_accuracy']:.1%} (log loss {row['cv_log_loss']:.3f})" for name in ("last", "multi")
               if (row := choice.best_for(name)) is not None]
+    folds = f"{choice.folds} folds" + (f" x {choice.repeats} draws" if choice.repeats > 1 else "")
     return (f"head: {choice.features}-layer features, {choice.scaling} scaling, weight decay {choice.weight_decay:g} "
-            f"(cross-validated accuracy {choice.cv_accuracy:.1%} in {choice.folds} folds; best per feature set: "
+            f"(cross-validated accuracy {choice.cv_accuracy:.1%} in {folds}, chosen by log loss; best per feature set: "
             f"{', '.join(others)}; {'cached' if choice.cached else f'{choice.seconds:.1f} s'})")
 
 
