@@ -105,6 +105,7 @@ def main() -> None:
     ap.add_argument("--fastai-path", help="a folder holding fastai (PYTHONPATH for its process)")
     ap.add_argument("--timm-repo", help="a checkout of huggingface/pytorch-image-models (its train.py and timm)")
     ap.add_argument("--only", default="transferkit,fastai,timm")
+    ap.add_argument("--strategies", default="default,finetune,lp-ft,auto", help="transferkit's runs")
     ap.add_argument("--json", help="write every row here")
     args = ap.parse_args()
     only = args.only.split(",")
@@ -119,9 +120,10 @@ def main() -> None:
         classes = len([p for p in (data / "train").iterdir() if p.is_dir()])
         rows = []
         if "transferkit" in only:
-            for label, extra in (("transferkit default (linear)", []), ("transferkit finetune", ["--strategy", "finetune"]),
-                                 ("transferkit lp-ft", ["--strategy", "lp-ft"]), ("transferkit auto", ["--strategy", "auto"])):
-                got = train_cli(data, work / name / label.split()[-1].strip("()"), env, extra)
+            for strategy in args.strategies.split(","):
+                label = "transferkit default (linear)" if strategy == "default" else f"transferkit {strategy}"
+                extra = [] if strategy == "default" else ["--strategy", strategy]
+                got = train_cli(data, work / name / strategy, env, extra)
                 r = got.pop("results", None) or {}
                 if label.endswith("auto") and r:
                     label += f" (kept {r['strategy']})"

@@ -63,6 +63,30 @@ def test_augment_ops_change_the_basic_view_and_run_in_loader_workers(images):
     assert torch.equal(in_workers[0], torch.stack([trivial.view(i, 0) for i in range(3)]))
 
 
+def test_the_last_epochs_are_calm_no_ops_and_no_mixing(images):
+    assert [recipe.strong_epochs(e) for e in (1, 2, 4, 8, 30)] == [1, 1, 3, 6, 22]
+    paths, cache = images
+    pre = backbones.get("efficientnet_lite0").with_input_size(48)
+    calm = DecodedImages(paths, [0, 1, 0], pre, cache, True, seed=5, augment="trivial", ops_until=2)
+    basic, trivial = _dataset(images, "basic"), _dataset(images, "trivial")
+    assert all(torch.equal(calm.view(i, e), trivial.view(i, e)) for i in range(3) for e in (1, 2))
+    assert all(torch.equal(calm.view(i, e), basic.view(i, e)) for i in range(3) for e in (3, 4))  # crop + flip only
+
+    mixed_in = []
+
+    def mixer(x, y):
+        mixed_in.append(x.shape[0])
+        return x, nn.functional.one_hot(y, 2).float()
+
+    x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+    net = nn.Linear(4, 2)
+    loader = DataLoader(TensorDataset(x, y), batch_size=4)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    engine.fit(net, loader, loader, optimizer, engine.make_scheduler("constant", optimizer, 8), nn.CrossEntropyLoss(),
+               Runtime(torch.device("cpu"), torch.float32), lambda t: t, 3, mixer=mixer, mix_epochs=2)
+    assert mixed_in == [4, 4, 4, 4]  # two batches in each of the first two epochs, none in the third
+
+
 def test_mixup_and_cutmix_give_soft_targets_the_loss_and_accuracy_use():
     torch.manual_seed(0)
     x, y = torch.randn(8, 3, 16, 16), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
@@ -92,6 +116,8 @@ def test_weight_average_follows_timm_warmup_and_is_what_fit_keeps():
     decay = 1 - 3 ** (-2 / 3)
     assert torch.allclose(average.module.weight, torch.full((2, 2), decay * 1 + (1 - decay) * 3))
     assert not average.module.weight.requires_grad
+    assert recipe.WeightAverage(model, 0.999, steps=56).decay == pytest.approx(1 - 1 / 5.6)  # a short run
+    assert recipe.WeightAverage(model, 0.999, steps=100_000).decay == 0.999
 
     torch.manual_seed(0)
     x, y = torch.randn(32, 4), torch.randint(0, 2, (32,))

@@ -97,15 +97,18 @@ class TrainConfig:
     dropout: float | None = opt(None, "dropout before the new head", low=0, high=1, high_open=True, epochs=True)
     augment: str | None = opt(None, "training views: none (the center crop) | basic (random resized crop + flip) | "
                               "randaugment (basic, then RandAugment 2 ops at magnitude 9) | trivial (basic, then "
-                              "TrivialAugmentWide); torchvision transforms v2 on the cached uint8 images",
+                              "TrivialAugmentWide; its ops, like MixUp/CutMix, stop for the last quarter of the "
+                              "epochs); torchvision transforms v2 on the cached uint8 images",
                               choices=lambda: AUGMENTS.names())
     mixup: float | None = opt(None, "MixUp: image pairs and their labels mixed by Beta(A, A) weights, soft-target "
                               "loss (0: off; 0.2 is usual)", low=0)
     cutmix: float | None = opt(None, "CutMix: a box of one image pasted into another, the labels mixed by area, "
                                "Beta(A, A) (0: off; 1.0 is usual; with --mixup, one or the other per batch)", low=0)
     ema: float | None = opt(None, "exponential moving average of the weights, this decay per step (warmed up: "
-                            "at step t at most 1 - (1 + t)^(-2/3)); the averaged weights are what is measured "
-                            "each epoch and saved (0: off; 0.999 is usual)", low=0, high=1, high_open=True)
+                            "at step t at most 1 - (1 + t)^(-2/3); and at most 1 - 10 / the run's steps, so "
+                            "it averages no more than the last tenth of a short run); the averaged weights are "
+                            "what is measured each epoch and saved (0: off; 0.999 is usual)",
+                            low=0, high=1, high_open=True)
     layer_decay: float | None = opt(None, "layer-wise LR decay (timm's convention): the backbone's layer i of L "
                                     "(timm's fine-grained groups: stem, each block, the last conv) trains at "
                                     "its LR x F^(L - i), the head at lr (1: off; 0.65-0.85 is usual)",

@@ -34,16 +34,19 @@ def labels_of(samples: list[Sample]) -> torch.Tensor:
 class DecodedImages(Dataset):
     """Images decoded once, resized to the short side the crops need, kept as uint8 in the decode
     cache; item -> (uint8 (3, S, S) view, label). Training views follow the `augment` policy
-    (`data.augment`), seeded per (image, epoch); `small`: the images are small (upsampled to the
+    (`data.augment`), seeded per (image, epoch), its ops only up to epoch `ops_until` (None: every
+    epoch; later epochs get the crop alone); `small`: the images are small (upsampled to the
     input), cropped CIFAR-style (`train_view`)."""
 
     def __init__(self, paths: list[str], labels: list[int], pre: Preprocess, cache: ArrayCache,
-                 train: bool, seed: int = 0, small: bool = False, augment: str = "basic"):
+                 train: bool, seed: int = 0, small: bool = False, augment: str = "basic",
+                 ops_until: int | None = None):
         self.paths, self.labels, self.pre, self.cache = paths, labels, pre, cache
         self.keys = [image_key(p) for p in paths]
         self.train, self.seed, self.epoch, self.small = train, seed, 0, small
         self.crop = AUGMENTS.get(augment).crop
         self.ops = build_ops(augment) if train else None
+        self.ops_until = ops_until
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -65,7 +68,8 @@ class DecodedImages(Dataset):
             return to_tensor(center_crop(img, self.pre.input_size))
         rng = view_rng(self.seed, self.keys[i], epoch)
         view = train_view(img, self.pre, rng, self.small) if self.crop else center_crop(img, self.pre.input_size)
-        return apply_ops(self.ops, to_tensor(view), int(rng.integers(2**63)))
+        ops = self.ops if self.ops_until is None or epoch <= self.ops_until else None
+        return apply_ops(ops, to_tensor(view), int(rng.integers(2**63)))
 
     def __getitem__(self, i: int):
         return self.view(i, self.epoch), self.labels[i]

@@ -128,7 +128,8 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
         checkpoint: Path | None = None, resume: dict | None = None,
         measure: Callable[[nn.Module], tuple[float, float, torch.Tensor]] | None = None,
         group: Group | None = None, replicate: Callable[[nn.Module], nn.Module] | None = None,
-        mixer: Mixer | None = None, average: WeightAverage | None = None, deadline: float | None = None,
+        mixer: Mixer | None = None, mix_epochs: int | None = None, average: WeightAverage | None = None,
+        deadline: float | None = None,
         ) -> tuple[FitResult, dict[str, torch.Tensor]]:
     """Train for `epochs`, validating after each; keep the best weights (by val accuracy, ties to
     the lower val loss). Stops early after `patience` epochs without improvement (0: never), and
@@ -138,7 +139,8 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
     best so far) is written there atomically after every epoch; `resume` (such a checkpoint,
     loaded) continues from its epoch, giving on CPU the same result as an uninterrupted run.
     In a `group`, `replicate(model)` is what trains (DDP), and the loader's sampler is told the
-    epoch. `mixer`: MixUp / CutMix of each training batch. `average` (the EMA of the weights):
+    epoch. `mixer`: MixUp / CutMix of each training batch, in the first `mix_epochs` epochs (None:
+    all). `average` (the EMA of the weights):
     updated after every step; it is what each epoch measures, and its weights are the kept ones.
     `deadline` (a `time.perf_counter()` time, auto's --budget): no epoch starts that would end
     after it, going by the last epoch's time (`stopped_by` "budget")."""
@@ -184,7 +186,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
             try:
                 train_loss, train_acc = train_one_epoch(
                     replicate(model) if replicate else model, train_loader, optimizer, scheduler, loss_fn, runtime,
-                    prepare, scaler, bar, mixer, after_step
+                    prepare, scaler, bar, mixer if mix_epochs is None or epoch <= mix_epochs else None, after_step
                 )
                 if group.distributed:  # every rank saw as many images (the sampler pads)
                     ranks = group.all_gather((train_loss, train_acc))

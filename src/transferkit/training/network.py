@@ -124,7 +124,7 @@ def network_setup(ctx: Context, head_init: LinearHead | None = None, split: Data
 
     def dataset(samples, train):
         return DecodedImages([s.path for s in samples], [s.label for s in samples], ctx.pre, cache, train, cfg.seed,
-                             small, cfg.augment or "basic")
+                             small, cfg.augment or "basic", recipe.strong_epochs(cfg.epochs))
 
     y_train = labels_of(split.train)
     per_rank = -(-len(split.train) // group.world)
@@ -202,7 +202,7 @@ def train_network(ctx: Context, head_init: LinearHead | None = None,
 
     y_val = labels_of(net.split.val)
     mixer = recipe.batch_mixer(cfg.mixup, cfg.cutmix, len(net.split.classes))
-    average = recipe.WeightAverage(model, cfg.ema) if cfg.ema else None
+    average = recipe.WeightAverage(model, cfg.ema, cfg.epochs * len(loader)) if cfg.ema else None
     result, best = engine.fit(
         model, loader, net.val_loader, optimizer, scheduler, net.loss, runtime, net.prepare,
         cfg.epochs, cfg.patience,
@@ -213,7 +213,7 @@ def train_network(ctx: Context, head_init: LinearHead | None = None,
         progress_factory=_epoch_bar(ctx.console, cfg.strategy, cfg.epochs), before_epoch=before_epoch,
         checkpoint=ctx.checkpoint, resume=ctx.resume, measure=measure,
         group=group, replicate=group.replicate(runtime.device) if group.distributed else None,
-        mixer=mixer, average=average, deadline=ctx.deadline,
+        mixer=mixer, mix_epochs=recipe.strong_epochs(cfg.epochs), average=average, deadline=ctx.deadline,
     )
     model.load_state_dict(best)
     _, _, val_logits = measure(model)  # the kept epoch's logits, as its row in metrics.csv measured them
@@ -223,6 +223,8 @@ def train_network(ctx: Context, head_init: LinearHead | None = None,
                       "lr": cfg.lr, "sync_bn": bool(cfg.sync_bn) and group.distributed},
             "stages": len(stages), "trainable_stages_at_end": sum(
                 any(dict(model.backbone.named_parameters())[n].requires_grad for n in st) for st in stages)}
+    if average is not None:
+        info["ema_decay"] = average.decay  # the decay used: --ema, bounded by the run's length
     return Outcome(result, val_logits, model.state_dict(), net.split, cfg, info)
 
 
