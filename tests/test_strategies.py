@@ -248,6 +248,7 @@ def test_auto_rules_and_reasons():
     chosen, reason, epochs = choose_strategy(500, 0.7, within(4))
     assert (chosen, epochs) == ("lp-ft", 4) and "4 epochs fit in the budget" in reason
     assert choose_strategy(500, 0.7, None)[::2] == ("lp-ft", None)  # no budget: its default epochs
+    assert "budget was spent" in choose_strategy(500, 0.7, lambda: (0, 0.0))[1]  # nothing left to time
     assert choose_strategy(500, 0.98, within(4))[0] == "linear" and len(calls) == 2  # measured only when needed
 
 
@@ -321,10 +322,10 @@ def test_auto_reports_every_candidate_with_its_cost_and_keeps_to_its_budget(tmp_
     assert [c["candidate"] for c in candidates] == ["features", "linear", "lp-ft"]
     assert all(c["seconds"] >= 0 for c in candidates) and candidates[2]["val_acc"] is not None
     assert sum(bool(c.get("kept")) for c in candidates) == 1
-    assert "lp-ft" in candidates[2]["what"] or "epochs" in candidates[2]["what"]
+    assert candidates[2]["what"].startswith("6 of 6 epochs at") and candidates[2]["estimated_seconds"] is None
     assert "Candidates (auto)" in (run.path / "report.html").read_text()
-    # a budget that leaves no time for two epochs: the head, and why
+    # a budget spent before fine-tuning could start: the head, and why
     tight = transferkit.train(data, strategy="auto", image_size=64, budget=0.5, out=str(tmp_path / "t"), quiet=True)
     assert tight.results["strategy"] == "linear"
-    assert "more than is left of the budget" in tight.results["strategy_reason"]
+    assert "the budget was spent before fine-tuning could start" in tight.results["strategy_reason"]
     assert tight.results["strategy_info"]["candidates"][2]["what"].startswith("not run:")

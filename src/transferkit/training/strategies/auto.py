@@ -44,6 +44,8 @@ def choose_strategy(per_class: float, head_cv: float | None,
     if epochs_within is None:
         return "lp-ft", reason, None
     epochs, needed = epochs_within()
+    if epochs < MIN_EPOCHS and not needed:
+        return "linear", f"the budget was spent before fine-tuning could start (head cross-validated at {cv})", None
     if epochs < MIN_EPOCHS:
         return "linear", (f"fine-tuning would take about {needed:.0f} s for {MIN_EPOCHS} epochs, more than is left "
                           f"of the budget (head cross-validated at {cv})"), None
@@ -68,8 +70,12 @@ def run(ctx):
     estimate = {}
 
     def epochs_within() -> tuple[int, float]:
+        if deadline - time.perf_counter() - reserve <= 0:  # spent already: nothing to time
+            return 0, 0.0
         if "cost" not in estimate:
+            timing = time.perf_counter()
             estimate["cost"] = estimate_finetune_cost(ft_ctx)
+            estimate["seconds"] = time.perf_counter() - timing
         cost = estimate["cost"]
         left = deadline - time.perf_counter() - reserve - cost.decode
         return min(ft_ctx.cfg.epochs, max(0, int(left // cost.per_epoch))), cost.seconds(MIN_EPOCHS)
@@ -89,8 +95,11 @@ def run(ctx):
          "seconds": round(features_s, 2)},
         {"candidate": "linear", "what": f"the head, cross-validated ({choice.folds} folds, "
                                         f"{len(choice.table)} settings) and fitted",
-         "cv_accuracy": choice.cv_accuracy, "val_acc": head_acc, "seconds": round(time.perf_counter() - start, 2)},
+         "cv_accuracy": choice.cv_accuracy, "val_acc": head_acc,
+         "seconds": round(time.perf_counter() - start - estimate.get("seconds", 0.0), 2)},
     ]
+    timed = (f"; fine-tuning's cost timed on 4 training steps in {estimate['seconds']:.1f} s"
+             if "seconds" in estimate else "")
     outcome = head
     if chosen == "lp-ft":
         head.state = {k: v.copy() for k, v in head.state.items()}  # (NumPy) fine-tuning changes the network in place
@@ -110,15 +119,16 @@ def run(ctx):
         cost = estimate.get("cost")
         candidates.append({
             "candidate": "lp-ft", "what": f"{len(tuned.fit.history)} of {tuned_cfg.epochs} epochs at "
-                                          f"{ft_ctx.pre.input_size} px" + _stopped(tuned.fit),
+                                          f"{ft_ctx.pre.input_size} px" + _stopped(tuned.fit) + timed,
             "val_acc": tuned.info.get("fine_tuned_val_acc", tuned_acc),
-            "seconds": round(time.perf_counter() - start, 2),
+            "seconds": round(time.perf_counter() - start + estimate.get("seconds", 0.0), 2),
             "estimated_seconds": round(cost.seconds(tuned_cfg.epochs), 1) if cost else None, "kept": kept})
         outcome.info.update(head_val_acc=head_acc, lp_ft_val_acc=tuned_acc)
         ctx.console.info(f"auto: {verdict}")
         reason += "; " + verdict
     else:
-        candidates.append({"candidate": "lp-ft", "what": "not run: " + reason, "seconds": 0.0})
+        candidates.append({"candidate": "lp-ft", "what": "not run: " + reason + timed,
+                           "seconds": round(estimate.get("seconds", 0.0), 2)})
     candidates[1]["kept"] = outcome is head
     for c in candidates:
         ctx.console.info("auto: " + candidate_line(c))
