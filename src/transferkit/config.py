@@ -63,7 +63,8 @@ class TrainConfig:
     weights: str | None = opt(None, "imagenet | none (random init) | PATH to a state dict",
                               shown="imagenet; none (scratch)")
     strategy: str = opt("linear", "one of the strategies listed above", choices=STRATEGIES.names)
-    budget: float | None = opt(None, "auto: seconds the training may take (None: no limit)", low=0, low_open=True)
+    budget: float | None = opt(None, "auto: seconds the whole command may take, from its start: fine-tuning gets the "
+                               "epochs that fit, timed on a few steps (None: no limit)", low=0, low_open=True)
     teacher: str | None = opt(None, "distill: the trained run (folder) whose predictions the model learns from")
     temperature: float | None = opt(None, "distill: softmax temperature of the teacher's and the student's logits",
                                     low=0, low_open=True)
