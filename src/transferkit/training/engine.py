@@ -140,8 +140,8 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
     loaded) continues from its epoch, giving on CPU the same result as an uninterrupted run.
     In a `group`, `replicate(model)` is what trains (DDP), and the loader's sampler is told the
     epoch. `mixer`: MixUp / CutMix of each training batch, in the first `mix_epochs` epochs (None:
-    all). `average` (the EMA of the weights):
-    updated after every step; it is what each epoch measures, and its weights are the kept ones.
+    all). `average` (the EMA of the weights): updated after every step; it is what each epoch
+    measures, and its weights are the kept ones.
     `deadline` (a `time.perf_counter()` time, auto's --budget): no epoch starts that would end
     after it, going by the last epoch's time (`stopped_by` "budget")."""
     group = group or Group()
@@ -159,7 +159,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         scaler.load_state_dict(resume["scaler"])
-        if average is not None:
+        if average is not None and resume.get("average") is not None:
             average.load_state_dict(resume["average"])
         rng = resume["torch_rng"]  # one state, or one per rank of the group that wrote it
         if isinstance(rng, torch.Tensor) or len(rng) == group.world:
