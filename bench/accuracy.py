@@ -13,8 +13,8 @@ Per dataset, in one run:
 - `finetune`, `lp-ft`, `auto`: `transferkit train DATA --strategy S --epochs E` in a subprocess,
   each timed (wall and CPU seconds, the process and its children).
 Every row prints val accuracy, its difference to the default in points, wall and CPU seconds.
-fastai's `fine_tune` is the reference the issue names "where practical": fastai is not installed
-here (it would pull its own torch pins), so it is not run. Not a test: numbers depend on the machine.
+fastai's `fine_tune` and timm's `train.py` on the same weights: bench/peers.py (they are not
+dependencies; it runs them from folders you give). Not a test: numbers depend on the machine.
 """
 
 from __future__ import annotations
