@@ -39,11 +39,16 @@ def _table(header: list[str], rows: list[list], cls: str = "") -> str:
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def _settings(run_dir: Path) -> list[list]:
+def _results(run_dir: Path) -> dict | None:
+    """The run's results.json, if it has one."""
+    path = run_dir / "results.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _settings(run_dir: Path, r: dict | None) -> list[list]:
+    """The run's settings: from its results `r` (results.json) and its config.yaml."""
     rows: list[list] = []
-    results = run_dir / "results.json"
-    if results.is_file():
-        r = json.loads(results.read_text())
+    if r is not None:
         for key in ("backbone", "strategy", "strategy_reason", "features", "num_train", "num_val", "val_source",
                     "device", "precision", "wall_s"):
             if r.get(key) is not None:
@@ -63,12 +68,9 @@ def _settings(run_dir: Path) -> list[list]:
     return rows
 
 
-def _candidates(run_dir: Path) -> str:
+def _candidates(results: dict | None) -> str:
     """auto's "Candidates" section: every candidate it measured, with its cost."""
-    results = run_dir / "results.json"
-    if not results.is_file():
-        return ""
-    info = json.loads(results.read_text()).get("strategy_info") or {}
+    info = (results or {}).get("strategy_info") or {}
     rows = [[c["candidate"] + (" (kept)" if c.get("kept") else ""), c["what"],
              f"{c['cv_accuracy']:.1%}" if c.get("cv_accuracy") is not None else "",
              f"{c['val_acc']:.1%}" if c.get("val_acc") is not None else "", f"{c['seconds']:.1f}",
@@ -143,7 +145,9 @@ def report_html(run_dir: Path, summary: dict, wrong: list[dict], confusion_note:
     title = f"transferkit report: {run_dir.name}"
     # an eval folder: what was evaluated on what, then the settings of the run it evaluated
     evaluated = [[k, summary[k]] for k in ("run", "data") if summary.get(k)]
-    settings = evaluated + _settings(Path(summary["run"]) if summary.get("run") else run_dir)
+    source = Path(summary["run"]) if summary.get("run") else run_dir  # the run whose settings these are
+    results = _results(source)
+    settings = evaluated + _settings(source, results)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>
@@ -157,7 +161,7 @@ def report_html(run_dir: Path, summary: dict, wrong: list[dict], confusion_note:
 <h2>Misclassified images ({len(wrong)})</h2><div class="thumbs">{"".join(thumbs) or "<p>none</p>"}</div>{more}
 {health}
 {"<h2>Skipped files</h2>" + _table(["path", "reason"], [[s["path"], s["reason"]] for s in skipped]) if skipped else ""}
-{_candidates(Path(summary["run"]) if summary.get("run") else run_dir)}
+{_candidates(results)}
 <h2>Settings</h2>{_table(["setting", "value"], settings, "settings")}
 </body></html>
 """
