@@ -51,32 +51,38 @@ def train_cli(data: Path, out: Path, env: dict, extra: list[str]) -> dict:
     return {"val_acc": results["val_acc"], "wall_s": wall, "cpu_s": cpu, "results": results}
 
 
-def head_rows(data: Path, cache: Path) -> list[dict]:
-    """The head variants on the default run's cached features (nothing is extracted again)."""
-    import torch
-    from sklearn.linear_model import LogisticRegression
-
+def cached_features(data: Path, cache: Path):
+    """The default run's features of `data` (`context.Features`), through `cache` (computed there
+    if missing)."""
     from transferkit.cache import Cache
     from transferkit.config import TrainConfig
     from transferkit.console import Console
-    from transferkit.training.heads import fit_best_head, fit_logistic
     from transferkit.training.run import make_context
 
     cfg = TrainConfig.from_mapping({"data": str(data), "cache_dir": str(cache),
                                     "out": tempfile.mkdtemp(prefix="tk-heads-")}).resolved()
-    ctx = make_context(cfg, Console(quiet=True), Cache(cache).prepare())
-    f = ctx.cached_features()
+    return make_context(cfg, Console(quiet=True), Cache(cache).prepare()).cached_features()
+
+
+def head_rows(data: Path, cache: Path) -> list[dict]:
+    """The head variants on the default run's cached features (nothing is extracted again)."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from transferkit.config import TrainConfig
+    from transferkit.training.heads import fit_best_head, fit_logistic
+
+    f = cached_features(data, cache)
     assert f.facts["features_computed"] == 0, "the default run should have cached every feature"
     rows = []
 
-    def score(head, width: int) -> float:
-        with torch.no_grad():
-            return float((head(f.x_val[:, :width]).argmax(1) == f.y_val).float().mean())
+    def score(head, width: int) -> float:  # (the cached features are NumPy arrays)
+        return float((np.asarray(head(f.x_val[:, :width])).argmax(1) == f.y_val).mean())
 
     for name, width in f.widths.items():
         start, cpu = time.perf_counter(), cpu_seconds()
-        plain = LogisticRegression(max_iter=5000).fit(f.x_train[:, :width].numpy(), f.y_train.numpy())
-        acc = float(plain.score(f.x_val[:, :width].numpy(), f.y_val.numpy()))
+        plain = LogisticRegression(max_iter=5000).fit(f.x_train[:, :width], f.y_train)
+        acc = float(plain.score(f.x_val[:, :width], f.y_val))
         rows.append({"candidate": f"sklearn LogisticRegression() on {name} features", "val_acc": acc,
                      "wall_s": time.perf_counter() - start, "cpu_s": cpu_seconds() - cpu})
     for label, options in (("previous default: last, per-feature scaling, weight decay 0.1", None),

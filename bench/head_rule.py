@@ -31,19 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import SHARED  # noqa: E402
-
-
-def features(data: Path, cache: Path):
-    from transferkit.cache import Cache
-    from transferkit.config import TrainConfig
-    from transferkit.console import Console
-    from transferkit.training.run import make_context
-
-    cfg = TrainConfig.from_mapping({"data": str(data), "cache_dir": str(cache),
-                                    "out": tempfile.mkdtemp(prefix="tk-head-rule-")}).resolved()
-    ctx = make_context(cfg, Console(quiet=True), Cache(cache).prepare())
-    return ctx.cached_features()
+from accuracy import SHARED, cached_features  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -85,7 +73,7 @@ def main() -> None:
         data = SHARED / name
         if not data.is_dir():
             sys.exit(f"{data} not found (../shared/assets/datasets)")
-        f = features(data, cache)
+        f = cached_features(data, cache)
         x, y, xv, yv = (np.asarray(a) for a in (f.x_train, f.y_train, f.x_val, f.y_val))
         classes, widths, last = len(f.split.classes), dict(f.widths), f.widths["last"]
         diffs: dict[str, list[float]] = {"now": [], "previous": []}
