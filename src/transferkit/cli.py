@@ -29,6 +29,9 @@ def add_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...
         help_text = f"{f.metadata.get('help', '')} [default: {config.default_text(cls, f)}]"
         if kind == "bool":
             parser.add_argument(*flags, action="store_true", default=argparse.SUPPRESS, help=help_text)
+        elif f.metadata.get("repeat"):
+            parser.add_argument(*flags, action="append", default=argparse.SUPPRESS, metavar=f.name.upper(),
+                                help=help_text)
         else:
             parser.add_argument(*flags, type=_TYPES.get(kind, str), default=argparse.SUPPRESS,
                                 metavar=f.name.upper(), help=help_text)

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import yaml
 
 from .data.augment import AUGMENTS
+from .tracking.registry import TRACKERS
 from .errors import UserError
 from .training.strategies.base import STRATEGIES, Strategy
 
@@ -38,15 +39,16 @@ TTA = ("none", "flip", "flip-crops")  # test-time augmentation (prediction.base)
 
 def opt(default: Any, help: str, *, choices: tuple | Callable[[], list] | None = None,
         low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False,
-        epochs: bool = False, shown: str | None = None) -> Any:
+        epochs: bool = False, shown: str | None = None, repeat: bool = False) -> Any:
     """A config field with its one-line help (shown by `--help`) and its constraints: `choices`
     (or a callable giving them), a range [low, high] (`*_open`: the bound itself excluded; floats
     must be finite), and `epochs`: used only where a model trains for epochs (not by the
     logistic-regression head, which is fitted to convergence). `shown`: the default as --help
-    states it, where the field's own (None) means something else."""
+    states it, where the field's own (None) means something else. `repeat`: a list of choices,
+    kept as one comma-separated string (the flag repeated, comma-separated, or a YAML list)."""
     return field(default=default, metadata={"help": help, "choices": choices, "low": low, "high": high,
                                             "low_open": low_open, "high_open": high_open, "epochs": epochs,
-                                            "shown": shown})
+                                            "shown": shown, "repeat": repeat})
 
 
 def flag(name: str) -> str:
@@ -136,6 +138,9 @@ class TrainConfig:
     device: str = opt("auto", "auto | cpu | cuda", choices=DEVICES)
     engine: str = opt("auto", ENGINE_HELP, choices=ENGINES)
     workers: int | None = opt(None, "DataLoader worker processes (None: chosen for the machine)", low=0, high=64)
+    track: str | None = opt(None, "log the run to experiment trackers: mlflow | tensorboard (repeat the flag or "
+                            "comma-separate; optional extras: pip install transferkit[mlflow,tensorboard])",
+                            choices=lambda: TRACKERS.names(), repeat=True)
     out: str | None = opt(None, "run folder (default: a fresh folder under runs_dir)")
     runs_dir: str = opt("runs", "where fresh run folders are made")
     name: str | None = opt(None, "run folder name under runs_dir")
@@ -428,8 +433,9 @@ def check_values(obj: Any) -> None:
         choices = meta.get("choices")
         if choices is not None:
             known = list(choices() if callable(choices) else choices)
-            if value not in known:
-                raise UserError(f"{flag(f.name)} must be one of {', '.join(known)} (got '{value}')")
+            for item in (value.split(",") if meta.get("repeat") else [value]):
+                if item not in known:
+                    raise UserError(f"{flag(f.name)} must be one of {', '.join(known)} (got '{item}')")
         if isinstance(value, (int, float)):
             _check_number(f.name, value, meta)
 
@@ -477,14 +483,25 @@ def coerce(values: dict[str, Any], cls: type) -> dict[str, Any]:
     one, and values of the wrong type with a one-line error. A float written as YAML reads it
     without a dot (`lr: 1e-3` is a string to YAML 1.1) is accepted as a float."""
     known = {f.name: field_type(f) for f in fields(cls)}
+    repeated = {f.name for f in fields(cls) if f.metadata.get("repeat")}
     out = {}
     for key, value in values.items():
         if key not in known:
             close = difflib.get_close_matches(key, list(known), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise UserError(f"unknown option '{key}'{hint}")
-        out[key] = _typed(key, value, known[key])
+        out[key] = _listed(key, value) if key in repeated else _typed(key, value, known[key])
     return out
+
+
+def _listed(key: str, value: Any) -> str | None:
+    """A repeatable option's value (a string, comma-separated or not, or a list of them) as one
+    comma-separated string, each name once, in the order given; None or empty: None."""
+    items = value if isinstance(value, (list, tuple)) else [value] if value is not None else []
+    if not all(isinstance(item, str) for item in items):
+        raise UserError(f"option '{key}' must be a name or a list of names (got {value!r})")
+    names = [n.strip() for item in items for n in item.split(",") if n.strip()]
+    return ",".join(dict.fromkeys(names)) or None
 
 
 _PY_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}

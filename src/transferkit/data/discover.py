@@ -46,6 +46,22 @@ class DatasetSplit:
                        val=[s for s in self.val if s.path not in bad],
                        skipped=self.skipped + [{"path": p, "reason": r} for p, r in sorted(bad.items()) if p not in known])
 
+    def fingerprint(self, root: str | Path) -> str:
+        """A short hash of what was trained and measured on: each image's path under `root`, its
+        size, its class and its side of the split. Another run on the same files, split the same
+        way, has the same fingerprint; an added, removed, resized or relabelled image changes it."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for role, samples in (("train", self.train), ("val", self.val)):
+            for s in sorted(samples, key=lambda s: s.path):
+                try:
+                    size = os.stat(s.path).st_size
+                except OSError:
+                    size = -1
+                digest.update(f"{role}\t{os.path.relpath(s.path, root)}\t{self.classes[s.label]}\t{size}\n".encode())
+        return digest.hexdigest()[:16]
+
     def check_not_empty(self) -> None:
         """After unreadable files are dropped, every class still needs a training image."""
         counts = np.bincount([s.label for s in self.train], minlength=len(self.classes))

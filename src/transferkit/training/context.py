@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from ..console import Console
 from ..data.discover import DatasetSplit
 from ..distributed import Group
 from ..engines import Choice
+from ..evaluation.metrics import EpochStats
 from ..features.dataset import CachedFeatures, Features, labels_of  # noqa: F401 - strategies read them here
 from ..models.preprocess import Preprocess
 from .result import FitResult
@@ -50,6 +51,7 @@ class Context:
     group: Group = field(default_factory=Group)  # the processes training together (torchrun), or one
     started: float = 0.0  # the command's start (time.perf_counter()): auto's --budget counts from it
     deadline: float | None = None  # no training epoch starts that would end after it (auto's --budget)
+    observe: Callable[[EpochStats], None] | None = None  # told of each training epoch as it ends (--track)
 
     @functools.cached_property
     def runtime(self) -> Runtime:

@@ -206,10 +206,7 @@ def train_network(ctx: Context, head_init: LinearHead | None = None,
     result, best = engine.fit(
         model, loader, net.val_loader, optimizer, scheduler, net.loss, runtime, net.prepare,
         cfg.epochs, cfg.patience,
-        on_epoch=lambda s: ctx.console.info(
-            f"epoch {s.epoch}: train loss {s.train_loss:.3f} acc {s.train_acc:.3f} | "
-            f"val loss {s.val_loss:.3f} acc {s.val_acc:.3f} | {s.seconds:.1f}s"
-        ),
+        on_epoch=lambda s: _epoch_ended(ctx, s),
         progress_factory=_epoch_bar(ctx.console, cfg.strategy, cfg.epochs), before_epoch=before_epoch,
         checkpoint=ctx.checkpoint, resume=ctx.resume, measure=measure,
         group=group, replicate=group.replicate(runtime.device) if group.distributed else None,
@@ -226,6 +223,13 @@ def train_network(ctx: Context, head_init: LinearHead | None = None,
     if average is not None:
         info["ema_decay"] = average.decay  # the decay used: --ema, bounded by the run's length
     return Outcome(result, val_logits, model.state_dict(), net.split, cfg, info)
+
+
+def _epoch_ended(ctx: Context, s) -> None:
+    ctx.console.info(f"epoch {s.epoch}: train loss {s.train_loss:.3f} acc {s.train_acc:.3f} | "
+                     f"val loss {s.val_loss:.3f} acc {s.val_acc:.3f} | {s.seconds:.1f}s")
+    if ctx.observe is not None:
+        ctx.observe(s)
 
 
 @dataclass

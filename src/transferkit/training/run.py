@@ -33,6 +33,7 @@ from .context import CachedFeatures, Context, Outcome
 from ..features.dataset import features_key
 from .result import Run
 from .strategies.base import RECIPE_OPTIONS, STRATEGIES
+from ..tracking import RunEnd, RunStart, Tracking
 
 
 def train(cfg: TrainConfig, console: Console, worker: Worker, started: float, checkpoint: dict | None = None) -> Run:
@@ -40,6 +41,16 @@ def train(cfg: TrainConfig, console: Console, worker: Worker, started: float, ch
     continue from. The global torch RNG is seeded for the run and restored afterwards. A head
     fitted on cached features (the default, warm) imports no torch at all."""
     cfg = cfg.resolved()
+    tracking = Tracking()
+    try:
+        return _train(cfg, console, worker, started, checkpoint, tracking)
+    except BaseException as exc:  # the tracked run ends as failed (or killed: Ctrl-C, SIGTERM)
+        tracking.finish(RunEnd(Path(), "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"))
+        raise
+
+
+def _train(cfg: TrainConfig, console: Console, worker: Worker, started: float, checkpoint: dict | None,
+           tracking: Tracking) -> Run:
     with joined(cfg.device) as group, _own_rng(), _cache_for(cfg, group) as cache:
         if not group.primary:
             console = Console(quiet=True, warnings=False)  # the primary speaks for the group
@@ -47,6 +58,9 @@ def train(cfg: TrainConfig, console: Console, worker: Worker, started: float, ch
         cfg, checkpoint = elastic.restarted(cfg, checkpoint, group)
         ctx = make_context(cfg, console, cache, resume=checkpoint, group=group, started=started)
         run_dir = ctx.run_dir
+        if cfg.track and group.primary:  # the primary alone logs, for the group
+            tracking.start(cfg.track, run_start(cfg, run_dir), console.warn)
+            ctx = dataclasses.replace(ctx, observe=lambda stats: tracking.epoch(stats, len(ctx.split.train)))
         spec = ctx.models.spec
         processes = f", {group.world} processes ({group.backend})" if group.distributed else ""
         trains = ctx.strategy.trains != "head"  # a network trains (in the runtime's precision), not only a head
@@ -87,6 +101,9 @@ def train(cfg: TrainConfig, console: Console, worker: Worker, started: float, ch
                              features=outcome.features, frozen_features=frozen)
     bundle.save(run_dir, outcome.state, meta)
     results = write_outputs(run_dir, outcome, ran_on(ctx, outcome), started, worker, health, ctx.engine)
+    if tracking:
+        tracking.history(outcome.fit.history, outcome.fit.unit, len(outcome.split.train))
+        tracking.finish(run_end(run_dir, results, outcome))
     console.info(metrics.format_table(results["metrics"]))
     warning = cv_warning(results)
     if warning:
@@ -97,6 +114,39 @@ def train(cfg: TrainConfig, console: Console, worker: Worker, started: float, ch
     console.info(f"val accuracy {results['val_acc']:.4f} ({results['num_val']} val / {results['num_train']} train "
                  f"images{skipped}), {kept}, {results['wall_s']:.1f} s\noutputs: {run_dir}")
     return Run(run_dir, results)
+
+
+def run_start(cfg: TrainConfig, run_dir: Path) -> RunStart:
+    """What the trackers log when the run starts: every resolved option with a value, and tags."""
+    from .. import __version__
+
+    params = {k: str(v) for k, v in cfg.to_dict().items() if v is not None and k not in ("track", "quiet")}
+    tags = {"transferkit.version": __version__, "backbone": cfg.model, "strategy": cfg.strategy, "data": cfg.data,
+            "run_dir": str(run_dir.resolve())}
+    return RunStart(run_dir, run_dir.name, params, tags)
+
+
+# What a tracker keeps of a run (beside the metrics): the bundle, the report and what it shows.
+TRACKED_FILES = ("model.safetensors", "model.json", "config.yaml", "results.json", "metrics.json", "metrics.csv",
+                 "report.html", "curves.png", "confusion_matrix.png", "confusion_matrix_normalized.png",
+                 "predictions.png", "top_losses.png")
+
+
+def run_end(run_dir: Path, results: dict, outcome: Outcome) -> RunEnd:
+    """What the trackers log when the run has ended: the final metrics (per-class F1 as
+    f1/<class>), the strategy auto chose, the data's fingerprint, the files."""
+    summary = results["metrics"]
+    values = {"accuracy": results["val_acc"], "balanced_accuracy": results["balanced_accuracy"],
+              "macro_f1": (summary.get("macro_avg") or {}).get("f1"), "top5_accuracy": summary.get("top5_accuracy"),
+              "cv_accuracy": (results.get("cv") or {}).get("accuracy"), "wall_s": results["wall_s"],
+              **{f"f1/{name}": row.get("f1") for name, row in (summary.get("per_class") or {}).items()}}
+    metrics = {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and np.isfinite(v)}
+    params = {"chosen_strategy": outcome.cfg.strategy} if outcome.cfg.strategy != STRATEGIES.get("auto").name \
+        and results.get("strategy_reason") else {}
+    tags = {"data_fingerprint": results["data"]["fingerprint"], "strategy": outcome.cfg.strategy}
+    return RunEnd(run_dir, "KILLED" if outcome.fit.interrupted else "FINISHED", metrics, params, tags,
+                  [run_dir / name for name in TRACKED_FILES],
+                  {"confusion_matrix": run_dir / "confusion_matrix.png", "top_losses": run_dir / "top_losses.png"})
 
 
 def _own_rng():
@@ -290,7 +340,8 @@ def resume_config(run: str, data, options: dict) -> tuple[TrainConfig, dict]:
 # beside its own model: removed first (export/ and eval-*/ only when they are transferkit's).
 RUN_FILES = ("model.safetensors", "model.json", "results.json", "metrics.json", "metrics.csv", "predictions.csv",
              "misclassified.csv", "split.json", "report.html", "curves.png", "confusion_matrix.png",
-             "confusion_matrix_normalized.png", "predictions.png", "top_losses.png", "lr_find.png", "lr_find.json")
+             "confusion_matrix_normalized.png", "predictions.png", "top_losses.png", "lr_find.png", "lr_find.json",
+             "tracking.json")
 
 
 def make_run_dir(cfg: TrainConfig, run_name: str | None = None) -> Path:
@@ -323,7 +374,7 @@ def _remove_earlier_run(run_dir: Path) -> None:
 
     for name in RUN_FILES:
         (run_dir / name).unlink(missing_ok=True)
-    for folder in [run_dir / "export", *run_dir.glob("eval-*")]:
+    for folder in [run_dir / "export", run_dir / "tensorboard", *run_dir.glob("eval-*")]:
         if folder.is_dir() and is_own_output(folder):
             shutil.rmtree(folder)
 
@@ -366,6 +417,7 @@ def write_outputs(run_dir: Path, outcome: Outcome, ran_on: tuple[str, str], star
         "num_train": len(split.train),
         "num_val": len(split.val),
         "val_source": split.val_source,
+        "data": {"path": cfg.data, "fingerprint": split.fingerprint(cfg.data)},
         "skipped_files": split.skipped,
         "excluded": split.excluded,
         "data_health": health,

@@ -1,0 +1,1 @@
+"""The trackers, one module each (see `tracking.registry`)."""
