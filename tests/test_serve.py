@@ -393,3 +393,99 @@ def test_the_page_in_headless_chromium_shows_what_predict_says(served, tmp_path)
         except subprocess.TimeoutExpired:
             proc.kill()
     assert proc.returncode == 0, proc.stderr.read()[-2000:]
+
+
+@pytest.mark.parametrize("kind", ["run", "onnx"])
+def test_tritonclient_gets_what_predict_gives(served, kind, tmp_path, monkeypatch):
+    """The Open Inference Protocol (v2) through the real Triton HTTP client: encoded images (the
+    binary tensor extension, tritonclient's default) and preprocessed FP32 tensors (JSON), the
+    classification extension, the token, and the protocol's error body on bad requests."""
+    httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is a test dependency")
+    from tritonclient.utils import InferenceServerException
+
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(served["cache"]))  # one conversion for this module
+    model, paths = served[kind], served["images"]
+    expected = _cli_predictions(model, paths, tmp_path, 3)  # every class's probability
+    proc, url = _start_server(model, "--token", TOKEN)
+    try:
+        client = httpclient.InferenceServerClient(re.search(r"//([^/]+)/", url).group(1), network_timeout=60)
+        token = {"Authorization": f"Bearer {TOKEN}"}
+
+        def auth():  # a fresh dict per call: tritonclient adds its binary header to the one it is given
+            return dict(token)
+
+        deadline = time.monotonic() + 60
+        while not client.is_server_ready() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert client.is_server_live()
+        name = model.name
+        meta = client.get_model_metadata(name, headers=auth())
+        classes = meta["parameters"]["classes"]
+        assert classes == ["blue", "green", "red"] and client.is_model_ready(name, headers=auth())
+        assert {i["name"]: (i["datatype"], i["shape"]) for i in meta["inputs"]} == {
+            "image": ("BYTES", [-1]), "input": ("FP32", [-1, 3, 64, 64])}
+        images = httpclient.InferInput("image", [len(paths)], "BYTES")
+        images.set_data_from_numpy(np.array([Path(p).read_bytes() for p in paths], dtype=np.object_))
+        result = client.infer(name, [images], headers=auth())
+        probs, labels = result.as_numpy("probabilities"), result.as_numpy("label")
+        # The same engine (ONNX Runtime, fp32) on the same inputs; only how the images are batched
+        # together differs: equal to 1e-5.
+        for i, path in enumerate(paths):
+            want = expected[Path(path).name]
+            assert labels[i].decode() == want["label"]
+            for t in want["top_k"]:
+                assert probs[i, classes.index(t["label"])] == pytest.approx(t["probability"], abs=1e-5)
+        # the same images as the tensor model.onnx takes (JSON this time): the same probabilities
+        from transferkit.prediction.onnx_predictor import OnnxPredictor
+
+        x = np.stack([OnnxPredictor(served["onnx"]).prepare(p) for p in paths]).astype(np.float32)
+        tensor = httpclient.InferInput("input", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x, binary_data=False)
+        as_tensor = client.infer(name, [tensor], headers=auth(),
+                                 outputs=[httpclient.InferRequestedOutput("probabilities", binary_data=False)])
+        np.testing.assert_allclose(as_tensor.as_numpy("probabilities"), probs, atol=1e-5)
+        assert as_tensor.as_numpy("label") is None  # only what was asked for
+        top = client.infer(name, [images], headers=auth(),
+                           outputs=[httpclient.InferRequestedOutput("probabilities", class_count=2)])
+        score, index, label = top.as_numpy("probabilities")[0, 0].decode().split(":")
+        assert label == labels[0].decode() and classes[int(index)] == label
+        assert float(score) == pytest.approx(probs[0].max(), abs=1e-5)
+
+        def refused(inputs, model_name=name, headers=None):
+            with pytest.raises(InferenceServerException) as exc:
+                client.infer(model_name, inputs, headers=auth() if headers is None else headers)
+            return exc.value.status(), exc.value.message()
+
+        broken = httpclient.InferInput("image", [2], "BYTES")
+        broken.set_data_from_numpy(np.array([Path(paths[0]).read_bytes(), b"not an image"], dtype=np.object_))
+        status, message = refused([broken])
+        assert status == "400" and message.startswith("image 1 of 2:")
+        half = httpclient.InferInput("input", [1, 3, 64, 64], "FP16")
+        half.set_data_from_numpy(x[:1].astype(np.float16))
+        assert refused([half]) == ("400", "input 'input' must be FP32, not FP16")
+        small = httpclient.InferInput("input", [1, 3, 32, 32], "FP32")
+        small.set_data_from_numpy(x[:1, :, :32, :32].copy())
+        assert refused([small]) == ("400", "input shape [1, 3, 32, 32]: this model takes [N, 3, 64, 64]")
+        assert refused([images], model_name="other")[0] == "404"
+        status, message = refused([images], headers={})
+        assert status == "401" and "token" in message
+        many = httpclient.InferInput("image", [17], "BYTES")
+        many.set_data_from_numpy(np.array([Path(paths[0]).read_bytes()] * 17, dtype=np.object_))
+        assert refused([many])[0] == "413"  # --max-files 16, as /predict
+        # a client that is not tritonclient: plain JSON with a base64 image
+        import base64
+
+        body = json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                                       "data": [base64.b64encode(Path(paths[0]).read_bytes()).decode()]}]}).encode()
+        request = urllib.request.Request(f"{url}v2/models/{name}/infer", body,
+                                         {"Content-Type": "application/json", **token})
+        answer = json.loads(urllib.request.urlopen(request, timeout=30).read())
+        assert answer["outputs"][1] == {"name": "label", "datatype": "BYTES", "shape": [1], "data": [labels[0].decode()]}
+        assert answer["outputs"][0]["data"] == pytest.approx(probs[0].tolist(), abs=1e-5)
+        garbled = urllib.request.Request(f"{url}v2/models/{name}/infer", b"{not json", token)
+        with pytest.raises(urllib.error.HTTPError) as bad:
+            urllib.request.urlopen(garbled, timeout=30)
+        assert bad.value.code == 400 and "error" in json.loads(bad.value.read())
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -52,6 +52,7 @@ class BasePredictor:
 
     classes: list[str]
     channels_last: bool = True  # the layout `prepare` returns: (H, W, C), else (C, H, W)
+    input_dtype: str = "uint8"  # what `prepare` returns: uint8 pixels, or "float32" normalized
 
     def __init__(self, batch_size: int = 32, workers: int = 0, tta: str = "none"):
         if tta not in TTA:

@@ -86,6 +86,7 @@ class OnnxPredictor(BasePredictor):
     model's bytes, already read and checked (a cached conversion of `path`'s run)."""
 
     channels_last = False
+    input_dtype = "float32"
 
     def __init__(self, path: str | Path, batch_size: int = 32, workers: int = 0, tta: str = "none",
                  threads: int = 0, model: bytes | None = None):

@@ -1,5 +1,6 @@
-"""The HTTP application: `POST /predict`, `GET /model`, `/health`, `/ready`, the web page at `/`
-and the API's own docs at `/docs` (served from the package: no CDN), built with FastAPI.
+"""The HTTP application: `POST /predict`, `GET /model`, `/health`, `/ready`, the web page at `/`,
+the Open Inference Protocol under `/v2` (`inference_protocol`) and the API's own docs at `/docs`
+(served from the package: no CDN), built with FastAPI.
 
 Create it with `create_app(model_or_path, options)`; run it with `transferkit serve` or any
 ASGI server (``uvicorn --factory transferkit.serving.server:from_environment``)."""
@@ -14,12 +15,14 @@ from pathlib import Path
 
 import numpy as np
 from fastapi import Depends, HTTPException, Query, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from .. import __version__
@@ -27,6 +30,7 @@ from ..config import ServeOptions
 from ..errors import UserError
 from ..prediction.base import mean_of_views, softmax
 from ..prediction.outputs import to_dict, top_predictions
+from . import inference_protocol
 from .batcher import Batcher
 from .limits import LOG, BodyLimit, RequestLog
 from .model import ServedModel, usable_cores
@@ -116,8 +120,16 @@ class Service:
             self.model.close()
 
     async def predict(self, images: list[tuple[str, bytes]], top_k: int) -> list[dict]:
-        """Each image decoded on a decoding thread, batched with other requests' images for the
-        model, then turned into probabilities exactly as `predict` does."""
+        """Each image's top-k labels, or why it cannot be used (`probabilities`)."""
+        probs, errors = await self.probabilities(images)
+        preds = top_predictions([name for name, _ in images], probs, errors, self.model.classes, top_k)
+        return [to_dict(p, "name") for p in preds]
+
+    async def probabilities(self, images: list[tuple[str, bytes]]) -> tuple[np.ndarray, dict[int, str]]:
+        """Class probabilities (N, C) of (name, encoded image) pairs and {index: reason} for those
+        that cannot be used (their rows NaN): each image decoded on a decoding thread, batched
+        with other requests' images for the model, then turned into probabilities exactly as
+        `predict` does."""
         loop = asyncio.get_running_loop()
         views = await asyncio.gather(*(loop.run_in_executor(self._decode, self.model.views, data, name)
                                        for name, data in images))
@@ -125,9 +137,19 @@ class Service:
         logits = np.full((len(images), len(self.model.classes)), np.nan, dtype=np.float32)
         for i, rows in zip(ok, await asyncio.gather(*(self.batcher(views[i]) for i in ok))):
             logits[i] = mean_of_views(rows[None])[0]
-        errors = {i: v for i, v in enumerate(views) if isinstance(v, str)}
-        preds = top_predictions([name for name, _ in images], softmax(logits), errors, self.model.classes, top_k)
-        return [to_dict(p, "name") for p in preds]
+        return softmax(logits), {i: v for i, v in enumerate(views) if isinstance(v, str)}
+
+    async def tensor_probabilities(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, C) of preprocessed inputs (N, 3, S, S) float32, each row batched
+        with other requests' inputs (one view each: no test-time augmentation)."""
+        size = self.model.info["preprocess"]["input_size"]
+        if x.shape[1:] != (3, size, size):
+            from .inference_protocol import ProtocolError
+
+            raise ProtocolError(f"input shape {list(x.shape)}: this model takes [N, 3, {size}, {size}]")
+        rows = self.model.from_tensor(x)
+        logits = await asyncio.gather(*(self.batcher(rows[i:i + 1]) for i in range(len(rows))))
+        return softmax(np.concatenate(logits).astype(np.float32))
 
 
 def create_app(model: ServedModel | str | Path, options: ServeOptions | None = None):
@@ -199,6 +221,10 @@ def create_app(model: ServedModel | str | Path, options: ServeOptions | None = N
             return JSONResponse({"detail": f"{first['name']}: {first['error']}", **body}, 400)
         return JSONResponse(body)
 
+    app.include_router(inference_protocol.router(service, auth))
+    app.add_exception_handler(inference_protocol.ProtocolError, inference_protocol.error_response)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+
     if options.cors:
         origins = [o.strip() for o in options.cors.split(",") if o.strip()]
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
@@ -207,6 +233,13 @@ def create_app(model: ServedModel | str | Path, options: ServeOptions | None = N
     app.add_middleware(BodyLimit, max_bytes=int(options.max_body_mb * 1e6))
     app.add_middleware(RequestLog)  # added last: the outermost, so it logs the 413s too
     return app
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException):
+    """Errors under /v2 in the Open Inference Protocol's form ({"error": ...}); elsewhere FastAPI's."""
+    if request.url.path.startswith("/v2/") or request.url.path == "/v2":
+        return JSONResponse({"error": exc.detail}, exc.status_code, headers=getattr(exc, "headers", None))
+    return await http_exception_handler(request, exc)
 
 
 def _require_ready(service: Service) -> None:

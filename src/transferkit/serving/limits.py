@@ -59,7 +59,8 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        detail = {"detail": f"request body over the server's limit of {self.max_bytes / 1e6:g} MB (--max-body-mb)"}
+        message = f"request body over the server's limit of {self.max_bytes / 1e6:g} MB (--max-body-mb)"
+        detail = {"error": message} if scope["path"].startswith("/v2/") else {"detail": message}  # the protocol's form
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             await _drain(receive, True)

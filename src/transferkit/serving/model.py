@@ -53,6 +53,18 @@ class ServedModel:
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.predictor.run(batch)
 
+    def from_tensor(self, x: np.ndarray) -> np.ndarray:
+        """Preprocessed inputs (N, 3, S, S) float32 (normalized, as an exported model.onnx takes
+        them) -> the predictor's inputs. A predictor of uint8 pixels gets them back by undoing the
+        normalization and rounding: exact for a tensor made from an 8-bit image."""
+        if self.predictor.input_dtype == "float32":
+            return np.ascontiguousarray(x, dtype=np.float32)
+        pre = self.info["preprocess"]
+        mean = np.asarray(pre["mean"], np.float32).reshape(1, 3, 1, 1)
+        std = np.asarray(pre["std"], np.float32).reshape(1, 3, 1, 1)
+        u8 = np.clip(np.rint((x * std + mean) * 255.0), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(u8.transpose(0, 2, 3, 1) if self.predictor.channels_last else u8)
+
     def close(self) -> None:
         self.predictor.close()
 
