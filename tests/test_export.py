@@ -5,9 +5,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,3 +130,66 @@ def test_bad_export_options_are_one_line_errors(exported, capsys):
     assert "not found" in capsys.readouterr().err
     assert main(["export", str(run), "--out", str(run)]) == 2  # a folder of other files is never written into
     assert "is not an export folder" in capsys.readouterr().err
+
+
+def test_mlflow_flavour_loads_predicts_images_and_serves(exported, tmp_path):
+    """export --format mlflow: an MLflow pyfunc model folder, checked like every format; loaded by
+    mlflow.pyfunc it answers paths, bytes, base64 strings, DataFrames and tensors as the ONNX file
+    does; `mlflow models serve` serves it offline."""
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed (make test installs it)")
+    import base64
+
+    import mlflow.pyfunc
+    import pandas as pd
+
+    data, run, _ = exported
+    assert "mlflow" not in registry.parse_formats("all")  # an extra's format: built when named
+    result = transferkit.export(run, "mlflow", runs=2, out=tmp_path / "exp", console=Console(True))
+    (check,) = [c for c in result.checks if c.format == "mlflow"]
+    assert check.passed and check.file == "mlflow_model" and check.top1_agreement == 1.0
+    assert check.max_abs_logit_diff < 1e-4 and check.size_mb > 0.5  # the folder, model.onnx inside
+    folder = tmp_path / "exp" / "mlflow_model"
+    model = mlflow.pyfunc.load_model(str(folder))
+    images = sorted(str(p) for p in (data / "val").rglob("*.jpg"))
+    onnx = OnnxPredictor(tmp_path / "exp" / "model.onnx")
+    expected = onnx.predict(images, top_k=3)
+    by_path = model.predict(images)
+    assert list(by_path.columns) == ["label", "probability", "probabilities", "logits", "error"]
+    assert by_path["label"].tolist() == [p.label for p in expected]
+    np.testing.assert_allclose(by_path["probability"], [p.probability for p in expected], atol=1e-6)
+    raw = [open(p, "rb").read() for p in images[:2]]
+    frame = model.predict(pd.DataFrame({"image": raw + [b"not an image"]}))
+    assert frame["label"].tolist()[:2] == by_path["label"].tolist()[:2] and "not an image" in frame["error"][2]
+    encoded = model.predict([base64.b64encode(b).decode() for b in raw])
+    np.testing.assert_allclose(np.stack(encoded["probabilities"]), np.stack(by_path["probabilities"][:2]), atol=1e-6)
+    tensor = model.predict(np.stack([onnx.prepare(p) for p in images[:2]]))
+    np.testing.assert_allclose(np.stack(tensor["logits"]), np.stack(by_path["logits"][:2]), atol=1e-5)
+    meta = json.loads(json.dumps(mlflow.models.Model.load(str(folder)).metadata))
+    assert meta["transferkit"]["classes"] == ["blue", "green", "red"]
+
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", str(folder),
+                               "--env-manager", "local", "-p", str(port)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        body = json.dumps({"inputs": [base64.b64encode(b).decode() for b in raw]}).encode()
+        deadline, answer = time.monotonic() + 90, None
+        while answer is None and time.monotonic() < deadline and server.poll() is None:
+            try:
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
+                                                 {"Content-Type": "application/json"})
+                answer = json.loads(urllib.request.urlopen(request, timeout=30).read())
+            except OSError:
+                time.sleep(0.3)
+        assert answer is not None, server.stderr.read().decode()[-2000:] if server.poll() is not None else "no answer"
+        assert [p["label"] for p in answer["predictions"]] == by_path["label"].tolist()[:2]
+    finally:
+        server.terminate()
+        server.wait(30)

@@ -3,6 +3,7 @@ reader; a tracker that fails warns once and never fails the run; nothing importe
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -44,7 +45,7 @@ def tracked(tmp_path_factory):
 def _mlflow_run(run):
     from mlflow.tracking import MlflowClient
 
-    state = tracking._read_state(run.path)["mlflow"]
+    state = tracking.read_state(run.path)["mlflow"]
     client = MlflowClient(tracking_uri=state["tracking_uri"])
     return client, client.get_run(state["run_id"])
 
@@ -183,3 +184,18 @@ def test_no_tracker_library_is_imported_when_tracking_is_off(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(data), str(tmp_path / "r")], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_export_mlflow_logs_the_model_to_the_tracked_run(tracked, monkeypatch):
+    import mlflow.pyfunc
+
+    _, _, linear = tracked
+    result = transferkit.export(linear.path, "mlflow", runs=1, console=transferkit.console.Console(True))
+    (check,) = [c for c in result.checks if c.format == "mlflow"]
+    client, run = _mlflow_run(linear)
+    assert f"runs:/{run.info.run_id}/mlflow_model" in check.note
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "mlflow_model")} >= {"mlflow_model/MLmodel"}
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", client.tracking_uri)
+    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/mlflow_model")
+    images = [s[0] for s in json.loads((linear.path / "split.json").read_text())["val"]]
+    assert model.predict(images)["label"].tolist() == [p.label for p in transferkit.load(linear.path, precision="fp32").predict(images)]

@@ -36,6 +36,7 @@ class ExportJob:
     meta: dict
     calibration: Callable[[], np.ndarray]
     built: dict[str, Path] = field(default_factory=dict)
+    run_dir: Path | None = None  # the run exported
 
 
 def export(run: str | Path, options: ExportOptions | None = None, console: Console | None = None) -> ExportResult:
@@ -80,12 +81,17 @@ def export(run: str | Path, options: ExportOptions | None = None, console: Conso
             calibrated.append(len(x_cal))
             return x_cal
 
-        job = ExportJob(model, torch.from_numpy(np.ascontiguousarray(x_val[:2])), meta, calibration)
+        job = ExportJob(model, torch.from_numpy(np.ascontiguousarray(x_val[:2])), meta, calibration, run_dir=run_dir)
         for name in names:
             fmt = FORMATS.get(name)
             path = out_dir / fmt.file
-            for stale in (path, failing_name(path)):
-                stale.unlink(missing_ok=True)
+            for stale in (path, failing_name(path)):  # (ours: claim_out checked the folder)
+                if stale.is_dir():
+                    import shutil
+
+                    shutil.rmtree(stale)
+                else:
+                    stale.unlink(missing_ok=True)
             console.info(f"exporting {name} ...")
             note = fmt.build(job, path)
             check = measure(name, path, fmt.runner(path), x_val, y_val, reference, result.reference, meta["classes"],

@@ -21,6 +21,7 @@ class ExportFormat:
     runner: Callable  # path -> (float32 NCHW batch -> logits), to check the artifact
     needs: tuple[str, ...] = ()  # formats it is made from (built first)
     order: int = 100
+    in_all: bool = True  # part of --formats all (False: an optional extra's, built when named)
 
 
 FORMATS: Registry[ExportFormat] = Registry("export format", package=f"{__package__}.formats",
@@ -30,7 +31,7 @@ register = FORMATS.register
 
 def parse_formats(value: str) -> list[str]:
     """"all" or comma-separated names -> the formats to build, in order, with what they need."""
-    names = FORMATS.names() if value == "all" else [v.strip() for v in value.split(",") if v.strip()]
+    names = [f.name for f in FORMATS if f.in_all] if value == "all" else [v.strip() for v in value.split(",") if v.strip()]
     bad = [n for n in names if n not in FORMATS]
     if bad or not names:
         raise UserError(f"--formats {value}: choose from {', '.join(FORMATS.names())} or all (comma-separated)")
@@ -41,4 +42,4 @@ def parse_formats(value: str) -> list[str]:
 
 
 def help_text() -> str:
-    return "; ".join(f"{f.name}: {f.summary}" for f in FORMATS)
+    return "; ".join(f"{f.name}: {f.summary}" + ("" if f.in_all else " (when named: not in all)") for f in FORMATS)

@@ -108,7 +108,8 @@ def measure(name: str, path: Path, runner, x: np.ndarray, y: np.ndarray, referen
     """One artifact against the PyTorch fp32 logits `reference` on the same inputs."""
     logits = batched(runner, x)
     acc, per_class = accuracy(logits, y, classes)
-    return Check(name, path.name, path.stat().st_size / 1e6, float((logits.argmax(1) == reference.argmax(1)).mean()),
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+    return Check(name, path.name, size / 1e6, float((logits.argmax(1) == reference.argmax(1)).mean()),
                  float(np.abs(logits - reference).max()), acc, (ref["accuracy"] - acc) * 100, per_class,
                  **speed(runner, x, runs))
 

@@ -137,7 +137,7 @@ class Tracking:
         describes; on --resume each continues its own run (RUN/tracking.json)."""
         if not names:
             return
-        saved = _read_state(start.run_dir)
+        saved = read_state(start.run_dir)
         self.run_dir = start.run_dir
         for name in names.split(","):
             kind = TRACKERS.get(name)
@@ -180,13 +180,14 @@ class Tracking:
             from ..files import write_json
 
             try:
-                write_json(self.run_dir / STATE_FILE, {**_read_state(self.run_dir), **states})
+                write_json(self.run_dir / STATE_FILE, {**read_state(self.run_dir), **states})
             except OSError:
                 pass  # the trackers' own records stand; only --resume would start new tracked runs
         self.lanes = []
 
 
-def _read_state(run_dir: Path) -> dict:
+def read_state(run_dir: Path) -> dict:
+    """What the trackers of the run in `run_dir` keep for --resume (RUN/tracking.json), or {}."""
     try:
         value = json.loads((run_dir / STATE_FILE).read_text())
     except (OSError, ValueError):
