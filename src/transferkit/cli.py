@@ -141,6 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="backbone name (see `transferkit models`) or timm:<name>")
     add_options(p, SummaryOptions)
 
+    p = sub.add_parser("runs", help="list the runs in a folder, or compare two", formatter_class=raw,
+                       description="transferkit runs [DIR]: a table of the runs in DIR (default: runs/).\n"
+                                   "transferkit runs compare A B: settings that differ, metrics and per-class "
+                                   "deltas,\nand the validation images one run gets right and the other wrong.")
+    p.add_argument("args", nargs="*", metavar="DIR | compare A B",
+                   help="the folder of runs (default: runs), or: compare RUN_A RUN_B")
+    p.add_argument("--sort", default="when", help="when (default: the latest last) | name | val_acc | "
+                                                   "balanced_accuracy | wall_s | size_mb (the highest first)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
     p = sub.add_parser("cache", help="show or clear the feature cache")
     p.add_argument("action", choices=["info", "clear"])
     p.add_argument("--cache-dir", help="cache folder [default: $TRANSFERKIT_CACHE or ~/.cache/transferkit]")
@@ -335,6 +345,24 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runs(args: argparse.Namespace) -> int:
+    import json
+
+    from . import runs
+
+    if args.args[:1] == ["compare"]:
+        if len(args.args) != 3:
+            raise UserError("usage: transferkit runs compare RUN_A RUN_B")
+        comparison = runs.compare(args.args[1], args.args[2])
+        print(json.dumps(comparison.to_dict(), indent=2) if args.json else printable(runs.format_comparison(comparison)))
+        return 0
+    if len(args.args) > 1:
+        raise UserError("usage: transferkit runs [DIR] (one folder), or transferkit runs compare RUN_A RUN_B")
+    rows = runs.list_runs(args.args[0] if args.args else "runs", args.sort)
+    print(json.dumps([r.to_dict() for r in rows], indent=2) if args.json else printable(runs.format_runs(rows)))
+    return 0
+
+
 def cmd_cache(args: argparse.Namespace) -> int:
     from . import api
 
@@ -373,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_train(args, started, argv)
         handlers = {"lr-find": cmd_lr_find, "eval": cmd_eval, "predict": cmd_predict, "models": cmd_models,
                     "summary": cmd_summary, "cache": cmd_cache, "report": cmd_report, "export": cmd_export,
-                    "serve": cmd_serve, "doctor": cmd_doctor}
+                    "serve": cmd_serve, "doctor": cmd_doctor, "runs": cmd_runs}
         return handlers[args.command](args)
     except UserError as exc:
         print(printable(f"error: {exc}", lines=False), file=sys.stderr)

@@ -428,6 +428,7 @@ def write_outputs(run_dir: Path, outcome: Outcome, ran_on: tuple[str, str], star
         "metrics": summary,
         "strategy_info": outcome.info,
         "wall_s": round(time.perf_counter() - started, 3),
+        "finished_at": round(time.time(), 3),  # Unix time (`transferkit runs` lists by it)
     }
     write_json(run_dir / "results.json", results)
     if not cfg.no_report:
