@@ -480,7 +480,8 @@ def test_tritonclient_gets_what_predict_gives(served, kind, tmp_path, monkeypatc
         request = urllib.request.Request(f"{url}v2/models/{name}/infer", body,
                                          {"Content-Type": "application/json", **token})
         answer = json.loads(urllib.request.urlopen(request, timeout=30).read())
-        assert answer["outputs"][1] == {"name": "label", "datatype": "BYTES", "shape": [1], "data": [labels[0].decode()]}
+        assert answer["outputs"][1] == {"name": "label", "datatype": "BYTES", "shape": [1],
+                                        "data": [labels[0].decode()]}
         assert answer["outputs"][0]["data"] == pytest.approx(probs[0].tolist(), abs=1e-5)
         garbled = urllib.request.Request(f"{url}v2/models/{name}/infer", b"{not json", token)
         with pytest.raises(urllib.error.HTTPError) as bad:

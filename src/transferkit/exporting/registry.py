@@ -31,7 +31,10 @@ register = FORMATS.register
 
 def parse_formats(value: str) -> list[str]:
     """"all" or comma-separated names -> the formats to build, in order, with what they need."""
-    names = [f.name for f in FORMATS if f.in_all] if value == "all" else [v.strip() for v in value.split(",") if v.strip()]
+    if value == "all":
+        names = [f.name for f in FORMATS if f.in_all]
+    else:
+        names = [v.strip() for v in value.split(",") if v.strip()]
     bad = [n for n in names if n not in FORMATS]
     if bad or not names:
         raise UserError(f"--formats {value}: choose from {', '.join(FORMATS.names())} or all (comma-separated)")

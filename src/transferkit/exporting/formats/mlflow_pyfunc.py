@@ -33,5 +33,7 @@ def runner(path: Path):
     model = mlflow.pyfunc.load_model(str(path))
     return lambda x: np.stack(model.predict(x)["logits"].to_list()).astype(np.float32)
 
-register(ExportFormat(name="mlflow", file="mlflow_model", order=3, build=build, runner=runner, needs=("onnx",), in_all=False,
+
+register(ExportFormat(name="mlflow", file="mlflow_model", order=3, build=build, runner=runner, needs=("onnx",),
+                      in_all=False,
                       summary="MLflow pyfunc model folder: images in, labels and probabilities out (ONNX Runtime)"))
