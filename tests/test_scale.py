@@ -5,6 +5,7 @@ that fails stops the others with its error."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -97,11 +98,15 @@ def test_two_processes_train_as_one_with_the_global_batch(data, network, precisi
 
 def test_feature_heads_are_byte_identical(data, tmp_path):
     """2 processes extract a share each (cold) and exchange them; one process on the same
-    features (warm, from that cache) fits the same head, byte for byte."""
+    features (warm, from that cache) fits the same head, byte for byte. Only the primary logs to
+    the tracker (--track)."""
     cache = tmp_path / "cache"
-    torchrun(data, tmp_path / "two", "--strategy", "linear", "--image-size", "64", "--quiet", cache=cache)
+    track = ["--track", "tensorboard"] if importlib.util.find_spec("tensorboard") else []
+    torchrun(data, tmp_path / "two", "--strategy", "linear", "--image-size", "64", "--quiet", *track, cache=cache)
     two = json.loads((tmp_path / "two" / "results.json").read_text())
     assert two["strategy_info"]["features_computed"] == 56 and two["distributed"]["world_size"] == 2
+    if track:  # event files are named ...tfevents.<time>.<host>.<pid>.<n>: one process wrote them
+        assert len({p.name.split(".")[-2] for p in (tmp_path / "two" / "tensorboard").rglob("*tfevents*")}) == 1
     writers = {p.name.split("-")[1] for p in (cache / "features").rglob("*.idx")}
     assert len(writers) == 1  # one process of the node wrote what the group computed
     os.environ["TRANSFERKIT_CACHE"], saved = str(cache), os.environ["TRANSFERKIT_CACHE"]

@@ -3,6 +3,7 @@ reader; a tracker that fails warns once and never fails the run; nothing importe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -174,6 +175,15 @@ def test_track_option_checked_before_anything_runs(tmp_path):
     assert not (tmp_path / "r").exists()
     cfg = TrainConfig.from_mapping({"data": "d", "track": ["mlflow", "tensorboard,mlflow"]})
     assert cfg.track == "mlflow,tensorboard"
+    from transferkit.tracking.registry import TRACKERS
+
+    missing = dataclasses.replace(TRACKERS.get("mlflow"), module="mlflow_not_installed_here")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(TRACKERS._entries, "mlflow", missing)
+        with pytest.raises(UserError, match=r"--track mlflow needs mlflow_not_installed_here, which is not installed: "
+                                            r"pip install 'transferkit\[mlflow\]'"):
+            transferkit.train(data, out=str(tmp_path / "r"), track="mlflow", **TINY)
+    assert not (tmp_path / "r").exists()
 
 
 def test_no_tracker_library_is_imported_when_tracking_is_off(tmp_path):

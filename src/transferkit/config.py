@@ -184,6 +184,9 @@ class TrainConfig:
         for name in strategy.required:
             if getattr(self, name) is None:
                 raise UserError(f"--strategy {strategy.name} needs {flag(name)}: {_help(name)}")
+        for name in (self.track or "").split(","):
+            if name:
+                TRACKERS.get(name).check()  # its library is installed: one line now, not a warning later
         return strategy
 
     def for_strategy(self, name: str) -> "TrainConfig":

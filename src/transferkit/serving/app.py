@@ -144,9 +144,7 @@ class Service:
         with other requests' inputs (one view each: no test-time augmentation)."""
         size = self.model.info["preprocess"]["input_size"]
         if x.shape[1:] != (3, size, size):
-            from .inference_protocol import ProtocolError
-
-            raise ProtocolError(f"input shape {list(x.shape)}: this model takes [N, 3, {size}, {size}]")
+            raise inference_protocol.ProtocolError(f"input shape {list(x.shape)}: this model takes [N, 3, {size}, {size}]")
         rows = self.model.from_tensor(x)
         logits = await asyncio.gather(*(self.batcher(rows[i:i + 1]) for i in range(len(rows))))
         return softmax(np.concatenate(logits).astype(np.float32))

@@ -33,7 +33,7 @@ from .. import __version__
 BINARY_HEADER = "inference-header-content-length"
 IMAGE, TENSOR = "image", "input"
 PROBABILITIES, LABEL = "probabilities", "label"
-DATATYPE_SIZES = {"FP32": 4}
+VERSION = "1"  # the one version of the model a server serves
 
 
 class ProtocolError(Exception):
@@ -53,7 +53,9 @@ def router(service, auth: list) -> APIRouter:
     everything but health."""
     api = APIRouter(prefix="/v2", tags=["Open Inference Protocol (v2)"])
 
-    def model_of(name: str):
+    def model_of(name: str, version: str | None = None):
+        if version is not None and version != VERSION:
+            raise ProtocolError(f"unknown version '{version}' of model '{name}': it has version {VERSION}", 404)
         if not service.ready:
             raise ProtocolError(service.error or "the model is loading; try again shortly", 503)
         if name != service.model.info["name"]:
@@ -75,18 +77,18 @@ def router(service, auth: list) -> APIRouter:
     @api.get("/models/{name}", summary="Model metadata", dependencies=auth)
     @api.get("/models/{name}/versions/{version}", summary="Model metadata", dependencies=auth)
     async def metadata(name: str, version: str | None = None):
-        return model_metadata(model_of(name))
+        return model_metadata(model_of(name, version))
 
     @api.get("/models/{name}/ready", summary="Model readiness", dependencies=auth)
     @api.get("/models/{name}/versions/{version}/ready", summary="Model readiness", dependencies=auth)
     async def model_ready(name: str, version: str | None = None):
-        model_of(name)
+        model_of(name, version)
         return {"name": name, "ready": True}
 
     @api.post("/models/{name}/infer", summary="Inference", dependencies=auth)
     @api.post("/models/{name}/versions/{version}/infer", summary="Inference", dependencies=auth)
     async def infer(name: str, request: Request, version: str | None = None):
-        model = model_of(name)
+        model = model_of(name, version)
         header, tensors = parse_request(await request.body(), request.headers.get(BINARY_HEADER))
         (inp,) = header["inputs"]
         rows, array = inp["shape"][0], tensors[0]
@@ -109,7 +111,7 @@ def router(service, auth: list) -> APIRouter:
 def model_metadata(model) -> dict:
     size = model.info["preprocess"]["input_size"]
     return {
-        "name": model.info["name"], "versions": ["1"], "platform": f"transferkit_{model.info['engine']}",
+        "name": model.info["name"], "versions": [VERSION], "platform": f"transferkit_{model.info['engine']}",
         "inputs": [{"name": IMAGE, "datatype": "BYTES", "shape": [-1]},
                    {"name": TENSOR, "datatype": "FP32", "shape": [-1, 3, size, size]}],
         "outputs": [{"name": PROBABILITIES, "datatype": "FP32", "shape": [-1, len(model.classes)]},
@@ -237,7 +239,7 @@ def requested_outputs(header: dict) -> dict[str, dict]:
 
 def infer_response(header: dict, name: str, probs: np.ndarray, classes: list[str], outputs: dict[str, dict]):
     """The response: JSON, or JSON then the binary outputs (with their header) where asked."""
-    body = {"model_name": name, "model_version": "1", "outputs": []}
+    body = {"model_name": name, "model_version": VERSION, "outputs": []}
     if isinstance(header.get("id"), str):
         body["id"] = header["id"]
     blobs = []

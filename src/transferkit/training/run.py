@@ -141,8 +141,7 @@ def run_end(run_dir: Path, results: dict, outcome: Outcome) -> RunEnd:
               "cv_accuracy": (results.get("cv") or {}).get("accuracy"), "wall_s": results["wall_s"],
               **{f"f1/{name}": row.get("f1") for name, row in (summary.get("per_class") or {}).items()}}
     metrics = {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and np.isfinite(v)}
-    params = {"chosen_strategy": outcome.cfg.strategy} if outcome.cfg.strategy != STRATEGIES.get("auto").name \
-        and results.get("strategy_reason") else {}
+    params = {"chosen_strategy": outcome.cfg.strategy} if results.get("strategy_reason") else {}  # auto's choice
     tags = {"data_fingerprint": results["data"]["fingerprint"], "strategy": outcome.cfg.strategy}
     return RunEnd(run_dir, "KILLED" if outcome.fit.interrupted else "FINISHED", metrics, params, tags,
                   [run_dir / name for name in TRACKED_FILES],

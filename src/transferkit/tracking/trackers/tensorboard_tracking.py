@@ -43,10 +43,20 @@ class TensorBoardTracker:
                     pixels = np.asarray(image.convert("RGB"))
                 self.writer.add_image(title, pixels, dataformats="HWC")
         if end.metrics:
-            hparams = {**self.params, **end.params}
+            hparams = {k: _typed(v) for k, v in {**self.params, **end.params}.items()}
             self.writer.add_hparams(hparams, {f"hparam/{k}": v for k, v in end.metrics.items()
                                               if not k.startswith("f1/")}, run_name=".")
         self.writer.close()
+
+
+def _typed(value: str) -> str | float | bool:
+    """An option's text as HParams plots it best: a number or a flag where it is one."""
+    if value in ("True", "False"):
+        return value == "True"
+    try:
+        return float(value)
+    except ValueError:
+        return value
 
 
 def scalar_name(key: str) -> str:
