@@ -129,6 +129,8 @@ class TrainConfig:
                                "better on the training images)", choices=FEATURES)
     exclude: str | None = opt(None, "file of image paths to leave out, one per line (# starts a comment), e.g. "
                               "written by `transferkit doctor --write-exclude`")
+    fixes: str | None = opt(None, "CSV of decisions about images (path relative to DATA, exclude | relabel, the "
+                            "new label, reason, time), e.g. made in `transferkit studio`; DATA is not changed")
     cache_dir: str | None = opt(None, "feature/decode cache (default: $TRANSFERKIT_CACHE or ~/.cache/transferkit)")
     no_cache: bool = opt(False, "compute features in a temporary cache, leave the user's cache alone")
     no_report: bool = opt(False, "skip the plots and report.html (about 0.45 s of a warm run; "

@@ -29,6 +29,7 @@ class DatasetSplit:
     skipped: list[dict] = field(default_factory=list)  # {path, reason}
     image_size: int | None = None  # the images' native size where the format fixes it (CIFAR: 32)
     excluded: dict | None = None  # train --exclude: {file, images left out, paths listed but not found}
+    fixes: dict | None = None  # train --fixes: {file, excluded, relabelled, not_found} (data.fixes)
 
     def excluding(self, paths: set[str], source: str) -> "DatasetSplit":
         """This split less the files listed in `source` (train --exclude), recorded."""

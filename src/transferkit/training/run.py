@@ -215,6 +215,15 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
         console.info(f"left out {split.excluded['images']} image(s) listed in {cfg.exclude}"
                      + (f" ({split.excluded['not_found']} listed path(s) not in the dataset)"
                         if split.excluded["not_found"] else ""))
+    if cfg.fixes:
+        from ..data.fixes import apply_fixes, read_fixes
+
+        source = str(Path(cfg.fixes).expanduser().absolute())
+        split = apply_fixes(split, read_fixes(cfg.fixes, cfg.data), cfg.data, source)
+        f = split.fixes
+        console.info(f"applied the fixes in {cfg.fixes}: {f['excluded']} image(s) left out, {f['relabelled']} "
+                     "relabelled" + (f" ({f['not_found']} listed path(s) not in the dataset)" if f["not_found"] else ""))
+        split.check_not_empty()
     # Without pretrained weights, images of a fixed small size (CIFAR) are used at that size.
     size = cfg.image_size or (split.image_size if cfg.weights == "none" else None)
     upscaled = size is None and strategy.trains not in ("head", "chosen") and cfg.weights != "none"
@@ -419,6 +428,7 @@ def write_outputs(run_dir: Path, outcome: Outcome, ran_on: tuple[str, str], star
         "data": {"path": cfg.data, "fingerprint": split.fingerprint(cfg.data)},
         "skipped_files": split.skipped,
         "excluded": split.excluded,
+        "fixes": split.fixes,
         "data_health": health,
         "device": ran_on[0],
         "precision": ran_on[1],

@@ -1,0 +1,160 @@
+"""A dataset's fixes: images to leave out and images whose label is wrong, decided by a person
+(in the studio, or by hand) and kept beside the data, never in it. `train --fixes FILE` honours
+them; nothing in DATA is moved, renamed or changed.
+
+The file is CSV (UTF-8), one row per image, sorted by path, so that it diffs well:
+
+    path,action,label,reason,time
+    train/roses/123.jpg,exclude,,near copy of train/roses/456.jpg,2026-12-04T02:30:00Z
+    val/tulips/9.jpg,relabel,roses,a rose,2026-12-04T02:31:10Z
+
+`path` is relative to DATA (forward slashes); `action` is `exclude` or `relabel`; `label` is the
+class a relabelled image belongs to (one of DATA's classes); `reason` and `time` (UTC) say why and
+when. Lines starting with `#` are comments. `doctor --write-exclude` output seeds it (`from_exclude`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..errors import UserError
+from ..files import TEXT_ERRORS
+
+HEADER = ("path", "action", "label", "reason", "time")
+ACTIONS = ("exclude", "relabel")
+
+
+@dataclass(frozen=True)
+class Fix:
+    """One decision about one image (`path`: relative to the dataset's folder, forward slashes)."""
+
+    path: str
+    action: str
+    label: str = ""
+    reason: str = ""
+    time: str = ""
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in HEADER}
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def relative(path: str | Path, root: str | Path) -> str:
+    """`path` (absolute, or relative to `root`) as the file records it: relative to `root`, with
+    forward slashes; a path outside `root` is a UserError."""
+    root = Path(root).expanduser().absolute()
+    p = Path(path).expanduser()
+    p = p if p.is_absolute() else root / p
+    rel = os.path.relpath(os.path.normpath(p), root)
+    if rel == "." or rel.startswith(".." + os.sep) or rel == ".." or os.path.isabs(rel):
+        raise UserError(f"{path} is not inside the dataset {root}")
+    return Path(rel).as_posix()
+
+
+def read_fixes(file: str | Path, root: str | Path) -> dict[str, Fix]:
+    """{relative path: its fix} from `file`; a bad row is a UserError naming its line."""
+    path = Path(file).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8", errors=TEXT_ERRORS)
+    except OSError as exc:
+        raise UserError(f"--fixes {file}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"--fixes {file} is not a text (CSV) file") from None
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip() and not line.startswith("#")]
+    if not lines:
+        return {}
+    rows = csv.reader(io.StringIO("\n".join(line for _, line in lines)))
+    header = next(rows)
+    if tuple(h.strip() for h in header[:len(HEADER)]) != HEADER:
+        raise UserError(f"--fixes {file}: line {lines[0][0]} must be the header {','.join(HEADER)}")
+    out: dict[str, Fix] = {}
+    for (number, _), row in zip(lines[1:], rows):
+        where = f"--fixes {file}, line {number}"
+        if len(row) < 2:
+            raise UserError(f"{where}: a row needs at least a path and an action")
+        row = (row + [""] * len(HEADER))[:len(HEADER)]
+        fix = Fix(*(v.strip() for v in row))
+        if fix.action not in ACTIONS:
+            raise UserError(f"{where}: action must be {' or '.join(ACTIONS)} (got '{fix.action}')")
+        if fix.action == "relabel" and not fix.label:
+            raise UserError(f"{where}: relabel needs the new label")
+        try:
+            key = relative(fix.path, root)
+        except UserError as exc:
+            raise UserError(f"{where}: {exc}") from None
+        out[key] = replace(fix, path=key)  # a later row about the same image wins
+    return out
+
+
+def write_fixes(file: str | Path, fixes: dict[str, Fix] | list[Fix], root: str | Path | None = None) -> None:
+    """Write `fixes` to `file` atomically, sorted by path (with a comment naming the dataset)."""
+    from ..files import atomic_write
+
+    items = sorted(fixes.values() if isinstance(fixes, dict) else fixes, key=lambda f: f.path)
+    out = io.StringIO()
+    if root is not None:
+        out.write(f"# transferkit fixes for {Path(root).expanduser().absolute()}: train --fixes {file}\n")
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(HEADER)
+    for fix in items:
+        writer.writerow([fix.path, fix.action, fix.label, fix.reason, fix.time])
+    atomic_write(Path(file).expanduser(), out.getvalue().encode())
+
+
+def from_exclude(exclude_file: str | Path, root: str | Path, reason: str = "doctor --write-exclude") -> list[Fix]:
+    """The paths of an exclude file (`doctor --write-exclude`) inside `root`, as exclude fixes."""
+    from .exclude import read_exclude
+
+    stamp = now()
+    out = []
+    for p in sorted(read_exclude(exclude_file)):
+        try:
+            out.append(Fix(relative(p, root), "exclude", "", reason, stamp))
+        except UserError:
+            continue  # another dataset's file
+    return out
+
+
+def apply_fixes(split, fixes: dict[str, Fix], root: str | Path, source: str):
+    """`split` (data.discover.DatasetSplit) with the excluded images left out and the relabelled
+    ones under their new class, recorded in `split.fixes`. A relabel to an unknown class is a
+    UserError."""
+    root = Path(root).expanduser().absolute()
+    by_path = {str(root / Path(rel)): fix for rel, fix in fixes.items()}
+    index = {name: i for i, name in enumerate(split.classes)}
+    for fix in fixes.values():
+        if fix.action == "relabel" and fix.label not in index:
+            raise UserError(f"--fixes {source}: {fix.path} is relabelled to '{fix.label}', which is not a class of "
+                            f"this dataset ({', '.join(split.classes)})")
+    seen: set[str] = set()
+    excluded = relabelled = 0
+
+    def fixed(samples):
+        nonlocal excluded, relabelled
+        out = []
+        for s in samples:
+            fix = by_path.get(s.path)
+            if fix is None:
+                out.append(s)
+                continue
+            seen.add(s.path)
+            if fix.action == "exclude":
+                excluded += 1
+            elif index[fix.label] != s.label:
+                relabelled += 1
+                out.append(replace(s, label=index[fix.label]))
+            else:
+                out.append(s)
+        return out
+
+    train, val = fixed(split.train), fixed(split.val)
+    record = {"file": source, "excluded": excluded, "relabelled": relabelled, "not_found": len(by_path) - len(seen)}
+    return replace(split, train=train, val=val, fixes=record)
