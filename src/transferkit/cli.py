@@ -10,7 +10,8 @@ from dataclasses import fields
 from pathlib import Path
 
 from . import config
-from .config import DoctorOptions, ExportOptions, LRFindOptions, PredictOptions, ServeOptions, SummaryOptions, TrainConfig
+from .config import (DoctorOptions, ExportOptions, LRFindOptions, PredictOptions, ServeOptions, StudioOptions,
+                     SummaryOptions, TrainConfig)
 from .errors import Terminated, UserError, os_error_line
 from .console import printable
 
@@ -140,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "new head for --num-classes; frozen parts are marked.")
     p.add_argument("model", help="backbone name (see `transferkit models`) or timm:<name>")
     add_options(p, SummaryOptions)
+
+    p = sub.add_parser("studio", help="a local web app: look at the data, fix it, train, compare runs, ship",
+                       description="The studio over the datasets DATA (and the runs in --runs-dir): open the "
+                                   "address it prints in a browser.")
+    p.add_argument("data", nargs="*", metavar="DATA", help="dataset folders")
+    add_options(p, StudioOptions, aliases={"runs_dir": "--runs"})
 
     p = sub.add_parser("runs", help="list the runs in a folder, or compare two", formatter_class=raw,
                        description="transferkit runs [DIR]: a table of the runs in DIR (default: runs/).\n"
@@ -345,6 +352,16 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_studio(args: argparse.Namespace) -> int:
+    from .studio.server import studio
+
+    try:
+        studio(args.data, StudioOptions(**_options(args, StudioOptions)))
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+    return 0
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     import json
 
@@ -401,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_train(args, started, argv)
         handlers = {"lr-find": cmd_lr_find, "eval": cmd_eval, "predict": cmd_predict, "models": cmd_models,
                     "summary": cmd_summary, "cache": cmd_cache, "report": cmd_report, "export": cmd_export,
-                    "serve": cmd_serve, "doctor": cmd_doctor, "runs": cmd_runs}
+                    "serve": cmd_serve, "doctor": cmd_doctor, "runs": cmd_runs,
+                    "studio": cmd_studio}
         return handlers[args.command](args)
     except UserError as exc:
         print(printable(f"error: {exc}", lines=False), file=sys.stderr)

@@ -353,23 +353,48 @@ class ServeOptions:
 
     def __post_init__(self) -> None:
         check_values(self)
-        import ipaddress
-        import os
+        check_exposure(self, "the model")
 
-        if self.token is None:
-            self.token = os.environ.get("TRANSFERKIT_TOKEN") or None
-        if self.token is not None and (len(self.token) < 16 or any(c.isspace() for c in self.token)):
-            raise UserError("--token must be 16 characters or more, without spaces (e.g. `openssl rand -hex 16`)")
-        if self.token and self.no_auth:
-            raise UserError("give --token or --no-auth, not both")
-        try:
-            loopback = self.host == "localhost" or ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            raise UserError(f"--host must be an IP address or localhost (got '{self.host}')") from None
-        if not loopback and not (self.token or self.no_auth):
-            raise UserError(f"--host {self.host} lets other machines reach the model: give --token (or set "
-                            "$TRANSFERKIT_TOKEN) so that only callers who know it may use it, or --no-auth "
-                            "to serve it to anyone")
+
+def check_exposure(options, what: str) -> None:
+    """A server's host and token (serve, studio): the token from $TRANSFERKIT_TOKEN when not given,
+    long enough; any address but loopback needs it (or, to serve anyone, --no-auth)."""
+    import ipaddress
+    import os
+
+    if options.token is None:
+        options.token = os.environ.get("TRANSFERKIT_TOKEN") or None
+    if options.token is not None and (len(options.token) < 16 or any(c.isspace() for c in options.token)):
+        raise UserError("--token must be 16 characters or more, without spaces (e.g. `openssl rand -hex 16`)")
+    if options.token and options.no_auth:
+        raise UserError("give --token or --no-auth, not both")
+    try:
+        loopback = options.host == "localhost" or ipaddress.ip_address(options.host).is_loopback
+    except ValueError:
+        raise UserError(f"--host must be an IP address or localhost (got '{options.host}')") from None
+    if not loopback and not (options.token or options.no_auth):
+        raise UserError(f"--host {options.host} lets other machines reach {what}: give --token (or set "
+                        "$TRANSFERKIT_TOKEN) so that only callers who know it may use it, or --no-auth "
+                        "to serve it to anyone")
+
+
+@dataclass
+class StudioOptions:
+    """Options of `transferkit studio`."""
+
+    runs_dir: str = opt("runs", "the runs it lists and where the runs it starts go (their fixes files too, in "
+                        "RUNS/fixes)")
+    host: str = opt("127.0.0.1", "address to listen on; any other than loopback needs --token or --no-auth")
+    port: int = opt(8765, "port (0: a free one, printed at start)", low=0, high=65535)
+    token: str | None = opt(None, "token the page and the API require (also read from $TRANSFERKIT_TOKEN); "
+                            "16 characters or more", shown="$TRANSFERKIT_TOKEN or none")
+    no_auth: bool = opt(False, "listen on a non-loopback address without a token (anyone who reaches it may "
+                        "use it, and start training)")
+    cache_dir: str | None = opt(None, "cache folder [default: $TRANSFERKIT_CACHE or ~/.cache/transferkit]")
+
+    def __post_init__(self) -> None:
+        check_values(self)
+        check_exposure(self, "the studio")
 
 
 @dataclass

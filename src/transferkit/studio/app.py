@@ -1,0 +1,392 @@
+"""The studio's HTTP application (FastAPI, as `serve`): the page at `/` and its JSON API under
+`/api`, over the Python API and the CLI's own commands (nothing is implemented twice).
+
+Safety: it listens on loopback unless told otherwise (then a token is required, as `serve`);
+the token reaches the page once through `/?token=...` and is kept in an HttpOnly, SameSite=Strict
+cookie; a request that changes anything needs the header `X-Studio: 1` and, where the browser
+says where it comes from (Origin, Sec-Fetch-Site), to come from the studio's own page: another
+site the user has open can neither read the API (no CORS) nor post to it. On loopback, requests
+must name a loopback Host (no DNS rebinding). Files are reached only as images of the datasets
+it was given (by their path inside the dataset) or of the runs in --runs (by their row in the
+run's predictions.csv), and runs by their folder's name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from .. import __version__
+from ..config import StudioOptions, TrainConfig
+from ..errors import UserError
+from .datasets import Dataset, thumbnail
+from .jobs import JobQueue
+
+STATIC = Path(__file__).parent / "static"
+COOKIE = "transferkit_studio"
+CSRF_HEADER = "x-studio"
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; "
+                                           "base-uri 'none'; frame-ancestors 'none'; form-action 'self'",
+                "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+# The options the page's training form offers besides strategy and model (each checked by TrainConfig).
+FORM_OPTIONS = ("epochs", "batch_size", "lr", "weight_decay", "augment", "mixup", "cutmix", "ema", "class_weights",
+                "balanced_sampler", "seed", "budget", "image_size", "unfreeze", "patience", "track")
+
+
+class Studio:
+    """What the routes share: the datasets, the runs folder, the work queue. One per app."""
+
+    def __init__(self, data: list[str | Path], options: StudioOptions):
+        from ..cache import Cache
+
+        self.options = options
+        self.runs = Path(options.runs_dir).expanduser().absolute()
+        cache = Cache(options.cache_dir)
+        self.thumbs = cache.root / "studio-thumbs"
+        self.datasets: dict[str, Dataset] = {}
+        for given in data:
+            root = Path(given).expanduser().absolute()
+            if not root.is_dir():
+                raise UserError(f"no such dataset folder: {given}")
+            if root in {d.root for d in self.datasets.values()}:
+                continue
+            base = re.sub(r"[^A-Za-z0-9_-]", "-", root.name)[:40] or "data"
+            ident = base if base not in self.datasets else f"{base}-{len(self.datasets)}"
+            digest = hashlib.sha256(str(root).encode()).hexdigest()[:8]
+            self.datasets[ident] = Dataset(ident, root, self.runs / "fixes" / f"{base}-{digest}.fixes.csv",
+                                           self.thumbs)
+        self.jobs = JobQueue()
+
+    def dataset(self, ident: str) -> Dataset:
+        if ident not in self.datasets:
+            raise HTTPException(404, f"no dataset '{ident}' in this studio")
+        return self.datasets[ident]
+
+    def run_dir(self, name: str) -> Path:
+        from ..runs import is_run
+
+        folder = self.runs / name
+        if not RUN_NAME.match(name) or not is_run(folder):
+            raise HTTPException(404, f"no run '{name}' in {self.runs}")
+        return folder
+
+    def doctor_dir(self, ds: Dataset) -> Path:
+        return self.runs / ".studio" / f"doctor-{ds.id}"
+
+
+def create_studio(data: list[str | Path], options: StudioOptions | None = None) -> FastAPI:
+    """The studio's ASGI application over the datasets `data` and the runs in `options.runs_dir`."""
+    options = options or StudioOptions()
+    studio = Studio(data, options)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        studio.jobs.close()
+
+    app = FastAPI(title="transferkit studio", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.state.studio = studio
+    auth = [Depends(_auth(options.token))]
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        problem = _refused(request, options)
+        if problem:
+            return JSONResponse({"detail": problem}, 403)
+        return await call_next(request)
+
+    @app.exception_handler(UserError)
+    async def user_error(request: Request, exc: UserError):
+        return JSONResponse({"detail": str(exc)}, 400)
+
+    # -- the page ------------------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    async def page(request: Request, token: str | None = None):
+        if options.token and token is not None:
+            if not secrets.compare_digest(token.encode(), options.token.encode()):
+                return HTMLResponse("<p>Wrong token.</p>", 401, headers=PAGE_HEADERS)
+            response = RedirectResponse("/", 303)
+            response.set_cookie(COOKIE, options.token, httponly=True, samesite="strict")
+            return response
+        if options.token and not _has_token(request, options.token):
+            return HTMLResponse("<p>This studio needs its token: open the address <code>transferkit studio</code> "
+                                "printed (it ends in <code>?token=...</code>).</p>", 401, headers=PAGE_HEADERS)
+        return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
+
+    # -- datasets --------------------------------------------------------------------------------
+    @app.get("/api/state", dependencies=auth)
+    def state():
+        return {"version": __version__, "runs_dir": str(studio.runs), "csrf_header": CSRF_HEADER,
+                "datasets": [{"id": d.id, "name": d.name, "path": str(d.root)} for d in studio.datasets.values()],
+                "strategies": _strategies(), "models": _models()}
+
+    @app.get("/api/datasets/{ident}", dependencies=auth)
+    def dataset(ident: str):
+        return studio.dataset(ident).summary()
+
+    @app.post("/api/datasets/{ident}/refresh", dependencies=auth)
+    def refresh(ident: str):
+        ds = studio.dataset(ident)
+        ds.load(refresh=True)
+        return ds.summary()
+
+    @app.get("/api/datasets/{ident}/images", dependencies=auth)
+    def images(ident: str, cls: str | None = None, split: str | None = None, fixed: str | None = None,
+               offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=500)):
+        return studio.dataset(ident).page(cls, split, fixed, offset, limit)
+
+    @app.get("/api/datasets/{ident}/thumb", dependencies=auth)
+    def thumb(ident: str, path: str):
+        return Response(studio.dataset(ident).thumbnail(path), media_type="image/jpeg",
+                        headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/api/datasets/{ident}/image", dependencies=auth)
+    def image(ident: str, path: str):
+        return FileResponse(studio.dataset(ident).file(path), headers={"X-Content-Type-Options": "nosniff",
+                                                                        "Content-Security-Policy": "default-src 'none'"})
+
+    @app.get("/api/datasets/{ident}/fixes", dependencies=auth)
+    def fixes(ident: str):
+        ds = studio.dataset(ident)
+        return {"file": str(ds.fixes_file), "fixes": ds.fixes(), "command": _fixes_hint(ds)}
+
+    @app.post("/api/datasets/{ident}/fixes", dependencies=auth)
+    def decide(ident: str, body: dict = Body(...)):
+        ds = studio.dataset(ident)
+        if not isinstance(body.get("path"), str) or not isinstance(body.get("action"), str):
+            raise UserError("give the image's path and an action (exclude, relabel, clear)")
+        return {"item": ds.decide(body["path"], body["action"], str(body.get("label") or ""),
+                                  str(body.get("reason") or "")), "summary": ds.summary()}
+
+    @app.post("/api/datasets/{ident}/undo", dependencies=auth)
+    def undo(ident: str):
+        ds = studio.dataset(ident)
+        return {"item": ds.undo(), "summary": ds.summary()}
+
+    @app.post("/api/datasets/{ident}/doctor", dependencies=auth)
+    def doctor(ident: str):
+        ds = studio.dataset(ident)
+        out = studio.doctor_dir(ds)
+        argv = ["doctor", str(ds.root), "--out", str(out), "--write-exclude", str(out / "exclude.txt")]
+        if options.cache_dir:
+            argv += ["--cache-dir", options.cache_dir]
+        return studio.jobs.submit("doctor", argv, f"doctor {ds.name}").to_dict()
+
+    @app.get("/api/datasets/{ident}/findings", dependencies=auth)
+    def findings(ident: str):
+        ds = studio.dataset(ident)
+        found = ds.findings(studio.doctor_dir(ds) / "doctor.json")
+        return {"found": found, "exclude_list": (studio.doctor_dir(ds) / "exclude.txt").is_file()}
+
+    @app.post("/api/datasets/{ident}/seed", dependencies=auth)
+    def seed(ident: str):
+        ds = studio.dataset(ident)
+        listed = studio.doctor_dir(ds) / "exclude.txt"
+        if not listed.is_file():
+            raise UserError("run the doctor first: its list of images to leave out seeds the fixes")
+        return {"added": ds.seed(listed, "doctor --write-exclude"), "summary": ds.summary()}
+
+    # -- training and the queue --------------------------------------------------------------------
+    @app.post("/api/train", dependencies=auth)
+    def train(body: dict = Body(...)):
+        ds = studio.dataset(str(body.get("dataset", "")))
+        argv, cfg = train_command(ds, body, studio.runs, options.cache_dir)
+        ds.load()
+        job = studio.jobs.submit("train", argv, f"train {ds.name} ({cfg.strategy}, {cfg.model})",
+                                 epochs=_epochs(cfg), train_images=ds.summary_counts("train"))
+        job.result = {"run": Path(argv[argv.index("--out") + 1]).name}
+        return job.to_dict()
+
+    @app.get("/api/jobs", dependencies=auth)
+    def jobs():
+        return [j.to_dict() for j in studio.jobs.jobs]
+
+    @app.get("/api/jobs/{job_id}", dependencies=auth)
+    def job(job_id: int):
+        found = studio.jobs.get(job_id)
+        if found is None:
+            raise HTTPException(404, f"no job {job_id}")
+        return found.to_dict()
+
+    @app.post("/api/jobs/{job_id}/stop", dependencies=auth)
+    def stop(job_id: int):
+        found = studio.jobs.get(job_id)
+        if found is None:
+            raise HTTPException(404, f"no job {job_id}")
+        studio.jobs.stop(found)
+        return found.to_dict()
+
+    # -- runs --------------------------------------------------------------------------------------
+    @app.get("/api/runs", dependencies=auth)
+    def runs_list():
+        from .. import runs
+
+        if not studio.runs.is_dir():
+            return []
+        return [r.to_dict() for r in runs.list_runs(studio.runs, "when")]
+
+    @app.get("/api/runs/{name}", dependencies=auth)
+    def run(name: str):
+        from .views import run_view
+
+        return run_view(studio.run_dir(name))
+
+    @app.get("/api/runs/{name}/cell", dependencies=auth)
+    def cell(name: str, actual: str, predicted: str):
+        from .views import predictions
+
+        rows = predictions(studio.run_dir(name))
+        return [{"i": i, **r} for i, r in enumerate(rows) if r["actual"] == actual and r["predicted"] == predicted]
+
+    @app.get("/api/runs/{name}/thumb", dependencies=auth)
+    def run_thumb(name: str, i: int = Query(..., ge=0)):
+        from .views import predictions
+
+        rows = predictions(studio.run_dir(name))
+        if i >= len(rows):
+            raise HTTPException(404, f"the run {name} has {len(rows)} validation images")
+        return Response(thumbnail(Path(rows[i]["path"]), studio.thumbs, Path(rows[i]["path"]).name),
+                        media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/api/runs/{name}/report", dependencies=auth)
+    def report(name: str):
+        page = studio.run_dir(name) / "report.html"
+        if not page.is_file():
+            raise HTTPException(404, f"the run {name} has no report.html")
+        return FileResponse(page, headers={"X-Content-Type-Options": "nosniff"})
+
+    @app.get("/api/compare", dependencies=auth)
+    def compare(a: str, b: str):
+        from .views import compare_view
+
+        return compare_view(studio.run_dir(a), studio.run_dir(b))
+
+    @app.post("/api/runs/{name}/export", dependencies=auth)
+    def export(name: str):
+        folder = studio.run_dir(name)
+        return studio.jobs.submit("export", ["export", str(folder)], f"export {name}").to_dict()
+
+    @app.get("/api/runs/{name}/export", dependencies=auth)
+    def exported(name: str):
+        import json
+
+        found = studio.run_dir(name) / "export" / "export.json"
+        try:
+            return json.loads(found.read_text())
+        except (OSError, ValueError):
+            raise HTTPException(404, f"the run {name} has not been exported") from None
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def train_command(ds: Dataset, body: dict, runs: Path, cache_dir: str | None) -> tuple[list[str], TrainConfig]:
+    """The `transferkit train` command the page's form stands for (checked as the CLI checks it)."""
+    values = {"data": str(ds.root), "strategy": body.get("strategy") or "linear",
+              "model": body.get("model") or "efficientnet_lite0"}
+    given = body.get("options") or {}
+    if not isinstance(given, dict):
+        raise UserError("options must be an object of option: value")
+    unknown = sorted(set(given) - set(FORM_OPTIONS))
+    if unknown:
+        raise UserError(f"the page does not set {', '.join(unknown)}; use the CLI")
+    values.update({k: v for k, v in given.items() if v not in (None, "", False)})
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = f"{stamp}-{ds.id}-{values['strategy']}"
+    values["out"] = str(runs / name)
+    if ds.fixes_file.is_file() and ds.fixes():
+        values["fixes"] = str(ds.fixes_file)
+    cfg = TrainConfig.from_mapping(values)
+    cfg.validate()
+    argv = ["train", str(ds.root), "--out", values["out"], "--strategy", cfg.strategy, "--model", cfg.model]
+    if cfg.fixes:
+        argv += ["--fixes", cfg.fixes]
+    defaults = TrainConfig()
+    for key in FORM_OPTIONS:
+        value = getattr(cfg, key)
+        if value in (None, False) or value == getattr(defaults, key) and key != "seed":
+            continue
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif key == "track":
+            for tracker in str(value).split(","):
+                argv += [flag, tracker]
+        else:
+            argv += [flag, str(value)]
+    if cache_dir:
+        argv += ["--cache-dir", cache_dir]
+    return argv, cfg
+
+
+def _epochs(cfg: TrainConfig) -> int | None:
+    try:
+        return cfg.resolved().epochs
+    except UserError:
+        return None
+
+
+def _fixes_hint(ds: Dataset) -> str:
+    return f"transferkit train {ds.root} --fixes {ds.fixes_file}"
+
+
+def _strategies() -> list[dict]:
+    from ..training.strategies import STRATEGIES
+
+    return [{"name": s.name, "summary": s.summary} for s in STRATEGIES]
+
+
+def _models() -> list[str]:
+    from ..models import backbones
+
+    return [s.name for s in backbones.BACKBONES]
+
+
+def _has_token(request: Request, token: str) -> bool:
+    given = request.cookies.get(COOKIE) or ""
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        given = header[7:]
+    return secrets.compare_digest(given.encode(), token.encode())
+
+
+def _auth(token: str | None):
+    async def check(request: Request) -> None:
+        if token and not _has_token(request, token):
+            raise HTTPException(401, "this studio needs its token")
+
+    return check
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
+def _refused(request: Request, options: StudioOptions) -> str | None:
+    """Why a request is refused before it reaches a route: a Host that is not the studio's own
+    (on loopback: DNS rebinding), or a state-changing request that is not from its own page."""
+    host = request.headers.get("host", "")
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    loopback = options.host in ("127.0.0.1", "localhost", "::1")
+    if loopback and name not in LOOPBACK_HOSTS:
+        return f"unexpected Host '{host}': the studio answers on {options.host} only"
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return None
+    if request.headers.get(CSRF_HEADER) != "1":
+        return "a request that changes something must come from the studio's page (X-Studio header)"
+    origin = request.headers.get("origin")
+    if origin is not None and origin not in (f"http://{host}", f"https://{host}"):
+        return f"a request from {origin} may not change anything here"
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        return "a request from another site may not change anything here"
+    return None

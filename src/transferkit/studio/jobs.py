@@ -1,0 +1,161 @@
+"""The studio's work queue: training runs (and the doctor, exports) as the CLI commands they are,
+each in a process of its own, one at a time (a CPU has no room for two), in the order they were
+asked for. A job's progress is read from what its command prints (the epoch lines of `train`, the
+progress lines of long work), so a run started here is the same command a person would type; the
+page shows that command. Stopping a running job sends it SIGINT: `train` keeps the best epoch so
+far and writes every output, as on Ctrl-C."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+EPOCH_LINE = re.compile(r"^epoch (\d+): train loss ([\d.naninf]+) acc ([\d.]+) \| val loss ([\d.naninf]+) acc ([\d.]+) \| "
+                        r"([\d.]+)s$")
+LOG_LINES = 200  # the last lines of a job's output that are kept
+
+
+@dataclass
+class Job:
+    id: int
+    kind: str  # train | doctor | export
+    argv: list[str]  # after `transferkit`
+    title: str
+    epochs: int | None = None  # what the epoch lines count to (train)
+    train_images: int | None = None  # for images/s
+    status: str = "queued"  # queued | running | finished | failed | stopped
+    queued_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    ended_at: float | None = None
+    returncode: int | None = None
+    epoch_rows: list[dict] = field(default_factory=list)
+    log: deque = field(default_factory=lambda: deque(maxlen=LOG_LINES))
+    result: dict | None = None  # what the job left (the run folder, ...)
+    on_end: Callable[["Job"], None] | None = None
+    _process: subprocess.Popen | None = None
+    _stop: bool = False
+
+    @property
+    def command(self) -> str:
+        return "transferkit " + shlex.join(self.argv)
+
+    def progress(self) -> dict:
+        """Epochs done, the last epoch's numbers, images/s and the time left (from the mean epoch)."""
+        out: dict = {"epochs": self.epochs, "done": len(self.epoch_rows)}
+        if self.epoch_rows:
+            last = self.epoch_rows[-1]
+            out.update({k: last[k] for k in ("epoch", "train_loss", "val_loss", "val_acc")})
+            mean = sum(r["seconds"] for r in self.epoch_rows) / len(self.epoch_rows)
+            if self.train_images:
+                out["images_per_s"] = round(self.train_images / max(1e-9, last["seconds"]), 1)
+            if self.epochs and self.status == "running":
+                out["eta_s"] = round(mean * max(0, self.epochs - len(self.epoch_rows)), 1)
+        return out
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "kind": self.kind, "title": self.title, "command": self.command,
+                "status": self.status, "queued_at": self.queued_at, "started_at": self.started_at,
+                "ended_at": self.ended_at, "returncode": self.returncode, "progress": self.progress(),
+                "epoch_rows": self.epoch_rows, "log": list(self.log)[-40:], "result": self.result}
+
+
+class JobQueue:
+    """Jobs run one after another on a thread of the queue's own; each in its own process."""
+
+    def __init__(self, env: dict | None = None):
+        self.env = env
+        self.jobs: list[Job] = []
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread = threading.Thread(target=self._work, name="transferkit-studio-jobs", daemon=True)
+        self._thread.start()
+
+    def submit(self, kind: str, argv: list[str], title: str, **extra) -> Job:
+        job = Job(next(self._ids), kind, argv, title, **extra)
+        with self._lock:
+            self.jobs.append(job)
+        self._wake.set()
+        return job
+
+    def get(self, job_id: int) -> Job | None:
+        return next((j for j in self.jobs if j.id == job_id), None)
+
+    def stop(self, job: Job) -> None:
+        """A queued job is taken off the queue; a running one gets SIGINT (its clean stop)."""
+        with self._lock:
+            job._stop = True
+            if job.status == "queued":
+                job.status, job.ended_at = "stopped", time.time()
+            elif job.status == "running" and job._process is not None and job._process.poll() is None:
+                job._process.send_signal(signal.SIGINT)
+
+    def close(self) -> None:
+        """Stop everything (the server is shutting down): no process outlives the studio."""
+        self._closed = True
+        for job in self.jobs:
+            if job.status in ("queued", "running"):
+                self.stop(job)
+        for job in self.jobs:
+            if job._process is not None:
+                try:
+                    job._process.wait(20)
+                except subprocess.TimeoutExpired:
+                    job._process.kill()
+        self._wake.set()
+
+    def _next(self) -> Job | None:
+        with self._lock:
+            return next((j for j in self.jobs if j.status == "queued"), None)
+
+    def _work(self) -> None:
+        while not self._closed:
+            job = self._next()
+            if job is None:
+                self._wake.wait(1.0)
+                self._wake.clear()
+                continue
+            self._run(job)
+
+    def _run(self, job: Job) -> None:
+        from ..processes import die_with_parent
+
+        with self._lock:
+            if job.status != "queued":
+                return
+            job.status, job.started_at = "running", time.time()
+            try:
+                job._process = subprocess.Popen(
+                    [sys.executable, "-m", "transferkit", *job.argv], stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT, text=True, errors="replace", env=self.env, bufsize=1,
+                    preexec_fn=die_with_parent)  # the studio gone (even killed): its jobs go too
+            except OSError as exc:
+                job.status, job.ended_at = "failed", time.time()
+                job.log.append(f"error: could not start: {exc}")
+                return
+        for line in job._process.stdout:
+            line = line.rstrip("\n")
+            job.log.append(line)
+            match = EPOCH_LINE.match(line)
+            if match:
+                epoch, tl, ta, vl, va, secs = match.groups()
+                job.epoch_rows.append({"epoch": int(epoch), "train_loss": float(tl), "train_acc": float(ta),
+                                       "val_loss": float(vl), "val_acc": float(va), "seconds": float(secs)})
+        job.returncode = job._process.wait()
+        job.ended_at = time.time()
+        job.status = "finished" if job.returncode == 0 else "stopped" if job._stop else "failed"
+        if job.on_end is not None:
+            try:
+                job.on_end(job)
+            except Exception as exc:  # noqa: BLE001 - what the job left is read for the page only
+                job.log.append(f"warning: {exc}")

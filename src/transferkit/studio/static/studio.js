@@ -1,0 +1,366 @@
+// transferkit studio: the page over /api. No framework, nothing from elsewhere; every text a
+// user's files can carry (paths, class names) goes in as text, never as HTML.
+
+const $ = (id) => document.getElementById(id);
+const state = { datasets: [], current: null, summary: null, page: 0, perPage: 60, selected: new Set(), jobs: [] };
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else if (v !== null && v !== undefined && v !== false) node.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) if (c !== null && c !== undefined) node.append(c instanceof Node ? c : String(c));
+  return node;
+}
+
+async function api(path, options = {}) {
+  const init = { ...options, headers: { ...(options.headers || {}) } };
+  if (init.method && init.method !== "GET") {
+    init.headers["X-Studio"] = "1";
+    if (init.body !== undefined) { init.headers["Content-Type"] = "application/json"; init.body = JSON.stringify(init.body); }
+  }
+  const response = await fetch(path, init);
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(body.detail || `${response.status} ${response.statusText}`);
+  return body;
+}
+
+function say(text, bad = false) {
+  const s = $("status");
+  s.textContent = text;
+  s.className = bad ? "error" : "muted";
+}
+
+const q = (params) => new URLSearchParams(Object.entries(params).filter(([, v]) => v !== "" && v !== null && v !== undefined)).toString();
+const pct = (x) => (x === null || x === undefined ? "-" : (100 * x).toFixed(1) + "%");
+const num = (x, d = 4) => (x === null || x === undefined ? "-" : Number(x).toFixed(d));
+
+// ---------------------------------------------------------------- tabs
+function showTab(name) {
+  for (const t of ["data", "train", "jobs", "runs"]) {
+    $(`tab-${t}`).setAttribute("aria-selected", String(t === name));
+    $(`view-${t}`).hidden = t !== name;
+  }
+  if (name === "runs") loadRuns();
+  if (name === "jobs") renderJobs();
+}
+
+// ---------------------------------------------------------------- data
+function thumbUrl(path) { return `/api/datasets/${state.current}/thumb?${q({ path })}`; }
+
+function openViewer(src, caption) {
+  $("viewer-img").src = src;
+  $("viewer-caption").textContent = caption;
+  $("viewer").showModal();
+}
+
+function imageCard(item, classes, onChange) {
+  const fix = item.fix;
+  const card = el("div", { class: "thumb" + (fix ? " " + fix.action : ""), "data-path": item.path });
+  const img = el("img", { src: thumbUrl(item.path), loading: "lazy", alt: item.path, title: item.path,
+                          onclick: () => openViewer(`/api/datasets/${state.current}/image?${q({ path: item.path })}`, item.path) });
+  const caption = el("div", {}, `${item.label} · ${item.split}`);
+  if (fix) caption.append(" ", el("span", { class: "fix " + fix.action }, fix.action === "exclude" ? "excluded" : `→ ${fix.label}`));
+  const relabel = el("select", { "aria-label": `relabel ${item.path}`, onchange: async (e) => {
+    if (e.target.value) await decide(item.path, "relabel", e.target.value, "", onChange);
+  } }, el("option", { value: "" }, "relabel…"), classes.filter((c) => c !== item.label).map((c) => el("option", { value: c }, c)));
+  const actions = el("div", { class: "actions" },
+    fix && fix.action === "exclude" ? null : el("button", { type: "button", onclick: () => decide(item.path, "exclude", "", "", onChange) }, "Exclude"),
+    relabel,
+    fix ? el("button", { type: "button", onclick: () => decide(item.path, "clear", "", "", onChange) }, "Clear") : null);
+  card.append(img, caption, actions);
+  return card;
+}
+
+async function decide(path, action, label, reason, onChange) {
+  try {
+    const out = await api(`/api/datasets/${state.current}/fixes`, { method: "POST", body: { path, action, label, reason } });
+    state.summary = out.summary;
+    renderSummary();
+    say(`${action === "clear" ? "cleared" : action === "exclude" ? "excluded" : "relabelled"} ${path}`);
+    if (onChange) await onChange();
+  } catch (e) { say(e.message, true); }
+}
+
+async function loadDataset(id) {
+  state.current = id;
+  state.page = 0;
+  say("reading the dataset…");
+  state.summary = await api(`/api/datasets/${id}`);
+  const fc = $("filter-class");
+  fc.replaceChildren(el("option", { value: "" }, "all"), ...state.summary.classes.map((c) => el("option", { value: c }, c)));
+  renderSummary();
+  await Promise.all([loadImages(), loadFindings()]);
+  say(`${state.summary.images} images in ${state.summary.classes.length} classes`);
+}
+
+function renderSummary() {
+  const s = state.summary;
+  $("dataset-path").textContent = s.path;
+  const most = Math.max(1, ...Object.values(s.counts).map((c) => c.train + c.val));
+  const rows = [el("tr", {}, el("th", {}, "class"), el("th", { class: "num" }, "train"), el("th", { class: "num" }, "val"),
+                          el("th", { class: "num" }, "after fixes"), el("th", {}, "balance"))];
+  for (const [name, c] of Object.entries(s.counts)) {
+    const fixed = c.train_fixed + c.val_fixed;
+    rows.push(el("tr", {}, el("td", {}, name), el("td", { class: "num" }, c.train), el("td", { class: "num" }, c.val),
+      el("td", { class: "num" }, fixed === c.train + c.val ? "" : `${c.train_fixed} / ${c.val_fixed}`),
+      el("td", {}, el("span", { class: "balance", style: `width:${Math.round(160 * (c.train + c.val) / most)}px` }))));
+  }
+  $("classes").replaceChildren(...rows);
+  $("fixes-line").textContent = `${s.fixes.exclude} excluded, ${s.fixes.relabel} relabelled · ${s.fixes_file}` +
+    (s.unreadable.length ? ` · ${s.unreadable.length} unreadable file(s) left out` : "");
+  $("fixes-command").textContent = s.fixes.exclude + s.fixes.relabel ? `transferkit train ${s.path} --fixes ${s.fixes_file}` : "";
+  $("undo").disabled = !s.can_undo;
+}
+
+async function loadImages() {
+  const params = { cls: $("filter-class").value, split: $("filter-split").value, fixed: $("filter-fixed").value,
+                   offset: state.page * state.perPage, limit: state.perPage };
+  const page = await api(`/api/datasets/${state.current}/images?${q(params)}`);
+  const classes = state.summary.classes;
+  $("images").replaceChildren(...page.items.map((item) => imageCard(item, classes, loadImages)));
+  const last = Math.max(0, Math.ceil(page.total / state.perPage) - 1);
+  $("page-line").textContent = page.total ? `${page.offset + 1}–${page.offset + page.items.length} of ${page.total}` : "no images";
+  $("prev").disabled = state.page === 0;
+  $("next").disabled = state.page >= last;
+}
+
+async function loadFindings() {
+  const out = await api(`/api/datasets/${state.current}/findings`);
+  $("seed").disabled = !out.exclude_list;
+  const box = $("findings");
+  if (!out.found) { box.replaceChildren(el("p", { class: "muted" }, "The doctor has not looked at this dataset yet.")); return; }
+  const groups = Object.entries(out.found.groups);
+  if (!groups.length) { box.replaceChildren(el("p", {}, "The doctor found nothing wrong.")); return; }
+  const classes = state.summary.classes;
+  box.replaceChildren(...groups.map(([kind, items]) => el("details", { open: kind.includes("cop") || null },
+    el("summary", {}, `${kind} (${items.length})`),
+    ...items.slice(0, 50).map((f) => el("div", { class: "finding", "data-kind": kind },
+      ...f.images.filter((i) => i.known).map((i) => imageCard(i, classes, loadFindings)),
+      el("div", { class: "muted" }, f.kind, f.similarity !== undefined ? ` · similarity ${num(f.similarity, 3)}` : "",
+         f.suggested ? el("div", {}, el("button", { type: "button", onclick: () => decide(f.images[0].path, "relabel", f.suggested, "doctor: likely label error", loadFindings) }, `Relabel as ${f.suggested}`)) : null))),
+    items.length > 50 ? el("p", { class: "muted" }, `and ${items.length - 50} more (doctor.json)`) : null)));
+}
+
+// ---------------------------------------------------------------- jobs
+async function pollJobs() {
+  try {
+    state.jobs = await api("/api/jobs");
+    const running = state.jobs.filter((j) => j.status === "running" || j.status === "queued").length;
+    $("jobs-badge").textContent = running ? `(${running})` : "";
+    if (!$("view-jobs").hidden) renderJobs();
+    for (const j of state.jobs) {
+      if (j.status === "finished" && !state.seenDone?.has(j.id)) {
+        (state.seenDone ||= new Set()).add(j.id);
+        if (j.kind === "doctor" && state.current) loadFindings();
+        if (!$("view-runs").hidden) loadRuns();
+      }
+    }
+  } catch (e) { /* the next poll tries again */ }
+}
+
+function renderJobs() {
+  const box = $("jobs");
+  if (!state.jobs.length) { box.replaceChildren(el("p", { class: "muted" }, "Nothing queued. Start a run from the Train tab.")); return; }
+  box.replaceChildren(...[...state.jobs].reverse().map((j) => {
+    const p = j.progress;
+    const share = p.epochs ? Math.min(1, p.done / p.epochs) : j.status === "finished" ? 1 : 0;
+    const line = p.done ? `epoch ${p.epoch}${p.epochs ? "/" + p.epochs : ""} · train loss ${num(p.train_loss, 3)} · val acc ${pct(p.val_acc)}` +
+      (p.images_per_s ? ` · ${p.images_per_s} img/s` : "") + (p.eta_s !== undefined ? ` · ETA ${Math.round(p.eta_s)} s` : "") : "";
+    return el("div", { class: `job ${j.status}`, "data-job": j.id },
+      el("div", {}, el("span", { class: "state" }, j.status), " ", j.title,
+        j.status === "running" || j.status === "queued" ? el("button", { type: "button", style: "float:right", onclick: async () => {
+          await api(`/api/jobs/${j.id}/stop`, { method: "POST" }); pollJobs(); } }, "Stop") : null),
+      el("div", { class: "progress" }, el("div", { style: `width:${Math.round(share * 100)}%` })),
+      el("div", { class: "muted" }, line),
+      el("code", { class: "cmd" }, j.command),
+      el("details", {}, el("summary", {}, "output"), el("pre", {}, j.log.join("\n"))));
+  }));
+}
+
+// ---------------------------------------------------------------- train
+async function submitTrain(event) {
+  event.preventDefault();
+  const form = new FormData(event.target);
+  const options = {};
+  for (const [k, v] of form.entries()) {
+    if (["dataset", "strategy", "model"].includes(k) || v === "") continue;
+    options[k] = ["epochs", "batch_size", "seed"].includes(k) ? parseInt(v, 10) : ["lr", "ema", "mixup", "budget"].includes(k) ? parseFloat(v) : v;
+  }
+  try {
+    const job = await api("/api/train", { method: "POST", body: { dataset: form.get("dataset"), strategy: form.get("strategy"), model: form.get("model"), options } });
+    $("train-error").textContent = "";
+    say(`queued: ${job.command}`);
+    await pollJobs();
+    showTab("jobs");
+  } catch (e) { $("train-error").textContent = e.message; }
+}
+
+// ---------------------------------------------------------------- runs
+async function loadRuns() {
+  const runs = await api("/api/runs");
+  const head = el("tr", {}, el("th", {}, ""), ...["run", "data", "backbone", "strategy", "val acc", "bal acc", "wall s", "status"].map((h) => el("th", {}, h)));
+  const rows = runs.slice().reverse().map((r) => el("tr", { "data-run": r.name },
+    el("td", {}, el("input", { type: "checkbox", "aria-label": `select ${r.name}`, checked: state.selected.has(r.name) || null, disabled: r.status !== "finished" && r.status !== "interrupted" || null,
+      onchange: (e) => { e.target.checked ? state.selected.add(r.name) : state.selected.delete(r.name); $("compare").disabled = state.selected.size !== 2; } })),
+    el("td", {}, r.status === "finished" || r.status === "interrupted" ? el("a", { href: "#", onclick: (e) => { e.preventDefault(); showRun(r.name); } }, r.name) : r.name),
+    el("td", {}, r.data ? r.data.split("/").pop() : "-"), el("td", {}, r.backbone || "-"), el("td", {}, r.strategy || "-"),
+    el("td", { class: "num" }, num(r.val_acc)), el("td", { class: "num" }, num(r.balanced_accuracy)),
+    el("td", { class: "num" }, r.wall_s === null ? "-" : r.wall_s.toFixed(1)), el("td", {}, r.status + (r.problem ? `: ${r.problem}` : ""))));
+  $("runs").replaceChildren(head, ...rows);
+  $("compare").disabled = state.selected.size !== 2;
+}
+
+function curves(histories, names) {
+  const W = 520, H = 220, P = 34;
+  const all = histories.flatMap((h) => h.rows);
+  if (!all.length) return el("p", { class: "muted" }, "no curves");
+  const maxStep = Math.max(...all.map((r) => r.step)), minStep = Math.min(...all.map((r) => r.step));
+  const x = (s) => P + (W - 2 * P) * (maxStep === minStep ? 0.5 : (s - minStep) / (maxStep - minStep));
+  const y = (v) => H - P - (H - 2 * P) * v;
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("class", "curves"); svg.setAttribute("width", W); svg.setAttribute("height", H);
+  svg.setAttribute("role", "img"); svg.setAttribute("aria-label", "validation accuracy per epoch");
+  const colors = ["#2451b3", "#c2410c"];
+  const add = (tag, attrs, text) => { const n = document.createElementNS(ns, tag); for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v); if (text) n.textContent = text; svg.append(n); };
+  add("line", { x1: P, y1: y(0), x2: W - P, y2: y(0), stroke: "#999" });
+  add("line", { x1: P, y1: y(0), x2: P, y2: y(1), stroke: "#999" });
+  for (const v of [0, 0.5, 1]) add("text", { x: 2, y: y(v) + 4, "font-size": 10 }, v.toFixed(1));
+  add("text", { x: W / 2, y: H - 6, "font-size": 10 }, `${histories[0].unit} (val accuracy)`);
+  histories.forEach((h, i) => {
+    if (!h.rows.length) return;
+    add("polyline", { fill: "none", stroke: colors[i], "stroke-width": 2, points: h.rows.map((r) => `${x(r.step)},${y(r.val_acc)}`).join(" ") });
+    add("text", { x: W - P - 150, y: P + 14 * i, fill: colors[i], "font-size": 11 }, names[i]);
+  });
+  return svg;
+}
+
+function confusionTable(run, classes, matrix) {
+  if (!matrix) return el("p", { class: "muted" }, "no confusion matrix");
+  const head = el("tr", {}, el("th", {}, "actual \\ predicted"), ...classes.map((c) => el("th", {}, c)));
+  const rows = matrix.map((row, a) => el("tr", {}, el("th", {}, classes[a]), ...row.map((n, p) => el("td", {
+    class: "cell", tabindex: 0, "data-actual": classes[a], "data-predicted": classes[p], title: `${classes[a]} → ${classes[p]}: ${n}`,
+    style: n ? `background: rgba(36,81,179,${Math.min(0.6, 0.08 + n / Math.max(1, ...row) * 0.5)})` : "",
+    onclick: () => showCell(run, classes[a], classes[p]), onkeydown: (e) => { if (e.key === "Enter") showCell(run, classes[a], classes[p]); } }, n))));
+  return el("table", { class: "grid confusion" }, head, ...rows);
+}
+
+async function showCell(run, actual, predicted) {
+  const items = await api(`/api/runs/${encodeURIComponent(run)}/cell?${q({ actual, predicted })}`);
+  const box = $("cell-images");
+  box.replaceChildren(el("h3", {}, `${actual} predicted as ${predicted}: ${items.length} image(s)`),
+    el("div", { class: "thumbs" }, ...items.slice(0, 120).map((r) => runThumb(run, r, `${r.predicted} ${pct(r.probability)}`))));
+  box.scrollIntoView({ block: "nearest" });
+}
+
+function runThumb(run, r, caption) {
+  const src = `/api/runs/${encodeURIComponent(run)}/thumb?i=${r.i}`;
+  return el("div", { class: "thumb" }, el("img", { src, loading: "lazy", alt: r.path, title: r.path, onclick: () => openViewer(src, r.path) }),
+    el("div", {}, caption || ""));
+}
+
+async function showRun(name) {
+  const v = await api(`/api/runs/${encodeURIComponent(name)}`);
+  const r = v.run;
+  const perClass = Object.entries(v.per_class || {}).map(([c, m]) => el("tr", {}, el("td", {}, c), el("td", { class: "num" }, num(m.precision, 3)),
+    el("td", { class: "num" }, num(m.recall, 3)), el("td", { class: "num" }, num(m.f1, 3)), el("td", { class: "num" }, m.support)));
+  $("run-view").replaceChildren(
+    el("h2", {}, r.name),
+    el("p", {}, `val accuracy ${num(r.val_acc)} · balanced ${num(r.balanced_accuracy)} · ${r.strategy} · ${r.backbone} · ${r.wall_s === null ? "-" : r.wall_s.toFixed(1)} s`,
+      v.report ? el("span", {}, " · ", el("a", { href: `/api/runs/${encodeURIComponent(name)}/report`, target: "_blank", rel: "noopener" }, "report.html")) : null),
+    el("p", {}, el("button", { type: "button", onclick: async () => { const j = await api(`/api/runs/${encodeURIComponent(name)}/export`, { method: "POST" }); say(`queued: ${j.command}`); pollJobs(); } }, "Export (checked)"),
+      v.exported ? el("button", { type: "button", onclick: () => showExport(name) }, "The export's checks") : null),
+    el("div", { id: "export-table" }),
+    curves([v.history], [r.name]),
+    el("h3", {}, "Confusion matrix (click a cell for its images)"),
+    confusionTable(name, v.classes, v.confusion),
+    el("div", { id: "cell-images" }),
+    el("h3", {}, "Per class"),
+    el("table", { class: "grid" }, el("tr", {}, ...["class", "precision", "recall", "F1", "support"].map((h) => el("th", {}, h))), ...perClass),
+    el("h3", {}, "Most confidently wrong"),
+    el("div", { class: "thumbs" }, ...v.top_losses.map((t) => runThumb(name, t, `${t.actual} → ${t.predicted} ${pct(t.probability)}`))));
+}
+
+async function showExport(name) {
+  const e = await api(`/api/runs/${encodeURIComponent(name)}/export`);
+  const rows = [el("tr", {}, ...["artifact", "MB", "top-1 agree", "accuracy", "drop pt", "b1 p50 ms", "passed"].map((h) => el("th", {}, h)))];
+  for (const a of e.artifacts || []) rows.push(el("tr", {}, el("td", {}, a.file), el("td", { class: "num" }, num(a.size_mb, 1)), el("td", { class: "num" }, num(a.top1_agreement)),
+    el("td", { class: "num" }, num(a.accuracy)), el("td", { class: "num" }, num(a.accuracy_drop_pt, 2)), el("td", { class: "num" }, num(a.latency_ms_p50, 1)), el("td", {}, a.passed ? "yes" : "NO")));
+  $("export-table").replaceChildren(el("table", { class: "grid" }, ...rows));
+}
+
+function delta(a, b, d = 4) {
+  if (a === null || b === null || a === undefined || b === undefined) return el("td", { class: "num" }, "-");
+  const x = b - a;
+  return el("td", { class: "num " + (x > 0 ? "delta-pos" : x < 0 ? "delta-neg" : "") }, (x >= 0 ? "+" : "") + x.toFixed(d));
+}
+
+async function compareRuns() {
+  const [a, b] = [...state.selected];
+  const c = await api(`/api/compare?${q({ a, b })}`);
+  const settings = Object.entries(c.settings).map(([k, [va, vb]]) => el("tr", {}, el("td", {}, k), el("td", {}, String(va)), el("td", {}, String(vb))));
+  const metrics = Object.entries(c.metrics).map(([k, [va, vb]]) => el("tr", {}, el("td", {}, k), el("td", { class: "num" }, num(va)), el("td", { class: "num" }, num(vb)), delta(va, vb)));
+  const perClass = Object.entries(c.per_class).map(([k, m]) => el("tr", {}, el("td", {}, k), el("td", { class: "num" }, num(m.f1[0], 3)), el("td", { class: "num" }, num(m.f1[1], 3)), delta(m.f1[0], m.f1[1], 3),
+    el("td", { class: "num" }, num(m.recall[0], 3)), el("td", { class: "num" }, num(m.recall[1], 3)), delta(m.recall[0], m.recall[1], 3)));
+  $("run-view").replaceChildren(
+    el("h2", {}, `${a} vs ${b}`),
+    ...c.notes.map((n) => el("p", { class: "error" }, n)),
+    el("h3", {}, "Settings that differ"),
+    settings.length ? el("table", { class: "grid", id: "compare-settings" }, el("tr", {}, el("th", {}, "option"), el("th", {}, a), el("th", {}, b)), ...settings) : el("p", {}, "the same settings"),
+    el("h3", {}, "Metrics"),
+    el("table", { class: "grid" }, el("tr", {}, el("th", {}, ""), el("th", {}, a), el("th", {}, b), el("th", {}, "B − A")), ...metrics),
+    curves(c.history, [a, b]),
+    el("h3", {}, "Per class"),
+    el("table", { class: "grid", id: "compare-classes" }, el("tr", {}, ...["class", "F1 A", "F1 B", "Δ", "recall A", "recall B", "Δ"].map((h) => el("th", {}, h))), ...perClass),
+    el("h3", {}, "Confusion matrices"),
+    el("div", { class: "columns" }, el("div", {}, el("p", {}, a), confusionTable(a, c.classes[0] || [], c.confusion[0])),
+      el("div", {}, el("p", {}, b), confusionTable(b, c.classes[1] || [], c.confusion[1]))),
+    el("div", { id: "cell-images" }),
+    el("h3", {}, `${a} right, ${b} wrong: ${c.only_a_right.length}`),
+    el("div", { class: "thumbs" }, ...c.only_a_right.slice(0, 60).map((r) => runThumb(a, r))),
+    el("h3", {}, `${b} right, ${a} wrong: ${c.only_b_right.length}`),
+    el("div", { class: "thumbs" }, ...c.only_b_right.slice(0, 60).map((r) => runThumb(a, r))));
+}
+
+// ---------------------------------------------------------------- start
+async function start() {
+  for (const t of ["data", "train", "jobs", "runs"]) $(`tab-${t}`).addEventListener("click", () => showTab(t));
+  const s = await api("/api/state");
+  state.datasets = s.datasets;
+  $("runs-dir").textContent = `runs in ${s.runs_dir}`;
+  const options = s.datasets.map((d) => el("option", { value: d.id }, d.name));
+  $("dataset").replaceChildren(...options);
+  $("train-dataset").replaceChildren(...s.datasets.map((d) => el("option", { value: d.id }, d.name)));
+  $("train-strategy").replaceChildren(...s.strategies.map((x) => el("option", { value: x.name, title: x.summary }, x.name)));
+  $("train-model").replaceChildren(...s.models.map((m) => el("option", { value: m }, m)));
+  $("dataset").addEventListener("change", (e) => loadDataset(e.target.value));
+  $("refresh").addEventListener("click", async () => { await api(`/api/datasets/${state.current}/refresh`, { method: "POST" }); loadDataset(state.current); });
+  for (const id of ["filter-class", "filter-split", "filter-fixed"]) $(id).addEventListener("change", () => { state.page = 0; loadImages(); });
+  $("prev").addEventListener("click", () => { state.page = Math.max(0, state.page - 1); loadImages(); });
+  $("next").addEventListener("click", () => { state.page += 1; loadImages(); });
+  $("undo").addEventListener("click", async () => {
+    const out = await api(`/api/datasets/${state.current}/undo`, { method: "POST" });
+    state.summary = out.summary; renderSummary(); await Promise.all([loadImages(), loadFindings()]);
+    say(out.item ? `undone: ${out.item.path}` : "nothing to undo");
+  });
+  $("run-doctor").addEventListener("click", async () => {
+    const j = await api(`/api/datasets/${state.current}/doctor`, { method: "POST" });
+    say(`queued: ${j.command}`); pollJobs();
+  });
+  $("seed").addEventListener("click", async () => {
+    const out = await api(`/api/datasets/${state.current}/seed`, { method: "POST" });
+    state.summary = out.summary; renderSummary(); await Promise.all([loadImages(), loadFindings()]);
+    say(`${out.added} image(s) excluded from the doctor's list`);
+  });
+  $("train-form").addEventListener("submit", submitTrain);
+  $("compare").addEventListener("click", compareRuns);
+  setInterval(pollJobs, 1000);
+  pollJobs();
+  if (s.datasets.length) await loadDataset(s.datasets[0].id);
+  else { say("no dataset given: start it with `transferkit studio DATA`"); showTab("runs"); }
+}
+
+start().catch((e) => say(e.message, true));

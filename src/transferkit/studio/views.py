@@ -1,0 +1,78 @@
+"""What the studio's run pages show, read from the run folders' own files: one run (its results,
+curves, confusion matrix, per-class metrics) and two side by side (`runs.compare`, with both
+runs' curves and the validation images one gets right and the other wrong, by their rows)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from ..evaluation.metrics import read_history_csv
+from ..runs import compare, read_run
+
+
+def predictions(run_dir: Path) -> list[dict]:
+    """The rows of the run's predictions.csv (its validation images): path, actual, predicted,
+    probability; [] where it has none."""
+    try:
+        with open(run_dir / "predictions.csv", newline="") as f:
+            return [{"path": r["path"], "actual": r["actual"], "predicted": r["predicted"],
+                     "probability": float(r["probability"] or 0)} for r in csv.DictReader(f)]
+    except (OSError, KeyError, ValueError, csv.Error):
+        return []
+
+
+def history(run_dir: Path) -> dict:
+    try:
+        rows, unit = read_history_csv(run_dir / "metrics.csv")
+    except (OSError, ValueError, KeyError, TypeError):
+        return {"unit": "epoch", "rows": []}
+    return {"unit": unit, "rows": [{"step": r.epoch, "train_loss": r.train_loss, "val_loss": r.val_loss,
+                                    "train_acc": r.train_acc, "val_acc": r.val_acc} for r in rows]}
+
+
+def _json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def run_view(run_dir: Path) -> dict:
+    row = read_run(run_dir)
+    metrics = _json(run_dir / "metrics.json")
+    results = _json(run_dir / "results.json")
+    rows = predictions(run_dir)
+    wrong = sorted((i for i, r in enumerate(rows) if r["actual"] != r["predicted"]),
+                   key=lambda i: -rows[i]["probability"])
+    return {"run": row.to_dict(), "classes": metrics.get("classes") or results.get("classes") or [],
+            "confusion": metrics.get("confusion_matrix"), "per_class": metrics.get("per_class"),
+            "history": history(run_dir), "report": (run_dir / "report.html").is_file(),
+            "exported": (run_dir / "export" / "export.json").is_file(),
+            "top_losses": [{"i": i, **rows[i]} for i in wrong[:24]],
+            "settings": {k: v for k, v in (_yaml(run_dir / "config.yaml") or {}).items() if v is not None}}
+
+
+def compare_view(a: Path, b: Path) -> dict:
+    c = compare(a, b)
+    rows = [predictions(a), predictions(b)]
+    index = {r["path"]: i for i, r in enumerate(rows[0])}
+    view = c.to_dict()
+    view["only_a_right"] = [{"i": index[p], "path": p} for p in c.only_a_right if p in index]
+    view["only_b_right"] = [{"i": index[p], "path": p} for p in c.only_b_right if p in index]
+    view["history"] = [history(a), history(b)]
+    view["confusion"] = [_json(a / "metrics.json").get("confusion_matrix"),
+                         _json(b / "metrics.json").get("confusion_matrix")]
+    view["classes"] = [_json(a / "metrics.json").get("classes"), _json(b / "metrics.json").get("classes")]
+    return view
+
+
+def _yaml(path: Path):
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
