@@ -48,7 +48,7 @@ MARKER = "CACHEDIR.TAG"
 _TAG = ("Signature: 8a477f597d28d172789f06886806bc55\n"
         "# This file marks the transferkit cache (features, decoded images); see `transferkit cache`.\n")
 # all that the cache writes ("serving": where conversions lived before "engines", still cleared)
-SUBFOLDERS = ("features", "decoded", "teacher", "datasets", "engines", "serving", "images")
+SUBFOLDERS = ("features", "decoded", "teacher", "datasets", "engines", "serving", "images", "thumbnails")
 
 
 CACHE_FLAG = "the cache folder (--cache-dir or $TRANSFERKIT_CACHE)"  # how messages name it
@@ -297,6 +297,10 @@ class Cache:
     def datasets(self) -> Path:
         """Datasets converted to image folders (CIFAR-10's python batches)."""
         return self.root / "datasets"
+
+    def thumbnails(self) -> Path:
+        """Thumbnails the studio shows (`studio.datasets.thumbnail`), one JPEG per image version."""
+        return self.root / "thumbnails"
 
     def image_facts(self) -> ShardedCache:
         """Per image: the sha256 of its bytes and its pixel statistics (`doctor.images`)."""

@@ -20,7 +20,7 @@ from .errors import UserError
 
 # What makes a folder a run's (any of them): a finished run has all of the first three.
 RUN_FILES = ("model.json", "results.json", "config.yaml", "checkpoint.pt")
-SORT_KEYS = ("when", "name", "val_acc", "balanced_accuracy", "wall_s", "size_mb")
+SORT_KEYS = ("when", "name", "val_acc", "balanced_accuracy", "wall_s", "cpu_s", "size_mb")
 
 
 @dataclass
@@ -38,6 +38,7 @@ class RunRow:
     val_acc: float | None = None
     balanced_accuracy: float | None = None
     wall_s: float | None = None
+    cpu_s: float | None = None  # of the command's process and its ended children
     size_mb: float = 0.0
     problem: str | None = None  # why it is damaged or unfinished
 
@@ -83,6 +84,7 @@ def read_run(folder: Path) -> RunRow:
     row.val_acc = _num(results.get("val_acc"))
     row.balanced_accuracy = _num(results.get("balanced_accuracy"))
     row.wall_s = _num(results.get("wall_s"))
+    row.cpu_s = _num(results.get("cpu_s"))
     row.backbone = _str(results.get("backbone")) or row.backbone
     row.strategy = _str(results.get("strategy")) or row.strategy
     data = results.get("data") if isinstance(results.get("data"), dict) else {}
@@ -116,12 +118,12 @@ def format_runs(rows: list[RunRow]) -> str:
 
     if not rows:
         return "no runs"
-    header = ["run", "when", "data", "backbone", "strategy", "val acc", "bal acc", "wall s", "MB", "status"]
+    header = ["run", "when", "data", "backbone", "strategy", "val acc", "bal acc", "wall s", "CPU s", "MB", "status"]
     table = [header] + [[shown(r.name), _when(r.when), shown(Path(r.data).name) if r.data else "-",
                          shown(r.backbone or "-"), shown(r.strategy or "-"), _fmt(r.val_acc), _fmt(r.balanced_accuracy),
-                         _fmt(r.wall_s, ".1f"), f"{r.size_mb:.1f}", r.status] for r in rows]
+                         _fmt(r.wall_s, ".1f"), _fmt(r.cpu_s, ".1f"), f"{r.size_mb:.1f}", r.status] for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-    right = {5, 6, 7, 8}
+    right = {5, 6, 7, 8, 9}
     lines = ["  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths))).rstrip()
              for line in table]
     problems = [f"{r.name}: {r.problem}" for r in rows if r.problem]
@@ -182,7 +184,8 @@ def compare(a: str | Path, b: str | Path) -> Comparison:
                       ("top-5 accuracy", lambda r, m: m.get("top5_accuracy")),
                       ("val images", lambda r, m: r.get("num_val")),
                       ("train images", lambda r, m: r.get("num_train")),
-                      ("wall s", lambda r, m: r.get("wall_s"))):
+                      ("wall s", lambda r, m: r.get("wall_s")),
+                      ("CPU s", lambda r, m: r.get("cpu_s"))):
         pair = tuple(_num(get(r, m)) for r, m in zip(results, metrics))
         if any(v is not None for v in pair):
             out.metrics[name] = pair
@@ -218,7 +221,7 @@ def format_comparison(c: Comparison, limit: int = 10) -> str:
         lines.append("settings: the same")
     lines += ["", f"{'metric':<18} {'A':>10} {'B':>10} {'B - A':>10}"]
     for name, (va, vb) in c.metrics.items():
-        fmt = ".1f" if name == "wall s" else ".0f" if name.endswith("images") else ".4f"
+        fmt = ".1f" if name in ("wall s", "CPU s") else ".0f" if name.endswith("images") else ".4f"
         lines.append(f"{name:<18} {_fmt(va, fmt):>10} {_fmt(vb, fmt):>10} {_delta(va, vb, fmt):>10}")
     if c.per_class:
         width = max(8, *(len(shown(k)) for k in c.per_class))

@@ -11,6 +11,20 @@ from ..folds import components, max_folds
 from . import checks
 
 LABEL_FOLDS = 5
+MAP_NEIGHBOURS = 8  # "more like this": each image's nearest images on the features
+
+
+def feature_map(features: np.ndarray) -> list[list[float]]:
+    """The images on a plane: the first two principal components of their features (scikit-learn's
+    PCA, deterministic), scaled to [0, 1] each."""
+    from sklearn.decomposition import PCA
+
+    if len(features) < 3:
+        return [[0.5, 0.5] for _ in range(len(features))]
+    xy = PCA(n_components=2, svd_solver="full" if len(features) < 2000 else "randomized",
+             random_state=0).fit_transform(features.astype(np.float32))
+    low, span = xy.min(0), np.maximum(xy.max(0) - xy.min(0), 1e-12)
+    return np.round((xy - low) / span, 4).tolist()
 
 
 def find_all(last: np.ndarray, head_features: np.ndarray, labels, splits, hashes, props, thumbs,
@@ -35,12 +49,15 @@ def find_all(last: np.ndarray, head_features: np.ndarray, labels, splits, hashes
         opinions = [checks.out_of_fold_probabilities(x, labels, num_classes, folds, seed, groups=groups)
                     for x in ([last, head_features] if head_features.shape[1] > last.shape[1] else [last])]
         opinions.append(checks.neighbour_vote(sims, idx, labels, num_classes, groups))
-        label_issues = checks.label_issues(np.mean(opinions, axis=0), labels, sims, idx)
+        probs = np.mean(opinions, axis=0)
+        label_issues = checks.label_issues(probs, labels, sims, idx)
+        predicted = probs.argmax(1).tolist()
     else:
-        label_issues = []
+        label_issues, predicted = [], None
     sizes = np.bincount(groups)
     return {"exact_duplicates": exact, "near_duplicates": near, "same_scene": scene,
             "label_issues": label_issues, "outliers": checks.outliers(sims),
             "image_issues": image_issues, "label_folds": folds,
+            "map": {"xy": feature_map(last), "neighbours": idx[:, :MAP_NEIGHBOURS].tolist(), "predicted": predicted},
             "groups": {"groups": int(len(sizes)), "grouped_images": int((sizes > 1)[groups].sum()),
                        "largest": int(sizes.max()) if len(sizes) else 0}}

@@ -54,6 +54,8 @@ def diagnose(data: str | Path, options: DoctorOptions | None = None, console: Co
     report = _report(data, options, features.split, paths, labels, splits, found, timings)
     timings["total_s"] = round(time.perf_counter() - started, 2)
     atomic_write(out / "doctor.json", (json.dumps(report, indent=2) + "\n").encode())
+    atomic_write(out / "doctor_map.json",
+                 json.dumps(_feature_map(found, paths, labels, splits, features.split.classes)).encode())
     from .page import write_page
 
     write_page(out / "doctor.html", report)
@@ -69,7 +71,7 @@ def diagnose(data: str | Path, options: DoctorOptions | None = None, console: Co
 # The analysis's findings are kept in the feature cache under a digest of everything it read
 # (features, labels, splits, hashes, pixel properties, thumbnails, thresholds, seed, this
 # version): a doctor run on unchanged images reads them (warm: 1.2 s instead of 5 s).
-ANALYSIS_VERSION = 1
+ANALYSIS_VERSION = 2  # 2: the feature map and neighbours (doctor_map.json)
 
 
 def _analysis_key(args: tuple) -> str:
@@ -102,6 +104,16 @@ def _store_analysis(store, key: str, found: dict) -> None:
     if store is not None:
         store.put(key, "doctor", np.frombuffer(json.dumps(found).encode(), dtype=np.uint8))
         store.flush()
+
+
+def _feature_map(found: dict, paths, labels, splits, classes) -> dict:
+    """doctor_map.json: every image on the features' plane (PCA), its nearest images ("more like
+    this") and the out-of-fold head's opinion of its class (what `transferkit studio` draws)."""
+    m = found.get("map") or {}
+    predicted = m.get("predicted")
+    return {"classes": classes, "paths": list(paths), "labels": [int(x) for x in labels],
+            "splits": [str(s) for s in splits], "xy": m.get("xy", []), "neighbours": m.get("neighbours", []),
+            "predicted": predicted}
 
 
 def _report(data: Path, options: DoctorOptions, split, paths, labels, splits, found: dict, timings: dict) -> dict:

@@ -14,6 +14,7 @@ run's predictions.csv), and runs by their folder's name.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 import secrets
 import time
@@ -28,7 +29,7 @@ from .. import __version__
 from ..config import StudioOptions, TrainConfig
 from ..errors import UserError
 from .datasets import Dataset, thumbnail
-from .jobs import JobQueue
+from .jobs import JobQueue, Servers
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "transferkit_studio"
@@ -50,8 +51,7 @@ class Studio:
 
         self.options = options
         self.runs = Path(options.runs_dir).expanduser().absolute()
-        cache = Cache(options.cache_dir)
-        self.thumbs = cache.root / "studio-thumbs"
+        self.thumbs = Cache(options.cache_dir).prepare().thumbnails()
         self.datasets: dict[str, Dataset] = {}
         for given in data:
             root = Path(given).expanduser().absolute()
@@ -65,6 +65,7 @@ class Studio:
             self.datasets[ident] = Dataset(ident, root, self.runs / "fixes" / f"{base}-{digest}.fixes.csv",
                                            self.thumbs)
         self.jobs = JobQueue()
+        self.servers = Servers()
 
     def dataset(self, ident: str) -> Dataset:
         if ident not in self.datasets:
@@ -92,6 +93,7 @@ def create_studio(data: list[str | Path], options: StudioOptions | None = None) 
     async def lifespan(app):
         yield
         studio.jobs.close()
+        studio.servers.close()
 
     app = FastAPI(title="transferkit studio", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
@@ -177,6 +179,7 @@ def create_studio(data: list[str | Path], options: StudioOptions | None = None) 
     def doctor(ident: str):
         ds = studio.dataset(ident)
         out = studio.doctor_dir(ds)
+        out.mkdir(parents=True, exist_ok=True)
         argv = ["doctor", str(ds.root), "--out", str(out), "--write-exclude", str(out / "exclude.txt")]
         if options.cache_dir:
             argv += ["--cache-dir", options.cache_dir]
@@ -187,6 +190,20 @@ def create_studio(data: list[str | Path], options: StudioOptions | None = None) 
         ds = studio.dataset(ident)
         found = ds.findings(studio.doctor_dir(ds) / "doctor.json")
         return {"found": found, "exclude_list": (studio.doctor_dir(ds) / "exclude.txt").is_file()}
+
+    @app.get("/api/datasets/{ident}/map", dependencies=auth)
+    def feature_map(ident: str):
+        from .datasets import feature_map
+
+        ds = studio.dataset(ident)
+        return {"map": feature_map(ds, studio.doctor_dir(ds))}
+
+    @app.get("/api/datasets/{ident}/similar", dependencies=auth)
+    def similar(ident: str, path: str):
+        from .datasets import similar
+
+        ds = studio.dataset(ident)
+        return similar(ds, studio.doctor_dir(ds), path)
 
     @app.post("/api/datasets/{ident}/seed", dependencies=auth)
     def seed(ident: str):
@@ -200,7 +217,8 @@ def create_studio(data: list[str | Path], options: StudioOptions | None = None) 
     @app.post("/api/train", dependencies=auth)
     def train(body: dict = Body(...)):
         ds = studio.dataset(str(body.get("dataset", "")))
-        argv, cfg = train_command(ds, body, studio.runs, options.cache_dir)
+        taken = {(j.result or {}).get("run") for j in studio.jobs.jobs}
+        argv, cfg = train_command(ds, body, studio.runs, options.cache_dir, taken)
         ds.load()
         job = studio.jobs.submit("train", argv, f"train {ds.name} ({cfg.strategy}, {cfg.model})",
                                  epochs=_epochs(cfg), train_images=ds.summary_counts("train"))
@@ -272,9 +290,14 @@ def create_studio(data: list[str | Path], options: StudioOptions | None = None) 
         return compare_view(studio.run_dir(a), studio.run_dir(b))
 
     @app.post("/api/runs/{name}/export", dependencies=auth)
-    def export(name: str):
+    def export(name: str, body: dict | None = Body(None)):
+        from ..exporting.registry import parse_formats
+
         folder = studio.run_dir(name)
-        return studio.jobs.submit("export", ["export", str(folder)], f"export {name}").to_dict()
+        formats = str((body or {}).get("formats") or "all")
+        parse_formats(formats)  # a bad list is a 400 now, not a failed job
+        return studio.jobs.submit("export", ["export", str(folder), "--format", formats],
+                                  f"export {name}").to_dict()
 
     @app.get("/api/runs/{name}/export", dependencies=auth)
     def exported(name: str):
@@ -286,12 +309,28 @@ def create_studio(data: list[str | Path], options: StudioOptions | None = None) 
         except (OSError, ValueError):
             raise HTTPException(404, f"the run {name} has not been exported") from None
 
+    @app.get("/api/runs/{name}/serve", dependencies=auth)
+    def serving(name: str):
+        studio.run_dir(name)
+        return {"url": studio.servers.url(name)}
+
+    @app.post("/api/runs/{name}/serve", dependencies=auth)
+    def serve(name: str):
+        return {"url": studio.servers.start(name, studio.run_dir(name))}
+
+    @app.post("/api/runs/{name}/serve/stop", dependencies=auth)
+    def unserve(name: str):
+        studio.run_dir(name)
+        return {"stopped": studio.servers.stop(name)}
+
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 
 
-def train_command(ds: Dataset, body: dict, runs: Path, cache_dir: str | None) -> tuple[list[str], TrainConfig]:
-    """The `transferkit train` command the page's form stands for (checked as the CLI checks it)."""
+def train_command(ds: Dataset, body: dict, runs: Path, cache_dir: str | None,
+                  taken: set | None = None) -> tuple[list[str], TrainConfig]:
+    """The `transferkit train` command the page's form stands for (checked as the CLI checks it);
+    its run folder a new one in `runs` (not one of the `taken` names either)."""
     values = {"data": str(ds.root), "strategy": body.get("strategy") or "linear",
               "model": body.get("model") or "efficientnet_lite0"}
     given = body.get("options") or {}
@@ -302,7 +341,11 @@ def train_command(ds: Dataset, body: dict, runs: Path, cache_dir: str | None) ->
         raise UserError(f"the page does not set {', '.join(unknown)}; use the CLI")
     values.update({k: v for k, v in given.items() if v not in (None, "", False)})
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    name = f"{stamp}-{ds.id}-{values['strategy']}"
+    base = name = f"{stamp}-{ds.id}-{values['strategy']}"
+    for n in itertools.count(2):
+        if name not in (taken or set()) and not (runs / name).exists():
+            break
+        name = f"{base}-{n}"
     values["out"] = str(runs / name)
     if ds.fixes_file.is_file() and ds.fixes():
         values["fixes"] = str(ds.fixes_file)

@@ -248,3 +248,40 @@ def thumbnail(path: Path, thumbs: Path, shown: str) -> bytes:
         raise UserError(f"{shown} cannot be shown: {exc}") from None
     atomic_write(cached, out.getvalue(), fsync=False)
     return out.getvalue()
+
+
+def feature_map(ds: Dataset, doctor_dir: Path) -> dict | None:
+    """The doctor's feature map of `ds` (doctor_map.json) as the page draws it: per image its
+    path (relative), label, split, the out-of-fold prediction, its findings' kinds and x, y in
+    [0, 1]; None before the doctor ran."""
+    try:
+        m = json.loads((doctor_dir / "doctor_map.json").read_text())
+    except (OSError, ValueError):
+        return None
+    found = ds.findings(doctor_dir / "doctor.json") or {"groups": {}}
+    kinds: dict[str, str] = {}
+    for kind, items in found["groups"].items():
+        for f in items:
+            for image in f["images"]:
+                kinds.setdefault(image["path"], kind)
+    classes, predicted = m.get("classes", []), m.get("predicted")
+    points = []
+    for i, (path, label, split, xy) in enumerate(zip(m["paths"], m["labels"], m["splits"], m["xy"])):
+        rel = ds._shown(path)
+        points.append({"path": rel, "label": classes[label], "split": split, "x": xy[0], "y": xy[1],
+                       "predicted": classes[predicted[i]] if predicted else None, "finding": kinds.get(rel)})
+    return {"classes": classes, "points": points}
+
+
+def similar(ds: Dataset, doctor_dir: Path, rel: str) -> list[dict]:
+    """The images nearest to `rel` on the features (the doctor's neighbours), nearest first."""
+    ds.file(rel)
+    try:
+        m = json.loads((doctor_dir / "doctor_map.json").read_text())
+    except (OSError, ValueError):
+        raise UserError("run the doctor first: it finds each image's nearest images") from None
+    index = {ds._shown(p): i for i, p in enumerate(m["paths"])}
+    if rel not in index or index[rel] >= len(m.get("neighbours", [])):
+        raise UserError(f"the doctor has not seen {rel}: run it again")
+    return [ds.item(ds._shown(m["paths"][j])) for j in m["neighbours"][index[rel]]
+            if ds._shown(m["paths"][j]) in ds._index]

@@ -159,3 +159,68 @@ class JobQueue:
                 job.on_end(job)
             except Exception as exc:  # noqa: BLE001 - what the job left is read for the page only
                 job.log.append(f"warning: {exc}")
+
+
+class Servers:
+    """`transferkit serve RUN` processes started from the page, one per run, on a free loopback
+    port; stopped from the page or when the studio stops."""
+
+    def __init__(self, env: dict | None = None):
+        self.env = env
+        self._running: dict[str, tuple[subprocess.Popen, str]] = {}
+        self._lock = threading.Lock()
+
+    def url(self, name: str) -> str | None:
+        with self._lock:
+            entry = self._running.get(name)
+            if entry is not None and entry[0].poll() is not None:
+                self._running.pop(name)
+                return None
+            return entry[1] if entry else None
+
+    def start(self, name: str, run_dir, timeout: float = 120.0) -> str:
+        """Start serving `run_dir` (if it is not already) and return its address, once it answers."""
+        from ..errors import UserError
+        from ..processes import die_with_parent
+
+        found = self.url(name)
+        if found:
+            return found
+        proc = subprocess.Popen([sys.executable, "-m", "transferkit", "serve", str(run_dir), "--port", "0"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace",
+                                env=self.env, preexec_fn=die_with_parent)
+        deadline, lines = time.monotonic() + timeout, []
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line and proc.poll() is not None:
+                break
+            lines.append(line.strip())
+            match = re.search(r"at (http://\S+/)", line)
+            if line.startswith("serving ") and match:
+                threading.Thread(target=_drain, args=(proc.stderr,), daemon=True).start()
+                with self._lock:
+                    self._running[name] = (proc, match.group(1))
+                return match.group(1)
+        proc.kill()
+        raise UserError(f"the server did not start: {[x for x in lines if x][-1:] or 'no output'}")
+
+    def stop(self, name: str) -> bool:
+        with self._lock:
+            entry = self._running.pop(name, None)
+        if entry is None:
+            return False
+        entry[0].send_signal(signal.SIGINT)
+        try:
+            entry[0].wait(15)
+        except subprocess.TimeoutExpired:
+            entry[0].kill()
+        return True
+
+    def close(self) -> None:
+        for name in list(self._running):
+            self.stop(name)
+
+
+def _drain(stream) -> None:
+    for _ in stream:  # the server's request log: read so that it never blocks on a full pipe
+        pass

@@ -437,12 +437,22 @@ def write_outputs(run_dir: Path, outcome: Outcome, ran_on: tuple[str, str], star
         "metrics": summary,
         "strategy_info": outcome.info,
         "wall_s": round(time.perf_counter() - started, 3),
+        "cpu_s": round(_cpu_seconds(), 3),
         "finished_at": round(time.time(), 3),  # Unix time (`transferkit runs` lists by it)
     }
     write_json(run_dir / "results.json", results)
     if not cfg.no_report:
         worker.render(run_dir)  # plots, misclassified.csv, report.html
     return results
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and of its children that have ended (the
+    decoding and loader workers); under torchrun, the primary's."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 # The head's cross-validated accuracy more than this above its val accuracy: a warning (the

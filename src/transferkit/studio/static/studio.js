@@ -8,6 +8,7 @@ function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) {
     if (k === "class") node.className = v;
+    else if (k === "style") node.style.cssText = v;  // CSSOM: allowed by the page's CSP (no inline style attributes)
     else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
     else if (v !== null && v !== undefined && v !== false) node.setAttribute(k, v === true ? "" : v);
   }
@@ -69,7 +70,8 @@ function imageCard(item, classes, onChange) {
   const actions = el("div", { class: "actions" },
     fix && fix.action === "exclude" ? null : el("button", { type: "button", onclick: () => decide(item.path, "exclude", "", "", onChange) }, "Exclude"),
     relabel,
-    fix ? el("button", { type: "button", onclick: () => decide(item.path, "clear", "", "", onChange) }, "Clear") : null);
+    fix ? el("button", { type: "button", onclick: () => decide(item.path, "clear", "", "", onChange) }, "Clear") : null,
+    el("button", { type: "button", title: "more like this", onclick: () => showSimilar(item.path) }, "similar"));
   card.append(img, caption, actions);
   return card;
 }
@@ -92,7 +94,7 @@ async function loadDataset(id) {
   const fc = $("filter-class");
   fc.replaceChildren(el("option", { value: "" }, "all"), ...state.summary.classes.map((c) => el("option", { value: c }, c)));
   renderSummary();
-  await Promise.all([loadImages(), loadFindings()]);
+  await Promise.all([loadImages(), loadFindings(), loadMap()]);
   say(`${state.summary.images} images in ${state.summary.classes.length} classes`);
 }
 
@@ -144,6 +146,73 @@ async function loadFindings() {
     items.length > 50 ? el("p", { class: "muted" }, `and ${items.length - 50} more (doctor.json)`) : null)));
 }
 
+// ---------------------------------------------------------------- the map of the features
+const PALETTE = ["#2451b3", "#c2410c", "#1e7a3a", "#9333ea", "#b91c1c", "#0e7490", "#a16207", "#be185d", "#4d7c0f", "#475569"];
+
+async function loadMap() {
+  const out = await api(`/api/datasets/${state.current}/map`);
+  state.map = out.map;
+  $("map-note").hidden = !!out.map;
+  drawMap();
+}
+
+function colourOf(p) {
+  const by = $("map-colour").value;
+  const key = by === "label" ? p.label : by === "predicted" ? p.predicted : p.finding;
+  if (key === null || key === undefined) return "#c5cad3";
+  const keys = state.mapKeys;
+  if (!keys.has(key)) keys.set(key, PALETTE[keys.size % PALETTE.length]);
+  return keys.get(key);
+}
+
+function drawMap() {
+  const canvas = $("map"), ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  state.mapKeys = new Map();
+  if (!state.map) { $("map-legend").textContent = ""; return; }
+  if ($("map-colour").value !== "finding") state.map.classes.forEach((c, i) => state.mapKeys.set(c, PALETTE[i % PALETTE.length]));
+  const P = 10, W = canvas.width - 2 * P, H = canvas.height - 2 * P;
+  state.mapXY = state.map.points.map((p) => [P + p.x * W, P + (1 - p.y) * H]);
+  const r = state.map.points.length > 4000 ? 1.5 : 3;
+  // points without a colour first, so the coloured ones are drawn on top
+  const order = state.map.points.map((p, i) => i).sort((a, b) => (colourOf(state.map.points[a]) === "#c5cad3" ? 0 : 1) - (colourOf(state.map.points[b]) === "#c5cad3" ? 0 : 1));
+  for (const i of order) {
+    ctx.fillStyle = colourOf(state.map.points[i]);
+    ctx.beginPath(); ctx.arc(state.mapXY[i][0], state.mapXY[i][1], r, 0, 2 * Math.PI); ctx.fill();
+  }
+  $("map-legend").replaceChildren(...[...state.mapKeys].map(([k, c]) => el("span", {}, el("span", { class: "legend-dot", style: `background:${c}` }), k)));
+}
+
+function nearestPoint(event) {
+  if (!state.mapXY) return -1;
+  const box = $("map").getBoundingClientRect();
+  const x = (event.clientX - box.left) * ($("map").width / box.width), y = (event.clientY - box.top) * ($("map").height / box.height);
+  let best = -1, bestD = 64;
+  state.mapXY.forEach(([px, py], i) => { const d = (px - x) ** 2 + (py - y) ** 2; if (d < bestD) { best = i; bestD = d; } });
+  return best;
+}
+
+function hoverMap(event) {
+  const i = nearestPoint(event), hover = $("map-hover");
+  if (i < 0) { hover.hidden = true; return; }
+  const p = state.map.points[i];
+  hover.src = thumbUrl(p.path);
+  hover.alt = p.path;
+  hover.title = `${p.path} · ${p.label}${p.predicted && p.predicted !== p.label ? " (looks like " + p.predicted + ")" : ""}`;
+  const scale = $("map").getBoundingClientRect().width / $("map").width;
+  hover.style.left = `${state.mapXY[i][0] * scale + 12}px`;
+  hover.style.top = `${state.mapXY[i][1] * scale + 12}px`;
+  hover.hidden = false;
+}
+
+async function showSimilar(path) {
+  try {
+    const items = await api(`/api/datasets/${state.current}/similar?${q({ path })}`);
+    $("similar-title").textContent = `More like ${path}`;
+    $("similar").replaceChildren(...items.map((item) => imageCard(item, state.summary.classes, () => showSimilar(path))));
+  } catch (e) { say(e.message, true); }
+}
+
 // ---------------------------------------------------------------- jobs
 async function pollJobs() {
   try {
@@ -154,7 +223,7 @@ async function pollJobs() {
     for (const j of state.jobs) {
       if (j.status === "finished" && !state.seenDone?.has(j.id)) {
         (state.seenDone ||= new Set()).add(j.id);
-        if (j.kind === "doctor" && state.current) loadFindings();
+        if (j.kind === "doctor" && state.current) { loadFindings(); loadMap(); }
         if (!$("view-runs").hidden) loadRuns();
       }
     }
@@ -201,14 +270,15 @@ async function submitTrain(event) {
 // ---------------------------------------------------------------- runs
 async function loadRuns() {
   const runs = await api("/api/runs");
-  const head = el("tr", {}, el("th", {}, ""), ...["run", "data", "backbone", "strategy", "val acc", "bal acc", "wall s", "status"].map((h) => el("th", {}, h)));
+  const head = el("tr", {}, el("th", {}, ""), ...["run", "data", "backbone", "strategy", "val acc", "bal acc", "wall s", "CPU s", "when", "status"].map((h) => el("th", {}, h)));
   const rows = runs.slice().reverse().map((r) => el("tr", { "data-run": r.name },
     el("td", {}, el("input", { type: "checkbox", "aria-label": `select ${r.name}`, checked: state.selected.has(r.name) || null, disabled: r.status !== "finished" && r.status !== "interrupted" || null,
       onchange: (e) => { e.target.checked ? state.selected.add(r.name) : state.selected.delete(r.name); $("compare").disabled = state.selected.size !== 2; } })),
     el("td", {}, r.status === "finished" || r.status === "interrupted" ? el("a", { href: "#", onclick: (e) => { e.preventDefault(); showRun(r.name); } }, r.name) : r.name),
     el("td", {}, r.data ? r.data.split("/").pop() : "-"), el("td", {}, r.backbone || "-"), el("td", {}, r.strategy || "-"),
     el("td", { class: "num" }, num(r.val_acc)), el("td", { class: "num" }, num(r.balanced_accuracy)),
-    el("td", { class: "num" }, r.wall_s === null ? "-" : r.wall_s.toFixed(1)), el("td", {}, r.status + (r.problem ? `: ${r.problem}` : ""))));
+    el("td", { class: "num" }, r.wall_s === null ? "-" : r.wall_s.toFixed(1)), el("td", { class: "num" }, r.cpu_s === null ? "-" : r.cpu_s.toFixed(1)),
+    el("td", {}, r.when ? new Date(r.when * 1000).toLocaleString() : "-"), el("td", {}, r.status + (r.problem ? `: ${r.problem}` : ""))));
   $("runs").replaceChildren(head, ...rows);
   $("compare").disabled = state.selected.size !== 2;
 }
@@ -233,6 +303,7 @@ function curves(histories, names) {
   histories.forEach((h, i) => {
     if (!h.rows.length) return;
     add("polyline", { fill: "none", stroke: colors[i], "stroke-width": 2, points: h.rows.map((r) => `${x(r.step)},${y(r.val_acc)}`).join(" ") });
+    for (const r of h.rows) add("circle", { cx: x(r.step), cy: y(r.val_acc), r: 3, fill: colors[i] });
     add("text", { x: W - P - 150, y: P + 14 * i, fill: colors[i], "font-size": 11 }, names[i]);
   });
   return svg;
@@ -272,7 +343,8 @@ async function showRun(name) {
     el("p", {}, `val accuracy ${num(r.val_acc)} · balanced ${num(r.balanced_accuracy)} · ${r.strategy} · ${r.backbone} · ${r.wall_s === null ? "-" : r.wall_s.toFixed(1)} s`,
       v.report ? el("span", {}, " · ", el("a", { href: `/api/runs/${encodeURIComponent(name)}/report`, target: "_blank", rel: "noopener" }, "report.html")) : null),
     el("p", {}, el("button", { type: "button", onclick: async () => { const j = await api(`/api/runs/${encodeURIComponent(name)}/export`, { method: "POST" }); say(`queued: ${j.command}`); pollJobs(); } }, "Export (checked)"),
-      v.exported ? el("button", { type: "button", onclick: () => showExport(name) }, "The export's checks") : null),
+      v.exported ? el("button", { type: "button", onclick: () => showExport(name) }, "The export's checks") : null,
+      el("button", { type: "button", id: "serve-run", onclick: () => toggleServe(name) }, "Serve"), " ", el("span", { id: "serve-line" })),
     el("div", { id: "export-table" }),
     curves([v.history], [r.name]),
     el("h3", {}, "Confusion matrix (click a cell for its images)"),
@@ -281,7 +353,27 @@ async function showRun(name) {
     el("h3", {}, "Per class"),
     el("table", { class: "grid" }, el("tr", {}, ...["class", "precision", "recall", "F1", "support"].map((h) => el("th", {}, h))), ...perClass),
     el("h3", {}, "Most confidently wrong"),
-    el("div", { class: "thumbs" }, ...v.top_losses.map((t) => runThumb(name, t, `${t.actual} → ${t.predicted} ${pct(t.probability)}`))));
+    v.top_losses.length ? el("div", { class: "thumbs" }, ...v.top_losses.map((t) => runThumb(name, t, `${t.actual} → ${t.predicted} ${pct(t.probability)}`)))
+      : el("p", { class: "muted" }, "none: every validation image is right"));
+  refreshServe(name);
+  if (v.exported) showExport(name);
+}
+
+async function refreshServe(name) {
+  const { url } = await api(`/api/runs/${encodeURIComponent(name)}/serve`);
+  $("serve-run").textContent = url ? "Stop serving" : "Serve";
+  $("serve-line").replaceChildren(...(url ? ["serving at ", el("a", { href: url, target: "_blank", rel: "noopener" }, url)] : []));
+  return url;
+}
+
+async function toggleServe(name) {
+  try {
+    const url = await refreshServe(name);
+    say(url ? "stopping the server…" : "starting the server…");
+    await api(`/api/runs/${encodeURIComponent(name)}/serve${url ? "/stop" : ""}`, { method: "POST" });
+    await refreshServe(name);
+    say(url ? "stopped" : "serving");
+  } catch (e) { say(e.message, true); }
 }
 
 async function showExport(name) {
@@ -302,7 +394,9 @@ async function compareRuns() {
   const [a, b] = [...state.selected];
   const c = await api(`/api/compare?${q({ a, b })}`);
   const settings = Object.entries(c.settings).map(([k, [va, vb]]) => el("tr", {}, el("td", {}, k), el("td", {}, String(va)), el("td", {}, String(vb))));
-  const metrics = Object.entries(c.metrics).map(([k, [va, vb]]) => el("tr", {}, el("td", {}, k), el("td", { class: "num" }, num(va)), el("td", { class: "num" }, num(vb)), delta(va, vb)));
+  const digits = (k) => (k.endsWith("images") ? 0 : k.endsWith(" s") ? 1 : 4);
+  const metrics = Object.entries(c.metrics).map(([k, [va, vb]]) => el("tr", {}, el("td", {}, k), el("td", { class: "num" }, num(va, digits(k))),
+    el("td", { class: "num" }, num(vb, digits(k))), delta(va, vb, digits(k))));
   const perClass = Object.entries(c.per_class).map(([k, m]) => el("tr", {}, el("td", {}, k), el("td", { class: "num" }, num(m.f1[0], 3)), el("td", { class: "num" }, num(m.f1[1], 3)), delta(m.f1[0], m.f1[1], 3),
     el("td", { class: "num" }, num(m.recall[0], 3)), el("td", { class: "num" }, num(m.recall[1], 3)), delta(m.recall[0], m.recall[1], 3)));
   $("run-view").replaceChildren(
@@ -356,6 +450,10 @@ async function start() {
     say(`${out.added} image(s) excluded from the doctor's list`);
   });
   $("train-form").addEventListener("submit", submitTrain);
+  $("map-colour").addEventListener("change", drawMap);
+  $("map").addEventListener("mousemove", hoverMap);
+  $("map").addEventListener("mouseleave", () => { $("map-hover").hidden = true; });
+  $("map").addEventListener("click", (e) => { const i = nearestPoint(e); if (i >= 0) showSimilar(state.map.points[i].path); });
   $("compare").addEventListener("click", compareRuns);
   setInterval(pollJobs, 1000);
   pollJobs();

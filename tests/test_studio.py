@@ -1,0 +1,303 @@
+"""transferkit studio: its API on a real server (every endpoint, bad input a 4xx, files confined to
+the datasets and runs it was given, requests that change something only from its own page, the
+token), the work queue running the CLI's commands, and the main journeys in headless Chromium."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from transferkit.config import StudioOptions
+from transferkit.errors import UserError
+from transferkit.studio.app import create_studio
+
+from helpers import make_dataset
+
+PAGE = {"X-Studio": "1"}
+TOKEN = "studio-token-0123456789"
+
+
+def _tree(root: Path) -> dict:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    """`transferkit studio DATA --runs RUNS` for real, on a free port. DATA has a planted copy: a
+    training image copied into val under another name."""
+    root = tmp_path_factory.mktemp("studio")
+    data = make_dataset(root / "data", classes=("blue", "red", "green"), n_train=6, n_val=3)
+    shutil.copy(data / "train" / "red" / "red0.png", data / "val" / "red" / "planted.png")
+    runs = root / "runs"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TRANSFERKIT_CACHE": str(root / "cache")}
+    proc = subprocess.Popen([sys.executable, "-m", "transferkit", "studio", str(data), "--runs", str(runs),
+                             "--port", "0"], stderr=subprocess.PIPE, text=True, env=env)
+    deadline, lines = time.monotonic() + 60, []
+    url = None
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        lines.append(line)
+        if line.startswith("studio at "):
+            url = re.search(r"at (http://\S+/)", line).group(1)
+            break
+        if not line and proc.poll() is not None:
+            break
+    if url is None:
+        proc.kill()
+        raise AssertionError("the studio did not start:\n" + "".join(lines))
+    before = _tree(data)
+    yield {"url": url, "data": data, "runs": runs, "proc": proc, "id": "data"}
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    assert _tree(data) == before  # nothing in DATA was moved, renamed or changed
+
+
+def call(studio, path: str, body=None, method: str | None = None, headers: dict | None = None):
+    """(status, JSON or bytes) of a request to the studio."""
+    data = json.dumps(body).encode() if body is not None else None
+    heads = {**({"Content-Type": "application/json"} if body is not None else {}), **(headers or {})}
+    request = urllib.request.Request(studio["url"] + path.lstrip("/"), data, heads,
+                                     method=method or ("POST" if data is not None else "GET"))
+    try:
+        with urllib.request.urlopen(request, timeout=60) as r:
+            raw, ctype, status = r.read(), r.headers.get("content-type", ""), r.status
+    except urllib.error.HTTPError as exc:
+        raw, ctype, status = exc.read(), exc.headers.get("content-type", ""), exc.code
+    return status, json.loads(raw) if "json" in ctype else raw
+
+
+def post(studio, path, body=None):
+    return call(studio, path, body if body is not None else {}, "POST", PAGE)
+
+
+def wait_job(studio, job_id: int, timeout: float = 240) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _, job = call(studio, f"/api/jobs/{job_id}")
+        if job["status"] not in ("queued", "running"):
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} did not end: {job}")
+
+
+def test_dataset_views_and_confinement(studio):
+    status, state = call(studio, "/api/state")
+    assert status == 200 and [d["id"] for d in state["datasets"]] == ["data"]
+    assert "linear" in [s["name"] for s in state["strategies"]] and "efficientnet_lite0" in state["models"]
+    _, summary = call(studio, "/api/datasets/data")
+    assert summary["classes"] == ["blue", "green", "red"] and summary["images"] == 28
+    assert summary["counts"]["red"] == {"train": 6, "val": 4, "train_fixed": 6, "val_fixed": 4}
+    _, page = call(studio, "/api/datasets/data/images?cls=red&split=val&limit=2&offset=1")
+    assert page["total"] == 4 and [i["path"] for i in page["items"]] == ["val/red/red0.jpg", "val/red/red1.jpg"]
+    status, thumb = call(studio, "/api/datasets/data/thumb?path=val/red/planted.png")
+    assert status == 200 and thumb[:2] == b"\xff\xd8"  # a JPEG
+    status, image = call(studio, "/api/datasets/data/image?path=train/red/red0.png")
+    assert status == 200 and image == (studio["data"] / "train" / "red" / "red0.png").read_bytes()
+    # only the dataset's own images: no traversal, no absolute path, no other file
+    secret = studio["data"].parent / "secret.txt"
+    secret.write_text("not for the page")
+    for bad in ("../secret.txt", str(secret), "train/../../secret.txt", "train/red/../../../secret.txt",
+                "%2e%2e/secret.txt", "train/red", ""):
+        for route in ("thumb", "image"):
+            status, body = call(studio, f"/api/datasets/data/{route}?" + urllib.parse.urlencode({"path": bad}))
+            assert 400 <= status < 500 and b"not for the page" not in json.dumps(body).encode(), (bad, status, body)
+    for path, expected in (("/api/datasets/nope", 404), ("/api/datasets/data/images?split=test", 400),
+                           ("/api/datasets/data/images?cls=purple", 400), ("/api/datasets/data/images?limit=9999", 422),
+                           ("/api/datasets/data/images?fixed=maybe", 400), ("/api/runs/..%2F..%2Fetc", 404),
+                           ("/api/runs/nope", 404), ("/api/jobs/999", 404), ("/api/compare?a=x&b=y", 404)):
+        assert call(studio, path)[0] == expected, path
+
+
+def test_changes_only_from_the_studios_own_page(studio):
+    body = {"path": "train/red/red1.png", "action": "exclude"}
+    assert call(studio, "/api/datasets/data/fixes", body, "POST")[0] == 403  # no X-Studio: a plain form post
+    for extra in ({"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+        assert call(studio, "/api/datasets/data/fixes", body, "POST", {**PAGE, **extra})[0] == 403
+    port = re.search(r":(\d+)/", studio["url"]).group(1)
+    assert call(studio, "/api/state", headers={"Host": f"rebound.example:{port}"})[0] == 403  # DNS rebinding
+    _, fixes = call(studio, "/api/datasets/data/fixes")
+    assert fixes["fixes"] == []  # none of those got through
+
+
+def test_fixes_exclude_relabel_clear_undo(studio):
+    status, out = post(studio, "/api/datasets/data/fixes", {"path": "train/blue/blue1.png", "action": "relabel",
+                                                            "label": "green", "reason": "greenish"})
+    assert status == 200 and out["item"]["fix"]["label"] == "green"
+    assert out["summary"]["counts"]["green"]["train_fixed"] == 7 and out["summary"]["fixes"]["relabel"] == 1
+    post(studio, "/api/datasets/data/fixes", {"path": "train/blue/blue2.png", "action": "exclude"})
+    _, fixes = call(studio, "/api/datasets/data/fixes")
+    text = Path(fixes["file"]).read_text().splitlines()
+    assert text[1:] == [l for l in text[1:]]  # noqa: E741 - sorted rows follow the header
+    assert [r.split(",")[:3] for r in text[2:]] == [["train/blue/blue1.png", "relabel", "green"],
+                                                   ["train/blue/blue2.png", "exclude", ""]]
+    assert not Path(fixes["file"]).is_relative_to(studio["data"])  # beside the runs, not in DATA
+    _, excluded = call(studio, "/api/datasets/data/images?fixed=exclude")
+    assert [i["path"] for i in excluded["items"]] == ["train/blue/blue2.png"]
+    status, out = post(studio, "/api/datasets/data/undo")
+    assert out["item"]["path"] == "train/blue/blue2.png" and out["item"]["fix"] is None
+    post(studio, "/api/datasets/data/fixes", {"path": "train/blue/blue1.png", "action": "clear"})
+    _, fixes = call(studio, "/api/datasets/data/fixes")
+    assert fixes["fixes"] == []
+    for bad in ({"path": "train/blue/blue1.png", "action": "relabel", "label": "purple"},
+                {"path": "train/blue/blue1.png", "action": "delete"}, {"path": "../x.png", "action": "exclude"},
+                {"action": "exclude"}, {"path": 3, "action": "exclude"}):
+        assert post(studio, "/api/datasets/data/fixes", bad)[0] == 400, bad
+    assert call(studio, "/api/datasets/data/fixes", "not an object", "POST", PAGE)[0] in (400, 422)
+
+
+def test_doctor_finds_the_planted_copy_seeds_fixes_and_maps_the_features(studio):
+    _, job = post(studio, "/api/datasets/data/doctor")
+    assert job["command"].startswith(f"transferkit doctor {studio['data']} --out ")
+    job = wait_job(studio, job["id"])
+    assert job["status"] == "finished", job["log"]
+    _, found = call(studio, "/api/datasets/data/findings")
+    copies = found["found"]["groups"]["exact copies"]
+    assert {i["path"] for i in copies[0]["images"]} == {"train/red/red0.png", "val/red/planted.png"}
+    _, out = post(studio, "/api/datasets/data/seed")
+    assert out["added"] >= 1 and out["summary"]["counts"]["red"]["val_fixed"] == 3  # the val copy left out
+    post(studio, "/api/datasets/data/undo")
+    _, m = call(studio, "/api/datasets/data/map")
+    points = m["map"]["points"]
+    assert len(points) == 28 and all(0 <= p["x"] <= 1 and 0 <= p["y"] <= 1 for p in points)
+    assert {p["path"]: p["finding"] for p in points}["val/red/planted.png"] == "exact copies"
+    _, similar = call(studio, "/api/datasets/data/similar?path=val/red/planted.png")
+    assert similar[0]["path"] == "train/red/red0.png"  # its copy is the nearest
+    assert call(studio, "/api/datasets/data/similar?path=../x")[0] == 400
+
+
+def test_training_queue_runs_compare_export_and_serve(studio):
+    _, first = post(studio, "/api/train", {"dataset": "data", "strategy": "linear", "options": {"image_size": 64}})
+    _, second = post(studio, "/api/train", {"dataset": "data", "strategy": "linear",
+                                            "options": {"image_size": 64, "class_weights": "auto"}})
+    _, third = post(studio, "/api/train", {"dataset": "data", "strategy": "finetune", "options": {"epochs": 50,
+                                                                                                 "image_size": 64}})
+    assert first["command"] == (f"transferkit train {studio['data']} --out {studio['runs'] / first['result']['run']} "
+                                "--strategy linear --model efficientnet_lite0 --image-size 64")
+    assert second["status"] == "queued"  # one at a time
+    post(studio, f"/api/jobs/{third['id']}/stop")  # taken off the queue before it starts
+    for job in (first, second):
+        assert wait_job(studio, job["id"])["status"] == "finished"
+    assert call(studio, f"/api/jobs/{third['id']}")[1]["status"] == "stopped"
+    # the same command by hand gives the same run (the page shows what it runs)
+    a, b = first["result"]["run"], second["result"]["run"]
+    _, runs = call(studio, "/api/runs")
+    assert {a, b} <= {r["name"] for r in runs} and all(r["cpu_s"] > 0 for r in runs if r["name"] in (a, b))
+    _, view = call(studio, f"/api/runs/{a}")
+    assert view["classes"] == ["blue", "green", "red"] and len(view["confusion"]) == 3
+    assert view["history"]["unit"] == "iteration" and view["history"]["rows"]
+    _, cell = call(studio, f"/api/runs/{a}/cell?actual=red&predicted=red")
+    assert cell and all(r["actual"] == r["predicted"] == "red" for r in cell)
+    assert call(studio, f"/api/runs/{a}/thumb?i={cell[0]['i']}")[1][:2] == b"\xff\xd8"
+    assert call(studio, f"/api/runs/{a}/thumb?i=999")[0] == 404 and call(studio, f"/api/runs/{a}/thumb?i=-1")[0] == 422
+    assert call(studio, f"/api/runs/{a}/report")[0] == 200
+    _, compared = call(studio, f"/api/compare?a={a}&b={b}")
+    assert compared["settings"]["class_weights"] == ["none", "auto"] and len(compared["history"]) == 2
+    assert set(compared["per_class"]) == {"blue", "green", "red"}
+    for bad in ({"dataset": "nope"}, {"dataset": "data", "strategy": "magic"},
+                {"dataset": "data", "options": {"epochs": 3}},  # the linear head takes no epochs
+                {"dataset": "data", "options": {"weights": "/etc/passwd"}}, {"dataset": "data", "options": "fast"}):
+        status, body = post(studio, "/api/train", bad)
+        assert status in (400, 404) and body["detail"], (bad, body)
+    _, job = post(studio, f"/api/runs/{a}/export", {"formats": "onnx"})
+    job = wait_job(studio, job["id"])
+    assert job["status"] == "finished", job["log"]
+    _, exported = call(studio, f"/api/runs/{a}/export")
+    assert exported["artifacts"][0]["file"] == "model.onnx" and exported["artifacts"][0]["passed"]
+    assert post(studio, f"/api/runs/{a}/export", {"formats": "gif"})[0] == 400
+    _, served = post(studio, f"/api/runs/{a}/serve")
+    assert served["url"].startswith("http://127.0.0.1:")
+    model = json.loads(urllib.request.urlopen(served["url"] + "model", timeout=30).read())
+    assert model["classes"] == ["blue", "green", "red"]
+    assert call(studio, f"/api/runs/{a}/serve")[1]["url"] == served["url"]
+    assert post(studio, f"/api/runs/{a}/serve/stop")[1] == {"stopped": True}
+    assert call(studio, f"/api/runs/{a}/serve")[1]["url"] is None
+
+
+def test_token_cookie_and_bearer(tmp_path):
+    data = make_dataset(tmp_path / "d", n_train=2, n_val=1)
+    options = StudioOptions(runs_dir=str(tmp_path / "runs"), host="0.0.0.0", token=TOKEN)
+    with TestClient(create_studio([data], options), base_url="http://studio.lan:8765") as client:
+        assert client.get("/api/state").status_code == 401
+        assert client.get("/").status_code == 401
+        assert client.get("/?token=wrong-token-0000000000").status_code == 401
+        assert client.get("/api/state", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+        opened = client.get(f"/?token={TOKEN}", follow_redirects=False)
+        assert opened.status_code == 303 and "httponly" in opened.headers["set-cookie"].lower()
+        assert "samesite=strict" in opened.headers["set-cookie"].lower()
+        assert client.get("/").status_code == 200 and client.get("/api/state").status_code == 200  # the cookie
+    with pytest.raises(UserError, match="--token"):
+        StudioOptions(host="0.0.0.0")
+
+
+def test_journeys_in_headless_chromium(studio, tmp_path):
+    """Open the dataset, see the planted copy, exclude it, train, see the run appear, compare two
+    runs, click a confusion cell; nothing loaded from elsewhere; screenshots kept."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    browser_path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not browser_path:
+        pytest.skip("chromium is not installed: `make system-deps` (run by `make test`) installs Debian's package")
+    shots = Path(os.environ.get("TRANSFERKIT_SCREENSHOTS", tmp_path))
+    requested = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("request", lambda r: requested.append(r.url))
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(studio["url"])
+        page.wait_for_selector("#classes tr:nth-child(4)")
+        assert "exact copies" in page.inner_text("#findings")  # the doctor ran (previous test)
+        copy = page.locator("#findings .finding[data-kind='exact copies'] .thumb[data-path='val/red/planted.png']")
+        copy.get_by_role("button", name="Exclude").click()
+        page.wait_for_selector("#findings .thumb.exclude[data-path='val/red/planted.png']")
+        assert page.inner_text("#fixes-line").startswith("1 excluded")
+        page.wait_for_function("document.querySelector('#map') && document.querySelector('#map-legend').children.length >= 3")
+        page.screenshot(path=str(shots / "studio_data.png"), full_page=True)
+        page.click("#tab-train")
+        page.select_option("#train-strategy", "linear")
+        page.fill("input[name=epochs]", "")
+        page.locator("#train-form").evaluate("f => { f.elements['seed'].value = '3'; }")
+        page.click("#train-form button[type=submit]")
+        page.wait_for_selector("#jobs .job:first-child.finished", timeout=180_000)  # the newest first
+        command = page.inner_text("#jobs .job:first-child code")
+        assert "--fixes" in command and "--seed 3" in command  # the excluded copy is left out of this run
+        page.screenshot(path=str(shots / "studio_jobs.png"), full_page=True)
+        page.click("#tab-runs")
+        page.wait_for_selector("#runs tr[data-run]")
+        names = page.eval_on_selector_all("#runs tr[data-run]", "rows => rows.map(r => r.dataset.run)")
+        assert len(names) >= 3
+        for name in names[:2]:
+            page.check(f"#runs tr[data-run='{name}'] input[type=checkbox]")
+        page.click("#compare")
+        page.wait_for_selector("#compare-classes tr:nth-child(4)")
+        assert "seed" in page.inner_text("#run-view") or "fixes" in page.inner_text("#run-view")
+        page.screenshot(path=str(shots / "studio_compare.png"), full_page=True)
+        page.click(f"#runs tr[data-run='{names[0]}'] a")
+        page.wait_for_selector("table.confusion td.cell")
+        page.click("table.confusion tr:nth-child(2) td.cell >> nth=0")  # blue predicted as blue
+        page.wait_for_selector("#cell-images .thumb img")
+        assert "blue predicted as blue" in page.inner_text("#cell-images")
+        page.screenshot(path=str(shots / "studio_run.png"), full_page=True)
+        browser.close()
+    assert not errors, errors
+    assert all(u.startswith(studio["url"]) or u.startswith("data:") for u in requested), \
+        [u for u in requested if not u.startswith(studio["url"])]
+    assert (shots / "studio_data.png").stat().st_size > 20_000
