@@ -168,12 +168,20 @@ def compare(a: str | Path, b: str | Path) -> Comparison:
     out = Comparison(*rows)
     configs = [_yaml(f / "config.yaml") or {} for f in folders]
     results = [_json(f / "results.json") or {} for f in folders]
+    other_strategies = configs[0].get("strategy") != configs[1].get("strategy")
+    only_one = []
     for key in sorted(set(configs[0]) | set(configs[1])):
         if key in ("out", "name", "resume", "quiet"):
             continue
         va, vb = configs[0].get(key), configs[1].get(key)
-        if va != vb:
+        if va == vb:
+            continue
+        if other_strategies and (va is None) != (vb is None):
+            only_one.append(key)  # an option one strategy takes and the other does not
+        else:
             out.settings[key] = (va, vb)
+    if only_one:
+        out.notes.append(f"options only one of the two strategies takes: {', '.join(only_one)}")
     for key in ("strategy", "backbone"):  # what auto chose, beside what was asked for
         if results[0].get(key) != results[1].get(key):
             out.settings[f"kept {key}"] = (results[0].get(key), results[1].get(key))

@@ -287,8 +287,12 @@ function curves(histories, names) {
   const W = 520, H = 220, P = 34;
   const all = histories.flatMap((h) => h.rows);
   if (!all.length) return el("p", { class: "muted" }, "no curves");
-  const maxStep = Math.max(...all.map((r) => r.step)), minStep = Math.min(...all.map((r) => r.step));
-  const x = (s) => P + (W - 2 * P) * (maxStep === minStep ? 0.5 : (s - minStep) / (maxStep - minStep));
+  // runs counted in the same unit share the axis; an epoch-trained run beside an L-BFGS head: each
+  // spans the width (its own first to last row)
+  const sameUnit = histories.every((h) => h.unit === histories[0].unit);
+  const span = (rows) => [Math.min(...rows.map((r) => r.step)), Math.max(...rows.map((r) => r.step))];
+  const shared = span(all);
+  const xOf = (h) => { const [lo, hi] = sameUnit ? shared : span(h.rows); return (s) => P + (W - 2 * P) * (hi === lo ? 0.5 : (s - lo) / (hi - lo)); };
   const y = (v) => H - P - (H - 2 * P) * v;
   const ns = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(ns, "svg");
@@ -299,9 +303,10 @@ function curves(histories, names) {
   add("line", { x1: P, y1: y(0), x2: W - P, y2: y(0), stroke: "#999" });
   add("line", { x1: P, y1: y(0), x2: P, y2: y(1), stroke: "#999" });
   for (const v of [0, 0.5, 1]) add("text", { x: 2, y: y(v) + 4, "font-size": 10 }, v.toFixed(1));
-  add("text", { x: W / 2, y: H - 6, "font-size": 10 }, `${histories[0].unit} (val accuracy)`);
+  add("text", { x: W / 2 - 60, y: H - 6, "font-size": 10 }, sameUnit ? `${histories[0].unit} (val accuracy)` : "progress: epochs / L-BFGS iterations (val accuracy)");
   histories.forEach((h, i) => {
     if (!h.rows.length) return;
+    const x = xOf(h);
     add("polyline", { fill: "none", stroke: colors[i], "stroke-width": 2, points: h.rows.map((r) => `${x(r.step)},${y(r.val_acc)}`).join(" ") });
     for (const r of h.rows) add("circle", { cx: x(r.step), cy: y(r.val_acc), r: 3, fill: colors[i] });
     add("text", { x: W - P - 150, y: P + 14 * i, fill: colors[i], "font-size": 11 }, names[i]);
