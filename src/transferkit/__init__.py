@@ -17,7 +17,7 @@ from .errors import UserError  # noqa: E402
 # Imported on first use (PEP 562), so that torch-free parts (ONNX Runtime prediction from
 # `transferkit predict model.onnx`) work where torch is not installed.
 _LAZY = {"train": "api", "doctor": "api", "load": "api", "evaluate": "api", "export": "api", "report": "api", "Run": "api",
-         "Predictor": "prediction.torch_predictor", "TrainConfig": "config", "serve": "serving.server",
+         "Predictor": "prediction.torch_predictor", "TrainConfig": "config", "serve": "serving.server", "studio": "studio.server",
          "create_app": "serving.app"}
 
 

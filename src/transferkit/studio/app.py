@@ -27,6 +27,7 @@ from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
 from ..config import StudioOptions, TrainConfig
+from ..data import fixes as fixing
 from ..errors import UserError
 from .datasets import Dataset, thumbnail
 from .jobs import JobQueue, Servers
@@ -79,6 +80,13 @@ class Studio:
         if not RUN_NAME.match(name) or not is_run(folder):
             raise HTTPException(404, f"no run '{name}' in {self.runs}")
         return folder
+
+    def dataset_of(self, run_dir: Path) -> Dataset | None:
+        """The dataset (of this studio) a run was trained on, if it is one of them."""
+        from ..runs import read_run
+
+        data = read_run(run_dir).data
+        return next((d for d in self.datasets.values() if data and Path(data) == d.root), None)
 
     def doctor_dir(self, ds: Dataset) -> Path:
         return self.runs / ".studio" / f"doctor-{ds.id}"
@@ -257,14 +265,17 @@ def create_studio(data: list[str | Path], options: StudioOptions | None = None) 
     def run(name: str):
         from .views import run_view
 
-        return run_view(studio.run_dir(name))
+        folder = studio.run_dir(name)
+        return _fixable(run_view(folder), studio.dataset_of(folder), ("top_losses",))
 
     @app.get("/api/runs/{name}/cell", dependencies=auth)
     def cell(name: str, actual: str, predicted: str):
         from .views import predictions
 
-        rows = predictions(studio.run_dir(name))
-        return [{"i": i, **r} for i, r in enumerate(rows) if r["actual"] == actual and r["predicted"] == predicted]
+        folder = studio.run_dir(name)
+        rows = predictions(folder)
+        found = [{"i": i, **r} for i, r in enumerate(rows) if r["actual"] == actual and r["predicted"] == predicted]
+        return _fixable({"items": found}, studio.dataset_of(folder), ("items",))
 
     @app.get("/api/runs/{name}/thumb", dependencies=auth)
     def run_thumb(name: str, i: int = Query(..., ge=0)):
@@ -281,13 +292,17 @@ def create_studio(data: list[str | Path], options: StudioOptions | None = None) 
         page = studio.run_dir(name) / "report.html"
         if not page.is_file():
             raise HTTPException(404, f"the run {name} has no report.html")
-        return FileResponse(page, headers={"X-Content-Type-Options": "nosniff"})
+        # the run's own self-contained page, sandboxed: no script, no access to the studio's origin
+        return FileResponse(page, headers={"X-Content-Type-Options": "nosniff", "Content-Security-Policy":
+                                           "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'"})
 
     @app.get("/api/compare", dependencies=auth)
     def compare(a: str, b: str):
         from .views import compare_view
 
-        return compare_view(studio.run_dir(a), studio.run_dir(b))
+        first = studio.run_dir(a)
+        return _fixable(compare_view(first, studio.run_dir(b)), studio.dataset_of(first),
+                        ("only_a_right", "only_b_right"))
 
     @app.post("/api/runs/{name}/export", dependencies=auth)
     def export(name: str, body: dict | None = Body(None)):
@@ -370,6 +385,24 @@ def train_command(ds: Dataset, body: dict, runs: Path, cache_dir: str | None,
     if cache_dir:
         argv += ["--cache-dir", cache_dir]
     return argv, cfg
+
+
+def _fixable(view: dict, ds: Dataset | None, keys: tuple[str, ...]) -> dict:
+    """`view` with the dataset's id and, on each image of `keys`, its path inside that dataset and
+    its fix: the page can then exclude or relabel it from the run's view too."""
+    view["dataset"] = ds.id if ds is not None else None
+    if ds is None:
+        return view
+    ds.load()
+    for key in keys:
+        for item in view.get(key) or []:
+            try:
+                rel = fixing.relative(item["path"], ds.root)
+            except UserError:
+                continue
+            if rel in ds._index:
+                item["rel"], item["fix"] = rel, ds.item(rel)["fix"]
+    return view
 
 
 def _epochs(cfg: TrainConfig) -> int | None:

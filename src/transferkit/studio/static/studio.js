@@ -76,11 +76,10 @@ function imageCard(item, classes, onChange) {
   return card;
 }
 
-async function decide(path, action, label, reason, onChange) {
+async function decide(path, action, label, reason, onChange, dataset = state.current) {
   try {
-    const out = await api(`/api/datasets/${state.current}/fixes`, { method: "POST", body: { path, action, label, reason } });
-    state.summary = out.summary;
-    renderSummary();
+    const out = await api(`/api/datasets/${dataset}/fixes`, { method: "POST", body: { path, action, label, reason } });
+    if (dataset === state.current) { state.summary = out.summary; renderSummary(); }
     say(`${action === "clear" ? "cleared" : action === "exclude" ? "excluded" : "relabelled"} ${path}`);
     if (onChange) await onChange();
   } catch (e) { say(e.message, true); }
@@ -320,22 +319,37 @@ function confusionTable(run, classes, matrix) {
   const rows = matrix.map((row, a) => el("tr", {}, el("th", {}, classes[a]), ...row.map((n, p) => el("td", {
     class: "cell", tabindex: 0, "data-actual": classes[a], "data-predicted": classes[p], title: `${classes[a]} → ${classes[p]}: ${n}`,
     style: n ? `background: rgba(36,81,179,${Math.min(0.6, 0.08 + n / Math.max(1, ...row) * 0.5)})` : "",
-    onclick: () => showCell(run, classes[a], classes[p]), onkeydown: (e) => { if (e.key === "Enter") showCell(run, classes[a], classes[p]); } }, n))));
+    onclick: () => showCell(run, classes[a], classes[p], classes), onkeydown: (e) => { if (e.key === "Enter") showCell(run, classes[a], classes[p], classes); } }, n))));
   return el("table", { class: "grid confusion" }, head, ...rows);
 }
 
-async function showCell(run, actual, predicted) {
-  const items = await api(`/api/runs/${encodeURIComponent(run)}/cell?${q({ actual, predicted })}`);
+async function showCell(run, actual, predicted, classes) {
+  const out = await api(`/api/runs/${encodeURIComponent(run)}/cell?${q({ actual, predicted })}`);
+  const items = out.items;
   const box = $("cell-images");
   box.replaceChildren(el("h3", {}, `${actual} predicted as ${predicted}: ${items.length} image(s)`),
-    el("div", { class: "thumbs" }, ...items.slice(0, 120).map((r) => runThumb(run, r, `${r.predicted} ${pct(r.probability)}`))));
+    el("div", { class: "thumbs" }, ...items.slice(0, 120).map((r) => runThumb(run, r, `${r.predicted} ${pct(r.probability)}`, out.dataset, classes))));
   box.scrollIntoView({ block: "nearest" });
 }
 
-function runThumb(run, r, caption) {
+function runThumb(run, r, caption, dataset = null, classes = []) {
+  // an image of a run's validation set; where the run's data is one of the studio's datasets, it
+  // can be excluded or relabelled from here too
   const src = `/api/runs/${encodeURIComponent(run)}/thumb?i=${r.i}`;
-  return el("div", { class: "thumb" }, el("img", { src, loading: "lazy", alt: r.path, title: r.path, onclick: () => openViewer(src, r.path) }),
-    el("div", {}, caption || ""));
+  const fix = r.fix;
+  const card = el("div", { class: "thumb" + (fix ? " " + fix.action : ""), "data-path": r.rel || r.path },
+    el("img", { src, loading: "lazy", alt: r.path, title: r.path, onclick: () => openViewer(src, r.path) }),
+    el("div", {}, caption || "", fix ? el("span", { class: "fix " + fix.action }, fix.action === "exclude" ? " excluded" : ` → ${fix.label}`) : null));
+  if (dataset && r.rel) {
+    const mark = (action, label) => decide(r.rel, action, label, `from run ${run}`, () => {
+      r.fix = action === "clear" ? null : { action, label }; card.replaceWith(runThumb(run, r, caption, dataset, classes)); }, dataset);
+    card.append(el("div", { class: "actions" },
+      fix && fix.action === "exclude" ? null : el("button", { type: "button", onclick: () => mark("exclude", "") }, "Exclude"),
+      el("select", { "aria-label": `relabel ${r.rel}`, onchange: (e) => { if (e.target.value) mark("relabel", e.target.value); } },
+        el("option", { value: "" }, "relabel…"), classes.map((c) => el("option", { value: c }, c))),
+      fix ? el("button", { type: "button", onclick: () => mark("clear", "") }, "Clear") : null));
+  }
+  return card;
 }
 
 async function showRun(name) {
@@ -358,7 +372,7 @@ async function showRun(name) {
     el("h3", {}, "Per class"),
     el("table", { class: "grid" }, el("tr", {}, ...["class", "precision", "recall", "F1", "support"].map((h) => el("th", {}, h))), ...perClass),
     el("h3", {}, "Most confidently wrong"),
-    v.top_losses.length ? el("div", { class: "thumbs" }, ...v.top_losses.map((t) => runThumb(name, t, `${t.actual} → ${t.predicted} ${pct(t.probability)}`)))
+    v.top_losses.length ? el("div", { class: "thumbs" }, ...v.top_losses.map((t) => runThumb(name, t, `${t.actual} → ${t.predicted} ${pct(t.probability)}`, v.dataset, v.classes)))
       : el("p", { class: "muted" }, "none: every validation image is right"));
   refreshServe(name);
   if (v.exported) showExport(name);
@@ -419,9 +433,9 @@ async function compareRuns() {
       el("div", {}, el("p", {}, b), confusionTable(b, c.classes[1] || [], c.confusion[1]))),
     el("div", { id: "cell-images" }),
     el("h3", {}, `${a} right, ${b} wrong: ${c.only_a_right.length}`),
-    el("div", { class: "thumbs" }, ...c.only_a_right.slice(0, 60).map((r) => runThumb(a, r))),
+    el("div", { class: "thumbs" }, ...c.only_a_right.slice(0, 60).map((r) => runThumb(a, r, "", c.dataset, c.classes[0] || []))),
     el("h3", {}, `${b} right, ${a} wrong: ${c.only_b_right.length}`),
-    el("div", { class: "thumbs" }, ...c.only_b_right.slice(0, 60).map((r) => runThumb(a, r))));
+    el("div", { class: "thumbs" }, ...c.only_b_right.slice(0, 60).map((r) => runThumb(a, r, "", c.dataset, c.classes[0] || []))));
 }
 
 // ---------------------------------------------------------------- start
