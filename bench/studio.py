@@ -89,7 +89,8 @@ def main() -> None:
                 page.close()
             browser.close()
         api = {}
-        for path in ("api/datasets/data", "api/datasets/data/images?limit=60", "api/datasets/data/images?cls=class03&split=val&limit=60&offset=120"):
+        for path in ("api/datasets/data", "api/datasets/data/images?limit=60",
+                     "api/datasets/data/images?cls=class03&split=val&limit=60&offset=120"):
             samples = []
             for _ in range(5):
                 t = time.perf_counter()

@@ -162,8 +162,8 @@ def create_studio(data: list[str | Path], options: StudioOptions | None = None) 
 
     @app.get("/api/datasets/{ident}/image", dependencies=auth)
     def image(ident: str, path: str):
-        return FileResponse(studio.dataset(ident).file(path), headers={"X-Content-Type-Options": "nosniff",
-                                                                        "Content-Security-Policy": "default-src 'none'"})
+        headers = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "default-src 'none'"}
+        return FileResponse(studio.dataset(ident).file(path), headers=headers)
 
     @app.get("/api/datasets/{ident}/fixes", dependencies=auth)
     def fixes(ident: str):

@@ -19,8 +19,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-EPOCH_LINE = re.compile(r"^epoch (\d+): train loss ([\d.naninf]+) acc ([\d.]+) \| val loss ([\d.naninf]+) acc ([\d.]+) \| "
-                        r"([\d.]+)s$")
+NUMBER = r"([\d.]+|nan|inf)"
+# what `train` prints after each epoch (training.network)
+EPOCH_LINE = re.compile(rf"^epoch (\d+): train loss {NUMBER} acc ([\d.]+) \| val loss {NUMBER} acc ([\d.]+) \| ([\d.]+)s$")
 LOG_LINES = 200  # the last lines of a job's output that are kept
 
 
