@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from safetensors.torch import load_file
 
@@ -314,3 +315,41 @@ def test_no_process_outlives_the_launcher_and_nproc_is_bounded_by_the_cores(data
                     os.kill(pid, signal.SIGKILL)
                 except OSError:
                     pass
+
+
+def test_data_parallel_head_fits_the_same_head(tmp_path):
+    """The logistic-regression head with its rows split over 2 gloo processes (each holding its
+    share; loss and gradient summed over the group): the same head as one process to the
+    optimizer's tolerance; with one process, `Logistic`'s numbers exactly."""
+    from sharded_head_worker import fit, synthetic
+
+    from transferkit.logistic import Logistic, ShardedLogistic, identity, standardizer
+
+    x, y = synthetic()
+    mean, std = standardizer(x)
+    one = Logistic((x - mean) / std, y, 4, 0.01, True)
+    expected, _ = one.fit(one.start(), 500, 1e-6)
+    theta, mean1, std1, (loss1, acc1), _ = fit(x, y, 4, identity, np.arange(len(x)))
+    np.testing.assert_allclose(mean1, mean, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(std1, std, rtol=1e-12)
+    same = ShardedLogistic((x - mean) / std, y, 4, 0.01, True)  # on the same rows: the same numbers, exactly
+    assert np.array_equal(same.fit(same.start(), 500, 1e-6)[0], expected)
+    assert np.abs(theta - expected).max() < 1e-9
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    out = tmp_path / "two.npz"
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                    str(Path(__file__).with_name("sharded_head_worker.py")), str(out)], env=env, check=True,
+                   capture_output=True, timeout=300)
+    two = np.load(out)
+    assert int(two["world"]) == 2
+    # the statistics and the gradients are sums in another order (float64 round-off), so L-BFGS may
+    # take other steps to the same optimum (within gtol 1e-6): the heads are held to 1e-6 and their
+    # probabilities to 1e-7 (measured here: 5e-13 and 5e-13)
+    np.testing.assert_allclose(two["mean"], mean, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(two["std"], std, rtol=1e-12)
+    assert np.abs(two["theta"] - expected).max() < 1e-6 * max(1.0, np.abs(expected).max())
+    z = (x - mean) / std
+    p_one, p_two = np.exp(one.log_probs(z, expected)), np.exp(one.log_probs(z, two["theta"]))
+    assert np.abs(p_one - p_two).max() < 1e-7
+    assert float(two["acc"]) == pytest.approx(acc1, abs=1 / len(x)) and float(two["loss"]) == pytest.approx(loss1, rel=1e-6)

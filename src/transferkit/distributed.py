@@ -103,6 +103,23 @@ class Group:
         dist.all_gather_object(out, obj)
         return out
 
+    def sum(self, values):
+        """The element-wise sum of every rank's float64 NumPy array `values` (the same shape on
+        every rank), the same result on every rank; in a group of one, `values` as they are. On
+        CUDA (nccl) the reduction runs on the rank's GPU. What the data-parallel head sums
+        (`logistic.ShardedLogistic`)."""
+        if not self.distributed:
+            return values
+        import numpy as np
+        import torch
+        import torch.distributed as dist
+
+        t = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64))
+        if self.backend == "nccl":
+            t = t.to(f"cuda:{self.local_rank}")
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t.cpu().numpy()
+
     def decide(self, fn: Callable[[], T]) -> T:
         """`fn()` run once, on the primary, and its result on every rank. An error it raises (a
         `UserError`) is raised on every rank, so none waits for an answer that will not come."""

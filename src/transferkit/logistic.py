@@ -86,3 +86,62 @@ def standardizer(x: np.ndarray, scaling: str = "feature") -> tuple[np.ndarray, n
     if scaling == "global":
         return mean, np.full(x.shape[1], float(np.sqrt((x.var(0)).mean())) + 1e-6, dtype=x.dtype)
     return mean, scale(x)
+
+
+def identity(values: np.ndarray) -> np.ndarray:
+    return values
+
+
+class ShardedLogistic(Logistic):
+    """`Logistic` over rows spread across processes (a torchrun group, #31): each process holds its
+    share of the rows (`z`, `y`); every evaluation of the objective sums the data term's loss and
+    gradient over the group with `allreduce` (one float64 vector, a sum that gives every process
+    the same numbers) and adds the penalty once, so every process takes the same L-BFGS steps and
+    ends with the same head. The class weights (--class-weights auto) count the whole group's rows.
+    With one process (`allreduce` the identity) it computes exactly what `Logistic` does."""
+
+    def __init__(self, z: np.ndarray, y: np.ndarray, k: int, weight_decay: float, balanced: bool = False,
+                 allreduce=identity):
+        super().__init__(z, y, k, weight_decay, balanced)
+        self.allreduce = allreduce
+        counts = allreduce(np.bincount(y, minlength=k).astype(np.float64))
+        total = float(counts.sum())
+        counts = np.maximum(counts, 1)
+        w = (total / (k * counts))[y] if balanced else np.ones(len(y))
+        self.weights = (w / allreduce(np.array([w.sum()]))[0]).astype(z.dtype)
+
+    def objective(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        y, m, dm = self.y, self.m, self.d * self.m
+        w, lp = theta[:-m].reshape(self.d, m), self.log_probs(self.z, theta)
+        g = ((np.exp(lp) - self.onehot) * self.weights[:, None]) @ self.to_logits.T  # d loss / d (z @ W + b)
+        part = np.concatenate([[-float((self.weights * lp[np.arange(len(y)), y]).sum())],
+                               (self.z.T @ g).astype(np.float64).ravel(), g.sum(0).astype(np.float64)])
+        total = self.allreduce(part)
+        loss = float(total[0]) + self.weight_decay / 2 * float((w * w).sum())
+        return loss, np.concatenate([total[1:1 + dm] + self.weight_decay * w.ravel(), total[1 + dm:]])
+
+    def stats(self, z: np.ndarray, y: np.ndarray, theta: np.ndarray) -> tuple[float, float]:
+        """Mean log loss and accuracy of `theta` on the group's (z, y), each process's share given."""
+        lp = self.log_probs(z, theta) if len(y) else np.zeros((0, self.k))
+        sums = self.allreduce(np.array([-lp[np.arange(len(y)), y].sum(), (lp.argmax(1) == y).sum(), len(y)],
+                                       dtype=np.float64))
+        return (float(sums[0] / sums[2]), float(sums[1] / sums[2])) if sums[2] else (0.0, 0.0)
+
+
+SUM_CHUNK = 65536  # rows summed at a time by `sharded_standardizer` (no copy of all the rows)
+
+
+def sharded_standardizer(x: np.ndarray, scaling: str = "feature", allreduce=identity) -> tuple[np.ndarray, np.ndarray]:
+    """`standardizer` over rows spread across processes (each gives its share `x`): the mean and
+    the variances summed in float64 over the group, a chunk of rows at a time (memory flat in the
+    rows), then the same floor. With one process: `standardizer`'s numbers to float64 round-off."""
+    n = allreduce(np.array([len(x)], dtype=np.float64))[0]
+    chunks = range(0, len(x), SUM_CHUNK)
+    mean = allreduce(sum((x[i:i + SUM_CHUNK].sum(0, dtype=np.float64) for i in chunks), np.zeros(x.shape[1]))) / n
+    squares = sum((np.square(x[i:i + SUM_CHUNK] - mean).sum(0) for i in chunks), np.zeros(x.shape[1]))
+    var = (allreduce(squares) / n).astype(x.dtype)
+    mean = mean.astype(x.dtype)
+    if scaling == "global":
+        return mean, np.full(x.shape[1], float(np.sqrt(var.mean())) + 1e-6, dtype=x.dtype)
+    std = np.sqrt(var)
+    return mean, np.maximum(std, np.percentile(std, STD_FLOOR_PERCENTILE)) + 1e-6

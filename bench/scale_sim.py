@@ -1,0 +1,149 @@
+"""The data-parallel head at 10^5-10^7 rows, simulated on this machine (#31).
+
+    python bench/scale_sim.py [--rows 100000,1000000] [--procs 1,2] [--dim 1280] [--classes 10]
+
+No image is decoded: each process draws its share of synthetic feature rows (float32) from
+class-conditional Gaussians with a known best classifier (equal priors and one covariance: the
+nearest class mean is Bayes-optimal), standardizes them with statistics summed over the group, and
+fits the real logistic-regression head (`logistic.ShardedLogistic`: each process its rows, loss and
+gradient all-reduced, the same L-BFGS on every process) under torchrun with gloo, one thread per
+process (a process stands for a node). The rows are drawn in fixed blocks, so 1 and 2 processes
+fit the same rows. Prints per process peak RSS, seconds per L-BFGS iteration, and the validation
+accuracy against the nearest-true-mean rule's, and the 2-process / 1-process ratios.
+Not a test: the numbers depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+BLOCK = 10_000  # rows drawn together, from their own seed: the same rows for any number of processes
+SPREAD = 0.065  # the class means' scale: their distance makes the best accuracy about 0.9 at 1280 dims
+
+
+def means(dim: int, classes: int) -> np.ndarray:
+    return np.random.default_rng(12345).normal(0, SPREAD, (classes, dim)).astype(np.float32)
+
+
+def block(index: int, mu: np.ndarray, split: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of block `index` (split 0: training, 1: validation): labels uniform, x = mean + N(0, I)."""
+    rng = np.random.default_rng([split, index])
+    y = rng.integers(0, len(mu), BLOCK)
+    x = rng.standard_normal((BLOCK, mu.shape[1]), dtype=np.float32)
+    x += mu[y]
+    return x, y
+
+
+def shard(rows: int, mu: np.ndarray, split: int, rank: int, world: int) -> tuple[np.ndarray, np.ndarray]:
+    """This rank's blocks (every world-th), written into one preallocated array."""
+    mine = list(range(rank, -(-rows // BLOCK), world))
+    x = np.empty((len(mine) * BLOCK, mu.shape[1]), dtype=np.float32)
+    y = np.empty(len(mine) * BLOCK, dtype=np.int64)
+    for j, b in enumerate(mine):
+        x[j * BLOCK:(j + 1) * BLOCK], y[j * BLOCK:(j + 1) * BLOCK] = block(b, mu, split)
+    return x, y
+
+
+def worker(args) -> None:
+    from transferkit.distributed import joined
+    from transferkit.logistic import ShardedLogistic, sharded_standardizer
+
+    mu = means(args.dim, args.classes)
+    with joined("cpu") as group:
+        start = time.perf_counter()
+        x, y = shard(args.rows, mu, 0, group.rank, group.world)
+        xv, yv = shard(args.val_rows, mu, 1, group.rank, group.world)
+        made = time.perf_counter() - start
+        # the best accuracy: the nearest true mean (|x - mu|^2 = |x|^2 - 2 x.mu + |mu|^2)
+        nearest = np.argmin(-2 * xv @ mu.T + (mu * mu).sum(1), axis=1)
+        best = group.sum(np.array([(nearest == yv).sum(), len(yv)], dtype=np.float64))
+        start = time.perf_counter()
+        mean, std = sharded_standardizer(x, "feature", group.sum)
+        x -= mean  # in place: no second copy of the rows
+        x /= std
+        xv -= mean
+        xv /= std
+        stats_s = time.perf_counter() - start
+        problem = ShardedLogistic(x, y, args.classes, args.weight_decay, False, group.sum)
+        calls = [0]
+        objective = problem.objective
+
+        def counted(theta):
+            calls[0] += 1
+            return objective(theta)
+
+        problem.objective = counted
+        start = time.perf_counter()
+        theta, iters = problem.fit(problem.start(), args.max_iter, args.gtol)
+        fit_s = time.perf_counter() - start
+        _, acc = problem.stats(xv, yv, theta)
+        rss = np.zeros(group.world)
+        rss[group.rank] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MB
+        rss = group.sum(rss)
+        if group.primary:
+            print(json.dumps({"rows": args.rows, "procs": group.world, "rows_per_proc": len(y), "made_s": made,
+                              "stats_s": stats_s, "fit_s": fit_s, "iterations": iters, "evaluations": calls[0],
+                              "s_per_iteration": fit_s / max(1, iters), "val_acc": acc,
+                              "best_acc": float(best[0] / best[1]), "peak_rss_mb": rss.tolist()}), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", default="100000,1000000")
+    ap.add_argument("--procs", default="1,2")
+    ap.add_argument("--dim", type=int, default=1280)
+    ap.add_argument("--classes", type=int, default=10)
+    ap.add_argument("--val-rows", type=int, default=100_000)
+    ap.add_argument("--weight-decay", type=float, default=1e-4)
+    ap.add_argument("--max-iter", type=int, default=100)
+    ap.add_argument("--gtol", type=float, default=1e-5)
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--json", help="write every row here")
+    args = ap.parse_args()
+    if args.worker:
+        args.rows = int(float(args.rows))
+        return worker(args)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    results = []
+    for rows in [int(float(r)) for r in args.rows.split(",")]:
+        for procs in [int(p) for p in args.procs.split(",")]:
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}",
+                   __file__, "--worker", "--rows", str(rows), "--dim", str(args.dim), "--classes", str(args.classes),
+                   "--val-rows", str(args.val_rows), "--weight-decay", str(args.weight_decay),
+                   "--max-iter", str(args.max_iter), "--gtol", str(args.gtol)]
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tempfile.gettempdir())
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+            if proc.returncode != 0 or not lines:
+                sys.exit(f"{rows} rows, {procs} processes failed:\n{proc.stderr[-3000:]}")
+            row = json.loads(lines[-1])
+            results.append(row)
+            print(f"{rows:>9} rows  {procs} proc  peak RSS/proc {max(row['peak_rss_mb']):7.0f} MB  "
+                  f"{row['s_per_iteration']:6.3f} s/iter ({row['iterations']} iters)  "
+                  f"val acc {row['val_acc']:.4f}  best {row['best_acc']:.4f}  "
+                  f"(rows made {row['made_s']:.1f} s, statistics {row['stats_s']:.1f} s)", flush=True)
+    print("\nratios, 2 processes / 1 process:")
+    for rows in sorted({r["rows"] for r in results}):
+        one = next((r for r in results if r["rows"] == rows and r["procs"] == 1), None)
+        two = next((r for r in results if r["rows"] == rows and r["procs"] == 2), None)
+        if one and two:
+            print(f"{rows:>9} rows: peak RSS per process {max(two['peak_rss_mb']) / max(one['peak_rss_mb']):.2f}x, "
+                  f"time per iteration {two['s_per_iteration'] / one['s_per_iteration']:.2f}x, "
+                  f"val accuracy {100 * (two['val_acc'] - one['val_acc']):+.2f} pt "
+                  f"(best possible {100 * one['best_acc']:.2f}%, fit {100 * one['val_acc']:.2f}%)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
