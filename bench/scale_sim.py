@@ -65,7 +65,7 @@ def worker(args) -> None:
         xv, yv = shard(args.val_rows, mu, 1, group.rank, group.world)
         made = time.perf_counter() - start
         # the best accuracy: the nearest true mean (|x - mu|^2 = |x|^2 - 2 x.mu + |mu|^2)
-        nearest = np.argmin(-2 * xv @ mu.T + (mu * mu).sum(1), axis=1)
+        nearest = np.argmin(xv @ (-2 * mu.T) + (mu * mu).sum(1), axis=1)
         best = group.sum(np.array([(nearest == yv).sum(), len(yv)], dtype=np.float64))
         start = time.perf_counter()
         mean, std = sharded_standardizer(x, "feature", group.sum)

@@ -126,6 +126,20 @@ def test_dataset_views_and_confinement(studio):
         assert call(studio, path)[0] == expected, path
 
 
+def test_open_another_folder(studio, tmp_path):
+    other = make_dataset(tmp_path / "other data", n_train=2, n_val=1)
+    status, opened = post(studio, "/api/datasets", {"path": str(other)})
+    assert status == 200 and opened["id"] == "other-data" and opened["images"] == 6
+    assert post(studio, "/api/datasets", {"path": str(other)})[1]["id"] == "other-data"  # once
+    assert call(studio, "/api/datasets/other-data/thumb?path=train/red/red0.png")[0] == 200
+    for bad in ({"path": str(tmp_path / "missing")}, {"path": str(tmp_path / "other data" / "train" / "red")},
+                {"path": ""}, {}):
+        status, body = post(studio, "/api/datasets", bad)
+        assert status == 400 and body["detail"], (bad, body)
+    _, state = call(studio, "/api/state")
+    assert [d["id"] for d in state["datasets"]] == ["data", "other-data"]  # the refused ones not kept
+
+
 def test_changes_only_from_the_studios_own_page(studio):
     body = {"path": "train/red/red1.png", "action": "exclude"}
     assert call(studio, "/api/datasets/data/fixes", body, "POST")[0] == 403  # no X-Studio: a plain form post

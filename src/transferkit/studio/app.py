@@ -55,18 +55,24 @@ class Studio:
         self.thumbs = Cache(options.cache_dir).prepare().thumbnails()
         self.datasets: dict[str, Dataset] = {}
         for given in data:
-            root = Path(given).expanduser().absolute()
-            if not root.is_dir():
-                raise UserError(f"no such dataset folder: {given}")
-            if root in {d.root for d in self.datasets.values()}:
-                continue
-            base = re.sub(r"[^A-Za-z0-9_-]", "-", root.name)[:40] or "data"
-            ident = base if base not in self.datasets else f"{base}-{len(self.datasets)}"
-            digest = hashlib.sha256(str(root).encode()).hexdigest()[:8]
-            self.datasets[ident] = Dataset(ident, root, self.runs / "fixes" / f"{base}-{digest}.fixes.csv",
-                                           self.thumbs)
+            self.add(given)
         self.jobs = JobQueue()
         self.servers = Servers()
+
+    def add(self, given: str | Path) -> Dataset:
+        """Open the dataset folder `given` (from the command line, or the page's "Open"): from now
+        on its images are among the files the studio serves. A folder already open: that one."""
+        root = Path(given).expanduser().absolute()
+        if not root.is_dir():
+            raise UserError(f"no such dataset folder: {given}")
+        known = next((d for d in self.datasets.values() if d.root == root), None)
+        if known is not None:
+            return known
+        base = re.sub(r"[^A-Za-z0-9_-]", "-", root.name)[:40] or "data"
+        ident = base if base not in self.datasets else f"{base}-{len(self.datasets)}"
+        digest = hashlib.sha256(str(root).encode()).hexdigest()[:8]
+        self.datasets[ident] = Dataset(ident, root, self.runs / "fixes" / f"{base}-{digest}.fixes.csv", self.thumbs)
+        return self.datasets[ident]
 
     def dataset(self, ident: str) -> Dataset:
         if ident not in self.datasets:
@@ -139,6 +145,18 @@ def create_studio(data: list[str | Path], options: StudioOptions | None = None) 
         return {"version": __version__, "runs_dir": str(studio.runs), "csrf_header": CSRF_HEADER,
                 "datasets": [{"id": d.id, "name": d.name, "path": str(d.root)} for d in studio.datasets.values()],
                 "strategies": _strategies(), "models": _models()}
+
+    @app.post("/api/datasets", dependencies=auth)
+    def open_dataset(body: dict = Body(...)):
+        path = body.get("path")
+        if not isinstance(path, str) or not path.strip():
+            raise UserError("give the folder's path")
+        ds = studio.add(path.strip())
+        try:
+            return ds.summary()  # a folder that is not a dataset is refused now, and not kept
+        except UserError:
+            studio.datasets.pop(ds.id, None)
+            raise
 
     @app.get("/api/datasets/{ident}", dependencies=auth)
     def dataset(ident: str):

@@ -450,6 +450,18 @@ async function start() {
   $("train-strategy").replaceChildren(...s.strategies.map((x) => el("option", { value: x.name, title: x.summary }, x.name)));
   $("train-model").replaceChildren(...s.models.map((m) => el("option", { value: m }, m)));
   $("dataset").addEventListener("change", (e) => loadDataset(e.target.value));
+  $("open-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    try {
+      const opened = await api("/api/datasets", { method: "POST", body: { path: $("open-path").value } });
+      if (!state.datasets.some((d) => d.id === opened.id)) {
+        state.datasets.push({ id: opened.id, name: opened.name, path: opened.path });
+        for (const select of [$("dataset"), $("train-dataset")]) select.append(el("option", { value: opened.id }, opened.name));
+      }
+      $("dataset").value = opened.id;
+      await loadDataset(opened.id);
+    } catch (err) { say(err.message, true); }
+  });
   $("refresh").addEventListener("click", async () => { await api(`/api/datasets/${state.current}/refresh`, { method: "POST" }); loadDataset(state.current); });
   for (const id of ["filter-class", "filter-split", "filter-fixed"]) $(id).addEventListener("change", () => { state.page = 0; loadImages(); });
   $("prev").addEventListener("click", () => { state.page = Math.max(0, state.page - 1); loadImages(); });
