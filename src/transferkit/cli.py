@@ -108,8 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Walks folders recursively; writes CSV (default) or JSON.")
     p.add_argument("run", help="run folder, or an exported model.onnx / model.int8.onnx (ONNX Runtime "
                                 "only: torch is not needed)")
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
+    p.add_argument("inputs", nargs="*", metavar="IMAGE_OR_FOLDER")
     add_options(p, PredictOptions)
+    p.add_argument("--files-from", metavar="LIST", help="also predict the files listed in LIST, one path (or file:// "
+                                                        "URI) a line, read as they are needed")
+    p.add_argument("--out-dir", metavar="DIR", help="write the predictions in chunks into DIR (chunks/, manifest.json): "
+                                                    "resumable, and what runs under --nproc / torchrun, each process "
+                                                    "its share of the chunks")
+    p.add_argument("--merge", action="store_true", help="with --out-dir: also DIR/predictions.csv, the chunks in order")
+    p.add_argument("--chunk-size", type=int, default=4096, metavar="N", help="files per chunk [default: 4096]")
+    p.add_argument("--nproc", type=int, metavar="N", help="predict with N processes on this machine (torchrun), "
+                                                          "into --out-dir")
     p.add_argument("--output", help="preds.csv or preds.json (default: CSV on stdout); never inside an input "
                                     "folder; an existing file only if predict wrote it (or with --force); a FIFO "
                                     "or device is written through")
@@ -233,17 +242,35 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
+def cmd_predict(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    from .distributed import under_torchrun
     from .files import check_output_file
-    from .prediction.outputs import OWN_HEADS, PredictionWriter, expand_inputs
+    from .prediction.batch import iter_inputs
+    from .prediction.outputs import OWN_HEADS, PredictionWriter
 
     options = PredictOptions(**_options(args, PredictOptions))
+    if not args.inputs and not args.files_from:
+        raise UserError("give images or folders to predict, or --files-from LIST")
+    if args.chunk_size < 1:
+        raise UserError("--chunk-size must be 1 or more")
+    if args.files_from and not Path(args.files_from).expanduser().is_file():  # before the model loads
+        raise UserError(f"--files-from {args.files_from}: no such file")
+    if args.nproc is not None:
+        if not args.out_dir:
+            raise UserError("--nproc writes into --out-dir DIR (each process its share of the chunks)")
+        from .launch import launch
+
+        return launch(args.nproc, argv or [])
+    if args.out_dir:
+        return _predict_to_folder(args, options)
+    if under_torchrun():
+        raise UserError("predict under torchrun writes into --out-dir DIR (each process its share of the chunks)")
     if args.output:
         from .models.bundle import trained_on
 
         datasets = [*args.inputs, *(trained_on(Path(args.run)) if Path(args.run).is_dir() else [])]
         check_output_file(args.output, "--output", datasets, OWN_HEADS, args.force)
-    files = expand_inputs(args.inputs)
+    files = list(iter_inputs(args.inputs, args.files_from))
     if not files:
         raise UserError("no files found in the given inputs")
     if args.run.endswith(".onnx"):  # an exported model: ONNX Runtime alone, torch is not imported
@@ -274,6 +301,38 @@ def cmd_predict(args: argparse.Namespace) -> int:
     bar.close()
     if args.output:
         print(f"{len(files)} predictions written to {args.output}")
+    return 0
+
+
+def _predict_to_folder(args: argparse.Namespace, options: PredictOptions) -> int:
+    """predict --out-dir: chunked, resumable, shared out over a torchrun group (prediction.batch)."""
+    from .distributed import joined
+    from .prediction.batch import predict_to_folder
+
+    if args.output:
+        raise UserError("--output and --out-dir: give one (with --out-dir, --merge writes DIR/predictions.csv)")
+    say = lambda message: print(printable(message, lines=False), file=sys.stderr, flush=True)  # noqa: E731
+    with joined(options.device) as group:
+        if args.run.endswith(".onnx"):
+            from .prediction.onnx_predictor import OnnxPredictor
+
+            predictor = OnnxPredictor(args.run, tta=options.tta)
+        else:
+            from . import api
+
+            predictor = api.load(args.run, group.device(options.device), options.precision, options.tta,
+                                 options.engine, images=args.chunk_size, say=say if group.primary else None)
+            if group.primary:
+                say(f"engine: {predictor.engine.line()}")
+        top_k = min(options.top_k, len(predictor.classes))
+        identity = {"model": str(Path(args.run).expanduser().absolute()), "tta": options.tta}
+        with predictor:
+            manifest = predict_to_folder(predictor, args.inputs, args.files_from, Path(args.out_dir), args.chunk_size,
+                                         top_k, group, args.merge, identity, say)
+        if group.primary:
+            print(f"{manifest['files']} predictions in {len(manifest['chunks'])} chunk(s) in {args.out_dir} "
+                  f"({manifest['errors']} unusable file(s); {manifest['resumed_chunks']} chunk(s) already there)"
+                  + (f"; merged: {Path(args.out_dir) / 'predictions.csv'}" if args.merge else ""))
     return 0
 
 
@@ -416,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return cmd_train(args, started, argv)
+        if args.command == "predict":
+            return cmd_predict(args, argv)
         handlers = {"lr-find": cmd_lr_find, "eval": cmd_eval, "predict": cmd_predict, "models": cmd_models,
                     "summary": cmd_summary, "cache": cmd_cache, "report": cmd_report, "export": cmd_export,
                     "serve": cmd_serve, "doctor": cmd_doctor, "runs": cmd_runs,
