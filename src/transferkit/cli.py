@@ -112,9 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(p, PredictOptions)
     p.add_argument("--files-from", metavar="LIST", help="also predict the files listed in LIST, one path (or file:// "
                                                         "URI) a line, read as they are needed")
-    p.add_argument("--out-dir", metavar="DIR", help="write the predictions in chunks into DIR (chunks/, manifest.json): "
-                                                    "resumable, and what runs under --nproc / torchrun, each process "
-                                                    "its share of the chunks")
+    p.add_argument("--out-dir", metavar="DIR",
+                   help="write the predictions in chunks into DIR (chunks/, manifest.json): resumable, and what runs "
+                        "under --nproc / torchrun, each process its share of the chunks")
     p.add_argument("--merge", action="store_true", help="with --out-dir: also DIR/predictions.csv, the chunks in order")
     p.add_argument("--chunk-size", type=int, default=4096, metavar="N", help="files per chunk [default: 4096]")
     p.add_argument("--nproc", type=int, metavar="N", help="predict with N processes on this machine (torchrun), "
@@ -430,7 +430,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
         if len(args.args) != 3:
             raise UserError("usage: transferkit runs compare RUN_A RUN_B")
         comparison = runs.compare(args.args[1], args.args[2])
-        print(json.dumps(comparison.to_dict(), indent=2) if args.json else printable(runs.format_comparison(comparison)))
+        shown = json.dumps(comparison.to_dict(), indent=2) if args.json else runs.format_comparison(comparison)
+        print(shown if args.json else printable(shown))
         return 0
     if len(args.args) > 1:
         raise UserError("usage: transferkit runs [DIR] (one folder), or transferkit runs compare RUN_A RUN_B")

@@ -77,7 +77,6 @@ def predict_to_folder(predictor, inputs: list[str], files_from: str | None, out:
 
     done = set(group.decide(prepare))
     resumed = len(done)
-    mine = 0
     for index, paths in chunks(iter_inputs(inputs, files_from), chunk_size):
         name = CHUNK_FILE.format(index)
         if index % group.world != group.rank or name in done:
@@ -91,7 +90,6 @@ def predict_to_folder(predictor, inputs: list[str], files_from: str | None, out:
         writer.write(preds)
         writer.close()
         atomic_write(parts / name, text.getvalue().encode("utf-8", "surrogateescape"))
-        mine += 1
     group.barrier()
     return group.decide(lambda: _finish(out, merge, resumed, group.world))
 
@@ -101,12 +99,12 @@ def _finish(out: Path, merge: bool, resumed: int, world: int) -> dict:
     listed, files, errors = [], 0, 0
     merged = None
     if merge:
-        merged = io.open(out / ".predictions.csv.part", "w", encoding="utf-8", errors="surrogateescape", newline="")
+        merged = open(out / ".predictions.csv.part", "w", encoding="utf-8", errors="surrogateescape", newline="")
     for i, part in enumerate(parts):
         with open(part, encoding="utf-8", errors="surrogateescape", newline="") as f:
             text = f.read()
         rows = list(csv.reader(io.StringIO(text)))
-        header, body = rows[0], rows[1:]
+        body = rows[1:]  # below the header
         bad = sum(1 for r in body if r and r[-1])
         listed.append({"chunk": int(part.stem.split("-")[1]), "file": f"chunks/{part.name}", "rank":
                        int(part.stem.split("-")[1]) % world, "rows": len(body), "errors": bad})
