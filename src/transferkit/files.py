@@ -67,6 +67,27 @@ def write_json(path: str | Path, obj: Any) -> None:
     atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
+def read_json_object(path: str | Path) -> dict | None:
+    """The JSON object (a mapping) in `path`; None where the file is missing, unreadable, not JSON
+    or not a mapping (a run folder's own files, read for display: never an error)."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def read_yaml_object(path: str | Path) -> dict | None:
+    """As `read_json_object`, for a YAML mapping (a run's config.yaml)."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(Path(path).read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def digest(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=DIGEST_BYTES).digest()
 

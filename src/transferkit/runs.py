@@ -7,16 +7,15 @@ No torch here."""
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import yaml
 
 from .errors import UserError
+from .files import read_json_object, read_yaml_object
 
 # What makes a folder a run's (any of them): a finished run has all of the first three.
 RUN_FILES = ("model.json", "results.json", "config.yaml", "checkpoint.pt")
@@ -66,7 +65,7 @@ def find_runs(root: str | Path) -> list[Path]:
 def read_run(folder: Path) -> RunRow:
     """One run folder's row; never raises for what is in the folder."""
     row = RunRow(str(folder), folder.name, "finished", size_mb=_size_mb(folder))
-    cfg = _yaml(folder / "config.yaml")
+    cfg = read_yaml_object(folder / "config.yaml")
     if isinstance(cfg, dict):
         row.data, row.backbone, row.strategy = _str(cfg.get("data")), _str(cfg.get("model")), _str(cfg.get("strategy"))
         row.when = _mtime(folder / "config.yaml")
@@ -76,7 +75,7 @@ def read_run(folder: Path) -> RunRow:
         row.problem = ("training did not finish (checkpoint.pt): `transferkit train --resume "
                        f"{folder}` continues it" if row.status == "unfinished" else "no results.json")
         return row
-    results = _json(results_file)
+    results = read_json_object(results_file)
     if not isinstance(results, dict) or not isinstance(results.get("val_acc"), (int, float)):
         row.status, row.problem = "damaged", "results.json cannot be read"
         return row
@@ -166,8 +165,8 @@ def compare(a: str | Path, b: str | Path) -> Comparison:
         if row.status in ("damaged", "unfinished"):
             raise UserError(f"cannot compare {row.path}: {row.problem}")
     out = Comparison(*rows)
-    configs = [_yaml(f / "config.yaml") or {} for f in folders]
-    results = [_json(f / "results.json") or {} for f in folders]
+    configs = [read_yaml_object(f / "config.yaml") or {} for f in folders]
+    results = [read_json_object(f / "results.json") or {} for f in folders]
     other_strategies = configs[0].get("strategy") != configs[1].get("strategy")
     only_one = []
     for key in sorted(set(configs[0]) | set(configs[1])):
@@ -185,7 +184,7 @@ def compare(a: str | Path, b: str | Path) -> Comparison:
     for key in ("strategy", "backbone"):  # what auto chose, beside what was asked for
         if results[0].get(key) != results[1].get(key):
             out.settings[f"kept {key}"] = (results[0].get(key), results[1].get(key))
-    metrics = [_json(f / "metrics.json") or {} for f in folders]
+    metrics = [read_json_object(f / "metrics.json") or {} for f in folders]
     for name, get in (("val accuracy", lambda r, m: r.get("val_acc")),
                       ("balanced accuracy", lambda r, m: r.get("balanced_accuracy")),
                       ("macro F1", lambda r, m: (m.get("macro_avg") or {}).get("f1")),
@@ -252,20 +251,6 @@ def format_comparison(c: Comparison, limit: int = 10) -> str:
 
 
 # -- reading a run's files, never raising ---------------------------------------------------------
-
-def _json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _yaml(path: Path):
-    try:
-        return yaml.safe_load(path.read_text())
-    except (OSError, ValueError, yaml.YAMLError):
-        return None
-
 
 def _predictions(path: Path) -> dict[str, tuple[str, str]] | None:
     """{image path: (actual, predicted)} of a run's predictions.csv, or None."""

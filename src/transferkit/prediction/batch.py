@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from itertools import islice
 from pathlib import Path
 from typing import Iterator
 
 from ..errors import UserError
-from ..files import atomic_write, write_json
+from ..files import atomic_write, read_json_object, write_json
 from .outputs import PredictionWriter
 
 CHUNK_FILE = "chunk-{:06d}.csv"
@@ -67,7 +66,7 @@ def predict_to_folder(predictor, inputs: list[str], files_from: str | None, out:
 
     def prepare():
         parts.mkdir(parents=True, exist_ok=True)
-        saved = _read_json(out / "run.json")
+        saved = read_json_object(out / "run.json")
         if saved is not None and saved != ident:
             raise UserError(f"{out} holds the predictions of another run (other model, inputs, chunk size or "
                             "top-k); give another --out-dir, or the same options to resume it")
@@ -119,11 +118,3 @@ def _finish(out: Path, merge: bool, resumed: int, world: int) -> dict:
                 "merged": "predictions.csv" if merge else None}
     write_json(out / "manifest.json", manifest)
     return manifest
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None

@@ -4,7 +4,6 @@ about it."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Callable
@@ -13,6 +12,7 @@ import numpy as np
 
 from ..engines.cpu import usable_cores
 from ..errors import UserError
+from ..files import read_json_object
 from ..prediction.base import BasePredictor
 
 
@@ -95,7 +95,7 @@ def _onnx_info(predictor) -> dict:
     meta, path = predictor.meta, predictor.path
     run_dir = path.resolve().parent.parent  # exported into RUN/export/ by default
     metrics = _run_metrics(run_dir)
-    export = _read_json(path.resolve().parent / "export.json") or {}
+    export = read_json_object(path.resolve().parent / "export.json") or {}
     for artifact in export.get("artifacts", []):
         if artifact.get("file") == path.name and isinstance(artifact.get("accuracy"), (int, float)):
             # this file's own accuracy on the run's val images, as `export` measured it
@@ -109,7 +109,7 @@ def _onnx_info(predictor) -> dict:
 
 def _run_metrics(run_dir: Path) -> dict:
     """The run's val accuracy and macro F1 (results.json, metrics.json), where they are."""
-    results, metrics = _read_json(run_dir / "results.json"), _read_json(run_dir / "metrics.json")
+    results, metrics = read_json_object(run_dir / "results.json"), read_json_object(run_dir / "metrics.json")
     out = {}
     if results and isinstance(results.get("val_acc"), (int, float)):
         out["val_acc"] = results["val_acc"]
@@ -121,14 +121,6 @@ def _run_metrics(run_dir: Path) -> dict:
         if isinstance(macro, dict) and isinstance(macro.get("f1"), (int, float)):
             out["macro_f1"] = macro["f1"]
     return out
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def worker_threads(workers: int) -> int:

@@ -29,6 +29,7 @@ from .. import __version__
 from ..config import StudioOptions, TrainConfig
 from ..data import fixes as fixing
 from ..errors import UserError
+from ..files import read_json_object, read_yaml_object
 from .datasets import Dataset, thumbnail
 from .jobs import JobQueue, Servers
 
@@ -88,10 +89,9 @@ class Studio:
         return folder
 
     def dataset_of(self, run_dir: Path) -> Dataset | None:
-        """The dataset (of this studio) a run was trained on, if it is one of them."""
-        from ..runs import read_run
-
-        data = read_run(run_dir).data
+        """The dataset (of this studio) a run was trained on, if it is one of them (its config.yaml
+        says which: read_run would also walk the folder for its size, on every click of a cell)."""
+        data = (read_yaml_object(run_dir / "config.yaml") or {}).get("data")
         return next((d for d in self.datasets.values() if data and Path(data) == d.root), None)
 
     def doctor_dir(self, ds: Dataset) -> Path:
@@ -334,13 +334,10 @@ def create_studio(data: list[str | Path], options: StudioOptions | None = None) 
 
     @app.get("/api/runs/{name}/export", dependencies=auth)
     def exported(name: str):
-        import json
-
-        found = studio.run_dir(name) / "export" / "export.json"
-        try:
-            return json.loads(found.read_text())
-        except (OSError, ValueError):
-            raise HTTPException(404, f"the run {name} has not been exported") from None
+        found = read_json_object(studio.run_dir(name) / "export" / "export.json")
+        if found is None:
+            raise HTTPException(404, f"the run {name} has not been exported")
+        return found
 
     @app.get("/api/runs/{name}/serve", dependencies=auth)
     def serving(name: str):

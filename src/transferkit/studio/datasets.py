@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 from ..data import fixes as fixing
 from ..data.discover import discover
 from ..errors import UserError
+from ..files import read_json_object
 
 THUMB_SIZE = 160
 PAGE_LIMIT = 500  # most images in one page
@@ -191,9 +191,8 @@ class Dataset:
     def findings(self, doctor_json: Path) -> dict | None:
         """The doctor's report (doctor.json) grouped by kind, paths relative to DATA, each image
         with its current fix; None before the doctor ran."""
-        try:
-            report = json.loads(doctor_json.read_text())
-        except (OSError, ValueError):
+        report = read_json_object(doctor_json)
+        if report is None:
             return None
         self.load()
 
@@ -254,9 +253,8 @@ def feature_map(ds: Dataset, doctor_dir: Path) -> dict | None:
     """The doctor's feature map of `ds` (doctor_map.json) as the page draws it: per image its
     path (relative), label, split, the out-of-fold prediction, its findings' kinds and x, y in
     [0, 1]; None before the doctor ran."""
-    try:
-        m = json.loads((doctor_dir / "doctor_map.json").read_text())
-    except (OSError, ValueError):
+    m = read_json_object(doctor_dir / "doctor_map.json")
+    if m is None:
         return None
     found = ds.findings(doctor_dir / "doctor.json") or {"groups": {}}
     kinds: dict[str, str] = {}
@@ -276,10 +274,9 @@ def feature_map(ds: Dataset, doctor_dir: Path) -> dict | None:
 def similar(ds: Dataset, doctor_dir: Path, rel: str) -> list[dict]:
     """The images nearest to `rel` on the features (the doctor's neighbours), nearest first."""
     ds.file(rel)
-    try:
-        m = json.loads((doctor_dir / "doctor_map.json").read_text())
-    except (OSError, ValueError):
-        raise UserError("run the doctor first: it finds each image's nearest images") from None
+    m = read_json_object(doctor_dir / "doctor_map.json")
+    if m is None:
+        raise UserError("run the doctor first: it finds each image's nearest images")
     index = {ds._shown(p): i for i, p in enumerate(m["paths"])}
     if rel not in index or index[rel] >= len(m.get("neighbours", [])):
         raise UserError(f"the doctor has not seen {rel}: run it again")

@@ -5,10 +5,10 @@ runs' curves and the validation images one gets right and the other wrong, by th
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 from ..evaluation.metrics import read_history_csv
+from ..files import read_json_object, read_yaml_object
 from ..runs import compare, read_run
 
 
@@ -32,18 +32,10 @@ def history(run_dir: Path) -> dict:
                                     "train_acc": r.train_acc, "val_acc": r.val_acc} for r in rows]}
 
 
-def _json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def run_view(run_dir: Path) -> dict:
     row = read_run(run_dir)
-    metrics = _json(run_dir / "metrics.json")
-    results = _json(run_dir / "results.json")
+    metrics = read_json_object(run_dir / "metrics.json") or {}
+    results = read_json_object(run_dir / "results.json") or {}
     rows = predictions(run_dir)
     wrong = sorted((i for i, r in enumerate(rows) if r["actual"] != r["predicted"]),
                    key=lambda i: -rows[i]["probability"])
@@ -52,7 +44,7 @@ def run_view(run_dir: Path) -> dict:
             "history": history(run_dir), "report": (run_dir / "report.html").is_file(),
             "exported": (run_dir / "export" / "export.json").is_file(),
             "top_losses": [{"i": i, **rows[i]} for i in wrong[:24]],
-            "settings": {k: v for k, v in (_yaml(run_dir / "config.yaml") or {}).items() if v is not None}}
+            "settings": {k: v for k, v in (read_yaml_object(run_dir / "config.yaml") or {}).items() if v is not None}}
 
 
 def compare_view(a: Path, b: Path) -> dict:
@@ -63,16 +55,7 @@ def compare_view(a: Path, b: Path) -> dict:
     view["only_a_right"] = [{"i": index[p], "path": p} for p in c.only_a_right if p in index]
     view["only_b_right"] = [{"i": index[p], "path": p} for p in c.only_b_right if p in index]
     view["history"] = [history(a), history(b)]
-    view["confusion"] = [_json(a / "metrics.json").get("confusion_matrix"),
-                         _json(b / "metrics.json").get("confusion_matrix")]
-    view["classes"] = [_json(a / "metrics.json").get("classes"), _json(b / "metrics.json").get("classes")]
+    metrics = [read_json_object(folder / "metrics.json") or {} for folder in (a, b)]  # each read once
+    view["confusion"] = [m.get("confusion_matrix") for m in metrics]
+    view["classes"] = [m.get("classes") for m in metrics]
     return view
-
-
-def _yaml(path: Path):
-    import yaml
-
-    try:
-        return yaml.safe_load(path.read_text())
-    except (OSError, ValueError, yaml.YAMLError):
-        return None

@@ -13,7 +13,6 @@ same tracked run, kept in RUN/tracking.json), `epochs(rows)` and `finish(end)`; 
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
 import time
@@ -188,8 +187,6 @@ class Tracking:
 
 def read_state(run_dir: Path) -> dict:
     """What the trackers of the run in `run_dir` keep for --resume (RUN/tracking.json), or {}."""
-    try:
-        value = json.loads((run_dir / STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
+    from ..files import read_json_object
+
+    return read_json_object(run_dir / STATE_FILE) or {}
