@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -47,3 +48,23 @@ EPS = {"fp32": 2.0 ** -23, "bf16": 2.0 ** -8}
 
 def eps(precision: str) -> float:
     return EPS[precision]
+
+
+@contextlib.contextmanager
+def interrupted_after_first_epoch():
+    """Within the block, training stops as Ctrl-C would after its first epoch: engine.fit's
+    per-epoch callback raises KeyboardInterrupt (fit keeps that epoch and its checkpoint)."""
+    from transferkit.training import engine
+
+    real_fit = engine.fit
+
+    def stop_after_1(*args, **kwargs):
+        def on_epoch(stats):
+            if stats.epoch == 1:
+                raise KeyboardInterrupt
+        kwargs["on_epoch"] = on_epoch
+        return real_fit(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engine, "fit", stop_after_1)
+        yield

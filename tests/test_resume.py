@@ -11,7 +11,7 @@ import time
 import pytest
 
 import transferkit
-from helpers import make_dataset
+from helpers import interrupted_after_first_epoch, make_dataset
 
 OPTS = ["--model", "squeezenet1_1", "--weights", "none", "--strategy", "finetune", "--epochs", "4",
         "--batch-size", "2", "--seed", "3", "--quiet"]
@@ -57,28 +57,16 @@ def _epoch_of(path) -> str:
         return ""
 
 
-def test_interrupt_resume_and_more_epochs(tmp_path, monkeypatch):
+def test_interrupt_resume_and_more_epochs(tmp_path):
     data = make_dataset(tmp_path / "d", n_train=3, n_val=2)
     # the recipe's random parts too (augmentation ops, MixUp/CutMix draws) and its state (the EMA)
     kw = dict(model="squeezenet1_1", weights="none", strategy="partial", epochs=3, batch_size=2, seed=1, quiet=True,
               augment="trivial", mixup=0.2, cutmix=1.0, ema=0.9, layer_decay=0.8)
     full = transferkit.train(data, out=str(tmp_path / "full"), **kw)
 
-    from transferkit.training import engine
-
-    real_fit = engine.fit
-
-    def stop_after_1(*args, **kwargs):
-        def on_epoch(stats):
-            if stats.epoch == 1:
-                raise KeyboardInterrupt
-        kwargs["on_epoch"] = on_epoch
-        return real_fit(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "fit", stop_after_1)
-    cut = transferkit.train(data, out=str(tmp_path / "cut"), **kw)
+    with interrupted_after_first_epoch():
+        cut = transferkit.train(data, out=str(tmp_path / "cut"), **kw)
     assert cut.results["interrupted"] and (cut.path / "checkpoint.pt").exists()
-    monkeypatch.setattr(engine, "fit", real_fit)
     import shutil
 
     longer = shutil.copytree(cut.path, tmp_path / "longer")

@@ -16,7 +16,7 @@ from transferkit import tracking
 from transferkit.config import TrainConfig
 from transferkit.errors import UserError
 
-from helpers import make_dataset
+from helpers import interrupted_after_first_epoch, make_dataset
 
 pytest.importorskip("mlflow", reason="the mlflow extra is not installed (make test installs it)")
 pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed (make test installs it)")
@@ -108,25 +108,13 @@ def test_tensorboard_scalars_images_and_hparams(tracked):
 
 
 def test_interrupted_run_resumes_into_the_same_mlflow_run(tmp_path, monkeypatch):
-    from transferkit.training import engine
-
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     data = make_dataset(tmp_path / "data", n_train=3, n_val=2)
-    real_fit = engine.fit
-
-    def stop_after_1(*args, **kwargs):
-        def on_epoch(stats):
-            if stats.epoch == 1:
-                raise KeyboardInterrupt
-        kwargs["on_epoch"] = on_epoch
-        return real_fit(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "fit", stop_after_1)
-    cut = transferkit.train(data, strategy="finetune", epochs=3, out=str(tmp_path / "runs" / "r"), track="mlflow",
-                            **NET)
+    with interrupted_after_first_epoch():
+        cut = transferkit.train(data, strategy="finetune", epochs=3, out=str(tmp_path / "runs" / "r"),
+                                track="mlflow", **NET)
     client, run = _mlflow_run(cut)
     assert cut.results["interrupted"] and run.info.status == "KILLED"
-    monkeypatch.setattr(engine, "fit", real_fit)
     resumed = transferkit.train(resume=str(cut.path), quiet=True)  # its config.yaml says --track mlflow
     client, again = _mlflow_run(resumed)
     assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
