@@ -203,7 +203,7 @@ def compare(a: str | Path, b: str | Path) -> Comparison:
     if out.a.data_fingerprint and out.b.data_fingerprint and out.a.data_fingerprint != out.b.data_fingerprint:
         out.notes.append("the runs were trained or measured on different images (their data fingerprints differ): "
                          "the deltas mix the models' differences with the data's")
-    predictions = [_predictions(f / "predictions.csv") for f in folders]
+    predictions = [_predictions(f) for f in folders]
     if all(p is not None for p in predictions):
         (pa, pb) = predictions
         out.same_val = set(pa) == set(pb) and all(pa[k][0] == pb[k][0] for k in pa)
@@ -252,13 +252,21 @@ def format_comparison(c: Comparison, limit: int = 10) -> str:
 
 # -- reading a run's files, never raising ---------------------------------------------------------
 
-def _predictions(path: Path) -> dict[str, tuple[str, str]] | None:
-    """{image path: (actual, predicted)} of a run's predictions.csv, or None."""
+def read_predictions(run_dir: Path) -> list[dict] | None:
+    """The rows of a run's predictions.csv (its validation images): path, actual, predicted,
+    probability; None where it has none or it cannot be read."""
     try:
-        with open(path, newline="") as f:
-            return {r["path"]: (r["actual"], r["predicted"]) for r in csv.DictReader(f)}
+        with open(run_dir / "predictions.csv", newline="") as f:
+            return [{"path": r["path"], "actual": r["actual"], "predicted": r["predicted"],
+                     "probability": float(r["probability"] or 0)} for r in csv.DictReader(f)]
     except (OSError, KeyError, ValueError, csv.Error):
         return None
+
+
+def _predictions(run_dir: Path) -> dict[str, tuple[str, str]] | None:
+    """{image path: (actual, predicted)} of a run's predictions.csv, or None."""
+    rows = read_predictions(run_dir)
+    return None if rows is None else {r["path"]: (r["actual"], r["predicted"]) for r in rows}
 
 
 def _size_mb(folder: Path) -> float:

@@ -17,7 +17,6 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable
 
 NUMBER = r"([\d.]+|nan|inf)"
 # what `train` prints after each epoch (training.network)
@@ -41,7 +40,6 @@ class Job:
     epoch_rows: list[dict] = field(default_factory=list)
     log: deque = field(default_factory=lambda: deque(maxlen=LOG_LINES))
     result: dict | None = None  # what the job left (the run folder, ...)
-    on_end: Callable[["Job"], None] | None = None
     _process: subprocess.Popen | None = None
     _stop: bool = False
 
@@ -155,11 +153,6 @@ class JobQueue:
         job.returncode = job._process.wait()
         job.ended_at = time.time()
         job.status = "finished" if job.returncode == 0 else "stopped" if job._stop else "failed"
-        if job.on_end is not None:
-            try:
-                job.on_end(job)
-            except Exception as exc:  # noqa: BLE001 - what the job left is read for the page only
-                job.log.append(f"warning: {exc}")
 
 
 class Servers:

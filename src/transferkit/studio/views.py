@@ -4,23 +4,16 @@ runs' curves and the validation images one gets right and the other wrong, by th
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from ..evaluation.metrics import read_history_csv
 from ..files import read_json_object, read_yaml_object
-from ..runs import compare, read_run
+from ..runs import compare, read_predictions, read_run
 
 
 def predictions(run_dir: Path) -> list[dict]:
-    """The rows of the run's predictions.csv (its validation images): path, actual, predicted,
-    probability; [] where it has none."""
-    try:
-        with open(run_dir / "predictions.csv", newline="") as f:
-            return [{"path": r["path"], "actual": r["actual"], "predicted": r["predicted"],
-                     "probability": float(r["probability"] or 0)} for r in csv.DictReader(f)]
-    except (OSError, KeyError, ValueError, csv.Error):
-        return []
+    """The rows of the run's predictions.csv (`runs.read_predictions`); [] where it has none."""
+    return read_predictions(run_dir) or []
 
 
 def history(run_dir: Path) -> dict:
@@ -49,8 +42,8 @@ def run_view(run_dir: Path) -> dict:
 
 def compare_view(a: Path, b: Path) -> dict:
     c = compare(a, b)
-    rows = [predictions(a), predictions(b)]
-    index = {r["path"]: i for i, r in enumerate(rows[0])}
+    # the images' rows in A's predictions.csv: the thumbnails are served from A (the same images as B's)
+    index = {r["path"]: i for i, r in enumerate(predictions(a))}
     view = c.to_dict()
     view["only_a_right"] = [{"i": index[p], "path": p} for p in c.only_a_right if p in index]
     view["only_b_right"] = [{"i": index[p], "path": p} for p in c.only_b_right if p in index]
