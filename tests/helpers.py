@@ -68,3 +68,12 @@ def interrupted_after_first_epoch():
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(engine, "fit", stop_after_1)
         yield
+
+
+def file_tree(root: Path) -> dict[str, str]:
+    """Every file under `root` (its path inside it) with its content's sha256: equal before and
+    after a command means nothing there was moved, renamed or changed."""
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}

@@ -3,7 +3,6 @@ touching DATA; the file's format, its errors, and seeding it from doctor --write
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import pytest
@@ -12,14 +11,9 @@ import transferkit
 from transferkit.data import fixes
 from transferkit.errors import UserError
 
-from helpers import make_dataset
+from helpers import file_tree, make_dataset
 
 TINY = dict(model="squeezenet1_1", weights="none", image_size=64, quiet=True)
-
-
-def _tree(root):
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_file_round_trips_sorted_with_comments(tmp_path):
@@ -53,7 +47,7 @@ def test_bad_rows_are_one_line_errors(tmp_path, body, words):
 
 def test_train_honours_fixes_and_leaves_data_alone(tmp_path):
     data = make_dataset(tmp_path / "d", n_train=4, n_val=2)
-    before = _tree(data)
+    before = file_tree(data)
     val_red = sorted((data / "val" / "red").iterdir())[0]
     file = tmp_path / "fixes.csv"
     train_blue = sorted((data / "train" / "blue").iterdir())[0]
@@ -66,7 +60,7 @@ def test_train_honours_fixes_and_leaves_data_alone(tmp_path):
     assert run.results["num_train"] == 7 and run.results["num_val"] == 4
     labels = {p: split["classes"][label] for p, label in split["val"]}
     assert labels[str(val_red)] == "blue"
-    assert _tree(data) == before  # nothing in DATA moved, renamed or changed
+    assert file_tree(data) == before  # nothing in DATA moved, renamed or changed
     plain = transferkit.train(data, out=str(tmp_path / "p"), **TINY)
     assert plain.results["data"]["fingerprint"] != run.results["data"]["fingerprint"]
 

@@ -4,7 +4,6 @@ token), the work queue running the CLI's commands, and the main journeys in head
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -25,15 +24,10 @@ from transferkit.config import StudioOptions
 from transferkit.errors import UserError
 from transferkit.studio.app import create_studio
 
-from helpers import make_dataset
+from helpers import file_tree, make_dataset
 
 PAGE = {"X-Studio": "1"}
 TOKEN = "studio-token-0123456789"
-
-
-def _tree(root: Path) -> dict:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -60,14 +54,14 @@ def studio(tmp_path_factory):
     if url is None:
         proc.kill()
         raise AssertionError("the studio did not start:\n" + "".join(lines))
-    before = _tree(data)
+    before = file_tree(data)
     yield {"url": url, "data": data, "runs": runs, "proc": proc, "id": "data"}
     proc.send_signal(signal.SIGINT)
     try:
         proc.wait(30)
     except subprocess.TimeoutExpired:
         proc.kill()
-    assert _tree(data) == before  # nothing in DATA was moved, renamed or changed
+    assert file_tree(data) == before  # nothing in DATA was moved, renamed or changed
 
 
 def call(studio, path: str, body=None, method: str | None = None, headers: dict | None = None):
