@@ -353,3 +353,80 @@ def test_data_parallel_head_fits_the_same_head(tmp_path):
     p_one, p_two = np.exp(one.log_probs(z, expected)), np.exp(one.log_probs(z, two["theta"]))
     assert np.abs(p_one - p_two).max() < 1e-7
     assert float(two["acc"]) == pytest.approx(acc1, abs=1 / len(x)) and float(two["loss"]) == pytest.approx(loss1, rel=1e-6)
+
+
+# -- bounded caches ----------------------------------------------------------------------------------
+
+
+def test_decode_cache_limit_evicts_the_least_recently_used(tmp_path, capsys):
+    """--cache-limit: the decoded images never take more than the limit (one process); a read
+    marks an image used, so the images not read for longest go first; an image evicted is decoded
+    again by the dataset; a size it cannot read is one line."""
+    from transferkit.cache import Cache, parse_size
+    from transferkit.cli import main
+
+    assert parse_size("50GB") == 50 * 10**9 and parse_size("1.5 MiB") == 3 * 2**19 and parse_size(0) == 0
+    assert parse_size("none") is None and parse_size("auto") == "auto"
+    cache = Cache(tmp_path / "cache")
+    assert 0 < cache.decoded_limit("auto") <= 64 * 10**9
+    entry = np.zeros((100, 100, 3), np.uint8)  # 30,000 bytes, 30,032 with its header and digest
+    decoded = cache.decoded(224, "bicubic", 125_000)  # room for 4
+    for i in range(3):
+        decoded.put(f"{i:032x}", "img", entry + i)
+        path = decoded._path(f"{i:032x}", "img")
+        os.utime(path, (time.time() - 100 + i, time.time() - 100 + i))  # written in the past, 0 first
+    assert decoded.get(f"{0:032x}", "img")[0, 0, 0] == 0  # 0 used now: 1 is the least recently used
+    decoded.put(f"{3:032x}", "img", entry + 3)
+    assert decoded.limit.evicted == 0
+    decoded.put(f"{4:032x}", "img", entry + 4)  # past the limit: evicted down to 90% of it, the oldest first
+    left = {int(p.stem, 16) for p in (tmp_path / "cache" / "decoded").rglob("*.img")}
+    assert left == {0, 3, 4} and decoded.limit.evicted == 2
+    for i in range(5, 12):
+        decoded.put(f"{i:032x}", "img", entry + i)
+        assert sum(p.stat().st_size for p in (tmp_path / "cache" / "decoded").rglob("*.img")) <= 125_000
+    nothing = cache.decoded(224, "bicubic", 0)  # 0: keep none
+    nothing.put("f" * 32, "img", entry)
+    assert nothing.get("f" * 32, "img") is None
+
+    from helpers import make_dataset
+    from transferkit.data.datasets import DecodedImages
+    from transferkit.models.preprocess import Preprocess
+
+    data = make_dataset(tmp_path / "d", n_train=2, n_val=1)
+    paths = sorted(str(p) for p in (data / "train").rglob("*.png"))
+    images = DecodedImages(paths, [0] * len(paths), Preprocess(input_size=32), nothing, train=False)
+    assert images[0][0].shape == (3, 32, 32)  # decoded again: the cache kept nothing
+    assert main(["train", str(data), "--cache-limit", "lots"]) == 2
+    assert "--cache-limit lots: give a size" in capsys.readouterr().err
+
+
+def test_cache_compact_keeps_each_entry_once_and_info_names_the_datasets(tmp_path, capsys):
+    """`cache compact` rewrites the shards as one, the newer of two copies of an entry kept, a
+    damaged entry dropped, and every other entry read back the same; `cache info` gives the sizes
+    per kind, backbone configuration and dataset."""
+    from transferkit.cache import Cache
+    from transferkit.cli import main
+
+    cache = Cache(tmp_path / "cache").prepare()
+    store = cache.features("m" * 24)
+    for shard in range(3):
+        for i in range(5):
+            store.put(f"{i:032x}", "v0", np.full(8, shard * 10 + i, np.float32))
+        store.put(f"{100 + shard:032x}", "v0", np.full(8, -shard, np.float32))
+        store.flush()
+    oldest = sorted(store.dir.glob("*.dat"))[0]
+    raw = bytearray(oldest.read_bytes())
+    raw[-1] ^= 0xFF  # the oldest shard's last entry (key 100) damaged
+    oldest.write_bytes(bytes(raw))
+    store.record_dataset("/photos", {"backbone": "efficientnet_lite0"}, [f"{i:032x}" for i in range(5)], ["v0"])
+    assert main(["cache", "compact", "--cache-dir", str(cache.root)]) == 0
+    out = capsys.readouterr().out
+    assert "3 -> 1 shards" in out and "10 duplicate and 1 damaged entries dropped" in out
+    again = cache.features("m" * 24)
+    assert len(list(again.dir.glob("*.idx"))) == 1
+    assert [float(again.get(f"{i:032x}", "v0")[0]) for i in range(5)] == [20, 21, 22, 23, 24]
+    assert again.get(f"{100:032x}", "v0") is None and float(again.get(f"{102:032x}", "v0")[0]) == -2
+    assert main(["cache", "info", "--cache-dir", str(cache.root)]) == 0
+    out = capsys.readouterr().out
+    assert f"features/{'m' * 24}: 1 shards" in out
+    assert "/photos: efficientnet_lite0, 5 images, 0.0 MB" in out

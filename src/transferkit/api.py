@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import Cache
+from .cache import MARKER, Cache
 from .config import DoctorOptions, ExportOptions, LRFindOptions, PredictOptions, SummaryOptions, TrainConfig
 from .console import Console
 from .errors import UserError
@@ -17,7 +17,7 @@ from .worker import Worker
 from .files import claim_out, fresh_dir
 from .training.result import Run
 
-__all__ = ["Run", "train", "lr_find", "load", "evaluate", "export", "report", "summary", "doctor", "cache_usage",
+__all__ = ["Run", "train", "lr_find", "load", "evaluate", "export", "report", "summary", "doctor", "cache_usage", "cache_info", "compact_cache",
            "clear_cache"]
 
 
@@ -242,6 +242,20 @@ def cache_usage(cache_dir: str | None = None) -> tuple[Path, int, int]:
     """(cache folder, files, bytes)."""
     cache = Cache(cache_dir)
     return (cache.root, *cache.usage())
+
+
+def cache_info(cache_dir: str | None = None) -> dict:
+    """What the cache holds (`Cache.info`): per kind, per backbone configuration with the datasets
+    recorded, per decoded resolution."""
+    return Cache(cache_dir).info()
+
+
+def compact_cache(cache_dir: str | None = None) -> tuple[Path, list[dict]]:
+    """Rewrite every sharded store as few shards, each entry once (`ShardedCache.compact`)."""
+    cache = Cache(cache_dir)
+    if cache.root.exists() and not cache.is_ours():
+        raise UserError(f"{cache.root} is not a transferkit cache (no {MARKER}); nothing was changed")
+    return cache.root, cache.compact()
 
 
 def clear_cache(cache_dir: str | None = None, dry_run: bool = False) -> tuple[Path, list[Path], int]:

@@ -5,7 +5,9 @@
                                                           why it is unreadable ("err"); the head's
                                                           cross-validation results ("head")
     <root>/features/<model key>/backbone.safetensors      the backbone's prepared weights
-    <root>/decoded/<resize>-<interpolation>-d<decoder>/...<key>.img   decoded uint8 images (fine-tuning)
+    <root>/features/<model key>/datasets/<data key>.json  what a dataset's features take (`cache info`)
+    <root>/decoded/<resize>-<interpolation>-d<decoder>/...<key>.img   decoded uint8 images (fine-tuning),
+                                                          bounded by --cache-limit (`SizeLimit`, LRU)
     <root>/teacher/<teacher key>/shards/...               distillation: teacher logits per image and epoch
     <root>/datasets/cifar10-<key>/                        CIFAR-10 batches as PNG class folders
     <root>/engines/<network key>.onnx                     a backbone or a run's model converted for ONNX Runtime
@@ -24,6 +26,7 @@ an image key the file's absolute path, size and modification time. A change to a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import mmap
@@ -83,25 +86,139 @@ def _hash(ident: dict) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
 
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+          "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+def parse_size(text: str | int | None) -> int | None | str:
+    """A size as --cache-limit takes it: bytes (an int), None for "none" (unbounded), "auto"."""
+    if isinstance(text, int) and not isinstance(text, bool) and text >= 0:
+        return text
+    raw = str(text).strip().lower().replace(" ", "")
+    if raw in ("auto", "none"):
+        return None if raw == "none" else "auto"
+    number = raw.rstrip("kmgtib")
+    unit = raw[len(number):]
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if unit not in _UNITS or not value >= 0 or value == float("inf"):
+        raise UserError(f"--cache-limit {text}: give a size such as 50GB, 800MiB or 0, or auto or none")
+    return int(value * _UNITS[unit])
+
+
+AUTO_LIMIT_MAX = 64 * 10**9  # --cache-limit auto: half of what is free (with what the cache holds), at most this
+
+
+class SizeLimit:
+    """The most bytes the files under `root` may take (`ArrayCache`'s decoded images, every
+    resolution together), kept by evicting the least recently used: a read marks a file used (its
+    modification time), and once what this process estimates (the last count plus what it wrote
+    since) would pass the limit, the files are counted again under a lock and the oldest removed
+    until they take at most LOW_WATER of it; evicting to below the limit makes the counts rare (one
+    per tenth of the limit written). Other processes' writes since a count are not seen until the
+    next one: P processes writing at once can pass the limit by up to (P - 1) tenths of it."""
+
+    LOW_WATER = 0.9
+
+    def __init__(self, root: Path, limit: int):
+        self.root, self.limit = Path(root), int(limit)
+        self._estimate: int | None = None
+        self.evicted = 0  # files evicted by this process
+
+    def wrote(self, size: int) -> None:
+        """Called before `size` bytes are added: evict first if they would pass the limit."""
+        if self._estimate is None or self._estimate + size > self.limit:
+            self._estimate = self.enforce(size)
+        self._estimate += size
+
+    def entries(self) -> list[tuple[float, int, str]]:
+        """(last used, bytes, path) of every entry (temporary files of writes in flight left out)."""
+        found = []
+        for top in (os.scandir(self.root) if self.root.is_dir() else ()):
+            for sub in (os.scandir(top.path) if top.is_dir() else ()):
+                for entry in (os.scandir(sub.path) if sub.is_dir() else ()):
+                    if entry.name.startswith("."):
+                        continue
+                    try:
+                        st = entry.stat()
+                    except OSError:  # evicted by another process meanwhile
+                        continue
+                    found.append((st.st_mtime, st.st_size, entry.path))
+        return found
+
+    def enforce(self, incoming: int = 0) -> int:
+        """Count the entries; if they and `incoming` bytes pass the limit, evict the least recently
+        used down to LOW_WATER of it. Returns the bytes left."""
+        with _locked(self.root / ".evict.lock"):
+            found = self.entries()
+            total = sum(size for _, size, _ in found)
+            if total + incoming <= self.limit:
+                return total
+            target = max(0, int(self.limit * self.LOW_WATER) - incoming)
+            for _, size, path in sorted(found):
+                if total <= target:
+                    break
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+                total -= size
+                self.evicted += 1
+            return total
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock on `path` (made if missing) between processes, where the OS has flock."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as f:
+        try:
+            import fcntl
+        except ImportError:  # (Windows) unlocked: eviction still bounded, only less exact
+            yield
+            return
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 class ArrayCache:
-    """Small arrays keyed by (image key, name), one checksummed file each, under `dir`.
+    """Small arrays keyed by (image key, name), one checksummed file each, under `dir`; with
+    `limit` (`SizeLimit`) bounded, the least recently used evicted.
 
     A file that is short, has a wrong header or fails its checksum is counted in `recomputed`
     and treated as missing."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, limit: SizeLimit | None = None):
         self.dir = Path(directory)
         self.recomputed = 0
+        self.limit = limit
 
     def _path(self, key: str, name: str) -> Path:
         return self.dir / key[:2] / f"{key}.{name}"
 
     def _read(self, key: str, name: str, magic: bytes) -> bytes | None:
+        path = self._path(key, name)
         try:
-            return files.read_checked(self._path(key, name), magic)
+            data = files.read_checked(path, magic)
         except files.CorruptBlob:
             self.recomputed += 1
             return None
+        if data is not None and self.limit is not None:
+            try:
+                os.utime(path)  # used now: the last to be evicted
+            except OSError:  # evicted meanwhile: what was read is still right
+                pass
+        return data
+
+    def _write(self, key: str, name: str, magic: bytes, body: bytes) -> None:
+        if self.limit is not None:
+            if self.limit.limit == 0:
+                return
+            self.limit.wrote(len(body))
+        files.write_checked(self._path(key, name), magic, body)
 
     def get(self, key: str, name: str) -> np.ndarray | None:
         data = self._read(key, name, _ARRAY)
@@ -122,14 +239,14 @@ class ArrayCache:
         arr = np.ascontiguousarray(arr)
         dt = arr.dtype.str.encode()
         header = struct.pack("<BB", len(dt), arr.ndim) + dt + struct.pack(f"<{arr.ndim}I", *arr.shape)
-        files.write_checked(self._path(key, name), _ARRAY, header + arr.tobytes())
+        self._write(key, name, _ARRAY, header + arr.tobytes())
 
     def get_error(self, key: str) -> str | None:
         data = self._read(key, "err", _ERROR)
         return None if data is None else data.decode("utf-8", "replace")
 
     def put_error(self, key: str, reason: str) -> None:
-        files.write_checked(self._path(key, "err"), _ERROR, reason.encode("utf-8"))
+        self._write(key, "err", _ERROR, reason.encode("utf-8"))
 
 
 _INDEX = b"TKI1"
@@ -266,6 +383,89 @@ class ShardedCache:
                 self._add_shard(self.dir / f"{name}.idx", rows)
 
 
+    # -- what it holds ---------------------------------------------------------------------------
+    def entry_bytes(self, keys, names) -> int:
+        """Bytes of the entries (each of `keys` x `names`) that the shards hold."""
+        with self._lock:
+            index, total = self._load(), 0
+            for key in keys:
+                for name in names:
+                    where = index.get((key.encode(), name.encode()))
+                    if where is not None:
+                        total += int(self._rows[where[0]][where[1]]["length"])
+            return total
+
+    def record_dataset(self, data: str, about: dict, keys, names) -> None:
+        """Note what the images of dataset folder `data` take here (`about`: what made them, e.g.
+        the backbone; their entries: `keys` x `names`), for `cache info`: one small file per dataset."""
+        keys = [k for k in keys if k is not None]
+        record = {"data": data, **about, "images": len(keys), "bytes": self.entry_bytes(keys, names),
+                  "used": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        digest = hashlib.blake2b(os.fsencode(data), digest_size=8).hexdigest()
+        files.atomic_write(self.dir.parent / "datasets" / f"{digest}.json", json.dumps(record).encode(), fsync=False)
+
+    def datasets(self) -> list[dict]:
+        """The datasets recorded by `record_dataset`, the most recently used first."""
+        found = [files.read_json_object(p) for p in sorted((self.dir.parent / "datasets").glob("*.json"))]
+        return sorted((d for d in found if d), key=lambda d: str(d.get("used", "")), reverse=True)
+
+    def compact(self, target_bytes: int = 256 << 20) -> dict:
+        """Rewrite the shards as few, each up to `target_bytes`, keeping each entry once (where two
+        shards hold it, the newer) and dropping entries that do not check out. Streams: the shards
+        are mapped, not read into memory. Runs meanwhile keep working: they write shards of their
+        own (left as they are), and one reading a shard that is gone computes that entry again.
+        Returns {shards, bytes, entries, dropped} before and after."""
+        with _locked(self.dir / ".compact.lock"):
+            olds = sorted(self.dir.glob("*.idx")) if self.dir.is_dir() else []
+            before = sum(p.stat().st_size + _size(p.with_suffix(".dat")) for p in olds)
+            out = ShardedCache(self.dir.parent)
+            out.FLUSH_BYTES = target_bytes
+            seen, dropped, entries = set(), 0, 0
+            for idx in reversed(olds):  # the newest first: it wins
+                try:
+                    body = files.read_checked(idx, _INDEX)
+                except files.CorruptBlob:
+                    body = None
+                rows = np.frombuffer(body, dtype=_ROW) if body and not len(body) % _ROW.itemsize else ()
+                try:
+                    with open(idx.with_suffix(".dat"), "rb") as f:
+                        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if os.fstat(f.fileno()).st_size else b""
+                except OSError:
+                    data = b""
+                for row in rows:
+                    ident = (bytes(row["key"]), bytes(row["name"]))
+                    entries += 1
+                    if ident in seen:
+                        continue
+                    start, length = int(row["offset"]), int(row["length"])
+                    raw = data[start:start + length]
+                    if len(raw) != length or _digest8(raw) != int(row["digest"]):
+                        dropped += 1
+                        continue
+                    seen.add(ident)
+                    shape = tuple(int(d) for d in row["shape"][:row["ndim"]])
+                    arr = np.frombuffer(raw, dtype=np.dtype(row["dtype"].decode())).reshape(shape)
+                    out._put(ident[0].decode(), ident[1].decode(), int(row["kind"]), arr)
+            out.flush()
+            for idx in olds:  # the index first: no reader finds an entry whose data is gone
+                idx.unlink(missing_ok=True)
+                idx.with_suffix(".dat").unlink(missing_ok=True)
+            news = [p for p in self.dir.glob("*.idx") if p.name not in {o.name for o in olds}] \
+                if self.dir.is_dir() else []
+            after = sum(p.stat().st_size + _size(p.with_suffix(".dat")) for p in news)
+            self._index = None  # read again
+            self._rows, self._data, self._open = [], [], {}
+            return {"shards_before": len(olds), "shards_after": len(news), "bytes_before": before,
+                    "bytes_after": after, "entries_before": entries, "entries_after": len(seen), "dropped": dropped}
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
 def _digest8(raw: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little")
 
@@ -285,10 +485,58 @@ class Cache:
         build the network to write its bundle."""
         return self.root / "features" / model / "backbone.safetensors"
 
-    def decoded(self, resize_size: int, interpolation: str) -> ArrayCache:
+    def decoded(self, resize_size: int, interpolation: str, limit: int | str | None = None) -> ArrayCache:
         """Decoded images, resized to the short side the crops need (shared by every backbone
-        that uses the same size and interpolation)."""
-        return ArrayCache(self.root / "decoded" / f"s{resize_size}-{interpolation}-d{DECODER_VERSION}-v{FORMAT_VERSION}")
+        that uses the same size and interpolation); `limit`: the most bytes all decoded images
+        may take (`parse_size`: bytes, "auto", or None: unbounded)."""
+        bound = None if limit is None else SizeLimit(self.root / "decoded", self.decoded_limit(limit))
+        return ArrayCache(self.root / "decoded" / f"s{resize_size}-{interpolation}-d{DECODER_VERSION}-v{FORMAT_VERSION}",
+                          bound)
+
+    def decoded_limit(self, limit: int | str) -> int:
+        """The decoded images' limit in bytes; "auto": half the space they could have (free on the
+        cache's disk plus what they hold), at most AUTO_LIMIT_MAX."""
+        if limit != "auto":
+            return int(limit)
+        import shutil
+
+        probe = self.root if self.root.exists() else next((p for p in self.root.parents if p.exists()), Path("/"))
+        free = shutil.disk_usage(probe).free
+        held = sum(size for _, size, _ in SizeLimit(self.root / "decoded", 0).entries())
+        return int(min(AUTO_LIMIT_MAX, (free + held) // 2))
+
+    def info(self) -> dict:
+        """What the cache holds, by kind: files and bytes of each sub-folder; per backbone
+        configuration its features (shards, entries' bytes, the datasets recorded); the decoded
+        images per resolution."""
+        def tally(path: Path) -> dict:
+            # (a name starting with a dot: a lock, or a write in flight)
+            found = [f for f in path.rglob("*") if f.is_file() and not f.name.startswith(".")] if path.is_dir() else []
+            return {"files": len(found), "bytes": sum(_size(f) for f in found)}
+
+        out: dict = {"root": str(self.root), "kinds": {}, "features": [], "decoded": []}
+        for name in SUBFOLDERS:
+            if (self.root / name).is_dir():
+                out["kinds"][name] = tally(self.root / name)
+        for model in sorted((self.root / "features").iterdir()) if (self.root / "features").is_dir() else ():
+            if model.is_dir():
+                shards = ShardedCache(model)
+                out["features"].append({"model": model.name, **tally(model),
+                                        "shards": len(list(shards.dir.glob("*.idx"))) if shards.dir.is_dir() else 0,
+                                        "datasets": shards.datasets()})
+        for variant in sorted((self.root / "decoded").iterdir()) if (self.root / "decoded").is_dir() else ():
+            if variant.is_dir():
+                out["decoded"].append({"variant": variant.name, **tally(variant)})
+        return out
+
+    def compact(self) -> list[dict]:
+        """`ShardedCache.compact` for every sharded store (features, teacher logits, image facts)."""
+        done = []
+        for kind in ("features", "teacher", "images"):
+            for store in sorted((self.root / kind).iterdir()) if (self.root / kind).is_dir() else ():
+                if (store / "shards").is_dir():
+                    done.append({"store": f"{kind}/{store.name}", **ShardedCache(store).compact()})
+        return done
 
     def teacher(self, ident: dict) -> ShardedCache:
         """A distillation teacher's logits for the student's views (see `training.teacher`)."""

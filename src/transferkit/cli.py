@@ -167,8 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "balanced_accuracy | wall_s | cpu_s | size_mb (the highest first)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    p = sub.add_parser("cache", help="show or clear the feature cache")
-    p.add_argument("action", choices=["info", "clear"])
+    p = sub.add_parser("cache", help="show, compact or clear the feature cache")
+    p.add_argument("action", choices=["info", "compact", "clear"],
+                   help="info: what it holds, per kind, backbone and dataset | compact: rewrite the feature "
+                        "shards as few, each entry once | clear: remove it")
     p.add_argument("--cache-dir", help="cache folder [default: $TRANSFERKIT_CACHE or ~/.cache/transferkit]")
     p.add_argument("--dry-run", action="store_true", help="clear: say what would be removed, remove nothing")
     return parser
@@ -449,8 +451,27 @@ def cmd_cache(args: argparse.Namespace) -> int:
         verb = "would remove" if args.dry_run else "removed"
         print(f"{root}: {verb} {names} ({size / 1e6:.1f} MB)")
         return 0
-    root, entries, size = api.cache_usage(args.cache_dir)
-    print(f"{root}: {entries} entries, {size / 1e6:.1f} MB")
+    if args.action == "compact":
+        root, stores = api.compact_cache(args.cache_dir)
+        for d in stores:
+            print(f"{d['store']}: {d['shards_before']} -> {d['shards_after']} shards, "
+                  f"{d['bytes_before'] / 1e6:.1f} -> {d['bytes_after'] / 1e6:.1f} MB "
+                  f"({d['entries_before'] - d['entries_after'] - d['dropped']} duplicate and {d['dropped']} "
+                  f"damaged entries dropped)")
+        print(f"{root}: {len(stores)} stores compacted" if stores else f"{root}: no feature shards to compact")
+        return 0
+    info = api.cache_info(args.cache_dir)
+    files_, size = (sum(k[f] for k in info["kinds"].values()) for f in ("files", "bytes"))
+    print(f"{info['root']}: {files_} files, {size / 1e6:.1f} MB")
+    for name, kind in info["kinds"].items():
+        print(f"  {name + '/':12} {kind['files']:>9} files {kind['bytes'] / 1e6:>11.1f} MB")
+    for model in info["features"]:
+        print(f"  features/{model['model']}: {model['shards']} shards, {model['bytes'] / 1e6:.1f} MB")
+        for d in model["datasets"]:
+            print(f"    {d.get('data')}: {d.get('backbone', '?')}, {d.get('images', 0)} images, "
+                  f"{d.get('bytes', 0) / 1e6:.1f} MB (last used {d.get('used', '?')})")
+    for variant in info["decoded"]:
+        print(f"  decoded/{variant['variant']}: {variant['files']} images, {variant['bytes'] / 1e6:.1f} MB")
     return 0
 
 

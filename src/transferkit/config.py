@@ -133,6 +133,9 @@ class TrainConfig:
                             "new label, reason, time), e.g. made in `transferkit studio`; DATA is not changed")
     cache_dir: str | None = opt(None, "feature/decode cache (default: $TRANSFERKIT_CACHE or ~/.cache/transferkit)")
     no_cache: bool = opt(False, "compute features in a temporary cache, leave the user's cache alone")
+    cache_limit: str = opt("auto", "the most the decoded-image cache (fine-tuning) may hold, e.g. 50GB or 800MiB: "
+                           "the least recently used images are evicted, and decoded again when needed | auto (half "
+                           "the disk space free for it, at most 64 GB) | none (unbounded) | 0 (keep none)")
     no_report: bool = opt(False, "skip the plots and report.html (about 0.45 s of a warm run; "
                           "`transferkit report RUN` makes them later)")
     precision: str = opt("auto", "auto (networks train in bf16 where the CPU has it, AMP on CUDA; features: "
@@ -186,6 +189,9 @@ class TrainConfig:
         for name in strategy.required:
             if getattr(self, name) is None:
                 raise UserError(f"--strategy {strategy.name} needs {flag(name)}: {_help(name)}")
+        from .cache import parse_size
+
+        parse_size(self.cache_limit)  # one line now for a size it cannot read
         for name in (self.track or "").split(","):
             if name:
                 TRACKERS.get(name).check()  # its library is installed: one line now, not a warning later

@@ -5,6 +5,7 @@ in the cache, `feature_extractor` makes the engine's extractor only when some ar
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
@@ -80,8 +81,10 @@ class CachedFeatures:
     `extractor`: makes the engine's extractor (`engines`), called only when features are missing."""
 
     def __init__(self, split: DatasetSplit, pre: Preprocess, cache: ShardedCache, aug_views: int, seed: int,
-                 workers: int, extractor: Callable, multi: bool = False, group: Group | None = None):
+                 workers: int, extractor: Callable, multi: bool = False, group: Group | None = None,
+                 about: dict | None = None):
         self.split, self.cache, self.aug_views, self.extractor = split, cache, aug_views, extractor
+        self.multi, self.about, self.group = multi, about, group or Group()
         self._pass: FeaturePass | None = FeaturePass(
             [([s.path for s in split.train], aug_views), ([s.path for s in split.val], 0)],
             pre, cache, seed, batch_size=32, workers=workers, multi=multi, group=group)
@@ -95,7 +98,8 @@ class CachedFeatures:
         `engine` from `models`' backbone where the cache lacks them: how train, auto's other
         input size and doctor all ask for them."""
         return cls(split, pre, cache.features(key), aug_views, seed, workers,
-                   feature_extractor(engine, key, multi, pre, models, cache, console), multi, group)
+                   feature_extractor(engine, key, multi, pre, models, cache, console), multi, group,
+                   {"backbone": models.spec.name, "input_size": pre.input_size, "precision": engine.precision})
 
     def computed(self) -> Features | None:
         """The features if a strategy asked for them, else None (nothing is extracted here)."""
@@ -112,6 +116,7 @@ class CachedFeatures:
         bar = console.progress(len(train_paths) + len(val_paths), "features")
         train_fs, val_fs = feature_pass.run(self.extractor, bar)  # the extractor is built only if needed
         bar.close()
+        self._record(feature_pass, train_paths + val_paths, train_fs.computed + val_fs.computed)
         errors = {**train_fs.errors, **val_fs.errors}
         keep_train = [i for i, p in enumerate(train_paths) if p not in errors]
         keep_val = [i for i, p in enumerate(val_paths) if p not in errors]
@@ -133,6 +138,25 @@ class CachedFeatures:
             widths["multi"] = x_train.shape[1]
         return Features(x_train, y_train, val_fs.features[keep_val], labels_of(split.val), split, facts, widths,
                         store=self.cache)
+
+
+    def _record(self, feature_pass: FeaturePass, paths: list[str], computed: int) -> None:
+        """What this dataset's features take in the cache (`cache info`), noted where any were
+        computed or none is noted yet (by one rank per node)."""
+        if self.about is None or not paths or not (self.group.writes_cache or not self.group.distributed):
+            return
+        try:
+            data = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+        except ValueError:  # (Windows) on two drives
+            return
+        if not computed and any(d.get("data") == data for d in self.cache.datasets()):
+            return
+        views = 1 + self.aug_views
+        names = [f"v{v}" for v in range(views)] + ([f"t{v}" for v in range(views)] if self.multi else []) + ["err"]
+        try:
+            self.cache.record_dataset(data, self.about, [k for keys in feature_pass.keys for k in keys], names)
+        except OSError:  # a note for `cache info`: never a reason to fail the run
+            pass
 
 
 def labels_of(samples) -> np.ndarray:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..cache import parse_size
 from ..config import TrainConfig
 from ..data.datasets import DecodedImages, decode_all, labels_of, train_loader
 from ..data.decode import typical_short_side
@@ -111,7 +112,7 @@ def network_setup(ctx: Context, head_init: LinearHead | None = None, split: Data
     unreadable files found are exchanged; the training loader gives each rank its share of
     every epoch, the val loader its share of the val images."""
     cfg, runtime, model, group = ctx.cfg, ctx.runtime, ctx.models.get(), ctx.group
-    cache = ctx.cache.decoded(ctx.pre.resize_size, ctx.pre.interpolation)
+    cache = ctx.cache.decoded(ctx.pre.resize_size, ctx.pre.interpolation, parse_size(cfg.cache_limit))
     split = split or ctx.split
     samples = split.train + split.val
     errors = decode_all([samples[i] for i in group.node_share(len(samples))], cache, ctx.pre, ctx.console.progress)
