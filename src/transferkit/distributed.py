@@ -103,6 +103,20 @@ class Group:
         dist.all_gather_object(out, obj)
         return out
 
+    def blocks(self, obj: Any) -> Iterator[Any]:
+        """Every rank's `obj`, one rank's at a time, in rank order, on every rank: what a search
+        over rows spread across the group passes round (memory: one rank's rows at a time, not
+        all of them as `all_gather` holds)."""
+        if not self.distributed:
+            yield obj
+            return
+        import torch.distributed as dist
+
+        for source in range(self.world):
+            box = [obj if source == self.rank else None]
+            dist.broadcast_object_list(box, src=source)
+            yield box[0]
+
     def sum(self, values):
         """The element-wise sum of every rank's float64 NumPy array `values` (the same shape on
         every rank), the same result on every rank; in a group of one, `values` as they are. On

@@ -20,15 +20,16 @@ CHUNK = 1024  # val rows compared with every training row at once
 NEAR_SAMPLE = 2000
 
 
-def quick_health(split, features, cache: Cache, data: str) -> dict:
+def quick_health(split, features, cache: Cache, data: str, nearest=None) -> dict:
     """Counts and the first pairs of: exact and near copies across train/val, images with two
-    labels. `features`: the run's `Features` (None for network strategies: no near check)."""
+    labels. `features`: the run's `Features` (None for network strategies: no near check);
+    `nearest`: `nearest_train(features)` where it ran already (sharded features: on every rank)."""
     paths, labels, splits = checks.samples_of(split)
     hashes, _, _ = images.read_all(paths, cache.image_facts(), with_properties=False)
     exact = [p for p in checks.exact_duplicates(hashes, labels, splits) if p["kind"] != "within class"]
     near, checked = [], 0
     if features is not None and len(split.train) and len(split.val):
-        near, checked = _val_near_train(features, labels, splits, exact, len(split.train))
+        near, checked = _val_near_train(features, labels, splits, exact, len(split.train), nearest)
     pairs = exact + near
     counts = {kind: sum(p["kind"] == kind for p in pairs) for kind in ("leakage", "two labels")}
     named = [{"kind": p["kind"], "similarity": p["similarity"], "a": paths[p["a"]], "b": paths[p["b"]]} for p in pairs]
@@ -39,27 +40,56 @@ def quick_health(split, features, cache: Cache, data: str) -> dict:
             "command": f"transferkit doctor {data}"}
 
 
-def _val_near_train(features, labels, splits, exact: list[dict], n_train: int) -> tuple[list[dict], int]:
+def _val_near_train(features, labels, splits, exact: list[dict], n_train: int, nearest=None) -> tuple[list[dict], int]:
     """Each val image's nearest training image by the last layer's features (cosine), where at
-    least NEAR_DUPLICATE and not already an exact copy, for up to NEAR_SAMPLE val images. One
-    search of val against train, in chunks of val rows: its cost grows with the sample x train,
-    its memory with a chunk x train. Plain NumPy, so that train's process does not import
-    scikit-learn (about 1 s) for it. Returns the pairs and how many val images were checked."""
-    train, val = (unit_rows(x) for x in features.last_layer())
-    rows = np.arange(len(val))
-    if len(val) > NEAR_SAMPLE:
-        rows = np.sort(np.random.default_rng(0).choice(len(val), NEAR_SAMPLE, replace=False))
+    least NEAR_DUPLICATE and not already an exact copy, for up to NEAR_SAMPLE val images
+    (`nearest_train`). Returns the pairs and how many val images were checked."""
+    rows, best, sims = nearest if nearest is not None else nearest_train(features)
     same = {frozenset((p["a"], p["b"])) for p in exact}
     out = []
-    for start in range(0, len(rows), CHUNK):
-        chunk = rows[start:start + CHUNK]
-        sims = val[chunk] @ train.T
-        for v, t in enumerate(sims.argmax(1)):
-            a, b, sim = int(t), n_train + int(chunk[v]), float(sims[v, t])
-            if sim >= checks.NEAR_DUPLICATE and frozenset((a, b)) not in same:
-                out.append({"a": a, "b": b, "kind": checks.kind_of_pair(a, b, labels, splits),
-                            "similarity": round(min(sim, 1.0), 4)})
+    for v, t, sim in zip(rows.tolist(), best.tolist(), sims.tolist()):
+        a, b = int(t), n_train + int(v)
+        if sim >= checks.NEAR_DUPLICATE and frozenset((a, b)) not in same:
+            out.append({"a": a, "b": b, "kind": checks.kind_of_pair(a, b, labels, splits),
+                        "similarity": round(min(sim, 1.0), 4)})
     return out, len(rows)
+
+
+def nearest_train(features) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(the val images checked: up to NEAR_SAMPLE, a seeded sample beyond it; each one's nearest
+    training image; their cosine similarity), by the last layer's features. One search of val
+    against train, in chunks of val rows: its cost grows with the sample x train, its memory with
+    a chunk x train. Plain NumPy, so that train's process does not import scikit-learn (about 1 s)
+    for it. With sharded features (#31) a collective: the sampled val rows (at most NEAR_SAMPLE,
+    however large the data) go to every rank, each searches its own training rows, and the best
+    per val image is taken over the ranks (the lowest training image among equals, as argmax)."""
+    train, val = (unit_rows(x) for x in features.last_layer())
+    n_val = len(features.split.val)
+    rows = np.arange(n_val)
+    if n_val > NEAR_SAMPLE:
+        rows = np.sort(np.random.default_rng(0).choice(n_val, NEAR_SAMPLE, replace=False))
+    index = np.arange(len(train))
+    if features.sharded:
+        mine = np.isin(features.val_index, rows)
+        parts = features.group.all_gather((features.val_index[mine], val[mine]))
+        held = np.concatenate([i for i, _ in parts])
+        val = np.concatenate([v for _, v in parts])[np.argsort(held)]  # in the order of `rows`
+        index = features.train_index
+    else:
+        val = val[rows]
+    best = np.zeros(len(rows), dtype=np.int64)
+    sims = np.full(len(rows), -np.inf, dtype=np.float32)
+    for start in range(0, len(rows) if len(train) else 0, CHUNK):
+        s = val[start:start + CHUNK] @ train.T
+        t = s.argmax(1)
+        best[start:start + CHUNK], sims[start:start + CHUNK] = index[t], s[np.arange(len(t)), t]
+    if features.sharded:
+        ranks = features.group.all_gather((sims, best))
+        sims, best = ranks[0]
+        for other_sims, other_best in ranks[1:]:
+            better = (other_sims > sims) | ((other_sims == sims) & (other_best < best))
+            sims, best = np.where(better, other_sims, sims), np.where(better, other_best, best)
+    return rows, best, sims
 
 
 def warnings(health: dict) -> list[str]:

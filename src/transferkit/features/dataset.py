@@ -63,6 +63,11 @@ class Features:
     widths: dict[str, int] = field(default_factory=dict)  # "last" (the first columns) and, if extracted, "multi"
     memo: dict = field(default_factory=dict)  # results computed from these features once per run (the head's CV)
     store: ShardedCache | None = None  # where results computed from these features persist across runs
+    # Sharded (a torchrun group, #31): the rows above are this rank's share only, and these give
+    # each row's image: its position in split.train (eval-view rows) and in split.val.
+    group: Group = field(default_factory=Group)
+    train_index: np.ndarray | None = None
+    val_index: np.ndarray | None = None
 
     def last_layer(self) -> tuple[np.ndarray, np.ndarray]:
         """The last layer's features of the training images (eval view) and of the val images."""
@@ -70,9 +75,30 @@ class Features:
         return self.x_train[:self.num_images, :last], self.x_val[:, :last]
 
     @property
+    def sharded(self) -> bool:
+        """Whether the rows are this rank's share, the rest on the other ranks of `group`."""
+        return self.train_index is not None
+
+    @property
     def num_images(self) -> int:
-        """Training images (rows beyond these are augmented views)."""
+        """Training images held here (rows beyond these are augmented views): all of them unless sharded."""
+        return len(self.train_index) if self.sharded else len(self.split.train)
+
+    @property
+    def total_images(self) -> int:
+        """Training images, on every rank together."""
         return len(self.split.train)
+
+    def all_val(self, rows: np.ndarray) -> np.ndarray:
+        """Per val image, in the split's order, from what each rank computed for its val rows
+        (`rows`: one per row of `x_val`, e.g. its logits): what a group exchanges for evaluation
+        (logits, not features). Unsharded: `rows` as they are."""
+        if not self.sharded:
+            return rows
+        out = np.zeros((len(self.split.val), *rows.shape[1:]), dtype=rows.dtype)
+        for index, part in self.group.all_gather((self.val_index, rows)):
+            out[index] = part
+        return out
 
 
 class CachedFeatures:
@@ -82,24 +108,26 @@ class CachedFeatures:
 
     def __init__(self, split: DatasetSplit, pre: Preprocess, cache: ShardedCache, aug_views: int, seed: int,
                  workers: int, extractor: Callable, multi: bool = False, group: Group | None = None,
-                 about: dict | None = None):
+                 about: dict | None = None, sharded: bool = False):
         self.split, self.cache, self.aug_views, self.extractor = split, cache, aug_views, extractor
         self.multi, self.about, self.group = multi, about, group or Group()
+        self.sharded = sharded and self.group.distributed
         self._pass: FeaturePass | None = FeaturePass(
             [([s.path for s in split.train], aug_views), ([s.path for s in split.val], 0)],
-            pre, cache, seed, batch_size=32, workers=workers, multi=multi, group=group)
+            pre, cache, seed, batch_size=32, workers=workers, multi=multi, group=group, sharded=self.sharded)
         self._features: Features | None = None
 
     @classmethod
     def for_key(cls, split: DatasetSplit, key: str, multi: bool, pre: Preprocess, models: LazyClassifier,
                 engine: engines.Choice, cache: Cache, console: Console, aug_views: int = 0, seed: int = 0,
-                workers: int = 1, group: Group | None = None) -> "CachedFeatures":
+                workers: int = 1, group: Group | None = None, sharded: bool = False) -> "CachedFeatures":
         """The split's features under the cache key `key` (`features_key`), extracted by
         `engine` from `models`' backbone where the cache lacks them: how train, auto's other
-        input size and doctor all ask for them."""
+        input size and doctor all ask for them. `sharded`: see `FeaturePass`."""
         return cls(split, pre, cache.features(key), aug_views, seed, workers,
                    feature_extractor(engine, key, multi, pre, models, cache, console), multi, group,
-                   {"backbone": models.spec.name, "input_size": pre.input_size, "precision": engine.precision})
+                   {"backbone": models.spec.name, "input_size": pre.input_size, "precision": engine.precision},
+                   sharded)
 
     def computed(self) -> Features | None:
         """The features if a strategy asked for them, else None (nothing is extracted here)."""
@@ -118,26 +146,39 @@ class CachedFeatures:
         bar.close()
         self._record(feature_pass, train_paths + val_paths, train_fs.computed + val_fs.computed)
         errors = {**train_fs.errors, **val_fs.errors}
-        keep_train = [i for i, p in enumerate(train_paths) if p not in errors]
-        keep_val = [i for i, p in enumerate(val_paths) if p not in errors]
+        counts = np.array([train_fs.cached + val_fs.cached, train_fs.computed + val_fs.computed, self.cache.recomputed])
+        dim = train_fs.features.shape[1] if len(train_fs.features) else val_fs.features.shape[1]
+        if self.sharded:  # each rank found the unreadable among its images: every rank needs them all
+            parts = self.group.all_gather((errors, dim))
+            errors = {path: reason for part, _ in parts for path, reason in part.items()}
+            dim = max(d for _, d in parts)
+            counts = self.group.sum(counts.astype(np.float64)).astype(np.int64)
         split = self.split.without(errors)
         split.check_not_empty()
-        x_train, y_train = train_fs.features[keep_train], labels_of(split.train)
+        (keep_train, train_index), (keep_val, val_index) = (
+            _kept(paths, fs.rows, errors) for paths, fs in ((train_paths, train_fs), (val_paths, val_fs)))
+        x_train = _rows(train_fs.features, keep_train, dim)
+        y_train = labels_of(split.train)
+        y_train = y_train if train_index is None else y_train[train_index]
         if train_fs.augmented is not None:
             aug = train_fs.augmented[keep_train]
-            x_train = np.concatenate([x_train, aug.reshape(-1, aug.shape[-1])])
+            x_train = np.concatenate([x_train, aug.reshape(-1, dim)])
             y_train = np.concatenate([y_train, np.repeat(y_train, aug.shape[1])])
+        y_val = labels_of(split.val)
         facts = {
-            "features_cached": train_fs.cached + val_fs.cached,
-            "features_computed": train_fs.computed + val_fs.computed,
+            "features_cached": int(counts[0]),
+            "features_computed": int(counts[1]),
             "aug_views": self.aug_views,
-            "cache_entries_recomputed": self.cache.recomputed,
+            "cache_entries_recomputed": int(counts[2]),
         }
+        if self.sharded:
+            facts["features_sharded"] = {"ranks": self.group.world, "train_rows_here": len(x_train)}
         widths = {"last": train_fs.last_width}
-        if x_train.shape[1] > train_fs.last_width:
-            widths["multi"] = x_train.shape[1]
-        return Features(x_train, y_train, val_fs.features[keep_val], labels_of(split.val), split, facts, widths,
-                        store=self.cache)
+        if dim > train_fs.last_width:
+            widths["multi"] = dim
+        return Features(x_train, y_train, _rows(val_fs.features, keep_val, dim),
+                        y_val if val_index is None else y_val[val_index], split, facts, widths, store=self.cache,
+                        group=self.group, train_index=train_index, val_index=val_index)
 
 
     def _record(self, feature_pass: FeaturePass, paths: list[str], computed: int) -> None:
@@ -157,6 +198,22 @@ class CachedFeatures:
             self.cache.record_dataset(data, self.about, [k for keys in feature_pass.keys for k in keys], names)
         except OSError:  # a note for `cache info`: never a reason to fail the run
             pass
+
+
+def _kept(paths: list[str], owned: list[int] | None, errors: dict[str, str]) -> tuple[list[int], np.ndarray | None]:
+    """(the rows to keep, and where sharded their images' positions in the list less the
+    unreadable images, or None)."""
+    if owned is None:
+        return [i for i, p in enumerate(paths) if p not in errors], None
+    readable = np.array([p not in errors for p in paths], dtype=bool)
+    position = np.cumsum(readable) - 1
+    keep = [k for k, i in enumerate(owned) if readable[i]]
+    return keep, position[np.array([owned[k] for k in keep], dtype=np.int64)].astype(np.int64)
+
+
+def _rows(features: np.ndarray, keep: list[int], dim: int) -> np.ndarray:
+    """`features[keep]`, (0, dim) where none are kept here (a rank whose images are all unreadable)."""
+    return features[keep] if len(keep) else np.zeros((0, dim), dtype=np.float32)
 
 
 def labels_of(samples) -> np.ndarray:

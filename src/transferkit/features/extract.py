@@ -32,6 +32,7 @@ class FeatureSet:
     cached: int  # images served from the cache
     computed: int  # images run through the backbone
     last_width: int  # the first columns that are the last layer's features (all of them without multi)
+    rows: list[int] | None = None  # sharded: the positions (in the list of paths) of this rank's rows
 
 
 class FeaturePass:
@@ -45,20 +46,32 @@ class FeaturePass:
     In a group of processes (`distributed.Group`) the images missing from any rank's cache are
     shared out: each rank computes every world-th of them, and the results (features, or why an
     image is unreadable) are exchanged over the group, so every rank ends with the same
-    features without the nodes sharing a filesystem; one rank per node writes them to its cache."""
+    features without the nodes sharing a filesystem; one rank per node writes them to its cache.
+
+    `sharded` (in a group): each rank holds only its share of the images (every world-th, from
+    its rank), read from its cache or computed by itself and written to its cache; nothing is
+    exchanged but the reasons images are unreadable. What a data-parallel head needs (#31): no
+    process ever holds every image's features."""
 
     def __init__(self, groups: list[tuple[list[str], int]], pre: Preprocess, cache: ShardedCache | None,
                  seed: int = 0, batch_size: int = 32, workers: int = 0, multi: bool = False,
-                 group: Group | None = None):
+                 group: Group | None = None, sharded: bool = False):
         self.groups, self.multi, self.group = groups, multi, group or Group()
+        self.sharded = sharded and self.group.distributed
         self.last_width: int | None = None
+        # the positions of each list this rank holds: all of them, or its share
+        self.owned = [list(self.group.share(len(paths)) if self.sharded else range(len(paths))) for paths, _ in groups]
         self.rows: list[list[np.ndarray | None]] = [[None] * len(paths) for paths, _ in groups]
         self.errors: list[dict[str, str]] = [{} for _ in groups]
-        self.keys = [[self._key(p, self.errors[g]) for p in paths] for g, (paths, _) in enumerate(groups)]
+        self.keys: list[list[str | None]] = [[None] * len(paths) for paths, _ in groups]
+        for g, (paths, _) in enumerate(groups):
+            for i in self.owned[g]:
+                self.keys[g][i] = self._key(paths[i], self.errors[g])
         self.cache = cache
         self.todo: list[tuple[int, int]] = []  # (group, index) of the images to compute
         for g, (paths, aug_views) in enumerate(groups):
-            for i, key in enumerate(self.keys[g]):
+            for i in self.owned[g]:
+                key = self.keys[g][i]
                 if key is None:
                     continue
                 got = self._cached(key, 1 + aug_views)
@@ -69,8 +82,11 @@ class FeaturePass:
                 else:
                     self.rows[g][i] = got
         self.missing = set(self.todo)  # what this rank's cache lacks
-        self.todo = self.group.union(self.todo)  # what any rank lacks is computed once, shared out
-        self.share = list(self.group.share(len(self.todo)))  # the positions in `todo` computed here
+        if self.sharded:  # each rank computes what it holds and lacks
+            self.share = list(range(len(self.todo)))
+        else:
+            self.todo = self.group.union(self.todo)  # what any rank lacks is computed once, shared out
+            self.share = list(self.group.share(len(self.todo)))  # the positions in `todo` computed here
         self._batches = None
         if self.share:
             from ..data.stream import decode_batches  # worker processes: only when there is work
@@ -110,15 +126,17 @@ class FeaturePass:
         extractor with its interface: `engines`) may be a factory, called only if some features
         are not this rank's to compute."""
         if progress is not None:
-            progress.update(sum(len(p) for p, _ in self.groups) - len(self.todo))
+            progress.update(sum(len(o) for o in self.owned) - len(self.todo))
         done = self._compute(extractor, progress) if self._batches is not None else {}
-        if self.group.distributed:
+        if self.sharded:  # the widths only: every rank the same, whether it computed any or not
+            self.last_width = next((w for w in self.group.all_gather(self.last_width) if w is not None), None)
+        elif self.group.distributed:
             parts = self.group.all_gather((done, self.last_width))
             done = {j: result for part, _ in parts for j, result in part.items()}
             self.last_width = self.last_width or next((w for _, w in parts if w is not None), None)
             if progress is not None:
                 progress.update(len(self.todo) - len(self.share))
-        writes = self.cache is not None and (self.group.writes_cache or not self.group.distributed)
+        writes = self.cache is not None and (self.group.writes_cache or not self.group.distributed or self.sharded)
         for j, (row, reason, cacheable) in sorted(done.items()):
             g, i = self.todo[j]
             write = writes and (g, i) in self.missing
@@ -137,7 +155,8 @@ class FeaturePass:
         if self.cache is not None:
             self.cache.flush()
         todo = {g: sum(1 for t, _ in self.todo if t == g) for g in range(len(self.groups))}
-        return [_feature_set(self.rows[g], 1 + aug_views, self.errors[g], todo[g], self.last_width)
+        return [_feature_set([self.rows[g][i] for i in self.owned[g]], 1 + aug_views, self.errors[g], todo[g],
+                             self.last_width, self.owned[g] if self.sharded else None)
                 for g, (_, aug_views) in enumerate(self.groups)]
 
     def _compute(self, extractor, progress) -> dict[int, tuple]:
@@ -162,11 +181,11 @@ class FeaturePass:
 
 
 def _feature_set(rows: list[np.ndarray | None], views: int, errors: dict[str, str], computed: int,
-                 last_width: int | None) -> FeatureSet:
+                 last_width: int | None, owned: list[int] | None = None) -> FeatureSet:
     dim = next((r.shape[-1] for r in rows if r is not None), 0)
     full = np.zeros((len(rows), views, dim), dtype=np.float32)
     for i, r in enumerate(rows):
         if r is not None:
             full[i] = r
     return FeatureSet(full[:, 0], full[:, 1:] if views > 1 else None, errors, len(rows) - computed, computed,
-                      last_width or dim)
+                      last_width or dim, owned)

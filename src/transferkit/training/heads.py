@@ -13,7 +13,9 @@ import numpy as np
 from ..config import TrainConfig
 from ..evaluation.metrics import EpochStats
 from ..folds import group_folds, max_folds, similar_groups, stratified_sample
-from ..logistic import STD_FLOOR_PERCENTILE, Logistic, scale, standardizer  # noqa: F401
+from ..logistic import (STD_FLOOR_PERCENTILE, Logistic, ShardedLogistic, scale, sharded_standardizer,  # noqa: F401
+                        standardizer)
+from ..features.dataset import labels_of
 from .result import FitResult, LinearHead
 
 
@@ -54,7 +56,7 @@ def fit_head(cfg: TrainConfig, num_classes: int, x_train, y_train, x_val, y_val,
 
 
 def fit_logistic(cfg: TrainConfig, num_classes: int, x_train, y_train, x_val, y_val,
-                 progress=None, scaling: str = "feature") -> tuple[FitResult, LinearHead]:
+                 progress=None, scaling: str = "feature", group=None) -> tuple[FitResult, LinearHead]:
     """Multinomial logistic regression, fitted full-batch by scipy's L-BFGS-B (float64) on
     standardized features (`scaling`: see `standardizer`), folded back into one `LinearHead` on
     the raw features. The objective is scikit-learn's LogisticRegression's (tested to give its
@@ -63,13 +65,19 @@ def fit_logistic(cfg: TrainConfig, num_classes: int, x_train, y_train, x_val, y_
     and --balanced-sampler weigh each class by inverse frequency (class_weight="balanced").
     Convex: the converged model is kept, nothing is selected on the val set. The history records
     the losses every LBFGS_STEP iterations. Not scikit-learn itself: importing it costs 0.7 s,
-    scipy.optimize 0.4 s (a torch optimizer imports torch._dynamo: 1.1 s)."""
+    scipy.optimize 0.4 s (a torch optimizer imports torch._dynamo: 1.1 s).
+    `group` (sharded features, #31): every rank gives its rows and the fit is data-parallel
+    (`logistic.ShardedLogistic`, `sharded_standardizer`): every rank ends with the same head."""
     progress = progress or _no_progress
     xt, yt = np.asarray(x_train, dtype=np.float64), np.asarray(y_train)
     xv, yv = np.asarray(x_val, dtype=np.float64), np.asarray(y_val)
-    mean, std = standardizer(xt, scaling)
-    problem = Logistic((xt - mean) / std, yt, num_classes, cfg.weight_decay,
-                       cfg.class_weights == "auto" or cfg.balanced_sampler)
+    balanced = cfg.class_weights == "auto" or cfg.balanced_sampler
+    if group is not None:
+        mean, std = sharded_standardizer(xt, scaling, group.sum)
+        problem = ShardedLogistic((xt - mean) / std, yt, num_classes, cfg.weight_decay, balanced, group.sum)
+    else:
+        mean, std = standardizer(xt, scaling)
+        problem = Logistic((xt - mean) / std, yt, num_classes, cfg.weight_decay, balanced)
     zv = (xv - mean) / std
     theta = problem.start()
     result, start, done = FitResult(unit="iteration"), time.perf_counter(), 0
@@ -158,8 +166,19 @@ def _rank(row: dict) -> tuple[float, float]:
     return -row["cv_log_loss"], row["cv_accuracy"]
 
 
+@dataclass
+class Shards:
+    """Rows spread over a torchrun group (sharded features, #31): this rank holds the rows of the
+    training images at `index` (positions in the whole list, whose labels are `labels`)."""
+
+    group: object  # distributed.Group
+    index: np.ndarray
+    labels: np.ndarray
+
+
 def select_head(x: np.ndarray, y: np.ndarray, num_classes: int, widths: dict[str, int], seed: int,
-                weight_decay: float | None = None, balanced: bool = False, last_width: int | None = None) -> HeadChoice:
+                weight_decay: float | None = None, balanced: bool = False, last_width: int | None = None,
+                shards: Shards | None = None) -> HeadChoice:
     """Cross-validate the logistic-regression head on the training images' features `x` (one row
     per image; the first `widths["last"]` columns are the last layer's): every feature set in
     `widths` x every scaling in SCALINGS x every weight decay in WEIGHT_DECAY_GRID (or just
@@ -170,27 +189,44 @@ def select_head(x: np.ndarray, y: np.ndarray, num_classes: int, widths: dict[str
     leaves nothing to cross-validate: the first feature set, per-feature scaling, DEFAULT_WEIGHT_DECAY.
     The folds keep near-identical images together (`folds.similar_groups` on the first
     `last_width` columns, the last layer's features; None: no grouping), unless the groups are so
-    large that a class would not split into two folds."""
+    large that a class would not split into two folds.
+
+    `shards`: `x` and `y` are this rank's rows; the sample, the groups and the folds are those of
+    all the rows (the same on every rank), and every fit is data-parallel (`ShardedLogistic`, the
+    statistics by `sharded_standardizer`): the same choice as one process holding every row, up to
+    float round-off. (Without the span reduction `_in_span`: the L-BFGS iterates from zero stay in
+    the rows' span anyway, so the fits are the same, only larger.)"""
     start = time.perf_counter()
-    yn = np.asarray(y)
-    total = len(yn)
-    if total > CV_MAX_IMAGES:  # a stratified sample of CV_MAX_IMAGES
+    yn, here = np.asarray(y), None  # here (sharded): each local row's position in the sample
+    total = len(yn) if shards is None else len(shards.labels)
+    if shards is not None:
+        sample = stratified_sample(shards.labels, CV_MAX_IMAGES, seed) if total > CV_MAX_IMAGES else np.arange(total)
+        mine = np.isin(shards.index, sample)
+        x, yn, here = x[mine], yn[mine], np.searchsorted(sample, shards.index[mine])
+        y_all = shards.labels[sample]
+    elif total > CV_MAX_IMAGES:  # a stratified sample of CV_MAX_IMAGES
         sample = stratified_sample(yn, CV_MAX_IMAGES, seed)
         x, yn = x[sample], yn[sample]
-    most = CV_MAX_FOLDS if len(yn) < CV_FEWER_FOLDS_FROM else 3
-    groups = similar_groups(x[:, :last_width]) if last_width and len(yn) else None
-    folds = max_folds(yn, groups, most)
+    if shards is None:
+        y_all = yn
+    most = CV_MAX_FOLDS if len(y_all) < CV_FEWER_FOLDS_FROM else 3
+    if shards is not None:
+        groups = sharded_similar_groups(x[:, :last_width], here, len(y_all), shards.group) \
+            if last_width and len(y_all) else None
+    else:
+        groups = similar_groups(x[:, :last_width]) if last_width and len(yn) else None
+    folds = max_folds(y_all, groups, most)
     if groups is not None and folds < 2:  # so alike that no class splits: plain folds
-        groups, folds = None, max_folds(yn, None, most)
+        groups, folds = None, max_folds(y_all, None, most)
     grid = WEIGHT_DECAY_GRID if weight_decay is None else (weight_decay,)
     n_groups = int(groups.max()) + 1 if groups is not None else None
     grouped = int((np.bincount(groups) > 1)[groups].sum()) if groups is not None else 0
     if folds < 2:
         return HeadChoice(next(iter(widths)), "feature", grid[0] if weight_decay is not None else DEFAULT_WEIGHT_DECAY,
                           None, 0, time.perf_counter() - start, groups=n_groups, grouped_images=grouped)
-    repeats = CV_REPEATS if len(yn) < CV_FEWER_FOLDS_FROM else 1
-    splits = [(fold_of, f) for r in range(repeats) for fold_of in [group_folds(yn, groups, folds, seed + r)]
-              for f in range(folds)]
+    repeats = CV_REPEATS if len(y_all) < CV_FEWER_FOLDS_FROM else 1
+    splits = [(fold_of if here is None else fold_of[here], f) for r in range(repeats)
+              for fold_of in [group_folds(y_all, groups, folds, seed + r)] for f in range(folds)]
     xs = np.asarray(x, dtype=np.float32)
     table = []
     for features, width in widths.items():
@@ -198,9 +234,15 @@ def select_head(x: np.ndarray, y: np.ndarray, num_classes: int, widths: dict[str
             problems = []
             for fold_of, f in splits:
                 tr, te = fold_of != f, fold_of == f
-                mean, std = standardizer(xs[tr, :width], scaling)
-                zt, ze = _in_span((xs[tr, :width] - mean) / std, (xs[te, :width] - mean) / std)
-                problems.append((Logistic(zt, yn[tr], num_classes, grid[0], balanced), ze, yn[te]))
+                if shards is not None:
+                    mean, std = sharded_standardizer(xs[tr, :width], scaling, shards.group.sum)
+                    zt, ze = (xs[tr, :width] - mean) / std, (xs[te, :width] - mean) / std
+                    problem = ShardedLogistic(zt, yn[tr], num_classes, grid[0], balanced, shards.group.sum)
+                else:
+                    mean, std = standardizer(xs[tr, :width], scaling)
+                    zt, ze = _in_span((xs[tr, :width] - mean) / std, (xs[te, :width] - mean) / std)
+                    problem = Logistic(zt, yn[tr], num_classes, grid[0], balanced)
+                problems.append((problem, ze, yn[te]))
             thetas, best, worse = [p.start() for p, _, _ in problems], None, 0
             for lam in grid:  # strongest first, each fold warm-started from its previous solution
                 sums = np.zeros(2)
@@ -218,10 +260,31 @@ def select_head(x: np.ndarray, y: np.ndarray, num_classes: int, widths: dict[str
                 if worse == 2:
                     break
     best = max(table, key=_rank)
-    chosen = best["weight_decay"] * (len(yn) / total if weight_decay is None else 1.0)
+    chosen = best["weight_decay"] * (len(y_all) / total if weight_decay is None else 1.0)
     return HeadChoice(best["features"], best["scaling"], chosen, best["cv_accuracy"], folds,
-                      time.perf_counter() - start, table, images=len(yn), groups=n_groups, grouped_images=grouped,
+                      time.perf_counter() - start, table, images=len(y_all), groups=n_groups, grouped_images=grouped,
                       repeats=repeats)
+
+
+def sharded_similar_groups(x: np.ndarray, here: np.ndarray, n: int, group) -> np.ndarray:
+    """`folds.similar_groups` of n rows spread over `group` (this rank's `x` are rows `here`):
+    each rank's rows go round the group in turn (one rank's at a time: no process holds them
+    all), each rank finds its rows' pairs with them, and the pairs (small) are shared. Each pair
+    is found once, by the rank holding its lower row."""
+    from ..folds import SAME_SCENE, components, unit_rows
+
+    z = unit_rows(x)
+    pairs = []
+    for other_here, other in group.blocks((here, z)):
+        if not len(z) or not len(other):
+            continue
+        sims = z @ other.T
+        i, j = np.nonzero(sims >= SAME_SCENE)
+        a, b = here[i], other_here[j]
+        pairs.append(np.stack([a[a < b], b[a < b]], 1))
+    mine = np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=np.int64)
+    found = sorted(map(tuple, np.concatenate(group.all_gather(mine)).tolist()))
+    return components(n, found)
 
 
 def _in_span(zt: np.ndarray, ze: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -260,12 +323,14 @@ def fit_best_head(cfg: TrainConfig, f, progress=None, checkpoint: Path | None = 
     w = f.widths[choice.features]
     fit_cfg = dataclasses.replace(cfg, weight_decay=choice.weight_decay)
     args = (len(f.split.classes), f.x_train[:, :w], f.y_train, f.x_val[:, :w], f.y_val)
-    key = _fit_key(fit_cfg, choice, *args) if f.store is not None else None
+    key = _fit_key(fit_cfg, choice, f, *args) if f.store is not None else None
     stored = _stored_fit(f.store, key) if key is not None else None
+    if f.sharded:  # each rank reads its own cache: the fit is read only where every rank has it
+        stored = stored if all(f.group.all_gather(stored is not None)) else None
     if stored is not None:
         return *stored, choice
-    result, linear = fit_logistic(fit_cfg, *args, progress, choice.scaling)
-    if key is not None:
+    result, linear = fit_logistic(fit_cfg, *args, progress, choice.scaling, f.group if f.sharded else None)
+    if key is not None and (not f.sharded or f.group.writes_cache):  # (sharded: one rank per node)
         _store_fit(f.store, key, result, linear)
     return result, linear, choice
 
@@ -277,7 +342,7 @@ def fit_best_head(cfg: TrainConfig, f, progress=None, checkpoint: Path | None = 
 HEAD_FIT_VERSION = 1
 
 
-def _fit_key(cfg: TrainConfig, choice: HeadChoice, num_classes: int, *arrays: np.ndarray) -> str:
+def _fit_key(cfg: TrainConfig, choice: HeadChoice, f, num_classes: int, *arrays: np.ndarray) -> str:
     import hashlib
 
     ident = (HEAD_FIT_VERSION, num_classes, choice.scaling, cfg.weight_decay, cfg.class_weights, cfg.balanced_sampler,
@@ -286,7 +351,17 @@ def _fit_key(cfg: TrainConfig, choice: HeadChoice, num_classes: int, *arrays: np
     for a in arrays:
         h.update(repr(tuple(a.shape)).encode())
         h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()
+    return _over_group(f, h.hexdigest())
+
+
+def _over_group(f, digest: str) -> str:
+    """A digest of what this rank holds made a digest of what the group holds (sharded: every
+    rank's in rank order, the same on every rank, and another than one process's)."""
+    if not f.sharded:
+        return digest
+    import hashlib
+
+    return hashlib.sha256(repr(("sharded", f.group.all_gather(digest))).encode()).hexdigest()
 
 
 def _stored_fit(store, key: str) -> tuple[FitResult, LinearHead] | None:
@@ -323,9 +398,13 @@ def head_choice(cfg: TrainConfig, f) -> HeadChoice:
     n, balanced = f.num_images, cfg.class_weights == "auto" or cfg.balanced_sampler
     key = ("select_head", tuple(widths.items()), cfg.seed, cfg.weight_decay, balanced)
     if key not in f.memo:
-        f.memo[key] = _stored_choice(f, key) or select_head(
+        stored = _stored_choice(f, key)
+        if f.sharded:  # each rank reads its own cache: the primary's record, if every rank has one
+            stored = f.group.broadcast(stored) if all(f.group.all_gather(stored is not None)) else None
+        shards = Shards(f.group, f.train_index, labels_of(f.split.train)) if f.sharded else None
+        f.memo[key] = stored or select_head(
             f.x_train[:n], f.y_train[:n], len(f.split.classes), widths, cfg.seed, cfg.weight_decay, balanced,
-            f.widths["last"])
+            f.widths["last"], shards)
         _store_choice(f, key, f.memo[key])
     return f.memo[key]
 
@@ -343,7 +422,7 @@ def _choice_key(f, key: tuple) -> str:
     h = hashlib.sha256(repr((HEAD_CHOICE_VERSION, key)).encode())
     h.update(np.ascontiguousarray(f.x_train[:n]).tobytes())
     h.update(np.ascontiguousarray(f.y_train[:n]).tobytes())
-    return h.hexdigest()
+    return _over_group(f, h.hexdigest())
 
 
 def _stored_choice(f, key: tuple) -> HeadChoice | None:
@@ -366,8 +445,11 @@ def _stored_choice(f, key: tuple) -> HeadChoice | None:
 def _store_choice(f, key: tuple, choice: HeadChoice) -> None:
     import json
 
-    if f.store is not None and not choice.cached and choice.cv_accuracy is not None:
-        f.store.put(_choice_key(f, key), "head", np.frombuffer(json.dumps(choice.to_dict()).encode(), dtype=np.uint8))
+    if f.store is None or choice.cached or choice.cv_accuracy is None:
+        return
+    digest = _choice_key(f, key)  # (sharded: a collective, so every rank computes it)
+    if not f.sharded or f.group.writes_cache:  # one rank per node writes
+        f.store.put(digest, "head", np.frombuffer(json.dumps(choice.to_dict()).encode(), dtype=np.uint8))
         f.store.flush()
 
 

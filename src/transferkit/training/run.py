@@ -26,7 +26,7 @@ from ..models import backbones, bundle
 from ..models.lazy import LazyClassifier, identify_weights
 from ..distributed import Group, check_sync_bn, joined, under_torchrun
 from ..engines.cpu import default_workers
-from ..doctor.health import quick_health, warnings as health_warnings
+from ..doctor.health import nearest_train, quick_health, warnings as health_warnings
 from . import elastic
 from .checkpoint import load_checkpoint
 from .context import CachedFeatures, Context, Outcome
@@ -72,10 +72,12 @@ def _train(cfg: TrainConfig, console: Console, worker: Worker, started: float, c
         if ctx.engine is not None:
             console.info(f"features: {ctx.engine.line()}")
         outcome = ctx.strategy.run(ctx)
+        features = ctx.features.computed() if ctx.features is not None else None
+        # sharded features: the val x train search for near copies runs on every rank's rows
+        near = nearest_train(features) if features is not None and features.sharded else None
         if not group.primary:
             return Run(run_dir, {"rank": group.rank})  # the primary writes the run folder
-        health = quick_health(outcome.split, ctx.features.computed() if ctx.features is not None else None, cache,
-                              cfg.data)
+        health = quick_health(outcome.split, features, cache, cfg.data, near)
         if group.distributed:
             outcome.info["distributed"] = group.describe()
     for line in health_warnings(health):
@@ -259,7 +261,8 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
         # (measured, 2 cores, ants/bees cold: 9.2-10.4 s with none, 7.7 s with one; 4x the images:
         # 24.3 s vs 20.8 s).
         features = CachedFeatures.for_key(split, key, multi, pre, models, engine, cache, console, cfg.aug_views or 0,
-                                          cfg.seed, max(1, workers) if cfg.workers is None else workers, group)
+                                          cfg.seed, max(1, workers) if cfg.workers is None else workers, group,
+                                          sharded=shards_features(cfg))
     models.prepare()  # weights that do not fit the architecture fail here, before any output
     if cfg.teacher is not None:
         from .teacher import check_teacher
@@ -308,8 +311,17 @@ def context_at(ctx: Context, pre) -> Context:
     key = features_key(ctx.models.spec, ctx.models.stem, ctx.models.info.identity, pre, engine.precision)
     multi = ctx.models.features == "multi"
     features = CachedFeatures.for_key(ctx.split, key, multi, pre, ctx.models, engine, ctx.cache, ctx.console,
-                                      ctx.cfg.aug_views or 0, ctx.cfg.seed, max(1, ctx.workers), ctx.group)
+                                      ctx.cfg.aug_views or 0, ctx.cfg.seed, max(1, ctx.workers), ctx.group,
+                                      sharded=ctx.features is not None and ctx.features.sharded)
     return dataclasses.replace(ctx, pre=pre, features=features)
+
+
+def shards_features(cfg: TrainConfig) -> bool:
+    """Whether a group's features stay sharded, each rank holding its share (#31): where the head
+    fitted on them is the logistic regression, which is data-parallel (linear and auto with
+    --optimizer lbfgs, LP-FT's probe); an epoch-trained head gets every feature on every rank."""
+    optimizer = cfg.for_strategy("linear").optimizer if cfg.strategy == "auto" else cfg.optimizer
+    return cfg.strategy == "lp-ft" or optimizer == "lbfgs"
 
 
 def network_input_size(split, default: int) -> int | None:

@@ -67,7 +67,7 @@ def run(ctx):
     start = time.perf_counter()
     f = ctx.cached_features()
     features_s = time.perf_counter() - start
-    per_class = f.num_images / len(f.split.classes)
+    per_class = f.total_images / len(f.split.classes)
     ft_ctx = dataclasses.replace(context_at(ctx, network_preprocess(ctx.models.spec, ctx.split)),
                                  cfg=ctx.cfg.for_strategy("lp-ft"))
     estimate = {}
@@ -89,12 +89,14 @@ def run(ctx):
         return choice, *choose_strategy(per_class, choice.cv_accuracy, epochs_within if deadline else None)
 
     start = time.perf_counter()
+    if f.sharded:  # the cross-validation is data-parallel: every rank takes part (then it is memoized)
+        head_choice(ctx.cfg.for_strategy("linear"), f)
     choice, chosen, reason, epochs = ctx.group.decide(choose)
     ctx.console.info(f"auto: {chosen}, because {reason}")
     head = STRATEGIES.get("linear").run(dataclasses.replace(ctx, cfg=ctx.cfg.for_strategy("linear")))
     head_acc = _val_acc(head)
     candidates = [
-        {"candidate": "features", "what": f"{f.num_images} training + {len(f.y_val)} val images through the frozen "
+        {"candidate": "features", "what": f"{f.total_images} training + {len(f.split.val)} val images through the frozen "
                                           f"backbone ({f.facts.get('features_computed', 0)} computed, the rest cached)",
          "seconds": round(features_s, 2)},
         {"candidate": "linear", "what": f"the head, cross-validated ({choice.folds} folds, "

@@ -10,11 +10,12 @@ def run(ctx):
     from ..heads import fit_best_head
 
     f = ctx.cached_features()
-    # fitted once, by the primary of a group; every rank gets the head
-    result, linear, choice = ctx.group.decide(
-        lambda: fit_best_head(ctx.cfg, f, ctx.console.progress, ctx.checkpoint, ctx.resume))
+    # fitted once, by the primary of a group, every rank getting the head; or with the features
+    # sharded (torchrun, #31), by every rank together on its rows
+    fit = lambda: fit_best_head(ctx.cfg, f, ctx.console.progress, ctx.checkpoint, ctx.resume)  # noqa: E731
+    result, linear, choice = fit() if f.sharded else ctx.group.decide(fit)
     width = f.widths[choice.features]
-    val_logits = linear(f.x_val[:, :width])
+    val_logits = f.all_val(linear(f.x_val[:, :width]))
     if choice.cv_accuracy is not None:
         ctx.console.info(head_choice_line(choice))
     # NumPy throughout: with the features, the head and the backbone's weights cached, no torch

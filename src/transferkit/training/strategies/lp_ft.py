@@ -18,19 +18,21 @@ def run(ctx):
 
     import torch
 
-    from ..context import Outcome
+    from ..context import Outcome, labels_of
     from ..heads import fit_best_head
     from ..network import train_network
     from .linear import head_choice_line
 
     f = ctx.cached_features()
     probe_cfg = dataclasses.replace(ctx.cfg, optimizer="lbfgs", weight_decay=None)
-    probe, head, choice = ctx.group.decide(lambda: fit_best_head(probe_cfg, f, ctx.console.progress))
+    fit = lambda: fit_best_head(probe_cfg, f, ctx.console.progress)  # noqa: E731
+    probe, head, choice = fit() if f.sharded else ctx.group.decide(fit)  # sharded: data-parallel (linear)
     if choice.cv_accuracy is not None:
         ctx.console.info(head_choice_line(choice))
     width = f.widths[choice.features]
-    probe_logits = head(f.x_val[:, :width])
-    probe_acc = float((probe_logits.argmax(1) == f.y_val).mean()) if len(f.y_val) else 0.0
+    probe_logits = f.all_val(head(f.x_val[:, :width]))
+    y_val = labels_of(f.split.val)
+    probe_acc = float((probe_logits.argmax(1) == y_val).mean()) if len(y_val) else 0.0
     probe_head = head
     model_width = f.widths.get("multi", width) if ctx.models.features == "multi" else width
     if model_width > width:  # the network is multi-layer: the earlier stages' columns start at zero
@@ -41,7 +43,7 @@ def run(ctx):
     outcome = train_network(ctx, head_init=head, split=f.split)
     outcome.info.update(facts)
     features = ctx.models.features
-    if outcome.fit.best_val_acc > probe_acc or not len(f.y_val):
+    if outcome.fit.best_val_acc > probe_acc or not len(y_val):
         return dataclasses.replace(outcome, features=features)
     tuned = (f"{outcome.fit.best_val_acc:.4f} <= {probe_acc:.4f}" if outcome.fit.history
              else "no epoch finished")
