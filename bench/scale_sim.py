@@ -1,16 +1,27 @@
 """The data-parallel head at 10^5-10^7 rows, simulated on this machine (#31).
 
     python bench/scale_sim.py [--rows 100000,1000000] [--procs 1,2] [--dim 1280] [--classes 10]
+    python bench/scale_sim.py --rows 10000000 --storage int8      # 10^7 rows: 51 GB as float32
 
-No image is decoded: each process draws its share of synthetic feature rows (float32) from
+No image is decoded: each process draws its share of synthetic feature rows from
 class-conditional Gaussians with a known best classifier (equal priors and one covariance: the
-nearest class mean is Bayes-optimal), standardizes them with statistics summed over the group, and
-fits the real logistic-regression head (`logistic.ShardedLogistic`: each process its rows, loss and
-gradient all-reduced, the same L-BFGS on every process) under torchrun with gloo, one thread per
-process (a process stands for a node). The rows are drawn in fixed blocks, so 1 and 2 processes
-fit the same rows. Prints per process peak RSS, seconds per L-BFGS iteration, and the validation
-accuracy against the nearest-true-mean rule's, and the 2-process / 1-process ratios.
-Not a test: the numbers depend on the machine.
+nearest class mean is Bayes-optimal) and runs what `train` runs on sharded features under
+torchrun (gloo, one thread per process: a process stands for a node): the head's
+cross-validation (`heads.select_head` with `Shards`: a stratified sample of at most 4,000 rows,
+near-copy groups found by passing each rank's rows round, data-parallel fold fits), the
+standardization statistics summed over the group, the fit of the real logistic-regression head
+(`logistic.ShardedLogistic`: each process its rows, loss and gradient all-reduced, the same
+L-BFGS on every process) with the weight decay the cross-validation chose, and the evaluation.
+The rows are drawn in fixed blocks, so 1 and 2 processes fit the same rows.
+
+--storage int8 (for 10^7 rows, which do not fit this machine's 24 GB as float32 in one or two
+processes) keeps each process's rows as int8 (x = q / 24: a step of 0.04 on features of unit
+spread; the rounding adds a variance of 1.4e-4) and the head reads them a chunk at a time,
+dequantized and standardized on the fly: memory is the int8 rows plus a chunk.
+
+Prints per process peak RSS, seconds per L-BFGS iteration, the cross-validation's seconds and
+choice, and the validation accuracy against the nearest-true-mean rule's, and the 2-process /
+1-process ratios. Not a test: the numbers depend on the machine.
 """
 
 from __future__ import annotations
@@ -44,37 +55,86 @@ def block(index: int, mu: np.ndarray, split: int) -> tuple[np.ndarray, np.ndarra
     return x, y
 
 
-def shard(rows: int, mu: np.ndarray, split: int, rank: int, world: int) -> tuple[np.ndarray, np.ndarray]:
-    """This rank's blocks (every world-th), written into one preallocated array."""
+def labels(rows: int, classes: int, split: int) -> np.ndarray:
+    """Every block's labels (drawn first from each block's seed: no row is drawn for them)."""
+    return np.concatenate([np.random.default_rng([split, b]).integers(0, classes, BLOCK)
+                           for b in range(-(-rows // BLOCK))]).astype(np.int64)
+
+
+SCALE = 24.0  # int8 storage: x = q / SCALE
+
+
+class Int8Rows:
+    """Rows kept as int8, read as float32 (standardized by `mean` and `std` when given) a slice or
+    a selection at a time: what the head's chunked objective and the statistics read."""
+
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, q: np.ndarray, mean=None, std=None):
+        self.q, self.mean, self.std = q, mean, std
+        self.shape = q.shape
+
+    def __len__(self) -> int:
+        return len(self.q)
+
+    def __getitem__(self, index):
+        x = self.q[index].astype(np.float32)
+        x /= SCALE
+        if self.mean is not None:
+            x -= self.mean
+            x /= self.std
+        return x
+
+    def standardized(self, mean, std) -> "Int8Rows":
+        return Int8Rows(self.q, mean.astype(np.float32), std.astype(np.float32))
+
+
+def shard(rows: int, mu: np.ndarray, split: int, rank: int, world: int, storage: str = "float32"):
+    """This rank's blocks (every world-th), written into one preallocated array (int8: quantized
+    a block at a time); (rows, labels, the rows' positions among all)."""
     mine = list(range(rank, -(-rows // BLOCK), world))
-    x = np.empty((len(mine) * BLOCK, mu.shape[1]), dtype=np.float32)
+    dtype = np.int8 if storage == "int8" else np.float32
+    x = np.empty((len(mine) * BLOCK, mu.shape[1]), dtype=dtype)
     y = np.empty(len(mine) * BLOCK, dtype=np.int64)
     for j, b in enumerate(mine):
-        x[j * BLOCK:(j + 1) * BLOCK], y[j * BLOCK:(j + 1) * BLOCK] = block(b, mu, split)
-    return x, y
+        xb, y[j * BLOCK:(j + 1) * BLOCK] = block(b, mu, split)
+        if storage == "int8":
+            np.clip(np.rint(xb * SCALE, out=xb), -127, 127, out=xb)
+        x[j * BLOCK:(j + 1) * BLOCK] = xb
+    index = (np.array(mine)[:, None] * BLOCK + np.arange(BLOCK)).ravel()
+    return (Int8Rows(x) if storage == "int8" else x), y, index
 
 
 def worker(args) -> None:
     from transferkit.distributed import joined
     from transferkit.logistic import ShardedLogistic, sharded_standardizer
+    from transferkit.training.heads import Shards, select_head
 
     mu = means(args.dim, args.classes)
     with joined("cpu") as group:
         start = time.perf_counter()
-        x, y = shard(args.rows, mu, 0, group.rank, group.world)
-        xv, yv = shard(args.val_rows, mu, 1, group.rank, group.world)
+        x, y, index = shard(args.rows, mu, 0, group.rank, group.world, args.storage)
+        xv, yv, _ = shard(args.val_rows, mu, 1, group.rank, group.world)
         made = time.perf_counter() - start
         # the best accuracy: the nearest true mean (|x - mu|^2 = |x|^2 - 2 x.mu + |mu|^2)
         nearest = np.argmin(xv @ (-2 * mu.T) + (mu * mu).sum(1), axis=1)
         best = group.sum(np.array([(nearest == yv).sum(), len(yv)], dtype=np.float64))
         start = time.perf_counter()
-        mean, std = sharded_standardizer(x, "feature", group.sum)
-        x -= mean  # in place: no second copy of the rows
-        x /= std
+        choice = select_head(x, y, args.classes, {"last": args.dim}, 0, None, False, args.dim,
+                             Shards(group, index, labels(args.rows, args.classes, 0)))
+        cv_s = time.perf_counter() - start
+        weight_decay = args.weight_decay if args.weight_decay is not None else choice.weight_decay
+        start = time.perf_counter()
+        mean, std = sharded_standardizer(x, choice.scaling, group.sum)
+        if args.storage == "int8":
+            x = x.standardized(mean, std)  # standardized as each chunk is read
+        else:
+            x -= mean  # in place: no second copy of the rows
+            x /= std
         xv -= mean
         xv /= std
         stats_s = time.perf_counter() - start
-        problem = ShardedLogistic(x, y, args.classes, args.weight_decay, False, group.sum)
+        problem = ShardedLogistic(x, y, args.classes, weight_decay, False, group.sum)
         calls = [0]
         objective = problem.objective
 
@@ -92,6 +152,9 @@ def worker(args) -> None:
         rss = group.sum(rss)
         if group.primary:
             print(json.dumps({"rows": args.rows, "procs": group.world, "rows_per_proc": len(y), "made_s": made,
+                              "storage": args.storage, "cv_s": cv_s, "cv_weight_decay": choice.weight_decay,
+                              "cv_scaling": choice.scaling, "cv_accuracy": choice.cv_accuracy,
+                              "cv_images": choice.images, "weight_decay": weight_decay,
                               "stats_s": stats_s, "fit_s": fit_s, "iterations": iters, "evaluations": calls[0],
                               "s_per_iteration": fit_s / max(1, iters), "val_acc": acc,
                               "best_acc": float(best[0] / best[1]), "peak_rss_mb": rss.tolist()}), flush=True)
@@ -104,7 +167,10 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=1280)
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--val-rows", type=int, default=100_000)
-    ap.add_argument("--weight-decay", type=float, default=1e-4)
+    ap.add_argument("--weight-decay", type=float, default=None,
+                    help="the head's (default: what the cross-validation chose)")
+    ap.add_argument("--storage", choices=("float32", "int8"), default="float32",
+                    help="how each process keeps its rows (int8: for 10^7 rows on this machine)")
     ap.add_argument("--max-iter", type=int, default=100)
     ap.add_argument("--gtol", type=float, default=1e-5)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -120,8 +186,10 @@ def main() -> None:
         for procs in [int(p) for p in args.procs.split(",")]:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}",
                    __file__, "--worker", "--rows", str(rows), "--dim", str(args.dim), "--classes", str(args.classes),
-                   "--val-rows", str(args.val_rows), "--weight-decay", str(args.weight_decay),
+                   "--val-rows", str(args.val_rows), "--storage", args.storage,
                    "--max-iter", str(args.max_iter), "--gtol", str(args.gtol)]
+            if args.weight_decay is not None:
+                cmd += ["--weight-decay", str(args.weight_decay)]
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tempfile.gettempdir())
             lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
             if proc.returncode != 0 or not lines:
@@ -131,7 +199,9 @@ def main() -> None:
             print(f"{rows:>9} rows  {procs} proc  peak RSS/proc {max(row['peak_rss_mb']):7.0f} MB  "
                   f"{row['s_per_iteration']:6.3f} s/iter ({row['iterations']} iters)  "
                   f"val acc {row['val_acc']:.4f}  best {row['best_acc']:.4f}  "
-                  f"(rows made {row['made_s']:.1f} s, statistics {row['stats_s']:.1f} s)", flush=True)
+                  f"(rows made {row['made_s']:.1f} s, CV {row['cv_s']:.1f} s on {row['cv_images']} rows: "
+                  f"{row['cv_scaling']} scaling, weight decay {row['weight_decay']:.3g}, "
+                  f"statistics {row['stats_s']:.1f} s)", flush=True)
     print("\nratios, 2 processes / 1 process:")
     for rows in sorted({r["rows"] for r in results}):
         one = next((r for r in results if r["rows"] == rows and r["procs"] == 1), None)

@@ -190,3 +190,35 @@ def test_group_aware_folds_keep_near_identical_shots_together():
     grouped = select_head(x, y, 2, {"last": 32}, seed=0, last_width=32)
     assert plain.cv_accuracy > 0.9 and grouped.cv_accuracy < 0.75, (plain.cv_accuracy, grouped.cv_accuracy)
     assert grouped.groups == 60 and grouped.grouped_images == 240
+
+
+def test_doctor_on_features_sharded_over_two_processes_finds_the_same(dirty, tmp_path):
+    """`doctor --nproc 2` (#31): each process extracts and keeps its share of the features; the
+    neighbours are found by passing each process's rows round, the out-of-fold heads are fitted
+    by both together, the map's plane comes from the summed covariance. The report equals one
+    process's on the same features (warm), finding for finding; the map's plane to its rounding."""
+    import os
+    import subprocess
+    import sys
+
+    data, truth = dirty
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "transferkit", "doctor", str(data), "--out", str(tmp_path / "two"),
+                           "--nproc", "2"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("report: ") == 1  # the primary speaks for the group
+    assert main(["doctor", str(data), "--out", str(tmp_path / "one")]) == 0
+    two, one = (json.loads((tmp_path / name / "doctor.json").read_text()) for name in ("two", "one"))
+    assert one["timings"]["features_s"] < two["timings"]["features_s"]  # (warm: the two processes cached them)
+    for report in (one, two):
+        report.pop("timings")
+    assert two == one
+    pairs = {frozenset((p["a"]["path"], p["b"]["path"])) for p in two["exact_duplicates"] + two["near_duplicates"]}
+    assert frozenset(map(str, truth["near"])) in pairs and str(truth["flipped"]) in {x["path"] for x in two["label_issues"]}
+    map_two, map_one = (json.loads((tmp_path / name / "doctor_map.json").read_text()) for name in ("two", "one"))
+    assert map_two["predicted"] == map_one["predicted"]
+    # the neighbours' cosines are computed in another order (scikit-learn's distances, here dot
+    # products of unit rows): images within float32 round-off of each other may swap places
+    overlap = [len(set(a) & set(b)) / len(a) for a, b in zip(map_two["neighbours"], map_one["neighbours"])]
+    assert np.mean(overlap) >= 0.95 and min(overlap) >= 0.75
+    assert np.abs(np.array(map_two["xy"]) - np.array(map_one["xy"])).max() <= 2e-3

@@ -349,6 +349,11 @@ def test_data_parallel_head_fits_the_same_head(tmp_path):
     same = ShardedLogistic((x - mean) / std, y, 4, 0.01, True)  # on the same rows: the same numbers, exactly
     assert np.array_equal(same.fit(same.start(), 500, 1e-6)[0], expected)
     assert np.abs(theta - expected).max() < 1e-9
+    chunked = ShardedLogistic((x - mean) / std, y, 4, 0.01, True)
+    chunked.CHUNK = 700  # 3000 rows in 5 chunks (memory flat in the rows): the same objective to round-off
+    (la, ga), (lb, gb) = same.objective(expected), chunked.objective(expected)
+    assert abs(la - lb) <= 1e-12 * abs(la) and np.abs(ga - gb).max() <= 1e-12 * np.abs(ga).max()
+    assert chunked.stats(chunked.z, y, expected) == pytest.approx(same.stats(same.z, y, expected), rel=1e-12)
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
     out = tmp_path / "two.npz"

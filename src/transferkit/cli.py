@@ -131,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "doctor.html. Uses train's feature cache: a doctor after a train (or before) "
                                    "extracts nothing twice. Nothing in DATA is changed.")
     p.add_argument("data", help="dataset folder")
+    p.add_argument("--nproc", type=int, metavar="N", help="examine with N processes on this machine (torchrun): each "
+                                                          "extracts and keeps its share of the features")
     add_options(p, DoctorOptions)
 
     p = sub.add_parser("serve", help="serve a model over HTTP: an API and a web page",
@@ -367,13 +369,22 @@ def _output_stream(output: str | None):
         yield f
 
 
-def cmd_doctor(args: argparse.Namespace) -> int:
+def cmd_doctor(args: argparse.Namespace, argv: list[str]) -> int:
+    if args.nproc is not None:
+        from .launch import launch
+
+        return launch(args.nproc, argv)
+    from .distributed import under_torchrun
     from .worker import DOCTOR_MODULES, Worker
 
-    worker = Worker(preload=DOCTOR_MODULES)  # imports scikit-learn and cleanlab while torch is imported here
+    # imports scikit-learn and cleanlab while torch is imported here (under torchrun the analysis is
+    # the group's: it runs in each process)
+    worker = Worker(preload=DOCTOR_MODULES, spawn=not under_torchrun())
     from . import api
 
     report = api.doctor(args.data, worker=worker, **_options(args, DoctorOptions))
+    if "out" not in report:  # another process of a torchrun group: the primary reports
+        return 0
     print(f"report: {Path(report['out']) / 'doctor.html'}")
     if getattr(args, "write_exclude", None):
         print(f"files to leave out: {args.write_exclude} (train --exclude {args.write_exclude})")
@@ -497,8 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return cmd_train(args, started, argv)
-        if args.command == "predict":
-            return cmd_predict(args, argv)
+        if args.command in ("predict", "doctor"):
+            return (cmd_predict if args.command == "predict" else cmd_doctor)(args, argv)
         handlers = {"lr-find": cmd_lr_find, "eval": cmd_eval, "predict": cmd_predict, "models": cmd_models,
                     "summary": cmd_summary, "cache": cmd_cache, "report": cmd_report, "export": cmd_export,
                     "serve": cmd_serve, "doctor": cmd_doctor, "runs": cmd_runs,

@@ -9,8 +9,12 @@ folder, the head, auto's choice) and is the only one that writes the run folder;
 print nothing but errors.
 
 What is split across ranks, and how it is put back together:
-- uncached features (`features.FeaturePass`), decoded images (`data.datasets.decode_all`) and a
-  distillation teacher's logits: each rank computes its share, and the results are exchanged
+- features for the logistic-regression head (linear, auto, LP-FT's probe): sharded, each rank
+  holding only its share (`features.FeaturePass(sharded=True)`); the head's cross-validation,
+  standardization and fit are data-parallel (`sum` of loss and gradient, `blocks` to pass rows
+  round for the near-copy groups), evaluation gathers logits, not features;
+- otherwise uncached features (`features.FeaturePass`), decoded images (`data.datasets.decode_all`)
+  and a distillation teacher's logits: each rank computes its share, and the results are exchanged
   over the group (`all_gather`), so nodes need not share a filesystem;
 - network training: DDP (`replicate`) over a `DistributedSampler`; validation is sharded and its
   logits gathered, so every rank measures the same accuracy and takes the same decisions.
@@ -32,8 +36,8 @@ T = TypeVar("T")
 ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 # How long a collective may wait for a rank before the group gives up. A failed rank ends the
 # others at once (torchrun stops the whole group when one worker exits with an error); what a
-# rank legitimately waits for is the primary's work alone: the head's fit, which on a million
-# images can take tens of minutes (README, Scaling out).
+# rank legitimately waits for is the primary's work alone: an epoch-trained head's fit on every
+# feature, which on a million images can take tens of minutes (README, Scaling out).
 TIMEOUT = datetime.timedelta(hours=2)
 
 

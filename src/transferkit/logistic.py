@@ -110,21 +110,34 @@ class ShardedLogistic(Logistic):
         w = (total / (k * counts))[y] if balanced else np.ones(len(y))
         self.weights = (w / allreduce(np.array([w.sum()]))[0]).astype(z.dtype)
 
+    CHUNK = 32768  # rows whose loss and gradient are computed at once: temporaries of CHUNK x (classes + 1)
+
     def objective(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
-        y, m, dm = self.y, self.m, self.d * self.m
-        w, lp = theta[:-m].reshape(self.d, m), self.log_probs(self.z, theta)
-        g = ((np.exp(lp) - self.onehot) * self.weights[:, None]) @ self.to_logits.T  # d loss / d (z @ W + b)
-        part = np.concatenate([[-float((self.weights * lp[np.arange(len(y)), y]).sum())],
-                               (self.z.T @ g).astype(np.float64).ravel(), g.sum(0).astype(np.float64)])
+        """The group's loss and gradient, this process's rows taken CHUNK at a time (one chunk,
+        and `Logistic`'s arithmetic, below CHUNK rows): memory flat in the rows, and `z` may be
+        any rows that slice to arrays (rows kept compressed, decoded a chunk at a time)."""
+        m, dm = self.m, self.d * self.m
+        w = theta[:-m].reshape(self.d, m)
+        part = np.zeros(1 + dm + m)
+        for start in range(0, len(self.y), self.CHUNK):
+            z, y = self.z[start:start + self.CHUNK], self.y[start:start + self.CHUNK]
+            weights, lp = self.weights[start:start + self.CHUNK], self.log_probs(z, theta)
+            g = ((np.exp(lp) - self.onehot[start:start + self.CHUNK]) * weights[:, None]) @ self.to_logits.T
+            part[0] -= float((weights * lp[np.arange(len(y)), y]).sum())
+            part[1:1 + dm] += (z.T @ g).astype(np.float64).ravel()
+            part[1 + dm:] += g.sum(0).astype(np.float64)
         total = self.allreduce(part)
         loss = float(total[0]) + self.weight_decay / 2 * float((w * w).sum())
         return loss, np.concatenate([total[1:1 + dm] + self.weight_decay * w.ravel(), total[1 + dm:]])
 
     def stats(self, z: np.ndarray, y: np.ndarray, theta: np.ndarray) -> tuple[float, float]:
         """Mean log loss and accuracy of `theta` on the group's (z, y), each process's share given."""
-        lp = self.log_probs(z, theta) if len(y) else np.zeros((0, self.k))
-        sums = self.allreduce(np.array([-lp[np.arange(len(y)), y].sum(), (lp.argmax(1) == y).sum(), len(y)],
-                                       dtype=np.float64))
+        sums = np.zeros(3)
+        for start in range(0, len(y), self.CHUNK):
+            yc = y[start:start + self.CHUNK]
+            lp = self.log_probs(z[start:start + self.CHUNK], theta)
+            sums += [-lp[np.arange(len(yc)), yc].sum(), (lp.argmax(1) == yc).sum(), len(yc)]
+        sums = self.allreduce(sums)
         return (float(sums[0] / sums[2]), float(sums[1] / sums[2])) if sums[2] else (0.0, 0.0)
 
 

@@ -33,21 +33,38 @@ def find_all(last: np.ndarray, head_features: np.ndarray, labels, splits, hashes
     features (near copies, neighbours, outliers); `head_features`: what the out-of-fold head
     reads (multi-layer where the backbone has them)."""
     labels = np.asarray(labels)
-    exact = checks.exact_duplicates(hashes, labels, splits)
     sims, idx = checks.neighbours(last)
+    found = look_and_group(sims, idx, labels, splits, hashes, props, thumbs, same_scene)
+    opinions = None
+    if found["label_folds"] >= 2:
+        # three opinions of each image's class, none of which saw it (nor its copies): heads on the
+        # last layer's and on the multi-layer features, and its nearest neighbours' vote. Measured
+        # (bench/doctor.py, 20 flipped labels): flowers recall 0.70 -> 0.80 at precision 0.39 -> 0.57,
+        # hymenoptera recall 1.00 (README, "Label errors")
+        opinions = [checks.out_of_fold_probabilities(x, labels, num_classes, found["label_folds"], seed,
+                                                     groups=found["group_of"])
+                    for x in ([last, head_features] if head_features.shape[1] > last.shape[1] else [last])]
+    return conclude(found, opinions, sims, idx, labels, num_classes, feature_map(last))
+
+
+def look_and_group(sims, idx, labels, splits, hashes, props, thumbs, same_scene: float) -> dict:
+    """From each image's nearest neighbours and its facts: exact and near copies, same scenes,
+    image issues, the groups that keep look-alikes in one fold, and how many folds they allow."""
+    exact = checks.exact_duplicates(hashes, labels, splits)
     image_issues = checks.image_issues(props)
     # blank images are all alike (and reported as blank): pairing them with each other says nothing
     blank = {f["i"] for f in image_issues.get("blank", [])}
     near, scene = checks.look_alikes(sims, idx, thumbs, labels, splits, exact, blank, same_scene)
     groups = components(len(labels), [(p["a"], p["b"]) for p in exact + near + scene])
-    folds = max_folds(labels, groups, LABEL_FOLDS)
-    if folds >= 2:
-        # three opinions of each image's class, none of which saw it (nor its copies): heads on the
-        # last layer's and on the multi-layer features, and its nearest neighbours' vote. Measured
-        # (bench/doctor.py, 20 flipped labels): flowers recall 0.70 -> 0.80 at precision 0.39 -> 0.57,
-        # hymenoptera recall 1.00 (README, "Label errors")
-        opinions = [checks.out_of_fold_probabilities(x, labels, num_classes, folds, seed, groups=groups)
-                    for x in ([last, head_features] if head_features.shape[1] > last.shape[1] else [last])]
+    return {"exact_duplicates": exact, "near_duplicates": near, "same_scene": scene, "image_issues": image_issues,
+            "group_of": groups, "label_folds": max_folds(labels, groups, LABEL_FOLDS)}
+
+
+def conclude(found: dict, opinions: list | None, sims, idx, labels, num_classes: int, xy) -> dict:
+    """The findings (`find_all`'s answer) from `look_and_group`'s, the out-of-fold heads'
+    probabilities (None: too few images for folds) and the map's plane."""
+    groups = found.pop("group_of")
+    if opinions is not None:
         opinions.append(checks.neighbour_vote(sims, idx, labels, num_classes, groups))
         probs = np.mean(opinions, axis=0)
         label_issues = checks.label_issues(probs, labels, sims, idx)
@@ -55,9 +72,7 @@ def find_all(last: np.ndarray, head_features: np.ndarray, labels, splits, hashes
     else:
         label_issues, predicted = [], None
     sizes = np.bincount(groups)
-    return {"exact_duplicates": exact, "near_duplicates": near, "same_scene": scene,
-            "label_issues": label_issues, "outliers": checks.outliers(sims),
-            "image_issues": image_issues, "label_folds": folds,
-            "map": {"xy": feature_map(last), "neighbours": idx[:, :MAP_NEIGHBOURS].tolist(), "predicted": predicted},
+    return {**found, "label_issues": label_issues, "outliers": checks.outliers(sims),
+            "map": {"xy": xy, "neighbours": idx[:, :MAP_NEIGHBOURS].tolist(), "predicted": predicted},
             "groups": {"groups": int(len(sizes)), "grouped_images": int((sizes > 1)[groups].sum()),
                        "largest": int(sizes.max()) if len(sizes) else 0}}

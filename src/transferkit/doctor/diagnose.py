@@ -25,6 +25,15 @@ def diagnose(data: str | Path, options: DoctorOptions | None = None, console: Co
     asked); return the report (with "out": the folder). `worker`: a `transferkit.worker.Worker`
     started with DOCTOR_MODULES (the CLI starts it before importing torch), where the analysis
     runs while this process reads the features; without one it runs here."""
+    from ..distributed import joined
+
+    with joined() as group:
+        if not group.primary:
+            console = Console(quiet=True, warnings=False)  # the primary speaks for the group
+        return _diagnose(data, options, console, worker, group)
+
+
+def _diagnose(data, options: DoctorOptions | None, console: Console | None, worker, group) -> dict:
     from ..data.discover import discover
 
     options, console = options or DoctorOptions(), console or Console()
@@ -36,8 +45,13 @@ def diagnose(data: str | Path, options: DoctorOptions | None = None, console: Co
     refuse_inside(cache.root, [data], CACHE_FLAG)
     cache.prepare()
     split = discover(data, options.val_fraction, options.seed, cache.datasets())
-    out = _out_dir(options.out, data)
-    features = _features(split, options, cache, console)
+    out = group.decide(lambda: _out_dir(options.out, data))
+    features = _features(split, options, cache, console, group)
+    if features.sharded:
+        found, paths, labels, splits, timings = _sharded_analysis(features, options, cache, group, started)
+        if not group.primary:
+            return {"rank": group.rank}
+        return _write(data, options, console, features, out, found, paths, labels, splits, timings, started)
     paths, labels, splits = checks.samples_of(features.split)
     last = np.concatenate(features.last_layer()).astype(np.float32)
     n = features.num_images
@@ -51,6 +65,46 @@ def diagnose(data: str | Path, options: DoctorOptions | None = None, console: Co
     if found is None:
         found = worker.call(ANALYSIS, *args) if worker is not None else find_all(*args)
         _store_analysis(features.store, key, found)
+    return _write(data, options, console, features, out, found, paths, labels, splits, timings, started)
+
+
+def _sharded_analysis(features, options: DoctorOptions, cache: Cache, group, started: float):
+    """The analysis with the features spread over a torchrun group (`doctor.sharded`): each
+    process reads its images' facts (content hash, pixel properties, thumbnail) and the primary
+    gathers those, not the features. (found on the primary, paths, labels, splits, timings)."""
+    from . import sharded
+
+    paths, labels, splits = checks.samples_of(features.split)
+    n = features.num_images
+    here = np.concatenate([features.train_index, len(features.split.train) + features.val_index]).astype(np.int64)
+    last = np.concatenate(features.last_layer()).astype(np.float32)
+    head_features = np.concatenate([features.x_train[:n], features.x_val]).astype(np.float32)
+    mine = images.read_all([paths[i] for i in here], cache.image_facts())
+    parts = group.all_gather((here, mine))
+    facts = None
+    if group.primary:
+        facts = ([None] * len(paths), [None] * len(paths), [None] * len(paths))
+        for where, values in parts:
+            for column, got in zip(facts, values):
+                for i, v in zip(where.tolist(), got):
+                    column[i] = v
+    timings = {"features_s": round(time.perf_counter() - started, 2)}
+    digest = _analysis_key((here, last, head_features))  # what this process holds
+    digests = group.all_gather(digest)
+    key = group.decide(lambda: _analysis_key((digests, labels, splits, *facts, len(features.split.classes),
+                                                options.near_threshold, options.seed)))
+    found = group.decide(lambda: _stored_analysis(features.store, key))
+    if found is None:
+        found = sharded.find_all(last, head_features, here, labels, splits, facts, len(features.split.classes),
+                                 options.near_threshold, options.seed, group)
+        if group.primary:
+            _store_analysis(features.store, key, found)
+    return found, paths, labels, splits, timings
+
+
+def _write(data: Path, options: DoctorOptions, console: Console, features, out: Path, found: dict, paths, labels,
+           splits, timings: dict, started: float) -> dict:
+    """doctor.json, doctor_map.json, doctor.html (and the exclude list), the summary; the report."""
     report = _report(data, options, features.split, paths, labels, splits, found, timings)
     timings["total_s"] = round(time.perf_counter() - started, 2)
     atomic_write(out / "doctor.json", (json.dumps(report, indent=2) + "\n").encode())
@@ -221,7 +275,7 @@ def _out_dir(out: str | None, data: Path) -> Path:
     return fresh_dir(target)
 
 
-def _features(split, options: DoctorOptions, cache: Cache, console: Console):
+def _features(split, options: DoctorOptions, cache: Cache, console: Console, group=None):
     """The split's features as `train` (default strategy) extracts and caches them."""
     from .. import engines
     from ..engines.cpu import default_workers
@@ -240,5 +294,6 @@ def _features(split, options: DoctorOptions, cache: Cache, console: Console):
     workers = default_workers() if options.workers is None else options.workers
     models = LazyClassifier(spec, len(split.classes), "imagenet", 0.0, cache.backbone_file(key), "standard",
                             "multi" if multi else "last")
+    # in a torchrun group each process extracts and keeps its share (`doctor.sharded`)
     return CachedFeatures.for_key(split, key, multi, pre, models, engine, cache, console, 0, options.seed,
-                                  max(1, workers)).get(console)
+                                  max(1, workers), group, sharded=group is not None and group.distributed).get(console)
