@@ -46,12 +46,15 @@ def means(dim: int, classes: int) -> np.ndarray:
     return np.random.default_rng(12345).normal(0, SPREAD, (classes, dim)).astype(np.float32)
 
 
-def block(index: int, mu: np.ndarray, split: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of block `index` (split 0: training, 1: validation): labels uniform, x = mean + N(0, I)."""
+def block(index: int, mu: np.ndarray, split: int, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of block `index` (split 0: training, 1: validation): labels uniform, x = mean + N(0, I),
+    drawn into `out` (BLOCK x dim float32) where given: no temporary the size of the block."""
     rng = np.random.default_rng([split, index])
     y = rng.integers(0, len(mu), BLOCK)
-    x = rng.standard_normal((BLOCK, mu.shape[1]), dtype=np.float32)
-    x += mu[y]
+    x = out if out is not None else np.empty((BLOCK, mu.shape[1]), dtype=np.float32)
+    rng.standard_normal(dtype=np.float32, out=x)
+    for start in range(0, BLOCK, 1000):
+        x[start:start + 1000] += mu[y[start:start + 1000]]
     return x, y
 
 
@@ -96,11 +99,14 @@ def shard(rows: int, mu: np.ndarray, split: int, rank: int, world: int, storage:
     dtype = np.int8 if storage == "int8" else np.float32
     x = np.empty((len(mine) * BLOCK, mu.shape[1]), dtype=dtype)
     y = np.empty(len(mine) * BLOCK, dtype=np.int64)
+    buffer = np.empty((BLOCK, mu.shape[1]), dtype=np.float32) if storage == "int8" else None
     for j, b in enumerate(mine):
-        xb, y[j * BLOCK:(j + 1) * BLOCK] = block(b, mu, split)
+        rows = slice(j * BLOCK, (j + 1) * BLOCK)
+        xb, y[rows] = block(b, mu, split, buffer if storage == "int8" else x[rows])
         if storage == "int8":
-            np.clip(np.rint(xb * SCALE, out=xb), -127, 127, out=xb)
-        x[j * BLOCK:(j + 1) * BLOCK] = xb
+            xb *= SCALE
+            np.clip(np.rint(xb, out=xb), -127, 127, out=xb)
+            x[rows] = xb
     index = (np.array(mine)[:, None] * BLOCK + np.arange(BLOCK)).ravel()
     return (Int8Rows(x) if storage == "int8" else x), y, index
 
@@ -111,11 +117,17 @@ def worker(args) -> None:
     from transferkit.training.heads import Shards, select_head
 
     mu = means(args.dim, args.classes)
+
+    def peak() -> float:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MB, so far
+
     with joined("cpu") as group:
+        stages = {"started": peak()}
         start = time.perf_counter()
         x, y, index = shard(args.rows, mu, 0, group.rank, group.world, args.storage)
         xv, yv, _ = shard(args.val_rows, mu, 1, group.rank, group.world)
         made = time.perf_counter() - start
+        stages["rows"] = peak()
         # the best accuracy: the nearest true mean (|x - mu|^2 = |x|^2 - 2 x.mu + |mu|^2)
         nearest = np.argmin(xv @ (-2 * mu.T) + (mu * mu).sum(1), axis=1)
         best = group.sum(np.array([(nearest == yv).sum(), len(yv)], dtype=np.float64))
@@ -123,6 +135,7 @@ def worker(args) -> None:
         choice = select_head(x, y, args.classes, {"last": args.dim}, 0, None, False, args.dim,
                              Shards(group, index, labels(args.rows, args.classes, 0)))
         cv_s = time.perf_counter() - start
+        stages["cv"] = peak()
         weight_decay = args.weight_decay if args.weight_decay is not None else choice.weight_decay
         start = time.perf_counter()
         mean, std = sharded_standardizer(x, choice.scaling, group.sum)
@@ -134,6 +147,7 @@ def worker(args) -> None:
         xv -= mean
         xv /= std
         stats_s = time.perf_counter() - start
+        stages["statistics"] = peak()
         problem = ShardedLogistic(x, y, args.classes, weight_decay, False, group.sum)
         calls = [0]
         objective = problem.objective
@@ -146,10 +160,15 @@ def worker(args) -> None:
         start = time.perf_counter()
         theta, iters = problem.fit(problem.start(), args.max_iter, args.gtol)
         fit_s = time.perf_counter() - start
+        stages["fit"] = peak()
         _, acc = problem.stats(xv, yv, theta)
+        stages["evaluation"] = peak()
         rss = np.zeros(group.world)
-        rss[group.rank] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MB
+        rss[group.rank] = peak()
         rss = group.sum(rss)
+        # each stage's peak so far, the largest over the processes
+        staged = group.sum(np.array([[v if r == group.rank else 0.0 for v in stages.values()]
+                                     for r in range(group.world)])).max(0)
         if group.primary:
             print(json.dumps({"rows": args.rows, "procs": group.world, "rows_per_proc": len(y), "made_s": made,
                               "storage": args.storage, "cv_s": cv_s, "cv_weight_decay": choice.weight_decay,
@@ -157,7 +176,8 @@ def worker(args) -> None:
                               "cv_images": choice.images, "weight_decay": weight_decay,
                               "stats_s": stats_s, "fit_s": fit_s, "iterations": iters, "evaluations": calls[0],
                               "s_per_iteration": fit_s / max(1, iters), "val_acc": acc,
-                              "best_acc": float(best[0] / best[1]), "peak_rss_mb": rss.tolist()}), flush=True)
+                              "best_acc": float(best[0] / best[1]), "peak_rss_mb": rss.tolist(),
+                              "peak_rss_mb_after": dict(zip(stages, staged.round(1).tolist()))}), flush=True)
 
 
 def main() -> None:

@@ -395,12 +395,10 @@ class ShardedCache:
                         total += int(self._rows[where[0]][where[1]]["length"])
             return total
 
-    def record_dataset(self, data: str, about: dict, keys, names) -> None:
-        """Note what the images of dataset folder `data` take here (`about`: what made them, e.g.
-        the backbone; their entries: `keys` x `names`), for `cache info`: one small file per dataset."""
-        keys = [k for k in keys if k is not None]
-        record = {"data": data, **about, "images": len(keys), "bytes": self.entry_bytes(keys, names),
-                  "used": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    def record_dataset(self, data: str, about: dict, images: int, size: int) -> None:
+        """Note what the `images` of dataset folder `data` take here (`size` bytes; `about`: what
+        made them, e.g. the backbone), for `cache info`: one small file per dataset."""
+        record = {"data": data, **about, "images": images, "bytes": size, "used": time.strftime("%Y-%m-%dT%H:%M:%S")}
         digest = hashlib.blake2b(os.fsencode(data), digest_size=8).hexdigest()
         files.atomic_write(self.dir.parent / "datasets" / f"{digest}.json", json.dumps(record).encode(), fsync=False)
 

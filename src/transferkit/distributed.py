@@ -107,6 +107,16 @@ class Group:
         dist.all_gather_object(out, obj)
         return out
 
+    def gather(self, obj: Any) -> list | None:
+        """Every rank's `obj`, in rank order, on the primary; None on the others."""
+        if not self.distributed:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list | None = [None] * self.world if self.primary else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
     def blocks(self, obj: Any) -> Iterator[Any]:
         """Every rank's `obj`, one rank's at a time, in rank order, on every rank: what a search
         over rows spread across the group passes round (memory: one rank's rows at a time, not

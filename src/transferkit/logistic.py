@@ -141,7 +141,7 @@ class ShardedLogistic(Logistic):
         return (float(sums[0] / sums[2]), float(sums[1] / sums[2])) if sums[2] else (0.0, 0.0)
 
 
-SUM_CHUNK = 8192  # rows summed at a time by `sharded_standardizer`: float64 temporaries of 8192 x D, not all the rows
+SUM_CHUNK = 2048  # rows summed at a time by `sharded_standardizer`: float64 temporaries of 2048 x D (21 MB at 1280), not all the rows
 
 
 def sharded_standardizer(x: np.ndarray, scaling: str = "feature", allreduce=identity) -> tuple[np.ndarray, np.ndarray]:

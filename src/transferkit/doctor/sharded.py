@@ -107,8 +107,8 @@ def feature_map(x: np.ndarray, here: np.ndarray, n: int, group) -> list[list[flo
 def _on_primary(parts: list[tuple[np.ndarray, np.ndarray]], n: int, group) -> list:
     """Each (positions, per-row values) of every process, put in place in arrays of n rows, on
     the primary (None elsewhere): per-image results, never the features."""
-    gathered = group.all_gather(parts) if group.distributed else [parts]
-    if not group.primary:
+    gathered = group.gather(parts)
+    if gathered is None:
         return [None] * len(parts)
     out = []
     for j, (_, values) in enumerate(parts):

@@ -89,14 +89,17 @@ class Features:
         """Training images, on every rank together."""
         return len(self.split.train)
 
-    def all_val(self, rows: np.ndarray) -> np.ndarray:
+    def all_val(self, rows: np.ndarray) -> np.ndarray | None:
         """Per val image, in the split's order, from what each rank computed for its val rows
-        (`rows`: one per row of `x_val`, e.g. its logits): what a group exchanges for evaluation
-        (logits, not features). Unsharded: `rows` as they are."""
+        (`rows`: one per row of `x_val`, e.g. its logits), on the primary (None on the other ranks):
+        what a group sends for evaluation (logits, not features). Unsharded: `rows` as they are."""
         if not self.sharded:
             return rows
+        parts = self.group.gather((self.val_index, rows))
+        if parts is None:
+            return None
         out = np.zeros((len(self.split.val), *rows.shape[1:]), dtype=rows.dtype)
-        for index, part in self.group.all_gather((self.val_index, rows)):
+        for index, part in parts:
             out[index] = part
         return out
 
@@ -183,21 +186,29 @@ class CachedFeatures:
 
     def _record(self, feature_pass: FeaturePass, paths: list[str], computed: int) -> None:
         """What this dataset's features take in the cache (`cache info`), noted where any were
-        computed or none is noted yet (by one rank per node)."""
-        if self.about is None or not paths or not (self.group.writes_cache or not self.group.distributed):
+        computed or none is noted yet, by one rank per node (sharded: the group's totals)."""
+        if self.about is None or not paths:
             return
         try:
             data = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
         except ValueError:  # (Windows) on two drives
             return
-        if not computed and any(d.get("data") == data for d in self.cache.datasets()):
-            return
+        lacks = not any(d.get("data") == data for d in self.cache.datasets())
         views = 1 + self.aug_views
         names = [f"v{v}" for v in range(views)] + ([f"t{v}" for v in range(views)] if self.multi else []) + ["err"]
-        try:
-            self.cache.record_dataset(data, self.about, [k for keys in feature_pass.keys for k in keys], names)
-        except OSError:  # a note for `cache info`: never a reason to fail the run
-            pass
+        keys = [k for held in feature_pass.keys for k in held if k is not None]
+        if self.sharded:  # every rank takes part in the sums
+            computed, lacks = self.group.sum(np.array([computed, lacks], dtype=np.float64))
+        if not computed and not lacks:
+            return
+        images, size = len(keys), self.cache.entry_bytes(keys, names)
+        if self.sharded:
+            images, size = (int(v) for v in self.group.sum(np.array([images, size], dtype=np.float64)))
+        if self.group.writes_cache or not self.group.distributed:
+            try:
+                self.cache.record_dataset(data, self.about, images, size)
+            except OSError:  # a note for `cache info`: never a reason to fail the run
+                pass
 
 
 def _kept(paths: list[str], owned: list[int] | None, errors: dict[str, str]) -> tuple[list[int], np.ndarray | None]:

@@ -82,7 +82,8 @@ class Outcome:
     """What a strategy returns: the fit, the kept model and what it was measured on."""
 
     fit: FitResult
-    val_logits: np.ndarray  # of the kept model, in split.val order (a torch tensor from network strategies)
+    val_logits: np.ndarray | None  # of the kept model, in split.val order (a torch tensor from network strategies; None on
+    # the other ranks of a group whose features are sharded: the primary evaluates)
     state: dict  # the kept model: a Classifier state dict (torch tensors or NumPy arrays)
     split: DatasetSplit  # the split trained on (less unreadable files)
     cfg: TrainConfig  # the options trained with (auto: those of the strategy it chose)

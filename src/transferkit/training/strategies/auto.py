@@ -94,7 +94,7 @@ def run(ctx):
     choice, chosen, reason, epochs = ctx.group.decide(choose)
     ctx.console.info(f"auto: {chosen}, because {reason}")
     head = STRATEGIES.get("linear").run(dataclasses.replace(ctx, cfg=ctx.cfg.for_strategy("linear")))
-    head_acc = _val_acc(head)
+    head_acc = ctx.group.decide(lambda: _val_acc(head))  # (sharded features: the val logits are the primary's)
     candidates = [
         {"candidate": "features", "what": f"{f.total_images} training + {len(f.split.val)} val images through the frozen "
                                           f"backbone ({f.facts.get('features_computed', 0)} computed, the rest cached)",
@@ -114,7 +114,7 @@ def run(ctx):
                                         deadline=None if deadline is None else deadline - reserve)
         start = time.perf_counter()
         tuned = STRATEGIES.get("lp-ft").run(tuned_ctx)
-        tuned_acc = _val_acc(tuned)
+        tuned_acc = ctx.group.decide(lambda: _val_acc(tuned))
         kept = tuned.info.get("kept") != "probe" and tuned_acc > head_acc
         if kept:
             outcome = dataclasses.replace(tuned, pre=ft_ctx.pre)

@@ -30,9 +30,9 @@ def run(ctx):
     if choice.cv_accuracy is not None:
         ctx.console.info(head_choice_line(choice))
     width = f.widths[choice.features]
-    probe_logits = f.all_val(head(f.x_val[:, :width]))
+    probe_logits = f.all_val(head(f.x_val[:, :width]))  # (sharded: on the primary alone)
     y_val = labels_of(f.split.val)
-    probe_acc = float((probe_logits.argmax(1) == y_val).mean()) if len(y_val) else 0.0
+    probe_acc = ctx.group.decide(lambda: float((probe_logits.argmax(1) == y_val).mean()) if len(y_val) else 0.0)
     probe_head = head
     model_width = f.widths.get("multi", width) if ctx.models.features == "multi" else width
     if model_width > width:  # the network is multi-layer: the earlier stages' columns start at zero
@@ -52,7 +52,8 @@ def run(ctx):
     state.update({k: torch.from_numpy(v) for k, v in probe_head.state().items()})
     outcome.info.update(kept="probe", fine_tuned_val_acc=outcome.fit.best_val_acc)
     outcome.fit.best_epoch, outcome.fit.best_val_acc = 0, probe_acc
-    return Outcome(outcome.fit, torch.from_numpy(probe_logits), state, f.split, outcome.cfg, outcome.info, features=choice.features)
+    probe_logits = torch.from_numpy(probe_logits) if probe_logits is not None else None
+    return Outcome(outcome.fit, probe_logits, state, f.split, outcome.cfg, outcome.info, features=choice.features)
 
 
 register(Strategy(
