@@ -351,7 +351,8 @@ def test_data_parallel_head_fits_the_same_head(tmp_path):
     assert np.abs(theta - expected).max() < 1e-9
     chunked = ShardedLogistic((x - mean) / std, y, 4, 0.01, True)
     chunked.CHUNK = 700  # 3000 rows in 5 chunks (memory flat in the rows): the same objective to round-off
-    (la, ga), (lb, gb) = same.objective(expected), chunked.objective(expected)
+    halfway = expected / 2  # (at the optimum the gradient is all round-off)
+    (la, ga), (lb, gb) = same.objective(halfway), chunked.objective(halfway)
     assert abs(la - lb) <= 1e-12 * abs(la) and np.abs(ga - gb).max() <= 1e-12 * np.abs(ga).max()
     assert chunked.stats(chunked.z, y, expected) == pytest.approx(same.stats(same.z, y, expected), rel=1e-12)
 
