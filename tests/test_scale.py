@@ -451,3 +451,29 @@ def test_cache_compact_keeps_each_entry_once_and_info_names_the_datasets(tmp_pat
     out = capsys.readouterr().out
     assert f"features/{'m' * 24}: 1 shards" in out
     assert "/photos: efficientnet_lite0, 5 images, 0.0 MB" in out
+
+
+def test_scale_simulation_runs_at_a_tiny_scale(tmp_path):
+    """bench/scale_sim.py at 20,000 synthetic rows x 64 features, 1 and 2 gloo processes: the
+    sharded cross-validation, statistics, fit and evaluation give the same accuracy with 1 and 2
+    processes, near the known best; rows kept as int8 read back as the float rows to their step."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
+    try:
+        import scale_sim
+    finally:
+        sys.path.pop(0)
+    mu = scale_sim.means(64, 5)
+    x, y, index = scale_sim.shard(25_000, mu, 0, 1, 2)
+    q, y8, index8 = scale_sim.shard(25_000, mu, 0, 1, 2, "int8")
+    assert np.array_equal(y, y8) and np.array_equal(index, index8) and list(index[:2]) == [10_000, 10_001]
+    assert np.abs(q[:] - x).max() <= 0.5 / scale_sim.SCALE + 1e-6 and q[3:5].shape == (2, 64)
+    out = tmp_path / "sim.json"
+    done = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "bench" / "scale_sim.py"), "--rows", "20000",
+                           "--procs", "1,2", "--dim", "64", "--classes", "5", "--val-rows", "10000", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = json.loads(out.read_text())
+    assert (one["procs"], two["procs"], two["rows_per_proc"]) == (1, 2, 10_000)
+    assert two["val_acc"] == pytest.approx(one["val_acc"], abs=1e-3) and one["val_acc"] >= one["best_acc"] - 0.03
+    assert two["cv_weight_decay"] == one["cv_weight_decay"] and abs(one["cv_images"] - 4000) <= 5  # (a sample of 4,000)
+    assert set(one["peak_rss_mb_after"]) == {"started", "rows", "cv", "statistics", "fit", "evaluation"}

@@ -144,7 +144,7 @@ class CachedFeatures:
     def _compute(self, console: Console) -> Features:
         feature_pass, self._pass = self._pass, None
         train_paths, val_paths = [s.path for s in self.split.train], [s.path for s in self.split.val]
-        bar = console.progress(len(train_paths) + len(val_paths), "features")
+        bar = console.progress(sum(map(len, feature_pass.owned)), "features")  # (sharded: this rank's share)
         train_fs, val_fs = feature_pass.run(self.extractor, bar)  # the extractor is built only if needed
         bar.close()
         self._record(feature_pass, train_paths + val_paths, train_fs.computed + val_fs.computed)
