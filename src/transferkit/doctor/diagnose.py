@@ -80,9 +80,9 @@ def _sharded_analysis(features, options: DoctorOptions, cache: Cache, group, sta
     last = np.concatenate(features.last_layer()).astype(np.float32)
     head_features = np.concatenate([features.x_train[:n], features.x_val]).astype(np.float32)
     mine = images.read_all([paths[i] for i in here], cache.image_facts())
-    parts = group.all_gather((here, mine))
+    parts = group.gather((here, mine))  # to the primary alone
     facts = None
-    if group.primary:
+    if parts is not None:
         facts = ([None] * len(paths), [None] * len(paths), [None] * len(paths))
         for where, values in parts:
             for column, got in zip(facts, values):
