@@ -388,7 +388,6 @@ def test_decode_cache_limit_evicts_the_least_recently_used(tmp_path, capsys):
     assert parse_size("50GB") == 50 * 10**9 and parse_size("1.5 MiB") == 3 * 2**19 and parse_size(0) == 0
     assert parse_size("none") is None and parse_size("auto") == "auto"
     cache = Cache(tmp_path / "cache")
-    assert 0 < cache.decoded_limit("auto") <= 64 * 10**9
     entry = np.zeros((100, 100, 3), np.uint8)  # 30,000 bytes, 30,032 with its header and digest
     decoded = cache.decoded(224, "bicubic", 125_000)  # room for 4
     for i in range(3):
@@ -407,6 +406,9 @@ def test_decode_cache_limit_evicts_the_least_recently_used(tmp_path, capsys):
     nothing = cache.decoded(224, "bicubic", 0)  # 0: keep none
     nothing.put("f" * 32, "img", entry)
     assert nothing.get("f" * 32, "img") is None
+    auto = Cache(tmp_path / "auto").decoded(224, "bicubic", "auto")
+    auto.put("e" * 32, "img", entry)  # the first write counts the files and sets the limit
+    assert 0 < auto.limit.limit <= 64 * 10**9
 
     from helpers import make_dataset
     from transferkit.data.datasets import DecodedImages

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import MARKER, Cache
+from .cache import Cache
 from .config import DoctorOptions, ExportOptions, LRFindOptions, PredictOptions, SummaryOptions, TrainConfig
 from .console import Console
 from .errors import UserError
@@ -253,8 +253,6 @@ def cache_info(cache_dir: str | None = None) -> dict:
 def compact_cache(cache_dir: str | None = None) -> tuple[Path, list[dict]]:
     """Rewrite every sharded store as few shards, each entry once (`ShardedCache.compact`)."""
     cache = Cache(cache_dir)
-    if cache.root.exists() and not cache.is_ours():
-        raise UserError(f"{cache.root} is not a transferkit cache (no {MARKER}); nothing was changed")
     return cache.root, cache.compact()
 
 

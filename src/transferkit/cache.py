@@ -120,8 +120,12 @@ class SizeLimit:
 
     LOW_WATER = 0.9
 
-    def __init__(self, root: Path, limit: int):
-        self.root, self.limit = Path(root), int(limit)
+    def __init__(self, root: Path, limit: int | str):
+        """`limit`: bytes, or "auto": half the space the files could have (free on their disk plus
+        what they hold), at most AUTO_LIMIT_MAX, known from the first count (`enforce`)."""
+        self.root = Path(root)
+        self.auto = limit == "auto"
+        self.limit: int | None = None if self.auto else int(limit)
         self._estimate: int | None = None
         self.evicted = 0  # files evicted by this process
 
@@ -152,6 +156,10 @@ class SizeLimit:
         with _locked(self.root / ".evict.lock"):
             found = self.entries()
             total = sum(size for _, size, _ in found)
+            if self.limit is None:  # "auto", on the first count
+                import shutil
+
+                self.limit = int(min(AUTO_LIMIT_MAX, (shutil.disk_usage(self.root).free + total) // 2))
             if total + incoming <= self.limit:
                 return total
             target = max(0, int(self.limit * self.LOW_WATER) - incoming)
@@ -448,8 +456,8 @@ class ShardedCache:
             for idx in olds:  # the index first: no reader finds an entry whose data is gone
                 idx.unlink(missing_ok=True)
                 idx.with_suffix(".dat").unlink(missing_ok=True)
-            news = [p for p in self.dir.glob("*.idx") if p.name not in {o.name for o in olds}] \
-                if self.dir.is_dir() else []
+            compacted = {o.name for o in olds}
+            news = [p for p in self.dir.glob("*.idx") if p.name not in compacted] if self.dir.is_dir() else []
             after = sum(p.stat().st_size + _size(p.with_suffix(".dat")) for p in news)
             self._index = None  # read again
             self._rows, self._data, self._open = [], [], {}
@@ -486,49 +494,44 @@ class Cache:
     def decoded(self, resize_size: int, interpolation: str, limit: int | str | None = None) -> ArrayCache:
         """Decoded images, resized to the short side the crops need (shared by every backbone
         that uses the same size and interpolation); `limit`: the most bytes all decoded images
-        may take (`parse_size`: bytes, "auto", or None: unbounded)."""
-        bound = None if limit is None else SizeLimit(self.root / "decoded", self.decoded_limit(limit))
+        may take (`parse_size`: bytes, "auto" (`SizeLimit`), or None: unbounded)."""
+        bound = None if limit is None else SizeLimit(self.root / "decoded", limit)
         return ArrayCache(self.root / "decoded" / f"s{resize_size}-{interpolation}-d{DECODER_VERSION}-v{FORMAT_VERSION}",
                           bound)
-
-    def decoded_limit(self, limit: int | str) -> int:
-        """The decoded images' limit in bytes; "auto": half the space they could have (free on the
-        cache's disk plus what they hold), at most AUTO_LIMIT_MAX."""
-        if limit != "auto":
-            return int(limit)
-        import shutil
-
-        probe = self.root if self.root.exists() else next((p for p in self.root.parents if p.exists()), Path("/"))
-        free = shutil.disk_usage(probe).free
-        held = sum(size for _, size, _ in SizeLimit(self.root / "decoded", 0).entries())
-        return int(min(AUTO_LIMIT_MAX, (free + held) // 2))
 
     def info(self) -> dict:
         """What the cache holds, by kind: files and bytes of each sub-folder; per backbone
         configuration its features (shards, entries' bytes, the datasets recorded); the decoded
-        images per resolution."""
-        def tally(path: Path) -> dict:
-            # (a name starting with a dot: a lock, or a write in flight)
-            found = [f for f in path.rglob("*") if f.is_file() and not f.name.startswith(".")] if path.is_dir() else []
-            return {"files": len(found), "bytes": sum(_size(f) for f in found)}
-
+        images per resolution. Each sub-folder is walked once."""
         out: dict = {"root": str(self.root), "kinds": {}, "features": [], "decoded": []}
         for name in SUBFOLDERS:
-            if (self.root / name).is_dir():
-                out["kinds"][name] = tally(self.root / name)
-        for model in sorted((self.root / "features").iterdir()) if (self.root / "features").is_dir() else ():
-            if model.is_dir():
-                shards = ShardedCache(model)
-                out["features"].append({"model": model.name, **tally(model),
+            folder = self.root / name
+            if not folder.is_dir():
+                continue
+            within: dict[str, dict] = {}  # per entry of the sub-folder (a backbone configuration, a resolution)
+            for f in folder.rglob("*"):
+                # (a name starting with a dot: a lock, or a write in flight)
+                if f.is_file() and not f.name.startswith("."):
+                    tally = within.setdefault(f.relative_to(folder).parts[0], {"files": 0, "bytes": 0})
+                    tally["files"] += 1
+                    tally["bytes"] += _size(f)
+            out["kinds"][name] = {k: sum(t[k] for t in within.values()) for k in ("files", "bytes")}
+            for child in sorted(p for p in folder.iterdir() if p.is_dir()) if name in ("features", "decoded") else ():
+                tally = within.get(child.name, {"files": 0, "bytes": 0})
+                if name == "decoded":
+                    out["decoded"].append({"variant": child.name, **tally})
+                    continue
+                shards = ShardedCache(child)
+                out["features"].append({"model": child.name, **tally,
                                         "shards": len(list(shards.dir.glob("*.idx"))) if shards.dir.is_dir() else 0,
                                         "datasets": shards.datasets()})
-        for variant in sorted((self.root / "decoded").iterdir()) if (self.root / "decoded").is_dir() else ():
-            if variant.is_dir():
-                out["decoded"].append({"variant": variant.name, **tally(variant)})
         return out
 
     def compact(self) -> list[dict]:
-        """`ShardedCache.compact` for every sharded store (features, teacher logits, image facts)."""
+        """`ShardedCache.compact` for every sharded store (features, teacher logits, image facts);
+        a folder that is not a transferkit cache is refused."""
+        if self.root.exists() and not self.is_ours():
+            raise UserError(f"{self.root} is not a transferkit cache (no {MARKER}); nothing was changed")
         done = []
         for kind in ("features", "teacher", "images"):
             for store in sorted((self.root / kind).iterdir()) if (self.root / kind).is_dir() else ():
