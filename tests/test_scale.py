@@ -440,7 +440,7 @@ def test_cache_compact_keeps_each_entry_once_and_info_names_the_datasets(tmp_pat
     raw = bytearray(oldest.read_bytes())
     raw[-1] ^= 0xFF  # the oldest shard's last entry (key 100) damaged
     oldest.write_bytes(bytes(raw))
-    store.record_dataset("/photos", {"backbone": "efficientnet_lite0"}, 5,
+    store.record_dataset({"data": "/photos", "backbone": "efficientnet_lite0"}, 5,
                          store.entry_bytes([f"{i:032x}" for i in range(5)], ["v0"]))
     assert main(["cache", "compact", "--cache-dir", str(cache.root)]) == 0
     out = capsys.readouterr().out

@@ -403,11 +403,11 @@ class ShardedCache:
                         total += int(self._rows[where[0]][where[1]]["length"])
             return total
 
-    def record_dataset(self, data: str, about: dict, images: int, size: int) -> None:
-        """Note what the `images` of dataset folder `data` take here (`size` bytes; `about`: what
-        made them, e.g. the backbone), for `cache info`: one small file per dataset."""
-        record = {"data": data, **about, "images": images, "bytes": size, "used": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        digest = hashlib.blake2b(os.fsencode(data), digest_size=8).hexdigest()
+    def record_dataset(self, about: dict, images: int, size: int) -> None:
+        """Note what the `images` of the dataset folder `about["data"]` take here (`size` bytes;
+        `about`: also what made them, e.g. the backbone), for `cache info`: one small file per dataset."""
+        record = {**about, "images": images, "bytes": size, "used": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        digest = hashlib.blake2b(os.fsencode(about["data"]), digest_size=8).hexdigest()
         files.atomic_write(self.dir.parent / "datasets" / f"{digest}.json", json.dumps(record).encode(), fsync=False)
 
     def datasets(self) -> list[dict]:

@@ -508,12 +508,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return cmd_train(args, started, argv)
-        if args.command in ("predict", "doctor"):
-            return (cmd_predict if args.command == "predict" else cmd_doctor)(args, argv)
-        handlers = {"lr-find": cmd_lr_find, "eval": cmd_eval, "predict": cmd_predict, "models": cmd_models,
-                    "summary": cmd_summary, "cache": cmd_cache, "report": cmd_report, "export": cmd_export,
-                    "serve": cmd_serve, "doctor": cmd_doctor, "runs": cmd_runs,
-                    "studio": cmd_studio}
+        with_argv = {"predict": cmd_predict, "doctor": cmd_doctor}  # (--nproc hands the command line to torchrun)
+        if args.command in with_argv:
+            return with_argv[args.command](args, argv)
+        handlers = {"lr-find": cmd_lr_find, "eval": cmd_eval, "models": cmd_models, "summary": cmd_summary,
+                    "cache": cmd_cache, "report": cmd_report, "export": cmd_export, "serve": cmd_serve,
+                    "runs": cmd_runs, "studio": cmd_studio}
         return handlers[args.command](args)
     except UserError as exc:
         print(printable(f"error: {exc}", lines=False), file=sys.stderr)

@@ -46,7 +46,7 @@ def _diagnose(data, options: DoctorOptions | None, console: Console | None, work
     cache.prepare()
     split = discover(data, options.val_fraction, options.seed, cache.datasets())
     out = group.decide(lambda: _out_dir(options.out, data))
-    features = _features(split, options, cache, console, group)
+    features = _features(data, split, options, cache, console, group)
     if features.sharded:
         found, paths, labels, splits, timings = _sharded_analysis(features, options, cache, group, started)
         if not group.primary:
@@ -275,7 +275,7 @@ def _out_dir(out: str | None, data: Path) -> Path:
     return fresh_dir(target)
 
 
-def _features(split, options: DoctorOptions, cache: Cache, console: Console, group=None):
+def _features(data: Path, split, options: DoctorOptions, cache: Cache, console: Console, group=None):
     """The split's features as `train` (default strategy) extracts and caches them."""
     from .. import engines
     from ..engines.cpu import default_workers
@@ -296,4 +296,5 @@ def _features(split, options: DoctorOptions, cache: Cache, console: Console, gro
                             "multi" if multi else "last")
     # in a torchrun group each process extracts and keeps its share (`doctor.sharded`)
     return CachedFeatures.for_key(split, key, multi, pre, models, engine, cache, console, 0, options.seed,
-                                  max(1, workers), group, sharded=group is not None and group.distributed).get(console)
+                                  max(1, workers), group, sharded=group is not None and group.distributed,
+                                  data=data).get(console)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 import numpy as np
 
@@ -17,6 +17,8 @@ from ..data.discover import DatasetSplit
 from ..distributed import Group
 from ..models.preprocess import Preprocess
 from .extract import FeaturePass
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from .. import engines
@@ -89,6 +91,12 @@ class Features:
         """Training images, on every rank together."""
         return len(self.split.train)
 
+    def decide(self, fn: Callable[[], T]) -> T:
+        """`fn()` (a head fitted on these features), its result on every rank: computed by every
+        rank together where the features are sharded (`fn` is then data-parallel), else once by
+        the primary (`Group.decide`)."""
+        return fn() if self.sharded else self.group.decide(fn)
+
     def all_val(self, rows: np.ndarray) -> np.ndarray | None:
         """Per val image, in the split's order, from what each rank computed for its val rows
         (`rows`: one per row of `x_val`, e.g. its logits), on the primary (None on the other ranks):
@@ -123,14 +131,16 @@ class CachedFeatures:
     @classmethod
     def for_key(cls, split: DatasetSplit, key: str, multi: bool, pre: Preprocess, models: LazyClassifier,
                 engine: engines.Choice, cache: Cache, console: Console, aug_views: int = 0, seed: int = 0,
-                workers: int = 1, group: Group | None = None, sharded: bool = False) -> "CachedFeatures":
+                workers: int = 1, group: Group | None = None, sharded: bool = False,
+                data: str | os.PathLike | None = None) -> "CachedFeatures":
         """The split's features under the cache key `key` (`features_key`), extracted by
         `engine` from `models`' backbone where the cache lacks them: how train, auto's other
-        input size and doctor all ask for them. `sharded`: see `FeaturePass`."""
+        input size and doctor all ask for them. `sharded`: see `FeaturePass`. `data`: the
+        dataset's folder, under which `cache info` lists what its features take."""
+        about = None if data is None else {"data": os.path.abspath(data), "backbone": models.spec.name,
+                                           "input_size": pre.input_size, "precision": engine.precision}
         return cls(split, pre, cache.features(key), aug_views, seed, workers,
-                   feature_extractor(engine, key, multi, pre, models, cache, console), multi, group,
-                   {"backbone": models.spec.name, "input_size": pre.input_size, "precision": engine.precision},
-                   sharded)
+                   feature_extractor(engine, key, multi, pre, models, cache, console), multi, group, about, sharded)
 
     def computed(self) -> Features | None:
         """The features if a strategy asked for them, else None (nothing is extracted here)."""
@@ -147,7 +157,7 @@ class CachedFeatures:
         bar = console.progress(sum(map(len, feature_pass.owned)), "features")  # (sharded: this rank's share)
         train_fs, val_fs = feature_pass.run(self.extractor, bar)  # the extractor is built only if needed
         bar.close()
-        self._record(feature_pass, train_paths + val_paths, train_fs.computed + val_fs.computed)
+        self._record(feature_pass, train_fs.computed + val_fs.computed)
         errors = {**train_fs.errors, **val_fs.errors}
         counts = np.array([train_fs.cached + val_fs.cached, train_fs.computed + val_fs.computed, self.cache.recomputed])
         dim = train_fs.features.shape[1] if len(train_fs.features) else val_fs.features.shape[1]
@@ -184,15 +194,12 @@ class CachedFeatures:
                         group=self.group, train_index=train_index, val_index=val_index)
 
 
-    def _record(self, feature_pass: FeaturePass, paths: list[str], computed: int) -> None:
+    def _record(self, feature_pass: FeaturePass, computed: int) -> None:
         """What this dataset's features take in the cache (`cache info`), noted where any were
         computed or none is noted yet, by one rank per node (sharded: the group's totals)."""
-        if self.about is None or not paths:
+        if self.about is None:
             return
-        try:
-            data = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
-        except ValueError:  # (Windows) on two drives
-            return
+        data = self.about["data"]
         lacks = not any(d.get("data") == data for d in self.cache.datasets())
         views = 1 + self.aug_views
         names = [f"v{v}" for v in range(views)] + ([f"t{v}" for v in range(views)] if self.multi else []) + ["err"]
@@ -206,7 +213,7 @@ class CachedFeatures:
             images, size = (int(v) for v in self.group.sum(np.array([images, size], dtype=np.float64)))
         if self.group.writes_cache or not self.group.distributed:
             try:
-                self.cache.record_dataset(data, self.about, images, size)
+                self.cache.record_dataset(self.about, images, size)
             except OSError:  # a note for `cache info`: never a reason to fail the run
                 pass
 

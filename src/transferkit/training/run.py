@@ -262,7 +262,7 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
         # 24.3 s vs 20.8 s).
         features = CachedFeatures.for_key(split, key, multi, pre, models, engine, cache, console, cfg.aug_views or 0,
                                           cfg.seed, max(1, workers) if cfg.workers is None else workers, group,
-                                          sharded=shards_features(cfg))
+                                          sharded=shards_features(cfg), data=cfg.data)
     models.prepare()  # weights that do not fit the architecture fail here, before any output
     if cfg.teacher is not None:
         from .teacher import check_teacher
@@ -312,7 +312,7 @@ def context_at(ctx: Context, pre) -> Context:
     multi = ctx.models.features == "multi"
     features = CachedFeatures.for_key(ctx.split, key, multi, pre, ctx.models, engine, ctx.cache, ctx.console,
                                       ctx.cfg.aug_views or 0, ctx.cfg.seed, max(1, ctx.workers), ctx.group,
-                                      sharded=ctx.features is not None and ctx.features.sharded)
+                                      sharded=ctx.features is not None and ctx.features.sharded, data=ctx.cfg.data)
     return dataclasses.replace(ctx, pre=pre, features=features)
 
 

@@ -12,8 +12,8 @@ def run(ctx):
     f = ctx.cached_features()
     # fitted once, by the primary of a group, every rank getting the head; or with the features
     # sharded (torchrun, #31), by every rank together on its rows
-    fit = lambda: fit_best_head(ctx.cfg, f, ctx.console.progress, ctx.checkpoint, ctx.resume)  # noqa: E731
-    result, linear, choice = fit() if f.sharded else ctx.group.decide(fit)
+    result, linear, choice = f.decide(lambda: fit_best_head(ctx.cfg, f, ctx.console.progress, ctx.checkpoint,
+                                                            ctx.resume))
     width = f.widths[choice.features]
     val_logits = f.all_val(linear(f.x_val[:, :width]))
     if choice.cv_accuracy is not None:

@@ -25,8 +25,7 @@ def run(ctx):
 
     f = ctx.cached_features()
     probe_cfg = dataclasses.replace(ctx.cfg, optimizer="lbfgs", weight_decay=None)
-    fit = lambda: fit_best_head(probe_cfg, f, ctx.console.progress)  # noqa: E731
-    probe, head, choice = fit() if f.sharded else ctx.group.decide(fit)  # sharded: data-parallel (linear)
+    probe, head, choice = f.decide(lambda: fit_best_head(probe_cfg, f, ctx.console.progress))  # as linear
     if choice.cv_accuracy is not None:
         ctx.console.info(head_choice_line(choice))
     width = f.widths[choice.features]
