@@ -14,6 +14,7 @@ from .config import DoctorOptions, ExportOptions, LRFindOptions, PredictOptions,
 from .console import Console
 from .errors import UserError
 from .worker import Worker
+from .data.discover import split_samples
 from .files import claim_out, fresh_dir
 from .training.result import Run
 
@@ -121,9 +122,7 @@ def evaluate(run: str | Path, data: str | Path | None = None, device: str = "aut
     else on the run's own validation split. Writes metrics.json, the plots, misclassified.csv and
     report.html into `out` (default: a new RUN/eval-<name> folder) and returns the metrics
     (with "out": that folder, and "engine": what ran the model). `engine`: as `load`'s."""
-    import json
-
-    from .data.discover import Sample, eval_files
+    from .data.discover import eval_files
     from .models import bundle
 
     console = console or Console()
@@ -135,7 +134,7 @@ def evaluate(run: str | Path, data: str | Path | None = None, device: str = "aut
         split_file = run_dir / "split.json"
         if not split_file.is_file():
             raise UserError(f"{split_file} is missing: pass the DATA folder to evaluate on")
-        samples = [Sample(p, int(label)) for p, label in json.loads(split_file.read_text())["val"]]
+        samples = split_samples(split_file, "val")
         missing = [s.path for s in samples if not Path(s.path).exists()]
         if missing:
             raise UserError(f"{len(missing)} validation image(s) of this run are gone, e.g. {missing[0]}; "
@@ -250,10 +249,13 @@ def cache_info(cache_dir: str | None = None) -> dict:
     return Cache(cache_dir).info()
 
 
-def compact_cache(cache_dir: str | None = None) -> tuple[Path, list[dict]]:
-    """Rewrite every sharded store as few shards, each entry once (`ShardedCache.compact`)."""
+def compact_cache(cache_dir: str | None = None) -> tuple[Path, list[dict], tuple[int, int]]:
+    """Rewrite every sharded store as few shards, each entry once (`ShardedCache.compact`), after
+    removing the temporary files killed processes left; returns (folder, stores, (files, bytes)
+    of those temporary files)."""
     cache = Cache(cache_dir)
-    return cache.root, cache.compact()
+    swept = cache.sweep()
+    return cache.root, cache.compact(), swept
 
 
 def clear_cache(cache_dir: str | None = None, dry_run: bool = False) -> tuple[Path, list[Path], int]:

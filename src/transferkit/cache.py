@@ -26,7 +26,6 @@ an image key the file's absolute path, size and modification time. A change to a
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import mmap
@@ -103,7 +102,10 @@ def parse_size(text: str | int | None) -> int | None | str:
         value = -1.0
     if unit not in _UNITS or not value >= 0 or value == float("inf"):
         raise UserError(f"--cache-limit {text}: give a size such as 50GB, 800MiB or 0, or auto or none")
-    return int(value * _UNITS[unit])
+    size = value * _UNITS[unit]
+    if not size < 2**63:  # (1e300GB: more than any disk, and no int64)
+        raise UserError(f"--cache-limit {text}: more than any disk holds; give none for no limit")
+    return int(size)
 
 
 AUTO_LIMIT_MAX = 64 * 10**9  # --cache-limit auto: half of what is free (with what the cache holds), at most this
@@ -153,7 +155,7 @@ class SizeLimit:
     def enforce(self, incoming: int = 0) -> int:
         """Count the entries; if they and `incoming` bytes pass the limit, evict the least recently
         used down to LOW_WATER of it. Returns the bytes left."""
-        with _locked(self.root / ".evict.lock"):
+        with files.locked(self.root / ".evict.lock"):
             found = self.entries()
             total = sum(size for _, size, _ in found)
             if self.limit is None:  # "auto", on the first count
@@ -173,23 +175,6 @@ class SizeLimit:
                 total -= size
                 self.evicted += 1
             return total
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    """An exclusive lock on `path` (made if missing) between processes, where the OS has flock."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as f:
-        try:
-            import fcntl
-        except ImportError:  # (Windows) unlocked: eviction still bounded, only less exact
-            yield
-            return
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class ArrayCache:
@@ -421,7 +406,7 @@ class ShardedCache:
         are mapped, not read into memory. Runs meanwhile keep working: they write shards of their
         own (left as they are), and one reading a shard that is gone computes that entry again.
         Returns {shards, bytes, entries, dropped} before and after."""
-        with _locked(self.dir / ".compact.lock"):
+        with files.locked(self.dir / ".compact.lock"):
             olds = sorted(self.dir.glob("*.idx")) if self.dir.is_dir() else []
             before = sum(p.stat().st_size + _size(p.with_suffix(".dat")) for p in olds)
             out = ShardedCache(self.dir.parent)
@@ -538,6 +523,15 @@ class Cache:
                 if (store / "shards").is_dir():
                     done.append({"store": f"{kind}/{store.name}", **ShardedCache(store).compact()})
         return done
+
+    def sweep(self) -> tuple[int, int]:
+        """Remove the temporary files that killed processes left (a compaction or a run stopped by
+        SIGKILL mid-write): (files, bytes). A folder that is not a transferkit cache is refused."""
+        if not self.root.is_dir():
+            return 0, 0
+        if not self.is_ours():
+            raise UserError(f"{self.root} is not a transferkit cache (no {MARKER}); nothing was changed")
+        return files.sweep_temporary(self.root)
 
     def teacher(self, ident: dict) -> ShardedCache:
         """A distillation teacher's logits for the student's views (see `training.teacher`)."""

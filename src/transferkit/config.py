@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -176,6 +177,10 @@ class TrainConfig:
         if not self.data:
             raise UserError("no dataset folder given")
         check_values(self)
+        if self.name is not None and (not self.name.strip() or self.name in (".", "..") or "/" in self.name
+                                      or os.sep in self.name or "\0" in self.name):
+            raise UserError(f"--name {self.name!r} must be a folder name (no /, not . or ..): the run goes in "
+                            "--runs-dir; give --out PATH for a folder elsewhere")
         strategy = STRATEGIES.get(self.strategy)
         optimizer = self.optimizer or strategy.defaults.get("optimizer")
         if self.optimizer is not None and self.optimizer not in strategy.optimizers:
@@ -497,16 +502,18 @@ def _fmt(bound: float) -> str:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    from .files import DamagedFile, load_yaml_object, shown
+
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise UserError(f"config file not found: {p}")
     try:
-        values = yaml.safe_load(p.read_text()) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise UserError(f"config file {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(values, dict):
-        raise UserError(f"config file {p} must hold a mapping of option: value")
-    return values
+        return dict(load_yaml_object(p, limit=1 << 20))
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {shown(p)}") from None
+    except OSError as exc:
+        raise UserError(f"config file {shown(p)} cannot be read: {exc.strerror or exc}") from None
+    except DamagedFile as exc:
+        raise UserError(f"config file {shown(p)} {exc}" + (": it must hold a mapping of option: value"
+                                                           if "mapping" in str(exc) else "")) from None
 
 
 def field_type(f: dataclasses.Field) -> str:

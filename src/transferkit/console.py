@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -48,6 +49,11 @@ class LogProgress:
     and a closing line if any was written."""
 
     def __init__(self, total: int, desc: str, every: float | None = 5.0):
+        if every is not None:  # (the studio asks its jobs for a line a second: TRANSFERKIT_PROGRESS_SECONDS)
+            try:
+                every = max(0.2, float(os.environ.get("TRANSFERKIT_PROGRESS_SECONDS", every)))
+            except ValueError:
+                pass
         self.total, self.desc, self.every = total, desc, every
         self.n, self.start, self.last, self.postfix, self.lines = 0, time.monotonic(), time.monotonic(), "", 0
 

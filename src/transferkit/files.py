@@ -36,7 +36,7 @@ def atomic_stream(path: str | Path, mode: str = "wb", fsync: bool = True, **open
     `path`, renamed over `path` once the block ends without error and removed otherwise."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+    tmp = str(path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(6)}{TEMP_SUFFIX}")
     # mode 0o666 less the umask, as for any file the user's programs write (mkstemp's 0600 made
     # run files unreadable to the user's group where everything else was not)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -53,6 +53,65 @@ def atomic_stream(path: str | Path, mode: str = "wb", fsync: bool = True, **open
         raise
 
 
+TEMP_SUFFIX = ".tmp"  # atomic_stream's temporary files: .<name>.<pid>-<random>.tmp
+
+
+def sweep_temporary(folder: str | Path, older_than: float = 60.0, any_after: float = 86400.0) -> tuple[int, int]:
+    """Remove the temporary files that `atomic_stream` left in `folder` (recursively) when its
+    process was killed: those whose process is gone and that are `older_than` seconds, and any
+    older than `any_after` (a process on another machine sharing the folder). Returns (files,
+    bytes) removed."""
+    import re
+    import time
+
+    pattern = re.compile(r"^\..+\.(\d+)-[0-9a-f]{12}" + re.escape(TEMP_SUFFIX) + "$")
+    now, removed, size = time.time(), 0, 0
+    for dirpath, _, names in os.walk(folder):
+        for name in names:
+            match = pattern.match(name)
+            if not match:
+                continue
+            path = os.path.join(dirpath, name)
+            try:
+                info = os.lstat(path)
+                age = now - info.st_mtime
+                if age > any_after or age > older_than and not _alive(int(match.group(1))):
+                    os.unlink(path)
+                    removed, size = removed + 1, size + info.st_size
+            except OSError:
+                continue
+    return removed, size
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def locked(path: str | Path):
+    """An exclusive lock on `path` (made if missing) between processes, where the OS has flock
+    (elsewhere the block runs unlocked)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as f:
+        try:
+            import fcntl
+        except ImportError:  # (Windows)
+            yield
+            return
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def text_bytes(text: str) -> bytes:
     """Text as transferkit writes it to a file: UTF-8, where a file name that is not valid UTF-8
     (held by Python as surrogates) is written back as its own bytes, so it can be read back
@@ -67,25 +126,179 @@ def write_json(path: str | Path, obj: Any) -> None:
     atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
-def read_json_object(path: str | Path) -> dict | None:
-    """The JSON object (a mapping) in `path`; None where the file is missing, unreadable, not JSON
-    or not a mapping (a run folder's own files, read for display: never an error)."""
+# -- reading back the files transferkit (or a user) left: one bounded, typed reader -------------
+#
+# Every file read back (a run's results.json, config.yaml, doctor.json, export.json, a cache
+# record, a --config file) goes through `read_text`: a regular file only (a FIFO or a device
+# never blocks a command), at most `limit` bytes, decoded as UTF-8 (a BOM allowed). Parsed
+# documents are checked for depth and size (a nested or aliased document is refused, not a
+# RecursionError or a billion entries), and come back as `Record`s: mappings whose typed getters
+# give None (or the default) for a value of the wrong type, so a damaged file never takes a
+# command down.
+
+RECORD_LIMIT = 64 << 20  # bytes of a JSON/YAML file read back
+RECORD_DEPTH = 64  # nesting of a document read back
+RECORD_NODES = 5_000_000  # values in a document read back (YAML aliases counted each time)
+
+
+class DamagedFile(ValueError):
+    """A file read back that is not what it should be (the message says why, without the path)."""
+
+
+def read_text(path: str | Path, limit: int = RECORD_LIMIT) -> str:
+    """The text of the regular file `path`: OSError where it cannot be opened, DamagedFile where
+    it is not a regular file, larger than `limit` bytes or not UTF-8."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once instead of waiting for a writer
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise DamagedFile("is not a regular file")
+        raw = f.read(limit + 1)
+    if len(raw) > limit:
+        raise DamagedFile(f"is larger than {limit >> 20} MiB")
     try:
-        value = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise DamagedFile("is not UTF-8 text") from None
 
 
-def read_yaml_object(path: str | Path) -> dict | None:
-    """As `read_json_object`, for a YAML mapping (a run's config.yaml)."""
+def parse_json(text: str | bytes):
+    """JSON from someone else (a file, a request), checked as `checked_document`: DamagedFile
+    (a ValueError) for anything that is not a reasonable JSON document."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise DamagedFile(f"is nested deeper than {RECORD_DEPTH} levels") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DamagedFile(f"is not JSON ({str(exc).splitlines()[0][:80]})") from None
+    return checked_document(value)
+
+
+def checked_document(value, depth: int = RECORD_DEPTH, nodes: int = RECORD_NODES):
+    """`value` (parsed JSON or YAML) if it nests at most `depth` levels and holds at most `nodes`
+    values, a value shared by YAML aliases counted at each place it stands (as a writer would
+    expand it: a "billion laughs" document is refused in the time its few distinct values take);
+    else DamagedFile. A document that holds itself is refused too."""
+    sizes: dict[int, tuple[int, int]] = {}  # id of a container -> (values, levels) it expands to
+    on_path: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(value, False)]
+    while stack:
+        item, finished = stack.pop()
+        if not isinstance(item, (dict, list, tuple)):
+            continue
+        key = id(item)
+        children = list(item.values()) + [k for k in item if isinstance(k, tuple)] if isinstance(item, dict) \
+            else item
+        if finished:
+            on_path.discard(key)
+            inner = [sizes.get(id(c), (1, 0)) for c in children]
+            size = (1 + sum(n for n, _ in inner), 1 + max((h for _, h in inner), default=0))
+            if size[0] > nodes:
+                raise DamagedFile(f"holds more than {nodes} values")
+            if size[1] > depth:
+                raise DamagedFile(f"is nested deeper than {depth} levels")
+            sizes[key] = size
+        elif key in on_path:
+            raise DamagedFile("holds itself")
+        elif key not in sizes:
+            if len(on_path) >= depth:
+                raise DamagedFile(f"is nested deeper than {depth} levels")
+            on_path.add(key)
+            stack.append((item, True))
+            stack.extend((c, False) for c in children)
+    return value
+
+
+class Record(dict):
+    """A mapping read back from a file, with typed getters: each gives `default` where the key is
+    missing or its value is not of the type asked for."""
+
+    def number(self, key, default=None) -> float | None:
+        value = self.get(key)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value \
+            and value not in (float("inf"), float("-inf"))
+        return float(value) if ok else default
+
+    def integer(self, key, default=None) -> int | None:
+        value = self.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+    def text(self, key, default=None) -> str | None:
+        value = self.get(key)
+        return value if isinstance(value, str) else default
+
+    def record(self, key) -> "Record":
+        """The mapping at `key` ({} where it is none)."""
+        value = self.get(key)
+        return Record(value) if isinstance(value, dict) else Record()
+
+    def items_of(self, key, kind=None) -> list:
+        """The list at `key` ([] where it is none), less the items that are not `kind` (a type or
+        tuple of types; dicts come back as Records)."""
+        value = self.get(key)
+        if not isinstance(value, list):
+            return []
+        out = [v for v in value if kind is None or isinstance(v, kind)]
+        return [Record(v) if isinstance(v, dict) else v for v in out]
+
+    def texts(self, key) -> list[str]:
+        return self.items_of(key, str)
+
+
+def load_json_object(path: str | Path, limit: int = RECORD_LIMIT) -> Record:
+    """The JSON mapping in `path` as a Record; OSError, or DamagedFile saying what is wrong."""
+    value = parse_json(read_text(path, limit))
+    if not isinstance(value, dict):
+        raise DamagedFile("is not a JSON object")
+    return Record(value)
+
+
+def load_yaml_object(path: str | Path, limit: int = RECORD_LIMIT) -> Record:
+    """As `load_json_object`, for a YAML mapping (empty: {})."""
     import yaml
 
+    text = read_text(path, limit)
     try:
-        value = yaml.safe_load(Path(path).read_text())
-    except (OSError, ValueError, yaml.YAMLError):
+        value = yaml.safe_load(text)
+    except RecursionError:
+        raise DamagedFile(f"is nested deeper than {RECORD_DEPTH} levels") from None
+    except yaml.YAMLError as exc:
+        raise DamagedFile(f"is not YAML ({str(exc).splitlines()[0][:80]})") from None
+    value = {} if value is None else checked_document(value)
+    if not isinstance(value, dict):
+        raise DamagedFile("is not a YAML mapping")
+    return Record(value)
+
+
+def read_json_object(path: str | Path, limit: int = RECORD_LIMIT) -> Record | None:
+    """The JSON object (a mapping) in `path`, as a Record; None where the file is missing,
+    unreadable, not a regular file, too large, too deep, not JSON or not a mapping (a run folder's
+    own files, read for display: never an error)."""
+    try:
+        return load_json_object(path, limit)
+    except (OSError, ValueError):
         return None
-    return value if isinstance(value, dict) else None
+
+
+def read_yaml_object(path: str | Path, limit: int = RECORD_LIMIT) -> Record | None:
+    """As `read_json_object`, for a YAML mapping (a run's config.yaml)."""
+    try:
+        return load_yaml_object(path, limit)
+    except (OSError, ValueError):
+        return None
+
+
+def user_json_object(path: str | Path, what: str) -> Record:
+    """As `load_json_object`, for a file a command needs: its faults a UserError of one line
+    (`what`: how the user knows the file, e.g. "the run's split.json")."""
+    try:
+        return load_json_object(path)
+    except FileNotFoundError:
+        raise UserError(f"{what} {shown(path)} is missing") from None
+    except OSError as exc:
+        raise UserError(f"{what} {shown(path)} cannot be read: {exc.strerror or exc}") from None
+    except DamagedFile as exc:
+        raise UserError(f"{what} {shown(path)} {exc}") from None
 
 
 def digest(data: bytes) -> bytes:

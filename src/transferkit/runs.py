@@ -15,10 +15,15 @@ from pathlib import Path
 
 
 from .errors import UserError
-from .files import read_json_object, read_yaml_object
+from .files import Record, read_json_object, read_yaml_object, sweep_temporary
 
 # What makes a folder a run's (any of them): a finished run has all of the first three.
 RUN_FILES = ("model.json", "results.json", "config.yaml", "checkpoint.pt")
+# What a finished run writes into its folder besides config.yaml (and, while unfinished, checkpoint.pt)
+OUTPUT_FILES = ("model.safetensors", "model.json", "results.json", "metrics.json", "metrics.csv", "predictions.csv",
+                "misclassified.csv", "split.json", "report.html", "curves.png", "confusion_matrix.png",
+                "confusion_matrix_normalized.png", "predictions.png", "top_losses.png", "lr_find.png", "lr_find.json",
+                "tracking.json")
 SORT_KEYS = ("when", "name", "val_acc", "balanced_accuracy", "wall_s", "cpu_s", "size_mb")
 
 
@@ -28,7 +33,7 @@ class RunRow:
 
     path: str
     name: str
-    status: str  # finished | interrupted | unfinished (a checkpoint, no results) | damaged
+    status: str  # finished | interrupted | unfinished (a checkpoint, no results) | incomplete (no model) | damaged
     when: float | None = None  # when it ended (results.json written) or started (config.yaml), Unix time
     data: str | None = None
     data_fingerprint: str | None = None
@@ -71,9 +76,16 @@ def read_run(folder: Path) -> RunRow:
         row.when = _mtime(folder / "config.yaml")
     results_file = folder / "results.json"
     if not results_file.is_file():
-        row.status = "unfinished" if (folder / "checkpoint.pt").is_file() else "damaged"
-        row.problem = ("training did not finish (checkpoint.pt): `transferkit train --resume "
-                       f"{folder}` continues it" if row.status == "unfinished" else "no results.json")
+        if (folder / "checkpoint.pt").is_file():
+            row.status = "unfinished"
+            row.problem = f"training did not finish (checkpoint.pt): `transferkit train --resume {folder}` continues it"
+        elif cfg is not None and not (folder / "model.json").exists():
+            # the command began (config.yaml is its first file) and ended before a model: stopped,
+            # failed or killed during feature extraction, or still running
+            row.status = "incomplete"
+            row.problem = "no model: training stopped or failed before one was saved (or is still running)"
+        else:
+            row.status, row.problem = "damaged", "no results.json"
         return row
     results = read_json_object(results_file)
     if not isinstance(results, dict) or not isinstance(results.get("val_acc"), (int, float)):
@@ -97,6 +109,28 @@ def read_run(folder: Path) -> RunRow:
         row.status = "unfinished"
         row.problem = f"interrupted; `transferkit train --resume {folder}` continues it"
     return row
+
+
+def remove_run(folder: Path) -> list[str]:
+    """Delete the run in `folder`: the files and folders transferkit wrote there (its outputs,
+    config.yaml, a checkpoint, export/, eval-*/, tensorboard/), then the folder if nothing else is
+    left. Returns the names of what was left (files of the user's: never deleted)."""
+    import shutil
+
+    from .data.discover import OWN_MARKER, is_own_output
+
+    if not is_run(folder):
+        raise UserError(f"{folder} is not a run folder")
+    for name in (*OUTPUT_FILES, "config.yaml", "checkpoint.pt", OWN_MARKER):
+        (folder / name).unlink(missing_ok=True)
+    for sub in [folder / "export", folder / "tensorboard", *folder.glob("eval-*")]:
+        if sub.is_dir() and not sub.is_symlink() and (sub.name == "tensorboard" or is_own_output(sub)):
+            shutil.rmtree(sub)
+    sweep_temporary(folder)  # (what a killed run was writing)
+    left = sorted(p.name for p in folder.iterdir())
+    if not left:
+        folder.rmdir()
+    return left
 
 
 def list_runs(root: str | Path = "runs", sort: str = "when") -> list[RunRow]:
@@ -162,11 +196,11 @@ def compare(a: str | Path, b: str | Path) -> Comparison:
         folders.append(folder)
     rows = [read_run(f) for f in folders]
     for row in rows:
-        if row.status in ("damaged", "unfinished"):
+        if row.status in ("damaged", "unfinished", "incomplete"):
             raise UserError(f"cannot compare {row.path}: {row.problem}")
     out = Comparison(*rows)
-    configs = [read_yaml_object(f / "config.yaml") or {} for f in folders]
-    results = [read_json_object(f / "results.json") or {} for f in folders]
+    configs = [read_yaml_object(f / "config.yaml") or Record() for f in folders]
+    results = [read_json_object(f / "results.json") or Record() for f in folders]
     other_strategies = configs[0].get("strategy") != configs[1].get("strategy")
     only_one = []
     for key in sorted(set(configs[0]) | set(configs[1])):
@@ -184,10 +218,10 @@ def compare(a: str | Path, b: str | Path) -> Comparison:
     for key in ("strategy", "backbone"):  # what auto chose, beside what was asked for
         if results[0].get(key) != results[1].get(key):
             out.settings[f"kept {key}"] = (results[0].get(key), results[1].get(key))
-    metrics = [read_json_object(f / "metrics.json") or {} for f in folders]
+    metrics = [read_json_object(f / "metrics.json") or Record() for f in folders]
     for name, get in (("val accuracy", lambda r, m: r.get("val_acc")),
                       ("balanced accuracy", lambda r, m: r.get("balanced_accuracy")),
-                      ("macro F1", lambda r, m: (m.get("macro_avg") or {}).get("f1")),
+                      ("macro F1", lambda r, m: m.record("macro_avg").get("f1")),
                       ("top-5 accuracy", lambda r, m: m.get("top5_accuracy")),
                       ("val images", lambda r, m: r.get("num_val")),
                       ("train images", lambda r, m: r.get("num_train")),
@@ -196,9 +230,9 @@ def compare(a: str | Path, b: str | Path) -> Comparison:
         pair = tuple(_num(get(r, m)) for r, m in zip(results, metrics))
         if any(v is not None for v in pair):
             out.metrics[name] = pair
-    per_class = [m.get("per_class") if isinstance(m.get("per_class"), dict) else {} for m in metrics]
+    per_class = [m.record("per_class") for m in metrics]
     for cls in list(dict.fromkeys([*per_class[0], *per_class[1]])):
-        out.per_class[cls] = {k: tuple(_num((pc.get(cls) or {}).get(k)) for pc in per_class)
+        out.per_class[cls] = {k: tuple(pc.record(cls).number(k) for pc in per_class)
                               for k in ("precision", "recall", "f1", "support")}
     if out.a.data_fingerprint and out.b.data_fingerprint and out.a.data_fingerprint != out.b.data_fingerprint:
         out.notes.append("the runs were trained or measured on different images (their data fingerprints differ): "

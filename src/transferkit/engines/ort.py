@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterator
 
@@ -101,13 +100,11 @@ def check_images(run_dir: Path, meta, count: int = CHECK_IMAGES) -> np.ndarray:
     conversion on real images; random inputs where none is left to read."""
     from ..data.decode import normalized_array
     from ..errors import ImageDecodeError
+    from ..files import Record, read_json_object
 
     p = meta.preprocess
     rows = []
-    try:
-        val = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))["val"]
-    except (OSError, ValueError, KeyError, TypeError):
-        val = []
+    val = (read_json_object(run_dir / "split.json") or Record()).items_of("val", list)
     for item in val:
         if len(rows) == count:
             break

@@ -5,8 +5,9 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from pathlib import Path
+
+from ..files import Record, read_json_object, read_yaml_object
 
 from .plots import thumbnail
 
@@ -41,8 +42,7 @@ def _table(header: list[str], rows: list[list], cls: str = "") -> str:
 
 def _results(run_dir: Path) -> dict | None:
     """The run's results.json, if it has one."""
-    path = run_dir / "results.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json_object(run_dir / "results.json")
 
 
 def _settings(run_dir: Path, r: dict | None) -> list[list]:
@@ -53,32 +53,31 @@ def _settings(run_dir: Path, r: dict | None) -> list[list]:
                     "device", "precision", "wall_s"):
             if r.get(key) is not None:
                 rows.append([key, r[key]])
-        head = r.get("head") or {}
-        if head.get("cv_accuracy") is not None:
+        head = r.record("head")
+        if None not in (head.number("cv_accuracy"), head.number("weight_decay")):
             rows.append(["head (chosen by cross-validation)",
-                         f"{head['features']} features, {head['scaling']} scaling, weight decay "
-                         f"{head['weight_decay']:g}: {head['cv_accuracy']:.1%} in {head['folds']} folds"])
-    config = run_dir / "config.yaml"
-    if config.is_file():
-        import yaml
-
-        for key, value in (yaml.safe_load(config.read_text()) or {}).items():
-            if value is not None and key not in {k for k, _ in rows}:
-                rows.append([key, value])
+                         f"{head.get('features')} features, {head.get('scaling')} scaling, weight decay "
+                         f"{head.number('weight_decay'):g}: {head.number('cv_accuracy'):.1%} in {head.get('folds')} "
+                         "folds"])
+    for key, value in (read_yaml_object(run_dir / "config.yaml") or {}).items():
+        if value is not None and key not in {k for k, _ in rows}:
+            rows.append([key, value])
     return rows
 
 
 def _candidates(results: dict | None) -> str:
     """auto's "Candidates" section: every candidate it measured, with its cost."""
-    info = (results or {}).get("strategy_info") or {}
-    rows = [[c["candidate"] + (" (kept)" if c.get("kept") else ""), c["what"],
-             f"{c['cv_accuracy']:.1%}" if c.get("cv_accuracy") is not None else "",
-             f"{c['val_acc']:.1%}" if c.get("val_acc") is not None else "", f"{c['seconds']:.1f}",
-             f"{c['estimated_seconds']:.0f}" if c.get("estimated_seconds") is not None else ""]
-            for c in info.get("candidates") or []]
+    info = Record(results or {}).record("strategy_info")
+
+    def number(c: Record, key: str, fmt: str) -> str:
+        return "" if c.number(key) is None else f"{c.number(key):{fmt}}"
+
+    rows = [[str(c.get("candidate", "")) + (" (kept)" if c.get("kept") else ""), str(c.get("what", "")),
+             number(c, "cv_accuracy", ".1%"), number(c, "val_acc", ".1%"), number(c, "seconds", ".1f"),
+             number(c, "estimated_seconds", ".0f")] for c in info.items_of("candidates", dict)]
     if not rows:
         return ""
-    budget = f" within a budget of {info['budget_s']:g} s" if info.get("budget_s") else ""
+    budget = f" within a budget of {info.number('budget_s'):g} s" if info.number("budget_s") else ""
     return (f"<h2>Candidates (auto)</h2><p class=\"note\">What auto measured{budget}, with the seconds each "
             f"took.</p>" + _table(["candidate", "what", "CV accuracy", "val accuracy", "seconds", "estimated s"],
                                   rows, "candidates"))

@@ -11,13 +11,13 @@ and its row-normalized twin, `curves.png`, `predictions.png`, `top_losses.png`,
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
-from ..files import TEXT_ERRORS, atomic_write, csv_table, csv_untext, text_bytes, write_json
+from ..files import TEXT_ERRORS, Record, atomic_write, csv_table, csv_untext, load_json_object, read_json_object, \
+    text_bytes, write_json
 from . import metrics
 from .page import report_html
 from .plots import plot_confusion, plot_curves, plot_grid
@@ -62,11 +62,11 @@ def read_summary(run_dir: Path) -> dict:
     """metrics.json as written by `write_evaluation`; a damaged file is a `UserError`."""
     path = run_dir / "metrics.json"
     try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(summary, dict) or not isinstance(summary.get("classes"), list):
+        summary = load_json_object(path)
+        if not summary.texts("classes") or len(summary.texts("classes")) != len(summary["classes"]):
             raise ValueError("no list of classes")
         return summary
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError) as exc:
         raise UserError(f"{path} is damaged ({exc}); `transferkit eval RUN` writes a fresh one") from None
 
 
@@ -89,7 +89,7 @@ def render(run_dir: str | Path) -> Path:
     history = run_dir / "metrics.csv"
     if history.is_file():
         results = run_dir / "results.json"
-        best = json.loads(results.read_text()).get("best_epoch") if results.is_file() else None
+        best = (read_json_object(results) or Record()).integer("best_epoch")
         epochs, unit = metrics.read_history_csv(history)
         plot_curves(run_dir / "curves.png", epochs, best or 0, unit)
     plot_grid(run_dir / "predictions.png", sample_rows(rows, GRID), "validation predictions", show_actual=False)

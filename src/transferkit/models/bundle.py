@@ -5,14 +5,13 @@ metadata and checking the weights' checksum import no torch (a run served by ONN
 from __future__ import annotations
 
 import hashlib
-import json
 import platform
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .. import __version__
 from ..errors import UserError
-from ..files import atomic_write, file_sha256, write_json
+from ..files import Record, atomic_write, file_sha256, load_json_object, read_yaml_object, write_json
 from .preprocess import Preprocess
 
 FORMAT = "transferkit-bundle"
@@ -159,8 +158,8 @@ def read_meta(path: str | Path) -> tuple[BundleMeta, Path]:
     """A run's model.json (checked), and the run folder."""
     run_dir = resolve(path)
     try:
-        return BundleMeta.from_dict(json.loads((run_dir / "model.json").read_text(encoding="utf-8"))), run_dir
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        return BundleMeta.from_dict(dict(load_json_object(run_dir / "model.json"))), run_dir
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UserError(f"{run_dir / 'model.json'} is damaged: {exc}") from None
 
 
@@ -178,13 +177,8 @@ def weights_sha256(meta: BundleMeta, run_dir: Path) -> str:
 def trained_on(run_dir: Path) -> list[str]:
     """The dataset folder the run in `run_dir` was trained on (its config.yaml), if known: a
     command on the run never writes into it."""
-    try:
-        import yaml
-
-        data = (yaml.safe_load((Path(run_dir) / "config.yaml").read_text(encoding="utf-8")) or {}).get("data")
-    except (OSError, ValueError, AttributeError, yaml.YAMLError):
-        return []
-    return [data] if isinstance(data, str) and data else []
+    data = (read_yaml_object(Path(run_dir) / "config.yaml") or Record()).text("data")
+    return [data] if data else []
 
 
 def load(path: str | Path) -> tuple["Classifier", BundleMeta, Path]:

@@ -7,8 +7,11 @@ shows them. The experiment is `MLFLOW_EXPERIMENT_NAME`, else "transferkit"."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+
+from ...files import locked
 
 from ..registry import TrackerKind, register
 
@@ -32,25 +35,41 @@ class MlflowTracker:
 
         env_uri = os.environ.get("MLFLOW_TRACKING_URI")
         uri = env_uri or default_uri(self.run_dir.parent)
-        self.client = MlflowClient(tracking_uri=uri)
-        previous = start.state or {}
-        if previous.get("run_id") and previous.get("tracking_uri") == uri:  # --resume: the same MLflow run
-            self.run_id = previous["run_id"]
-            self.client.update_run(self.run_id, status="RUNNING")
-            return previous
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT
-        found = self.client.get_experiment_by_name(name)
-        if found is not None:
-            experiment = found.experiment_id
-        else:
-            artifacts = None if env_uri else (self.run_dir.parent.resolve() / "mlartifacts").as_uri()
-            experiment = self.client.create_experiment(name, artifact_location=artifacts)
+        previous = start.state or {}
+        # Two first runs at once would both create the local store (its schema) and the experiment,
+        # and one would lose: the store's making and the experiment's look-up or creation are done
+        # under a lock beside it; with a store of the user's, a lost race for the experiment reads
+        # the winner's.
+        local = None if env_uri else self.run_dir.parent.resolve()
+        with locked(local / ".mlflow.lock") if local else contextlib.nullcontext():
+            self.client = MlflowClient(tracking_uri=uri)
+            if previous.get("run_id") and previous.get("tracking_uri") == uri:  # --resume: the same MLflow run
+                self.run_id = previous["run_id"]
+                self.client.update_run(self.run_id, status="RUNNING")
+                return previous
+            experiment = self._experiment(name, local)
         run = self.client.create_run(experiment, run_name=start.name, tags=start.tags)
         self.run_id = run.info.run_id
         params = [Param(k, v) for k, v in start.params.items()]
         for i in range(0, len(params), BATCH):
             self.client.log_batch(self.run_id, params=params[i:i + BATCH])
         return {"run_id": self.run_id, "tracking_uri": uri, "experiment_id": experiment}
+
+    def _experiment(self, name: str, local: Path | None) -> str:
+        from mlflow.exceptions import MlflowException
+
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        artifacts = (local / "mlartifacts").as_uri() if local else None
+        try:
+            return self.client.create_experiment(name, artifact_location=artifacts)
+        except MlflowException:
+            found = self.client.get_experiment_by_name(name)  # another process made it meanwhile
+            if found is None:
+                raise
+            return found.experiment_id
 
     def epochs(self, rows) -> None:
         from mlflow.entities import Metric
