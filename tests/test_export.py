@@ -164,6 +164,11 @@ def test_mlflow_flavour_loads_predicts_images_and_serves(exported, tmp_path):
     np.testing.assert_allclose(np.stack(encoded["probabilities"]), np.stack(by_path["probabilities"][:2]), atol=1e-6)
     tensor = model.predict(np.stack([onnx.prepare(p) for p in images[:2]]))
     np.testing.assert_allclose(np.stack(tensor["logits"]), np.stack(by_path["logits"][:2]), atol=1e-5)
+    poisoned = np.stack([onnx.prepare(p) for p in images[:2]])
+    poisoned[1, 0, 0, 0] = np.nan  # a NaN in: that row's error, never a confident label
+    answered = model.predict(poisoned)
+    assert answered["label"][0] == tensor["label"][0] and answered["label"][1] is None
+    assert "not finite" in answered["error"][1]
     meta = json.loads(json.dumps(mlflow.models.Model.load(str(folder)).metadata))
     assert meta["transferkit"]["classes"] == ["blue", "green", "red"]
 

@@ -53,7 +53,8 @@ def served(tmp_path_factory):
     return {"run": run, "onnx": run / "export" / "model.onnx", "images": images, "cache": root / "cache"}
 
 
-def _client(model, engine="torch", precision="auto", **options) -> TestClient:
+def _client(model, engine=None, precision="auto", **options) -> TestClient:
+    engine = engine or ("auto" if str(model).endswith(".onnx") else "torch")  # (an .onnx file runs on ONNX Runtime)
     return TestClient(create_app(ServedModel(model, engine=engine, precision=precision), ServeOptions(**options)))
 
 

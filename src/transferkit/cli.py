@@ -211,15 +211,15 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import json
-
     from . import api
     from .evaluation import metrics
+    from .files import Record, read_json_object
+
     summary = api.evaluate(args.run, args.data, out=args.out, **_options(args, PredictOptions))
     print(metrics.format_table(summary))
     results_file = Path(args.run) / "results.json"
-    if args.data is None and results_file.is_file():
-        saved = json.loads(results_file.read_text())["val_acc"]
+    saved = (read_json_object(results_file) or Record()).number("val_acc")
+    if args.data is None and saved is not None:
         print(f"accuracy {summary['accuracy']:.4f} on {summary['num_images']} images "
               f"(results.json: {saved:.4f}, difference {abs(summary['accuracy'] - saved):.4f}"
               + (f"; --tta {tta}, the run's figure without" if (tta := getattr(args, "tta", "none")) != "none"
@@ -278,8 +278,9 @@ def cmd_predict(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     if not files:
         raise UserError("no files found in the given inputs")
     if args.run.endswith(".onnx"):  # an exported model: ONNX Runtime alone, torch is not imported
-        from .prediction.onnx_predictor import OnnxPredictor
+        from .prediction.onnx_predictor import OnnxPredictor, check_exported_options
 
+        check_exported_options(args.run, options.engine, options.precision)
         predictor = OnnxPredictor(args.run, tta=options.tta)
     else:
         from . import api
@@ -311,15 +312,21 @@ def cmd_predict(args: argparse.Namespace, argv: list[str] | None = None) -> int:
 def _predict_to_folder(args: argparse.Namespace, options: PredictOptions) -> int:
     """predict --out-dir: chunked, resumable, shared out over a torchrun group (prediction.batch)."""
     from .distributed import joined
-    from .prediction.batch import predict_to_folder
+    from .files import refuse_inside
+    from .models.bundle import trained_on
+    from .prediction.batch import claim_out_dir, predict_to_folder
 
     if args.output:
         raise UserError("--output and --out-dir: give one (with --out-dir, --merge writes DIR/predictions.csv)")
+    out = Path(args.out_dir).expanduser().absolute()
+    claim_out_dir(out, args.inputs)  # before the model loads: one line, nothing written
+    refuse_inside(out, trained_on(Path(args.run)) if Path(args.run).is_dir() else [], "--out-dir")
     say = lambda message: print(printable(message, lines=False), file=sys.stderr, flush=True)  # noqa: E731
     with joined(options.device) as group:
         if args.run.endswith(".onnx"):
-            from .prediction.onnx_predictor import OnnxPredictor
+            from .prediction.onnx_predictor import OnnxPredictor, check_exported_options
 
+            check_exported_options(args.run, options.engine, options.precision)
             predictor = OnnxPredictor(args.run, tta=options.tta)
         else:
             from . import api
@@ -463,7 +470,9 @@ def cmd_cache(args: argparse.Namespace) -> int:
         print(f"{root}: {verb} {names} ({size / 1e6:.1f} MB)")
         return 0
     if args.action == "compact":
-        root, stores = api.compact_cache(args.cache_dir)
+        root, stores, (swept, swept_bytes) = api.compact_cache(args.cache_dir)
+        if swept:
+            print(f"{swept} temporary file(s) left by killed processes removed ({swept_bytes / 1e6:.1f} MB)")
         for d in stores:
             print(f"{d['store']}: {d['shards_before']} -> {d['shards_after']} shards, "
                   f"{d['bytes_before'] / 1e6:.1f} -> {d['bytes_after'] / 1e6:.1f} MB "

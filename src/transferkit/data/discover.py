@@ -18,6 +18,18 @@ class Sample:
     label: int
 
 
+def split_samples(split_file: str | Path, role: str) -> list[Sample]:
+    """The `role` ("train" | "val") images a run's split.json lists; a damaged file is a UserError."""
+    from ..files import user_json_object
+
+    listed = user_json_object(split_file, "the run's").get(role)
+    try:
+        return [Sample(str(p), int(label)) for p, label in listed if isinstance(p, str)
+                and isinstance(label, int) and not isinstance(label, bool)]
+    except (TypeError, ValueError):
+        raise UserError(f"the run's {split_file} is damaged: its '{role}' list is not [path, class] rows") from None
+
+
 @dataclass
 class DatasetSplit:
     """Files of one dataset, split into train and val, with class names."""
@@ -129,6 +141,24 @@ def is_own_output(folder: Path) -> bool:
 
 
 OWN_MARKER = ".transferkit"  # in a folder that holds run folders (runs/)
+CACHE_TAG = "CACHEDIR.TAG"  # a cache folder (transferkit's, or any program's that follows the standard)
+
+
+def refuse_own_folder(root: Path) -> None:
+    """A UserError where `root` is a cache folder or transferkit's own output (a run, a folder of
+    runs, an export): its files are not a dataset's images."""
+    from ..files import shown
+
+    if (root / CACHE_TAG).is_file():
+        raise UserError(f"{shown(root)} is a cache folder ({CACHE_TAG}), not a dataset")
+    if root.is_dir() and is_own_output(root):
+        raise UserError(f"{shown(root)} is transferkit's own output (a run or a folder of runs), not a dataset")
+    try:
+        subfolders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")] if root.is_dir() else []
+    except OSError:
+        return
+    if subfolders and all(is_own_output(p) for p in subfolders):
+        raise UserError(f"{shown(root)} is a folder of transferkit runs, not a dataset")
 
 
 def find_layout(root: Path) -> tuple[Path | None, Path | None, Path | None]:
@@ -193,6 +223,7 @@ def image_root(data: str | Path, datasets_dir: Path | None = None) -> tuple[Path
     CIFAR-10 python-format folder is written once as PNG class folders into `datasets_dir`
     (default: the cache's)."""
     root = Path(data).expanduser()
+    refuse_own_folder(root)
     folder = cifar.find(root) if root.is_dir() else None
     if folder is None:
         return root, None

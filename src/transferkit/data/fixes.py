@@ -8,9 +8,14 @@ The file is CSV (UTF-8), one row per image, sorted by path, so that it diffs wel
     train/roses/123.jpg,exclude,,near copy of train/roses/456.jpg,2026-12-04T02:30:00Z
     val/tulips/9.jpg,relabel,roses,a rose,2026-12-04T02:31:10Z
 
-`path` is relative to DATA (forward slashes); `action` is `exclude` or `relabel`; `label` is the
+`path` is relative to DATA (forward slashes); `action` is `exclude`, `relabel` or `keep` (looked at,
+not an error: the image stays as it is, and the studio no longer counts it a finding); `label` is the
 class a relabelled image belongs to (one of DATA's classes); `reason` and `time` (UTC) say why and
-when. Lines starting with `#` are comments. `doctor --write-exclude` output seeds it (`from_exclude`).
+when. Lines starting with `#` are comments. Cells are written as every CSV of transferkit's (a cell
+a spreadsheet would run as a formula gets a leading apostrophe, read back without it; a cell
+starting with # is quoted); a reason is kept to one line of at most 500 characters. The reader
+takes UTF-8 with or without a BOM and CRLF line ends; a row it cannot read (an unclosed quote, a
+cell over csv's 128 KB) is an error naming its line, never rows silently swallowed. `doctor --write-exclude` output seeds it (`from_exclude`).
 """
 
 from __future__ import annotations
@@ -23,10 +28,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import UserError
-from ..files import TEXT_ERRORS
+from ..files import DamagedFile, csv_text, csv_untext, read_text
 
 HEADER = ("path", "action", "label", "reason", "time")
-ACTIONS = ("exclude", "relabel")
+ACTIONS = ("exclude", "relabel", "keep")  # keep: looked at (a doctor's finding), not an error: nothing changes
+REASON_CHARS = 500  # a reason is kept to one line of at most this many characters
+FILE_LIMIT = 256 << 20  # the largest fixes file it reads
+
+
+def one_line(text: str, limit: int = REASON_CHARS) -> str:
+    """`text` as one line (line breaks and other control characters become spaces), at most
+    `limit` characters."""
+    return " ".join("".join(c if c.isprintable() else " " for c in str(text)).split())[:limit]
 
 
 @dataclass(frozen=True)
@@ -61,27 +74,28 @@ def relative(path: str | Path, root: str | Path) -> str:
 
 def read_fixes(file: str | Path, root: str | Path) -> dict[str, Fix]:
     """{relative path: its fix} from `file`; a bad row is a UserError naming its line."""
+    from ..files import shown
+
     path = Path(file).expanduser()
     try:
-        text = path.read_text(encoding="utf-8", errors=TEXT_ERRORS)
+        text = read_text(path, FILE_LIMIT)
     except OSError as exc:
-        raise UserError(f"--fixes {file}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"--fixes {file} is not a text (CSV) file") from None
-    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip() and not line.startswith("#")]
-    if not lines:
-        return {}
-    rows = csv.reader(io.StringIO("\n".join(line for _, line in lines)))
-    header = next(rows)
-    if tuple(h.strip() for h in header[:len(HEADER)]) != HEADER:
-        raise UserError(f"--fixes {file}: line {lines[0][0]} must be the header {','.join(HEADER)}")
+        raise UserError(f"--fixes {shown(file)}: {exc.strerror or exc}") from None
+    except DamagedFile as exc:
+        raise UserError(f"--fixes {shown(file)} {exc}") from None
     out: dict[str, Fix] = {}
-    for (number, _), row in zip(lines[1:], rows):
-        where = f"--fixes {file}, line {number}"
+    header = None
+    for number, row in _rows(text, f"--fixes {shown(file)}"):
+        where = f"--fixes {shown(file)}, line {number}"
+        if header is None:
+            header = tuple(h.strip() for h in row[:len(HEADER)])
+            if header != HEADER:
+                raise UserError(f"{where} must be the header {','.join(HEADER)}")
+            continue
         if len(row) < 2:
             raise UserError(f"{where}: a row needs at least a path and an action")
         row = (row + [""] * len(HEADER))[:len(HEADER)]
-        fix = Fix(*(v.strip() for v in row))
+        fix = Fix(*(csv_untext(v.strip()) for v in row))
         if fix.action not in ACTIONS:
             raise UserError(f"{where}: action must be {' or '.join(ACTIONS)} (got '{fix.action}')")
         if fix.action == "relabel" and not fix.label:
@@ -90,8 +104,30 @@ def read_fixes(file: str | Path, root: str | Path) -> dict[str, Fix]:
             key = relative(fix.path, root)
         except UserError as exc:
             raise UserError(f"{where}: {exc}") from None
-        out[key] = replace(fix, path=key)  # a later row about the same image wins
+        out[key] = replace(fix, path=key, reason=one_line(fix.reason))  # a later row about the same image wins
     return out
+
+
+def _rows(text: str, where: str):
+    """(line number, cells) of each row of the CSV `text` that is not blank or a comment (a line
+    starting with #); a row the csv module cannot read is a UserError naming its line."""
+    import re
+
+    lines = re.split(r"\r\n|\r|\n", text)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    start = 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise UserError(f"{where}, line {start}: {exc} (a quote opened and not closed, or a cell too long)") \
+                from None
+        first, start = start, reader.line_num + 1
+        if not any(c.strip() for c in row) or lines[first - 1].startswith("#"):
+            continue
+        yield first, row
 
 
 def write_fixes(file: str | Path, fixes: dict[str, Fix] | list[Fix], root: str | Path | None = None) -> None:
@@ -103,9 +139,12 @@ def write_fixes(file: str | Path, fixes: dict[str, Fix] | list[Fix], root: str |
     if root is not None:
         out.write(f"# transferkit fixes for {Path(root).expanduser().absolute()}: train --fixes {file}\n")
     writer = csv.writer(out, lineterminator="\n")
+    quoted = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)  # a path starting with #: not a comment
     writer.writerow(HEADER)
     for fix in items:
-        writer.writerow([fix.path, fix.action, fix.label, fix.reason, fix.time])
+        cells = [csv_text(fix.path), fix.action, csv_text(fix.label), csv_text(one_line(fix.reason)),
+                 csv_text(fix.time)]
+        (quoted if cells[0].startswith("#") else writer).writerow(cells)
     atomic_write(Path(file).expanduser(), out.getvalue().encode())
 
 
@@ -148,7 +187,7 @@ def apply_fixes(split, fixes: dict[str, Fix], root: str | Path, source: str):
             seen.add(s.path)
             if fix.action == "exclude":
                 excluded += 1
-            elif index[fix.label] != s.label:
+            elif fix.action == "relabel" and index[fix.label] != s.label:
                 relabelled += 1
                 out.append(replace(s, label=index[fix.label]))
             else:

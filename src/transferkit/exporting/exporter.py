@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch
 from ..config import ExportOptions
 from ..console import Console
 from ..errors import UserError
+from ..data.discover import split_samples
 from ..files import claim_out, write_json
 from ..models import bundle
 from .registry import FORMATS, parse_formats
@@ -50,14 +50,14 @@ def export(run: str | Path, options: ExportOptions | None = None, console: Conso
     split_file = run_dir / "split.json"
     if not split_file.is_file():
         raise UserError(f"{split_file} is missing: export checks each artifact on the run's validation images")
-    split = json.loads(split_file.read_text())
     meta = metadata(bmeta)
     ours = ("export.json", *(f.file for f in FORMATS), *(failing_name(Path(f.file)).name for f in FORMATS))
     out_dir = claim_out(options.out or run_dir / "export", ours, "an export folder", bundle.trained_on(run_dir))
-    val = [(p, int(label)) for p, label in split["val"] if Path(p).exists()]
-    if len(val) < len(split["val"]):
-        console.warn(f"{len(split['val']) - len(val)} validation image(s) of this run are gone; checking on the rest")
-    train_paths = [p for p, _ in split["train"] if Path(p).exists()]
+    listed = split_samples(split_file, "val")
+    val = [(s.path, s.label) for s in listed if Path(s.path).exists()]
+    if len(val) < len(listed):
+        console.warn(f"{len(listed) - len(val)} validation image(s) of this run are gone; checking on the rest")
+    train_paths = [s.path for s in split_samples(split_file, "train") if Path(s.path).exists()]
     calib_paths = [train_paths[i] for i in np.random.default_rng(0).permutation(len(train_paths))[:options.calib]]
 
     def torch_fp32(x: np.ndarray) -> np.ndarray:
@@ -82,18 +82,16 @@ def export(run: str | Path, options: ExportOptions | None = None, console: Conso
             return x_cal
 
         job = ExportJob(model, torch.from_numpy(np.ascontiguousarray(x_val[:2])), meta, calibration, run_dir=run_dir)
+        # export.json names only what this export finished: an earlier one's goes first, so an
+        # export stopped half-way never leaves a list naming files it has removed
+        (out_dir / "export.json").unlink(missing_ok=True)
         for name in names:
             fmt = FORMATS.get(name)
             path = out_dir / fmt.file
             for stale in (path, failing_name(path)):  # (ours: claim_out checked the folder)
-                if stale.is_dir():
-                    import shutil
-
-                    shutil.rmtree(stale)
-                else:
-                    stale.unlink(missing_ok=True)
+                _remove(stale)
             console.info(f"exporting {name} ...")
-            note = fmt.build(job, path)
+            note = _build(fmt, job, path)
             check = measure(name, path, fmt.runner(path), x_val, y_val, reference, result.reference, meta["classes"],
                             options.runs)
             check.note = note or ""
@@ -105,3 +103,26 @@ def export(run: str | Path, options: ExportOptions | None = None, console: Conso
                                          "calibration_images": calibrated[0] if calibrated else 0, "metadata": meta})
     console.info(format_table(result))
     return result
+
+
+def _build(fmt, job: ExportJob, path: Path):
+    """`fmt.build` into a hidden partial name beside `path`, renamed to `path` once it is whole:
+    an export killed or failing mid-way leaves no half-written artifact under a real name."""
+    partial = path.with_name(f".{path.name}.partial")
+    _remove(partial)
+    try:
+        note = fmt.build(job, partial)
+        _remove(path)
+        partial.replace(path)
+    finally:
+        _remove(partial)
+    return note
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        import shutil
+
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)

@@ -47,7 +47,13 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
             if x.ndim != 4 or x.shape[1:] != (3, size, size):
                 raise ValueError(f"a tensor input must be float32 [N, 3, {size}, {size}] (preprocessed); "
                                  f"got {list(x.shape)}")
-            logits, errors = (self.predictor.run(x) if len(x) else np.empty((0, len(classes)), np.float32)), {}
+            # a row holding NaN or infinity is that row's error, never a confident label
+            finite = np.isfinite(x.reshape(len(x), -1)).all(1)
+            logits = np.full((len(x), len(classes)), np.nan, np.float32)
+            if finite.any():
+                logits[finite] = self.predictor.run(np.ascontiguousarray(x[finite]))
+            errors = {int(i): "the input holds a value that is not finite (NaN or infinity)"
+                      for i in np.flatnonzero(~finite)}
         else:
             images = [_image(item) for item in _items(model_input)]
             logits, errors = self.predictor.logits(images, [_name(item, i) for i, item in enumerate(images)])

@@ -5,7 +5,8 @@ chunks of `chunk_size` files; chunk i is predicted by rank i % world of the grou
 predictions are written atomically to DIR/chunks/chunk-<i>.csv. A chunk file that is there is
 done: a run killed mid-way and started again redoes nothing that was written and writes nothing
 twice. DIR/run.json names what is predicted (the model, the inputs, the chunk size), so that a
-folder is never resumed with other inputs; at the end the primary writes DIR/manifest.json (every
+folder is never resumed with other inputs (an edited --files-from list included: its checksum is
+part of that record); at the end the primary writes DIR/manifest.json (every
 chunk, its rank, its rows and errors) and, with `merge`, DIR/predictions.csv (the chunks in order).
 Memory stays flat in the number of files: one chunk of paths and predictions at a time."""
 
@@ -14,12 +15,13 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 from itertools import islice
 from pathlib import Path
 from typing import Iterator
 
 from ..errors import UserError
-from ..files import atomic_write, read_json_object, write_json
+from ..files import atomic_write, file_sha256, read_json_object, refuse_inside, shown, write_json
 from .outputs import PredictionWriter
 
 CHUNK_FILE = "chunk-{:06d}.csv"
@@ -45,6 +47,31 @@ def iter_inputs(inputs: list[str], files_from: str | None = None) -> Iterator[st
                 yield line[len("file://"):] if line.startswith("file://") else line
 
 
+CHUNK_NAME = re.compile(r"^chunk-(\d{6,})\.csv$")  # (a stray "chunk-000001 (copy).csv" is not one)
+IDENTITY_KEYS = ("model", "inputs", "files_from", "chunk_size", "top_k")  # what makes run.json ours
+
+
+def claim_out_dir(out: Path, inputs: list[str]) -> None:
+    """--out-dir: never inside an input folder (its chunks would be predicted as images, its
+    predictions.csv replace the user's); new, empty, or a predict --out-dir folder (its run.json
+    is ours). A folder of the user's is refused, never written into."""
+    refuse_inside(out, [i for i in inputs if Path(i).expanduser().is_dir()], "--out-dir")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out-dir {shown(out)} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        saved = read_json_object(out / "run.json")
+        if saved is None or not all(k in saved for k in IDENTITY_KEYS):
+            raise UserError(f"--out-dir {shown(out)} is not empty and is not a predict --out-dir folder; give a new "
+                            "or empty folder")
+
+
+def _list_digest(files_from: str) -> str:
+    try:
+        return file_sha256(Path(files_from).expanduser())
+    except OSError as exc:
+        raise UserError(f"--files-from {shown(files_from)}: {exc.strerror or exc}") from None
+
+
 def chunks(paths: Iterator[str], size: int) -> Iterator[tuple[int, list[str]]]:
     index = 0
     while True:
@@ -57,22 +84,35 @@ def chunks(paths: Iterator[str], size: int) -> Iterator[tuple[int, list[str]]]:
 
 def predict_to_folder(predictor, inputs: list[str], files_from: str | None, out: Path, chunk_size: int, top_k: int,
                       group, merge: bool, identity: dict, warn) -> dict:
-    """Predict every input into `out` (see the module); returns the manifest (on every rank)."""
+    """Predict every input into `out` (see the module); returns the manifest (on every rank).
+    `chunk_size` is taken up to a whole number of the predictor's batches: a batch's numbers depend
+    (in the last digits) on what else is in it, and aligned chunks hold the same batches as a plain
+    predict, so the merged text is the same text."""
+    step = max(1, int(getattr(predictor, "batch_size", 1) or 1))
+    if chunk_size % step:
+        aligned = -(-chunk_size // step) * step
+        if group.primary:
+            warn(f"--chunk-size {chunk_size} taken as {aligned}: whole batches of the model's {step} images, so the "
+                 "chunks hold the same numbers as a plain predict")
+        chunk_size = aligned
     out = Path(out).expanduser().absolute()
     parts = out / "chunks"
     ident = {**identity, "inputs": [str(Path(i).expanduser().absolute()) for i in inputs],
              "files_from": str(Path(files_from).expanduser().absolute()) if files_from else None,
+             "files_from_sha256": _list_digest(files_from) if files_from else None,
              "chunk_size": chunk_size, "top_k": top_k}
 
     def prepare():
+        claim_out_dir(out, inputs)
         parts.mkdir(parents=True, exist_ok=True)
         saved = read_json_object(out / "run.json")
         if saved is not None and saved != ident:
-            raise UserError(f"{out} holds the predictions of another run (other model, inputs, chunk size or "
-                            "top-k); give another --out-dir, or the same options to resume it")
+            raise UserError(f"--out-dir {shown(out)} holds the predictions of another run (other model, inputs, "
+                            "list of files, chunk size or top-k); give another --out-dir, or the same options "
+                            "and inputs to resume it")
         if saved is None:
             write_json(out / "run.json", ident)
-        return sorted(p.name for p in parts.glob("chunk-*.csv"))
+        return sorted(p.name for p in parts.glob("chunk-*.csv") if CHUNK_NAME.match(p.name))
 
     done = set(group.decide(prepare))
     resumed = len(done)
@@ -94,7 +134,7 @@ def predict_to_folder(predictor, inputs: list[str], files_from: str | None, out:
 
 
 def _finish(out: Path, merge: bool, resumed: int, world: int) -> dict:
-    parts = sorted((out / "chunks").glob("chunk-*.csv"))
+    parts = sorted(p for p in (out / "chunks").glob("chunk-*.csv") if CHUNK_NAME.match(p.name))
     listed, files, errors = [], 0, 0
     merged = None
     if merge:
@@ -105,8 +145,9 @@ def _finish(out: Path, merge: bool, resumed: int, world: int) -> dict:
         rows = list(csv.reader(io.StringIO(text)))
         body = rows[1:]  # below the header
         bad = sum(1 for r in body if r and r[-1])
-        listed.append({"chunk": int(part.stem.split("-")[1]), "file": f"chunks/{part.name}", "rank":
-                       int(part.stem.split("-")[1]) % world, "rows": len(body), "errors": bad})
+        number = int(CHUNK_NAME.match(part.name).group(1))
+        listed.append({"chunk": number, "file": f"chunks/{part.name}", "rank": number % world, "rows": len(body),
+                       "errors": bad})
         files, errors = files + len(body), errors + bad
         if merged is not None:
             lines = text.splitlines(keepends=True)

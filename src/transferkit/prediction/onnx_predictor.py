@@ -20,6 +20,18 @@ from ..errors import UserError
 from .base import BasePredictor
 
 META_KEY = "transferkit"  # the ONNX metadata_props key holding the JSON below
+ONNX_ENGINES = ("auto", "onnxruntime", "onnx")  # what may run an exported .onnx file
+
+
+def check_exported_options(model: str | Path, engine: str = "auto", precision: str = "auto") -> None:
+    """An exported .onnx model runs on ONNX Runtime in float32 alone: an option asking for
+    another engine or precision is refused in one line, never silently ignored."""
+    if engine not in ONNX_ENGINES:
+        raise UserError(f"--engine {engine} runs a run folder's model; {model} is an exported ONNX model, which runs "
+                        "on ONNX Runtime (--engine auto or onnxruntime)")
+    if precision not in ("auto", "fp32"):
+        raise UserError(f"--precision {precision} applies to a run folder's model; {model} is an exported ONNX "
+                        "model, which runs in fp32")
 
 
 def read_metadata(path: str | Path) -> dict:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import struct
 
 import numpy as np
@@ -29,6 +30,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from .. import __version__
+from ..files import parse_json
 
 BINARY_HEADER = "inference-header-content-length"
 IMAGE, TENSOR = "image", "input"
@@ -131,11 +133,12 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict, list[np
     except ValueError:
         raise ProtocolError(f"bad Inference-Header-Content-Length: {header_length!r}") from None
     try:
-        header = json.loads(body[:json_length])
-    except (ValueError, UnicodeDecodeError):
-        raise ProtocolError("the request is not an inference request: its JSON cannot be read") from None
+        header = parse_json(body[:json_length])  # bounded: a header nested 100,000 deep is refused
+    except ValueError as exc:
+        raise ProtocolError(f"the request is not an inference request: its JSON header {exc}") from None
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
         raise ProtocolError("the request has no 'inputs' list")
+    _parameters(header, "the request")
     if len(header["inputs"]) != 1:
         raise ProtocolError(f"send exactly one input, '{IMAGE}' (BYTES) or '{TENSOR}' (FP32); got "
                             f"{len(header['inputs'])}")
@@ -143,23 +146,26 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict, list[np
     if not isinstance(inp, dict):
         raise ProtocolError("an input must be an object with name, shape, datatype and data")
     name, datatype, shape = inp.get("name"), inp.get("datatype"), inp.get("shape")
+    params = _parameters(inp, f"input {name!r}")
     expected = {IMAGE: "BYTES", TENSOR: "FP32"}
     if name not in expected:
         raise ProtocolError(f"unknown input {name!r}: this model takes '{IMAGE}' (BYTES, encoded images) or "
                             f"'{TENSOR}' (FP32 [N, 3, S, S], preprocessed)")
     if datatype != expected[name]:
         raise ProtocolError(f"input '{name}' must be {expected[name]}, not {datatype}")
-    if not (isinstance(shape, list) and shape and all(isinstance(d, int) and d >= 0 for d in shape)):
-        raise ProtocolError(f"input '{name}' needs a shape: a list of sizes")
-    count = int(np.prod(shape))
+    if not (isinstance(shape, list) and 0 < len(shape) <= 8 and all(_size(d) for d in shape)):
+        raise ProtocolError(f"input '{name}' needs a shape: a list of up to 8 sizes (whole numbers >= 0)")
+    count = math.prod(shape)  # Python's integers: a claimed [2^32, 2^32] does not wrap round
+    if count > len(body):  # every element takes at least a byte of the body (BYTES: 4, FP32: 4)
+        raise ProtocolError(f"input '{name}' claims shape {shape}, more elements than the request holds", 413)
     if name == IMAGE and count != shape[0]:
         raise ProtocolError(f"input '{IMAGE}' takes one encoded image per row: shape [N] or [N, 1], not {shape}")
     if shape[0] == 0:
         raise ProtocolError(f"input '{name}' is empty (shape {shape})")
-    size = (inp.get("parameters") or {}).get("binary_data_size")
+    size = params.get("binary_data_size")
     if size is not None:
         raw = body[json_length:]
-        if not isinstance(size, int) or size != len(raw):
+        if not _size(size) or size != len(raw):
             raise ProtocolError(f"binary_data_size {size} does not match the {len(raw)} bytes after the JSON header")
         data = _bytes_tensor(raw, count) if datatype == "BYTES" else _fp32(raw, count)
     elif "data" in inp:
@@ -188,7 +194,10 @@ def _bytes_tensor(raw: bytes, count: int) -> np.ndarray:
 def _fp32(raw: bytes, count: int) -> np.ndarray:
     if len(raw) != count * 4:
         raise ProtocolError(f"the shape says {count} FP32 values ({count * 4} bytes); {len(raw)} bytes were sent")
-    return np.frombuffer(raw, dtype="<f4").astype(np.float32)
+    values = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+    if not np.isfinite(values).all():  # NaN in, a confident label out: never
+        raise ProtocolError(f"input '{TENSOR}' holds a value that is not finite (NaN or infinity)")
+    return values
 
 
 def _json_bytes(data, count: int) -> np.ndarray:
@@ -214,16 +223,42 @@ def _json_fp32(data, count: int) -> np.ndarray:
 
 
 def _flat(data):
-    if isinstance(data, list):
-        for item in data:
-            yield from _flat(item)
-    else:
-        yield data
+    """The leaves of nested lists, depth first, without recursion (the header is depth-checked,
+    but a flat walk costs nothing)."""
+    stack = [iter([data])]
+    while stack:
+        item = next(stack[-1], _END)
+        if item is _END:
+            stack.pop()
+        elif isinstance(item, list):
+            stack.append(iter(item))
+        else:
+            yield item
+
+
+_END = object()
+
+
+def _size(value) -> bool:
+    """A size the protocol takes: a whole number >= 0 (true and false are not numbers here)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _parameters(obj: dict, what: str) -> dict:
+    """`obj`'s parameters: an object, or none ({})."""
+    params = obj.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise ProtocolError(f"the parameters of {what} must be an object, not {type(params).__name__}")
+    return params
 
 
 def requested_outputs(header: dict) -> dict[str, dict]:
     """{output name: its parameters}: those the request names, else both."""
-    binary = bool((header.get("parameters") or {}).get("binary_data_output", False))
+    binary = _parameters(header, "the request").get("binary_data_output", False)
+    if not isinstance(binary, bool):
+        raise ProtocolError("binary_data_output must be true or false")
     asked = header.get("outputs")
     if asked is None:
         return {PROBABILITIES: {"binary_data": binary}, LABEL: {"binary_data": binary}}
@@ -233,7 +268,10 @@ def requested_outputs(header: dict) -> dict[str, dict]:
     for o in asked:
         if o.get("name") not in (PROBABILITIES, LABEL):
             raise ProtocolError(f"unknown output {o.get('name')!r}: this model answers '{PROBABILITIES}' and '{LABEL}'")
-        out[o["name"]] = {"binary_data": binary, **(o.get("parameters") or {})}
+        params = {"binary_data": binary, **_parameters(o, f"output {o['name']!r}")}
+        if not isinstance(params["binary_data"], bool):
+            raise ProtocolError("binary_data must be true or false")
+        out[o["name"]] = params
     return out
 
 
@@ -245,8 +283,8 @@ def infer_response(header: dict, name: str, probs: np.ndarray, classes: list[str
     blobs = []
     for out_name, params in outputs.items():
         k = params.get("classification")
-        if out_name == PROBABILITIES and k:
-            if not isinstance(k, int) or k < 1:
+        if out_name == PROBABILITIES and k not in (None, False, 0):  # (true is no number of classes)
+            if not _size(k) or k < 1:
                 raise ProtocolError("classification must be a positive number of classes")
             top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
             values = [f"{probs[r, c]:f}:{c}:{classes[c]}" for r in range(len(probs)) for c in top[r]]

@@ -37,8 +37,9 @@ class ServedModel:
             raise UserError(f"not found: {model}")
         say = say or (lambda message: print(message, file=sys.stderr, flush=True))
         if is_onnx(model):
-            from ..prediction.onnx_predictor import OnnxPredictor
+            from ..prediction.onnx_predictor import OnnxPredictor, check_exported_options
 
+            check_exported_options(model, engine, precision)
             self.predictor: BasePredictor = OnnxPredictor(self.source, tta=tta, threads=threads)
             self.info = _onnx_info(self.predictor)
         else:

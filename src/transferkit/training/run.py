@@ -21,7 +21,8 @@ from ..data.views import SMALL
 from ..errors import UserError
 from ..evaluation import metrics
 from ..worker import Worker
-from ..files import claim_out, fresh_dir, refuse_inside, write_json
+from ..files import claim_out, fresh_dir, refuse_inside, shown, write_json
+from ..runs import OUTPUT_FILES
 from ..models import backbones, bundle
 from ..models.lazy import LazyClassifier, identify_weights
 from ..distributed import Group, check_sync_bn, joined, under_torchrun
@@ -358,10 +359,7 @@ def resume_config(run: str, data, options: dict) -> tuple[TrainConfig, dict]:
 
 # What a run folder holds of an earlier run's that a new run into the same folder would leave
 # beside its own model: removed first (export/ and eval-*/ only when they are transferkit's).
-RUN_FILES = ("model.safetensors", "model.json", "results.json", "metrics.json", "metrics.csv", "predictions.csv",
-             "misclassified.csv", "split.json", "report.html", "curves.png", "confusion_matrix.png",
-             "confusion_matrix_normalized.png", "predictions.png", "top_losses.png", "lr_find.png", "lr_find.json",
-             "tracking.json")
+RUN_FILES = OUTPUT_FILES
 
 
 def make_run_dir(cfg: TrainConfig, run_name: str | None = None) -> Path:
@@ -379,6 +377,7 @@ def make_run_dir(cfg: TrainConfig, run_name: str | None = None) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         (target.parent / OWN_MARKER).touch()  # a folder of runs: never taken as a class
         return fresh_dir(target)
+    _refuse_folder_of_runs(target)
     run_dir = claim_out(target, (OWN_MARKER, "model.json", "checkpoint.pt"), "a transferkit run")
     if cfg.resume is None:
         if (run_dir / "checkpoint.pt").exists():
@@ -387,6 +386,21 @@ def make_run_dir(cfg: TrainConfig, run_name: str | None = None) -> Path:
         _remove_earlier_run(run_dir)
     (run_dir / OWN_MARKER).touch()
     return run_dir
+
+
+def _refuse_folder_of_runs(target: Path) -> None:
+    """--out naming a folder that holds runs (runs/ itself): training there would take it over."""
+    from ..runs import is_run
+
+    if not target.is_dir():
+        return
+    try:
+        held = next((p for p in target.iterdir() if not p.name.startswith(".") and p.is_dir() and is_run(p)), None)
+    except OSError:
+        return
+    if held is not None:
+        raise UserError(f"--out {shown(target)} is a folder of runs (it holds {shown(held.name)}): give a new folder "
+                        f"for this run, e.g. --out {shown(target / 'my-run')}, or --runs-dir {shown(target)}")
 
 
 def _remove_earlier_run(run_dir: Path) -> None:
