@@ -29,7 +29,7 @@ from .. import __version__
 from ..config import StudioOptions, TrainConfig
 from ..data import fixes as fixing
 from ..errors import UserError
-from ..files import read_json_object, read_yaml_object
+from ..files import Record, read_json_object, read_yaml_object
 from .datasets import Dataset, thumbnail
 from .jobs import JobQueue, Servers
 
@@ -40,9 +40,23 @@ PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' d
                                            "base-uri 'none'; frame-ancestors 'none'; form-action 'self'",
                 "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
-# The options the page's training form offers besides strategy and model (each checked by TrainConfig).
-FORM_OPTIONS = ("epochs", "batch_size", "lr", "weight_decay", "augment", "mixup", "cutmix", "ema", "class_weights",
-                "balanced_sampler", "seed", "budget", "image_size", "unfreeze", "patience", "track")
+# The options the page's training form offers besides strategy and model (each checked by TrainConfig),
+# with the words the page shows them under.
+FORM_LABELS = {"epochs": "Epochs", "batch_size": "Batch size", "lr": "Learning rate", "weight_decay": "Weight decay",
+               "augment": "Augment", "mixup": "MixUp", "cutmix": "CutMix", "ema": "EMA decay",
+               "class_weights": "Class weights", "balanced_sampler": "Balanced sampler", "seed": "Seed",
+               "budget": "Budget", "image_size": "Image size", "unfreeze": "Unfrozen stages", "patience": "Patience",
+               "track": "Tracking", "strategy": "Strategy", "model": "Backbone"}
+FORM_OPTIONS = tuple(k for k in FORM_LABELS if k not in ("strategy", "model"))
+
+
+class FieldError(UserError):
+    """A value of the page's form that cannot be used: the message in the page's words, and the
+    field to mark."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
 
 
 class Studio:
@@ -91,7 +105,7 @@ class Studio:
     def dataset_of(self, run_dir: Path) -> Dataset | None:
         """The dataset (of this studio) a run was trained on, if it is one of them (its config.yaml
         says which: read_run would also walk the folder for its size, on every click of a cell)."""
-        data = (read_yaml_object(run_dir / "config.yaml") or {}).get("data")
+        data = (read_yaml_object(run_dir / "config.yaml") or Record()).text("data")
         return next((d for d in self.datasets.values() if data and Path(data) == d.root), None)
 
     def doctor_dir(self, ds: Dataset) -> Path:
@@ -123,7 +137,7 @@ def create_studio(data: list[str | Path], options: StudioOptions | None = None) 
 
     @app.exception_handler(UserError)
     async def user_error(request: Request, exc: UserError):
-        return JSONResponse({"detail": str(exc)}, 400)
+        return JSONResponse({"detail": str(exc), "field": getattr(exc, "field", None)}, 400)
 
     # -- the page ------------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)
@@ -181,7 +195,8 @@ def create_studio(data: list[str | Path], options: StudioOptions | None = None) 
     @app.get("/api/datasets/{ident}/image", dependencies=auth)
     def image(ident: str, path: str):
         headers = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "default-src 'none'"}
-        return FileResponse(studio.dataset(ident).file(path), headers=headers)
+        ds = studio.dataset(ident)
+        return FileResponse(ds.file(path), media_type=ds.media_type(path), headers=headers)
 
     @app.get("/api/datasets/{ident}/fixes", dependencies=auth)
     def fixes(ident: str):
@@ -192,14 +207,15 @@ def create_studio(data: list[str | Path], options: StudioOptions | None = None) 
     def decide(ident: str, body: dict = Body(...)):
         ds = studio.dataset(ident)
         if not isinstance(body.get("path"), str) or not isinstance(body.get("action"), str):
-            raise UserError("give the image's path and an action (exclude, relabel, clear)")
+            raise UserError("give the image's path and an action (exclude, relabel, keep, clear)")
         return {"item": ds.decide(body["path"], body["action"], str(body.get("label") or ""),
-                                  str(body.get("reason") or "")), "summary": ds.summary()}
+                                  str(body.get("reason") or ""), _client(body)), "summary": ds.summary()}
 
     @app.post("/api/datasets/{ident}/undo", dependencies=auth)
-    def undo(ident: str):
+    def undo(ident: str, body: dict | None = Body(None)):
         ds = studio.dataset(ident)
-        return {"item": ds.undo(), "summary": ds.summary()}
+        items = ds.undo(_client(body or {}))
+        return {"item": items[0] if items else None, "items": items, "summary": ds.summary()}
 
     @app.post("/api/datasets/{ident}/doctor", dependencies=auth)
     def doctor(ident: str):
@@ -232,12 +248,12 @@ def create_studio(data: list[str | Path], options: StudioOptions | None = None) 
         return similar(ds, studio.doctor_dir(ds), path)
 
     @app.post("/api/datasets/{ident}/seed", dependencies=auth)
-    def seed(ident: str):
+    def seed(ident: str, body: dict | None = Body(None)):
         ds = studio.dataset(ident)
         listed = studio.doctor_dir(ds) / "exclude.txt"
         if not listed.is_file():
             raise UserError("run the doctor first: its list of images to leave out seeds the fixes")
-        return {"added": ds.seed(listed, "doctor --write-exclude"), "summary": ds.summary()}
+        return {"added": ds.seed(listed, "doctor --write-exclude", _client(body or {})), "summary": ds.summary()}
 
     # -- training and the queue --------------------------------------------------------------------
     @app.post("/api/train", dependencies=auth)
@@ -305,6 +321,19 @@ def create_studio(data: list[str | Path], options: StudioOptions | None = None) 
         return Response(thumbnail(Path(rows[i]["path"]), studio.thumbs, Path(rows[i]["path"]).name),
                         media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
+    @app.post("/api/runs/{name}/remove", dependencies=auth)
+    def remove(name: str):
+        from ..runs import remove_run
+
+        folder = studio.run_dir(name)
+        busy = [j for j in studio.jobs.jobs if j.status in ("queued", "running") and (j.result or {}).get("run") == name
+                or j.status in ("queued", "running") and str(folder) in j.argv]
+        if busy:
+            raise UserError(f"{name} is in use by job {busy[0].id} ({busy[0].status}): stop it first")
+        studio.servers.stop(name)
+        left = remove_run(folder)
+        return {"removed": not left, "left": left}
+
     @app.get("/api/runs/{name}/report", dependencies=auth)
     def report(name: str):
         page = studio.run_dir(name) / "report.html"
@@ -369,7 +398,8 @@ def train_command(ds: Dataset, body: dict, runs: Path, cache_dir: str | None,
     unknown = sorted(set(given) - set(FORM_OPTIONS))
     if unknown:
         raise UserError(f"the page does not set {', '.join(unknown)}; use the CLI")
-    values.update({k: v for k, v in given.items() if v not in (None, "", False)})
+    # (0 is a value, not "unset": `v in (None, "", False)` took epochs 0 for an empty field)
+    values.update({k: form_value(k, v) for k, v in given.items() if not (v is None or v is False or v == "")})
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = name = f"{stamp}-{ds.id}-{values['strategy']}"
     for n in itertools.count(2):
@@ -379,8 +409,16 @@ def train_command(ds: Dataset, body: dict, runs: Path, cache_dir: str | None,
     values["out"] = str(runs / name)
     if ds.fixes_file.is_file() and ds.fixes():
         values["fixes"] = str(ds.fixes_file)
-    cfg = TrainConfig.from_mapping(values)
-    cfg.validate()
+    try:
+        cfg = TrainConfig.from_mapping(values)
+        cfg.validate()
+    except FieldError:
+        raise
+    except UserError as exc:  # said with the CLI's flags: in the page's words, on the field it is about
+        raise _in_page_words(str(exc)) from None
+    if cfg.model not in _models():
+        raise FieldError("model", f"Backbone {cfg.model} has no ImageNet weights on this machine; choose one the list "
+                                  "offers, or train it with the CLI's --weights PATH")
     argv = ["train", str(ds.root), "--out", values["out"], "--strategy", cfg.strategy, "--model", cfg.model]
     if cfg.fixes:
         argv += ["--fixes", cfg.fixes]
@@ -402,6 +440,37 @@ def train_command(ds: Dataset, body: dict, runs: Path, cache_dir: str | None,
     return argv, cfg
 
 
+def form_value(key: str, value):
+    """A value of the page's form as the option takes it: text typed into a number field is
+    read as a number here, and what is not one is refused on its field (never dropped)."""
+    from dataclasses import fields
+
+    from ..config import field_type
+
+    declared = next(field_type(f) for f in fields(TrainConfig) if f.name == key)
+    if not isinstance(value, str) or declared in ("str", "bool"):
+        return value
+    text = value.strip()
+    try:
+        number = int(text) if declared == "int" else float(text)
+    except ValueError:
+        kind = "a whole number" if declared == "int" else "a number"
+        raise FieldError(key, f"{FORM_LABELS[key]}: '{text[:40]}' is not {kind}") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise FieldError(key, f"{FORM_LABELS[key]}: give a finite number")
+    return number
+
+
+def _in_page_words(message: str) -> UserError:
+    """A TrainConfig error about a form option, with the field's label for its flag."""
+    from ..config import flag
+
+    for key, label in FORM_LABELS.items():
+        if flag(key) in message:
+            return FieldError(key, message.replace(flag(key), label, 1))
+    return UserError(message)
+
+
 def _fixable(view: dict, ds: Dataset | None, keys: tuple[str, ...]) -> dict:
     """`view` with the dataset's id and, on each image of `keys`, its path inside that dataset and
     its fix: the page can then exclude or relabel it from the run's view too."""
@@ -418,6 +487,12 @@ def _fixable(view: dict, ds: Dataset | None, keys: tuple[str, ...]) -> dict:
             if rel in ds._index:
                 item["rel"], item["fix"] = rel, ds.item(rel)["fix"]
     return view
+
+
+def _client(body: dict) -> str:
+    """The page (a browser tab) a change comes from, as it names itself: its undo is its own."""
+    client = body.get("client")
+    return client[:64] if isinstance(client, str) else ""
 
 
 def _epochs(cfg: TrainConfig) -> int | None:
@@ -438,9 +513,12 @@ def _strategies() -> list[dict]:
 
 
 def _models() -> list[str]:
+    """The backbones the form offers: those whose ImageNet weights are on this machine (a
+    package, a local file or the hub cache). The others would fail only after a queued wait;
+    the CLI's --weights PATH trains them."""
     from ..models import backbones
 
-    return [s.name for s in backbones.BACKBONES]
+    return [s.name for s in backbones.BACKBONES if s.imagenet is not None and s.imagenet.available()]
 
 
 def _has_token(request: Request, token: str) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 from ..data import fixes as fixing
 from ..data.discover import discover
 from ..errors import UserError
-from ..files import read_json_object
+from ..files import Record, read_json_object
 
 THUMB_SIZE = 160
 PAGE_LIMIT = 500  # most images in one page
@@ -32,8 +33,11 @@ class Dataset:
     _split: object = None
     _index: dict = field(default_factory=dict)  # relative path -> (class index, "train" | "val")
     _fixes: dict = field(default_factory=dict)
-    _undo: list = field(default_factory=list)  # (relative path, the fix before the change or None)
+    # the undo steps: (the page that made it, [(relative path, the fix before or None), ...]); a
+    # page undoes its own steps, never another tab's
+    _undo: list = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _version: int = 0  # how many times the fixes changed in this session
 
     @property
     def name(self) -> str:
@@ -70,12 +74,13 @@ class Dataset:
             elif fix.action == "relabel" and fix.label in counts:
                 counts[fix.label][role + "_fixed"] += 1
         actions = [f.action for rel, f in self._fixes.items() if rel in self._index]
-        return {"id": self.id, "name": self.name, "path": str(self.root), "classes": classes,
+        return {"id": self.id, "name": self.name, "path": str(self.root), "classes": classes, "version": self._version,
                 "counts": counts, "images": len(self._index), "val_source": self._split.val_source,
                 "unreadable": [{"path": self._shown(d["path"]), "reason": d["reason"]} for d in self._split.skipped],
                 "fixes_file": str(self.fixes_file), "fixes": {"exclude": actions.count("exclude"),
-                                                              "relabel": actions.count("relabel")},
-                "can_undo": bool(self._undo)}
+                                                              "relabel": actions.count("relabel"),
+                                                              "keep": actions.count("keep")},
+                "can_undo": bool(self._undo), "undo_clients": sorted({c for c, _ in self._undo})}
 
     def summary_counts(self, role: str) -> int:
         """Images of `role` (train | val) that training would use (the fixes applied)."""
@@ -93,8 +98,8 @@ class Dataset:
             raise UserError(f"unknown class '{cls}'")
         if split not in (None, "train", "val"):
             raise UserError("split must be train or val")
-        if fixed not in (None, "exclude", "relabel", "any", "none"):
-            raise UserError("fixed must be exclude, relabel, any or none")
+        if fixed not in (None, *fixing.ACTIONS, "any", "none"):
+            raise UserError("fixed must be exclude, relabel, keep, any or none")
         limit = max(1, min(PAGE_LIMIT, limit))
         chosen = []
         for rel, (label, role) in self._index.items():
@@ -102,7 +107,7 @@ class Dataset:
             if (cls is not None and classes[label] != cls) or (split is not None and role != split):
                 continue
             if fixed == "none" and fix is not None or fixed == "any" and fix is None or \
-                    fixed in ("exclude", "relabel") and (fix is None or fix.action != fixed):
+                    fixed in fixing.ACTIONS and (fix is None or fix.action != fixed):
                 continue
             chosen.append(rel)
         chosen.sort()
@@ -116,11 +121,24 @@ class Dataset:
                 "fix": fix.to_dict() if fix is not None else None}
 
     def file(self, rel: str) -> Path:
-        """The image file at `rel`, if it is one of this dataset's images (else a UserError)."""
+        """The image file at `rel`, if it is one of this dataset's images (else a UserError). A
+        path whose symbolic links lead out of the dataset's folder is served only where the file
+        it reaches is an image by its content: a link to any other file is never a way out."""
         self.load()
         if rel not in self._index:
             raise UserError(f"{rel} is not an image of the dataset {self.name}")
-        return self.root / rel
+        path = self.root / rel
+        real, root = os.path.realpath(path), os.path.realpath(self.root)
+        if os.path.commonpath([real, root]) != root and image_type(path) is None:
+            raise UserError(f"{rel} links to a file outside the dataset that is not an image: not served")
+        return path
+
+    def media_type(self, rel: str) -> str:
+        """The image's type by its content (what the studio serves it as)."""
+        kind = image_type(self.file(rel))
+        if kind is None:
+            raise UserError(f"{rel} is not an image that a browser shows")
+        return kind
 
     def thumbnail(self, rel: str) -> bytes:
         return thumbnail(self.file(rel), self.thumbs, rel)
@@ -130,12 +148,12 @@ class Dataset:
         self.load()
         return [f.to_dict() for _, f in sorted(self._fixes.items())]
 
-    def decide(self, rel: str, action: str, label: str = "", reason: str = "") -> dict:
-        """Record a decision about `rel`: exclude, relabel (to `label`) or clear; written to the
-        fixes file at once. Returns the image's item."""
+    def decide(self, rel: str, action: str, label: str = "", reason: str = "", client: str = "") -> dict:
+        """Record a decision about `rel`: exclude, relabel (to `label`), keep or clear; written to
+        the fixes file at once; `client`: the page that made it (its undo). Returns the image's item."""
         self.file(rel)
         if action not in (*fixing.ACTIONS, "clear"):
-            raise UserError(f"action must be exclude, relabel or clear (got '{action}')")
+            raise UserError(f"action must be exclude, relabel, keep or clear (got '{action}')")
         if action == "relabel" and label not in self._split.classes:
             raise UserError(f"'{label}' is not a class of {self.name} ({', '.join(self._split.classes)})")
         with self._lock:
@@ -143,43 +161,49 @@ class Dataset:
             if action == "clear":
                 self._fixes.pop(rel, None)
             else:
-                self._fixes[rel] = fixing.Fix(rel, action, label if action == "relabel" else "", reason[:500],
+                self._fixes[rel] = fixing.Fix(rel, action, label if action == "relabel" else "",
+                                              fixing.one_line(reason),
                                               fixing.now())
-            self._undo.append((rel, before))
+            self._undo.append((client, [(rel, before)]))
             self._save()
         return self.item(rel)
 
-    def undo(self) -> dict | None:
-        """Undo the last decision (of this session); returns the image's item, or None."""
+    def undo(self, client: str = "") -> list[dict]:
+        """Undo the last step of the page `client` (this session's): one decision, or a whole
+        seeding; returns the items it changed ([]: nothing to undo)."""
         self.load()
         with self._lock:
-            if not self._undo:
-                return None
-            rel, before = self._undo.pop()
-            if before is None:
-                self._fixes.pop(rel, None)
-            else:
-                self._fixes[rel] = before
+            at = next((i for i in range(len(self._undo) - 1, -1, -1) if self._undo[i][0] == client), None)
+            if at is None:
+                return []
+            _, changes = self._undo.pop(at)
+            for rel, before in reversed(changes):
+                if before is None:
+                    self._fixes.pop(rel, None)
+                else:
+                    self._fixes[rel] = before
             self._save()
-        return self.item(rel)
+        return [self.item(rel) for rel, _ in changes if rel in self._index]
 
-    def seed(self, exclude_file: Path, reason: str) -> int:
+    def seed(self, exclude_file: Path, reason: str, client: str = "") -> int:
         """Exclude the images an exclude list names (doctor --write-exclude) that have no decision
-        yet; returns how many were added (one undo step each)."""
+        yet; returns how many were added (one undo step for all of them)."""
         self.load()
-        added = 0
+        changes = []
         with self._lock:
             for fix in fixing.from_exclude(exclude_file, self.root, reason):
                 if fix.path in self._index and fix.path not in self._fixes:
                     self._fixes[fix.path] = fix
-                    self._undo.append((fix.path, None))
-                    added += 1
-            self._save()
-        return added
+                    changes.append((fix.path, None))
+            if changes:
+                self._undo.append((client, changes))
+                self._save()
+        return len(changes)
 
     def _save(self) -> None:
         self.fixes_file.parent.mkdir(parents=True, exist_ok=True)
         fixing.write_fixes(self.fixes_file, self._fixes, self.root)
+        self._version += 1  # (another tab sees the fixes changed and reads them again)
 
     def _shown(self, path: str) -> str:
         try:
@@ -196,29 +220,54 @@ class Dataset:
             return None
         self.load()
 
-        def image(d: dict) -> dict:
-            rel = self._shown(d["path"])
+        def image(d: Record) -> dict:
+            rel = self._shown(d.text("path", ""))
             fix = self._fixes.get(rel)
-            return {"path": rel, "label": d.get("label"), "split": d.get("split"), "known": rel in self._index,
+            return {"path": rel, "label": d.text("label"), "split": d.text("split"), "known": rel in self._index,
                     "fix": fix.to_dict() if fix else None}
 
-        def pairs(items):
-            return [{"kind": p["kind"], "similarity": p["similarity"], "images": [image(p["a"]), image(p["b"])]}
-                    for p in items]
+        def pairs(key: str) -> list[dict]:  # (a finding without its images, as a damaged file has, is left out)
+            return [{"kind": p.text("kind", ""), "similarity": p.number("similarity"),
+                     "images": [image(p.record("a")), image(p.record("b"))]}
+                    for p in report.items_of(key, dict) if p.record("a").text("path") and p.record("b").text("path")]
+
+        def singles(key: str) -> list[Record]:
+            return [f for f in report.items_of(key, dict) if f.text("path")]
 
         groups = {
-            "exact copies": pairs(report.get("exact_duplicates", [])),
-            "near copies": pairs(report.get("near_duplicates", [])),
-            "same scene": pairs(report.get("same_scene", [])),
-            "likely label errors": [{"kind": f"labelled {f['label']}, looks like {f['suggested']}",
-                                     "suggested": f["suggested"], "score": f["score"], "images": [image(f)]}
-                                    for f in report.get("label_issues", [])],
-            "outliers": [{"kind": f"z {f['z']}", "images": [image(f)]} for f in report.get("outliers", [])],
+            "exact copies": pairs("exact_duplicates"),
+            "near copies": pairs("near_duplicates"),
+            "same scene": pairs("same_scene"),
+            "likely label errors": [{"kind": f"labelled {f.text('label', '?')}, looks like {f.text('suggested', '?')}",
+                                     "suggested": f.text("suggested"), "score": f.number("score"), "images": [image(f)]}
+                                    for f in singles("label_issues")],
+            "outliers": [{"kind": f"z {f.number('z')}", "images": [image(f)]} for f in singles("outliers")],
         }
-        for kind, items in (report.get("image_issues") or {}).items():
-            groups[f"{kind} images"] = [{"kind": f.get("detail", kind), "images": [image(f)]} for f in items]
-        return {"groups": {k: v for k, v in groups.items() if v}, "balance": report.get("balance"),
-                "unreadable": report.get("unreadable", []), "images": report.get("images")}
+        issues = report.record("image_issues")
+        for kind in issues:
+            groups[f"{kind} images"] = [{"kind": f.text("detail", str(kind)), "images": [image(f)]}
+                                        for f in issues.items_of(kind, dict) if f.text("path")]
+        return {"groups": {k: v for k, v in groups.items() if v}, "balance": report.record("balance") or None,
+                "unreadable": report.items_of("unreadable", dict), "images": report.integer("images")}
+
+
+BROWSER_TYPES = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "GIF": "image/gif",
+                 "WEBP": "image/webp", "BMP": "image/bmp", "TIFF": "image/tiff"}
+
+
+def image_type(path: Path) -> str | None:
+    """The media type of the image file at `path` by its content (its header, not its name);
+    None for a file that is not an image of a format a browser may be sent."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        # (JPEG's opener also reads MPO files, and names them so)
+        with Image.open(path, formats=[f for f in BROWSER_TYPES if f != "MPO"]) as image:
+            return BROWSER_TYPES.get(image.format)
+    except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError, SyntaxError, EOFError):
+        return None
+    except Exception:  # noqa: BLE001 - a crafted header makes Pillow's plugins raise anything
+        return None
 
 
 def thumbnail(path: Path, thumbs: Path, shown: str) -> bytes:
@@ -232,19 +281,19 @@ def thumbnail(path: Path, thumbs: Path, shown: str) -> bytes:
     cached = thumbs / key[:2] / f"{key}.jpg"
     if cached.is_file():
         return cached.read_bytes()
-    from PIL import Image, ImageOps
-
+    from ..data.decode import load_rgb
+    from ..errors import ImageDecodeError
     from ..files import atomic_write
 
     try:
-        with Image.open(path) as image:
-            image.draft("RGB", (THUMB_SIZE * 2, THUMB_SIZE * 2))  # a JPEG decodes at a fraction of its size
-            image = ImageOps.exif_transpose(image).convert("RGB")
-            image.thumbnail((THUMB_SIZE, THUMB_SIZE))
-            out = io.BytesIO()
-            image.save(out, "JPEG", quality=85)
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise UserError(f"{shown} cannot be shown: {exc}") from None
+        # the decoder training uses: the same refusals (a decompression bomb is never decoded), a
+        # JPEG decoded at a fraction of its size
+        image = load_rgb(path, min_short_side=THUMB_SIZE, name=shown)
+    except ImageDecodeError as exc:
+        raise UserError(f"{shown} cannot be shown: {exc.reason}") from None
+    image.thumbnail((THUMB_SIZE, THUMB_SIZE))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=85)
     atomic_write(cached, out.getvalue(), fsync=False)
     return out.getvalue()
 
@@ -262,12 +311,17 @@ def feature_map(ds: Dataset, doctor_dir: Path) -> dict | None:
         for f in items:
             for image in f["images"]:
                 kinds.setdefault(image["path"], kind)
-    classes, predicted = m.get("classes", []), m.get("predicted")
+    classes, predicted = m.texts("classes"), m.items_of("predicted") or None
     points = []
-    for i, (path, label, split, xy) in enumerate(zip(m["paths"], m["labels"], m["splits"], m["xy"])):
-        rel = ds._shown(path)
-        points.append({"path": rel, "label": classes[label], "split": split, "x": xy[0], "y": xy[1],
-                       "predicted": classes[predicted[i]] if predicted else None, "finding": kinds.get(rel)})
+    try:
+        for i, (path, label, split, xy) in enumerate(zip(m.texts("paths"), m.items_of("labels"), m.items_of("splits"),
+                                                         m.items_of("xy", list))):
+            rel = ds._shown(path)
+            points.append({"path": rel, "label": classes[label], "split": str(split), "x": float(xy[0]),
+                           "y": float(xy[1]), "predicted": classes[predicted[i]] if predicted else None,
+                           "finding": kinds.get(rel)})
+    except (IndexError, TypeError, ValueError):
+        raise UserError(f"{doctor_dir / 'doctor_map.json'} is damaged: run the doctor again") from None
     return {"classes": classes, "points": points}
 
 
@@ -277,8 +331,10 @@ def similar(ds: Dataset, doctor_dir: Path, rel: str) -> list[dict]:
     m = read_json_object(doctor_dir / "doctor_map.json")
     if m is None:
         raise UserError("run the doctor first: it finds each image's nearest images")
-    index = {ds._shown(p): i for i, p in enumerate(m["paths"])}
-    if rel not in index or index[rel] >= len(m.get("neighbours", [])):
+    paths, neighbours = m.texts("paths"), m.items_of("neighbours", list)
+    index = {ds._shown(p): i for i, p in enumerate(paths)}
+    if rel not in index or index[rel] >= len(neighbours):
         raise UserError(f"the doctor has not seen {rel}: run it again")
-    return [ds.item(ds._shown(m["paths"][j])) for j in m["neighbours"][index[rel]]
-            if ds._shown(m["paths"][j]) in ds._index]
+    near = [ds._shown(paths[j]) for j in neighbours[index[rel]]
+            if isinstance(j, int) and not isinstance(j, bool) and 0 <= j < len(paths)]
+    return [ds.item(p) for p in near if p in ds._index]

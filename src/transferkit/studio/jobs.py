@@ -22,6 +22,8 @@ NUMBER = r"([\d.]+|nan|inf)"
 # what `train` prints after each epoch (training.network)
 EPOCH_LINE = re.compile(rf"^epoch (\d+): train loss {NUMBER} acc ([\d.]+) \| val loss {NUMBER} acc ([\d.]+) \| ([\d.]+)s$")
 LOG_LINES = 200  # the last lines of a job's output that are kept
+# what long work prints a line a second of (console.LogProgress): "features: 120/245 (...), 10 s"
+PROGRESS_LINE = re.compile(r"^([\w -]{1,40}): (\d+)/(\d+)\b")
 
 
 @dataclass
@@ -49,7 +51,13 @@ class Job:
 
     def progress(self) -> dict:
         """Epochs done, the last epoch's numbers, images/s and the time left (from the mean epoch)."""
-        out: dict = {"epochs": self.epochs, "done": len(self.epoch_rows)}
+        out: dict = {"epochs": self.epochs, "done": len(self.epoch_rows), "stage": None, "fraction": None}
+        lines = [line for line in list(self.log) if line.strip()]
+        if lines and self.status == "running":  # what it is doing now: its last line, and how far, where it says
+            out["stage"] = lines[-1][:200]
+            match = PROGRESS_LINE.match(lines[-1])
+            if match and int(match.group(3)):
+                out["fraction"] = round(int(match.group(2)) / int(match.group(3)), 3)
         if self.epoch_rows:
             last = self.epoch_rows[-1]
             out.update({k: last[k] for k in ("epoch", "train_loss", "val_loss", "val_acc")})
@@ -71,7 +79,10 @@ class JobQueue:
     """Jobs run one after another on a thread of the queue's own; each in its own process."""
 
     def __init__(self, env: dict | None = None):
-        self.env = env
+        import os
+
+        # a progress line a second from the commands (their bars on the page), else the given environment
+        self.env = {**(env if env is not None else os.environ), "TRANSFERKIT_PROGRESS_SECONDS": "1"}
         self.jobs: list[Job] = []
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -157,12 +168,21 @@ class JobQueue:
 
 class Servers:
     """`transferkit serve RUN` processes started from the page, one per run, on a free loopback
-    port; stopped from the page or when the studio stops."""
+    port; stopped from the page or when the studio stops.
+
+    The processes are started from one thread of this object's own that lives as long as it: the
+    kernel's parent-death signal (`die_with_parent`) follows the *thread* that forked, and the web
+    server's request threads end when idle, which took a served model down seconds after it started.
+    Starts are one at a time: two clicks on "Serve" give one server."""
 
     def __init__(self, env: dict | None = None):
+        from concurrent.futures import ThreadPoolExecutor
+
         self.env = env
         self._running: dict[str, tuple[subprocess.Popen, str]] = {}
         self._lock = threading.Lock()
+        self._starting = threading.Lock()
+        self._spawner = ThreadPoolExecutor(1, thread_name_prefix="transferkit-studio-servers")
 
     def url(self, name: str) -> str | None:
         with self._lock:
@@ -174,15 +194,22 @@ class Servers:
 
     def start(self, name: str, run_dir, timeout: float = 120.0) -> str:
         """Start serving `run_dir` (if it is not already) and return its address, once it answers."""
-        from ..errors import UserError
         from ..processes import die_with_parent
 
-        found = self.url(name)
-        if found:
-            return found
-        proc = subprocess.Popen([sys.executable, "-m", "transferkit", "serve", str(run_dir), "--port", "0"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace",
-                                env=self.env, preexec_fn=die_with_parent)
+        with self._starting:
+            found = self.url(name)
+            if found:
+                return found
+            proc = self._spawner.submit(
+                subprocess.Popen, [sys.executable, "-m", "transferkit", "serve", str(run_dir), "--port", "0"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace", env=self.env,
+                preexec_fn=die_with_parent).result()
+            return self._wait_for(name, proc, timeout)
+
+    def _wait_for(self, name: str, proc: subprocess.Popen, timeout: float) -> str:
+        """The address `proc` serves at once it says so; a UserError with its last line if it ends."""
+        from ..errors import UserError
+
         deadline, lines = time.monotonic() + timeout, []
         while time.monotonic() < deadline:
             line = proc.stderr.readline()
@@ -213,6 +240,7 @@ class Servers:
     def close(self) -> None:
         for name in list(self._running):
             self.stop(name)
+        self._spawner.shutdown(wait=False)
 
 
 def _drain(stream) -> None:

@@ -2,7 +2,10 @@
 // user's files can carry (paths, class names) goes in as text, never as HTML.
 
 const $ = (id) => document.getElementById(id);
-const state = { datasets: [], current: null, summary: null, page: 0, perPage: 60, selected: new Set(), jobs: [] };
+const state = { datasets: [], current: null, summary: null, page: 0, perPage: 60, selected: new Set(), jobs: [],
+  openLogs: new Set(), openGroups: new Set(["exact copies", "near copies"]), jobStatus: new Map(), jobsDrawn: "",
+  // this tab's name for itself: its undo undoes its own changes, never another tab's
+  client: (crypto.randomUUID ? crypto.randomUUID() : String(Math.random()).slice(2)) };
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -24,7 +27,11 @@ async function api(path, options = {}) {
   }
   const response = await fetch(path, init);
   const body = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error(body.detail || `${response.status} ${response.statusText}`);
+  if (!response.ok) {
+    const error = new Error(typeof body.detail === "string" ? body.detail : `${response.status} ${response.statusText}`);
+    error.field = body.field || null;  // the form field the error is about
+    throw error;
+  }
   return body;
 }
 
@@ -57,13 +64,13 @@ function openViewer(src, caption) {
   $("viewer").showModal();
 }
 
-function imageCard(item, classes, onChange) {
+function imageCard(item, classes, onChange, opts = {}) {
   const fix = item.fix;
   const card = el("div", { class: "thumb" + (fix ? " " + fix.action : ""), "data-path": item.path });
   const img = el("img", { src: thumbUrl(item.path), loading: "lazy", alt: item.path, title: item.path,
                           onclick: () => openViewer(`/api/datasets/${state.current}/image?${q({ path: item.path })}`, item.path) });
   const caption = el("div", {}, `${item.label} · ${item.split}`);
-  if (fix) caption.append(" ", el("span", { class: "fix " + fix.action }, fix.action === "exclude" ? "excluded" : `→ ${fix.label}`));
+  if (fix) caption.append(" ", el("span", { class: "fix " + fix.action }, fixText(fix)));
   const relabel = el("select", { "aria-label": `relabel ${item.path}`, onchange: async (e) => {
     if (e.target.value) await decide(item.path, "relabel", e.target.value, "", onChange);
   } }, el("option", { value: "" }, "relabel…"), classes.filter((c) => c !== item.label).map((c) => el("option", { value: c }, c)));
@@ -71,16 +78,22 @@ function imageCard(item, classes, onChange) {
     fix && fix.action === "exclude" ? null : el("button", { type: "button", onclick: () => decide(item.path, "exclude", "", "", onChange) }, "Exclude"),
     relabel,
     fix ? el("button", { type: "button", onclick: () => decide(item.path, "clear", "", "", onChange) }, "Clear") : null,
+    opts.finding && !fix ? el("button", { type: "button", title: "looked at: not an error (kept as it is)",
+      onclick: () => decide(item.path, "keep", "", "not an error", onChange) }, "Not an error") : null,
     el("button", { type: "button", title: "more like this", onclick: () => showSimilar(item.path) }, "similar"));
   card.append(img, caption, actions);
   return card;
 }
 
+function fixText(fix) {
+  return fix.action === "exclude" ? "excluded" : fix.action === "keep" ? "kept: not an error" : `→ ${fix.label}`;
+}
+
 async function decide(path, action, label, reason, onChange, dataset = state.current) {
   try {
-    const out = await api(`/api/datasets/${dataset}/fixes`, { method: "POST", body: { path, action, label, reason } });
+    const out = await api(`/api/datasets/${dataset}/fixes`, { method: "POST", body: { path, action, label, reason, client: state.client } });
     if (dataset === state.current) { state.summary = out.summary; renderSummary(); }
-    say(`${action === "clear" ? "cleared" : action === "exclude" ? "excluded" : "relabelled"} ${path}`);
+    say(`${{ clear: "cleared", exclude: "excluded", keep: "kept (not an error)", relabel: "relabelled" }[action]} ${path}`);
     if (onChange) await onChange();
   } catch (e) { say(e.message, true); }
 }
@@ -110,10 +123,11 @@ function renderSummary() {
       el("td", {}, el("span", { class: "balance", style: `width:${Math.round(160 * (c.train + c.val) / most)}px` }))));
   }
   $("classes").replaceChildren(...rows);
-  $("fixes-line").textContent = `${s.fixes.exclude} excluded, ${s.fixes.relabel} relabelled · ${s.fixes_file}` +
+  $("fixes-line").textContent = `${s.fixes.exclude} excluded, ${s.fixes.relabel} relabelled, ${s.fixes.keep || 0} kept · ${s.fixes_file}` +
     (s.unreadable.length ? ` · ${s.unreadable.length} unreadable file(s) left out` : "");
   $("fixes-command").textContent = s.fixes.exclude + s.fixes.relabel ? `transferkit train ${s.path} --fixes ${s.fixes_file}` : "";
-  $("undo").disabled = !s.can_undo;
+  $("undo").disabled = !(s.undo_clients || []).includes(state.client);  // this tab's own changes
+  state.version = s.version;
 }
 
 async function loadImages() {
@@ -136,13 +150,16 @@ async function loadFindings() {
   const groups = Object.entries(out.found.groups);
   if (!groups.length) { box.replaceChildren(el("p", {}, "The doctor found nothing wrong.")); return; }
   const classes = state.summary.classes;
-  box.replaceChildren(...groups.map(([kind, items]) => el("details", { open: kind.includes("cop") || null },
-    el("summary", {}, `${kind} (${items.length})`),
-    ...items.slice(0, 50).map((f) => el("div", { class: "finding", "data-kind": kind },
-      ...f.images.filter((i) => i.known).map((i) => imageCard(i, classes, loadFindings)),
+  const scroll = window.scrollY;  // redrawn after a fix: the same groups open, the page where it was
+  box.replaceChildren(...groups.map(([kind, items]) => el("details", { open: state.openGroups.has(kind) || null,
+    ontoggle: (e) => { e.target.open ? state.openGroups.add(kind) : state.openGroups.delete(kind); } },
+    el("summary", {}, `${kind} (${items.length}, ${items.filter((f) => f.images.every((i) => i.fix)).length} decided)`),
+    ...items.slice(0, 50).map((f) => el("div", { class: "finding" + (f.images.every((i) => i.fix) ? " decided" : ""), "data-kind": kind },
+      ...f.images.filter((i) => i.known).map((i) => imageCard(i, classes, loadFindings, { finding: true })),
       el("div", { class: "muted" }, f.kind, f.similarity !== undefined ? ` · similarity ${num(f.similarity, 3)}` : "",
          f.suggested ? el("div", {}, el("button", { type: "button", onclick: () => decide(f.images[0].path, "relabel", f.suggested, "doctor: likely label error", loadFindings) }, `Relabel as ${f.suggested}`)) : null))),
     items.length > 50 ? el("p", { class: "muted" }, `and ${items.length - 50} more (doctor.json)`) : null)));
+  window.scrollTo(0, scroll);
 }
 
 // ---------------------------------------------------------------- the map of the features
@@ -219,6 +236,15 @@ async function pollJobs() {
     const running = state.jobs.filter((j) => j.status === "running" || j.status === "queued").length;
     $("jobs-badge").textContent = running ? `(${running})` : "";
     if (!$("view-jobs").hidden) renderJobs();
+    for (const j of state.jobs) {  // the status line follows each job: no "queued" left standing
+      const before = state.jobStatus.get(j.id);
+      if (before !== undefined && before !== j.status) say(`job ${j.id} ${j.status}: ${j.title}`, j.status === "failed");
+      state.jobStatus.set(j.id, j.status);
+    }
+    if (state.current) {  // another tab changed the fixes: read them again
+      const s = await api(`/api/datasets/${state.current}`);
+      if (s.version !== state.version) { state.summary = s; renderSummary(); loadImages(); loadFindings(); }
+    }
     for (const j of state.jobs) {
       if (j.status === "finished" && !state.seenDone?.has(j.id)) {
         (state.seenDone ||= new Set()).add(j.id);
@@ -232,30 +258,41 @@ async function pollJobs() {
 function renderJobs() {
   const box = $("jobs");
   if (!state.jobs.length) { box.replaceChildren(el("p", { class: "muted" }, "Nothing queued. Start a run from the Train tab.")); return; }
+  const drawn = JSON.stringify(state.jobs);
+  if (drawn === state.jobsDrawn && box.childElementCount) return;  // nothing new: the page stays as the user left it
+  state.jobsDrawn = drawn;
   box.replaceChildren(...[...state.jobs].reverse().map((j) => {
     const p = j.progress;
-    const share = p.epochs ? Math.min(1, p.done / p.epochs) : j.status === "finished" ? 1 : 0;
+    const share = j.status === "finished" ? 1 : p.epochs && p.done ? Math.min(1, p.done / p.epochs) : p.fraction || 0;
     const line = p.done ? `epoch ${p.epoch}${p.epochs ? "/" + p.epochs : ""} · train loss ${num(p.train_loss, 3)} · val acc ${pct(p.val_acc)}` +
-      (p.images_per_s ? ` · ${p.images_per_s} img/s` : "") + (p.eta_s !== undefined ? ` · ETA ${Math.round(p.eta_s)} s` : "") : "";
+      (p.images_per_s ? ` · ${p.images_per_s} img/s` : "") + (p.eta_s !== undefined ? ` · ETA ${Math.round(p.eta_s)} s` : "")
+      : j.status === "running" ? (p.stage || "starting…") : j.status === "failed" ? (j.log.filter((l) => l.trim()).pop() || "failed") : "";
+    const open = state.openLogs.has(j.id) || (j.status === "failed" && !state.openLogs.has(-j.id));
     return el("div", { class: `job ${j.status}`, "data-job": j.id },
       el("div", {}, el("span", { class: "state" }, j.status), " ", j.title,
         j.status === "running" || j.status === "queued" ? el("button", { type: "button", style: "float:right", onclick: async () => {
           await api(`/api/jobs/${j.id}/stop`, { method: "POST" }); pollJobs(); } }, "Stop") : null),
-      el("div", { class: "progress" }, el("div", { style: `width:${Math.round(share * 100)}%` })),
-      el("div", { class: "muted" }, line),
+      el("div", { class: "progress" + (j.status === "running" && !share ? " busy" : "") }, el("div", { style: `width:${Math.round(share * 100)}%` })),
+      el("div", { class: "muted stage" }, line),
       el("code", { class: "cmd" }, j.command),
-      el("details", {}, el("summary", {}, "output"), el("pre", {}, j.log.join("\n"))));
+      el("details", { open: open || null, ontoggle: (e) => {
+        // remembered across redraws (a failed job's output opens by itself until closed)
+        if (e.target.open) { state.openLogs.add(j.id); state.openLogs.delete(-j.id); } else { state.openLogs.delete(j.id); state.openLogs.add(-j.id); }
+      } }, el("summary", {}, "output"), el("pre", {}, j.log.join("\n"))));
   }));
 }
 
 // ---------------------------------------------------------------- train
 async function submitTrain(event) {
   event.preventDefault();
-  const form = new FormData(event.target);
+  const formEl = event.target;
+  const form = new FormData(formEl);
   const options = {};
+  for (const node of formEl.querySelectorAll("[aria-invalid]")) node.removeAttribute("aria-invalid");
+  // the values as typed: the studio reads them as the CLI does and names the field it refuses
   for (const [k, v] of form.entries()) {
-    if (["dataset", "strategy", "model"].includes(k) || v === "") continue;
-    options[k] = ["epochs", "batch_size", "seed"].includes(k) ? parseInt(v, 10) : ["lr", "ema", "mixup", "budget"].includes(k) ? parseFloat(v) : v;
+    if (["dataset", "strategy", "model"].includes(k) || String(v).trim() === "") continue;
+    options[k] = String(v).trim();
   }
   try {
     const job = await api("/api/train", { method: "POST", body: { dataset: form.get("dataset"), strategy: form.get("strategy"), model: form.get("model"), options } });
@@ -263,13 +300,17 @@ async function submitTrain(event) {
     say(`queued: ${job.command}`);
     await pollJobs();
     showTab("jobs");
-  } catch (e) { $("train-error").textContent = e.message; }
+  } catch (e) {
+    $("train-error").textContent = e.message;
+    const field = e.field && formEl.elements[e.field];
+    if (field) { field.setAttribute("aria-invalid", "true"); field.focus(); }
+  }
 }
 
 // ---------------------------------------------------------------- runs
 async function loadRuns() {
   const runs = await api("/api/runs");
-  const head = el("tr", {}, el("th", {}, ""), ...["run", "data", "backbone", "strategy", "val acc", "bal acc", "wall s", "CPU s", "when", "status"].map((h) => el("th", {}, h)));
+  const head = el("tr", {}, el("th", {}, ""), ...["run", "data", "backbone", "strategy", "val acc", "bal acc", "wall s", "CPU s", "when", "status", ""].map((h) => el("th", {}, h)));
   const rows = runs.slice().reverse().map((r) => el("tr", { "data-run": r.name },
     el("td", {}, el("input", { type: "checkbox", "aria-label": `select ${r.name}`, checked: state.selected.has(r.name) || null, disabled: r.status !== "finished" && r.status !== "interrupted" || null,
       onchange: (e) => { e.target.checked ? state.selected.add(r.name) : state.selected.delete(r.name); $("compare").disabled = state.selected.size !== 2; } })),
@@ -277,9 +318,20 @@ async function loadRuns() {
     el("td", {}, r.data ? r.data.split("/").pop() : "-"), el("td", {}, r.backbone || "-"), el("td", {}, r.strategy || "-"),
     el("td", { class: "num" }, num(r.val_acc)), el("td", { class: "num" }, num(r.balanced_accuracy)),
     el("td", { class: "num" }, r.wall_s === null ? "-" : r.wall_s.toFixed(1)), el("td", { class: "num" }, r.cpu_s === null ? "-" : r.cpu_s.toFixed(1)),
-    el("td", {}, r.when ? new Date(r.when * 1000).toLocaleString() : "-"), el("td", {}, r.status + (r.problem ? `: ${r.problem}` : ""))));
+    el("td", {}, r.when ? new Date(r.when * 1000).toLocaleString() : "-"), el("td", {}, r.status + (r.problem ? `: ${r.problem}` : "")),
+    el("td", {}, el("button", { type: "button", title: `delete the run folder ${r.path}`, onclick: () => removeRun(r.name) }, "Remove"))));
   $("runs").replaceChildren(head, ...rows);
   $("compare").disabled = state.selected.size !== 2;
+}
+
+async function removeRun(name) {
+  if (!confirm(`Delete the run ${name} (its model, metrics and report)? Files of yours in its folder are kept.`)) return;
+  try {
+    const out = await api(`/api/runs/${encodeURIComponent(name)}/remove`, { method: "POST" });
+    state.selected.delete(name);
+    say(out.removed ? `removed ${name}` : `removed ${name}'s files; kept what is not transferkit's: ${out.left.join(", ")}`);
+    loadRuns();
+  } catch (e) { say(e.message, true); }
 }
 
 function curves(histories, names) {
@@ -308,9 +360,11 @@ function curves(histories, names) {
     const x = xOf(h);
     add("polyline", { fill: "none", stroke: colors[i], "stroke-width": 2, points: h.rows.map((r) => `${x(r.step)},${y(r.val_acc)}`).join(" ") });
     for (const r of h.rows) add("circle", { cx: x(r.step), cy: y(r.val_acc), r: 3, fill: colors[i] });
-    add("text", { x: W - P - 150, y: P + 14 * i, fill: colors[i], "font-size": 11 }, names[i]);
   });
-  return svg;
+  // the legend below the plot, each run's whole name (two names of one prefix stay two names)
+  const legend = el("ul", { class: "legend" }, ...names.map((n, i) => el("li", {},
+    el("span", { class: "swatch", style: `background:${colors[i]}` }), n)));
+  return el("figure", { class: "curves" }, svg, legend);
 }
 
 function confusionTable(run, classes, matrix) {
@@ -432,10 +486,14 @@ async function compareRuns() {
     el("div", { class: "columns" }, el("div", {}, el("p", {}, a), confusionTable(a, c.classes[0] || [], c.confusion[0])),
       el("div", {}, el("p", {}, b), confusionTable(b, c.classes[1] || [], c.confusion[1]))),
     el("div", { id: "cell-images" }),
-    el("h3", {}, `${a} right, ${b} wrong: ${c.only_a_right.length}`),
-    el("div", { class: "thumbs" }, ...c.only_a_right.slice(0, 60).map((r) => runThumb(a, r, "", c.dataset, c.classes[0] || []))),
-    el("h3", {}, `${b} right, ${a} wrong: ${c.only_b_right.length}`),
-    el("div", { class: "thumbs" }, ...c.only_b_right.slice(0, 60).map((r) => runThumb(a, r, "", c.dataset, c.classes[0] || []))));
+    el("h3", {}, `A (${a}) right, B (${b}) wrong: ${c.only_a_right.length}`),
+    el("div", { class: "thumbs" }, ...c.only_a_right.slice(0, 60).map((r) => runThumb(a, r, compareCaption(r), c.dataset, c.classes[0] || []))),
+    el("h3", {}, `B (${b}) right, A (${a}) wrong: ${c.only_b_right.length}`),
+    el("div", { class: "thumbs" }, ...c.only_b_right.slice(0, 60).map((r) => runThumb(a, r, compareCaption(r), c.dataset, c.classes[0] || []))));
+}
+
+function compareCaption(r) {
+  return `${r.actual}: A ${r.a_predicted} ${pct(r.a_probability)} · B ${r.b_predicted} ${pct(r.b_probability)}`;
 }
 
 // ---------------------------------------------------------------- start
@@ -467,16 +525,17 @@ async function start() {
   $("prev").addEventListener("click", () => { state.page = Math.max(0, state.page - 1); loadImages(); });
   $("next").addEventListener("click", () => { state.page += 1; loadImages(); });
   $("undo").addEventListener("click", async () => {
-    const out = await api(`/api/datasets/${state.current}/undo`, { method: "POST" });
+    const out = await api(`/api/datasets/${state.current}/undo`, { method: "POST", body: { client: state.client } });
     state.summary = out.summary; renderSummary(); await Promise.all([loadImages(), loadFindings()]);
-    say(out.item ? `undone: ${out.item.path}` : "nothing to undo");
+    say(out.items.length > 1 ? `undone: ${out.items.length} decisions` : out.item ? `undone: ${out.item.path}` : "nothing to undo");
   });
   $("run-doctor").addEventListener("click", async () => {
     const j = await api(`/api/datasets/${state.current}/doctor`, { method: "POST" });
     say(`queued: ${j.command}`); pollJobs();
   });
   $("seed").addEventListener("click", async () => {
-    const out = await api(`/api/datasets/${state.current}/seed`, { method: "POST" });
+    if (!confirm("Exclude every image on the doctor's list that has no decision yet? One Undo takes them all back.")) return;
+    const out = await api(`/api/datasets/${state.current}/seed`, { method: "POST", body: { client: state.client } });
     state.summary = out.summary; renderSummary(); await Promise.all([loadImages(), loadFindings()]);
     say(`${out.added} image(s) excluded from the doctor's list`);
   });
