@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -162,6 +163,7 @@ def cases(w: Path) -> list[tuple]:
     out.append(("missing dataset folder", ["train", str(w / "nope")], None))
     out.append(("dataset is a file", ["train", str(w / "afile")], None))
     out += round_three(w, good, run)
+    out += round_four(w, good, run)
     return out
 
 
@@ -257,6 +259,249 @@ def round_three(w: Path, good: Path, run: Path) -> list:
     return out
 
 
+def round_four(w: Path, good: Path, run: Path) -> list:
+    """The fourth round's classes (issue 38) through the CLI: writes over the user's files by the
+    newest doors (--out-dir, the fixes file), files read back that cannot be trusted (nested,
+    wrong types, a FIFO, a BOM, a stray quote, an oversized cell, YAML aliases), state left by
+    killed or edited commands, options that were silently ignored. (The HTTP surfaces: `http_cases`.)"""
+    out = []
+    photos = dataset(w / "r4-photos", val=False) / "train"
+    (photos / "predictions.csv").write_text("my own predictions\n")
+    out.append(("predict --out-dir the input folder --merge", ["predict", str(run), str(photos), "--out-dir",
+                                                               str(photos), "--merge"], photos))
+    out.append(("predict --out-dir inside the input folder", ["predict", str(run), str(photos), "--out-dir",
+                                                               str(photos / "blue" / "p")], photos))
+    out.append(("predict --out-dir inside the run's data", ["predict", str(run), str(photos), "--out-dir",
+                                                            str(good / "p")], good))
+    mine = w / "r4-mine"
+    mine.mkdir()
+    (mine / "manifest.json").write_text('{"mine": true}')
+    out.append(("predict --out-dir a folder of the user's", ["predict", str(run), str(photos), "--out-dir", str(mine)],
+                mine))
+    listing = w / "r4-list.txt"
+    files = sorted(str(p) for p in photos.rglob("*.png"))
+    listing.write_text("\n".join(files[:3]) + "\n")
+    od = w / "r4-od"
+    subprocess.run([sys.executable, "-m", "transferkit", "predict", str(run), "--files-from", str(listing), "--out-dir",
+                    str(od)], check=True, capture_output=True)
+    listing.write_text("\n".join(files[3:]) + "\n")
+    out.append(("--out-dir resumed with an edited --files-from", ["predict", str(run), "--files-from", str(listing),
+                                                                  "--out-dir", str(od)], photos))
+    stray = w / "r4-stray"
+    subprocess.run([sys.executable, "-m", "transferkit", "predict", str(run), str(photos), "--out-dir", str(stray)],
+                   check=True, capture_output=True)
+    shutil.copy(stray / "chunks" / "chunk-000000.csv", stray / "chunks" / "chunk-000000 (copy).csv")
+    out.append(("--out-dir with a stray 'chunk (copy).csv'", ["predict", str(run), str(photos), "--out-dir", str(stray),
+                                                              "--merge"], photos))
+    for size in ("1e300GB", "-5GB", "nanGB", "12 parsecs"):
+        out.append((f"--cache-limit {size}", ["train", str(good), "--cache-limit", size, *TINY], good))
+    for name in ("../escaped", "/tmp/abs", ".", "a/b"):
+        out.append((f"--name {name}", ["train", str(good), "--name", name, "--runs-dir", str(w / "r4-runs"), *TINY],
+                    good))
+    runs = w / "r4-runs-of"
+    for n in ("a", "b"):
+        shutil.copytree(run, runs / n)
+    out.append(("train --out a folder of runs", ["train", str(good), "--out", str(runs), *TINY], runs))
+    out.append(("train on a folder of runs", ["train", str(runs), *TINY], runs))
+    out.append(("doctor on the cache folder", ["doctor", str(w / "cache"), "--quiet"], None))
+    onnx = w / "r4.onnx"
+    onnx.write_bytes(b"")
+    out.append(("predict model.onnx --engine torch", ["predict", str(onnx), str(photos), "--engine", "torch"], photos))
+    out.append(("predict model.onnx --precision bf16", ["predict", str(onnx), str(photos), "--precision", "bf16"],
+                photos))
+    damaged = w / "r4-damaged"
+    for name, files_ in (("nested", {"results.json": "[" * 100_000 + "]" * 100_000,
+                                     "config.yaml": "a: " + "[" * 5000 + "]" * 5000}),
+                         ("typed", {"results.json": json.dumps({"val_acc": "high", "data": 3, "wall_s": [1]}),
+                                    "metrics.json": json.dumps({"classes": "x", "per_class": [1], "macro_avg": 2}),
+                                    "config.yaml": "- not\n- a mapping\n"}),
+                         ("bom", {"results.json": "\ufeff" + (run / "results.json").read_text()})):
+        folder = Path(shutil.copytree(run, damaged / name))
+        for file, text in files_.items():
+            (folder / file).write_text(text)
+    fifo = Path(shutil.copytree(run, damaged / "fifo"))
+    (fifo / "config.yaml").unlink()
+    os.mkfifo(fifo / "config.yaml")
+    out.append(("runs: nested, wrong types, BOM, a FIFO", ["runs", str(damaged)], None))
+    out.append(("runs compare: wrong types", ["runs", "compare", str(run), str(damaged / "typed")], None))
+    out.append(("report: a nested results.json", ["report", str(damaged / "nested")], None))
+    out.append(("eval: a run with a nested results.json", ["eval", str(damaged / "nested"), "--out",
+                                                           str(w / "r4-eval")], None))
+    for name, text in (("nested", "a: " + "[" * 5000 + "]" * 5000 + "\n"),
+                       ("aliases", "a: &a [1,1,1,1,1,1,1,1]\n" + "".join(
+                           f"{c}: &{c} [{','.join(['*' + p] * 8)}]\n" for p, c in zip("abcdefg", "bcdefgh"))),
+                       ("a list", "- lr\n- 0.1\n")):
+        cfg = w / f"r4-{name.replace(' ', '-')}.yaml"
+        cfg.write_text(text)
+        out.append((f"--config: {name}", ["train", str(good), "--config", str(cfg), *TINY], good))
+    os.mkfifo(w / "r4-fifo.yaml")
+    out.append(("--config a FIFO", ["train", str(good), "--config", str(w / "r4-fifo.yaml"), *TINY], good))
+    header = "path,action,label,reason,time\n"
+    for name, body in (("a BOM and CRLF", "\ufeff" + header.replace("\n", "\r\n") + "train/red/0.png,exclude,,ok,t\r\n"),
+                       ("a stray quote", header + 'train/red/0.png,exclude,,"never closed,t\ntrain/red/1.png,exclude,,,\n'),
+                       ("a 200 KB cell", header + "train/red/0.png,exclude,," + "x" * 200_000 + ",t\n"),
+                       ("a reason over lines and a formula", header + 'train/red/0.png,exclude,,"=HYPERLINK(1)\n# no '
+                        'comment",t\ntrain/red/1.png,exclude,,,\n'),
+                       ("an unknown action", header + "train/red/0.png,delete,,,\n")):
+        fixes = w / f"r4-fixes-{len(out)}.csv"
+        fixes.write_bytes(body.encode())
+        out.append((f"--fixes: {name}", ["train", str(good), "--fixes", str(fixes), "--out", str(w / f"r4-f{len(out)}"),
+                                         *TINY], good))
+    cache = w / "cache"
+    shard = cache / "features" / "x" / "shards"
+    shard.mkdir(parents=True, exist_ok=True)
+    (shard / ".00000001.dat.999999999-0123456789ab.tmp").write_bytes(b"\0" * 4096)
+    os.utime(shard / ".00000001.dat.999999999-0123456789ab.tmp", (1, 1))
+    out.append(("cache compact with a killed compaction's temp file", ["cache", "compact", "--cache-dir", str(cache)],
+                None))
+    return out
+
+
+def http_cases(w: Path, good: Path, run: Path) -> list[tuple[str, int, str]]:
+    """The HTTP surfaces: `transferkit serve RUN` (/v2 and /predict) and `transferkit studio`
+    (its API, with a dataset holding a link to a secret and a decompression bomb, and runs folders
+    holding damaged runs), each sent requests no client should send. (name, status, body)."""
+    import base64
+    import re
+    import urllib.error
+    import urllib.request
+
+    def start(argv):
+        proc = subprocess.Popen([sys.executable, "-m", "transferkit", *argv, "--port", "0"], stderr=subprocess.PIPE,
+                                text=True, errors="replace")
+        for line in proc.stderr:
+            found = re.search(r"at (http://\S+/)", line)
+            if found:
+                import threading
+
+                threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+                return proc, found.group(1)
+        raise RuntimeError(f"{argv[0]} did not start")
+
+    def send(url, path, body=None, headers=None, method=None):
+        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+        req = urllib.request.Request(url + path.lstrip("/"), data, {"Content-Type": "application/json",
+                                                                  **(headers or {})}, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=120) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    rows = []
+    proc, url = start(["serve", str(run)])
+    try:
+        deadline = time.monotonic() + 120
+        while send(url, "ready")[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        name = json.loads(send(url, "model")[1])["name"]
+        size = json.loads(send(url, "model")[1])["preprocess"]["input_size"]
+        infer = f"v2/models/{name}/infer"
+        good_in = {"name": "input", "shape": [1, 3, size, size], "datatype": "FP32", "data": [0.0] * (3 * size * size)}
+        text = json.dumps({"inputs": [{"name": "input", "shape": [1, 3, size, size], "datatype": "FP32",
+                                       "parameters": {"binary_data_size": 12 * size * size}}]}).encode()
+        photo = (good / "val" / "red" / "v0.png").read_bytes()
+        for case, body, headers in (
+                ("/v2 shape [2^32, 2^32]", {"inputs": [{**good_in, "shape": [2**32, 2**32]}]}, None),
+                ("/v2 shape [2^62, 2^62, 0]", {"inputs": [{**good_in, "shape": [2**62, 2**62, 0]}]}, None),
+                ("/v2 header nested 100,000 deep", b'{"inputs":' + b"[" * 100_000 + b"]" * 100_000 + b"}", None),
+                ("/v2 data nested 10,000 deep", b'{"inputs":[{"name":"input","shape":[1],"datatype":"FP32","data":'
+                 + b"[" * 10_000 + b"0" + b"]" * 10_000 + b"}]}", None),
+                ("/v2 input parameters a list", {"inputs": [{**good_in, "parameters": [1]}]}, None),
+                ("/v2 request parameters a string", {"inputs": [good_in], "parameters": "x"}, None),
+                ("/v2 outputs parameters a number", {"inputs": [good_in], "outputs": [{"name": "label",
+                                                                                      "parameters": 7}]}, None),
+                ("/v2 classification true", {"inputs": [good_in], "outputs": [
+                    {"name": "probabilities", "parameters": {"classification": True}}]}, None),
+                ("/v2 classification 2.5", {"inputs": [good_in], "outputs": [
+                    {"name": "probabilities", "parameters": {"classification": 2.5}}]}, None),
+                ("/v2 binary_data_output 'yes'", {"inputs": [good_in], "parameters": {"binary_data_output": "yes"}},
+                 None),
+                ("/v2 all-NaN binary FP32", text + np.full(3 * size * size, np.nan, "<f4").tobytes(),
+                 {"Inference-Header-Content-Length": str(len(text))}),
+                ("/v2 inf in JSON FP32", b'{"inputs":[{"name":"input","shape":[1],"datatype":"FP32","data":[1e999]}]}',
+                 None),
+                ("/v2 shape of booleans", {"inputs": [{**good_in, "shape": [True, 3, size, size]}]}, None),
+                ("/v2 BYTES of a number", {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                                                      "data": [5]}]}, None),
+                ("/v2 image base64 of text", {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                                                         "data": [base64.b64encode(b"text").decode()]}]}, None),
+                ("/v2 inputs an object", {"inputs": {"name": "input"}}, None),
+                ("/v2 header length past the body", json.dumps({"inputs": [good_in]}).encode(),
+                 {"Inference-Header-Content-Length": "99999999"}),
+                ("/predict a JSON body nested deep", b"[" * 100_000 + b"]" * 100_000, None),
+                ("/predict an image with a JSON type", photo, None)):
+            path = "predict" if case.startswith("/predict") else infer
+            status, raw = send(url, path, body, headers)
+            rows.append((case, status, raw[:110].decode("utf-8", "replace")))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+    data = dataset(w / "h-studio")
+    secret = w / "h-secret.txt"
+    secret.write_text("password=hunter2")
+    os.symlink(secret, data / "train" / "red" / "secret.png")
+    Image.new("1", (13000, 13000)).save(data / "train" / "red" / "bomb.png")
+    runs = w / "h-runs"
+    shutil.copytree(run, runs / "ok")
+    for name, files_ in (("nested", {"results.json": "[" * 100_000 + "]" * 100_000}),
+                         ("typed", {"metrics.json": json.dumps({"classes": 3, "confusion_matrix": "x",
+                                                                "per_class": {"a": 1}, "macro_avg": [1]}),
+                                    "config.yaml": "data: [1, 2]\n"})):
+        folder = Path(shutil.copytree(run, runs / name))
+        for file, text in files_.items():
+            (folder / file).write_text(text)
+    os.mkdir(runs / "stopped")
+    (runs / "stopped" / "config.yaml").write_text((run / "config.yaml").read_text())
+    proc, url = start(["studio", str(data), "--runs", str(runs), "--cache-dir", str(w / "h-cache")])
+    page = {"X-Studio": "1"}
+    try:
+        ident = json.loads(send(url, "api/state")[1])["datasets"][0]["id"]
+        for case, path, body in (
+                ("studio: image of a link to a secret", f"api/datasets/{ident}/image?path=train/red/secret.png", None),
+                ("studio: thumbnail of a link to a secret", f"api/datasets/{ident}/thumb?path=train/red/secret.png",
+                 None),
+                ("studio: thumbnail of a decompression bomb", f"api/datasets/{ident}/thumb?path=train/red/bomb.png",
+                 None),
+                ("studio: runs with damaged ones", "api/runs", None),
+                ("studio: a run with a nested results.json", "api/runs/nested", None),
+                ("studio: a run with wrong types", "api/runs/typed", None),
+                ("studio: a stopped run", "api/runs/stopped", None),
+                ("studio: compare with wrong types", "api/compare?a=ok&b=typed", None),
+                ("studio: open the cache folder", "api/datasets", {"path": str(w / "h-cache")}),
+                ("studio: open the runs folder", "api/datasets", {"path": str(runs)}),
+                ("studio: train with lr 'abc'", "api/train", {"dataset": ident, "options": {"lr": "abc"}}),
+                ("studio: train with epochs 0", "api/train", {"dataset": ident, "strategy": "finetune",
+                                                             "options": {"epochs": "0"}}),
+                ("studio: train with batch 0", "api/train", {"dataset": ident, "strategy": "finetune",
+                                                            "options": {"batch_size": 0}}),
+                ("studio: a backbone with no offline weights", "api/train", {"dataset": ident, "model": "resnet50"}),
+                ("studio: fix reason a formula over lines", f"api/datasets/{ident}/fixes",
+                 {"path": "train/red/0.png", "action": "exclude", "reason": "=HYPERLINK(1)\n# x"}),
+                ("studio: a JSON body nested deep", f"api/datasets/{ident}/fixes", b"[" * 100_000 + b"]" * 100_000),
+                ("studio: undo with a client that is a list", f"api/datasets/{ident}/undo", {"client": [1]}),
+                ("studio: remove a stopped run", "api/runs/stopped/remove", {})):
+            status, raw = send(url, path, body, page if body is not None else None,
+                               "POST" if body is not None else None)
+            rows.append((case, status, raw[:110].decode("utf-8", "replace")))
+        fixes = json.loads(send(url, f"api/datasets/{ident}/fixes")[1])["file"]
+        text = Path(fixes).read_text() if Path(fixes).is_file() else ""
+        rows.append(("studio: the fixes file holds no live formula", 200 if ",=" not in text else 500, text[-110:]))
+        urls = []
+        for _ in range(2):
+            status, raw = send(url, "api/runs/ok/serve", {}, page, "POST")
+            urls.append(json.loads(raw).get("url") if status == 200 else None)
+        time.sleep(15)  # past the web server's idle worker threads (10 s): the model died with them
+        alive = urls[0] and send(urls[0], "health")[0] == 200
+        rows.append(("studio: two Serve clicks, alive 15 s later", 200 if alive and urls[0] == urls[1] else 500,
+                     f"{urls}"))
+    finally:
+        proc.send_signal(2)
+        proc.wait(60)
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
@@ -267,8 +512,11 @@ def main() -> int:
     rows, bad = [], 0
     for name, cli, data, *cwd in cases(work):  # (cwd: where the command runs, when not the work folder)
         before = digest(data) if data else None
-        proc = subprocess.run([sys.executable, "-m", "transferkit", *cli], capture_output=True, text=True, env=env,
-                              cwd=cwd[0] if cwd else work, timeout=600, errors="replace")
+        try:
+            proc = subprocess.run([sys.executable, "-m", "transferkit", *cli], capture_output=True, text=True,
+                                  env=env, cwd=cwd[0] if cwd else work, timeout=300, errors="replace")
+        except subprocess.TimeoutExpired:  # a hang (a FIFO read, a lock never released) is a fault too
+            proc = subprocess.CompletedProcess(cli, "HANG", "", "Traceback: no answer in 300 s")
         traceback = "Traceback" in proc.stderr
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
         changed = data is not None and digest(data) != before
@@ -282,9 +530,16 @@ def main() -> int:
         print(f"| {name} | {rc} | {tb} | {'yes' if one else 'NO'} | {data} | {said.replace('|', '/')} |")
     print(f"\n{len(rows)} cases: {sum(r[2] == 'yes' for r in rows)} tracebacks, "
           f"{sum(r[4] == 'CHANGED' for r in rows)} with the user's data changed")
+    good, run = work / "good", work / "run"
+    http = http_cases(work, good, run)
+    print("\n| HTTP case | status | what it said |\n|---|---:|---|")
+    for name, status, said in http:
+        print(f"| {name} | {status} | {said.replace('|', '/').replace(chr(10), ' ')} |")
+    errors = [name for name, status, _ in http if status >= 500]
+    print(f"\n{len(http)} HTTP cases: {len(errors)} server errors (5xx){': ' + ', '.join(errors) if errors else ''}")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
-    return 1 if bad else 0
+    return 1 if bad or errors else 0
 
 
 if __name__ == "__main__":

@@ -167,7 +167,7 @@ def test_mlflow_flavour_loads_predicts_images_and_serves(exported, tmp_path):
     poisoned = np.stack([onnx.prepare(p) for p in images[:2]])
     poisoned[1, 0, 0, 0] = np.nan  # a NaN in: that row's error, never a confident label
     answered = model.predict(poisoned)
-    assert answered["label"][0] == tensor["label"][0] and answered["label"][1] is None
+    assert answered["label"][0] == tensor["label"][0] and pd.isna(answered["label"][1])
     assert "not finite" in answered["error"][1]
     meta = json.loads(json.dumps(mlflow.models.Model.load(str(folder)).metadata))
     assert meta["transferkit"]["classes"] == ["blue", "green", "red"]

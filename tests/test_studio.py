@@ -301,6 +301,15 @@ def test_journeys_in_headless_chromium(studio, tmp_path):
         page.wait_for_function("document.querySelector('#map-legend').children.length >= 3")  # the map drawn
         page.screenshot(path=str(shots / "studio_data.png"), full_page=True)
         page.click("#tab-train")
+        page.select_option("#train-strategy", "finetune")
+        page.fill("input[name=lr]", "abc")  # refused on its field, in the page's words; nothing queued
+        jobs_before = len(call(studio, "/api/jobs")[1])
+        page.click("#train-form button[type=submit]")
+        page.wait_for_selector("#train-error:not(:empty)")  # (selectors: the page's CSP allows no eval)
+        assert "Learning rate: 'abc' is not a number" in page.inner_text("#train-error")
+        assert page.get_attribute("input[name=lr]", "aria-invalid") == "true"
+        assert len(call(studio, "/api/jobs")[1]) == jobs_before
+        page.fill("input[name=lr]", "")
         page.select_option("#train-strategy", "linear")
         page.fill("input[name=epochs]", "")
         page.locator("#train-form").evaluate("f => { f.elements['seed'].value = '3'; }")
@@ -308,6 +317,9 @@ def test_journeys_in_headless_chromium(studio, tmp_path):
         page.wait_for_selector("#jobs .job:first-child.finished", timeout=180_000)  # the newest first
         command = page.inner_text("#jobs .job:first-child code")
         assert "--fixes" in command and "--seed 3" in command  # the excluded copy is left out of this run
+        page.click("#jobs .job:first-child details summary")  # its output stays open while the list polls
+        page.wait_for_timeout(2500)
+        assert page.get_attribute("#jobs .job:first-child details", "open") is not None
         page.screenshot(path=str(shots / "studio_jobs.png"), full_page=True)
         page.click("#tab-runs")
         page.wait_for_selector("#runs tr[data-run]")
@@ -322,10 +334,30 @@ def test_journeys_in_headless_chromium(studio, tmp_path):
         page.screenshot(path=str(shots / "studio_compare.png"), full_page=True)
         page.click(f"#runs tr[data-run='{names[0]}'] a")
         page.wait_for_selector("table.confusion td.cell")
+        page.click("#serve-run")  # served from the page: still answering after the rest of the journey
+        page.wait_for_selector("#serve-line a", timeout=120_000)
+        served_at, served = time.monotonic(), page.get_attribute("#serve-line a", "href")
+        page.click("text=Export (checked)")  # queued; checked while the rest of the journey goes on
         page.click("table.confusion tr:nth-child(2) td.cell >> nth=0")  # blue predicted as blue
         page.wait_for_selector("#cell-images .thumb img")
         assert "blue predicted as blue" in page.inner_text("#cell-images")
         page.screenshot(path=str(shots / "studio_run.png"), full_page=True)
+        # the web server's idle worker threads end after 10 s; the served model once died with the
+        # one that started it
+        page.wait_for_timeout(max(0, 15 - (time.monotonic() - served_at)) * 1000)
+        for job in call(studio, "/api/jobs")[1]:
+            assert wait_job(studio, job["id"])["status"] in ("finished", "stopped"), job["log"]
+        page.click(f"#runs tr[data-run='{names[0]}'] a")  # the run again: its export's table
+        page.wait_for_selector("#export-table table tr:nth-child(2)")
+        assert "yes" in page.inner_text("#export-table")
+        other = browser.new_page()
+        other.goto(served)
+        other.wait_for_selector("body[data-ready=true]", timeout=30_000)
+        other.set_input_files("#files", str(studio["data"] / "val" / "red" / "red0.jpg"))
+        other.wait_for_selector("li.result[data-state=done]", timeout=30_000)
+        other.screenshot(path=str(shots / "studio_served.png"), full_page=True)
+        page.click("#serve-run")  # stop serving
+        page.wait_for_selector("#serve-line a", state="detached")
         browser.close()
     assert not errors, errors
     assert all(u.startswith(studio["url"]) or u.startswith("data:") for u in requested), \

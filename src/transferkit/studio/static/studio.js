@@ -466,7 +466,8 @@ function delta(a, b, d = 4) {
 async function compareRuns() {
   const [a, b] = [...state.selected];
   const c = await api(`/api/compare?${q({ a, b })}`);
-  const settings = Object.entries(c.settings).map(([k, [va, vb]]) => el("tr", {}, el("td", {}, k), el("td", {}, String(va)), el("td", {}, String(vb))));
+  const shown = (v) => (v === null || v === undefined ? "-" : String(v));
+  const settings = Object.entries(c.settings).map(([k, [va, vb]]) => el("tr", {}, el("td", {}, k), el("td", {}, shown(va)), el("td", {}, shown(vb))));
   const digits = (k) => (k.endsWith("images") ? 0 : k.endsWith(" s") ? 1 : 4);
   const metrics = Object.entries(c.metrics).map(([k, [va, vb]]) => el("tr", {}, el("td", {}, k), el("td", { class: "num" }, num(va, digits(k))),
     el("td", { class: "num" }, num(vb, digits(k))), delta(va, vb, digits(k))));
@@ -486,10 +487,12 @@ async function compareRuns() {
     el("div", { class: "columns" }, el("div", {}, el("p", {}, a), confusionTable(a, c.classes[0] || [], c.confusion[0])),
       el("div", {}, el("p", {}, b), confusionTable(b, c.classes[1] || [], c.confusion[1]))),
     el("div", { id: "cell-images" }),
-    el("h3", {}, `A (${a}) right, B (${b}) wrong: ${c.only_a_right.length}`),
-    el("div", { class: "thumbs" }, ...c.only_a_right.slice(0, 60).map((r) => runThumb(a, r, compareCaption(r), c.dataset, c.classes[0] || []))),
-    el("h3", {}, `B (${b}) right, A (${a}) wrong: ${c.only_b_right.length}`),
-    el("div", { class: "thumbs" }, ...c.only_b_right.slice(0, 60).map((r) => runThumb(a, r, compareCaption(r), c.dataset, c.classes[0] || []))));
+    // the images one run gets right and the other wrong: only where both measured the same images
+    ...(c.same_val ? [
+      el("h3", {}, `A (${a}) right, B (${b}) wrong: ${c.only_a_right.length}`),
+      el("div", { class: "thumbs" }, ...c.only_a_right.slice(0, 60).map((r) => runThumb(a, r, compareCaption(r), c.dataset, c.classes[0] || []))),
+      el("h3", {}, `B (${b}) right, A (${a}) wrong: ${c.only_b_right.length}`),
+      el("div", { class: "thumbs" }, ...c.only_b_right.slice(0, 60).map((r) => runThumb(a, r, compareCaption(r), c.dataset, c.classes[0] || [])))] : []));
 }
 
 function compareCaption(r) {
