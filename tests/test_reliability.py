@@ -200,6 +200,29 @@ def test_files_read_back_are_bounded_and_typed(tiny, tmp_path, capsys):
     assert "more than any disk holds" in capsys.readouterr().err
 
 
+def test_lists_and_names_read_as_they_were_written(tiny, tmp_path, capsys):
+    """A file name that is not UTF-8 trains (its run's data fingerprint hashes its bytes); an
+    exclude list or a --files-from list saved with a BOM and CRLF names its first file; an exclude
+    list that is a FIFO is one line, not a hang."""
+    import shutil
+
+    data = Path(shutil.copytree(tiny["data"], tmp_path / "data"))
+    odd = os.path.join(os.fsencode(data / "train" / "blue"), b"b\xfflue.png")
+    os.rename(data / "train" / "blue" / "blue0.png", odd)
+    first = str(data / "train" / "red" / "red0.png")
+    listing = tmp_path / "exclude.txt"
+    listing.write_bytes(b"\xef\xbb\xbf" + first.encode() + b"\r\n# a comment\r\n")
+    run = transferkit.train(data, out=str(tmp_path / "run"), exclude=str(listing), **TINY)
+    assert run.results["excluded"]["images"] == 1 and len(run.results["data"]["fingerprint"]) == 16
+    from transferkit.prediction.batch import iter_inputs
+
+    assert list(iter_inputs([], str(listing))) == [first]
+    os.mkfifo(tmp_path / "fifo.txt")
+    capsys.readouterr()
+    assert main(["train", str(data), "--exclude", str(tmp_path / "fifo.txt"), *_tiny_flags()]) == 2
+    assert "is not a regular file" in capsys.readouterr().err
+
+
 def _tiny_flags() -> list[str]:
     return ["--model", "squeezenet1_1", "--weights", "none", "--image-size", "64", "--quiet"]
 

@@ -145,9 +145,10 @@ class DamagedFile(ValueError):
     """A file read back that is not what it should be (the message says why, without the path)."""
 
 
-def read_text(path: str | Path, limit: int = RECORD_LIMIT) -> str:
+def read_text(path: str | Path, limit: int = RECORD_LIMIT, errors: str = "strict") -> str:
     """The text of the regular file `path`: OSError where it cannot be opened, DamagedFile where
-    it is not a regular file, larger than `limit` bytes or not UTF-8."""
+    it is not a regular file, larger than `limit` bytes or not UTF-8 (`errors`: as `bytes.decode`
+    takes it; TEXT_ERRORS reads file names that are not UTF-8 back as their own bytes)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once instead of waiting for a writer
     with os.fdopen(fd, "rb") as f:
         info = os.fstat(f.fileno())
@@ -157,7 +158,7 @@ def read_text(path: str | Path, limit: int = RECORD_LIMIT) -> str:
     if len(raw) > limit:
         raise DamagedFile(f"is larger than {limit >> 20} MiB")
     try:
-        return raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig", errors)
     except UnicodeDecodeError:
         raise DamagedFile("is not UTF-8 text") from None
 

@@ -65,6 +65,8 @@ class DatasetSplit:
         way, has the same fingerprint; an added, removed, resized or relabelled image changes it."""
         import hashlib
 
+        from ..files import text_bytes
+
         digest = hashlib.sha256()
         for role, samples in (("train", self.train), ("val", self.val)):
             for s in sorted(samples, key=lambda s: s.path):
@@ -72,7 +74,8 @@ class DatasetSplit:
                     size = os.stat(s.path).st_size
                 except OSError:
                     size = -1
-                digest.update(f"{role}\t{os.path.relpath(s.path, root)}\t{self.classes[s.label]}\t{size}\n".encode())
+                # (a file name that is not UTF-8 is hashed as its own bytes)
+                digest.update(text_bytes(f"{role}\t{os.path.relpath(s.path, root)}\t{self.classes[s.label]}\t{size}\n"))
         return digest.hexdigest()[:16]
 
     def check_not_empty(self) -> None:

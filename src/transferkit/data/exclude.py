@@ -6,16 +6,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
-from ..files import TEXT_ERRORS
+from ..files import TEXT_ERRORS, DamagedFile, read_text, shown
+
+LIMIT = 1 << 30  # the largest exclude list read (a path a line: millions of them)
 
 
 def read_exclude(path: str | Path) -> set[str]:
-    """The absolute paths listed in an exclude file (comments and blank lines skipped)."""
+    """The absolute paths listed in an exclude file (comments and blank lines skipped; a BOM,
+    CRLF and names that are not UTF-8 read as they were written)."""
     try:
-        text = Path(path).expanduser().read_text(encoding="utf-8", errors=TEXT_ERRORS)
+        text = read_text(Path(path).expanduser(), LIMIT, TEXT_ERRORS)
     except OSError as exc:
-        raise UserError(f"--exclude {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"--exclude {path} is not a text file of paths") from None
+        raise UserError(f"--exclude {shown(path)}: {exc.strerror or exc}") from None
+    except DamagedFile as exc:
+        raise UserError(f"--exclude {shown(path)} {exc}") from None
     return {str(Path(line.strip()).expanduser().absolute()) for line in text.splitlines()
             if line.strip() and not line.lstrip().startswith("#")}

@@ -97,7 +97,7 @@ def read_fixes(file: str | Path, root: str | Path) -> dict[str, Fix]:
         row = (row + [""] * len(HEADER))[:len(HEADER)]
         fix = Fix(*(csv_untext(v.strip()) for v in row))
         if fix.action not in ACTIONS:
-            raise UserError(f"{where}: action must be {' or '.join(ACTIONS)} (got '{fix.action}')")
+            raise UserError(f"{where}: action must be {', '.join(ACTIONS[:-1])} or {ACTIONS[-1]} (got '{fix.action}')")
         if fix.action == "relabel" and not fix.label:
             raise UserError(f"{where}: relabel needs the new label")
         try:

@@ -36,7 +36,8 @@ def iter_inputs(inputs: list[str], files_from: str | None = None) -> Iterator[st
     yield from expand_inputs(inputs) if inputs else ()
     if files_from:
         try:
-            handle = open(Path(files_from).expanduser(), encoding="utf-8", errors="surrogateescape")
+            # (utf-8-sig: a list saved with a BOM does not make its first path unknown)
+            handle = open(Path(files_from).expanduser(), encoding="utf-8-sig", errors="surrogateescape")
         except OSError as exc:
             raise UserError(f"--files-from {files_from}: {exc.strerror or exc}") from None
         with handle:

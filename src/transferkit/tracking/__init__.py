@@ -147,7 +147,8 @@ class Tracking:
                      f"the run goes on without {name}")
                 continue
             lane = _Lane(name, tracker, warn)
-            lane.send("start", RunStart(start.run_dir, start.name, start.params, start.tags, saved.get(name)))
+            state = saved.get(name) if isinstance(saved.get(name), dict) else None  # (a damaged file: a new run)
+            lane.send("start", RunStart(start.run_dir, start.name, start.params, start.tags, state))
             self.lanes.append(lane)
 
     def __bool__(self) -> bool:

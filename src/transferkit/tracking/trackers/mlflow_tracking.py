@@ -44,7 +44,7 @@ class MlflowTracker:
         local = None if env_uri else self.run_dir.parent.resolve()
         with locked(local / ".mlflow.lock") if local else contextlib.nullcontext():
             self.client = MlflowClient(tracking_uri=uri)
-            if previous.get("run_id") and previous.get("tracking_uri") == uri:  # --resume: the same MLflow run
+            if isinstance(previous.get("run_id"), str) and previous.get("tracking_uri") == uri:  # --resume: the same run
                 self.run_id = previous["run_id"]
                 self.client.update_run(self.run_id, status="RUNNING")
                 return previous
