@@ -83,6 +83,48 @@ def test_the_studio_serves_images_not_what_a_link_in_the_data_points_at(tiny, tm
         assert fixes[0]["reason"].startswith('=HYPERLINK("http') and "\n" not in fixes[0]["reason"]
 
 
+def test_the_studio_never_blocks_on_a_pipe_and_says_when_it_cannot_write(tmp_path):
+    """A FIFO named like an image in DATA (whose read would block for ever) is no image; a
+    file name that is not UTF-8 can be fixed; a fixes file that cannot be written is a 4xx that
+    changes nothing; a thumbnail cache that cannot be written still shows the thumbnail."""
+    data = make_dataset(tmp_path / "data", n_train=2, n_val=1)
+    os.mkfifo(data / "train" / "red" / "pipe.jpg")
+    odd = os.fsdecode(os.path.join(os.fsencode(data / "train" / "blue"), b"b\xfflue.png"))
+    os.rename(data / "train" / "blue" / "blue1.png", odd)
+    runs = tmp_path / "runs"
+    with _studio(data, runs, cache_dir=str(tmp_path / "cache")) as client:
+        items = client.get("/api/datasets/data/images").json()["items"]  # (a name not UTF-8: no 500)
+        assert len(items) == 7
+        for kind in ("image", "thumb"):  # answered at once, never a read that waits for a writer
+            r = client.get(f"/api/datasets/data/{kind}", params={"path": "train/red/pipe.jpg"})
+            assert r.status_code == 400, (kind, r.text)
+        # the odd name as the page's URLs give it back (U+FFFD for its odd byte)
+        assert client.get("/api/datasets/data/thumb", params={"path": "train/blue/b\ufffdlue.png"}).status_code == 200
+        rel = os.path.relpath(odd, data)
+        # (as the page's JSON.stringify sends it: the lone surrogate escaped)
+        r = client.post("/api/datasets/data/fixes", headers={**PAGE, "Content-Type": "application/json"},
+                        content=json.dumps({"path": rel, "action": "exclude"}))
+        assert r.status_code == 200, r.text
+        assert client.get("/api/datasets/data/fixes").json()["fixes"][0]["path"] == rel
+        fixes_file = Path(client.get("/api/datasets/data/fixes").json()["file"])
+        saved = fixes_file.read_bytes()
+        assert b"b\xfflue.png" in saved  # the name's own bytes
+        fixes_file.unlink()
+        fixes_file.parent.rmdir()
+        fixes_file.parent.write_text("a file where the fixes folder goes")
+        r = client.post("/api/datasets/data/fixes", headers=PAGE, json={"path": "train/red/red0.png",
+                                                                          "action": "exclude"})
+        assert r.status_code == 400 and "cannot be written" in r.json()["detail"] and "nothing was changed" in r.json()["detail"]
+        assert [f["path"] for f in client.get("/api/datasets/data/fixes").json()["fixes"]] == [rel]
+        thumbs = tmp_path / "cache" / "thumbnails"
+        import shutil
+
+        shutil.rmtree(thumbs, ignore_errors=True)
+        thumbs.write_text("a file where the thumbnails go")
+        r = client.get("/api/datasets/data/thumb", params={"path": "train/red/red0.png"})
+        assert r.status_code == 200 and r.content[:2] == b"\xff\xd8"
+
+
 def _rss_mb() -> float:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+import stat
 import warnings
 from pathlib import Path
 
@@ -55,7 +56,10 @@ def load_rgb(source: str | Path | bytes | Image.Image, min_short_side: int | Non
                 raise ImageDecodeError(p, "empty file (0 bytes)")
             opened = io.BytesIO(bytes(source))
         else:
-            if Path(source).stat().st_size == 0:
+            info = Path(source).stat()
+            if not stat.S_ISREG(info.st_mode):  # a FIFO or a device would block the read, or never end
+                raise ImageDecodeError(p, "not a regular file (a pipe, a device or a socket)")
+            if info.st_size == 0:
                 raise ImageDecodeError(p, "empty file (0 bytes)")
             opened = str(source)
         with warnings.catch_warnings():

@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import UserError
-from ..files import DamagedFile, csv_text, csv_untext, read_text
+from ..files import TEXT_ERRORS, DamagedFile, csv_text, csv_untext, read_text, text_bytes
 
 HEADER = ("path", "action", "label", "reason", "time")
 ACTIONS = ("exclude", "relabel", "keep")  # keep: looked at (a doctor's finding), not an error: nothing changes
@@ -78,7 +78,7 @@ def read_fixes(file: str | Path, root: str | Path) -> dict[str, Fix]:
 
     path = Path(file).expanduser()
     try:
-        text = read_text(path, FILE_LIMIT)
+        text = read_text(path, FILE_LIMIT, TEXT_ERRORS)  # (a file name that is not UTF-8: its own bytes)
     except OSError as exc:
         raise UserError(f"--fixes {shown(file)}: {exc.strerror or exc}") from None
     except DamagedFile as exc:
@@ -145,7 +145,7 @@ def write_fixes(file: str | Path, fixes: dict[str, Fix] | list[Fix], root: str |
         cells = [csv_text(fix.path), fix.action, csv_text(fix.label), csv_text(one_line(fix.reason)),
                  csv_text(fix.time)]
         (quoted if cells[0].startswith("#") else writer).writerow(cells)
-    atomic_write(Path(file).expanduser(), out.getvalue().encode())
+    atomic_write(Path(file).expanduser(), text_bytes(out.getvalue()))
 
 
 def from_exclude(exclude_file: str | Path, root: str | Path, reason: str = "doctor --write-exclude") -> list[Fix]:

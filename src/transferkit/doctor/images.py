@@ -5,6 +5,8 @@ the image's key (path, size, mtime)."""
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -54,9 +56,9 @@ def read_all(paths: list[str], cache: ShardedCache, with_properties: bool = True
     `threads` threads (Pillow and hashlib release the GIL)."""
     keys = []
     for p in paths:
-        try:
-            keys.append(image_key(p))
-        except OSError:
+        try:  # (a FIFO or a device among the files: never opened, its read would block)
+            keys.append(image_key(p) if stat.S_ISREG(os.stat(p).st_mode) else None)
+        except (OSError, ValueError):
             keys.append(None)
 
     def known(name: str) -> list:

@@ -50,6 +50,18 @@ FORM_LABELS = {"epochs": "Epochs", "batch_size": "Batch size", "lr": "Learning r
 FORM_OPTIONS = tuple(k for k in FORM_LABELS if k not in ("strategy", "model"))
 
 
+class StudioJSON(JSONResponse):
+    """JSON with every character outside ASCII escaped: a file name that is not UTF-8 (held as
+    surrogates) reaches the page as the escape it is, instead of failing the whole answer; the page
+    sends it back the same way in a JSON body (a URL's query turns it into U+FFFD, which
+    `Dataset.file` also finds)."""
+
+    def render(self, content) -> bytes:
+        import json
+
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 class FieldError(UserError):
     """A value of the page's form that cannot be used: the message in the page's words, and the
     field to mark."""
@@ -124,6 +136,7 @@ def create_studio(data: list[str | Path], options: StudioOptions | None = None) 
         studio.servers.close()
 
     app = FastAPI(title="transferkit studio", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  default_response_class=StudioJSON,
                   openapi_url=None)
     app.state.studio = studio
     auth = [Depends(_auth(options.token))]
@@ -132,12 +145,24 @@ def create_studio(data: list[str | Path], options: StudioOptions | None = None) 
     async def guard(request: Request, call_next):
         problem = _refused(request, options)
         if problem:
-            return JSONResponse({"detail": problem}, 403)
+            return StudioJSON({"detail": problem}, 403)
         return await call_next(request)
 
     @app.exception_handler(UserError)
     async def user_error(request: Request, exc: UserError):
-        return JSONResponse({"detail": str(exc), "field": getattr(exc, "field", None)}, 400)
+        return StudioJSON({"detail": str(exc), "field": getattr(exc, "field", None)}, 400)
+
+    @app.exception_handler(OSError)
+    async def os_error(request: Request, exc: OSError):
+        """A fault of the machine (a full or read-only disk, a folder gone): one line that says so."""
+        import errno
+
+        from ..errors import describe_os_error
+
+        status = 507 if exc.errno in (errno.ENOSPC, errno.EDQUOT) else \
+            403 if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else 500
+        where = f"{exc.filename}: " if exc.filename else ""
+        return StudioJSON({"detail": f"{where}{describe_os_error(exc)}", "field": None}, status)
 
     # -- the page ------------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)
@@ -466,8 +491,9 @@ def _in_page_words(message: str) -> UserError:
     from ..config import flag
 
     for key, label in FORM_LABELS.items():
-        if flag(key) in message:
-            return FieldError(key, message.replace(flag(key), label, 1))
+        for said in (flag(key), f"option '{key}'"):
+            if said in message:
+                return FieldError(key, message.replace(said, label, 1))
     return UserError(message)
 
 

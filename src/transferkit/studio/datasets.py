@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 from ..data import fixes as fixing
 from ..data.discover import discover
 from ..errors import UserError
-from ..files import Record, read_json_object
+from ..files import Record, read_json_object, shown
 
 THUMB_SIZE = 160
 PAGE_LIMIT = 500  # most images in one page
@@ -38,6 +39,7 @@ class Dataset:
     _undo: list = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _version: int = 0  # how many times the fixes changed in this session
+    _shown_names: dict = field(default_factory=dict)  # a name not UTF-8, as a URL gives it -> its real name
 
     @property
     def name(self) -> str:
@@ -54,6 +56,14 @@ class Dataset:
                 for s in samples:
                     index[fixing.relative(s.path, self.root)] = (s.label, role)
             self._split, self._index = split, index
+            # a name that is not UTF-8 as a URL brings it back (its odd bytes as U+FFFD), where that
+            # names one image alone
+            odd = {}
+            for rel in index:
+                readable = rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                if readable != rel:
+                    odd.setdefault(readable, []).append(rel)
+            self._shown_names = {k: v[0] for k, v in odd.items() if len(v) == 1 and k not in index}
             self._fixes = fixing.read_fixes(self.fixes_file, self.root) if self.fixes_file.is_file() else {}
 
     @property
@@ -125,8 +135,9 @@ class Dataset:
         path whose symbolic links lead out of the dataset's folder is served only where the file
         it reaches is an image by its content: a link to any other file is never a way out."""
         self.load()
+        rel = self._shown_names.get(rel, rel) if rel not in self._index else rel
         if rel not in self._index:
-            raise UserError(f"{rel} is not an image of the dataset {self.name}")
+            raise UserError(f"{shown(rel)} is not an image of the dataset {self.name}")
         path = self.root / rel
         real, root = os.path.realpath(path), os.path.realpath(self.root)
         if os.path.commonpath([real, root]) != root and image_type(path) is None:
@@ -164,8 +175,8 @@ class Dataset:
                 self._fixes[rel] = fixing.Fix(rel, action, label if action == "relabel" else "",
                                               fixing.one_line(reason),
                                               fixing.now())
+            self._save([(rel, before)])
             self._undo.append((client, [(rel, before)]))
-            self._save()
         return self.item(rel)
 
     def undo(self, client: str = "") -> list[dict]:
@@ -176,13 +187,11 @@ class Dataset:
             at = next((i for i in range(len(self._undo) - 1, -1, -1) if self._undo[i][0] == client), None)
             if at is None:
                 return []
-            _, changes = self._undo.pop(at)
-            for rel, before in reversed(changes):
-                if before is None:
-                    self._fixes.pop(rel, None)
-                else:
-                    self._fixes[rel] = before
-            self._save()
+            _, changes = self._undo[at]
+            undone = [(rel, self._fixes.get(rel)) for rel, _ in changes]
+            self._restore(reversed(changes))
+            self._save(undone)
+            self._undo.pop(at)
         return [self.item(rel) for rel, _ in changes if rel in self._index]
 
     def seed(self, exclude_file: Path, reason: str, client: str = "") -> int:
@@ -196,14 +205,28 @@ class Dataset:
                     self._fixes[fix.path] = fix
                     changes.append((fix.path, None))
             if changes:
+                self._save(changes)
                 self._undo.append((client, changes))
-                self._save()
         return len(changes)
 
-    def _save(self) -> None:
-        self.fixes_file.parent.mkdir(parents=True, exist_ok=True)
-        fixing.write_fixes(self.fixes_file, self._fixes, self.root)
+    def _save(self, changes: list) -> None:
+        """Write the fixes file; where it cannot be written (a full or read-only disk), the
+        `changes` just made ((path, the fix before)) are taken back and a UserError says why."""
+        try:
+            self.fixes_file.parent.mkdir(parents=True, exist_ok=True)
+            fixing.write_fixes(self.fixes_file, self._fixes, self.root)
+        except OSError as exc:
+            self._restore(changes)
+            raise UserError(f"the fixes file {self.fixes_file} cannot be written ({exc.strerror or exc}): "
+                            "nothing was changed") from None
         self._version += 1  # (another tab sees the fixes changed and reads them again)
+
+    def _restore(self, changes) -> None:
+        for rel, before in changes:
+            if before is None:
+                self._fixes.pop(rel, None)
+            else:
+                self._fixes[rel] = before
 
     def _shown(self, path: str) -> str:
         try:
@@ -261,11 +284,13 @@ def image_type(path: Path) -> str | None:
     from PIL import Image, UnidentifiedImageError
 
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO's read would block
+            return None
         # (JPEG's opener also reads MPO files, and names them so)
         with Image.open(path, formats=[f for f in BROWSER_TYPES if f != "MPO"]) as image:
             return BROWSER_TYPES.get(image.format)
     except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError, SyntaxError, EOFError):
-        return None
+        return None  # (ValueError: also a path with a NUL byte)
     except Exception:  # noqa: BLE001 - a crafted header makes Pillow's plugins raise anything
         return None
 
@@ -274,10 +299,11 @@ def thumbnail(path: Path, thumbs: Path, shown: str) -> bytes:
     """A JPEG of the image at `path`, at most THUMB_SIZE px on its long side, made once per
     version of the file and kept in `thumbs`; `shown`: its name in an error."""
     try:
-        stat = path.stat()
-    except OSError as exc:
-        raise UserError(f"{shown} cannot be read: {exc.strerror or exc}") from None
-    key = hashlib.sha256(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0{THUMB_SIZE}".encode()).hexdigest()
+        info = path.stat()
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{shown} cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
+    # (os.fsencode: a name that is not UTF-8 is its own bytes)
+    key = hashlib.sha256(os.fsencode(f"{path}\0{info.st_size}\0{info.st_mtime_ns}\0{THUMB_SIZE}")).hexdigest()
     cached = thumbs / key[:2] / f"{key}.jpg"
     if cached.is_file():
         return cached.read_bytes()
@@ -294,7 +320,10 @@ def thumbnail(path: Path, thumbs: Path, shown: str) -> bytes:
     image.thumbnail((THUMB_SIZE, THUMB_SIZE))
     out = io.BytesIO()
     image.save(out, "JPEG", quality=85)
-    atomic_write(cached, out.getvalue(), fsync=False)
+    try:
+        atomic_write(cached, out.getvalue(), fsync=False)
+    except OSError:
+        pass  # a full or read-only cache: shown all the same, made again next time
     return out.getvalue()
 
 
