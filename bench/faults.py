@@ -347,6 +347,14 @@ def round_four(w: Path, good: Path, run: Path) -> list:
         fixes.write_bytes(body.encode())
         out.append((f"--fixes: {name}", ["train", str(good), "--fixes", str(fixes), "--out", str(w / f"r4-f{len(out)}"),
                                          *TINY], good))
+    piped = dataset(w / "r4-fifo-data")
+    os.mkfifo(piped / "train" / "red" / "pipe.jpg")
+    out.append(("train: a FIFO named like an image in DATA", ["train", str(piped), "--out", str(w / "r4-fifo-run"),
+                                                               *TINY], piped))
+    out.append(("doctor: a FIFO named like an image in DATA", ["doctor", str(piped), "--out", str(w / "r4-fifo-doc"),
+                                                                "--quiet"], piped))
+    out.append(("predict: a FIFO given as an image", ["predict", str(run), str(piped / "train" / "red" / "pipe.jpg")],
+                piped))
     cache = w / "cache"
     shard = cache / "features" / "x" / "shards"
     shard.mkdir(parents=True, exist_ok=True)
@@ -439,6 +447,8 @@ def http_cases(w: Path, good: Path, run: Path) -> list[tuple[str, int, str]]:
         proc.wait(30)
 
     data = dataset(w / "h-studio")
+    os.rename(data / "train" / "blue" / "1.png", os.path.join(os.fsencode(data / "train" / "blue"), b"b\xfflue.png"))
+    os.mkfifo(data / "train" / "red" / "pipe.jpg")
     secret = w / "h-secret.txt"
     secret.write_text("password=hunter2")
     os.symlink(secret, data / "train" / "red" / "secret.png")
@@ -463,6 +473,10 @@ def http_cases(w: Path, good: Path, run: Path) -> list[tuple[str, int, str]]:
                 ("studio: thumbnail of a link to a secret", f"api/datasets/{ident}/thumb?path=train/red/secret.png",
                  None),
                 ("studio: thumbnail of a decompression bomb", f"api/datasets/{ident}/thumb?path=train/red/bomb.png",
+                 None),
+                ("studio: a page of images, one named in bytes that are not UTF-8", f"api/datasets/{ident}/images",
+                 None),
+                ("studio: thumbnail of a FIFO named like an image", f"api/datasets/{ident}/thumb?path=train/red/pipe.jpg",
                  None),
                 ("studio: runs with damaged ones", "api/runs", None),
                 ("studio: a run with a nested results.json", "api/runs/nested", None),
@@ -492,9 +506,9 @@ def http_cases(w: Path, good: Path, run: Path) -> list[tuple[str, int, str]]:
         for _ in range(2):
             status, raw = send(url, "api/runs/ok/serve", {}, page, "POST")
             urls.append(json.loads(raw).get("url") if status == 200 else None)
-        time.sleep(15)  # past the web server's idle worker threads (10 s): the model died with them
+        time.sleep(60)  # a minute: past the web server's idle worker threads (10 s), with which the model died
         alive = urls[0] and send(urls[0], "health")[0] == 200
-        rows.append(("studio: two Serve clicks, alive 15 s later", 200 if alive and urls[0] == urls[1] else 500,
+        rows.append(("studio: two Serve clicks, alive a minute later", 200 if alive and urls[0] == urls[1] else 500,
                      f"{urls}"))
     finally:
         proc.send_signal(2)

@@ -49,6 +49,7 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None,
 
     started = time.perf_counter() if started is None else started
     try:
+        data, options = _frames(data, options, options.get("cache_dir") or (config.cache_dir if config else None))
         _path(data, "data", optional=True)
         cfg, checkpoint = _train_config(data, config, options)
         cfg.validate()
@@ -59,6 +60,43 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None,
     # started once the options check out; not in the processes of a torchrun group but the primary
     with worker or Worker(spawn=is_primary_process()) as report_worker:
         return run.train(cfg, console or Console(cfg.quiet), report_worker, started, checkpoint)
+
+
+def _frames(data, options: dict, cache_dir: str | None) -> tuple:
+    """A pandas DataFrame given as `data` or `labels`, as the label table `--labels` reads: written
+    once (by its content) into the cache's datasets folder, never next to the user's files. With
+    `data` a DataFrame, its paths are absolute or relative to the current folder, and DATA is the
+    folder that holds them all."""
+    frame = data if _is_frame(data) else options.get("labels") if _is_frame(options.get("labels")) else None
+    if frame is None:
+        return data, options
+    import hashlib
+    import io
+
+    from .files import atomic_write
+
+    columns = [str(c) for c in frame.columns]
+    path_col = options.get("path_col") or (columns[0] if columns else None)
+    if path_col not in columns:
+        raise UserError(f"path_col {path_col}: the DataFrame has no such column; it has {', '.join(columns)}")
+    frame = frame.copy()
+    if _is_frame(data):
+        paths = [Path(str(p)).expanduser().absolute() for p in frame[path_col]]
+        if not paths:
+            raise UserError("the DataFrame has no rows")
+        data = os.path.commonpath([str(p.parent) for p in paths])
+        frame[path_col] = [str(p) for p in paths]
+    text = io.StringIO()
+    frame.to_csv(text, index=False)
+    raw = text.getvalue().encode("utf-8", "surrogateescape")
+    file = Cache(cache_dir).prepare().datasets() / "tables" / f"{hashlib.sha256(raw).hexdigest()[:16]}.csv"
+    if not file.is_file():
+        atomic_write(file, raw)
+    return data, {**options, "labels": str(file)}
+
+
+def _is_frame(value) -> bool:
+    return type(value).__name__ == "DataFrame" and hasattr(value, "to_csv")
 
 
 def _path(value, what: str, optional: bool = False):
@@ -117,11 +155,17 @@ def load(path: str | Path, device: str = "auto", precision: str = "auto", tta: s
 
 def evaluate(run: str | Path, data: str | Path | None = None, device: str = "auto",
              precision: str = "auto", console: Console | None = None, out: str | Path | None = None,
-             tta: str = "none", engine: str = "auto") -> dict:
+             tta: str = "none", engine: str = "auto", labels: str | None = None, path_col: str | None = None,
+             label_col: str | None = None, split_col: str | None = None) -> dict:
     """Re-evaluate a saved run: on DATA/val (or DATA's class folders) when `data` is given,
     else on the run's own validation split. Writes metrics.json, the plots, misclassified.csv and
     report.html into `out` (default: a new RUN/eval-<name> folder) and returns the metrics
-    (with "out": that folder, and "engine": what ran the model). `engine`: as `load`'s."""
+    (with "out": that folder, and "engine": what ran the model). `engine`: as `load`'s. `labels`
+    (and its columns): a label table naming DATA's images and labels, as train takes it (DATA may
+    be the table itself)."""
+    from types import SimpleNamespace
+
+    from .data.table import resolve_data, table_of
     from .data.discover import eval_files
     from .models import bundle
 
@@ -129,7 +173,9 @@ def evaluate(run: str | Path, data: str | Path | None = None, device: str = "aut
     _path(run, "the run folder"), _path(data, "data", optional=True), _path(out, "out", optional=True)
     meta, run_dir = bundle.read_meta(run)
     if data is not None:
-        samples = eval_files(data, meta.classes)
+        columns = SimpleNamespace(path_col=path_col, label_col=label_col, split_col=split_col)
+        data, labels = resolve_data(str(data), labels, columns)
+        samples = eval_files(data, meta.classes, labels=table_of(SimpleNamespace(labels=labels, **vars(columns))))
     else:
         split_file = run_dir / "split.json"
         if not split_file.is_file():

@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(p, PredictOptions, skip=("top_k",))
     p.add_argument("--out", help="folder for metrics.json, plots and report.html "
                                  "[default: a new RUN/eval-<dataset name> folder]")
+    p.add_argument("--labels", help="CSV/TSV naming DATA's images and labels (as train --labels); DATA may be it")
+    for column in ("path", "label", "split"):
+        p.add_argument(f"--{column}-col", help=f"--labels: the column of {column}s (as train's)")
 
     from .exporting.registry import help_text
 
@@ -215,7 +218,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation import metrics
     from .files import Record, read_json_object
 
-    summary = api.evaluate(args.run, args.data, out=args.out, **_options(args, PredictOptions))
+    if args.labels and not args.data:
+        raise UserError("--labels names the images of a DATA folder: give DATA too (or the table as DATA)")
+    summary = api.evaluate(args.run, args.data, out=args.out, labels=args.labels, path_col=args.path_col,
+                           label_col=args.label_col, split_col=args.split_col, **_options(args, PredictOptions))
     print(metrics.format_table(summary))
     results_file = Path(args.run) / "results.json"
     saved = (read_json_object(results_file) or Record()).number("val_acc")

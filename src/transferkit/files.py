@@ -374,6 +374,32 @@ def csv_untext(value: str) -> str:
     return value[1:] if value.startswith("'") and value[1:].startswith(_FORMULA) else value
 
 
+def csv_rows(text: str, where: str, delimiter: str = ",", comments: bool = False):
+    """(line number, cells) of each row of the CSV `text` that is not blank (nor, with
+    `comments`, a line starting with #), read as the CSV it is: quoted cells over several lines,
+    CRLF. A row the csv module cannot read (a quote opened and never closed, a cell over its 128 KB)
+    is a UserError naming its line (`where`: how the user knows the file), never rows swallowed."""
+    import csv
+    import io
+    import re
+
+    lines = re.split(r"\r\n|\r|\n", text)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True, delimiter=delimiter)
+    start = 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise UserError(f"{where}, line {start}: {exc} (a quote opened and not closed, or a cell too long)") \
+                from None
+        first, start = start, reader.line_num + 1
+        if not any(c.strip() for c in row) or comments and lines[first - 1].startswith("#"):
+            continue
+        yield first, row
+
+
 # -- where a command may write: one rule for every path it writes -----------------------------------
 #
 # Never inside a dataset the command was given (its files would be taken for images, or replace

@@ -238,11 +238,61 @@ def image_root(data: str | Path, datasets_dir: Path | None = None) -> tuple[Path
 
 
 def discover(data: str | Path, val_fraction: float = 0.2, seed: int = 0,
-             datasets_dir: Path | None = None) -> DatasetSplit:
+             datasets_dir: Path | None = None, labels=None) -> DatasetSplit:
     """Find classes and files of a dataset folder (image class folders, or CIFAR-10's python
-    batches); raise `UserError` for a layout we cannot use."""
+    batches), or of the images a label table names (`labels`: a `data.table.LabelTable`; a
+    Hugging Face metadata.csv in DATA with file_name and label columns is one too); raise
+    `UserError` for a layout we cannot use."""
+    from .table import find_metadata
+
+    if labels is not None:
+        root = Path(data).expanduser()
+        refuse_own_folder(root)
+        if not root.is_dir():
+            raise UserError(f"dataset folder not found: {root}")
+        return from_table(labels, root, val_fraction, seed)
     root, image_size = image_root(data, datasets_dir)
+    found = find_metadata(root) if root.is_dir() else None
+    if found is not None:
+        return from_table(found, root, val_fraction, seed)
     return replace(_discover(root, val_fraction, seed), image_size=image_size)
+
+
+def from_table(labels, root: Path, val_fraction: float, seed: int) -> DatasetSplit:
+    """The images and labels a table names (`data.table`), as folder discovery would give them:
+    classes sorted, each class's images by path; its split column's train and val, else the same
+    seeded stratified split. Its test rows are not trained on (as DATA/test)."""
+    from .table import read_table
+
+    table = read_table(labels, root)
+    if not any(table.rows.values()) and table.missing:
+        raise UserError(f"--labels {labels.file}: none of the {len(table.missing)} image(s) it lists is there, e.g. "
+                        f"{table.missing[0]['path']}: its paths are relative to DATA ({root}) or to its own folder")
+    if table.has_split and not table.rows.get("train"):
+        raise UserError(f"--labels {labels.file}: no row is in the training split")
+    train_rows = table.rows.get("train", []) + table.rows.get("any", [])
+    classes = sorted({label for _, label, _ in train_rows})
+    if len(classes) < 2:
+        raise UserError(f"--labels {labels.file}: the training rows name {len(classes)} class(es); at least 2 are "
+                        "needed")
+    index = {c: i for i, c in enumerate(classes)}
+    val_rows = table.rows.get("val", [])
+    unknown = sorted({label for _, label, _ in val_rows} - set(classes))
+    if unknown:
+        raise UserError(f"--labels {labels.file}: class(es) only in the validation rows: {', '.join(unknown)}")
+
+    def samples(rows) -> list[Sample]:
+        return sorted((Sample(p, index[label]) for p, label, _ in rows), key=lambda s: (s.label, s.path))
+
+    if table.has_split and val_rows:
+        return DatasetSplit(classes, samples(train_rows), samples(val_rows), "table", skipped=table.missing)
+    every = samples(train_rows)
+    is_val = stratified_split([s.label for s in every], val_fraction, seed)
+    train = [s for s, v in zip(every, is_val) if not v]
+    val = [s for s, v in zip(every, is_val) if v]
+    if not val:
+        raise UserError("too few images to hold out a validation split; add validation rows (a split column)")
+    return DatasetSplit(classes, train, val, "split", skipped=table.missing)
 
 
 def _discover(root: Path, val_fraction: float, seed: int) -> DatasetSplit:
@@ -276,10 +326,25 @@ def _discover(root: Path, val_fraction: float, seed: int) -> DatasetSplit:
     return DatasetSplit(classes, train, val, "split", skipped=unreadable)
 
 
-def eval_files(data: str | Path, classes: list[str], datasets_dir: Path | None = None) -> list[Sample]:
+def eval_files(data: str | Path, classes: list[str], datasets_dir: Path | None = None, labels=None) -> list[Sample]:
     """Labelled files for `transferkit eval DATA`: DATA's val folder if present, else its test
-    folder, else DATA's class folders (CIFAR-10 batches: test_batch). Any of the model's classes
-    may be missing (evaluated by name on those present); a class the model does not know is refused."""
+    folder, else DATA's class folders (CIFAR-10 batches: test_batch); with a label table
+    (`labels`, or DATA's metadata.csv), its val rows, else its test rows, else all of them. Any of
+    the model's classes may be missing (evaluated by name on those present); a class the model does
+    not know is refused."""
+    from .table import find_metadata, read_table
+
+    root = Path(data).expanduser()
+    labels = labels or (find_metadata(root) if root.is_dir() else None)
+    if labels is not None:
+        table = read_table(labels, root)
+        rows = table.rows.get("val") or table.rows.get("test") or table.rows.get("any") or table.rows.get("train", [])
+        unknown = sorted({label for _, label, _ in rows} - set(classes))
+        if unknown:
+            raise UserError(f"class(es) the model was not trained on: {', '.join(unknown)} "
+                            f"(model classes: {', '.join(classes)})")
+        index = {c: i for i, c in enumerate(classes)}
+        return sorted((Sample(p, index[label]) for p, label, _ in rows), key=lambda s: (s.label, s.path))
     root, _ = image_root(data, datasets_dir)
     train_dir, val_dir, test_dir = find_layout(root)
     folder = val_dir or test_dir or train_dir

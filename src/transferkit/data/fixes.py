@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import UserError
-from ..files import TEXT_ERRORS, DamagedFile, csv_text, csv_untext, read_text, text_bytes
+from ..files import TEXT_ERRORS, DamagedFile, csv_rows, csv_text, csv_untext, read_text, text_bytes
 
 HEADER = ("path", "action", "label", "reason", "time")
 ACTIONS = ("exclude", "relabel", "keep")  # keep: looked at (a doctor's finding), not an error: nothing changes
@@ -85,7 +85,7 @@ def read_fixes(file: str | Path, root: str | Path) -> dict[str, Fix]:
         raise UserError(f"--fixes {shown(file)} {exc}") from None
     out: dict[str, Fix] = {}
     header = None
-    for number, row in _rows(text, f"--fixes {shown(file)}"):
+    for number, row in csv_rows(text, f"--fixes {shown(file)}", comments=True):
         where = f"--fixes {shown(file)}, line {number}"
         if header is None:
             header = tuple(h.strip() for h in row[:len(HEADER)])
@@ -106,28 +106,6 @@ def read_fixes(file: str | Path, root: str | Path) -> dict[str, Fix]:
             raise UserError(f"{where}: {exc}") from None
         out[key] = replace(fix, path=key, reason=one_line(fix.reason))  # a later row about the same image wins
     return out
-
-
-def _rows(text: str, where: str):
-    """(line number, cells) of each row of the CSV `text` that is not blank or a comment (a line
-    starting with #); a row the csv module cannot read is a UserError naming its line."""
-    import re
-
-    lines = re.split(r"\r\n|\r|\n", text)
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    start = 1
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            raise UserError(f"{where}, line {start}: {exc} (a quote opened and not closed, or a cell too long)") \
-                from None
-        first, start = start, reader.line_num + 1
-        if not any(c.strip() for c in row) or lines[first - 1].startswith("#"):
-            continue
-        yield first, row
 
 
 def write_fixes(file: str | Path, fixes: dict[str, Fix] | list[Fix], root: str | Path | None = None) -> None:

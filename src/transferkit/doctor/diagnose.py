@@ -4,6 +4,7 @@ part that `train` runs on its own features is `health`."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -35,16 +36,19 @@ def diagnose(data: str | Path, options: DoctorOptions | None = None, console: Co
 
 def _diagnose(data, options: DoctorOptions | None, console: Console | None, worker, group) -> dict:
     from ..data.discover import discover
+    from ..data.table import resolve_data, table_of
 
     options, console = options or DoctorOptions(), console or Console()
     started = time.perf_counter()
-    data = Path(data).expanduser().absolute()
+    folder, table_file = resolve_data(str(data), options.labels, options)  # (DATA may be a label table)
+    table = table_of(dataclasses.replace(options, labels=table_file))
+    data = Path(folder).expanduser().absolute()
     if options.write_exclude:
         check_output_file(options.write_exclude, "--write-exclude", [data], EXCLUDE_HEAD, options.force)
     cache = Cache(options.cache_dir)
     refuse_inside(cache.root, [data], CACHE_FLAG)
     cache.prepare()
-    split = discover(data, options.val_fraction, options.seed, cache.datasets())
+    split = discover(data, options.val_fraction, options.seed, cache.datasets(), table)
     out = group.decide(lambda: _out_dir(options.out, data))
     features = _features(data, split, options, cache, console, group)
     if features.sharded:

@@ -47,6 +47,8 @@ def expand_inputs(inputs: list[str]) -> list[str]:
             files += list_files(p)
         elif p.is_file():
             files.append(str(p))
+        elif p.exists():  # a FIFO, a device, a socket: never read (a pipe's read would wait for a writer)
+            raise UserError(f"not an image file (a pipe, a device or a socket): {item}")
         else:
             raise UserError(f"not found: {item}")
     return files

@@ -17,6 +17,7 @@ from ..config import LRFindOptions, TrainConfig
 from ..console import Console
 from .. import engines
 from ..data.discover import OWN_MARKER, discover, is_own_output
+from ..data.table import table_of
 from ..data.views import SMALL
 from ..errors import UserError
 from ..evaluation import metrics
@@ -210,7 +211,7 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
         from ..runtime import Runtime
 
         check_sync_bn(cfg.sync_bn, group, Runtime.create(device, cfg.precision).device)
-    split = discover(cfg.data, cfg.val_fraction, cfg.seed, cache.datasets())
+    split = discover(cfg.data, cfg.val_fraction, cfg.seed, cache.datasets(), table_of(cfg))
     if cfg.exclude:
         from ..data.exclude import read_exclude
 

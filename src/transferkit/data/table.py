@@ -1,0 +1,181 @@
+"""Labels from a table instead of class folders: a CSV or TSV file (`train DATA --labels FILE`),
+a Hugging Face `metadata.csv` (read with no option), or a pandas DataFrame in Python. No torch here.
+
+Each row names an image and its label:
+
+    path,label,split
+    photos/001.jpg,roses,train
+    photos/002.jpg,tulips,valid
+
+Columns: `path_col` (default: the first column; `file_name` in a metadata.csv), `label_col`
+(default: the second; `label` in a metadata.csv), `split_col` (optional: train / val / valid /
+validation / test, in any case, or a boolean `is_valid` as fastai writes it; without it the run's
+seeded stratified split, as for folders). A path is relative to DATA, or to the table's own
+folder where it is not found under DATA; an absolute path must lie inside DATA. UTF-8 with or
+without a BOM, CRLF, quoted cells; a `.tsv` file (or one whose header has tabs and no commas) is
+tab-separated.
+
+The images come out in the order folder discovery gives (classes sorted by name, each class's
+files by path), so the same images and labels as folders or as a table split the same way and
+train the same model. A bad row is one error naming the file and line: a path that leaves DATA,
+an empty label, a split value it does not know, the same image twice with different labels (both
+lines named); a missing column names the columns there are. A listed file that does not exist is
+skipped with a warning and listed among the run's skipped files. Nothing is written next to the
+table or inside DATA.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserError
+from ..files import TEXT_ERRORS, DamagedFile, csv_rows, read_text, shown
+
+TABLE_LIMIT = 1 << 30  # the largest label table read
+METADATA = "metadata.csv"  # Hugging Face imagefolder's table, read where it has file_name and label
+SPLITS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+          "test": "test", "testing": "test"}
+TRUE, FALSE = ("true", "1", "yes", "y", "t"), ("false", "0", "no", "n", "f", "")
+SUFFIXES = (".csv", ".tsv", ".txt")
+
+
+@dataclass(frozen=True)
+class LabelTable:
+    """Where the labels come from when they are not class folders: `file` (a CSV/TSV path) and
+    its columns (None: the defaults above)."""
+
+    file: str
+    path_col: str | None = None
+    label_col: str | None = None
+    split_col: str | None = None
+
+
+@dataclass
+class TableRows:
+    """What a label table says: (path, label, line) per split role ("train" | "val" | "test", or
+    "any" without a split column), and the listed files that do not exist ({path, reason})."""
+
+    rows: dict[str, list[tuple[str, str, int]]]
+    missing: list[dict]
+    has_split: bool
+
+
+def resolve_data(data: str, labels: str | None, options) -> tuple[str, str | None]:
+    """(the dataset folder, the label table or None) of DATA and --labels: DATA may be the table
+    itself (its folder is then DATA); column options without a table are refused."""
+    given = Path(data).expanduser()
+    if labels is None and given.is_file() and given.suffix.lower() in SUFFIXES:
+        return str(given.parent.absolute()), str(given)
+    if labels is None and any(getattr(options, k, None) for k in ("path_col", "label_col", "split_col")):
+        raise UserError("--path-col, --label-col and --split-col name the columns of a --labels table: give one")
+    return data, labels
+
+
+def table_of(options) -> LabelTable | None:
+    """The label table an options object (TrainConfig, DoctorOptions, ...) names, or None."""
+    labels = getattr(options, "labels", None)
+    return LabelTable(labels, options.path_col, options.label_col, options.split_col) if labels else None
+
+
+def find_metadata(root: Path) -> LabelTable | None:
+    """A Hugging Face `metadata.csv` in DATA with `file_name` and `label` columns, as a table (one
+    that lacks a label column describes its images otherwise: the folders are the labels then)."""
+    file = root / METADATA
+    if not file.is_file():
+        return None
+    try:
+        header = next(csv_rows(read_text(file, TABLE_LIMIT, TEXT_ERRORS), str(file)), (0, []))[1]
+    except (OSError, DamagedFile, UserError):
+        return None
+    names = [h.strip() for h in header]
+    return LabelTable(str(file), "file_name", "label") if "file_name" in names and "label" in names else None
+
+
+def read_table(table: LabelTable, root: Path) -> TableRows:
+    """The rows of `table` for the images under `root` (DATA), checked; see the module."""
+    file = Path(table.file).expanduser()
+    what = f"--labels {shown(file)}"
+    try:
+        text = read_text(file, TABLE_LIMIT, TEXT_ERRORS)
+    except FileNotFoundError:
+        raise UserError(f"{what}: no such file") from None
+    except OSError as exc:
+        raise UserError(f"{what}: {exc.strerror or exc}") from None
+    except DamagedFile as exc:
+        raise UserError(f"{what} {exc}") from None
+    first = text.split("\n", 1)[0]
+    tabs = file.suffix.lower() == ".tsv" or ("\t" in first and "," not in first)
+    rows = csv_rows(text, what, "\t" if tabs else ",")
+    try:
+        _, header = next(rows)
+    except StopIteration:
+        raise UserError(f"{what} is empty: it needs a header row and a row per image") from None
+    names = [h.strip() for h in header]
+    path_i = _column(names, table.path_col, 0, "--path-col", what)
+    label_i = _column(names, table.label_col, 1, "--label-col", what)
+    split_i = _column(names, table.split_col, None, "--split-col", what) if table.split_col else None
+    seen: dict[str, tuple[str, int]] = {}
+    out: dict[str, list[tuple[str, str, int]]] = {}
+    missing: list[dict] = []
+    for line, cells in rows:
+        where = f"{what}, line {line}"
+        cells = cells + [""] * (len(names) - len(cells))
+        raw, label = cells[path_i].strip(), cells[label_i].strip()
+        if not raw:
+            raise UserError(f"{where}: the path cell is empty")
+        if not label:
+            raise UserError(f"{where}: the label cell ({names[label_i]}) is empty for {shown(raw)}")
+        role = _role(cells[split_i].strip(), names[split_i], where) if split_i is not None else "any"
+        path = _resolve(raw, root, file.parent, where)
+        if path in seen:
+            before, at = seen[path]
+            if before != label:
+                raise UserError(f"{what}: {shown(raw)} is labelled '{shown(before)}' on line {at} and "
+                                f"'{shown(label)}' on line {line}: one image, one label (the same image with several "
+                                "labels is multi-label data, which transferkit does not train yet)")
+            continue  # listed twice with the same label: once
+        seen[path] = (label, line)
+        if not os.path.lexists(path):
+            missing.append({"path": path, "reason": f"listed on line {line} of {file.name}: file not found"})
+            continue
+        out.setdefault(role, []).append((path, label, line))
+    return TableRows(out, missing, split_i is not None)
+
+
+def _column(names: list[str], asked: str | None, default: int | None, flag: str, what: str) -> int:
+    if asked is None:
+        if default is None or default >= len(names):
+            raise UserError(f"{what} needs at least two columns (the image's path, its label); it has "
+                            f"{', '.join(names) or 'none'}")
+        return default
+    if asked not in names:
+        raise UserError(f"{flag} {asked}: {what} has no such column; it has {', '.join(names)}")
+    return names.index(asked)
+
+
+def _role(value: str, column: str, where: str) -> str:
+    low = value.lower()
+    if low in SPLITS:
+        return SPLITS[low]
+    if low in TRUE:  # fastai's is_valid column
+        return "val"
+    if low in FALSE:
+        return "train"
+    raise UserError(f"{where}: the {column} value '{shown(value)}' is not a split (train, val, valid, validation, "
+                    "test, or a true/false is_valid)")
+
+
+def _resolve(raw: str, root: Path, table_dir: Path, where: str) -> str:
+    """The image's path: under DATA, relative to it (or to the table's folder where it is not found
+    under DATA); a path that leaves DATA (`../`, an absolute path elsewhere) is refused."""
+    given = Path(raw).expanduser()
+    candidates = [given] if given.is_absolute() else [root / given, table_dir / given]
+    top = os.path.abspath(root)
+    inside = [os.path.normpath(c) for c in candidates
+              if os.path.commonpath([os.path.abspath(os.path.normpath(c)), top]) == top]
+    if not inside:
+        raise UserError(f"{where}: {shown(raw)} is not inside the dataset folder {shown(root)}; list the images "
+                        "under DATA")
+    return next((p for p in inside if os.path.lexists(p)), inside[0])
