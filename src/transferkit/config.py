@@ -52,6 +52,21 @@ def opt(default: Any, help: str, *, choices: tuple | Callable[[], list] | None =
                                             "shown": shown, "repeat": repeat})
 
 
+TABLE_HELP = {
+    "labels": "CSV/TSV file naming each image and its label, instead of class folders (paths relative to DATA or to "
+              "the file's folder); a metadata.csv in DATA with file_name and label columns is read without it",
+    "path_col": "--labels: the column of image paths (default: the first)",
+    "label_col": "--labels: the column of labels (default: the second)",
+    "split_col": "--labels: the column of splits: train | val | valid | validation | test, or a true/false is_valid "
+                 "(default: none, the seeded stratified split)",
+}
+
+
+def table_opt(name: str) -> Any:
+    """One of the label table's options (`data.table`), as train and doctor both take them."""
+    return opt(None, TABLE_HELP[name])
+
+
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -128,13 +143,10 @@ class TrainConfig:
     features: str | None = opt(None, "the head's input: last (the backbone's pooled output) | multi (plus earlier "
                                "stages' pooled activations, same forward pass) | auto (whichever cross-validates "
                                "better on the training images)", choices=FEATURES)
-    labels: str | None = opt(None, "CSV/TSV file naming each image and its label, instead of class folders (paths "
-                             "relative to DATA or to the file's folder); a metadata.csv in DATA with file_name and "
-                             "label columns is read without it")
-    path_col: str | None = opt(None, "--labels: the column of image paths (default: the first)")
-    label_col: str | None = opt(None, "--labels: the column of labels (default: the second)")
-    split_col: str | None = opt(None, "--labels: the column of splits: train | val | valid | validation | test, or a "
-                                "true/false is_valid (default: none, the seeded stratified split)")
+    labels: str | None = table_opt("labels")
+    path_col: str | None = table_opt("path_col")
+    label_col: str | None = table_opt("label_col")
+    split_col: str | None = table_opt("split_col")
     exclude: str | None = opt(None, "file of image paths to leave out, one per line (# starts a comment), e.g. "
                               "written by `transferkit doctor --write-exclude`")
     fixes: str | None = opt(None, "CSV of decisions about images (path relative to DATA, exclude | relabel, the "
@@ -428,13 +440,10 @@ class DoctorOptions:
     write_exclude: str | None = opt(None, "write the files it would leave out to this file, one per line, for "
                                     "`train --exclude` (never into DATA; an existing file only if doctor wrote it)")
     force: bool = opt(False, "replace an existing --write-exclude file that doctor did not write")
-    labels: str | None = opt(None, "CSV/TSV file naming each image and its label, instead of class folders (paths "
-                             "relative to DATA or to the file's folder); a metadata.csv in DATA with file_name and "
-                             "label columns is read without it")
-    path_col: str | None = opt(None, "--labels: the column of image paths (default: the first)")
-    label_col: str | None = opt(None, "--labels: the column of labels (default: the second)")
-    split_col: str | None = opt(None, "--labels: the column of splits: train | val | valid | validation | test, or a "
-                                "true/false is_valid (default: none, the seeded stratified split)")
+    labels: str | None = table_opt("labels")
+    path_col: str | None = table_opt("path_col")
+    label_col: str | None = table_opt("label_col")
+    split_col: str | None = table_opt("split_col")
     near_threshold: float = opt(0.90, "cosine similarity of two images' features from which they are the same "
                                 "scene (near copies are confirmed by comparing the images themselves)",
                                 low=0, high=1, low_open=True)
