@@ -94,7 +94,10 @@ def test_the_studio_never_blocks_on_a_pipe_and_says_when_it_cannot_write(tmp_pat
     runs = tmp_path / "runs"
     with _studio(data, runs, cache_dir=str(tmp_path / "cache")) as client:
         items = client.get("/api/datasets/data/images").json()["items"]  # (a name not UTF-8: no 500)
-        assert len(items) == 7
+        assert len(items) == 6  # the pipe is no image: listed among the unreadable files, never opened
+        unreadable = client.get("/api/datasets/data").json()["unreadable"]
+        assert [(u["path"], u["reason"]) for u in unreadable] == [
+            ("train/red/pipe.jpg", "not a regular file (a pipe, a device or a socket)")]
         for kind in ("image", "thumb"):  # answered at once, never a read that waits for a writer
             r = client.get(f"/api/datasets/data/{kind}", params={"path": "train/red/pipe.jpg"})
             assert r.status_code == 400, (kind, r.text)

@@ -293,7 +293,7 @@ def test_journeys_in_headless_chromium(studio, tmp_path):
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(studio["url"])
         page.wait_for_selector("#classes tr:nth-child(4)")
-        assert "exact copies" in page.inner_text("#findings")  # the doctor ran (previous test)
+        page.wait_for_selector("#findings .finding[data-kind='exact copies']")  # the doctor ran (previous test)
         copy = page.locator("#findings .finding[data-kind='exact copies'] .thumb[data-path='val/red/planted.png']")
         copy.get_by_role("button", name="Exclude").click()
         page.wait_for_selector("#findings .thumb.exclude[data-path='val/red/planted.png']")
@@ -337,14 +337,15 @@ def test_journeys_in_headless_chromium(studio, tmp_path):
         page.click("#serve-run")  # served from the page: still answering after the rest of the journey
         page.wait_for_selector("#serve-line a", timeout=120_000)
         served_at, served = time.monotonic(), page.get_attribute("#serve-line a", "href")
+        page.select_option("#export-formats", "onnx")
         page.click("text=Export (checked)")  # queued; checked while the rest of the journey goes on
         page.click("table.confusion tr:nth-child(2) td.cell >> nth=0")  # blue predicted as blue
         page.wait_for_selector("#cell-images .thumb img")
         assert "blue predicted as blue" in page.inner_text("#cell-images")
         page.screenshot(path=str(shots / "studio_run.png"), full_page=True)
-        # the web server's idle worker threads end after 10 s; the served model once died with the
-        # one that started it
-        page.wait_for_timeout(max(0, 15 - (time.monotonic() - served_at)) * 1000)
+        # the web server's idle worker threads end after 10 s idle; the served model once died with
+        # the one that started it
+        page.wait_for_timeout(max(0, 12 - (time.monotonic() - served_at)) * 1000)
         for job in call(studio, "/api/jobs")[1]:
             assert wait_job(studio, job["id"])["status"] in ("finished", "stopped"), job["log"]
         page.click(f"#runs tr[data-run='{names[0]}'] a")  # the run again: its export's table

@@ -37,7 +37,7 @@ class DatasetSplit:
     classes: list[str]
     train: list[Sample]
     val: list[Sample]
-    val_source: str  # "folder" (DATA/val) or "split" (stratified split of the train files)
+    val_source: str  # "folder" (DATA/val), "table" (a label table's split column) or "split" (stratified split)
     skipped: list[dict] = field(default_factory=list)  # {path, reason}
     image_size: int | None = None  # the images' native size where the format fixes it (CIFAR: 32)
     excluded: dict | None = None  # train --exclude: {file, images left out, paths listed but not found}
@@ -96,23 +96,44 @@ def list_files(folder: Path, unreadable: list[dict] | None = None) -> list[str]:
     """Every non-hidden file under `folder`, recursively, sorted; hidden folders are not entered.
     Linked folders are followed, each real folder once (a link loop is walked once); a broken link
     is listed like a file (it is then skipped, saying so); transferkit's own output folders are
-    not entered. Folders that cannot be read are added to
-    `unreadable` as {path, reason}."""
+    not entered. Folders that cannot be read, and entries that are neither files nor folders (a
+    FIFO, whose read would wait for a writer; a socket, a device), are added to `unreadable` as
+    {path, reason}. One directory read per folder, as os.walk (entry types come with it)."""
     out: list[str] = []
     seen: set[str] = set()
 
-    def failed(exc: OSError) -> None:
+    def failed(path: str, exc: OSError) -> None:
         if unreadable is not None:
-            unreadable.append({"path": str(exc.filename), "reason": f"folder not readable ({describe_os_error(exc)})"})
+            unreadable.append({"path": str(exc.filename or path),
+                               "reason": f"folder not readable ({describe_os_error(exc)})"})
 
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=failed):
+    stack = [os.fspath(folder)]  # (depth first, each folder's files before its sub-folders', as os.walk)
+    while stack:
+        dirpath = stack.pop()
         real = os.path.realpath(dirpath)
         if real in seen:
-            dirnames[:] = []
             continue
         seen.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d) and not is_own_output(Path(dirpath) / d))
-        out += [os.path.join(dirpath, f) for f in sorted(filenames) if not is_hidden(f)]
+        try:
+            with os.scandir(dirpath) as listing:
+                entries = sorted(listing, key=lambda e: e.name)
+        except OSError as exc:
+            failed(dirpath, exc)
+            continue
+        folders = []
+        for entry in entries:
+            if is_hidden(entry.name):
+                continue
+            try:
+                if entry.is_dir():  # (a link to a folder too: followed)
+                    folders.append(entry)
+                elif entry.is_file() or entry.is_symlink() and not os.path.exists(entry.path):
+                    out.append(entry.path)  # a file, or a broken link (skipped later, saying so)
+                elif unreadable is not None:
+                    unreadable.append({"path": entry.path, "reason": "not a regular file (a pipe, a device or a socket)"})
+            except OSError as exc:
+                failed(entry.path, exc)
+        stack += [e.path for e in reversed(folders) if not is_own_output(Path(e.path))]
     return out
 
 

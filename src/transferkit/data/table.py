@@ -67,10 +67,11 @@ def resolve_data(data: str, labels: str | None, options) -> tuple[str, str | Non
     itself (its folder is then DATA); column options without a table are refused."""
     given = Path(data).expanduser()
     if labels is None and given.is_file() and given.suffix.lower() in SUFFIXES:
-        return str(given.parent.absolute()), str(given)
+        return str(given.parent.absolute()), str(given.absolute())
     if labels is None and any(getattr(options, k, None) for k in ("path_col", "label_col", "split_col")):
         raise UserError("--path-col, --label-col and --split-col name the columns of a --labels table: give one")
-    return data, labels
+    # (absolute: the run's config.yaml names the same table from wherever it is resumed)
+    return data, str(Path(labels).expanduser().absolute()) if labels else None
 
 
 def table_of(options) -> LabelTable | None:

@@ -100,6 +100,7 @@ async function decide(path, action, label, reason, onChange, dataset = state.cur
 
 async function loadDataset(id) {
   state.current = id;
+  state.version = undefined;  // (set once its summary is drawn)
   state.page = 0;
   say("reading the dataset…");
   state.summary = await api(`/api/datasets/${id}`);
@@ -241,7 +242,7 @@ async function pollJobs() {
       if (before !== undefined && before !== j.status) say(`job ${j.id} ${j.status}: ${j.title}`, j.status === "failed");
       state.jobStatus.set(j.id, j.status);
     }
-    if (state.current) {  // another tab changed the fixes: read them again
+    if (state.current && state.version !== undefined) {  // another tab changed the fixes: read them again
       const s = await api(`/api/datasets/${state.current}`);
       if (s.version !== state.version) { state.summary = s; renderSummary(); loadImages(); loadFindings(); }
     }
@@ -415,7 +416,14 @@ async function showRun(name) {
     el("h2", {}, r.name),
     el("p", {}, `val accuracy ${num(r.val_acc)} · balanced ${num(r.balanced_accuracy)} · ${r.strategy} · ${r.backbone} · ${r.wall_s === null ? "-" : r.wall_s.toFixed(1)} s`,
       v.report ? el("span", {}, " · ", el("a", { href: `/api/runs/${encodeURIComponent(name)}/report`, target: "_blank", rel: "noopener" }, "report.html")) : null),
-    el("p", {}, el("button", { type: "button", onclick: async () => { const j = await api(`/api/runs/${encodeURIComponent(name)}/export`, { method: "POST" }); say(`queued: ${j.command}`); pollJobs(); } }, "Export (checked)"),
+    el("p", {}, el("select", { id: "export-formats", "aria-label": "formats to export" },
+        ...[["all", "all formats"], ["onnx", "ONNX"], ["torchscript", "TorchScript"], ["int8", "INT8 ONNX"]].map(([v, t]) => el("option", { value: v }, t))),
+      el("button", { type: "button", onclick: async () => {
+        try {
+          const j = await api(`/api/runs/${encodeURIComponent(name)}/export`, { method: "POST", body: { formats: $("export-formats").value } });
+          say(`queued: ${j.command}`); pollJobs();
+        } catch (e) { say(e.message, true); }
+      } }, "Export (checked)"),
       v.exported ? el("button", { type: "button", onclick: () => showExport(name) }, "The export's checks") : null,
       el("button", { type: "button", id: "serve-run", onclick: () => toggleServe(name) }, "Serve"), " ", el("span", { id: "serve-line" })),
     el("div", { id: "export-table" }),
