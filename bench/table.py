@@ -74,8 +74,8 @@ def main() -> int:
                          digest(Path(a.path)) == digest(Path(b.path))))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"| dataset | images listed | val acc, folders | val acc, table | folders wall / CPU s | table wall / CPU s "
-          f"(warm) | same bundle bytes |\n|---|---:|---:|---:|---:|---:|---|")
+    print("| dataset | images listed | val acc, folders | val acc, table | folders wall / CPU s | table wall / CPU s "
+          "(warm) | same bundle bytes |\n|---|---:|---:|---:|---:|---:|---|")
     for name, n, acc_a, acc_b, wa, ca, wb, cb, same in rows:
         print(f"| {name} | {n} | {acc_a:.4f} | {acc_b:.4f} | {wa:.1f} / {ca:.1f} | {wb:.1f} / {cb:.1f} | "
               f"{'yes' if same else 'NO'} |")
