@@ -163,6 +163,17 @@ def read_text(path: str | Path, limit: int = RECORD_LIMIT, errors: str = "strict
         raise DamagedFile("is not UTF-8 text") from None
 
 
+def user_text(path: str | Path, what: str, limit: int = RECORD_LIMIT, errors: str = TEXT_ERRORS) -> str:
+    """`read_text` of a file the user named (an exclude list, a fixes file, a label table), its
+    faults a UserError of one line (`what`: the option and the file, e.g. "--fixes a.csv")."""
+    try:
+        return read_text(Path(path).expanduser(), limit, errors)
+    except OSError as exc:
+        raise UserError(f"{what}: {exc.strerror or exc}") from None
+    except DamagedFile as exc:
+        raise UserError(f"{what} {exc}") from None
+
+
 def parse_json(text: str | bytes):
     """JSON from someone else (a file, a request), checked as `checked_document`: DamagedFile
     (a ValueError) for anything that is not a reasonable JSON document."""

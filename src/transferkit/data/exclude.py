@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import UserError
-from ..files import TEXT_ERRORS, DamagedFile, read_text, shown
+from ..files import shown, user_text
 
 LIMIT = 1 << 30  # the largest exclude list read (a path a line: millions of them)
 
@@ -14,11 +13,6 @@ LIMIT = 1 << 30  # the largest exclude list read (a path a line: millions of the
 def read_exclude(path: str | Path) -> set[str]:
     """The absolute paths listed in an exclude file (comments and blank lines skipped; a BOM,
     CRLF and names that are not UTF-8 read as they were written)."""
-    try:
-        text = read_text(Path(path).expanduser(), LIMIT, TEXT_ERRORS)
-    except OSError as exc:
-        raise UserError(f"--exclude {shown(path)}: {exc.strerror or exc}") from None
-    except DamagedFile as exc:
-        raise UserError(f"--exclude {shown(path)} {exc}") from None
+    text = user_text(path, f"--exclude {shown(path)}", LIMIT)
     return {str(Path(line.strip()).expanduser().absolute()) for line in text.splitlines()
             if line.strip() and not line.lstrip().startswith("#")}

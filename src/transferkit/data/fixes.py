@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import UserError
-from ..files import TEXT_ERRORS, DamagedFile, csv_rows, csv_text, csv_untext, read_text, text_bytes
+from ..files import csv_rows, csv_text, csv_untext, text_bytes, user_text
 
 HEADER = ("path", "action", "label", "reason", "time")
 ACTIONS = ("exclude", "relabel", "keep")  # keep: looked at (a doctor's finding), not an error: nothing changes
@@ -76,13 +76,7 @@ def read_fixes(file: str | Path, root: str | Path) -> dict[str, Fix]:
     """{relative path: its fix} from `file`; a bad row is a UserError naming its line."""
     from ..files import shown
 
-    path = Path(file).expanduser()
-    try:
-        text = read_text(path, FILE_LIMIT, TEXT_ERRORS)  # (a file name that is not UTF-8: its own bytes)
-    except OSError as exc:
-        raise UserError(f"--fixes {shown(file)}: {exc.strerror or exc}") from None
-    except DamagedFile as exc:
-        raise UserError(f"--fixes {shown(file)} {exc}") from None
+    text = user_text(file, f"--fixes {shown(file)}", FILE_LIMIT)  # (a file name that is not UTF-8: its own bytes)
     out: dict[str, Fix] = {}
     header = None
     for number, row in csv_rows(text, f"--fixes {shown(file)}", comments=True):

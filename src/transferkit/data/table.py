@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from ..files import TEXT_ERRORS, DamagedFile, csv_rows, read_text, shown
+from ..files import TEXT_ERRORS, DamagedFile, csv_rows, read_text, shown, user_text
 
 TABLE_LIMIT = 1 << 30  # the largest label table read
 METADATA = "metadata.csv"  # Hugging Face imagefolder's table, read where it has file_name and label
@@ -98,14 +98,7 @@ def read_table(table: LabelTable, root: Path) -> TableRows:
     """The rows of `table` for the images under `root` (DATA), checked; see the module."""
     file = Path(table.file).expanduser()
     what = f"--labels {shown(file)}"
-    try:
-        text = read_text(file, TABLE_LIMIT, TEXT_ERRORS)
-    except FileNotFoundError:
-        raise UserError(f"{what}: no such file") from None
-    except OSError as exc:
-        raise UserError(f"{what}: {exc.strerror or exc}") from None
-    except DamagedFile as exc:
-        raise UserError(f"{what} {exc}") from None
+    text = user_text(file, what, TABLE_LIMIT)
     first = text.split("\n", 1)[0]
     tabs = file.suffix.lower() == ".tsv" or ("\t" in first and "," not in first)
     rows = csv_rows(text, what, "\t" if tabs else ",")

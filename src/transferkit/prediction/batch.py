@@ -98,12 +98,12 @@ def predict_to_folder(predictor, inputs: list[str], files_from: str | None, out:
         chunk_size = aligned
     out = Path(out).expanduser().absolute()
     parts = out / "chunks"
-    ident = {**identity, "inputs": [str(Path(i).expanduser().absolute()) for i in inputs],
-             "files_from": str(Path(files_from).expanduser().absolute()) if files_from else None,
-             "files_from_sha256": _list_digest(files_from) if files_from else None,
-             "chunk_size": chunk_size, "top_k": top_k}
 
-    def prepare():
+    def prepare():  # (the primary alone: the list of files is read for its checksum once, not by every process)
+        ident = {**identity, "inputs": [str(Path(i).expanduser().absolute()) for i in inputs],
+                 "files_from": str(Path(files_from).expanduser().absolute()) if files_from else None,
+                 "files_from_sha256": _list_digest(files_from) if files_from else None,
+                 "chunk_size": chunk_size, "top_k": top_k}
         claim_out_dir(out, inputs)
         parts.mkdir(parents=True, exist_ok=True)
         saved = read_json_object(out / "run.json")

@@ -201,6 +201,10 @@ def create_studio(data: list[str | Path], options: StudioOptions | None = None) 
     def dataset(ident: str):
         return studio.dataset(ident).summary()
 
+    @app.get("/api/datasets/{ident}/version", dependencies=auth)
+    def version(ident: str):  # (polled by every open page: the counter alone, not the whole summary)
+        return {"version": studio.dataset(ident).version}
+
     @app.post("/api/datasets/{ident}/refresh", dependencies=auth)
     def refresh(ident: str):
         ds = studio.dataset(ident)
@@ -220,8 +224,8 @@ def create_studio(data: list[str | Path], options: StudioOptions | None = None) 
     @app.get("/api/datasets/{ident}/image", dependencies=auth)
     def image(ident: str, path: str):
         headers = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "default-src 'none'"}
-        ds = studio.dataset(ident)
-        return FileResponse(ds.file(path), media_type=ds.media_type(path), headers=headers)
+        file, kind = studio.dataset(ident).image_file(path)
+        return FileResponse(file, media_type=kind, headers=headers)
 
     @app.get("/api/datasets/{ident}/fixes", dependencies=auth)
     def fixes(ident: str):

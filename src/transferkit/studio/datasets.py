@@ -42,6 +42,11 @@ class Dataset:
     _shown_names: dict = field(default_factory=dict)  # a name not UTF-8, as a URL gives it -> its real name
 
     @property
+    def version(self) -> int:
+        """How many times the fixes changed in this session (a page that drew another is stale)."""
+        return self._version
+
+    @property
     def name(self) -> str:
         return self.root.name
 
@@ -84,7 +89,7 @@ class Dataset:
             elif fix.action == "relabel" and fix.label in counts:
                 counts[fix.label][role + "_fixed"] += 1
         actions = [f.action for rel, f in self._fixes.items() if rel in self._index]
-        return {"id": self.id, "name": self.name, "path": str(self.root), "classes": classes, "version": self._version,
+        return {"id": self.id, "name": self.name, "path": str(self.root), "classes": classes, "version": self.version,
                 "counts": counts, "images": len(self._index), "val_source": self._split.val_source,
                 "unreadable": [{"path": self._shown(d["path"]), "reason": d["reason"]} for d in self._split.skipped],
                 "fixes_file": str(self.fixes_file), "fixes": {"exclude": actions.count("exclude"),
@@ -144,12 +149,14 @@ class Dataset:
             raise UserError(f"{rel} links to a file outside the dataset that is not an image: not served")
         return path
 
-    def media_type(self, rel: str) -> str:
-        """The image's type by its content (what the studio serves it as)."""
-        kind = image_type(self.file(rel))
+    def image_file(self, rel: str) -> tuple[Path, str]:
+        """The image file at `rel` (as `file`) and its type by its content (what the studio serves
+        it as); one that is no image a browser shows is a UserError."""
+        path = self.file(rel)
+        kind = image_type(path)
         if kind is None:
-            raise UserError(f"{rel} is not an image that a browser shows")
-        return kind
+            raise UserError(f"{shown(rel)} is not an image that a browser shows")
+        return path, kind
 
     def thumbnail(self, rel: str) -> bytes:
         return thumbnail(self.file(rel), self.thumbs, rel)

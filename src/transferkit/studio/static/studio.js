@@ -243,8 +243,10 @@ async function pollJobs() {
       state.jobStatus.set(j.id, j.status);
     }
     if (state.current && state.version !== undefined) {  // another tab changed the fixes: read them again
-      const s = await api(`/api/datasets/${state.current}`);
-      if (s.version !== state.version) { state.summary = s; renderSummary(); loadImages(); loadFindings(); }
+      const { version } = await api(`/api/datasets/${state.current}/version`);
+      if (version !== state.version) {
+        state.summary = await api(`/api/datasets/${state.current}`); renderSummary(); loadImages(); loadFindings();
+      }
     }
     for (const j of state.jobs) {
       if (j.status === "finished" && !state.seenDone?.has(j.id)) {
