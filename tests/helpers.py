@@ -77,3 +77,23 @@ def file_tree(root: Path) -> dict[str, str]:
 
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def make_multilabel(root: Path, n: int = 24, classes=("blue", "red", "green"), delim: str = " ") -> Path:
+    """Multi-label images: each of `n` images shows one, two or none of `classes` (a vertical band
+    of each colour it has, on grey), listed in root/labels.csv (path, labels joined by `delim`);
+    returns that file. The label sets cycle, so every set has images on both sides of a split."""
+    sets = [(0,), (1,), (2,), (0, 1), (1, 2), (0, 2), ()]
+    rng = np.random.default_rng(0)
+    rows = ["path,labels"]
+    for i in range(n):
+        chosen = sets[i % len(sets)]
+        arr = np.clip(128 + rng.normal(0, 20, (48, 64, 3)), 0, 255)
+        for j, c in enumerate(chosen):
+            arr[:, j * 32:(j + 1) * 32] = np.clip(np.array(COLORS[classes[c]]) + rng.normal(0, 20, (48, 32, 3)), 0, 255)
+        path = root / "images" / f"img{i:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(arr.astype(np.uint8)).save(path)
+        rows.append(f"images/{path.name},{delim.join(classes[c] for c in chosen)}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root / "labels.csv"

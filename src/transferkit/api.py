@@ -80,6 +80,13 @@ def _frames(data, options: dict, cache_dir: str | None) -> tuple:
     if path_col not in columns:
         raise UserError(f"path_col {path_col}: the DataFrame has no such column; it has {', '.join(columns)}")
     frame = frame.copy()
+    label_col = options.get("label_col") or (columns[1] if len(columns) > 1 else None)
+    if label_col in columns and frame[label_col].map(lambda v: isinstance(v, (list, tuple, set, frozenset))).any():
+        # multi-label: a cell holding a list of labels is written joined by the delimiter, which the table is read with
+        delim = options.get("label_delim") or ";"
+        frame[label_col] = frame[label_col].map(lambda v: delim.join(str(x) for x in v)
+                                                if isinstance(v, (list, tuple, set, frozenset)) else v)
+        options = {**options, "label_delim": delim}
     if _is_frame(data):
         paths = [Path(str(p)).expanduser().absolute() for p in frame[path_col]]
         if not paths:
@@ -156,13 +163,14 @@ def load(path: str | Path, device: str = "auto", precision: str = "auto", tta: s
 def evaluate(run: str | Path, data: str | Path | None = None, device: str = "auto",
              precision: str = "auto", console: Console | None = None, out: str | Path | None = None,
              tta: str = "none", engine: str = "auto", labels: str | None = None, path_col: str | None = None,
-             label_col: str | None = None, split_col: str | None = None) -> dict:
+             label_col: str | None = None, split_col: str | None = None, label_delim: str | None = None) -> dict:
     """Re-evaluate a saved run: on DATA/val (or DATA's class folders) when `data` is given,
     else on the run's own validation split. Writes metrics.json, the plots, misclassified.csv and
     report.html into `out` (default: a new RUN/eval-<name> folder) and returns the metrics
     (with "out": that folder, and "engine": what ran the model). `engine`: as `load`'s. `labels`
     (and its columns): a label table naming DATA's images and labels, as train takes it (DATA may
-    be the table itself)."""
+    be the table itself; `label_delim`: how its cells join several labels, default the multi-label
+    run's own)."""
     from types import SimpleNamespace
 
     from .data.table import resolve_data, table_of
@@ -173,9 +181,10 @@ def evaluate(run: str | Path, data: str | Path | None = None, device: str = "aut
     _path(run, "the run folder"), _path(data, "data", optional=True), _path(out, "out", optional=True)
     meta, run_dir = bundle.read_meta(run)
     if data is not None:
-        columns = SimpleNamespace(path_col=path_col, label_col=label_col, split_col=split_col)
+        columns = SimpleNamespace(path_col=path_col, label_col=label_col, split_col=split_col, label_delim=label_delim)
         data, labels = resolve_data(str(data), labels, columns)
-        samples = eval_files(data, meta.classes, labels=table_of(SimpleNamespace(labels=labels, **vars(columns))))
+        samples = eval_files(data, meta.classes, labels=table_of(SimpleNamespace(labels=labels, **vars(columns))),
+                             task=meta.task)
     else:
         split_file = run_dir / "split.json"
         if not split_file.is_file():
@@ -197,14 +206,23 @@ def evaluate(run: str | Path, data: str | Path | None = None, device: str = "aut
     for item in skipped:
         console.warn(f"skipped {item['path']}: {item['reason']}")
     summary = report.write_evaluation(
-        out_dir, [samples[i].path for i in ok], np.array([samples[i].label for i in ok], dtype=np.int64),
+        out_dir, [samples[i].path for i in ok], targets([samples[i] for i in ok], meta.task, len(classes)),
         logits[ok], classes, {"skipped_files": skipped, "run": str(predictor.run_dir),
                               "data": str(data) if data is not None else "the run's validation split",
-                              "tta": tta, "engine": predictor.engine.to_dict()})
+                              "tta": tta, "engine": predictor.engine.to_dict()}, meta.task.to_dict())
     report.render(out_dir)
     summary["out"] = str(out_dir)
     summary["engine"] = predictor.engine.to_dict()
     return summary
+
+
+def targets(samples, task, num_classes: int) -> np.ndarray:
+    """What `samples` are measured against: class indices, or multi-label (N, C) 0/1 rows."""
+    from .task import multi_hot
+
+    if task.multi:
+        return multi_hot([s.labels or () for s in samples], num_classes)
+    return np.array([s.label for s in samples], dtype=np.int64)
 
 
 def _eval_dir(run_dir: Path, data, out) -> Path:

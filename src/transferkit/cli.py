@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="CSV/TSV naming DATA's images and labels (as train --labels); DATA may be it")
     for column in ("path", "label", "split"):
         p.add_argument(f"--{column}-col", help=f"--labels: the column of {column}s (as train's)")
+    p.add_argument("--label-delim", help="--labels: splits a label cell into several labels (default: the "
+                                         "multi-label run's own delimiter)")
 
     from .exporting.registry import help_text
 
@@ -221,17 +223,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.labels and not args.data:
         raise UserError("--labels names the images of a DATA folder: give DATA too (or the table as DATA)")
     summary = api.evaluate(args.run, args.data, out=args.out, labels=args.labels, path_col=args.path_col,
-                           label_col=args.label_col, split_col=args.split_col, **_options(args, PredictOptions))
+                           label_col=args.label_col, split_col=args.split_col, label_delim=args.label_delim,
+                           **_options(args, PredictOptions))
     print(metrics.format_table(summary))
-    results_file = Path(args.run) / "results.json"
-    saved = (read_json_object(results_file) or Record()).number("val_acc")
+    results = read_json_object(Path(args.run) / "results.json") or Record()
+    # multi-label: the mAP (macro) is the figure compared
+    name, key = ("mAP", "map_macro") if summary.get("task") == "multilabel" else ("accuracy", "accuracy")
+    value = summary.get(key) or 0.0
+    saved = results.record("metrics").number(key) if key == "map_macro" else results.number("val_acc")
     if args.data is None and saved is not None:
-        print(f"accuracy {summary['accuracy']:.4f} on {summary['num_images']} images "
-              f"(results.json: {saved:.4f}, difference {abs(summary['accuracy'] - saved):.4f}"
+        print(f"{name} {value:.4f} on {summary['num_images']} images "
+              f"(results.json: {saved:.4f}, difference {abs(value - saved):.4f}"
               + (f"; --tta {tta}, the run's figure without" if (tta := getattr(args, "tta", "none")) != "none"
                  else "") + ")")
     else:
-        print(f"accuracy {summary['accuracy']:.4f} on {summary['num_images']} images")
+        print(f"{name} {value:.4f} on {summary['num_images']} images")
     print(f"metrics: {Path(summary['out']) / 'metrics.json'}\nreport: {Path(summary['out']) / 'report.html'}")
     return 0
 
@@ -256,7 +262,7 @@ def cmd_predict(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     from .distributed import under_torchrun
     from .files import check_output_file
     from .prediction.batch import iter_inputs
-    from .prediction.outputs import OWN_HEADS, PredictionWriter
+    from .prediction.outputs import OWN_HEADS, PredictionWriter, joiner_of
 
     options = PredictOptions(**_options(args, PredictOptions))
     if not args.inputs and not args.files_from:
@@ -301,7 +307,7 @@ def cmd_predict(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     kind = "json" if args.output and args.output.endswith(".json") else "csv"
     bar = Console().progress(len(files), "predict")
     with predictor, _output_stream(args.output) as stream:
-        writer = PredictionWriter(stream, kind, top_k)
+        writer = PredictionWriter(stream, kind, top_k, joiner_of(predictor))
         for start in range(0, len(files), PREDICT_CHUNK):  # written as they come: memory stays flat
             preds = predictor.predict(files[start:start + PREDICT_CHUNK], top_k, progress=lambda n, desc: _Part(bar))
             for p in preds:

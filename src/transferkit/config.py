@@ -22,6 +22,7 @@ import yaml
 from .data.augment import AUGMENTS
 from .tracking.registry import TRACKERS
 from .errors import UserError
+from .task import TASKS
 from .training.strategies.base import STRATEGIES, Strategy
 
 STEMS = ("auto", "standard", "small")
@@ -59,6 +60,8 @@ TABLE_HELP = {
     "label_col": "--labels: the column of labels (default: the second)",
     "split_col": "--labels: the column of splits: train | val | valid | validation | test, or a true/false is_valid "
                  "(default: none, the seeded stratified split)",
+    "label_delim": "--labels (or DATA/metadata.csv): splits a label cell into several labels, e.g. ' ' or ';' "
+                   "(multi-label; default: a cell is one label)",
 }
 
 
@@ -147,6 +150,9 @@ class TrainConfig:
     path_col: str | None = table_opt("path_col")
     label_col: str | None = table_opt("label_col")
     split_col: str | None = table_opt("split_col")
+    label_delim: str | None = table_opt("label_delim")
+    task: str = opt("auto", "auto (multi-label where any image has several labels) | single | multilabel (one "
+                    "sigmoid per class: an image may have any of them, or none)", choices=TASKS)
     exclude: str | None = opt(None, "file of image paths to leave out, one per line (# starts a comment), e.g. "
                               "written by `transferkit doctor --write-exclude`")
     fixes: str | None = opt(None, "CSV of decisions about images (path relative to DATA, exclude | relabel, the "
@@ -444,6 +450,7 @@ class DoctorOptions:
     path_col: str | None = table_opt("path_col")
     label_col: str | None = table_opt("label_col")
     split_col: str | None = table_opt("split_col")
+    label_delim: str | None = table_opt("label_delim")
     near_threshold: float = opt(0.90, "cosine similarity of two images' features from which they are the same "
                                 "scene (near copies are confirmed by comparing the images themselves)",
                                 low=0, high=1, low_open=True)

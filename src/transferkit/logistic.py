@@ -64,6 +64,60 @@ class Logistic:
             theta[-self.m:] @ self.to_logits.astype(np.float64)
 
 
+class MultiLogistic(Logistic):
+    """Multi-label: one logistic regression per class on the same standardized features `z`, all
+    fitted at once (the sum of the classes' objectives, each scikit-learn's binary one: the mean
+    log loss plus weight_decay / 2 * |w|^2, the bias unpenalized; one-vs-rest with a shared C).
+    `y`: (N, C) 0/1 rows. `balanced`: each class's positives and negatives weigh half its loss
+    (class_weight="balanced" per class). `stats` gives the mean log loss per image (summed over
+    the classes) and the mAP (`task.mean_ap`: what multi-label models are compared by)."""
+
+    def __init__(self, z: np.ndarray, y: np.ndarray, k: int, weight_decay: float, balanced: bool = False):
+        self.z, self.k, self.weight_decay = z, k, weight_decay
+        self.y = np.asarray(y, dtype=z.dtype)
+        n = max(len(self.y), 1)
+        if balanced:
+            pos = np.clip(self.y.sum(0), 1, None)
+            neg = np.clip(n - self.y.sum(0), 1, None)
+            w = np.where(self.y > 0, n / (2 * pos), n / (2 * neg)) / n
+        else:
+            w = np.full(self.y.shape, 1.0 / n)
+        self.weights = w.astype(z.dtype)
+        self.d, self.m = z.shape[1], k
+
+    def logits(self, z: np.ndarray, theta: np.ndarray) -> np.ndarray:
+        t = theta.astype(z.dtype)
+        return z @ t[:-self.m].reshape(self.d, self.m) + t[-self.m:]
+
+    def objective(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        w, logits = theta[:-self.m].reshape(self.d, self.m), self.logits(self.z, theta)
+        loss = float((self.weights * (np.logaddexp(0, logits) - self.y * logits)).sum())
+        loss += self.weight_decay / 2 * float((w * w).sum())
+        g = (0.5 * (1 + np.tanh(0.5 * logits)) - self.y) * self.weights  # d loss / d logits
+        grad = np.concatenate([(self.z.T @ g).astype(np.float64).ravel() + self.weight_decay * w.ravel(),
+                               g.sum(0).astype(np.float64)])
+        return loss, grad
+
+    def stats(self, z: np.ndarray, y: np.ndarray, theta: np.ndarray) -> tuple[float, float]:
+        if not len(y):
+            return 0.0, 0.0
+        logits = self.logits(z, theta).astype(np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        loss = float((np.logaddexp(0, logits) - y * logits).sum(1).mean())
+        from .task import mean_ap
+
+        return loss, mean_ap(y, logits)
+
+    def coefficients(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return theta[:-self.m].reshape(self.d, self.m).T, theta[-self.m:].copy()
+
+
+def problem_for(y: np.ndarray):
+    """The logistic regression for targets `y`: multinomial (class indices) or one per class
+    (multi-label (N, C) rows)."""
+    return MultiLogistic if np.ndim(y) == 2 else Logistic
+
+
 def scale(x: np.ndarray) -> np.ndarray:
     """Per-feature scale for standardizing: the standard deviation, floored at its 10th
     percentile over features. Plain standardization blows up near-constant features (std ~0.01

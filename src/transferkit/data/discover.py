@@ -10,22 +10,45 @@ import numpy as np
 
 from . import cifar
 from ..errors import UserError, describe_os_error
+from ..task import MULTI, Task, multi_hot, stratum, task_of
 
 
 @dataclass(frozen=True)
 class Sample:
+    """One image and its label: `label` is its class (single-label data); in multi-label data
+    `labels` holds its classes (any number, none included) and `label` the class it is
+    stratified by when the data is split or folded (`task.stratum`: its rarest label, or the
+    number of classes for an image with none)."""
+
     path: str
     label: int
+    labels: tuple[int, ...] | None = None
+
+
+def multi_samples(rows, num_classes: int) -> list[Sample]:
+    """Multi-label samples of (path, class indices) rows, each with its stratum."""
+    rows = [(p, tuple(sorted(set(c)))) for p, c in rows]
+    strata = stratum([c for _, c in rows], num_classes)
+    return [Sample(p, int(k), c) for (p, c), k in zip(rows, strata)]
 
 
 def split_samples(split_file: str | Path, role: str) -> list[Sample]:
-    """The `role` ("train" | "val") images a run's split.json lists; a damaged file is a UserError."""
+    """The `role` ("train" | "val") images a run's split.json lists (rows of [path, class], or
+    [path, [classes]] for multi-label data); a damaged file is a UserError."""
     from ..files import user_json_object
 
-    listed = user_json_object(split_file, "the run's").get(role)
+    record = user_json_object(split_file, "the run's")
+    listed, classes = record.get(role), record.get("classes")
+
+    def index(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
     try:
-        return [Sample(str(p), int(label)) for p, label in listed if isinstance(p, str)
-                and isinstance(label, int) and not isinstance(label, bool)]
+        if any(isinstance(label, list) for _, label in listed):
+            k = len(classes) if isinstance(classes, list) else 1 + max((c for _, cs in listed for c in cs), default=0)
+            return multi_samples([(str(p), [int(c) for c in cs if index(c) and 0 <= c < k]) for p, cs in listed
+                                  if isinstance(p, str) and isinstance(cs, list)], k)
+        return [Sample(str(p), int(label)) for p, label in listed if isinstance(p, str) and index(label)]
     except (TypeError, ValueError):
         raise UserError(f"the run's {split_file} is damaged: its '{role}' list is not [path, class] rows") from None
 
@@ -42,6 +65,26 @@ class DatasetSplit:
     image_size: int | None = None  # the images' native size where the format fixes it (CIFAR: 32)
     excluded: dict | None = None  # train --exclude: {file, images left out, paths listed but not found}
     fixes: dict | None = None  # train --fixes: {file, excluded, relabelled, not_found} (data.fixes)
+    task: Task = field(default_factory=Task)  # single-label, or multi-label (samples carry `labels`)
+
+    def targets(self, samples: list[Sample]) -> np.ndarray:
+        """What a model learns of `samples`: class indices (int64), or for multi-label data
+        (N, C) 0/1 rows (float32)."""
+        if self.task.multi:
+            return multi_hot([s.labels for s in samples], len(self.classes))
+        return np.array([s.label for s in samples], dtype=np.int64)
+
+    def label_counts(self, samples: list[Sample]) -> np.ndarray:
+        """Images per class among `samples` (multi-label: images that have the class)."""
+        if self.task.multi:
+            return self.targets(samples).sum(0).astype(np.int64) if samples else np.zeros(len(self.classes), np.int64)
+        return np.bincount([s.label for s in samples], minlength=len(self.classes))
+
+    def names(self, sample: Sample) -> str:
+        """The sample's label(s) by name (several joined by the task's delimiter)."""
+        if self.task.multi:
+            return self.task.joiner.join(self.classes[c] for c in sample.labels)
+        return self.classes[sample.label]
 
     def excluding(self, paths: set[str], source: str) -> "DatasetSplit":
         """This split less the files listed in `source` (train --exclude), recorded."""
@@ -75,12 +118,12 @@ class DatasetSplit:
                 except OSError:
                     size = -1
                 # (a file name that is not UTF-8 is hashed as its own bytes)
-                digest.update(text_bytes(f"{role}\t{os.path.relpath(s.path, root)}\t{self.classes[s.label]}\t{size}\n"))
+                digest.update(text_bytes(f"{role}\t{os.path.relpath(s.path, root)}\t{self.names(s)}\t{size}\n"))
         return digest.hexdigest()[:16]
 
     def check_not_empty(self) -> None:
         """After unreadable files are dropped, every class still needs a training image."""
-        counts = np.bincount([s.label for s in self.train], minlength=len(self.classes))
+        counts = self.label_counts(self.train)
         empty = [c for c, n in zip(self.classes, counts) if n == 0]
         if empty:
             raise UserError(f"no readable training images in class(es): {', '.join(empty)}")
@@ -259,11 +302,14 @@ def image_root(data: str | Path, datasets_dir: Path | None = None) -> tuple[Path
 
 
 def discover(data: str | Path, val_fraction: float = 0.2, seed: int = 0,
-             datasets_dir: Path | None = None, labels=None) -> DatasetSplit:
+             datasets_dir: Path | None = None, labels=None, task: str = "auto",
+             label_delim: str | None = None) -> DatasetSplit:
     """Find classes and files of a dataset folder (image class folders, or CIFAR-10's python
     batches), or of the images a label table names (`labels`: a `data.table.LabelTable`; a
     Hugging Face metadata.csv in DATA with file_name and label columns is one too); raise
-    `UserError` for a layout we cannot use."""
+    `UserError` for a layout we cannot use. `task` (--task): auto (multi-label where an image
+    has several labels), single or multilabel (`task.TASKS`); `label_delim`: splits the label
+    cells of DATA's metadata.csv (a `labels` table carries its own)."""
     from .table import find_metadata
 
     if labels is not None:
@@ -271,18 +317,26 @@ def discover(data: str | Path, val_fraction: float = 0.2, seed: int = 0,
         refuse_own_folder(root)
         if not root.is_dir():
             raise UserError(f"dataset folder not found: {root}")
-        return from_table(labels, root, val_fraction, seed)
+        return from_table(labels, root, val_fraction, seed, task)
     root, image_size = image_root(data, datasets_dir)
-    found = find_metadata(root) if root.is_dir() else None
+    found = find_metadata(root, label_delim) if root.is_dir() else None
     if found is not None:
-        return from_table(found, root, val_fraction, seed)
-    return replace(_discover(root, val_fraction, seed), image_size=image_size)
+        return from_table(found, root, val_fraction, seed, task)
+    split = replace(_discover(root, val_fraction, seed), image_size=image_size)
+    if task != MULTI:
+        return split
+    # class folders trained multi-label: each image has its folder's class (and may be predicted to have none)
+    k = len(split.classes)
+    return replace(split, task=Task(MULTI), train=multi_samples([(s.path, [s.label]) for s in split.train], k),
+                   val=multi_samples([(s.path, [s.label]) for s in split.val], k))
 
 
-def from_table(labels, root: Path, val_fraction: float, seed: int) -> DatasetSplit:
+def from_table(labels, root: Path, val_fraction: float, seed: int, task: str = "auto") -> DatasetSplit:
     """The images and labels a table names (`data.table`), as folder discovery would give them:
     classes sorted, each class's images by path; its split column's train and val, else the same
-    seeded stratified split. Its test rows are not trained on (as DATA/test)."""
+    seeded stratified split. Its test rows are not trained on (as DATA/test). Multi-label (an
+    image with several labels, or `task` multilabel): images by path, split and folded by their
+    rarest label (`task.stratum`)."""
     from .table import read_table
 
     table = read_table(labels, root)
@@ -292,28 +346,50 @@ def from_table(labels, root: Path, val_fraction: float, seed: int) -> DatasetSpl
     if table.has_split and not table.rows.get("train"):
         raise UserError(f"--labels {labels.file}: no row is in the training split")
     train_rows = table.rows.get("train", []) + table.rows.get("any", [])
-    classes = sorted({label for _, label, _ in train_rows})
+    val_rows = table.rows.get("val", [])
+    kind = task_of(task, [names for rows in table.rows.values() for _, names, _ in rows], labels.label_delim)
+    if not kind.multi:
+        _single_label_rows(labels.file, table, task)
+    classes = sorted({label for _, names, _ in train_rows for label in names})
     if len(classes) < 2:
         raise UserError(f"--labels {labels.file}: the training rows name {len(classes)} class(es); at least 2 are "
                         "needed")
     index = {c: i for i, c in enumerate(classes)}
-    val_rows = table.rows.get("val", [])
-    unknown = sorted({label for _, label, _ in val_rows} - set(classes))
+    unknown = sorted({label for _, names, _ in val_rows for label in names} - set(classes))
     if unknown:
         raise UserError(f"--labels {labels.file}: class(es) only in the validation rows: {', '.join(unknown)}")
 
     def samples(rows) -> list[Sample]:
-        return sorted((Sample(p, index[label]) for p, label, _ in rows), key=lambda s: (s.label, s.path))
+        if kind.multi:
+            return sorted(multi_samples([(p, [index[n] for n in names]) for p, names, _ in rows], len(classes)),
+                          key=lambda s: s.path)
+        return sorted((Sample(p, index[names[0]]) for p, names, _ in rows), key=lambda s: (s.label, s.path))
 
     if table.has_split and val_rows:
-        return DatasetSplit(classes, samples(train_rows), samples(val_rows), "table", skipped=table.missing)
+        return DatasetSplit(classes, samples(train_rows), samples(val_rows), "table", skipped=table.missing, task=kind)
     every = samples(train_rows)
     is_val = stratified_split([s.label for s in every], val_fraction, seed)
     train = [s for s, v in zip(every, is_val) if not v]
     val = [s for s, v in zip(every, is_val) if v]
     if not val:
         raise UserError("too few images to hold out a validation split; add validation rows (a split column)")
-    return DatasetSplit(classes, train, val, "split", skipped=table.missing)
+    return DatasetSplit(classes, train, val, "split", skipped=table.missing, task=kind)
+
+
+def _single_label_rows(file: str, table, task: str) -> None:
+    """Single-label data: every image has exactly one label (a row with none, or an image listed
+    again with another label, is one error naming its lines)."""
+    from ..files import shown
+
+    if table.merged:
+        path, first, again = table.merged[0]
+        raise UserError(f"--labels {file}: {shown(path)} is labelled on line {first} and again, differently, on line "
+                        f"{again}: with --task {task} an image has one label (leave --task out, or give --task "
+                        f"{MULTI}, and such rows are one image with every label they give)")
+    empty = next(((p, line) for rows in table.rows.values() for p, names, line in rows if not names), None)
+    if empty is not None:
+        raise UserError(f"--labels {file}, line {empty[1]}: the label cell is empty for {shown(empty[0])} (an image "
+                        f"with no label is allowed in multi-label data: --task {MULTI})")
 
 
 def _discover(root: Path, val_fraction: float, seed: int) -> DatasetSplit:
@@ -347,25 +423,40 @@ def _discover(root: Path, val_fraction: float, seed: int) -> DatasetSplit:
     return DatasetSplit(classes, train, val, "split", skipped=unreadable)
 
 
-def eval_files(data: str | Path, classes: list[str], datasets_dir: Path | None = None, labels=None) -> list[Sample]:
+def eval_files(data: str | Path, classes: list[str], datasets_dir: Path | None = None, labels=None,
+               task: Task | None = None) -> list[Sample]:
     """Labelled files for `transferkit eval DATA`: DATA's val folder if present, else its test
     folder, else DATA's class folders (CIFAR-10 batches: test_batch); with a label table
     (`labels`, or DATA's metadata.csv), its val rows, else its test rows, else all of them. Any of
     the model's classes may be missing (evaluated by name on those present); a class the model does
-    not know is refused."""
+    not know is refused. A multi-label model (`task`) is evaluated on label sets: a table's
+    cells split on its delimiter (the run's, unless the table names one), class folders as one
+    label each."""
     from .table import find_metadata, read_table
 
+    task = task or Task()
     root = Path(data).expanduser()
-    labels = labels or (find_metadata(root) if root.is_dir() else None)
+    labels = labels or (find_metadata(root, task.delimiter) if root.is_dir() else None)
     if labels is not None:
+        if task.multi and labels.label_delim is None:
+            labels = replace(labels, label_delim=task.delimiter)
         table = read_table(labels, root)
         rows = table.rows.get("val") or table.rows.get("test") or table.rows.get("any") or table.rows.get("train", [])
-        unknown = sorted({label for _, label, _ in rows} - set(classes))
+        unknown = sorted({label for _, names, _ in rows for label in names} - set(classes))
         if unknown:
             raise UserError(f"class(es) the model was not trained on: {', '.join(unknown)} "
                             f"(model classes: {', '.join(classes)})")
         index = {c: i for i, c in enumerate(classes)}
-        return sorted((Sample(p, index[label]) for p, label, _ in rows), key=lambda s: (s.label, s.path))
+        if task.multi:
+            return sorted(multi_samples([(p, [index[n] for n in names]) for p, names, _ in rows], len(classes)),
+                          key=lambda s: s.path)
+        if table.merged:
+            raise UserError(f"{shown_path(labels.file)} lists {table.merged[0][0]} with several labels: the model is "
+                            "single-label")
+        empty = next(((p, line) for p, names, line in rows if not names), None)
+        if empty is not None:
+            raise UserError(f"{shown_path(labels.file)}, line {empty[1]}: the label cell is empty for {empty[0]}")
+        return sorted((Sample(p, index[names[0]]) for p, names, _ in rows), key=lambda s: (s.label, s.path))
     root, _ = image_root(data, datasets_dir)
     train_dir, val_dir, test_dir = find_layout(root)
     folder = val_dir or test_dir or train_dir
@@ -377,4 +468,12 @@ def eval_files(data: str | Path, classes: list[str], datasets_dir: Path | None =
             f"(model classes: {', '.join(classes)})"
         )
     index = {c: i for i, c in enumerate(classes)}
+    if task.multi:
+        return multi_samples([(p, [index[c]]) for c in sorted(files) for p in files[c]], len(classes))
     return [Sample(p, index[c]) for c in sorted(files) for p in files[c]]
+
+
+def shown_path(file: str) -> str:
+    from ..files import shown
+
+    return shown(file)

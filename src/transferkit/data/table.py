@@ -18,8 +18,13 @@ tab-separated.
 The images come out in the order folder discovery gives (classes sorted by name, each class's
 files by path), so the same images and labels as folders or as a table split the same way and
 train the same model. A bad row is one error naming the file and line: a path that leaves DATA,
-an empty label, a split value it does not know, the same image twice with different labels (both
-lines named); a missing column names the columns there are. A listed file that does not exist is
+a split value it does not know, the same image on rows of different splits (both lines named); a
+missing column names the columns there are.
+
+Several labels per image (multi-label, `task`): a label cell split on `label_delim` (e.g. `' '`
+or `';'`: "dog;cat"), or the image listed on several rows (one label each: its rows are merged,
+and `merged` says where); an empty label cell is an image with no label. Whether that is allowed
+is the task's to say (`discover.from_table`: single-label data refuses both, naming the lines). A listed file that does not exist is
 skipped with a warning and listed among the run's skipped files. Nothing is written next to the
 table or inside DATA.
 """
@@ -27,7 +32,7 @@ table or inside DATA.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
@@ -50,16 +55,19 @@ class LabelTable:
     path_col: str | None = None
     label_col: str | None = None
     split_col: str | None = None
+    label_delim: str | None = None  # splits a label cell into several labels (multi-label)
 
 
 @dataclass
 class TableRows:
-    """What a label table says: (path, label, line) per split role ("train" | "val" | "test", or
-    "any" without a split column), and the listed files that do not exist ({path, reason})."""
+    """What a label table says: (path, labels, line) per split role ("train" | "val" | "test", or
+    "any" without a split column), the listed files that do not exist ({path, reason}), and the
+    images listed again with other labels, merged into one row: (path, first line, other line)."""
 
-    rows: dict[str, list[tuple[str, str, int]]]
+    rows: dict[str, list[tuple[str, tuple[str, ...], int]]]
     missing: list[dict]
     has_split: bool
+    merged: list[tuple[str, int, int]] = field(default_factory=list)
 
 
 def resolve_data(data: str, labels: str | None, options) -> tuple[str, str | None]:
@@ -70,6 +78,12 @@ def resolve_data(data: str, labels: str | None, options) -> tuple[str, str | Non
         return str(given.parent.absolute()), str(given.absolute())
     if labels is None and any(getattr(options, k, None) for k in ("path_col", "label_col", "split_col")):
         raise UserError("--path-col, --label-col and --split-col name the columns of a --labels table: give one")
+    delim = getattr(options, "label_delim", None)
+    if delim is not None and not (0 < len(delim) <= 8 and delim not in ("\n", "\r", '"')):
+        raise UserError(f"--label-delim {delim!r}: one to eight characters that separate the labels in a cell, "
+                        "e.g. ' ' or ';'")
+    if labels is None and delim is not None and not (given.is_dir() and (given / METADATA).is_file()):
+        raise UserError("--label-delim splits the label cells of a --labels table (or of DATA/metadata.csv): give one")
     # (absolute: the run's config.yaml names the same table from wherever it is resumed)
     return data, str(Path(labels).expanduser().absolute()) if labels else None
 
@@ -77,10 +91,11 @@ def resolve_data(data: str, labels: str | None, options) -> tuple[str, str | Non
 def table_of(options) -> LabelTable | None:
     """The label table an options object (TrainConfig, DoctorOptions, ...) names, or None."""
     labels = getattr(options, "labels", None)
-    return LabelTable(labels, options.path_col, options.label_col, options.split_col) if labels else None
+    return LabelTable(labels, options.path_col, options.label_col, options.split_col,
+                      getattr(options, "label_delim", None)) if labels else None
 
 
-def find_metadata(root: Path) -> LabelTable | None:
+def find_metadata(root: Path, label_delim: str | None = None) -> LabelTable | None:
     """A Hugging Face `metadata.csv` in DATA with `file_name` and `label` columns, as a table (one
     that lacks a label column describes its images otherwise: the folders are the labels then)."""
     file = root / METADATA
@@ -91,7 +106,8 @@ def find_metadata(root: Path) -> LabelTable | None:
     except (OSError, DamagedFile, UserError):
         return None
     names = [h.strip() for h in header]
-    return LabelTable(str(file), "file_name", "label") if "file_name" in names and "label" in names else None
+    return LabelTable(str(file), "file_name", "label", label_delim=label_delim) \
+        if "file_name" in names and "label" in names else None
 
 
 def read_table(table: LabelTable, root: Path) -> TableRows:
@@ -110,32 +126,44 @@ def read_table(table: LabelTable, root: Path) -> TableRows:
     path_i = _column(names, table.path_col, 0, "--path-col", what)
     label_i = _column(names, table.label_col, 1, "--label-col", what)
     split_i = _column(names, table.split_col, None, "--split-col", what) if table.split_col else None
-    seen: dict[str, tuple[str, int]] = {}
-    out: dict[str, list[tuple[str, str, int]]] = {}
+    seen: dict[str, tuple[str, int, int | None]] = {}  # path -> (role, line, position in out[role])
+    out: dict[str, list[tuple[str, tuple[str, ...], int]]] = {}
     missing: list[dict] = []
+    merged: list[tuple[str, int, int]] = []
     for line, cells in rows:
         where = f"{what}, line {line}"
         cells = cells + [""] * (len(names) - len(cells))
-        raw, label = cells[path_i].strip(), cells[label_i].strip()
+        raw, labels = cells[path_i].strip(), _labels(cells[label_i], table.label_delim)
         if not raw:
             raise UserError(f"{where}: the path cell is empty")
-        if not label:
-            raise UserError(f"{where}: the label cell ({names[label_i]}) is empty for {shown(raw)}")
         role = _role(cells[split_i].strip(), names[split_i], where) if split_i is not None else "any"
         path = _resolve(raw, root, file.parent, where)
         if path in seen:
-            before, at = seen[path]
-            if before != label:
-                raise UserError(f"{what}: {shown(raw)} is labelled '{shown(before)}' on line {at} and "
-                                f"'{shown(label)}' on line {line}: one image, one label (the same image with several "
-                                "labels is multi-label data, which transferkit does not train yet)")
-            continue  # listed twice with the same label: once
-        seen[path] = (label, line)
+            before, at, position = seen[path]
+            if before != role:
+                raise UserError(f"{what}: {shown(raw)} is in the {before} split on line {at} and in the {role} split on "
+                                f"line {line}: an image is on one side of the split")
+            if position is not None:
+                kept, old, first = out[role][position]
+                union = tuple(dict.fromkeys(old + labels))
+                if union != old:
+                    merged.append((kept, first, line))
+                    out[role][position] = (kept, union, first)
+            continue  # listed again: one image, with every label its rows give
         if not os.path.lexists(path):
+            seen[path] = (role, line, None)
             missing.append({"path": path, "reason": f"listed on line {line} of {file.name}: file not found"})
             continue
-        out.setdefault(role, []).append((path, label, line))
-    return TableRows(out, missing, split_i is not None)
+        seen[path] = (role, line, len(out.setdefault(role, [])))
+        out[role].append((path, labels, line))
+    return TableRows(out, missing, split_i is not None, merged)
+
+
+def _labels(cell: str, delim: str | None) -> tuple[str, ...]:
+    """The labels of one cell: split on `delim` (None: the cell is one label), stripped, empty
+    parts dropped, each once."""
+    parts = cell.split(delim) if delim else [cell]
+    return tuple(dict.fromkeys(p.strip() for p in parts if p.strip()))
 
 
 def _column(names: list[str], asked: str | None, default: int | None, flag: str, what: str) -> int:

@@ -24,9 +24,16 @@ IMBALANCE = 3.0  # largest / smallest class past which the remedies are suggeste
 
 
 def samples_of(split) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(paths, labels, splits) of a `DatasetSplit`'s images: its train images, then its val images."""
+    """(paths, labels, splits) of a `DatasetSplit`'s images: its train images, then its val images.
+    Multi-label data: an image's label is its set's number (images with the same set, the same
+    number: two copies are "two labels" when their sets differ)."""
     samples = split.train + split.val
-    return ([s.path for s in samples], np.array([s.label for s in samples]),
+    if split.task.multi:
+        sets = {key: i for i, key in enumerate(sorted({s.labels for s in samples}))}
+        labels = np.array([sets[s.labels] for s in samples])
+    else:
+        labels = np.array([s.label for s in samples])
+    return ([s.path for s in samples], labels,
             np.array(["train"] * len(split.train) + ["val"] * len(split.val)))
 
 

@@ -14,7 +14,8 @@ import numpy as np
 from ..cache import CACHE_FLAG, Cache
 from ..config import DoctorOptions
 from ..console import Console
-from ..files import atomic_write, check_output_file, claim_out, fresh_dir, output_stream, refuse_inside, text_bytes
+from ..errors import UserError
+from ..files import atomic_write, check_output_file, claim_out, fresh_dir, output_stream, refuse_inside, shown, text_bytes
 from . import checks, copies, images
 from .analysis import find_all
 
@@ -48,7 +49,11 @@ def _diagnose(data, options: DoctorOptions | None, console: Console | None, work
     cache = Cache(options.cache_dir)
     refuse_inside(cache.root, [data], CACHE_FLAG)
     cache.prepare()
-    split = discover(data, options.val_fraction, options.seed, cache.datasets(), table)
+    split = discover(data, options.val_fraction, options.seed, cache.datasets(), table, label_delim=options.label_delim)
+    if split.task.multi:
+        raise UserError(f"{shown(data)}: multi-label data (an image with several labels); doctor's checks are "
+                        "single-label so far: `transferkit train` trains on it, and its report lists the images with "
+                        "the largest loss")
     out = group.decide(lambda: _out_dir(options.out, data))
     features = _features(data, split, options, cache, console, group)
     if features.sharded:

@@ -135,7 +135,7 @@ class HeadOnFeatures(BasePredictor):
     def __init__(self, features: Converted, meta, run_dir: Path, weights: dict[str, np.ndarray], threads: int = 0,
                  batch_size: int = 32, workers: int = 0, tta: str = "none"):
         super().__init__(batch_size, workers, tta)
-        self.bundle_meta, self.run_dir, self.classes = meta, run_dir, meta.classes
+        self.bundle_meta, self.run_dir, self.classes, self.task = meta, run_dir, meta.classes, meta.task
         self.session = session(features.model, threads)
         self.weight = np.ascontiguousarray(weights["head.weight"], dtype=np.float32).T  # (D, C)
         self.bias = np.asarray(weights["head.bias"], dtype=np.float32)
@@ -195,7 +195,7 @@ def bundle(run: str | Path, choice: Choice, tta: str, threads: int, cache, say, 
     found, meta, run_dir = converted_bundle(run, cache, say)
     predictor = OnnxPredictor(found.path, batch_size=batch_size, workers=workers, tta=tta, threads=threads,
                               model=found.model)
-    predictor.run_dir, predictor.bundle_meta, predictor.engine = run_dir, meta, choice
+    predictor.run_dir, predictor.bundle_meta, predictor.engine, predictor.task = run_dir, meta, choice, meta.task
     predictor.conversion = {"file": found.path.name, **found.facts}
     return predictor
 

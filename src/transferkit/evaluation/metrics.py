@@ -74,8 +74,77 @@ def summarize(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], probs:
     }
 
 
+def summarize_multilabel(y_true: np.ndarray, probs: np.ndarray, thresholds: np.ndarray, classes: list[str]) -> dict:
+    """Multi-label numbers (scikit-learn's): mAP, macro (mean of the classes' average precision,
+    over the classes with a positive image) and micro (every image-class pair pooled); per class
+    its AP and, at its threshold, precision, recall, F1 and support (images that have it); their
+    macro and micro averages; subset accuracy (every label of an image right: `accuracy`),
+    Hamming loss, the mean per-class balanced accuracy (`balanced_accuracy`); and the label
+    co-occurrence matrices (images with both labels), true and predicted."""
+    from sklearn.metrics import average_precision_score, hamming_loss, precision_recall_fscore_support
+
+    y = np.asarray(y_true) > 0
+    probs = np.asarray(probs, dtype=np.float64)
+    pred = probs >= np.asarray(thresholds)[None, :]
+    k, n = len(classes), len(y)
+    support = y.sum(0)
+    present = [c for c in range(k) if support[c] > 0]
+    ap = np.full(k, np.nan)
+    for c in present:
+        ap[c] = average_precision_score(y[:, c], probs[:, c])
+    p, r, f1, _ = precision_recall_fscore_support(y, pred, average=None, zero_division=0) if n else ([0.0] * k,) * 3 + (None,)
+    per_class = {}
+    for c, name in enumerate(classes):
+        tn = int((~y[:, c] & ~pred[:, c]).sum())
+        neg = int((~y[:, c]).sum())
+        per_class[name] = {"ap": None if np.isnan(ap[c]) else float(ap[c]), "precision": float(p[c]),
+                           "recall": float(r[c]), "f1": float(f1[c]), "support": int(support[c]),
+                           "accuracy": float(r[c]), "specificity": tn / neg if neg else None,
+                           "threshold": float(thresholds[c])}
+
+    def average(kind: str) -> dict | None:
+        if not n:
+            return None
+        labels = present if kind == "macro" else list(range(k))
+        if not labels:
+            return None
+        a, b, c, _ = precision_recall_fscore_support(y, pred, average=kind, labels=labels, zero_division=0)
+        return {"precision": float(a), "recall": float(b), "f1": float(c), "support": int(support[labels].sum())}
+
+    balanced = [(per_class[classes[c]]["recall"] + per_class[classes[c]]["specificity"]) / 2 for c in present
+                if per_class[classes[c]]["specificity"] is not None]
+    micro_ap = float(average_precision_score(y[:, present].ravel(), probs[:, present].ravel())) if present else None
+    as_int = y.astype(np.int64), pred.astype(np.int64)
+    return {
+        "task": "multilabel",
+        "classes_without_images": [classes[c] for c in range(k) if c not in present],
+        "accuracy": float((pred == y).all(1).mean()) if n else 0.0,
+        "subset_accuracy": float((pred == y).all(1).mean()) if n else 0.0,
+        "hamming_loss": float(hamming_loss(y, pred)) if n else 0.0,
+        "balanced_accuracy": float(np.mean(balanced)) if balanced else 0.0,
+        "map_macro": float(np.nanmean(ap)) if present else None,
+        "map_micro": micro_ap,
+        "per_class": per_class,
+        "macro_avg": average("macro"),
+        "micro_avg": average("micro"),
+        "images_without_labels": int((~y.any(1)).sum()),
+        "cooccurrence": (as_int[0].T @ as_int[0]).tolist(),
+        "cooccurrence_predicted": (as_int[1].T @ as_int[1]).tolist(),
+    }
+
+
+def image_losses(y_true: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Multi-label: each image's log loss, summed over its classes (the top losses)."""
+    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1 - 1e-7)
+    y = np.asarray(y_true, dtype=np.float64)
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p)).sum(1)
+
+
 def format_table(summary: dict) -> str:
-    """The per-class table, the averages, the overall accuracies and the most-confused pairs."""
+    """The per-class table, the averages, the overall accuracies and the most-confused pairs
+    (multi-label: each class's AP and threshold, mAP, subset accuracy and Hamming loss)."""
+    if summary.get("task") == "multilabel":
+        return _format_multilabel(summary)
     width = max(12, *(len(c) for c in summary["per_class"]))
     lines = [f"{'class':<{width}}  precision  recall     f1  support"]
 
@@ -93,6 +162,25 @@ def format_table(summary: dict) -> str:
     if summary.get("most_confused"):
         pairs = "; ".join(f"{p['actual']} -> {p['predicted']} ({p['count']})" for p in summary["most_confused"][:5])
         lines.append(f"most confused (actual -> predicted): {pairs}")
+    return "\n".join(lines)
+
+
+def _format_multilabel(summary: dict) -> str:
+    width = max(12, *(len(c) for c in summary["per_class"]))
+    lines = [f"{'class':<{width}}     AP  threshold  precision  recall     f1  support"]
+    for c, m in summary["per_class"].items():
+        ap = "    -" if m["ap"] is None else f"{m['ap']:5.3f}"
+        lines.append(f"{c:<{width}}  {ap}  {m['threshold']:9.3f}  {m['precision']:9.3f}  {m['recall']:6.3f}  "
+                     f"{m['f1']:5.3f}  {m['support']:7d}")
+    for name in ("macro_avg", "micro_avg"):
+        m = summary.get(name)
+        if m:
+            lines.append(f"{name.replace('_', ' '):<{width}}  {'':5}  {'':9}  {m['precision']:9.3f}  {m['recall']:6.3f}  "
+                         f"{m['f1']:5.3f}  {m['support']:7d}")
+    maps = ", ".join(f"mAP {kind} {summary[key]:.3f}" for kind, key in (("macro", "map_macro"), ("micro", "map_micro"))
+                     if summary.get(key) is not None)
+    lines.append(f"{maps}; subset accuracy {summary['subset_accuracy']:.3f}, Hamming loss "
+                 f"{summary['hamming_loss']:.4f}")
     return "\n".join(lines)
 
 

@@ -116,9 +116,23 @@ def report_html(run_dir: Path, summary: dict, wrong: list[dict], confusion_note:
     def row(name: str, m: dict) -> list:
         return [name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", m["support"]]
 
+    multi = summary.get("task") == "multilabel"
     per_class = [row(c, m) for c, m in summary["per_class"].items()]
-    per_class += [row(n.replace("_", " "), summary[n]) for n in ("macro_avg", "weighted_avg") if summary.get(n)]
+    per_class += [row(n.replace("_", " "), summary[n]) for n in ("macro_avg", "weighted_avg", "micro_avg")
+                  if summary.get(n)]
     overall = [["accuracy", f"{summary['accuracy']:.4f}"], ["balanced accuracy", f"{summary['balanced_accuracy']:.4f}"]]
+    if multi:
+        def number(key: str, digits: int = 4) -> str:
+            return "-" if summary.get(key) is None else f"{summary[key]:.{digits}f}"
+
+        overall = [["mAP (macro)", number("map_macro")], ["mAP (micro)", number("map_micro")],
+                   ["subset accuracy", number("subset_accuracy")], ["Hamming loss", number("hamming_loss")],
+                   ["mean per-class balanced accuracy", number("balanced_accuracy")],
+                   ["images with no label", summary.get("images_without_labels", 0)]]
+        per_class = [[c, "-" if m.get("ap") is None else f"{m['ap']:.3f}", f"{m.get('threshold', 0.5):.3f}", *row(c, m)[1:]]
+                     for c, m in summary["per_class"].items()]
+        per_class += [[n.replace("_", " "), "", "", *row(n, summary[n])[1:]] for n in ("macro_avg", "micro_avg")
+                      if summary.get(n)]
     if summary.get("top5_accuracy") is not None:
         overall.append(["top-5 accuracy", f"{summary['top5_accuracy']:.4f}"])
     overall.append(["images", summary.get("num_images", sum(m["support"] for m in summary["per_class"].values()))])
@@ -127,20 +141,30 @@ def report_html(run_dir: Path, summary: dict, wrong: list[dict], confusion_note:
     for r in wrong[:REPORT_THUMBS]:
         uri = _thumb_uri(r["path"])
         img = f'<img src="{uri}" alt="{e(Path(r["path"]).name)}">' if uri else "<div>image not found</div>"
+        how = f'loss {r["loss"]:.2f}' if multi else f'{r["probability"]:.0%}'
         thumbs.append(f'<figure>{img}<figcaption title="{e(r["path"])}">{e(Path(r["path"]).name)}<br>'
-                      f'actual {e(r["actual"])}<br><span class="wrong">predicted {e(r["predicted"])} '
-                      f'({r["probability"]:.0%})</span></figcaption></figure>')
+                      f'actual {e(r["actual"]) or "(none)"}<br><span class="wrong">predicted '
+                      f'{e(r["predicted"]) or "(none)"} ({how})</span></figcaption></figure>')
     more = (f'<p class="note">{len(wrong) - REPORT_THUMBS} more in misclassified.csv</p>'
             if len(wrong) > REPORT_THUMBS else "")
     skipped = summary.get("skipped_files") or []
     health = _health(summary.get("data_health"))
-    plots = "".join(_img_tag(run_dir / name, caption) for name, caption in [
+    plots = "".join(_img_tag(run_dir / name, caption) for name, caption in ([
+        ("curves.png", "training curves"),
+        ("pr_curves.png", "precision-recall curve of each class"),
+        ("cooccurrence.png", f"labels together, true: {confusion_note}"),
+        ("cooccurrence_predicted.png", "labels together, predicted at the thresholds"),
+        ("predictions.png", "validation predictions: blue right (every label), red wrong"),
+        ("top_losses.png", "top losses: the images whose labels the model gets most wrong"),
+    ] if multi else [
         ("curves.png", "training curves"),
         ("confusion_matrix.png", f"confusion matrix, counts: {confusion_note}"),
         ("confusion_matrix_normalized.png", "confusion matrix, row-normalized (recall on the diagonal)"),
         ("predictions.png", "validation predictions: blue right, red wrong"),
         ("top_losses.png", "top losses: the most confidently wrong predictions"),
-    ])
+    ]))
+    header = ["class", "AP", "threshold", "precision", "recall", "f1", "support"] if multi else \
+        ["class", "precision", "recall", "f1", "support"]
     title = f"transferkit report: {run_dir.name}"
     # an eval folder: what was evaluated on what, then the settings of the run it evaluated
     evaluated = [[k, summary[k]] for k in ("run", "data") if summary.get(k)]
@@ -154,8 +178,9 @@ def report_html(run_dir: Path, summary: dict, wrong: list[dict], confusion_note:
 <h1>{e(title)}</h1>
 <p class="note">{len(classes)} classes; validation images: {summary.get('num_images', '')}.</p>
 <h2>Summary</h2>{_table(["metric", "value"], overall, "overall")}
-<h2>Per class</h2>{_table(["class", "precision", "recall", "f1", "support"], per_class, "per-class")}
-<h2>Most confused</h2>{_table(["actual", "predicted", "images"], confused, "confused") if confused else "<p>none</p>"}
+<h2>Per class</h2>{_table(header, per_class, "per-class")}
+{"" if multi else "<h2>Most confused</h2>" + (_table(["actual", "predicted", "images"], confused, "confused")
+                                                if confused else "<p>none</p>")}
 <h2>Plots</h2>{plots}
 <h2>Misclassified images ({len(wrong)})</h2><div class="thumbs">{"".join(thumbs) or "<p>none</p>"}</div>{more}
 {health}

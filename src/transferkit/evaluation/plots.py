@@ -87,7 +87,35 @@ def plot_confusion(run_dir: Path, summary: dict, classes: list[str]) -> str:
     return note
 
 
-def _matrix(path: Path, values: np.ndarray, names: list[str], title: str, fmt: str) -> None:
+def plot_multilabel(run_dir: Path, summary: dict, classes: list[str]) -> str:
+    """Multi-label: pr_curves.png (each class's precision-recall curve, its AP in the legend) and
+    cooccurrence.png / cooccurrence_predicted.png (images with both labels: the diagonal is each
+    label's count), above CONFUSION_MAX classes the most frequent ones. Returns a note."""
+    fig = figure((7, 5))
+    ax = fig.subplots()
+    per_class = summary.get("per_class") or {}
+    for name, curve in (summary.get("pr_curves") or {}).items():
+        ap = (per_class.get(name) or {}).get("ap")
+        ax.plot(curve["recall"], curve["precision"], label=plain(f"{name} (AP {ap:.2f})" if ap is not None else name))
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
+           title=f"precision-recall per class (mAP {summary.get('map_macro') or 0:.3f})")
+    if len(classes) <= 20:
+        ax.legend(fontsize=7, loc="lower left", prop=font_properties(classes))
+    save(fig, run_dir / "pr_curves.png")
+    true, pred = np.asarray(summary["cooccurrence"]), np.asarray(summary["cooccurrence_predicted"])
+    keep = sorted(np.argsort(-np.diag(true), kind="stable")[:CONFUSION_MAX].tolist())
+    note = (f"all {len(classes)} classes" if len(keep) == len(classes) else
+            f"the {len(keep)} most frequent of {len(classes)} classes; the full matrices are in metrics.json")
+    names = [plain(classes[i]) for i in keep]
+    _matrix(run_dir / "cooccurrence.png", true[np.ix_(keep, keep)], names, "labels together (true)", "d",
+            ("label", "label"))
+    _matrix(run_dir / "cooccurrence_predicted.png", pred[np.ix_(keep, keep)], names, "labels together (predicted)",
+            "d", ("label", "label"))
+    return note
+
+
+def _matrix(path: Path, values: np.ndarray, names: list[str], title: str, fmt: str,
+            axes: tuple[str, str] = ("predicted", "actual")) -> None:
     n = len(names)
     size = min(24.0, max(5.0, 0.5 * n + 3))
     fig = figure((size, size))
@@ -97,7 +125,7 @@ def _matrix(path: Path, values: np.ndarray, names: list[str], title: str, fmt: s
     ax.set_xticks(range(n), labels=names, rotation=45 if n > 2 else 0, ha="right" if n > 2 else "center",
                   fontproperties=fp)
     ax.set_yticks(range(n), labels=names, fontproperties=fp)
-    ax.set(xlabel="predicted", ylabel="actual")
+    ax.set(xlabel=axes[0], ylabel=axes[1])
     ax.set_title(title)
     high = values.max() / 2 if values.size else 0
     font = 10 if n <= 10 else 8 if n <= 20 else 6

@@ -20,17 +20,22 @@ from ..files import TEXT_ERRORS, Record, atomic_write, csv_table, csv_untext, lo
     text_bytes, write_json
 from . import metrics
 from .page import report_html
-from .plots import plot_confusion, plot_curves, plot_grid
+from ..task import Task
+from .plots import plot_confusion, plot_curves, plot_grid, plot_multilabel
 
 GRID = 16  # validation images in predictions.png
 TOP_LOSSES = 9  # images in top_losses.png
 
 
 def write_evaluation(out_dir: Path, paths: list[str], y_true: np.ndarray, logits, classes: list[str],
-                     extra: dict | None = None) -> dict:
-    """metrics.json (scikit-learn's numbers, plus `extra`) and predictions.csv; returns the summary."""
+                     extra: dict | None = None, task: dict | None = None) -> dict:
+    """metrics.json (scikit-learn's numbers, plus `extra`) and predictions.csv; returns the summary.
+    `task` (`Task.to_dict()`; None: single-label): a multi-label model is measured on label sets."""
     from scipy.special import softmax
 
+    kind = Task.from_dict(task, len(classes))
+    if kind.multi:
+        return _write_multilabel(out_dir, paths, np.asarray(y_true), np.asarray(logits), classes, extra, kind)
     probs = softmax(np.asarray(logits, dtype=np.float64), axis=1)
     y_pred = probs.argmax(1)
     summary = metrics.summarize(y_true, y_pred, classes, probs)
@@ -43,6 +48,41 @@ def write_evaluation(out_dir: Path, paths: list[str], y_true: np.ndarray, logits
     return summary
 
 
+PR_POINTS = 51  # recall levels at which metrics.json keeps each class's precision-recall curve
+
+
+def _write_multilabel(out_dir: Path, paths: list[str], y_true: np.ndarray, logits: np.ndarray, classes: list[str],
+                      extra: dict | None, task: Task) -> dict:
+    """`write_evaluation` of a multi-label model: `metrics.summarize_multilabel`, each class's
+    precision-recall curve (interpolated at PR_POINTS recall levels: the report draws it), and
+    predictions.csv with the true and predicted sets (joined by the task's delimiter), the
+    highest class probability and the image's log loss."""
+    from sklearn.metrics import precision_recall_curve
+
+    probs = task.probabilities(logits).astype(np.float64)
+    thresholds = task.threshold_array(len(classes))
+    summary = metrics.summarize_multilabel(y_true, probs, thresholds, classes)
+    levels = np.linspace(0, 1, PR_POINTS)
+    curves = {}
+    for c, name in enumerate(classes):
+        if y_true[:, c].sum() > 0:
+            precision, recall, _ = precision_recall_curve(y_true[:, c] > 0, probs[:, c])
+            best = [float(precision[recall >= r].max()) for r in levels]
+            curves[name] = {"recall": levels.round(4).tolist(), "precision": np.round(best, 4).tolist()}
+    summary.update({"pr_curves": curves, "num_images": len(paths), "classes": classes, "task_info": task.to_dict(),
+                    **(extra or {})})
+    write_json(out_dir / "metrics.json", summary)
+    pred = task.decide(probs)
+    losses = metrics.image_losses(y_true, probs)
+    joined = task.joiner.join
+    atomic_write(out_dir / "predictions.csv", text_bytes(csv_table(
+        ["path", "actual", "predicted", "probability", "actual_probability", "loss"],
+        ([path, joined(classes[c] for c in np.flatnonzero(t)), joined(classes[c] for c in np.flatnonzero(q)),
+          f"{row.max():.6f}", f"{row[t > 0].min() if t.any() else 1.0:.6f}", f"{loss:.6f}"]
+         for path, t, q, row, loss in zip(paths, y_true, pred, probs, losses)))))
+    return summary
+
+
 def read_predictions(run_dir: Path) -> list[dict]:
     """predictions.csv as written by `write_evaluation`; a damaged file is a `UserError`."""
     path = run_dir / "predictions.csv"
@@ -51,6 +91,8 @@ def read_predictions(run_dir: Path) -> list[dict]:
             rows = list(csv.DictReader(f))
         for r in rows:
             r["probability"], r["actual_probability"] = float(r["probability"]), float(r["actual_probability"])
+            if "loss" in r:  # multi-label
+                r["loss"] = float(r["loss"])
             r["path"], r["actual"], r["predicted"] = (csv_untext(r[k]) for k in ("path", "actual", "predicted"))
     except (KeyError, TypeError, ValueError, csv.Error, UnicodeDecodeError) as exc:
         raise UserError(f"{path} is damaged ({type(exc).__name__}: {exc}); `transferkit eval RUN` writes a "
@@ -81,11 +123,19 @@ def render(run_dir: str | Path) -> Path:
     summary = read_summary(run_dir)
     classes = summary["classes"]
     rows = read_predictions(run_dir)
-    wrong = sorted((r for r in rows if r["actual"] != r["predicted"]), key=lambda r: -r["probability"])
-    atomic_write(run_dir / "misclassified.csv", text_bytes(csv_table(
-        ["path", "actual", "predicted", "probability"],
-        ([r["path"], r["actual"], r["predicted"], f"{r['probability']:.4f}"] for r in wrong))))
-    confusion_note = plot_confusion(run_dir, summary, classes)
+    multi = summary.get("task") == "multilabel"
+    if multi:  # the images with the largest loss, wrong or not quite sure
+        wrong = sorted((r for r in rows if r["actual"] != r["predicted"]), key=lambda r: -r["loss"])
+        atomic_write(run_dir / "misclassified.csv", text_bytes(csv_table(
+            ["path", "actual", "predicted", "loss"],
+            ([r["path"], r["actual"], r["predicted"], f"{r['loss']:.4f}"] for r in wrong))))
+        confusion_note = plot_multilabel(run_dir, summary, classes)
+    else:
+        wrong = sorted((r for r in rows if r["actual"] != r["predicted"]), key=lambda r: -r["probability"])
+        atomic_write(run_dir / "misclassified.csv", text_bytes(csv_table(
+            ["path", "actual", "predicted", "probability"],
+            ([r["path"], r["actual"], r["predicted"], f"{r['probability']:.4f}"] for r in wrong))))
+        confusion_note = plot_confusion(run_dir, summary, classes)
     history = run_dir / "metrics.csv"
     if history.is_file():
         results = run_dir / "results.json"
@@ -93,7 +143,8 @@ def render(run_dir: str | Path) -> Path:
         epochs, unit = metrics.read_history_csv(history)
         plot_curves(run_dir / "curves.png", epochs, best or 0, unit)
     plot_grid(run_dir / "predictions.png", sample_rows(rows, GRID), "validation predictions", show_actual=False)
-    plot_grid(run_dir / "top_losses.png", wrong[:TOP_LOSSES], "most confidently wrong", show_actual=True)
+    plot_grid(run_dir / "top_losses.png", wrong[:TOP_LOSSES],
+              "largest loss" if multi else "most confidently wrong", show_actual=True)
     page = run_dir / "report.html"
     atomic_write(page, text_bytes(report_html(run_dir, summary, wrong, confusion_note)))
     return page

@@ -17,6 +17,7 @@ from ..data.discover import split_samples
 from ..files import claim_out, write_json
 from ..models import bundle
 from .registry import FORMATS, parse_formats
+from ..task import multi_hot
 from .verify import ExportResult, batched, decode_images, failing_name, format_table, mark_failed, measure, speed, \
     accuracy
 
@@ -54,7 +55,8 @@ def export(run: str | Path, options: ExportOptions | None = None, console: Conso
     ours = ("export.json", *(f.file for f in FORMATS), *(failing_name(Path(f.file)).name for f in FORMATS))
     out_dir = claim_out(options.out or run_dir / "export", ours, "an export folder", bundle.trained_on(run_dir))
     listed = split_samples(split_file, "val")
-    val = [(s.path, s.label) for s in listed if Path(s.path).exists()]
+    task = bmeta.task
+    val = [(s.path, list(s.labels or ()) if task.multi else s.label) for s in listed if Path(s.path).exists()]
     if len(val) < len(listed):
         console.warn(f"{len(listed) - len(val)} validation image(s) of this run are gone; checking on the rest")
     train_paths = [s.path for s in split_samples(split_file, "train") if Path(s.path).exists()]
@@ -66,13 +68,15 @@ def export(run: str | Path, options: ExportOptions | None = None, console: Conso
 
     with tempfile.TemporaryDirectory(prefix="transferkit-export-") as tmp:
         x_val, ok = decode_images([p for p, _ in val], meta, Path(tmp), "validation", console.warn)
-        y_val = np.array([val[i][1] for i in ok])
+        y_val = multi_hot([val[i][1] for i in ok], len(meta["classes"])) if task.multi else \
+            np.array([val[i][1] for i in ok])
         reference = batched(torch_fp32, x_val)
-        ref_acc, ref_per_class = accuracy(reference, y_val, meta["classes"])
+        ref_acc, ref_per_class = accuracy(reference, y_val, meta["classes"], task)
         result = ExportResult(out_dir, {"format": "pytorch fp32 eager", "accuracy": ref_acc,
+                                        "measure": "mAP" if task.multi else "accuracy",
                                         "per_class_accuracy": ref_per_class, "num_val": len(y_val),
                                         **speed(torch_fp32, x_val, options.runs)})
-        console.info(f"PyTorch fp32: accuracy {ref_acc:.4f} on {len(y_val)} validation images, "
+        console.info(f"PyTorch fp32: {'mAP' if task.multi else 'accuracy'} {ref_acc:.4f} on {len(y_val)} validation images, "
                      f"batch-1 {result.reference['latency_ms_p50']:.1f} ms")
         calibrated: list[int] = []
 
@@ -93,13 +97,15 @@ def export(run: str | Path, options: ExportOptions | None = None, console: Conso
             console.info(f"exporting {name} ...")
             note = _build(fmt, job, path)
             check = measure(name, path, fmt.runner(path), x_val, y_val, reference, result.reference, meta["classes"],
-                            options.runs)
+                            options.runs, task)
             check.note = note or ""
             if check.accuracy_drop_pt > options.max_drop:
                 mark_failed(check, path, options.max_drop)
             job.built[name] = out_dir / check.file  # what a later format builds from (renamed if it failed)
             result.checks.append(check)
     write_json(out_dir / "export.json", {**result.to_dict(), "max_drop_pt": options.max_drop,
+                                         "measure": "mAP (macro), predicted sets agreeing" if task.multi else
+                                         "accuracy, top-1 agreeing",
                                          "calibration_images": calibrated[0] if calibrated else 0, "metadata": meta})
     console.info(format_table(result))
     return result

@@ -9,7 +9,9 @@ model.onnx inside it; torch is not needed to load or run it).
 
 The answer is a DataFrame, one row per image: `label`, `probability` (of the label),
 `probabilities` and `logits` (every class, in the order of the model's metadata `classes`) and
-`error` (why an image could not be used; its other columns empty). `mlflow models serve` serves it
+`error` (why an image could not be used; its other columns empty). A multi-label model adds
+`labels`, the predicted set (every class at its threshold or above), and its probabilities are
+each class's own sigmoid. `mlflow models serve` serves it
 as it is (JSON strings: paths on the server, or base64-encoded image files).
 
 This module imports MLflow: it is imported only to export or load the flavour.
@@ -38,9 +40,7 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
 
     # the hint (a DataFrame) keeps MLflow from imposing a schema: lists, arrays and one image are taken too
     def predict(self, context, model_input: pd.DataFrame, params=None):
-        from ..prediction.base import softmax
-
-        classes = self.predictor.classes
+        classes, task = self.predictor.classes, self.predictor.task
         if isinstance(model_input, np.ndarray) and model_input.dtype.kind == "f":
             x = np.ascontiguousarray(model_input, dtype=np.float32)
             size = self.predictor.pre["input_size"]
@@ -57,18 +57,20 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         else:
             images = [_image(item) for item in _items(model_input)]
             logits, errors = self.predictor.logits(images, [_name(item, i) for i, item in enumerate(images)])
-        probs = softmax(logits)
+        probs = task.probabilities(logits)
+        chosen = task.decide(np.nan_to_num(probs, nan=0.0))
         rows = []
         for i in range(len(logits)):
             if i in errors:
                 rows.append({"label": None, "probability": None, "probabilities": None, "logits": None,
-                             "error": errors[i]})
+                             "error": errors[i], "labels": [] if task.multi else None})
                 continue
             top = int(np.argmax(probs[i]))
             rows.append({"label": classes[top], "probability": float(probs[i, top]),
                          "probabilities": probs[i].astype(float).tolist(), "logits": logits[i].astype(float).tolist(),
-                         "error": None})
-        return pd.DataFrame(rows, columns=["label", "probability", "probabilities", "logits", "error"])
+                         "error": None, "labels": [classes[c] for c in np.flatnonzero(chosen[i])] if task.multi else None})
+        columns = ["label", "probability", "probabilities", "logits", "error"] + (["labels"] if task.multi else [])
+        return pd.DataFrame(rows, columns=columns)
 
 
 def _items(model_input) -> list:

@@ -94,22 +94,33 @@ def speed(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, runs: int) -> d
             "throughput_b32": float(32 / np.median(batch_times))}
 
 
-def accuracy(logits: np.ndarray, y: np.ndarray, classes: list[str]) -> tuple[float, dict[str, float]]:
-    """Accuracy and per-class accuracy (= recall), by scikit-learn."""
-    from sklearn.metrics import accuracy_score, recall_score
+def accuracy(logits: np.ndarray, y: np.ndarray, classes: list[str], task=None) -> tuple[float, dict[str, float]]:
+    """Accuracy and per-class accuracy (= recall), by scikit-learn; a multi-label `task`: the
+    mAP (macro, over the classes with a positive image) and each class's average precision."""
+    from sklearn.metrics import accuracy_score, average_precision_score, recall_score
 
+    if task is not None and task.multi:
+        probs = task.probabilities(logits)
+        ap = {c: float(average_precision_score(y[:, k] > 0, probs[:, k])) for k, c in enumerate(classes)
+              if y[:, k].any()}
+        return (float(np.mean(list(ap.values()))) if ap else 0.0), ap
     pred = logits.argmax(1)
     recall = recall_score(y, pred, labels=list(range(len(classes))), average=None, zero_division=0)
     return float(accuracy_score(y, pred)), {c: float(r) for c, r in zip(classes, recall)}
 
 
 def measure(name: str, path: Path, runner, x: np.ndarray, y: np.ndarray, reference: np.ndarray,
-            ref: dict, classes: list[str], runs: int) -> Check:
-    """One artifact against the PyTorch fp32 logits `reference` on the same inputs."""
+            ref: dict, classes: list[str], runs: int, task=None) -> Check:
+    """One artifact against the PyTorch fp32 logits `reference` on the same inputs (multi-label:
+    mAP, and the images whose predicted sets agree)."""
     logits = batched(runner, x)
-    acc, per_class = accuracy(logits, y, classes)
+    acc, per_class = accuracy(logits, y, classes, task)
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
-    return Check(name, path.name, size / 1e6, float((logits.argmax(1) == reference.argmax(1)).mean()),
+    if task is not None and task.multi:
+        agree = float((task.decide(task.probabilities(logits)) == task.decide(task.probabilities(reference))).all(1).mean())
+    else:
+        agree = float((logits.argmax(1) == reference.argmax(1)).mean())
+    return Check(name, path.name, size / 1e6, agree,
                  float(np.abs(logits - reference).max()), acc, (ref["accuracy"] - acc) * 100, per_class,
                  **speed(runner, x, runs))
 
@@ -130,7 +141,9 @@ def failing_name(path: Path) -> Path:
 
 def format_table(result: ExportResult) -> str:
     ref = result.reference
-    lines = [f"{'artifact':<28} {'MB':>6} {'top-1 agree':>11} {'max |dlogit|':>12} {'accuracy':>8} {'drop pt':>7} "
+    multi = ref.get("measure") == "mAP"  # (multi-label: mAP, and the predicted sets agreeing)
+    lines = [f"{'artifact':<28} {'MB':>6} {'sets agree' if multi else 'top-1 agree':>11} {'max |dlogit|':>12} "
+             f"{'mAP' if multi else 'accuracy':>8} {'drop pt':>7} "
              f"{'b1 p50 ms':>9} {'b1 p90 ms':>9} {'b32 img/s':>9}",
              f"{'pytorch fp32 eager':<28} {'':>6} {'':>11} {'':>12} {ref['accuracy']:8.4f} {'':>7} "
              f"{ref['latency_ms_p50']:9.1f} {ref['latency_ms_p90']:9.1f} {ref['throughput_b32']:9.1f}"]

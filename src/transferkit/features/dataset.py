@@ -54,7 +54,8 @@ def feature_extractor(engine: engines.Choice, key: str, multi: bool, pre, models
 @dataclass
 class Features:
     """The cached features of a split: train (eval view, then the augmented views) and val, as
-    NumPy arrays (float32 features, int64 labels): a head on them needs no torch."""
+    NumPy arrays (float32 features; int64 labels, or multi-label (N, C) 0/1 float32 rows: the
+    split's `targets`): a head on them needs no torch."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -171,13 +172,13 @@ class CachedFeatures:
         (keep_train, train_index), (keep_val, val_index) = (
             _kept(paths, fs.rows, errors) for paths, fs in ((train_paths, train_fs), (val_paths, val_fs)))
         x_train = _rows(train_fs.features, keep_train, dim)
-        y_train = labels_of(split.train)
+        y_train = split.targets(split.train)
         y_train = y_train if train_index is None else y_train[train_index]
         if train_fs.augmented is not None:
             aug = train_fs.augmented[keep_train]
             x_train = np.concatenate([x_train, aug.reshape(-1, dim)])
-            y_train = np.concatenate([y_train, np.repeat(y_train, aug.shape[1])])
-        y_val = labels_of(split.val)
+            y_train = np.concatenate([y_train, np.repeat(y_train, aug.shape[1], axis=0)])
+        y_val = split.targets(split.val)
         facts = {
             "features_cached": int(counts[0]),
             "features_computed": int(counts[1]),

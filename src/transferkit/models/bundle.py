@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import platform
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .. import __version__
 from ..errors import UserError
 from ..files import Record, atomic_write, file_sha256, load_json_object, read_yaml_object, write_json
+from ..task import Task
 from .preprocess import Preprocess
 
 FORMAT = "transferkit-bundle"
@@ -48,6 +49,7 @@ class BundleMeta:
     # ({"features": cache key, "multi": bool}); an engine that has that network converted runs it
     # and the head, no conversion of the run's own model needed (engines.ort).
     frozen_features: dict | None = None
+    task: Task = field(default_factory=Task)  # single-label, or multi-label with its thresholds
 
     def to_dict(self) -> dict:
         return {
@@ -66,6 +68,7 @@ class BundleMeta:
             "model_sha256": self.model_sha256,
             "features": self.features,
             "frozen_features": self.frozen_features,
+            "task": self.task.to_dict(),
             "versions": versions(),
         }
 
@@ -75,7 +78,11 @@ class BundleMeta:
         pre = self.preprocess.to_dict()
         return {"transferkit": __version__, "backbone": self.backbone, "classes": self.classes,
                 "preprocess": {k: pre[k] for k in ("input_size", "resize_size", "interpolation", "mean", "std", "rule")},
-                "input": "float32 NCHW (batch, 3, input_size, input_size), RGB", "output": "logits (batch, classes)"}
+                "task": self.task.to_dict(),
+                "input": "float32 NCHW (batch, 3, input_size, input_size), RGB",
+                "output": "logits (batch, classes): " + ("each class's sigmoid is its probability, a class is "
+                                                         "predicted at task.thresholds" if self.task.multi else
+                                                         "their softmax gives the probabilities")}
 
     @classmethod
     def from_dict(cls, d: dict) -> "BundleMeta":
@@ -106,12 +113,16 @@ class BundleMeta:
                                        and isinstance(frozen["features"], str) and frozen["features"].isalnum()
                                        and len(frozen["features"]) <= 64 and isinstance(frozen["multi"], bool)):
             raise UserError("model.json: frozen_features must be {features: a cache key, multi: true|false}")
+        try:
+            task = Task.from_dict(d.get("task"), len(classes))
+        except ValueError as exc:
+            raise UserError(f"model.json: {exc}") from None
         digest = d.get("model_sha256")
         if digest is not None and not (isinstance(digest, str) and len(digest) == 64):
             raise UserError("model.json: model_sha256 must be a sha256 hex digest")
         return cls(d["backbone"], d["arch"], list(classes), Preprocess.from_dict(d.get("preprocess")),
                    d["strategy"], float(dropout), str(d.get("weights", "")), d.get("weights_sha256"), stem, digest,
-                   features, frozen)
+                   features, frozen, task)
 
 
 def save(run_dir: Path, state: dict, meta: BundleMeta) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 from ..config import TTA
 from ..data.decode import source_name
 from ..errors import ImageDecodeError, UserError
+from ..task import Task
 from .outputs import Prediction, top_predictions
 
 
@@ -26,14 +27,10 @@ def as_list(images) -> list:
     return list(images)
 
 
-def mean_of_views(logits: np.ndarray) -> np.ndarray:
-    """(N, V, C) logits of V views -> (N, C): the log of the views' mean probabilities (one view:
-    its logits unchanged)."""
-    if logits.shape[1] == 1:
-        return logits[:, 0]
-    z = logits - logits.max(2, keepdims=True)
-    probs = np.exp(z) / np.exp(z).sum(2, keepdims=True)
-    return np.log(probs.mean(1)).astype(np.float32)
+def mean_of_views(logits: np.ndarray, task: Task | None = None) -> np.ndarray:
+    """(N, V, C) logits of V views -> (N, C): the logits of the views' mean probabilities (one
+    view: its logits unchanged); `task`: single-label (softmax) unless it says otherwise."""
+    return (task or Task()).mean_of_views(logits)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -51,6 +48,7 @@ class BasePredictor:
     calls, as a server makes, pay for them once."""
 
     classes: list[str]
+    task: Task = Task()  # single-label (softmax) or multi-label (a sigmoid per class, its thresholds)
     channels_last: bool = True  # the layout `prepare` returns: (H, W, C), else (C, H, W)
     input_dtype: str = "uint8"  # what `prepare` returns: uint8 pixels, or "float32" normalized
 
@@ -109,7 +107,7 @@ class BasePredictor:
             errors.update({start + j: p for j, p in enumerate(prepared) if isinstance(p, str)})
             if ok:
                 views = np.concatenate([prepared[i - start] for i in ok])
-                out[ok] = mean_of_views(self.run(views).reshape(len(ok), -1, len(self.classes)))
+                out[ok] = self.task.mean_of_views(self.run(views).reshape(len(ok), -1, len(self.classes)))
             if bar is not None:
                 bar.update(len(items))
         if bar is not None:
@@ -126,7 +124,7 @@ class BasePredictor:
         images = [str(x) if isinstance(x, Path) else x for x in as_list(images)]
         names = names or [source_name(x, f"<image {i}>") for i, x in enumerate(images)]
         logits, errors = self.logits(images, names, progress)
-        return top_predictions(names, softmax(logits), errors, self.classes, top_k)
+        return top_predictions(names, self.task.probabilities(logits), errors, self.classes, top_k, self.task)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -17,6 +17,7 @@ import numpy as np
 from ..data.decode import normalized_array
 from ..engines.cpu import usable_cores
 from ..errors import UserError
+from ..task import Task
 from .base import BasePredictor
 
 META_KEY = "transferkit"  # the ONNX metadata_props key holding the JSON below
@@ -85,6 +86,7 @@ def _metadata(session, path) -> dict:
         if not isinstance(width, int) or width != len(classes):  # a symbolic or missing width cannot be trusted
             raise ValueError(f"it names {len(classes)} classes, but the model's output is {shapes}: "
                              f"one (batch, {len(classes)}) output expected")
+        Task.from_dict(meta.get("task"), len(classes))
         inputs = [i.shape for i in session.get_inputs()]
         if len(inputs) != 1 or len(inputs[0]) != 4 or inputs[0][1] != 3:
             raise ValueError(f"the model's input is {inputs}: one (batch, 3, height, width) input expected")
@@ -107,6 +109,7 @@ class OnnxPredictor(BasePredictor):
         self.session = open_session(self.path if model is None else model, threads)
         self.meta = _metadata(self.session, self.path)
         self.classes: list[str] = self.meta["classes"]
+        self.task = Task.from_dict(self.meta.get("task"), len(self.classes))  # (checked by _metadata)
         self.pre: dict = self.meta["preprocess"]
         self.input = self.session.get_inputs()[0].name
 

@@ -21,20 +21,27 @@ class Prediction:
     probability: float | None
     top_k: list[tuple[str, float]] = field(default_factory=list)
     error: str | None = None  # why the image could not be used
+    # multi-label: the predicted set (every class at or above its threshold; may be empty); None
+    # for a single-label model. `label` is then the most probable class, each probability its own sigmoid.
+    labels: list[str] | None = None
 
 
 def top_predictions(paths: list[str], probs: np.ndarray, errors: dict[int, str], classes: list[str],
-                    top_k: int) -> list[Prediction]:
-    """Predictions from class probabilities (N, C); rows in `errors` become error predictions."""
+                    top_k: int, task=None) -> list[Prediction]:
+    """Predictions from class probabilities (N, C); rows in `errors` become error predictions.
+    A multi-label `task` (`task.Task`) adds each image's predicted set, by class order."""
     k = max(1, min(top_k, len(classes)))
+    multi = task is not None and task.multi
+    chosen = task.decide(np.nan_to_num(probs, nan=0.0)) if multi else None
     out = []
     for i, path in enumerate(paths):
         if i in errors:
-            out.append(Prediction(path, None, None, [], errors[i]))
+            out.append(Prediction(path, None, None, [], errors[i], [] if multi else None))
             continue
         order = np.argsort(-probs[i], kind="stable")[:k]
         top = [(classes[j], float(probs[i, j])) for j in order]
-        out.append(Prediction(path, top[0][0], top[0][1], top))
+        labels = [classes[j] for j in np.flatnonzero(chosen[i])] if multi else None
+        out.append(Prediction(path, top[0][0], top[0][1], top, labels=labels))
     return out
 
 
@@ -54,29 +61,38 @@ def expand_inputs(inputs: list[str]) -> list[str]:
     return files
 
 
-def to_csv(preds: list[Prediction], top_k: int) -> str:
-    return csv_table(_csv_header(top_k), _csv_rows(preds, top_k))
+def to_csv(preds: list[Prediction], top_k: int, joiner: str | None = None) -> str:
+    """CSV of predictions; `joiner` (a multi-label model's delimiter): adds the `labels` column."""
+    return csv_table(_csv_header(top_k, joiner), _csv_rows(preds, top_k, joiner))
 
 
 # How predict's own output files start (CSV, JSON, JSON of no image): predict replaces only these.
 OWN_HEADS = (b"path,label,probability,", b'[\n  {\n    "path": ', b"[]\n")
 
 
-def _csv_header(top_k: int) -> list[str]:
-    header = ["path", "label", "probability"]
+def _csv_header(top_k: int, joiner: str | None = None) -> list[str]:
+    header = ["path", "label", "probability"] + (["labels"] if joiner is not None else [])
     for k in range(1, top_k + 1):
         header += [f"top{k}_label", f"top{k}_probability"]
     return header + ["error"]
 
 
-def _csv_rows(preds: list[Prediction], top_k: int) -> list[list[str]]:
+def _csv_rows(preds: list[Prediction], top_k: int, joiner: str | None = None) -> list[list[str]]:
     rows = []
     for p in preds:
         row = [p.path, p.label or "", "" if p.probability is None else f"{p.probability:.6f}"]
+        if joiner is not None:
+            row.append(joiner.join(p.labels or []))
         for k in range(top_k):
             row += [p.top_k[k][0], f"{p.top_k[k][1]:.6f}"] if k < len(p.top_k) else ["", ""]
         rows.append(row + [p.error or ""])
     return rows
+
+
+def joiner_of(predictor) -> str | None:
+    """What joins a predicted set in predict's `labels` column: the model's label delimiter
+    (multi-label), or None: a single-label model's CSV has no such column."""
+    return predictor.task.joiner if predictor.task.multi else None
 
 
 class PredictionWriter:
@@ -84,14 +100,14 @@ class PredictionWriter:
     of all of them at once), to `stream`: `predict` on a million images holds one chunk of
     predictions, not all of them."""
 
-    def __init__(self, stream, kind: str, top_k: int):
-        self.stream, self.kind, self.top_k, self.count = stream, kind, top_k, 0
+    def __init__(self, stream, kind: str, top_k: int, joiner: str | None = None):
+        self.stream, self.kind, self.top_k, self.count, self.joiner = stream, kind, top_k, 0, joiner
         if kind == "csv":
-            stream.write(csv_table(_csv_header(top_k), []))
+            stream.write(csv_table(_csv_header(top_k, joiner), []))
 
     def write(self, preds: list[Prediction]) -> None:
         if self.kind == "csv":
-            self.stream.write(csv_table(None, _csv_rows(preds, self.top_k)))
+            self.stream.write(csv_table(None, _csv_rows(preds, self.top_k, self.joiner)))
         else:
             for p in preds:
                 item = json.dumps(to_dict(p), indent=2).replace("\n", "\n  ")
@@ -107,9 +123,13 @@ class PredictionWriter:
 
 
 def to_dict(p: Prediction, name_key: str = "path") -> dict:
-    """One prediction as JSON writes it (`predict --output x.json`; the server names it "name")."""
-    return {name_key: p.path, "label": p.label, "probability": p.probability,
-            "top_k": [{"label": lab, "probability": q} for lab, q in p.top_k], "error": p.error}
+    """One prediction as JSON writes it (`predict --output x.json`; the server names it "name");
+    a multi-label model's adds `labels`, the predicted set."""
+    out = {name_key: p.path, "label": p.label, "probability": p.probability,
+           "top_k": [{"label": lab, "probability": q} for lab, q in p.top_k], "error": p.error}
+    if p.labels is not None:
+        out["labels"] = p.labels
+    return out
 
 
 def to_json(preds: list[Prediction]) -> str:

@@ -25,7 +25,7 @@ class Predictor(BasePredictor):
                  tta: str = "none"):
         super().__init__(batch_size, default_workers() if workers is None else workers, tta)
         self.model, self.meta, self.run_dir = model.eval(), meta, run_dir
-        self.classes = meta.classes
+        self.classes, self.task = meta.classes, meta.task
         self.runtime = Runtime.create(device, precision)
         self.extractor = Extractor(model.backbone, meta.preprocess, self.runtime, batch_size)
 

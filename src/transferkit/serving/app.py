@@ -28,7 +28,6 @@ from starlette.middleware.cors import CORSMiddleware
 from .. import __version__
 from ..config import ServeOptions
 from ..errors import UserError
-from ..prediction.base import mean_of_views, softmax
 from ..prediction.outputs import to_dict, top_predictions
 from . import inference_protocol
 from .batcher import Batcher
@@ -122,7 +121,7 @@ class Service:
     async def predict(self, images: list[tuple[str, bytes]], top_k: int) -> list[dict]:
         """Each image's top-k labels, or why it cannot be used (`probabilities`)."""
         probs, errors = await self.probabilities(images)
-        preds = top_predictions([name for name, _ in images], probs, errors, self.model.classes, top_k)
+        preds = top_predictions([name for name, _ in images], probs, errors, self.model.classes, top_k, self.model.task)
         return [to_dict(p, "name") for p in preds]
 
     async def probabilities(self, images: list[tuple[str, bytes]]) -> tuple[np.ndarray, dict[int, str]]:
@@ -136,8 +135,8 @@ class Service:
         ok = [i for i, v in enumerate(views) if not isinstance(v, str)]
         logits = np.full((len(images), len(self.model.classes)), np.nan, dtype=np.float32)
         for i, rows in zip(ok, await asyncio.gather(*(self.batcher(views[i]) for i in ok))):
-            logits[i] = mean_of_views(rows[None])[0]
-        return softmax(logits), {i: v for i, v in enumerate(views) if isinstance(v, str)}
+            logits[i] = self.model.task.mean_of_views(rows[None])[0]
+        return self.model.task.probabilities(logits), {i: v for i, v in enumerate(views) if isinstance(v, str)}
 
     async def tensor_probabilities(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities (N, C) of preprocessed inputs (N, 3, S, S) float32, each row batched
@@ -147,7 +146,7 @@ class Service:
             raise inference_protocol.ProtocolError(f"input shape {list(x.shape)}: this model takes [N, 3, {size}, {size}]")
         rows = self.model.from_tensor(x)
         logits = await asyncio.gather(*(self.batcher(rows[i:i + 1]) for i in range(len(rows))))
-        return softmax(np.concatenate(logits).astype(np.float32))
+        return self.model.task.probabilities(np.concatenate(logits).astype(np.float32))
 
 
 def create_app(model: ServedModel | str | Path, options: ServeOptions | None = None):

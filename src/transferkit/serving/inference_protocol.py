@@ -105,7 +105,7 @@ def router(service, auth: list) -> APIRouter:
         else:
             probs = await service.tensor_probabilities(array)
         outputs = requested_outputs(header)
-        return infer_response(header, name, probs, model.classes, outputs)
+        return infer_response(header, name, probs, model.classes, outputs, model.task)
 
     return api
 
@@ -118,7 +118,7 @@ def model_metadata(model) -> dict:
                    {"name": TENSOR, "datatype": "FP32", "shape": [-1, 3, size, size]}],
         "outputs": [{"name": PROBABILITIES, "datatype": "FP32", "shape": [-1, len(model.classes)]},
                     {"name": LABEL, "datatype": "BYTES", "shape": [-1]}],
-        "parameters": {"classes": model.classes, "preprocess": model.info["preprocess"],
+        "parameters": {"classes": model.classes, "preprocess": model.info["preprocess"], "task": model.task.to_dict(),
                        "input_choice": f"send either {IMAGE} (encoded image files) or {TENSOR} (preprocessed)"},
     }
 
@@ -275,8 +275,11 @@ def requested_outputs(header: dict) -> dict[str, dict]:
     return out
 
 
-def infer_response(header: dict, name: str, probs: np.ndarray, classes: list[str], outputs: dict[str, dict]):
-    """The response: JSON, or JSON then the binary outputs (with their header) where asked."""
+def infer_response(header: dict, name: str, probs: np.ndarray, classes: list[str], outputs: dict[str, dict],
+                   task=None):
+    """The response: JSON, or JSON then the binary outputs (with their header) where asked. A
+    multi-label `task`: `probabilities` are each class's own sigmoid, and `label` each image's
+    predicted set (every class at its threshold or above), joined by the model's delimiter."""
     body = {"model_name": name, "model_version": VERSION, "outputs": []}
     if isinstance(header.get("id"), str):
         body["id"] = header["id"]
@@ -292,6 +295,9 @@ def infer_response(header: dict, name: str, probs: np.ndarray, classes: list[str
         elif out_name == PROBABILITIES:
             values, tensor = probs.astype(np.float32), {"name": out_name, "datatype": "FP32",
                                                         "shape": list(probs.shape)}
+        elif task is not None and task.multi:
+            values = [task.joiner.join(classes[c] for c in np.flatnonzero(row)) for row in task.decide(probs)]
+            tensor = {"name": out_name, "datatype": "BYTES", "shape": [len(probs)]}
         else:
             values = [classes[c] for c in probs.argmax(1)]
             tensor = {"name": out_name, "datatype": "BYTES", "shape": [len(probs)]}

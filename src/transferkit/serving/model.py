@@ -46,6 +46,8 @@ class ServedModel:
             self.predictor, self.info = _bundle_predictor(self.source, device, precision, tta, threads, engine, say)
         self.info["tta"] = tta
         self.classes: list[str] = self.predictor.classes
+        self.task = self.predictor.task  # single-label, or multi-label with its thresholds
+        self.info["task"] = self.task.to_dict()
 
     def views(self, data: bytes, name: str) -> np.ndarray | str:
         """One image's model inputs (its views), or why it cannot be used."""
@@ -100,7 +102,8 @@ def _onnx_info(predictor) -> dict:
     for artifact in export.get("artifacts", []):
         if artifact.get("file") == path.name and isinstance(artifact.get("accuracy"), (int, float)):
             # this file's own accuracy on the run's val images, as `export` measured it
-            metrics = {**metrics, "val_acc": artifact["accuracy"], "measured_as": f"export.json ({path.name})"}
+            key = "map_macro" if (meta.get("task") or {}).get("kind") == "multilabel" else "val_acc"  # (export's measure)
+            metrics = {**metrics, key: artifact["accuracy"], "measured_as": f"export.json ({path.name})"}
     pre = meta["preprocess"]
     return {"name": path.name, "format": "onnx", "engine": "onnxruntime", "backbone": meta.get("backbone"), "classes": meta["classes"],
             "num_classes": len(meta["classes"]),
@@ -115,7 +118,7 @@ def _run_metrics(run_dir: Path) -> dict:
     if results and isinstance(results.get("val_acc"), (int, float)):
         out["val_acc"] = results["val_acc"]
     if metrics:
-        for key in ("balanced_accuracy", "num_images"):
+        for key in ("balanced_accuracy", "num_images", "map_macro", "map_micro", "hamming_loss"):
             if isinstance(metrics.get(key), (int, float)):
                 out[key] = metrics[key]
         macro = metrics.get("macro_avg") or {}

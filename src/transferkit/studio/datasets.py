@@ -55,7 +55,7 @@ class Dataset:
         with self._lock:
             if self._split is not None and not refresh:
                 return
-            split = discover(self.root)
+            split = discover(self.root, task="single")  # (multi-label data: one line, not yet shown here)
             index = {}
             for role, samples in (("train", split.train), ("val", split.val)):
                 for s in samples:

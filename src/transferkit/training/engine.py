@@ -68,6 +68,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     optimizer step (the weight average), with the scheduler's step count."""
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
+    scored = Scored(loss_fn)
     for inputs, targets in loader:
         # targets: labels, or [labels, extra...] for a loss that needs more (distillation).
         extra = [t.to(runtime.device) for t in targets[1:]] if isinstance(targets, (list, tuple)) else []
@@ -95,12 +96,36 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
             after_step(scheduler.last_epoch)
         n = y.shape[0]
         total_loss += loss.item() * n
-        correct += (logits.argmax(1) == hard_labels(y)).sum().item()
+        correct += scored.add(logits, y)
         seen += n
         if progress is not None:
             progress.update(1)
-            progress.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
-    return total_loss / max(1, seen), correct / max(1, seen)
+            progress.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{scored.value(correct, seen):.3f}")
+    return total_loss / max(1, seen), scored.value(correct, seen)
+
+
+class Scored:
+    """An epoch's accuracy, batch by batch: the images whose argmax is their (heavier) label; for
+    a multi-label loss, the epoch's mAP (`task.mean_ap` of every batch's logits, kept)."""
+
+    def __init__(self, loss_fn: nn.Module):
+        self.multi = getattr(loss_fn, "multilabel", False)
+        self.logits: list[torch.Tensor] = []
+        self.targets: list[torch.Tensor] = []
+
+    def add(self, logits: torch.Tensor, y: torch.Tensor) -> int:
+        if self.multi:
+            self.logits.append(logits.detach().float().cpu())
+            self.targets.append(y.detach().cpu())
+            return 0
+        return int((logits.argmax(1) == hard_labels(y)).sum().item())
+
+    def value(self, correct: int, seen: int) -> float:
+        if self.multi:
+            from ..task import mean_ap
+
+            return mean_ap(torch.cat(self.targets).numpy(), torch.cat(self.logits).numpy()) if self.logits else 0.0
+        return correct / max(1, seen)
 
 
 @torch.inference_mode()
@@ -109,15 +134,16 @@ def validate(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, runtime: 
     """Returns (mean loss, accuracy, logits in loader order)."""
     model.eval()
     total_loss, correct, seen, outs = 0.0, 0, 0, []
+    scored = Scored(loss_fn)
     for inputs, targets in loader:
         x, y = prepare(inputs), targets.to(runtime.device)
         with runtime.autocast():
             logits = model(x).float()
         total_loss += loss_fn(logits, y).item() * y.shape[0]
-        correct += (logits.argmax(1) == y).sum().item()
+        correct += scored.add(logits, y)
         seen += y.shape[0]
         outs.append(logits.cpu())
-    return total_loss / max(1, seen), correct / max(1, seen), torch.cat(outs) if outs else torch.empty(0)
+    return total_loss / max(1, seen), scored.value(correct, seen), torch.cat(outs) if outs else torch.empty(0)
 
 
 def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,

@@ -13,8 +13,9 @@ import numpy as np
 from ..config import TrainConfig
 from ..evaluation.metrics import EpochStats
 from ..folds import group_folds, max_folds, similar_groups, stratified_sample
-from ..logistic import (STD_FLOOR_PERCENTILE, Logistic, ShardedLogistic, scale, sharded_standardizer,  # noqa: F401
-                        standardizer)
+from ..logistic import (STD_FLOOR_PERCENTILE, Logistic, ShardedLogistic, problem_for, scale,  # noqa: F401
+                        sharded_standardizer, standardizer)
+from ..task import choose_thresholds, strata_of
 from ..features.dataset import labels_of
 from .result import FitResult, LinearHead
 
@@ -39,7 +40,8 @@ def fit_head(cfg: TrainConfig, num_classes: int, x_train, y_train, x_val, y_val,
     nn.init.zeros_(linear.weight)
     nn.init.zeros_(linear.bias)
     head = nn.Sequential(nn.Dropout(cfg.dropout), linear)
-    loader = train_loader(TensorDataset(x_train, y_train), y_train, cfg.batch_size, cfg.seed, balanced=cfg.balanced_sampler)
+    strata = torch.from_numpy(strata_of(y_train.numpy()))  # (multi-label: what the class-balanced sampler draws by)
+    loader = train_loader(TensorDataset(x_train, y_train), strata, cfg.batch_size, cfg.seed, balanced=cfg.balanced_sampler)
     val_loader = DataLoader(TensorDataset(x_val, y_val), batch_size=1024)
     optimizer = engine.make_optimizer(cfg.optimizer, [{"params": head.parameters()}], cfg.lr, cfg.weight_decay)
     steps = cfg.epochs * len(loader)
@@ -77,7 +79,7 @@ def fit_logistic(cfg: TrainConfig, num_classes: int, x_train, y_train, x_val, y_
         problem = ShardedLogistic((xt - mean) / std, yt, num_classes, cfg.weight_decay, balanced, group.sum)
     else:
         mean, std = standardizer(xt, scaling)
-        problem = Logistic((xt - mean) / std, yt, num_classes, cfg.weight_decay, balanced)
+        problem = problem_for(yt)((xt - mean) / std, yt, num_classes, cfg.weight_decay, balanced)
     zv = (xv - mean) / std
     theta = problem.start()
     result, start, done = FitResult(unit="iteration"), time.perf_counter(), 0
@@ -205,10 +207,10 @@ def select_head(x: np.ndarray, y: np.ndarray, num_classes: int, widths: dict[str
         x, yn, here = x[mine], yn[mine], np.searchsorted(sample, shards.index[mine])
         y_all = shards.labels[sample]
     elif total > CV_MAX_IMAGES:  # a stratified sample of CV_MAX_IMAGES
-        sample = stratified_sample(yn, CV_MAX_IMAGES, seed)
+        sample = stratified_sample(strata_of(yn), CV_MAX_IMAGES, seed)
         x, yn = x[sample], yn[sample]
     if shards is None:
-        y_all = yn
+        y_all = strata_of(yn)  # (multi-label: each image stratified by its rarest label)
     most = CV_MAX_FOLDS if len(y_all) < CV_FEWER_FOLDS_FROM else 3
     if shards is not None:
         groups = sharded_similar_groups(x[:, :last_width], here, len(y_all), shards.group) \
@@ -241,7 +243,7 @@ def select_head(x: np.ndarray, y: np.ndarray, num_classes: int, widths: dict[str
                 else:
                     mean, std = standardizer(xs[tr, :width], scaling)
                     zt, ze = _in_span((xs[tr, :width] - mean) / std, (xs[te, :width] - mean) / std)
-                    problem = Logistic(zt, yn[tr], num_classes, grid[0], balanced)
+                    problem = problem_for(yn)(zt, yn[tr], num_classes, grid[0], balanced)
                 problems.append((problem, ze, yn[te]))
             thetas, best, worse = [p.start() for p, _, _ in problems], None, 0
             for lam in grid:  # strongest first, each fold warm-started from its previous solution
@@ -295,6 +297,44 @@ def _in_span(zt: np.ndarray, ze: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return zt, ze
     _, _, vt = np.linalg.svd(zt, full_matrices=False)
     return zt @ vt.T, ze @ vt.T
+
+
+def head_thresholds(cfg: TrainConfig, f, choice: HeadChoice) -> np.ndarray:
+    """Multi-label: each class's decision threshold, F1-optimal on out-of-fold probabilities of
+    the training images (`task.choose_thresholds`): the chosen head's settings fitted in
+    `choice.folds` folds (near-identical images kept in one fold, as cross-validation keeps
+    them; at most CV_MAX_IMAGES images, a stratified sample), each image predicted by the fit
+    that did not see it. Memoized on `f` (auto and linear ask for the same)."""
+    key = ("thresholds", choice.features, choice.scaling, choice.weight_decay, cfg.seed)
+    if key in f.memo:
+        return f.memo[key]
+    n, k = f.num_images, len(f.split.classes)
+    x, y = f.x_train[:n, :f.widths[choice.features]], np.asarray(f.y_train[:n])
+    strata = strata_of(y)
+    if len(y) > CV_MAX_IMAGES:
+        sample = stratified_sample(strata, CV_MAX_IMAGES, cfg.seed)
+        x, y, strata = x[sample], y[sample], strata[sample]
+    groups = similar_groups(x[:, :f.widths["last"]]) if len(y) else None
+    folds = max_folds(strata, groups, CV_MAX_FOLDS)
+    if groups is not None and folds < 2:
+        groups, folds = None, max_folds(strata, None, CV_MAX_FOLDS)
+    if folds < 2:
+        thresholds = choose_thresholds(np.zeros((0, k)), np.zeros((0, k)))
+    else:
+        fold_of = group_folds(strata, groups, folds, cfg.seed)
+        probs = np.zeros(y.shape)
+        xs = np.asarray(x, dtype=np.float32)
+        balanced = cfg.class_weights == "auto" or cfg.balanced_sampler
+        for fold in range(folds):
+            tr, te = fold_of != fold, fold_of == fold
+            mean, std = standardizer(xs[tr], choice.scaling)
+            zt, ze = _in_span((xs[tr] - mean) / std, (xs[te] - mean) / std)
+            problem = problem_for(y)(zt, y[tr], k, choice.weight_decay, balanced)
+            theta, _ = problem.fit(problem.start(), LBFGS_MAX_ITER, gtol=1e-5)
+            probs[te] = 1 / (1 + np.exp(-problem.logits(ze, theta).astype(np.float64)))
+        thresholds = choose_thresholds(y, probs)
+    f.memo[key] = thresholds
+    return thresholds
 
 
 def train_head(cfg: TrainConfig, num_classes: int, x_train, y_train, x_val, y_val, progress=None,

@@ -1,4 +1,5 @@
-"""Losses: cross-entropy with optional inverse-frequency class weights, and distillation's."""
+"""Losses: cross-entropy with optional inverse-frequency class weights, multi-label's per-class
+sigmoid loss, and distillation's."""
 
 from __future__ import annotations
 
@@ -8,9 +9,38 @@ from torch import nn
 from ..config import TrainConfig
 
 
+class MultiLabelLoss(nn.Module):
+    """Multi-label: each class's binary cross-entropy on its own sigmoid (targets (B, C) 0/1),
+    summed over the classes and averaged over the images (so a class's gradient does not shrink
+    as classes are added). `pos_weight`: each class's positives weigh this much (--class-weights
+    auto: negatives / positives, as if each class were balanced); `smoothing`: targets pulled
+    toward 0.5 by this much (--label-smoothing)."""
+
+    multilabel = True  # (engine: scored by mAP, not by the argmax)
+
+    def __init__(self, pos_weight: torch.Tensor | None = None, smoothing: float = 0.0):
+        super().__init__()
+        self.pos_weight, self.smoothing = pos_weight, smoothing
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        targets = targets.float()
+        if self.smoothing:
+            targets = targets * (1 - self.smoothing) + self.smoothing / 2
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, targets, pos_weight=self.pos_weight,
+                                                              reduction="none")
+        return loss.sum(1).mean()
+
+
 def classification_loss(cfg: TrainConfig, labels: torch.Tensor, num_classes: int) -> nn.Module:
     """Cross-entropy; with --class-weights auto each class weighs N / (C * count) (inverse
-    frequency), so rare classes count as much as common ones."""
+    frequency), so rare classes count as much as common ones. Multi-label targets ((N, C) 0/1
+    rows): `MultiLabelLoss`."""
+    if labels.ndim == 2:
+        pos_weight = None
+        if cfg.class_weights == "auto":
+            positives = labels.float().sum(0)
+            pos_weight = ((len(labels) - positives) / positives.clamp(min=1)).clamp(min=1e-3)
+        return MultiLabelLoss(pos_weight, cfg.label_smoothing or 0.0)
     weight = None
     if cfg.class_weights == "auto":
         counts = torch.bincount(labels, minlength=num_classes).float().clamp(min=1)

@@ -124,10 +124,12 @@ def network_setup(ctx: Context, head_init: LinearHead | None = None, split: Data
     small = is_small(split)
 
     def dataset(samples, train):
-        return DecodedImages([s.path for s in samples], [s.label for s in samples], ctx.pre, cache, train, cfg.seed,
+        # (multi-label: each image's (C,) 0/1 row)
+        labels = list(split.targets(samples)) if split.task.multi else [s.label for s in samples]
+        return DecodedImages([s.path for s in samples], labels, ctx.pre, cache, train, cfg.seed,
                              small, cfg.augment or "basic", recipe.strong_epochs(cfg.epochs))
 
-    y_train = labels_of(split.train)
+    y_train = labels_of(split.train)  # (multi-label: each image's stratum, which the class-balanced sampler draws by)
     per_rank = -(-len(split.train) // group.world)
     loader = train_loader(dataset(split.train, True), y_train, cfg.batch_size, cfg.seed, cfg.balanced_sampler,
                           ctx.workers, drop_last=per_rank > cfg.batch_size, group=group)
@@ -149,7 +151,9 @@ def network_setup(ctx: Context, head_init: LinearHead | None = None, split: Data
                           cfg.lr_decay or 1.0, layer_decay, layers)
     mean = torch.tensor(ctx.pre.mean).view(1, 3, 1, 1)
     std = torch.tensor(ctx.pre.std).view(1, 3, 1, 1)
-    return NetworkSetup(model, loader, val_loader, stages, groups, classification_loss(cfg, y_train, len(split.classes)),
+    loss = classification_loss(cfg, torch.from_numpy(split.targets(split.train)) if split.task.multi else y_train,
+                               len(split.classes))
+    return NetworkSetup(model, loader, val_loader, stages, groups, loss,
                         lambda u8: runtime.to_input(u8, mean, std), split)
 
 
@@ -199,9 +203,9 @@ def train_network(ctx: Context, head_init: LinearHead | None = None,
                 logits = every
             loss = float(net.loss(logits, y_val))
         m.train(was_training)
-        return loss, float((logits.argmax(1) == y_val).float().mean()) if len(y_val) else 0.0, logits
+        return loss, net.split.task.score(logits.numpy(), y_val.numpy()), logits
 
-    y_val = labels_of(net.split.val)
+    y_val = torch.from_numpy(net.split.targets(net.split.val))
     mixer = recipe.batch_mixer(cfg.mixup, cfg.cutmix, len(net.split.classes))
     average = recipe.WeightAverage(model, cfg.ema, cfg.epochs * len(loader)) if cfg.ema else None
     result, best = engine.fit(

@@ -86,7 +86,7 @@ def _train(cfg: TrainConfig, console: Console, worker: Worker, started: float, c
         console.warn(line)
     for item in outcome.split.skipped:
         console.warn(f"skipped {item['path']}: {item['reason']}")
-    val_counts = np.bincount([s.label for s in outcome.split.val], minlength=len(outcome.split.classes))
+    val_counts = outcome.split.label_counts(outcome.split.val)
     for name, count in zip(outcome.split.classes, val_counts):
         if count == 0:
             console.warn(f"class {name} has no validation image: its accuracy is not measured, and the averages "
@@ -102,7 +102,7 @@ def _train(cfg: TrainConfig, console: Console, worker: Worker, started: float, c
     meta = bundle.BundleMeta(spec.name, spec.arch, outcome.split.classes, outcome.pre or ctx.pre, used.strategy,
                              used.dropout or 0.0,
                              ctx.models.info.source, ctx.models.info.sha256, ctx.models.stem,
-                             features=outcome.features, frozen_features=frozen)
+                             features=outcome.features, frozen_features=frozen, task=trained_task(outcome))
     bundle.save(run_dir, outcome.state, meta)
     results = write_outputs(run_dir, outcome, ran_on(ctx, outcome), started, worker, health, ctx.engine)
     if tracking:
@@ -115,9 +115,18 @@ def _train(cfg: TrainConfig, console: Console, worker: Worker, started: float, c
     kept = (f"logistic regression, {outcome.fit.best_epoch} L-BFGS iterations" if outcome.fit.unit == "iteration"
             else f"best epoch {results['best_epoch']}/{len(outcome.fit.history)}")
     skipped = f", {len(outcome.split.skipped)} skipped" if outcome.split.skipped else ""
-    console.info(f"val accuracy {results['val_acc']:.4f} ({results['num_val']} val / {results['num_train']} train "
+    m = results["metrics"]
+    score = (f"val mAP {m['map_macro'] or 0:.4f} (subset accuracy {results['val_acc']:.4f}, multi-label)"
+             if m.get("task") == "multilabel" else f"val accuracy {results['val_acc']:.4f}")
+    console.info(f"{score} ({results['num_val']} val / {results['num_train']} train "
                  f"images{skipped}), {kept}, {results['wall_s']:.1f} s\noutputs: {run_dir}")
     return Run(run_dir, results)
+
+
+def trained_task(outcome: Outcome):
+    """The kept model's task: the data's, with the thresholds chosen for it (multi-label)."""
+    task = outcome.split.task
+    return task.with_thresholds(outcome.thresholds) if task.multi and outcome.thresholds is not None else task
 
 
 def run_start(cfg: TrainConfig, run_dir: Path) -> RunStart:
@@ -133,7 +142,7 @@ def run_start(cfg: TrainConfig, run_dir: Path) -> RunStart:
 # What a tracker keeps of a run (beside the metrics): the bundle, the report and what it shows.
 TRACKED_FILES = ("model.safetensors", "model.json", "config.yaml", "results.json", "metrics.json", "metrics.csv",
                  "report.html", "curves.png", "confusion_matrix.png", "confusion_matrix_normalized.png",
-                 "predictions.png", "top_losses.png")
+                 "predictions.png", "top_losses.png", "pr_curves.png", "cooccurrence.png", "cooccurrence_predicted.png")
 
 
 def run_end(run_dir: Path, results: dict, outcome: Outcome) -> RunEnd:
@@ -143,13 +152,17 @@ def run_end(run_dir: Path, results: dict, outcome: Outcome) -> RunEnd:
     values = {"accuracy": results["val_acc"], "balanced_accuracy": results["balanced_accuracy"],
               "macro_f1": (summary.get("macro_avg") or {}).get("f1"), "top5_accuracy": summary.get("top5_accuracy"),
               "cv_accuracy": (results.get("cv") or {}).get("accuracy"), "wall_s": results["wall_s"],
+              **{k: summary.get(k) for k in ("map_macro", "map_micro", "subset_accuracy", "hamming_loss")},
+              "micro_f1": (summary.get("micro_avg") or {}).get("f1"),
+              **{f"ap/{name}": row.get("ap") for name, row in (summary.get("per_class") or {}).items()},
               **{f"f1/{name}": row.get("f1") for name, row in (summary.get("per_class") or {}).items()}}
     metrics = {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and np.isfinite(v)}
     params = {"chosen_strategy": outcome.cfg.strategy} if results.get("strategy_reason") else {}  # auto's choice
     tags = {"data_fingerprint": results["data"]["fingerprint"], "strategy": outcome.cfg.strategy}
     return RunEnd(run_dir, "KILLED" if outcome.fit.interrupted else "FINISHED", metrics, params, tags,
                   [run_dir / name for name in TRACKED_FILES],
-                  {"confusion_matrix": run_dir / "confusion_matrix.png", "top_losses": run_dir / "top_losses.png"})
+                  {"confusion_matrix": run_dir / "confusion_matrix.png", "top_losses": run_dir / "top_losses.png",
+                   "pr_curves": run_dir / "pr_curves.png"})
 
 
 def _own_rng():
@@ -211,7 +224,7 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
         from ..runtime import Runtime
 
         check_sync_bn(cfg.sync_bn, group, Runtime.create(device, cfg.precision).device)
-    split = discover(cfg.data, cfg.val_fraction, cfg.seed, cache.datasets(), table_of(cfg))
+    split = discover(cfg.data, cfg.val_fraction, cfg.seed, cache.datasets(), table_of(cfg), cfg.task, cfg.label_delim)
     if cfg.exclude:
         from ..data.exclude import read_exclude
 
@@ -228,6 +241,8 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
         console.info(f"applied the fixes in {cfg.fixes}: {f['excluded']} image(s) left out, {f['relabelled']} "
                      "relabelled" + (f" ({f['not_found']} listed path(s) not in the dataset)" if f["not_found"] else ""))
         split.check_not_empty()
+    if split.task.multi:
+        refuse_for_multilabel(cfg, strategy)
     # Without pretrained weights, images of a fixed small size (CIFAR) are used at that size.
     size = cfg.image_size or (split.image_size if cfg.weights == "none" else None)
     upscaled = size is None and strategy.trains not in ("head", "chosen") and cfg.weights != "none"
@@ -264,7 +279,7 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
         # 24.3 s vs 20.8 s).
         features = CachedFeatures.for_key(split, key, multi, pre, models, engine, cache, console, cfg.aug_views or 0,
                                           cfg.seed, max(1, workers) if cfg.workers is None else workers, group,
-                                          sharded=shards_features(cfg), data=cfg.data)
+                                          sharded=shards_features(cfg) and not split.task.multi, data=cfg.data)
     models.prepare()  # weights that do not fit the architecture fail here, before any output
     if cfg.teacher is not None:
         from .teacher import check_teacher
@@ -280,6 +295,16 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
                    console=console, features=features, run_dir=group.decide(new_run_dir), engine=engine,
                    features_ident={"features": key, "multi": multi} if uses_features else None, resume=resume,
                    group=group, started=started)
+
+
+def refuse_for_multilabel(cfg: TrainConfig, strategy) -> None:
+    """One line for what multi-label training does not take: MixUp/CutMix (they mix class
+    indices into one-hot targets), distillation (a softmax teacher), and sharded features."""
+    if cfg.mixup or cfg.cutmix:
+        raise UserError("--mixup and --cutmix mix single labels: leave them out for multi-label data")
+    if strategy.name == "distill":
+        raise UserError("--strategy distill learns a softmax teacher's class probabilities: not for multi-label "
+                        "data; train the small backbone with --strategy auto (or lp-ft, finetune)")
 
 
 # Pretrained networks trained on small images (<= views.SMALL px) get them upsampled
@@ -420,17 +445,23 @@ def write_outputs(run_dir: Path, outcome: Outcome, ran_on: tuple[str, str], star
     --no-report) the report. `ran_on`: (device, precision) of the kept model's numbers; `engine`:
     what extracted the features, if any."""
     cfg, split, fit = outcome.cfg, outcome.split, outcome.fit
-    y_val = np.array([s.label for s in split.val], dtype=np.int64)
+    y_val = split.targets(split.val)
     logits = outcome.val_logits
     logits = logits.detach().float().cpu().numpy() if hasattr(logits, "detach") else np.asarray(logits, np.float32)
+    task = trained_task(outcome)
     summary = worker.write_evaluation(run_dir, [s.path for s in split.val], y_val, logits,
-                              split.classes, {"skipped_files": split.skipped, "data_health": health})
+                                      split.classes, {"skipped_files": split.skipped, "data_health": health},
+                                      task.to_dict())
     metrics.write_history_csv(run_dir / "metrics.csv", fit.history, fit.unit)  # config.yaml is already there
+
+    def label(s):
+        return list(s.labels) if task.multi else s.label
+
     write_json(run_dir / "split.json", {
         "val_source": split.val_source, "seed": cfg.seed, "val_fraction": cfg.val_fraction,
-        "classes": split.classes,
-        "train": [[s.path, s.label] for s in split.train],
-        "val": [[s.path, s.label] for s in split.val],
+        "classes": split.classes, "task": task.to_dict(),
+        "train": [[s.path, label(s)] for s in split.train],
+        "val": [[s.path, label(s)] for s in split.val],
     })
     results = {
         "val_acc": summary["accuracy"],
@@ -449,6 +480,7 @@ def write_outputs(run_dir: Path, outcome: Outcome, ran_on: tuple[str, str], star
         "recipe": {k: getattr(cfg, k) for k in RECIPE_OPTIONS if getattr(cfg, k) is not None} or None,
         "head": outcome.info.get("head"),
         "classes": split.classes,
+        "task": task.to_dict(),
         "num_train": len(split.train),
         "num_val": len(split.val),
         "val_source": split.val_source,

@@ -158,12 +158,13 @@ def _stopped(fit) -> str:
 
 
 def _val_acc(outcome) -> float:
+    """The kept model's val figure (`Task.score`: accuracy; multi-label, mAP)."""
     import numpy as np
 
-    y = np.array([s.label for s in outcome.split.val])
-    if not len(y):
-        return 0.0
-    return float((np.asarray(outcome.val_logits).argmax(1) == y).mean())
+    split = outcome.split
+    logits = outcome.val_logits
+    logits = logits.detach().float().cpu().numpy() if hasattr(logits, "detach") else np.asarray(logits)
+    return split.task.score(logits, split.targets(split.val))
 
 
 register(Strategy(

@@ -7,13 +7,16 @@ from .base import HEAD_DEFAULTS, Strategy, register
 
 def run(ctx):
     from ..context import Outcome
-    from ..heads import fit_best_head
+    from ..heads import fit_best_head, head_thresholds
 
     f = ctx.cached_features()
     # fitted once, by the primary of a group, every rank getting the head; or with the features
     # sharded (torchrun, #31), by every rank together on its rows
     result, linear, choice = f.decide(lambda: fit_best_head(ctx.cfg, f, ctx.console.progress, ctx.checkpoint,
                                                             ctx.resume))
+    thresholds = None
+    if f.split.task.multi and choice.folds:  # multi-label: each class's threshold, on out-of-fold predictions
+        thresholds = f.decide(lambda: head_thresholds(ctx.cfg, f, choice))
     width = f.widths[choice.features]
     val_logits = f.all_val(linear(f.x_val[:, :width]))
     if choice.cv_accuracy is not None:
@@ -22,7 +25,8 @@ def run(ctx):
     state = {f"backbone.{k}": v for k, v in ctx.models.backbone_arrays().items()}
     state.update(linear.state())
     return Outcome(result, val_logits, state, f.split, ctx.cfg,
-                   {**f.facts, "network_built": ctx.models.built, "head": choice.to_dict()}, features=choice.features)
+                   {**f.facts, "network_built": ctx.models.built, "head": choice.to_dict()}, features=choice.features,
+                   thresholds=thresholds)
 
 
 def head_choice_line(choice) -> str:

@@ -18,8 +18,8 @@ def run(ctx):
 
     import torch
 
-    from ..context import Outcome, labels_of
-    from ..heads import fit_best_head
+    from ..context import Outcome
+    from ..heads import fit_best_head, head_thresholds
     from ..network import train_network
     from .linear import head_choice_line
 
@@ -30,8 +30,8 @@ def run(ctx):
         ctx.console.info(head_choice_line(choice))
     width = f.widths[choice.features]
     probe_logits = f.all_val(head(f.x_val[:, :width]))  # (sharded: on the primary alone)
-    y_val = labels_of(f.split.val)
-    probe_acc = ctx.group.decide(lambda: float((probe_logits.argmax(1) == y_val).mean()) if len(y_val) else 0.0)
+    y_val = f.split.targets(f.split.val)
+    probe_acc = ctx.group.decide(lambda: f.split.task.score(probe_logits, y_val))  # (multi-label: mAP)
     probe_head = head
     model_width = f.widths.get("multi", width) if ctx.models.features == "multi" else width
     if model_width > width:  # the network is multi-layer: the earlier stages' columns start at zero
@@ -52,7 +52,9 @@ def run(ctx):
     outcome.info.update(kept="probe", fine_tuned_val_acc=outcome.fit.best_val_acc)
     outcome.fit.best_epoch, outcome.fit.best_val_acc = 0, probe_acc
     probe_logits = torch.from_numpy(probe_logits) if probe_logits is not None else None
-    return Outcome(outcome.fit, probe_logits, state, f.split, outcome.cfg, outcome.info, features=choice.features)
+    thresholds = f.decide(lambda: head_thresholds(probe_cfg, f, choice)) if f.split.task.multi and choice.folds else None
+    return Outcome(outcome.fit, probe_logits, state, f.split, outcome.cfg, outcome.info, features=choice.features,
+                   thresholds=thresholds)
 
 
 register(Strategy(

@@ -1,0 +1,212 @@
+"""Multi-label data (issue 39): label cells split on --label-delim, an image on several rows, an
+image with no label; the task chosen from the data; per-class logistic heads with thresholds
+chosen out of fold; fine-tuning on each class's sigmoid; mAP and the per-class numbers; the
+`labels` column of predict, serve (own API and the Open Inference Protocol), the MLflow flavour's
+DataFrame, eval and export's gate in multi-label terms."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import transferkit
+from helpers import make_multilabel
+from transferkit.cli import main
+
+TINY = dict(model="squeezenet1_1", weights="none", image_size=64, quiet=True)
+FLAGS = ["--model", "squeezenet1_1", "--weights", "none", "--image-size", "64", "--quiet"]
+SETS = {"img000": {"blue"}, "img003": {"blue", "red"}, "img006": set()}  # (make_multilabel's cycle)
+
+
+@pytest.fixture(scope="module")
+def multi(tmp_path_factory):
+    """A multi-label set (labels joined by ';') and the run the default strategy trains on it."""
+    root = tmp_path_factory.mktemp("multi")
+    table = make_multilabel(root / "data", n=42, delim=";")
+    run = transferkit.train(root / "data", out=str(root / "run"), labels=str(table), label_delim=";", **TINY)
+    return {"root": root, "data": root / "data", "table": table, "run": Path(run.path), "results": run.results}
+
+
+def test_a_multilabel_table_trains_the_task_its_thresholds_and_its_numbers(multi):
+    results, run = multi["results"], multi["run"]
+    assert results["task"]["kind"] == "multilabel" and results["task"]["label_delim"] == ";"
+    m = results["metrics"]
+    assert m["task"] == "multilabel" and set(m["per_class"]) == {"blue", "green", "red"}
+    for key in ("map_macro", "map_micro", "subset_accuracy", "hamming_loss"):
+        assert 0 <= m[key] <= 1, key
+    assert m["map_macro"] > 0.9  # bands of colour: easy for the head
+    assert m["images_without_labels"] >= 1  # the images with no label are kept (negative for every class)
+    meta = json.loads((run / "model.json").read_text())
+    thresholds = meta["task"]["thresholds"]
+    assert len(thresholds) == 3 and all(0 < t < 1 for t in thresholds)
+    assert [m["per_class"][c]["threshold"] for c in ("blue", "green", "red")] == pytest.approx(thresholds)
+    split = json.loads((run / "split.json").read_text())
+    assert all(isinstance(labels, list) for _, labels in split["train"] + split["val"])
+    # every label is on both sides of the split (stratified by each image's rarest label)
+    for side in ("train", "val"):
+        assert {c for _, labels in split[side] for c in labels} == {0, 1, 2}
+    page = (run / "report.html").read_text()
+    assert "mAP (macro)" in page and "precision-recall" in page
+    for name in ("pr_curves.png", "cooccurrence.png", "cooccurrence_predicted.png", "misclassified.csv"):
+        assert (run / name).is_file(), name
+    cooc = np.array(m["cooccurrence"])
+    assert (cooc == cooc.T).all() and np.diag(cooc).tolist() == [m["per_class"][c]["support"]
+                                                                  for c in ("blue", "green", "red")]
+
+
+def test_predict_writes_each_images_set_and_every_class_sigmoid(multi, tmp_path, capsys):
+    images = [str(multi["data"] / "images" / f"{name}.png") for name in SETS]
+    out = tmp_path / "p.json"
+    assert main(["predict", str(multi["run"]), *images, "--top-k", "3", "--output", str(out)]) == 0
+    got = {Path(p["path"]).stem: p for p in json.loads(out.read_text())}
+    for name, labels in SETS.items():
+        assert set(got[name]["labels"]) == labels, (name, got[name])
+        probs = {t["label"]: t["probability"] for t in got[name]["top_k"]}
+        assert set(probs) == {"blue", "green", "red"} and sum(probs.values()) != pytest.approx(1.0)
+    capsys.readouterr()
+    assert main(["predict", str(multi["run"]), *images]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert list(rows[0])[:4] == ["path", "label", "probability", "labels"]
+    assert [set(filter(None, r["labels"].split(";"))) for r in rows] == list(SETS.values())
+    # the same through the Python API
+    with transferkit.load(multi["run"]) as model:
+        assert [set(p.labels) for p in model.predict(images)] == list(SETS.values())
+
+
+def test_eval_and_export_measure_map_and_the_sets(multi, tmp_path, capsys):
+    run = multi["run"]
+    capsys.readouterr()
+    assert main(["eval", str(run), "--out", str(tmp_path / "ev")]) == 0
+    said = capsys.readouterr().out
+    assert "mAP macro" in said and "difference 0.0000" in said, said
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["map_macro"] == \
+        pytest.approx(multi["results"]["metrics"]["map_macro"], abs=1e-6)
+    # on the whole table (its own delimiter, the run's)
+    assert main(["eval", str(run), str(multi["data"]), "--labels", str(multi["table"]), "--out",
+                 str(tmp_path / "all")]) == 0
+    assert json.loads((tmp_path / "all" / "metrics.json").read_text())["num_images"] == 42
+    result = transferkit.export(run, "onnx", runs=2, out=str(tmp_path / "export"))
+    (check,) = result.checks
+    assert check.passed and check.top1_agreement == 1.0  # (the predicted sets agree)
+    record = json.loads((tmp_path / "export" / "export.json").read_text())
+    assert record["measure"].startswith("mAP") and record["metadata"]["task"]["thresholds"] is not None
+    capsys.readouterr()
+    images = [str(multi["data"] / "images" / f"{name}.png") for name in SETS]
+    assert main(["predict", str(tmp_path / "export" / "model.onnx"), *images]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [set(filter(None, r["labels"].split(";"))) for r in rows] == list(SETS.values())
+
+
+def test_serve_and_the_inference_protocol_answer_the_sets(multi):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from transferkit.config import ServeOptions
+    from transferkit.serving import create_app
+    from transferkit.serving.model import ServedModel
+
+    paths = [multi["data"] / "images" / f"{name}.png" for name in SETS]
+    files = [("file", (p.name, p.read_bytes(), "image/png")) for p in paths]
+    with TestClient(create_app(ServedModel(multi["run"], engine="auto"), ServeOptions())) as client:
+        answer = client.post("/predict?top_k=3", files=files).json()["predictions"]
+        assert [set(p["labels"]) for p in answer] == list(SETS.values())
+        meta = client.get("/v2/models/run").json()
+        assert meta["parameters"]["task"]["kind"] == "multilabel"
+        body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                            "data": [__import__("base64").b64encode(paths[1].read_bytes()).decode()]}],
+                "parameters": {}}
+        oip = client.post("/v2/models/run/infer", json=body)
+    assert oip.status_code == 200, oip.text
+    outputs = {o["name"]: o for o in oip.json()["outputs"]}
+    assert set(outputs["label"]["data"][0].split(";")) == {"blue", "red"}
+    assert len(outputs["probabilities"]["data"]) == 3
+
+
+def test_rows_of_one_image_merge_into_its_set_unless_single_label_is_asked(multi, tmp_path, capsys):
+    long = tmp_path / "long.csv"  # one row per (image, label): the long form
+    rows = ["path,label"]
+    for line in multi["table"].read_text().splitlines()[1:]:
+        path, cell = line.split(",")
+        rows += [f"{path},{label}" for label in cell.split(";") if label] or [f"{path},"]
+    long.write_text("\n".join(rows) + "\n")
+    capsys.readouterr()
+    assert main(["train", str(multi["data"]), "--labels", str(long), "--out", str(tmp_path / "r"), *FLAGS]) == 0
+    split = json.loads((tmp_path / "r" / "split.json").read_text())
+    assert split["task"]["kind"] == "multilabel"
+    assert sum(len(labels) == 2 for _, labels in split["train"] + split["val"]) == 18
+    # the same rows as single-label: one line naming both rows
+    capsys.readouterr()
+    assert main(["train", str(multi["data"]), "--labels", str(long), "--task", "single", *FLAGS]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "img003.png is labelled on line" in err, err
+
+
+def test_class_folders_and_a_dataframe_of_lists_train_multilabel(multi, tmp_path):
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame({"file": [str(multi["data"] / p) for p, _ in _rows(multi["table"])],
+                          "tags": [labels for _, labels in _rows(multi["table"])]})
+    run = transferkit.train(frame, out=str(tmp_path / "df"), **TINY)
+    assert run.results["task"]["kind"] == "multilabel" and run.results["metrics"]["map_macro"] > 0.9
+    # one label per image, asked to be multi-label: one sigmoid per class (an image may get none)
+    from helpers import make_dataset
+
+    data = make_dataset(tmp_path / "folders", classes=("blue", "red", "green"), n_train=4, n_val=2)
+    run = transferkit.train(data, out=str(tmp_path / "folders-run"), task="multilabel", **TINY)
+    assert run.results["task"]["kind"] == "multilabel" and run.results["metrics"]["micro_avg"]["support"] == 6
+
+
+def test_finetuning_learns_each_class_sigmoid_and_refuses_what_mixes_single_labels(multi, tmp_path, capsys):
+    run = transferkit.train(multi["data"], out=str(tmp_path / "ft"), labels=str(multi["table"]), label_delim=";",
+                            strategy="finetune", epochs=2, batch_size=16, **TINY)
+    history = (Path(run.path) / "metrics.csv").read_text().splitlines()
+    assert len(history) == 3 and run.results["metrics"]["task"] == "multilabel"
+    # the kept epoch's val figure is the mAP the run reports
+    assert max(float(r.split(",")[4]) for r in history[1:]) == pytest.approx(run.results["metrics"]["map_macro"],
+                                                                             abs=1e-4)
+    capsys.readouterr()
+    assert main(["train", str(multi["data"]), "--labels", str(multi["table"]), "--label-delim", ";", "--strategy",
+                 "finetune", "--mixup", "0.2", *FLAGS]) == 2
+    assert "--mixup and --cutmix mix single labels" in capsys.readouterr().err
+
+
+def _rows(table: Path) -> list[tuple[str, list[str]]]:
+    lines = table.read_text().splitlines()[1:]
+    return [(p, [x for x in cell.split(";") if x]) for p, cell in (line.split(",") for line in lines)]
+
+
+def test_thresholds_are_f1_optimal_and_ap_is_scikit_learns():
+    from sklearn.metrics import average_precision_score, f1_score
+
+    from transferkit.task import average_precision, choose_thresholds
+
+    rng = np.random.default_rng(0)
+    y = rng.random((200, 4)) < [0.1, 0.3, 0.5, 0.0]
+    probs = np.clip(y * 0.3 + rng.random((200, 4)) * 0.7, 0, 1)
+    thresholds = choose_thresholds(y, probs)
+    assert thresholds[3] == 0.5  # no positive image: the default
+    for c in range(3):
+        best = max(f1_score(y[:, c], probs[:, c] >= t) for t in np.unique(probs[:, c]))
+        assert f1_score(y[:, c], probs[:, c] >= thresholds[c]) == pytest.approx(best)
+        assert average_precision(y[:, c], probs[:, c]) == pytest.approx(average_precision_score(y[:, c], probs[:, c]))
+
+
+def test_the_multilabel_head_is_scikit_learns_one_vs_rest_logistic_regression():
+    from sklearn.linear_model import LogisticRegression
+
+    from transferkit.logistic import MultiLogistic
+
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(120, 6))
+    y = (z[:, :3] + rng.normal(scale=0.8, size=(120, 3)) > 0).astype(np.float64)
+    problem = MultiLogistic(z, y, 3, weight_decay=0.1)
+    theta, _ = problem.fit(problem.start(), 500, gtol=1e-9)
+    coef, intercept = problem.coefficients(theta)
+    for c in range(3):
+        ref = LogisticRegression(C=1 / (0.1 * len(z)), tol=1e-10, max_iter=1000).fit(z, y[:, c])
+        np.testing.assert_allclose(coef[c], ref.coef_[0], atol=1e-4)
+        assert intercept[c] == pytest.approx(ref.intercept_[0], abs=1e-4)
