@@ -219,7 +219,12 @@ def compare(a: str | Path, b: str | Path) -> Comparison:
         if results[0].get(key) != results[1].get(key):
             out.settings[f"kept {key}"] = (results[0].get(key), results[1].get(key))
     metrics = [read_json_object(f / "metrics.json") or Record() for f in folders]
-    for name, get in (("val accuracy", lambda r, m: r.get("val_acc")),
+    # (multi-label runs: the mAP rows, and val accuracy is the subset accuracy; single-label: absent)
+    for name, get in (("mAP (macro)", lambda r, m: m.get("map_macro")),
+                      ("mAP (micro)", lambda r, m: m.get("map_micro")),
+                      ("micro F1", lambda r, m: m.record("micro_avg").get("f1")),
+                      ("Hamming loss", lambda r, m: m.get("hamming_loss")),
+                      ("val accuracy", lambda r, m: r.get("val_acc")),
                       ("balanced accuracy", lambda r, m: r.get("balanced_accuracy")),
                       ("macro F1", lambda r, m: m.record("macro_avg").get("f1")),
                       ("top-5 accuracy", lambda r, m: m.get("top5_accuracy")),

@@ -66,6 +66,7 @@ class DatasetSplit:
     excluded: dict | None = None  # train --exclude: {file, images left out, paths listed but not found}
     fixes: dict | None = None  # train --fixes: {file, excluded, relabelled, not_found} (data.fixes)
     task: Task = field(default_factory=Task)  # single-label, or multi-label (samples carry `labels`)
+    merged: int = 0  # images a label table lists on several rows with other labels (merged: multi-label)
 
     def targets(self, samples: list[Sample]) -> np.ndarray:
         """What a model learns of `samples`: class indices (int64), or for multi-label data
@@ -366,14 +367,16 @@ def from_table(labels, root: Path, val_fraction: float, seed: int, task: str = "
         return sorted((Sample(p, index[names[0]]) for p, names, _ in rows), key=lambda s: (s.label, s.path))
 
     if table.has_split and val_rows:
-        return DatasetSplit(classes, samples(train_rows), samples(val_rows), "table", skipped=table.missing, task=kind)
+        return DatasetSplit(classes, samples(train_rows), samples(val_rows), "table", skipped=table.missing, task=kind,
+                            merged=len({p for p, _, _ in table.merged}))
     every = samples(train_rows)
     is_val = stratified_split([s.label for s in every], val_fraction, seed)
     train = [s for s, v in zip(every, is_val) if not v]
     val = [s for s, v in zip(every, is_val) if v]
     if not val:
         raise UserError("too few images to hold out a validation split; add validation rows (a split column)")
-    return DatasetSplit(classes, train, val, "split", skipped=table.missing, task=kind)
+    return DatasetSplit(classes, train, val, "split", skipped=table.missing, task=kind,
+                        merged=len({p for p, _, _ in table.merged}))
 
 
 def _single_label_rows(file: str, table, task: str) -> None:

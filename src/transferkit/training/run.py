@@ -243,6 +243,9 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
         split.check_not_empty()
     if split.task.multi:
         refuse_for_multilabel(cfg, strategy)
+        if split.merged:
+            console.info(f"{split.merged} image(s) are listed on several rows with other labels: each is one image "
+                         "with every label its rows give (multi-label)")
     # Without pretrained weights, images of a fixed small size (CIFAR) are used at that size.
     size = cfg.image_size or (split.image_size if cfg.weights == "none" else None)
     upscaled = size is None and strategy.trains not in ("head", "chosen") and cfg.weights != "none"
