@@ -210,3 +210,23 @@ def test_the_multilabel_head_is_scikit_learns_one_vs_rest_logistic_regression():
         ref = LogisticRegression(C=1 / (0.1 * len(z)), tol=1e-10, max_iter=1000).fit(z, y[:, c])
         np.testing.assert_allclose(coef[c], ref.coef_[0], atol=1e-4)
         assert intercept[c] == pytest.approx(ref.intercept_[0], abs=1e-4)
+
+
+def test_doctor_finds_a_missing_and_an_extra_label(multi, tmp_path, capsys):
+    """Two images mislabelled in the table (one lacks a label it shows, one has a label it does not
+    show): cleanlab's multi-label check names both, with what is missing and what is extra."""
+    lines = multi["table"].read_text().splitlines()
+    wrong = {"images/img003.png": "blue", "images/img008.png": "green"}  # shows blue+red; shows red
+    table = tmp_path / "wrong.csv"
+    table.write_text("\n".join([lines[0]] + [f"{p},{wrong.get(p, cell)}" for p, cell in
+                                             (line.split(",") for line in lines[1:])]) + "\n")
+    capsys.readouterr()
+    # (the synthetic images are alike to ImageNet features: a higher same-scene bar leaves folds to check labels in)
+    assert main(["doctor", str(multi["data"]), "--labels", str(table), "--label-delim", ";", "--out",
+                 str(tmp_path / "doc"), "--near-threshold", "0.995", "--quiet"]) == 0
+    report = json.loads((tmp_path / "doc" / "doctor.json").read_text())
+    assert report["task"] == "multilabel" and report["balance"]["images_without_labels"] == 6
+    found = {Path(x["path"]).name: x for x in report["label_issues"]}
+    assert found["img003.png"]["label"] == "blue" and (found["img003.png"]["missing"] or found["img003.png"]["extra"])
+    assert found["img008.png"]["extra"] == ["green"] and found["img008.png"]["missing"] == ["red"]
+    assert "img003.png" in (tmp_path / "doc" / "doctor.html").read_text()

@@ -123,6 +123,64 @@ def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, num_classes: int, fo
     return probs
 
 
+def out_of_fold_multilabel(x: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0, weight_decay: float = 0.1,
+                           groups: np.ndarray | None = None) -> np.ndarray:
+    """Multi-label: each image's per-class probabilities (sigmoids) from one-vs-rest logistic
+    heads fitted without it (nor its group), folds stratified by each image's rarest label."""
+    from ..logistic import MultiLogistic, standardizer
+    from ..task import strata_of
+
+    fold_of = group_folds(strata_of(y), groups, folds, seed)
+    probs = np.zeros(y.shape)
+    for f in range(folds):
+        train, test = fold_of != f, fold_of == f
+        if not test.any():
+            continue
+        mean, scale = standardizer(x[train])
+        head = MultiLogistic(((x[train] - mean) / scale).astype(np.float32), y[train], y.shape[1], weight_decay)
+        theta, _ = head.fit(head.start(), 500)
+        probs[test] = 1 / (1 + np.exp(-head.logits(((x[test] - mean) / scale).astype(np.float32), theta)))
+    return probs
+
+
+def neighbour_share(sims: np.ndarray, idx: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+    """Multi-label: each image's per-class probabilities from its nearest neighbours' label sets
+    (the share of them, weighted by cosine similarity, that have the class; pulled toward the
+    class's frequency by KNN_SMOOTHING pseudo-votes); copies of the image do not vote."""
+    w = np.clip(sims, 0, None)
+    if groups is not None:
+        w = np.where(groups[idx] == groups[:, None], 0.0, w)
+    prior = y.mean(0)
+    votes = np.einsum("nk,nkc->nc", w, y[idx])
+    return (votes + KNN_SMOOTHING * prior) / (w.sum(1, keepdims=True) + KNN_SMOOTHING)
+
+
+def multilabel_issues(probs: np.ndarray, y: np.ndarray, sims: np.ndarray | None = None,
+                      idx: np.ndarray | None = None) -> list[dict]:
+    """Multi-label: likely label errors by cleanlab's multi-label confident learning, worst first:
+    each with the labels it likely lacks (`missing`: probable, not given) and likely should not
+    have (`extra`: given, improbable), the set suggested, cleanlab's score, and as evidence its
+    nearest images that have the missing labels and are not suspects themselves."""
+    from cleanlab.multilabel_classification.filter import find_label_issues
+    from cleanlab.multilabel_classification.rank import get_label_quality_scores
+
+    given = [np.flatnonzero(row).tolist() for row in y]
+    issues = find_label_issues(given, probs, return_indices_ranked_by="self_confidence")
+    scores = get_label_quality_scores(given, probs)
+    suspects = set(int(i) for i in issues)
+    out = []
+    for i in issues:
+        said, likely = y[i] > 0, probs[i] >= 0.5
+        missing, extra = np.flatnonzero(likely & ~said).tolist(), np.flatnonzero(said & ~likely).tolist()
+        evidence = []
+        if idx is not None and missing:
+            evidence = [{"i": int(j), "similarity": round(float(s), 4)} for j, s in zip(idx[i], sims[i])
+                        if y[j, missing].all() and int(j) not in suspects][:EVIDENCE]
+        out.append({"i": int(i), "suggested": np.flatnonzero(likely).tolist(), "missing": missing, "extra": extra,
+                    "score": round(float(scores[i]), 4), "evidence": evidence})
+    return out
+
+
 KNN_SMOOTHING = 1.0  # pseudo-votes spread evenly over the classes
 
 
@@ -196,6 +254,29 @@ def balance(labels, splits, classes: list[str]) -> dict:
     return {"per_class": {c: {"train": int(train[i]), "val": int(val[i]), "total": int(total[i])}
                           for i, c in enumerate(classes)},
             "max_min_ratio": round(ratio, 2), "small_classes": small, "remedies": remedies}
+
+
+def balance_multilabel(y: np.ndarray, splits, classes: list[str]) -> dict:
+    """`balance` of multi-label data: images that have each class (train, val, all), the same
+    ratio, small classes and remedies, plus the images with no label and the label co-occurrence
+    (images with both labels; the diagonal is each label's count)."""
+    y, splits = np.asarray(y) > 0, np.asarray(splits)
+    train, val = y[splits == "train"].sum(0), y[splits == "val"].sum(0)
+    total = train + val
+    ratio = float(total.max() / max(total.min(), 1))
+    small = [classes[c] for c in range(len(classes)) if total[c] < SMALL_CLASS]
+    remedies = []
+    if ratio > IMBALANCE:
+        remedies.append("train with --class-weights auto (each class's positives weigh as much as its negatives), and "
+                        "read the per-class AP and the macro mAP rather than the micro figures")
+    if small:
+        remedies.append(f"add images to {', '.join(small)}: with under {SMALL_CLASS} images, a class's AP rests on one "
+                        "or two images")
+    ints = y.astype(np.int64)
+    return {"per_class": {c: {"train": int(train[i]), "val": int(val[i]), "total": int(total[i])}
+                          for i, c in enumerate(classes)},
+            "max_min_ratio": round(ratio, 2), "small_classes": small, "remedies": remedies,
+            "images_without_labels": int((~y.any(1)).sum()), "cooccurrence": (ints.T @ ints).tolist()}
 
 
 def image_issues(props: list[np.ndarray | None]) -> dict[str, list[dict]]:

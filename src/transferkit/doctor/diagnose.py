@@ -50,12 +50,11 @@ def _diagnose(data, options: DoctorOptions | None, console: Console | None, work
     refuse_inside(cache.root, [data], CACHE_FLAG)
     cache.prepare()
     split = discover(data, options.val_fraction, options.seed, cache.datasets(), table, label_delim=options.label_delim)
-    if split.task.multi:
-        raise UserError(f"{shown(data)}: multi-label data (an image with several labels); doctor's checks are "
-                        "single-label so far: `transferkit train` trains on it, and its report lists the images with "
-                        "the largest loss")
     out = group.decide(lambda: _out_dir(options.out, data))
     features = _features(data, split, options, cache, console, group)
+    if features.sharded and split.task.multi:
+        raise UserError(f"{shown(data)}: multi-label data is examined in one process so far: run doctor without "
+                        "torchrun (or --nproc)")
     if features.sharded:
         found, paths, labels, splits, timings = _sharded_analysis(features, options, cache, group, started)
         if not group.primary:
@@ -67,8 +66,9 @@ def _diagnose(data, options: DoctorOptions | None, console: Console | None, work
     head_features = np.concatenate([features.x_train[:n], features.x_val]).astype(np.float32)
     hashes, props, thumbs = images.read_all(paths, cache.image_facts())
     timings = {"features_s": round(time.perf_counter() - started, 2)}
+    multi_hot = features.split.targets(features.split.train + features.split.val) if split.task.multi else None
     args = (last, head_features, labels, splits, hashes, props, thumbs, len(split.classes), options.near_threshold,
-            options.seed)
+            options.seed, multi_hot)
     key = _analysis_key(args)
     found = _stored_analysis(features.store, key)
     if found is None:
@@ -118,7 +118,7 @@ def _write(data: Path, options: DoctorOptions, console: Console, features, out: 
     timings["total_s"] = round(time.perf_counter() - started, 2)
     atomic_write(out / "doctor.json", (json.dumps(report, indent=2) + "\n").encode())
     atomic_write(out / "doctor_map.json",
-                 json.dumps(_feature_map(found, paths, labels, splits, features.split.classes)).encode())
+                 json.dumps(_feature_map(found, paths, labels, splits, features.split)).encode())
     from .page import write_page
 
     write_page(out / "doctor.html", report)
@@ -169,21 +169,39 @@ def _store_analysis(store, key: str, found: dict) -> None:
         store.flush()
 
 
-def _feature_map(found: dict, paths, labels, splits, classes) -> dict:
+def _feature_map(found: dict, paths, labels, splits, split) -> dict:
     """doctor_map.json: every image on the features' plane (PCA), its nearest images ("more like
-    this") and the out-of-fold head's opinion of its class (what `transferkit studio` draws)."""
+    this") and the out-of-fold head's opinion of its class (what `transferkit studio` draws);
+    multi-label data: each image's label set (class indices) and its most probable class."""
     m = found.get("map") or {}
     predicted = m.get("predicted")
-    return {"classes": classes, "paths": list(paths), "labels": [int(x) for x in labels],
+    if split.task.multi:
+        labels = [list(s.labels) for s in split.train + split.val]
+    return {"classes": split.classes, "task": split.task.kind, "paths": list(paths),
+            "labels": [x if isinstance(x, list) else int(x) for x in labels],
             "splits": [str(s) for s in splits], "xy": m.get("xy", []), "neighbours": m.get("neighbours", []),
             "predicted": predicted}
 
 
 def _report(data: Path, options: DoctorOptions, split, paths, labels, splits, found: dict, timings: dict) -> dict:
     classes = split.classes
+    samples = split.train + split.val  # (the order of `paths`: checks.samples_of)
+    multi = split.task.multi
 
-    def who(i: int) -> dict:
-        return {"path": paths[i], "label": classes[labels[i]], "split": str(splits[i])}
+    def who(i: int) -> dict:  # (multi-label: its labels joined by the data's delimiter, "" for none)
+        return {"path": paths[i], "label": split.names(samples[i]) if multi else classes[labels[i]],
+                "split": str(splits[i])}
+
+    def names(indices) -> list[str]:
+        return [classes[c] for c in indices]
+
+    def issue(f: dict) -> dict:
+        common = {**who(f["i"]), "score": f["score"],
+                  "evidence": [{**who(e["i"]), "similarity": e["similarity"]} for e in f["evidence"]]}
+        if not multi:
+            return {**common, "suggested": classes[f["suggested"]]}
+        return {**common, "suggested": split.task.joiner.join(names(f["suggested"])), "missing": names(f["missing"]),
+                "extra": names(f["extra"])}
 
     def pairs(items):
         return [{"kind": p["kind"], "similarity": p["similarity"], **({"match": p["match"]} if "match" in p else {}),
@@ -200,14 +218,14 @@ def _report(data: Path, options: DoctorOptions, split, paths, labels, splits, fo
         "near_duplicates": pairs(found["near_duplicates"]),
         "same_scene": pairs(found["same_scene"]),
         "groups": found["groups"],
-        "label_issues": [{**who(f["i"]), "suggested": classes[f["suggested"]], "score": f["score"],
-                          "evidence": [{**who(e["i"]), "similarity": e["similarity"]} for e in f["evidence"]]}
-                         for f in found["label_issues"]],
+        "task": split.task.kind,
+        "label_issues": [issue(f) for f in found["label_issues"]],
         "label_issue_folds": found["label_folds"],
         "outliers": [{**who(f["i"]), "distance": f["distance"], "z": f["z"]} for f in found["outliers"]],
         "image_issues": {kind: [{**who(f["i"]), "detail": f["detail"]} for f in items]
                          for kind, items in found["image_issues"].items()},
-        "balance": checks.balance(labels, splits, classes),
+        "balance": checks.balance_multilabel(split.targets(samples), splits, classes) if multi else
+        checks.balance(labels, splits, classes),
         "timings": timings,
     }
 
@@ -232,7 +250,7 @@ def summary_lines(report: dict) -> list[str]:
                      "labels; kept together in train's cross-validation" + names(scene, lambda p: p["b"]["path"]))
     issues = report["label_issues"]
     lines.append(f"likely label errors: {len(issues)}" + (": " + ", ".join(
-        f"{Path(x['path']).name} ({x['label']} -> {x['suggested']}?)" for x in issues[:3])
+        f"{Path(x['path']).name} ({x['label'] or '(none)'} -> {x['suggested'] or '(none)'}?)" for x in issues[:3])
         + (", ..." if len(issues) > 3 else "") if issues else ""))
     lines.append(f"outliers: {len(report['outliers'])}" + names(report["outliers"]))
     for kind, items in report["image_issues"].items():

@@ -43,9 +43,12 @@ def write_page(path: Path, report: dict) -> None:
                 f'{_figure(p["a"])}{_figure(p["b"])}</div>')
 
     def label(x):
-        note = f"given {x['label']}, suggested {x['suggested']} (score {x['score']:.3f})"
+        note = f"given {x['label'] or '(no label)'}, suggested {x['suggested'] or '(no label)'} (score {x['score']:.3f})"
+        if "missing" in x:  # multi-label: what the image likely lacks, and what it likely should not have
+            note += "".join(f"; {k} {', '.join(x[k])}" for k in ("missing", "extra") if x[k])
         evidence = "".join(_figure(e, f"similarity {e['similarity']:.3f}") for e in x.get("evidence", []))
-        nearest = (f"<p>nearest images labelled {html.escape(x['suggested'])}:</p>{evidence}" if evidence else "")
+        shows = ", ".join(x["missing"]) if "missing" in x else x["suggested"]
+        nearest = (f"<p>nearest images labelled {html.escape(shows)}:</p>{evidence}" if evidence else "")
         return f'<div class="pair">{_figure(x, note)}{nearest}</div>'
 
     def plain(note_key):
