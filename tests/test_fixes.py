@@ -33,7 +33,7 @@ def test_file_round_trips_sorted_with_comments(tmp_path):
 
 @pytest.mark.parametrize("body, words", [
     ("# made by hand\npath,action,label,reason,time\ntrain/blue/0.jpg,delete\n",
-     "line 3: action must be exclude, relabel or keep"),
+     "line 3: action must be exclude, relabel, keep, add-label or remove-label"),
     ("path,action,label,reason,time\ntrain/blue/0.jpg,relabel\n", "line 2: relabel needs the new label"),
     ("path,action,label,reason,time\n../elsewhere/x.jpg,exclude\n", "is not inside the dataset"),
     ("file,what\nx,y\n", "must be the header path,action,label,reason,time"),

@@ -230,3 +230,40 @@ def test_doctor_finds_a_missing_and_an_extra_label(multi, tmp_path, capsys):
     assert found["img003.png"]["label"] == "blue" and (found["img003.png"]["missing"] or found["img003.png"]["extra"])
     assert found["img008.png"]["extra"] == ["green"] and found["img008.png"]["missing"] == ["red"]
     assert "img003.png" in (tmp_path / "doc" / "doctor.html").read_text()
+
+
+def test_studio_shows_tags_and_adds_or_removes_a_label_that_train_fixes_applies(multi, tmp_path):
+    """A metadata.csv listing an image on several rows (one label each): the studio's dataset is
+    multi-label (tags, counts per label, a filter by any label); a label added and one removed are
+    one row per image in the fixes file, which `train --fixes` applies."""
+    import shutil
+
+    from transferkit.studio.datasets import Dataset
+
+    data = tmp_path / "set"
+    shutil.copytree(multi["data"] / "images", data / "images")
+    rows = ["file_name,label"]
+    for path, labels in _rows(multi["table"]):
+        rows += [f"{path},{label}" for label in labels] or [f"{path},"]
+    (data / "metadata.csv").write_text("\n".join(rows) + "\n")
+    ds = Dataset("set", data, tmp_path / "fixes" / "set.fixes.csv", tmp_path / "thumbs")
+    summary = ds.summary()
+    assert summary["task"] == "multilabel" and summary["images"] == 42
+    assert sum(c["train"] + c["val"] for c in summary["counts"].values()) == 54  # 18 x 1 label + 18 x 2, 6 with none
+    red = ds.page(cls="red")
+    assert red["total"] == 18 and all("red" in i["labels"] for i in red["items"])
+    item = ds.decide("images/img000.png", "add-label", "green", "shows green too")  # blue -> blue, green
+    assert item["fixed_labels"] == ["blue", "green"] and item["labels"] == ["blue"]
+    item = ds.decide("images/img000.png", "remove-label", "blue")  # merged: the image's one row is its new set
+    assert item["fix"]["action"] == "relabel" and item["fix"]["label"] == "green"
+    ds.decide("images/img003.png", "remove-label", "red")
+    assert ds.summary()["counts"]["green"]["train_fixed"] + ds.summary()["counts"]["green"]["val_fixed"] == 19
+    with pytest.raises(transferkit.UserError):
+        ds.decide("images/img003.png", "add-label", "purple")
+    run = transferkit.train(data, out=str(tmp_path / "run"), fixes=str(ds.fixes_file), **TINY)
+    assert run.results["fixes"]["relabelled"] == 2
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    labels = {Path(p).name: ls for p, ls in split["train"] + split["val"]}
+    classes = split["classes"]
+    assert [classes[c] for c in labels["img000.png"]] == ["green"]
+    assert [classes[c] for c in labels["img003.png"]] == ["blue"]

@@ -11,7 +11,9 @@ The file is CSV (UTF-8), one row per image, sorted by path, so that it diffs wel
 `path` is relative to DATA (forward slashes); `action` is `exclude`, `relabel` or `keep` (looked at,
 not an error: the image stays as it is, and the studio no longer counts it a finding); `label` is the
 class a relabelled image belongs to (one of DATA's classes); `reason` and `time` (UTC) say why and
-when. Lines starting with `#` are comments. Cells are written as every CSV of transferkit's (a cell
+when. Multi-label data: `relabel` gives the image's whole set of labels (several joined by `;`,
+LABELS_SEP), and `add-label` / `remove-label` add or remove the labels named (`;`-joined) and keep
+the rest; these two are refused for single-label data. Lines starting with `#` are comments. Cells are written as every CSV of transferkit's (a cell
 a spreadsheet would run as a formula gets a leading apostrophe, read back without it; a cell
 starting with # is quoted); a reason is kept to one line of at most 500 characters. The reader
 takes UTF-8 with or without a BOM and CRLF line ends; a row it cannot read (an unclosed quote, a
@@ -31,7 +33,9 @@ from ..errors import UserError
 from ..files import csv_rows, csv_text, csv_untext, text_bytes, user_text
 
 HEADER = ("path", "action", "label", "reason", "time")
-ACTIONS = ("exclude", "relabel", "keep")  # keep: looked at (a doctor's finding), not an error: nothing changes
+ACTIONS = ("exclude", "relabel", "keep", "add-label", "remove-label")  # keep: looked at, not an error: nothing changes
+MULTI_ACTIONS = ("add-label", "remove-label")  # multi-label data only
+LABELS_SEP = ";"  # joins several labels in a multi-label fix's label cell
 REASON_CHARS = 500  # a reason is kept to one line of at most this many characters
 FILE_LIMIT = 256 << 20  # the largest fixes file it reads
 
@@ -92,8 +96,8 @@ def read_fixes(file: str | Path, root: str | Path) -> dict[str, Fix]:
         fix = Fix(*(csv_untext(v.strip()) for v in row))
         if fix.action not in ACTIONS:
             raise UserError(f"{where}: action must be {', '.join(ACTIONS[:-1])} or {ACTIONS[-1]} (got '{fix.action}')")
-        if fix.action == "relabel" and not fix.label:
-            raise UserError(f"{where}: relabel needs the new label")
+        if fix.action in ("relabel", *MULTI_ACTIONS) and not fix.label:
+            raise UserError(f"{where}: {fix.action} needs the {'new ' if fix.action == 'relabel' else ''}label")
         try:
             key = relative(fix.path, root)
         except UserError as exc:
@@ -134,17 +138,30 @@ def from_exclude(exclude_file: str | Path, root: str | Path, reason: str = "doct
     return out
 
 
+def labels_of(fix: Fix) -> list[str]:
+    """The labels a multi-label fix names (its label cell split on LABELS_SEP)."""
+    return [p.strip() for p in fix.label.split(LABELS_SEP) if p.strip()]
+
+
 def apply_fixes(split, fixes: dict[str, Fix], root: str | Path, source: str):
     """`split` (data.discover.DatasetSplit) with the excluded images left out and the relabelled
-    ones under their new class, recorded in `split.fixes`. A relabel to an unknown class is a
-    UserError."""
+    ones under their new class (multi-label: their new set, or the labels added or removed),
+    recorded in `split.fixes`. A relabel to an unknown class is a UserError, as is add-label or
+    remove-label on single-label data."""
     root = Path(root).expanduser().absolute()
     by_path = {str(root / Path(rel)): fix for rel, fix in fixes.items()}
     index = {name: i for i, name in enumerate(split.classes)}
+    multi = split.task.multi
     for fix in fixes.values():
-        if fix.action == "relabel" and fix.label not in index:
-            raise UserError(f"--fixes {source}: {fix.path} is relabelled to '{fix.label}', which is not a class of "
-                            f"this dataset ({', '.join(split.classes)})")
+        if fix.action in MULTI_ACTIONS and not multi:
+            raise UserError(f"--fixes {source}: {fix.path}: {fix.action} is for multi-label data; this dataset has one "
+                            "label per image (relabel it)")
+        names = labels_of(fix) if multi else [fix.label]
+        unknown = [n for n in names if n not in index] if fix.action in ("relabel", *MULTI_ACTIONS) else []
+        if unknown:
+            how = "relabelled to" if fix.action == "relabel" else f"given ({fix.action}) the label"
+            raise UserError(f"--fixes {source}: {fix.path} is {how} '{unknown[0]}', which is not a class of this "
+                            f"dataset ({', '.join(split.classes)})")
     seen: set[str] = set()
     excluded = relabelled = 0
 
@@ -159,6 +176,12 @@ def apply_fixes(split, fixes: dict[str, Fix], root: str | Path, source: str):
             seen.add(s.path)
             if fix.action == "exclude":
                 excluded += 1
+            elif multi and fix.action != "keep":
+                given = {index[n] for n in labels_of(fix)}
+                new = given if fix.action == "relabel" else set(s.labels) | given if fix.action == "add-label" \
+                    else set(s.labels) - given
+                relabelled += tuple(sorted(new)) != s.labels
+                out.append(replace(s, labels=tuple(sorted(new))))
             elif fix.action == "relabel" and index[fix.label] != s.label:
                 relabelled += 1
                 out.append(replace(s, label=index[fix.label]))

@@ -200,7 +200,8 @@ def _report(data: Path, options: DoctorOptions, split, paths, labels, splits, fo
                   "evidence": [{**who(e["i"]), "similarity": e["similarity"]} for e in f["evidence"]]}
         if not multi:
             return {**common, "suggested": classes[f["suggested"]]}
-        return {**common, "suggested": split.task.joiner.join(names(f["suggested"])), "missing": names(f["missing"]),
+        return {**common, "suggested": split.task.joiner.join(names(f["suggested"])),
+                "suggested_labels": names(f["suggested"]), "missing": names(f["missing"]),
                 "extra": names(f["extra"])}
 
     def pairs(items):

@@ -55,11 +55,11 @@ class Dataset:
         with self._lock:
             if self._split is not None and not refresh:
                 return
-            split = discover(self.root, task="single")  # (multi-label data: one line, not yet shown here)
-            index = {}
+            split = discover(self.root)  # (a metadata.csv listing an image on several rows: multi-label)
+            index = {}  # rel -> (its classes (one, or a multi-label set), its split)
             for role, samples in (("train", split.train), ("val", split.val)):
                 for s in samples:
-                    index[fixing.relative(s.path, self.root)] = (s.label, role)
+                    index[fixing.relative(s.path, self.root)] = (s.labels if split.task.multi else (s.label,), role)
             self._split, self._index = split, index
             # a name that is not UTF-8 as a URL brings it back (its odd bytes as U+FFFD), where that
             # names one image alone
@@ -76,24 +76,46 @@ class Dataset:
         self.load()
         return self._split.classes
 
+    @property
+    def multi(self) -> bool:
+        return self._split.task.multi
+
+    def fixed_labels(self, rel: str) -> tuple[str, ...] | None:
+        """The image's classes (names) once its fix is applied (as `train --fixes` applies it);
+        None where it is excluded."""
+        labels, _ = self._index[rel]
+        names = tuple(self._split.classes[c] for c in labels)
+        fix = self._fixes.get(rel)
+        if fix is None or fix.action == "keep":
+            return names
+        if fix.action == "exclude":
+            return None
+        given = set(fixing.labels_of(fix)) if self.multi else {fix.label}
+        keep = given if fix.action == "relabel" else set(names) | given if fix.action == "add-label" \
+            else set(names) - given
+        return tuple(c for c in self._split.classes if c in keep)
+
     def summary(self) -> dict:
-        """Classes with their images per split, before and after the fixes; the fixes' counts."""
+        """Classes with their images per split, before and after the fixes; the fixes' counts
+        (multi-label: an image counts under each of its labels)."""
         self.load()
         classes = self._split.classes
         counts = {c: {"train": 0, "val": 0, "train_fixed": 0, "val_fixed": 0} for c in classes}
-        for rel, (label, role) in self._index.items():
-            counts[classes[label]][role] += 1
-            fix = self._fixes.get(rel)
-            if fix is None:
-                counts[classes[label]][role + "_fixed"] += 1
-            elif fix.action == "relabel" and fix.label in counts:
-                counts[fix.label][role + "_fixed"] += 1
+        for rel, (labels, role) in self._index.items():
+            for c in labels:
+                counts[classes[c]][role] += 1
+            for name in self.fixed_labels(rel) or ():
+                if name in counts:
+                    counts[name][role + "_fixed"] += 1
         actions = [f.action for rel, f in self._fixes.items() if rel in self._index]
         return {"id": self.id, "name": self.name, "path": str(self.root), "classes": classes, "version": self.version,
+                "task": self._split.task.kind,
                 "counts": counts, "images": len(self._index), "val_source": self._split.val_source,
                 "unreadable": [{"path": self._shown(d["path"]), "reason": d["reason"]} for d in self._split.skipped],
                 "fixes_file": str(self.fixes_file), "fixes": {"exclude": actions.count("exclude"),
-                                                              "relabel": actions.count("relabel"),
+                                                              "relabel": actions.count("relabel")
+                                                              + actions.count("add-label")
+                                                              + actions.count("remove-label"),
                                                               "keep": actions.count("keep")},
                 "can_undo": bool(self._undo), "undo_clients": sorted({c for c, _ in self._undo})}
 
@@ -117,9 +139,9 @@ class Dataset:
             raise UserError("fixed must be exclude, relabel, keep, any or none")
         limit = max(1, min(PAGE_LIMIT, limit))
         chosen = []
-        for rel, (label, role) in self._index.items():
+        for rel, (labels, role) in self._index.items():
             fix = self._fixes.get(rel)
-            if (cls is not None and classes[label] != cls) or (split is not None and role != split):
+            if (cls is not None and classes.index(cls) not in labels) or (split is not None and role != split):
                 continue
             if fixed == "none" and fix is not None or fixed == "any" and fix is None or \
                     fixed in fixing.ACTIONS and (fix is None or fix.action != fixed):
@@ -130,10 +152,15 @@ class Dataset:
         return {"total": len(chosen), "offset": offset, "limit": limit, "items": items}
 
     def item(self, rel: str) -> dict:
-        label, role = self._index[rel]
+        """One image: its path, label (multi-label: its labels joined, and `labels`, the list), split, fix."""
+        labels, role = self._index[rel]
         fix = self._fixes.get(rel)
-        return {"path": rel, "label": self._split.classes[label], "split": role,
-                "fix": fix.to_dict() if fix is not None else None}
+        names = [self._split.classes[c] for c in labels]
+        out = {"path": rel, "label": "; ".join(names) if self.multi else names[0], "split": role,
+               "fix": fix.to_dict() if fix is not None else None}
+        if self.multi:
+            out.update(labels=names, fixed_labels=list(self.fixed_labels(rel) or []))
+        return out
 
     def file(self, rel: str) -> Path:
         """The image file at `rel`, if it is one of this dataset's images (else a UserError). A
@@ -167,21 +194,38 @@ class Dataset:
         return [f.to_dict() for _, f in sorted(self._fixes.items())]
 
     def decide(self, rel: str, action: str, label: str = "", reason: str = "", client: str = "") -> dict:
-        """Record a decision about `rel`: exclude, relabel (to `label`), keep or clear; written to
-        the fixes file at once; `client`: the page that made it (its undo). Returns the image's item."""
+        """Record a decision about `rel`: exclude, relabel (to `label`), keep or clear; on
+        multi-label data also add-label and remove-label (`label`: one class, or several joined by
+        `;`; relabel gives the whole set), an add or remove merged with the image's earlier fix into
+        the set it makes; written to the fixes file at once; `client`: the page that made it (its
+        undo). Returns the image's item."""
         self.file(rel)
         if action not in (*fixing.ACTIONS, "clear"):
-            raise UserError(f"action must be exclude, relabel, keep or clear (got '{action}')")
-        if action == "relabel" and label not in self._split.classes:
-            raise UserError(f"'{label}' is not a class of {self.name} ({', '.join(self._split.classes)})")
+            raise UserError(f"action must be {', '.join(fixing.ACTIONS)} or clear (got '{action}')")
+        if action in fixing.MULTI_ACTIONS and not self.multi:
+            raise UserError(f"{action} is for multi-label data: {self.name} has one label per image (relabel it)")
+        named = [p.strip() for p in label.split(fixing.LABELS_SEP) if p.strip()] if self.multi else [label]
+        unknown = [n for n in named if n not in self._split.classes]
+        if action in ("relabel", *fixing.MULTI_ACTIONS) and (unknown or not named):
+            raise UserError(f"'{unknown[0] if unknown else label}' is not a class of {self.name} "
+                            f"({', '.join(self._split.classes)})")
         with self._lock:
             before = self._fixes.get(rel)
             if action == "clear":
                 self._fixes.pop(rel, None)
             else:
-                self._fixes[rel] = fixing.Fix(rel, action, label if action == "relabel" else "",
-                                              fixing.one_line(reason),
-                                              fixing.now())
+                if action in fixing.MULTI_ACTIONS and before is not None and before.action in ("relabel", *fixing.MULTI_ACTIONS):
+                    # one row per image: the two decisions become the set they make together
+                    labels, _ = self._index[rel]
+                    had = {self._split.classes[c] for c in labels}
+                    now = set(self.fixed_labels(rel) or ())
+                    now = now | set(named) if action == "add-label" else now - set(named)
+                    if now:
+                        action, named = "relabel", [c for c in self._split.classes if c in now]
+                    else:  # every label gone: what to remove from the image's own set
+                        action, named = "remove-label", [c for c in self._split.classes if c in had]
+                text = fixing.LABELS_SEP.join(named) if action in ("relabel", *fixing.MULTI_ACTIONS) else ""
+                self._fixes[rel] = fixing.Fix(rel, action, text, fixing.one_line(reason), fixing.now())
             self._save([(rel, before)])
             self._undo.append((client, [(rel, before)]))
         return self.item(rel)
@@ -268,8 +312,12 @@ class Dataset:
             "exact copies": pairs("exact_duplicates"),
             "near copies": pairs("near_duplicates"),
             "same scene": pairs("same_scene"),
-            "likely label errors": [{"kind": f"labelled {f.text('label', '?')}, looks like {f.text('suggested', '?')}",
-                                     "suggested": f.text("suggested"), "score": f.number("score"), "images": [image(f)]}
+            "likely label errors": [{"kind": f"labelled {f.text('label') or '(none)'}, looks like "
+                                             f"{f.text('suggested') or '(none)'}",
+                                     # (multi-label: the suggested set, as the relabel action takes it)
+                                     "suggested": fixing.LABELS_SEP.join(f.texts("suggested_labels"))
+                                     if f.get("suggested_labels") is not None else f.text("suggested"),
+                                     "score": f.number("score"), "images": [image(f)]}
                                     for f in singles("label_issues")],
             "outliers": [{"kind": f"z {f.number('z')}", "images": [image(f)]} for f in singles("outliers")],
         }

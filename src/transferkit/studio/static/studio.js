@@ -69,14 +69,25 @@ function imageCard(item, classes, onChange, opts = {}) {
   const card = el("div", { class: "thumb" + (fix ? " " + fix.action : ""), "data-path": item.path });
   const img = el("img", { src: thumbUrl(item.path), loading: "lazy", alt: item.path, title: item.path,
                           onclick: () => openViewer(`/api/datasets/${state.current}/image?${q({ path: item.path })}`, item.path) });
-  const caption = el("div", {}, `${item.label} · ${item.split}`);
+  // multi-label: the image's labels as tags, and a label added or removed as the fix
+  const caption = item.labels
+    ? el("div", {}, ...(item.labels.length ? item.labels.map((c) => el("span", { class: "tag" }, c)) : [el("span", { class: "tag none" }, "no label")]), ` · ${item.split}`)
+    : el("div", {}, `${item.label} · ${item.split}`);
   if (fix) caption.append(" ", el("span", { class: "fix " + fix.action }, fixText(fix)));
-  const relabel = el("select", { "aria-label": `relabel ${item.path}`, onchange: async (e) => {
-    if (e.target.value) await decide(item.path, "relabel", e.target.value, "", onChange);
-  } }, el("option", { value: "" }, "relabel…"), classes.filter((c) => c !== item.label).map((c) => el("option", { value: c }, c)));
+  const has = item.fixed_labels || [];
+  const relabel = item.labels
+    ? [el("select", { "aria-label": `add a label to ${item.path}`, onchange: async (e) => {
+        if (e.target.value) await decide(item.path, "add-label", e.target.value, "", onChange);
+      } }, el("option", { value: "" }, "add label…"), classes.filter((c) => !has.includes(c)).map((c) => el("option", { value: c }, c))),
+       el("select", { "aria-label": `remove a label from ${item.path}`, onchange: async (e) => {
+        if (e.target.value) await decide(item.path, "remove-label", e.target.value, "", onChange);
+      } }, el("option", { value: "" }, "remove label…"), has.map((c) => el("option", { value: c }, c)))]
+    : [el("select", { "aria-label": `relabel ${item.path}`, onchange: async (e) => {
+        if (e.target.value) await decide(item.path, "relabel", e.target.value, "", onChange);
+      } }, el("option", { value: "" }, "relabel…"), classes.filter((c) => c !== item.label).map((c) => el("option", { value: c }, c)))];
   const actions = el("div", { class: "actions" },
     fix && fix.action === "exclude" ? null : el("button", { type: "button", onclick: () => decide(item.path, "exclude", "", "", onChange) }, "Exclude"),
-    relabel,
+    ...relabel,
     fix ? el("button", { type: "button", onclick: () => decide(item.path, "clear", "", "", onChange) }, "Clear") : null,
     opts.finding && !fix ? el("button", { type: "button", title: "looked at: not an error (kept as it is)",
       onclick: () => decide(item.path, "keep", "", "not an error", onChange) }, "Not an error") : null,
@@ -86,14 +97,15 @@ function imageCard(item, classes, onChange, opts = {}) {
 }
 
 function fixText(fix) {
-  return fix.action === "exclude" ? "excluded" : fix.action === "keep" ? "kept: not an error" : `→ ${fix.label}`;
+  return fix.action === "exclude" ? "excluded" : fix.action === "keep" ? "kept: not an error"
+    : fix.action === "add-label" ? `+ ${fix.label}` : fix.action === "remove-label" ? `− ${fix.label}` : `→ ${fix.label}`;
 }
 
 async function decide(path, action, label, reason, onChange, dataset = state.current) {
   try {
     const out = await api(`/api/datasets/${dataset}/fixes`, { method: "POST", body: { path, action, label, reason, client: state.client } });
     if (dataset === state.current) { state.summary = out.summary; renderSummary(); }
-    say(`${{ clear: "cleared", exclude: "excluded", keep: "kept (not an error)", relabel: "relabelled" }[action]} ${path}`);
+    say(`${{ clear: "cleared", exclude: "excluded", keep: "kept (not an error)", relabel: "relabelled", "add-label": `added ${label} to`, "remove-label": `removed ${label} from` }[action]} ${path}`);
     if (onChange) await onChange();
   } catch (e) { say(e.message, true); }
 }
