@@ -267,3 +267,32 @@ def test_studio_shows_tags_and_adds_or_removes_a_label_that_train_fixes_applies(
     classes = split["classes"]
     assert [classes[c] for c in labels["img000.png"]] == ["green"]
     assert [classes[c] for c in labels["img003.png"]] == ["blue"]
+
+
+def test_the_mlflow_flavour_answers_the_sets(multi, tmp_path):
+    pytest.importorskip("mlflow")
+    from types import SimpleNamespace
+
+    from transferkit.exporting.pyfunc import ImageClassifier
+
+    transferkit.export(multi["run"], "onnx", runs=1, out=str(tmp_path / "export"))
+    model = ImageClassifier()
+    model.load_context(SimpleNamespace(artifacts={"onnx": str(tmp_path / "export" / "model.onnx")}))
+    images = [str(multi["data"] / "images" / f"{name}.png") for name in SETS] + [str(tmp_path / "nope.png")]
+    frame = model.predict(None, images)
+    assert [set(x) for x in frame["labels"][:3]] == list(SETS.values())
+    assert frame["error"][3] and frame["labels"][3] == []
+    assert sum(frame["probabilities"][1]) > 1.5  # blue and red: each class's own sigmoid, not a softmax
+
+
+def test_the_trackers_get_the_multilabel_numbers(multi):
+    from types import SimpleNamespace
+
+    from transferkit.training.run import run_end
+
+    outcome = SimpleNamespace(cfg=SimpleNamespace(strategy="linear"), fit=SimpleNamespace(interrupted=False))
+    end = run_end(multi["run"], multi["results"], outcome)
+    for key in ("map_macro", "map_micro", "subset_accuracy", "hamming_loss", "micro_f1", "ap/blue", "f1/red"):
+        assert key in end.metrics, key
+    assert end.metrics["map_macro"] == multi["results"]["metrics"]["map_macro"]
+    assert any(p.name == "pr_curves.png" for p in end.artifacts) and "pr_curves" in end.images

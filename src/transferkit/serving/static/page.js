@@ -79,7 +79,10 @@ function show(li, pred) {
   li.dataset.state = "done";
   li.dataset.label = pred.label;
   li.dataset.probability = String(pred.probability);
-  h3.textContent = `${pred.label} \u2013 ${percent(pred.probability)}`;
+  // a multi-label model: the predicted set (each probability below is that class's own)
+  h3.textContent = pred.labels ? (pred.labels.length ? pred.labels.join(", ") : "none of the classes")
+    : `${pred.label} \u2013 ${percent(pred.probability)}`;
+  if (pred.labels) li.dataset.labels = pred.labels.join("\n");
   const bars = document.createElement("ul");
   bars.className = "bars";
   bars.setAttribute("aria-label", "top labels");
