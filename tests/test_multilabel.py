@@ -296,3 +296,13 @@ def test_the_trackers_get_the_multilabel_numbers(multi):
         assert key in end.metrics, key
     assert end.metrics["map_macro"] == multi["results"]["metrics"]["map_macro"]
     assert any(p.name == "pr_curves.png" for p in end.artifacts) and "pr_curves" in end.images
+
+
+def test_runs_lists_and_compares_multilabel_runs_by_map(multi, tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["runs", str(multi["run"])]) == 0
+    listed = capsys.readouterr().out
+    assert "mAP" in listed.splitlines()[0] and f"{multi['results']['metrics']['map_macro']:.4f}" in listed
+    assert main(["runs", "compare", str(multi["run"]), str(multi["run"])]) == 0
+    compared = capsys.readouterr().out
+    assert "mAP (macro)" in compared and "Hamming loss" in compared

@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs="*", metavar="DIR | compare A B",
                    help="the folder of runs (default: runs), or: compare RUN_A RUN_B")
     p.add_argument("--sort", default="when", help="when (default: the latest last) | name | val_acc | "
-                                                   "balanced_accuracy | wall_s | cpu_s | size_mb (the highest first)")
+                                                   "balanced_accuracy | val_map (multi-label) | wall_s | cpu_s | size_mb (the highest first)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     p = sub.add_parser("cache", help="show, compact or clear the feature cache")

@@ -24,7 +24,7 @@ OUTPUT_FILES = ("model.safetensors", "model.json", "results.json", "metrics.json
                 "misclassified.csv", "split.json", "report.html", "curves.png", "confusion_matrix.png",
                 "confusion_matrix_normalized.png", "predictions.png", "top_losses.png", "lr_find.png", "lr_find.json",
                 "tracking.json")
-SORT_KEYS = ("when", "name", "val_acc", "balanced_accuracy", "wall_s", "cpu_s", "size_mb")
+SORT_KEYS = ("when", "name", "val_acc", "balanced_accuracy", "val_map", "wall_s", "cpu_s", "size_mb")
 
 
 @dataclass
@@ -41,6 +41,7 @@ class RunRow:
     strategy: str | None = None  # the strategy kept (auto: the one it chose)
     val_acc: float | None = None
     balanced_accuracy: float | None = None
+    val_map: float | None = None  # multi-label runs: the val mAP (macro); their val_acc is the subset accuracy
     wall_s: float | None = None
     cpu_s: float | None = None  # of the command's process and its ended children
     size_mb: float = 0.0
@@ -94,6 +95,8 @@ def read_run(folder: Path) -> RunRow:
     row.when = _num(results.get("finished_at")) or _mtime(results_file)
     row.val_acc = _num(results.get("val_acc"))
     row.balanced_accuracy = _num(results.get("balanced_accuracy"))
+    summary = results.get("metrics") if isinstance(results.get("metrics"), dict) else {}
+    row.val_map = _num(summary.get("map_macro"))
     row.wall_s = _num(results.get("wall_s"))
     row.cpu_s = _num(results.get("cpu_s"))
     row.backbone = _str(results.get("backbone")) or row.backbone
@@ -151,12 +154,15 @@ def format_runs(rows: list[RunRow]) -> str:
 
     if not rows:
         return "no runs"
-    header = ["run", "when", "data", "backbone", "strategy", "val acc", "bal acc", "wall s", "CPU s", "MB", "status"]
+    multi = any(r.val_map is not None for r in rows)  # (a column for multi-label runs' mAP where there are any)
+    header = ["run", "when", "data", "backbone", "strategy", "val acc", "bal acc", *(["mAP"] if multi else []),
+              "wall s", "CPU s", "MB", "status"]
     table = [header] + [[shown(r.name), _when(r.when), shown(Path(r.data).name) if r.data else "-",
                          shown(r.backbone or "-"), shown(r.strategy or "-"), _fmt(r.val_acc), _fmt(r.balanced_accuracy),
+                         *([_fmt(r.val_map)] if multi else []),
                          _fmt(r.wall_s, ".1f"), _fmt(r.cpu_s, ".1f"), f"{r.size_mb:.1f}", r.status] for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-    right = {5, 6, 7, 8, 9}
+    right = set(range(5, len(header) - 1))
     lines = ["  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths))).rstrip()
              for line in table]
     problems = [f"{r.name}: {r.problem}" for r in rows if r.problem]

@@ -325,13 +325,14 @@ async function submitTrain(event) {
 // ---------------------------------------------------------------- runs
 async function loadRuns() {
   const runs = await api("/api/runs");
-  const head = el("tr", {}, el("th", {}, ""), ...["run", "data", "backbone", "strategy", "val acc", "bal acc", "wall s", "CPU s", "when", "status", ""].map((h) => el("th", {}, h)));
+  const head = el("tr", {}, el("th", {}, ""), ...["run", "data", "backbone", "strategy", "val acc", "bal acc", "mAP", "wall s", "CPU s", "when", "status", ""].map((h) => el("th", {}, h)));
   const rows = runs.slice().reverse().map((r) => el("tr", { "data-run": r.name },
     el("td", {}, el("input", { type: "checkbox", "aria-label": `select ${r.name}`, checked: state.selected.has(r.name) || null, disabled: r.status !== "finished" && r.status !== "interrupted" || null,
       onchange: (e) => { e.target.checked ? state.selected.add(r.name) : state.selected.delete(r.name); $("compare").disabled = state.selected.size !== 2; } })),
     el("td", {}, r.status === "finished" || r.status === "interrupted" ? el("a", { href: "#", onclick: (e) => { e.preventDefault(); showRun(r.name); } }, r.name) : r.name),
     el("td", {}, r.data ? r.data.split("/").pop() : "-"), el("td", {}, r.backbone || "-"), el("td", {}, r.strategy || "-"),
     el("td", { class: "num" }, num(r.val_acc)), el("td", { class: "num" }, num(r.balanced_accuracy)),
+    el("td", { class: "num", title: "multi-label runs: val mAP (their val acc is the subset accuracy)" }, r.val_map === null || r.val_map === undefined ? "-" : num(r.val_map)),
     el("td", { class: "num" }, r.wall_s === null ? "-" : r.wall_s.toFixed(1)), el("td", { class: "num" }, r.cpu_s === null ? "-" : r.cpu_s.toFixed(1)),
     el("td", {}, r.when ? new Date(r.when * 1000).toLocaleString() : "-"), el("td", {}, r.status + (r.problem ? `: ${r.problem}` : "")),
     el("td", {}, el("button", { type: "button", title: `delete the run folder ${r.path}`, onclick: () => removeRun(r.name) }, "Remove"))));
