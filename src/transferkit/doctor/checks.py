@@ -239,21 +239,9 @@ def balance(labels, splits, classes: list[str]) -> dict:
     a reliable val split, and what to do."""
     labels, splits = np.asarray(labels), np.asarray(splits)
     k = len(classes)
-    train = np.bincount(labels[splits == "train"], minlength=k)
-    val = np.bincount(labels[splits == "val"], minlength=k)
-    total = train + val
-    ratio = float(total.max() / max(total.min(), 1))
-    small = [classes[c] for c in range(k) if total[c] < SMALL_CLASS]
-    remedies = []
-    if ratio > IMBALANCE:
-        remedies.append("train with --class-weights auto (or --balanced-sampler), and read the balanced accuracy "
-                        "and per-class recall rather than the accuracy")
-    if small:
-        remedies.append(f"add images to {', '.join(small)}: with under {SMALL_CLASS} images, a class's val accuracy "
-                        "rests on one or two images")
-    return {"per_class": {c: {"train": int(train[i]), "val": int(val[i]), "total": int(total[i])}
-                          for i, c in enumerate(classes)},
-            "max_min_ratio": round(ratio, 2), "small_classes": small, "remedies": remedies}
+    return _balance(np.bincount(labels[splits == "train"], minlength=k), np.bincount(labels[splits == "val"], minlength=k),
+                    classes, "train with --class-weights auto (or --balanced-sampler), and read the balanced accuracy "
+                             "and per-class recall rather than the accuracy", "val accuracy")
 
 
 def balance_multilabel(y: np.ndarray, splits, classes: list[str]) -> dict:
@@ -261,22 +249,24 @@ def balance_multilabel(y: np.ndarray, splits, classes: list[str]) -> dict:
     ratio, small classes and remedies, plus the images with no label and the label co-occurrence
     (images with both labels; the diagonal is each label's count)."""
     y, splits = np.asarray(y) > 0, np.asarray(splits)
-    train, val = y[splits == "train"].sum(0), y[splits == "val"].sum(0)
+    out = _balance(y[splits == "train"].sum(0), y[splits == "val"].sum(0), classes,
+                   "train with --class-weights auto (each class's positives weigh as much as its negatives), and read "
+                   "the per-class AP and the macro mAP rather than the micro figures", "AP")
+    ints = y.astype(np.int64)
+    return {**out, "images_without_labels": int((~y.any(1)).sum()), "cooccurrence": (ints.T @ ints).tolist()}
+
+
+def _balance(train: np.ndarray, val: np.ndarray, classes: list[str], reweigh: str, measure: str) -> dict:
     total = train + val
     ratio = float(total.max() / max(total.min(), 1))
     small = [classes[c] for c in range(len(classes)) if total[c] < SMALL_CLASS]
-    remedies = []
-    if ratio > IMBALANCE:
-        remedies.append("train with --class-weights auto (each class's positives weigh as much as its negatives), and "
-                        "read the per-class AP and the macro mAP rather than the micro figures")
+    remedies = [reweigh] if ratio > IMBALANCE else []
     if small:
-        remedies.append(f"add images to {', '.join(small)}: with under {SMALL_CLASS} images, a class's AP rests on one "
-                        "or two images")
-    ints = y.astype(np.int64)
+        remedies.append(f"add images to {', '.join(small)}: with under {SMALL_CLASS} images, a class's {measure} "
+                        "rests on one or two images")
     return {"per_class": {c: {"train": int(train[i]), "val": int(val[i]), "total": int(total[i])}
                           for i, c in enumerate(classes)},
-            "max_min_ratio": round(ratio, 2), "small_classes": small, "remedies": remedies,
-            "images_without_labels": int((~y.any(1)).sum()), "cooccurrence": (ints.T @ ints).tolist()}
+            "max_min_ratio": round(ratio, 2), "small_classes": small, "remedies": remedies}
 
 
 def image_issues(props: list[np.ndarray | None]) -> dict[str, list[dict]]:
