@@ -7,7 +7,6 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 
 from .cache import Cache
 from .config import DoctorOptions, ExportOptions, LRFindOptions, PredictOptions, SummaryOptions, TrainConfig
@@ -174,7 +173,7 @@ def evaluate(run: str | Path, data: str | Path | None = None, device: str = "aut
     from types import SimpleNamespace
 
     from .data.table import resolve_data, table_of
-    from .data.discover import eval_files
+    from .data.discover import eval_files, targets_of
     from .models import bundle
 
     console = console or Console()
@@ -206,7 +205,7 @@ def evaluate(run: str | Path, data: str | Path | None = None, device: str = "aut
     for item in skipped:
         console.warn(f"skipped {item['path']}: {item['reason']}")
     summary = report.write_evaluation(
-        out_dir, [samples[i].path for i in ok], targets([samples[i] for i in ok], meta.task, len(classes)),
+        out_dir, [samples[i].path for i in ok], targets_of([samples[i] for i in ok], meta.task, len(classes)),
         logits[ok], classes, {"skipped_files": skipped, "run": str(predictor.run_dir),
                               "data": str(data) if data is not None else "the run's validation split",
                               "tta": tta, "engine": predictor.engine.to_dict()}, meta.task.to_dict())
@@ -214,15 +213,6 @@ def evaluate(run: str | Path, data: str | Path | None = None, device: str = "aut
     summary["out"] = str(out_dir)
     summary["engine"] = predictor.engine.to_dict()
     return summary
-
-
-def targets(samples, task, num_classes: int) -> np.ndarray:
-    """What `samples` are measured against: class indices, or multi-label (N, C) 0/1 rows."""
-    from .task import multi_hot
-
-    if task.multi:
-        return multi_hot([s.labels or () for s in samples], num_classes)
-    return np.array([s.label for s in samples], dtype=np.int64)
 
 
 def _eval_dir(run_dir: Path, data, out) -> Path:

@@ -10,6 +10,7 @@ import numpy as np
 
 from . import cifar
 from ..errors import UserError, describe_os_error
+from ..files import shown
 from ..task import MULTI, Task, multi_hot, stratum, task_of
 
 
@@ -23,6 +24,14 @@ class Sample:
     path: str
     label: int
     labels: tuple[int, ...] | None = None
+
+
+def targets_of(samples: list[Sample], task: Task, num_classes: int) -> np.ndarray:
+    """What a model learns of (and is measured against on) `samples`: class indices (int64), or
+    for a multi-label `task` (N, C) 0/1 rows (float32)."""
+    if task.multi:
+        return multi_hot([s.labels or () for s in samples], num_classes)
+    return np.array([s.label for s in samples], dtype=np.int64)
 
 
 def multi_samples(rows, num_classes: int) -> list[Sample]:
@@ -69,11 +78,8 @@ class DatasetSplit:
     merged: int = 0  # images a label table lists on several rows with other labels (merged: multi-label)
 
     def targets(self, samples: list[Sample]) -> np.ndarray:
-        """What a model learns of `samples`: class indices (int64), or for multi-label data
-        (N, C) 0/1 rows (float32)."""
-        if self.task.multi:
-            return multi_hot([s.labels for s in samples], len(self.classes))
-        return np.array([s.label for s in samples], dtype=np.int64)
+        """What a model learns of `samples` (`targets_of`)."""
+        return targets_of(samples, self.task, len(self.classes))
 
     def label_counts(self, samples: list[Sample]) -> np.ndarray:
         """Images per class among `samples` (multi-label: images that have the class)."""
@@ -382,8 +388,6 @@ def from_table(labels, root: Path, val_fraction: float, seed: int, task: str = "
 def _single_label_rows(file: str, table, task: str) -> None:
     """Single-label data: every image has exactly one label (a row with none, or an image listed
     again with another label, is one error naming its lines)."""
-    from ..files import shown
-
     if table.merged:
         path, first, again = table.merged[0]
         raise UserError(f"--labels {file}: {shown(path)} is labelled on line {first} and again, differently, on line "
@@ -454,11 +458,11 @@ def eval_files(data: str | Path, classes: list[str], datasets_dir: Path | None =
             return sorted(multi_samples([(p, [index[n] for n in names]) for p, names, _ in rows], len(classes)),
                           key=lambda s: s.path)
         if table.merged:
-            raise UserError(f"{shown_path(labels.file)} lists {table.merged[0][0]} with several labels: the model is "
+            raise UserError(f"{shown(labels.file)} lists {table.merged[0][0]} with several labels: the model is "
                             "single-label")
         empty = next(((p, line) for p, names, line in rows if not names), None)
         if empty is not None:
-            raise UserError(f"{shown_path(labels.file)}, line {empty[1]}: the label cell is empty for {empty[0]}")
+            raise UserError(f"{shown(labels.file)}, line {empty[1]}: the label cell is empty for {empty[0]}")
         return sorted((Sample(p, index[names[0]]) for p, names, _ in rows), key=lambda s: (s.label, s.path))
     root, _ = image_root(data, datasets_dir)
     train_dir, val_dir, test_dir = find_layout(root)
@@ -475,8 +479,3 @@ def eval_files(data: str | Path, classes: list[str], datasets_dir: Path | None =
         return multi_samples([(p, [index[c]]) for c in sorted(files) for p in files[c]], len(classes))
     return [Sample(p, index[c]) for c in sorted(files) for p in files[c]]
 
-
-def shown_path(file: str) -> str:
-    from ..files import shown
-
-    return shown(file)

@@ -27,18 +27,6 @@ def as_list(images) -> list:
     return list(images)
 
 
-def mean_of_views(logits: np.ndarray, task: Task | None = None) -> np.ndarray:
-    """(N, V, C) logits of V views -> (N, C): the logits of the views' mean probabilities (one
-    view: its logits unchanged); `task`: single-label (softmax) unless it says otherwise."""
-    return (task or Task()).mean_of_views(logits)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Class probabilities of logits (N, C), row by row (rows of unreadable images stay NaN)."""
-    z = logits - logits.max(1, keepdims=True)
-    return np.exp(z) / np.exp(z).sum(1, keepdims=True)
-
-
 class BasePredictor:
     """A model ready to predict. Subclasses say how an image becomes an input (`prepare`) and
     how a batch of inputs becomes logits (`run`).

@@ -100,7 +100,9 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         seen += n
         if progress is not None:
             progress.update(1)
-            progress.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{scored.value(correct, seen):.3f}")
+            # (multi-label: the epoch's mAP comes at its end, not recomputed over every batch so far)
+            progress.set_postfix(loss=f"{total_loss / seen:.3f}",
+                                 **({} if scored.multi else {"acc": f"{scored.value(correct, seen):.3f}"}))
     return total_loss / max(1, seen), scored.value(correct, seen)
 
 
