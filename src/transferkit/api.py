@@ -7,7 +7,6 @@ import os
 import time
 from pathlib import Path
 
-
 from .cache import Cache
 from .config import DoctorOptions, ExportOptions, LRFindOptions, PredictOptions, SummaryOptions, TrainConfig
 from .console import Console
