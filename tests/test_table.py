@@ -127,3 +127,18 @@ def test_a_listed_file_that_is_gone_is_skipped_and_named(tables, tmp_path, capsy
     assert "line 14" in run.results["skipped_files"][0]["reason"]
     assert main(["train", str(tables["data"]), "--path-col", "image", *FLAGS]) == 2
     assert "name the columns of a --labels table" in capsys.readouterr().err
+
+
+def test_metadata_csv_in_each_split_folder(tables, tmp_path):
+    """Hugging Face imagefolder's other layout: a metadata.csv in train/ and in validation/, paths
+    relative to each folder, each one's rows in its split."""
+    import shutil
+
+    data = tmp_path / "hf"
+    for split, target in (("train", "train"), ("val", "validation")):
+        shutil.copytree(tables["data"] / split, data / target)
+        rows = [f"{p.relative_to(data / target).as_posix()},{p.parent.name}"
+                for p in sorted((data / target).rglob("*.*"))]
+        (data / target / "metadata.csv").write_text("file_name,label\n" + "\n".join(rows) + "\n")
+    run = transferkit.train(data, out=str(tmp_path / "run"), **TINY)
+    assert run.results["val_source"] == "table" and run.results["num_val"] == 6 and run.results["num_train"] == 12

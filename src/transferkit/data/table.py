@@ -56,6 +56,8 @@ class LabelTable:
     label_col: str | None = None
     split_col: str | None = None
     label_delim: str | None = None  # splits a label cell into several labels (multi-label)
+    role: str | None = None  # every row's split ("train" | "val" | "test"): a metadata.csv in a split folder
+    others: tuple["LabelTable", ...] = ()  # the other split folders' metadata.csv files, read with this one
 
 
 @dataclass
@@ -96,22 +98,53 @@ def table_of(options) -> LabelTable | None:
 
 
 def find_metadata(root: Path, label_delim: str | None = None) -> LabelTable | None:
-    """A Hugging Face `metadata.csv` in DATA with `file_name` and `label` columns, as a table (one
-    that lacks a label column describes its images otherwise: the folders are the labels then)."""
-    file = root / METADATA
-    if not file.is_file():
+    """A Hugging Face `metadata.csv` with `file_name` and `label` columns, as a table (one that
+    lacks a label column describes its images otherwise: the folders are the labels then): in
+    DATA, or in its split folders (train/, and val/ or validation/, test/: each one's rows are in
+    that split, their paths relative to its folder), read together."""
+    if _is_metadata(root / METADATA):
+        return LabelTable(str(root / METADATA), "file_name", "label", label_delim=label_delim)
+    from .discover import TEST_NAMES, TRAIN_NAMES, VAL_NAMES
+
+    roles = {**{n: "train" for n in TRAIN_NAMES}, **{n: "val" for n in VAL_NAMES}, **{n: "test" for n in TEST_NAMES}}
+    try:
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and p.name.lower() in roles)
+    except OSError:
         return None
+    found = [LabelTable(str(p / METADATA), "file_name", "label", label_delim=label_delim, role=roles[p.name.lower()])
+             for p in folders if _is_metadata(p / METADATA)]
+    train = [t for t in found if t.role == "train"]
+    if not train:
+        return None
+    return LabelTable(**{**vars(train[0]), "others": tuple(t for t in found if t is not train[0])})
+
+
+def _is_metadata(file: Path) -> bool:
+    """Whether `file` is a metadata.csv with file_name and label columns."""
+    if not file.is_file():
+        return False
     try:
         header = next(csv_rows(read_text(file, TABLE_LIMIT, TEXT_ERRORS), str(file)), (0, []))[1]
     except (OSError, DamagedFile, UserError):
-        return None
+        return False
     names = [h.strip() for h in header]
-    return LabelTable(str(file), "file_name", "label", label_delim=label_delim) \
-        if "file_name" in names and "label" in names else None
+    return "file_name" in names and "label" in names
 
 
 def read_table(table: LabelTable, root: Path) -> TableRows:
-    """The rows of `table` for the images under `root` (DATA), checked; see the module."""
+    """The rows of `table` (and of the split folders' tables read with it, `others`) for the
+    images under `root` (DATA), checked; see the module."""
+    out = _read_one(table, root)
+    for other in table.others:
+        part = _read_one(LabelTable(**{**vars(other), "label_delim": table.label_delim}), root)
+        for role, rows in part.rows.items():
+            out.rows.setdefault(role, []).extend(rows)
+        out.missing += part.missing
+        out.merged += part.merged
+    return out
+
+
+def _read_one(table: LabelTable, root: Path) -> TableRows:
     file = Path(table.file).expanduser()
     what = f"--labels {shown(file)}"
     text = user_text(file, what, TABLE_LIMIT)
@@ -136,7 +169,7 @@ def read_table(table: LabelTable, root: Path) -> TableRows:
         raw, labels = cells[path_i].strip(), _labels(cells[label_i], table.label_delim)
         if not raw:
             raise UserError(f"{where}: the path cell is empty")
-        role = _role(cells[split_i].strip(), names[split_i], where) if split_i is not None else "any"
+        role = table.role or (_role(cells[split_i].strip(), names[split_i], where) if split_i is not None else "any")
         path = _resolve(raw, root, file.parent, where)
         if path in seen:
             before, at, position = seen[path]
@@ -156,7 +189,7 @@ def read_table(table: LabelTable, root: Path) -> TableRows:
             continue
         seen[path] = (role, line, len(out.setdefault(role, [])))
         out[role].append((path, labels, line))
-    return TableRows(out, missing, split_i is not None, merged)
+    return TableRows(out, missing, split_i is not None or table.role is not None, merged)
 
 
 def _labels(cell: str, delim: str | None) -> tuple[str, ...]:
