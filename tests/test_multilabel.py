@@ -306,3 +306,13 @@ def test_runs_lists_and_compares_multilabel_runs_by_map(multi, tmp_path, capsys)
     assert main(["runs", "compare", str(multi["run"]), str(multi["run"])]) == 0
     compared = capsys.readouterr().out
     assert "mAP (macro)" in compared and "Hamming loss" in compared
+
+
+def test_the_studio_run_view_speaks_multilabel(multi):
+    from transferkit.studio.views import run_view
+
+    view = run_view(multi["run"])
+    assert view["task"] == "multilabel" and view["confusion"] is None
+    assert view["map"]["map_macro"] == pytest.approx(multi["results"]["metrics"]["map_macro"])
+    losses = [t["loss"] for t in view["top_losses"]]
+    assert losses == sorted(losses, reverse=True)

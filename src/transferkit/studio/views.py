@@ -46,9 +46,11 @@ def run_view(run_dir: Path) -> dict:
     metrics = read_json_object(run_dir / "metrics.json") or Record()
     results = read_json_object(run_dir / "results.json") or Record()
     rows = predictions(run_dir)
+    # the most confidently wrong; multi-label: the largest loss (their probability is the top class's)
     wrong = sorted((i for i, r in enumerate(rows) if r["actual"] != r["predicted"]),
-                   key=lambda i: -rows[i]["probability"])
+                   key=lambda i: -rows[i].get("loss", rows[i]["probability"]))
     return {"run": row.to_dict(), "classes": metrics.texts("classes") or results.texts("classes"),
+            "task": metrics.text("task", "single"), "map": {k: metrics.number(k) for k in ("map_macro", "map_micro")},
             "confusion": confusion(metrics), "per_class": per_class(metrics),
             "history": history(run_dir), "report": (run_dir / "report.html").is_file(),
             "exported": (run_dir / "export" / "export.json").is_file(),

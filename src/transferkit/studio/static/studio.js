@@ -425,11 +425,12 @@ function runThumb(run, r, caption, dataset = null, classes = []) {
 async function showRun(name) {
   const v = await api(`/api/runs/${encodeURIComponent(name)}`);
   const r = v.run;
+  const multi = v.task === "multilabel";  // multi-label: mAP, no confusion matrix, the images with the largest loss
   const perClass = Object.entries(v.per_class || {}).map(([c, m]) => el("tr", {}, el("td", {}, c), el("td", { class: "num" }, num(m.precision, 3)),
     el("td", { class: "num" }, num(m.recall, 3)), el("td", { class: "num" }, num(m.f1, 3)), el("td", { class: "num" }, m.support)));
   $("run-view").replaceChildren(
     el("h2", {}, r.name),
-    el("p", {}, `val accuracy ${num(r.val_acc)} · balanced ${num(r.balanced_accuracy)} · ${r.strategy} · ${r.backbone} · ${r.wall_s === null ? "-" : r.wall_s.toFixed(1)} s`,
+    el("p", {}, `${multi ? `val mAP ${num(v.map.map_macro)} (micro ${num(v.map.map_micro)}) · subset accuracy` : "val accuracy"} ${num(r.val_acc)} · balanced ${num(r.balanced_accuracy)} · ${r.strategy} · ${r.backbone} · ${r.wall_s === null ? "-" : r.wall_s.toFixed(1)} s`,
       v.report ? el("span", {}, " · ", el("a", { href: `/api/runs/${encodeURIComponent(name)}/report`, target: "_blank", rel: "noopener" }, "report.html")) : null),
     el("p", {}, el("select", { id: "export-formats", "aria-label": "formats to export" },
         ...[["all", "all formats"], ["onnx", "ONNX"], ["torchscript", "TorchScript"], ["int8", "INT8 ONNX"]].map(([v, t]) => el("option", { value: v }, t))),
@@ -443,13 +444,14 @@ async function showRun(name) {
       el("button", { type: "button", id: "serve-run", onclick: () => toggleServe(name) }, "Serve"), " ", el("span", { id: "serve-line" })),
     el("div", { id: "export-table" }),
     curves([v.history], [r.name]),
-    el("h3", {}, "Confusion matrix (click a cell for its images)"),
-    confusionTable(name, v.classes, v.confusion),
+    multi ? null : el("h3", {}, "Confusion matrix (click a cell for its images)"),
+    multi ? null : confusionTable(name, v.classes, v.confusion),
     el("div", { id: "cell-images" }),
     el("h3", {}, "Per class"),
     el("table", { class: "grid" }, el("tr", {}, ...["class", "precision", "recall", "F1", "support"].map((h) => el("th", {}, h))), ...perClass),
-    el("h3", {}, "Most confidently wrong"),
-    v.top_losses.length ? el("div", { class: "thumbs" }, ...v.top_losses.map((t) => runThumb(name, t, `${t.actual} → ${t.predicted} ${pct(t.probability)}`, v.dataset, v.classes)))
+    el("h3", {}, multi ? "Largest loss (labels wrong or unsure)" : "Most confidently wrong"),
+    v.top_losses.length ? el("div", { class: "thumbs" }, ...v.top_losses.map((t) => runThumb(name, t, multi
+      ? `${t.actual || "(none)"} → ${t.predicted || "(none)"} · loss ${num(t.loss, 2)}` : `${t.actual} → ${t.predicted} ${pct(t.probability)}`, v.dataset, v.classes)))
       : el("p", { class: "muted" }, "none: every validation image is right"));
   refreshServe(name);
   if (v.exported) showExport(name);
