@@ -316,3 +316,18 @@ def test_the_studio_run_view_speaks_multilabel(multi):
     assert view["map"]["map_macro"] == pytest.approx(multi["results"]["metrics"]["map_macro"])
     losses = [t["loss"] for t in view["top_losses"]]
     assert losses == sorted(losses, reverse=True)
+
+
+def test_the_studio_reads_joined_label_cells_with_its_label_delim(multi, tmp_path):
+    import shutil
+
+    from transferkit.studio.app import train_command
+    from transferkit.studio.datasets import Dataset
+
+    data = tmp_path / "joined"
+    shutil.copytree(multi["data"] / "images", data / "images")
+    (data / "metadata.csv").write_text(multi["table"].read_text().replace("path,labels", "file_name,label", 1))
+    ds = Dataset("joined", data, tmp_path / "joined.fixes.csv", tmp_path / "thumbs", label_delim=";")
+    assert ds.summary()["task"] == "multilabel" and ds.page(cls="blue")["total"] == 18
+    argv, cfg = train_command(ds, {"strategy": "linear"}, tmp_path / "runs", None, set())
+    assert argv[argv.index("--label-delim") + 1] == ";" and cfg.label_delim == ";"

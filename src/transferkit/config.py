@@ -430,10 +430,15 @@ class StudioOptions:
     no_auth: bool = opt(False, "listen on a non-loopback address without a token (anyone who reaches it may "
                         "use it, and start training)")
     cache_dir: str | None = opt(None, "cache folder [default: $TRANSFERKIT_CACHE or ~/.cache/transferkit]")
+    label_delim: str | None = opt(None, "splits the label cells of the datasets' metadata.csv into several labels, "
+                                  "e.g. ' ' or ';' (multi-label; passed to the training and doctor runs it starts)")
 
     def __post_init__(self) -> None:
+        from .data.table import check_delim
+
         check_values(self)
         check_exposure(self, "the studio")
+        check_delim(self.label_delim)
 
 
 @dataclass

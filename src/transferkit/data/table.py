@@ -80,14 +80,19 @@ def resolve_data(data: str, labels: str | None, options) -> tuple[str, str | Non
         return str(given.parent.absolute()), str(given.absolute())
     if labels is None and any(getattr(options, k, None) for k in ("path_col", "label_col", "split_col")):
         raise UserError("--path-col, --label-col and --split-col name the columns of a --labels table: give one")
-    delim = getattr(options, "label_delim", None)
-    if delim is not None and not (0 < len(delim) <= 8 and delim not in ("\n", "\r", '"')):
-        raise UserError(f"--label-delim {delim!r}: one to eight characters that separate the labels in a cell, "
-                        "e.g. ' ' or ';'")
+    delim = check_delim(getattr(options, "label_delim", None))
     if labels is None and delim is not None and not (given.is_dir() and (given / METADATA).is_file()):
         raise UserError("--label-delim splits the label cells of a --labels table (or of DATA/metadata.csv): give one")
     # (absolute: the run's config.yaml names the same table from wherever it is resumed)
     return data, str(Path(labels).expanduser().absolute()) if labels else None
+
+
+def check_delim(delim: str | None) -> str | None:
+    """`delim` (--label-delim) if it can separate labels in a cell; else a UserError."""
+    if delim is not None and not (0 < len(delim) <= 8 and delim not in ("\n", "\r", '"')):
+        raise UserError(f"--label-delim {delim!r}: one to eight characters that separate the labels in a cell, "
+                        "e.g. ' ' or ';'")
+    return delim
 
 
 def table_of(options) -> LabelTable | None:

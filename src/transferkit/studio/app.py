@@ -98,7 +98,8 @@ class Studio:
         base = re.sub(r"[^A-Za-z0-9_-]", "-", root.name)[:40] or "data"
         ident = base if base not in self.datasets else f"{base}-{len(self.datasets)}"
         digest = hashlib.sha256(str(root).encode()).hexdigest()[:8]
-        self.datasets[ident] = Dataset(ident, root, self.runs / "fixes" / f"{base}-{digest}.fixes.csv", self.thumbs)
+        self.datasets[ident] = Dataset(ident, root, self.runs / "fixes" / f"{base}-{digest}.fixes.csv", self.thumbs,
+                                       self.options.label_delim)
         return self.datasets[ident]
 
     def dataset(self, ident: str) -> Dataset:
@@ -251,7 +252,8 @@ def create_studio(data: list[str | Path], options: StudioOptions | None = None) 
         ds = studio.dataset(ident)
         out = studio.doctor_dir(ds)
         out.mkdir(parents=True, exist_ok=True)
-        argv = ["doctor", str(ds.root), "--out", str(out), "--write-exclude", str(out / "exclude.txt")]
+        argv = ["doctor", str(ds.root), "--out", str(out), "--write-exclude", str(out / "exclude.txt"),
+                *(["--label-delim", ds.label_delim] if ds.label_delim else [])]
         if options.cache_dir:
             argv += ["--cache-dir", options.cache_dir]
         return studio.jobs.submit("doctor", argv, f"doctor {ds.name}").to_dict()
@@ -419,7 +421,7 @@ def train_command(ds: Dataset, body: dict, runs: Path, cache_dir: str | None,
                   taken: set | None = None) -> tuple[list[str], TrainConfig]:
     """The `transferkit train` command the page's form stands for (checked as the CLI checks it);
     its run folder a new one in `runs` (not one of the `taken` names either)."""
-    values = {"data": str(ds.root), "strategy": body.get("strategy") or "linear",
+    values = {"data": str(ds.root), "label_delim": ds.label_delim, "strategy": body.get("strategy") or "linear",
               "model": body.get("model") or "efficientnet_lite0"}
     given = body.get("options") or {}
     if not isinstance(given, dict):
@@ -451,6 +453,8 @@ def train_command(ds: Dataset, body: dict, runs: Path, cache_dir: str | None,
     argv = ["train", str(ds.root), "--out", values["out"], "--strategy", cfg.strategy, "--model", cfg.model]
     if cfg.fixes:
         argv += ["--fixes", cfg.fixes]
+    if ds.label_delim:
+        argv += ["--label-delim", ds.label_delim]
     defaults = TrainConfig()
     for key in FORM_OPTIONS:
         value = getattr(cfg, key)

@@ -31,6 +31,7 @@ class Dataset:
     root: Path
     fixes_file: Path
     thumbs: Path  # the thumbnail cache folder
+    label_delim: str | None = None  # splits its metadata.csv's label cells (studio --label-delim)
     _split: object = None
     _index: dict = field(default_factory=dict)  # relative path -> (class index, "train" | "val")
     _fixes: dict = field(default_factory=dict)
@@ -55,7 +56,8 @@ class Dataset:
         with self._lock:
             if self._split is not None and not refresh:
                 return
-            split = discover(self.root)  # (a metadata.csv listing an image on several rows: multi-label)
+            # (a metadata.csv listing an image on several rows, or joining labels with --label-delim: multi-label)
+            split = discover(self.root, label_delim=self.label_delim)
             index = {}  # rel -> (its classes (one, or a multi-label set), its split)
             for role, samples in (("train", split.train), ("val", split.val)):
                 for s in samples:
