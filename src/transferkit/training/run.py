@@ -530,7 +530,8 @@ def cross_validation(outcome: Outcome) -> dict | None:
     head = outcome.info.get("head")
     if not head or head.get("cv_accuracy") is None:
         return None
-    return {"accuracy": head["cv_accuracy"], "folds": head["folds"], "images": head.get("cv_images"),
+    return {"accuracy": head["cv_accuracy"], "measure": "mAP" if outcome.split.task.multi else "accuracy",
+            "folds": head["folds"], "images": head.get("cv_images"),
             "groups": head.get("cv_groups"), "grouped_images": head.get("cv_grouped_images", 0),
             "estimates": "the kept model" if STRATEGIES.get(outcome.cfg.strategy).trains == "head" or
             outcome.info.get("kept") == "probe" else "the head on frozen features"}
@@ -542,10 +543,14 @@ def cv_warning(results: dict) -> str | None:
     cv = results.get("cv")
     if not cv or cv["estimates"] != "the kept model" or results["num_val"] < 20:
         return None
-    gap = cv["accuracy"] - results["val_acc"]
+    # (multi-label: the cross-validation measures mAP, so the val mAP is its counterpart)
+    val = results["metrics"].get("map_macro") if results["metrics"].get("task") == "multilabel" else results["val_acc"]
+    if val is None:
+        return None
+    gap = cv["accuracy"] - val
     if gap <= CV_OPTIMISM:
         return None
-    return (f"the head cross-validates at {cv['accuracy']:.1%} on the training images but scores {results['val_acc']:.1%} "
+    return (f"the head cross-validates at {cv['accuracy']:.1%} on the training images but scores {val:.1%} "
             f"on val ({gap * 100:.1f} points lower): the val images differ from the training images more than these "
             f"differ from each other ({cv['groups']} groups of near-identical shots were kept apart in the folds); "
             "trust the val figure, and check the split (`transferkit doctor`)")

@@ -20,7 +20,7 @@ def run(ctx):
     width = f.widths[choice.features]
     val_logits = f.all_val(linear(f.x_val[:, :width]))
     if choice.cv_accuracy is not None:
-        ctx.console.info(head_choice_line(choice))
+        ctx.console.info(head_choice_line(choice, f.split.task))
     # NumPy throughout: with the features, the head and the backbone's weights cached, no torch
     state = {f"backbone.{k}": v for k, v in ctx.models.backbone_arrays().items()}
     state.update(linear.state())
@@ -29,13 +29,15 @@ def run(ctx):
                    thresholds=thresholds)
 
 
-def head_choice_line(choice) -> str:
-    """One console line: the head chosen and the cross-validated numbers it was chosen on."""
+def head_choice_line(choice, task=None) -> str:
+    """One console line: the head chosen and the cross-validated numbers it was chosen on (a
+    multi-label `task`'s cross-validation measures mAP)."""
+    measure = "mAP" if task is not None and task.multi else "accuracy"
     others = [f"{name} {row['cv_accuracy']:.1%} (log loss {row['cv_log_loss']:.3f})" for name in ("last", "multi")
               if (row := choice.best_for(name)) is not None]
     folds = f"{choice.folds} folds" + (f" x {choice.repeats} draws" if choice.repeats > 1 else "")
     return (f"head: {choice.features}-layer features, {choice.scaling} scaling, weight decay {choice.weight_decay:g} "
-            f"(cross-validated accuracy {choice.cv_accuracy:.1%} in {folds}, chosen by log loss; best per feature set: "
+            f"(cross-validated {measure} {choice.cv_accuracy:.1%} in {folds}, chosen by log loss; best per feature set: "
             f"{', '.join(others)}; {'cached' if choice.cached else f'{choice.seconds:.1f} s'})")
 
 

@@ -27,7 +27,7 @@ def run(ctx):
     probe_cfg = dataclasses.replace(ctx.cfg, optimizer="lbfgs", weight_decay=None)
     probe, head, choice = f.decide(lambda: fit_best_head(probe_cfg, f, ctx.console.progress))  # as linear
     if choice.cv_accuracy is not None:
-        ctx.console.info(head_choice_line(choice))
+        ctx.console.info(head_choice_line(choice, f.split.task))
     width = f.widths[choice.features]
     probe_logits = f.all_val(head(f.x_val[:, :width]))  # (sharded: on the primary alone)
     y_val = f.split.targets(f.split.val)
