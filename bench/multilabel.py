@@ -12,7 +12,8 @@ In one run, each in its own process, timed (wall, and CPU seconds of the process
 children), all from the same ImageNet weights of EfficientNet-Lite0:
 - transferkit: the default (`train DATA --labels labels.csv --label-delim ' ' --split-col
   is_valid`: per-class logistic heads on cached features, thresholds out of fold), cold cache
-  and then warm; and `--strategy finetune` (each class's sigmoid, BCE, its default epochs);
+  and then warm; and `--strategy finetune` (each class's sigmoid, its default epochs), with BCE and
+  with the asymmetric loss (`--loss asl`);
 - fastai: `ImageDataLoaders.from_df(..., label_delim=' ', valid_col='is_valid',
   item_tfms=Resize(460), batch_tfms=aug_transforms(size=224, min_scale=0.75), bs=32)` (a
   MultiCategoryBlock), `vision_learner(dls, "efficientnet_lite0", metrics=accuracy_multi)`,
@@ -147,7 +148,8 @@ def main() -> None:
     rows = []
     if "transferkit" in args.only:
         for label, extra in (("transferkit default, cold", []), ("transferkit default, warm", []),
-                             ("transferkit finetune", ["--strategy", "finetune"])):
+                             ("transferkit finetune", ["--strategy", "finetune"]),
+                             ("transferkit finetune --loss asl", ["--strategy", "finetune", "--loss", "asl"])):
             rows.append({"candidate": label, **ours(data, work / label.replace(" ", "-").replace(",", ""), env, extra)})
             print(f"{label}: {rows[-1].get('map', rows[-1].get('error'))} {rows[-1]['wall_s']:.0f} s", flush=True)
     if "fastai" in args.only and args.fastai_path:

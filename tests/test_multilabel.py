@@ -331,3 +331,26 @@ def test_the_studio_reads_joined_label_cells_with_its_label_delim(multi, tmp_pat
     assert ds.summary()["task"] == "multilabel" and ds.page(cls="blue")["total"] == 18
     argv, cfg = train_command(ds, {"strategy": "linear"}, tmp_path / "runs", None, set())
     assert argv[argv.index("--label-delim") + 1] == ";" and cfg.label_delim == ";"
+
+
+def test_the_asymmetric_loss_ignores_easy_negatives_and_is_refused_where_it_means_nothing(multi, tmp_path, capsys):
+    import torch
+
+    from transferkit.training.losses import ASL_CLIP, MultiLabelLoss
+
+    y = torch.tensor([[1.0, 0.0, 0.0]])
+    easy = torch.logit(torch.tensor([[0.9, ASL_CLIP / 2, ASL_CLIP / 4]]))
+    asl, bce = MultiLabelLoss(asymmetric=True), MultiLabelLoss()
+    positive_only = -torch.log(torch.tensor(0.9))
+    assert float(asl(easy, y)) == pytest.approx(float(positive_only), rel=1e-5)  # negatives under the clip: free
+    hard = torch.logit(torch.tensor([[0.9, 0.8, 0.1]]))
+    assert 0 < float(asl(hard, y)) < float(bce(hard, y))  # a hard negative costs, less than under BCE
+    capsys.readouterr()
+    assert main(["train", str(multi["data"]), "--labels", str(multi["table"]), "--label-delim", ";", "--loss", "asl",
+                 *FLAGS]) == 2
+    assert "--loss asl is for training networks" in capsys.readouterr().err
+    from helpers import make_dataset
+
+    data = make_dataset(tmp_path / "single", n_train=2, n_val=1)
+    assert main(["train", str(data), "--loss", "asl", "--strategy", "finetune", *FLAGS]) == 2
+    assert "--loss asl is for multi-label data" in capsys.readouterr().err

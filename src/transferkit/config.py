@@ -112,6 +112,9 @@ class TrainConfig:
     warmup_epochs: float | None = opt(None, "linear warm-up before the schedule (cosine only)", low=0, epochs=True)
     label_smoothing: float | None = opt(None, "cross-entropy label smoothing", low=0, high=1, high_open=True,
                                         epochs=True)
+    loss: str = opt("bce", "multi-label data's loss when a network (or an epoch-trained head) trains: bce (each "
+                    "class's binary cross-entropy) | asl (asymmetric loss, Ridnik et al. 2021: easy negatives "
+                    "down-weighted, gamma- 4, gamma+ 0, clip 0.05)", choices=("bce", "asl"))
     class_weights: str = opt("none", "none | auto (inverse class frequency in the loss)", choices=CLASS_WEIGHTS)
     balanced_sampler: bool = opt(False, "draw training images so that every class is equally frequent")
     sync_bn: bool | None = opt(None, "under torchrun on GPUs: BatchNorm statistics over the whole group's batch "

@@ -241,6 +241,9 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
         console.info(f"applied the fixes in {cfg.fixes}: {f['excluded']} image(s) left out, {f['relabelled']} "
                      "relabelled" + (f" ({f['not_found']} listed path(s) not in the dataset)" if f["not_found"] else ""))
         split.check_not_empty()
+    if cfg.loss != "bce" and not split.task.multi:
+        raise UserError(f"--loss {cfg.loss} is for multi-label data; this dataset has one label per image (its loss is "
+                        "the cross-entropy)")
     if split.task.multi:
         refuse_for_multilabel(cfg, strategy)
         if split.merged:
@@ -308,6 +311,9 @@ def refuse_for_multilabel(cfg: TrainConfig, strategy) -> None:
     if strategy.name == "distill":
         raise UserError("--strategy distill learns a softmax teacher's class probabilities: not for multi-label "
                         "data; train the small backbone with --strategy auto (or lp-ft, finetune)")
+    if cfg.loss == "asl" and strategy.trains == "head" and cfg.optimizer == "lbfgs":
+        raise UserError("--loss asl is for training networks (or a head with --optimizer adamw): the logistic "
+                        "regression head minimizes the log loss")
 
 
 # Pretrained networks trained on small images (<= views.SMALL px) get them upsampled
