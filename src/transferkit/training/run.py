@@ -550,7 +550,8 @@ def cv_warning(results: dict) -> str | None:
     if not cv or cv["estimates"] != "the kept model" or results["num_val"] < 20:
         return None
     # (multi-label: the cross-validation measures mAP, so the val mAP is its counterpart)
-    val = results["metrics"].get("map_macro") if results["metrics"].get("task") == "multilabel" else results["val_acc"]
+    summary = results.get("metrics") or {}
+    val = summary.get("map_macro") if summary.get("task") == "multilabel" else results["val_acc"]
     if val is None:
         return None
     gap = cv["accuracy"] - val
