@@ -33,6 +33,10 @@ class Logistic:
         logits -= logits.max(1, keepdims=True)
         return logits - np.log(np.exp(logits).sum(1, keepdims=True))
 
+    def logits(self, z: np.ndarray, theta: np.ndarray) -> np.ndarray:
+        """Logits of (z, theta) (the log-probabilities: the softmax of either is the same)."""
+        return self.log_probs(z, theta)
+
     def objective(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
         y, m = self.y, self.m
         w, lp = theta[:-m].reshape(self.d, m), self.log_probs(self.z, theta)

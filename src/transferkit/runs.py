@@ -23,7 +23,7 @@ RUN_FILES = ("model.json", "results.json", "config.yaml", "checkpoint.pt")
 OUTPUT_FILES = ("model.safetensors", "model.json", "results.json", "metrics.json", "metrics.csv", "predictions.csv",
                 "misclassified.csv", "split.json", "report.html", "curves.png", "confusion_matrix.png",
                 "confusion_matrix_normalized.png", "predictions.png", "top_losses.png", "lr_find.png", "lr_find.json",
-                "tracking.json")
+                "tracking.json", "reliability.png", "pr_curves.png", "cooccurrence.png", "cooccurrence_predicted.png")
 SORT_KEYS = ("when", "name", "val_acc", "balanced_accuracy", "val_map", "wall_s", "cpu_s", "size_mb")
 
 

@@ -31,6 +31,7 @@ class Task:
     kind: str = SINGLE
     delimiter: str | None = None
     thresholds: tuple[float, ...] | None = None
+    temperature: float = 1.0  # single-label: the logits are divided by it (calibration, `fit_temperature`)
 
     @property
     def multi(self) -> bool:
@@ -47,20 +48,23 @@ class Task:
         logits = np.asarray(logits, dtype=np.float64)
         if self.multi:
             return (0.5 * (1.0 + np.tanh(0.5 * logits))).astype(np.float32)  # sigmoid, no overflow
-        z = logits - logits.max(1, keepdims=True)
+        z = logits / self.temperature
+        z = z - z.max(1, keepdims=True)
         e = np.exp(z)
         return (e / e.sum(1, keepdims=True)).astype(np.float32)
 
     def mean_of_views(self, logits: np.ndarray) -> np.ndarray:
-        """(N, V, C) logits of V views -> (N, C): the logits of the views' mean probabilities."""
+        """(N, V, C) logits of V views -> (N, C): logits whose probabilities (`probabilities`, the
+        temperature applied) are the mean of the views'."""
         if logits.shape[1] == 1:
             return logits[:, 0]
         if self.multi:
             p = np.clip((0.5 * (1.0 + np.tanh(0.5 * logits.astype(np.float64)))).mean(1), 1e-12, 1 - 1e-12)
             return np.log(p / (1 - p)).astype(np.float32)
-        z = logits - logits.max(2, keepdims=True)
+        z = np.asarray(logits, dtype=np.float64) / self.temperature
+        z = z - z.max(2, keepdims=True)
         probs = np.exp(z) / np.exp(z).sum(2, keepdims=True)
-        return np.log(probs.mean(1)).astype(np.float32)
+        return (self.temperature * np.log(probs.mean(1))).astype(np.float32)
 
     def threshold_array(self, num_classes: int) -> np.ndarray:
         if self.thresholds is None:
@@ -84,11 +88,15 @@ class Task:
         return float((logits.argmax(1) == y).mean())
 
     def with_thresholds(self, thresholds) -> "Task":
-        return Task(self.kind, self.delimiter, tuple(round(float(t), 6) for t in thresholds))
+        return Task(self.kind, self.delimiter, tuple(round(float(t), 6) for t in thresholds), self.temperature)
+
+    def with_temperature(self, temperature: float) -> "Task":
+        return Task(self.kind, self.delimiter, self.thresholds, round(float(temperature), 6))
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "label_delim": self.delimiter,
-                "thresholds": list(self.thresholds) if self.thresholds is not None else None}
+                "thresholds": list(self.thresholds) if self.thresholds is not None else None,
+                "temperature": self.temperature}
 
     @classmethod
     def from_dict(cls, d, num_classes: int) -> "Task":
@@ -107,7 +115,74 @@ class Task:
                     and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in t)):
                 raise ValueError(f"task.thresholds must be {num_classes} numbers in [0, 1], one per class")
             t = tuple(float(v) for v in t)
-        return cls(d["kind"], delim, t)
+        temperature = d.get("temperature", 1.0)
+        if not (isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
+                and TEMPERATURE_RANGE[0] <= temperature <= TEMPERATURE_RANGE[1]):
+            raise ValueError(f"task.temperature must be a number in {list(TEMPERATURE_RANGE)}")
+        return cls(d["kind"], delim, t, float(temperature))
+
+
+TEMPERATURE_RANGE = (0.05, 20.0)  # the temperatures `fit_temperature` searches (and a model.json may hold)
+
+
+def fit_temperature(y: np.ndarray, logits: np.ndarray) -> float:
+    """The temperature T minimizing the mean log loss of softmax(logits / T) on (y, logits)
+    (out-of-fold logits of the training images): Guo et al. 2017's temperature scaling. The
+    loss is convex in 1 / T, so a golden-section search over TEMPERATURE_RANGE finds it."""
+    y, z = np.asarray(y), np.asarray(logits, dtype=np.float64)
+    if not len(y):
+        return 1.0
+
+    def loss(beta: float) -> float:
+        return log_loss(y, z, 1 / beta)
+
+    low, high = 1 / TEMPERATURE_RANGE[1], 1 / TEMPERATURE_RANGE[0]
+    golden = (np.sqrt(5) - 1) / 2
+    a, b = low, high
+    c, d = b - golden * (b - a), a + golden * (b - a)
+    for _ in range(80):
+        if loss(c) < loss(d):
+            b, d = d, c
+            c = b - golden * (b - a)
+        else:
+            a, c = c, d
+            d = a + golden * (b - a)
+    return float(np.clip(2 / (a + b), *TEMPERATURE_RANGE))
+
+
+def log_loss(y: np.ndarray, logits: np.ndarray, temperature: float = 1.0) -> float:
+    """The mean log loss of softmax(logits / temperature) on the class indices `y`."""
+    s = np.asarray(logits, dtype=np.float64) / temperature
+    s = s - s.max(1, keepdims=True)
+    return float((np.log(np.exp(s).sum(1)) - s[np.arange(len(s)), np.asarray(y)]).mean())
+
+
+CALIBRATION_BINS = 15
+
+
+def calibration(y: np.ndarray, probs: np.ndarray, bins: int = CALIBRATION_BINS) -> dict:
+    """How well single-label probabilities match: ECE (the confidence-weighted gap between each
+    bin's confidence and its accuracy, `bins` equal-width bins of the top probability), the mean
+    log loss (NLL), the Brier score (mean squared error of the probability vector), and the bins
+    (count, confidence, accuracy) for the reliability diagram."""
+    y, probs = np.asarray(y), np.asarray(probs, dtype=np.float64)
+    if not len(y):
+        return {"ece": None, "nll": None, "brier": None, "bins": []}
+    top, pred = probs.max(1), probs.argmax(1)
+    right = pred == y
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(top, edges[1:-1], right=True), 0, bins - 1)
+    table, ece = [], 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            conf, acc = float(top[inside].mean()), float(right[inside].mean())
+            ece += inside.mean() * abs(conf - acc)
+            table.append({"low": round(float(edges[b]), 4), "high": round(float(edges[b + 1]), 4),
+                          "count": int(inside.sum()), "confidence": round(conf, 4), "accuracy": round(acc, 4)})
+    onehot = np.eye(probs.shape[1])[y]
+    return {"ece": round(float(ece), 5), "nll": round(float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1)).mean()), 5),
+            "brier": round(float(((probs - onehot) ** 2).sum(1).mean()), 5), "bins": table}
 
 
 def average_precision(y: np.ndarray, scores: np.ndarray) -> float:

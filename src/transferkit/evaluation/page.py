@@ -135,6 +135,11 @@ def report_html(run_dir: Path, summary: dict, wrong: list[dict], confusion_note:
                       if summary.get(n)]
     if summary.get("top5_accuracy") is not None:
         overall.append(["top-5 accuracy", f"{summary['top5_accuracy']:.4f}"])
+    cal = summary.get("calibration") or {}
+    if (cal.get("before") or {}).get("ece") is not None:
+        overall.append(["calibration temperature", f"{cal['temperature']:.3f}"])
+        for key, name in (("ece", "ECE (15 bins)"), ("nll", "NLL"), ("brier", "Brier")):
+            overall.append([f"{name}, before -> after", f"{cal['before'][key]:.4f} -> {cal['after'][key]:.4f}"])
     overall.append(["images", summary.get("num_images", sum(m["support"] for m in summary["per_class"].values()))])
     confused = [[p["actual"], p["predicted"], p["count"]] for p in summary.get("most_confused", [])]
     thumbs = []
@@ -160,6 +165,7 @@ def report_html(run_dir: Path, summary: dict, wrong: list[dict], confusion_note:
         ("curves.png", "training curves"),
         ("confusion_matrix.png", f"confusion matrix, counts: {confusion_note}"),
         ("confusion_matrix_normalized.png", "confusion matrix, row-normalized (recall on the diagonal)"),
+        ("reliability.png", "reliability: accuracy per confidence bin, before and after the temperature"),
         ("predictions.png", "validation predictions: blue right, red wrong"),
         ("top_losses.png", "top losses: the most confidently wrong predictions"),
     ]))

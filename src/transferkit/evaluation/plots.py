@@ -87,6 +87,23 @@ def plot_confusion(run_dir: Path, summary: dict, classes: list[str]) -> str:
     return note
 
 
+def plot_reliability(path: Path, cal: dict) -> None:
+    """reliability.png: each confidence bin's accuracy against its confidence (the diagonal:
+    perfectly calibrated), before and after the temperature, with the ECE of each."""
+    fig = figure((5.5, 5))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="#999999", linestyle="--", linewidth=1)
+    for key, colour in (("before", "#d62728"), ("after", "#1f77b4")):
+        bins = cal[key]["bins"]
+        if bins:
+            ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", color=colour,
+                    label=f"{key} (ECE {cal[key]['ece']:.3f})")
+    ax.set(xlabel="confidence (top probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02),
+           title=f"reliability on the val images (temperature {cal['temperature']:.2f})")
+    ax.legend(loc="upper left")
+    save(fig, path)
+
+
 def plot_multilabel(run_dir: Path, summary: dict, classes: list[str]) -> str:
     """Multi-label: pr_curves.png (each class's precision-recall curve, its AP in the legend) and
     cooccurrence.png / cooccurrence_predicted.png (images with both labels: the diagonal is each

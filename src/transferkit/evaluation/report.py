@@ -20,8 +20,8 @@ from ..files import TEXT_ERRORS, Record, atomic_write, csv_table, csv_untext, lo
     text_bytes, write_json
 from . import metrics
 from .page import report_html
-from ..task import Task
-from .plots import plot_confusion, plot_curves, plot_grid, plot_multilabel
+from ..task import Task, calibration
+from .plots import plot_confusion, plot_curves, plot_grid, plot_multilabel, plot_reliability
 
 GRID = 16  # validation images in predictions.png
 TOP_LOSSES = 9  # images in top_losses.png
@@ -36,10 +36,14 @@ def write_evaluation(out_dir: Path, paths: list[str], y_true: np.ndarray, logits
     kind = Task.from_dict(task, len(classes))
     if kind.multi:
         return _write_multilabel(out_dir, paths, np.asarray(y_true), np.asarray(logits), classes, extra, kind)
-    probs = softmax(np.asarray(logits, dtype=np.float64), axis=1)
+    raw = softmax(np.asarray(logits, dtype=np.float64), axis=1)
+    probs = kind.probabilities(logits).astype(np.float64)  # (calibrated: the task's temperature)
     y_pred = probs.argmax(1)
     summary = metrics.summarize(y_true, y_pred, classes, probs)
     summary.update({"num_images": len(paths), "classes": classes, **(extra or {})})
+    # before and after the temperature (1: the same numbers twice, the model not calibrated)
+    summary["calibration"] = {"temperature": kind.temperature, "before": calibration(y_true, raw),
+                              "after": calibration(y_true, probs)}
     write_json(out_dir / "metrics.json", summary)
     atomic_write(out_dir / "predictions.csv", text_bytes(csv_table(
         ["path", "actual", "predicted", "probability", "actual_probability"],
@@ -142,6 +146,8 @@ def render(run_dir: str | Path) -> Path:
         best = (read_json_object(results) or Record()).integer("best_epoch")
         epochs, unit = metrics.read_history_csv(history)
         plot_curves(run_dir / "curves.png", epochs, best or 0, unit)
+    if (summary.get("calibration") or {}).get("before", {}).get("bins"):
+        plot_reliability(run_dir / "reliability.png", summary["calibration"])
     plot_grid(run_dir / "predictions.png", sample_rows(rows, GRID), "validation predictions", show_actual=False)
     plot_grid(run_dir / "top_losses.png", wrong[:TOP_LOSSES],
               "largest loss" if multi else "most confidently wrong", show_actual=True)

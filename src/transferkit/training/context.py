@@ -91,3 +91,4 @@ class Outcome:
     features: str = "last"  # the head's input: "last" or "multi" (models.multilayer), as the bundle records it
     pre: Preprocess | None = None  # the kept model's preprocessing where it is not the context's (auto)
     thresholds: np.ndarray | None = None  # multi-label: each class's decision threshold (None: task's default)
+    temperature: float | None = None  # single-label: the calibrating temperature (None: not calibrated, 1)

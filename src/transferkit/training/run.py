@@ -109,6 +109,11 @@ def _train(cfg: TrainConfig, console: Console, worker: Worker, started: float, c
         tracking.history(outcome.fit.history, outcome.fit.unit, len(outcome.split.train))
         tracking.finish(run_end(run_dir, results, outcome))
     console.info(metrics.format_table(results["metrics"]))
+    cal = results["metrics"].get("calibration")
+    if cal and cal["before"]["ece"] is not None:
+        console.info(f"calibration: temperature {cal['temperature']:.3f} (fitted on the training images' out-of-fold "
+                     f"predictions); val ECE {cal['before']['ece']:.4f} -> {cal['after']['ece']:.4f}, NLL "
+                     f"{cal['before']['nll']:.4f} -> {cal['after']['nll']:.4f}")
     warning = cv_warning(results)
     if warning:
         console.warn(warning)
@@ -124,9 +129,12 @@ def _train(cfg: TrainConfig, console: Console, worker: Worker, started: float, c
 
 
 def trained_task(outcome: Outcome):
-    """The kept model's task: the data's, with the thresholds chosen for it (multi-label)."""
+    """The kept model's task: the data's, with the thresholds chosen for it (multi-label) or its
+    calibrating temperature (single-label)."""
     task = outcome.split.task
-    return task.with_thresholds(outcome.thresholds) if task.multi and outcome.thresholds is not None else task
+    if task.multi and outcome.thresholds is not None:
+        return task.with_thresholds(outcome.thresholds)
+    return task.with_temperature(outcome.temperature) if outcome.temperature is not None else task
 
 
 def run_start(cfg: TrainConfig, run_dir: Path) -> RunStart:
@@ -142,7 +150,7 @@ def run_start(cfg: TrainConfig, run_dir: Path) -> RunStart:
 # What a tracker keeps of a run (beside the metrics): the bundle, the report and what it shows.
 TRACKED_FILES = ("model.safetensors", "model.json", "config.yaml", "results.json", "metrics.json", "metrics.csv",
                  "report.html", "curves.png", "confusion_matrix.png", "confusion_matrix_normalized.png",
-                 "predictions.png", "top_losses.png", "pr_curves.png", "cooccurrence.png", "cooccurrence_predicted.png")
+                 "predictions.png", "top_losses.png", "reliability.png", "pr_curves.png", "cooccurrence.png", "cooccurrence_predicted.png")
 
 
 def run_end(run_dir: Path, results: dict, outcome: Outcome) -> RunEnd:

@@ -7,16 +7,18 @@ from .base import HEAD_DEFAULTS, Strategy, register
 
 def run(ctx):
     from ..context import Outcome
-    from ..heads import fit_best_head, head_thresholds
+    from ..heads import fit_best_head, head_temperature, head_thresholds
 
     f = ctx.cached_features()
     # fitted once, by the primary of a group, every rank getting the head; or with the features
     # sharded (torchrun, #31), by every rank together on its rows
     result, linear, choice = f.decide(lambda: fit_best_head(ctx.cfg, f, ctx.console.progress, ctx.checkpoint,
                                                             ctx.resume))
-    thresholds = None
+    thresholds = temperature = None
     if f.split.task.multi and choice.folds:  # multi-label: each class's threshold, on out-of-fold predictions
         thresholds = f.decide(lambda: head_thresholds(ctx.cfg, f, choice))
+    elif choice.folds and not f.sharded:  # single-label: the temperature, on the same out-of-fold predictions
+        temperature = f.decide(lambda: head_temperature(ctx.cfg, f, choice))
     width = f.widths[choice.features]
     val_logits = f.all_val(linear(f.x_val[:, :width]))
     if choice.cv_accuracy is not None:
@@ -26,7 +28,7 @@ def run(ctx):
     state.update(linear.state())
     return Outcome(result, val_logits, state, f.split, ctx.cfg,
                    {**f.facts, "network_built": ctx.models.built, "head": choice.to_dict()}, features=choice.features,
-                   thresholds=thresholds)
+                   thresholds=thresholds, temperature=temperature)
 
 
 def head_choice_line(choice, task=None) -> str:

@@ -19,7 +19,7 @@ def run(ctx):
     import torch
 
     from ..context import Outcome
-    from ..heads import fit_best_head, head_thresholds
+    from ..heads import fit_best_head, head_temperature, head_thresholds
     from ..network import train_network
     from .linear import head_choice_line
 
@@ -53,8 +53,10 @@ def run(ctx):
     outcome.fit.best_epoch, outcome.fit.best_val_acc = 0, probe_acc
     probe_logits = torch.from_numpy(probe_logits) if probe_logits is not None else None
     thresholds = f.decide(lambda: head_thresholds(probe_cfg, f, choice)) if f.split.task.multi and choice.folds else None
+    temperature = f.decide(lambda: head_temperature(probe_cfg, f, choice)) \
+        if not f.split.task.multi and choice.folds and not f.sharded else None
     return Outcome(outcome.fit, probe_logits, state, f.split, outcome.cfg, outcome.info, features=choice.features,
-                   thresholds=thresholds)
+                   thresholds=thresholds, temperature=temperature)
 
 
 register(Strategy(

@@ -1,0 +1,61 @@
+"""Calibrated confidence on the shared sets (#40, its first part): the default run's temperature
+(fitted on the head's out-of-fold logits of the training images, kept only where it softens and
+saves 2% of their log loss) and its val ECE (15 bins), NLL and Brier before and after.
+
+    python bench/trust.py [--datasets hymenoptera_data,flower_photos_small,cifar10-png] [--json FILE]
+
+Each run in its own process (`transferkit train DATA`, the default), cold cache. Not a test: the
+numbers depend on the machine's precision only through the features.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from accuracy import SHARED, train_cli  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", default="hymenoptera_data,flower_photos_small,cifar10-png")
+    ap.add_argument("--json", help="write every row here")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="tk-trust-"))
+    env = {**os.environ, "TRANSFERKIT_CACHE": str(work / "cache")}
+    rows = []
+    for name in args.datasets.split(","):
+        data = SHARED / name
+        if not data.is_dir():
+            sys.exit(f"{data} not found (../shared/assets/datasets)")
+        got = train_cli(data, work / name, env, [])
+        results = got.pop("results", None)
+        if results is None:
+            rows.append({"dataset": name, **got})
+            continue
+        cal = results["metrics"]["calibration"]
+        rows.append({"dataset": name, "val_images": results["num_val"], "val_acc": results["val_acc"],
+                     "temperature": cal["temperature"], **{f"{k}_{when}": cal[when][k] for when in ("before", "after")
+                                                           for k in ("ece", "nll", "brier")}, **got})
+        print(f"{name}: {rows[-1]}", flush=True)
+    print(f"\n{'dataset':<22} {'val':>5} {'acc':>6} {'T':>6} {'ECE before':>10} {'ECE after':>9} {'NLL before':>10} "
+          f"{'NLL after':>9} {'Brier bef.':>10} {'Brier aft.':>10}")
+    for r in rows:
+        if "ece_before" not in r:
+            print(f"{r['dataset']:<22} error: {r.get('error')}")
+            continue
+        print(f"{r['dataset']:<22} {r['val_images']:5d} {r['val_acc']:6.4f} {r['temperature']:6.3f} {r['ece_before']:10.4f} "
+              f"{r['ece_after']:9.4f} {r['nll_before']:10.4f} {r['nll_after']:9.4f} {r['brier_before']:10.4f} "
+              f"{r['brier_after']:10.4f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    print(f"\nwork folder: {work}")
+
+
+if __name__ == "__main__":
+    main()
