@@ -335,8 +335,10 @@ def out_of_fold(cfg: TrainConfig, f, choice: HeadChoice) -> tuple[np.ndarray, np
     """(targets, logits) of the training images, each image's logits from the chosen head's
     settings fitted in `choice.folds` folds without it (near-identical images kept in one fold,
     as cross-validation keeps them; at most CV_MAX_IMAGES images, a stratified sample); None
-    where the images allow no folds. Memoized on `f` (auto, linear and LP-FT's probe ask)."""
-    key = ("out_of_fold", choice.features, choice.scaling, choice.weight_decay, cfg.seed)
+    where the images allow no folds. Memoized on `f` (auto, linear and LP-FT's probe ask), and
+    kept in the feature cache under a digest of what it saw (a warm run reads the logits)."""
+    balanced = cfg.class_weights == "auto" or cfg.balanced_sampler
+    key = ("out_of_fold", OUT_OF_FOLD_VERSION, choice.features, choice.scaling, choice.weight_decay, cfg.seed, balanced)
     if key in f.memo:
         return f.memo[key]
     n, k = f.num_images, len(f.split.classes)
@@ -345,6 +347,11 @@ def out_of_fold(cfg: TrainConfig, f, choice: HeadChoice) -> tuple[np.ndarray, np
     if len(y) > CV_MAX_IMAGES:
         sample = stratified_sample(strata, CV_MAX_IMAGES, cfg.seed)
         x, y, strata = x[sample], y[sample], strata[sample]
+    digest = _choice_key(f, key) if f.store is not None and not f.sharded else None
+    stored = f.store.get(digest, "oof") if digest is not None else None
+    if stored is not None and stored.shape == (len(y), k):
+        f.memo[key] = (y, stored.astype(np.float64))
+        return f.memo[key]
     groups = similar_groups(x[:, :f.widths["last"]]) if len(y) else None
     folds = max_folds(strata, groups, CV_MAX_FOLDS)
     if groups is not None and folds < 2:
@@ -354,7 +361,6 @@ def out_of_fold(cfg: TrainConfig, f, choice: HeadChoice) -> tuple[np.ndarray, np
         fold_of = group_folds(strata, groups, folds, cfg.seed)
         logits = np.zeros((len(y), k))
         xs = np.asarray(x, dtype=np.float32)
-        balanced = cfg.class_weights == "auto" or cfg.balanced_sampler
         for fold in range(folds):
             tr, te = fold_of != fold, fold_of == fold
             mean, std = standardizer(xs[tr], choice.scaling)
@@ -362,9 +368,16 @@ def out_of_fold(cfg: TrainConfig, f, choice: HeadChoice) -> tuple[np.ndarray, np
             problem = problem_for(y)(zt, y[tr], k, choice.weight_decay, balanced)
             theta, _ = problem.fit(problem.start(), LBFGS_MAX_ITER, gtol=1e-5)
             logits[te] = problem.logits(ze, theta).astype(np.float64)
+        logits = logits.astype(np.float32).astype(np.float64)  # (as the cache keeps them: cold and warm alike)
         found = (y, logits)
+        if digest is not None:
+            f.store.put(digest, "oof", logits.astype(np.float32))
+            f.store.flush()
     f.memo[key] = found
     return found
+
+
+OUT_OF_FOLD_VERSION = 1  # the out-of-fold logits kept in the feature cache (a change of how they are made: +1)
 
 
 def train_head(cfg: TrainConfig, num_classes: int, x_train, y_train, x_val, y_val, progress=None,
