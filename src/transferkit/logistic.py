@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .task import mean_ap, sigmoid
+
 STD_FLOOR_PERCENTILE = 10
 
 
@@ -97,7 +99,7 @@ class MultiLogistic(Logistic):
         w, logits = theta[:-self.m].reshape(self.d, self.m), self.logits(self.z, theta)
         loss = float((self.weights * (np.logaddexp(0, logits) - self.y * logits)).sum())
         loss += self.weight_decay / 2 * float((w * w).sum())
-        g = (0.5 * (1 + np.tanh(0.5 * logits)) - self.y) * self.weights  # d loss / d logits
+        g = (sigmoid(logits) - self.y) * self.weights  # d loss / d logits
         grad = np.concatenate([(self.z.T @ g).astype(np.float64).ravel() + self.weight_decay * w.ravel(),
                                g.sum(0).astype(np.float64)])
         return loss, grad
@@ -108,7 +110,6 @@ class MultiLogistic(Logistic):
         logits = self.logits(z, theta).astype(np.float64)
         y = np.asarray(y, dtype=np.float64)
         loss = float((np.logaddexp(0, logits) - y * logits).sum(1).mean())
-        from .task import mean_ap
 
         return loss, mean_ap(y, logits)
 

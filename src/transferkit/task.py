@@ -23,6 +23,11 @@ DEFAULT_THRESHOLD = 0.5  # where a class has no positive out-of-fold image to ch
 DEFAULT_DELIM = " "  # how a predicted set is joined where the data gave no delimiter
 
 
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """The logistic function, in `x`'s own dtype, without overflow for large |x| (tanh form)."""
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
 @dataclass(frozen=True)
 class Task:
     """Single-label (`kind` SINGLE) or multi-label (MULTI, with per-class `thresholds` once
@@ -47,7 +52,7 @@ class Task:
         Rows of NaN (unreadable images) stay NaN."""
         logits = np.asarray(logits, dtype=np.float64)
         if self.multi:
-            return (0.5 * (1.0 + np.tanh(0.5 * logits))).astype(np.float32)  # sigmoid, no overflow
+            return sigmoid(logits).astype(np.float32)
         z = logits / self.temperature
         z = z - z.max(1, keepdims=True)
         e = np.exp(z)
@@ -59,7 +64,7 @@ class Task:
         if logits.shape[1] == 1:
             return logits[:, 0]
         if self.multi:
-            p = np.clip((0.5 * (1.0 + np.tanh(0.5 * logits.astype(np.float64)))).mean(1), 1e-12, 1 - 1e-12)
+            p = np.clip(sigmoid(logits.astype(np.float64)).mean(1), 1e-12, 1 - 1e-12)
             return np.log(p / (1 - p)).astype(np.float32)
         z = np.asarray(logits, dtype=np.float64) / self.temperature
         z = z - z.max(2, keepdims=True)

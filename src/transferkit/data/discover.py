@@ -41,6 +41,16 @@ def multi_samples(rows, num_classes: int) -> list[Sample]:
     return [Sample(p, int(k), c) for (p, c), k in zip(rows, strata)]
 
 
+def table_samples(rows, classes: list[str], multi: bool) -> list[Sample]:
+    """Samples of a label table's (path, labels, line) rows, in the order folder discovery gives:
+    by class, then path (multi-label: by path, each with its stratum)."""
+    index = {c: i for i, c in enumerate(classes)}
+    if multi:
+        return sorted(multi_samples([(p, [index[n] for n in names]) for p, names, _ in rows], len(classes)),
+                      key=lambda s: s.path)
+    return sorted((Sample(p, index[names[0]]) for p, names, _ in rows), key=lambda s: (s.label, s.path))
+
+
 def split_samples(split_file: str | Path, role: str) -> list[Sample]:
     """The `role` ("train" | "val") images a run's split.json lists (rows of [path, class], or
     [path, [classes]] for multi-label data); a damaged file is a UserError."""
@@ -361,16 +371,12 @@ def from_table(labels, root: Path, val_fraction: float, seed: int, task: str = "
     if len(classes) < 2:
         raise UserError(f"--labels {labels.file}: the training rows name {len(classes)} class(es); at least 2 are "
                         "needed")
-    index = {c: i for i, c in enumerate(classes)}
     unknown = sorted({label for _, names, _ in val_rows for label in names} - set(classes))
     if unknown:
         raise UserError(f"--labels {labels.file}: class(es) only in the validation rows: {', '.join(unknown)}")
 
     def samples(rows) -> list[Sample]:
-        if kind.multi:
-            return sorted(multi_samples([(p, [index[n] for n in names]) for p, names, _ in rows], len(classes)),
-                          key=lambda s: s.path)
-        return sorted((Sample(p, index[names[0]]) for p, names, _ in rows), key=lambda s: (s.label, s.path))
+        return table_samples(rows, classes, kind.multi)
 
     if table.has_split and val_rows:
         return DatasetSplit(classes, samples(train_rows), samples(val_rows), "table", skipped=table.missing, task=kind,
@@ -453,17 +459,15 @@ def eval_files(data: str | Path, classes: list[str], datasets_dir: Path | None =
         if unknown:
             raise UserError(f"class(es) the model was not trained on: {', '.join(unknown)} "
                             f"(model classes: {', '.join(classes)})")
-        index = {c: i for i, c in enumerate(classes)}
         if task.multi:
-            return sorted(multi_samples([(p, [index[n] for n in names]) for p, names, _ in rows], len(classes)),
-                          key=lambda s: s.path)
+            return table_samples(rows, classes, True)
         if table.merged:
             raise UserError(f"{shown(labels.file)} lists {table.merged[0][0]} with several labels: the model is "
                             "single-label")
         empty = next(((p, line) for p, names, line in rows if not names), None)
         if empty is not None:
             raise UserError(f"{shown(labels.file)}, line {empty[1]}: the label cell is empty for {empty[0]}")
-        return sorted((Sample(p, index[names[0]]) for p, names, _ in rows), key=lambda s: (s.label, s.path))
+        return table_samples(rows, classes, False)
     root, _ = image_root(data, datasets_dir)
     train_dir, val_dir, test_dir = find_layout(root)
     folder = val_dir or test_dir or train_dir

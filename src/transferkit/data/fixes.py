@@ -138,9 +138,22 @@ def from_exclude(exclude_file: str | Path, root: str | Path, reason: str = "doct
     return out
 
 
+def split_labels(cell: str) -> list[str]:
+    """The labels a multi-label fix's label cell names (split on LABELS_SEP)."""
+    return [p.strip() for p in cell.split(LABELS_SEP) if p.strip()]
+
+
 def labels_of(fix: Fix) -> list[str]:
-    """The labels a multi-label fix names (its label cell split on LABELS_SEP)."""
-    return [p.strip() for p in fix.label.split(LABELS_SEP) if p.strip()]
+    """The labels a multi-label fix names."""
+    return split_labels(fix.label)
+
+
+def fixed_set(labels: set, action: str, given: set) -> set:
+    """A multi-label image's `labels` once `action` (relabel, add-label or remove-label, naming
+    the labels `given`) is applied: what `train --fixes` trains and the studio counts."""
+    if action == "relabel":
+        return set(given)
+    return labels | given if action == "add-label" else labels - given
 
 
 def apply_fixes(split, fixes: dict[str, Fix], root: str | Path, source: str):
@@ -177,9 +190,7 @@ def apply_fixes(split, fixes: dict[str, Fix], root: str | Path, source: str):
             if fix.action == "exclude":
                 excluded += 1
             elif multi and fix.action != "keep":
-                given = {index[n] for n in labels_of(fix)}
-                new = given if fix.action == "relabel" else set(s.labels) | given if fix.action == "add-label" \
-                    else set(s.labels) - given
+                new = fixed_set(set(s.labels), fix.action, {index[n] for n in labels_of(fix)})
                 relabelled += tuple(sorted(new)) != s.labels
                 out.append(replace(s, labels=tuple(sorted(new))))
             elif fix.action == "relabel" and index[fix.label] != s.label:

@@ -128,7 +128,7 @@ def out_of_fold_multilabel(x: np.ndarray, y: np.ndarray, folds: int = 5, seed: i
     """Multi-label: each image's per-class probabilities (sigmoids) from one-vs-rest logistic
     heads fitted without it (nor its group), folds stratified by each image's rarest label."""
     from ..logistic import MultiLogistic, standardizer
-    from ..task import strata_of
+    from ..task import sigmoid, strata_of
 
     fold_of = group_folds(strata_of(y), groups, folds, seed)
     probs = np.zeros(y.shape)
@@ -139,7 +139,7 @@ def out_of_fold_multilabel(x: np.ndarray, y: np.ndarray, folds: int = 5, seed: i
         mean, scale = standardizer(x[train])
         head = MultiLogistic(((x[train] - mean) / scale).astype(np.float32), y[train], y.shape[1], weight_decay)
         theta, _ = head.fit(head.start(), 500)
-        probs[test] = 1 / (1 + np.exp(-head.logits(((x[test] - mean) / scale).astype(np.float32), theta)))
+        probs[test] = sigmoid(head.logits(((x[test] - mean) / scale).astype(np.float32), theta).astype(np.float64))
     return probs
 
 

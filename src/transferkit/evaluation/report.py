@@ -31,12 +31,10 @@ def write_evaluation(out_dir: Path, paths: list[str], y_true: np.ndarray, logits
                      extra: dict | None = None, task: dict | None = None) -> dict:
     """metrics.json (scikit-learn's numbers, plus `extra`) and predictions.csv; returns the summary.
     `task` (`Task.to_dict()`; None: single-label): a multi-label model is measured on label sets."""
-    from scipy.special import softmax
-
     kind = Task.from_dict(task, len(classes))
     if kind.multi:
         return _write_multilabel(out_dir, paths, np.asarray(y_true), np.asarray(logits), classes, extra, kind)
-    raw = softmax(np.asarray(logits, dtype=np.float64), axis=1)
+    raw = Task().probabilities(logits).astype(np.float64)  # (before any temperature)
     probs = kind.probabilities(logits).astype(np.float64)  # (calibrated: the task's temperature)
     y_pred = probs.argmax(1)
     summary = metrics.summarize(y_true, y_pred, classes, probs)

@@ -92,9 +92,7 @@ class Dataset:
             return names
         if fix.action == "exclude":
             return None
-        given = set(fixing.labels_of(fix)) if self.multi else {fix.label}
-        keep = given if fix.action == "relabel" else set(names) | given if fix.action == "add-label" \
-            else set(names) - given
+        keep = fixing.fixed_set(set(names), fix.action, set(fixing.labels_of(fix)) if self.multi else {fix.label})
         return tuple(c for c in self._split.classes if c in keep)
 
     def summary(self) -> dict:
@@ -206,7 +204,7 @@ class Dataset:
             raise UserError(f"action must be {', '.join(fixing.ACTIONS)} or clear (got '{action}')")
         if action in fixing.MULTI_ACTIONS and not self.multi:
             raise UserError(f"{action} is for multi-label data: {self.name} has one label per image (relabel it)")
-        named = [p.strip() for p in label.split(fixing.LABELS_SEP) if p.strip()] if self.multi else [label]
+        named = fixing.split_labels(label) if self.multi else [label]
         unknown = [n for n in named if n not in self._split.classes]
         if action in ("relabel", *fixing.MULTI_ACTIONS) and (unknown or not named):
             raise UserError(f"'{unknown[0] if unknown else label}' is not a class of {self.name} "
@@ -220,8 +218,7 @@ class Dataset:
                     # one row per image: the two decisions become the set they make together
                     labels, _ = self._index[rel]
                     had = {self._split.classes[c] for c in labels}
-                    now = set(self.fixed_labels(rel) or ())
-                    now = now | set(named) if action == "add-label" else now - set(named)
+                    now = fixing.fixed_set(set(self.fixed_labels(rel) or ()), action, set(named))
                     if now:
                         action, named = "relabel", [c for c in self._split.classes if c in now]
                     else:  # every label gone: what to remove from the image's own set

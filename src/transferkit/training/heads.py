@@ -15,7 +15,7 @@ from ..evaluation.metrics import EpochStats
 from ..folds import group_folds, max_folds, similar_groups, stratified_sample
 from ..logistic import (STD_FLOOR_PERCENTILE, Logistic, ShardedLogistic, problem_for, scale,  # noqa: F401
                         sharded_standardizer, standardizer)
-from ..task import choose_thresholds, fit_temperature, log_loss, strata_of
+from ..task import choose_thresholds, fit_temperature, log_loss, sigmoid, strata_of
 from ..features.dataset import labels_of
 from .result import FitResult, LinearHead
 
@@ -306,7 +306,7 @@ def head_thresholds(cfg: TrainConfig, f, choice: HeadChoice) -> np.ndarray:
     if found is None:
         return choose_thresholds(np.zeros((0, len(f.split.classes))), np.zeros((0, len(f.split.classes))))
     y, logits = found
-    return choose_thresholds(y, 1 / (1 + np.exp(-logits)))
+    return choose_thresholds(y, sigmoid(logits))
 
 
 def head_temperature(cfg: TrainConfig, f, choice: HeadChoice) -> float | None:
