@@ -51,6 +51,18 @@ def train_cli(data: Path, out: Path, env: dict, extra: list[str]) -> dict:
     return {"val_acc": results["val_acc"], "wall_s": wall, "cpu_s": cpu, "results": results}
 
 
+def print_table(rows: list[dict], name: str, columns: list[tuple[str, int, object]], measured: str) -> None:
+    """The benchmarks' tables: each row's `name` then `columns`, each (header, width, the cell's
+    text of a row); a row without its `measured` figure (its run failed) shows its error instead."""
+    first = max([len(name)] + [len(str(r.get(name, ""))) for r in rows]) + 2
+    print(f"{name:<{first}}" + "".join(f" {header:>{width}}" for header, width, _ in columns))
+    for r in rows:
+        if measured not in r:
+            print(f"{r.get(name, ''):<{first}} error: {r.get('error')}")
+            continue
+        print(f"{r[name]:<{first}}" + "".join(f" {cell(r):>{width}}" for _, width, cell in columns))
+
+
 def cached_features(data: Path, cache: Path):
     """The default run's features of `data` (`context.Features`), through `cache` (computed there
     if missing)."""

@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import SHARED, train_cli  # noqa: E402
-from peers import timed, weights_file  # noqa: E402
+from accuracy import SHARED, print_table, train_cli  # noqa: E402
+from peers import fastai_script, weights_file  # noqa: E402
 
 CELL = 224  # a composite's cell (the composite is 2 x CELL square)
 
@@ -122,14 +122,12 @@ def ours(data: Path, out: Path, env: dict, extra: list[str]) -> dict:
 
 
 def run_fastai(data: Path, weights: Path, epochs: int, fastai_path: str, work: Path) -> dict:
-    out = work / "fastai.json"
-    env = {**os.environ, "PYTHONPATH": fastai_path}
-    proc, wall, cpu = timed([sys.executable, "-c", FASTAI, str(data), str(weights), str(epochs), str(out)], env)
-    if proc.returncode != 0:
-        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1], "wall_s": wall, "cpu_s": cpu}
-    got = json.loads(out.read_text())
+    ran = fastai_script(FASTAI, data, weights, epochs, fastai_path, work)
+    got = ran.pop("got", None)
+    if got is None:
+        return ran
     probs, y = np.array(got["probs"]), np.array(got["targets"]) > 0.5
-    return {"wall_s": wall, "cpu_s": cpu, **measured(y, probs, probs >= 0.5), "val_images": len(y)}
+    return {**ran, **measured(y, probs, probs >= 0.5), "val_images": len(y)}
 
 
 def main() -> None:
@@ -158,16 +156,14 @@ def main() -> None:
                      **run_fastai(data, weights, args.epochs, args.fastai_path, work)})
         print(f"fastai: {rows[-1]}", flush=True)
     peer = next((r for r in rows if r["candidate"].startswith("fastai") and "map" in r), None)
-    print(f"\n{'candidate':<36} {'mAP':>6} {'vs fastai':>9} {'F1 micro':>8} {'F1 macro':>8} {'subset':>6} "
-          f"{'wall s':>7} {'CPU s':>7} {'CPU ratio':>9}")
-    for r in rows:
-        if "map" not in r:
-            print(f"{r['candidate']:<36} error: {r['error']}")
-            continue
-        vs = f"{100 * (r['map'] - peer['map']):+.1f} pt" if peer else ""
-        ratio = f"{r['cpu_s'] / peer['cpu_s']:.3f}x" if peer else ""
-        print(f"{r['candidate']:<36} {r['map']:6.4f} {vs:>9} {r['f1_micro']:8.4f} {r['f1_macro']:8.4f} "
-              f"{r['subset_acc']:6.3f} {r['wall_s']:7.1f} {r['cpu_s']:7.1f} {ratio:>9}")
+    print()
+    print_table(rows, "candidate", [
+        ("mAP", 6, lambda r: f"{r['map']:.4f}"),
+        ("vs fastai", 9, lambda r: f"{100 * (r['map'] - peer['map']):+.1f} pt" if peer else ""),
+        ("F1 micro", 8, lambda r: f"{r['f1_micro']:.4f}"), ("F1 macro", 8, lambda r: f"{r['f1_macro']:.4f}"),
+        ("subset", 6, lambda r: f"{r['subset_acc']:.3f}"), ("wall s", 7, lambda r: f"{r['wall_s']:.1f}"),
+        ("CPU s", 7, lambda r: f"{r['cpu_s']:.1f}"),
+        ("CPU ratio", 9, lambda r: f"{r['cpu_s'] / peer['cpu_s']:.3f}x" if peer else "")], "map")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     print(f"\nwork folder: {work}")

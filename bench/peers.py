@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import SHARED, cpu_seconds, train_cli  # noqa: E402
+from accuracy import SHARED, cpu_seconds, print_table, train_cli  # noqa: E402
 
 FASTAI = """
 import sys, json
@@ -71,14 +71,22 @@ def weights_file(folder: Path) -> Path:
     return path
 
 
-def run_fastai(data: Path, weights: Path, epochs: int, fastai_path: str, work: Path) -> dict:
+def fastai_script(script: str, data: Path, weights: Path, epochs: int, fastai_path: str, work: Path) -> dict:
+    """A fastai recipe (`script`: its argv is DATA WEIGHTS EPOCHS OUT.json) in its own process
+    with fastai on PYTHONPATH, timed: {"got": what it wrote, wall_s, cpu_s}, or {"error": its
+    last line, wall_s, cpu_s}."""
     out = work / "fastai.json"
     env = {**os.environ, "PYTHONPATH": fastai_path}
-    proc, wall, cpu = timed([sys.executable, "-c", FASTAI, str(data), str(weights), str(epochs), str(out)], env)
+    proc, wall, cpu = timed([sys.executable, "-c", script, str(data), str(weights), str(epochs), str(out)], env)
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1], "wall_s": wall, "cpu_s": cpu}
-    got = json.loads(out.read_text())
-    return {"val_acc": got["best"], "last_acc": got["val_acc"], "wall_s": wall, "cpu_s": cpu}
+    return {"got": json.loads(out.read_text()), "wall_s": wall, "cpu_s": cpu}
+
+
+def run_fastai(data: Path, weights: Path, epochs: int, fastai_path: str, work: Path) -> dict:
+    ran = fastai_script(FASTAI, data, weights, epochs, fastai_path, work)
+    got = ran.pop("got", None)
+    return ran if got is None else {"val_acc": got["best"], "last_acc": got["val_acc"], **ran}
 
 
 def run_timm(data: Path, weights: Path, epochs: int, repo: Path, classes: int, work: Path) -> dict:
@@ -142,16 +150,12 @@ def main() -> None:
         peers = [r for r in rows if not r["candidate"].startswith("transferkit") and "val_acc" in r]
         best = max(peers, key=lambda r: r["val_acc"]) if peers else None
         print(f"\n## {name}" + (f"  (best peer: {best['candidate']}, {best['val_acc']:.4f})" if best else ""))
-        print(f"{'candidate':<44} {'val acc':>8} {'vs best peer':>12} {'wall s':>8} {'CPU s':>8} {'CPU ratio':>9}")
-        for row in rows:
-            if "val_acc" not in row:
-                print(f"{row['candidate']:<44} error: {row['error']}")
-                continue
-            vs = f"{100 * (row['val_acc'] - best['val_acc']):+.1f} pt" if best else ""
-            ratio = f"{row['cpu_s'] / best['cpu_s']:.2f}x" if best else ""
-            print(f"{row['candidate']:<44} {row['val_acc']:8.4f} {vs:>12} {row['wall_s']:8.1f} {row['cpu_s']:8.1f} "
-                  f"{ratio:>9}")
-            table.append({"dataset": name, **row})
+        print_table(rows, "candidate", [
+            ("val acc", 8, lambda r: f"{r['val_acc']:.4f}"),
+            ("vs best peer", 12, lambda r: f"{100 * (r['val_acc'] - best['val_acc']):+.1f} pt" if best else ""),
+            ("wall s", 8, lambda r: f"{r['wall_s']:.1f}"), ("CPU s", 8, lambda r: f"{r['cpu_s']:.1f}"),
+            ("CPU ratio", 9, lambda r: f"{r['cpu_s'] / best['cpu_s']:.2f}x" if best else "")], "val_acc")
+        table += [{"dataset": name, **row} for row in rows if "val_acc" in row]
     if args.json:
         Path(args.json).write_text(json.dumps(table, indent=1))
     print(f"\nwork folder: {work}")

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import SHARED, train_cli  # noqa: E402
+from accuracy import SHARED, print_table, train_cli  # noqa: E402
 
 
 def main() -> None:
@@ -43,15 +43,12 @@ def main() -> None:
                      "temperature": cal["temperature"], **{f"{k}_{when}": cal[when][k] for when in ("before", "after")
                                                            for k in ("ece", "nll", "brier")}, **got})
         print(f"{name}: {rows[-1]}", flush=True)
-    print(f"\n{'dataset':<22} {'val':>5} {'acc':>6} {'T':>6} {'ECE before':>10} {'ECE after':>9} {'NLL before':>10} "
-          f"{'NLL after':>9} {'Brier bef.':>10} {'Brier aft.':>10}")
-    for r in rows:
-        if "ece_before" not in r:
-            print(f"{r['dataset']:<22} error: {r.get('error')}")
-            continue
-        print(f"{r['dataset']:<22} {r['val_images']:5d} {r['val_acc']:6.4f} {r['temperature']:6.3f} {r['ece_before']:10.4f} "
-              f"{r['ece_after']:9.4f} {r['nll_before']:10.4f} {r['nll_after']:9.4f} {r['brier_before']:10.4f} "
-              f"{r['brier_after']:10.4f}")
+    print()
+    print_table(rows, "dataset", [
+        ("val", 5, lambda r: str(r["val_images"])), ("acc", 6, lambda r: f"{r['val_acc']:.4f}"),
+        ("T", 6, lambda r: f"{r['temperature']:.3f}"),
+        *[(f"{metric.upper() if metric != 'brier' else 'Brier'} {when}", 12, lambda r, k=f"{metric}_{when}": f"{r[k]:.4f}")
+          for metric in ("ece", "nll", "brier") for when in ("before", "after")]], "ece_before")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     print(f"\nwork folder: {work}")
