@@ -195,8 +195,9 @@ def evaluate(run: str | Path, data: str | Path | None = None, device: str = "aut
     with load(run, device, precision, tta, engine, images=len(samples), say=console.info) as predictor:
         console.info(f"engine: {predictor.engine.line()}")
         out_dir = _eval_dir(run_dir, data, out)
-        logits, errors = predictor.logits([s.path for s in samples], progress=console.progress)
+        logits, ood, errors = predictor.scored([s.path for s in samples], progress=console.progress)
         classes = predictor.classes
+        threshold = predictor.threshold
     from .evaluation import report
 
     ok = [i for i in range(len(samples)) if i not in errors]
@@ -207,7 +208,15 @@ def evaluate(run: str | Path, data: str | Path | None = None, device: str = "aut
         out_dir, [samples[i].path for i in ok], targets_of([samples[i] for i in ok], meta.task, len(classes)),
         logits[ok], classes, {"skipped_files": skipped, "run": str(predictor.run_dir),
                               "data": str(data) if data is not None else "the run's validation split",
-                              "tta": tta, "engine": predictor.engine.to_dict()}, meta.task.to_dict())
+                              "tta": tta, "engine": predictor.engine.to_dict()}, meta.task.to_dict(),
+        ood[ok] if ood is not None else None, threshold)
+    from .evaluation.explained import explain_wrong, explainer
+
+    try:
+        with explainer(predictor.run_dir, say=console.info) as helper:  # (the report's heatmaps)
+            explain_wrong(out_dir, helper, console.warn)
+    except UserError as exc:
+        console.warn(f"the report's heatmaps: {exc}")
     report.render(out_dir)
     summary["out"] = str(out_dir)
     summary["engine"] = predictor.engine.to_dict()

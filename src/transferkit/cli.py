@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "on the run's own val split.")
     p.add_argument("run", help="run folder")
     p.add_argument("data", nargs="?", help="dataset folder (default: the run's validation split)")
-    add_options(p, PredictOptions, skip=("top_k",))
+    add_options(p, PredictOptions, skip=("top_k", "reject", "unknown_label"))
     p.add_argument("--out", help="folder for metrics.json, plots and report.html "
                                  "[default: a new RUN/eval-<dataset name> folder]")
     p.add_argument("--labels", help="CSV/TSV naming DATA's images and labels (as train --labels); DATA may be it")
@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "folder; an existing file only if predict wrote it (or with --force); a FIFO "
                                     "or device is written through")
     p.add_argument("--force", action="store_true", help="replace an existing --output file that predict did not write")
+    p.add_argument("--explain", metavar="DIR", help="also write where each answer comes from: DIR/<image path relative "
+                                                    "to the folder given>.cam.png (a heatmap of the image's size) and "
+                                                    ".cam.jpg (an overlay); never inside an input folder or the data")
 
     p = sub.add_parser("doctor", help="find what is wrong with a dataset before training on it",
                        description="Exact and near duplicates (and train/val leakage), images with two labels, "
@@ -262,7 +265,7 @@ def cmd_predict(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     from .distributed import under_torchrun
     from .files import check_output_file
     from .prediction.batch import iter_inputs
-    from .prediction.outputs import OWN_HEADS, PredictionWriter, joiner_of
+    from .prediction.outputs import OWN_HEADS, PredictionWriter, has_ood, joiner_of
 
     options = PredictOptions(**_options(args, PredictOptions))
     if not args.inputs and not args.files_from:
@@ -277,6 +280,8 @@ def cmd_predict(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         from .launch import launch
 
         return launch(args.nproc, argv or [])
+    if args.explain and (args.out_dir or args.files_from):
+        raise UserError("--explain writes heatmaps of the images and folders given: not with --out-dir or --files-from")
     if args.out_dir:
         return _predict_to_folder(args, options)
     if under_torchrun():
@@ -289,6 +294,15 @@ def cmd_predict(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     files = list(iter_inputs(args.inputs, args.files_from))
     if not files:
         raise UserError("no files found in the given inputs")
+    if args.explain:
+        from .files import refuse_inside
+        from .models.bundle import trained_on
+
+        refuse_inside(args.explain, [*args.inputs, *(trained_on(Path(args.run)) if Path(args.run).is_dir() else [])],
+                      "--explain")
+        if args.run.endswith(".onnx"):
+            raise UserError(f"--explain: {args.run} is an exported model, which gives only its outputs, no spatial "
+                            "maps; explain with the run folder")
     if args.run.endswith(".onnx"):  # an exported model: ONNX Runtime alone, torch is not imported
         from .prediction.onnx_predictor import OnnxPredictor, check_exported_options
 
@@ -300,16 +314,28 @@ def cmd_predict(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         say = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731 - stdout may hold the CSV
         predictor = api.load(args.run, options.device, options.precision, options.tta, options.engine,
                              images=len(files), say=say)
+        if args.explain and not predictor.can_explain:  # (a converted model gives no maps: PyTorch's layers do)
+            if options.engine != "auto":
+                raise UserError(f"--explain: --engine {options.engine} runs this model without its spatial maps; "
+                                "leave --engine out (PyTorch gives them)")
+            predictor.close()
+            predictor = api.load(args.run, options.device, options.precision, options.tta, "torch",
+                                 images=len(files), say=say)
         say(f"engine: {predictor.engine.line()}")
+    predictor.set_reject(options.reject, options.unknown_label)
     top_k = min(options.top_k, len(predictor.classes))
     from .console import Console
 
     kind = "json" if args.output and args.output.endswith(".json") else "csv"
     bar = Console().progress(len(files), "predict")
     with predictor, _output_stream(args.output) as stream:
-        writer = PredictionWriter(stream, kind, top_k, joiner_of(predictor))
+        writer = PredictionWriter(stream, kind, top_k, joiner_of(predictor), has_ood(predictor))
         for start in range(0, len(files), PREDICT_CHUNK):  # written as they come: memory stays flat
-            preds = predictor.predict(files[start:start + PREDICT_CHUNK], top_k, progress=lambda n, desc: _Part(bar))
+            chunk = files[start:start + PREDICT_CHUNK]
+            if args.explain:
+                preds = _explained(predictor, chunk, top_k, args.inputs, Path(args.explain), bar)
+            else:
+                preds = predictor.predict(chunk, top_k, progress=lambda n, desc: _Part(bar))
             for p in preds:
                 if p.error:
                     print(printable(f"warning: {p.path}: {p.error}", lines=False), file=sys.stderr)
@@ -318,7 +344,57 @@ def cmd_predict(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     bar.close()
     if args.output:
         print(f"{len(files)} predictions written to {args.output}")
+    if args.explain:
+        print(f"heatmaps written to {args.explain}", file=sys.stderr)
     return 0
+
+
+def _explained(predictor, files: list[str], top_k: int, inputs: list[str], out: Path, bar) -> list:
+    """Predict `files` and write each one's heatmap and overlay under `out` (`heatmaps.write`),
+    from the same pass where the model averages no views (one pass for both), else from a second."""
+    from .data.decode import load_rgb
+    from .errors import ImageDecodeError
+    from .prediction import heatmaps
+    from .prediction.outputs import top_predictions
+
+    logits, ood, maps, errors = predictor.explain(files, progress=lambda n, desc: _Part(bar))
+    if predictor.tta == "none":
+        preds = top_predictions(files, predictor.task.probabilities(logits), errors, predictor.classes, top_k,
+                                predictor.task, ood, predictor.threshold, predictor.unknown_label)
+    else:
+        preds = predictor.predict(files, top_k)
+    resize_size, input_size = predictor.sizes()
+    written: dict[Path, str] = {}
+    for path, cam in zip(files, maps):
+        if cam is None:
+            continue
+        target = out / heatmap_name(path, inputs)
+        if target in written:
+            print(printable(f"warning: {path}: its heatmap would replace {written[target]}'s (the same name under "
+                            f"{out}); not written", lines=False), file=sys.stderr)
+            continue
+        written[target] = path
+        try:
+            image = load_rgb(path)
+        except ImageDecodeError as exc:
+            print(printable(f"warning: {path}: {exc.reason}", lines=False), file=sys.stderr)
+            continue
+        heatmaps.write(target, image, heatmaps.on_image(cam, image.size, resize_size, input_size))
+    return preds
+
+
+def heatmap_name(path: str, inputs: list[str]) -> Path:
+    """Where an image's heatmap goes under --explain DIR: its path relative to the folder given
+    (a file given: its name); with several inputs, under the name of the one it came from."""
+    p = Path(path).expanduser().absolute()
+    for item in inputs:
+        root = Path(item).expanduser().absolute()
+        if root.is_dir() and root in p.parents:
+            rel = p.relative_to(root)
+            return rel if len(inputs) == 1 else Path(root.name or "root") / rel
+        if root == p:
+            return Path(p.name)
+    return Path(p.name)
 
 
 def _predict_to_folder(args: argparse.Namespace, options: PredictOptions) -> int:
@@ -347,8 +423,10 @@ def _predict_to_folder(args: argparse.Namespace, options: PredictOptions) -> int
                                  options.engine, images=args.chunk_size, say=say if group.primary else None)
             if group.primary:
                 say(f"engine: {predictor.engine.line()}")
+        predictor.set_reject(options.reject, options.unknown_label)
         top_k = min(options.top_k, len(predictor.classes))
-        identity = {"model": str(Path(args.run).expanduser().absolute()), "tta": options.tta}
+        identity = {"model": str(Path(args.run).expanduser().absolute()), "tta": options.tta,
+                    "reject": options.reject, "unknown_label": options.unknown_label}
         with predictor:
             manifest = predict_to_folder(predictor, args.inputs, args.files_from, Path(args.out_dir), args.chunk_size,
                                          top_k, group, args.merge, identity, say)

@@ -350,6 +350,11 @@ class ExportOptions:
         parse_formats(self.formats)
 
 
+REJECT_HELP = ("which predictions are unknown, their ood_score (how unlike the training images) above: auto (the "
+               "model's threshold, set to keep 95 in 100 of its val images) | off | a score in [0, 2]")
+UNKNOWN_HELP = "the label of an unknown image (default: the predicted class; the unknown column says it)"
+
+
 @dataclass
 class PredictOptions:
     """Options of `transferkit predict` and `transferkit.load(...).predict`."""
@@ -361,9 +366,26 @@ class PredictOptions:
     tta: str = opt("none", "test-time augmentation, the probabilities of the views averaged: none | flip (and "
                    "its mirror image: 2x the compute) | flip-crops (also the view without the crop margin: 4x)",
                    choices=TTA)
+    reject: str = opt("auto", REJECT_HELP)
+    unknown_label: str | None = opt(None, UNKNOWN_HELP)
 
     def __post_init__(self) -> None:
         check_values(self)
+        check_reject(self)
+
+
+
+
+def check_reject(options) -> None:
+    """--reject (auto | off | a score in the score's range) and --unknown-label, checked: one line."""
+    from .ood import parse_reject
+
+    try:
+        options.reject = parse_reject(options.reject)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if options.unknown_label is not None and not str(options.unknown_label).strip():
+        raise UserError("--unknown-label must be a name")
 
 
 @dataclass
@@ -392,10 +414,13 @@ class ServeOptions:
     device: str = opt("auto", "auto | cpu | cuda (a run folder's model)", choices=DEVICES)
     precision: str = opt("auto", "auto | bf16 | fp32 (a run folder's model under PyTorch)", choices=PRECISIONS)
     tta: str = opt("none", "test-time augmentation: none | flip | flip-crops", choices=TTA)
+    reject: str = opt("auto", REJECT_HELP)
+    unknown_label: str | None = opt(None, UNKNOWN_HELP)
 
     def __post_init__(self) -> None:
         check_values(self)
         check_exposure(self, "the model")
+        check_reject(self)
 
 
 def check_exposure(options, what: str) -> None:

@@ -299,13 +299,14 @@ def format_comparison(c: Comparison, limit: int = 10) -> str:
 
 def read_predictions(run_dir: Path) -> list[dict] | None:
     """The rows of a run's predictions.csv (its validation images): path, actual, predicted,
-    probability (multi-label runs: the sets joined, and each image's `loss`); None where it has
-    none or it cannot be read."""
+    probability (multi-label runs: the sets joined, and each image's `loss`; a run with an
+    out-of-distribution score: each image's `ood_score`); None where it has none or it cannot be read."""
     try:
         with open(run_dir / "predictions.csv", newline="") as f:
             return [{"path": r["path"], "actual": r["actual"], "predicted": r["predicted"],
                      "probability": float(r["probability"] or 0),
-                     **({"loss": float(r["loss"] or 0)} if r.get("loss") is not None else {})}
+                     **({"loss": float(r["loss"] or 0)} if r.get("loss") is not None else {}),
+                     **({"ood_score": float(r["ood_score"])} if r.get("ood_score") else {})}
                     for r in csv.DictReader(f)]
     except (OSError, KeyError, ValueError, csv.Error):
         return None

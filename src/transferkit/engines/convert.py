@@ -121,22 +121,32 @@ def convert(network: Network, example: np.ndarray, cache, say=None) -> Converted
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.inference_mode(False):
             warnings.simplefilter("ignore")
             # The TorchScript-based exporter: 1.2 s for Lite0 against 8 s for torch.export's (measured).
-            torch.onnx.export(module, (x,), buffer, input_names=["input"], output_names=["output"],
-                              dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+            with torch.no_grad():
+                outputs = module(x)
+            # (a classifier with an out-of-distribution score: its logits and the score, `models.with_ood`;
+            # a maps network: its features and its spatial maps, `models.maps`)
+            names = ["output", *(f"output{i}" for i in range(1, len(outputs)))] if isinstance(outputs, tuple) \
+                else ["output"]
+            torch.onnx.export(module, (x,), buffer, input_names=["input"], output_names=names,
+                              dynamic_axes={"input": {0: "batch"}, **{n: {0: "batch"} for n in names}},
                               opset_version=OPSET, dynamo=False)
         model = _with_metadata(buffer.getvalue(), network.meta)
-        with torch.no_grad():
-            expected = module(x).float().numpy()
-        got = session(model, threads=0).run(None, {"input": example})[0]
+        expected_all = [o.float().numpy() for o in (outputs if isinstance(outputs, tuple) else (outputs,))]
+        got_all = session(model, threads=0).run(None, {"input": example})
     except Exception as exc:  # noqa: BLE001 - the exporter and runtime raise many types; the caller falls back
         raise ConversionError(f"it did not convert ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    expected, got = expected_all[0], got_all[0]
     scale = max(1.0, float(np.abs(expected).max()))
     diff = float(np.abs(got - expected).max())
+    for e, g in zip(expected_all[1:], got_all[1:]):  # (out-of-distribution scores, maps: each to its own scale)
+        if not float(np.abs(g - e).max()) <= TOLERANCE * max(1.0, float(np.abs(e).max())):
+            raise ConversionError(f"ONNX Runtime's outputs differ from PyTorch's ({network.kind})")
     if not diff <= TOLERANCE * scale:
         raise ConversionError(f"ONNX Runtime's output differs from PyTorch's by {diff:.2g} (scale {scale:.3g})")
     facts = {"checked_on": int(len(example)), "max_abs_difference": diff, "output_scale": scale,
              "output_width": int(expected.shape[-1]),
-             "last_features": getattr(getattr(module, "net", None), "last_features", None)}
+             "last_features": getattr(getattr(module, "net", None), "last_features", None),
+             **getattr(module, "facts", {})}
     head = json.dumps(facts).encode()
     path = cache.engine_file(network.key())
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -151,13 +161,14 @@ def _wrapped(network: Network):
     from torch import nn
 
     net = network.build().float().eval()
-    if network.kind != "features":
+    if network.kind not in ("features", "maps"):
         return net
 
     class Normalized(nn.Module):
         def __init__(self):
             super().__init__()
             self.net = net
+            self.facts = getattr(net, "facts", {})
             self.register_buffer("mean", torch.tensor(network.pre.mean).view(1, 3, 1, 1))
             self.register_buffer("std", torch.tensor(network.pre.std).view(1, 3, 1, 1))
 

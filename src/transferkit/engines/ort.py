@@ -88,8 +88,10 @@ def bundle_network(run: str | Path) -> tuple[Network, object, Path]:
     meta, run_dir = bundle.read_meta(run)
     ident = {"weights": bundle.weights_sha256(meta, run_dir), "meta": meta.to_dict() | {"versions": None}}
 
-    def build():
-        return bundle.load(run_dir)[0]
+    def build():  # (its logits and, for a run with one, its out-of-distribution score)
+        from ..models.with_ood import with_ood
+
+        return with_ood(bundle.load(run_dir)[0], bundle.read_ood(meta, run_dir))
 
     return (Network("classifier", ident, build, meta=meta.export_metadata(), label=f"{run_dir.name}'s model"),
             meta, run_dir)
@@ -133,13 +135,44 @@ class HeadOnFeatures(BasePredictor):
     NumPy. Nothing of the run needs converting, and torch is never imported."""
 
     def __init__(self, features: Converted, meta, run_dir: Path, weights: dict[str, np.ndarray], threads: int = 0,
-                 batch_size: int = 32, workers: int = 0, tta: str = "none"):
+                 batch_size: int = 32, workers: int = 0, tta: str = "none", cache=None, say=None):
         super().__init__(batch_size, workers, tta)
+        self.cache, self.threads, self.say, self._maps = cache, threads, say, None
         self.bundle_meta, self.run_dir, self.classes, self.task = meta, run_dir, meta.classes, meta.task
         self.session = session(features.model, threads)
         self.weight = np.ascontiguousarray(weights["head.weight"], dtype=np.float32).T  # (D, C)
         self.bias = np.asarray(weights["head.bias"], dtype=np.float32)
         self.conversion = {"file": features.path.name, "network": "features", **features.facts}
+        from ..models.bundle import read_ood
+
+        self.ood = read_ood(meta, run_dir)
+        self.ood_record = meta.ood if self.ood is not None else None
+
+    can_explain = True
+
+    def sizes(self) -> tuple[int, int]:
+        return self.bundle_meta.preprocess.resize_size, self.bundle_meta.preprocess.input_size
+
+    def forward_maps(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """From the backbone's maps network (`models.maps.WithMaps`, converted once and cached
+        like the features network): its features give the logits and OOD scores, its maps the
+        exact class activation maps, in NumPy. A backbone whose features are not its maps' means
+        (no exact map): a `UserError` saying to explain on PyTorch (Grad-CAM)."""
+        from .maps import maps_session
+        from ..prediction.heatmaps import class_maps
+
+        if self._maps is None:
+            self._maps, exact = maps_session(self.bundle_meta, self.run_dir, self.cache, self.threads, self.say)
+            if not exact:
+                self._maps = None
+                raise UserError(f"{self.bundle_meta.backbone}'s features are not its spatial maps' means: explain it "
+                                "with --engine torch (Grad-CAM)")
+        x = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+        features, *maps = self._maps.run(None, {"input": x})
+        logits = features[:, :self.weight.shape[0]] @ self.weight + self.bias
+        top = logits.argmax(1)
+        cams = class_maps(maps, self.weight.T, top)
+        return logits, (self.ood.scores(features) if self.ood is not None else None), cams
 
     def prepare(self, source, name: str | None = None, whole: bool = False) -> np.ndarray:
         from ..data.decode import eval_array
@@ -148,9 +181,13 @@ class HeadOnFeatures(BasePredictor):
         return eval_array(source, p.input_size if whole else p.resize_size, p.input_size, p.interpolation, name)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.forward(batch)[0]
+
+    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         x = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))  # uint8 (B, 3, S, S): normalized in the graph
         features = self.session.run(None, {"input": x})[0]
-        return features[:, :self.weight.shape[0]] @ self.weight + self.bias
+        logits = features[:, :self.weight.shape[0]] @ self.weight + self.bias
+        return logits, (self.ood.scores(features) if self.ood is not None else None)
 
 
 def _head_on_features(meta, run_dir: Path, cache, threads: int, batch_size: int, tta: str, say=None):
@@ -175,7 +212,7 @@ def _head_on_features(meta, run_dir: Path, cache, threads: int, batch_size: int,
     if weights["head.weight"].ndim != 2 or weights["head.weight"].shape[1] > width \
             or weights["head.weight"].shape[0] != len(meta.classes):
         return None
-    return HeadOnFeatures(found, meta, run_dir, weights, threads, batch_size, tta=tta)
+    return HeadOnFeatures(found, meta, run_dir, weights, threads, batch_size, tta=tta, cache=cache, say=say)
 
 
 def bundle(run: str | Path, choice: Choice, tta: str, threads: int, cache, say, batch_size: int = 32,

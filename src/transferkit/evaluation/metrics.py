@@ -10,6 +10,25 @@ import numpy as np
 
 
 MOST_CONFUSED = 10  # pairs listed in the table and the report
+COVERAGES = (1.0, 0.95, 0.9, 0.8)  # selective prediction: the shares of the images answered
+
+
+def selective(correct: np.ndarray, confidence: np.ndarray, ood: np.ndarray | None = None) -> list[dict]:
+    """Selective prediction: the accuracy on the COVERAGES share of the images the model answers,
+    keeping the most confident (highest `confidence`) and, given `ood`, the most typical (lowest
+    out-of-distribution score). Rows: coverage, images answered, accuracy_by_confidence, accuracy_by_ood."""
+    correct = np.asarray(correct, dtype=bool)
+    rows = []
+    for coverage in COVERAGES:
+        n = int(round(coverage * len(correct)))
+        row = {"coverage": coverage, "images": n, "accuracy_by_confidence": None, "accuracy_by_ood": None}
+        if n:
+            row["accuracy_by_confidence"] = float(correct[np.argsort(-confidence, kind="stable")[:n]].mean())
+            if ood is not None:
+                order = np.argsort(np.nan_to_num(ood, nan=np.inf), kind="stable")
+                row["accuracy_by_ood"] = float(correct[order[:n]].mean())
+        rows.append(row)
+    return rows
 
 
 def summarize(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], probs: np.ndarray | None = None) -> dict:

@@ -140,12 +140,31 @@ def report_html(run_dir: Path, summary: dict, wrong: list[dict], confusion_note:
         overall.append(["calibration temperature", f"{cal['temperature']:.3f}"])
         for key, name in (("ece", "ECE (15 bins)"), ("nll", "NLL"), ("brier", "Brier")):
             overall.append([f"{name}, before -> after", f"{cal['before'][key]:.4f} -> {cal['after'][key]:.4f}"])
+    ood = summary.get("ood") or {}
+    if ood.get("threshold") is not None:
+        overall.append(["out-of-distribution threshold (--reject auto)", f"{ood['threshold']:.4f}"])
+        overall.append(["images above it (unknown)", f"{ood['rejected_share']:.1%}"])
     overall.append(["images", summary.get("num_images", sum(m["support"] for m in summary["per_class"].values()))])
+    measure = "exact-set accuracy" if multi else "accuracy"
+    selective = [[f"{r['coverage']:.0%}", r["images"], *("-" if r[k] is None else f"{r[k]:.4f}"
+                                                           for k in ("accuracy_by_confidence", "accuracy_by_ood"))]
+                 for r in summary.get("selective") or []]
+    selective_table = ("<h2>Selective prediction</h2><p class=\"note\">the " + measure + " on the images answered, "
+                       "the rest set aside: the most confident kept, or the most like the training images (lowest "
+                       "out-of-distribution score)</p>" + _table(["coverage", "images", "by confidence",
+                                                                 "by OOD score"], selective, "selective")
+                       if selective else "")
     confused = [[p["actual"], p["predicted"], p["count"]] for p in summary.get("most_confused", [])]
     thumbs = []
+    from .explained import heatmap_files
+
+    explained = heatmap_files(run_dir)  # where the model looked (the most confidently wrong, `explained`)
     for r in wrong[:REPORT_THUMBS]:
         uri = _thumb_uri(r["path"])
         img = f'<img src="{uri}" alt="{e(Path(r["path"]).name)}">' if uri else "<div>image not found</div>"
+        if r["path"] in explained:
+            img += (f'<img class="heatmap" src="{_data_uri(explained[r["path"]].read_bytes(), "image/jpeg")}" '
+                    f'alt="where the model looked: {e(Path(r["path"]).name)}">')
         how = f'loss {r["loss"]:.2f}' if multi else f'{r["probability"]:.0%}'
         thumbs.append(f'<figure>{img}<figcaption title="{e(r["path"])}">{e(Path(r["path"]).name)}<br>'
                       f'actual {e(r["actual"]) or "(none)"}<br><span class="wrong">predicted '
@@ -187,6 +206,7 @@ def report_html(run_dir: Path, summary: dict, wrong: list[dict], confusion_note:
 <h2>Per class</h2>{_table(header, per_class, "per-class")}
 {"" if multi else "<h2>Most confused</h2>" + (_table(["actual", "predicted", "images"], confused, "confused")
                                                 if confused else "<p>none</p>")}
+{selective_table}
 <h2>Plots</h2>{plots}
 <h2>Misclassified images ({len(wrong)})</h2><div class="thumbs">{"".join(thumbs) or "<p>none</p>"}</div>{more}
 {health}

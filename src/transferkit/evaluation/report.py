@@ -28,12 +28,17 @@ TOP_LOSSES = 9  # images in top_losses.png
 
 
 def write_evaluation(out_dir: Path, paths: list[str], y_true: np.ndarray, logits, classes: list[str],
-                     extra: dict | None = None, task: dict | None = None) -> dict:
+                     extra: dict | None = None, task: dict | None = None, ood: np.ndarray | None = None,
+                     ood_threshold: float | None = None) -> dict:
     """metrics.json (scikit-learn's numbers, plus `extra`) and predictions.csv; returns the summary.
-    `task` (`Task.to_dict()`; None: single-label): a multi-label model is measured on label sets."""
+    `task` (`Task.to_dict()`; None: single-label): a multi-label model is measured on label sets.
+    `ood`: each image's out-of-distribution score (a column of predictions.csv; `ood_threshold`
+    the model's --reject auto) and selective prediction (`metrics.selective`)."""
     kind = Task.from_dict(task, len(classes))
+    if ood is not None:
+        extra = {**(extra or {}), "ood": _ood_summary(np.asarray(ood, np.float64), ood_threshold)}
     if kind.multi:
-        return _write_multilabel(out_dir, paths, np.asarray(y_true), np.asarray(logits), classes, extra, kind)
+        return _write_multilabel(out_dir, paths, np.asarray(y_true), np.asarray(logits), classes, extra, kind, ood)
     raw = Task().probabilities(logits).astype(np.float64)  # (before any temperature)
     probs = kind.probabilities(logits).astype(np.float64)  # (calibrated: the task's temperature)
     y_pred = probs.argmax(1)
@@ -42,19 +47,37 @@ def write_evaluation(out_dir: Path, paths: list[str], y_true: np.ndarray, logits
     # before and after the temperature (1: the same numbers twice, the model not calibrated)
     summary["calibration"] = {"temperature": kind.temperature, "before": calibration(y_true, raw),
                               "after": calibration(y_true, probs)}
+    summary["selective"] = metrics.selective(y_true == y_pred, probs.max(1) if len(probs) else np.zeros(0), ood)
     write_json(out_dir / "metrics.json", summary)
     atomic_write(out_dir / "predictions.csv", text_bytes(csv_table(
-        ["path", "actual", "predicted", "probability", "actual_probability"],
-        ([path, classes[t], classes[p], f"{row[p]:.6f}", f"{row[t]:.6f}"]
-         for path, t, p, row in zip(paths, y_true, y_pred, probs)))))
+        ["path", "actual", "predicted", "probability", "actual_probability"] + _ood_header(ood),
+        ([path, classes[t], classes[p], f"{row[p]:.6f}", f"{row[t]:.6f}", *_ood_cell(ood, i)]
+         for i, (path, t, p, row) in enumerate(zip(paths, y_true, y_pred, probs))))))
     return summary
+
+
+def _ood_summary(scores: np.ndarray, threshold: float | None) -> dict:
+    """metrics.json's `ood`: the score's threshold (--reject auto) and the share of these images
+    it rejects, and their scores' quartiles."""
+    finite = scores[np.isfinite(scores)]
+    quartiles = np.quantile(finite, [0.25, 0.5, 0.75]).round(4).tolist() if len(finite) else None
+    rejected = float((finite > threshold).mean()) if threshold is not None and len(finite) else None
+    return {"threshold": threshold, "rejected_share": rejected, "quartiles": quartiles}
+
+
+def _ood_header(ood) -> list[str]:
+    return [] if ood is None else ["ood_score"]
+
+
+def _ood_cell(ood, i: int) -> list[str]:
+    return [] if ood is None else ["" if not np.isfinite(ood[i]) else f"{ood[i]:.6f}"]
 
 
 PR_POINTS = 51  # recall levels at which metrics.json keeps each class's precision-recall curve
 
 
 def _write_multilabel(out_dir: Path, paths: list[str], y_true: np.ndarray, logits: np.ndarray, classes: list[str],
-                      extra: dict | None, task: Task) -> dict:
+                      extra: dict | None, task: Task, ood: np.ndarray | None = None) -> dict:
     """`write_evaluation` of a multi-label model: `metrics.summarize_multilabel`, each class's
     precision-recall curve (interpolated at PR_POINTS recall levels: the report draws it), and
     predictions.csv with the true and predicted sets (joined by the task's delimiter), the
@@ -73,15 +96,18 @@ def _write_multilabel(out_dir: Path, paths: list[str], y_true: np.ndarray, logit
             curves[name] = {"recall": levels.round(4).tolist(), "precision": np.round(best, 4).tolist()}
     summary.update({"pr_curves": curves, "num_images": len(paths), "classes": classes, "task_info": task.to_dict(),
                     **(extra or {})})
-    write_json(out_dir / "metrics.json", summary)
     pred = task.decide(probs)
+    # selective prediction on the exact set: the most sure of the images' own decisions first
+    sure = np.abs(probs - thresholds).min(1) if len(probs) else np.zeros(0)
+    summary["selective"] = metrics.selective((pred == (y_true > 0)).all(1), sure, ood)
+    write_json(out_dir / "metrics.json", summary)
     losses = metrics.image_losses(y_true, probs)
     joined = task.joiner.join
     atomic_write(out_dir / "predictions.csv", text_bytes(csv_table(
-        ["path", "actual", "predicted", "probability", "actual_probability", "loss"],
+        ["path", "actual", "predicted", "probability", "actual_probability", "loss"] + _ood_header(ood),
         ([path, joined(classes[c] for c in np.flatnonzero(t)), joined(classes[c] for c in np.flatnonzero(q)),
-          f"{row.max():.6f}", f"{row[t > 0].min() if t.any() else 1.0:.6f}", f"{loss:.6f}"]
-         for path, t, q, row, loss in zip(paths, y_true, pred, probs, losses)))))
+          f"{row.max():.6f}", f"{row[t > 0].min() if t.any() else 1.0:.6f}", f"{loss:.6f}", *_ood_cell(ood, i)]
+         for i, (path, t, q, row, loss) in enumerate(zip(paths, y_true, pred, probs, losses))))))
     return summary
 
 

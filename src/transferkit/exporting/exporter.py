@@ -16,6 +16,7 @@ from ..errors import UserError
 from ..data.discover import split_samples
 from ..files import claim_out, write_json
 from ..models import bundle
+from ..models.with_ood import with_ood
 from .registry import FORMATS, parse_formats
 from ..task import multi_hot
 from .verify import ExportResult, batched, decode_images, failing_name, format_table, mark_failed, measure, speed, \
@@ -38,6 +39,9 @@ class ExportJob:
     calibration: Callable[[], np.ndarray]
     built: dict[str, Path] = field(default_factory=dict)
     run_dir: Path | None = None  # the run exported
+    # the model with its out-of-distribution score as a second output (`models.with_ood`), where
+    # the run has one: what the ONNX formats export, so ONNX Runtime alone gives the run's scores
+    scored_model: torch.nn.Module | None = None
 
 
 def export(run: str | Path, options: ExportOptions | None = None, console: Console | None = None) -> ExportResult:
@@ -48,6 +52,8 @@ def export(run: str | Path, options: ExportOptions | None = None, console: Conso
     names = parse_formats(options.formats)
     model, bmeta, run_dir = bundle.load(run)
     model = model.float().eval()
+    ood = bundle.read_ood(bmeta, run_dir)
+    scored_model = with_ood(model, ood) if ood is not None else None
     split_file = run_dir / "split.json"
     if not split_file.is_file():
         raise UserError(f"{split_file} is missing: export checks each artifact on the run's validation images")
@@ -85,7 +91,9 @@ def export(run: str | Path, options: ExportOptions | None = None, console: Conso
             calibrated.append(len(x_cal))
             return x_cal
 
-        job = ExportJob(model, torch.from_numpy(np.ascontiguousarray(x_val[:2])), meta, calibration, run_dir=run_dir)
+        job = ExportJob(model, torch.from_numpy(np.ascontiguousarray(x_val[:2])), meta, calibration, run_dir=run_dir,
+                        scored_model=scored_model)
+        run_ood = batched(lambda x: _scores(scored_model, x), x_val) if scored_model is not None else None
         # export.json names only what this export finished: an earlier one's goes first, so an
         # export stopped half-way never leaves a list naming files it has removed
         (out_dir / "export.json").unlink(missing_ok=True)
@@ -99,6 +107,8 @@ def export(run: str | Path, options: ExportOptions | None = None, console: Conso
             check = measure(name, path, fmt.runner(path), x_val, y_val, reference, result.reference, meta["classes"],
                             options.runs, task)
             check.note = note or ""
+            if run_ood is not None:
+                check_ood(check, path, x_val, run_ood, ood.threshold)
             if check.accuracy_drop_pt > options.max_drop:
                 mark_failed(check, path, options.max_drop)
             job.built[name] = out_dir / check.file  # what a later format builds from (renamed if it failed)
@@ -109,6 +119,26 @@ def export(run: str | Path, options: ExportOptions | None = None, console: Conso
                                          "calibration_images": calibrated[0] if calibrated else 0, "metadata": meta})
     console.info(format_table(result))
     return result
+
+
+def _scores(scored_model, x: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return scored_model(torch.from_numpy(x))[1].numpy()
+
+
+def check_ood(check, path: Path, x: np.ndarray, run_ood: np.ndarray, threshold: float | None) -> None:
+    """The artifact's out-of-distribution scores (an ONNX model's second output) against the run's."""
+    if path.suffix != ".onnx":
+        return
+    from ..prediction.onnx_predictor import open_session
+
+    session = open_session(path)
+    if len(session.get_outputs()) != 2:
+        return
+    got = batched(lambda b: session.run(None, {"input": b})[1].reshape(-1), x)
+    check.ood_max_diff = float(np.abs(got - run_ood).max()) if len(got) else 0.0
+    if threshold is not None and len(got):
+        check.unknown_agreement = float(((got > threshold) == (run_ood > threshold)).mean())
 
 
 def _build(fmt, job: ExportJob, path: Path):

@@ -33,6 +33,11 @@ class Check:
     throughput_b32: float  # images/s at batch 32
     passed: bool = True
     note: str = ""
+    # a model with an out-of-distribution score, an artifact that computes it (ONNX): the largest
+    # difference from the run's scores, and the share of images whose unknown decision (at the
+    # run's --reject auto threshold) agrees
+    ood_max_diff: float | None = None
+    unknown_agreement: float | None = None
 
 
 @dataclass
@@ -151,5 +156,9 @@ def format_table(result: ExportResult) -> str:
         lines.append(f"{c.file:<28} {c.size_mb:6.1f} {c.top1_agreement:11.4f} {c.max_abs_logit_diff:12.2e} "
                      f"{c.accuracy:8.4f} {c.accuracy_drop_pt:7.2f} {c.latency_ms_p50:9.1f} {c.latency_ms_p90:9.1f} "
                      f"{c.throughput_b32:9.1f}" + ("" if c.passed else "  FAILED: " + c.note))
+    for c in result.checks:
+        if c.ood_max_diff is not None:
+            agree = "" if c.unknown_agreement is None else f", unknown decisions agree on {c.unknown_agreement:.2%}"
+            lines.append(f"{c.file}: out-of-distribution scores within {c.ood_max_diff:.2e} of the run's{agree}")
     lines.append(f"export.json: {result.out / 'export.json'}")
     return "\n".join(lines)

@@ -50,6 +50,9 @@ class BundleMeta:
     # and the head, no conversion of the run's own model needed (engines.ort).
     frozen_features: dict | None = None
     task: Task = field(default_factory=Task)  # single-label, or multi-label with its thresholds
+    # the out-of-distribution score's record (`ood.Ood.to_dict`; its reference rows are
+    # model.safetensors' OOD_KEY); None: a run made before it, or without training images to keep
+    ood: dict | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -69,6 +72,7 @@ class BundleMeta:
             "features": self.features,
             "frozen_features": self.frozen_features,
             "task": self.task.to_dict(),
+            "ood": self.ood,
             "versions": versions(),
         }
 
@@ -79,6 +83,7 @@ class BundleMeta:
         return {"transferkit": __version__, "backbone": self.backbone, "classes": self.classes,
                 "preprocess": {k: pre[k] for k in ("input_size", "resize_size", "interpolation", "mean", "std", "rule")},
                 "task": self.task.to_dict(),
+                "ood": self.ood,
                 "input": "float32 NCHW (batch, 3, input_size, input_size), RGB",
                 "output": "logits (batch, classes): " + ("each class's sigmoid is its probability, a class is "
                                                          "predicted at task.thresholds" if self.task.multi else
@@ -120,9 +125,12 @@ class BundleMeta:
         digest = d.get("model_sha256")
         if digest is not None and not (isinstance(digest, str) and len(digest) == 64):
             raise UserError("model.json: model_sha256 must be a sha256 hex digest")
+        ood = d.get("ood")
+        if ood is not None and not (isinstance(ood, dict) and isinstance(ood.get("width"), int)):
+            raise UserError("model.json: ood must be the out-of-distribution score's record")
         return cls(d["backbone"], d["arch"], list(classes), Preprocess.from_dict(d.get("preprocess")),
                    d["strategy"], float(dropout), str(d.get("weights", "")), d.get("weights_sha256"), stem, digest,
-                   features, frozen, task)
+                   features, frozen, task, ood)
 
 
 def save(run_dir: Path, state: dict, meta: BundleMeta) -> None:
@@ -142,6 +150,27 @@ def save(run_dir: Path, state: dict, meta: BundleMeta) -> None:
     atomic_write(Path(run_dir) / "model.safetensors", data)
     meta = replace(meta, model_sha256=hashlib.sha256(data).hexdigest())
     write_json(Path(run_dir) / "model.json", meta.to_dict())
+
+
+OOD_KEY = "ood.reference"  # model.safetensors: the training images' unit features the OOD score compares with
+
+
+def read_ood(meta: BundleMeta, run_dir: Path):
+    """The run's out-of-distribution score (`ood.Ood`), or None for a run made before it; the
+    weights' checksum checked first. No torch."""
+    from safetensors import SafetensorError, safe_open
+
+    from ..ood import Ood
+
+    if meta.ood is None:
+        return None
+    weights_sha256(meta, run_dir)
+    try:
+        with safe_open(str(run_dir / "model.safetensors"), framework="np") as f:
+            reference = f.get_tensor(OOD_KEY)
+        return Ood.from_dict(meta.ood, reference)
+    except (SafetensorError, OSError, KeyError, ValueError) as exc:
+        raise UserError(f"{run_dir / 'model.safetensors'}: its out-of-distribution record is damaged ({exc})") from None
 
 
 def _as_array(value):
@@ -209,6 +238,7 @@ def load(path: str | Path) -> tuple["Classifier", BundleMeta, Path]:
         state = load_file(str(run_dir / "model.safetensors"))
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a damaged file
         raise UserError(f"{run_dir / 'model.safetensors'} is damaged: {exc}") from None
+    state = {k: v for k, v in state.items() if k != OOD_KEY}  # (not the network's: `read_ood`)
     diff = state_dict_diff(model.state_dict(), state)
     if diff:
         raise UserError(f"{run_dir / 'model.safetensors'} does not match {meta.backbone}: " + "; ".join(diff))

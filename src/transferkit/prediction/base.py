@@ -39,12 +39,39 @@ class BasePredictor:
     task: Task = Task()  # single-label (softmax) or multi-label (a sigmoid per class, its thresholds)
     channels_last: bool = True  # the layout `prepare` returns: (H, W, C), else (C, H, W)
     input_dtype: str = "uint8"  # what `prepare` returns: uint8 pixels, or "float32" normalized
+    # the out-of-distribution score's record (`ood.Ood.to_dict`: its threshold), None for a model
+    # without one; `reject` ("auto", "off" or a score) and `unknown_label` decide what is unknown
+    ood_record: dict | None = None
+    reject: str | float = "auto"
+    unknown_label: str | None = None
 
     def __init__(self, batch_size: int = 32, workers: int = 0, tta: str = "none"):
         if tta not in TTA:
             raise ValueError(f"tta must be one of {', '.join(TTA)}")
         self.batch_size, self.workers, self.tta = batch_size, workers, tta
         self._pool: ThreadPoolExecutor | None = None
+
+    def set_reject(self, reject: str | float | None = "auto", unknown_label: str | None = None) -> None:
+        """--reject and --unknown-label (`ood.parse_reject`); a `UserError` for a bad value."""
+        from ..ood import parse_reject
+
+        try:
+            self.reject = parse_reject(reject)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        if unknown_label is not None and not str(unknown_label).strip():
+            raise UserError("--unknown-label must be a name")
+        if self.ood_record is None and (isinstance(self.reject, float) or unknown_label is not None):
+            raise UserError("this model has no out-of-distribution score (a run trained before transferkit had one, "
+                            "or an export of it): --reject and --unknown-label need one; retrain (or re-export) it")
+        self.unknown_label = unknown_label
+
+    @property
+    def threshold(self) -> float | None:
+        """The OOD score above which a prediction is unknown (None: nothing is rejected)."""
+        from ..ood import threshold_for
+
+        return threshold_for(self.ood_record, self.reject)
 
     def prepare(self, source, name: str | None = None, whole: bool = False) -> np.ndarray:
         """One image -> one model input (`whole`: its short side resized to the input size, so
@@ -68,6 +95,56 @@ class BasePredictor:
         """A stacked batch of inputs -> logits (B, C) as float32."""
         raise NotImplementedError
 
+    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """A stacked batch -> logits (B, C) and out-of-distribution scores (B,), or None where the
+        model has none."""
+        return self.run(batch), None
+
+    can_explain = False  # whether `forward_maps` gives spatial maps (a run folder's model; not an exported one)
+
+    def sizes(self) -> tuple[int, int]:
+        """(resize_size, input_size) of the evaluation view: where a heatmap lies on the image."""
+        raise NotImplementedError
+
+    def forward_maps(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """Evaluation views (B, ...) -> logits (B, C), OOD scores (B,) or None, and each image's
+        map (B, h, w) of where its most probable class comes from (`models.maps`); a `UserError`
+        for a model without spatial maps."""
+        raise UserError("this model has no spatial maps to explain (an exported or converted ONNX model gives only "
+                        "its outputs): explain with the run folder")
+
+    def explain(self, images: list, names: list[str] | None = None, progress=None):
+        """As `scored`, from the evaluation view alone (no test-time augmentation), with each
+        image's class activation map (h, w) of its most probable class (None for an unusable
+        image): (logits, ood or None, maps, errors)."""
+        images = as_list(images)
+        names = names or [source_name(x, f"<image {i}>") for i, x in enumerate(images)]
+        bar = progress(len(images), "explain") if progress else None
+        out = np.full((len(images), len(self.classes)), np.nan, dtype=np.float32)
+        ood = np.full(len(images), np.nan, dtype=np.float32)
+        maps: list[np.ndarray | None] = [None] * len(images)
+        scored, errors = False, {}
+        for start in range(0, len(images), self.batch_size):
+            ok, rows = [], []
+            for i in range(start, min(start + self.batch_size, len(images))):
+                try:
+                    rows.append(self.prepare(images[i], names[i]))
+                    ok.append(i)
+                except ImageDecodeError as exc:
+                    errors[i] = exc.reason
+            if ok:
+                logits, scores, cams = self.forward_maps(np.stack(rows))
+                out[ok] = logits
+                for j, i in enumerate(ok):
+                    maps[i] = cams[j]
+                if scores is not None:
+                    ood[ok], scored = scores, True
+            if bar is not None:
+                bar.update(min(self.batch_size, len(images) - start))
+        if bar is not None:
+            bar.close()
+        return out, (ood if scored or self.ood_record is not None else None), maps, errors
+
     def usable_views(self, source, name: str | None = None) -> np.ndarray | str:
         """`views(source, name)`, or the reason the image cannot be used."""
         try:
@@ -81,10 +158,19 @@ class BasePredictor:
     def logits(self, images: list, names: list[str] | None = None, progress=None) -> tuple[np.ndarray, dict[int, str]]:
         """Logits (N, C) of `images` (paths, bytes or PIL images; rows of unusable images are NaN)
         and {index: reason} for those. `progress`: (total, desc) -> a bar, updated per batch."""
+        logits, _, errors = self.scored(images, names, progress)
+        return logits, errors
+
+    def scored(self, images: list, names: list[str] | None = None,
+               progress=None) -> tuple[np.ndarray, np.ndarray | None, dict[int, str]]:
+        """As `logits`, with each image's out-of-distribution score (N,) (of its evaluation view;
+        NaN for an unusable image), or None for a model without one."""
         images = as_list(images)
         bar = progress(len(images), "predict") if progress else None
         names = names or [source_name(x, f"<image {i}>") for i, x in enumerate(images)]
         out = np.full((len(images), len(self.classes)), np.nan, dtype=np.float32)
+        ood = np.full(len(images), np.nan, dtype=np.float32)
+        scored = False
         errors: dict[int, str] = {}
         if self.workers and self._pool is None:
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="transferkit-decode")
@@ -95,12 +181,15 @@ class BasePredictor:
             errors.update({start + j: p for j, p in enumerate(prepared) if isinstance(p, str)})
             if ok:
                 views = np.concatenate([prepared[i - start] for i in ok])
-                out[ok] = self.task.mean_of_views(self.run(views).reshape(len(ok), -1, len(self.classes)))
+                logits, scores = self.forward(views)
+                out[ok] = self.task.mean_of_views(logits.reshape(len(ok), -1, len(self.classes)))
+                if scores is not None:  # (the evaluation view's: the first of each image's views)
+                    ood[ok], scored = np.asarray(scores, np.float32).reshape(len(ok), -1)[:, 0], True
             if bar is not None:
                 bar.update(len(items))
         if bar is not None:
             bar.close()
-        return out, errors
+        return out, (ood if scored or self.ood_record is not None else None), errors
 
     def predict(self, images: list, top_k: int = 1, names: list[str] | None = None,
                 progress=None) -> list[Prediction]:
@@ -111,8 +200,9 @@ class BasePredictor:
         (``predict("a.jpg")``) is taken as a list of one."""
         images = [str(x) if isinstance(x, Path) else x for x in as_list(images)]
         names = names or [source_name(x, f"<image {i}>") for i, x in enumerate(images)]
-        logits, errors = self.logits(images, names, progress)
-        return top_predictions(names, self.task.probabilities(logits), errors, self.classes, top_k, self.task)
+        logits, ood, errors = self.scored(images, names, progress)
+        return top_predictions(names, self.task.probabilities(logits), errors, self.classes, top_k, self.task,
+                               ood, self.threshold, self.unknown_label)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -22,7 +22,7 @@ from typing import Iterator
 
 from ..errors import UserError
 from ..files import atomic_write, file_sha256, read_json_object, refuse_inside, shown, write_json
-from .outputs import PredictionWriter, joiner_of
+from .outputs import PredictionWriter, has_ood, joiner_of
 
 CHUNK_FILE = "chunk-{:06d}.csv"
 
@@ -126,7 +126,7 @@ def predict_to_folder(predictor, inputs: list[str], files_from: str | None, out:
             if p.error:
                 warn(f"warning: {p.path}: {p.error}")
         text = io.StringIO()
-        writer = PredictionWriter(text, "csv", top_k, joiner_of(predictor))
+        writer = PredictionWriter(text, "csv", top_k, joiner_of(predictor), has_ood(predictor))
         writer.write(preds)
         writer.close()
         atomic_write(parts / name, text.getvalue().encode("utf-8", "surrogateescape"))

@@ -82,6 +82,8 @@ def _metadata(session, path) -> dict:
         if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) for c in classes)):
             raise ValueError("classes must be a list of names")
         shapes = [o.shape for o in session.get_outputs()]
+        if len(shapes) == 2 and meta.get("ood") is not None:  # logits and the out-of-distribution score
+            shapes = shapes[:1]
         width = shapes[0][-1] if len(shapes) == 1 and len(shapes[0]) == 2 else None
         if not isinstance(width, int) or width != len(classes):  # a symbolic or missing width cannot be trusted
             raise ValueError(f"it names {len(classes)} classes, but the model's output is {shapes}: "
@@ -112,6 +114,9 @@ class OnnxPredictor(BasePredictor):
         self.task = Task.from_dict(self.meta.get("task"), len(self.classes))  # (checked by _metadata)
         self.pre: dict = self.meta["preprocess"]
         self.input = self.session.get_inputs()[0].name
+        # an export of a model with an out-of-distribution score computes it in its graph (a second output)
+        self.scores_ood = len(self.session.get_outputs()) == 2 and self.meta.get("ood") is not None
+        self.ood_record = self.meta.get("ood") if self.scores_ood else None
 
     def prepare(self, source, name: str | None = None, whole: bool = False) -> np.ndarray:
         p = self.pre
@@ -119,4 +124,8 @@ class OnnxPredictor(BasePredictor):
                                 p["interpolation"], p["mean"], p["std"], name)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input: batch})[0]
+        return self.forward(batch)[0]
+
+    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        out = self.session.run(None, {self.input: batch})
+        return out[0], (out[1].reshape(-1) if self.scores_ood else None)

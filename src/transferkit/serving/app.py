@@ -105,6 +105,7 @@ class Service:
         await self._start_batcher()
 
     async def _start_batcher(self) -> None:
+        self.model.set_reject(self.options.reject, self.options.unknown_label)
         self.batcher = await Batcher(self.model.run, self.options.max_batch, self.options.max_wait_ms / 1000).__aenter__()
         LOG.info("ready: %s (%d classes)", self.model.info["name"], len(self.model.classes))
 
@@ -120,33 +121,43 @@ class Service:
 
     async def predict(self, images: list[tuple[str, bytes]], top_k: int) -> list[dict]:
         """Each image's top-k labels, or why it cannot be used (`probabilities`)."""
-        probs, errors = await self.probabilities(images)
-        preds = top_predictions([name for name, _ in images], probs, errors, self.model.classes, top_k, self.model.task)
+        probs, ood, errors = await self.scored(images)
+        predictor = self.model.predictor
+        preds = top_predictions([name for name, _ in images], probs, errors, self.model.classes, top_k, self.model.task,
+                                ood, predictor.threshold, predictor.unknown_label)
         return [to_dict(p, "name") for p in preds]
 
-    async def probabilities(self, images: list[tuple[str, bytes]]) -> tuple[np.ndarray, dict[int, str]]:
-        """Class probabilities (N, C) of (name, encoded image) pairs and {index: reason} for those
-        that cannot be used (their rows NaN): each image decoded on a decoding thread, batched
-        with other requests' images for the model, then turned into probabilities exactly as
-        `predict` does."""
+    async def scored(self, images: list[tuple[str, bytes]]) -> tuple[np.ndarray, np.ndarray | None, dict[int, str]]:
+        """Class probabilities (N, C) of (name, encoded image) pairs, their out-of-distribution
+        scores (N,) (None: the model has none) and {index: reason} for those that cannot be used
+        (their rows NaN): each image decoded on a decoding thread, batched with other requests'
+        images for the model, then turned into probabilities exactly as `predict` does."""
         loop = asyncio.get_running_loop()
         views = await asyncio.gather(*(loop.run_in_executor(self._decode, self.model.views, data, name)
                                        for name, data in images))
         ok = [i for i, v in enumerate(views) if not isinstance(v, str)]
-        logits = np.full((len(images), len(self.model.classes)), np.nan, dtype=np.float32)
+        k = len(self.model.classes)
+        logits = np.full((len(images), k), np.nan, dtype=np.float32)
+        ood = np.full(len(images), np.nan, dtype=np.float32) if self.model.scores_ood else None
         for i, rows in zip(ok, await asyncio.gather(*(self.batcher(views[i]) for i in ok))):
-            logits[i] = self.model.task.mean_of_views(rows[None])[0]
-        return self.model.task.probabilities(logits), {i: v for i, v in enumerate(views) if isinstance(v, str)}
+            logits[i] = self.model.task.mean_of_views(rows[None, :, :k])[0]
+            if ood is not None:
+                ood[i] = rows[0, k]  # (the evaluation view's, as predict's)
+        return (self.model.task.probabilities(logits), ood,
+                {i: v for i, v in enumerate(views) if isinstance(v, str)})
 
-    async def tensor_probabilities(self, x: np.ndarray) -> np.ndarray:
+    async def tensor_probabilities(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Class probabilities (N, C) of preprocessed inputs (N, 3, S, S) float32, each row batched
-        with other requests' inputs (one view each: no test-time augmentation)."""
+        with other requests' inputs (one view each: no test-time augmentation), and their
+        out-of-distribution scores (None: the model has none)."""
         size = self.model.info["preprocess"]["input_size"]
         if x.shape[1:] != (3, size, size):
             raise inference_protocol.ProtocolError(f"input shape {list(x.shape)}: this model takes [N, 3, {size}, {size}]")
         rows = self.model.from_tensor(x)
-        logits = await asyncio.gather(*(self.batcher(rows[i:i + 1]) for i in range(len(rows))))
-        return self.model.task.probabilities(np.concatenate(logits).astype(np.float32))
+        out = np.concatenate(await asyncio.gather(*(self.batcher(rows[i:i + 1]) for i in range(len(rows))))) \
+            .astype(np.float32)
+        k = len(self.model.classes)
+        return self.model.task.probabilities(out[:, :k]), (out[:, k] if self.model.scores_ood else None)
 
 
 def create_app(model: ServedModel | str | Path, options: ServeOptions | None = None):
@@ -217,6 +228,32 @@ def create_app(model: ServedModel | str | Path, options: ServeOptions | None = N
             first = preds[0]
             return JSONResponse({"detail": f"{first['name']}: {first['error']}", **body}, 400)
         return JSONResponse(body)
+
+    @app.post("/explain", summary="Where in the image the answer comes from", dependencies=auth,
+              responses={400: {"model": ErrorResponse}, 401: {"model": ErrorResponse},
+                         409: {"model": ErrorResponse, "description": "the model has no spatial maps"},
+                         413: {"model": ErrorResponse}, 415: {"model": ErrorResponse},
+                         503: {"model": ErrorResponse}},
+              openapi_extra={"requestBody": _request_body_doc()})
+    async def explain(request: Request, top_k: int | None = Query(None, ge=1, le=1000,
+                                                                   description="labels per image")):
+        """One image (as /predict takes it): its prediction, and a heatmap of where its most
+        probable class comes from (exact class activation maps for a linear head on pooled
+        features, Grad-CAM elsewhere): `heatmap`, an 8-bit greyscale PNG of the image's size,
+        and `overlay`, a JPEG of the image under it, both base64."""
+        _require_ready(service)
+        images = await _images_of(request, 1)
+        if len(images) != 1:
+            raise HTTPException(400, "/explain takes one image")
+        k = min(top_k or service.options.top_k, len(service.model.classes))
+        name, data = images[0]
+        try:
+            answer = await asyncio.get_running_loop().run_in_executor(service._decode, service.model.explain, data,
+                                                                       name, k)
+        except UserError as exc:
+            status = 400 if str(exc).startswith(f"{name}:") else 409
+            return JSONResponse({"detail": str(exc)}, status)
+        return JSONResponse({"model": service.model.info["name"], **answer})
 
     app.include_router(inference_protocol.router(service, auth))
     app.add_exception_handler(inference_protocol.ProtocolError, inference_protocol.error_response)

@@ -35,6 +35,7 @@ from ..files import parse_json
 BINARY_HEADER = "inference-header-content-length"
 IMAGE, TENSOR = "image", "input"
 PROBABILITIES, LABEL = "probabilities", "label"
+OOD_SCORE, UNKNOWN = "ood_score", "unknown"  # a model with an out-of-distribution score: FP32 [N], BOOL [N]
 VERSION = "1"  # the one version of the model a server serves
 
 
@@ -98,14 +99,16 @@ def router(service, auth: list) -> APIRouter:
             raise ProtocolError(f"{rows} inputs in one request: this server takes at most {service.options.max_files} "
                                 "(--max-files)", 413)
         if inp["name"] == IMAGE:
-            probs, errors = await service.probabilities([(f"image {i}", bytes(b)) for i, b in enumerate(array)])
+            probs, ood, errors = await service.scored([(f"image {i}", bytes(b)) for i, b in enumerate(array)])
             if errors:
                 i, reason = next(iter(sorted(errors.items())))
                 raise ProtocolError(f"image {i} of {rows}: {reason}")
         else:
-            probs = await service.tensor_probabilities(array)
-        outputs = requested_outputs(header)
-        return infer_response(header, name, probs, model.classes, outputs, model.task)
+            probs, ood = await service.tensor_probabilities(array)
+        outputs = requested_outputs(header, ood is not None)
+        threshold = model.predictor.threshold
+        unknown = None if ood is None else (ood > threshold if threshold is not None else np.zeros(len(ood), bool))
+        return infer_response(header, name, probs, model.classes, outputs, model.task, ood, unknown)
 
     return api
 
@@ -117,7 +120,9 @@ def model_metadata(model) -> dict:
         "inputs": [{"name": IMAGE, "datatype": "BYTES", "shape": [-1]},
                    {"name": TENSOR, "datatype": "FP32", "shape": [-1, 3, size, size]}],
         "outputs": [{"name": PROBABILITIES, "datatype": "FP32", "shape": [-1, len(model.classes)]},
-                    {"name": LABEL, "datatype": "BYTES", "shape": [-1]}],
+                    {"name": LABEL, "datatype": "BYTES", "shape": [-1]}]
+        + ([{"name": OOD_SCORE, "datatype": "FP32", "shape": [-1]}, {"name": UNKNOWN, "datatype": "BOOL", "shape": [-1]}]
+           if model.scores_ood else []),
         "parameters": {"classes": model.classes, "preprocess": model.info["preprocess"], "task": model.task.to_dict(),
                        "input_choice": f"send either {IMAGE} (encoded image files) or {TENSOR} (preprocessed)"},
     }
@@ -254,20 +259,23 @@ def _parameters(obj: dict, what: str) -> dict:
     return params
 
 
-def requested_outputs(header: dict) -> dict[str, dict]:
-    """{output name: its parameters}: those the request names, else both."""
+def requested_outputs(header: dict, ood: bool = False) -> dict[str, dict]:
+    """{output name: its parameters}: those the request names, else all (`ood`: the model's
+    out-of-distribution score and decision too)."""
+    names = (PROBABILITIES, LABEL, *((OOD_SCORE, UNKNOWN) if ood else ()))
     binary = _parameters(header, "the request").get("binary_data_output", False)
     if not isinstance(binary, bool):
         raise ProtocolError("binary_data_output must be true or false")
     asked = header.get("outputs")
     if asked is None:
-        return {PROBABILITIES: {"binary_data": binary}, LABEL: {"binary_data": binary}}
+        return {n: {"binary_data": binary} for n in names}
     if not isinstance(asked, list) or not all(isinstance(o, dict) for o in asked):
         raise ProtocolError("'outputs' must be a list of objects with a name")
     out = {}
     for o in asked:
-        if o.get("name") not in (PROBABILITIES, LABEL):
-            raise ProtocolError(f"unknown output {o.get('name')!r}: this model answers '{PROBABILITIES}' and '{LABEL}'")
+        if o.get("name") not in names:
+            raise ProtocolError(f"unknown output {o.get('name')!r}: this model answers " +
+                                ", ".join(f"'{n}'" for n in names))
         params = {"binary_data": binary, **_parameters(o, f"output {o['name']!r}")}
         if not isinstance(params["binary_data"], bool):
             raise ProtocolError("binary_data must be true or false")
@@ -276,7 +284,7 @@ def requested_outputs(header: dict) -> dict[str, dict]:
 
 
 def infer_response(header: dict, name: str, probs: np.ndarray, classes: list[str], outputs: dict[str, dict],
-                   task=None):
+                   task=None, ood: np.ndarray | None = None, unknown: np.ndarray | None = None):
     """The response: JSON, or JSON then the binary outputs (with their header) where asked. A
     multi-label `task`: `probabilities` are each class's own sigmoid, and `label` each image's
     predicted set (every class at its threshold or above), joined by the model's delimiter."""
@@ -295,6 +303,10 @@ def infer_response(header: dict, name: str, probs: np.ndarray, classes: list[str
         elif out_name == PROBABILITIES:
             values, tensor = probs.astype(np.float32), {"name": out_name, "datatype": "FP32",
                                                         "shape": list(probs.shape)}
+        elif out_name == OOD_SCORE:
+            values, tensor = ood.astype(np.float32), {"name": out_name, "datatype": "FP32", "shape": [len(ood)]}
+        elif out_name == UNKNOWN:
+            values, tensor = np.asarray(unknown, bool), {"name": out_name, "datatype": "BOOL", "shape": [len(ood)]}
         elif task is not None and task.multi:
             values = [task.joiner.join(classes[c] for c in np.flatnonzero(row)) for row in task.decide(probs)]
             tensor = {"name": out_name, "datatype": "BYTES", "shape": [len(probs)]}
@@ -302,12 +314,13 @@ def infer_response(header: dict, name: str, probs: np.ndarray, classes: list[str
             values = [classes[c] for c in probs.argmax(1)]
             tensor = {"name": out_name, "datatype": "BYTES", "shape": [len(probs)]}
         if params.get("binary_data"):
-            blob = (values.astype("<f4").tobytes() if tensor["datatype"] == "FP32"
+            blob = (values.astype("<f4").tobytes() if tensor["datatype"] == "FP32" else
+                    values.astype(np.uint8).tobytes() if tensor["datatype"] == "BOOL"
                     else b"".join(struct.pack("<I", len(s.encode())) + s.encode() for s in values))
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            tensor["data"] = values.ravel().tolist() if tensor["datatype"] == "FP32" else list(values)
+            tensor["data"] = values.ravel().tolist() if tensor["datatype"] in ("FP32", "BOOL") else list(values)
         body["outputs"].append(tensor)
     text = json.dumps(body).encode()
     if not blobs:

@@ -48,13 +48,29 @@ class ServedModel:
         self.classes: list[str] = self.predictor.classes
         self.task = self.predictor.task  # single-label, or multi-label with its thresholds
         self.info["task"] = self.task.to_dict()
+        import threading
+
+        self._lock, self._torch = threading.Lock(), None  # (`_explainer`)
+        # a model with an out-of-distribution score: `run` gives it as one more column after the logits
+        self.scores_ood = self.predictor.ood_record is not None
+        self.info["ood"] = self.predictor.ood_record
 
     def views(self, data: bytes, name: str) -> np.ndarray | str:
         """One image's model inputs (its views), or why it cannot be used."""
         return self.predictor.usable_views(data, name)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        return self.predictor.run(batch)
+        """Inputs (B, ...) -> logits (B, C), then each row's OOD score (column C) where the model
+        has one: one array, so the batcher slices both at once."""
+        logits, ood = self.predictor.forward(batch)
+        if not self.scores_ood:
+            return logits
+        return np.concatenate([logits, np.asarray(ood, np.float32).reshape(-1, 1)], 1)
+
+    def set_reject(self, reject, unknown_label: str | None) -> None:
+        """--reject and --unknown-label (`BasePredictor.set_reject`)."""
+        self.predictor.set_reject(reject, unknown_label)
+        self.info["reject"] = {"threshold": self.predictor.threshold, "unknown_label": unknown_label}
 
     def from_tensor(self, x: np.ndarray) -> np.ndarray:
         """Preprocessed inputs (N, 3, S, S) float32 (normalized, as an exported model.onnx takes
@@ -68,8 +84,47 @@ class ServedModel:
         u8 = np.clip(np.rint((x * std + mean) * 255.0), 0, 255).astype(np.uint8)
         return np.ascontiguousarray(u8.transpose(0, 2, 3, 1) if self.predictor.channels_last else u8)
 
+    def explain(self, data: bytes, name: str, top_k: int) -> dict:
+        """One image's prediction (`outputs.to_dict`, from the same pass) with where its most
+        probable class comes from: `heatmap` (PNG, the image's size, 8-bit grey) and `overlay`
+        (JPEG), base64. A `UserError` for a model without spatial maps or an unusable image."""
+        import base64
+
+        from ..data.decode import load_rgb
+        from ..prediction.heatmaps import encoded, on_image
+        from ..prediction.outputs import to_dict, top_predictions
+
+        explainer = self._explainer()
+        logits, ood, maps, errors = explainer.explain([data], [name])
+        if errors:
+            raise UserError(f"{name}: {errors[0]}")
+        image = load_rgb(data, name=name)
+        png, jpg = encoded(image, on_image(maps[0], image.size, *explainer.sizes()))
+        p = self.predictor
+        pred = top_predictions([name], self.task.probabilities(logits), {}, self.classes, top_k, self.task, ood,
+                               p.threshold, p.unknown_label)[0]
+        return {**to_dict(pred, "name"), "class_explained": pred.top_k[0][0],
+                "heatmap": base64.b64encode(png).decode(), "overlay": base64.b64encode(jpg).decode()}
+
+    def _explainer(self) -> BasePredictor:
+        """What gives this model's spatial maps: its predictor, or (a run converted whole for ONNX
+        Runtime) the run on PyTorch, loaded on the first explanation."""
+        with self._lock:
+            if self.predictor.can_explain:
+                return self.predictor
+            if is_onnx(self.source):
+                raise UserError("an exported ONNX model gives only its outputs, no spatial maps: serve the run "
+                                "folder to explain")
+            if self._torch is None:
+                from .. import engines
+
+                self._torch = engines.load_bundle(self.source, "torch", "cpu", "auto", "none")
+            return self._torch
+
     def close(self) -> None:
         self.predictor.close()
+        if self._torch is not None:
+            self._torch.close()
 
 
 def _bundle_predictor(source: Path, device: str, precision: str, tta: str, threads: int, engine: str,

@@ -17,6 +17,7 @@ import hashlib
 import itertools
 import re
 import secrets
+import threading
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -85,6 +86,38 @@ class Studio:
             self.add(given)
         self.jobs = JobQueue()
         self.servers = Servers()
+        self._explainer: tuple[tuple, object] | None = None  # (the run and its model.json's time, its predictor)
+        self._explaining = threading.Lock()
+
+    def heatmap(self, run_dir: Path, path: str) -> bytes:
+        """The overlay JPEG of where `run_dir`'s model looks in the image at `path`, for its most
+        probable class (`prediction.heatmaps`); the run's explainer is kept for the next image."""
+        from ..data.decode import load_rgb
+        from ..errors import ImageDecodeError
+        from ..evaluation.explained import explainer
+        from ..prediction.heatmaps import encoded, on_image
+
+        key = (str(run_dir), (run_dir / "model.json").stat().st_mtime_ns)
+        with self._explaining:
+            if self._explainer is None or self._explainer[0] != key:
+                if self._explainer is not None:
+                    self._explainer[1].close()
+                    self._explainer = None
+                self._explainer = (key, explainer(run_dir))
+            predictor = self._explainer[1]
+            _, _, maps, errors = predictor.explain([path])
+            if errors:
+                raise UserError(f"{path}: {errors[0]}")
+            try:
+                image = load_rgb(path, min_short_side=1024)
+            except ImageDecodeError as exc:
+                raise UserError(f"{path}: {exc.reason}") from None
+            return encoded(image, on_image(maps[0], image.size, *predictor.sizes()))[1]
+
+    def close(self) -> None:
+        if self._explainer is not None:
+            self._explainer[1].close()
+            self._explainer = None
 
     def add(self, given: str | Path) -> Dataset:
         """Open the dataset folder `given` (from the command line, or the page's "Open"): from now
@@ -135,6 +168,7 @@ def create_studio(data: list[str | Path], options: StudioOptions | None = None) 
         yield
         studio.jobs.close()
         studio.servers.close()
+        studio.close()
 
     app = FastAPI(title="transferkit studio", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   default_response_class=StudioJSON,
@@ -331,7 +365,7 @@ def create_studio(data: list[str | Path], options: StudioOptions | None = None) 
         from .views import run_view
 
         folder = studio.run_dir(name)
-        return _fixable(run_view(folder), studio.dataset_of(folder), ("top_losses",))
+        return _fixable(run_view(folder), studio.dataset_of(folder), ("top_losses", "unusual"))
 
     @app.get("/api/runs/{name}/cell", dependencies=auth)
     def cell(name: str, actual: str, predicted: str):
@@ -351,6 +385,18 @@ def create_studio(data: list[str | Path], options: StudioOptions | None = None) 
             raise HTTPException(404, f"the run {name} has {len(rows)} validation images")
         return Response(thumbnail(Path(rows[i]["path"]), studio.thumbs, Path(rows[i]["path"]).name),
                         media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/api/runs/{name}/heatmap", dependencies=auth)
+    def run_heatmap(name: str, i: int = Query(..., ge=0)):
+        """Where the run's model looks in its val image `i` (an overlay JPEG)."""
+        from .views import predictions
+
+        folder = studio.run_dir(name)
+        rows = predictions(folder)
+        if i >= len(rows):
+            raise HTTPException(404, f"the run {name} has {len(rows)} validation images")
+        return Response(studio.heatmap(folder, rows[i]["path"]), media_type="image/jpeg",
+                        headers={"Cache-Control": "private, max-age=3600"})
 
     @app.post("/api/runs/{name}/remove", dependencies=auth)
     def remove(name: str):

@@ -49,7 +49,19 @@ def run_view(run_dir: Path) -> dict:
     # the most confidently wrong; multi-label: the largest loss (their probability is the top class's)
     wrong = sorted((i for i, r in enumerate(rows) if r["actual"] != r["predicted"]),
                    key=lambda i: -rows[i].get("loss", rows[i]["probability"]))
+    ood = metrics.record("ood")
+    threshold = ood.number("threshold")
+    scored = [i for i, r in enumerate(rows) if "ood_score" in r]
+    for r in rows:  # (above the model's --reject auto threshold: predict would call it unknown)
+        if "ood_score" in r and threshold is not None:
+            r["unknown"] = r["ood_score"] > threshold
+    # the val images least like the training images (highest out-of-distribution score)
+    unusual = sorted(scored, key=lambda i: -rows[i]["ood_score"])[:24]
     return {"run": row.to_dict(), "classes": metrics.texts("classes") or results.texts("classes"),
+            "ood": {"threshold": threshold, "rejected_share": ood.number("rejected_share")} if scored else None,
+            "unusual": [{"i": i, **rows[i]} for i in unusual],
+            "selective": [{k: r.number(k) for k in ("coverage", "images", "accuracy_by_confidence", "accuracy_by_ood")}
+                          for r in metrics.items_of("selective", dict)],
             "task": metrics.text("task", "single"), "map": {k: metrics.number(k) for k in ("map_macro", "map_micro")},
             "confusion": confusion(metrics), "per_class": per_class(metrics),
             "history": history(run_dir), "report": (run_dir / "report.html").is_file(),

@@ -27,6 +27,7 @@ from .result import FitResult
 from .strategies.base import STRATEGIES, Strategy
 
 if TYPE_CHECKING:
+    from ..ood import Ood
     from ..models.lazy import LazyClassifier
     from ..runtime import Runtime
 
@@ -92,3 +93,5 @@ class Outcome:
     pre: Preprocess | None = None  # the kept model's preprocessing where it is not the context's (auto)
     thresholds: np.ndarray | None = None  # multi-label: each class's decision threshold (None: task's default)
     temperature: float | None = None  # single-label: the calibrating temperature (None: not calibrated, 1)
+    ood: "Ood | None" = None  # the out-of-distribution score (`ood.fitted`; None: not made, e.g. sharded features)
+    val_ood: np.ndarray | None = None  # the val images' scores, in split.val order

@@ -5,9 +5,10 @@ shared by every strategy that trains more than the head."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -19,6 +20,8 @@ from ..data.decode import typical_short_side
 from ..data.views import SMALL
 from ..data.discover import DatasetSplit
 from ..distributed import sync_batchnorm
+from ..folds import stratified_sample
+from ..ood import MAX_REFERENCE
 from ..models.classifier import Classifier
 from ..runtime import Extractor
 from . import engine, recipe
@@ -103,9 +106,16 @@ class NetworkSetup:
     loss: nn.Module
     prepare: Callable[[torch.Tensor], torch.Tensor]
     split: DatasetSplit  # the split less the images that could not be decoded
+    # training images in the evaluation view (a stratified sample of at most ood.MAX_REFERENCE):
+    # the kept network's features of them are its out-of-distribution score's reference
+    reference_loader: DataLoader | None = None
+    # the training images held out of training to calibrate the kept network on (`held_out`)
+    calibration_loader: DataLoader | None = None
+    held_out: list = field(default_factory=list)
 
 
-def network_setup(ctx: Context, head_init: LinearHead | None = None, split: DatasetSplit | None = None) -> NetworkSetup:
+def network_setup(ctx: Context, head_init: LinearHead | None = None, split: DatasetSplit | None = None,
+                  held: list | None = None) -> NetworkSetup:
     """Decode every image of `split` (default: the context's) once into the cache, build
     loaders, initialize the head, and set what trains (param groups) as the strategy declares.
     In a group the ranks of each node decode a share each into the node's cache, and the
@@ -114,12 +124,14 @@ def network_setup(ctx: Context, head_init: LinearHead | None = None, split: Data
     cfg, runtime, model, group = ctx.cfg, ctx.runtime, ctx.models.get(), ctx.group
     cache = ctx.cache.decoded(ctx.pre.resize_size, ctx.pre.interpolation, parse_size(cfg.cache_limit))
     split = split or ctx.split
-    samples = split.train + split.val
+    held = held or []  # (training images held out to calibrate on: decoded too, not trained on)
+    samples = split.train + split.val + held
     errors = decode_all([samples[i] for i in group.node_share(len(samples))], cache, ctx.pre, ctx.console.progress)
     if group.distributed:
         errors = {path: reason for part in group.all_gather(errors) for path, reason in part.items()}
     split = split.without(errors)
     split.check_not_empty()
+    held = [s for s in held if s.path not in errors]
 
     small = is_small(split)
 
@@ -153,8 +165,14 @@ def network_setup(ctx: Context, head_init: LinearHead | None = None, split: Data
     std = torch.tensor(ctx.pre.std).view(1, 3, 1, 1)
     loss = classification_loss(cfg, torch.from_numpy(split.targets(split.train)) if split.task.multi else y_train,
                                len(split.classes))
+    reference = stratified_sample(y_train, MAX_REFERENCE, cfg.seed) if len(y_train) > MAX_REFERENCE \
+        else range(len(y_train))
+    reference_loader = DataLoader(dataset([split.train[i] for i in reference], False), batch_size=cfg.batch_size,
+                                  num_workers=ctx.workers)
+    calibration_loader = DataLoader(dataset(held, False), batch_size=cfg.batch_size, num_workers=ctx.workers) \
+        if held else None
     return NetworkSetup(model, loader, val_loader, stages, groups, loss,
-                        lambda u8: runtime.to_input(u8, mean, std), split)
+                        lambda u8: runtime.to_input(u8, mean, std), split, reference_loader, calibration_loader, held)
 
 
 def is_small(split: DatasetSplit) -> bool:
@@ -172,7 +190,14 @@ def train_network(ctx: Context, head_init: LinearHead | None = None,
     what trains set as the strategy declares. `adapt` may change the loader and loss (distill);
     `split` replaces the context's (LP-FT: the one its probe was fitted on)."""
     cfg, runtime, group = ctx.cfg, ctx.runtime, ctx.group
-    net = network_setup(ctx, head_init, split)
+    split = split or ctx.split
+    held = held_out(split, cfg.seed)
+    if held:
+        ctx.console.info(f"calibration: {len(held)} of the {len(split.train)} training images held out of training, "
+                         "to calibrate the network on")
+        kept = {s.path for s in held}
+        split = replace(split, train=[s for s in split.train if s.path not in kept])
+    net = network_setup(ctx, head_init, split, held)
     if adapt is not None:
         net = adapt(net)
     model, loader, stages, groups = net.model, net.loader, net.stages, net.groups
@@ -193,6 +218,7 @@ def train_network(ctx: Context, head_init: LinearHead | None = None,
         was_training = m.training
         extractor = Extractor(m.backbone, ctx.pre, runtime, batch_size=32)
         feats = [extractor.forward(u8) for u8, _ in net.val_loader]
+        measured["val_features"] = feats
         with torch.inference_mode():
             weight, bias = m.head.weight.detach().float().cpu(), m.head.bias.detach().float().cpu()
             logits = nn.functional.linear(torch.cat(feats), weight, bias) if feats else torch.empty(0, len(bias))
@@ -206,6 +232,7 @@ def train_network(ctx: Context, head_init: LinearHead | None = None,
         return loss, net.split.task.score(logits.numpy(), y_val.numpy()), logits
 
     y_val = torch.from_numpy(net.split.targets(net.split.val))
+    measured: dict = {}
     mixer = recipe.batch_mixer(cfg.mixup, cfg.cutmix, len(net.split.classes))
     average = recipe.WeightAverage(model, cfg.ema, cfg.epochs * len(loader)) if cfg.ema else None
     result, best = engine.fit(
@@ -219,6 +246,8 @@ def train_network(ctx: Context, head_init: LinearHead | None = None,
     )
     model.load_state_dict(best)
     _, _, val_logits = measure(model)  # the kept epoch's logits, as its row in metrics.csv measured them
+    ood, val_ood = network_ood(ctx, net, model, measured["val_features"]) if group.primary else (None, None)
+    temperature, thresholds = calibrate(ctx, net, model) if group.primary else (None, None)
     model.to("cpu").eval()
     info = {"param_groups": peak_lrs,
             "batch": {"per_process": cfg.batch_size, "processes": group.world, "global": cfg.batch_size * group.world,
@@ -227,7 +256,76 @@ def train_network(ctx: Context, head_init: LinearHead | None = None,
                 any(dict(model.backbone.named_parameters())[n].requires_grad for n in st) for st in stages)}
     if average is not None:
         info["ema_decay"] = average.decay  # the decay used: --ema, bounded by the run's length
-    return Outcome(result, val_logits, model.state_dict(), net.split, cfg, info)
+    info["calibration_images"] = len(net.held_out)
+    return Outcome(result, val_logits, model.state_dict(), net.split, cfg, info, ood=ood, val_ood=val_ood,
+                   temperature=temperature, thresholds=thresholds)
+
+
+# Fine-tuned networks are calibrated on training images held out of their training (the head on
+# frozen features uses its out-of-fold predictions instead): CALIBRATION_SHARE of them, a
+# stratified sample of at most CALIBRATION_MAX, where that is at least CALIBRATION_MIN_IMAGES and
+# every class keeps CALIBRATION_MIN_PER_CLASS to train on (else nothing is held out and the
+# network is not calibrated: a temperature fitted on 8 held-out images sharpened to 0.05 and
+# doubled the val NLL; one scalar needs some 50 images to be trusted).
+CALIBRATION_SHARE, CALIBRATION_MAX, CALIBRATION_MIN_IMAGES, CALIBRATION_MIN_PER_CLASS = 0.1, 1000, 50, 20
+
+
+def held_out(split: DatasetSplit, seed: int) -> list:
+    """The training images held out to calibrate a fine-tuned network on (`CALIBRATION_SHARE`)."""
+    from ..task import strata_of
+
+    if not split.train:
+        return []
+    strata = strata_of(split.targets(split.train))
+    if split.label_counts(split.train).min() < CALIBRATION_MIN_PER_CLASS:
+        return []
+    size = min(CALIBRATION_MAX, int(len(strata) * CALIBRATION_SHARE))
+    if size < max(CALIBRATION_MIN_IMAGES, len(np.unique(strata))):
+        return []
+    return [split.train[i] for i in stratified_sample(strata, size, seed + 1)]
+
+
+def calibrate(ctx: Context, net: NetworkSetup, model: Classifier):
+    """(temperature, thresholds) of the kept network from its logits of the held-out training
+    images: single-label, the temperature (`task.fit_temperature`), kept where it lowers their
+    log loss by TEMPERATURE_MIN_GAIN and is not at the end of its range (separable held-out
+    images: no estimate); multi-label, each class's F1-optimal threshold. (None, None) with
+    nothing held out."""
+    from ..task import TEMPERATURE_RANGE, choose_thresholds, fit_temperature, log_loss, sigmoid
+    from .heads import TEMPERATURE_MIN_GAIN
+
+    if net.calibration_loader is None:
+        return None, None
+    extractor = Extractor(model.backbone, ctx.pre, ctx.runtime, batch_size=32)
+    with torch.inference_mode():
+        weight, bias = model.head.weight.detach().float().cpu(), model.head.bias.detach().float().cpu()
+        logits = torch.cat([nn.functional.linear(extractor.forward(u8).float(), weight, bias)
+                            for u8, _ in net.calibration_loader]).numpy().astype(np.float64)
+    y = net.split.targets(net.held_out)
+    if net.split.task.multi:
+        return None, choose_thresholds(y, sigmoid(logits))
+    temperature = fit_temperature(y, logits)
+    before, after = log_loss(y, logits, 1.0), log_loss(y, logits, temperature)
+    inside = TEMPERATURE_RANGE[0] * 1.01 < temperature < TEMPERATURE_RANGE[1] / 1.01
+    return (temperature if inside and before - after >= TEMPERATURE_MIN_GAIN * before else None), None
+
+
+def network_ood(ctx: Context, net: NetworkSetup, model: Classifier, val_features: list[torch.Tensor]):
+    """(`ood.Ood`, the val images' scores) of the kept network: its features (the last layer's) of
+    the reference sample of training images, as predict computes them; (None, None) in a group
+    (its val features are each rank's share: not made there yet)."""
+    from ..ood import fitted
+
+    if ctx.group.distributed or net.reference_loader is None:
+        return None, None
+    extractor = Extractor(model.backbone, ctx.pre, ctx.runtime, batch_size=32)
+    with torch.inference_mode():
+        train_x = [extractor.forward(u8).float() for u8, _ in net.reference_loader]
+    last = getattr(model.backbone, "last_features", None) or model.head.in_features
+    width = slice(0, last)
+    train_x = torch.cat(train_x)[:, width].numpy() if train_x else torch.zeros(0, last).numpy()
+    val_x = torch.cat(val_features).float()[:, width].numpy() if val_features else torch.zeros(0, last).numpy()
+    return fitted(train_x, None, val_x, ctx.cfg.seed)
 
 
 def _epoch_ended(ctx: Context, s) -> None:

@@ -102,8 +102,10 @@ def _train(cfg: TrainConfig, console: Console, worker: Worker, started: float, c
     meta = bundle.BundleMeta(spec.name, spec.arch, outcome.split.classes, outcome.pre or ctx.pre, used.strategy,
                              used.dropout or 0.0,
                              ctx.models.info.source, ctx.models.info.sha256, ctx.models.stem,
-                             features=outcome.features, frozen_features=frozen, task=trained_task(outcome))
-    bundle.save(run_dir, outcome.state, meta)
+                             features=outcome.features, frozen_features=frozen, task=trained_task(outcome),
+                             ood=outcome.ood.to_dict() if outcome.ood is not None else None)
+    state = outcome.state if outcome.ood is None else {**outcome.state, bundle.OOD_KEY: outcome.ood.reference}
+    bundle.save(run_dir, state, meta)
     results = write_outputs(run_dir, outcome, ran_on(ctx, outcome), started, worker, health, ctx.engine)
     if tracking:
         tracking.history(outcome.fit.history, outcome.fit.unit, len(outcome.split.train))
@@ -111,8 +113,10 @@ def _train(cfg: TrainConfig, console: Console, worker: Worker, started: float, c
     console.info(metrics.format_table(results["metrics"]))
     cal = results["metrics"].get("calibration")
     if cal and cal["before"]["ece"] is not None:
-        console.info(f"calibration: temperature {cal['temperature']:.3f} (fitted on the training images' out-of-fold "
-                     f"predictions); val ECE {cal['before']['ece']:.4f} -> {cal['after']['ece']:.4f}, NLL "
+        held = outcome.info.get("calibration_images")
+        source = f"{held} held-out training images" if held else "the training images' out-of-fold predictions"
+        console.info(f"calibration: temperature {cal['temperature']:.3f} (fitted on {source}); val ECE "
+                     f"{cal['before']['ece']:.4f} -> {cal['after']['ece']:.4f}, NLL "
                      f"{cal['before']['nll']:.4f} -> {cal['after']['nll']:.4f}")
     warning = cv_warning(results)
     if warning:
@@ -468,7 +472,8 @@ def write_outputs(run_dir: Path, outcome: Outcome, ran_on: tuple[str, str], star
     task = trained_task(outcome)
     summary = worker.write_evaluation(run_dir, [s.path for s in split.val], y_val, logits,
                                       split.classes, {"skipped_files": split.skipped, "data_health": health},
-                                      task.to_dict())
+                                      task.to_dict(), outcome.val_ood,
+                                      outcome.ood.threshold if outcome.ood is not None else None)
     metrics.write_history_csv(run_dir / "metrics.csv", fit.history, fit.unit)  # config.yaml is already there
 
     def label(s):
@@ -518,8 +523,23 @@ def write_outputs(run_dir: Path, outcome: Outcome, ran_on: tuple[str, str], star
     }
     write_json(run_dir / "results.json", results)
     if not cfg.no_report:
+        with _own_rng():  # (building the model to explain draws initial weights: not from the caller's stream)
+            report_heatmaps(run_dir, worker.warn)
         worker.render(run_dir)  # plots, misclassified.csv, report.html
     return results
+
+
+def report_heatmaps(run_dir: Path, warn=None) -> None:
+    """The report's heatmaps of the most confidently wrong val images (`evaluation.explained`)."""
+    from ..errors import UserError
+    from ..evaluation.explained import explain_wrong, explainer
+
+    try:
+        with explainer(run_dir) as predictor:
+            explain_wrong(run_dir, predictor, warn)
+    except UserError as exc:
+        if warn:
+            warn(f"the report's heatmaps: {exc}")
 
 
 def _cpu_seconds() -> float:

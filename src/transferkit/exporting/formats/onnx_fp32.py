@@ -17,8 +17,10 @@ def build(job, path: Path) -> None:
     import onnx
     import torch
 
+    # a run with an out-of-distribution score: it is the graph's second output (`models.with_ood`)
+    model, names = (job.model, ["logits"]) if job.scored_model is None else (job.scored_model, ["logits", "ood_score"])
     with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates its steps on stdout
-        torch.onnx.export(job.model, (job.example,), str(path), input_names=["input"], output_names=["logits"],
+        torch.onnx.export(model, (job.example,), str(path), input_names=["input"], output_names=names,
                           dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=OPSET,
                           dynamo=True, external_data=False)
     set_metadata(path, job.meta)

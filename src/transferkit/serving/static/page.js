@@ -49,6 +49,7 @@ async function loadModel() {
 
 function card(file) {
   const li = document.createElement("li");
+  li.file = file;
   li.className = "result";
   li.dataset.state = "pending";
   li.tabIndex = -1;
@@ -107,6 +108,53 @@ function show(li, pred) {
     bars.append(item);
   }
   li.append(bars);
+  if (pred.ood_score !== undefined && pred.ood_score !== null) {
+    // how unlike the training images it is; above the server's threshold it is unknown
+    const ood = document.createElement("p");
+    ood.className = pred.unknown ? "unknown" : "ood";
+    ood.textContent = (pred.unknown ? "unknown: unlike the training images" : "like the training images")
+      + ` (out-of-distribution score ${pred.ood_score.toFixed(3)})`;
+    li.dataset.unknown = String(Boolean(pred.unknown));
+    li.append(ood);
+  }
+  if (li.file) {
+    const where = document.createElement("button");
+    where.type = "button";
+    where.className = "where";
+    where.textContent = "Where?";
+    where.addEventListener("click", () => explainCard(li, where));
+    li.append(where);
+  }
+}
+
+async function explainCard(li, button) {
+  // swaps the image for its overlay (where the answer comes from), and back
+  const img = li.querySelector("img");
+  if (li.dataset.explained === "true") {
+    img.src = li.plainSrc;
+    li.dataset.explained = "false";
+    button.textContent = "Where?";
+    return;
+  }
+  button.disabled = true;
+  const body = new FormData();
+  body.append("file", li.file, li.file.name || "pasted.png");
+  try {
+    const response = await fetch("explain", { method: "POST", body, headers: headers() });
+    const answer = await response.json().catch(() => ({ detail: "HTTP " + response.status }));
+    if (!response.ok) throw new Error(answer.detail || "HTTP " + response.status);
+    li.plainSrc = li.plainSrc || img.src;
+    img.src = "data:image/jpeg;base64," + answer.overlay;
+    li.dataset.explained = "true";
+    button.textContent = "Image";
+  } catch (err) {
+    const p = document.createElement("p");
+    p.className = "error";
+    p.textContent = "no explanation: " + err.message;
+    li.append(p);
+  } finally {
+    button.disabled = false;
+  }
 }
 
 async function classify(file) {

@@ -58,9 +58,18 @@ function showTab(name) {
 // ---------------------------------------------------------------- data
 function thumbUrl(path) { return `/api/datasets/${state.current}/thumb?${q({ path })}`; }
 
-function openViewer(src, caption) {
+function openViewer(src, caption, heatmap = null) {
+  // `heatmap`: where the run's model looks in this image (an overlay), behind the "Where?" button
   $("viewer-img").src = src;
   $("viewer-caption").textContent = caption;
+  const where = $("viewer-where");
+  where.hidden = !heatmap;
+  where.textContent = "Where?";
+  where.onclick = () => {
+    const showing = where.textContent === "Image";
+    $("viewer-img").src = showing ? src : heatmap;
+    where.textContent = showing ? "Where?" : "Image";
+  };
   $("viewer").showModal();
 }
 
@@ -408,7 +417,8 @@ function runThumb(run, r, caption, dataset = null, classes = []) {
   const src = `/api/runs/${encodeURIComponent(run)}/thumb?i=${r.i}`;
   const fix = r.fix;
   const card = el("div", { class: "thumb" + (fix ? " " + fix.action : ""), "data-path": r.rel || r.path },
-    el("img", { src, loading: "lazy", alt: r.path, title: r.path, onclick: () => openViewer(src, r.path) }),
+    el("img", { src, loading: "lazy", alt: r.path, title: r.path,
+                onclick: () => openViewer(src, r.path, `/api/runs/${encodeURIComponent(run)}/heatmap?i=${r.i}`) }),
     el("div", {}, caption || "", fix ? el("span", { class: "fix " + fix.action }, fix.action === "exclude" ? " excluded" : ` → ${fix.label}`) : null));
   if (dataset && r.rel) {
     const mark = (action, label) => decide(r.rel, action, label, `from run ${run}`, () => {
@@ -451,10 +461,33 @@ async function showRun(name) {
     el("table", { class: "grid" }, el("tr", {}, ...["class", "precision", "recall", "F1", "support"].map((h) => el("th", {}, h))), ...perClass),
     el("h3", {}, multi ? "Largest loss (labels wrong or unsure)" : "Most confidently wrong"),
     v.top_losses.length ? el("div", { class: "thumbs" }, ...v.top_losses.map((t) => runThumb(name, t, multi
-      ? `${t.actual || "(none)"} → ${t.predicted || "(none)"} · loss ${num(t.loss, 2)}` : `${t.actual} → ${t.predicted} ${pct(t.probability)}`, v.dataset, v.classes)))
-      : el("p", { class: "muted" }, "none: every validation image is right"));
+      ? `${t.actual || "(none)"} → ${t.predicted || "(none)"} · loss ${num(t.loss, 2)}${oodText(t)}` : `${t.actual} → ${t.predicted} ${pct(t.probability)}${oodText(t)}`, v.dataset, v.classes)))
+      : el("p", { class: "muted" }, "none: every validation image is right"),
+    ...trustSection(name, v));
   refreshServe(name);
   if (v.exported) showExport(name);
+}
+
+function oodText(r) {
+  // an image's out-of-distribution score, and whether predict would call it unknown
+  return r.ood_score === undefined ? "" : ` · OOD ${num(r.ood_score, 3)}${r.unknown ? " unknown" : ""}`;
+}
+
+function trustSection(name, v) {
+  // selective prediction, and the val images least like the training images (highest OOD score)
+  const out = [];
+  if (v.selective && v.selective.length) {
+    out.push(el("h3", {}, "Selective prediction"),
+      el("table", { class: "grid", id: "selective" }, el("tr", {}, ...["coverage", "images", "by confidence", "by OOD score"].map((h) => el("th", {}, h))),
+        ...v.selective.map((s) => el("tr", {}, el("td", { class: "num" }, pct(s.coverage)), el("td", { class: "num" }, s.images),
+          el("td", { class: "num" }, num(s.accuracy_by_confidence)), el("td", { class: "num" }, num(s.accuracy_by_ood))))));
+  }
+  if (v.ood) {
+    const line = v.ood.threshold === null ? "" : ` (above ${num(v.ood.threshold, 3)}: unknown, ${pct(v.ood.rejected_share)} of them)`;
+    out.push(el("h3", {}, `Least like the training images${line}`),
+      el("div", { class: "thumbs", id: "unusual" }, ...v.unusual.map((t) => runThumb(name, t, `${t.actual} → ${t.predicted} ${pct(t.probability)}${oodText(t)}`, v.dataset, v.classes))));
+  }
+  return out;
 }
 
 async function refreshServe(name) {

@@ -2,6 +2,8 @@
 new head fitted on them (a logistic regression by default, its regularization and its input
 features chosen by cross-validation on the training images)."""
 
+import numpy as np
+
 from .base import HEAD_DEFAULTS, Strategy, register
 
 
@@ -26,9 +28,22 @@ def run(ctx):
     # NumPy throughout: with the features, the head and the backbone's weights cached, no torch
     state = {f"backbone.{k}": v for k, v in ctx.models.backbone_arrays().items()}
     state.update(linear.state())
+    ood, val_ood = features_ood(f, ctx.cfg.seed)
     return Outcome(result, val_logits, state, f.split, ctx.cfg,
                    {**f.facts, "network_built": ctx.models.built, "head": choice.to_dict()}, features=choice.features,
-                   thresholds=thresholds, temperature=temperature)
+                   thresholds=thresholds, temperature=temperature, ood=ood, val_ood=val_ood)
+
+
+def features_ood(f, seed: int):
+    """(`ood.Ood`, the val images' scores) from the cached features of a frozen backbone (the
+    last layer's); (None, None) where they are sharded over a group (not made there yet)."""
+    from ...ood import fitted
+    from ...task import strata_of
+
+    if f.sharded:
+        return None, None
+    train_x, val_x = f.last_layer()
+    return fitted(train_x, strata_of(np.asarray(f.y_train[:f.num_images])), val_x, seed)
 
 
 def head_choice_line(choice, task=None) -> str:

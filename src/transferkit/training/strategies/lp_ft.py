@@ -21,7 +21,7 @@ def run(ctx):
     from ..context import Outcome
     from ..heads import fit_best_head, head_temperature, head_thresholds
     from ..network import train_network
-    from .linear import head_choice_line
+    from .linear import features_ood, head_choice_line
 
     f = ctx.cached_features()
     probe_cfg = dataclasses.replace(ctx.cfg, optimizer="lbfgs", weight_decay=None)
@@ -55,8 +55,9 @@ def run(ctx):
     thresholds = f.decide(lambda: head_thresholds(probe_cfg, f, choice)) if f.split.task.multi and choice.folds else None
     temperature = f.decide(lambda: head_temperature(probe_cfg, f, choice)) \
         if not f.split.task.multi and choice.folds and not f.sharded else None
+    ood, val_ood = features_ood(f, ctx.cfg.seed)
     return Outcome(outcome.fit, probe_logits, state, f.split, outcome.cfg, outcome.info, features=choice.features,
-                   thresholds=thresholds, temperature=temperature)
+                   thresholds=thresholds, temperature=temperature, ood=ood, val_ood=val_ood)
 
 
 register(Strategy(

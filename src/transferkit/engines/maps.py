@@ -1,0 +1,40 @@
+"""The maps network of a run's frozen backbone on ONNX Runtime (`models.maps.WithMaps`: its pooled
+features and its spatial maps from one pass), converted once, checked and cached like the
+features network, so a head on frozen features is explained without torch once it is there."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .convert import Network, convert, lookup, session
+
+
+def maps_network(meta, run_dir: Path) -> Network:
+    """The maps network of a run fitted on a frozen backbone (`meta.frozen_features` names it)."""
+
+    def build():
+        from ..models import bundle
+        from ..models.maps import WithMaps
+
+        backbone = bundle.load(run_dir)[0].backbone
+        return WithMaps(backbone, meta.preprocess.input_size)
+
+    return Network("maps", {"maps": meta.frozen_features}, build, pre=meta.preprocess,
+                   label=f"{meta.backbone}'s backbone (with its spatial maps)")
+
+
+def maps_session(meta, run_dir: Path, cache, threads: int = 0, say=None):
+    """(an ONNX Runtime session of the run's maps network, whether its class maps are exact)."""
+    import numpy as np
+
+    from .ort import check_images
+
+    network = maps_network(meta, run_dir)
+    found = lookup(network, cache, say)
+    if found is None:
+        p = meta.preprocess
+        example = check_images(run_dir, meta)  # normalized float32: back to the uint8 the graph takes
+        u8 = np.clip(np.rint((example * np.asarray(p.std, np.float32).reshape(1, 3, 1, 1)
+                              + np.asarray(p.mean, np.float32).reshape(1, 3, 1, 1)) * 255), 0, 255).astype(np.uint8)
+        found = convert(network, u8, cache, say)
+    return session(found.model, threads), bool(found.facts.get("exact"))

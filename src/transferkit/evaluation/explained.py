@@ -1,0 +1,90 @@
+"""The report's explanations: heatmaps of the validation images a run gets most confidently wrong
+(multi-label: with the largest loss), made with the run's model where it is at hand (at the end of
+`train` and `eval`), kept as small overlay JPEGs in RUN/heatmaps/ with heatmaps.json naming each
+image's, so `render` (which has no model) shows them beside the images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..files import atomic_write, read_json_object, write_json
+
+REPORT_HEATMAPS = 12  # the most confidently wrong images explained in report.html
+THUMB_SIDE = 320  # the overlays' longer side
+FOLDER, INDEX = "heatmaps", "heatmaps.json"
+
+
+def explainer(run: Path, predictor=None, say=None):
+    """What explains a run's images: `predictor` where it gives spatial maps, else the run's
+    model on the default engine (a head on frozen features: ONNX Runtime, `engines.maps`), else
+    on PyTorch. The caller closes it (unless it is `predictor`)."""
+    from .. import engines
+
+    if predictor is not None and predictor.can_explain:
+        return predictor
+    found = engines.load_bundle(run, say=say)
+    if found.can_explain:
+        return found
+    found.close()
+    return engines.load_bundle(run, "torch", say=say)
+
+
+def most_wrong(rows: list[dict], multi: bool) -> list[dict]:
+    """The wrong rows of predictions.csv, most confidently wrong first (multi-label: largest loss)."""
+    wrong = [r for r in rows if r["actual"] != r["predicted"]]
+    return sorted(wrong, key=lambda r: -r["loss"]) if multi else sorted(wrong, key=lambda r: -r["probability"])
+
+
+def explain_wrong(out_dir: Path, predictor, say=None, limit: int = REPORT_HEATMAPS) -> int:
+    """Heatmaps of the `limit` most confidently wrong images of `out_dir`'s predictions.csv, by
+    `predictor` (its model's spatial maps); how many were written. A model without maps, or an
+    image that cannot be read, is left out (one warning through `say`)."""
+    from ..data.decode import load_rgb
+    from ..errors import ImageDecodeError, UserError
+    from ..prediction import heatmaps
+    from .report import read_predictions, read_summary
+
+    rows = most_wrong(read_predictions(out_dir), read_summary(out_dir).get("task") == "multilabel")[:limit]
+    folder = out_dir / FOLDER
+    if not rows or not getattr(predictor, "can_explain", False):
+        return 0
+    try:
+        _, _, maps, errors = predictor.explain([r["path"] for r in rows])
+    except UserError as exc:
+        if say:
+            say(f"the report's heatmaps: {exc}")
+        return 0
+    resize_size, input_size = predictor.sizes()
+    index = {}
+    folder.mkdir(exist_ok=True)
+    for i, (row, cam) in enumerate(zip(rows, maps)):
+        if cam is None:
+            continue
+        try:
+            image = load_rgb(row["path"], min_short_side=THUMB_SIDE)
+        except ImageDecodeError:
+            continue
+        heat = heatmaps.on_image(cam, image.size, resize_size, input_size)
+        image.thumbnail((THUMB_SIDE, THUMB_SIDE))
+        name = f"{i:03d}.jpg"
+        _, jpg = heatmaps.encoded(image, _fit(heat, image.size))
+        atomic_write(folder / name, jpg)
+        index[row["path"]] = f"{FOLDER}/{name}"
+    write_json(out_dir / INDEX, index)
+    return len(index)
+
+
+def _fit(heat, size):
+    import numpy as np
+    from PIL import Image
+
+    if heat.shape[::-1] == size:
+        return heat
+    return np.asarray(Image.fromarray(heat).resize(size, Image.Resampling.BILINEAR))
+
+
+def heatmap_files(out_dir: Path) -> dict[str, Path]:
+    """{image path: its overlay} of a run or eval folder (those made by `explain_wrong`)."""
+    index = read_json_object(out_dir / INDEX) or {}
+    return {str(k): out_dir / v for k, v in index.items() if isinstance(v, str) and v.startswith(f"{FOLDER}/")
+            and "/" not in v[len(FOLDER) + 1:] and (out_dir / v).is_file()}
