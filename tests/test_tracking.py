@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 import transferkit
@@ -197,4 +198,8 @@ def test_export_mlflow_logs_the_model_to_the_tracked_run(tracked, monkeypatch):
     model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/mlflow_model")
     images = [s[0] for s in json.loads((linear.path / "split.json").read_text())["val"]]
     expected = transferkit.load(linear.path, precision="fp32").predict(images)
-    assert model.predict(images)["label"].tolist() == [p.label for p in expected]
+    answer = model.predict(images)
+    assert answer["label"].tolist() == [p.label for p in expected]
+    # the out-of-distribution score, computed in the exported graph: the run's
+    np.testing.assert_allclose(answer["ood_score"].astype(float), [p.ood_score for p in expected], atol=1e-4)
+    assert answer["unknown"].tolist() == [p.unknown for p in expected]

@@ -11,7 +11,9 @@ The answer is a DataFrame, one row per image: `label`, `probability` (of the lab
 `probabilities` and `logits` (every class, in the order of the model's metadata `classes`) and
 `error` (why an image could not be used; its other columns empty). A multi-label model adds
 `labels`, the predicted set (every class at its threshold or above), and its probabilities are
-each class's own sigmoid. `mlflow models serve` serves it
+each class's own sigmoid. A model with an out-of-distribution score adds `ood_score` (higher = less
+like the training images, computed in the ONNX graph) and `unknown` (above the run's threshold,
+which keeps 95% of its val images). `mlflow models serve` serves it
 as it is (JSON strings: paths on the server, or base64-encoded image files).
 
 This module imports MLflow: it is imported only to export or load the flavour.
@@ -50,26 +52,36 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
             # a row holding NaN or infinity is that row's error, never a confident label
             finite = np.isfinite(x.reshape(len(x), -1)).all(1)
             logits = np.full((len(x), len(classes)), np.nan, np.float32)
+            ood = np.full(len(x), np.nan, np.float32)
             if finite.any():
-                logits[finite] = self.predictor.run(np.ascontiguousarray(x[finite]))
+                logits[finite], scores = self.predictor.forward(np.ascontiguousarray(x[finite]))
+                if scores is not None:
+                    ood[finite] = scores
             errors = {int(i): "the input holds a value that is not finite (NaN or infinity)"
                       for i in np.flatnonzero(~finite)}
         else:
             images = [_image(item) for item in _items(model_input)]
-            logits, errors = self.predictor.logits(images, [_name(item, i) for i, item in enumerate(images)])
+            logits, ood, errors = self.predictor.scored(images, [_name(item, i) for i, item in enumerate(images)])
+        scored = self.predictor.ood_record is not None
+        threshold = self.predictor.threshold
         probs = task.probabilities(logits)
         chosen = task.decide(np.nan_to_num(probs, nan=0.0))
         rows = []
         for i in range(len(logits)):
             if i in errors:
                 rows.append({"label": None, "probability": None, "probabilities": None, "logits": None,
-                             "error": errors[i], "labels": [] if task.multi else None})
+                             "error": errors[i], "labels": [] if task.multi else None, "ood_score": None,
+                             "unknown": None})
                 continue
             top = int(np.argmax(probs[i]))
+            score = float(ood[i]) if scored else None
             rows.append({"label": classes[top], "probability": float(probs[i, top]),
                          "probabilities": probs[i].astype(float).tolist(), "logits": logits[i].astype(float).tolist(),
-                         "error": None, "labels": [classes[c] for c in np.flatnonzero(chosen[i])] if task.multi else None})
-        columns = ["label", "probability", "probabilities", "logits", "error"] + (["labels"] if task.multi else [])
+                         "error": None, "labels": [classes[c] for c in np.flatnonzero(chosen[i])] if task.multi else None,
+                         "ood_score": score, "unknown": None if score is None else bool(
+                             threshold is not None and score > threshold)})
+        columns = ["label", "probability", "probabilities", "logits", "error"] + (["labels"] if task.multi else []) \
+            + (["ood_score", "unknown"] if scored else [])
         return pd.DataFrame(rows, columns=columns)
 
 

@@ -11,7 +11,8 @@ The model takes one of two inputs: `image`, BYTES [N] (encoded image files: JPEG
 JSON body each one base64-encoded), or `input`, FP32 [N, 3, S, S] (the preprocessed tensor an
 exported model.onnx takes: resized, center-cropped, normalized by the model's mean and std). It
 answers `probabilities` FP32 [N, C] (class order: the metadata's `classes` parameter) and `label`
-BYTES [N] (the top-1 class); `probabilities` with Triton's classification parameter
+BYTES [N] (the top-1 class), and for a model with an out-of-distribution score `ood_score` FP32 [N]
+and `unknown` BOOL [N] (at the server's --reject); `probabilities` with Triton's classification parameter
 (`class_count` in tritonclient) gives the top k as "score:index:label" strings. Tensors travel as
 JSON or with the binary tensor data extension (tritonclient's default). Errors are the protocol's
 `{"error": "..."}` with a 4xx status. The same batching (images of concurrent requests run
