@@ -262,3 +262,19 @@ def test_fine_tuned_networks_hold_out_training_images_only_where_there_are_enoug
     assert len(held) == 90 >= CALIBRATION_MIN_IMAGES
     assert sorted(np.bincount([s.label for s in held]).tolist()) == [30, 30, 30]  # stratified
     assert held == held_out(split(300), 0)  # seeded: every rank and a resumed run hold out the same
+
+
+def test_class_maps_sum_the_stages_the_head_reads_and_leave_out_the_rest():
+    from transferkit.prediction.heatmaps import class_maps
+
+    rng = np.random.default_rng(3)
+    last, stage = rng.normal(size=(2, 4, 2, 2)), rng.normal(size=(2, 3, 4, 4))
+    weight = rng.normal(size=(5, 7))  # 5 classes on 4 + 3 columns: both stages
+    both = class_maps([last, stage], weight, np.array([1, 4]))
+    # each stage adds its share of the logit: the spatial mean is W . (the maps' means)
+    means = np.concatenate([last.mean((2, 3)), stage.mean((2, 3))], 1)
+    np.testing.assert_allclose(both.mean((1, 2)), [weight[1] @ means[0], weight[4] @ means[1]], rtol=1e-4)
+    # a head on the last layer's 4 columns of the same network: the earlier stage is left out
+    only = class_maps([last, stage], weight[:, :4], np.array([1, 4]))
+    np.testing.assert_allclose(only.mean((1, 2)), [weight[1, :4] @ means[0, :4], weight[4, :4] @ means[1, :4]],
+                               rtol=1e-4)

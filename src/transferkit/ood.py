@@ -161,15 +161,17 @@ def threshold_for(record: dict | None, reject: str | float) -> float | None:
 # ---- the candidates, for the benchmark that chose `knn` (bench/trust.py) --------------------
 
 def candidate_scores(train_x: np.ndarray, train_y: np.ndarray, x: np.ndarray, logits: np.ndarray,
-                     temperature: float = 1.0) -> dict[str, np.ndarray]:
+                     temperature: float = 1.0, reference: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Every candidate score of images with features `x` and logits, from the training images'
-    features and labels: higher = less like the training images."""
+    features and labels: higher = less like the training images. `reference`: the k-NN score's
+    unit rows (a model's `Ood.reference`; default a seeded sample of `train_x`)."""
     z = np.asarray(logits, dtype=np.float64) / temperature
     zmax = z.max(1, keepdims=True)
     lse = (zmax + np.log(np.exp(z - zmax).sum(1, keepdims=True)))[:, 0]
     msp = np.exp(zmax[:, 0] - lse)
-    ref = unit(train_x[:MAX_REFERENCE] if len(train_x) <= MAX_REFERENCE else
-               train_x[np.random.default_rng(0).choice(len(train_x), MAX_REFERENCE, replace=False)])
+    ref = reference if reference is not None else unit(
+        train_x if len(train_x) <= MAX_REFERENCE else
+        train_x[np.random.default_rng(0).choice(len(train_x), MAX_REFERENCE, replace=False)])
     return {"msp": -msp, "energy": -temperature * lse, "mahalanobis": mahalanobis(train_x, train_y, x),
             "knn": knn_scores(ref, x, k_for(len(ref)))}
 

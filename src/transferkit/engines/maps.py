@@ -8,18 +8,25 @@ from pathlib import Path
 
 from .convert import Network, convert, lookup, session
 
+MAPS_VERSION = 2  # a change of what the maps network is: +1 (2: always the whole features network)
+
 
 def maps_network(meta, run_dir: Path) -> Network:
-    """The maps network of a run fitted on a frozen backbone (`meta.frozen_features` names it)."""
+    """The maps network of a run fitted on a frozen backbone: the features network that
+    `meta.frozen_features` names (multi-layer or not, whichever columns the head reads of it),
+    returning its spatial maps too."""
 
     def build():
         from ..models import bundle
         from ..models.maps import WithMaps
+        from ..models.multilayer import multi_layer
 
         backbone = bundle.load(run_dir)[0].backbone
+        if meta.frozen_features["multi"] and not getattr(backbone, "taps", None):  # (a head on the last layer's)
+            backbone = multi_layer(backbone, meta.backbone)
         return WithMaps(backbone, meta.preprocess.input_size)
 
-    return Network("maps", {"maps": meta.frozen_features}, build, pre=meta.preprocess,
+    return Network("maps", {"maps": meta.frozen_features, "version": MAPS_VERSION}, build, pre=meta.preprocess,
                    label=f"{meta.backbone}'s backbone (with its spatial maps)")
 
 

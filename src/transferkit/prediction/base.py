@@ -124,14 +124,14 @@ class BasePredictor:
         ood = np.full(len(images), np.nan, dtype=np.float32)
         maps: list[np.ndarray | None] = [None] * len(images)
         scored, errors = False, {}
+        if self.workers and self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="transferkit-decode")
         for start in range(0, len(images), self.batch_size):
-            ok, rows = [], []
-            for i in range(start, min(start + self.batch_size, len(images))):
-                try:
-                    rows.append(self.prepare(images[i], names[i]))
-                    ok.append(i)
-                except ImageDecodeError as exc:
-                    errors[i] = exc.reason
+            items = list(zip(images[start:start + self.batch_size], names[start:start + self.batch_size]))
+            prepared = list(self._pool.map(self._view, items) if self._pool else map(self._view, items))
+            ok = [start + j for j, p in enumerate(prepared) if not isinstance(p, str)]
+            errors.update({start + j: p for j, p in enumerate(prepared) if isinstance(p, str)})
+            rows = [p for p in prepared if not isinstance(p, str)]
             if ok:
                 logits, scores, cams = self.forward_maps(np.stack(rows))
                 out[ok] = logits
@@ -149,6 +149,13 @@ class BasePredictor:
         """`views(source, name)`, or the reason the image cannot be used."""
         try:
             return self.views(source, name)
+        except ImageDecodeError as exc:
+            return exc.reason
+
+    def _view(self, item: tuple[object, str]) -> np.ndarray | str:
+        """The evaluation view of (image, name), or the reason it cannot be used."""
+        try:
+            return self.prepare(*item)
         except ImageDecodeError as exc:
             return exc.reason
 

@@ -19,7 +19,11 @@ def class_maps(maps: list[np.ndarray], weight: np.ndarray, classes: np.ndarray) 
     """(B, H, W) class activation maps of `classes` (B,): for each stage's maps (B, K_s, h_s, w_s)
     (the last layer's first, then any earlier stages, in the order of the head's columns) the sum
     over channels weighted by the class's columns of `weight` (C, D), upsampled to the finest
-    stage's size and added. The spatial mean of the result is the class's logit less its bias."""
+    stage's size and added. The spatial mean of the result is the class's logit less its bias.
+    Maps past the head's columns (a head on the last layer's features of a multi-layer network)
+    are left out."""
+    widths = np.cumsum([0] + [m.shape[1] for m in maps])
+    maps = [m for m, start in zip(maps, widths) if start < weight.shape[1]]
     size = max((m.shape[2], m.shape[3]) for m in maps)
     out = np.zeros((len(classes), *size), dtype=np.float32)
     start = 0
