@@ -154,7 +154,7 @@ def test_mlflow_flavour_loads_predicts_images_and_serves(exported, tmp_path):
     onnx = OnnxPredictor(tmp_path / "exp" / "model.onnx")
     expected = onnx.predict(images, top_k=3)
     by_path = model.predict(images)
-    assert list(by_path.columns) == ["label", "probability", "probabilities", "logits", "error"]
+    assert list(by_path.columns) == ["label", "probability", "probabilities", "logits", "error", "ood_score", "unknown"]
     assert by_path["label"].tolist() == [p.label for p in expected]
     np.testing.assert_allclose(by_path["probability"], [p.probability for p in expected], atol=1e-6)
     raw = [open(p, "rb").read() for p in images[:2]]

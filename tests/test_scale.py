@@ -44,7 +44,16 @@ def torchrun(data: Path, out: Path, *options: str, nproc: int = 2, launcher: tup
 
 
 def weights(run: Path) -> dict:
-    return load_file(run / "model.safetensors")
+    """The model's weights (less the out-of-distribution score's reference features: derived from
+    the weights, compared by `reference_difference`)."""
+    return {k: v for k, v in load_file(run / "model.safetensors").items() if k != "ood.reference"}
+
+
+def reference_difference(a: Path, b: Path) -> float:
+    """The largest difference between two runs' OOD reference features (unit rows)."""
+    ra, rb = (load_file(run / "model.safetensors")["ood.reference"] for run in (a, b))
+    assert ra.shape == rb.shape
+    return (ra - rb).abs().max().item()
 
 
 def max_difference(a: dict, b: dict) -> float:
@@ -92,6 +101,8 @@ def test_two_processes_train_as_one_with_the_global_batch(data, network, precisi
     # STEPS * lr * eps: 12 * 0.01 * 2^-8 = 4.7e-4 (measured 2.3e-4 on a CPU with AMX).
     steps, lr = 4 * (48 // 16), 0.01
     assert max_difference(trained, weights(tmp_path / "one")) < max(1e-5, steps * lr * eps(precision))
+    # the reference features the OOD score compares with: the same images through those weights
+    assert reference_difference(run, tmp_path / "one") < max(1e-4, 10 * steps * lr * eps(precision))
     assert one.results["best_epoch"] == results["best_epoch"]
     # a val loss (about 0.7 here) computed through bf16 activations: a few eps of itself
     assert _val_losses(run) == pytest.approx(_val_losses(tmp_path / "one"), abs=max(2e-5, 2 * eps(precision)))

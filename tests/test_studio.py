@@ -218,6 +218,13 @@ def test_training_queue_runs_compare_export_and_serve(studio):
     assert call(studio, f"/api/runs/{a}/thumb?i={cell[0]['i']}")[1][:2] == b"\xff\xd8"
     assert call(studio, f"/api/runs/{a}/thumb?i=999")[0] == 404 and call(studio, f"/api/runs/{a}/thumb?i=-1")[0] == 422
     assert call(studio, f"/api/runs/{a}/report")[0] == 200
+    # trust: the val images least like the training images, selective prediction, any image's heatmap
+    assert view["ood"]["threshold"] is not None and 0 < len(view["unusual"]) <= 24
+    assert all("ood_score" in r and "unknown" in r for r in view["unusual"]) and view["selective"][0]["coverage"] == 1
+    assert view["unusual"][0]["rel"].startswith("val/")  # fixable from there too
+    status, heat = call(studio, f"/api/runs/{a}/heatmap?i={cell[0]['i']}")
+    assert status == 200 and heat[:2] == b"\xff\xd8"
+    assert call(studio, f"/api/runs/{a}/heatmap?i=999")[0] == 404
     _, compared = call(studio, f"/api/compare?a={a}&b={b}")
     assert compared["settings"]["class_weights"] == ["none", "auto"] and len(compared["history"]) == 2
     assert set(compared["per_class"]) == {"blue", "green", "red"}

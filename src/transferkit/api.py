@@ -210,11 +210,12 @@ def evaluate(run: str | Path, data: str | Path | None = None, device: str = "aut
                               "data": str(data) if data is not None else "the run's validation split",
                               "tta": tta, "engine": predictor.engine.to_dict()}, meta.task.to_dict(),
         ood[ok] if ood is not None else None, threshold)
-    from .evaluation.explained import explain_wrong, explainer
+    from .evaluation.explained import explain_wrong, explainer, to_explain
 
     try:
-        with explainer(predictor.run_dir, say=console.info) as helper:  # (the report's heatmaps)
-            explain_wrong(out_dir, helper, console.warn)
+        if to_explain(out_dir):  # (the report's heatmaps)
+            with explainer(predictor.run_dir, say=console.info) as helper:
+                explain_wrong(out_dir, helper, console.warn)
     except UserError as exc:
         console.warn(f"the report's heatmaps: {exc}")
     report.render(out_dir)

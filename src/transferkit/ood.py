@@ -26,6 +26,17 @@ SCORE_RANGE = (0.0, 2.0)  # 1 - cos: 0 = the image's features are a training ima
 CANDIDATES = ("msp", "energy", "mahalanobis", "knn")  # measured by bench/trust.py
 
 
+def reference_rows(n: int, labels: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
+    """Which of `n` training images are the reference set: all, or beyond MAX_REFERENCE a sample
+    stratified by `labels` (sorted indices; the same on every process of a group)."""
+    if n <= MAX_REFERENCE:
+        return np.arange(n)
+    from .folds import stratified_sample
+
+    strata = np.zeros(n, dtype=np.int64) if labels is None else np.asarray(labels)
+    return np.asarray(stratified_sample(strata, MAX_REFERENCE, seed))
+
+
 def k_for(n: int) -> int:
     """The neighbour counted, for `n` reference images: Sun et al. use k = 50 of 50,000 CIFAR-10
     images (0.1%) and k = 1,000 of 1.28 M ImageNet ones; on a few hundred images that is the
@@ -69,15 +80,15 @@ class Ood:
     @classmethod
     def fit(cls, features: np.ndarray, labels: np.ndarray | None = None, seed: int = 0) -> "Ood | None":
         """From the training images' features (the last layer's columns); at most MAX_REFERENCE of
-        them, sampled stratified by `labels` where given. None with no image."""
+        them (`reference_rows`). None with no image."""
         features = np.asarray(features)
         if len(features) == 0:
             return None
-        if len(features) > MAX_REFERENCE:
-            from .folds import stratified_sample
+        return cls.of_rows(features[reference_rows(len(features), labels, seed)])
 
-            strata = np.zeros(len(features), dtype=np.int64) if labels is None else np.asarray(labels)
-            features = features[stratified_sample(strata, MAX_REFERENCE, seed)]
+    @classmethod
+    def of_rows(cls, features: np.ndarray) -> "Ood":
+        """From the reference images' features as they are (`reference_rows` chose them)."""
         reference = unit(features)
         return cls(reference, k_for(len(reference)))
 
@@ -125,8 +136,11 @@ def fitted(train_x: np.ndarray, strata: np.ndarray | None, val_x: np.ndarray,
     threshold set on the val images' (`val_x`), and their scores (the report's); (None, None)
     without training images."""
     ood = Ood.fit(train_x, strata, seed)
-    if ood is None:
-        return None, None
+    return thresholded(ood, val_x) if ood is not None else (None, None)
+
+
+def thresholded(ood: Ood, val_x: np.ndarray) -> tuple[Ood, np.ndarray]:
+    """`ood` with its --reject auto threshold set on the val images' features, and their scores."""
     scores = ood.scores(val_x) if len(val_x) else np.zeros(0, np.float32)
     return ood.with_threshold(scores), scores
 

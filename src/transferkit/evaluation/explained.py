@@ -35,6 +35,13 @@ def most_wrong(rows: list[dict], multi: bool) -> list[dict]:
     return sorted(wrong, key=lambda r: -r["loss"]) if multi else sorted(wrong, key=lambda r: -r["probability"])
 
 
+def to_explain(out_dir: Path, limit: int = REPORT_HEATMAPS) -> list[dict]:
+    """The rows of `out_dir`'s predictions.csv whose heatmaps the report shows."""
+    from .report import read_predictions, read_summary
+
+    return most_wrong(read_predictions(out_dir), read_summary(out_dir).get("task") == "multilabel")[:limit]
+
+
 def explain_wrong(out_dir: Path, predictor, say=None, limit: int = REPORT_HEATMAPS) -> int:
     """Heatmaps of the `limit` most confidently wrong images of `out_dir`'s predictions.csv, by
     `predictor` (its model's spatial maps); how many were written. A model without maps, or an
@@ -42,9 +49,8 @@ def explain_wrong(out_dir: Path, predictor, say=None, limit: int = REPORT_HEATMA
     from ..data.decode import load_rgb
     from ..errors import ImageDecodeError, UserError
     from ..prediction import heatmaps
-    from .report import read_predictions, read_summary
 
-    rows = most_wrong(read_predictions(out_dir), read_summary(out_dir).get("task") == "multilabel")[:limit]
+    rows = to_explain(out_dir, limit)
     folder = out_dir / FOLDER
     if not rows or not getattr(predictor, "can_explain", False):
         return 0

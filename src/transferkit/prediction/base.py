@@ -118,20 +118,12 @@ class BasePredictor:
         image's class activation map (h, w) of its most probable class (None for an unusable
         image): (logits, ood or None, maps, errors)."""
         images = as_list(images)
-        names = names or [source_name(x, f"<image {i}>") for i, x in enumerate(images)]
-        bar = progress(len(images), "explain") if progress else None
         out = np.full((len(images), len(self.classes)), np.nan, dtype=np.float32)
         ood = np.full(len(images), np.nan, dtype=np.float32)
         maps: list[np.ndarray | None] = [None] * len(images)
         scored, errors = False, {}
-        if self.workers and self._pool is None:
-            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="transferkit-decode")
-        for start in range(0, len(images), self.batch_size):
-            items = list(zip(images[start:start + self.batch_size], names[start:start + self.batch_size]))
-            prepared = list(self._pool.map(self._view, items) if self._pool else map(self._view, items))
-            ok = [start + j for j, p in enumerate(prepared) if not isinstance(p, str)]
-            errors.update({start + j: p for j, p in enumerate(prepared) if isinstance(p, str)})
-            rows = [p for p in prepared if not isinstance(p, str)]
+        for ok, rows, bad in self._batches(images, names, self._view, progress, "explain"):
+            errors.update(bad)
             if ok:
                 logits, scores, cams = self.forward_maps(np.stack(rows))
                 out[ok] = logits
@@ -139,11 +131,26 @@ class BasePredictor:
                     maps[i] = cams[j]
                 if scores is not None:
                     ood[ok], scored = scores, True
+        return out, (ood if scored or self.ood_record is not None else None), maps, errors
+
+    def _batches(self, images: list, names: list[str] | None, prepare, progress, desc: str):
+        """Per batch of `images`, decoded on the predictor's threads by `prepare` ((image, name) ->
+        an input, or the reason it cannot be used): (indices of the usable ones, their inputs,
+        {index: reason} of the others). `progress`: (total, desc) -> a bar, updated per batch."""
+        names = names or [source_name(x, f"<image {i}>") for i, x in enumerate(images)]
+        bar = progress(len(images), desc) if progress else None
+        if self.workers and self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="transferkit-decode")
+        for start in range(0, len(images), self.batch_size):
+            items = list(zip(images[start:start + self.batch_size], names[start:start + self.batch_size]))
+            prepared = list(self._pool.map(prepare, items) if self._pool else map(prepare, items))
+            yield ([start + j for j, p in enumerate(prepared) if not isinstance(p, str)],
+                   [p for p in prepared if not isinstance(p, str)],
+                   {start + j: p for j, p in enumerate(prepared) if isinstance(p, str)})
             if bar is not None:
-                bar.update(min(self.batch_size, len(images) - start))
+                bar.update(len(items))
         if bar is not None:
             bar.close()
-        return out, (ood if scored or self.ood_record is not None else None), maps, errors
 
     def usable_views(self, source, name: str | None = None) -> np.ndarray | str:
         """`views(source, name)`, or the reason the image cannot be used."""
@@ -173,29 +180,17 @@ class BasePredictor:
         """As `logits`, with each image's out-of-distribution score (N,) (of its evaluation view;
         NaN for an unusable image), or None for a model without one."""
         images = as_list(images)
-        bar = progress(len(images), "predict") if progress else None
-        names = names or [source_name(x, f"<image {i}>") for i, x in enumerate(images)]
         out = np.full((len(images), len(self.classes)), np.nan, dtype=np.float32)
         ood = np.full(len(images), np.nan, dtype=np.float32)
         scored = False
         errors: dict[int, str] = {}
-        if self.workers and self._pool is None:
-            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="transferkit-decode")
-        for start in range(0, len(images), self.batch_size):
-            items = list(zip(images[start:start + self.batch_size], names[start:start + self.batch_size]))
-            prepared = list(self._pool.map(self._prepared, items) if self._pool else map(self._prepared, items))
-            ok = [start + j for j, p in enumerate(prepared) if not isinstance(p, str)]
-            errors.update({start + j: p for j, p in enumerate(prepared) if isinstance(p, str)})
+        for ok, rows, bad in self._batches(images, names, self._prepared, progress, "predict"):
+            errors.update(bad)
             if ok:
-                views = np.concatenate([prepared[i - start] for i in ok])
-                logits, scores = self.forward(views)
+                logits, scores = self.forward(np.concatenate(rows))
                 out[ok] = self.task.mean_of_views(logits.reshape(len(ok), -1, len(self.classes)))
                 if scores is not None:  # (the evaluation view's: the first of each image's views)
                     ood[ok], scored = np.asarray(scores, np.float32).reshape(len(ok), -1)[:, 0], True
-            if bar is not None:
-                bar.update(len(items))
-        if bar is not None:
-            bar.close()
         return out, (ood if scored or self.ood_record is not None else None), errors
 
     def predict(self, images: list, top_k: int = 1, names: list[str] | None = None,

@@ -21,7 +21,7 @@ from ..data.views import SMALL
 from ..data.discover import DatasetSplit
 from ..distributed import sync_batchnorm
 from ..folds import stratified_sample
-from ..ood import MAX_REFERENCE
+from ..ood import reference_rows
 from ..models.classifier import Classifier
 from ..runtime import Extractor
 from . import engine, recipe
@@ -165,8 +165,7 @@ def network_setup(ctx: Context, head_init: LinearHead | None = None, split: Data
     std = torch.tensor(ctx.pre.std).view(1, 3, 1, 1)
     loss = classification_loss(cfg, torch.from_numpy(split.targets(split.train)) if split.task.multi else y_train,
                                len(split.classes))
-    reference = stratified_sample(y_train, MAX_REFERENCE, cfg.seed) if len(y_train) > MAX_REFERENCE \
-        else range(len(y_train))
+    reference = reference_rows(len(y_train), y_train.numpy(), cfg.seed)
     reference_loader = DataLoader(dataset([split.train[i] for i in reference], False), batch_size=cfg.batch_size,
                                   num_workers=ctx.workers)
     calibration_loader = DataLoader(dataset(held, False), batch_size=cfg.batch_size, num_workers=ctx.workers) \
@@ -218,7 +217,7 @@ def train_network(ctx: Context, head_init: LinearHead | None = None,
         was_training = m.training
         extractor = Extractor(m.backbone, ctx.pre, runtime, batch_size=32)
         feats = [extractor.forward(u8) for u8, _ in net.val_loader]
-        measured["val_features"] = feats
+        measured["val_features"] = feats  # (a group's: each rank's share, put in order below)
         with torch.inference_mode():
             weight, bias = m.head.weight.detach().float().cpu(), m.head.bias.detach().float().cpu()
             logits = nn.functional.linear(torch.cat(feats), weight, bias) if feats else torch.empty(0, len(bias))
@@ -227,6 +226,12 @@ def train_network(ctx: Context, head_init: LinearHead | None = None,
                 for rows, part in group.all_gather((net.val_loader.sampler, logits)):
                     every[rows] = part
                 logits = every
+                last = getattr(m.backbone, "last_features", None) or len(weight[0])
+                mine = torch.cat(feats)[:, :last].float() if feats else torch.empty(0, last)
+                every = torch.empty(len(y_val), last)
+                for rows, part in group.all_gather((net.val_loader.sampler, mine)):
+                    every[rows] = part
+                measured["val_features"] = [every]
             loss = float(net.loss(logits, y_val))
         m.train(was_training)
         return loss, net.split.task.score(logits.numpy(), y_val.numpy()), logits
@@ -312,11 +317,11 @@ def calibrate(ctx: Context, net: NetworkSetup, model: Classifier):
 
 def network_ood(ctx: Context, net: NetworkSetup, model: Classifier, val_features: list[torch.Tensor]):
     """(`ood.Ood`, the val images' scores) of the kept network: its features (the last layer's) of
-    the reference sample of training images, as predict computes them; (None, None) in a group
-    (its val features are each rank's share: not made there yet)."""
-    from ..ood import fitted
+    the reference sample of training images, as predict computes them (in a group, on the
+    primary: the val features gathered by `measure`)."""
+    from ..ood import Ood, thresholded
 
-    if ctx.group.distributed or net.reference_loader is None:
+    if net.reference_loader is None:
         return None, None
     extractor = Extractor(model.backbone, ctx.pre, ctx.runtime, batch_size=32)
     with torch.inference_mode():
@@ -325,7 +330,7 @@ def network_ood(ctx: Context, net: NetworkSetup, model: Classifier, val_features
     width = slice(0, last)
     train_x = torch.cat(train_x)[:, width].numpy() if train_x else torch.zeros(0, last).numpy()
     val_x = torch.cat(val_features).float()[:, width].numpy() if val_features else torch.zeros(0, last).numpy()
-    return fitted(train_x, None, val_x, ctx.cfg.seed)
+    return thresholded(Ood.of_rows(train_x), val_x) if len(train_x) else (None, None)
 
 
 def _epoch_ended(ctx: Context, s) -> None:

@@ -532,8 +532,10 @@ def write_outputs(run_dir: Path, outcome: Outcome, ran_on: tuple[str, str], star
 def report_heatmaps(run_dir: Path, warn=None) -> None:
     """The report's heatmaps of the most confidently wrong val images (`evaluation.explained`)."""
     from ..errors import UserError
-    from ..evaluation.explained import explain_wrong, explainer
+    from ..evaluation.explained import explain_wrong, explainer, to_explain
 
+    if not to_explain(run_dir):  # (nothing wrong: no model to load)
+        return
     try:
         with explainer(run_dir) as predictor:
             explain_wrong(run_dir, predictor, warn)

@@ -36,14 +36,26 @@ def run(ctx):
 
 def features_ood(f, seed: int):
     """(`ood.Ood`, the val images' scores) from the cached features of a frozen backbone (the
-    last layer's); (None, None) where they are sharded over a group (not made there yet)."""
-    from ...ood import fitted
+    last layer's). Features sharded over a group: the reference rows gathered from every rank
+    and the val rows too, in the split's order (the same as one process; on the primary, None
+    elsewhere)."""
+    from ...ood import Ood, fitted, reference_rows, thresholded
     from ...task import strata_of
 
-    if f.sharded:
-        return None, None
     train_x, val_x = f.last_layer()
-    return fitted(train_x, strata_of(np.asarray(f.y_train[:f.num_images])), val_x, seed)
+    if not f.sharded:
+        return fitted(train_x, strata_of(np.asarray(f.y_train[:f.num_images])), val_x, seed)
+    strata = strata_of(f.split.targets(f.split.train))
+    mine = np.isin(f.train_index, reference_rows(len(strata), strata, seed))
+    parts = f.group.gather((f.train_index[mine], train_x[mine]))
+    val_x = f.all_val(val_x)
+    if parts is None or val_x is None:
+        return None, None
+    index = np.concatenate([i for i, _ in parts])
+    rows = np.concatenate([x for _, x in parts])[np.argsort(index, kind="stable")]
+    if not len(rows):
+        return None, None
+    return thresholded(Ood.of_rows(rows), val_x)
 
 
 def head_choice_line(choice, task=None) -> str:
