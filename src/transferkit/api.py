@@ -210,14 +210,9 @@ def evaluate(run: str | Path, data: str | Path | None = None, device: str = "aut
                               "data": str(data) if data is not None else "the run's validation split",
                               "tta": tta, "engine": predictor.engine.to_dict()}, meta.task.to_dict(),
         ood[ok] if ood is not None else None, threshold)
-    from .evaluation.explained import explain_wrong, explainer, to_explain
+    from .evaluation.explained import report_heatmaps
 
-    try:
-        if to_explain(out_dir):  # (the report's heatmaps)
-            with explainer(predictor.run_dir, say=console.info) as helper:
-                explain_wrong(out_dir, helper, console.warn)
-    except UserError as exc:
-        console.warn(f"the report's heatmaps: {exc}")
+    report_heatmaps(out_dir, predictor.run_dir, console.warn, console.info)
     report.render(out_dir)
     summary["out"] = str(out_dir)
     summary["engine"] = predictor.engine.to_dict()

@@ -352,7 +352,6 @@ def cmd_predict(args: argparse.Namespace, argv: list[str] | None = None) -> int:
 def _explained(predictor, files: list[str], top_k: int, inputs: list[str], out: Path, bar) -> list:
     """Predict `files` and write each one's heatmap and overlay under `out` (`heatmaps.write`),
     from the same pass where the model averages no views (one pass for both), else from a second."""
-    from .data.decode import load_rgb
     from .errors import ImageDecodeError
     from .prediction import heatmaps
     from .prediction.outputs import top_predictions
@@ -363,7 +362,6 @@ def _explained(predictor, files: list[str], top_k: int, inputs: list[str], out: 
                                 predictor.task, ood, predictor.threshold, predictor.unknown_label)
     else:
         preds = predictor.predict(files, top_k)
-    resize_size, input_size = predictor.sizes()
     written: dict[Path, str] = {}
     for path, cam in zip(files, maps):
         if cam is None:
@@ -375,11 +373,11 @@ def _explained(predictor, files: list[str], top_k: int, inputs: list[str], out: 
             continue
         written[target] = path
         try:
-            image = load_rgb(path)
+            image, heat = heatmaps.of_image(path, cam, predictor.sizes())
         except ImageDecodeError as exc:
             print(printable(f"warning: {path}: {exc.reason}", lines=False), file=sys.stderr)
             continue
-        heatmaps.write(target, image, heatmaps.on_image(cam, image.size, resize_size, input_size))
+        heatmaps.write(target, image, heat)
     return preds
 
 

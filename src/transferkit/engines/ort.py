@@ -167,12 +167,9 @@ class HeadOnFeatures(BasePredictor):
                 self._maps = None
                 raise UserError(f"{self.bundle_meta.backbone}'s features are not its spatial maps' means: explain it "
                                 "with --engine torch (Grad-CAM)")
-        x = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
-        features, *maps = self._maps.run(None, {"input": x})
-        logits = features[:, :self.weight.shape[0]] @ self.weight + self.bias
-        top = logits.argmax(1)
-        cams = class_maps(maps, self.weight.T, top)
-        return logits, (self.ood.scores(features) if self.ood is not None else None), cams
+        features, *maps = self._maps.run(None, {"input": np.ascontiguousarray(batch.transpose(0, 3, 1, 2))})
+        logits, ood = self._answer(features)
+        return logits, ood, class_maps(maps, self.weight.T, logits.argmax(1))
 
     def prepare(self, source, name: str | None = None, whole: bool = False) -> np.ndarray:
         from ..data.decode import eval_array
@@ -185,7 +182,10 @@ class HeadOnFeatures(BasePredictor):
 
     def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         x = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))  # uint8 (B, 3, S, S): normalized in the graph
-        features = self.session.run(None, {"input": x})[0]
+        return self._answer(self.session.run(None, {"input": x})[0])
+
+    def _answer(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The head's logits of the backbone's features, and their out-of-distribution scores."""
         logits = features[:, :self.weight.shape[0]] @ self.weight + self.bias
         return logits, (self.ood.scores(features) if self.ood is not None else None)
 

@@ -29,6 +29,22 @@ def explainer(run: Path, predictor=None, say=None):
     return engines.load_bundle(run, "torch", say=say)
 
 
+def report_heatmaps(out_dir: Path, run: Path, warn=None, say=None) -> None:
+    """The report's heatmaps in `out_dir` (a run or eval folder) by the model of `run`, when
+    something there is wrong (else no model is loaded); a model that cannot explain: one warning.
+    `say`: told of a conversion."""
+    from ..errors import UserError
+
+    if not to_explain(out_dir):
+        return
+    try:
+        with explainer(run, say=say) as predictor:
+            explain_wrong(out_dir, predictor, warn)
+    except UserError as exc:
+        if warn:
+            warn(f"the report's heatmaps: {exc}")
+
+
 def most_wrong(rows: list[dict], multi: bool) -> list[dict]:
     """The wrong rows of predictions.csv, most confidently wrong first (multi-label: largest loss)."""
     wrong = [r for r in rows if r["actual"] != r["predicted"]]
@@ -46,7 +62,6 @@ def explain_wrong(out_dir: Path, predictor, say=None, limit: int = REPORT_HEATMA
     """Heatmaps of the `limit` most confidently wrong images of `out_dir`'s predictions.csv, by
     `predictor` (its model's spatial maps); how many were written. A model without maps, or an
     image that cannot be read, is left out (one warning through `say`)."""
-    from ..data.decode import load_rgb
     from ..errors import ImageDecodeError, UserError
     from ..prediction import heatmaps
 
@@ -60,33 +75,20 @@ def explain_wrong(out_dir: Path, predictor, say=None, limit: int = REPORT_HEATMA
         if say:
             say(f"the report's heatmaps: {exc}")
         return 0
-    resize_size, input_size = predictor.sizes()
     index = {}
     folder.mkdir(exist_ok=True)
     for i, (row, cam) in enumerate(zip(rows, maps)):
         if cam is None:
             continue
         try:
-            image = load_rgb(row["path"], min_short_side=THUMB_SIDE)
+            _, jpg = heatmaps.encoded(*heatmaps.of_image(row["path"], cam, predictor.sizes(), side=THUMB_SIDE))
         except ImageDecodeError:
             continue
-        heat = heatmaps.on_image(cam, image.size, resize_size, input_size)
-        image.thumbnail((THUMB_SIDE, THUMB_SIDE))
         name = f"{i:03d}.jpg"
-        _, jpg = heatmaps.encoded(image, _fit(heat, image.size))
         atomic_write(folder / name, jpg)
         index[row["path"]] = f"{FOLDER}/{name}"
     write_json(out_dir / INDEX, index)
     return len(index)
-
-
-def _fit(heat, size):
-    import numpy as np
-    from PIL import Image
-
-    if heat.shape[::-1] == size:
-        return heat
-    return np.asarray(Image.fromarray(heat).resize(size, Image.Resampling.BILINEAR))
 
 
 def heatmap_files(out_dir: Path) -> dict[str, Path]:

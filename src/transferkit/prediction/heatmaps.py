@@ -66,6 +66,18 @@ def on_image(cam: np.ndarray, image_size: tuple[int, int], resize_size: int, inp
     return out
 
 
+def of_image(source, cam: np.ndarray, sizes: tuple[int, int], name: str | None = None,
+             side: int | None = None):
+    """(the image decoded as the model's view was, EXIF orientation applied, at most `side` on its
+    longer side where given; its heatmap at that size: `on_image`). Raises `ImageDecodeError`."""
+    from ..data.decode import load_rgb
+
+    image = load_rgb(source, min_short_side=side, name=name)
+    if side is not None:
+        image.thumbnail((side, side))
+    return image, on_image(cam, image.size, *sizes)
+
+
 def peak(heat: np.ndarray) -> tuple[int, int]:
     """(x, y) of the heatmap's maximum (the pointing test's point)."""
     y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)

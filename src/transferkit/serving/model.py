@@ -90,16 +90,14 @@ class ServedModel:
         (JPEG), base64. A `UserError` for a model without spatial maps or an unusable image."""
         import base64
 
-        from ..data.decode import load_rgb
-        from ..prediction.heatmaps import encoded, on_image
+        from ..prediction.heatmaps import encoded, of_image
         from ..prediction.outputs import to_dict, top_predictions
 
         explainer = self._explainer()
         logits, ood, maps, errors = explainer.explain([data], [name])
         if errors:
             raise UserError(f"{name}: {errors[0]}")
-        image = load_rgb(data, name=name)
-        png, jpg = encoded(image, on_image(maps[0], image.size, *explainer.sizes()))
+        png, jpg = encoded(*of_image(data, maps[0], explainer.sizes(), name))
         p = self.predictor
         pred = top_predictions([name], self.task.probabilities(logits), {}, self.classes, top_k, self.task, ood,
                                p.threshold, p.unknown_label)[0]

@@ -92,10 +92,9 @@ class Studio:
     def heatmap(self, run_dir: Path, path: str) -> bytes:
         """The overlay JPEG of where `run_dir`'s model looks in the image at `path`, for its most
         probable class (`prediction.heatmaps`); the run's explainer is kept for the next image."""
-        from ..data.decode import load_rgb
         from ..errors import ImageDecodeError
         from ..evaluation.explained import explainer
-        from ..prediction.heatmaps import encoded, on_image
+        from ..prediction.heatmaps import OVERLAY_MAX_SIDE, encoded, of_image
 
         key = (str(run_dir), (run_dir / "model.json").stat().st_mtime_ns)
         with self._explaining:
@@ -109,10 +108,9 @@ class Studio:
             if errors:
                 raise UserError(f"{path}: {errors[0]}")
             try:
-                image = load_rgb(path, min_short_side=1024)
+                return encoded(*of_image(path, maps[0], predictor.sizes(), side=OVERLAY_MAX_SIDE))[1]
             except ImageDecodeError as exc:
                 raise UserError(f"{path}: {exc.reason}") from None
-            return encoded(image, on_image(maps[0], image.size, *predictor.sizes()))[1]
 
     def close(self) -> None:
         if self._explainer is not None:

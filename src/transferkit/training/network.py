@@ -251,8 +251,11 @@ def train_network(ctx: Context, head_init: LinearHead | None = None,
     )
     model.load_state_dict(best)
     _, _, val_logits = measure(model)  # the kept epoch's logits, as its row in metrics.csv measured them
-    ood, val_ood = network_ood(ctx, net, model, measured["val_features"]) if group.primary else (None, None)
-    temperature, thresholds = calibrate(ctx, net, model) if group.primary else (None, None)
+    ood = val_ood = temperature = thresholds = None
+    if group.primary:  # (the kept network, on the path `predict` runs it: one copy for both passes)
+        kept = Extractor(model.backbone, ctx.pre, runtime, batch_size=32)
+        ood, val_ood = network_ood(net, model, kept, measured["val_features"])
+        temperature, thresholds = calibrate(net, model, kept)
     model.to("cpu").eval()
     info = {"param_groups": peak_lrs,
             "batch": {"per_process": cfg.batch_size, "processes": group.world, "global": cfg.batch_size * group.world,
@@ -290,7 +293,7 @@ def held_out(split: DatasetSplit, seed: int) -> list:
     return [split.train[i] for i in stratified_sample(strata, size, seed + 1)]
 
 
-def calibrate(ctx: Context, net: NetworkSetup, model: Classifier):
+def calibrate(net: NetworkSetup, model: Classifier, extractor: Extractor):
     """(temperature, thresholds) of the kept network from its logits of the held-out training
     images: single-label, the temperature (`task.fit_temperature`), kept where it lowers their
     log loss by TEMPERATURE_MIN_GAIN and is not at the end of its range (separable held-out
@@ -301,7 +304,6 @@ def calibrate(ctx: Context, net: NetworkSetup, model: Classifier):
 
     if net.calibration_loader is None:
         return None, None
-    extractor = Extractor(model.backbone, ctx.pre, ctx.runtime, batch_size=32)
     with torch.inference_mode():
         weight, bias = model.head.weight.detach().float().cpu(), model.head.bias.detach().float().cpu()
         logits = torch.cat([nn.functional.linear(extractor.forward(u8).float(), weight, bias)
@@ -315,7 +317,7 @@ def calibrate(ctx: Context, net: NetworkSetup, model: Classifier):
     return (temperature if inside and before - after >= TEMPERATURE_MIN_GAIN * before else None), None
 
 
-def network_ood(ctx: Context, net: NetworkSetup, model: Classifier, val_features: list[torch.Tensor]):
+def network_ood(net: NetworkSetup, model: Classifier, extractor: Extractor, val_features: list[torch.Tensor]):
     """(`ood.Ood`, the val images' scores) of the kept network: its features (the last layer's) of
     the reference sample of training images, as predict computes them (in a group, on the
     primary: the val features gathered by `measure`)."""
@@ -323,7 +325,6 @@ def network_ood(ctx: Context, net: NetworkSetup, model: Classifier, val_features
 
     if net.reference_loader is None:
         return None, None
-    extractor = Extractor(model.backbone, ctx.pre, ctx.runtime, batch_size=32)
     with torch.inference_mode():
         train_x = [extractor.forward(u8).float() for u8, _ in net.reference_loader]
     last = getattr(model.backbone, "last_features", None) or model.head.in_features

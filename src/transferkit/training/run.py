@@ -523,25 +523,12 @@ def write_outputs(run_dir: Path, outcome: Outcome, ran_on: tuple[str, str], star
     }
     write_json(run_dir / "results.json", results)
     if not cfg.no_report:
+        from ..evaluation.explained import report_heatmaps
+
         with _own_rng():  # (building the model to explain draws initial weights: not from the caller's stream)
-            report_heatmaps(run_dir, worker.warn)
+            report_heatmaps(run_dir, run_dir, worker.warn)
         worker.render(run_dir)  # plots, misclassified.csv, report.html
     return results
-
-
-def report_heatmaps(run_dir: Path, warn=None) -> None:
-    """The report's heatmaps of the most confidently wrong val images (`evaluation.explained`)."""
-    from ..errors import UserError
-    from ..evaluation.explained import explain_wrong, explainer, to_explain
-
-    if not to_explain(run_dir):  # (nothing wrong: no model to load)
-        return
-    try:
-        with explainer(run_dir) as predictor:
-            explain_wrong(run_dir, predictor, warn)
-    except UserError as exc:
-        if warn:
-            warn(f"the report's heatmaps: {exc}")
 
 
 def _cpu_seconds() -> float:
