@@ -34,11 +34,18 @@ def spatial_modules(backbone: nn.Module, size: int) -> list[str]:
                for name, m in backbone.named_modules() if name]
     try:
         with torch.no_grad():
-            backbone.eval()(torch.zeros(1, 3, size, size))
+            backbone.eval()(_like_weights(backbone, torch.zeros(1, 3, size, size)))
     finally:
         for h in handles:
             h.remove()
     return order[-1:]
+
+
+def _like_weights(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`x` in the dtype and on the device of `module`'s weights (a fast inference copy may run in
+    bf16: `runtime.Extractor`)."""
+    weight = next((p for p in module.parameters() if p.is_floating_point()), None)
+    return x if weight is None else x.to(weight.device, weight.dtype)
 
 
 class WithMaps(nn.Module):
@@ -64,7 +71,7 @@ class WithMaps(nn.Module):
             with torch.no_grad():
                 # (its own generator: the caller's random stream is left where it was)
                 probe = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-                features, *maps = self(probe)
+                features, *maps = self(_like_weights(backbone, probe))
             self.widths = [int(m.shape[1]) for m in maps]
             means = torch.cat([m.float().mean((2, 3)) for m in maps], 1)
             self.exact = means.shape[1] == features.shape[1] and bool(torch.allclose(
