@@ -49,19 +49,56 @@ def test_cross_validated_head_is_not_worse_than_scikit_learns_default(seed, clas
 
 
 def test_the_head_is_chosen_by_log_loss_over_repeated_folds_on_small_sets():
-    """Few images: the folds are drawn CV_REPEATS times, and the candidate with the lowest mean
-    log loss wins (not the most accurate one: their accuracies tie or differ by an image)."""
+    """Few images: the folds are drawn CV_REPEATS times for the candidates the first draw leaves
+    in contention, and among the rows every draw measured the lowest mean log loss wins (not the
+    most accurate one: their accuracies tie or differ by an image)."""
     from transferkit.training import heads
 
     x, y = _blobs(5, 3, 30)
     choice = heads.select_head(x, y, 3, {"last": 16, "multi": x.shape[1]}, seed=0)
     assert choice.repeats == heads.CV_REPEATS and choice.to_dict()["cv_repeats"] == heads.CV_REPEATS
-    best = min(choice.table, key=lambda r: (r["cv_log_loss"], -r["cv_accuracy"]))
+    widest = max(r["cv_splits"] for r in choice.table)
+    assert widest == heads.CV_REPEATS * choice.folds
+    assert {r["cv_splits"] for r in choice.table} <= {choice.folds, widest}
+    best = min((r for r in choice.table if r["cv_splits"] == widest),
+               key=lambda r: (r["cv_log_loss"], -r["cv_accuracy"]))
     assert (choice.features, choice.scaling, choice.weight_decay) == (best["features"], best["scaling"],
                                                                       best["weight_decay"])
     assert choice.cv_accuracy == best["cv_accuracy"]
     big_x, big_y = _blobs(5, 3, heads.CV_FEWER_FOLDS_FROM // 3 + 1, dim=8)
     assert heads.select_head(big_x, big_y, 3, {"last": 8}, seed=0).repeats == 1  # enough images: one draw
+
+
+def test_only_candidates_the_first_draw_leaves_in_contention_get_more_draws():
+    """A candidate whose log loss is worse on every fold of the first draw (paired, beyond
+    CLEARLY_WORSE standard errors) is not drawn again; one within the folds' noise is."""
+    from transferkit.training.heads import _contenders
+
+    good = np.array([[0.30, 0.9], [0.35, 0.9], [0.28, 0.9], [0.33, 0.9], [0.31, 0.9]])
+    found = {("last", "feature"): {0.1: good},
+             ("last", "global"): {0.1: good + [[0.2, 0]] + np.array([[0.01], [-0.01], [0.0], [0.02], [-0.02]])},
+             ("multi", "feature"): {0.1: good + np.array([[0.02, 0], [-0.03, 0], [0.01, 0], [-0.01, 0], [0.02, 0]])}}
+    assert _contenders(found) == [("last", "feature"), ("multi", "feature")]
+
+
+def test_the_folds_problem_is_each_folds_own_problem_summed():
+    """`logistic.Folds`: every fold's loss and gradient, in one product, are its own problem's,
+    multinomial, two-class and multi-label alike."""
+    from transferkit.logistic import Folds, Logistic, MultiLogistic
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(40, 6)).astype(np.float64)
+    masks = [np.arange(40) % 4 != f for f in range(4)]
+    for y, k, kind in ((rng.integers(0, 3, 40), 3, Logistic), (rng.integers(0, 2, 40), 2, Logistic),
+                       ((rng.random((40, 3)) > 0.5).astype(np.float64), 3, MultiLogistic)):
+        folds = Folds(z, y, k, 0.3, True, masks)
+        theta = rng.normal(size=folds.start().shape)
+        loss, grad = folds.objective(theta)
+        own = [kind(z[m], y[m], k, 0.3, True) for m in masks]
+        parts = [p.objective(folds.fold_theta(theta, s)) for s, p in enumerate(own)]
+        assert loss == pytest.approx(sum(p[0] for p in parts), rel=1e-10)
+        for s, p in enumerate(parts):
+            np.testing.assert_allclose(folds.fold_theta(grad, s), p[1], rtol=1e-9, atol=1e-12)
 
 
 def test_cross_validation_in_the_span_of_the_training_rows_is_exact():

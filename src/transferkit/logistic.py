@@ -48,11 +48,12 @@ class Logistic:
                                g.sum(0).astype(np.float64)])
         return loss, grad
 
-    def fit(self, theta: np.ndarray, maxiter: int, gtol: float = 1e-6) -> tuple[np.ndarray, int]:
-        """`maxiter` more L-BFGS-B iterations from `theta`: (theta, iterations run)."""
+    def fit(self, theta: np.ndarray, maxiter: int, gtol: float = 1e-6, ftol: float | None = None) -> tuple[np.ndarray, int]:
+        """`maxiter` more L-BFGS-B iterations from `theta`: (theta, iterations run). `ftol`: the
+        relative decrease of the objective below which it stops (default: 64 x the dtype's eps)."""
         from scipy.optimize import minimize
 
-        ftol = 64 * np.finfo(self.z.dtype).eps
+        ftol = 64 * np.finfo(self.z.dtype).eps if ftol is None else ftol
         fit = minimize(self.objective, theta, jac=True, method="L-BFGS-B",
                        options={"maxiter": maxiter, "gtol": gtol, "ftol": ftol})
         return fit.x, int(fit.nit)
@@ -217,3 +218,79 @@ def sharded_standardizer(x: np.ndarray, scaling: str = "feature", allreduce=iden
         return mean, np.full(x.shape[1], float(np.sqrt(var.mean())) + 1e-6, dtype=x.dtype)
     std = np.sqrt(var)
     return mean, np.maximum(std, np.percentile(std, STD_FLOOR_PERCENTILE)) + 1e-6
+
+
+class Folds:
+    """Every fold of a cross-validation as one problem (`heads.select_head`): the folds share the
+    rows `z` (n, d) and fold s fits on the rows `train[s]` only, each with its own weights and
+    bias, the objective of `Logistic` (class indices `y`) or `MultiLogistic` ((N, C) rows) per
+    fold, summed. The folds are independent, so one L-BFGS run over all their parameters ends
+    where each fold's own would, at a fraction of the calls: the logits of all folds are one
+    (n, d) x (d, folds * m) product. The penalty is `weight_decay` for every fold (the path moves
+    them together). `allreduce` (rows spread over a torchrun group, single-label): every process
+    gives its share of the rows, the data term's loss and gradient are summed over the group as in
+    `ShardedLogistic`, so every process takes the same steps as one process holding every row."""
+
+    def __init__(self, z: np.ndarray, y: np.ndarray, k: int, weight_decay: float, balanced: bool,
+                 train: list[np.ndarray], allreduce=None):
+        self.z, self.y, self.k, self.weight_decay = z, np.asarray(y), k, weight_decay
+        self.multi, self.allreduce = np.ndim(y) == 2, allreduce or identity
+        if allreduce is not None:
+            self.folds = [ShardedLogistic(z[t], self.y[t], k, weight_decay, balanced, allreduce) for t in train]
+        else:
+            kind = MultiLogistic if self.multi else Logistic
+            self.folds = [kind(z[t], self.y[t], k, weight_decay, balanced) for t in train]
+        first = self.folds[0]
+        self.d, self.m, self.s = z.shape[1], first.m, len(train)
+        # each fold's row weights, zero on the rows it does not fit: (n, folds) or (n, folds, C)
+        self.weights = np.zeros((len(z), self.s) + ((k,) if self.multi else ()), dtype=z.dtype)
+        for s, (t, fold) in enumerate(zip(train, self.folds)):
+            self.weights[t, s] = fold.weights
+        if self.multi:
+            self.targets = self.y.astype(z.dtype)[:, None, :]
+        else:
+            self.to_logits = first.to_logits
+            self.onehot = np.eye(k, dtype=z.dtype)[self.y][:, None, :]
+
+    def start(self) -> np.ndarray:
+        return np.zeros((self.d + 1) * self.s * self.m)
+
+    def _split(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        sm = self.s * self.m
+        return theta[:-sm].reshape(self.d, sm), theta[-sm:]
+
+    def objective(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        w, b = self._split(theta)
+        t = (self.z @ w.astype(self.z.dtype) + b.astype(self.z.dtype)).reshape(len(self.z), self.s, self.m)
+        if self.multi:
+            loss = float((self.weights * (np.logaddexp(0, t) - self.targets * t)).sum())
+            g = (sigmoid(t) - self.targets) * self.weights
+        else:
+            binary = self.k == 2  # one logit t: the logits (-t/2, t/2) (`Logistic.to_logits`)
+            logits = t * self.to_logits[0] if binary else t.copy()
+            logits -= logits.max(2, keepdims=True)
+            lp = logits - np.log(np.exp(logits).sum(2, keepdims=True))
+            loss = -float((self.weights * (lp * self.onehot).sum(2)).sum())
+            g = (np.exp(lp) - self.onehot) * self.weights[..., None]
+            g = (g * self.to_logits[0]).sum(2, keepdims=True) if binary else g
+        g = g.reshape(len(self.z), self.s * self.m)
+        total = self.allreduce(np.concatenate([[loss], (self.z.T @ g).astype(np.float64).ravel(),
+                                               g.sum(0).astype(np.float64)]))
+        loss = float(total[0]) + self.weight_decay / 2 * float((w * w).sum())
+        grad = total[1:]
+        grad[:w.size] += self.weight_decay * w.ravel()
+        return loss, grad
+
+    def fit(self, theta: np.ndarray, maxiter: int, gtol: float = 1e-6, ftol: float | None = None) -> tuple[np.ndarray, int]:
+        return Logistic.fit(self, theta, maxiter, gtol, ftol)
+
+    def fold_theta(self, theta: np.ndarray, s: int) -> np.ndarray:
+        """Fold s's parameters, laid out as its own problem's (`Logistic.start`)."""
+        w, b = self._split(theta)
+        cols = slice(s * self.m, (s + 1) * self.m)
+        return np.concatenate([w[:, cols].ravel(), b[cols]])
+
+    def held_out(self, theta: np.ndarray, test: list[np.ndarray]) -> np.ndarray:
+        """Each fold's (log loss, accuracy or mAP) on its `test` rows: (folds, 2)."""
+        return np.array([fold.stats(self.z[t], self.y[t], self.fold_theta(theta, s))
+                         for s, (fold, t) in enumerate(zip(self.folds, test))])

@@ -6,6 +6,7 @@ in the cache, `feature_extractor` makes the engine's extractor only when some ar
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, TypeVar
 
@@ -156,8 +157,10 @@ class CachedFeatures:
         feature_pass, self._pass = self._pass, None
         train_paths, val_paths = [s.path for s in self.split.train], [s.path for s in self.split.val]
         bar = console.progress(sum(map(len, feature_pass.owned)), "features")  # (sharded: this rank's share)
+        started = time.perf_counter()
         train_fs, val_fs = feature_pass.run(self.extractor, bar)  # the extractor is built only if needed
         bar.close()
+        seconds = time.perf_counter() - started
         self._record(feature_pass, train_fs.computed + val_fs.computed)
         errors = {**train_fs.errors, **val_fs.errors}
         counts = np.array([train_fs.cached + val_fs.cached, train_fs.computed + val_fs.computed, self.cache.recomputed])
@@ -184,6 +187,7 @@ class CachedFeatures:
             "features_computed": int(counts[1]),
             "aug_views": self.aug_views,
             "cache_entries_recomputed": int(counts[2]),
+            "features_s": round(seconds, 3),  # the pass, cache reads, decoding and the network's build included
         }
         if self.sharded:
             facts["features_sharded"] = {"ranks": self.group.world, "train_rows_here": len(x_train)}

@@ -13,7 +13,7 @@ import numpy as np
 from ..config import TrainConfig
 from ..evaluation.metrics import EpochStats
 from ..folds import group_folds, max_folds, similar_groups, stratified_sample
-from ..logistic import (STD_FLOOR_PERCENTILE, Logistic, ShardedLogistic, problem_for, scale,  # noqa: F401
+from ..logistic import (STD_FLOOR_PERCENTILE, Folds, Logistic, ShardedLogistic, problem_for, scale,  # noqa: F401
                         sharded_standardizer, standardizer)
 from ..task import choose_thresholds, fit_temperature, log_loss, sigmoid, strata_of
 from ..features.dataset import labels_of
@@ -115,6 +115,12 @@ LBFGS_GTOL = 1e-5  # on the largest gradient component (scikit-learn's default t
 # tries, strongest first: each fit starts from the previous one's solution (a regularization path).
 WEIGHT_DECAY_GRID = (3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 3e-3, 1e-3, 3e-4, 1e-4)
 CV_MAX_FOLDS, CV_MAX_ITER = 5, 100
+# The cross-validation's fits stop at a relative decrease of their objective below CV_FTOL, not
+# at float32's round-off: the same choice on flowers (200 images) and CIFAR-10 (500, 1,000 and
+# 4,000 images), 1.6-2.2x faster (bench/head_speed.py's samples). No test on the gradient: its
+# largest component depends on the coordinates (the span's, or the features' under torchrun),
+# the objective does not, so sharded and one-process fits stop at the same iteration.
+CV_FTOL, CV_GTOL = 3e-4, 0.0
 CV_FEWER_FOLDS_FROM = 1000  # from this many training images on, 3 folds (each fold's estimate is steadier)
 # Below CV_FEWER_FOLDS_FROM images, the folds are drawn CV_REPEATS times (seeds seed, seed + 1, ...)
 # and every candidate's numbers averaged over all of them: with 40 images per class one draw of
@@ -184,10 +190,13 @@ def select_head(x: np.ndarray, y: np.ndarray, num_classes: int, widths: dict[str
     """Cross-validate the logistic-regression head on the training images' features `x` (one row
     per image; the first `widths["last"]` columns are the last layer's): every feature set in
     `widths` x every scaling in SCALINGS x every weight decay in WEIGHT_DECAY_GRID (or just
-    `weight_decay`, when given), in up to CV_MAX_FOLDS stratified folds (below
-    CV_FEWER_FOLDS_FROM images, CV_REPEATS draws of them). Picked: the lowest mean log loss over
-    the folds, ties broken by the higher accuracy (`_rank`; the last layer's features come
-    first in `widths`, so they win a full tie with the multi-layer ones). A class with fewer than 2 images
+    `weight_decay`, when given), in up to CV_MAX_FOLDS stratified folds, all folds of a candidate
+    fitted as one problem (`_folds_path`). Below CV_FEWER_FOLDS_FROM images the folds are drawn
+    CV_REPEATS times, the further draws only for the candidates the first one leaves in contention
+    (`_contenders`) and at the penalties next to their best. Picked, among the rows every draw
+    measured: the lowest mean log loss over the folds, ties broken by the higher accuracy (`_rank`;
+    the last layer's features come first in `widths`, so they win a full tie with the multi-layer
+    ones). A class with fewer than 2 images
     leaves nothing to cross-validate: the first feature set, per-feature scaling, DEFAULT_WEIGHT_DECAY.
     The folds keep near-identical images together (`folds.similar_groups` on the first
     `last_width` columns, the last layer's features; None: no grouping), unless the groups are so
@@ -227,45 +236,124 @@ def select_head(x: np.ndarray, y: np.ndarray, num_classes: int, widths: dict[str
         return HeadChoice(next(iter(widths)), "feature", grid[0] if weight_decay is not None else DEFAULT_WEIGHT_DECAY,
                           None, 0, time.perf_counter() - start, groups=n_groups, grouped_images=grouped)
     repeats = CV_REPEATS if len(y_all) < CV_FEWER_FOLDS_FROM else 1
-    splits = [(fold_of if here is None else fold_of[here], f) for r in range(repeats)
-              for fold_of in [group_folds(y_all, groups, folds, seed + r)] for f in range(folds)]
+    draws = [[(fold_of if here is None else fold_of[here], f) for f in range(folds)]
+             for r in range(repeats) for fold_of in [group_folds(y_all, groups, folds, seed + r)]]
     xs = np.asarray(x, dtype=np.float32)
-    table = []
-    for features, width in widths.items():
-        for scaling in SCALINGS:
-            problems = []
-            for fold_of, f in splits:
-                tr, te = fold_of != f, fold_of == f
-                if shards is not None:
-                    mean, std = sharded_standardizer(xs[tr, :width], scaling, shards.group.sum)
-                    zt, ze = (xs[tr, :width] - mean) / std, (xs[te, :width] - mean) / std
-                    problem = ShardedLogistic(zt, yn[tr], num_classes, grid[0], balanced, shards.group.sum)
-                else:
-                    mean, std = standardizer(xs[tr, :width], scaling)
-                    zt, ze = _in_span((xs[tr, :width] - mean) / std, (xs[te, :width] - mean) / std)
-                    problem = problem_for(yn)(zt, yn[tr], num_classes, grid[0], balanced)
-                problems.append((problem, ze, yn[te]))
-            thetas, best, worse = [p.start() for p, _, _ in problems], None, 0
-            for lam in grid:  # strongest first, each fold warm-started from its previous solution
-                sums = np.zeros(2)
-                for f, (problem, ze, ye) in enumerate(problems):
-                    problem.weight_decay = lam
-                    thetas[f], _ = problem.fit(thetas[f], CV_MAX_ITER, gtol=1e-5)
-                    sums += problem.stats(ze, ye, thetas[f])
-                row = {"features": features, "scaling": scaling, "weight_decay": lam,
-                       "cv_accuracy": round(float(sums[1] / len(splits)), 5),
-                       "cv_log_loss": round(float(sums[0] / len(splits)), 5)}
-                table.append(row)
-                # weaker penalties cost the most iterations: stop once two in a row did worse
-                worse = 0 if best is None or _rank(row) > _rank(best) else worse + 1
-                best = row if worse == 0 else best
-                if worse == 2:
-                    break
-    best = max(table, key=_rank)
+    with _one_blas_thread(len(y_all) < CV_FEWER_FOLDS_FROM):
+        table = _cross_validate(xs, yn, num_classes, widths, grid, balanced, draws, shards)
+    widest = max(row["cv_splits"] for row in table)  # (chosen among the rows every draw measured)
+    best = max((row for row in table if row["cv_splits"] == widest), key=_rank)
     chosen = best["weight_decay"] * (len(y_all) / total if weight_decay is None else 1.0)
     return HeadChoice(best["features"], best["scaling"], chosen, best["cv_accuracy"], folds,
                       time.perf_counter() - start, table, images=len(y_all), groups=n_groups, grouped_images=grouped,
-                      repeats=repeats)
+                      repeats=len(draws))
+
+
+def _one_blas_thread(small: bool):
+    """Small problems (a few hundred rows) in one BLAS thread: OpenBLAS's threads spin-wait, and
+    beside another busy process (the report worker, the decoder) two of them made the choice up to
+    10x slower for nothing to gain at that size."""
+    import contextlib
+
+    if not small:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1, user_api="blas")
+
+
+def _cross_validate(xs: np.ndarray, yn: np.ndarray, num_classes: int, widths: dict[str, int], grid: tuple,
+                    balanced: bool, draws: list, shards: Shards | None) -> list[dict]:
+    """Every candidate's rows (`HeadChoice.table`), each with the number of splits it averages."""
+    def path(width: int, scaling: str, splits: list):
+        return _folds_path(xs[:, :width], yn, num_classes, grid[0], balanced, splits, scaling, shards)
+
+    # the first draw of the folds: every candidate's penalty path, strongest penalty first, each
+    # fold warm-started from its previous solution; weaker penalties cost the most iterations, so
+    # a path stops once two penalties in a row did worse
+    found: dict[tuple, dict[float, np.ndarray]] = {}  # (features, scaling) -> penalty -> (splits, 2)
+    for features, width in widths.items():
+        for scaling in SCALINGS:
+            at, rows, best, worse = path(width, scaling, draws[0]), {}, None, 0
+            for lam in grid:
+                rows[lam] = at(lam)
+                worse = 0 if best is None or _mean_rank(rows[lam]) > _mean_rank(rows[best]) else worse + 1
+                best = lam if worse == 0 else best
+                if worse == 2:
+                    break
+            found[(features, scaling)] = rows
+    # the further draws (few images): only for the candidates the first draw does not rule out
+    # (`_contenders`), at the penalties next to each one's best: the folds' noise is averaged
+    # where the choice is close, not where it is already clear
+    for key in _contenders(found) if len(draws) > 1 else []:
+        lams = _near_best(found[key], grid)
+        for splits in draws[1:]:
+            at = path(widths[key[0]], key[1], splits)
+            for lam in lams:
+                found[key][lam] = np.concatenate([found[key][lam], at(lam)])
+    table = [{"features": key[0], "scaling": key[1], "weight_decay": lam,
+              "cv_accuracy": round(float(per_split[:, 1].mean()), 5),
+              "cv_log_loss": round(float(per_split[:, 0].mean()), 5), "cv_splits": len(per_split)}
+             for key, rows in found.items() for lam, per_split in rows.items()]
+    return table
+
+
+def _mean_rank(per_split: np.ndarray) -> tuple[float, float]:
+    return -float(per_split[:, 0].mean()), float(per_split[:, 1].mean())
+
+
+def _near_best(rows: dict[float, np.ndarray], grid) -> list[float]:
+    """The penalties of a path next to its best (the best and its neighbours on the grid), strongest
+    first: where further draws of the folds decide."""
+    best = grid.index(max(rows, key=lambda lam: _mean_rank(rows[lam])))
+    return [lam for lam in grid[max(best - 1, 0):best + 2] if lam in rows]
+
+
+CLEARLY_WORSE = 2.0  # standard errors of the paired per-fold differences of the log loss
+
+
+def _contenders(found: dict[tuple, dict[float, np.ndarray]]) -> list[tuple]:
+    """The candidates (features, scaling) whose best penalty on the first draw of the folds is not
+    clearly worse than the best candidate's: the mean of the paired per-fold differences of their
+    log losses within CLEARLY_WORSE standard errors of zero (the folds agree on the rest)."""
+    best_of = {key: max(rows.values(), key=_mean_rank) for key, rows in found.items()}
+    top = max(best_of.values(), key=_mean_rank)
+    out = []
+    for key, per_split in best_of.items():
+        diff = per_split[:, 0] - top[:, 0]
+        spread = float(diff.std(ddof=1)) / np.sqrt(len(diff)) if len(diff) > 1 else 0.0
+        if diff.mean() <= CLEARLY_WORSE * spread or per_split is top:
+            out.append(key)
+    return out
+
+
+def _folds_path(x: np.ndarray, y: np.ndarray, k: int, first: float, balanced: bool, splits: list, scaling: str,
+                shards: Shards | None = None):
+    """The penalty path of every split at once (`logistic.Folds`): the rows standardized with the
+    statistics of all the cross-validated rows (no labels in them: what a fold's own rows give, to
+    a few rows' difference) and, with fewer rows than features, put in coordinates of their span
+    (`_in_span`: one basis for every split, instead of one SVD per split, 60 of them, 70% of the
+    choice's time before). `shards`: `x` and `y` are this process's rows; the statistics and
+    every sum are the group's (`sharded_standardizer`, `Folds`' allreduce), the same numbers as
+    one process holding every row, to float round-off. Returns penalty -> each split's
+    (log loss, accuracy)."""
+    if shards is not None:
+        mean, std = sharded_standardizer(x, scaling, shards.group.sum)
+        z = (x - mean) / std
+    else:
+        mean, std = standardizer(x, scaling)
+        z, _ = _in_span((x - mean) / std, x[:0])
+    problem = Folds(z, y, k, first, balanced, [fold_of != f for fold_of, f in splits],
+                    shards.group.sum if shards is not None else None)
+    test = [fold_of == f for fold_of, f in splits]
+    theta = problem.start()
+
+    def at(lam: float) -> np.ndarray:
+        nonlocal theta
+        problem.weight_decay = lam
+        theta, _ = problem.fit(theta, CV_MAX_ITER * 2, gtol=CV_GTOL, ftol=CV_FTOL)
+        return problem.held_out(theta, test)  # (splits, 2)
+    return at
 
 
 def sharded_similar_groups(x: np.ndarray, here: np.ndarray, n: int, group) -> np.ndarray:
@@ -292,11 +380,16 @@ def sharded_similar_groups(x: np.ndarray, here: np.ndarray, n: int, group) -> np
 def _in_span(zt: np.ndarray, ze: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """With fewer training rows than features, both sets in coordinates of the span of the
     training rows (an orthonormal basis from the SVD): the L2-penalized weights lie in that span,
-    so the fit and its predictions are exactly the same, with n instead of d unknowns per class."""
+    so the fit and its predictions are exactly the same, with n instead of d unknowns per class.
+    The basis comes from the n x n Gram matrix (zt = U S V^T: zt V = U S, ze V = ze zt^T U / S),
+    not an SVD of zt: 5-10x faster at d = 1,752 (the SVD was 70% of the choice's time)."""
     if len(zt) >= zt.shape[1]:
         return zt, ze
-    _, _, vt = np.linalg.svd(zt, full_matrices=False)
-    return zt @ vt.T, ze @ vt.T
+    z64 = zt.astype(np.float64)
+    eigenvalues, u = np.linalg.eigh(z64 @ z64.T)
+    keep = eigenvalues > eigenvalues[-1] * len(zt) * np.finfo(zt.dtype).eps  # (duplicate rows: rank < n)
+    s, u = np.sqrt(eigenvalues[keep]), u[:, keep]
+    return (u * s).astype(zt.dtype), ((ze.astype(np.float64) @ z64.T) @ (u / s)).astype(zt.dtype)
 
 
 def head_thresholds(cfg: TrainConfig, f, choice: HeadChoice) -> np.ndarray:
