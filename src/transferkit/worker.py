@@ -53,8 +53,14 @@ class Worker:
                          extra: dict | None = None, task: dict | None = None, ood: np.ndarray | None = None,
                          ood_threshold: float | None = None) -> dict:
         """`evaluation.report.write_evaluation` in the child."""
-        return self.call(WRITE_EVALUATION, out_dir, paths, np.asarray(y_true), np.asarray(logits), classes, extra,
-                         task, ood, ood_threshold)
+        return self.submit_evaluation(out_dir, paths, y_true, logits, classes, extra, task, ood, ood_threshold)()
+
+    def submit_evaluation(self, out_dir: Path, paths: list[str], y_true: np.ndarray, logits, classes: list[str],
+                          extra: dict | None = None, task: dict | None = None, ood: np.ndarray | None = None,
+                          ood_threshold: float | None = None):
+        """`write_evaluation`, answered later (`submit`)."""
+        return self.submit(WRITE_EVALUATION, out_dir, paths, np.asarray(y_true), np.asarray(logits), classes, extra,
+                           task, ood, ood_threshold)
 
     def render(self, run_dir: Path) -> Path:
         """`evaluation.report.render` (plots, report.html) in the child."""
@@ -62,19 +68,35 @@ class Worker:
 
     def call(self, name: str, *args):
         """`name` ("module:function") called with `args` in the child (here, if it cannot)."""
+        return self.submit(name, *args)()
+
+    def submit(self, name: str, *args):
+        """`call`, its answer waited for later: returns a function that gives it (call it before
+        the next request). Meanwhile this process can do other work beside the child."""
+        failed = None
         if self.proc is not None:
             try:
                 pickle.dump((name, args), self.proc.stdin)
                 self.proc.stdin.flush()
-                ok, value = pickle.load(self.proc.stdout)
-            except (OSError, EOFError, pickle.PickleError) as exc:
-                ok, value = False, f"it stopped ({type(exc).__name__})"
+            except (OSError, pickle.PickleError) as exc:
+                failed = f"it stopped ({type(exc).__name__})"
                 self.close()
-            if ok:
-                return value
-            if self.warn:
-                self.warn(f"the report process failed: {value}; doing its work here")
-        return _function(name)(*args)
+
+        def answer():
+            nonlocal failed
+            if self.proc is not None and failed is None:
+                try:
+                    ok, value = pickle.load(self.proc.stdout)
+                except (OSError, EOFError, pickle.PickleError) as exc:
+                    ok, value = False, f"it stopped ({type(exc).__name__})"
+                    self.close()
+                if ok:
+                    return value
+                failed = value
+            if failed is not None and self.warn:
+                self.warn(f"the report process failed: {failed}; doing its work here")
+            return _function(name)(*args)
+        return answer
 
     def close(self) -> None:
         """No more requests: the child is ended at once. Every request was answered before its

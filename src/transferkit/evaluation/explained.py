@@ -29,17 +29,20 @@ def explainer(run: Path, predictor=None, say=None):
     return engines.load_bundle(run, "torch", say=say)
 
 
-def report_heatmaps(out_dir: Path, run: Path, warn=None, say=None) -> None:
+def report_heatmaps(out_dir: Path, run: Path, warn=None, say=None, rows: list[dict] | None = None,
+                    multi: bool = False) -> None:
     """The report's heatmaps in `out_dir` (a run or eval folder) by the model of `run`, when
     something there is wrong (else no model is loaded); a model that cannot explain: one warning.
-    `say`: told of a conversion."""
+    `say`: told of a conversion. `rows` (and `multi`): the rows of predictions.csv
+    (`rows.prediction_rows`), when it is not written yet."""
     from ..errors import UserError
 
-    if not to_explain(out_dir):
+    wrong = to_explain(out_dir, rows=rows, multi=multi)
+    if not wrong:
         return
     try:
         with explainer(run, say=say) as predictor:
-            explain_wrong(out_dir, predictor, warn)
+            explain_wrong(out_dir, predictor, warn, wrong=wrong)
     except UserError as exc:
         if warn:
             warn(f"the report's heatmaps: {exc}")
@@ -51,21 +54,26 @@ def most_wrong(rows: list[dict], multi: bool) -> list[dict]:
     return sorted(wrong, key=lambda r: -r["loss"]) if multi else sorted(wrong, key=lambda r: -r["probability"])
 
 
-def to_explain(out_dir: Path, limit: int = REPORT_HEATMAPS) -> list[dict]:
-    """The rows of `out_dir`'s predictions.csv whose heatmaps the report shows."""
-    from .report import read_predictions, read_summary
+def to_explain(out_dir: Path, limit: int = REPORT_HEATMAPS, rows: list[dict] | None = None,
+               multi: bool = False) -> list[dict]:
+    """The rows of `out_dir`'s predictions.csv (or `rows`, its rows not yet written, of a
+    multi-label model if `multi`) whose heatmaps the report shows."""
+    if rows is None:
+        from .report import read_predictions, read_summary
 
-    return most_wrong(read_predictions(out_dir), read_summary(out_dir).get("task") == "multilabel")[:limit]
+        rows, multi = read_predictions(out_dir), read_summary(out_dir).get("task") == "multilabel"
+    return most_wrong(rows, multi)[:limit]
 
 
-def explain_wrong(out_dir: Path, predictor, say=None, limit: int = REPORT_HEATMAPS) -> int:
-    """Heatmaps of the `limit` most confidently wrong images of `out_dir`'s predictions.csv, by
-    `predictor` (its model's spatial maps); how many were written. A model without maps, or an
-    image that cannot be read, is left out (one warning through `say`)."""
+def explain_wrong(out_dir: Path, predictor, say=None, limit: int = REPORT_HEATMAPS,
+                  wrong: list[dict] | None = None) -> int:
+    """Heatmaps of the `limit` most confidently wrong images of `out_dir`'s predictions.csv (or
+    of `wrong`, those rows), by `predictor` (its model's spatial maps); how many were written. A
+    model without maps, or an image that cannot be read, is left out (one warning through `say`)."""
     from ..errors import ImageDecodeError, UserError
     from ..prediction import heatmaps
 
-    rows = to_explain(out_dir, limit)
+    rows = to_explain(out_dir, limit) if wrong is None else wrong
     folder = out_dir / FOLDER
     if not rows or not getattr(predictor, "can_explain", False):
         return 0

@@ -20,6 +20,7 @@ from ..files import TEXT_ERRORS, Record, atomic_write, csv_table, csv_untext, lo
     text_bytes, write_json
 from . import metrics
 from .page import report_html
+from .rows import parsed, prediction_rows
 from ..task import Task, calibration
 from .plots import plot_confusion, plot_curves, plot_grid, plot_multilabel, plot_reliability
 
@@ -49,10 +50,8 @@ def write_evaluation(out_dir: Path, paths: list[str], y_true: np.ndarray, logits
                               "after": calibration(y_true, probs)}
     summary["selective"] = metrics.selective(y_true == y_pred, probs.max(1) if len(probs) else np.zeros(0), ood)
     write_json(out_dir / "metrics.json", summary)
-    atomic_write(out_dir / "predictions.csv", text_bytes(csv_table(
-        ["path", "actual", "predicted", "probability", "actual_probability"] + _ood_header(ood),
-        ([path, classes[t], classes[p], f"{row[p]:.6f}", f"{row[t]:.6f}", *_ood_cell(ood, i)]
-         for i, (path, t, p, row) in enumerate(zip(paths, y_true, y_pred, probs))))))
+    atomic_write(out_dir / "predictions.csv", text_bytes(csv_table(*prediction_rows(paths, y_true, logits, classes,
+                                                                                    kind, ood))))
     return summary
 
 
@@ -63,14 +62,6 @@ def _ood_summary(scores: np.ndarray, threshold: float | None) -> dict:
     quartiles = np.quantile(finite, [0.25, 0.5, 0.75]).round(4).tolist() if len(finite) else None
     rejected = float((finite > threshold).mean()) if threshold is not None and len(finite) else None
     return {"threshold": threshold, "rejected_share": rejected, "quartiles": quartiles}
-
-
-def _ood_header(ood) -> list[str]:
-    return [] if ood is None else ["ood_score"]
-
-
-def _ood_cell(ood, i: int) -> list[str]:
-    return [] if ood is None else ["" if not np.isfinite(ood[i]) else f"{ood[i]:.6f}"]
 
 
 PR_POINTS = 51  # recall levels at which metrics.json keeps each class's precision-recall curve
@@ -101,13 +92,8 @@ def _write_multilabel(out_dir: Path, paths: list[str], y_true: np.ndarray, logit
     sure = np.abs(probs - thresholds).min(1) if len(probs) else np.zeros(0)
     summary["selective"] = metrics.selective((pred == (y_true > 0)).all(1), sure, ood)
     write_json(out_dir / "metrics.json", summary)
-    losses = metrics.image_losses(y_true, probs)
-    joined = task.joiner.join
-    atomic_write(out_dir / "predictions.csv", text_bytes(csv_table(
-        ["path", "actual", "predicted", "probability", "actual_probability", "loss"] + _ood_header(ood),
-        ([path, joined(classes[c] for c in np.flatnonzero(t)), joined(classes[c] for c in np.flatnonzero(q)),
-          f"{row.max():.6f}", f"{row[t > 0].min() if t.any() else 1.0:.6f}", f"{loss:.6f}", *_ood_cell(ood, i)]
-         for i, (path, t, q, row, loss) in enumerate(zip(paths, y_true, pred, probs, losses))))))
+    atomic_write(out_dir / "predictions.csv", text_bytes(csv_table(*prediction_rows(paths, y_true, logits, classes,
+                                                                                    task, ood))))
     return summary
 
 
@@ -118,9 +104,7 @@ def read_predictions(run_dir: Path) -> list[dict]:
         with open(path, newline="", encoding="utf-8", errors=TEXT_ERRORS) as f:
             rows = list(csv.DictReader(f))
         for r in rows:
-            r["probability"], r["actual_probability"] = float(r["probability"]), float(r["actual_probability"])
-            if "loss" in r:  # multi-label
-                r["loss"] = float(r["loss"])
+            parsed(r)
             r["path"], r["actual"], r["predicted"] = (csv_untext(r[k]) for k in ("path", "actual", "predicted"))
     except (KeyError, TypeError, ValueError, csv.Error, UnicodeDecodeError) as exc:
         raise UserError(f"{path} is damaged ({type(exc).__name__}: {exc}); `transferkit eval RUN` writes a "

@@ -20,7 +20,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-EXACT_TOLERANCE = 1e-3  # relative: pooled features vs the maps' spatial means, for CAM to be exact
+# relative: pooled features vs the maps' spatial means, for CAM to be exact; in bf16 (the fast
+# inference copy on a CPU with bf16) 4 x its eps: rounding, where a layer after the pooling
+# (MobileNetV3's conv_head, VGG's MLP) differs by the features' own scale
+EXACT_TOLERANCE = 1e-3
+
+
+def exact_tolerance(dtype: torch.dtype) -> float:
+    return max(EXACT_TOLERANCE, 4 * torch.finfo(dtype).eps) if dtype.is_floating_point else EXACT_TOLERANCE
 
 
 def spatial_modules(backbone: nn.Module, size: int) -> list[str]:
@@ -74,9 +81,10 @@ class WithMaps(nn.Module):
                 features, *maps = self(_like_weights(backbone, probe))
             self.widths = [int(m.shape[1]) for m in maps]
             means = torch.cat([m.float().mean((2, 3)) for m in maps], 1)
+            tolerance = exact_tolerance(features.dtype)
             self.exact = means.shape[1] == features.shape[1] and bool(torch.allclose(
-                means, features[:, :means.shape[1]].float(), rtol=EXACT_TOLERANCE,
-                atol=EXACT_TOLERANCE * float(features.abs().max())))
+                means, features[:, :means.shape[1]].float(), rtol=tolerance,
+                atol=tolerance * float(features.abs().max())))
         self.facts = {"exact": self.exact, "maps": list(self.names)}  # (what a conversion of it records)
 
     def forward(self, x: torch.Tensor):

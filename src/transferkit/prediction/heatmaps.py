@@ -47,8 +47,12 @@ def resize(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def on_image(cam: np.ndarray, image_size: tuple[int, int], resize_size: int, input_size: int) -> np.ndarray:
     """The map of the model's view (resize the short side to `resize_size`, centre crop
-    `input_size`) as a uint8 (H, W) heatmap of the whole image (`image_size`: W, H): positive
-    evidence only, scaled so its maximum is 255; outside the crop 0."""
+    `input_size`) as a uint8 (H, W) heatmap of the whole image (`image_size`: W, H): scaled from
+    its least (0) to its most evidence (255), as CAM's authors draw it; outside the crop 0. Not
+    its positive part: a linear head's map has an arbitrary offset (its bias absorbs the features'
+    mean, and the standardization's), so only the differences between places mean something,
+    and a map below zero everywhere (common for a head on standardized features) was black.
+    Grad-CAM's maps are positive already (`models.maps.grad_cam`)."""
     w0, h0 = image_size
     scale = resize_size / min(w0, h0)
     wr, hr = max(resize_size, round(w0 * scale)), max(resize_size, round(h0 * scale))
@@ -59,10 +63,10 @@ def on_image(cam: np.ndarray, image_size: tuple[int, int], resize_size: int, inp
     out = np.zeros((h0, w0), dtype=np.uint8)
     if x1 <= x0 or y1 <= y0:
         return out
-    inside = np.maximum(resize(np.nan_to_num(cam.astype(np.float32)), (y1 - y0, x1 - x0)), 0)
-    top = float(inside.max())
-    if top > 0:  # (scaled once placed: the image's own pixels reach 255 at the map's maximum)
-        out[y0:y1, x0:x1] = np.clip(np.rint(inside * (255 / top)), 0, 255).astype(np.uint8)
+    inside = resize(np.nan_to_num(cam.astype(np.float32)), (y1 - y0, x1 - x0))
+    low, span = float(inside.min()), float(inside.max() - inside.min())
+    if span > 0:  # (scaled once placed: the image's own pixels reach 255 at the map's maximum)
+        out[y0:y1, x0:x1] = np.clip(np.rint((inside - low) * (255 / span)), 0, 255).astype(np.uint8)
     return out
 
 

@@ -470,21 +470,30 @@ def write_outputs(run_dir: Path, outcome: Outcome, ran_on: tuple[str, str], star
     logits = outcome.val_logits
     logits = logits.detach().float().cpu().numpy() if hasattr(logits, "detach") else np.asarray(logits, np.float32)
     task = trained_task(outcome)
-    summary = worker.write_evaluation(run_dir, [s.path for s in split.val], y_val, logits,
-                                      split.classes, {"skipped_files": split.skipped, "data_health": health},
-                                      task.to_dict(), outcome.val_ood,
-                                      outcome.ood.threshold if outcome.ood is not None else None)
-    metrics.write_history_csv(run_dir / "metrics.csv", fit.history, fit.unit)  # config.yaml is already there
 
     def label(s):
         return list(s.labels) if task.multi else s.label
 
-    write_json(run_dir / "split.json", {
+    write_json(run_dir / "split.json", {  # (first: converting the model to explain checks it on these images)
         "val_source": split.val_source, "seed": cfg.seed, "val_fraction": cfg.val_fraction,
         "classes": split.classes, "task": task.to_dict(),
         "train": [[s.path, label(s)] for s in split.train],
         "val": [[s.path, label(s)] for s in split.val],
     })
+    paths = [s.path for s in split.val]
+    evaluated = worker.submit_evaluation(run_dir, paths, y_val, logits, split.classes,
+                                         {"skipped_files": split.skipped, "data_health": health}, task.to_dict(),
+                                         outcome.val_ood, outcome.ood.threshold if outcome.ood is not None else None)
+    if not cfg.no_report:  # the heatmaps of the most confidently wrong images, while the worker evaluates
+        from ..evaluation.explained import report_heatmaps
+        from ..evaluation.rows import as_records, prediction_rows
+
+        with _own_rng():  # (building the model to explain draws initial weights: not from the caller's stream)
+            report_heatmaps(run_dir, run_dir, worker.warn, rows=as_records(*prediction_rows(
+                paths, y_val, logits, split.classes, task, outcome.val_ood)), multi=task.multi)
+    summary = evaluated()
+    metrics.write_history_csv(run_dir / "metrics.csv", fit.history, fit.unit)  # config.yaml is already there
+
     results = {
         "val_acc": summary["accuracy"],
         "cv": cross_validation(outcome),
@@ -523,10 +532,6 @@ def write_outputs(run_dir: Path, outcome: Outcome, ran_on: tuple[str, str], star
     }
     write_json(run_dir / "results.json", results)
     if not cfg.no_report:
-        from ..evaluation.explained import report_heatmaps
-
-        with _own_rng():  # (building the model to explain draws initial weights: not from the caller's stream)
-            report_heatmaps(run_dir, run_dir, worker.warn)
         worker.render(run_dir)  # plots, misclassified.csv, report.html
     return results
 

@@ -1,0 +1,49 @@
+"""The rows of predictions.csv, made from a model's validation logits with NumPy alone: the
+report process writes them (`report.write_evaluation`), and the run's own process ranks the same
+rows to explain the most confidently wrong images while that process is still busy
+(`explained.report_heatmaps`), so both see identical rows."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..task import Task
+from .metrics import image_losses
+
+
+def prediction_rows(paths: list[str], y_true: np.ndarray, logits, classes: list[str], task: Task,
+                    ood: np.ndarray | None = None) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of predictions.csv: path, actual, predicted, the predicted class's
+    probability and the actual class's (calibrated: the task's temperature or thresholds);
+    multi-label: the true and predicted sets joined by the task's delimiter, the highest class
+    probability, the lowest among the true classes, and the image's log loss; then `ood_score`
+    where the model has one."""
+    probs = task.probabilities(np.asarray(logits)).astype(np.float64)
+    ood_header = [] if ood is None else ["ood_score"]
+
+    def ood_cell(i: int) -> list[str]:
+        return [] if ood is None else ["" if not np.isfinite(ood[i]) else f"{ood[i]:.6f}"]
+
+    if task.multi:
+        pred, losses, joined = task.decide(probs), image_losses(y_true, probs), task.joiner.join
+        return (["path", "actual", "predicted", "probability", "actual_probability", "loss"] + ood_header,
+                [[path, joined(classes[c] for c in np.flatnonzero(t)), joined(classes[c] for c in np.flatnonzero(q)),
+                  f"{row.max():.6f}", f"{row[t > 0].min() if t.any() else 1.0:.6f}", f"{loss:.6f}", *ood_cell(i)]
+                 for i, (path, t, q, row, loss) in enumerate(zip(paths, y_true, pred, probs, losses))])
+    y_pred = probs.argmax(1)
+    return (["path", "actual", "predicted", "probability", "actual_probability"] + ood_header,
+            [[path, classes[t], classes[p], f"{row[p]:.6f}", f"{row[t]:.6f}", *ood_cell(i)]
+             for i, (path, t, p, row) in enumerate(zip(paths, y_true, y_pred, probs))])
+
+
+def as_records(header: list[str], rows: list[list[str]]) -> list[dict]:
+    """The rows as `report.read_predictions` reads them back from the file (numbers parsed)."""
+    return [parsed(dict(zip(header, row))) for row in rows]
+
+
+def parsed(record: dict) -> dict:
+    """A row of predictions.csv with its numbers parsed (in place)."""
+    record["probability"], record["actual_probability"] = float(record["probability"]), float(record["actual_probability"])
+    if "loss" in record:  # multi-label
+        record["loss"] = float(record["loss"])
+    return record
