@@ -104,8 +104,10 @@ def test_two_processes_train_as_one_with_the_global_batch(data, network, precisi
     # the reference features the OOD score compares with: the same images through those weights
     assert reference_difference(run, tmp_path / "one") < max(1e-4, 10 * steps * lr * eps(precision))
     assert one.results["best_epoch"] == results["best_epoch"]
-    # a val loss (about 0.7 here) computed through bf16 activations: a few eps of itself
-    assert _val_losses(run) == pytest.approx(_val_losses(tmp_path / "one"), abs=max(2e-5, 2 * eps(precision)))
+    # a val loss (about 0.7 here) computed through bf16 activations: a few eps of itself; in fp32 the
+    # weights' float noise (two processes of one thread against one of two: other summation orders)
+    # moved it by up to 2.6e-5 on an AVX-512 CPU (Zen 4), hence 1e-4
+    assert _val_losses(run) == pytest.approx(_val_losses(tmp_path / "one"), abs=max(1e-4, 2 * eps(precision)))
 
 
 def test_sharded_features_fit_the_same_head(data, tmp_path):

@@ -588,7 +588,9 @@ def head_choice(cfg: TrainConfig, f) -> HeadChoice:
 # The cross-validation's result is kept in the feature cache under a digest of exactly what it
 # saw (the features, labels, options and this version), so a warm run with the same images does
 # not cross-validate again.
-HEAD_CHOICE_VERSION = 4  # 3: folds keep near-identical images together; 4: chosen by log loss, repeated folds
+# 3: folds keep near-identical images together; 4: chosen by log loss, repeated folds; 5: all folds as
+# one problem standardized with all rows' statistics, further draws for the contenders only (#41)
+HEAD_CHOICE_VERSION = 5
 
 
 def _choice_key(f, key: tuple) -> str:
