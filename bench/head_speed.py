@@ -93,7 +93,9 @@ def child(npz: str, sizes: list[int]) -> dict:
         out["sizes"][n] = {"wall_s": time.perf_counter() - start, "cpu_s": _cpu() - cpu,
                            "choice": [choice.features, choice.scaling, choice.weight_decay]}
     x, y = d["xt"], d["yt"]
+    start, cpu = time.perf_counter(), _cpu()
     choice = heads.select_head(x, y, k, widths, 0, last_width=widths["last"])
+    out["all"] = {"rows": len(y), "wall_s": time.perf_counter() - start, "cpu_s": _cpu() - cpu}
     w = widths[choice.features]
     cfg = dataclasses.replace(TrainConfig(), weight_decay=choice.weight_decay)
     result, _ = heads.fit_logistic(cfg, k, x[:, :w], y, d["xv"][:, :w], d["yv"], None, choice.scaling)
@@ -150,11 +152,13 @@ def main() -> None:
         print("| training rows | extraction s (n x ms/image) | choice wall s | CPU s | ratio (goal <= 0.10) |"
               + (" baseline wall s | this / baseline |" if base else "") + " chosen |")
         print("|---:|---:|---:|---:|---:|" + ("---:|---:|" if base else "") + "---|")
-        for n in sizes:
-            r, extraction = ours["sizes"][str(n)], n * ext["s_per_image"]
-            line = f"| {n} | {extraction:.1f} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {r['wall_s'] / extraction:.3f} |"
-            if base:
-                b = base["sizes"][str(n)]
+        rows = [(str(n), n, ours["sizes"][str(n)], base["sizes"][str(n)] if base else None) for n in sizes]
+        rows.append((f"all ({ours['all']['rows']})", ours["all"]["rows"], {**ours["all"], "choice": ours["choice"]},
+                     base["all"] if base else None))
+        for label, n, r, b in rows:
+            extraction = n * ext["s_per_image"]
+            line = f"| {label} | {extraction:.1f} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {r['wall_s'] / extraction:.3f} |"
+            if b:
                 line += f" {b['wall_s']:.2f} | {r['wall_s'] / b['wall_s']:.2f}x |"
             print(line + f" {'/'.join(map(str, r['choice']))} |")
         plain = probe(ext["npz"])

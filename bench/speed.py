@@ -301,20 +301,27 @@ def engine_floor(cache: Path, batch: int = 32, seconds: float = 5.0) -> float | 
     """The engine's own images/s on this CPU: ONNX Runtime on the backbone the cache converted
     (the largest .onnx under cache/engines: the multi-layer network of the default run), random
     input at batch 32, with the threads transferkit gives it; None where nothing was converted."""
+    import struct
+
     import numpy as np
     import onnxruntime as ort
 
+    from transferkit import files
+    from transferkit.engines.convert import MAGIC
     from transferkit.engines.cpu import usable_cores
 
     found = sorted((cache / "engines").glob("*.onnx"), key=lambda p: p.stat().st_size)
     if not found:
         return None
+    body = files.read_checked(found[-1], MAGIC)  # (a checked blob: its facts, then the ONNX model)
+    (size,) = struct.unpack_from("<I", body)
     options = ort.SessionOptions()
     options.intra_op_num_threads = usable_cores()
-    session = ort.InferenceSession(str(found[-1]), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(body[4 + size:], options, providers=["CPUExecutionProvider"])
     spec = session.get_inputs()[0]
     shape = [batch if not isinstance(d, int) else d for d in spec.shape]
-    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    rng = np.random.default_rng(0)  # (the conversions take the decoded uint8 images: normalization is in the graph)
+    x = rng.integers(0, 256, shape, dtype=np.uint8) if "uint8" in spec.type else rng.random(shape, dtype=np.float32)
     session.run(None, {spec.name: x})  # warm-up
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
