@@ -265,8 +265,12 @@ def _one_blas_thread(small: bool):
 def _cross_validate(xs: np.ndarray, yn: np.ndarray, num_classes: int, widths: dict[str, int], grid: tuple,
                     balanced: bool, draws: list, shards: Shards | None) -> list[dict]:
     """Every candidate's rows (`HeadChoice.table`), each with the number of splits it averages."""
+    coordinates: dict[tuple[int, str], np.ndarray] = {}  # (the same for every draw of the folds)
+
     def path(width: int, scaling: str, splits: list):
-        return _folds_path(xs[:, :width], yn, num_classes, grid[0], balanced, splits, scaling, shards)
+        if (width, scaling) not in coordinates:
+            coordinates[(width, scaling)] = _coordinates(xs[:, :width], scaling, shards)
+        return _folds_path(coordinates[(width, scaling)], yn, num_classes, grid[0], balanced, splits, shards)
 
     # the first draw of the folds: every candidate's penalty path, strongest penalty first, each
     # fold warm-started from its previous solution; weaker penalties cost the most iterations, so
@@ -327,22 +331,26 @@ def _contenders(found: dict[tuple, dict[float, np.ndarray]]) -> list[tuple]:
     return out
 
 
-def _folds_path(x: np.ndarray, y: np.ndarray, k: int, first: float, balanced: bool, splits: list, scaling: str,
-                shards: Shards | None = None):
-    """The penalty path of every split at once (`logistic.Folds`): the rows standardized with the
-    statistics of all the cross-validated rows (no labels in them: what a fold's own rows give, to
-    a few rows' difference) and, with fewer rows than features, put in coordinates of their span
-    (`_in_span`: one basis for every split, instead of one SVD per split, 60 of them, 70% of the
-    choice's time before). `shards`: `x` and `y` are this process's rows; the statistics and
-    every sum are the group's (`sharded_standardizer`, `Folds`' allreduce), the same numbers as
-    one process holding every row, to float round-off. Returns penalty -> each split's
-    (log loss, accuracy)."""
+def _coordinates(x: np.ndarray, scaling: str, shards: Shards | None = None) -> np.ndarray:
+    """The cross-validated rows standardized with the statistics of all of them (no labels in
+    them: what a fold's own rows give, to a few rows' difference) and, with fewer rows than
+    features, put in coordinates of their span (`_in_span`: one basis for every split, instead of
+    one SVD per split, 60 of them, 70% of the choice's time before). `shards`: `x` is this
+    process's rows, the statistics the group's (`sharded_standardizer`)."""
     if shards is not None:
         mean, std = sharded_standardizer(x, scaling, shards.group.sum)
-        z = (x - mean) / std
-    else:
-        mean, std = standardizer(x, scaling)
-        z, _ = _in_span((x - mean) / std, x[:0])
+        return (x - mean) / std
+    mean, std = standardizer(x, scaling)
+    z, _ = _in_span((x - mean) / std, x[:0])
+    return z
+
+
+def _folds_path(z: np.ndarray, y: np.ndarray, k: int, first: float, balanced: bool, splits: list,
+                shards: Shards | None = None):
+    """The penalty path of every split at once (`logistic.Folds`) on the rows `z` (`_coordinates`).
+    `shards`: `z` and `y` are this process's rows; every sum is the group's (`Folds`' allreduce),
+    the same numbers as one process holding every row, to float round-off. Returns penalty ->
+    each split's (log loss, accuracy)."""
     problem = Folds(z, y, k, first, balanced, [fold_of != f for fold_of, f in splits],
                     shards.group.sum if shards is not None else None)
     test = [fold_of == f for fold_of, f in splits]
