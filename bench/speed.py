@@ -301,23 +301,19 @@ def engine_floor(cache: Path, batch: int = 32, seconds: float = 5.0) -> float | 
     """The engine's own images/s on this CPU: ONNX Runtime on the backbone the cache converted
     (the largest .onnx under cache/engines: the multi-layer network of the default run), random
     input at batch 32, with the threads transferkit gives it; None where nothing was converted."""
-    import struct
-
     import numpy as np
     import onnxruntime as ort
 
-    from transferkit import files
-    from transferkit.engines.convert import MAGIC
+    from transferkit.engines.convert import read_converted
     from transferkit.engines.cpu import usable_cores
 
     found = sorted((cache / "engines").glob("*.onnx"), key=lambda p: p.stat().st_size)
-    if not found:
+    converted = read_converted(found[-1]) if found else None
+    if converted is None:
         return None
-    body = files.read_checked(found[-1], MAGIC)  # (a checked blob: its facts, then the ONNX model)
-    (size,) = struct.unpack_from("<I", body)
     options = ort.SessionOptions()
     options.intra_op_num_threads = usable_cores()
-    session = ort.InferenceSession(body[4 + size:], options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(converted.model, options, providers=["CPUExecutionProvider"])
     spec = session.get_inputs()[0]
     shape = [batch if not isinstance(d, int) else d for d in spec.shape]
     rng = np.random.default_rng(0)  # (the conversions take the decoded uint8 images: normalization is in the graph)

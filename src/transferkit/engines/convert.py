@@ -85,7 +85,7 @@ def lookup(network: Network, cache, say=None) -> Converted | None:
     `say` told), so that it is rebuilt."""
     path = cache.engine_file(network.key())
     try:
-        body = files.read_checked(path, MAGIC)
+        return read_converted(path)
     except files.CorruptBlob:
         if say:
             say(f"warning: the cached conversion {path} failed its checksum: converting again")
@@ -93,6 +93,12 @@ def lookup(network: Network, cache, say=None) -> Converted | None:
         return None
     except OSError:
         return None
+
+
+def read_converted(path: Path) -> Converted | None:
+    """The conversion stored at `path` (its facts, then the ONNX model), None where there is none
+    or it does not parse. Raises `files.CorruptBlob` (a failed checksum) and OSError."""
+    body = files.read_checked(path, MAGIC)
     if body is None:
         return None
     try:
