@@ -4,6 +4,7 @@ damaged), and the hot paths that never import torch."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -55,7 +56,9 @@ def test_auto_picks_onnxruntime_on_every_cpu_and_says_why(monkeypatch):
         engines.choose("onnxruntime", "cpu", "bf16")
     with pytest.raises(UserError, match="runs on the CPU"):
         engines.choose("onnxruntime", "cuda", "auto")
-    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)  # onnxruntime not installed
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr("importlib.util.find_spec",  # onnxruntime not installed
+                        lambda name, *args: None if name == "onnxruntime" else find_spec(name, *args))
     assert "not installed" in engines.choose("auto", "cpu", "auto").reason
 
 

@@ -104,16 +104,17 @@ def test_answers_equal_predict_for_the_bundle_and_the_onnx_file(served, kind, en
     assert 0 <= info["metrics"]["val_acc"] <= 1 and info["batching"]["images"] == len(paths) + 1
 
 
-def test_a_bundle_is_converted_once_and_falls_back_to_pytorch_when_it_cannot_be(served, monkeypatch):
+def test_a_bundle_is_converted_once_and_falls_back_to_pytorch_when_it_cannot_be(served, monkeypatch, tmp_path):
     import torch
 
     from transferkit.cache import Cache
     from transferkit.engines import ort
 
     monkeypatch.setenv("TRANSFERKIT_CACHE", str(served["cache"]))  # converted already by the parity test
-    first, _, _ = ort.converted_bundle(served["run"], Cache())
+    run = shutil.copytree(served["run"], tmp_path / "run", ignore=shutil.ignore_patterns("converted"))
+    first, _, _ = ort.converted_bundle(run, Cache())  # (the copy carries no conversion of its own)
     said = []
-    again, _, _ = ort.converted_bundle(served["run"], Cache(), say=said.append)
+    again, _, _ = ort.converted_bundle(run, Cache(), say=said.append)
     assert again.path == first.path and again.model == first.model and said == []  # cached
     assert again.facts["checked_on"] == ort.CHECK_IMAGES  # on the run's validation images (it has 9)
     first.path.unlink()
@@ -122,12 +123,12 @@ def test_a_bundle_is_converted_once_and_falls_back_to_pytorch_when_it_cannot_be(
         raise RuntimeError("unsupported operator")
 
     monkeypatch.setattr(torch.onnx, "export", broken)
-    model = ServedModel(served["run"], say=said.append)
+    model = ServedModel(run, say=said.append)
     assert model.info["engine"] == "pytorch" and "converting" in said[0]
     assert said[1].startswith("warning: ONNX Runtime could not run it") and "unsupported operator" in said[1]
     assert not first.path.exists() and not list(first.path.parent.glob("*.tmp*"))  # nothing half-written
     with pytest.raises(UserError, match="--engine onnxruntime"):
-        ServedModel(served["run"], engine="onnx", say=said.append)
+        ServedModel(run, engine="onnx", say=said.append)
 
 
 def _bomb() -> bytes:

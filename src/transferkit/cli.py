@@ -12,7 +12,7 @@ from pathlib import Path
 from . import config
 from .config import (DoctorOptions, ExportOptions, LRFindOptions, PredictOptions, ServeOptions, StudioOptions,
                      SummaryOptions, TrainConfig)
-from .errors import Terminated, UserError, os_error_line
+from .errors import Terminated, UserError, extra_line, missing_training_module, os_error_line
 from .console import printable
 
 _TYPES = {"int": int, "float": float, "str": str}
@@ -614,6 +614,12 @@ def main(argv: list[str] | None = None) -> int:
         return handlers[args.command](args)
     except UserError as exc:
         print(printable(f"error: {exc}", lines=False), file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # the light install: what needs the train extra says so
+        module = missing_training_module(exc)
+        if module is None:
+            raise
+        print(printable(f"error: {extra_line(f'transferkit {args.command}', module)}", lines=False), file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
         import os

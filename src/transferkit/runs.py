@@ -23,7 +23,11 @@ RUN_FILES = ("model.json", "results.json", "config.yaml", "checkpoint.pt")
 OUTPUT_FILES = ("model.safetensors", "model.json", "results.json", "metrics.json", "metrics.csv", "predictions.csv",
                 "misclassified.csv", "split.json", "report.html", "curves.png", "confusion_matrix.png",
                 "confusion_matrix_normalized.png", "predictions.png", "top_losses.png", "lr_find.png", "lr_find.json",
-                "tracking.json", "reliability.png", "pr_curves.png", "cooccurrence.png", "cooccurrence_predicted.png")
+                "tracking.json", "reliability.png", "pr_curves.png", "cooccurrence.png", "cooccurrence_predicted.png",
+                "heatmaps.json")
+# folders of a run's own files, each with the pattern of its files: the report's heatmaps and the
+# model's conversions (`engines.convert.carry`)
+OWN_FOLDERS = {"heatmaps": "[0-9][0-9][0-9].jpg", "converted": "*.tkx"}
 SORT_KEYS = ("when", "name", "val_acc", "balanced_accuracy", "val_map", "wall_s", "cpu_s", "size_mb")
 
 
@@ -114,6 +118,20 @@ def read_run(folder: Path) -> RunRow:
     return row
 
 
+def remove_own_folders(folder: Path) -> None:
+    """The run's files in its own folders (`OWN_FOLDERS`), and each folder if that empties it
+    (anything else put there is kept)."""
+    for name, pattern in OWN_FOLDERS.items():
+        sub = folder / name
+        if sub.is_dir() and not sub.is_symlink():
+            for path in sub.glob(pattern):
+                path.unlink(missing_ok=True)
+            try:
+                sub.rmdir()
+            except OSError:
+                pass
+
+
 def remove_run(folder: Path) -> list[str]:
     """Delete the run in `folder`: the files and folders transferkit wrote there (its outputs,
     config.yaml, a checkpoint, export/, eval-*/, tensorboard/), then the folder if nothing else is
@@ -126,6 +144,7 @@ def remove_run(folder: Path) -> list[str]:
         raise UserError(f"{folder} is not a run folder")
     for name in (*OUTPUT_FILES, "config.yaml", "checkpoint.pt", OWN_MARKER):
         (folder / name).unlink(missing_ok=True)
+    remove_own_folders(folder)
     for sub in [folder / "export", folder / "tensorboard", *folder.glob("eval-*")]:
         if sub.is_dir() and not sub.is_symlink() and (sub.name == "tensorboard" or is_own_output(sub)):
             shutil.rmtree(sub)

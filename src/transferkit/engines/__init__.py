@@ -102,6 +102,9 @@ def choose(engine: str = "auto", device: str = "auto", precision: str = "auto", 
 
 
 def _torch_choice(device: str, precision: str, reason: str) -> Choice:
+    from ..errors import require_torch
+
+    require_torch(f"running on PyTorch ({reason})")  # (the light install: one line naming the extra)
     from ..runtime import Runtime
 
     runtime = Runtime.create(device, precision)
@@ -109,7 +112,7 @@ def _torch_choice(device: str, precision: str, reason: str) -> Choice:
 
 
 def _cuda_available() -> bool:
-    if not cpu.cuda_driver_present():
+    if not cpu.cuda_driver_present() or importlib.util.find_spec("torch") is None:
         return False
     import torch
 

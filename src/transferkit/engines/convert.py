@@ -8,6 +8,12 @@ a run's validation images): a conversion that disagrees is never stored, and the
 back to PyTorch. It is stored as one checksummed file (`files.write_checked`): the facts of the
 check, then the ONNX model; a file that fails its checksum is rebuilt, with one line, and never
 loaded. Reading a stored conversion imports no torch.
+
+A run folder carries its own conversions (`carry`, in RUN/converted/): what its inference needs
+(its frozen backbone's features network, or its whole model; its maps network when one was
+made), so that it predicts, serves and is evaluated where torch is not installed (the light
+install) and the cache is empty. Those are matched by what they are a conversion of
+(`Network.identity`), not by the versions of the packages that made them.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ MAGIC = b"TKX1"
 # outputs' scale: measured 2e-6 for Lite0's features and logits; float reordering, not an error.
 TOLERANCE = 1e-4
 _PACKAGES = ("torch", "timm", "onnx", "onnxruntime")
+CARRIED = "converted"  # a run folder's own conversions: RUN/converted/<kind>.tkx
 
 
 class ConversionError(UserError):
@@ -50,6 +57,7 @@ class Network:
     pre: object = None  # a features network's models.preprocess.Preprocess (its mean and std)
     meta: dict | None = None
     label: str = "the network"  # for messages
+    run_dir: Path | None = None  # a run folder whose own conversion of this network may serve (`carried`)
 
     def key(self) -> dict:
         from .. import __version__
@@ -57,11 +65,17 @@ class Network:
         return {"format": FORMAT, "opset": OPSET, "kind": self.kind, "transferkit": __version__,
                 "versions": {p: _version(p) for p in _PACKAGES}, **self.ident}
 
+    def identity(self) -> dict:
+        """What a conversion is of, whichever versions made it (the key less the versions): how a
+        run folder's own conversion is matched. As JSON gives it back (tuples are lists)."""
+        return json.loads(json.dumps({"format": FORMAT, "opset": OPSET, "kind": self.kind, **self.ident}))
 
-def features_network(ident: dict, build: Callable, pre, backbone: str) -> Network:
+
+def features_network(ident: dict, build: Callable, pre, backbone: str, run_dir: Path | None = None) -> Network:
     """The features network of a backbone (`ident`: {"features": its features' cache key,
-    "multi": whether earlier stages' pooled activations follow the last layer's})."""
-    return Network("features", ident, build, pre=pre, label=f"{backbone}'s backbone")
+    "multi": whether earlier stages' pooled activations follow the last layer's}); `run_dir`: a
+    run folder fitted on these features, whose own conversion may serve."""
+    return Network("features", ident, build, pre=pre, label=f"{backbone}'s backbone", run_dir=run_dir)
 
 
 @dataclass
@@ -81,18 +95,50 @@ def _version(package: str) -> str:
 
 
 def lookup(network: Network, cache, say=None) -> Converted | None:
-    """The stored conversion of `network`, or None. One that fails its checksum is removed (and
-    `say` told), so that it is rebuilt."""
+    """The stored conversion of `network`, or None: the cache's, else the one its run folder
+    carries (`carry`) if it is of this network. A cached one that fails its checksum is removed (and `say`
+    told), so that it is rebuilt; a carried one is never changed (a damaged one: told, not used)."""
     path = cache.engine_file(network.key())
     try:
-        return read_converted(path)
+        found = read_converted(path)
     except files.CorruptBlob:
         if say:
             say(f"warning: the cached conversion {path} failed its checksum: converting again")
         path.unlink(missing_ok=True)
-        return None
+        found = None
     except OSError:
+        found = None
+    return found if found is not None or network.run_dir is None else carried(network, network.run_dir, say)
+
+
+def carried_file(run_dir: Path, kind: str) -> Path:
+    return Path(run_dir) / CARRIED / f"{kind}.tkx"
+
+
+def carried(network: Network, run_dir: Path, say=None) -> Converted | None:
+    """The conversion of `network` that the run folder `run_dir` carries, or None (none, another
+    network's, or a damaged file: `say` is told of that one)."""
+    path = carried_file(run_dir, network.kind)
+    try:
+        found = read_converted(path)
+    except (files.CorruptBlob, OSError) as exc:
+        if say and not isinstance(exc, FileNotFoundError):
+            say(f"warning: {path} is damaged ({type(exc).__name__}): not used")
         return None
+    if found is None or found.facts.get("identity") != network.identity():
+        return None
+    return found
+
+
+def carry(converted: Converted, network: Network, run_dir: Path) -> Path:
+    """A copy of `converted` (the conversion of `network`) kept in the run folder, with what it is
+    a conversion of; written atomically. Returns its path."""
+    facts = {k: v for k, v in converted.facts.items() if k != "identity"} | {"identity": network.identity()}
+    head = json.dumps(facts).encode()
+    path = carried_file(run_dir, network.kind)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    files.write_checked(path, MAGIC, struct.pack("<I", len(head)) + head + converted.model)
+    return path
 
 
 def read_converted(path: Path) -> Converted | None:
@@ -116,6 +162,9 @@ def convert(network: Network, example: np.ndarray, cache, say=None) -> Converted
     import io
     import warnings
 
+    from ..errors import require_torch
+
+    require_torch(f"converting {network.label} for ONNX Runtime")
     import torch
 
     if say:

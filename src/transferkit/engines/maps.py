@@ -27,21 +27,15 @@ def maps_network(meta, run_dir: Path) -> Network:
         return WithMaps(backbone, meta.preprocess.input_size)
 
     return Network("maps", {"maps": meta.frozen_features, "version": MAPS_VERSION}, build, pre=meta.preprocess,
-                   label=f"{meta.backbone}'s backbone (with its spatial maps)")
+                   label=f"{meta.backbone}'s backbone (with its spatial maps)", run_dir=run_dir)
 
 
 def maps_session(meta, run_dir: Path, cache, threads: int = 0, say=None):
     """(an ONNX Runtime session of the run's maps network, whether its class maps are exact)."""
-    import numpy as np
-
-    from .ort import check_images
+    from .ort import check_pixels
 
     network = maps_network(meta, run_dir)
     found = lookup(network, cache, say)
     if found is None:
-        p = meta.preprocess
-        example = check_images(run_dir, meta)  # normalized float32: back to the uint8 the graph takes
-        u8 = np.clip(np.rint((example * np.asarray(p.std, np.float32).reshape(1, 3, 1, 1)
-                              + np.asarray(p.mean, np.float32).reshape(1, 3, 1, 1)) * 255), 0, 255).astype(np.uint8)
-        found = convert(network, u8, cache, say)
+        found = convert(network, check_pixels(run_dir, meta), cache, say)
     return session(found.model, threads), bool(found.facts.get("exact"))

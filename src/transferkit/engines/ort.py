@@ -7,7 +7,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import MissingExtra, UserError
 from ..prediction.base import BasePredictor
 from . import Choice, Engine, fallback, register
 from .convert import Converted, Network, convert, features_network, lookup, session
@@ -36,6 +36,8 @@ class OrtExtractor:
         try:
             found = found or convert(self.network, first[:CHECK_IMAGES], self.cache, self.say)
             self._session = session(found.model)
+        except MissingExtra:  # (the light install converts nothing: no fallback either)
+            raise
         except UserError as exc:  # ConversionError, or a stored conversion ONNX Runtime cannot load
             self._use_torch(str(exc))
             return
@@ -93,8 +95,8 @@ def bundle_network(run: str | Path) -> tuple[Network, object, Path]:
 
         return with_ood(bundle.load(run_dir)[0], bundle.read_ood(meta, run_dir))
 
-    return (Network("classifier", ident, build, meta=meta.export_metadata(), label=f"{run_dir.name}'s model"),
-            meta, run_dir)
+    return (Network("classifier", ident, build, meta=meta.export_metadata(), label=f"{run_dir.name}'s model",
+                    run_dir=run_dir), meta, run_dir)
 
 
 def check_images(run_dir: Path, meta, count: int = CHECK_IMAGES) -> np.ndarray:
@@ -117,6 +119,14 @@ def check_images(run_dir: Path, meta, count: int = CHECK_IMAGES) -> np.ndarray:
     if rows:
         return np.stack(rows)
     return np.random.default_rng(0).normal(0, 1, (2, 3, p.input_size, p.input_size)).astype(np.float32)
+
+
+def check_pixels(run_dir: Path, meta) -> np.ndarray:
+    """`check_images` as the uint8 pixels a features or maps network takes (it normalizes them)."""
+    p = meta.preprocess
+    example = check_images(run_dir, meta)
+    return np.clip(np.rint((example * np.asarray(p.std, np.float32).reshape(1, 3, 1, 1)
+                            + np.asarray(p.mean, np.float32).reshape(1, 3, 1, 1)) * 255), 0, 255).astype(np.uint8)
 
 
 def converted_bundle(run: str | Path, cache, say=None) -> tuple[Converted, object, Path]:
@@ -190,6 +200,50 @@ class HeadOnFeatures(BasePredictor):
         return logits, (self.ood.scores(features) if self.ood is not None else None)
 
 
+def frozen_network(meta, run_dir: Path) -> Network:
+    """The features network of the frozen backbone a run's head was fitted on (`meta.frozen_features`)."""
+
+    def build():
+        from ..models import bundle
+        from ..models.multilayer import multi_layer
+
+        backbone = bundle.load(run_dir)[0].backbone
+        if meta.frozen_features["multi"] and not getattr(backbone, "taps", None):
+            backbone = multi_layer(backbone, meta.backbone)
+        return backbone
+
+    return features_network(meta.frozen_features, build, meta.preprocess, meta.backbone, run_dir)
+
+
+def carry_networks(run: str | Path, cache, say=None) -> list[str]:
+    """Keep in the run folder the conversions its inference needs (`convert.carry`), so that it
+    predicts, serves and is evaluated without torch: a head on frozen features, its backbone's
+    features network (and its maps network, where one was made) as `bundle` runs it; any other
+    run, its whole model (from the cache, else converted now and checked on its val images).
+    Returns the kinds carried; raises `UserError` where the model does not convert."""
+    from ..models import bundle as bundles
+    from .convert import carry
+    from .maps import maps_network
+
+    meta, run_dir = bundles.read_meta(run)
+    found = None
+    if meta.frozen_features is not None:
+        network = frozen_network(meta, run_dir)
+        found = lookup(network, cache, say)
+    if found is None:
+        found, meta, run_dir = converted_bundle(run_dir, cache, say)
+        network = bundle_network(run_dir)[0]
+    carry(found, network, run_dir)
+    kinds = [network.kind]
+    if network.kind == "features":
+        maps = maps_network(meta, run_dir)
+        made = lookup(maps, cache, say)
+        if made is not None:
+            carry(made, maps, run_dir)
+            kinds.append(maps.kind)
+    return kinds
+
+
 def _head_on_features(meta, run_dir: Path, cache, threads: int, batch_size: int, tta: str, say=None):
     """`HeadOnFeatures` for a run fitted on frozen features whose conversion the cache holds,
     else None (then the run's model is converted whole)."""
@@ -199,7 +253,7 @@ def _head_on_features(meta, run_dir: Path, cache, threads: int, batch_size: int,
 
     if meta.frozen_features is None:
         return None
-    found = lookup(features_network(meta.frozen_features, None, meta.preprocess, meta.backbone), cache, say)
+    found = lookup(frozen_network(meta, run_dir), cache, say)
     if found is None:
         return None
     bundles.weights_sha256(meta, run_dir)  # a damaged model.safetensors is refused, as PyTorch's loader does

@@ -14,34 +14,41 @@ THUMB_SIDE = 320  # the overlays' longer side
 FOLDER, INDEX = "heatmaps", "heatmaps.json"
 
 
-def explainer(run: Path, predictor=None, say=None):
+def explainer(run: Path, predictor=None, say=None, cache=None):
     """What explains a run's images: `predictor` where it gives spatial maps, else the run's
     model on the default engine (a head on frozen features: ONNX Runtime, `engines.maps`), else
-    on PyTorch. The caller closes it (unless it is `predictor`)."""
+    on PyTorch (`cache`: where conversions are found and kept; None: the default cache). The
+    caller closes it (unless it is `predictor`)."""
     from .. import engines
+
+    from ..models.bundle import read_meta
 
     if predictor is not None and predictor.can_explain:
         return predictor
-    found = engines.load_bundle(run, say=say)
-    if found.can_explain:
-        return found
-    found.close()
-    return engines.load_bundle(run, "torch", say=say)
+    if read_meta(run)[0].frozen_features is not None:  # (a whole model converted for ONNX Runtime has no maps)
+        found = engines.load_bundle(run, say=say, cache=cache)
+        if found.can_explain:
+            return found
+        found.close()
+    from ..errors import require_torch
+
+    require_torch("explaining a fine-tuned model (its maps come from PyTorch)")
+    return engines.load_bundle(run, "torch", say=say, cache=cache)
 
 
 def report_heatmaps(out_dir: Path, run: Path, warn=None, say=None, rows: list[dict] | None = None,
-                    multi: bool = False) -> None:
+                    multi: bool = False, cache=None) -> None:
     """The report's heatmaps in `out_dir` (a run or eval folder) by the model of `run`, when
     something there is wrong (else no model is loaded); a model that cannot explain: one warning.
     `say`: told of a conversion. `rows` (and `multi`): the rows of predictions.csv
-    (`rows.prediction_rows`), when it is not written yet."""
+    (`rows.prediction_rows`), when it is not written yet. `cache`: as `explainer`'s."""
     from ..errors import UserError
 
     wrong = to_explain(out_dir, rows=rows, multi=multi)
     if not wrong:
         return
     try:
-        with explainer(run, say=say) as predictor:
+        with explainer(run, say=say, cache=cache) as predictor:
             explain_wrong(out_dir, predictor, warn, wrong=wrong)
     except UserError as exc:
         if warn:

