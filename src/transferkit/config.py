@@ -474,7 +474,8 @@ class DoctorOptions:
     """Options of `transferkit doctor`."""
 
     model: str = opt("efficientnet_lite0", "backbone whose features compare the images (train's default: the "
-                     "features are shared with train through the cache)")
+                     "features are shared with train through the cache), or a run folder fitted on frozen features: "
+                     "its backbone, as the run carries it (no torch needed)")
     out: str | None = opt(None, "folder for doctor.json and doctor.html (default: a new runs/doctor-<data> folder)")
     write_exclude: str | None = opt(None, "write the files it would leave out to this file, one per line, for "
                                     "`train --exclude` (never into DATA; an existing file only if doctor wrote it)")

@@ -303,23 +303,46 @@ def _out_dir(out: str | None, data: Path) -> Path:
     return fresh_dir(target)
 
 
+def _run_model(model: str):
+    """(meta, run folder) where --model names a run folder (one with model.json), else None; a
+    `UserError` for a run whose head was not fitted on frozen features (its backbone changed)."""
+    from ..models.bundle import read_meta
+
+    if not (Path(model).expanduser() / "model.json").is_file():
+        return None
+    meta, run_dir = read_meta(Path(model).expanduser())
+    if meta.frozen_features is None:
+        raise UserError(f"--model {model}: this run fine-tuned its backbone, so its features are not a frozen "
+                        "backbone's; give a run fitted on frozen features (linear, the default) or a backbone name")
+    return meta, run_dir
+
+
 def _features(data: Path, split, options: DoctorOptions, cache: Cache, console: Console, group=None):
     """The split's features as `train` (default strategy) extracts and caches them."""
     from .. import engines
     from ..engines.cpu import default_workers
+    from ..engines.ort import frozen_network
     from ..features.dataset import CachedFeatures, features_key
     from ..models import backbones
     from ..models.lazy import LazyClassifier, identify_weights
 
-    spec = backbones.get(options.model)
+    run = _run_model(options.model)
     # train's default choice for this split, so that both read the same cached features
     engine = engines.choose(options.engine, "auto", "auto", len(split.train) + len(split.val))
     console.info(f"features: {engine.line()}")
+    workers = default_workers() if options.workers is None else options.workers
+    if run is not None:  # a run folder: its frozen backbone's features, as it extracted (and carries) them
+        meta, run_dir = run
+        ident = meta.frozen_features
+        return CachedFeatures.for_key(split, ident["features"], ident["multi"], meta.preprocess, None, engine, cache,
+                                      console, 0, options.seed, max(1, workers), group,
+                                      sharded=group is not None and group.distributed, data=data,
+                                      network=frozen_network(meta, run_dir), backbone=meta.backbone).get(console)
+    spec = backbones.get(options.model)
     pre = spec.with_input_size(None)  # the linear default: the backbone's own size
     weights = identify_weights(spec, "imagenet")
     key = features_key(spec, "standard", weights.identity, pre, engine.precision)
     multi = spec.has_multi_layer  # as train's default (--features auto): one pass serves both
-    workers = default_workers() if options.workers is None else options.workers
     models = LazyClassifier(spec, len(split.classes), "imagenet", 0.0, cache.backbone_file(key), "standard",
                             "multi" if multi else "last")
     # in a torchrun group each process extracts and keeps its share (`doctor.sharded`)

@@ -33,15 +33,16 @@ def features_key(spec, stem: str, weights: str, pre, precision: str) -> str:
     return model_key(spec.name + ("+small-stem" if stem == "small" else ""), weights, pre.to_dict(), precision)
 
 
-def feature_extractor(engine: engines.Choice, key: str, multi: bool, pre, models: LazyClassifier, cache: Cache,
-                      console: Console):
+def feature_extractor(engine: engines.Choice, key: str, multi: bool, pre, models: LazyClassifier | None,
+                      cache: Cache, console: Console, network=None):
     """A factory of `engine`'s extractor of the backbone's features (the cache key `key`; `multi`:
     the earlier stages' too), called only when some features are missing: only then is the
-    network built (or its conversion read)."""
+    network built (or its conversion read). `network`: the features network (`engines.convert`),
+    where it is not `models`' backbone (a run's frozen one)."""
     from ..engines.convert import features_network
 
-    network = features_network({"features": key, "multi": multi}, lambda: models.get().backbone, pre,
-                               models.spec.name)
+    network = network or features_network({"features": key, "multi": multi}, lambda: models.get().backbone, pre,
+                                          models.spec.name)
 
     def say(message: str) -> None:
         if message.startswith("warning: "):
@@ -131,18 +132,20 @@ class CachedFeatures:
         self._features: Features | None = None
 
     @classmethod
-    def for_key(cls, split: DatasetSplit, key: str, multi: bool, pre: Preprocess, models: LazyClassifier,
+    def for_key(cls, split: DatasetSplit, key: str, multi: bool, pre: Preprocess, models: LazyClassifier | None,
                 engine: engines.Choice, cache: Cache, console: Console, aug_views: int = 0, seed: int = 0,
                 workers: int = 1, group: Group | None = None, sharded: bool = False,
-                data: str | os.PathLike | None = None) -> "CachedFeatures":
+                data: str | os.PathLike | None = None, network=None, backbone: str | None = None) -> "CachedFeatures":
         """The split's features under the cache key `key` (`features_key`), extracted by
-        `engine` from `models`' backbone where the cache lacks them: how train, auto's other
-        input size and doctor all ask for them. `sharded`: see `FeaturePass`. `data`: the
-        dataset's folder, under which `cache info` lists what its features take."""
-        about = None if data is None else {"data": os.path.abspath(data), "backbone": models.spec.name,
+        `engine` from `models`' backbone (or from `network`, the features network of `backbone`)
+        where the cache lacks them: how train, auto's other input size and doctor all ask for
+        them. `sharded`: see `FeaturePass`. `data`: the dataset's folder, under which `cache
+        info` lists what its features take."""
+        about = None if data is None else {"data": os.path.abspath(data), "backbone": backbone or models.spec.name,
                                            "input_size": pre.input_size, "precision": engine.precision}
         return cls(split, pre, cache.features(key), aug_views, seed, workers,
-                   feature_extractor(engine, key, multi, pre, models, cache, console), multi, group, about, sharded)
+                   feature_extractor(engine, key, multi, pre, models, cache, console, network), multi, group, about,
+                   sharded)
 
     def computed(self) -> Features | None:
         """The features if a strategy asked for them, else None (nothing is extracted here)."""
