@@ -4,6 +4,7 @@ damaged), and the hot paths that never import torch."""
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import subprocess
@@ -235,3 +236,40 @@ def test_decoding_streams_in_order_with_workers_and_leaves_none_behind(tmp_path)
     workers = list(half.pool._processes.values())
     half.close()
     assert all(not w.is_alive() for w in workers)
+
+
+def test_int8_features_are_an_engine_asked_for_by_name(tmp_path, monkeypatch, capsys):
+    """--engine onnxruntime-int8: the backbone quantized once on real photos (gated against fp32),
+    its features cached under their own key, the run predicting on that network (and carrying it);
+    never auto; refused, in one line, where INT8 features are unlike fp32's (tiny synthetic images)."""
+    from transferkit.engines import int8
+
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path / "cache"))
+    photos = Path(__file__).resolve().parents[1] / "samples" / "hymenoptera_small"
+    run = transferkit.train(photos, out=str(tmp_path / "int8"), engine="onnxruntime-int8", no_report=True)
+    said = capsys.readouterr()
+    assert "quantizing" in said.out + said.err
+    results = run.results
+    assert (results["engine"]["name"], results["engine"]["precision"]) == ("onnxruntime-int8", "int8")
+    carried = engines.convert.read_converted(run.path / "converted" / "features.tkx")
+    assert carried.facts["calibrated_on"] == int8.CALIBRATION and carried.facts["cosine_to_fp32"] >= int8.MIN_COSINE
+    assert engines.choose("auto", "cpu", "auto").engine == "onnxruntime"  # auto never picks INT8
+    again = transferkit.train(photos, out=str(tmp_path / "again"), engine="onnxruntime-int8", no_report=True)
+    said = capsys.readouterr()
+    assert "quantizing" not in said.out + said.err and again.results["strategy_info"]["features_computed"] == 0
+    assert again.results["val_acc"] == results["val_acc"]
+    with transferkit.load(run.path) as predictor:  # auto: the run's own INT8 network
+        assert predictor.engine.precision == "int8"
+        rows = [r for r in csv.DictReader((run.path / "predictions.csv").open())]
+        logits, _ = predictor.logits([r["path"] for r in rows])
+    assert [predictor.classes[i] for i in logits.argmax(1)] == [r["predicted"] for r in rows]
+    with pytest.raises(UserError, match="runs in INT8"):
+        engines.choose("onnxruntime-int8", "cpu", "bf16")
+
+    tiny = make_dataset(tmp_path / "tiny", classes=("blue", "red"), n_train=4, n_val=2)
+    fp32 = transferkit.train(tiny, out=str(tmp_path / "fp32"), image_size=64, quiet=True, no_report=True)
+    with transferkit.load(fp32.path, engine="onnxruntime-int8") as predictor:  # it does not quantize an fp32 run
+        assert predictor.engine.precision == "fp32"
+    assert main(["train", str(tiny), "--image-size", "64", "--engine", "onnxruntime-int8",
+                 "--out", str(tmp_path / "refused")]) == 2
+    assert "use --engine onnxruntime" in capsys.readouterr().err and not (tmp_path / "refused").exists()

@@ -147,7 +147,7 @@ def load(path: str | Path, device: str = "auto", precision: str = "auto", tta: s
     """Load a run folder's bundle as a predictor: ``.predict(images, top_k)`` takes paths, the
     files' bytes or PIL images. Use it as a context manager (or call ``close()``) to stop its
     decoding threads when done. `tta`: test-time augmentation (none | flip | flip-crops).
-    `engine`: auto | onnxruntime | torch (`engines.choose`; `images`, the number to predict,
+    `engine`: auto | onnxruntime | torch | onnxruntime-int8 (`engines.choose`; `images`, the number to predict,
     informs it); the predictor's ``engine`` says which runs it and why. On ONNX Runtime (a CPU's
     default) torch is imported only to convert a model the cache does not hold yet."""
     from . import engines

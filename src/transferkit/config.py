@@ -32,10 +32,13 @@ SCHEDULES = ("cosine", "onecycle", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
 FEATURES = ("auto", "last", "multi")
-ENGINES = ("auto", "onnxruntime", "torch", "onnx")  # what runs a network (engines.choose); onnx: onnxruntime
+# what runs a network (engines.choose); onnx: onnxruntime
+ENGINES = ("auto", "onnxruntime", "torch", "onnx", "onnxruntime-int8")
 ENGINE_HELP = ("what runs the frozen network: auto (ONNX Runtime in fp32 on a CPU, the network converted once, "
                "cached and checked against PyTorch: the same answers on every CPU; PyTorch on a GPU) | onnxruntime "
-               "| torch (bf16 where the CPU has it: faster with AMX, answers a little different)")
+               "| torch (bf16 where the CPU has it: faster with AMX, answers a little different) | onnxruntime-int8 "
+               "(features from the network quantized once, calibrated on training images: faster, answers differ "
+               "from fp32's)")
 TTA = ("none", "flip", "flip-crops")  # test-time augmentation (prediction.base): the views averaged per image
 
 

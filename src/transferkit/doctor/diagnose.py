@@ -322,7 +322,7 @@ def _features(data: Path, split, options: DoctorOptions, cache: Cache, console: 
     from .. import engines
     from ..engines.cpu import default_workers
     from ..engines.ort import frozen_network
-    from ..features.dataset import CachedFeatures, features_key
+    from ..features.dataset import CachedFeatures, features_key, int8_key
     from ..models import backbones
     from ..models.lazy import LazyClassifier, identify_weights
 
@@ -341,10 +341,11 @@ def _features(data: Path, split, options: DoctorOptions, cache: Cache, console: 
     spec = backbones.get(options.model)
     pre = spec.with_input_size(None)  # the linear default: the backbone's own size
     weights = identify_weights(spec, "imagenet")
-    key = features_key(spec, "standard", weights.identity, pre, engine.precision)
+    key = features_key(spec, "standard", weights.identity, pre, engine.precision.replace("int8", "fp32"))
     multi = spec.has_multi_layer  # as train's default (--features auto): one pass serves both
     models = LazyClassifier(spec, len(split.classes), "imagenet", 0.0, cache.backbone_file(key), "standard",
                             "multi" if multi else "last")
+    key = int8_key(engine, key, multi, pre, models, cache, [s.path for s in split.train], console, group)
     # in a torchrun group each process extracts and keeps its share (`doctor.sharded`)
     return CachedFeatures.for_key(split, key, multi, pre, models, engine, cache, console, 0, options.seed,
                                   max(1, workers), group, sharded=group is not None and group.distributed,

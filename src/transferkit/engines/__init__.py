@@ -12,6 +12,8 @@ PyTorch.
   from fp32's by up to 7% of their scale, which moved 4 of CIFAR-10's 1,000 val images
   (bench/same_answers.py): `auto` keeps the same answers, `--engine torch` takes the speed;
 - a CUDA GPU: PyTorch on it, in bf16 (fp16 where the GPU lacks bf16);
+- `--engine onnxruntime-int8`: features from the backbone quantized to INT8 (`int8`), faster,
+  not fp32's answers: asked for by name only;
 - `--engine torch|onnxruntime` forces one; `--precision bf16` means PyTorch (ONNX Runtime has no
   bf16 kernels on CPU); ONNX Runtime missing, or a network it cannot run, means PyTorch.
 
@@ -29,7 +31,7 @@ from ..errors import UserError
 from ..registry import Registry
 from . import cpu
 
-CHOICES = ("auto", "onnxruntime", "torch")
+CHOICES = ("auto", "onnxruntime", "torch", "onnxruntime-int8")
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,10 @@ def choose(engine: str = "auto", device: str = "auto", precision: str = "auto", 
     engine = normalized(engine)
     if engine not in CHOICES:
         raise UserError(f"--engine {engine}: choose from {', '.join(CHOICES)}")
+    if engine == "onnxruntime-int8":  # (asked for by name only: its answers are not fp32's)
+        from .int8 import choice
+
+        return choice(device, precision)
     if device.startswith("cuda") or (device == "auto" and engine != "onnxruntime" and _cuda_available()):
         if engine == "onnxruntime":
             raise UserError("--engine onnxruntime runs on the CPU: give --device cpu, or --engine torch for the GPU")
@@ -136,12 +142,29 @@ def load_bundle(run, engine: str = "auto", device: str = "auto", precision: str 
     say = say or (lambda message: None)
     choice = choose(engine, device, precision, images)
     cache = cache or Cache()
-    if choice.engine == "onnxruntime":
+    if choice.engine.startswith("onnxruntime"):
         try:
-            return choice.implementation.bundle(run, choice, tta, threads, cache.prepare(), say, batch_size)
+            return _as_fitted(choice.implementation.bundle(run, choice, tta, threads, cache.prepare(), say,
+                                                           batch_size))
         except ConversionError as exc:
-            if normalized(engine) == "onnxruntime":
-                raise UserError(f"--engine onnxruntime: {exc}") from None
+            if normalized(engine) != "auto":
+                raise UserError(f"--engine {normalized(engine)}: {exc}") from None
             choice = fallback(choice, str(exc))
             say(f"warning: {choice.reason}; running it with PyTorch {choice.precision}")
     return choice.implementation.bundle(run, choice, tta, threads, cache, say, batch_size)
+
+
+def _as_fitted(predictor):
+    """An ONNX Runtime predictor's `engine` as its network runs: a run's head fitted on INT8
+    features runs on that INT8 network (whichever CPU engine was asked for), any other run's
+    network in fp32 (`--engine onnxruntime-int8` quantizes the features a run is fitted on; it
+    does not quantize a model fitted on fp32's)."""
+    import dataclasses
+
+    int8 = "calibrated_on" in (getattr(predictor, "conversion", None) or {})
+    if int8 != (predictor.engine.precision == "int8"):
+        reason = ("the run was fitted on INT8 features: it runs on them" if int8 else
+                  "the run was fitted on fp32 features: its network runs in fp32 (export --formats int8 quantizes it)")
+        predictor.engine = dataclasses.replace(predictor.engine, engine="onnxruntime-int8" if int8 else "onnxruntime",
+                                               precision="int8" if int8 else "fp32", reason=reason)
+    return predictor

@@ -202,6 +202,11 @@ def convert(network: Network, example: np.ndarray, cache, say=None) -> Converted
              "output_width": int(expected.shape[-1]),
              "last_features": getattr(getattr(module, "net", None), "last_features", None),
              **getattr(module, "facts", {})}
+    return store(network, model, facts, cache)
+
+
+def store(network: Network, model: bytes, facts: dict, cache) -> Converted:
+    """Keep `model` (ONNX bytes) in the cache as the conversion of `network`, with `facts`."""
     head = json.dumps(facts).encode()
     path = cache.engine_file(network.key())
     path.parent.mkdir(parents=True, exist_ok=True)

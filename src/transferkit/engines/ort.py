@@ -33,6 +33,8 @@ class OrtExtractor:
 
     def _open(self, first: np.ndarray) -> None:
         found = lookup(self.network, self.cache, self.say)
+        if found is None and self.choice.precision == "int8":  # (quantized before the pass: `engines.int8`)
+            raise UserError(f"{self.network.label}'s INT8 network left the cache during this command: run it again")
         try:
             found = found or convert(self.network, first[:CHECK_IMAGES], self.cache, self.say)
             self._session = session(found.model)
@@ -46,6 +48,9 @@ class OrtExtractor:
 
     def _use_torch(self, why: str) -> None:
         from ..runtime import Extractor, Runtime
+
+        if self.choice.precision == "int8":  # (PyTorch has no such features: the run would mix two networks')
+            raise UserError(f"--engine {self.choice.engine}: {why}")
 
         choice = fallback(self.choice, why)
         self.say(f"warning: {self.network.label}: {choice.reason}; extracting with PyTorch {choice.precision}")

@@ -33,6 +33,21 @@ def features_key(spec, stem: str, weights: str, pre, precision: str) -> str:
     return model_key(spec.name + ("+small-stem" if stem == "small" else ""), weights, pre.to_dict(), precision)
 
 
+def int8_key(engine: engines.Choice, key: str, multi: bool, pre, models: LazyClassifier, cache: Cache,
+              paths: list[str], console: Console, group: Group | None = None) -> str:
+    """`key` (the backbone's fp32 features' key) where `engine` is not INT8; else the key of its
+    INT8 features, the network quantized first where the cache lacks it (`engines.int8`)."""
+    if engine is None or engine.precision != "int8":
+        return key
+    from ..engines import int8
+    from ..errors import UserError
+
+    if group is not None and group.distributed:
+        raise UserError(f"--engine {engine.engine} runs in one process: leave out --nproc (or torchrun)")
+    return int8.features_key(key, multi, lambda: models.get().backbone, pre, models.spec.name, cache, paths,
+                             console.info)
+
+
 def feature_extractor(engine: engines.Choice, key: str, multi: bool, pre, models: LazyClassifier | None,
                       cache: Cache, console: Console, network=None):
     """A factory of `engine`'s extractor of the backbone's features (the cache key `key`; `multi`:

@@ -32,7 +32,7 @@ from ..doctor.health import nearest_train, quick_health, warnings as health_warn
 from . import elastic
 from .checkpoint import load_checkpoint
 from .context import CachedFeatures, Context, Outcome
-from ..features.dataset import features_key
+from ..features.dataset import features_key, int8_key
 from .result import Run
 from .strategies.base import RECIPE_OPTIONS, STRATEGIES
 from ..tracking import RunEnd, RunStart, Tracking
@@ -273,8 +273,10 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
     # the engine that extracts features, chosen by the primary for the group (the same precision everywhere)
     images = len(split.train) * (1 + (cfg.aug_views or 0)) + len(split.val)
     engine = group.decide(lambda: engines.choose(cfg.engine, device, cfg.precision, images)) if uses_features else None
-    # (a network strategy's backbone weights are cached under its training precision's key)
-    key = features_key(spec, stem, weights.identity, pre, engine.precision if engine else _training_precision(device, cfg))
+    # (a network strategy's backbone weights are cached under its training precision's key; INT8
+    # features under their quantized network's, `int8_key` below)
+    key = features_key(spec, stem, weights.identity, pre, engine.precision.replace("int8", "fp32") if engine
+                       else _training_precision(device, cfg))
     workers = default_workers() if cfg.workers is None else cfg.workers
     # --features auto | multi: the earlier stages' pooled activations are extracted too (one pass)
     multi = cfg.features == "multi" or (cfg.features == "auto" and spec.has_multi_layer)
@@ -290,6 +292,7 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
         torch.manual_seed(cfg.seed)
     models = LazyClassifier(spec, len(split.classes), cfg.weights, cfg.dropout or 0.0, cache.backbone_file(key), stem,
                             "multi" if multi else "last", cfg.seed, cfg.drop_path or 0.0)
+    key = int8_key(engine, key, multi, pre, models, cache, [s.path for s in split.train], console, group)
     features = None
     if uses_features:
         # Images whose features are missing start decoding now, while the network is built, in at
@@ -357,8 +360,11 @@ def context_at(ctx: Context, pre) -> Context:
     engine = ctx.engine or ctx.group.decide(lambda: engines.choose(
         ctx.cfg.engine, ctx.group.device(ctx.cfg.device), ctx.cfg.precision,
         len(ctx.split.train) * (1 + (ctx.cfg.aug_views or 0)) + len(ctx.split.val)))
-    key = features_key(ctx.models.spec, ctx.models.stem, ctx.models.info.identity, pre, engine.precision)
+    key = features_key(ctx.models.spec, ctx.models.stem, ctx.models.info.identity, pre,
+                       engine.precision.replace("int8", "fp32"))
     multi = ctx.models.features == "multi"
+    key = int8_key(engine, key, multi, pre, ctx.models, ctx.cache, [s.path for s in ctx.split.train], ctx.console,
+                   ctx.group)
     features = CachedFeatures.for_key(ctx.split, key, multi, pre, ctx.models, engine, ctx.cache, ctx.console,
                                       ctx.cfg.aug_views or 0, ctx.cfg.seed, max(1, ctx.workers), ctx.group,
                                       sharded=ctx.features is not None and ctx.features.sharded, data=ctx.cfg.data)
