@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import transferkit
-from helpers import make_dataset
+from helpers import file_tree, make_dataset
 from light import light_command, light_env, light_site
 from transferkit.cli import main
 
@@ -127,3 +127,21 @@ def test_what_needs_torch_names_the_extra_in_one_line(made_elsewhere):
         assert proc.stderr.strip().endswith("pip install 'transferkit[train]'"), proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (made["root"] / "nope").exists() and not (made["root"] / "nope-export").exists()
+
+
+def test_what_a_run_carries_is_its_own(tmp_path, monkeypatch):
+    """--no-cache converts into a temporary cache, never the user's; training again into a run's
+    folder leaves none of the earlier run's conversions behind; deleting the run removes them."""
+    from transferkit.runs import remove_run
+
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path / "users-cache"))
+    data = make_dataset(tmp_path / "data", classes=("blue", "red"), n_train=4, n_val=2)
+    tiny = dict(model="squeezenet1_1", weights="none", image_size=32, quiet=True)
+    run = transferkit.train(data, out=str(tmp_path / "run"), **tiny).path
+    assert {p.name for p in (run / "converted").iterdir()} >= {"features.tkx"}
+    before = file_tree(tmp_path / "users-cache")
+    transferkit.train(data, out=str(run), strategy="finetune", epochs=1, no_cache=True, **tiny)
+    assert {p.name for p in (run / "converted").iterdir()} == {"classifier.tkx"}
+    assert file_tree(tmp_path / "users-cache") == before  # its conversion went into a temporary cache
+    (run / "notes.txt").write_text("mine")
+    assert remove_run(run) == ["notes.txt"]  # the user's file stays; every file of the run is gone

@@ -495,15 +495,18 @@ def write_outputs(run_dir: Path, outcome: Outcome, ran_on: tuple[str, str], star
     evaluated = worker.submit_evaluation(run_dir, paths, y_val, logits, split.classes,
                                          {"skipped_files": split.skipped, "data_health": health}, task.to_dict(),
                                          outcome.val_ood, outcome.ood.threshold if outcome.ood is not None else None)
-    if not cfg.no_report:  # the heatmaps of the most confidently wrong images, while the worker evaluates
-        from ..evaluation.explained import report_heatmaps
-        from ..evaluation.rows import as_records, prediction_rows
+    with contextlib.ExitStack() as stack:
+        if cache is None:  # (--no-cache: what converting makes goes into a temporary cache, never the user's)
+            cache = Cache(stack.enter_context(tempfile.TemporaryDirectory(prefix="transferkit-"))).prepare()
+        if not cfg.no_report:  # the heatmaps of the most confidently wrong images, while the worker evaluates
+            from ..evaluation.explained import report_heatmaps
+            from ..evaluation.rows import as_records, prediction_rows
 
-        with _own_rng():  # (building the model to explain draws initial weights: not from the caller's stream)
-            report_heatmaps(run_dir, run_dir, worker.warn, rows=as_records(*prediction_rows(
-                paths, y_val, logits, split.classes, task, outcome.val_ood)), multi=task.multi, cache=cache)
-    with _own_rng():
-        carry(run_dir, cache, worker.warn)
+            with _own_rng():  # (building the model to explain draws initial weights: not from the caller's stream)
+                report_heatmaps(run_dir, run_dir, worker.warn, rows=as_records(*prediction_rows(
+                    paths, y_val, logits, split.classes, task, outcome.val_ood)), multi=task.multi, cache=cache)
+        with _own_rng():
+            carry(run_dir, cache, worker.warn)
     summary = evaluated()
     metrics.write_history_csv(run_dir / "metrics.csv", fit.history, fit.unit)  # config.yaml is already there
 
@@ -549,7 +552,7 @@ def write_outputs(run_dir: Path, outcome: Outcome, ran_on: tuple[str, str], star
     return results
 
 
-def carry(run_dir: Path, cache: Cache | None, warn) -> None:
+def carry(run_dir: Path, cache: Cache, warn) -> None:
     """The run folder gets the conversions its inference needs (`engines.ort.carry_networks`), so
     that it predicts and serves where torch is not installed; one warning where it cannot."""
     import importlib.util
@@ -559,10 +562,7 @@ def carry(run_dir: Path, cache: Cache | None, warn) -> None:
     if importlib.util.find_spec("onnxruntime") is None:
         return  # (nothing runs the conversions here: inference is PyTorch's)
     try:
-        with contextlib.ExitStack() as stack:
-            if cache is None:
-                cache = Cache(stack.enter_context(tempfile.TemporaryDirectory(prefix="transferkit-"))).prepare()
-            carry_networks(run_dir, cache)
+        carry_networks(run_dir, cache)
     except UserError as exc:
         warn(f"the run folder holds no model converted for ONNX Runtime ({exc}): predicting with it needs torch")
 
