@@ -121,7 +121,7 @@ def test_what_needs_torch_names_the_extra_in_one_line(made_elsewhere):
     for args in (["train", str(made["data"]), "--out", str(made["root"] / "nope")],
                  ["predict", str(made["frozen"]), str(made["data"] / "val"), "--engine", "torch"],
                  ["export", str(made["frozen"]), "--out", str(made["root"] / "nope-export")],
-                 ["lr-find", str(made["data"])]):
+                 ["lr-find", str(made["data"])], ["models"]):
         proc = _light(made, *args, check=False)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.strip().endswith("pip install 'transferkit[train]'"), proc.stderr

@@ -498,7 +498,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    from .errors import require_torch
     from .models import backbones
+
+    require_torch("listing the backbones (what training builds)")  # (before the table's first line)
 
     print(f"{'name':<20} {'params':>12} {'input':>5} {'top1':>5}  weights offline")
     for name in backbones.names():
