@@ -62,8 +62,7 @@ class Network:
     def key(self) -> dict:
         from .. import __version__
 
-        return {"format": FORMAT, "opset": OPSET, "kind": self.kind, "transferkit": __version__,
-                "versions": {p: _version(p) for p in _PACKAGES}, **self.ident}
+        return {**self.identity(), "transferkit": __version__, "versions": {p: _version(p) for p in _PACKAGES}}
 
     def identity(self) -> dict:
         """What a conversion is of, whichever versions made it (the key less the versions): how a
@@ -133,11 +132,8 @@ def carried(network: Network, run_dir: Path, say=None) -> Converted | None:
 def carry(converted: Converted, network: Network, run_dir: Path) -> Path:
     """A copy of `converted` (the conversion of `network`) kept in the run folder, with what it is
     a conversion of; written atomically. Returns its path."""
-    facts = {k: v for k, v in converted.facts.items() if k != "identity"} | {"identity": network.identity()}
-    head = json.dumps(facts).encode()
     path = carried_file(run_dir, network.kind)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    files.write_checked(path, MAGIC, struct.pack("<I", len(head)) + head + converted.model)
+    _write(path, converted.model, converted.facts | {"identity": network.identity()})
     return path
 
 
@@ -207,11 +203,16 @@ def convert(network: Network, example: np.ndarray, cache, say=None) -> Converted
 
 def store(network: Network, model: bytes, facts: dict, cache) -> Converted:
     """Keep `model` (ONNX bytes) in the cache as the conversion of `network`, with `facts`."""
-    head = json.dumps(facts).encode()
     path = cache.engine_file(network.key())
+    _write(path, model, facts)
+    return Converted(path, model, facts)
+
+
+def _write(path: Path, model: bytes, facts: dict) -> None:
+    """A stored conversion (what `read_converted` reads): its facts, then the ONNX model, checksummed."""
+    head = json.dumps(facts).encode()
     path.parent.mkdir(parents=True, exist_ok=True)
     files.write_checked(path, MAGIC, struct.pack("<I", len(head)) + head + model)
-    return Converted(path, model, facts)
 
 
 def _wrapped(network: Network):

@@ -138,10 +138,13 @@ def converted_bundle(run: str | Path, cache, say=None) -> tuple[Converted, objec
     """A run's model for ONNX Runtime: from the cache, or converted now (checked against PyTorch
     on the run's validation images). Raises `UserError` when it cannot be."""
     network, meta, run_dir = bundle_network(run)
-    found = lookup(network, cache, say)
-    if found is None:
-        found = convert(network, check_images(run_dir, meta), cache, say)
-    return found, meta, run_dir
+    return converted(network, meta, run_dir, cache, say), meta, run_dir
+
+
+def converted(network: Network, meta, run_dir: Path, cache, say=None) -> Converted:
+    """The conversion of a run's `network`: stored, else converted now and checked on the run's
+    validation images."""
+    return lookup(network, cache, say) or convert(network, check_images(run_dir, meta), cache, say)
 
 
 class HeadOnFeatures(BasePredictor):
@@ -235,9 +238,9 @@ def carry_networks(run: str | Path, cache, say=None) -> list[str]:
     if meta.frozen_features is not None:
         network = frozen_network(meta, run_dir)
         found = lookup(network, cache, say)
-    if found is None:
-        found, meta, run_dir = converted_bundle(run_dir, cache, say)
-        network = bundle_network(run_dir)[0]
+    if found is None:  # (its whole model: the model.safetensors checksum is read once)
+        network, meta, run_dir = bundle_network(run_dir)
+        found = converted(network, meta, run_dir, cache, say)
     carry(found, network, run_dir)
     kinds = [network.kind]
     if network.kind == "features":
