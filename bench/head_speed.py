@@ -8,7 +8,8 @@ fresh cache, timed: that pass gives this CPU's extraction seconds per image (dec
 Then:
 - at every size n of `--sizes`: `heads.select_head` on n training rows (a stratified sample;
   beyond the dataset's training images, copies of its rows with Gaussian noise at 5% of each
-  feature's deviation), wall and CPU seconds, beside n x the extraction's seconds per image:
+  feature's deviation), wall and CPU seconds (the median of REPEATS runs), beside n x the
+  extraction's seconds per image:
   the ratio's goal is <= 10% (and <= 0.5 s below 500 images);
 - on the whole training split: the chosen head's val accuracy beside a plain probe's
   (scikit-learn's `LogisticRegression(max_iter=1000)` on the last layer's raw features).
@@ -88,20 +89,34 @@ def child(npz: str, sizes: list[int]) -> dict:
     out = {"sizes": {}}
     for n in sizes:
         x, y = rows_of(d, n)
-        start, cpu = time.perf_counter(), _cpu()
-        choice = heads.select_head(x, y, k, widths, 0, last_width=widths["last"])
-        out["sizes"][n] = {"wall_s": time.perf_counter() - start, "cpu_s": _cpu() - cpu,
-                           "choice": [choice.features, choice.scaling, choice.weight_decay]}
+        out["sizes"][n], choice = _timed(lambda: heads.select_head(x, y, k, widths, 0, last_width=widths["last"]))
+        out["sizes"][n]["choice"] = [choice.features, choice.scaling, choice.weight_decay]
     x, y = d["xt"], d["yt"]
-    start, cpu = time.perf_counter(), _cpu()
-    choice = heads.select_head(x, y, k, widths, 0, last_width=widths["last"])
-    out["all"] = {"rows": len(y), "wall_s": time.perf_counter() - start, "cpu_s": _cpu() - cpu}
+    out["all"], choice = _timed(lambda: heads.select_head(x, y, k, widths, 0, last_width=widths["last"]))
+    out["all"]["rows"] = len(y)
     w = widths[choice.features]
     cfg = dataclasses.replace(TrainConfig(), weight_decay=choice.weight_decay)
     result, _ = heads.fit_logistic(cfg, k, x[:, :w], y, d["xv"][:, :w], d["yv"], None, choice.scaling)
     out["val_acc"] = result.history[-1].val_acc
     out["choice"] = [choice.features, choice.scaling, choice.weight_decay]
     return out
+
+
+REPEATS = 3  # timings per size; the median is reported (a shared machine's noise: +-30% from run to run)
+
+
+def _timed(fn) -> tuple[dict, object]:
+    """The median wall and CPU seconds of REPEATS calls of `fn` (the same result each time), and
+    its result."""
+    import statistics
+
+    walls, cpus = [], []
+    for _ in range(REPEATS):
+        start, cpu = time.perf_counter(), _cpu()
+        result = fn()
+        walls.append(time.perf_counter() - start)
+        cpus.append(_cpu() - cpu)
+    return {"wall_s": statistics.median(walls), "cpu_s": statistics.median(cpus)}, result
 
 
 def probe(npz: str) -> float:

@@ -172,6 +172,38 @@ def test_a_copy_survives_every_change_together_and_distinct_photos_do_not_match(
     assert match[0] >= 0.85 and match[1] < copies.COPY_MATCH, match
 
 
+def test_group_folds_are_scikit_learns_stratified_group_folds():
+    """`folds.group_folds` deals the groups as scikit-learn's StratifiedGroupKFold(shuffle=True)
+    does, fold for fold, on random labels and groups (single- and mixed-class, 2 to 5 folds)."""
+    import warnings
+
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from transferkit.folds import components, group_folds
+
+    rng = np.random.default_rng(0)
+    compared = 0
+    for seed in range(60):
+        n, k, folds = int(rng.integers(20, 300)), int(rng.integers(2, 12)), int(rng.integers(2, 6))
+        y = rng.integers(0, k, n)
+        a = rng.integers(0, n, int(rng.integers(1, n // 3)))
+        same_class = seed % 2 == 0  # near copies of one class, or pairs across classes (mislabels)
+        b = np.array([rng.choice(np.flatnonzero(y == y[i])) for i in a]) if same_class else rng.integers(0, n, len(a))
+        groups = components(n, list(zip(a, b)))
+        expected = np.empty(n, dtype=np.int64)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # (a class with fewer images than folds)
+                for f, (_, test) in enumerate(StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(
+                        np.zeros(n), y, groups)):
+                    expected[test] = f
+        except ValueError:  # (more folds than groups)
+            continue
+        np.testing.assert_array_equal(group_folds(y, groups, folds, seed), expected)
+        compared += 1
+    assert compared >= 50
+
+
 def test_group_aware_folds_keep_near_identical_shots_together():
     """Runs of near-identical shots (labels random per run): plain K-fold recognises a run's twin
     across folds and reads far above chance; grouped folds read what the head can really do."""
