@@ -10,7 +10,7 @@ split:
 - the probe: scikit-learn's `LogisticRegression()` (defaults: C=1, L-BFGS) on the last layer's
   raw features, what a user writes first;
 - the default head as it chooses now (`heads.select_head`: features, scaling and weight decay by
-  the lowest cross-validated log loss, folds drawn CV_REPEATS times below 1,000 images);
+  the lowest cross-validated log loss, folds drawn CV_REPEATS times with few images: `heads._few`);
 - the default head with the previous rule (the highest cross-validated accuracy, ties to the
   lower log loss, one draw of the folds).
 Prints, per dataset, each rule's mean difference to the probe in points, the worst draw, and how
