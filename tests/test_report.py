@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -138,6 +139,47 @@ def test_train_writes_every_evaluation_file(run):
         (r for r in preds if r["actual"] != r["predicted"]), key=lambda r: -float(r["probability"]))]
     assert any(r["path"].endswith("odd.jpg") and r["actual"] == "blue" for r in wrong)
     assert set(wrong[0]) == {"path", "actual", "predicted", "probability"}
+
+
+def test_a_warm_run_copies_the_evaluation_and_report_an_identical_run_made(run, tmp_path, monkeypatch):
+    """The same images, features and options: the evaluation and report files are the first
+    run's, byte for byte, copied from the cache (the worker is asked nothing: no scikit-learn or
+    matplotlib); the page is the run's own. A val image touched (new modification time) or
+    another option makes them again."""
+    data, _ = run
+    run_dir = transferkit.train(data, out=str(tmp_path / "first"), strategy="linear", quiet=True).path
+    asked = []
+    monkeypatch.setattr(report_worker.Worker, "submit", lambda self, name, *a: asked.append(name))
+    again = transferkit.train(data, out=str(tmp_path / "again"), strategy="linear", quiet=True).path
+    assert asked == []
+    for name in EVAL_FILES + ["curves.png", "reliability.png", "heatmaps.json"]:
+        if name not in ("report.html",) and (run_dir / name).is_file():
+            assert (again / name).read_bytes() == (run_dir / name).read_bytes(), name
+    for heatmap in (run_dir / "heatmaps").glob("*.jpg"):
+        assert (again / "heatmaps" / heatmap.name).read_bytes() == heatmap.read_bytes()
+    page = (again / "report.html").read_text()
+    assert "transferkit report: again" in page and str(again) in page
+    monkeypatch.undo()
+    (tmp_path / "no-report").mkdir()
+    transferkit.train(data, out=str(tmp_path / "no-report" / "run"), strategy="linear", quiet=True,
+                      no_report=True)  # (an entry of its own: no plots in it)
+    assert not (tmp_path / "no-report" / "run" / "report.html").exists()
+    odd = data / "val" / "blue" / "odd.jpg"
+    stat = odd.stat()
+    os.utime(odd, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    asked, submit = [], report_worker.Worker.submit
+
+    def spy(self, name, *args):
+        asked.append(name)
+        return submit(self, name, *args)
+    monkeypatch.setattr(report_worker.Worker, "submit", spy)
+    try:
+        touched = transferkit.train(data, out=str(tmp_path / "touched"), strategy="linear", quiet=True).path
+    finally:
+        monkeypatch.undo()
+        os.utime(odd, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (touched / "report.html").is_file() and (touched / "metrics.json").is_file()
+    assert asked and asked[0] == report_worker.WRITE_EVALUATION
 
 
 def test_report_command_rebuilds_the_page_and_plots_without_the_model(run, tmp_path, capsys):

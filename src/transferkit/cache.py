@@ -12,6 +12,8 @@
     <root>/datasets/cifar10-<key>/                        CIFAR-10 batches as PNG class folders
     <root>/engines/<network key>.onnx                     a backbone or a run's model converted for ONNX Runtime
     <root>/images/v<version>/shards/...                   an image's content hash and pixel statistics (doctor)
+    <root>/reports/v<version>/shards/...                  a run's evaluation and report files, kept by a
+                                                          digest of what made them (`evaluation.memo`)
 
 Small entries (a feature vector is 5 KB) live in shards (`ShardedCache`): one data file and one
 index per flush, thousands of entries each, so a warm start at a million images opens hundreds
@@ -50,7 +52,7 @@ MARKER = "CACHEDIR.TAG"
 _TAG = ("Signature: 8a477f597d28d172789f06886806bc55\n"
         "# This file marks the transferkit cache (features, decoded images); see `transferkit cache`.\n")
 # all that the cache writes ("serving": where conversions lived before "engines", still cleared)
-SUBFOLDERS = ("features", "decoded", "teacher", "datasets", "engines", "serving", "images", "thumbnails")
+SUBFOLDERS = ("features", "decoded", "teacher", "datasets", "engines", "serving", "images", "thumbnails", "reports")
 
 
 CACHE_FLAG = "the cache folder (--cache-dir or $TRANSFERKIT_CACHE)"  # how messages name it
@@ -518,7 +520,7 @@ class Cache:
         if self.root.exists() and not self.is_ours():
             raise UserError(f"{self.root} is not a transferkit cache (no {MARKER}); nothing was changed")
         done = []
-        for kind in ("features", "teacher", "images"):
+        for kind in ("features", "teacher", "images", "reports"):
             for store in sorted((self.root / kind).iterdir()) if (self.root / kind).is_dir() else ():
                 if (store / "shards").is_dir():
                     done.append({"store": f"{kind}/{store.name}", **ShardedCache(store).compact()})
@@ -548,6 +550,10 @@ class Cache:
     def image_facts(self) -> ShardedCache:
         """Per image: the sha256 of its bytes and its pixel statistics (`doctor.images`)."""
         return ShardedCache(self.root / "images" / f"d{DECODER_VERSION}-v{FORMAT_VERSION}")
+
+    def reports(self) -> ShardedCache:
+        """A run's evaluation and report files, kept by a digest of what made them (`evaluation.memo`)."""
+        return ShardedCache(self.root / "reports" / f"v{FORMAT_VERSION}")
 
     def engine_file(self, ident: dict) -> Path:
         """A network converted for an inference engine (`engines.convert`): a backbone for feature

@@ -128,26 +128,17 @@ def render(run_dir: str | Path) -> Path:
     """All plots, misclassified.csv and report.html of a run (or eval) folder, from its
     metrics.json and predictions.csv. Returns the report's path."""
     run_dir = Path(run_dir).expanduser()
-    for name in ("metrics.json", "predictions.csv"):
-        if not (run_dir / name).is_file():
-            raise UserError(f"{run_dir} has no {name}: not a transferkit run or eval folder (a run made "
-                            "before reports existed lacks it: `transferkit eval RUN` writes a fresh one)")
-    summary = read_summary(run_dir)
+    return render_page(run_dir, render_plots(run_dir))
+
+
+def render_plots(run_dir: str | Path) -> str:
+    """The plots of a run (or eval) folder, from its metrics.json, predictions.csv and
+    metrics.csv (matplotlib: what `render_page` leaves out); returns the confusion matrix's note
+    that the page prints under it."""
+    run_dir = Path(run_dir).expanduser()
+    summary, rows, wrong, multi = _read_outcome(run_dir)
     classes = summary["classes"]
-    rows = read_predictions(run_dir)
-    multi = summary.get("task") == "multilabel"
-    if multi:  # the images with the largest loss, wrong or not quite sure
-        wrong = sorted((r for r in rows if r["actual"] != r["predicted"]), key=lambda r: -r["loss"])
-        atomic_write(run_dir / "misclassified.csv", text_bytes(csv_table(
-            ["path", "actual", "predicted", "loss"],
-            ([r["path"], r["actual"], r["predicted"], f"{r['loss']:.4f}"] for r in wrong))))
-        confusion_note = plot_multilabel(run_dir, summary, classes)
-    else:
-        wrong = sorted((r for r in rows if r["actual"] != r["predicted"]), key=lambda r: -r["probability"])
-        atomic_write(run_dir / "misclassified.csv", text_bytes(csv_table(
-            ["path", "actual", "predicted", "probability"],
-            ([r["path"], r["actual"], r["predicted"], f"{r['probability']:.4f}"] for r in wrong))))
-        confusion_note = plot_confusion(run_dir, summary, classes)
+    confusion_note = plot_multilabel(run_dir, summary, classes) if multi else plot_confusion(run_dir, summary, classes)
     history = run_dir / "metrics.csv"
     if history.is_file():
         results = run_dir / "results.json"
@@ -159,9 +150,41 @@ def render(run_dir: str | Path) -> Path:
     plot_grid(run_dir / "predictions.png", sample_rows(rows, GRID), "validation predictions", show_actual=False)
     plot_grid(run_dir / "top_losses.png", wrong[:TOP_LOSSES],
               "largest loss" if multi else "most confidently wrong", show_actual=True)
+    return confusion_note
+
+
+def render_page(run_dir: Path, confusion_note: str) -> Path:
+    """misclassified.csv and report.html of a run (or eval) folder whose plots are drawn
+    (`render_plots`, or kept from an identical run: `evaluation.memo`). No matplotlib."""
+    summary, _, wrong, multi = _read_outcome(run_dir)
+    if multi:  # the images with the largest loss, wrong or not quite sure
+        atomic_write(run_dir / "misclassified.csv", text_bytes(csv_table(
+            ["path", "actual", "predicted", "loss"],
+            ([r["path"], r["actual"], r["predicted"], f"{r['loss']:.4f}"] for r in wrong))))
+    else:
+        atomic_write(run_dir / "misclassified.csv", text_bytes(csv_table(
+            ["path", "actual", "predicted", "probability"],
+            ([r["path"], r["actual"], r["predicted"], f"{r['probability']:.4f}"] for r in wrong))))
     page = run_dir / "report.html"
     atomic_write(page, text_bytes(report_html(run_dir, summary, wrong, confusion_note)))
     return page
+
+
+def _read_outcome(run_dir: Path) -> tuple[dict, list[dict], list[dict], bool]:
+    """(summary, prediction rows, the wrong rows most confidently wrong first (multi-label: largest
+    loss first), multi-label) of a run or eval folder."""
+    for name in ("metrics.json", "predictions.csv"):
+        if not (run_dir / name).is_file():
+            raise UserError(f"{run_dir} has no {name}: not a transferkit run or eval folder (a run made "
+                            "before reports existed lacks it: `transferkit eval RUN` writes a fresh one)")
+    summary = read_summary(run_dir)
+    rows = read_predictions(run_dir)
+    multi = summary.get("task") == "multilabel"
+    if multi:
+        wrong = sorted((r for r in rows if r["actual"] != r["predicted"]), key=lambda r: -r["loss"])
+    else:
+        wrong = sorted((r for r in rows if r["actual"] != r["predicted"]), key=lambda r: -r["probability"])
+    return summary, rows, wrong, multi
 
 
 def sample_rows(rows: list[dict], k: int) -> list[dict]:

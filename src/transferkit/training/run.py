@@ -20,7 +20,8 @@ from ..data.discover import OWN_MARKER, discover, is_own_output
 from ..data.table import table_of
 from ..data.views import SMALL
 from ..errors import UserError
-from ..evaluation import metrics
+from ..evaluation import memo, metrics
+from ..evaluation.report import read_summary, render_page
 from ..worker import Worker
 from ..files import claim_out, fresh_dir, refuse_inside, shown, write_json
 from ..runs import OUTPUT_FILES
@@ -492,13 +493,24 @@ def write_outputs(run_dir: Path, outcome: Outcome, ran_on: tuple[str, str], star
         "val": [[s.path, label(s)] for s in split.val],
     })
     paths = [s.path for s in split.val]
-    evaluated = worker.submit_evaluation(run_dir, paths, y_val, logits, split.classes,
-                                         {"skipped_files": split.skipped, "data_health": health}, task.to_dict(),
-                                         outcome.val_ood, outcome.ood.threshold if outcome.ood is not None else None)
+    extra = {"skipped_files": split.skipped, "data_health": health}
+    threshold = outcome.ood.threshold if outcome.ood is not None else None
+    metrics.write_history_csv(run_dir / "metrics.csv", fit.history, fit.unit)  # config.yaml is already there
+    # a run that would write the same evaluation and report files copies them (`evaluation.memo`)
+    store = cache.reports() if cache is not None else None
+    digest = memo.key(run_dir, paths, {"y": np.asarray(y_val), "logits": logits, "ood": outcome.val_ood},
+                      {"classes": split.classes, "task": task.to_dict(), "extra": extra, "threshold": threshold,
+                       "best_epoch": fit.best_epoch, "unit": fit.unit,
+                       "history": [(h.epoch, h.train_loss, h.train_acc, h.val_loss, h.val_acc) for h in fit.history]},
+                      report=not cfg.no_report)
+    kept = memo.restore(store, digest, run_dir)
     with contextlib.ExitStack() as stack:
+        if kept is None:
+            evaluated = worker.submit_evaluation(run_dir, paths, y_val, logits, split.classes, extra, task.to_dict(),
+                                                 outcome.val_ood, threshold)
         if cache is None:  # (--no-cache: what converting makes goes into a temporary cache, never the user's)
             cache = Cache(stack.enter_context(tempfile.TemporaryDirectory(prefix="transferkit-"))).prepare()
-        if not cfg.no_report:  # the heatmaps of the most confidently wrong images, while the worker evaluates
+        if not cfg.no_report and kept is None:  # the heatmaps of the most confidently wrong images, while the worker evaluates
             from ..evaluation.explained import report_heatmaps
             from ..evaluation.rows import as_records, prediction_rows
 
@@ -507,8 +519,7 @@ def write_outputs(run_dir: Path, outcome: Outcome, ran_on: tuple[str, str], star
                     paths, y_val, logits, split.classes, task, outcome.val_ood)), multi=task.multi, cache=cache)
         with _own_rng():
             carry(run_dir, cache, worker.warn)
-    summary = evaluated()
-    metrics.write_history_csv(run_dir / "metrics.csv", fit.history, fit.unit)  # config.yaml is already there
+    summary = evaluated() if kept is None else read_summary(run_dir)
 
     results = {
         "val_acc": summary["accuracy"],
@@ -548,7 +559,10 @@ def write_outputs(run_dir: Path, outcome: Outcome, ran_on: tuple[str, str], star
     }
     write_json(run_dir / "results.json", results)
     if not cfg.no_report:
-        worker.render(run_dir)  # plots, misclassified.csv, report.html
+        note = worker.render_plots(run_dir) if kept is None else kept  # the plots (matplotlib) in the worker
+        render_page(run_dir, note)  # misclassified.csv, report.html
+    if kept is None:
+        memo.keep(store, digest, run_dir, None if cfg.no_report else note)
     return results
 
 
