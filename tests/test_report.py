@@ -144,8 +144,8 @@ def test_train_writes_every_evaluation_file(run):
 def test_a_warm_run_copies_the_evaluation_and_report_an_identical_run_made(run, tmp_path, monkeypatch):
     """The same images, features and options: the evaluation and report files are the first
     run's, byte for byte, copied from the cache (the worker is asked nothing: no scikit-learn or
-    matplotlib); the page is the run's own. A val image touched (new modification time) or
-    another option makes them again."""
+    matplotlib); the page is the run's own; --no-report takes the evaluation's files from it. A
+    val image touched (new modification time) makes them again."""
     data, _ = run
     run_dir = transferkit.train(data, out=str(tmp_path / "first"), strategy="linear", quiet=True).path
     asked = []
@@ -159,11 +159,10 @@ def test_a_warm_run_copies_the_evaluation_and_report_an_identical_run_made(run, 
         assert (again / "heatmaps" / heatmap.name).read_bytes() == heatmap.read_bytes()
     page = (again / "report.html").read_text()
     assert "transferkit report: again" in page and str(again) in page
+    bare = transferkit.train(data, out=str(tmp_path / "bare"), strategy="linear", quiet=True, no_report=True).path
+    assert asked == [] and not (bare / "report.html").exists() and not list(bare.glob("*.png"))
+    assert (bare / "metrics.json").read_bytes() == (run_dir / "metrics.json").read_bytes()  # (--no-report: from it)
     monkeypatch.undo()
-    (tmp_path / "no-report").mkdir()
-    transferkit.train(data, out=str(tmp_path / "no-report" / "run"), strategy="linear", quiet=True,
-                      no_report=True)  # (an entry of its own: no plots in it)
-    assert not (tmp_path / "no-report" / "run" / "report.html").exists()
     odd = data / "val" / "blue" / "odd.jpg"
     stat = odd.stat()
     os.utime(odd, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))

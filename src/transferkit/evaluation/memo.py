@@ -58,10 +58,10 @@ def key(run_dir: Path, paths: list[str], arrays: dict[str, np.ndarray | None], a
     return h.hexdigest()[:48]
 
 
-def restore(store, digest: str, run_dir: Path) -> str | None:
-    """The kept files of `digest` written into `run_dir`; returns the confusion matrix's note (""
-    without a report), or None where nothing is kept (or it does not read back: the run then
-    makes its files)."""
+def restore(store, digest: str, run_dir: Path, report: bool = True) -> str | None:
+    """The kept files of `digest` written into `run_dir` (not `report`: the evaluation's only);
+    returns the confusion matrix's note ("" without a report), or None where nothing is kept (or
+    it does not read back: the run then makes its files)."""
     from ..files import atomic_write
 
     if store is None:
@@ -77,10 +77,10 @@ def restore(store, digest: str, run_dir: Path) -> str | None:
     if not all(name in found for name in EVALUATION_FILES) or any(not _allowed(name) for name in found):
         return None
     for name, body in found.items():
-        if name != NOTE:
+        if name != NOTE and (report or name in EVALUATION_FILES):
             (run_dir / name).parent.mkdir(exist_ok=True)
             atomic_write(run_dir / name, body)
-    return found.get(NOTE, b"").decode("utf-8", "replace")
+    return found.get(NOTE, b"").decode("utf-8", "replace") if report else ""
 
 
 def keep(store, digest: str, run_dir: Path, confusion_note: str | None) -> None:
