@@ -7,7 +7,7 @@ No image is decoded: each process draws its share of synthetic feature rows from
 class-conditional Gaussians with a known best classifier (equal priors and one covariance: the
 nearest class mean is Bayes-optimal) and runs what `train` runs on sharded features under
 torchrun (gloo, one thread per process: a process stands for a node): the head's
-cross-validation (`heads.select_head` with `Shards`: a stratified sample of at most 4,000 rows,
+cross-validation (`heads.select_head` with `Shards`: a stratified sample of at most `heads.cv_images` rows,
 near-copy groups found by passing each rank's rows round, data-parallel fold fits), the
 standardization statistics summed over the group, the fit of the real logistic-regression head
 (`logistic.ShardedLogistic`: each process its rows, loss and gradient all-reduced, the same

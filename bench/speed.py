@@ -17,7 +17,8 @@ Each variant runs in its own process (wall time and peak RSS are per process, im
   (e) fine-tuning over `--ft-epochs` epochs: plain fp32 loop vs `transferkit train --strategy finetune`.
 With `--baseline SRC`, the transferkit variants also run from another source tree (SRC/src, e.g.
 `git worktree add /tmp/old HEAD~3`), in the same rounds, and the ratios new / baseline are
-printed; `--skip-plain` leaves out the plain recipe. Prints a table and the ratios. Not a test:
+printed; `--skip-plain` leaves out the plain recipe and the probe, `--skip-recipe` the recipe only
+(the goals' ratios are to the probe). Prints a table and the ratios. Not a test:
 numbers depend on the machine.
 """
 
@@ -134,6 +135,8 @@ def main() -> None:
     ap.add_argument("--child", choices=["head", "logreg", "finetune"], help=argparse.SUPPRESS)
     ap.add_argument("--skip-finetune", action="store_true")
     ap.add_argument("--skip-plain", action="store_true", help="only the transferkit variants")
+    ap.add_argument("--skip-recipe", action="store_true",
+                    help="leave out (a), the plain recipe's epochs, but run (b), the probe the goals compare with")
     ap.add_argument("--baseline", help="another transferkit source tree to time beside this one (SRC/src)")
     ap.add_argument("--repeat", type=int, default=1,
                     help="rounds of every variant; the table shows medians (this machine's noise is +-15%%)")
@@ -198,7 +201,8 @@ def main() -> None:
     for k in range(args.repeat):  # rounds run every variant in turn: slow spells hit all of them
         for cache in ("cache", "cache-baseline"):  # (c) is cold in every round
             shutil.rmtree(work / cache, ignore_errors=True)
-        row = {} if args.skip_plain else {"a": plain_row("head"), "b": plain_row("logreg")}
+        row = {} if args.skip_plain else {"b": plain_row("logreg")} if args.skip_recipe else \
+            {"a": plain_row("head"), "b": plain_row("logreg")}
         versions = [("", False)] + ([("0", True)] if args.baseline else [])
         for suffix, baseline in versions:
             row["c0" + suffix] = tk_row(f"first{k}{suffix}", baseline=baseline)
@@ -276,7 +280,8 @@ def main() -> None:
     print(f"- cold train (engine prepared) / (b) wall time: {statistics.median(cold):.2f}x {_each(cold, 'x')}   "
           f"(target <= 0.25x); the first run ever: {statistics.median(first):.2f}x {_each(first, 'x')}   "
           "(target <= 0.5x)")
-    print(f"- cold train / (a) wall time: {median('c', 'wall_s') / median('a', 'wall_s'):.2f}x")
+    if "a" in rounds[0]:
+        print(f"- cold train / (a) wall time: {median('c', 'wall_s') / median('a', 'wall_s'):.2f}x")
     warm = [r["d"]["wall_s"] for r in rounds]
     print(f"- warm-cache train wall time: {statistics.median(warm):.2f} s {_each(warm, ' s')}, --no-report "
           f"{median('d2', 'wall_s'):.2f} s   (target <= 1.0 s)")

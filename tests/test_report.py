@@ -178,7 +178,7 @@ def test_a_warm_run_copies_the_evaluation_and_report_an_identical_run_made(run, 
         monkeypatch.undo()
         os.utime(odd, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert (touched / "report.html").is_file() and (touched / "metrics.json").is_file()
-    assert asked and asked[0] == report_worker.WRITE_EVALUATION
+    assert asked and asked[0] == report_worker.EVALUATE_AND_PLOT
 
 
 def test_report_command_rebuilds_the_page_and_plots_without_the_model(run, tmp_path, capsys):

@@ -24,7 +24,7 @@ REPORT_MODULES = ("transferkit.evaluation.report", "matplotlib.backends.backend_
 DOCTOR_MODULES = ("transferkit.doctor.analysis", "cleanlab.filter", "cleanlab.rank", "sklearn.neighbors",
                   "sklearn.model_selection", "scipy.optimize", "scipy.ndimage")
 WRITE_EVALUATION, RENDER = "transferkit.evaluation.report:write_evaluation", "transferkit.evaluation.report:render"
-RENDER_PLOTS = "transferkit.evaluation.report:render_plots"
+EVALUATE_AND_PLOT = "transferkit.evaluation.report:evaluate_and_plot"
 
 
 class Worker:
@@ -66,10 +66,6 @@ class Worker:
     def render(self, run_dir: Path) -> Path:
         """`evaluation.report.render` (plots, report.html) in the child."""
         return self.call(RENDER, run_dir)
-
-    def render_plots(self, run_dir: Path) -> str:
-        """`evaluation.report.render_plots` (matplotlib) in the child: the confusion matrix's note."""
-        return self.call(RENDER_PLOTS, run_dir)
 
     def call(self, name: str, *args):
         """`name` ("module:function") called with `args` in the child (here, if it cannot)."""

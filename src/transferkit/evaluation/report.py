@@ -131,18 +131,29 @@ def render(run_dir: str | Path) -> Path:
     return render_page(run_dir, render_plots(run_dir))
 
 
-def render_plots(run_dir: str | Path) -> str:
+def evaluate_and_plot(out_dir: Path, paths: list[str], y_true: np.ndarray, logits, classes: list[str],
+                      extra: dict | None, task: dict | None, ood: np.ndarray | None, ood_threshold: float | None,
+                      best_epoch: int | None) -> tuple[dict, str]:
+    """`write_evaluation`, then `render_plots`: what a run asks of its report process in one request,
+    so that the plots are drawn while the run makes its heatmaps (it needs their numbers only for
+    results.json, written after). Returns (the summary, the confusion matrix's note)."""
+    summary = write_evaluation(out_dir, paths, y_true, logits, classes, extra, task, ood, ood_threshold)
+    return summary, render_plots(out_dir, best_epoch)
+
+
+def render_plots(run_dir: str | Path, best_epoch: int | None = None) -> str:
     """The plots of a run (or eval) folder, from its metrics.json, predictions.csv and
     metrics.csv (matplotlib: what `render_page` leaves out); returns the confusion matrix's note
-    that the page prints under it."""
+    that the page prints under it. `best_epoch`: the kept epoch the curves mark (None: read from
+    results.json)."""
     run_dir = Path(run_dir).expanduser()
     summary, rows, wrong, multi = _read_outcome(run_dir)
     classes = summary["classes"]
     confusion_note = plot_multilabel(run_dir, summary, classes) if multi else plot_confusion(run_dir, summary, classes)
     history = run_dir / "metrics.csv"
     if history.is_file():
-        results = run_dir / "results.json"
-        best = (read_json_object(results) or Record()).integer("best_epoch")
+        best = best_epoch if best_epoch is not None else \
+            (read_json_object(run_dir / "results.json") or Record()).integer("best_epoch")
         epochs, unit = metrics.read_history_csv(history)
         plot_curves(run_dir / "curves.png", epochs, best or 0, unit)
     if (summary.get("calibration") or {}).get("before", {}).get("bins"):

@@ -132,7 +132,10 @@ CV_REPEATS = 3
 
 
 def _few(images: int, classes: int) -> bool:
+    """Few training images for the cross-validation: 5 folds, drawn CV_REPEATS times."""
     return images < CV_FEWER_FOLDS_FROM or images < CV_FEW_PER_CLASS * classes
+
+
 # At most `cv_images(classes)` training images (a stratified, seeded sample) are cross-validated:
 # CV_SAMPLE_IMAGES, or CV_SAMPLE_PER_CLASS per class where there are many classes, up to
 # CV_SAMPLE_MOST. The choice's cost then stops growing with the dataset, at about a tenth of the
@@ -315,7 +318,8 @@ def _cross_validate(xs: np.ndarray, yn: np.ndarray, num_classes: int, widths: di
         return rows
 
     candidates = [(features, scaling) for features in widths for scaling in SCALINGS]
-    run = _in_threads if shards is None and len(yn) >= CV_THREADS_FROM else map  # (sharded: every rank's collectives in one order)
+    # (sharded: in one thread, so that every rank makes its collectives in the same order)
+    run = _in_threads if shards is None and len(yn) >= CV_THREADS_FROM else map
     found = dict(zip(candidates, run(first_draw, candidates)))  # -> penalty -> (splits, 2)
 
     # the further draws (few images): only for the candidates the first draw does not rule out

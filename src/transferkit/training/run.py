@@ -22,7 +22,7 @@ from ..data.views import SMALL
 from ..errors import UserError
 from ..evaluation import memo, metrics
 from ..evaluation.report import read_summary, render_page
-from ..worker import Worker
+from ..worker import EVALUATE_AND_PLOT, WRITE_EVALUATION, Worker
 from ..files import claim_out, fresh_dir, refuse_inside, shown, write_json
 from ..runs import OUTPUT_FILES
 from ..models import backbones, bundle
@@ -508,9 +508,10 @@ def write_outputs(run_dir: Path, outcome: Outcome, ran_on: tuple[str, str], star
         digest = memo.key(*made_by, report=False)
         kept = memo.restore(store, digest, run_dir, report=False)
     with contextlib.ExitStack() as stack:
-        if kept is None:
-            evaluated = worker.submit_evaluation(run_dir, paths, y_val, logits, split.classes, extra, task.to_dict(),
-                                                 outcome.val_ood, threshold)
+        if kept is None:  # the evaluation (and the plots) in the worker, while this process makes the heatmaps
+            evaluated = worker.submit(EVALUATE_AND_PLOT if not cfg.no_report else WRITE_EVALUATION, run_dir, paths,
+                                      np.asarray(y_val), logits, split.classes, extra, task.to_dict(), outcome.val_ood,
+                                      threshold, *((results_epoch(fit),) if not cfg.no_report else ()))
         if cache is None:  # (--no-cache: what converting makes goes into a temporary cache, never the user's)
             cache = Cache(stack.enter_context(tempfile.TemporaryDirectory(prefix="transferkit-"))).prepare()
         if not cfg.no_report and kept is None:  # the heatmaps of the most confidently wrong images, while the worker evaluates
@@ -522,13 +523,16 @@ def write_outputs(run_dir: Path, outcome: Outcome, ran_on: tuple[str, str], star
                     paths, y_val, logits, split.classes, task, outcome.val_ood)), multi=task.multi, cache=cache)
         with _own_rng():
             carry(run_dir, cache, worker.warn)
-    summary = evaluated() if kept is None else read_summary(run_dir)
+    if kept is None:
+        summary, note = evaluated() if not cfg.no_report else (evaluated(), None)
+    else:
+        summary, note = read_summary(run_dir), kept
 
     results = {
         "val_acc": summary["accuracy"],
         "cv": cross_validation(outcome),
         "balanced_accuracy": summary["balanced_accuracy"],
-        "best_epoch": fit.best_epoch if fit.unit == "epoch" else None,
+        "best_epoch": results_epoch(fit),
         "epochs_run": len(fit.history) if fit.unit == "epoch" else None,
         "head_iterations": fit.best_epoch if fit.unit == "iteration" else None,
         "stopped_early": fit.stopped_early,
@@ -562,11 +566,16 @@ def write_outputs(run_dir: Path, outcome: Outcome, ran_on: tuple[str, str], star
     }
     write_json(run_dir / "results.json", results)
     if not cfg.no_report:
-        note = worker.render_plots(run_dir) if kept is None else kept  # the plots (matplotlib) in the worker
-        render_page(run_dir, note)  # misclassified.csv, report.html
+        render_page(run_dir, note)  # misclassified.csv, report.html (the plots are drawn)
     if kept is None:
         memo.keep(store, digest, run_dir, None if cfg.no_report else note)
     return results
+
+
+def results_epoch(fit) -> int | None:
+    """results.json's best_epoch (the epoch the curves mark): the kept epoch of an epoch-trained
+    fit; None for the logistic head (its history counts iterations)."""
+    return fit.best_epoch if fit.unit == "epoch" else None
 
 
 def carry(run_dir: Path, cache: Cache, warn) -> None:
