@@ -139,6 +139,17 @@ def test_what_a_run_carries_is_its_own(tmp_path, monkeypatch):
     tiny = dict(model="squeezenet1_1", weights="none", image_size=32, quiet=True)
     run = transferkit.train(data, out=str(tmp_path / "run"), **tiny).path
     assert {p.name for p in (run / "converted").iterdir()} >= {"features.tkx"}
+    # a second run's copy of the conversion is a link to the cache's file (nothing written), and
+    # the cache replacing that file leaves the run's copy as it was
+    other = transferkit.train(data, out=str(tmp_path / "other"), **tiny).path
+    carried = other / "converted" / "features.tkx"
+    cached = next(p for p in (tmp_path / "users-cache" / "engines").glob("*.onnx")
+                  if p.stat().st_ino == carried.stat().st_ino)
+    kept = carried.read_bytes()
+    cached.with_name("new").write_bytes(b"another conversion")
+    cached.with_name("new").replace(cached)
+    assert carried.read_bytes() == kept
+    cached.write_bytes(kept)
     before = file_tree(tmp_path / "users-cache")
     transferkit.train(data, out=str(run), strategy="finetune", epochs=1, no_cache=True, **tiny)
     assert {p.name for p in (run / "converted").iterdir()} == {"classifier.tkx"}

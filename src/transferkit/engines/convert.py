@@ -131,10 +131,33 @@ def carried(network: Network, run_dir: Path, say=None) -> Converted | None:
 
 def carry(converted: Converted, network: Network, run_dir: Path) -> Path:
     """A copy of `converted` (the conversion of `network`) kept in the run folder, with what it is
-    a conversion of; written atomically. Returns its path."""
+    a conversion of; written atomically. Returns its path. Where the stored file says so already
+    (`store` writes it in) and the file system allows, the copy is a hard link to it: the same
+    bytes, nothing written (a warm run wrote 20 MB, 0.3 s, per run). The cache replaces its files,
+    never writes into them, so the run's copy stays what it was whatever the cache does next."""
     path = carried_file(run_dir, network.kind)
-    _write(path, converted.model, converted.facts | {"identity": network.identity()})
+    facts = converted.facts | {"identity": network.identity()}
+    if facts == converted.facts and _linked(Path(converted.path), path):
+        return path
+    _write(path, converted.model, facts)
     return path
+
+
+def _linked(source: Path, target: Path) -> bool:
+    """`target` made a hard link to `source`, atomically; False where it cannot be (another file
+    system, no links there, `source` gone)."""
+    import os
+    import secrets
+
+    temporary = target.with_name(f".{target.name}.{secrets.token_hex(6)}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.link(source, temporary)
+        os.replace(temporary, target)
+        return True
+    except OSError:
+        temporary.unlink(missing_ok=True)
+        return False
 
 
 def read_converted(path: Path) -> Converted | None:
@@ -202,8 +225,10 @@ def convert(network: Network, example: np.ndarray, cache, say=None) -> Converted
 
 
 def store(network: Network, model: bytes, facts: dict, cache) -> Converted:
-    """Keep `model` (ONNX bytes) in the cache as the conversion of `network`, with `facts`."""
+    """Keep `model` (ONNX bytes) in the cache as the conversion of `network`, with `facts` and what
+    it is a conversion of (so that a run folder's copy can be a link to it: `carry`)."""
     path = cache.engine_file(network.key())
+    facts = facts | {"identity": network.identity()}
     _write(path, model, facts)
     return Converted(path, model, facts)
 
