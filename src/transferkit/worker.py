@@ -54,14 +54,8 @@ class Worker:
                          extra: dict | None = None, task: dict | None = None, ood: np.ndarray | None = None,
                          ood_threshold: float | None = None) -> dict:
         """`evaluation.report.write_evaluation` in the child."""
-        return self.submit_evaluation(out_dir, paths, y_true, logits, classes, extra, task, ood, ood_threshold)()
-
-    def submit_evaluation(self, out_dir: Path, paths: list[str], y_true: np.ndarray, logits, classes: list[str],
-                          extra: dict | None = None, task: dict | None = None, ood: np.ndarray | None = None,
-                          ood_threshold: float | None = None):
-        """`write_evaluation`, answered later (`submit`)."""
-        return self.submit(WRITE_EVALUATION, out_dir, paths, np.asarray(y_true), np.asarray(logits), classes, extra,
-                           task, ood, ood_threshold)
+        return self.call(WRITE_EVALUATION, out_dir, paths, np.asarray(y_true), np.asarray(logits), classes, extra,
+                         task, ood, ood_threshold)
 
     def render(self, run_dir: Path) -> Path:
         """`evaluation.report.render` (plots, report.html) in the child."""

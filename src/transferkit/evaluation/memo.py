@@ -30,16 +30,15 @@ MAKERS = ("evaluation/report.py", "evaluation/plots.py", "evaluation/metrics.py"
           "evaluation/explained.py", "prediction/heatmaps.py", "task.py")
 
 
-def key(run_dir: Path, paths: list[str], arrays: dict[str, np.ndarray | None], about: dict, report: bool) -> str:
-    """The digest of what a run's evaluation and report files depend on: the val images (each by
-    path, size and modification time: the plots show them), the arrays evaluated (labels, logits,
-    OOD scores), `about` (the classes, the task, the skipped files and data health, the OOD
-    threshold, the kept epoch, the losses and accuracies of the history: the curves; not its
-    seconds), and with `report` the run's model (model.json and model.safetensors: the heatmaps
-    are its)."""
+def key(paths: list[str], arrays: dict[str, np.ndarray | None], about: dict) -> str:
+    """The digest of what a run's evaluation files depend on: the val images (each by path, size
+    and modification time: the plots show them), the arrays evaluated (labels, logits, OOD
+    scores), `about` (the classes, the task, the skipped files and data health, the OOD threshold,
+    the kept epoch, the losses and accuracies of the history: the curves; not its seconds), and
+    the code that writes them. `with_model` makes it the report's."""
     from ..cache import image_key
 
-    h = hashlib.sha256(json.dumps([MEMO_VERSION, report, about], sort_keys=True, default=str).encode())
+    h = hashlib.sha256(json.dumps([MEMO_VERSION, about], sort_keys=True, default=str).encode())
     for source in sorted(MAKERS):  # the code that writes them: an edited plot is never copied stale
         h.update((Path(__file__).parents[1] / source).read_bytes())
     for name, arr in sorted(arrays.items()):
@@ -49,12 +48,18 @@ def key(run_dir: Path, paths: list[str], arrays: dict[str, np.ndarray | None], a
             h.update(arr.tobytes())
     for path in paths:
         h.update(image_key(path).encode())
-    for name in ("model.json", "model.safetensors") if report else ():
+    return h.hexdigest()[:48]
+
+
+def with_model(digest: str, run_dir: Path) -> str:
+    """`digest` (`key`) made the report's: with the run's model (model.json and
+    model.safetensors), whose heatmaps the report shows."""
+    from ..files import file_sha256
+
+    h = hashlib.sha256(f"report|{digest}".encode())
+    for name in ("model.json", "model.safetensors"):
         file = run_dir / name
-        h.update(f"{name}|".encode())
-        if file.is_file():
-            with open(file, "rb") as f:
-                h.update(hashlib.file_digest(f, "sha256").digest())
+        h.update(f"{name}|{file_sha256(file) if file.is_file() else ''}".encode())
     return h.hexdigest()[:48]
 
 

@@ -498,14 +498,15 @@ def write_outputs(run_dir: Path, outcome: Outcome, ran_on: tuple[str, str], star
     metrics.write_history_csv(run_dir / "metrics.csv", fit.history, fit.unit)  # config.yaml is already there
     # a run that would write the same evaluation and report files copies them (`evaluation.memo`)
     store = cache.reports() if cache is not None else None
-    made_by = (run_dir, paths, {"y": np.asarray(y_val), "logits": logits, "ood": outcome.val_ood},
-               {"classes": split.classes, "task": task.to_dict(), "extra": extra, "threshold": threshold,
-                "best_epoch": fit.best_epoch, "unit": fit.unit,
-                "history": [(h.epoch, h.train_loss, h.train_acc, h.val_loss, h.val_acc) for h in fit.history]})
-    digest = memo.key(*made_by, report=True)
+    evaluation = memo.key(paths, {"y": np.asarray(y_val), "logits": logits, "ood": outcome.val_ood},
+                          {"classes": split.classes, "task": task.to_dict(), "extra": extra, "threshold": threshold,
+                           "best_epoch": fit.best_epoch, "unit": fit.unit,
+                           "history": [(h.epoch, h.train_loss, h.train_acc, h.val_loss, h.val_acc)
+                                       for h in fit.history]})
+    digest = memo.with_model(evaluation, run_dir)
     kept = memo.restore(store, digest, run_dir, report=not cfg.no_report)  # (--no-report: its evaluation files)
     if kept is None and cfg.no_report:
-        digest = memo.key(*made_by, report=False)
+        digest = evaluation
         kept = memo.restore(store, digest, run_dir, report=False)
     with contextlib.ExitStack() as stack:
         if kept is None:  # the evaluation (and the plots) in the worker, while this process makes the heatmaps
