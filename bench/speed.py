@@ -7,7 +7,7 @@ Each variant runs in its own process (wall time and peak RSS are per process, im
       a full fp32 NCHW forward per image per epoch, `--epochs` epochs;
   (b) the plain probe: the timm model, one fp32 pass over every image through a torchvision
       DataLoader with 2 workers, scikit-learn's LogisticRegression;
-  (c0) `transferkit train DATASET` with defaults, the first run ever (empty cache: the backbone is
+  (f) `transferkit train DATASET` with defaults, the first run ever (empty cache: the backbone is
       converted for its engine too);
   (c) the same, cold: no feature cached, the backbone's engine prepared by a run on other data
       (the repository's sample);
@@ -205,8 +205,11 @@ def main() -> None:
     for k in range(args.repeat):  # rounds run every variant in turn: slow spells hit all of them
         for cache in ("cache", "cache-baseline"):  # (c) is cold in every round
             shutil.rmtree(work / cache, ignore_errors=True)
-        row = {} if args.skip_plain else {"b": plain_row("logreg")} if args.skip_recipe else \
-            {"a": plain_row("head"), "b": plain_row("logreg")}
+        row = {}
+        if not args.skip_plain:
+            if not args.skip_recipe:
+                row["a"] = plain_row("head")
+            row["b"] = plain_row("logreg")
         versions = [("", False)] + ([("0", True)] if args.baseline else [])
         for suffix, baseline in versions:
             row["f" + suffix] = tk_row(f"first{k}{suffix}", baseline=baseline)
