@@ -341,7 +341,7 @@ def _features(data: Path, split, options: DoctorOptions, cache: Cache, console: 
     spec = backbones.get(options.model)
     pre = spec.with_input_size(None)  # the linear default: the backbone's own size
     weights = identify_weights(spec, "imagenet")
-    key = features_key(spec, "standard", weights.identity, pre, engine.precision.replace("int8", "fp32"))
+    key = features_key(spec, "standard", weights.identity, pre, engine.network_precision)
     multi = spec.has_multi_layer  # as train's default (--features auto): one pass serves both
     models = LazyClassifier(spec, len(split.classes), "imagenet", 0.0, cache.backbone_file(key), "standard",
                             "multi" if multi else "last")

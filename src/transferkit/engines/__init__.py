@@ -52,10 +52,16 @@ register = ENGINES.register
 class Choice:
     """The engine chosen, where and in which precision it runs, and why."""
 
-    engine: str  # "onnxruntime" | "torch"
+    engine: str  # "onnxruntime" | "onnxruntime-int8" | "torch"
     device: str  # "cpu" | "cuda" | "cuda:N"
-    precision: str  # "fp32" | "bf16" | "fp16"
+    precision: str  # "fp32" | "bf16" | "fp16" | "int8"
     reason: str
+
+    @property
+    def network_precision(self) -> str:
+        """The precision of the network the engine's features come from, which keys them in the
+        cache: INT8 features are the fp32 network's, quantized (`int8.features_key`)."""
+        return "fp32" if self.precision == "int8" else self.precision
 
     def to_dict(self) -> dict:
         return {"name": self.engine, "device": self.device, "precision": self.precision, "reason": self.reason,

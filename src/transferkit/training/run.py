@@ -276,7 +276,7 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
     engine = group.decide(lambda: engines.choose(cfg.engine, device, cfg.precision, images)) if uses_features else None
     # (a network strategy's backbone weights are cached under its training precision's key; INT8
     # features under their quantized network's, `int8_key` below)
-    key = features_key(spec, stem, weights.identity, pre, engine.precision.replace("int8", "fp32") if engine
+    key = features_key(spec, stem, weights.identity, pre, engine.network_precision if engine
                        else _training_precision(device, cfg))
     workers = default_workers() if cfg.workers is None else cfg.workers
     # --features auto | multi: the earlier stages' pooled activations are extracted too (one pass)
@@ -362,7 +362,7 @@ def context_at(ctx: Context, pre) -> Context:
         ctx.cfg.engine, ctx.group.device(ctx.cfg.device), ctx.cfg.precision,
         len(ctx.split.train) * (1 + (ctx.cfg.aug_views or 0)) + len(ctx.split.val)))
     key = features_key(ctx.models.spec, ctx.models.stem, ctx.models.info.identity, pre,
-                       engine.precision.replace("int8", "fp32"))
+                       engine.network_precision)
     multi = ctx.models.features == "multi"
     key = int8_key(engine, key, multi, pre, ctx.models, ctx.cache, [s.path for s in ctx.split.train], ctx.console,
                    ctx.group)
