@@ -72,7 +72,7 @@ def test_worker_process_writes_what_this_process_would(tmp_path):
     there.mkdir()
     expected = report.write_evaluation(here, paths, y, logits, classes, {"skipped_files": []})
     warnings = []
-    with report_worker.Worker(warnings.append) as worker:
+    with report_worker.Worker(warnings.append, always=True) as worker:
         assert worker.proc is not None
         got = worker.write_evaluation(there, paths, y, logits, classes, {"skipped_files": []})
         page = worker.render(there)
@@ -87,7 +87,7 @@ def test_worker_that_cannot_run_falls_back_with_a_warning(tmp_path, monkeypatch)
     monkeypatch.setattr(report_worker.sys, "executable", shutil.which("false"))
     y, logits = _fake(2, 10)
     warnings = []
-    with report_worker.Worker(warnings.append) as worker:
+    with report_worker.Worker(warnings.append, always=True) as worker:
         summary = worker.write_evaluation(tmp_path, ["p.jpg"] * 10, y, logits, ["a", "b"])
         worker.render(tmp_path)
     assert summary["num_images"] == 10 and (tmp_path / "report.html").is_file()

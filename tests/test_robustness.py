@@ -164,7 +164,7 @@ def test_an_unfinished_run_is_continued_not_overwritten(tmp_path):
 def test_the_report_process_runs_at_the_callers_priority():
     from transferkit.worker import Worker
 
-    with Worker() as worker:
+    with Worker(always=True) as worker:
         assert os.getpriority(os.PRIO_PROCESS, worker.proc.pid) == os.getpriority(os.PRIO_PROCESS, 0)
 
 
@@ -411,7 +411,7 @@ def test_the_report_process_outlives_a_ctrl_c(tmp_path):
     from transferkit.worker import Worker
 
     warnings = []
-    with Worker(warnings.append) as worker:
+    with Worker(warnings.append, always=True) as worker:
         time.sleep(0.5)
         os.kill(worker.proc.pid, signal.SIGINT)
         summary = worker.write_evaluation(tmp_path, ["a.jpg", "b.jpg"], np.array([0, 1]),
