@@ -13,6 +13,8 @@ import os
 
 import pytest
 
+from helpers import keep_made, seed_cache
+
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -33,6 +35,21 @@ def precision(request) -> str:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def report_libraries():
+    """The libraries of a run's evaluation and report and of the doctor's analysis, imported here
+    once, as in a notebook that plotted: a run (or doctor) in the test's own process then does
+    that work itself instead of starting a child that imports them for it (`worker.Worker`: 1.2 s
+    less per run on 2 cores). The child is tested by the Worker tests (`always=True`) and by
+    every command a test runs as a process."""
+    import importlib
+
+    from transferkit.worker import DOCTOR_MODULES, REPORT_MODULES
+
+    for name in REPORT_MODULES + DOCTOR_MODULES:
+        importlib.import_module(name)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def conversions(tmp_path_factory):
     """Networks converted for ONNX Runtime by any test, shared by all (see `isolated_cache`); and
     a cache for the module-scoped fixtures, made before any function's own: none reaches the
@@ -44,18 +61,24 @@ def conversions(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory, monkeypatch, conversions):
-    """A fresh cache per test, holding the conversions earlier tests made: they are keyed by
-    everything their output depends on (a random-weights backbone by its seed), which is what
-    a user's cache shares between runs too, and re-making one cost 1.5-2.3 s (about 60 of them in
-    a run of the suite). Hard links: the cache replaces an entry atomically, never in place; a
-    test that damages a conversion on purpose uses its own cache (test_engines' shared_cache)."""
+    """A fresh cache per test, holding the conversions and the prepared backbone weights earlier
+    tests made: they are keyed by everything their output depends on (a random-weights backbone
+    by its seed), which is what a user's cache shares between runs too. Re-making a conversion
+    cost 1.5-2.3 s (about 60 of them in a run of the suite); the backbone weights file spares a
+    linear run building the network (0.3-0.8 s in the test's process, importing torch and timm
+    too in a command's: 3-4 s). Hard links: the cache replaces an entry atomically, never in
+    place; a test that damages one on purpose, or needs a cache without them, uses its own
+    (`own_cache`, test_engines' shared_cache)."""
     root = tmp_path_factory.mktemp("cache")
     monkeypatch.setenv("TRANSFERKIT_CACHE", str(root))
-    engines = root / "engines"
-    engines.mkdir()
-    for made in conversions.iterdir():
-        os.link(made, engines / made.name)
+    seed_cache(root, conversions)
     yield root
-    for made in engines.glob("*.onnx") if engines.is_dir() else ():
-        if not (conversions / made.name).exists():
-            os.link(made, conversions / made.name)
+    keep_made(root, conversions)
+
+
+@pytest.fixture
+def own_cache(tmp_path, monkeypatch):
+    """An empty cache of the test's own, sharing nothing with other tests (`isolated_cache`)."""
+    root = tmp_path / "own-cache"
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(root))
+    return root

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -97,3 +98,28 @@ def make_multilabel(root: Path, n: int = 24, classes=("blue", "red", "green"), d
         rows.append(f"images/{path.name},{delim.join(classes[c] for c in chosen)}")
     (root / "labels.csv").write_text("\n".join(rows) + "\n")
     return root / "labels.csv"
+
+
+BACKBONE_FILE = "backbone.safetensors"  # (cache.Cache.backbone_file: features/<key>/backbone.safetensors)
+
+
+def seed_cache(root, made_by_tests) -> None:
+    """Hard links in the cache at `root` to the conversions and backbone weights files in
+    `made_by_tests` (the `conversions` folder)."""
+    engines = root / "engines"
+    engines.mkdir(parents=True, exist_ok=True)
+    for made in made_by_tests.glob("*.onnx"):
+        os.link(made, engines / made.name)
+    for made in made_by_tests.glob(f"*.{BACKBONE_FILE}"):
+        folder = root / "features" / made.name.split(".", 1)[0]
+        folder.mkdir(parents=True, exist_ok=True)
+        os.link(made, folder / BACKBONE_FILE)
+
+
+def keep_made(root, made_by_tests) -> None:
+    """What the cache at `root` made that `made_by_tests` lacks, linked there (`seed_cache`)."""
+    found = [(made, made.name) for made in (root / "engines").glob("*.onnx")]
+    found += [(made, f"{made.parent.name}.{BACKBONE_FILE}") for made in (root / "features").glob(f"*/{BACKBONE_FILE}")]
+    for made, name in found:
+        if not (made_by_tests / name).exists():
+            os.link(made, made_by_tests / name)

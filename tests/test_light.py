@@ -15,16 +15,18 @@ from pathlib import Path
 import pytest
 
 import transferkit
-from helpers import file_tree, make_dataset
+from helpers import file_tree, make_dataset, seed_cache
 from light import light_command, light_env, light_site
 from transferkit.cli import main
 
 
 @pytest.fixture(scope="module")
-def made_elsewhere(tmp_path_factory):
+def made_elsewhere(tmp_path_factory, conversions):
     """A default run (a head on frozen features), a fine-tuned one and an ONNX export, made with
-    the full install; what the full install predicts with them; and the light site."""
+    the full install (its cache holding what earlier tests converted); what the full install
+    predicts with them; and the light site."""
     root = tmp_path_factory.mktemp("light")
+    seed_cache(root / "cache", conversions)
     data = make_dataset(root / "data", classes=("blue", "red", "green"), n_train=6, n_val=3)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TRANSFERKIT_CACHE", str(root / "cache"))

@@ -24,17 +24,19 @@ from transferkit.config import StudioOptions
 from transferkit.errors import UserError
 from transferkit.studio.app import create_studio
 
-from helpers import file_tree, make_dataset
+from helpers import file_tree, make_dataset, seed_cache
 
 PAGE = {"X-Studio": "1"}
 TOKEN = "studio-token-0123456789"
 
 
 @pytest.fixture(scope="module")
-def studio(tmp_path_factory):
+def studio(tmp_path_factory, conversions):
     """`transferkit studio DATA --runs RUNS` for real, on a free port. DATA has a planted copy: a
-    training image copied into val under another name."""
+    training image copied into val under another name. Its cache holds what earlier tests
+    converted (`helpers.seed_cache`)."""
     root = tmp_path_factory.mktemp("studio")
+    seed_cache(root / "cache", conversions)
     data = make_dataset(root / "data", classes=("blue", "red", "green"), n_train=6, n_val=3)
     shutil.copy(data / "train" / "red" / "red0.png", data / "val" / "red" / "planted.png")
     runs = root / "runs"

@@ -204,7 +204,7 @@ def test_bf16_matches_fp32_accuracy_on_real_images(precision):
     assert abs(accs["bf16"] - accs["fp32"]) <= 0.005 + 1e-9, accs
 
 
-def test_warm_run_skips_building_the_network(tmp_path):
+def test_warm_run_skips_building_the_network(tmp_path, own_cache):
     """With every feature cached, the bundle comes from the verified backbone cache file: the
     network is not built, and the saved model is byte-identical to the cold run's."""
     data = make_dataset(tmp_path / "d", n_train=3, n_val=2)
