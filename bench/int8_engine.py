@@ -113,6 +113,11 @@ def main() -> None:
               f"{row['first_int8'][0]:12.1f}")
     print("ratio: the INT8 feature pass / the fp32 one (best of --repeat each); acc: the default head's val accuracy; "
           "agree: share of val images both runs predict alike")
+    for row in rows:  # one line per dataset, for bench/speed.py to relay
+        f, i = row["features_s"]["onnxruntime"], row["features_s"]["onnxruntime-int8"]
+        print(f"int8 / fp32 on {row['data']}: feature pass {i / f:.2f}x, engine img/s "
+              f"{row['speed'][1] / row['speed'][0]:.2f}x, val acc {100 * (row['acc']['onnxruntime-int8'] - row['acc']['onnxruntime']):+.1f} pt, "
+              f"agreement {row['agree']:.3f}, gate cosine {row['cosine']:.4f}")
 
 
 if __name__ == "__main__":

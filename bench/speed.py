@@ -18,7 +18,9 @@ Each variant runs in its own process (wall time and peak RSS are per process, im
 With `--baseline SRC`, the transferkit variants also run from another source tree (SRC/src, e.g.
 `git worktree add /tmp/old HEAD~3`), in the same rounds, and the ratios new / baseline are
 printed; `--skip-plain` leaves out the plain recipe and the probe, `--skip-recipe` the recipe only
-(the goals' ratios are to the probe). Prints a table and the ratios. Not a test:
+(the goals' ratios are to the probe); `--light-python PY` and `--int8` add goals 5 and 6 (a light
+install against this one: bench/light_install.py; INT8 features: bench/int8_engine.py). Prints a
+table and the ratios. Not a test:
 numbers depend on the machine.
 """
 
@@ -138,6 +140,9 @@ def main() -> None:
     ap.add_argument("--skip-recipe", action="store_true",
                     help="leave out (a), the plain recipe's epochs, but run (b), the probe the goals compare with")
     ap.add_argument("--baseline", help="another transferkit source tree to time beside this one (SRC/src)")
+    ap.add_argument("--light-python", help="the python of a light install (bench/light_install.py --make-light): "
+                                           "goal 5, the light install against this one, on the warm run")
+    ap.add_argument("--int8", action="store_true", help="goal 6: INT8 features against fp32 (bench/int8_engine.py)")
     ap.add_argument("--repeat", type=int, default=1,
                     help="rounds of every variant; the table shows medians (this machine's noise is +-15%%)")
     args = ap.parse_args()
@@ -306,6 +311,13 @@ def main() -> None:
     print(f"- for scale, `python -c 'import torch'`: {statistics.median(torch_s):.2f} s {_each(torch_s, ' s')}")
     rss = max(r[k]["peak_rss_mb"] for r in rounds for k in ("c", "d"))
     print(f"- peak RSS of transferkit train: {rss:.0f} MB   (target <= 3072)")
+    if args.light_python:  # goal 5: a light install serves and predicts a run made here
+        print("- " + relay([py, str(HERE.parent / "light_install.py"), str(work / f"warm{args.repeat - 1}"), args.dataset,
+                            "--light-python", args.light_python, "--repeat", "1"], env, "light / full:")
+              + "   (target: a light venv <= 500 MB)")
+    if args.int8:  # goal 6: INT8 features as an engine choice
+        print("- " + relay([py, str(HERE.parent / "int8_engine.py"), args.dataset, "--repeat", "1"], env, "int8 / fp32")
+              + "   (auto keeps fp32: README, INT8 features)")
     shutil.rmtree(work, ignore_errors=True)
 
 
@@ -336,6 +348,15 @@ def engine_floor(cache: Path, batch: int = 32, seconds: float = 5.0) -> float | 
         session.run(None, {spec.name: x})
         done += shape[0]
     return done / (time.perf_counter() - start)
+
+
+def relay(cmd: list[str], env: dict, prefix: str) -> str:
+    """Runs another bench and returns its summary line (the one starting with `prefix`)."""
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    lines = [line for line in out.stdout.splitlines() if line.startswith(prefix)]
+    if out.returncode or not lines:
+        return f"{' '.join(cmd[1:3])} failed ({out.returncode}): {(out.stderr or out.stdout).strip().splitlines()[-1:]}"
+    return lines[-1]
 
 
 def _each(values: list[float], unit: str) -> str:
