@@ -121,7 +121,8 @@ def main() -> None:
         print(f"{name:8} {row['size'][0]:8.0f} {row['size'][1]:17.0f} {serve[0]:20.2f} ({serve[1]:.2f}) "
               f"{pred[0]:12.2f} ({pred[1]:.2f})")
     light_row, full_row = rows["light"], rows["full"]
-    print(f"light / full: venv {light_row['size'][0] / full_row['size'][0]:.3f}x, serve cold start "
+    print(f"light / full: venv {light_row['size'][0] / full_row['size'][0]:.3f}x ({light_row['size'][0]:.0f} MB / "
+          f"{full_row['size'][0]:.0f} MB), serve cold start "
           f"{min(light_row['serve'])[0] / min(full_row['serve'])[0]:.2f}x, predict "
           f"{min(light_row['predict'])[0] / min(full_row['predict'])[0]:.2f}x (best of {args.repeat} each)")
 
