@@ -74,8 +74,8 @@ def test_worker_process_writes_what_this_process_would(tmp_path):
     warnings = []
     with report_worker.Worker(warnings.append, always=True) as worker:
         assert worker.proc is not None
-        got = worker.write_evaluation(there, paths, y, logits, classes, {"skipped_files": []})
-        page = worker.render(there)
+        got = worker.call(report_worker.WRITE_EVALUATION, there, paths, y, logits, classes, {"skipped_files": []})
+        page = worker.call(report_worker.RENDER, there)
     assert not warnings and got == expected and page == there / "report.html"
     for name in ("metrics.json", "predictions.csv"):
         assert (here / name).read_text() == (there / name).read_text()
@@ -88,8 +88,8 @@ def test_worker_that_cannot_run_falls_back_with_a_warning(tmp_path, monkeypatch)
     y, logits = _fake(2, 10)
     warnings = []
     with report_worker.Worker(warnings.append, always=True) as worker:
-        summary = worker.write_evaluation(tmp_path, ["p.jpg"] * 10, y, logits, ["a", "b"])
-        worker.render(tmp_path)
+        summary = worker.call(report_worker.WRITE_EVALUATION, tmp_path, ["p.jpg"] * 10, y, logits, ["a", "b"])
+        worker.call(report_worker.RENDER, tmp_path)
     assert summary["num_images"] == 10 and (tmp_path / "report.html").is_file()
     assert len(warnings) == 1 and "the report process failed" in warnings[0]
 

@@ -408,14 +408,14 @@ def test_the_report_process_outlives_a_ctrl_c(tmp_path):
     import signal
     import time
 
-    from transferkit.worker import Worker
+    from transferkit.worker import WRITE_EVALUATION, Worker
 
     warnings = []
     with Worker(warnings.append, always=True) as worker:
         time.sleep(0.5)
         os.kill(worker.proc.pid, signal.SIGINT)
-        summary = worker.write_evaluation(tmp_path, ["a.jpg", "b.jpg"], np.array([0, 1]),
-                                          np.array([[2.0, 0.0], [0.0, 2.0]]), ["x", "y"])
+        summary = worker.call(WRITE_EVALUATION, tmp_path, ["a.jpg", "b.jpg"], np.array([0, 1]),
+                              np.array([[2.0, 0.0], [0.0, 2.0]]), ["x", "y"])
     assert summary["accuracy"] == 1.0 and not warnings
 
 

@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 
 # The Worker's child, at the caller's own CPU priority: the caller waits for its work, so a lower
 # one lets any other load starve the run (a warm run took 196 s instead of 11 s at load ~10 on
@@ -30,8 +29,8 @@ EVALUATE_AND_PLOT = "transferkit.evaluation.report:evaluate_and_plot"
 class Worker:
     """A child process for a command's CPU work (a run's evaluation and report, the doctor's
     analysis), started before the command imports torch: it imports what that work needs (about
-    1.1 s on one core for scikit-learn and matplotlib) meanwhile. `call` (and `write_evaluation`,
-    `render`) then run there and this process only waits. If the child cannot start or fails, the
+    1.1 s on one core for scikit-learn and matplotlib) meanwhile. `call` (a function named
+    "module:function", e.g. `WRITE_EVALUATION`) then runs there and this process only waits. If the child cannot start or fails, the
     work is done here instead, with a warning naming the reason: the outputs are the same either
     way. `close()` (or leaving the `with` block) ends the child. `spawn=False`: no child (the
     processes of a torchrun group other than the primary, which evaluate nothing).
@@ -55,17 +54,6 @@ class Worker:
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         except OSError:
             self.proc = None
-
-    def write_evaluation(self, out_dir: Path, paths: list[str], y_true: np.ndarray, logits, classes: list[str],
-                         extra: dict | None = None, task: dict | None = None, ood: np.ndarray | None = None,
-                         ood_threshold: float | None = None) -> dict:
-        """`evaluation.report.write_evaluation` in the child."""
-        return self.call(WRITE_EVALUATION, out_dir, paths, np.asarray(y_true), np.asarray(logits), classes, extra,
-                         task, ood, ood_threshold)
-
-    def render(self, run_dir: Path) -> Path:
-        """`evaluation.report.render` (plots, report.html) in the child."""
-        return self.call(RENDER, run_dir)
 
     def call(self, name: str, *args):
         """`name` ("module:function") called with `args` in the child (here, if it cannot)."""
