@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..files import atomic_write, read_json_object, write_json
+from .rows import most_wrong
 
 REPORT_HEATMAPS = 12  # the most confidently wrong images explained in report.html
 THUMB_SIDE = 320  # the overlays' longer side
@@ -53,12 +54,6 @@ def report_heatmaps(out_dir: Path, run: Path, warn=None, say=None, rows: list[di
     except UserError as exc:
         if warn:
             warn(f"the report's heatmaps: {exc}")
-
-
-def most_wrong(rows: list[dict], multi: bool) -> list[dict]:
-    """The wrong rows of predictions.csv, most confidently wrong first (multi-label: largest loss)."""
-    wrong = [r for r in rows if r["actual"] != r["predicted"]]
-    return sorted(wrong, key=lambda r: -r["loss"]) if multi else sorted(wrong, key=lambda r: -r["probability"])
 
 
 def to_explain(out_dir: Path, limit: int = REPORT_HEATMAPS, rows: list[dict] | None = None,

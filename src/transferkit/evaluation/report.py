@@ -20,7 +20,7 @@ from ..files import TEXT_ERRORS, Record, atomic_write, csv_table, csv_untext, lo
     text_bytes, write_json
 from . import metrics
 from .page import report_html
-from .rows import parsed, prediction_rows
+from .rows import most_wrong, parsed, prediction_rows
 from ..task import Task, calibration
 from .plots import plot_confusion, plot_curves, plot_grid, plot_multilabel, plot_reliability
 
@@ -168,14 +168,10 @@ def render_page(run_dir: Path, confusion_note: str) -> Path:
     """misclassified.csv and report.html of a run (or eval) folder whose plots are drawn
     (`render_plots`, or kept from an identical run: `evaluation.memo`). No matplotlib."""
     summary, _, wrong, multi = _read_outcome(run_dir)
-    if multi:  # the images with the largest loss, wrong or not quite sure
-        atomic_write(run_dir / "misclassified.csv", text_bytes(csv_table(
-            ["path", "actual", "predicted", "loss"],
-            ([r["path"], r["actual"], r["predicted"], f"{r['loss']:.4f}"] for r in wrong))))
-    else:
-        atomic_write(run_dir / "misclassified.csv", text_bytes(csv_table(
-            ["path", "actual", "predicted", "probability"],
-            ([r["path"], r["actual"], r["predicted"], f"{r['probability']:.4f}"] for r in wrong))))
+    score = "loss" if multi else "probability"  # (multi-label: the largest loss, wrong or not quite sure)
+    atomic_write(run_dir / "misclassified.csv", text_bytes(csv_table(
+        ["path", "actual", "predicted", score],
+        ([r["path"], r["actual"], r["predicted"], f"{r[score]:.4f}"] for r in wrong))))
     page = run_dir / "report.html"
     atomic_write(page, text_bytes(report_html(run_dir, summary, wrong, confusion_note)))
     return page
@@ -191,11 +187,7 @@ def _read_outcome(run_dir: Path) -> tuple[dict, list[dict], list[dict], bool]:
     summary = read_summary(run_dir)
     rows = read_predictions(run_dir)
     multi = summary.get("task") == "multilabel"
-    if multi:
-        wrong = sorted((r for r in rows if r["actual"] != r["predicted"]), key=lambda r: -r["loss"])
-    else:
-        wrong = sorted((r for r in rows if r["actual"] != r["predicted"]), key=lambda r: -r["probability"])
-    return summary, rows, wrong, multi
+    return summary, rows, most_wrong(rows, multi), multi
 
 
 def sample_rows(rows: list[dict], k: int) -> list[dict]:

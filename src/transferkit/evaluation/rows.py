@@ -47,3 +47,9 @@ def parsed(record: dict) -> dict:
     if "loss" in record:  # multi-label
         record["loss"] = float(record["loss"])
     return record
+
+
+def most_wrong(rows: list[dict], multi: bool) -> list[dict]:
+    """The wrong rows of predictions.csv, most confidently wrong first (multi-label: largest loss)."""
+    wrong = [r for r in rows if r["actual"] != r["predicted"]]
+    return sorted(wrong, key=lambda r: -r["loss"]) if multi else sorted(wrong, key=lambda r: -r["probability"])
