@@ -219,6 +219,59 @@ def evaluate(run: str | Path, data: str | Path | None = None, device: str = "aut
     return summary
 
 
+def suggest(run: str | Path, inputs: list[str], n: int = 100, engine: str = "auto", console: Console | None = None,
+            files_from: str | None = None) -> dict:
+    """Which of the unlabelled images `inputs` (files and folders, walked) to label first, for the
+    model of `run` (a run folder, or an exported model.onnx): the `n` best as `suggest.rank`
+    orders them, each with its path, the model's guess and the reason. Images the run was trained
+    or validated on are left out. Returns {"suggestions": [...], "skipped": [{path, reason}],
+    "already_labelled": count, "images": count ranked, "features": whether the diversity was
+    measured on the backbone's features (else on the class probabilities), "engine": ...}."""
+    from . import suggest as ranking
+    from .prediction.batch import iter_inputs
+
+    console = console or Console()
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise UserError(f"--n must be 1 or more (got {n!r})")
+    files = list(dict.fromkeys(iter_inputs(inputs, files_from)))  # (the same file given twice counts once)
+    if not files:
+        raise UserError("no files found in the given inputs")
+    known: set[str] = set()
+    if not str(run).endswith(".onnx"):
+        _path(run, "the run folder")
+        split_file = Path(run).expanduser() / "split.json"
+        if split_file.is_file():
+            known = {os.path.realpath(s.path) for role in ("train", "val") for s in split_samples(split_file, role)}
+    fresh = [f for f in files if os.path.realpath(f) not in known]
+    if not fresh:
+        raise UserError(f"all {len(files)} image(s) given are ones the run was trained or validated on: nothing "
+                        "unlabelled to rank")
+    if str(run).endswith(".onnx"):  # an exported model: its outputs only (no features)
+        from .prediction.onnx_predictor import OnnxPredictor, check_exported_options
+
+        check_exported_options(run, engine)
+        predictor = OnnxPredictor(run)
+    else:
+        predictor = load(run, engine=engine, images=len(fresh), say=console.info)
+    with predictor:
+        choice = getattr(predictor, "engine", None)  # (an exported model runs on ONNX Runtime, no choice made)
+        console.info(f"engine: {choice.line() if choice is not None else 'onnxruntime (an exported model)'}")
+        logits, ood, features, errors = predictor.embedded(fresh, progress=console.progress)
+        classes, task, threshold = predictor.classes, predictor.task, predictor.threshold
+    ran = choice.to_dict() if choice is not None else {"engine": "onnxruntime"}
+    skipped = [{"path": fresh[i], "reason": r} for i, r in sorted(errors.items())]
+    for item in skipped:
+        console.warn(f"skipped {item['path']}: {item['reason']}")
+    ok = [i for i in range(len(fresh)) if i not in errors]
+    picked = ranking.rank(task.probabilities(logits[ok]), task, classes, n,
+                          features[ok] if features is not None else None,
+                          ood[ok] if ood is not None else None, threshold) if ok else []
+    for row in picked:
+        row["path"] = fresh[ok[row.pop("index")]]
+    return {"suggestions": picked, "skipped": skipped, "already_labelled": len(files) - len(fresh),
+            "images": len(ok), "features": features is not None, "engine": ran}
+
+
 def _eval_dir(run_dir: Path, data, out) -> Path:
     """--out, or a fresh RUN/eval-<dataset name> (eval-val for the run's own split), never an
     existing folder of the user's that is not an eval folder."""

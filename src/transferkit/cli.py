@@ -132,6 +132,23 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "to the folder given>.cam.png (a heatmap of the image's size) and "
                                                     ".cam.jpg (an overlay); never inside an input folder or the data")
 
+    p = sub.add_parser("suggest", help="which unlabelled images to label next",
+                       description="Ranks the images in UNLABELLED (files and folders, walked) by how much labelling "
+                                   "them would help RUN's model: how unsure it is (calibrated probabilities), whether "
+                                   "an image is unlike every training image (perhaps a new class), and how far it "
+                                   "is from the images labelled or already suggested (no 100 near copies of one "
+                                   "photo). Writes the best --n with the model's guess and the reason, as CSV "
+                                   "(default, on stdout) or JSON. Images the run was trained on are left out; "
+                                   "nothing in UNLABELLED is changed.")
+    p.add_argument("run", help="run folder, or an exported model.onnx (its class probabilities give the diversity)")
+    p.add_argument("inputs", nargs="*", metavar="UNLABELLED")
+    p.add_argument("--n", type=int, default=100, help="images to suggest [default: 100]")
+    p.add_argument("--engine", default="auto", choices=config.ENGINES, help="what runs the model [default: auto]")
+    p.add_argument("--files-from", metavar="LIST", help="also rank the files listed in LIST, one path a line")
+    p.add_argument("--output", help="suggestions.csv or .json (default: CSV on stdout); never inside an input "
+                                    "folder; an existing file only if suggest wrote it (or with --force)")
+    p.add_argument("--force", action="store_true", help="replace an existing --output file that suggest did not write")
+
     p = sub.add_parser("doctor", help="find what is wrong with a dataset before training on it",
                        description="Exact and near duplicates (and train/val leakage), images with two labels, "
                                    "likely label errors (cleanlab), outliers, class balance, blank, dark, tiny or "
@@ -346,6 +363,44 @@ def cmd_predict(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         print(f"{len(files)} predictions written to {args.output}")
     if args.explain:
         print(f"heatmaps written to {args.explain}", file=sys.stderr)
+    return 0
+
+
+SUGGEST_COLUMNS = ("rank", "path", "guess", "probability", "uncertainty", "margin", "entropy", "ood_score", "novel",
+                   "reason")
+SUGGEST_HEADS = (b"rank,path,guess,", b'[\n  {\n    "rank": ', b"[]\n")  # what suggest replaces: its own files
+
+
+def cmd_suggest(args: argparse.Namespace) -> int:
+    import json
+
+    from . import api
+    from .files import check_output_file, csv_table
+
+    if not args.inputs and not args.files_from:
+        raise UserError("give the unlabelled images or folders to rank, or --files-from LIST")
+    if args.files_from and not Path(args.files_from).expanduser().is_file():
+        raise UserError(f"--files-from {args.files_from}: no such file")
+    if args.output:
+        from .models.bundle import trained_on
+
+        datasets = [*args.inputs, *(trained_on(Path(args.run)) if Path(args.run).is_dir() else [])]
+        check_output_file(args.output, "--output", datasets, SUGGEST_HEADS, args.force)
+    from .console import Console
+
+    console = Console(info_stream=sys.stderr)  # stdout may hold the CSV
+    found = api.suggest(args.run, args.inputs, args.n, args.engine, console, args.files_from)
+    rows = [{k: row[k] for k in SUGGEST_COLUMNS} for row in found["suggestions"]]
+    with _output_stream(args.output) as stream:
+        if args.output and args.output.endswith(".json"):
+            stream.write(json.dumps(rows, indent=2, ensure_ascii=False) + "\n" if rows else "[]\n")
+        else:
+            stream.write(csv_table(list(SUGGEST_COLUMNS), [[row[k] for k in SUGGEST_COLUMNS] for row in rows]))
+    space = "the backbone's features" if found["features"] else "the class probabilities (no features in this model)"
+    print(f"{len(rows)} of {found['images']} images suggested (diversity on {space})"
+          + (f"; {found['already_labelled']} left out: the run was trained or validated on them"
+             if found["already_labelled"] else "")
+          + (f"; written to {args.output}" if args.output else ""), file=sys.stderr)
     return 0
 
 
@@ -613,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
             return with_argv[args.command](args, argv)
         handlers = {"lr-find": cmd_lr_find, "eval": cmd_eval, "models": cmd_models, "summary": cmd_summary,
                     "cache": cmd_cache, "report": cmd_report, "export": cmd_export, "serve": cmd_serve,
-                    "runs": cmd_runs, "studio": cmd_studio}
+                    "runs": cmd_runs, "studio": cmd_studio, "suggest": cmd_suggest}
         return handlers[args.command](args)
     except UserError as exc:
         print(printable(f"error: {exc}", lines=False), file=sys.stderr)

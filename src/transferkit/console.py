@@ -9,14 +9,15 @@ import time
 
 class Console:
     """Messages of a command or an API call. `quiet`: warnings and errors only (no results, no
-    progress); `warnings=False` too: errors only (the ranks of a group other than the primary)."""
+    progress); `warnings=False` too: errors only (the ranks of a group other than the primary).
+    `info_stream`: where results go instead of stdout (a command whose stdout is its CSV)."""
 
-    def __init__(self, quiet: bool = False, warnings: bool = True):
-        self.quiet, self.warnings = quiet, warnings
+    def __init__(self, quiet: bool = False, warnings: bool = True, info_stream=None):
+        self.quiet, self.warnings, self.info_stream = quiet, warnings, info_stream
 
     def info(self, msg: str) -> None:
         if not self.quiet:
-            print(printable(msg), flush=True)
+            print(printable(msg), file=self.info_stream or sys.stdout, flush=True)
 
     def warn(self, msg: str) -> None:
         if self.warnings:

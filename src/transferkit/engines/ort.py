@@ -202,6 +202,12 @@ class HeadOnFeatures(BasePredictor):
         x = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))  # uint8 (B, 3, S, S): normalized in the graph
         return self._answer(self.session.run(None, {"input": x})[0])
 
+    def forward_embedded(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        x = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+        features = self.session.run(None, {"input": x})[0]
+        width = self.ood.width if self.ood is not None else self.weight.shape[0]
+        return (*self._answer(features), features[:, :width])
+
     def _answer(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """The head's logits of the backbone's features, and their out-of-distribution scores."""
         logits = features[:, :self.weight.shape[0]] @ self.weight + self.bias

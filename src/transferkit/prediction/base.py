@@ -193,6 +193,33 @@ class BasePredictor:
                     ood[ok], scored = np.asarray(scores, np.float32).reshape(len(ok), -1)[:, 0], True
         return out, (ood if scored or self.ood_record is not None else None), errors
 
+    def forward_embedded(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """As `forward`, with each image's features (B, D) where the model exposes them (a head on a
+        frozen backbone's features: the last layer's), else None."""
+        return (*self.forward(batch), None)
+
+    def embedded(self, images: list, names: list[str] | None = None, progress=None):
+        """As `scored`, from the evaluation view alone, with each image's features where the model
+        exposes them (`forward_embedded`; NaN rows for unusable images): (logits, ood or None,
+        features or None, errors)."""
+        images = as_list(images)
+        out = np.full((len(images), len(self.classes)), np.nan, dtype=np.float32)
+        ood = np.full(len(images), np.nan, dtype=np.float32)
+        feats: np.ndarray | None = None
+        scored, errors = False, {}
+        for ok, rows, bad in self._batches(images, names, self._view, progress, "score"):
+            errors.update(bad)
+            if ok:
+                logits, scores, features = self.forward_embedded(np.stack(rows))
+                out[ok] = logits
+                if scores is not None:
+                    ood[ok], scored = scores, True
+                if features is not None:
+                    if feats is None:
+                        feats = np.full((len(images), features.shape[1]), np.nan, dtype=np.float32)
+                    feats[ok] = features
+        return out, (ood if scored or self.ood_record is not None else None), feats, errors
+
     def predict(self, images: list, top_k: int = 1, names: list[str] | None = None,
                 progress=None) -> list[Prediction]:
         """Predict each image (a path, the file's bytes or a PIL image); an unusable one gives a
