@@ -124,6 +124,14 @@ def _train_config(data, config: TrainConfig | None, options: dict) -> tuple[Trai
     if data is None:
         raise UserError("give the dataset folder (or --resume RUN)")
     base = config.to_dict() if config else {}
+    parent = options.get("from_run") or base.get("from_run")
+    if parent:  # RUN's settings, under those set now (a config's values that differ from the defaults, and options)
+        from .training.parent import continue_config
+
+        defaults = TrainConfig().to_dict()
+        given = {**{k: v for k, v in base.items() if v != defaults.get(k)}, **options}
+        given.pop("from_run", None)
+        return continue_config(parent, str(Path(data).expanduser().absolute()), given), None
     return TrainConfig.from_mapping({**base, **options, "data": str(Path(data).expanduser().absolute())}), None
 
 

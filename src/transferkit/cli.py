@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, metavar="N", help="train with N processes on this machine (one per GPU, "
                    "or sharing the CPU cores): launches `torchrun --standalone --nproc-per-node N` for you; "
                    "--batch-size is per process. Several machines: run torchrun yourself (README, Scaling out)")
-    add_options(p, TrainConfig, skip=("data",))
+    add_options(p, TrainConfig, skip=("data",), aliases={"from_run": "--from"})
 
     p = sub.add_parser("lr-find", help="LR range test: suggest a learning rate",
                        description="Raises the LR exponentially over a few steps of the chosen "
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML file of options (command-line flags override it)")
     add_options(p, LRFindOptions)
     # the sweep runs --steps batches: what concerns epochs, the report or resuming does not apply
-    add_options(p, TrainConfig, skip=("data", "resume", "no_report", "epochs", "patience", "budget"))
+    add_options(p, TrainConfig, skip=("data", "resume", "from_run", "no_report", "epochs", "patience", "budget"))
 
     p = sub.add_parser("eval", help="re-evaluate a saved run",
                        description="Per-class precision, recall and F1, confusion matrix, top losses and "

@@ -183,6 +183,10 @@ class TrainConfig:
     name: str | None = opt(None, "run folder name under runs_dir")
     quiet: bool = opt(False, "print warnings and errors only (no progress, no results table)")
     resume: str | None = opt(None, "continue the interrupted run in this folder from its last checkpoint")
+    from_run: str | None = opt(None, "start from this finished run: its backbone and settings (options given now win); "
+                                     "finetune, partial and gradual continue its weights, its classes' head rows kept "
+                                     "and new classes' rows started from their images' mean features; linear refits "
+                                     "the head on every image, extracting only the new ones' features")
 
     # -- resolution and validation -------------------------------------------------------------
     def resolved(self) -> "TrainConfig":

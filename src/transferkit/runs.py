@@ -50,6 +50,7 @@ class RunRow:
     cpu_s: float | None = None  # of the command's process and its ended children
     size_mb: float = 0.0
     problem: str | None = None  # why it is damaged or unfinished
+    parent: str | None = None  # the run it started from (train --from), its folder
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,6 +79,7 @@ def read_run(folder: Path) -> RunRow:
     cfg = read_yaml_object(folder / "config.yaml")
     if isinstance(cfg, dict):
         row.data, row.backbone, row.strategy = _str(cfg.get("data")), _str(cfg.get("model")), _str(cfg.get("strategy"))
+        row.parent = _str(cfg.get("from_run"))
         row.when = _mtime(folder / "config.yaml")
     results_file = folder / "results.json"
     if not results_file.is_file():
@@ -174,14 +176,16 @@ def format_runs(rows: list[RunRow]) -> str:
     if not rows:
         return "no runs"
     multi = any(r.val_map is not None for r in rows)  # (a column for multi-label runs' mAP where there are any)
-    header = ["run", "when", "data", "backbone", "strategy", "val acc", "bal acc", *(["mAP"] if multi else []),
-              "wall s", "CPU s", "MB", "status"]
+    parents = any(r.parent for r in rows)  # (a column saying which run each started from, where any did)
+    header = ["run", "when", "data", *(["from"] if parents else []), "backbone", "strategy", "val acc", "bal acc",
+              *(["mAP"] if multi else []), "wall s", "CPU s", "MB", "status"]
     table = [header] + [[shown(r.name), _when(r.when), shown(Path(r.data).name) if r.data else "-",
+                         *([shown(Path(r.parent).name) if r.parent else "-"] if parents else []),
                          shown(r.backbone or "-"), shown(r.strategy or "-"), _fmt(r.val_acc), _fmt(r.balanced_accuracy),
                          *([_fmt(r.val_map)] if multi else []),
                          _fmt(r.wall_s, ".1f"), _fmt(r.cpu_s, ".1f"), f"{r.size_mb:.1f}", r.status] for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-    right = set(range(5, len(header) - 1))
+    right = set(range(5 + parents, len(header) - 1))
     lines = ["  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths))).rstrip()
              for line in table]
     problems = [f"{r.name}: {r.problem}" for r in rows if r.problem]

@@ -28,6 +28,7 @@ from .strategies.base import STRATEGIES, Strategy
 
 if TYPE_CHECKING:
     from ..ood import Ood
+    from .parent import Parent
     from ..models.lazy import LazyClassifier
     from ..runtime import Runtime
 
@@ -53,6 +54,7 @@ class Context:
     started: float = 0.0  # the command's start (time.perf_counter()): auto's --budget counts from it
     deadline: float | None = None  # no training epoch starts that would end after it (auto's --budget)
     observe: Callable[[EpochStats], None] | None = None  # told of each training epoch as it ends (--track)
+    parent: "Parent | None" = None  # the finished run this one starts from (--from)
 
     @functools.cached_property
     def runtime(self) -> Runtime:

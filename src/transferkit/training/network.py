@@ -163,6 +163,14 @@ def network_setup(ctx: Context, head_init: LinearHead | None = None, split: Data
                           cfg.lr_decay or 1.0, layer_decay, layers)
     mean = torch.tensor(ctx.pre.mean).view(1, 3, 1, 1)
     std = torch.tensor(ctx.pre.std).view(1, 3, 1, 1)
+    if ctx.parent is not None and head_init is None:  # --from: RUN's network, the new classes' rows imprinted
+        def mean_features(names: list[str]) -> np.ndarray:
+            wanted = [s for s in split.train if split.task.multi or split.classes[s.label] in names]
+            return class_means(model, DataLoader(dataset(wanted, False), batch_size=cfg.batch_size,
+                                                 num_workers=ctx.workers), [split.classes.index(c) for c in names],
+                               lambda u8: runtime.to_input(u8, mean, std), runtime)
+
+        ctx.console.info(ctx.parent.start(model, mean_features))
     loss = classification_loss(cfg, torch.from_numpy(split.targets(split.train)) if split.task.multi else y_train,
                                len(split.classes))
     reference = reference_rows(len(y_train), y_train.numpy(), cfg.seed)
@@ -172,6 +180,27 @@ def network_setup(ctx: Context, head_init: LinearHead | None = None, split: Data
         if held else None
     return NetworkSetup(model, loader, val_loader, stages, groups, loss,
                         lambda u8: runtime.to_input(u8, mean, std), split, reference_loader, calibration_loader, held)
+
+
+def class_means(model, loader: DataLoader, labels: list[int], to_input, runtime) -> np.ndarray:
+    """(K, D) mean backbone features of the images of each class in `labels` that `loader` gives
+    (evaluation views), the network in eval mode for the pass (then back in training mode)."""
+    sums = {c: None for c in labels}
+    counts = dict.fromkeys(labels, 0)
+    model.eval()
+    try:
+        with torch.no_grad(), runtime.autocast():
+            for u8, y in loader:
+                f = model.backbone(to_input(u8)).float().cpu()
+                for c in labels:  # (multi-label: y holds each image's 0/1 row)
+                    rows = f[y[:, c] > 0] if y.ndim == 2 else f[y == c]
+                    if len(rows):
+                        sums[c] = rows.sum(0) if sums[c] is None else sums[c] + rows.sum(0)
+                        counts[c] += len(rows)
+    finally:
+        model.train()
+    return np.stack([(sums[c] / max(counts[c], 1)).numpy() if sums[c] is not None else
+                     np.zeros(model.head.weight.shape[1], np.float32) for c in labels])
 
 
 def is_small(split: DatasetSplit) -> bool:

@@ -33,6 +33,7 @@ from ..doctor.health import nearest_train, quick_health, warnings as health_warn
 from . import elastic
 from .checkpoint import load_checkpoint
 from .context import CachedFeatures, Context, Outcome
+from .parent import Parent
 from ..features.dataset import features_key, int8_key
 from .result import Run
 from .strategies.base import RECIPE_OPTIONS, STRATEGIES
@@ -149,7 +150,7 @@ def run_start(cfg: TrainConfig, run_dir: Path) -> RunStart:
 
     params = {k: str(v) for k, v in cfg.to_dict().items() if v is not None and k not in ("track", "quiet")}
     tags = {"transferkit.version": __version__, "backbone": cfg.model, "strategy": cfg.strategy, "data": cfg.data,
-            "run_dir": str(run_dir.resolve())}
+            "run_dir": str(run_dir.resolve()), **({"parent_run_dir": cfg.from_run} if cfg.from_run else {})}
     return RunStart(run_dir, run_dir.name, params, tags)
 
 
@@ -308,6 +309,10 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
         from .teacher import check_teacher
 
         check_teacher(cfg.teacher, split.classes)
+    parent = Parent.of(cfg, split.classes, split.task.multi)
+    if parent is not None and group.primary:
+        for line in parent.lines(strategy.name):
+            (console.warn if line.startswith("warning: ") else console.info)(line.removeprefix("warning: "))
     def new_run_dir() -> Path:
         run_dir = make_run_dir(cfg, run_name)
         cfg.to_yaml(run_dir / "config.yaml")  # written first: --resume reads it
@@ -317,7 +322,7 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
     return Context(cfg=cfg, split=split, models=models, pre=pre, device=device, cache=cache, workers=workers,
                    console=console, features=features, run_dir=group.decide(new_run_dir), engine=engine,
                    features_ident={"features": key, "multi": multi} if uses_features else None, resume=resume,
-                   group=group, started=started)
+                   group=group, started=started, parent=parent)
 
 
 def refuse_for_multilabel(cfg: TrainConfig, strategy) -> None:
@@ -561,6 +566,7 @@ def write_outputs(run_dir: Path, outcome: Outcome, ran_on: tuple[str, str], star
         "distributed": outcome.info.get("distributed"),
         "metrics": summary,
         "strategy_info": outcome.info,
+        "parent": parent.record(cfg.strategy) if (parent := Parent.of(cfg, split.classes, task.multi)) else None,
         "wall_s": round(time.perf_counter() - started, 3),
         "cpu_s": round(_cpu_seconds(), 3),
         "finished_at": round(time.time(), 3),  # Unix time (`transferkit runs` lists by it)

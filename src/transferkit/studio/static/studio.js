@@ -339,7 +339,8 @@ async function loadRuns() {
     el("td", {}, el("input", { type: "checkbox", "aria-label": `select ${r.name}`, checked: state.selected.has(r.name) || null, disabled: r.status !== "finished" && r.status !== "interrupted" || null,
       onchange: (e) => { e.target.checked ? state.selected.add(r.name) : state.selected.delete(r.name); $("compare").disabled = state.selected.size !== 2; } })),
     el("td", {}, r.status === "finished" || r.status === "interrupted" ? el("a", { href: "#", onclick: (e) => { e.preventDefault(); showRun(r.name); } }, r.name) : r.name),
-    el("td", {}, r.data ? r.data.split("/").pop() : "-"), el("td", {}, r.backbone || "-"), el("td", {}, r.strategy || "-"),
+    el("td", {}, r.data ? r.data.split("/").pop() : "-"), el("td", {}, r.backbone || "-"),
+    el("td", { title: r.parent ? `started from the run ${r.parent} (train --from)` : null }, (r.strategy || "-") + (r.parent ? ` · from ${r.parent.split("/").pop()}` : "")),
     el("td", { class: "num" }, num(r.val_acc)), el("td", { class: "num" }, num(r.balanced_accuracy)),
     el("td", { class: "num", title: "multi-label runs: val mAP (their val acc is the subset accuracy)" }, r.val_map === null || r.val_map === undefined ? "-" : num(r.val_map)),
     el("td", { class: "num" }, r.wall_s === null ? "-" : r.wall_s.toFixed(1)), el("td", { class: "num" }, r.cpu_s === null ? "-" : r.cpu_s.toFixed(1)),
@@ -440,7 +441,7 @@ async function showRun(name) {
     el("td", { class: "num" }, num(m.recall, 3)), el("td", { class: "num" }, num(m.f1, 3)), el("td", { class: "num" }, m.support)));
   $("run-view").replaceChildren(
     el("h2", {}, r.name),
-    el("p", {}, `${multi ? `val mAP ${num(v.map.map_macro)} (micro ${num(v.map.map_micro)}) · subset accuracy` : "val accuracy"} ${num(r.val_acc)} · balanced ${num(r.balanced_accuracy)} · ${r.strategy} · ${r.backbone} · ${r.wall_s === null ? "-" : r.wall_s.toFixed(1)} s`,
+    el("p", {}, `${multi ? `val mAP ${num(v.map.map_macro)} (micro ${num(v.map.map_micro)}) · subset accuracy` : "val accuracy"} ${num(r.val_acc)} · balanced ${num(r.balanced_accuracy)} · ${r.strategy} · ${r.backbone}${r.parent ? ` · from ${r.parent.split("/").pop()}` : ""} · ${r.wall_s === null ? "-" : r.wall_s.toFixed(1)} s`,
       v.report ? el("span", {}, " · ", el("a", { href: `/api/runs/${encodeURIComponent(name)}/report`, target: "_blank", rel: "noopener" }, "report.html")) : null),
     el("p", {}, el("select", { id: "export-formats", "aria-label": "formats to export" },
         ...[["all", "all formats"], ["onnx", "ONNX"], ["torchscript", "TorchScript"], ["int8", "INT8 ONNX"]].map(([v, t]) => el("option", { value: v }, t))),
