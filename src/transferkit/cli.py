@@ -131,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--explain", metavar="DIR", help="also write where each answer comes from: DIR/<image path relative "
                                                     "to the folder given>.cam.png (a heatmap of the image's size) and "
                                                     ".cam.jpg (an overlay); never inside an input folder or the data")
+    p.add_argument("--every", type=float, default=1.0, metavar="SECONDS",
+                   help="videos (.mp4, .mov, .mkv, ... or a stream's rtsp:// or http(s):// URL): predict one frame every "
+                        "SECONDS of the video; each row is a frame with its time, and the label of its segment (the "
+                        "probabilities smoothed over 2 s) [default: 1]")
+    p.add_argument("--duration", type=float, metavar="SECONDS",
+                   help="videos: predict at most the first SECONDS of each (a stream's URL needs it)")
 
     p = sub.add_parser("suggest", help="which unlabelled images to label next",
                        description="Ranks the images in UNLABELLED (files and folders, walked) by how much labelling "
@@ -307,8 +313,20 @@ def cmd_predict(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         from .models.bundle import trained_on
 
         datasets = [*args.inputs, *(trained_on(Path(args.run)) if Path(args.run).is_dir() else [])]
-        check_output_file(args.output, "--output", datasets, OWN_HEADS, args.force)
-    files = list(iter_inputs(args.inputs, args.files_from))
+        from .prediction.video import VIDEO_HEADS
+
+        check_output_file(args.output, "--output", datasets, OWN_HEADS + VIDEO_HEADS, args.force)
+    from .prediction.video import is_stream, is_video
+
+    streams = [i for i in args.inputs if is_stream(i)]
+    files = list(iter_inputs([i for i in args.inputs if not is_stream(i)], args.files_from))
+    videos = streams + [f for f in files if is_video(f)]
+    if videos:
+        if len(videos) == len(files) + len(streams):
+            return _predict_videos(args, options, videos)
+        files = [f for f in files if not is_video(f)]
+        print(printable(f"warning: {len(videos)} video(s) left out, e.g. {videos[0]}: predict videos in a command of "
+                        "their own (their rows are frames)", lines=False), file=sys.stderr)
     if not files:
         raise UserError("no files found in the given inputs")
     if args.explain:
@@ -402,6 +420,76 @@ def cmd_suggest(args: argparse.Namespace) -> int:
              if found["already_labelled"] else "")
           + (f"; written to {args.output}" if args.output else ""), file=sys.stderr)
     return 0
+
+
+def _predict_videos(args: argparse.Namespace, options: PredictOptions, videos: list[str]) -> int:
+    """predict on videos: a row per sampled frame (CSV) or an object per video with its frames and
+    segments (JSON); each video's segments said on stderr. A video that cannot be read is named in
+    a warning and the others are predicted."""
+    import json
+
+    from .files import csv_table
+    from .prediction import video
+
+    if args.explain or args.out_dir:
+        raise UserError("--explain and --out-dir take images: predict videos without them")
+    if not args.every > 0 or args.every != args.every:
+        raise UserError("--every must be a number of seconds above 0")
+    if args.duration is not None and not args.duration > 0:
+        raise UserError("--duration must be a number of seconds above 0")
+    unbounded = [v for v in videos if video.is_stream(v)] if args.duration is None else []
+    if unbounded:
+        raise UserError(f"{unbounded[0]} is a stream: give --duration SECONDS (how long to predict it)")
+    video._av()  # (the extra, checked before the model loads)
+    say = lambda message: print(printable(message, lines=False), file=sys.stderr, flush=True)  # noqa: E731
+    predictor = _open_predictor(args, options, len(videos), say)
+    top_k = min(options.top_k, len(predictor.classes))
+    as_json = bool(args.output and args.output.endswith(".json"))
+    results, failed = [], 0
+    with predictor, _output_stream(args.output) as stream:
+        if not as_json:
+            stream.write(csv_table(video.csv_header(top_k), []))
+        for source in videos:
+            try:
+                found = video.predict_video(predictor, source, args.every, args.duration)
+            except UserError as exc:
+                say(f"warning: {exc}")
+                failed += 1
+                continue
+            if found.warning:
+                say(f"warning: {found.warning}")
+            layout = (predictor.classes, predictor.task, args.every, top_k)
+            segments = found.segments(predictor.classes, predictor.task, args.every)
+            say(f"{source}: {len(found.times)} frames; " + (", ".join(
+                f"{s['start']:.1f}-{s['end']:.1f} s {s['label'] or '(none)'} ({s['probability']:.2f})" for s in segments)
+                or "no frame predicted"))
+            if as_json:
+                results.append(video.to_json(found, *layout))
+            else:
+                stream.write(csv_table(None, video.csv_rows(found, *layout)))
+        if as_json:
+            stream.write(json.dumps(results, indent=2, ensure_ascii=False) + "\n" if results else "[]\n")
+    if failed == len(videos):
+        raise UserError(f"no video could be read ({failed} given)")
+    if args.output:
+        print(f"{len(videos) - failed} video(s) predicted into {args.output}")
+    return 0
+
+
+def _open_predictor(args: argparse.Namespace, options: PredictOptions, count: int, say):
+    """The model predict runs: an exported .onnx on ONNX Runtime alone, else the run folder's on
+    the engine `engines.choose` picks for `count` inputs."""
+    if args.run.endswith(".onnx"):  # an exported model: ONNX Runtime alone, torch is not imported
+        from .prediction.onnx_predictor import OnnxPredictor, check_exported_options
+
+        check_exported_options(args.run, options.engine, options.precision)
+        return OnnxPredictor(args.run, tta=options.tta)
+    from . import api
+
+    predictor = api.load(args.run, options.device, options.precision, options.tta, options.engine, images=count,
+                         say=say)
+    say(f"engine: {predictor.engine.line()}")
+    return predictor
 
 
 def _explained(predictor, files: list[str], top_k: int, inputs: list[str], out: Path, bar) -> list:
