@@ -397,6 +397,49 @@ def test_the_page_in_headless_chromium_shows_what_predict_says(served, tmp_path)
     assert proc.returncode == 0, proc.stderr.read()[-2000:]
 
 
+@pytest.mark.slow
+def test_the_pages_camera_mode_predicts_live_frames_at_a_bounded_rate(served):
+    """The page's camera (#42): Chromium's fake camera, its frames sent to /predict at most
+    CAMERA_FPS a second and one at a time, the top labels drawn over the picture; stopped, the
+    camera is released."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    browser_path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not browser_path:
+        pytest.skip("chromium is not installed: `make system-deps` (run by `make test`) installs Debian's package")
+    proc, url = _start_server(served["run"])
+    try:
+        posts = []
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=browser_path, args=[
+                "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"])
+            page = browser.new_page()
+            page.on("request", lambda r: posts.append(time.monotonic()) if r.method == "POST" and "predict" in r.url else None)
+            page.goto(url)
+            page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+            assert not page.is_visible("#camera")
+            page.click("#camera-toggle")
+            deadline = time.monotonic() + 30  # (polled here: the page's CSP forbids wait_for_function's eval)
+            while int(page.get_attribute("#camera-labels", "data-frames") or 0) < 4 and time.monotonic() < deadline:
+                page.wait_for_timeout(200)
+            assert int(page.get_attribute("#camera-labels", "data-frames") or 0) >= 4, page.inner_text("#camera-status")
+            labels = page.locator("#camera-labels")
+            assert labels.get_attribute("data-label") in ("blue", "green", "red")
+            assert re.search(r"\d+\.\d%", labels.inner_text())
+            assert page.get_attribute("#camera-toggle", "aria-pressed") == "true"
+            page.click("#camera-toggle")
+            assert page.evaluate("document.querySelector('#camera-video').srcObject === null")
+            assert not page.is_visible("#camera")
+            browser.close()
+        rate = (len(posts) - 1) / (posts[-1] - posts[0])
+        assert len(posts) >= 4 and rate <= 2.5, (len(posts), rate)  # CAMERA_FPS = 2 a second
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 @pytest.mark.parametrize("kind", ["run", "onnx"])
 def test_tritonclient_gets_what_predict_gives(served, kind, tmp_path, monkeypatch):
     """The Open Inference Protocol (v2) through the real Triton HTTP client: encoded images (the

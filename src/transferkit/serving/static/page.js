@@ -184,7 +184,88 @@ function classifyAll(files) {
   images.forEach(classify);
 }
 
+// ---------------------------------------------------------------- camera
+// The live picture from getUserMedia; a frame at a time is sent to /predict (JPEG, at most
+// CAMERA_FPS a second and never two at once, so a slow model is not flooded) and its top
+// labels are drawn over the picture.
+const CAMERA_FPS = 2;
+const CAMERA_SIDE = 448;  // the frame's long side as sent: the model resizes it further
+const camera = { stream: null, timer: null, busy: false, frames: 0 };
+
+async function startCamera() {
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    $("camera-status").textContent = "this browser gives no camera here (it needs https or localhost)";
+    $("camera").hidden = false;
+    return;
+  }
+  try {
+    camera.stream = await navigator.mediaDevices.getUserMedia({ video: { width: { ideal: 640 } }, audio: false });
+  } catch (err) {
+    $("camera").hidden = false;
+    $("camera-status").textContent = "no camera: " + (err.message || err.name);
+    return;
+  }
+  $("camera-video").srcObject = camera.stream;
+  $("camera").hidden = false;
+  $("camera-toggle").setAttribute("aria-pressed", "true");
+  $("camera-toggle").textContent = "Stop camera";
+  $("camera-status").textContent = `predicting ${CAMERA_FPS} frames a second`;
+  camera.timer = setInterval(cameraFrame, 1000 / CAMERA_FPS);
+}
+
+function stopCamera() {
+  clearInterval(camera.timer);
+  camera.timer = null;
+  if (camera.stream) camera.stream.getTracks().forEach((t) => t.stop());
+  camera.stream = null;
+  $("camera-video").srcObject = null;
+  $("camera").hidden = true;
+  $("camera-labels").replaceChildren();
+  $("camera-toggle").setAttribute("aria-pressed", "false");
+  $("camera-toggle").textContent = "Camera";
+}
+
+async function cameraFrame() {
+  const video = $("camera-video");
+  if (camera.busy || !video.videoWidth) return;
+  camera.busy = true;
+  try {
+    const scale = Math.min(1, CAMERA_SIDE / Math.max(video.videoWidth, video.videoHeight));
+    const canvas = document.createElement("canvas");
+    canvas.width = Math.round(video.videoWidth * scale);
+    canvas.height = Math.round(video.videoHeight * scale);
+    canvas.getContext("2d").drawImage(video, 0, 0, canvas.width, canvas.height);
+    const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", 0.85));
+    const k = Math.max(1, Math.min(state.maxTopK, parseInt($("top-k").value, 10) || 1));
+    const response = await fetch("predict?top_k=" + k, { method: "POST", body: blob,
+      headers: { ...headers(), "Content-Type": "image/jpeg" } });
+    const answer = await response.json().catch(() => ({ detail: "HTTP " + response.status }));
+    const pred = answer.predictions && answer.predictions[0];
+    if (!response.ok || !pred || pred.error) throw new Error((pred && pred.error) || answer.detail || "HTTP " + response.status);
+    camera.frames += 1;
+    const labels = $("camera-labels");
+    labels.dataset.label = pred.label;
+    labels.dataset.frames = String(camera.frames);
+    labels.dataset.unknown = String(Boolean(pred.unknown));
+    labels.replaceChildren(...pred.top_k.map((t) => {
+      const li = document.createElement("li");
+      li.textContent = `${t.label} ${percent(t.probability)}`;
+      return li;
+    }));
+    if (pred.unknown) {
+      const li = document.createElement("li");
+      li.textContent = "unknown: unlike the training images";
+      labels.append(li);
+    }
+  } catch (err) {
+    $("camera-status").textContent = "the last frame was not predicted: " + err.message;
+  } finally {
+    camera.busy = false;
+  }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  $("camera-toggle").addEventListener("click", () => (camera.stream ? stopCamera() : startCamera()));
   $("files").addEventListener("change", (e) => { classifyAll(e.target.files); e.target.value = ""; });
   $("clear").addEventListener("click", () => { $("results").replaceChildren(); $("files").focus(); });
   $("token-form").addEventListener("submit", (e) => {
