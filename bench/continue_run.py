@@ -1,14 +1,17 @@
 """Adding a class to a trained model (#42, part 1): `train DATA --from RUN` against retraining
 from the ImageNet weights, side by side in one run.
 
-    python bench/continue_run.py [--dataset flower_photos_small] [--new CLASS] [--epochs 8] [--more 2]
+    python bench/continue_run.py [--dataset flower_photos_small] [--new CLASS] [--epochs 8] [--seeds 2]
+                                 [--child-lr 1e-3]
 
 The parent is trained on every class of DATA but `--new` (default: the last), in a folder of links
 (the shared data is never changed); then the new class is linked into that folder, as a user adds
 one, and on all the classes:
-- finetune: the parent fine-tuned for `--epochs`; its child `--from` it for `--more` epochs, the
-  new class's head row started from its images' mean features (imprinted), and again with a
-  random row; and a run from the ImageNet weights for `--epochs` (what "starting over" costs);
+- finetune: the parent fine-tuned for `--epochs`; its child `--from` it with the defaults of a
+  continued network (a quarter of the epochs at 0.3x the learning rate), the new class's head row
+  started from its images' mean features (imprinted); again with a random row; with `--child-lr`
+  (e.g. the parent's own 1e-3); and a run from the ImageNet weights for `--epochs` (what
+  "starting over" costs), each once per seed;
 - linear (the default): the parent, its child `--from` it (the old images' features are cached:
   only the new class's are extracted), and a run on a cache without any features (the conversion
   kept: the first run on a dataset).
@@ -90,7 +93,8 @@ def main() -> None:
     ap.add_argument("--dataset", default="flower_photos_small")
     ap.add_argument("--new", help="the class added (default: the last)")
     ap.add_argument("--epochs", type=int, default=8, help="the parent's and the retrained run's epochs")
-    ap.add_argument("--more", type=int, default=2, help="the child's epochs")
+    ap.add_argument("--child-lr", type=float, help="also a child with this learning rate")
+    ap.add_argument("--seeds", type=int, default=1, help="the finetune runs, once per seed")
     args = ap.parse_args()
     from transferkit.training import parent
 
@@ -101,44 +105,53 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="tk-continue-"))
     os.environ["TRANSFERKIT_CACHE"] = str(root / "cache")
     classes = {p.name for p in (data / "train").iterdir() if p.is_dir()}
-    old_data = linked(data, root / "ft", classes - {new})
     rows: list = []
-    common = dict(strategy="finetune", epochs=args.epochs)
-    p = timed(f"finetune parent ({args.epochs} ep, without {new})", rows, old_data, new, out=str(root / "ft-parent"),
+    for seed in range(args.seeds):  # (the network runs: their spread is several points on 40 val images a class)
+        work = root / f"seed{seed}"
+        common = dict(strategy="finetune", epochs=args.epochs, seed=seed)
+        p = timed(f"finetune parent ({args.epochs} ep, without {new})", rows, linked(data, work, classes - {new}),
+                  new, out=str(work / "ft-parent"), **common)
+        full = linked(data, work, classes)  # the new class added to the parent's folder
+        child = dict(from_run=str(p), seed=seed)  # (its defaults: a quarter of the epochs, 0.3x the LR)
+        timed("finetune --from parent (its defaults)", rows, full, new, out=str(work / "child"), **child)
+        parent.NEW_ROWS = "random"
+        try:
+            timed("finetune --from parent (defaults, random new row)", rows, full, new,
+                  out=str(work / "child-random"), **child)
+        finally:
+            parent.NEW_ROWS = "imprint"
+        if args.child_lr:
+            timed(f"finetune --from parent (defaults, lr {args.child_lr:g})", rows, full, new,
+                  out=str(work / "child-lr"), lr=args.child_lr, **child)
+        timed(f"finetune from ImageNet ({args.epochs} ep, all classes)", rows, full, new, out=str(work / "retrained"),
               **common)
-    data = linked(data, root / "ft", classes)  # the new class added to the parent's folder
-    timed(f"finetune --from parent ({args.more} ep, imprinted row)", rows, data, new, from_run=str(p),
-          epochs=args.more, out=str(root / "ft-child"))
-    parent.NEW_ROWS = "random"
-    try:
-        timed(f"finetune --from parent ({args.more} ep, random row)", rows, data, new, from_run=str(p),
-              epochs=args.more, out=str(root / "ft-child-random"))
-    finally:
-        parent.NEW_ROWS = "imprint"
-    timed(f"finetune from ImageNet ({args.epochs} ep, all classes)", rows, data, new, out=str(root / "ft-scratch"),
-          **common)
-    old_data = linked(SHARED / args.dataset, root / "lin", classes - {new})
-    p = timed(f"linear parent (without {new})", rows, old_data, new, out=str(root / "lin-parent"))
-    data = linked(SHARED / args.dataset, root / "lin", classes)
-    timed("linear --from parent", rows, data, new, from_run=str(p), out=str(root / "lin-child"))
-    cold = cold_cache(root / "cache", root / "cold-cache")
-    os.environ["TRANSFERKIT_CACHE"] = str(cold)
-    timed("linear, no feature cached (all classes)", rows, data, new, out=str(root / "lin-scratch"))
+    p = timed(f"linear parent (without {new})", rows, linked(data, root / "lin", classes - {new}), new,
+              out=str(root / "lin-parent"))
+    full = linked(data, root / "lin", classes)
+    timed("linear --from parent", rows, full, new, from_run=str(p), out=str(root / "lin-child"))
+    os.environ["TRANSFERKIT_CACHE"] = str(cold_cache(root / "cache", root / "cold-cache"))
+    timed("linear, no feature cached (all classes)", rows, full, new, out=str(root / "lin-scratch"))
 
-    print(f"\n{args.dataset}: {new} added to {len(list((data / 'train').iterdir())) - 1} classes")
-    print(f"{'run':<48} {'old cls':>8} {'new cls':>8} {'all':>7} {'wall s':>7} {'CPU s':>7}")
-    for label, old, fresh, every, wall, cpu in rows:
+    mean = {}  # label -> the mean of its rows over the seeds
+    for label, *values in rows:
+        mean.setdefault(label, []).append(values)
+    mean = {label: np.mean(np.asarray(v, dtype=np.float64), axis=0) for label, v in mean.items()}
+    print(f"\n{args.dataset}: {new} added to {len(classes) - 1} classes; finetune runs: mean of {args.seeds} seed(s)")
+    print(f"{'run':<52} {'old cls':>8} {'new cls':>8} {'all':>7} {'wall s':>7} {'CPU s':>7}")
+    for label, (old, fresh, every, wall, cpu) in mean.items():
         fresh_text = f"{100 * fresh:>7.1f}%" if fresh == fresh else f"{'-':>8}"  # (a parent has no new class)
-        print(f"{label:<48} {100 * old:>7.1f}% {fresh_text} {100 * every:>6.1f}% {wall:>7.1f} {cpu:>7.1f}")
-    child, scratch = rows[1], rows[3]
-    print(f"finetune --from: old classes {100 * (child[1] - scratch[1]):+.1f} pt, all {100 * (child[3] - scratch[3]):+.1f} pt "
-          f"against retraining, in {child[4] / scratch[4]:.2f}x its wall time ({child[5] / scratch[5]:.2f}x CPU); "
-          f"imprinted - random new row: new class {100 * (rows[1][2] - rows[2][2]):+.1f} pt, "
-          f"all {100 * (rows[1][3] - rows[2][3]):+.1f} pt")
-    child, scratch = rows[5], rows[6]
-    print(f"linear --from: all {100 * (child[3] - scratch[3]):+.1f} pt against a cold run, in "
-          f"{child[4] / scratch[4]:.2f}x its wall time ({child[5] / scratch[5]:.2f}x CPU)")
-
+        print(f"{label:<52} {100 * old:>7.1f}% {fresh_text} {100 * every:>6.1f}% {wall:>7.1f} {cpu:>7.1f}")
+    labels = list(mean)
+    retrained = mean[next(x for x in labels if x.startswith("finetune from ImageNet"))]
+    for label in labels:
+        if label.startswith("finetune --from"):
+            m = mean[label]
+            print(f"{label}: old classes {100 * (m[0] - retrained[0]):+.1f} pt, new {100 * (m[1] - retrained[1]):+.1f} "
+                  f"pt, all {100 * (m[2] - retrained[2]):+.1f} pt against retraining, in {m[3] / retrained[3]:.2f}x its "
+                  f"wall time ({m[4] / retrained[4]:.2f}x CPU)")
+    child, cold = mean["linear --from parent"], mean["linear, no feature cached (all classes)"]
+    print(f"linear --from: all {100 * (child[2] - cold[2]):+.1f} pt against a run extracting every image, in "
+          f"{child[3] / cold[3]:.2f}x its wall time ({child[4] / cold[4]:.2f}x CPU)")
 
 if __name__ == "__main__":
     main()

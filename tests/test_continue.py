@@ -70,18 +70,23 @@ def test_finetune_from_a_run_keeps_its_rows_and_imprints_the_new_class(datasets,
 
     # the start itself: RUN's backbone, its rows by class name, the new row from the mean features
     model, _, _ = load(child.path)  # (a network of the child's shape)
-    mean = np.arange(model.head.weight.shape[1], dtype=np.float32)
+    rng = np.random.default_rng(0)
+    means = {c: rng.random(model.head.weight.shape[1]).astype(np.float32) for c in ("green", "red", "blue")}
     start = Parent(Path(parent.path), ["blue", "red"], ["green", "red", "blue"])
-    said = start.start(model, lambda names: np.stack([mean for _ in names]))
+    said = start.start(model, lambda names: np.stack([means[c] for c in names]))
     assert "2 head row(s) kept, 1 started from their images' mean features" in said
     for key, value in old.backbone.state_dict().items():
         torch.testing.assert_close(model.backbone.state_dict()[key], value)
     w, b = model.head.weight.detach(), model.head.bias.detach()
     torch.testing.assert_close(w[1], old.head.weight[1].detach())  # red
     torch.testing.assert_close(w[2], old.head.weight[0].detach())  # blue
+    centre = torch.from_numpy(np.mean([means[c] for c in ("green", "red", "blue")], axis=0))
+    direction = torch.from_numpy(means["green"]) - centre  # centred: from the classes' centre to its own mean
     norm = old.head.weight.detach().norm(dim=1).mean()
-    torch.testing.assert_close(w[0], torch.from_numpy(mean) / np.linalg.norm(mean) * norm)
-    torch.testing.assert_close(b[0], old.head.bias.detach().mean())
+    torch.testing.assert_close(w[0], direction / direction.norm() * norm)
+    # its logit at the centre: the kept classes' mean logit there
+    level = (old.head.weight.detach() @ centre + old.head.bias.detach()).mean()
+    torch.testing.assert_close(w[0] @ centre + b[0], level)
 
 
 def test_another_strategy_takes_its_own_defaults_not_the_runs(datasets, tmp_path):
@@ -92,6 +97,13 @@ def test_another_strategy_takes_its_own_defaults_not_the_runs(datasets, tmp_path
     saved = yaml.safe_load((tmp_path / "child" / "config.yaml").read_text())
     assert (saved["strategy"], saved["optimizer"], saved["epochs"], saved["lr"]) == ("linear", "lbfgs", None, None)
     assert child.results["parent"]["continued"] == "settings"
+    # its own network continued: a quarter of its epochs (at least 1) at 0.3x its learning rate, unless given
+    from transferkit.training.parent import continue_config
+
+    cfg = continue_config(parent.path, str(three), {})
+    assert (cfg.strategy, cfg.epochs, cfg.lr) == ("finetune", 1, pytest.approx(0.003))
+    cfg = continue_config(parent.path, str(three), {"lr": 0.05, "epochs": 3})
+    assert (cfg.epochs, cfg.lr) == (3, 0.05)
 
 
 def test_what_cannot_be_continued_is_one_line(datasets, tmp_path):

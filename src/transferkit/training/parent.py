@@ -6,12 +6,16 @@ for the strategies that train the network (finetune, partial, gradual) its weigh
   is not carried over.
 - `linear` refits its head on every image: the feature cache already holds the old images'
   features, so only new images are extracted.
-- The network strategies start from RUN's network: the backbone's weights, the head rows of the
+- The network strategies start from RUN's network (with RUN's strategy: a quarter of its epochs
+  at 0.3x its learning rate, unless given): the backbone's weights, the head rows of the
   classes DATA still has (matched by name), and each new class's row started from the mean of
-  its training images' features under RUN's backbone, scaled to the old rows' mean norm, with the
-  old rows' mean bias ("imprinting": Qi et al., CVPR 2018, "Low-shot learning with imprinted
-  weights"). `bench/continue_run.py` measures that against a random start and against
-  retraining from the ImageNet weights.
+  its training images' features under RUN's backbone, scaled to the old rows' mean norm
+  ("imprinting": Qi et al., CVPR 2018, "Low-shot learning with imprinted weights"), centred: the
+  direction from the centre of all classes' means to the class's own, with the bias that makes
+  its logit at that centre the kept classes' mean logit there (pooled features are >= 0, so
+  uncentred means all point alike and a new class would take images from every old one).
+  `bench/continue_run.py` measures that against a random start and against retraining from the
+  ImageNet weights.
 """
 
 from __future__ import annotations
@@ -31,6 +35,12 @@ REFITS = ("linear",)  # those that refit a head on (cached) features: RUN's sett
 NOT_INHERITED = ("data", "labels", "path_col", "label_col", "split_col", "exclude", "fixes", "cache_dir", "no_cache",
                  "cache_limit", "out", "runs_dir", "name", "quiet", "resume", "from_run", "no_report", "workers")
 NEW_ROWS = "imprint"  # how a new class's head row starts: "imprint" | "random" (bench/continue_run.py)
+# A network that continues RUN's (same strategy, neither option given): a quarter of RUN's epochs
+# at 0.3x its learning rate, as lp-ft's second stage starts from a fitted head at 3e-4 rather than
+# finetune's 1e-3. Measured (bench/continue_run.py, flowers, a class added, 2 seeds): RUN's
+# learning rate lost 3.1 points on the old classes against retraining, 0.3x lost 0.3.
+CONTINUE_EPOCHS_DIVISOR = 4
+CONTINUE_LR_FACTOR = 0.3
 
 
 def parent_dir(run: str | Path) -> Path:
@@ -51,7 +61,9 @@ def parent_dir(run: str | Path) -> Path:
 def continue_config(run: str | Path, data: str, given: dict) -> TrainConfig:
     """RUN's settings (its config.yaml) with `given` (the options set now) on top, for DATA. With
     another --strategy than RUN's, what strategies set (epochs, LR, optimizer, their own options)
-    is the new strategy's, not RUN's; a setting of RUN's that the strategy does not take is dropped."""
+    is the new strategy's, not RUN's; a setting of RUN's that the strategy does not take is dropped.
+    RUN's network continued with its own strategy: CONTINUE_EPOCHS_DIVISOR fewer epochs and
+    CONTINUE_LR_FACTOR its learning rate, each unless given."""
     from ..models.bundle import read_meta
     from .strategies.base import STRATEGIES
 
@@ -71,6 +83,11 @@ def continue_config(run: str | Path, data: str, given: dict) -> TrainConfig:
     inherited = {k: v for k, v in saved.items()
                  if k not in skip and k not in given and v is not None
                  and (k == "strategy" or applies(k, strategy, optimizer))}
+    if strategy.name in CONTINUES and strategy.name == saved["strategy"]:  # RUN's network goes on: shorter, gentler
+        if "epochs" not in given and inherited.get("epochs"):
+            inherited["epochs"] = max(1, -(-inherited["epochs"] // CONTINUE_EPOCHS_DIVISOR))
+        if "lr" not in given and inherited.get("lr"):
+            inherited["lr"] = inherited["lr"] * CONTINUE_LR_FACTOR
     if strategy.name not in CONTINUES + REFITS:
         raise UserError(f"--from continues a run with --strategy {', '.join(CONTINUES)} (its network) or "
                         f"{', '.join(REFITS)} (a head refitted on every image), not {strategy.name}: train without "
@@ -135,8 +152,8 @@ class Parent:
         """Load RUN's network into `model` (the new run's classifier): the backbone (a fine-tuned
         run's; a frozen one's is the same ImageNet network already), the rows of the kept classes,
         new rows as NEW_ROWS says. `mean_features(class names)` -> (K, D) mean features of those
-        classes' training images under the loaded backbone. Returns a line saying what started
-        where."""
+        classes' training images under the loaded backbone (asked for every class of the new
+        run). Returns a line saying what started where."""
         import torch
 
         from ..models.bundle import load, read_meta
@@ -156,13 +173,17 @@ class Parent:
                     weight[i].copy_(w_old[rows[c]])
                     bias[i].copy_(b_old[rows[c]])
             if fresh and NEW_ROWS == "imprint":
-                means = torch.as_tensor(np.asarray(mean_features(fresh)), dtype=weight.dtype, device=weight.device)
-                norm = w_old.norm(dim=1).mean() if same_width else weight.new_tensor(1.0)
-                start_bias = b_old.mean() if same_width else weight.new_tensor(0.0)
-                for c, mean in zip(fresh, means):
+                means = torch.as_tensor(np.asarray(mean_features(self.new_classes)), dtype=weight.dtype,
+                                        device=weight.device)
+                centre = means.mean(0)  # (the features are >= 0: uncentred, every class's mean points alike)
+                kept = [i for i, c in enumerate(self.new_classes) if c in rows]
+                norm = weight[kept].norm(dim=1).mean() if kept else weight.new_tensor(1.0)
+                level = (weight[kept] @ centre + bias[kept]).mean() if kept else weight.new_tensor(0.0)
+                for c in fresh:
                     i = self.new_classes.index(c)
-                    weight[i].copy_(mean / mean.norm().clamp_min(1e-12) * norm)
-                    bias[i].copy_(start_bias)
+                    direction = means[i] - centre
+                    weight[i].copy_(direction / direction.norm().clamp_min(1e-12) * norm)
+                    bias[i].copy_(level - weight[i] @ centre)  # at the average image, as likely as the kept classes
         kept = len(self.new_classes) - len(fresh)
         return (f"started from {self.run_dir.name}'s network: {kept} head row(s) kept"
                 + (f", {len(fresh)} started from their images' mean features" if fresh and NEW_ROWS == "imprint"
