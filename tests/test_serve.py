@@ -62,6 +62,15 @@ def _files(paths):
     return [("file", (Path(p).name, Path(p).read_bytes(), "application/octet-stream")) for p in paths]
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop a server as Ctrl-C does (killed if it has not ended within 20 s)."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def _cli_predictions(model, paths, tmp_path, top_k, *options: str) -> dict:
     out = tmp_path / f"preds-{Path(model).name}.json"
     assert main(["predict", str(model), *paths, "--top-k", str(top_k), "--output", str(out), *options]) == 0
@@ -389,11 +398,7 @@ def test_the_page_in_headless_chromium_shows_what_predict_says(served, tmp_path)
         assert all(u.startswith(url) or u.startswith("blob:") for u in requested), requested
         assert (tmp_path / "serve_page.png").stat().st_size > 10_000
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
     assert proc.returncode == 0, proc.stderr.read()[-2000:]
 
 
@@ -433,11 +438,7 @@ def test_the_pages_camera_mode_predicts_live_frames_at_a_bounded_rate(served):
         rate = (len(posts) - 1) / (posts[-1] - posts[0])
         assert len(posts) >= 4 and rate <= 2.5, (len(posts), rate)  # CAMERA_FPS = 2 a second
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
 
 
 @pytest.mark.parametrize("kind", ["run", "onnx"])

@@ -117,21 +117,28 @@ class BasePredictor:
         """As `scored`, from the evaluation view alone (no test-time augmentation), with each
         image's class activation map (h, w) of its most probable class (None for an unusable
         image): (logits, ood or None, maps, errors)."""
+        return self._view_pass(images, names, progress, "explain", self.forward_maps)
+
+    def _view_pass(self, images: list, names: list[str] | None, progress, desc: str, forward):
+        """The evaluation view of each image through `forward` (a stacked batch -> logits, OOD
+        scores or None, and a row of something per image or None): (logits, ood or None, each
+        image's row or None, errors)."""
         images = as_list(images)
         out = np.full((len(images), len(self.classes)), np.nan, dtype=np.float32)
         ood = np.full(len(images), np.nan, dtype=np.float32)
-        maps: list[np.ndarray | None] = [None] * len(images)
+        extra: list[np.ndarray | None] = [None] * len(images)
         scored, errors = False, {}
-        for ok, rows, bad in self._batches(images, names, self._view, progress, "explain"):
+        for ok, rows, bad in self._batches(images, names, self._view, progress, desc):
             errors.update(bad)
             if ok:
-                logits, scores, cams = self.forward_maps(np.stack(rows))
+                logits, scores, per_image = forward(np.stack(rows))
                 out[ok] = logits
-                for j, i in enumerate(ok):
-                    maps[i] = cams[j]
+                if per_image is not None:
+                    for j, i in enumerate(ok):
+                        extra[i] = per_image[j]
                 if scores is not None:
                     ood[ok], scored = scores, True
-        return out, (ood if scored or self.ood_record is not None else None), maps, errors
+        return out, (ood if scored or self.ood_record is not None else None), extra, errors
 
     def _batches(self, images: list, names: list[str] | None, prepare, progress, desc: str):
         """Per batch of `images`, decoded on the predictor's threads by `prepare` ((image, name) ->
@@ -202,23 +209,11 @@ class BasePredictor:
         """As `scored`, from the evaluation view alone, with each image's features where the model
         exposes them (`forward_embedded`; NaN rows for unusable images): (logits, ood or None,
         features or None, errors)."""
-        images = as_list(images)
-        out = np.full((len(images), len(self.classes)), np.nan, dtype=np.float32)
-        ood = np.full(len(images), np.nan, dtype=np.float32)
-        feats: np.ndarray | None = None
-        scored, errors = False, {}
-        for ok, rows, bad in self._batches(images, names, self._view, progress, "score"):
-            errors.update(bad)
-            if ok:
-                logits, scores, features = self.forward_embedded(np.stack(rows))
-                out[ok] = logits
-                if scores is not None:
-                    ood[ok], scored = scores, True
-                if features is not None:
-                    if feats is None:
-                        feats = np.full((len(images), features.shape[1]), np.nan, dtype=np.float32)
-                    feats[ok] = features
-        return out, (ood if scored or self.ood_record is not None else None), feats, errors
+        logits, ood, rows, errors = self._view_pass(images, names, progress, "score", self.forward_embedded)
+        width = next((len(r) for r in rows if r is not None), None)
+        features = None if width is None else np.stack(
+            [r if r is not None else np.full(width, np.nan, np.float32) for r in rows]).astype(np.float32)
+        return logits, ood, features, errors
 
     def predict(self, images: list, top_k: int = 1, names: list[str] | None = None,
                 progress=None) -> list[Prediction]:
