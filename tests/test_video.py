@@ -108,4 +108,4 @@ def test_without_pyav_the_extra_is_named(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "av", None)
     with pytest.raises(MissingExtra, match=r"transferkit\[video\]"):
-        video._av()
+        video.require_av()

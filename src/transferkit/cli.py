@@ -140,10 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("suggest", help="which unlabelled images to label next",
                        description="Ranks the images in UNLABELLED (files and folders, walked) by how much labelling "
-                                   "them would help RUN's model: how unsure it is (calibrated probabilities), whether "
-                                   "an image is unlike every training image (perhaps a new class), and how far it "
-                                   "is from the images labelled or already suggested (no 100 near copies of one "
-                                   "photo). Writes the best --n with the model's guess and the reason, as CSV "
+                                   "them would help RUN's model: how unsure it is (calibrated probabilities), spread "
+                                   "over the feature space (not 100 near copies of one photo), and images unlike "
+                                   "every training image (perhaps a new class) where there are more of them than "
+                                   "usual. Writes the best --n with the model's guess and the reason, as CSV "
                                    "(default, on stdout) or JSON. Images the run was trained on are left out; "
                                    "nothing in UNLABELLED is changed.")
     p.add_argument("run", help="run folder, or an exported model.onnx (its class probabilities give the diversity)")
@@ -338,25 +338,8 @@ def cmd_predict(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         if args.run.endswith(".onnx"):
             raise UserError(f"--explain: {args.run} is an exported model, which gives only its outputs, no spatial "
                             "maps; explain with the run folder")
-    if args.run.endswith(".onnx"):  # an exported model: ONNX Runtime alone, torch is not imported
-        from .prediction.onnx_predictor import OnnxPredictor, check_exported_options
-
-        check_exported_options(args.run, options.engine, options.precision)
-        predictor = OnnxPredictor(args.run, tta=options.tta)
-    else:
-        from . import api
-
-        say = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731 - stdout may hold the CSV
-        predictor = api.load(args.run, options.device, options.precision, options.tta, options.engine,
-                             images=len(files), say=say)
-        if args.explain and not predictor.can_explain:  # (a converted model gives no maps: PyTorch's layers do)
-            if options.engine != "auto":
-                raise UserError(f"--explain: --engine {options.engine} runs this model without its spatial maps; "
-                                "leave --engine out (PyTorch gives them)")
-            predictor.close()
-            predictor = api.load(args.run, options.device, options.precision, options.tta, "torch",
-                                 images=len(files), say=say)
-        say(f"engine: {predictor.engine.line()}")
+    say = lambda message: print(printable(message, lines=False), file=sys.stderr, flush=True)  # noqa: E731 - stdout: CSV
+    predictor = _open_predictor(args, options, len(files), say, explain=bool(args.explain))
     predictor.set_reject(options.reject, options.unknown_label)
     top_k = min(options.top_k, len(predictor.classes))
     from .console import Console
@@ -427,20 +410,21 @@ def _predict_videos(args: argparse.Namespace, options: PredictOptions, videos: l
     segments (JSON); each video's segments said on stderr. A video that cannot be read is named in
     a warning and the others are predicted."""
     import json
+    import math
 
     from .files import csv_table
     from .prediction import video
 
     if args.explain or args.out_dir:
         raise UserError("--explain and --out-dir take images: predict videos without them")
-    if not args.every > 0 or args.every != args.every:
+    if not (math.isfinite(args.every) and args.every > 0):
         raise UserError("--every must be a number of seconds above 0")
-    if args.duration is not None and not args.duration > 0:
+    if args.duration is not None and not (math.isfinite(args.duration) and args.duration > 0):
         raise UserError("--duration must be a number of seconds above 0")
     unbounded = [v for v in videos if video.is_stream(v)] if args.duration is None else []
     if unbounded:
         raise UserError(f"{unbounded[0]} is a stream: give --duration SECONDS (how long to predict it)")
-    video._av()  # (the extra, checked before the model loads)
+    video.require_av()  # (the extra, checked before the model loads)
     say = lambda message: print(printable(message, lines=False), file=sys.stderr, flush=True)  # noqa: E731
     predictor = _open_predictor(args, options, len(videos), say)
     top_k = min(options.top_k, len(predictor.classes))
@@ -476,9 +460,9 @@ def _predict_videos(args: argparse.Namespace, options: PredictOptions, videos: l
     return 0
 
 
-def _open_predictor(args: argparse.Namespace, options: PredictOptions, count: int, say):
+def _open_predictor(args: argparse.Namespace, options: PredictOptions, count: int, say, explain: bool = False):
     """The model predict runs: an exported .onnx on ONNX Runtime alone, else the run folder's on
-    the engine `engines.choose` picks for `count` inputs."""
+    the engine `engines.choose` picks for `count` inputs (`explain`: one that gives spatial maps)."""
     if args.run.endswith(".onnx"):  # an exported model: ONNX Runtime alone, torch is not imported
         from .prediction.onnx_predictor import OnnxPredictor, check_exported_options
 
@@ -488,6 +472,12 @@ def _open_predictor(args: argparse.Namespace, options: PredictOptions, count: in
 
     predictor = api.load(args.run, options.device, options.precision, options.tta, options.engine, images=count,
                          say=say)
+    if explain and not predictor.can_explain:  # (a converted model gives no maps: PyTorch's layers do)
+        if options.engine != "auto":
+            raise UserError(f"--explain: --engine {options.engine} runs this model without its spatial maps; "
+                            "leave --engine out (PyTorch gives them)")
+        predictor.close()
+        predictor = api.load(args.run, options.device, options.precision, options.tta, "torch", images=count, say=say)
     say(f"engine: {predictor.engine.line()}")
     return predictor
 

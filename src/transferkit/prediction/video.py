@@ -34,7 +34,8 @@ def is_video(item: str) -> bool:
     return is_stream(item) or Path(str(item)).suffix.lower() in VIDEO_SUFFIXES
 
 
-def _av():
+def require_av():
+    """The `av` module (PyAV); `MissingExtra` naming the extra where it is not installed."""
     try:
         import av
     except ImportError:
@@ -47,7 +48,7 @@ def frames(source: str, every: float, duration: float | None = None) -> Iterator
     """(time in seconds from the first frame, a PIL image) of one frame every `every` seconds of
     `source` (a file or a stream's URL), for at most `duration` seconds; raises `UserError` naming
     the source when it cannot be opened or read."""
-    av = _av()
+    av = require_av()
     options = {"rtsp_transport": "tcp"} if str(source).lower().startswith(("rtsp://", "rtsps://")) else {}
     try:
         container = av.open(str(source), options=options, timeout=OPEN_TIMEOUT if is_stream(source) else None)
