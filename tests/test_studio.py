@@ -346,6 +346,7 @@ def test_journeys_in_headless_chromium(studio, tmp_path):
         page.click("#serve-run")  # served from the page: still answering after the rest of the journey
         page.wait_for_selector("#serve-line a", timeout=120_000)
         served_at, served = time.monotonic(), page.get_attribute("#serve-line a", "href")
+        assert page.get_attribute("#serve-camera", "href") == served + "#camera"  # the page with its camera on
         page.select_option("#export-formats", "onnx")
         page.click("text=Export (checked)")  # queued; checked while the rest of the journey goes on
         page.click("table.confusion tr:nth-child(2) td.cell >> nth=0")  # blue predicted as blue

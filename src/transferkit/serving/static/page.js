@@ -45,6 +45,7 @@ async function loadModel() {
   $("top-k").max = info.num_classes;
   $("top-k").value = Math.min(info.top_k_default, info.num_classes);
   document.body.dataset.ready = "true";
+  if (location.hash === "#camera" && !camera.stream) startCamera();  // (the studio's "camera" link)
 }
 
 function card(file) {

@@ -494,7 +494,9 @@ function trustSection(name, v) {
 async function refreshServe(name) {
   const { url } = await api(`/api/runs/${encodeURIComponent(name)}/serve`);
   $("serve-run").textContent = url ? "Stop serving" : "Serve";
-  $("serve-line").replaceChildren(...(url ? ["serving at ", el("a", { href: url, target: "_blank", rel: "noopener" }, url)] : []));
+  $("serve-line").replaceChildren(...(url ? ["serving at ", el("a", { href: url, target: "_blank", rel: "noopener" }, url),
+    " · ", el("a", { id: "serve-camera", href: url + "#camera", target: "_blank", rel: "noopener",
+                     title: "the served page with the camera on: the top labels over the live picture" }, "camera")] : []));
   return url;
 }
 
