@@ -84,6 +84,18 @@ def test_novel_images_get_the_share_of_suggestions_beyond_what_familiar_ones_rea
     assert not any("perhaps a class" in p["reason"] for p in picked)
 
 
+def test_fewer_distinct_images_than_suggestions_fill_up_quietly():
+    import warnings
+
+    probs = np.vstack([np.tile([0.5, 0.5, 0.0], (30, 1)), [[0.9, 0.1, 0.0]]])
+    emb = np.vstack([np.tile(np.arange(8.0), (30, 1)), np.ones((1, 8))])  # 30 copies of one image, and one other
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        picked = suggest.rank(probs, Task(), CLASSES, 10, embeddings=emb)
+    rows = [p["index"] for p in picked]
+    assert len(set(rows)) == 10 and 30 in rows  # the other image is among them, not only copies
+
+
 def test_without_features_the_probabilities_give_the_diversity():
     probs = np.array([[0.5, 0.5, 0.0]] * 3 + [[0.45, 0.0, 0.55]])
     picked = suggest.rank(probs, Task(), CLASSES, 2)

@@ -101,11 +101,16 @@ def diverse(uncertainty: np.ndarray, z: np.ndarray, n: int, seed: int = 0) -> np
     pool = np.argsort(-uncertainty, kind="stable")[:CANDIDATES * n]
     if len(pool) <= n:
         return pool
+    import warnings
+
     from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
 
     x = z[pool].astype(np.float64)
     km = KMeans(n_clusters=n, n_init=1, max_iter=100, random_state=seed)
-    groups = km.fit_predict(x, sample_weight=np.maximum(uncertainty[pool], 1e-6))
+    with warnings.catch_warnings():  # (fewer distinct images than groups: the groups left empty are filled below)
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        groups = km.fit_predict(x, sample_weight=np.maximum(uncertainty[pool], 1e-6))
     far = ((x - km.cluster_centers_[groups]) ** 2).sum(1)
     picked = [pool[np.flatnonzero(groups == g)[np.argmin(far[groups == g])]] for g in np.unique(groups)]
     picked = np.asarray(picked, dtype=np.int64)
