@@ -76,6 +76,19 @@ def cached_features(data: Path, cache: Path):
     return make_context(cfg, Console(quiet=True), Cache(cache).prepare()).cached_features()
 
 
+def shared_features(name: str, cache: Path):
+    """The default run's features of the shared dataset `name` through `cache` (the command exits
+    naming the folder where it is absent): (`context.Features`, (x_train, y_train, x_val, y_val)
+    as arrays)."""
+    import numpy as np
+
+    data = SHARED / name
+    if not data.is_dir():
+        sys.exit(f"{data} not found (../shared/assets/datasets)")
+    f = cached_features(data, cache)
+    return f, tuple(np.asarray(a) for a in (f.x_train, f.y_train, f.x_val, f.y_val))
+
+
 def head_rows(data: Path, cache: Path) -> list[dict]:
     """The head variants on the default run's cached features (nothing is extracted again)."""
     import numpy as np

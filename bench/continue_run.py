@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -32,12 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "assets" / "datasets"
-
-
-def cpu_seconds() -> float:
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from accuracy import SHARED, cpu_seconds  # noqa: E402
 
 
 def linked(data: Path, root: Path, classes: set[str]) -> Path:

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import SHARED, cached_features  # noqa: E402
+from accuracy import shared_features  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -70,11 +70,7 @@ def main() -> None:
     cache = Path(tempfile.mkdtemp(prefix="tk-head-rule-cache-"))
     rows = []
     for name in args.datasets.split(","):
-        data = SHARED / name
-        if not data.is_dir():
-            sys.exit(f"{data} not found (../shared/assets/datasets)")
-        f = cached_features(data, cache)
-        x, y, xv, yv = (np.asarray(a) for a in (f.x_train, f.y_train, f.x_val, f.y_val))
+        f, (x, y, xv, yv) = shared_features(name, cache)
         classes, widths, last = len(f.split.classes), dict(f.widths), f.widths["last"]
         diffs: dict[str, list[float]] = {"now": [], "previous": []}
         seconds = {"now": 0.0, "previous": 0.0}

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import SHARED, cached_features  # noqa: E402
+from accuracy import shared_features  # noqa: E402
 
 POLICIES = ("random", "margin", "activelab", "suggest")
 
@@ -116,11 +116,7 @@ def main() -> None:
     args = ap.parse_args()
     cache = Path(args.cache or tempfile.mkdtemp(prefix="tk-suggest-cache-"))
     for name in args.datasets.split(","):
-        data = SHARED / name
-        if not data.is_dir():
-            sys.exit(f"{data} not found (../shared/assets/datasets)")
-        f = cached_features(data, cache)
-        x, y, xv, yv = (np.asarray(a) for a in (f.x_train, f.y_train, f.x_val, f.y_val))
+        f, (x, y, xv, yv) = shared_features(name, cache)
         classes, widths = list(f.split.classes), dict(f.widths)
         started = time.perf_counter()
         runs = [simulate(x, y, xv, yv, classes, widths, args, seed) for seed in range(args.seeds)]
@@ -135,9 +131,9 @@ def main() -> None:
         need = {p: labels_to_reach(mean[p], target) for p in POLICIES}
         for p in POLICIES[1:]:
             n = need[p]
-            print(f"{p} reaches random's final {100 * target:.1f}% with "
-                  + (f"{n:.0f} labels = {n / need['random']:.2f}x random's {need['random']:.0f}" if n is not None
-                     else "never within the rounds"))
+            print(f"{p} reaches random's final {100 * target:.1f}% with {n:.0f} labels = {n / need['random']:.2f}x "
+                  f"random's {need['random']:.0f}" if n is not None
+                  else f"{p} does not reach random's final {100 * target:.1f}% within the rounds")
 
 
 if __name__ == "__main__":
