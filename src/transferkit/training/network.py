@@ -164,9 +164,8 @@ def network_setup(ctx: Context, head_init: LinearHead | None = None, split: Data
     mean = torch.tensor(ctx.pre.mean).view(1, 3, 1, 1)
     std = torch.tensor(ctx.pre.std).view(1, 3, 1, 1)
     if ctx.parent is not None and head_init is None:  # --from: RUN's network, the new classes' rows imprinted
-        def mean_features(names: list[str]) -> np.ndarray:
-            wanted = [s for s in split.train if split.task.multi or split.classes[s.label] in names]
-            return class_means(model, DataLoader(dataset(wanted, False), batch_size=cfg.batch_size,
+        def mean_features(names: list[str]) -> np.ndarray:  # (class_means counts only those classes' rows)
+            return class_means(model, DataLoader(dataset(split.train, False), batch_size=cfg.batch_size,
                                                  num_workers=ctx.workers), [split.classes.index(c) for c in names],
                                lambda u8: runtime.to_input(u8, mean, std), runtime)
 
