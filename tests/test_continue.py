@@ -136,3 +136,92 @@ def test_classes_missing_from_the_new_data_are_named(datasets, tmp_path, capsys)
     assert child.results["parent"]["classes_dropped"] == ["green"]
     assert "their head rows dropped: green" in capsys.readouterr().err
     assert json.loads((tmp_path / "child" / "results.json").read_text())["parent"]["run"] == str(Path(parent.path).absolute())
+
+
+# -- train --add: labelled images from elsewhere ---------------------------------------------------------------------
+def _table(path: Path, rows, header=("path", "label")) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(",".join(map(str, r)) for r in [header, *rows]) + "\n")
+    return path
+
+
+def test_added_images_join_the_training_split_and_a_new_class_is_split(tmp_path):
+    from helpers import make_image
+    from transferkit.data.added import add_images
+    from transferkit.data.discover import discover
+
+    data = make_dataset(tmp_path / "data", classes=("blue", "red"), n_train=6, n_val=3)
+    split = discover(data)
+    photos = tmp_path / "elsewhere"
+    blues = [make_image(photos / f"b{i}.png", (20, 30, 220), seed=40 + i) for i in range(3)]
+    greens = [make_image(photos / "sub" / f"g{i}.png", (20, 220, 30), seed=60 + i) for i in range(5)]
+    table = _table(tmp_path / "answers.csv", [*[(p, "blue") for p in blues],
+                                              *[(f"elsewhere/sub/{p.name}", "green") for p in greens],  # relative
+                                              ("elsewhere/gone.png", "blue"),  # listed, not there
+                                              (split.val[0].path, "red")])  # DATA's own image: its label kept
+    added = add_images(split, table, val_fraction=0.2, seed=0)
+    assert added.classes == ["blue", "green", "red"]
+    record = added.added
+    assert (record["images"], record["train"], record["val"], record["already"], record["not_found"]) == (8, 7, 1, 1, 1)
+    assert record["new_classes"] == ["green"] and record["unmeasured"] == []
+    old_val = {(s.path, split.classes[s.label]) for s in split.val}
+    new_val = {(s.path, added.classes[s.label]) for s in added.val}
+    assert old_val < new_val and len(new_val - old_val) == 1  # DATA's val unchanged, one green image added
+    assert {added.classes[s.label] for s in added.val if s.path not in dict(old_val)} == {"green"}
+    train = {s.path: added.classes[s.label] for s in added.train}
+    assert all(train[str(p)] == "blue" for p in blues) and sum(v == "green" for v in train.values()) == 4
+    assert [s.label for s in added.train] == sorted(s.label for s in added.train)  # by class, as discovery gives
+    assert any(d["path"].endswith("gone.png") for d in added.skipped)
+    assert split.fingerprint(data) != added.fingerprint(data)
+
+
+@pytest.mark.parametrize("rows, words", [
+    ([("a.png", "blue;red")], r"line 2: \S*a.png has 2 labels"),
+    ([("a.png", "")], r"line 2: \S*a.png has no label"),
+    ([("a.png", "blue"), ("a.png", "red")], "labelled on line 2 and again, differently, on line 3"),
+])
+def test_added_rows_a_single_label_dataset_cannot_take_are_one_line(tmp_path, rows, words):
+    from helpers import make_image
+    from transferkit.data.added import add_images
+    from transferkit.data.discover import discover
+
+    make_image(tmp_path / "a.png", (20, 30, 220))
+    split = discover(make_dataset(tmp_path / "data", classes=("blue", "red"), n_train=4, n_val=2))
+    with pytest.raises(UserError, match=words):
+        add_images(split, _table(tmp_path / "t.csv", rows), 0.2, 0, label_delim=";")
+
+
+def test_added_images_in_multilabel_data_keep_every_label(tmp_path):
+    from helpers import make_image, make_multilabel
+    from transferkit.data.added import add_images
+    from transferkit.data.discover import discover
+    from transferkit.data.table import LabelTable
+
+    table = make_multilabel(tmp_path / "data")
+    split = discover(tmp_path / "data", labels=LabelTable(str(table), label_delim=" "))
+    a = make_image(tmp_path / "new" / "a.png", (20, 30, 220))
+    b = make_image(tmp_path / "new" / "b.png", (20, 220, 30))
+    added = add_images(split, _table(tmp_path / "t.csv", [(a, "blue red"), (b, "")]), 0.2, 0, label_delim=" ")
+    rows = {s.path: {added.classes[c] for c in s.labels} for s in added.train}
+    assert rows[str(a)] == {"blue", "red"} and rows[str(b)] == set() and len(added.val) == len(split.val)
+
+
+def test_train_from_a_run_with_added_images(tmp_path):
+    from helpers import make_image
+
+    data = make_dataset(tmp_path / "data", classes=("blue", "red"), n_train=8, n_val=4)
+    parent = transferkit.train(data, out=str(tmp_path / "parent"), seed=3, **TINY)
+    greens = [make_image(tmp_path / "photos" / f"g{i}.png", (20, 220, 30), seed=80 + i) for i in range(6)]
+    table = _table(tmp_path / "labels" / "answers.csv", [(p, "green") for p in greens])
+    child = transferkit.train(data, from_run=str(parent.path), add=str(table), out=str(tmp_path / "child"), quiet=True,
+                              no_report=True)
+    r = child.results
+    assert r["classes"] == ["blue", "green", "red"] and r["added"]["images"] == 6 and r["added"]["val"] == 1
+    assert r["parent"]["classes_added"] == ["green"] and r["num_val"] == parent.results["num_val"] + 1
+    assert r["strategy_info"]["features_computed"] == 6  # only the added images: the rest from the cache
+    saved = yaml.safe_load((tmp_path / "child" / "config.yaml").read_text())
+    assert saved["add"] == str(table.absolute())
+    assert sorted(p.name for p in (tmp_path / "photos").iterdir()) == sorted(p.name for p in greens)  # only read
+    bad = cli("train", data, "--from", parent.path, "--add", tmp_path / "nope.csv", "--out", tmp_path / "x")
+    assert bad.returncode != 0 and "--add" in bad.stderr and "nope.csv" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "x").exists()

@@ -163,6 +163,10 @@ class TrainConfig:
                               "written by `transferkit doctor --write-exclude`")
     fixes: str | None = opt(None, "CSV of decisions about images (path relative to DATA, exclude | relabel, the "
                             "new label, reason, time), e.g. made in `transferkit studio`; DATA is not changed")
+    add: str | None = opt(None, "CSV/TSV of more labelled images, anywhere on disk (path,label as --labels reads; "
+                          "paths absolute or relative to the file), e.g. the studio's label-next answers: images of "
+                          "DATA's classes join the training split only (validation stays DATA's), a new class's are "
+                          "split like DATA's; nothing is copied into DATA")
     cache_dir: str | None = opt(None, "feature/decode cache (default: $TRANSFERKIT_CACHE or ~/.cache/transferkit)")
     no_cache: bool = opt(False, "compute features in a temporary cache, leave the user's cache alone")
     cache_limit: str = opt("auto", "the most the decoded-image cache (fine-tuning) may hold, e.g. 50GB or 800MiB: "
@@ -215,6 +219,8 @@ class TrainConfig:
         from .data.table import resolve_data
 
         self.data, self.labels = resolve_data(self.data, self.labels, self)
+        if self.add:  # (absolute: the run's config.yaml names the same file from wherever it is resumed)
+            self.add = str(Path(self.add).expanduser().absolute())
         if self.name is not None and (not self.name.strip() or self.name in (".", "..") or "/" in self.name
                                       or os.sep in self.name or "\0" in self.name):
             raise UserError(f"--name {self.name!r} must be a folder name (no /, not . or ..): the run goes in "

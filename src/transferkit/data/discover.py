@@ -84,6 +84,7 @@ class DatasetSplit:
     image_size: int | None = None  # the images' native size where the format fixes it (CIFAR: 32)
     excluded: dict | None = None  # train --exclude: {file, images left out, paths listed but not found}
     fixes: dict | None = None  # train --fixes: {file, excluded, relabelled, not_found} (data.fixes)
+    added: dict | None = None  # train --add: {file, images, train, val, new_classes, ...} (data.added)
     task: Task = field(default_factory=Task)  # single-label, or multi-label (samples carry `labels`)
     merged: int = 0  # images a label table lists on several rows with other labels (merged: multi-label)
 

@@ -136,12 +136,13 @@ def _is_metadata(file: Path) -> bool:
     return "file_name" in names and "label" in names
 
 
-def read_table(table: LabelTable, root: Path) -> TableRows:
+def read_table(table: LabelTable, root: Path | None, flag: str = "--labels") -> TableRows:
     """The rows of `table` (and of the split folders' tables read with it, `others`) for the
-    images under `root` (DATA), checked; see the module."""
-    out = _read_one(table, root)
+    images under `root` (DATA; None: images anywhere), checked; see the module. `flag`: the option
+    its errors name."""
+    out = _read_one(table, root, flag)
     for other in table.others:
-        part = _read_one(LabelTable(**{**vars(other), "label_delim": table.label_delim}), root)
+        part = _read_one(LabelTable(**{**vars(other), "label_delim": table.label_delim}), root, flag)
         for role, rows in part.rows.items():
             out.rows.setdefault(role, []).extend(rows)
         out.missing += part.missing
@@ -149,9 +150,11 @@ def read_table(table: LabelTable, root: Path) -> TableRows:
     return out
 
 
-def _read_one(table: LabelTable, root: Path) -> TableRows:
+def _read_one(table: LabelTable, root: Path | None, flag: str = "--labels") -> TableRows:
+    """`read_table` of one file; `root` None: its paths may lie anywhere (absolute, or relative
+    to the table's folder: `data.added`)."""
     file = Path(table.file).expanduser()
-    what = f"--labels {shown(file)}"
+    what = f"{flag} {shown(file)}"
     text = user_text(file, what, TABLE_LIMIT)
     first = text.split("\n", 1)[0]
     tabs = file.suffix.lower() == ".tsv" or ("\t" in first and "," not in first)
@@ -227,10 +230,13 @@ def _role(value: str, column: str, where: str) -> str:
                     "test, or a true/false is_valid)")
 
 
-def _resolve(raw: str, root: Path, table_dir: Path, where: str) -> str:
+def _resolve(raw: str, root: Path | None, table_dir: Path, where: str) -> str:
     """The image's path: under DATA, relative to it (or to the table's folder where it is not found
-    under DATA); a path that leaves DATA (`../`, an absolute path elsewhere) is refused."""
+    under DATA); a path that leaves DATA (`../`, an absolute path elsewhere) is refused. `root`
+    None: any path, absolute or relative to the table's folder."""
     given = Path(raw).expanduser()
+    if root is None:
+        return os.path.abspath(os.path.normpath(given if given.is_absolute() else table_dir / given))
     candidates = [given] if given.is_absolute() else [root / given, table_dir / given]
     top = os.path.abspath(root)
     inside = [os.path.normpath(c) for c in candidates

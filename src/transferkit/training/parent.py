@@ -32,7 +32,7 @@ from ..files import shown
 CONTINUES = ("finetune", "partial", "gradual")  # the strategies that continue RUN's network
 REFITS = ("linear",)  # those that refit a head on (cached) features: RUN's settings only
 # What is RUN's data's or folder's, not a setting to carry over
-NOT_INHERITED = ("data", "labels", "path_col", "label_col", "split_col", "exclude", "fixes", "cache_dir", "no_cache",
+NOT_INHERITED = ("data", "labels", "path_col", "label_col", "split_col", "exclude", "fixes", "add", "cache_dir", "no_cache",
                  "cache_limit", "out", "runs_dir", "name", "quiet", "resume", "from_run", "no_report", "workers")
 NEW_ROWS = "imprint"  # how a new class's head row starts: "imprint" | "random" (bench/continue_run.py)
 # A network that continues RUN's (same strategy, neither option given): a quarter of RUN's epochs

@@ -240,22 +240,7 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
 
         check_sync_bn(cfg.sync_bn, group, Runtime.create(device, cfg.precision).device)
     split = discover(cfg.data, cfg.val_fraction, cfg.seed, cache.datasets(), table_of(cfg), cfg.task, cfg.label_delim)
-    if cfg.exclude:
-        from ..data.exclude import read_exclude
-
-        split = split.excluding(read_exclude(cfg.exclude), str(Path(cfg.exclude).expanduser().absolute()))
-        console.info(f"left out {split.excluded['images']} image(s) listed in {cfg.exclude}"
-                     + (f" ({split.excluded['not_found']} listed path(s) not in the dataset)"
-                        if split.excluded["not_found"] else ""))
-    if cfg.fixes:
-        from ..data.fixes import apply_fixes, read_fixes
-
-        source = str(Path(cfg.fixes).expanduser().absolute())
-        split = apply_fixes(split, read_fixes(cfg.fixes, cfg.data), cfg.data, source)
-        f = split.fixes
-        console.info(f"applied the fixes in {cfg.fixes}: {f['excluded']} image(s) left out, {f['relabelled']} "
-                     "relabelled" + (f" ({f['not_found']} listed path(s) not in the dataset)" if f["not_found"] else ""))
-        split.check_not_empty()
+    split = adjusted_split(cfg, split, console)
     if cfg.loss != "bce" and not split.task.multi:
         raise UserError(f"--loss {cfg.loss} is for multi-label data; this dataset has one label per image (its loss is "
                         "the cross-entropy)")
@@ -323,6 +308,36 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
                    console=console, features=features, run_dir=group.decide(new_run_dir), engine=engine,
                    features_ident={"features": key, "multi": multi} if uses_features else None, resume=resume,
                    group=group, started=started, parent=parent)
+
+
+def adjusted_split(cfg: TrainConfig, split, console: Console):
+    """`split` as the options change it, each change said in a line: the images --exclude leaves
+    out, the decisions of --fixes, the labelled images --add adds (`data.added`)."""
+    if cfg.exclude:
+        from ..data.exclude import read_exclude
+
+        split = split.excluding(read_exclude(cfg.exclude), str(Path(cfg.exclude).expanduser().absolute()))
+        console.info(f"left out {split.excluded['images']} image(s) listed in {cfg.exclude}"
+                     + (f" ({split.excluded['not_found']} listed path(s) not in the dataset)"
+                        if split.excluded["not_found"] else ""))
+    if cfg.fixes:
+        from ..data.fixes import apply_fixes, read_fixes
+
+        source = str(Path(cfg.fixes).expanduser().absolute())
+        split = apply_fixes(split, read_fixes(cfg.fixes, cfg.data), cfg.data, source)
+        f = split.fixes
+        console.info(f"applied the fixes in {cfg.fixes}: {f['excluded']} image(s) left out, {f['relabelled']} "
+                     "relabelled" + (f" ({f['not_found']} listed path(s) not in the dataset)" if f["not_found"] else ""))
+        split.check_not_empty()
+    if cfg.add:
+        from ..data.added import add_images, summary
+
+        split = add_images(split, cfg.add, cfg.val_fraction, cfg.seed, cfg.label_delim)
+        line, warnings = summary(split.added)
+        console.info(line)
+        for warning in warnings:
+            console.warn(warning)
+    return split
 
 
 def refuse_for_multilabel(cfg: TrainConfig, strategy) -> None:
@@ -559,6 +574,7 @@ def write_outputs(run_dir: Path, outcome: Outcome, ran_on: tuple[str, str], star
         "skipped_files": split.skipped,
         "excluded": split.excluded,
         "fixes": split.fixes,
+        "added": split.added,
         "data_health": health,
         "device": ran_on[0],
         "precision": ran_on[1],
