@@ -24,7 +24,7 @@ from transferkit.config import StudioOptions
 from transferkit.errors import UserError
 from transferkit.studio.app import create_studio
 
-from helpers import file_tree, make_dataset, seed_cache
+from helpers import file_tree, make_dataset, make_image, seed_cache
 
 PAGE = {"X-Studio": "1"}
 TOKEN = "studio-token-0123456789"
@@ -262,6 +262,89 @@ def test_training_queue_runs_compare_export_and_serve(studio):
     assert post(studio, f"/api/runs/{a}/serve/stop")[1] == {"stopped": True}
     assert call(studio, f"/api/runs/{a}/serve")[1]["url"] is None
 
+
+
+def test_label_next_queue_answers_into_a_table_and_retrains_from_the_run(studio, tmp_path):
+    """The label-next queue: `suggest` over a folder of new photos (a new colour among them) as a
+    job; its images served by their row only; answers by key in headless Chromium and by API
+    (accept, pick, a new class, skip, clear, a bad name refused) written at once to a labels table
+    in the runs folder; "retrain from this run" queues train --from RUN --add TABLE, whose run has
+    the parent and the images; the photos are only read."""
+    _, job = post(studio, "/api/train", {"dataset": "data", "strategy": "linear", "options": {"image_size": 64}})
+    assert wait_job(studio, job["id"])["status"] == "finished", job
+    parent = job["result"]["run"]
+    photos = tmp_path / "photos"
+    for i in range(3):
+        make_image(photos / f"blue{i}.png", (30, 40, 220), seed=100 + i)
+        make_image(photos / f"yellow{i}.png", (230, 220, 30), seed=200 + i)
+    before = file_tree(photos)
+    for bad, expected in (({"run": parent, "folder": str(tmp_path / "nope")}, 400), ({"run": "nope", "folder": str(photos)}, 404),
+                          ({"run": parent, "folder": str(photos), "n": 0}, 400), ({"run": parent, "folder": str(photos), "n": "x"}, 400)):
+        status, body = post(studio, "/api/label", bad)
+        assert status == expected and body["detail"], (bad, body)
+    status, queue = post(studio, "/api/label", {"run": parent, "folder": str(photos), "n": 5})
+    assert status == 200 and queue["status"] == "suggesting" and queue["classes"] == ["blue", "green", "red"]
+    assert wait_job(studio, queue["job"])["status"] == "finished"
+    qid = queue["id"]
+    again = post(studio, "/api/label", {"run": parent, "folder": str(photos), "n": 5})[1]
+    assert (again["id"], again["job"]) == (qid, queue["job"])  # the same queue, not suggested again
+    _, queue = call(studio, f"/api/label/{qid}")
+    items = queue["items"]
+    assert queue["status"] == "ready" and len(items) == 5 and all(x["guess"] in queue["classes"] and x["reason"]
+                                                                  for x in items)
+    status, image = call(studio, f"/api/label/{qid}/image?i=0")
+    assert status == 200 and image == Path(items[0]["path"]).read_bytes()
+    assert call(studio, f"/api/label/{qid}/image?i=5")[0] == 404 and call(studio, "/api/label/nope")[0] == 404
+    assert post(studio, f"/api/label/{qid}/answer", {"i": 0, "label": "=HYPERLINK(1)"})[0] == 400
+    assert post(studio, f"/api/label/{qid}/answer", {"i": 9, "label": "blue"})[0] == 404
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    browser_path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not browser_path:
+        pytest.skip("chromium is not installed: `make system-deps` (run by `make test`) installs Debian's package")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(studio["url"])
+        page.click("#tab-label")  # the queue opened above is shown
+        page.wait_for_selector("#label-card[data-i='0'] #label-img")
+        assert page.evaluate("document.querySelector('#label-img').naturalWidth") > 0
+        page.keyboard.press("Enter")  # the guess
+        page.wait_for_selector("#label-card[data-i='1']")
+        page.keyboard.press("3")  # the third class: red
+        page.wait_for_selector("#label-card[data-i='2']")
+        page.keyboard.press("s")
+        page.wait_for_selector("#label-card[data-i='3']")
+        page.fill("#label-new", "yellow")
+        page.click("text=Add as a new class")
+        page.wait_for_selector("#label-card[data-i='4']")
+        assert "3 of 5 suggestion(s) answered · 1 skipped · 3 image(s)" in page.inner_text("#label-state")
+        page.keyboard.press("Backspace")
+        page.wait_for_selector("#label-card[data-i='3'] button[data-class='yellow']")  # picked by key from now on
+        page.screenshot(path=str(Path(os.environ.get("TRANSFERKIT_SCREENSHOTS", tmp_path)) / "studio_label.png"),
+                        full_page=True)
+        page.click("#tab-runs")  # a run's own view opens the tab on it
+        page.click(f"#runs tr[data-run='{parent}'] a")
+        page.click("#label-next")
+        page.wait_for_function(f"document.querySelector('#label-run').value === {json.dumps(parent)}")
+        browser.close()
+    assert not errors, errors
+    table = Path(queue["table"])
+    assert table.parent == studio["runs"] / "labels"
+    rows = table.read_text().splitlines()
+    assert rows == ["path,label", f"{items[0]['path']},{items[0]['guess']}", f"{items[1]['path']},red",
+                    f"{items[3]['path']},yellow"]
+    assert post(studio, f"/api/label/{qid}/answer", {"i": 1, "clear": True})[1]["labelled"] == 2
+    _, job = post(studio, f"/api/label/{qid}/retrain")
+    assert f"--from {studio['runs'] / parent} --add {table}" in job["command"]
+    done = wait_job(studio, job["id"])
+    assert done["status"] == "finished", done["log"]
+    results = json.loads((studio["runs"] / job["result"]["run"] / "results.json").read_text())
+    assert results["added"]["images"] == 2 and "yellow" in results["classes"]
+    assert results["parent"]["run"] == str(studio["runs"] / parent)
+    assert file_tree(photos) == before
 
 def test_token_cookie_and_bearer(tmp_path):
     data = make_dataset(tmp_path / "d", n_train=2, n_val=1)

@@ -7,14 +7,14 @@ cookie; a request that changes anything needs the header `X-Studio: 1` and, wher
 says where it comes from (Origin, Sec-Fetch-Site), to come from the studio's own page: another
 site the user has open can neither read the API (no CORS) nor post to it. On loopback, requests
 must name a loopback Host (no DNS rebinding). Files are reached only as images of the datasets
-it was given (by their path inside the dataset) or of the runs in --runs (by their row in the
-run's predictions.csv), and runs by their folder's name.
+it was given (by their path inside the dataset), of the runs in --runs (by their row in the
+run's predictions.csv) or of a label queue (by their row in its suggestions, each inside the
+folder the queue was opened on: `labelling`), and runs by their folder's name.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import re
 import secrets
 import threading
@@ -32,7 +32,9 @@ from ..data import fixes as fixing
 from ..errors import UserError
 from ..files import Record, read_json_object, read_yaml_object
 from .datasets import Dataset, thumbnail
-from .jobs import JobQueue, Servers
+from .jobs import JobQueue, Servers, fresh_run
+from . import labelling
+from .labelling import Labelling
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "transferkit_studio"
@@ -86,6 +88,7 @@ class Studio:
             self.add(given)
         self.jobs = JobQueue()
         self.servers = Servers()
+        self.labelling = Labelling(self.runs, options.cache_dir)
         self._explainer: tuple[tuple, object] | None = None  # (the run and its model.json's time, its predictor)
         self._explaining = threading.Lock()
 
@@ -457,6 +460,7 @@ def create_studio(data: list[str | Path], options: StudioOptions | None = None) 
         studio.run_dir(name)
         return {"stopped": studio.servers.stop(name)}
 
+    app.include_router(labelling.router(studio, auth))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 
@@ -475,13 +479,7 @@ def train_command(ds: Dataset, body: dict, runs: Path, cache_dir: str | None,
         raise UserError(f"the page does not set {', '.join(unknown)}; use the CLI")
     # (0 is a value, not "unset": `v in (None, "", False)` took epochs 0 for an empty field)
     values.update({k: form_value(k, v) for k, v in given.items() if not (v is None or v is False or v == "")})
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = name = f"{stamp}-{ds.id}-{values['strategy']}"
-    for n in itertools.count(2):
-        if name not in (taken or set()) and not (runs / name).exists():
-            break
-        name = f"{base}-{n}"
-    values["out"] = str(runs / name)
+    values["out"] = str(fresh_run(runs, f"{time.strftime('%Y%m%d-%H%M%S')}-{ds.id}-{values['strategy']}", taken))
     if ds.fixes_file.is_file() and ds.fixes():
         values["fixes"] = str(ds.fixes_file)
     try:

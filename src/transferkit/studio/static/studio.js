@@ -1,6 +1,8 @@
 // transferkit studio: the page over /api. No framework, nothing from elsewhere; every text a
 // user's files can carry (paths, class names) goes in as text, never as HTML.
 
+import { labelTab } from "./label.js";
+
 const $ = (id) => document.getElementById(id);
 const state = { datasets: [], current: null, summary: null, page: 0, perPage: 60, selected: new Set(), jobs: [],
   openLogs: new Set(), openGroups: new Set(["exact copies", "near copies"]), jobStatus: new Map(), jobsDrawn: "",
@@ -46,13 +48,17 @@ const pct = (x) => (x === null || x === undefined ? "-" : (100 * x).toFixed(1) +
 const num = (x, d = 4) => (x === null || x === undefined ? "-" : Number(x).toFixed(d));
 
 // ---------------------------------------------------------------- tabs
+const TABS = ["data", "train", "jobs", "runs", "label"];
+let label = null;  // the Label tab (label.js), made at start
+
 function showTab(name) {
-  for (const t of ["data", "train", "jobs", "runs"]) {
+  for (const t of TABS) {
     $(`tab-${t}`).setAttribute("aria-selected", String(t === name));
     $(`view-${t}`).hidden = t !== name;
   }
   if (name === "runs") loadRuns();
   if (name === "jobs") renderJobs();
+  if (name === "label") label.onShow().catch((e) => say(e.message, true));
 }
 
 // ---------------------------------------------------------------- data
@@ -452,7 +458,8 @@ async function showRun(name) {
         } catch (e) { say(e.message, true); }
       } }, "Export (checked)"),
       v.exported ? el("button", { type: "button", onclick: () => showExport(name) }, "The export's checks") : null,
-      el("button", { type: "button", id: "serve-run", onclick: () => toggleServe(name) }, "Serve"), " ", el("span", { id: "serve-line" })),
+      el("button", { type: "button", id: "serve-run", onclick: () => toggleServe(name) }, "Serve"), " ", el("span", { id: "serve-line" }), " ",
+      multi ? null : el("button", { type: "button", id: "label-next", title: "rank a folder of unlabelled images by what labelling them would teach this model", onclick: () => label.openFor(name) }, "Label next…")),
     el("div", { id: "export-table" }),
     curves([v.history], [r.name]),
     multi ? null : el("h3", {}, "Confusion matrix (click a cell for its images)"),
@@ -562,7 +569,8 @@ function compareCaption(r) {
 
 // ---------------------------------------------------------------- start
 async function start() {
-  for (const t of ["data", "train", "jobs", "runs"]) $(`tab-${t}`).addEventListener("click", () => showTab(t));
+  for (const t of TABS) $(`tab-${t}`).addEventListener("click", () => showTab(t));
+  label = labelTab({ $, el, api, say, pollJobs, showTab, pct });
   const s = await api("/api/state");
   state.datasets = s.datasets;
   $("runs-dir").textContent = `runs in ${s.runs_dir}`;
