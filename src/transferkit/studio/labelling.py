@@ -80,7 +80,7 @@ class LabelQueue:
         if status in ("failed", "stopped") and job is not None:
             detail = next((line for line in reversed(job.log) if line.strip()), status)
         return {"id": self.id, "run": self.run_dir.name, "folder": str(self.folder), "data": self.data,
-                "classes": self.classes, "table": str(self.table), "job": self.job_id,
+                "classes": self.classes, "table": str(self.table), "job": self.job_id, "n": self.n,
                 "status": "ready" if status == "finished" else "suggesting" if status in ("queued", "running")
                 else "failed", "detail": detail, "items": items, "labelled": len(answers),
                 "new_classes": sorted({v for v in answers.values()} - set(self.classes)),
@@ -173,7 +173,9 @@ def retrain_command(run_dir: Path, table: Path, runs: Path, cache_dir: str | Non
     files are still there); its run folder a new one in `runs`."""
     config = read_yaml_object(run_dir / "config.yaml") or Record()
     data = config.text("data")
-    out = fresh_run(runs, f"{time.strftime('%Y%m%d-%H%M%S')}-{run_dir.name[:60]}-labelled", taken)
+    # (the parent's name without its time stamp or its own "-labelled": one stamp, one suffix, however deep)
+    base = re.sub(r"(-labelled(-\d+)?)+$", "", re.sub(r"^\d{8}-\d{6}-", "", run_dir.name))[:60]
+    out = fresh_run(runs, f"{time.strftime('%Y%m%d-%H%M%S')}-{base}-labelled", taken)
     argv = ["train", data, "--from", str(run_dir), "--add", str(table), "--out", str(out)]
     for key in ("labels", "path_col", "label_col", "split_col", "label_delim"):
         if config.text(key):

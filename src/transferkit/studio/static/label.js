@@ -42,6 +42,7 @@ export function labelTab({ $, el, api, say, pollJobs, showTab, pct }) {
     s.queue = queue;
     if (fresh) {  // the form says which run and folder the queue is of
       $("label-folder").value = queue.folder;
+      $("label-n").value = queue.n;
       if ([...$("label-run").options].some((o) => o.value === queue.run)) $("label-run").value = queue.run;
     }
     clearTimeout(s.timer);
