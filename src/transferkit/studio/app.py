@@ -31,10 +31,9 @@ from ..config import StudioOptions, TrainConfig
 from ..data import fixes as fixing
 from ..errors import UserError
 from ..files import Record, read_json_object, read_yaml_object
+from . import labelling
 from .datasets import Dataset, thumbnail
 from .jobs import JobQueue, Servers, fresh_run
-from . import labelling
-from .labelling import Labelling
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "transferkit_studio"
@@ -88,7 +87,7 @@ class Studio:
             self.add(given)
         self.jobs = JobQueue()
         self.servers = Servers()
-        self.labelling = Labelling(self.runs, options.cache_dir)
+        self.labelling = labelling.Labelling(self.runs, options.cache_dir)
         self._explainer: tuple[tuple, object] | None = None  # (the run and its model.json's time, its predictor)
         self._explaining = threading.Lock()
 

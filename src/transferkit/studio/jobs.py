@@ -17,6 +17,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
 NUMBER = r"([\d.]+|nan|inf)"
 # what `train` prints after each epoch (training.network)
@@ -26,11 +27,9 @@ LOG_LINES = 200  # the last lines of a job's output that are kept
 PROGRESS_LINE = re.compile(r"^([\w -]{1,40}): (\d+)/(\d+)\b")
 
 
-def fresh_run(runs, base: str, taken: set | None = None):
+def fresh_run(runs: str | Path, base: str, taken: set | None = None) -> Path:
     """A run folder in `runs` named `base` (or `base-2`, `base-3`, ...) that is neither there nor
     one of the `taken` names (the queued jobs' runs)."""
-    from pathlib import Path
-
     name = base
     for n in itertools.count(2):
         if name not in (taken or set()) and not (Path(runs) / name).exists():

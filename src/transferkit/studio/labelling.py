@@ -158,7 +158,7 @@ class Labelling:
             atomic_write(queue.work / "skipped.json", text_bytes(json.dumps(sorted(queue.skipped))))
         return {"i": i, "answer": answers.get(path), "skipped": path in queue.skipped, "labelled": len(answers)}
 
-    def retrain(self, queue: LabelQueue, jobs, taken: set, fixes: Path | None) -> tuple[list[str], Path]:
+    def retrain(self, queue: LabelQueue, taken: set, fixes: Path | None) -> tuple[list[str], Path]:
         """`train DATA --from RUN --add TABLE` for `queue`, as a job's argv, and its run folder."""
         if not queue.answers():
             raise UserError("no image is labelled yet: label some, then retrain")
@@ -274,7 +274,7 @@ def router(studio, auth: list) -> APIRouter:
         ds = studio.dataset_of(queue.run_dir)
         fixes = ds.fixes_file if ds is not None and ds.fixes_file.is_file() and ds.fixes() else None
         taken = {(j.result or {}).get("run") for j in studio.jobs.jobs}
-        argv, out = labelling.retrain(queue, studio.jobs, taken, fixes)
+        argv, out = labelling.retrain(queue, taken, fixes)
         job = studio.jobs.submit("train", argv, f"train {Path(queue.data).name} from {queue.run_dir.name} with "
                                                 f"{len(queue.answers())} labelled image(s)")
         job.result = {"run": out.name}
