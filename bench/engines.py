@@ -6,7 +6,8 @@ side in one run (what `engines.choose` decides from).
 Model-only throughput on a fixed uint8 batch (decoding excluded), best of `--repeat` timed
 batches after a warm-up, with CPU seconds (user + sys of this process) per batch beside wall:
 ONNX Runtime fp32 (the conversion transferkit caches, normalization inside the graph),
-PyTorch fp32 eager (NCHW, as tutorials run it), PyTorch fp32 and bf16 the way transferkit runs
+OpenVINO on that same conversion in fp32 (`--engine openvino`) and, on a CPU with native bf16,
+with its bf16 hint (its default there; not fp32's answers), PyTorch fp32 eager (NCHW, as tutorials run it), PyTorch fp32 and bf16 the way transferkit runs
 them (BatchNorm folded, channels_last) eager and TorchScript-frozen. Prints the CPU's facts
 (bf16, AMX) and the ratios to ONNX Runtime fp32. Not a test: numbers depend on the machine.
 """
@@ -14,6 +15,7 @@ them (BatchNorm folded, channels_last) eager and TorchScript-frozen. Prints the 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import resource
 import sys
@@ -77,6 +79,22 @@ def main() -> None:
         session = convert.session(found.model, args.threads)
         xn = x.numpy()
         rows.append(("onnxruntime fp32", *timed(lambda: session.run(None, {"input": xn}), args.repeat)))
+        if importlib.util.find_spec("openvino") is not None:  # (the openvino extra)
+            reference = session.run(None, {"input": xn})[0]
+            ov = convert.session(found.model, args.threads, "openvino")
+            diff = float(np.abs(ov.run(None, {"input": xn})[0] - reference).max() / np.abs(reference).max())
+            rows.append((f"openvino fp32 (max |diff| {diff:.1e} of the scale)",
+                         *timed(lambda: ov.run(None, {"input": xn}), args.repeat)))
+            if cpu.has_bf16():  # OpenVINO's own default on such a CPU: not fp32's answers
+                import openvino
+
+                core = openvino.Core()
+                compiled = core.compile_model(core.read_model(found.model), "CPU", {
+                    "INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": args.threads})
+                got = compiled(xn)[0]
+                diff = float(np.abs(got - reference).max() / np.abs(reference).max())
+                rows.append((f"openvino bf16 hint (max |diff| {diff:.1e} of the scale)",
+                             *timed(lambda: compiled(xn), args.repeat)))
     norm = torch.tensor(pre.mean).view(1, 3, 1, 1), torch.tensor(pre.std).view(1, 3, 1, 1)
 
     def plain():

@@ -198,3 +198,98 @@ def test_mlflow_flavour_loads_predicts_images_and_serves(exported, tmp_path):
     finally:
         server.terminate()
         server.wait(30)
+
+
+# -- OpenVINO and Core ML (#43) ----------------------------------------------------------------------------------------
+def test_openvino_ir_is_gated_and_predicts_and_serves_as_the_onnx_model_does(exported, tmp_path, capsys):
+    pytest.importorskip("openvino")
+    from transferkit.prediction.exported import open_exported
+    from transferkit.serving.model import ServedModel
+
+    data, run, _ = exported
+    result = transferkit.export(run, "openvino", out=str(tmp_path / "export"), runs=3, console=Console(True))
+    onnx_check, ir_check = result.checks
+    assert ir_check.format == "openvino" and ir_check.checked == "measured" and not result.failed
+    assert ir_check.top1_agreement == 1.0 and ir_check.max_abs_logit_diff < 1e-4  # fp32, as ONNX Runtime's
+    ir = tmp_path / "export" / "openvino_model"
+    assert sorted(p.name for p in ir.iterdir()) == ["model.bin", "model.xml"]
+    images = sorted(str(p) for p in (data / "val").rglob("*.jpg"))
+    on_onnx = open_exported(tmp_path / "export" / "model.onnx")
+    for given in (ir, ir / "model.xml"):  # the IR's folder or its model.xml
+        predictor = open_exported(given)
+        assert predictor.kind == "openvino" and predictor.meta == on_onnx.meta  # the metadata rides in the IR
+        np.testing.assert_allclose(predictor.run(np.stack([predictor.prepare(p) for p in images])),
+                                   on_onnx.run(np.stack([on_onnx.prepare(p) for p in images])), atol=1e-4, rtol=0)
+    capsys.readouterr()
+    assert main(["predict", str(ir), *images[:3], "--top-k", "2"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [r["label"] for r in rows] == [p.label for p in on_onnx.predict(images[:3], top_k=2)]
+    assert main(["predict", str(ir), images[0], "--engine", "torch"]) == 2  # an IR runs on OpenVINO only
+    assert "exported openvino model, which runs on openvino" in capsys.readouterr().err
+    served = ServedModel(ir)
+    assert (served.info["format"], served.info["engine"], served.info["name"]) == ("openvino", "openvino",
+                                                                                   "openvino_model")
+    served.close()
+    # a run folder's model on OpenVINO (--engine openvino): ONNX Runtime's conversion, the same answers
+    with transferkit.load(run, engine="openvino") as ov, transferkit.load(run, engine="onnxruntime") as ort:
+        assert ov.engine.engine == "openvino" and ov.engine.precision == "fp32"
+        np.testing.assert_allclose([p.probability for p in ov.predict(images, top_k=1)],
+                                   [p.probability for p in ort.predict(images, top_k=1)], atol=1e-4)
+
+
+def test_coreml_package_is_checked_by_its_structure_here(exported, tmp_path):
+    pytest.importorskip("coremltools")
+    from transferkit.errors import UserError
+    from transferkit.exporting.formats import coreml
+
+    _, run, _ = exported
+    result = transferkit.export(run, "coreml-fp16", out=str(tmp_path / "export"), runs=3, console=Console(True))
+    (check,) = result.checks
+    package = tmp_path / "export" / "model.fp16.mlpackage"
+    assert package.is_dir() and check.passed and check.size_mb > 0
+    if sys.platform != "darwin":  # (Core ML predicts on macOS only: there the gate measures it)
+        assert check.checked == "structure" and check.accuracy is None and "gate runs on macOS" in check.note
+    assert "image input 64x64 RGB normalized in the graph" in check.note
+    saved = json.loads((tmp_path / "export" / "export.json").read_text())["artifacts"][0]
+    assert saved["checked"] == check.checked and saved["file"] == "model.fp16.mlpackage"
+    meta = exporter.metadata(bundle.read_meta(run)[0])
+    assert "3 class labels" in coreml.inspect(package, json.loads(json.dumps(meta)))
+    with pytest.raises(UserError, match="class labels"):  # another run's classes: named
+        coreml.inspect(package, {**meta, "classes": ["a", "b", "c"]})
+    with pytest.raises(UserError, match="not 32"):
+        coreml.inspect(package, {**meta, "preprocess": {**meta["preprocess"], "input_size": 32}})
+
+
+def test_a_format_whose_extra_is_missing_is_one_line_before_any_work(exported, tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    _, run, _ = exported
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("openvino", "coremltools") else real(name, *a))
+    for fmt, extra in (("openvino", "transferkit[openvino]"), ("coreml", "transferkit[coreml]")):
+        assert main(["export", str(run), "--formats", f"onnx,{fmt}", "--out", str(tmp_path / fmt)]) == 2
+        err = capsys.readouterr().err
+        assert extra in err and len(err.strip().splitlines()) == 1 and not (tmp_path / fmt).exists()
+    assert main(["predict", str(run), str(run / "model.json"), "--engine", "openvino"]) == 2
+    assert "transferkit[openvino]" in capsys.readouterr().err
+
+
+def test_a_format_its_converter_cannot_build_leaves_the_others_exported(exported, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("coremltools")
+    from transferkit.errors import UserError
+    from transferkit.exporting.formats import coreml
+
+    def cannot(job, path, precision):
+        path.mkdir()  # half-written when it fails: never left under a real name
+        raise UserError("Core ML cannot convert efficientnet_lite0: Unsupported fx node alias_default (layer blocks.2)")
+
+    monkeypatch.setattr(coreml, "build_package", cannot)
+    _, run, _ = exported
+    out = tmp_path / "export"
+    assert main(["export", str(run), "--formats", "onnx,coreml", "--out", str(out), "--runs", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "coreml: not exported: Core ML cannot convert" in err and "alias_default (layer blocks.2)" in err
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.onnx"]
+    saved = {a["format"]: a for a in json.loads((out / "export.json").read_text())["artifacts"]}
+    assert saved["onnx"]["passed"] and not saved["coreml"]["passed"] and saved["coreml"]["checked"] == "not built"

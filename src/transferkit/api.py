@@ -166,6 +166,17 @@ def load(path: str | Path, device: str = "auto", precision: str = "auto", tta: s
                                say=say)
 
 
+def open_predictor(model: str | Path, device: str = "auto", precision: str = "auto", tta: str = "none",
+                   engine: str = "auto", images: int | None = None, say=None, threads: int = 0):
+    """A predictor of `model`: a run folder's bundle (`load`), or an exported model (a model.onnx on
+    ONNX Runtime, an OpenVINO IR on OpenVINO: `prediction.exported`; torch is not imported)."""
+    from .prediction.exported import exported_kind, open_exported
+
+    if exported_kind(model) is not None:
+        return open_exported(model, engine, precision, tta, threads)
+    return load(model, device, precision, tta, engine, images, say)
+
+
 def evaluate(run: str | Path, data: str | Path | None = None, device: str = "auto",
              precision: str = "auto", console: Console | None = None, out: str | Path | None = None,
              tta: str = "none", engine: str = "auto", labels: str | None = None, path_col: str | None = None,
@@ -237,6 +248,7 @@ def suggest(run: str | Path, inputs: list[str], n: int = 100, engine: str = "aut
     measured on the backbone's features (else on the class probabilities), "engine": ...}."""
     from . import suggest as ranking
     from .prediction.batch import iter_inputs
+    from .prediction.exported import RUNTIMES, exported_kind
 
     console = console or Console()
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
@@ -245,7 +257,8 @@ def suggest(run: str | Path, inputs: list[str], n: int = 100, engine: str = "aut
     if not files:
         raise UserError("no files found in the given inputs")
     known: set[str] = set()
-    if not str(run).endswith(".onnx"):
+    exported = exported_kind(run) is not None
+    if not exported:
         _path(run, "the run folder")
         split_file = Path(run).expanduser() / "split.json"
         if split_file.is_file():
@@ -254,19 +267,14 @@ def suggest(run: str | Path, inputs: list[str], n: int = 100, engine: str = "aut
     if not fresh:
         raise UserError(f"all {len(files)} image(s) given are ones the run was trained or validated on: nothing "
                         "unlabelled to rank")
-    if str(run).endswith(".onnx"):  # an exported model: its outputs only (no features)
-        from .prediction.onnx_predictor import OnnxPredictor, check_exported_options
-
-        check_exported_options(run, engine)
-        predictor = OnnxPredictor(run)
-    else:
-        predictor = load(run, engine=engine, images=len(fresh), say=console.info)
+    # (an exported model gives its outputs only, no features)
+    predictor = open_predictor(run, engine=engine, images=len(fresh), say=console.info)
     with predictor:
         choice = getattr(predictor, "engine", None)  # (an exported model runs on ONNX Runtime, no choice made)
-        console.info(f"engine: {choice.line() if choice is not None else 'onnxruntime (an exported model)'}")
+        console.info(f"engine: {choice.line() if choice is not None else f'{predictor.kind} (an exported model)'}")
         logits, ood, features, errors = predictor.embedded(fresh, progress=console.progress)
         classes, task, threshold = predictor.classes, predictor.task, predictor.threshold
-    ran = choice.to_dict() if choice is not None else {"engine": "onnxruntime"}
+    ran = choice.to_dict() if choice is not None else {"engine": RUNTIMES[predictor.kind]}
     skipped = [{"path": fresh[i], "reason": r} for i, r in sorted(errors.items())]
     for item in skipped:
         console.warn(f"skipped {item['path']}: {item['reason']}")

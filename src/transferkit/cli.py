@@ -273,7 +273,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     result = api.export(args.run, **_options(args, ExportOptions))
     for check in result.failed:
-        print(f"error: {check.format}: {check.note}; kept as {result.out / check.file}", file=sys.stderr)
+        kept = "" if check.checked == "not built" else f"; kept as {result.out / check.file}"
+        print(f"error: {check.format}: {check.note}{kept}", file=sys.stderr)
     return 1 if result.failed else 0
 
 
@@ -335,7 +336,7 @@ def cmd_predict(args: argparse.Namespace, argv: list[str] | None = None) -> int:
 
         refuse_inside(args.explain, [*args.inputs, *(trained_on(Path(args.run)) if Path(args.run).is_dir() else [])],
                       "--explain")
-        if args.run.endswith(".onnx"):
+        if _exported(args.run):
             raise UserError(f"--explain: {args.run} is an exported model, which gives only its outputs, no spatial "
                             "maps; explain with the run folder")
     say = lambda message: print(printable(message, lines=False), file=sys.stderr, flush=True)  # noqa: E731 - stdout: CSV
@@ -460,18 +461,23 @@ def _predict_videos(args: argparse.Namespace, options: PredictOptions, videos: l
     return 0
 
 
-def _open_predictor(args: argparse.Namespace, options: PredictOptions, count: int, say, explain: bool = False):
-    """The model predict runs: an exported .onnx on ONNX Runtime alone, else the run folder's on
-    the engine `engines.choose` picks for `count` inputs (`explain`: one that gives spatial maps)."""
-    if args.run.endswith(".onnx"):  # an exported model: ONNX Runtime alone, torch is not imported
-        from .prediction.onnx_predictor import OnnxPredictor, check_exported_options
+def _exported(model: str) -> bool:
+    """Whether `model` names an exported model (model.onnx, an OpenVINO IR) rather than a run folder."""
+    from .prediction.exported import exported_kind
 
-        check_exported_options(args.run, options.engine, options.precision)
-        return OnnxPredictor(args.run, tta=options.tta)
+    return exported_kind(model) is not None
+
+
+def _open_predictor(args: argparse.Namespace, options: PredictOptions, count: int, say, explain: bool = False):
+    """The model predict runs (`api.open_predictor`): an exported model on its runtime alone, else
+    the run folder's on the engine `engines.choose` picks for `count` inputs (`explain`: one that
+    gives spatial maps)."""
     from . import api
 
-    predictor = api.load(args.run, options.device, options.precision, options.tta, options.engine, images=count,
-                         say=say)
+    predictor = api.open_predictor(args.run, options.device, options.precision, options.tta, options.engine,
+                                   images=count, say=say)
+    if _exported(args.run):
+        return predictor
     if explain and not predictor.can_explain:  # (a converted model gives no maps: PyTorch's layers do)
         if options.engine != "auto":
             raise UserError(f"--explain: --engine {options.engine} runs this model without its spatial maps; "
@@ -542,18 +548,12 @@ def _predict_to_folder(args: argparse.Namespace, options: PredictOptions) -> int
     refuse_inside(out, trained_on(Path(args.run)) if Path(args.run).is_dir() else [], "--out-dir")
     say = lambda message: print(printable(message, lines=False), file=sys.stderr, flush=True)  # noqa: E731
     with joined(options.device) as group:
-        if args.run.endswith(".onnx"):
-            from .prediction.onnx_predictor import OnnxPredictor, check_exported_options
+        from . import api
 
-            check_exported_options(args.run, options.engine, options.precision)
-            predictor = OnnxPredictor(args.run, tta=options.tta)
-        else:
-            from . import api
-
-            predictor = api.load(args.run, group.device(options.device), options.precision, options.tta,
-                                 options.engine, images=args.chunk_size, say=say if group.primary else None)
-            if group.primary:
-                say(f"engine: {predictor.engine.line()}")
+        predictor = api.open_predictor(args.run, group.device(options.device), options.precision, options.tta,
+                                       options.engine, images=args.chunk_size, say=say if group.primary else None)
+        if group.primary and not _exported(args.run):
+            say(f"engine: {predictor.engine.line()}")
         predictor.set_reject(options.reject, options.unknown_label)
         top_k = min(options.top_k, len(predictor.classes))
         identity = {"model": str(Path(args.run).expanduser().absolute()), "tta": options.tta,

@@ -33,12 +33,12 @@ PRECISIONS = ("auto", "bf16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
 FEATURES = ("auto", "last", "multi")
 # what runs a network (engines.choose); onnx: onnxruntime
-ENGINES = ("auto", "onnxruntime", "torch", "onnx", "onnxruntime-int8")
+ENGINES = ("auto", "onnxruntime", "torch", "onnx", "onnxruntime-int8", "openvino")
 ENGINE_HELP = ("what runs the frozen network: auto (ONNX Runtime in fp32 on a CPU, the network converted once, "
                "cached and checked against PyTorch: the same answers on every CPU; PyTorch on a GPU) | onnxruntime "
                "| torch (bf16 where the CPU has it: faster with AMX, answers a little different) | onnxruntime-int8 "
                "(features from the network quantized once, calibrated on training images: faster, answers differ "
-               "from fp32's)")
+               "from fp32's) | openvino (OpenVINO in fp32 on the same conversions; the openvino extra)")
 TTA = ("none", "flip", "flip-crops")  # test-time augmentation (prediction.base): the views averaged per image
 
 

@@ -14,6 +14,8 @@ PyTorch.
 - a CUDA GPU: PyTorch on it, in bf16 (fp16 where the GPU lacks bf16);
 - `--engine onnxruntime-int8`: features from the backbone quantized to INT8 (`int8`), faster,
   not fp32's answers: asked for by name only;
+- `--engine openvino`: OpenVINO in fp32 on ONNX Runtime's conversions (`openvino`), asked for
+  by name (bench/engines.py measures it: it did not beat ONNX Runtime here);
 - `--engine torch|onnxruntime` forces one; `--precision bf16` means PyTorch (ONNX Runtime has no
   bf16 kernels on CPU); ONNX Runtime missing, or a network it cannot run, means PyTorch.
 
@@ -31,7 +33,7 @@ from ..errors import UserError
 from ..registry import Registry
 from . import cpu
 
-CHOICES = ("auto", "onnxruntime", "torch", "onnxruntime-int8")
+CHOICES = ("auto", "onnxruntime", "torch", "onnxruntime-int8", "openvino")
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ register = ENGINES.register
 class Choice:
     """The engine chosen, where and in which precision it runs, and why."""
 
-    engine: str  # "onnxruntime" | "onnxruntime-int8" | "torch"
+    engine: str  # "onnxruntime" | "onnxruntime-int8" | "openvino" | "torch"
     device: str  # "cpu" | "cuda" | "cuda:N"
     precision: str  # "fp32" | "bf16" | "fp16" | "int8"
     reason: str
@@ -93,6 +95,10 @@ def choose(engine: str = "auto", device: str = "auto", precision: str = "auto", 
         from .int8 import choice
 
         return choice(device, precision)
+    if engine == "openvino":  # (asked for by name: bench/engines.py measures it beside ONNX Runtime)
+        from .openvino import choice as openvino
+
+        return openvino(device, precision)
     if device.startswith("cuda") or (device == "auto" and engine != "onnxruntime" and _cuda_available()):
         if engine == "onnxruntime":
             raise UserError("--engine onnxruntime runs on the CPU: give --device cpu, or --engine torch for the GPU")
@@ -148,7 +154,7 @@ def load_bundle(run, engine: str = "auto", device: str = "auto", precision: str 
     say = say or (lambda message: None)
     choice = choose(engine, device, precision, images)
     cache = cache or Cache()
-    if choice.engine.startswith("onnxruntime"):
+    if choice.engine != "torch":  # (ONNX Runtime's conversions: OpenVINO runs them too)
         try:
             return _as_fitted(choice.implementation.bundle(run, choice, tta, threads, cache.prepare(), say,
                                                            batch_size))

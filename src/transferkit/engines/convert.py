@@ -277,9 +277,14 @@ def _with_metadata(model: bytes, meta: dict | None) -> bytes:
     return proto.SerializeToString()
 
 
-def session(model: bytes | str | Path, threads: int = 0):
-    """An ONNX Runtime CPU session of a model (its bytes or a path); `threads`: intra-op threads
-    (0: one per core this process may use)."""
+def session(model: bytes | str | Path, threads: int = 0, engine: str = "onnxruntime"):
+    """A CPU session of a model (its bytes or a path) on ONNX Runtime, or on OpenVINO for `engine`
+    openvino (`openvino.OvSession`: the same interface); `threads`: intra-op threads (0: one per
+    core this process may use)."""
+    if engine == "openvino":
+        from .openvino import OvSession
+
+        return OvSession(model, threads)
     from ..prediction.onnx_predictor import open_session
 
     return open_session(model, threads)

@@ -37,7 +37,7 @@ class OrtExtractor:
             raise UserError(f"{self.network.label}'s INT8 network left the cache during this command: run it again")
         try:
             found = found or convert(self.network, first[:CHECK_IMAGES], self.cache, self.say)
-            self._session = session(found.model)
+            self._session = session(found.model, engine=self.choice.engine)
         except MissingExtra:  # (the light install converts nothing: no fallback either)
             raise
         except UserError as exc:  # ConversionError, or a stored conversion ONNX Runtime cannot load
@@ -153,11 +153,12 @@ class HeadOnFeatures(BasePredictor):
     NumPy. Nothing of the run needs converting, and torch is never imported."""
 
     def __init__(self, features: Converted, meta, run_dir: Path, weights: dict[str, np.ndarray], threads: int = 0,
-                 batch_size: int = 32, workers: int = 0, tta: str = "none", cache=None, say=None):
+                 batch_size: int = 32, workers: int = 0, tta: str = "none", cache=None, say=None,
+                 engine: str = "onnxruntime"):
         super().__init__(batch_size, workers, tta)
         self.cache, self.threads, self.say, self._maps = cache, threads, say, None
         self.bundle_meta, self.run_dir, self.classes, self.task = meta, run_dir, meta.classes, meta.task
-        self.session = session(features.model, threads)
+        self.session = session(features.model, threads, engine)
         self.weight = np.ascontiguousarray(weights["head.weight"], dtype=np.float32).T  # (D, C)
         self.bias = np.asarray(weights["head.bias"], dtype=np.float32)
         self.conversion = {"file": features.path.name, "network": "features", **features.facts}
@@ -258,7 +259,8 @@ def carry_networks(run: str | Path, cache, say=None) -> list[str]:
     return kinds
 
 
-def _head_on_features(meta, run_dir: Path, cache, threads: int, batch_size: int, tta: str, say=None):
+def _head_on_features(meta, run_dir: Path, cache, threads: int, batch_size: int, tta: str, say=None,
+                      engine: str = "onnxruntime"):
     """`HeadOnFeatures` for a run fitted on frozen features whose conversion the cache holds,
     else None (then the run's model is converted whole)."""
     from safetensors import SafetensorError, safe_open
@@ -280,26 +282,27 @@ def _head_on_features(meta, run_dir: Path, cache, threads: int, batch_size: int,
     if weights["head.weight"].ndim != 2 or weights["head.weight"].shape[1] > width \
             or weights["head.weight"].shape[0] != len(meta.classes):
         return None
-    return HeadOnFeatures(found, meta, run_dir, weights, threads, batch_size, tta=tta, cache=cache, say=say)
+    return HeadOnFeatures(found, meta, run_dir, weights, threads, batch_size, tta=tta, cache=cache, say=say,
+                          engine=engine)
 
 
 def bundle(run: str | Path, choice: Choice, tta: str, threads: int, cache, say, batch_size: int = 32,
            workers: int = 0):
-    """A predictor of a run folder's model on ONNX Runtime; its `run_dir`, `bundle_meta`,
-    `engine` (the choice) and `conversion` are set. A head on frozen features runs on its
+    """A predictor of a run folder's model on ONNX Runtime (or on OpenVINO, for that `choice`: the
+    same conversions); its `run_dir`, `bundle_meta`, `engine` (the choice) and `conversion` are set. A head on frozen features runs on its
     backbone's conversion (`HeadOnFeatures`); any other model is converted whole (once, cached,
     checked on the run's validation images). Raises `ConversionError` when it cannot be."""
     from ..models import bundle as bundles
     from ..prediction.onnx_predictor import OnnxPredictor
 
     meta, run_dir = bundles.read_meta(run)
-    predictor = _head_on_features(meta, run_dir, cache, threads, batch_size, tta, say)
+    predictor = _head_on_features(meta, run_dir, cache, threads, batch_size, tta, say, choice.engine)
     if predictor is not None:
         predictor.engine = choice
         return predictor
     found, meta, run_dir = converted_bundle(run, cache, say)
-    predictor = OnnxPredictor(found.path, batch_size=batch_size, workers=workers, tta=tta, threads=threads,
-                              model=found.model)
+    predictor = OnnxPredictor(found.path, batch_size=batch_size, workers=workers, tta=tta,
+                              session=session(found.model, threads, choice.engine))
     predictor.run_dir, predictor.bundle_meta, predictor.engine, predictor.task = run_dir, meta, choice, meta.task
     predictor.conversion = {"file": found.path.name, **found.facts}
     return predictor

@@ -19,8 +19,8 @@ from ..models import bundle
 from ..models.with_ood import with_ood
 from .registry import FORMATS, parse_formats
 from ..task import multi_hot
-from .verify import ExportResult, batched, decode_images, failing_name, format_table, mark_failed, measure, speed, \
-    accuracy
+from .verify import ExportResult, accuracy, batched, by_structure, decode_images, failing_name, format_table, \
+    mark_failed, measure, not_built, speed
 
 
 def metadata(meta: bundle.BundleMeta) -> dict:
@@ -50,6 +50,9 @@ def export(run: str | Path, options: ExportOptions | None = None, console: Conso
     exceeds `max_drop` points is kept, renamed *.FAILED.*, and listed in `result.failed`."""
     options, console = options or ExportOptions(), console or Console()
     names = parse_formats(options.formats)
+    for name in names:  # (a format's missing extra: one line, before the model loads)
+        if FORMATS.get(name).check is not None:
+            FORMATS.get(name).check()
     model, bmeta, run_dir = bundle.load(run)
     model = model.float().eval()
     ood = bundle.read_ood(bmeta, run_dir)
@@ -103,13 +106,25 @@ def export(run: str | Path, options: ExportOptions | None = None, console: Conso
             for stale in (path, failing_name(path)):  # (ours: claim_out checked the folder)
                 _remove(stale)
             console.info(f"exporting {name} ...")
-            note = _build(fmt, job, path)
-            check = measure(name, path, fmt.runner(path), x_val, y_val, reference, result.reference, meta["classes"],
-                            options.runs, task)
-            check.note = note or ""
-            if run_ood is not None:
+            missing = [n for n in fmt.needs if n not in job.built]
+            try:
+                if missing:
+                    raise UserError(f"it is made from {', '.join(missing)}, which was not built")
+                note = _build(fmt, job, path)
+            except UserError as exc:  # (a converter that cannot handle the network: the other formats go on)
+                console.warn(f"{name}: not exported: {exc}")
+                result.checks.append(not_built(name, path, str(exc)))
+                continue
+            run = fmt.runner(path)
+            if run is None:  # (not runnable on this OS: checked by its structure, gated where it runs)
+                check = by_structure(name, path, "; ".join(filter(None, (note, fmt.inspect(path, meta)))))
+            else:
+                check = measure(name, path, run, x_val, y_val, reference, result.reference, meta["classes"],
+                                options.runs, task)
+                check.note = note or ""
+            if run_ood is not None and run is not None:
                 check_ood(check, path, x_val, run_ood, ood.threshold)
-            if check.accuracy_drop_pt > options.max_drop:
+            if check.accuracy_drop_pt is not None and check.accuracy_drop_pt > options.max_drop:
                 mark_failed(check, path, options.max_drop)
             job.built[name] = out_dir / check.file  # what a later format builds from (renamed if it failed)
             result.checks.append(check)
@@ -127,12 +142,20 @@ def _scores(scored_model, x: np.ndarray) -> np.ndarray:
 
 
 def check_ood(check, path: Path, x: np.ndarray, run_ood: np.ndarray, threshold: float | None) -> None:
-    """The artifact's out-of-distribution scores (an ONNX model's second output) against the run's."""
-    if path.suffix != ".onnx":
-        return
+    """The artifact's out-of-distribution scores (an ONNX model's or an OpenVINO IR's second
+    output) against the run's."""
+    from ..prediction.exported import exported_kind
     from ..prediction.onnx_predictor import open_session
 
-    session = open_session(path)
+    kind = exported_kind(path)
+    if kind is None:
+        return
+    if kind == "openvino":
+        from ..engines.openvino import IR_FILE, OvSession
+
+        session = OvSession(path / IR_FILE)
+    else:
+        session = open_session(path)
     if len(session.get_outputs()) != 2:
         return
     got = batched(lambda b: session.run(None, {"input": b})[1].reshape(-1), x)

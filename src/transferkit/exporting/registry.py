@@ -18,10 +18,14 @@ class ExportFormat:
     file: str  # its file name in the export folder
     summary: str  # one line for --help
     build: Callable  # (exporter.ExportJob, path) -> a note for export.json, or None
-    runner: Callable  # path -> (float32 NCHW batch -> logits), to check the artifact
+    runner: Callable  # path -> (float32 NCHW batch -> logits), to check the artifact; None: not on this OS
     needs: tuple[str, ...] = ()  # formats it is made from (built first)
     order: int = 100
     in_all: bool = True  # part of --formats all (False: an optional extra's, built when named)
+    check: Callable | None = None  # () -> None, or a UserError naming the extra it needs: before any work
+    # (path, metadata) -> what was checked, or a UserError: the check of an artifact this machine
+    # cannot run (its `runner` gives None here), by its structure; the accuracy gate runs where it can
+    inspect: Callable | None = None
 
 
 FORMATS: Registry[ExportFormat] = Registry("export format", package=f"{__package__}.formats",

@@ -23,16 +23,20 @@ class Check:
     format: str
     file: str
     size_mb: float
-    top1_agreement: float
-    max_abs_logit_diff: float
-    accuracy: float
-    accuracy_drop_pt: float  # PyTorch fp32 accuracy minus this artifact's, in points
+    # (None: an artifact this machine cannot run, checked by its structure: `checked`)
+    top1_agreement: float | None
+    max_abs_logit_diff: float | None
+    accuracy: float | None
+    accuracy_drop_pt: float | None  # PyTorch fp32 accuracy minus this artifact's, in points
     per_class_accuracy: dict[str, float]
-    latency_ms_p50: float
-    latency_ms_p90: float
-    throughput_b32: float  # images/s at batch 32
+    latency_ms_p50: float | None
+    latency_ms_p90: float | None
+    throughput_b32: float | None  # images/s at batch 32
     passed: bool = True
     note: str = ""
+    # "measured" (run on the validation images) | "structure" (not runnable here) | "not built" (its
+    # converter failed: `note` says where)
+    checked: str = "measured"
     # a model with an out-of-distribution score, an artifact that computes it (ONNX): the largest
     # difference from the run's scores, and the share of images whose unknown decision (at the
     # run's --reject auto threshold) agrees
@@ -120,7 +124,7 @@ def measure(name: str, path: Path, runner, x: np.ndarray, y: np.ndarray, referen
     mAP, and the images whose predicted sets agree)."""
     logits = batched(runner, x)
     acc, per_class = accuracy(logits, y, classes, task)
-    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+    size = _size(path)
     if task is not None and task.multi:
         agree = float((task.decide(task.probabilities(logits)) == task.decide(task.probabilities(reference))).all(1).mean())
     else:
@@ -128,6 +132,23 @@ def measure(name: str, path: Path, runner, x: np.ndarray, y: np.ndarray, referen
     return Check(name, path.name, size / 1e6, agree,
                  float(np.abs(logits - reference).max()), acc, (ref["accuracy"] - acc) * 100, per_class,
                  **speed(runner, x, runs))
+
+
+def by_structure(name: str, path: Path, note: str) -> Check:
+    """An artifact this machine cannot run, checked by its structure (`note`: what was checked)."""
+    return Check(name, path.name, _size(path) / 1e6, None, None, None, None, {}, None, None, None, note=note,
+                 checked="structure")
+
+
+def not_built(name: str, path: Path, why: str) -> Check:
+    """A format its converter could not build (`why` names the layer or step), or whose source
+    format was not built: failed, nothing written under its name."""
+    return Check(name, path.name, 0.0, None, None, None, None, {}, None, None, None, passed=False, note=why,
+                 checked="not built")
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
 
 
 def mark_failed(check: Check, path: Path, max_drop: float) -> None:
@@ -153,6 +174,10 @@ def format_table(result: ExportResult) -> str:
              f"{'pytorch fp32 eager':<28} {'':>6} {'':>11} {'':>12} {ref['accuracy']:8.4f} {'':>7} "
              f"{ref['latency_ms_p50']:9.1f} {ref['latency_ms_p90']:9.1f} {ref['throughput_b32']:9.1f}"]
     for c in result.checks:
+        if c.checked != "measured":
+            lines.append(f"{c.file:<28} {c.size_mb:6.1f}  " + ("NOT BUILT: " if c.checked == "not built" else "")
+                         + c.note)
+            continue
         lines.append(f"{c.file:<28} {c.size_mb:6.1f} {c.top1_agreement:11.4f} {c.max_abs_logit_diff:12.2e} "
                      f"{c.accuracy:8.4f} {c.accuracy_drop_pt:7.2f} {c.latency_ms_p50:9.1f} {c.latency_ms_p90:9.1f} "
                      f"{c.throughput_b32:9.1f}" + ("" if c.passed else "  FAILED: " + c.note))

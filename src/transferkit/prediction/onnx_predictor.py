@@ -24,17 +24,6 @@ META_KEY = "transferkit"  # the ONNX metadata_props key holding the JSON below
 ONNX_ENGINES = ("auto", "onnxruntime", "onnx")  # what may run an exported .onnx file
 
 
-def check_exported_options(model: str | Path, engine: str = "auto", precision: str = "auto") -> None:
-    """An exported .onnx model runs on ONNX Runtime in float32 alone: an option asking for
-    another engine or precision is refused in one line, never silently ignored."""
-    if engine not in ONNX_ENGINES:
-        raise UserError(f"--engine {engine} runs a run folder's model; {model} is an exported ONNX model, which runs "
-                        "on ONNX Runtime (--engine auto or onnxruntime)")
-    if precision not in ("auto", "fp32"):
-        raise UserError(f"--precision {precision} applies to a run folder's model; {model} is an exported ONNX "
-                        "model, which runs in fp32")
-
-
 def read_metadata(path: str | Path) -> dict:
     """The transferkit metadata of an exported ONNX model (classes, preprocessing, ...)."""
     session = open_session(path)
@@ -98,17 +87,20 @@ def _metadata(session, path) -> dict:
 
 
 class OnnxPredictor(BasePredictor):
-    """An exported model (fp32 or INT8 ONNX) ready to predict images, torch-free. `model`: the
-    model's bytes, already read and checked (a cached conversion of `path`'s run)."""
+    """An exported model (fp32 or INT8 ONNX, or an OpenVINO IR) ready to predict images,
+    torch-free. `session`: one already open (a cached conversion of `path`'s run, or an IR on
+    OpenVINO: `engines.openvino.OvSession`, ONNX Runtime's interface), else `path` opened on
+    ONNX Runtime."""
 
     channels_last = False
     input_dtype = "float32"
+    kind = "onnx"  # or "openvino" (`exported.open_exported`)
 
     def __init__(self, path: str | Path, batch_size: int = 32, workers: int = 0, tta: str = "none",
-                 threads: int = 0, model: bytes | None = None):
+                 threads: int = 0, session=None):
         super().__init__(batch_size, workers, tta)
         self.path = Path(path).expanduser()
-        self.session = open_session(self.path if model is None else model, threads)
+        self.session = session if session is not None else open_session(self.path, threads)
         self.meta = _metadata(self.session, self.path)
         self.classes: list[str] = self.meta["classes"]
         self.task = Task.from_dict(self.meta.get("task"), len(self.classes))  # (checked by _metadata)

@@ -14,10 +14,7 @@ from ..engines.cpu import usable_cores
 from ..errors import UserError
 from ..files import read_json_object
 from ..prediction.base import BasePredictor
-
-
-def is_onnx(model: str | Path) -> bool:
-    return str(model).endswith(".onnx")
+from ..prediction.exported import RUNTIMES, exported_kind, open_exported
 
 
 class ServedModel:
@@ -26,7 +23,8 @@ class ServedModel:
     A run folder's bundle runs on the engine `engines.choose` picks (`engine`: auto | onnxruntime
     | torch): on a CPU ONNX Runtime, the bundle converted once (cached, checked against PyTorch),
     on a GPU or where the conversion fails PyTorch (`say` tells which and why, and when it
-    converts). An .onnx file always runs on ONNX Runtime, and torch is not imported.
+    converts). An exported model runs on its own runtime (a model.onnx on ONNX Runtime, an
+    OpenVINO IR on OpenVINO: `prediction.exported`), and torch is not imported.
     `threads`: the model's intra-op threads (0: the library's default, one per core); several
     workers share the cores."""
 
@@ -36,12 +34,9 @@ class ServedModel:
         if not self.source.exists():
             raise UserError(f"not found: {model}")
         say = say or (lambda message: print(message, file=sys.stderr, flush=True))
-        if is_onnx(model):
-            from ..prediction.onnx_predictor import OnnxPredictor, check_exported_options
-
-            check_exported_options(model, engine, precision)
-            self.predictor: BasePredictor = OnnxPredictor(self.source, tta=tta, threads=threads)
-            self.info = _onnx_info(self.predictor)
+        if exported_kind(model) is not None:
+            self.predictor: BasePredictor = open_exported(self.source, engine, precision, tta, threads)
+            self.info = _exported_info(self.predictor)
         else:
             self.predictor, self.info = _bundle_predictor(self.source, device, precision, tta, threads, engine, say)
         self.info["tta"] = tta
@@ -110,9 +105,9 @@ class ServedModel:
         with self._lock:
             if self.predictor.can_explain:
                 return self.predictor
-            if is_onnx(self.source):
-                raise UserError("an exported ONNX model gives only its outputs, no spatial maps: serve the run "
-                                "folder to explain")
+            if exported_kind(self.source) is not None:
+                raise UserError("an exported model gives only its outputs, no spatial maps: serve the run folder to "
+                                "explain")
             if self._torch is None:
                 from .. import engines
 
@@ -135,7 +130,7 @@ def _bundle_predictor(source: Path, device: str, precision: str, tta: str, threa
     predictor = engines.load_bundle(source, engine, device, precision, tta, threads=threads, say=say)
     choice = predictor.engine
     say(f"engine: {choice.line()}")
-    name = "onnxruntime" if choice.engine == "onnxruntime" else "pytorch"
+    name = "pytorch" if choice.engine == "torch" else choice.engine
     return predictor, _bundle_info(meta, run_dir, name, choice.device, choice.precision)
 
 
@@ -147,7 +142,7 @@ def _bundle_info(meta, run_dir: Path, engine: str, device: str, precision: str) 
             "device": device, "precision": precision, "metrics": _run_metrics(run_dir)}
 
 
-def _onnx_info(predictor) -> dict:
+def _exported_info(predictor) -> dict:
     meta, path = predictor.meta, predictor.path
     run_dir = path.resolve().parent.parent  # exported into RUN/export/ by default
     metrics = _run_metrics(run_dir)
@@ -158,7 +153,8 @@ def _onnx_info(predictor) -> dict:
             key = "map_macro" if (meta.get("task") or {}).get("kind") == "multilabel" else "val_acc"  # (export's measure)
             metrics = {**metrics, key: artifact["accuracy"], "measured_as": f"export.json ({path.name})"}
     pre = meta["preprocess"]
-    return {"name": path.name, "format": "onnx", "engine": "onnxruntime", "backbone": meta.get("backbone"), "classes": meta["classes"],
+    return {"name": path.name, "format": predictor.kind, "engine": RUNTIMES[predictor.kind], "backbone": meta.get("backbone"),
+            "classes": meta["classes"],
             "num_classes": len(meta["classes"]),
             "preprocess": {k: pre[k] for k in ("input_size", "resize_size", "interpolation", "mean", "std")},
             "device": "cpu", "precision": "int8" if ".int8." in path.name else "fp32", "metrics": metrics}

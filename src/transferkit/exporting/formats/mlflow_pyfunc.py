@@ -35,5 +35,5 @@ def runner(path: Path):
 
 
 register(ExportFormat(name="mlflow", file="mlflow_model", order=3, build=build, runner=runner, needs=("onnx",),
-                      in_all=False,
+                      in_all=False, check=_pyfunc,
                       summary="MLflow pyfunc model folder: images in, labels and probabilities out (ONNX Runtime)"))

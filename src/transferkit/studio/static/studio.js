@@ -450,7 +450,7 @@ async function showRun(name) {
     el("p", {}, `${multi ? `val mAP ${num(v.map.map_macro)} (micro ${num(v.map.map_micro)}) · subset accuracy` : "val accuracy"} ${num(r.val_acc)} · balanced ${num(r.balanced_accuracy)} · ${r.strategy} · ${r.backbone}${r.parent ? ` · from ${r.parent.split("/").pop()}` : ""} · ${r.wall_s === null ? "-" : r.wall_s.toFixed(1)} s`,
       v.report ? el("span", {}, " · ", el("a", { href: `/api/runs/${encodeURIComponent(name)}/report`, target: "_blank", rel: "noopener" }, "report.html")) : null),
     el("p", {}, el("select", { id: "export-formats", "aria-label": "formats to export" },
-        ...[["all", "all formats"], ["onnx", "ONNX"], ["torchscript", "TorchScript"], ["int8", "INT8 ONNX"]].map(([v, t]) => el("option", { value: v }, t))),
+        ...[["all", "all formats"], ["onnx", "ONNX"], ["torchscript", "TorchScript"], ["int8", "INT8 ONNX"], ["openvino", "OpenVINO IR"], ["coreml-fp16", "Core ML (fp16)"]].map(([v, t]) => el("option", { value: v }, t))),
       el("button", { type: "button", onclick: async () => {
         try {
           const j = await api(`/api/runs/${encodeURIComponent(name)}/export`, { method: "POST", body: { formats: $("export-formats").value } });
@@ -521,7 +521,7 @@ async function showExport(name) {
   const e = await api(`/api/runs/${encodeURIComponent(name)}/export`);
   const rows = [el("tr", {}, ...["artifact", "MB", "top-1 agree", "accuracy", "drop pt", "b1 p50 ms", "passed"].map((h) => el("th", {}, h)))];
   for (const a of e.artifacts || []) rows.push(el("tr", {}, el("td", {}, a.file), el("td", { class: "num" }, num(a.size_mb, 1)), el("td", { class: "num" }, num(a.top1_agreement)),
-    el("td", { class: "num" }, num(a.accuracy)), el("td", { class: "num" }, num(a.accuracy_drop_pt, 2)), el("td", { class: "num" }, num(a.latency_ms_p50, 1)), el("td", {}, a.passed ? "yes" : "NO")));
+    el("td", { class: "num" }, num(a.accuracy)), el("td", { class: "num" }, num(a.accuracy_drop_pt, 2)), el("td", { class: "num" }, num(a.latency_ms_p50, 1)), el("td", { title: a.checked === "structure" ? a.note : null }, a.checked === "structure" ? "structure (not runnable here)" : a.passed ? "yes" : "NO")));
   $("export-table").replaceChildren(el("table", { class: "grid" }, ...rows));
 }
 

@@ -1,0 +1,61 @@
+"""Exported models as predictors, and the one place that tells an exported model from a run folder
+(predict, suggest and serve ask it). No torch.
+
+- an ONNX file (`model.onnx`, `model.int8.onnx`): ONNX Runtime;
+- an OpenVINO IR (`export --formats openvino`: its folder, or its model.xml): OpenVINO, in fp32.
+
+Each carries transferkit's metadata (classes, preprocessing, task, the unknown score): the same
+`OnnxPredictor` runs both, OpenVINO behind ONNX Runtime's session interface
+(`engines.openvino.OvSession`). An exported model runs on its own runtime only: an option asking
+for another engine or precision is refused in one line, never silently ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import UserError
+from .onnx_predictor import ONNX_ENGINES, OnnxPredictor
+
+RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino"}  # an exported model's kind -> what runs it
+
+
+def exported_kind(path: str | Path) -> str | None:
+    """"onnx" or "openvino" where `path` names an exported model, None for anything else (a run
+    folder, or a path that is not there: its reader says so)."""
+    if str(path).endswith(".onnx"):
+        return "onnx"
+    from ..engines.openvino import ir_file
+
+    return "openvino" if ir_file(path) is not None else None
+
+
+def check_options(path: str | Path, engine: str = "auto", precision: str = "auto") -> str:
+    """The kind of the exported model at `path` (`exported_kind`), checked against the options:
+    one line where --engine or --precision asks for what its runtime does not do."""
+    kind = exported_kind(path)
+    if kind is None:
+        raise UserError(f"{path} is not an exported model (model.onnx, or an OpenVINO IR's folder or model.xml)")
+    allowed = ONNX_ENGINES if kind == "onnx" else ("auto", "openvino")
+    if engine not in allowed:
+        raise UserError(f"--engine {engine} runs a run folder's model; {path} is an exported {kind} model, which runs "
+                        f"on {RUNTIMES[kind]} (--engine {' or '.join(allowed)})")
+    if precision not in ("auto", "fp32"):
+        raise UserError(f"--precision {precision} applies to a run folder's model; {path} is an exported {kind} "
+                        "model, which runs in fp32")
+    return kind
+
+
+def open_exported(path: str | Path, engine: str = "auto", precision: str = "auto", tta: str = "none",
+                  threads: int = 0, batch_size: int = 32) -> OnnxPredictor:
+    """A predictor of the exported model at `path` on its runtime, its options checked first."""
+    kind = check_options(path, engine, precision)
+    if kind == "openvino":
+        from ..engines.openvino import OvSession, ir_file
+
+        xml = ir_file(path)
+        predictor = OnnxPredictor(xml.parent, batch_size=batch_size, tta=tta, session=OvSession(xml, threads))
+    else:
+        predictor = OnnxPredictor(path, batch_size=batch_size, tta=tta, threads=threads)
+    predictor.kind = kind
+    return predictor
