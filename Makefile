@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip >/dev/null
-	$(PY) -m pip install -e ".[train,lite,mlflow,tensorboard,video,openvino,coreml,test]"
+	$(PY) -m pip install -e ".[train,lite,mlflow,tensorboard,video,openvino,coreml,tflite,test]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -293,3 +293,31 @@ def test_a_format_its_converter_cannot_build_leaves_the_others_exported(exported
     assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.onnx"]
     saved = {a["format"]: a for a in json.loads((out / "export.json").read_text())["artifacts"]}
     assert saved["onnx"]["passed"] and not saved["coreml"]["passed"] and saved["coreml"]["checked"] == "not built"
+
+
+def test_tflite_fp32_and_int8_are_gated_on_litert_and_predict_as_onnx_does(exported, tmp_path, capsys):
+    pytest.importorskip("litert_torch")
+    from transferkit.engines.litert import read_metadata as tflite_metadata
+    from transferkit.prediction.exported import open_exported
+
+    data, run, _ = exported
+    out = tmp_path / "export"
+    result = transferkit.export(run, "tflite-int8", out=str(out), calib=16, runs=3, console=Console(True))
+    fp32, int8 = result.checks  # (int8 is made from the fp32 flatbuffer)
+    assert (fp32.format, int8.format) == ("tflite", "tflite-int8") and fp32.checked == int8.checked == "measured"
+    assert fp32.top1_agreement == 1.0 and fp32.max_abs_logit_diff < 1e-3 and fp32.passed
+    assert int8.size_mb < 0.5 * fp32.size_mb and int8.accuracy_drop_pt is not None  # gated: passed or renamed
+    meta = read_metadata(out / "model.onnx") if (out / "model.onnx").exists() else exporter.metadata(bundle.read_meta(run)[0])
+    assert tflite_metadata(out / "model.tflite") == json.loads(json.dumps(meta))
+    images = sorted(str(p) for p in (data / "val").rglob("*.jpg"))
+    predictor = open_exported(out / "model.tflite")
+    assert predictor.kind == "tflite" and predictor.classes == meta["classes"]
+    with transferkit.load(run, engine="onnxruntime") as reference:
+        expected = reference.predict(images, top_k=1)
+    got = predictor.predict(images, top_k=1)
+    assert [p.label for p in got] == [p.label for p in expected]
+    np.testing.assert_allclose([p.probability for p in got], [p.probability for p in expected], atol=1e-3)
+    capsys.readouterr()
+    assert main(["predict", str(out / "model.tflite"), images[0]]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[1].split(",")[1] == expected[0].label and "XNNPACK" not in captured.err

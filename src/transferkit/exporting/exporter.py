@@ -142,20 +142,13 @@ def _scores(scored_model, x: np.ndarray) -> np.ndarray:
 
 
 def check_ood(check, path: Path, x: np.ndarray, run_ood: np.ndarray, threshold: float | None) -> None:
-    """The artifact's out-of-distribution scores (an ONNX model's or an OpenVINO IR's second
-    output) against the run's."""
-    from ..prediction.exported import exported_kind
-    from ..prediction.onnx_predictor import open_session
+    """The artifact's out-of-distribution scores (the second output of an exported model that
+    computes them) against the run's."""
+    from ..prediction.exported import exported_kind, open_session
 
-    kind = exported_kind(path)
-    if kind is None:
+    if exported_kind(path) is None:
         return
-    if kind == "openvino":
-        from ..engines.openvino import IR_FILE, OvSession
-
-        session = OvSession(path / IR_FILE)
-    else:
-        session = open_session(path)
+    session = open_session(path)
     if len(session.get_outputs()) != 2:
         return
     got = batched(lambda b: session.run(None, {"input": b})[1].reshape(-1), x)

@@ -2,11 +2,13 @@
 (predict, suggest and serve ask it). No torch.
 
 - an ONNX file (`model.onnx`, `model.int8.onnx`): ONNX Runtime;
-- an OpenVINO IR (`export --formats openvino`: its folder, or its model.xml): OpenVINO, in fp32.
+- an OpenVINO IR (`export --formats openvino`: its folder, or its model.xml): OpenVINO, in fp32;
+- a LiteRT flatbuffer (`export --formats tflite` or `tflite-int8`: model.tflite): the LiteRT
+  interpreter.
 
-Each carries transferkit's metadata (classes, preprocessing, task, the unknown score): the same
-`OnnxPredictor` runs both, OpenVINO behind ONNX Runtime's session interface
-(`engines.openvino.OvSession`). An exported model runs on its own runtime only: an option asking
+Each carries transferkit's metadata (classes, preprocessing, task, the unknown score where the
+format computes it): the same `OnnxPredictor` runs them all, OpenVINO and LiteRT behind ONNX
+Runtime's session interface (`engines.openvino.OvSession`, `engines.litert.LiteRtSession`). An exported model runs on its own runtime only: an option asking
 for another engine or precision is refused in one line, never silently ignored.
 """
 
@@ -17,14 +19,16 @@ from pathlib import Path
 from ..errors import UserError
 from .onnx_predictor import ONNX_ENGINES, OnnxPredictor
 
-RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino"}  # an exported model's kind -> what runs it
+RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino", "tflite": "litert"}  # an exported model's kind -> its runtime
 
 
 def exported_kind(path: str | Path) -> str | None:
-    """"onnx" or "openvino" where `path` names an exported model, None for anything else (a run
-    folder, or a path that is not there: its reader says so)."""
+    """"onnx", "openvino" or "tflite" where `path` names an exported model, None for anything else
+    (a run folder, or a path that is not there: its reader says so)."""
     if str(path).endswith(".onnx"):
         return "onnx"
+    if str(path).endswith(".tflite"):
+        return "tflite"
     from ..engines.openvino import ir_file
 
     return "openvino" if ir_file(path) is not None else None
@@ -35,8 +39,9 @@ def check_options(path: str | Path, engine: str = "auto", precision: str = "auto
     one line where --engine or --precision asks for what its runtime does not do."""
     kind = exported_kind(path)
     if kind is None:
-        raise UserError(f"{path} is not an exported model (model.onnx, or an OpenVINO IR's folder or model.xml)")
-    allowed = ONNX_ENGINES if kind == "onnx" else ("auto", "openvino")
+        raise UserError(f"{path} is not an exported model (model.onnx, model.tflite, or an OpenVINO IR's folder or "
+                        "model.xml)")
+    allowed = ONNX_ENGINES if kind == "onnx" else ("auto", RUNTIMES[kind])
     if engine not in allowed:
         raise UserError(f"--engine {engine} runs a run folder's model; {path} is an exported {kind} model, which runs "
                         f"on {RUNTIMES[kind]} (--engine {' or '.join(allowed)})")
@@ -46,16 +51,30 @@ def check_options(path: str | Path, engine: str = "auto", precision: str = "auto
     return kind
 
 
+def open_session(path: str | Path, kind: str | None = None, threads: int = 0):
+    """A session (ONNX Runtime's interface) of the exported model at `path` on its runtime."""
+    kind = kind or exported_kind(path)
+    if kind == "openvino":
+        from ..engines.openvino import OvSession, ir_file
+
+        return OvSession(ir_file(path), threads)
+    if kind == "tflite":
+        from ..engines.litert import LiteRtSession
+
+        return LiteRtSession(path, threads)
+    from .onnx_predictor import open_session as onnx_session
+
+    return onnx_session(path, threads)
+
+
 def open_exported(path: str | Path, engine: str = "auto", precision: str = "auto", tta: str = "none",
                   threads: int = 0, batch_size: int = 32) -> OnnxPredictor:
     """A predictor of the exported model at `path` on its runtime, its options checked first."""
     kind = check_options(path, engine, precision)
-    if kind == "openvino":
-        from ..engines.openvino import OvSession, ir_file
+    if kind == "openvino":  # (named by its folder: export.json lies beside it)
+        from ..engines.openvino import ir_file
 
-        xml = ir_file(path)
-        predictor = OnnxPredictor(xml.parent, batch_size=batch_size, tta=tta, session=OvSession(xml, threads))
-    else:
-        predictor = OnnxPredictor(path, batch_size=batch_size, tta=tta, threads=threads)
+        path = ir_file(path).parent
+    predictor = OnnxPredictor(path, batch_size=batch_size, tta=tta, session=open_session(path, kind, threads))
     predictor.kind = kind
     return predictor
