@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import MissingExtra, UserError
 from .cpu import usable_cores
-from .openvino import _Meta, _Port
+from .openvino import ModelMeta, Port
 
 EXTRA = "tflite"
 META_KEY = "transferkit"  # the flatbuffer metadata entry holding transferkit's JSON (as ONNX's property)
@@ -96,15 +96,15 @@ class LiteRtSession:
                 rows[k].append(_dequantized(self.interpreter.get_tensor(out["index"]), out))
         return [np.concatenate(r) for r in rows]
 
-    def get_inputs(self) -> list[_Port]:
-        return [_Port(d["name"], ["?", *map(int, d["shape"][1:])]) for d in self.inputs]
+    def get_inputs(self) -> list[Port]:
+        return [Port(d["name"], ["?", *map(int, d["shape"][1:])]) for d in self.inputs]
 
-    def get_outputs(self) -> list[_Port]:
-        return [_Port(d["name"], ["?", *map(int, d["shape"][1:])]) for d in self.outputs]
+    def get_outputs(self) -> list[Port]:
+        return [Port(d["name"], ["?", *map(int, d["shape"][1:])]) for d in self.outputs]
 
-    def get_modelmeta(self) -> _Meta:
+    def get_modelmeta(self) -> ModelMeta:
         meta = read_metadata(self.path)
-        return _Meta({} if meta is None else {META_KEY: json.dumps(meta)})
+        return ModelMeta({} if meta is None else {META_KEY: json.dumps(meta)})
 
 
 @contextlib.contextmanager

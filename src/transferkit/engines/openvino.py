@@ -47,13 +47,13 @@ def ir_file(path: str | Path) -> Path | None:
 
 
 @dataclass
-class _Port:
+class Port:
     name: str
     shape: list  # ints, and "?" for a dynamic dimension (ONNX Runtime's symbolic dimensions are strings too)
 
 
 @dataclass
-class _Meta:
+class ModelMeta:
     custom_metadata_map: dict = field(default_factory=dict)
 
 
@@ -82,24 +82,24 @@ class OvSession:
         result = self._request.infer(list(feeds.values()))
         return [np.asarray(result[port]) for port in self.compiled.outputs]
 
-    def get_inputs(self) -> list[_Port]:
+    def get_inputs(self) -> list[Port]:
         return [_port(p) for p in self.compiled.inputs]
 
-    def get_outputs(self) -> list[_Port]:
+    def get_outputs(self) -> list[Port]:
         return [_port(p) for p in self.compiled.outputs]
 
-    def get_modelmeta(self) -> _Meta:
+    def get_modelmeta(self) -> ModelMeta:
         """The transferkit metadata an exported IR carries (`set_metadata`), as ONNX's."""
         from ..prediction.onnx_predictor import META_KEY
 
         if self.model.has_rt_info([META_KEY]):
-            return _Meta({META_KEY: self.model.get_rt_info([META_KEY]).astype(str)})
-        return _Meta()
+            return ModelMeta({META_KEY: self.model.get_rt_info([META_KEY]).astype(str)})
+        return ModelMeta()
 
 
-def _port(port) -> _Port:
+def _port(port) -> Port:
     shape = [d.get_length() if d.is_static else "?" for d in port.get_partial_shape()]
-    return _Port(port.get_any_name(), shape)
+    return Port(port.get_any_name(), shape)
 
 
 def save_ir(onnx_file: Path, folder: Path, meta: dict) -> None:

@@ -20,6 +20,8 @@ from ..errors import UserError
 from .onnx_predictor import ONNX_ENGINES, OnnxPredictor
 
 RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino", "tflite": "litert"}  # an exported model's kind -> its runtime
+SHOWN = {"onnx": ("ONNX", "ONNX Runtime"), "openvino": ("OpenVINO", "OpenVINO"),
+         "tflite": ("LiteRT", "the LiteRT interpreter")}  # (the kind, its runtime) in the user's words
 
 
 def exported_kind(path: str | Path) -> str | None:
@@ -43,11 +45,11 @@ def check_options(path: str | Path, engine: str = "auto", precision: str = "auto
                         "model.xml)")
     allowed = ONNX_ENGINES if kind == "onnx" else ("auto", RUNTIMES[kind])
     if engine not in allowed:
-        raise UserError(f"--engine {engine} runs a run folder's model; {path} is an exported {kind} model, which runs "
-                        f"on {RUNTIMES[kind]} (--engine {' or '.join(allowed)})")
+        raise UserError(f"--engine {engine} runs a run folder's model; {path} is an exported {SHOWN[kind][0]} model, "
+                        f"which runs on {SHOWN[kind][1]} (--engine {' or '.join(allowed[:2])})")
     if precision not in ("auto", "fp32"):
-        raise UserError(f"--precision {precision} applies to a run folder's model; {path} is an exported {kind} "
-                        "model, which runs in fp32")
+        raise UserError(f"--precision {precision} applies to a run folder's model; {path} is an exported "
+                        f"{SHOWN[kind][0]} model, which runs in {'its own precision' if kind == 'tflite' else 'fp32'}")
     return kind
 
 

@@ -26,6 +26,8 @@ import os
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 from ...errors import MissingExtra, UserError
 from ...engines.litert import write_metadata
 from ..registry import ExportFormat, register
@@ -62,16 +64,14 @@ def _quiet():
 def build(job, path: Path) -> str:
     """Convert `job.model` (batch 1) to the fp32 flatbuffer `path`, with the metadata."""
     check()
+    import tempfile
+
     import torch
 
     size = job.meta["preprocess"]["input_size"]
-    with _quiet():
-        import litert_torch
-
-        try:
-            litert_torch.convert(job.model.eval(), (torch.zeros(1, 3, size, size),)).export(str(path))
-        except Exception as exc:  # noqa: BLE001 - torch.export and the converter raise many kinds
-            raise UserError(f"LiteRT cannot convert {job.meta.get('backbone')}: {_first_line(exc)}") from None
+    with tempfile.TemporaryDirectory(prefix="transferkit-tflite-") as tmp:
+        torch.save(job.model.eval(), Path(tmp) / "model.pt")
+        _in_child(_convert, str(Path(tmp) / "model.pt"), size, str(path), str(job.meta.get("backbone")))
     write_metadata(path, job.meta)
     return f"fp32; input (1, 3, {size}, {size}) normalized, logits out"
 
@@ -79,25 +79,59 @@ def build(job, path: Path) -> str:
 def build_int8(job, path: Path) -> str:
     """The fp32 flatbuffer quantized to INT8 (see the module), calibrated on the calibration images."""
     check()
+    import tempfile
+
+    calib = job.calibration()
+    with tempfile.TemporaryDirectory(prefix="transferkit-tflite-") as tmp:
+        np.save(Path(tmp) / "calib.npy", np.ascontiguousarray(calib))
+        _in_child(_quantize, str(job.built["tflite"]), str(Path(tmp) / "calib.npy"), str(path))
+    write_metadata(path, job.meta)
+    return f"INT8 weights and activations (ai-edge-quantizer static_wi8_ai8), calibrated on {len(calib)} training images"
+
+
+def _in_child(fn, *args) -> None:
+    """`fn(*args)` in a fresh process of its own (spawned): litert-torch imports JAX, whose threads
+    do not survive a later fork of the process that imported it (a test suite's subprocess died of
+    it, SIGSEGV), so neither it nor the quantizer is ever imported into the caller. A UserError in
+    the child is raised here."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        pool.apply(fn, args)
+
+
+def _convert(model_file: str, size: int, out: str, backbone: str) -> None:
+    """(In the child) the pickled model at `model_file` to the fp32 flatbuffer `out`."""
+    import torch
+
+    model = torch.load(model_file, weights_only=False)  # (written by `build` a moment ago, in a private folder)
+    with _quiet():
+        import litert_torch
+
+        try:
+            litert_torch.convert(model, (torch.zeros(1, 3, size, size),)).export(out)
+        except Exception as exc:  # noqa: BLE001 - torch.export and the converter raise many kinds
+            raise UserError(f"LiteRT cannot convert {backbone}: {_first_line(exc)}") from None
+
+
+def _quantize(source: str, calib_file: str, out: str) -> None:
+    """(In the child) the flatbuffer `source` quantized to INT8 on the images in `calib_file`, to `out`."""
     from ai_edge_litert.interpreter import Interpreter
 
-    source = job.built["tflite"]
-    calib = job.calibration()
+    calib = np.load(calib_file)
     with _quiet():
         from ai_edge_quantizer import quantizer, recipe
 
-        signature, names = next(iter(Interpreter(model_path=str(source)).get_signature_list().items()))
+        signature, names = next(iter(Interpreter(model_path=source).get_signature_list().items()))
         try:
-            qt = quantizer.Quantizer(str(source))
+            qt = quantizer.Quantizer(source)
             qt.load_quantization_recipe(recipe.static_wi8_ai8())
             result = qt.calibrate({signature: [{names["inputs"][0]: row[None]} for row in calib]})
-            staged = path.with_name(path.name + ".tflite")  # (the quantizer writes only under that extension)
+            staged = Path(out).with_name(Path(out).name + ".tflite")  # (the quantizer writes only under that extension)
             qt.quantize(result).export_model(str(staged), overwrite=True)
-            staged.replace(path)
+            staged.replace(out)
         except Exception as exc:  # noqa: BLE001 - the quantizer raises many kinds
-            raise UserError(f"LiteRT's quantizer cannot quantize {source.name}: {_first_line(exc)}") from None
-    write_metadata(path, job.meta)
-    return f"INT8 weights and activations (ai-edge-quantizer static_wi8_ai8), calibrated on {len(calib)} training images"
+            raise UserError(f"LiteRT's quantizer cannot quantize {Path(source).name}: {_first_line(exc)}") from None
 
 
 def _first_line(exc: BaseException) -> str:
