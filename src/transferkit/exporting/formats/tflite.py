@@ -89,21 +89,29 @@ def build_int8(job, path: Path) -> str:
     return f"INT8 weights and activations (ai-edge-quantizer static_wi8_ai8), calibrated on {len(calib)} training images"
 
 
-def _in_child(fn, *args) -> None:
-    """`fn(*args)` in a fresh process of its own (spawned): litert-torch imports JAX, whose threads
-    do not survive a later fork of the process that imported it (a test suite's subprocess died of
-    it, SIGSEGV), so neither it nor the quantizer is ever imported into the caller. A UserError in
-    the child is raised here."""
-    import multiprocessing
+def _in_child(fn, *args: str) -> None:
+    """`fn(*args)` in a fresh Python process of its own: litert-torch imports JAX, whose threads do
+    not survive a later fork of the process that imported it, so neither it nor the quantizer is
+    ever imported into the caller (nor is the caller's main module run again, as multiprocessing's
+    spawn would). A UserError in the child is raised here with its message."""
+    import subprocess
+    import sys
 
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        pool.apply(fn, args)
+    code = (f"import sys\nfrom {__name__} import {fn.__name__} as fn\nfrom transferkit.errors import UserError\n"
+            "try:\n    fn(*sys.argv[1:])\nexcept UserError as exc:\n    print(exc, file=sys.stderr)\n    sys.exit(2)\n")
+    done = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True)
+    if done.returncode == 2:
+        raise UserError(done.stderr.strip().splitlines()[-1])
+    if done.returncode != 0:
+        tail = [line for line in done.stderr.strip().splitlines() if line.strip()][-1:] or [f"exit {done.returncode}"]
+        raise UserError(f"the LiteRT conversion failed: {tail[0][:300]}")
 
 
-def _convert(model_file: str, size: int, out: str, backbone: str) -> None:
+def _convert(model_file: str, size: str, out: str, backbone: str) -> None:
     """(In the child) the pickled model at `model_file` to the fp32 flatbuffer `out`."""
     import torch
 
+    size = int(size)
     model = torch.load(model_file, weights_only=False)  # (written by `build` a moment ago, in a private folder)
     with _quiet():
         import litert_torch
