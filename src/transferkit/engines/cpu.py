@@ -49,6 +49,12 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def session_threads(threads: int = 0) -> int:
+    """An inference session's intra-op threads: `threads`, else OMP_NUM_THREADS where set (torchrun
+    sets it to share the cores among the processes of a node), else the cores this process may use."""
+    return threads or int(os.environ.get("OMP_NUM_THREADS") or 0) or usable_cores()
+
+
 def default_workers() -> int:
     """DataLoader workers: none on small machines, where they compete with the model for cores
     (measured on 2 cores); a few where cores are plentiful."""

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MissingExtra, UserError
-from .cpu import usable_cores
+from ..errors import MissingExtra, UserError, first_line
+from ..prediction.onnx_predictor import META_KEY
+from .cpu import session_threads
 from .openvino import ModelMeta, Port
 
 EXTRA = "tflite"
-META_KEY = "transferkit"  # the flatbuffer metadata entry holding transferkit's JSON (as ONNX's property)
 
 
 def require() -> None:
@@ -74,13 +74,12 @@ class LiteRtSession:
         self.path = Path(path).expanduser()
         if not self.path.is_file():
             raise UserError(f"not found: {self.path}")
-        threads = threads or int(os.environ.get("OMP_NUM_THREADS") or 0) or usable_cores()
         try:
             with quiet_native():  # (the interpreter announces its CPU delegate on stderr)
-                self.interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
+                self.interpreter = Interpreter(model_path=str(self.path), num_threads=session_threads(threads))
                 self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            raise UserError(f"{self.path}: LiteRT cannot run it ({str(exc).strip().splitlines()[0][:200]})") from None
+            raise UserError(f"{self.path}: LiteRT cannot run it ({first_line(exc, 200)})") from None
         self.inputs = self.interpreter.get_input_details()
         self.outputs = self.interpreter.get_output_details()
 

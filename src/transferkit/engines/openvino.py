@@ -16,15 +16,14 @@ the README's engines table gives the rule.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import MissingExtra, UserError
+from ..errors import MissingExtra, UserError, first_line
 from . import Choice, Engine, register
-from .cpu import usable_cores
+from .cpu import session_threads
 
 EXTRA = "openvino"
 IR_FILE = "model.xml"  # an exported IR's graph (its weights: model.bin beside it)
@@ -69,12 +68,11 @@ class OvSession:
         core = ov.Core()
         try:
             self.model = core.read_model(model if isinstance(model, bytes) else str(Path(model).expanduser()))
-            threads = threads or int(os.environ.get("OMP_NUM_THREADS") or 0) or usable_cores()
             self.compiled = core.compile_model(self.model, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
-                                                                  "INFERENCE_NUM_THREADS": threads})
+                                                                  "INFERENCE_NUM_THREADS": session_threads(threads)})
         except RuntimeError as exc:  # (OpenVINO raises RuntimeError for what it cannot read or compile)
             what = "the model" if isinstance(model, bytes) else model
-            raise UserError(f"{what}: OpenVINO cannot run it ({str(exc).strip().splitlines()[0][:200]})") from None
+            raise UserError(f"{what}: OpenVINO cannot run it ({first_line(exc, 200)})") from None
         self._request = self.compiled.create_infer_request()
 
     def run(self, names, feeds: dict) -> list[np.ndarray]:
@@ -116,7 +114,7 @@ def save_ir(onnx_file: Path, folder: Path, meta: dict) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         ov.save_model(model, str(folder / IR_FILE), compress_to_fp16=False)
     except RuntimeError as exc:  # (an operator OpenVINO does not support: its message names it)
-        raise UserError(f"OpenVINO cannot convert {onnx_file.name}: {str(exc).strip().splitlines()[0][:300]}") from None
+        raise UserError(f"OpenVINO cannot convert {onnx_file.name}: {first_line(exc)}") from None
 
 
 def choice(device: str, precision: str) -> Choice:

@@ -9,13 +9,12 @@ that with Pillow and NumPy, the same code the PyTorch path uses for its evaluati
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from ..data.decode import normalized_array
-from ..engines.cpu import usable_cores
+from ..engines.cpu import session_threads
 from ..errors import UserError
 from ..task import Task
 from .base import BasePredictor
@@ -43,9 +42,7 @@ def open_session(model: str | Path | bytes, threads: int = 0):
             raise UserError(f"not found: {model}")
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only
-    # (0: the cores this process may use, or OMP_NUM_THREADS where set: torchrun sets it to share
-    # the cores among the processes of a node)
-    options.intra_op_num_threads = threads or int(os.environ.get("OMP_NUM_THREADS") or 0) or usable_cores()
+    options.intra_op_num_threads = session_threads(threads)
     try:
         return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
                                     providers=["CPUExecutionProvider"])

@@ -27,13 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import MissingExtra, UserError
+from ...errors import MissingExtra, UserError, first_line
+from ...prediction.onnx_predictor import META_KEY
 from ..registry import ExportFormat, register
 
 EXTRA = "coreml"
 IMAGE = "image"  # the package's input
 LABEL, PROBS, MULTI_OUTPUT = "classLabel", "classLabel_probs", "probabilities"
-META_KEY = "transferkit"
 
 
 def check() -> None:
@@ -104,7 +104,7 @@ def build_package(job, path: Path, precision: str) -> str:
                                  compute_precision=ct.precision.FLOAT16 if precision == "fp16" else
                                  ct.precision.FLOAT32)
         except Exception as exc:  # noqa: BLE001 - torch.export and coremltools raise many kinds
-            raise UserError(f"Core ML cannot convert {job.meta.get('backbone')}: {_first_line(exc)}") from None
+            raise UserError(f"Core ML cannot convert {job.meta.get('backbone')}: {first_line(exc)}") from None
         package.short_description = f"transferkit {job.meta.get('backbone')} classifier: {len(job.meta['classes'])} classes"
         package.user_defined_metadata[META_KEY] = json.dumps(job.meta)
         staged = path.with_name(path.name + ".mlpackage")  # (coremltools saves only under that extension)
@@ -192,10 +192,6 @@ def runner(path: Path):
 
     return run
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
 
 
 def _format(name: str, file: str, precision: str, order: int) -> ExportFormat:

@@ -42,7 +42,8 @@ def set_metadata(path: Path, meta: dict) -> None:
 
 
 def runner(path: Path):
-    from ...prediction.onnx_predictor import open_session
+    """The artifact's logits, on its runtime (`prediction.exported`: ONNX Runtime, OpenVINO, LiteRT)."""
+    from ...prediction.exported import open_session
 
     session = open_session(path)
     return lambda x: session.run(None, {"input": x})[0]

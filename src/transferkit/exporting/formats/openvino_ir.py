@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..registry import ExportFormat, register
+from .onnx_fp32 import runner
 
 
 def check() -> None:
@@ -21,13 +22,6 @@ def build(job, path: Path) -> str:
 
     save_ir(job.built["onnx"], path, job.meta)
     return "model.xml + model.bin (fp32), from model.onnx; OpenVINO's CPU plugin run in f32"
-
-
-def runner(path: Path):
-    from ...engines.openvino import IR_FILE, OvSession
-
-    session = OvSession(path / IR_FILE)
-    return lambda x: session.run(None, {"input": x})[0]
 
 
 register(ExportFormat(name="openvino", file="openvino_model", order=4, build=build, runner=runner, needs=("onnx",),

@@ -28,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import MissingExtra, UserError
+from ...errors import MissingExtra, UserError, first_line
 from ...engines.litert import write_metadata
 from ..registry import ExportFormat, register
+from .onnx_fp32 import runner
 
 EXTRA = "tflite"
 
@@ -119,7 +120,7 @@ def _convert(model_file: str, size: str, out: str, backbone: str) -> None:
         try:
             litert_torch.convert(model, (torch.zeros(1, 3, size, size),)).export(out)
         except Exception as exc:  # noqa: BLE001 - torch.export and the converter raise many kinds
-            raise UserError(f"LiteRT cannot convert {backbone}: {_first_line(exc)}") from None
+            raise UserError(f"LiteRT cannot convert {backbone}: {first_line(exc)}") from None
 
 
 def _quantize(source: str, calib_file: str, out: str) -> None:
@@ -139,20 +140,8 @@ def _quantize(source: str, calib_file: str, out: str) -> None:
             qt.quantize(result).export_model(str(staged), overwrite=True)
             staged.replace(out)
         except Exception as exc:  # noqa: BLE001 - the quantizer raises many kinds
-            raise UserError(f"LiteRT's quantizer cannot quantize {Path(source).name}: {_first_line(exc)}") from None
+            raise UserError(f"LiteRT's quantizer cannot quantize {Path(source).name}: {first_line(exc)}") from None
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
-
-
-def runner(path: Path):
-    """(N, 3, S, S) normalized inputs -> logits, on the LiteRT interpreter (`engines.litert`)."""
-    from ...engines.litert import LiteRtSession
-
-    session = LiteRtSession(path)
-    return lambda x: session.run(None, {"input": x})[0]
 
 
 register(ExportFormat(name="tflite", file="model.tflite", order=7, in_all=False, check=check, runner=runner,
