@@ -68,11 +68,12 @@ def cached_features(data: Path, cache: Path):
     if missing)."""
     from transferkit.cache import Cache
     from transferkit.config import TrainConfig
+    from transferkit.training.options import resolve
     from transferkit.console import Console
     from transferkit.training.run import make_context
 
-    cfg = TrainConfig.from_mapping({"data": str(data), "cache_dir": str(cache),
-                                    "out": tempfile.mkdtemp(prefix="tk-heads-")}).resolved()
+    cfg = resolve(TrainConfig.from_mapping({"data": str(data), "cache_dir": str(cache),
+                                            "out": tempfile.mkdtemp(prefix="tk-heads-")}))
     return make_context(cfg, Console(quiet=True), Cache(cache).prepare()).cached_features()
 
 
@@ -95,6 +96,8 @@ def head_rows(data: Path, cache: Path) -> list[dict]:
     from sklearn.linear_model import LogisticRegression
 
     from transferkit.config import TrainConfig
+
+    from transferkit.training.options import resolve
     from transferkit.training.heads import fit_best_head, fit_logistic
 
     f = cached_features(data, cache)
@@ -114,12 +117,12 @@ def head_rows(data: Path, cache: Path) -> list[dict]:
                            ("cross-validated head, last layer only (--features last)", {"features": "last"})):
         start, cpu = time.perf_counter(), cpu_seconds()
         if options is None:
-            fit_cfg = TrainConfig.from_mapping({"data": str(data), "weight_decay": 0.1}).resolved()
+            fit_cfg = resolve(TrainConfig.from_mapping({"data": str(data), "weight_decay": 0.1}))
             _, head = fit_logistic(fit_cfg, len(f.split.classes), f.x_train[:, :f.widths["last"]], f.y_train,
                                    f.x_val[:, :f.widths["last"]], f.y_val, scaling="feature")
             width = f.widths["last"]
         else:
-            _, head, choice = fit_best_head(TrainConfig.from_mapping({"data": str(data), **options}).resolved(), f)
+            _, head, choice = fit_best_head(resolve(TrainConfig.from_mapping({"data": str(data), **options})), f)
             width = f.widths[choice.features]
         rows.append({"candidate": label, "val_acc": score(head, width), "wall_s": time.perf_counter() - start,
                      "cpu_s": cpu_seconds() - cpu})

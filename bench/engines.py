@@ -56,7 +56,7 @@ def main() -> None:
 
     from transferkit import engines
     from transferkit.cache import Cache
-    from transferkit.engines import cpu
+    from transferkit import machine as cpu
     from transferkit.engines import convert
     from transferkit.engines.convert import features_network
     from transferkit.models import backbones

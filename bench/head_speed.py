@@ -43,12 +43,13 @@ def extract(dataset: str, work: Path) -> dict:
     """The default run's features of `dataset` into `work` (npz), and the extraction's timing."""
     from transferkit.cache import Cache
     from transferkit.config import TrainConfig
+    from transferkit.training.options import resolve
     from transferkit.console import Console
     from transferkit.training.run import make_context
 
     cache = work / "cache"
-    cfg = TrainConfig.from_mapping({"data": str(SHARED / dataset), "cache_dir": str(cache),
-                                    "out": str(work / "out")}).resolved()
+    cfg = resolve(TrainConfig.from_mapping({"data": str(SHARED / dataset), "cache_dir": str(cache),
+                                            "out": str(work / "out")}))
     start, cpu = time.perf_counter(), _cpu()
     f = make_context(cfg, Console(quiet=True), Cache(cache).prepare()).cached_features()
     wall, cpu = time.perf_counter() - start, _cpu() - cpu
@@ -79,6 +80,7 @@ def child(npz: str, sizes: list[int]) -> dict:
     import dataclasses
 
     from transferkit.config import TrainConfig
+
     from transferkit.training import heads
 
     d = np.load(npz)
@@ -152,7 +154,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, sizes)))
         return
-    from transferkit.engines import cpu
+    from transferkit import machine as cpu
 
     facts = cpu.describe()
     print(f"machine: {os.cpu_count()} cores, {facts['cpu']}, native bf16: {'yes' if facts['bf16'] else 'no'}, "

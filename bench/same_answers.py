@@ -78,7 +78,7 @@ def main() -> None:
     ap.add_argument("datasets", nargs="+")
     ap.add_argument("--sample", type=int, default=64, help="images the feature difference is measured on")
     args = ap.parse_args()
-    from transferkit.engines import cpu
+    from transferkit import machine as cpu
 
     facts = cpu.describe()
     print(f"CPU: {facts['cpu']}, native bf16: {'yes' if facts['bf16'] else 'no'}, AMX: "

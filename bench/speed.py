@@ -250,7 +250,7 @@ def main() -> None:
     def median(key: str, field: str) -> float:
         return statistics.median(r[key][field] for r in rounds)
 
-    from transferkit.engines import cpu
+    from transferkit import machine as cpu
 
     facts = cpu.describe()
     print(f"\ndataset: {args.dataset}   machine: {os.cpu_count()} cores, {facts['cpu']}, native bf16: "
@@ -329,7 +329,7 @@ def engine_floor(cache: Path, batch: int = 32, seconds: float = 5.0) -> float | 
     import onnxruntime as ort
 
     from transferkit.engines.convert import read_converted
-    from transferkit.engines.cpu import usable_cores
+    from transferkit.machine import usable_cores
 
     found = sorted((cache / "engines").glob("*.onnx"), key=lambda p: p.stat().st_size)
     converted = read_converted(found[-1]) if found else None

@@ -33,7 +33,7 @@ def registered() -> list[str]:
 
 def epoch_flags(strategy: str, epochs: int) -> list[str]:
     """--epochs where the strategy takes it (not the logistic-regression head)."""
-    from transferkit.config import applies
+    from transferkit.training.options import applies
     from transferkit.training.strategies import STRATEGIES
 
     entry = STRATEGIES.get(strategy)

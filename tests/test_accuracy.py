@@ -32,6 +32,8 @@ def test_cross_validated_head_is_not_worse_than_scikit_learns_default(seed, clas
     from sklearn.linear_model import LogisticRegression
 
     from transferkit.config import TrainConfig
+
+    from transferkit.training.options import resolve
     from transferkit.training.heads import fit_logistic, select_head
 
     x, y = _blobs(seed, classes, per_class * 2)
@@ -39,7 +41,7 @@ def test_cross_validated_head_is_not_worse_than_scikit_learns_default(seed, clas
     choice = select_head(x[train], y[train], classes, {"last": x.shape[1]}, seed=0)
     assert choice.cv_accuracy is not None and choice.folds >= 2 and choice.table
     assert {r["scaling"] for r in choice.table} == {"feature", "global"}
-    cfg = TrainConfig.from_mapping({"data": "unused", "weight_decay": choice.weight_decay}).resolved()
+    cfg = resolve(TrainConfig.from_mapping({"data": "unused", "weight_decay": choice.weight_decay}))
     _, head = fit_logistic(cfg, classes, x[train], y[train], x[~train], y[~train], scaling=choice.scaling)
     with torch.no_grad():
         ours = float((head(x[~train]).argmax(1) == y[~train]).float().mean())

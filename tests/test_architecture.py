@@ -17,9 +17,10 @@ from PIL import Image
 
 import transferkit
 from helpers import make_dataset
-from transferkit.config import TrainConfig, applies
+from transferkit.config import TrainConfig
 from transferkit.exporting.registry import FORMATS
 from transferkit.models import backbones
+from transferkit.training.options import applies, for_strategy, read_saved, resolve
 from transferkit.training.strategies import STRATEGIES
 
 TINY = dict(model="squeezenet1_1", image_size=64, seed=0, quiet=True)
@@ -192,13 +193,13 @@ def test_resume_reads_a_config_written_with_every_option_filled(tmp_path):
     import yaml
 
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
-    cfg = TrainConfig.from_saved(tmp_path / "config.yaml").resolved()
+    cfg = resolve(read_saved(tmp_path / "config.yaml"))
     assert cfg.strategy == "finetune" and cfg.epochs == 8 and cfg.unfreeze is None and cfg.backbone_lr_mult == 0.1
 
 
 def test_auto_resolves_only_the_chosen_strategys_options():
-    cfg = TrainConfig(data="/d", strategy="auto", epochs=3, backbone_lr_mult=0.2).resolved()
-    linear, lpft = cfg.for_strategy("linear"), cfg.for_strategy("lp-ft")
+    cfg = resolve(TrainConfig(data="/d", strategy="auto", epochs=3, backbone_lr_mult=0.2))
+    linear, lpft = for_strategy(cfg, "linear"), for_strategy(cfg, "lp-ft")
     assert linear.optimizer == "lbfgs" and linear.epochs is None and linear.backbone_lr_mult is None
     assert lpft.optimizer == "adamw" and lpft.epochs == 3 and lpft.backbone_lr_mult == 0.2
 
@@ -301,36 +302,148 @@ def test_onnx_prediction_runs_without_torch(tiny, tmp_path):
     assert np.mean([r.split(",")[1] in r.split(",")[0] for r in rows[1:]]) >= 0.75
 
 
-def _imports(module_file: Path) -> set[str]:
-    """The transferkit modules `module_file` imports (absolute names), at any depth of its code."""
+# -- the import graph: layers that cannot be crossed -----------------------------------------------
+
+ROOT = Path(transferkit.__file__).parent
+
+
+def _module_files() -> dict[str, Path]:
+    files = {}
+    for f in ROOT.rglob("*.py"):
+        parts = ("transferkit", *f.relative_to(ROOT).with_suffix("").parts)
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
+    return files
+
+
+def _import_graph() -> tuple[dict[str, dict[str, int]], list[tuple[str, str, int]]]:
+    """{module: {transferkit module it imports: line}}, counting imports at any depth (inside
+    functions too, not those under `if TYPE_CHECKING:`), and the private names imported from
+    another package (module, name, line): `from pkg.mod import _name` or a library's private module.
+    An import names the module it loads (`from .a import b` names a.b where b is a module, else a)."""
     import ast
 
-    package = "transferkit." + ".".join(module_file.relative_to(Path(transferkit.__file__).parent).with_suffix("").parts)
-    base = package.split(".")
-    if module_file.name != "__init__.py":
-        base = base[:-1]
-    found = set()
-    for node in ast.walk(ast.parse(module_file.read_text())):
-        if isinstance(node, ast.ImportFrom):
-            if node.level:
-                prefix = ".".join(base[:len(base) - node.level + 1])
-                found.add(f"{prefix}.{node.module}" if node.module else prefix)
-            elif node.module and node.module.startswith("transferkit"):
-                found.add(node.module)
-        elif isinstance(node, ast.Import):
-            found.update(a.name for a in node.names if a.name.startswith("transferkit"))
-    return found
+    files = _module_files()
+
+    def known(name: str) -> str:
+        while name not in files:
+            name = name.rpartition(".")[0]
+        return name
+
+    graph, private = {}, []
+    for name, f in files.items():
+        tree = ast.parse(f.read_text())
+        skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+                   for b in node.body for n in ast.walk(b)}
+        base = name.split(".") if f.name == "__init__.py" else name.split(".")[:-1]
+        edges = graph.setdefault(name, {})
+        for node in ast.walk(tree):
+            if id(node) in skipped:
+                continue
+            if isinstance(node, ast.ImportFrom):
+                module = (".".join(base[:len(base) - node.level + 1]) + (f".{node.module}" if node.module else "")
+                          if node.level else node.module or "")
+                if not module.startswith("transferkit"):
+                    if any(part.startswith("_") for part in module.split(".")[1:]):
+                        private.append((name, module, node.lineno))
+                    continue
+                for alias in node.names:
+                    target = f"{module}.{alias.name}" if f"{module}.{alias.name}" in files else known(module)
+                    edges.setdefault(target, node.lineno)
+                    if alias.name.startswith("_") and not alias.name.startswith("__") and \
+                            target.split(".")[:2] != name.split(".")[:2]:
+                        private.append((name, f"{module}.{alias.name}", node.lineno))
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.startswith("transferkit"):
+                        edges.setdefault(known(alias.name), node.lineno)
+                    elif any(part.startswith("_") for part in alias.name.split(".")[1:]):
+                        private.append((name, alias.name, node.lineno))
+        edges.pop(name, None)
+    return graph, private
 
 
-def test_doctor_and_training_do_not_form_an_import_circle():
-    """train asks the doctor for its health checks; the doctor asks `features` (not `training`)
-    for the cached features; the helper process imports no other part of transferkit but the task
-    (`task.py`: NumPy alone, itself importing nothing of transferkit)."""
-    root = Path(transferkit.__file__).parent
-    doctor = set().union(*(_imports(f) for f in (root / "doctor").glob("*.py")))
+def _circle(graph: dict[str, dict]) -> list[str] | None:
+    """One circle of `graph` (its nodes in order, the first repeated at the end), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in graph.get(node, ()):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        state[node] = 2
+        path.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_no_module_imports_itself_through_others():
+    """No circle in the import graph, imports inside functions counted: a module that needs one
+    names a layer that is not there yet (move the shared piece down, or the user up)."""
+    graph, _ = _import_graph()
+    circle = _circle(graph)
+    assert circle is None, "import circle: " + " -> ".join(
+        f"{a} (line {graph[a][b]})" for a, b in zip(circle, circle[1:])) + f" -> {circle[-1]}"
+
+
+# The bottom of every layer: modules that import nothing of transferkit but each other.
+FOUNDATION = {"transferkit.errors", "transferkit.registry", "transferkit.files", "transferkit.task", "transferkit.machine",
+              "transferkit.folds"}
+
+
+def _leaves(graph: dict[str, dict]) -> set[str]:
+    """The modules that import nothing of transferkit but the foundation: the foundation, the
+    registries' declarations (`training.strategies.base`, `engines.base`, ...) and small helpers
+    such as `ood`. A leaf cannot lead back to its importer, whichever package folder holds it."""
+    return {m for m, edges in graph.items() if set(edges) <= FOUNDATION}
+
+
+def test_packages_are_layered():
+    """No package imports one that imports it back (cache <-> data, engines <-> prediction were
+    such tangles), counting every import but those of a leaf: the packages stack as layers."""
+    graph, _ = _import_graph()
+    assert all(set(graph[m]) <= FOUNDATION for m in FOUNDATION), {m: graph[m] for m in FOUNDATION}
+    leaves = _leaves(graph)
+    packages: dict[str, dict[str, str]] = {}
+    for module, edges in graph.items():
+        for target in edges:
+            a, b = module.split(".")[:2], target.split(".")[:2]
+            if target not in leaves and a != b:
+                packages.setdefault(".".join(a), {}).setdefault(".".join(b), f"{module} -> {target}")
+    circle = _circle(packages)
+    assert circle is None, "packages import each other: " + "; ".join(
+        packages[a][b] for a, b in zip(circle, circle[1:]))
+
+
+def test_config_is_the_bottom_layer():
+    """`config` declares and checks options: it imports only leaves (the registries' declarations
+    for the names an option may take). Resolving options against the strategies is
+    `training.options`'s; reading the formats, the exporter's."""
+    graph, _ = _import_graph()
+    assert set(graph["transferkit.config"]) <= _leaves(graph), set(graph["transferkit.config"]) - _leaves(graph)
+
+
+def test_no_private_name_is_imported_from_another_package():
+    """A name with a leading underscore stays inside its package (and a library's private modules
+    are not ours to import): what another package needs is public, with a docstring."""
+    _, private = _import_graph()
+    assert not private, "\n".join(f"{m} line {line} imports {what}" for m, what, line in private)
+
+
+def test_the_helper_processes_import_only_what_they_run():
+    """The helper process imports no other part of transferkit but the task (`task.py`: NumPy
+    alone, itself importing nothing of transferkit); the doctor does not import training."""
+    graph, _ = _import_graph()
+    assert not graph["transferkit.worker"]
+    assert set(graph["transferkit.folds"]) | set(graph["transferkit.logistic"]) <= {"transferkit.task"}
+    assert not graph["transferkit.task"]
+    doctor = {t for m, edges in graph.items() if m.startswith("transferkit.doctor") for t in edges}
     assert not {m for m in doctor if m.startswith("transferkit.training")}, doctor
-    features = set().union(*(_imports(f) for f in (root / "features").glob("*.py")))
-    assert not {m for m in features if m.startswith(("transferkit.training", "transferkit.doctor"))}
-    assert not _imports(root / "worker.py")
-    assert not {m for m in _imports(root / "folds.py") | _imports(root / "logistic.py")} - {"transferkit.task"}
-    assert not _imports(root / "task.py")

@@ -19,7 +19,7 @@ import transferkit
 from helpers import make_dataset
 from transferkit import engines
 from transferkit.cli import main
-from transferkit.engines import cpu
+from transferkit import machine as cpu
 from transferkit.errors import UserError
 
 
@@ -273,3 +273,4 @@ def test_int8_features_are_an_engine_asked_for_by_name(tmp_path, monkeypatch, ca
     assert main(["train", str(tiny), "--image-size", "64", "--engine", "onnxruntime-int8",
                  "--out", str(tmp_path / "refused")]) == 2
     assert "use --engine onnxruntime" in capsys.readouterr().err and not (tmp_path / "refused").exists()
+

@@ -277,7 +277,7 @@ def test_tflite_fp32_and_int8_are_gated_on_litert_and_predict_as_onnx_does(expor
 
     if importlib.util.find_spec("litert_torch") is None:  # (not importorskip: importing it starts JAX here)
         pytest.skip("the tflite extra is not installed (make test installs it)")
-    from transferkit.engines.litert import read_metadata as tflite_metadata
+    from transferkit.sessions.litert import read_metadata as tflite_metadata
     from transferkit.prediction.exported import open_exported
 
     data, run, _ = exported

@@ -16,6 +16,7 @@ import transferkit
 from helpers import make_dataset, make_image
 from transferkit.cache import ArrayCache
 from transferkit.config import TrainConfig
+from transferkit.training.options import resolve
 from transferkit.data.augment import AUGMENTS
 from transferkit.data.datasets import DecodedImages
 from transferkit.errors import UserError
@@ -160,20 +161,20 @@ def test_drop_path_builds_timm_stochastic_depth():
 
 
 def test_recipe_options_are_validated_per_strategy():
-    cfg = TrainConfig(data="d", strategy="finetune").resolved()
+    cfg = resolve(TrainConfig(data="d", strategy="finetune"))
     assert (cfg.augment, cfg.mixup, cfg.cutmix, cfg.ema, cfg.layer_decay, cfg.drop_path) == ("basic", 0, 0, 0, 1, 0)
-    assert TrainConfig(data="d", strategy="linear").resolved().augment is None
+    assert resolve(TrainConfig(data="d", strategy="linear")).augment is None
     with pytest.raises(UserError, match="--mixup applies only to --strategy"):
-        TrainConfig(data="d", strategy="linear", mixup=0.2).resolved()
+        resolve(TrainConfig(data="d", strategy="linear", mixup=0.2))
     with pytest.raises(UserError, match="--layer-decay applies only"):
-        TrainConfig(data="d", strategy="gradual", layer_decay=0.7).resolved()
+        resolve(TrainConfig(data="d", strategy="gradual", layer_decay=0.7))
     with pytest.raises(UserError, match="--cutmix applies only"):
-        TrainConfig(data="d", strategy="distill", teacher="t", cutmix=1.0).resolved()
+        resolve(TrainConfig(data="d", strategy="distill", teacher="t", cutmix=1.0))
     with pytest.raises(UserError, match="--augment must be one of none, basic, randaugment, trivial"):
-        TrainConfig(data="d", strategy="finetune", augment="auto").resolved()
+        resolve(TrainConfig(data="d", strategy="finetune", augment="auto"))
     for bad in ({"ema": 1.0}, {"layer_decay": 0.0}, {"mixup": -1.0}, {"drop_path": 1.0}):
         with pytest.raises(UserError, match="must be"):
-            TrainConfig(data="d", strategy="finetune", **bad).resolved()
+            resolve(TrainConfig(data="d", strategy="finetune", **bad))
     assert set(AUGMENTS.names()) == {"none", "basic", "randaugment", "trivial"}
 
 

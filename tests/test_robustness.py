@@ -538,7 +538,7 @@ def test_inputs_no_test_had_are_answered_not_tracebacks(run, tmp_path, capsys):
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 2])],
         [helper.make_tensor("w", TensorProto.FLOAT, [48, 2], [0.0] * 96)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    from transferkit.prediction.onnx_predictor import META_KEY
+    from transferkit.sessions.metadata import META_KEY
 
     helper.set_model_props(model, {META_KEY: json.dumps({"classes": ["a", "b", "c"], "preprocess": pre})})
     onnx.save(model, tmp_path / "three.onnx")

@@ -309,7 +309,7 @@ def test_no_process_outlives_the_launcher_and_nproc_is_bounded_by_the_cores(data
     chance to clean up) takes torchrun and both training processes with it; one sent SIGTERM
     passes it on, and all end, with one line."""
     from transferkit.cli import main
-    from transferkit.engines.cpu import usable_cores
+    from transferkit.machine import usable_cores
 
     assert main(["train", str(data), "--nproc", str(usable_cores() + 1), "--quiet"]) == 2
     assert "CPU core" in capsys.readouterr().err

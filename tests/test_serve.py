@@ -117,7 +117,7 @@ def test_a_bundle_is_converted_once_and_falls_back_to_pytorch_when_it_cannot_be(
     import torch
 
     from transferkit.cache import Cache
-    from transferkit.engines import ort
+    from transferkit.engines import convert, ort
 
     monkeypatch.setenv("TRANSFERKIT_CACHE", str(served["cache"]))  # converted already by the parity test
     run = shutil.copytree(served["run"], tmp_path / "run", ignore=shutil.ignore_patterns("converted"))
@@ -125,7 +125,7 @@ def test_a_bundle_is_converted_once_and_falls_back_to_pytorch_when_it_cannot_be(
     said = []
     again, _, _ = ort.converted_bundle(run, Cache(), say=said.append)
     assert again.path == first.path and again.model == first.model and said == []  # cached
-    assert again.facts["checked_on"] == ort.CHECK_IMAGES  # on the run's validation images (it has 9)
+    assert again.facts["checked_on"] == convert.CHECK_IMAGES  # on the run's validation images (it has 9)
     first.path.unlink()
 
     def broken(*args, **kwargs):

@@ -87,10 +87,11 @@ def test_class_weights_and_balanced_sampler(tmp_path):
     for c, col in (("blue", (30, 60, 200)), ("red", (200, 40, 30))):
         make_image(root / "val" / c / "v.png", col, seed=99)
     from transferkit.config import TrainConfig
+    from transferkit.training.options import resolve
     from transferkit.data.datasets import train_loader
     from transferkit.training.losses import classification_loss
 
-    cfg = TrainConfig(data=str(root), class_weights="auto", balanced_sampler=True, strategy="finetune").resolved()
+    cfg = resolve(TrainConfig(data=str(root), class_weights="auto", balanced_sampler=True, strategy="finetune"))
     labels = torch.tensor([0] * 8 + [1] * 2)
     loss = classification_loss(cfg, labels, 2)
     assert torch.allclose(loss.weight, torch.tensor([10 / 16, 10 / 4]))
@@ -122,12 +123,14 @@ def test_logistic_head_folds_into_one_linear_layer(num_classes):
     from sklearn.linear_model import LogisticRegression
 
     from transferkit.config import TrainConfig
+
+    from transferkit.training.options import resolve
     from transferkit.training.heads import fit_logistic
 
     gen = torch.Generator().manual_seed(0)
     y = torch.arange(60) % num_classes
     x = torch.randn(60, 16, generator=gen) * 3 + 5 + y[:, None] * torch.linspace(0, 2, 16)
-    cfg = TrainConfig.from_mapping({"data": "unused", "weight_decay": 0.1}).resolved()
+    cfg = resolve(TrainConfig.from_mapping({"data": "unused", "weight_decay": 0.1}))
     result, linear = fit_logistic(cfg, num_classes, x[:40].numpy(), y[:40].numpy(), x[40:].numpy(), y[40:].numpy())
     assert result.unit == "iteration" and result.history and result.best_epoch == result.history[-1].epoch
     assert result.history[-1].train_acc > 0.8 and result.best_epoch < 1000  # converged, learned
@@ -145,13 +148,14 @@ def test_logistic_head_does_not_lean_on_near_constant_features():
     """A feature that barely varies (std 1e-3) must not get a huge raw weight: standardization
     floors each feature's scale at the 10th percentile of all scales."""
     from transferkit.config import TrainConfig
+    from transferkit.training.options import resolve
     from transferkit.training.heads import fit_logistic
 
     gen = torch.Generator().manual_seed(0)
     y = torch.arange(60) % 2
     x = torch.randn(60, 32, generator=gen) + y[:, None] * 0.8
     x[:, 0] = 1e-3 * (y * 2 - 1) + 1e-3 * torch.randn(60, generator=gen)  # tiny, label-correlated
-    cfg = TrainConfig.from_mapping({"data": "unused", "weight_decay": 0.1}).resolved()
+    cfg = resolve(TrainConfig.from_mapping({"data": "unused", "weight_decay": 0.1}))
     _, linear = fit_logistic(cfg, 2, x[:40].numpy(), y[:40].numpy(), x[40:].numpy(), y[40:].numpy())
     assert abs(linear.weight).max() < 5  # without the floor: the weight on feature 0 is in the hundreds
     noisy = x[40:] + 0.01 * torch.randn(20, 32, generator=gen)  # an input change far below the features' spread
@@ -199,15 +203,16 @@ def test_distill_teacher_sees_the_students_view_of_each_epoch(tmp_path):
     from transferkit.console import Console
     from transferkit.training.run import make_context
     from transferkit.config import TrainConfig
+    from transferkit.training.options import resolve
     from transferkit.cache import Cache
     from transferkit.training.network import network_setup
     from transferkit.training.teacher import teacher_logits
 
     data = make_dataset(tmp_path / "d", n_train=3, n_val=1)
     teacher = transferkit.train(data, out=str(tmp_path / "t"), image_size=64, precision="fp32", quiet=True)
-    cfg = TrainConfig.from_mapping(dict(data=str(data), out=str(tmp_path / "s"), strategy="distill", epochs=2,
+    cfg = resolve(TrainConfig.from_mapping(dict(data=str(data), out=str(tmp_path / "s"), strategy="distill", epochs=2,
                                         teacher=str(teacher.path), image_size=48, precision="fp32",
-                                        cache_dir=str(tmp_path / "cache"), quiet=True)).resolved()
+                                        cache_dir=str(tmp_path / "cache"), quiet=True)))
     ctx = make_context(cfg, Console(True), Cache(cfg.cache_dir))
     views = network_setup(ctx).loader.dataset
     logits, facts = teacher_logits(ctx, views)
@@ -293,17 +298,16 @@ def test_auto_writes_its_choice_and_reason(tmp_path, capsys):
 
 
 def test_auto_estimates_finetune_time_by_measuring_steps(tmp_path):
-    import dataclasses
-
     from transferkit.console import Console
     from transferkit.training.run import make_context
     from transferkit.config import TrainConfig
+    from transferkit.training.options import resolve
     from transferkit.cache import Cache
     from transferkit.training.network import estimate_finetune_cost
 
     data = make_dataset(tmp_path / "d", n_train=3, n_val=1)
-    cfg = TrainConfig.from_mapping({"data": str(data), "model": "squeezenet1_1", "weights": "none",
-                                    "image_size": 64, "strategy": "finetune", "out": str(tmp_path / "r")}).resolved()
+    cfg = resolve(TrainConfig.from_mapping({"data": str(data), "model": "squeezenet1_1", "weights": "none",
+                                            "image_size": 64, "strategy": "finetune", "out": str(tmp_path / "r")}))
     ctx = make_context(cfg, Console(True), Cache())
     cost = estimate_finetune_cost(ctx)
     assert 0 < cost.per_epoch < 30 and 0 < cost.decode

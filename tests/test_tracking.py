@@ -15,6 +15,7 @@ import pytest
 import transferkit
 from transferkit import tracking
 from transferkit.config import TrainConfig
+from transferkit.training.options import resolve
 from transferkit.errors import UserError
 
 from helpers import interrupted_after_first_epoch, make_dataset
@@ -59,7 +60,7 @@ def test_mlflow_run_has_params_epochs_final_metrics_tags_and_artifacts(tracked):
     assert run.info.status == "FINISHED" and run.info.run_name == "fine"
     params = run.data.params
     assert params["strategy"] == "finetune" and params["epochs"] == "3" and params["model"] == "squeezenet1_1"
-    assert params["lr"] == str(TrainConfig(data="d", strategy="finetune").resolved().lr)  # resolved, not given
+    assert params["lr"] == str(resolve(TrainConfig(data="d", strategy="finetune")).lr)  # resolved, not given
     history = client.get_metric_history(run.info.run_id, "val_accuracy")
     assert sorted(m.step for m in history) == [1, 2, 3]
     rows = {int(r.split(",")[0]): r.split(",") for r in (fine.path / "metrics.csv").read_text().splitlines()[1:]}

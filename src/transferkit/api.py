@@ -14,6 +14,7 @@ from .errors import UserError
 from .worker import Worker
 from .data.discover import split_samples
 from .files import claim_out, fresh_dir
+from .training.options import validate
 from .training.result import Run
 
 __all__ = ["Run", "train", "lr_find", "load", "evaluate", "export", "report", "summary", "doctor", "cache_usage", "cache_info", "compact_cache",
@@ -50,7 +51,7 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None,
         data, options = _frames(data, options, options.get("cache_dir") or (config.cache_dir if config else None))
         _path(data, "data", optional=True)
         cfg, checkpoint = _train_config(data, config, options)
-        cfg.validate()
+        validate(cfg)
     except BaseException:
         if worker is not None:
             worker.close()

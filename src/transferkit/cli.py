@@ -27,7 +27,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...
             continue
         flags = [config.flag(f.name)] + ([aliases[f.name]] if aliases and f.name in aliases else [])
         kind = config.field_type(f)
-        help_text = f"{f.metadata.get('help', '')} [default: {config.default_text(cls, f)}]"
+        help_text = f"{f.metadata.get('help', '')} [default: {_default_text(cls, f)}]"
         if kind == "bool":
             parser.add_argument(*flags, action="store_true", default=argparse.SUPPRESS, help=help_text)
         elif f.metadata.get("repeat"):
@@ -36,6 +36,15 @@ def add_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...
         else:
             parser.add_argument(*flags, type=_TYPES.get(kind, str), default=argparse.SUPPRESS,
                                 metavar=f.name.upper(), help=help_text)
+
+
+def _default_text(cls: type, f) -> str:
+    """The default --help states: a training option left None is each strategy's value."""
+    if cls is config.TrainConfig and f.default is None and not f.metadata.get("shown"):
+        from .training.options import strategy_defaults
+
+        return strategy_defaults(f)
+    return config.default_text(f)
 
 
 def _options(args: argparse.Namespace, cls: type) -> dict:
@@ -149,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder, or an exported model.onnx (its class probabilities give the diversity)")
     p.add_argument("inputs", nargs="*", metavar="UNLABELLED")
     p.add_argument("--n", type=int, default=100, help="images to suggest [default: 100]")
-    p.add_argument("--engine", default="auto", choices=config.ENGINES, help="what runs the model [default: auto]")
+    p.add_argument("--engine", default="auto", choices=config.ENGINES(), help="what runs the model [default: auto]")
     p.add_argument("--files-from", metavar="LIST", help="also rank the files listed in LIST, one path a line")
     p.add_argument("--output", help="suggestions.csv or .json (default: CSV on stdout); never inside an input "
                                     "folder; an existing file only if suggest wrote it (or with --force)")
@@ -216,11 +225,17 @@ def _config_and_options(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
     return (TrainConfig.from_yaml(args.config) if args.config else TrainConfig()), options
 
 
+def _launch(nproc: int, argv: list[str]) -> int:
+    """--nproc N: the command in N processes under torchrun (`launch`); --nproc 1 runs it here."""
+    from .launch import check_nproc, launch, without_nproc
+
+    check_nproc(nproc)
+    return main(without_nproc(argv)) if nproc == 1 else launch(nproc, argv)
+
+
 def cmd_train(args: argparse.Namespace, started: float, argv: list[str]) -> int:
     if args.nproc is not None:
-        from .launch import launch
-
-        return launch(args.nproc, argv)
+        return _launch(args.nproc, argv)
     from .distributed import is_primary_process
     from .worker import Worker
 
@@ -301,9 +316,7 @@ def cmd_predict(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     if args.nproc is not None:
         if not args.out_dir:
             raise UserError("--nproc writes into --out-dir DIR (each process its share of the chunks)")
-        from .launch import launch
-
-        return launch(args.nproc, argv or [])
+        return _launch(args.nproc, argv or [])
     if args.explain and (args.out_dir or args.files_from):
         raise UserError("--explain writes heatmaps of the images and folders given: not with --out-dir or --files-from")
     if args.out_dir:
@@ -599,9 +612,7 @@ def _output_stream(output: str | None):
 
 def cmd_doctor(args: argparse.Namespace, argv: list[str]) -> int:
     if args.nproc is not None:
-        from .launch import launch
-
-        return launch(args.nproc, argv)
+        return _launch(args.nproc, argv)
     from .distributed import under_torchrun
     from .worker import DOCTOR_MODULES, Worker
 

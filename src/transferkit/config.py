@@ -20,10 +20,11 @@ from typing import Any, Callable
 import yaml
 
 from .data.augment import AUGMENTS
-from .tracking.registry import TRACKERS
+from .engines.base import choices as engine_choices
 from .errors import UserError
 from .task import TASKS
-from .training.strategies.base import STRATEGIES, Strategy
+from .tracking.registry import TRACKERS
+from .training.strategies.base import STRATEGIES
 
 STEMS = ("auto", "standard", "small")
 CLASS_WEIGHTS = ("none", "auto")
@@ -32,8 +33,8 @@ SCHEDULES = ("cosine", "onecycle", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
 FEATURES = ("auto", "last", "multi")
-# what runs a network (engines.choose); onnx: onnxruntime
-ENGINES = ("auto", "onnxruntime", "torch", "onnx", "onnxruntime-int8", "openvino")
+# what runs a network (`engines.choose`): auto, or a registered engine ("onnx": onnxruntime)
+ENGINES = engine_choices
 ENGINE_HELP = ("what runs the frozen network: auto (ONNX Runtime in fp32 on a CPU, the network converted once, "
                "cached and checked against PyTorch: the same answers on every CPU; PyTorch on a GPU) | onnxruntime "
                "| torch (bf16 where the CPU has it: faster with AMX, answers a little different) | onnxruntime-int8 "
@@ -192,75 +193,6 @@ class TrainConfig:
                                      "and new classes' rows started from their images' mean features; linear refits "
                                      "the head on every image, extracting only the new ones' features")
 
-    # -- resolution and validation -------------------------------------------------------------
-    def resolved(self) -> "TrainConfig":
-        """A copy with the strategy's defaults filled in, validated; raises `UserError` on a bad value."""
-        strategy = self.validate()
-        cfg = dataclasses.replace(self)
-        if strategy.weights is not None:
-            if cfg.weights not in (None, strategy.weights):
-                raise UserError(f"--strategy {strategy.name} trains from random weights (--weights "
-                                f"{strategy.weights}): drop --weights")
-            cfg.weights = strategy.weights
-        elif cfg.weights is None:
-            cfg.weights = "imagenet"
-        optimizer = cfg.optimizer or strategy.defaults.get("optimizer")
-        for key, value in strategy.defaults_for(cfg.optimizer).items():
-            if getattr(cfg, key) is None and applies(key, strategy, optimizer):
-                setattr(cfg, key, value)
-        return cfg
-
-    def validate(self) -> Strategy:
-        """Check every value and that each option given applies to the strategy; returns the
-        strategy's registry entry."""
-        if not self.data:
-            raise UserError("no dataset folder given")
-        check_values(self)
-        from .data.table import resolve_data
-
-        self.data, self.labels = resolve_data(self.data, self.labels, self)
-        if self.add:  # (absolute: the run's config.yaml names the same file from wherever it is resumed)
-            self.add = str(Path(self.add).expanduser().absolute())
-        if self.name is not None and (not self.name.strip() or self.name in (".", "..") or "/" in self.name
-                                      or os.sep in self.name or "\0" in self.name):
-            raise UserError(f"--name {self.name!r} must be a folder name (no /, not . or ..): the run goes in "
-                            "--runs-dir; give --out PATH for a folder elsewhere")
-        strategy = STRATEGIES.get(self.strategy)
-        optimizer = self.optimizer or strategy.defaults.get("optimizer")
-        if self.optimizer is not None and self.optimizer not in strategy.optimizers:
-            if self.optimizer == "lbfgs":
-                raise UserError(f"--optimizer lbfgs fits only the linear head on cached features, "
-                                f"not --strategy {strategy.name}")
-            raise UserError(f"--strategy {strategy.name} takes --optimizer {' | '.join(strategy.optimizers)}")
-        for f in fields(self):
-            if getattr(self, f.name) is not None and not applies(f.name, strategy, optimizer):
-                raise UserError(_not_applicable(f.name, strategy))
-        for name in strategy.required:
-            if getattr(self, name) is None:
-                raise UserError(f"--strategy {strategy.name} needs {flag(name)}: {_help(name)}")
-        from .cache import parse_size
-
-        parse_size(self.cache_limit)  # one line now for a size it cannot read
-        for name in (self.track or "").split(","):
-            if name:
-                TRACKERS.get(name).check()  # its library is installed: one line now, not a warning later
-        return strategy
-
-    def for_strategy(self, name: str) -> "TrainConfig":
-        """These options resolved for strategy `name`, less those that do not apply to it (auto:
-        its options, once it has chosen)."""
-        return self._pruned(STRATEGIES.get(name)).resolved()
-
-    def _pruned(self, strategy: Strategy) -> "TrainConfig":
-        cfg = dataclasses.replace(self, strategy=strategy.name)
-        if cfg.optimizer is not None and cfg.optimizer not in strategy.optimizers:
-            cfg.optimizer = None
-        optimizer = cfg.optimizer or strategy.defaults.get("optimizer")
-        for f in fields(cfg):
-            if not applies(f.name, strategy, optimizer):
-                setattr(cfg, f.name, None)
-        return cfg
-
     # -- YAML ------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -280,66 +212,11 @@ class TrainConfig:
     def from_yaml(cls, path: str | Path) -> "TrainConfig":
         return cls.from_mapping(read_yaml(path))
 
-    @classmethod
-    def from_saved(cls, path: str | Path) -> "TrainConfig":
-        """A run's own config.yaml: written by this or an earlier version, which stored a value for
-        every option, those the strategy does not take included; these are dropped."""
-        values = read_yaml(path)
-        cfg = cls.from_mapping({k: v for k, v in values.items() if k in {f.name for f in fields(cls)}})
-        return cfg._pruned(STRATEGIES.get(cfg.strategy))
 
-
-def applies(name: str, strategy: Strategy, optimizer: str | None) -> bool:
-    """Whether option `name` means something for `strategy` trained with `optimizer`."""
-    if name in strategy_options() and name not in strategy.options:
-        return False
-    meta = {f.name: f.metadata for f in fields(TrainConfig)}[name]
-    return not (meta.get("epochs") and optimizer == "lbfgs")
-
-
-def strategy_options() -> dict[str, list[str]]:
-    """Each strategy-specific option and the strategies that take it."""
-    owners: dict[str, list[str]] = {}
-    for s in STRATEGIES:
-        for name in s.options:
-            owners.setdefault(name, []).append(s.name)
-    return owners
-
-
-def _not_applicable(name: str, strategy: Strategy) -> str:
-    owners = strategy_options().get(name)
-    if owners:
-        return f"{flag(name)} applies only to --strategy {' | '.join(owners)}, not {strategy.name}"
-    return (f"{flag(name)} does not apply to the logistic-regression head (--optimizer lbfgs, the default of "
-            f"--strategy linear), which is fitted to convergence; add --optimizer adamw to train the head for epochs")
-
-
-def _help(name: str) -> str:
-    return {f.name: f.metadata.get("help", "") for f in fields(TrainConfig)}[name]
-
-
-def default_text(cls: type, f: dataclasses.Field) -> str:
-    """The default shown by --help: the field's, or for a strategy default each strategy's value
-    (for the linear head also its value when trained for epochs)."""
-    if f.metadata.get("shown"):
-        return f.metadata["shown"]
-    if f.default is not None or cls is not TrainConfig:
-        return str(f.default)
-    values: dict[str, list[str]] = {}
-    for s in STRATEGIES:
-        optimizers = [None] + (["adamw"] if s.defaults.get("optimizer") == "lbfgs" else [])
-        for optimizer in optimizers:
-            if optimizer is not None and f.name == "optimizer":
-                continue
-            label = s.name if optimizer is None else f"{s.name} --optimizer adamw"
-            default_opt = optimizer or s.defaults.get("optimizer")
-            if f.name in s.defaults and applies(f.name, s, default_opt):
-                value = s.defaults_for(optimizer)[f.name]
-                text = "cross-validated" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
-                values.setdefault(text, []).append(label)
-    if not values:
-        return "none"
-    return "; ".join(f"{v} ({', '.join(names)})" for v, names in values.items())
+def default_text(f: dataclasses.Field) -> str:
+    """The default --help states for field `f`: its `shown` text, or its value (a training
+    option's None is each strategy's value: `training.options.strategy_defaults`)."""
+    return f.metadata.get("shown") or str(f.default)
 
 
 # -- the options of the other commands ---------------------------------------------------------
@@ -357,10 +234,7 @@ class ExportOptions:
     runs: int = opt(50, "batch-1 latency samples per artifact", low=1, high=10000)
 
     def __post_init__(self) -> None:
-        check_values(self)
-        from .exporting.registry import parse_formats
-
-        parse_formats(self.formats)
+        check_values(self)  # (--formats: read by `exporting.registry.parse_formats` before any work)
 
 
 REJECT_HELP = ("which predictions are unknown, their ood_score (how unlike the training images) above: auto (the "
@@ -436,11 +310,18 @@ class ServeOptions:
         check_reject(self)
 
 
+def check_delim(delim: str | None) -> str | None:
+    """`delim` (--label-delim) if it can separate labels in a cell; else a UserError."""
+    if delim is not None and not (0 < len(delim) <= 8 and delim not in ("\n", "\r", '"')):
+        raise UserError(f"--label-delim {delim!r}: one to eight characters that separate the labels in a cell, "
+                        "e.g. ' ' or ';'")
+    return delim
+
+
 def check_exposure(options, what: str) -> None:
     """A server's host and token (serve, studio): the token from $TRANSFERKIT_TOKEN when not given,
     long enough; any address but loopback needs it (or, to serve anyone, --no-auth)."""
     import ipaddress
-    import os
 
     if options.token is None:
         options.token = os.environ.get("TRANSFERKIT_TOKEN") or None
@@ -475,8 +356,6 @@ class StudioOptions:
                                   "e.g. ' ' or ';' (multi-label; passed to the training and doctor runs it starts)")
 
     def __post_init__(self) -> None:
-        from .data.table import check_delim
-
         check_values(self)
         check_exposure(self, "the studio")
         check_delim(self.label_delim)

@@ -16,7 +16,7 @@ import sys
 import threading
 
 from .distributed import under_torchrun
-from .engines.cpu import usable_cores
+from .machine import usable_cores
 from .errors import UserError
 from .processes import die_with_parent
 
@@ -24,18 +24,20 @@ from .processes import die_with_parent
 _TORCHRUN_LOG = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ ")
 
 
-def launch(nproc: int, argv: list[str]) -> int:
-    """Run `transferkit` with `argv` less --nproc in `nproc` processes under torchrun; returns its
-    exit status."""
+def check_nproc(nproc: int) -> None:
+    """One line where --nproc cannot be honoured."""
     if nproc < 1:
         raise UserError("--nproc must be 1 or more")
     if under_torchrun():
         raise UserError("--nproc launches torchrun itself: under torchrun, drop --nproc")
-    args = _without_nproc(argv)
-    if nproc == 1:
-        from .cli import main
 
-        return main(args)
+
+def launch(nproc: int, argv: list[str]) -> int:
+    """Run `transferkit` with `argv` less --nproc in `nproc` (2 or more) processes under torchrun;
+    returns its exit status. (`cli` runs --nproc 1 in its own process.)"""
+    check_nproc(nproc)
+    args = without_nproc(argv)
+
     import torch
 
     # torchrun's rendezvous store shared with the workers' process group can hand a restarted
@@ -135,7 +137,7 @@ def _relay(stream, said: set[str], stopping: threading.Event) -> None:
         sys.stderr.flush()
 
 
-def _without_nproc(argv: list[str]) -> list[str]:
+def without_nproc(argv: list[str]) -> list[str]:
     out, skip = [], False
     for i, arg in enumerate(argv):
         if skip:

@@ -23,9 +23,8 @@ FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
 # Background that transparent pixels are composited onto.
 BACKGROUND = (255, 255, 255)
 
-# Bump when decoding or resizing changes what an image becomes: the cache keys of decoded images
-# and features include it, so nothing decoded the old way is reused.
-DECODER_VERSION = 1
+# A change to what an image becomes (decoding, resizing) bumps `cache.keys.DECODER_VERSION`: the
+# keys of everything cached from decoded images include it.
 
 
 def source_name(source, default: str = "<image bytes>") -> str:

@@ -12,6 +12,7 @@ from . import cifar
 from ..errors import UserError, describe_os_error
 from ..files import shown
 from ..task import MULTI, Task, multi_hot, stratum, task_of
+from .layout import TEST_NAMES, TRAIN_NAMES, VAL_NAMES
 
 
 @dataclass(frozen=True)
@@ -208,11 +209,6 @@ def class_folders(folder: Path) -> dict[str, Path]:
         raise UserError(f"cannot read the folder {folder}: {describe_os_error(exc)}") from None
     return {p.name: p for p in entries if p.is_dir() and not is_hidden(p.name) and not is_own_output(p)}
 
-
-# The usual names of split folders (compared case-insensitively).
-TRAIN_NAMES = ("train", "training")
-VAL_NAMES = ("val", "valid", "validation")
-TEST_NAMES = ("test", "testing")
 
 
 def is_own_output(folder: Path) -> bool:

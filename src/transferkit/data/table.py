@@ -35,8 +35,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..config import check_delim
 from ..errors import UserError
 from ..files import TEXT_ERRORS, DamagedFile, csv_rows, read_text, shown, user_text
+from .layout import TEST_NAMES, TRAIN_NAMES, VAL_NAMES
 
 TABLE_LIMIT = 1 << 30  # the largest label table read
 METADATA = "metadata.csv"  # Hugging Face imagefolder's table, read where it has file_name and label
@@ -87,14 +89,6 @@ def resolve_data(data: str, labels: str | None, options) -> tuple[str, str | Non
     return data, str(Path(labels).expanduser().absolute()) if labels else None
 
 
-def check_delim(delim: str | None) -> str | None:
-    """`delim` (--label-delim) if it can separate labels in a cell; else a UserError."""
-    if delim is not None and not (0 < len(delim) <= 8 and delim not in ("\n", "\r", '"')):
-        raise UserError(f"--label-delim {delim!r}: one to eight characters that separate the labels in a cell, "
-                        "e.g. ' ' or ';'")
-    return delim
-
-
 def table_of(options) -> LabelTable | None:
     """The label table an options object (TrainConfig, DoctorOptions, ...) names, or None."""
     labels = getattr(options, "labels", None)
@@ -109,8 +103,6 @@ def find_metadata(root: Path, label_delim: str | None = None) -> LabelTable | No
     that split, their paths relative to its folder), read together."""
     if _is_metadata(root / METADATA):
         return LabelTable(str(root / METADATA), "file_name", "label", label_delim=label_delim)
-    from .discover import TEST_NAMES, TRAIN_NAMES, VAL_NAMES
-
     roles = {**{n: "train" for n in TRAIN_NAMES}, **{n: "val" for n in VAL_NAMES}, **{n: "test" for n in TEST_NAMES}}
     try:
         folders = sorted(p for p in root.iterdir() if p.is_dir() and p.name.lower() in roles)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from ..evaluation.page import _thumb_uri
+from ..evaluation.page import thumb_uri
 from ..files import atomic_write, text_bytes
-from .diagnose import summary_lines
+from .report import summary_lines
 
 SHOWN = 60  # items per section with thumbnails (all of them are in doctor.json)
 
@@ -23,7 +23,7 @@ td,th{border:1px solid #dde;padding:.2rem .6rem;text-align:right}td:first-child{
 
 
 def _figure(who: dict, note: str = "") -> str:
-    uri = _thumb_uri(who["path"])
+    uri = thumb_uri(who["path"])
     img = f'<img src="{uri}" alt="{html.escape(Path(who["path"]).name)}">' if uri else "(unreadable)"
     caption = html.escape(f"{who['label']} / {who['split']}: {Path(who['path']).name}") + (
         f"<br>{html.escape(note)}" if note else "")

@@ -27,61 +27,12 @@ import no torch at the top, so a command that runs on ONNX Runtime never imports
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
-from typing import Callable
 
+from .. import machine
 from ..errors import UserError
-from ..registry import Registry
-from . import cpu
+from .base import ENGINES, Choice, Engine, choices, normalized, register
 
-CHOICES = ("auto", "onnxruntime", "torch", "onnxruntime-int8", "openvino")
-
-
-@dataclass(frozen=True)
-class Engine:
-    """One inference engine: how it extracts features and how it runs a run folder's model."""
-
-    name: str
-    summary: str
-    features: Callable  # (network: convert.Network, choice, cache, say) -> an extractor (features.Extractor's API)
-    bundle: Callable  # (run, choice, tta, threads, cache, say) -> a prediction.base.BasePredictor
-
-
-ENGINES: Registry[Engine] = Registry("inference engine", package=__name__)
-register = ENGINES.register
-
-
-@dataclass(frozen=True)
-class Choice:
-    """The engine chosen, where and in which precision it runs, and why."""
-
-    engine: str  # "onnxruntime" | "onnxruntime-int8" | "openvino" | "torch"
-    device: str  # "cpu" | "cuda" | "cuda:N"
-    precision: str  # "fp32" | "bf16" | "fp16" | "int8"
-    reason: str
-
-    @property
-    def network_precision(self) -> str:
-        """The precision of the network the engine's features come from, which keys them in the
-        cache: INT8 features are the fp32 network's, quantized (`int8.features_key`)."""
-        return "fp32" if self.precision == "int8" else self.precision
-
-    def to_dict(self) -> dict:
-        return {"name": self.engine, "device": self.device, "precision": self.precision, "reason": self.reason,
-                **cpu.describe()}
-
-    def line(self) -> str:
-        """One console line."""
-        return f"{self.engine} on {self.device} in {self.precision} ({self.reason})"
-
-    @property
-    def implementation(self) -> Engine:
-        return ENGINES.get(self.engine)
-
-
-def normalized(engine: str) -> str:
-    """The engine's name ("onnx" is accepted for "onnxruntime")."""
-    return "onnxruntime" if engine == "onnx" else engine
+__all__ = ["ENGINES", "Choice", "Engine", "choices", "choose", "fallback", "load_bundle", "register"]
 
 
 def choose(engine: str = "auto", device: str = "auto", precision: str = "auto", images: int | None = None) -> Choice:
@@ -90,37 +41,31 @@ def choose(engine: str = "auto", device: str = "auto", precision: str = "auto", 
 
     Raises `UserError` for a combination that cannot run (ONNX Runtime in bf16, or on a GPU)."""
     engine = normalized(engine)
-    if engine not in CHOICES:
-        raise UserError(f"--engine {engine}: choose from {', '.join(CHOICES)}")
-    if engine == "onnxruntime-int8":  # (asked for by name only: its answers are not fp32's)
-        from .int8 import choice
-
-        return choice(device, precision)
-    if engine == "openvino":  # (asked for by name: bench/engines.py measures it beside ONNX Runtime)
-        from .openvino import choice as openvino
-
-        return openvino(device, precision)
-    if device.startswith("cuda") or (device == "auto" and engine != "onnxruntime" and _cuda_available()):
+    if engine != "auto" and engine not in ENGINES:
+        raise UserError(f"--engine {engine}: choose from {', '.join(c for c in choices() if c != 'onnx')}")
+    if engine != "auto" and ENGINES.get(engine).by_name is not None:  # (int8, openvino: asked for by name only)
+        return ENGINES.get(engine).by_name(device, precision)
+    if device.startswith("cuda") or (device == "auto" and engine != "onnxruntime" and cuda_available()):
         if engine == "onnxruntime":
             raise UserError("--engine onnxruntime runs on the CPU: give --device cpu, or --engine torch for the GPU")
-        return _torch_choice(device, precision, "a CUDA GPU: PyTorch runs on it")
+        return torch_choice(device, precision, "a CUDA GPU: PyTorch runs on it")
     if engine == "torch":
-        return _torch_choice("cpu", precision, "--engine torch")
+        return torch_choice("cpu", precision, "--engine torch")
     if precision == "bf16":
         if engine == "onnxruntime":
             raise UserError("--engine onnxruntime runs in fp32 on a CPU: drop --precision bf16 (or --engine torch)")
-        return _torch_choice("cpu", precision, "--precision bf16: ONNX Runtime has no bf16 kernels on a CPU")
+        return torch_choice("cpu", precision, "--precision bf16: ONNX Runtime has no bf16 kernels on a CPU")
     if importlib.util.find_spec("onnxruntime") is None:
         if engine == "onnxruntime":
             raise UserError("--engine onnxruntime needs onnxruntime: pip install onnxruntime")
-        return _torch_choice("cpu", precision, "onnxruntime is not installed")
+        return torch_choice("cpu", precision, "onnxruntime is not installed")
     reason = "--engine onnxruntime" if engine == "onnxruntime" else (
         "fp32, the same answers on every CPU; --engine torch: PyTorch bf16, 1.34x the speed with AMX"
-        if cpu.has_amx_bf16() else "the fastest engine on this CPU, fp32: the same answers on every CPU")
+        if machine.has_amx_bf16() else "the fastest engine on this CPU, fp32: the same answers on every CPU")
     return Choice("onnxruntime", "cpu", "fp32", reason)
 
 
-def _torch_choice(device: str, precision: str, reason: str) -> Choice:
+def torch_choice(device: str, precision: str, reason: str) -> Choice:
     from ..errors import require_torch
 
     require_torch(f"running on PyTorch ({reason})")  # (the light install: one line naming the extra)
@@ -130,8 +75,8 @@ def _torch_choice(device: str, precision: str, reason: str) -> Choice:
     return Choice("torch", str(runtime.device), runtime.precision, reason)
 
 
-def _cuda_available() -> bool:
-    if not cpu.cuda_driver_present() or importlib.util.find_spec("torch") is None:
+def cuda_available() -> bool:
+    if not machine.cuda_driver_present() or importlib.util.find_spec("torch") is None:
         return False
     import torch
 
@@ -141,7 +86,7 @@ def _cuda_available() -> bool:
 def fallback(choice: Choice, why: str) -> Choice:
     """PyTorch in place of ONNX Runtime for a network it could not convert or run, in the same
     precision (fp32: what is cached under the choice's precision must be computed in it)."""
-    return _torch_choice(choice.device, choice.precision, f"ONNX Runtime could not run it: {why}")
+    return torch_choice(choice.device, choice.precision, f"ONNX Runtime could not run it: {why}")
 
 
 def load_bundle(run, engine: str = "auto", device: str = "auto", precision: str = "auto", tta: str = "none",

@@ -29,6 +29,10 @@ import numpy as np
 
 from .. import files
 from ..errors import UserError
+from ..sessions import open_session
+from ..sessions.metadata import onnx_with_metadata
+
+CHECK_IMAGES = 8  # real images a conversion is made and checked on (a run's val images, a pass's first)
 
 FORMAT = 1  # of the stored conversions; part of every key
 OPSET = 18
@@ -204,7 +208,7 @@ def convert(network: Network, example: np.ndarray, cache, say=None) -> Converted
             torch.onnx.export(module, (x,), buffer, input_names=["input"], output_names=names,
                               dynamic_axes={"input": {0: "batch"}, **{n: {0: "batch"} for n in names}},
                               opset_version=OPSET, dynamo=False)
-        model = _with_metadata(buffer.getvalue(), network.meta)
+        model = buffer.getvalue() if network.meta is None else onnx_with_metadata(buffer.getvalue(), network.meta)
         expected_all = [o.float().numpy() for o in (outputs if isinstance(outputs, tuple) else (outputs,))]
         got_all = session(model, threads=0).run(None, {"input": example})
     except Exception as exc:  # noqa: BLE001 - the exporter and runtime raise many types; the caller falls back
@@ -264,27 +268,38 @@ def _wrapped(network: Network):
     return Normalized().eval()
 
 
-def _with_metadata(model: bytes, meta: dict | None) -> bytes:
-    if meta is None:
-        return model
-    import onnx
+def check_images(run_dir: Path, meta, count: int = CHECK_IMAGES) -> np.ndarray:
+    """Up to `count` of the run's validation images (split.json) as the model's inputs, to check a
+    conversion on real images; random inputs where none is left to read."""
+    from ..data.decode import normalized_array
+    from ..errors import ImageDecodeError
+    from ..files import Record, read_json_object
 
-    from ..prediction.onnx_predictor import META_KEY
+    p = meta.preprocess
+    rows = []
+    val = (read_json_object(run_dir / "split.json") or Record()).items_of("val", list)
+    for item in val:
+        if len(rows) == count:
+            break
+        try:
+            rows.append(normalized_array(str(item[0]), p.resize_size, p.input_size, p.interpolation, p.mean, p.std))
+        except (ImageDecodeError, OSError, IndexError, TypeError):
+            continue
+    if rows:
+        return np.stack(rows)
+    return np.random.default_rng(0).normal(0, 1, (2, 3, p.input_size, p.input_size)).astype(np.float32)
 
-    proto = onnx.load_from_string(model)
-    del proto.metadata_props[:]
-    onnx.helper.set_model_props(proto, {META_KEY: json.dumps(meta)})
-    return proto.SerializeToString()
+
+def check_pixels(run_dir: Path, meta) -> np.ndarray:
+    """`check_images` as the uint8 pixels a features or maps network takes (it normalizes them)."""
+    p = meta.preprocess
+    example = check_images(run_dir, meta)
+    return np.clip(np.rint((example * np.asarray(p.std, np.float32).reshape(1, 3, 1, 1)
+                            + np.asarray(p.mean, np.float32).reshape(1, 3, 1, 1)) * 255), 0, 255).astype(np.uint8)
 
 
 def session(model: bytes | str | Path, threads: int = 0, engine: str = "onnxruntime"):
     """A CPU session of a model (its bytes or a path) on ONNX Runtime, or on OpenVINO for `engine`
-    openvino (`openvino.OvSession`: the same interface); `threads`: intra-op threads (0: one per
-    core this process may use)."""
-    if engine == "openvino":
-        from .openvino import OvSession
-
-        return OvSession(model, threads)
-    from ..prediction.onnx_predictor import open_session
-
-    return open_session(model, threads)
+    openvino (`sessions.openvino.OvSession`: the same interface); `threads`: intra-op threads (0:
+    one per core this process may use)."""
+    return open_session(model, threads, "openvino" if engine == "openvino" else "onnxruntime")

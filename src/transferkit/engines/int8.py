@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import Choice, Engine, register
+from .base import Choice, Engine, register
 from .convert import Converted, Network, convert, features_network, lookup, store
 from .ort import bundle, features
 
@@ -163,6 +163,6 @@ def choice(device: str, precision: str) -> Choice:
     return Choice(NAME, "cpu", "int8", f"--engine {NAME}: INT8 features, faster, not the same answers as fp32")
 
 
-register(Engine(name=NAME, features=features, bundle=bundle,
+register(Engine(name=NAME, features=features, bundle=bundle, by_name=choice,
                 summary="ONNX Runtime on the CPU in INT8: the features network quantized once, calibrated on "
                         "training images, cached"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .convert import Network, convert, lookup, session
+from .convert import Network, check_pixels, convert, lookup, session
 
 MAPS_VERSION = 2  # a change of what the maps network is: +1 (2: always the whole features network)
 
@@ -32,8 +32,6 @@ def maps_network(meta, run_dir: Path) -> Network:
 
 def maps_session(meta, run_dir: Path, cache, threads: int = 0, say=None):
     """(an ONNX Runtime session of the run's maps network, whether its class maps are exact)."""
-    from .ort import check_pixels
-
     network = maps_network(meta, run_dir)
     found = lookup(network, cache, say)
     if found is None:

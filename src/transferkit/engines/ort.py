@@ -9,10 +9,10 @@ import numpy as np
 
 from ..errors import MissingExtra, UserError
 from ..prediction.base import BasePredictor
-from . import Choice, Engine, fallback, register
-from .convert import Converted, Network, convert, features_network, lookup, session
+from . import fallback
+from .base import Choice, Engine, register
+from .convert import CHECK_IMAGES, Converted, Network, check_images, convert, features_network, lookup, session
 
-CHECK_IMAGES = 8  # real images a conversion is made and checked on (a run's val images, a pass's first)
 
 
 class OrtExtractor:
@@ -102,36 +102,6 @@ def bundle_network(run: str | Path) -> tuple[Network, object, Path]:
 
     return (Network("classifier", ident, build, meta=meta.export_metadata(), label=f"{run_dir.name}'s model",
                     run_dir=run_dir), meta, run_dir)
-
-
-def check_images(run_dir: Path, meta, count: int = CHECK_IMAGES) -> np.ndarray:
-    """Up to `count` of the run's validation images (split.json) as the model's inputs, to check a
-    conversion on real images; random inputs where none is left to read."""
-    from ..data.decode import normalized_array
-    from ..errors import ImageDecodeError
-    from ..files import Record, read_json_object
-
-    p = meta.preprocess
-    rows = []
-    val = (read_json_object(run_dir / "split.json") or Record()).items_of("val", list)
-    for item in val:
-        if len(rows) == count:
-            break
-        try:
-            rows.append(normalized_array(str(item[0]), p.resize_size, p.input_size, p.interpolation, p.mean, p.std))
-        except (ImageDecodeError, OSError, IndexError, TypeError):
-            continue
-    if rows:
-        return np.stack(rows)
-    return np.random.default_rng(0).normal(0, 1, (2, 3, p.input_size, p.input_size)).astype(np.float32)
-
-
-def check_pixels(run_dir: Path, meta) -> np.ndarray:
-    """`check_images` as the uint8 pixels a features or maps network takes (it normalizes them)."""
-    p = meta.preprocess
-    example = check_images(run_dir, meta)
-    return np.clip(np.rint((example * np.asarray(p.std, np.float32).reshape(1, 3, 1, 1)
-                            + np.asarray(p.mean, np.float32).reshape(1, 3, 1, 1)) * 255), 0, 255).astype(np.uint8)
 
 
 def converted_bundle(run: str | Path, cache, say=None) -> tuple[Converted, object, Path]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import Choice, Engine, register
+from .base import Choice, Engine, register
 from .convert import Network
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..files import atomic_write, read_json_object, write_json
-from .rows import most_wrong
+from .rows import most_wrong, read_predictions, read_summary
 
 REPORT_HEATMAPS = 12  # the most confidently wrong images explained in report.html
 THUMB_SIDE = 320  # the overlays' longer side
@@ -61,8 +61,6 @@ def to_explain(out_dir: Path, limit: int = REPORT_HEATMAPS, rows: list[dict] | N
     """The rows of `out_dir`'s predictions.csv (or `rows`, its rows not yet written, of a
     multi-label model if `multi`) whose heatmaps the report shows."""
     if rows is None:
-        from .report import read_predictions, read_summary
-
         rows, multi = read_predictions(out_dir), read_summary(out_dir).get("task") == "multilabel"
     return most_wrong(rows, multi)[:limit]
 

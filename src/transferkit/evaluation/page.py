@@ -25,7 +25,7 @@ def _img_tag(path: Path, alt: str) -> str:
             f"<figcaption>{html.escape(alt)}</figcaption></figure>")
 
 
-def _thumb_uri(path: str) -> str | None:
+def thumb_uri(path: str) -> str | None:
     img = thumbnail(path, 160)
     if img is None:
         return None
@@ -160,7 +160,7 @@ def report_html(run_dir: Path, summary: dict, wrong: list[dict], confusion_note:
 
     explained = heatmap_files(run_dir)  # where the model looked (the most confidently wrong, `explained`)
     for r in wrong[:REPORT_THUMBS]:
-        uri = _thumb_uri(r["path"])
+        uri = thumb_uri(r["path"])
         img = f'<img src="{uri}" alt="{e(Path(r["path"]).name)}">' if uri else "<div>image not found</div>"
         if r["path"] in explained:
             img += (f'<img class="heatmap" src="{_data_uri(explained[r["path"]].read_bytes(), "image/jpeg")}" '

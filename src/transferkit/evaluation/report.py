@@ -10,17 +10,16 @@ and its row-normalized twin, `curves.png`, `predictions.png`, `top_losses.png`,
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
-from ..files import TEXT_ERRORS, Record, atomic_write, csv_table, csv_untext, load_json_object, read_json_object, \
+from ..files import Record, atomic_write, csv_table, read_json_object, \
     text_bytes, write_json
 from . import metrics
 from .page import report_html
-from .rows import most_wrong, parsed, prediction_rows
+from .rows import most_wrong, prediction_rows, read_predictions, read_summary
 from ..task import Task, calibration
 from .plots import plot_confusion, plot_curves, plot_grid, plot_multilabel, plot_reliability
 
@@ -95,33 +94,6 @@ def _write_multilabel(out_dir: Path, paths: list[str], y_true: np.ndarray, logit
     atomic_write(out_dir / "predictions.csv", text_bytes(csv_table(*prediction_rows(paths, y_true, logits, classes,
                                                                                     task, ood))))
     return summary
-
-
-def read_predictions(run_dir: Path) -> list[dict]:
-    """predictions.csv as written by `write_evaluation`; a damaged file is a `UserError`."""
-    path = run_dir / "predictions.csv"
-    try:
-        with open(path, newline="", encoding="utf-8", errors=TEXT_ERRORS) as f:
-            rows = list(csv.DictReader(f))
-        for r in rows:
-            parsed(r)
-            r["path"], r["actual"], r["predicted"] = (csv_untext(r[k]) for k in ("path", "actual", "predicted"))
-    except (KeyError, TypeError, ValueError, csv.Error, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is damaged ({type(exc).__name__}: {exc}); `transferkit eval RUN` writes a "
-                        "fresh one") from None
-    return rows
-
-
-def read_summary(run_dir: Path) -> dict:
-    """metrics.json as written by `write_evaluation`; a damaged file is a `UserError`."""
-    path = run_dir / "metrics.json"
-    try:
-        summary = load_json_object(path)
-        if not summary.texts("classes") or len(summary.texts("classes")) != len(summary["classes"]):
-            raise ValueError("no list of classes")
-        return summary
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path} is damaged ({exc}); `transferkit eval RUN` writes a fresh one") from None
 
 
 def render(run_dir: str | Path) -> Path:

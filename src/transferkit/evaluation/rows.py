@@ -1,12 +1,18 @@
 """The rows of predictions.csv, made from a model's validation logits with NumPy alone: the
 report process writes them (`report.write_evaluation`), and the run's own process ranks the same
 rows to explain the most confidently wrong images while that process is still busy
-(`explained.report_heatmaps`), so both see identical rows."""
+(`explained.report_heatmaps`), so both see identical rows. Read back (with metrics.json) by
+`read_predictions` and `read_summary`."""
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
 import numpy as np
 
+from ..errors import UserError
+from ..files import TEXT_ERRORS, csv_untext, load_json_object
 from ..task import Task
 from .metrics import image_losses
 
@@ -37,7 +43,7 @@ def prediction_rows(paths: list[str], y_true: np.ndarray, logits, classes: list[
 
 
 def as_records(header: list[str], rows: list[list[str]]) -> list[dict]:
-    """The rows as `report.read_predictions` reads them back from the file (numbers parsed)."""
+    """The rows as `read_predictions` reads them back from the file (numbers parsed)."""
     return [parsed(dict(zip(header, row))) for row in rows]
 
 
@@ -53,3 +59,30 @@ def most_wrong(rows: list[dict], multi: bool) -> list[dict]:
     """The wrong rows of predictions.csv, most confidently wrong first (multi-label: largest loss)."""
     wrong = [r for r in rows if r["actual"] != r["predicted"]]
     return sorted(wrong, key=lambda r: -r["loss"]) if multi else sorted(wrong, key=lambda r: -r["probability"])
+
+
+def read_predictions(run_dir: Path) -> list[dict]:
+    """predictions.csv as written by `write_evaluation`; a damaged file is a `UserError`."""
+    path = run_dir / "predictions.csv"
+    try:
+        with open(path, newline="", encoding="utf-8", errors=TEXT_ERRORS) as f:
+            rows = list(csv.DictReader(f))
+        for r in rows:
+            parsed(r)
+            r["path"], r["actual"], r["predicted"] = (csv_untext(r[k]) for k in ("path", "actual", "predicted"))
+    except (KeyError, TypeError, ValueError, csv.Error, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is damaged ({type(exc).__name__}: {exc}); `transferkit eval RUN` writes a "
+                        "fresh one") from None
+    return rows
+
+
+def read_summary(run_dir: Path) -> dict:
+    """metrics.json as written by `write_evaluation`; a damaged file is a `UserError`."""
+    path = run_dir / "metrics.json"
+    try:
+        summary = load_json_object(path)
+        if not summary.texts("classes") or len(summary.texts("classes")) != len(summary["classes"]):
+            raise ValueError("no list of classes")
+        return summary
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} is damaged ({exc}); `transferkit eval RUN` writes a fresh one") from None

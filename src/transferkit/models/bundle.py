@@ -8,12 +8,16 @@ import hashlib
 import platform
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..errors import UserError
 from ..files import Record, atomic_write, file_sha256, load_json_object, read_yaml_object, write_json
 from ..task import Task
 from .preprocess import Preprocess
+
+if TYPE_CHECKING:
+    from .classifier import Classifier
 
 FORMAT = "transferkit-bundle"
 FORMAT_VERSION = 1

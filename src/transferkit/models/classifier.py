@@ -10,7 +10,7 @@ from torch import nn
 from .. import files
 from ..errors import UserError
 from . import backbones, weights as weight_files
-from .lazy import WeightsInfo
+from .weights import WeightsInfo
 
 
 class Classifier(nn.Module):

@@ -4,7 +4,6 @@ weights are all cached never builds the network, and never imports torch."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,29 +12,12 @@ import numpy as np
 from .. import files
 from ..errors import UserError
 from . import backbones
+from .weights import WeightsInfo
 
 if TYPE_CHECKING:
     import torch
 
     from .classifier import Classifier
-
-
-@dataclass(frozen=True)
-class WeightsInfo:
-    source: str  # "imagenet", "none" or a file path
-    sha256: str | None  # of the weights file; None for random init
-    seed: int | None = None  # random init: the seed the network is initialized from
-
-    @property
-    def identity(self) -> str:
-        """What the network's output depends on, for cache keys: the weights file's sha256, or
-        for random init its seed and the torch version that draws it (two seeds are two
-        networks, and their features or conversions must never be mistaken for each other)."""
-        if self.sha256:
-            return self.sha256
-        from importlib.metadata import version
-
-        return f"random-init:seed={self.seed}:torch={version('torch')}"
 
 
 def identify_weights(spec: backbones.BackboneSpec, weights: str, seed: int = 0) -> WeightsInfo:

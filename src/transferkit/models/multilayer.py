@@ -51,7 +51,7 @@ def multi_layer(backbone: nn.Module, name: str) -> nn.Module:
 def with_stage_features(backbone: nn.Module, taps: list[str]) -> nn.Module:
     """`backbone` as an fx GraphModule whose output is cat(pooled output, mean over H, W of each
     tap's activation). Sets `num_features` (the total) and `last_features` (the plain output's)."""
-    from timm.models._features_fx import create_feature_extractor, get_graph_node_names
+    from timm.models import create_feature_extractor, get_graph_node_names
 
     last = get_graph_node_names(backbone)[1][-1]
     nodes = {last: "out", **{t: f"tap{i}" for i, t in enumerate(taps)}}

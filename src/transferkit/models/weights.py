@@ -11,8 +11,32 @@ import importlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import MissingExtra, UserError, extra_line
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Where a network's initial weights came from, identified."""
+
+    source: str  # "imagenet", "none" or a file path
+    sha256: str | None  # of the weights file; None for random init
+    seed: int | None = None  # random init: the seed the network is initialized from
+
+    @property
+    def identity(self) -> str:
+        """What the network's output depends on, for cache keys: the weights file's sha256, or
+        for random init its seed and the torch version that draws it (two seeds are two
+        networks, and their features or conversions must never be mistaken for each other)."""
+        if self.sha256:
+            return self.sha256
+        from importlib.metadata import version
+
+        return f"random-init:seed={self.seed}:torch={version('torch')}"
 
 
 @dataclass(frozen=True)

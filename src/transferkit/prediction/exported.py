@@ -8,14 +8,15 @@
 
 Each carries transferkit's metadata (classes, preprocessing, task, the unknown score where the
 format computes it): the same `OnnxPredictor` runs them all, OpenVINO and LiteRT behind ONNX
-Runtime's session interface (`engines.openvino.OvSession`, `engines.litert.LiteRtSession`). An exported model runs on its own runtime only: an option asking
-for another engine or precision is refused in one line, never silently ignored.
+Runtime's session interface (`sessions`). An exported model runs on its own runtime only: an
+option asking for another engine or precision is refused in one line, never silently ignored.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from .. import sessions
 from ..errors import UserError
 from .onnx_predictor import ONNX_ENGINES, OnnxPredictor
 
@@ -31,7 +32,7 @@ def exported_kind(path: str | Path) -> str | None:
         return "onnx"
     if str(path).endswith(".tflite"):
         return "tflite"
-    from ..engines.openvino import ir_file
+    from ..sessions.openvino import ir_file
 
     return "openvino" if ir_file(path) is not None else None
 
@@ -57,16 +58,10 @@ def open_session(path: str | Path, kind: str | None = None, threads: int = 0):
     """A session (ONNX Runtime's interface) of the exported model at `path` on its runtime."""
     kind = kind or exported_kind(path)
     if kind == "openvino":
-        from ..engines.openvino import OvSession, ir_file
+        from ..sessions.openvino import ir_file
 
-        return OvSession(ir_file(path), threads)
-    if kind == "tflite":
-        from ..engines.litert import LiteRtSession
-
-        return LiteRtSession(path, threads)
-    from .onnx_predictor import open_session as onnx_session
-
-    return onnx_session(path, threads)
+        path = ir_file(path)
+    return sessions.open_session(path, threads, RUNTIMES.get(kind, "onnxruntime"))
 
 
 def open_exported(path: str | Path, engine: str = "auto", precision: str = "auto", tta: str = "none",
@@ -74,7 +69,7 @@ def open_exported(path: str | Path, engine: str = "auto", precision: str = "auto
     """A predictor of the exported model at `path` on its runtime, its options checked first."""
     kind = check_options(path, engine, precision)
     if kind == "openvino":  # (named by its folder: export.json lies beside it)
-        from ..engines.openvino import ir_file
+        from ..sessions.openvino import ir_file
 
         path = ir_file(path).parent
     predictor = OnnxPredictor(path, batch_size=batch_size, tta=tta, session=open_session(path, kind, threads))

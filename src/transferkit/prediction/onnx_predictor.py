@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from ..data.decode import normalized_array
-from ..engines.cpu import session_threads
 from ..errors import UserError
+from ..sessions import open_session
+from ..sessions.metadata import META_KEY
 from ..task import Task
 from .base import BasePredictor
 
-META_KEY = "transferkit"  # the ONNX metadata_props key holding the JSON below
 ONNX_ENGINES = ("auto", "onnxruntime", "onnx")  # what may run an exported .onnx file
 
 
@@ -27,29 +27,6 @@ def read_metadata(path: str | Path) -> dict:
     """The transferkit metadata of an exported ONNX model (classes, preprocessing, ...)."""
     session = open_session(path)
     return _metadata(session, path)
-
-
-def open_session(model: str | Path | bytes, threads: int = 0):
-    """An ONNX Runtime CPU session of the model at `model` (a path, or the model's bytes);
-    `threads`: its intra-op threads (0: as many as this process has cores, see below)."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise UserError("predicting from an ONNX model needs onnxruntime: pip install onnxruntime") from None
-    if not isinstance(model, bytes):
-        model = Path(model).expanduser()
-        if not model.is_file():
-            raise UserError(f"not found: {model}")
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only
-    options.intra_op_num_threads = session_threads(threads)
-    try:
-        return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
-                                    providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-        what = "the model" if isinstance(model, bytes) else model
-        raise UserError(f"{what} is not a loadable ONNX model ({str(exc).splitlines()[0][:200]})") from None
-
 
 
 def _metadata(session, path) -> dict:
@@ -86,7 +63,7 @@ def _metadata(session, path) -> dict:
 class OnnxPredictor(BasePredictor):
     """An exported model (fp32 or INT8 ONNX, or an OpenVINO IR) ready to predict images,
     torch-free. `session`: one already open (a cached conversion of `path`'s run, or an IR on
-    OpenVINO: `engines.openvino.OvSession`, ONNX Runtime's interface), else `path` opened on
+    OpenVINO: `sessions.openvino.OvSession`, ONNX Runtime's interface), else `path` opened on
     ONNX Runtime."""
 
     channels_last = False

@@ -10,7 +10,7 @@ import torch
 from ..data.decode import eval_array
 from ..models import bundle
 from ..models.classifier import Classifier
-from ..engines.cpu import default_workers
+from ..machine import default_workers
 from ..errors import UserError
 from ..runtime import Extractor, Runtime
 from .base import BasePredictor

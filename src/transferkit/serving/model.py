@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..engines.cpu import usable_cores
+from ..machine import usable_cores
 from ..errors import UserError
 from ..files import read_json_object
 from ..prediction.base import BasePredictor

@@ -41,7 +41,7 @@ def serve(model: str | Path, options: ServeOptions | None = None, **kwargs) -> N
     from .app import create_app
 
     options = options or ServeOptions(**kwargs)
-    sock = _bind(options.host, options.port)  # a port in use: one line before the model loads
+    sock = bind_port(options.host, options.port)  # a port in use: one line before the model loads
     # Loaded here first, so a bad model is one line before anything answers (each worker loads
     # its own copy again).
     served = ServedModel(model, options.device, options.precision, options.tta, worker_threads(options.workers),
@@ -72,10 +72,10 @@ def serve(model: str | Path, options: ServeOptions | None = None, **kwargs) -> N
         target = {"target": uvicorn.Server(config).run} if "target" in inspect.signature(Multiprocess).parameters else {}
         Multiprocess(config, sockets=[sock], **target).run()
     else:
-        _Server(config, banner).run(sockets=[sock])
+        BannerServer(config, banner).run(sockets=[sock])
 
 
-class _Server(uvicorn.Server):
+class BannerServer(uvicorn.Server):
     """uvicorn's server, saying where it listens once it does (not before: a client that reads
     the line may connect at once)."""
 
@@ -105,7 +105,7 @@ def from_environment():
                                   worker_threads(options.workers), options.engine, LOG.info), options)
 
 
-def _bind(host: str, port: int):
+def bind_port(host: str, port: int):
     """The listening socket, bound here (uvicorn's own binding announces "running" before the
     application has started); a port in use or not allowed is one line."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -31,6 +31,7 @@ from ..config import StudioOptions, TrainConfig
 from ..data import fixes as fixing
 from ..errors import UserError
 from ..files import Record, read_json_object, read_yaml_object
+from ..training.options import resolve, validate
 from . import labelling
 from .datasets import Dataset, thumbnail
 from .jobs import JobQueue, Servers, fresh_run
@@ -483,7 +484,7 @@ def train_command(ds: Dataset, body: dict, runs: Path, cache_dir: str | None,
         values["fixes"] = str(ds.fixes_file)
     try:
         cfg = TrainConfig.from_mapping(values)
-        cfg.validate()
+        validate(cfg)
     except FieldError:
         raise
     except UserError as exc:  # said with the CLI's flags: in the page's words, on the field it is about
@@ -572,7 +573,7 @@ def _client(body: dict) -> str:
 
 def _epochs(cfg: TrainConfig) -> int | None:
     try:
-        return cfg.resolved().epochs
+        return resolve(cfg).epochs
     except UserError:
         return None
 

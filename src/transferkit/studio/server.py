@@ -12,11 +12,11 @@ def studio(data: list[str | Path], options: StudioOptions | None = None, **kwarg
     interrupted. Example: ``transferkit.studio(["data/flowers"], runs_dir="runs")``"""
     import uvicorn
 
-    from ..serving.server import _Server, _bind
+    from ..serving.server import BannerServer, bind_port
     from .app import create_studio
 
     options = options or StudioOptions(**kwargs)
-    sock = _bind(options.host, options.port)
+    sock = bind_port(options.host, options.port)
     app = create_studio(data, options)
     port = sock.getsockname()[1]
     shown = f"[{options.host}]" if ":" in options.host else options.host
@@ -25,4 +25,4 @@ def studio(data: list[str | Path], options: StudioOptions | None = None, **kwarg
     banner = (f"studio at {address}  ({datasets}; runs in {app.state.studio.runs}; Ctrl-C stops)")
     config = uvicorn.Config(app, host=options.host, port=port, http="h11", access_log=False, log_level="warning",
                             timeout_graceful_shutdown=5, server_header=False)
-    _Server(config, banner).run(sockets=[sock])
+    BannerServer(config, banner).run(sockets=[sock])

@@ -347,7 +347,7 @@ def _in_threads(fn, items: list) -> list:
     NumPy's products release the GIL, so two cores fit two candidates at once."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from ..engines.cpu import usable_cores
+    from ..machine import usable_cores
 
     workers = min(usable_cores(), len(items))
     if workers < 2:

@@ -14,7 +14,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..cache import parse_size
-from ..config import TrainConfig
 from ..data.datasets import DecodedImages, decode_all, labels_of, train_loader
 from ..data.decode import typical_short_side
 from ..data.views import SMALL

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import TrainConfig, applies
+from ..config import TrainConfig
+from .options import applies, read_saved
 from ..errors import UserError
 from ..files import shown
 
@@ -69,7 +70,7 @@ def continue_config(run: str | Path, data: str, given: dict) -> TrainConfig:
 
     run_dir = parent_dir(run)
     meta, _ = read_meta(run_dir)  # (a damaged or foreign model.json: one line)
-    saved = TrainConfig.from_saved(run_dir / "config.yaml").to_dict()
+    saved = read_saved(run_dir / "config.yaml").to_dict()
     model = given.get("model")
     if model is not None and model != saved.get("model"):
         raise UserError(f"--from {shown(run)}: that run's backbone is {meta.backbone}, not --model {model}; leave "

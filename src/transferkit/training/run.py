@@ -28,11 +28,12 @@ from ..runs import OUTPUT_FILES
 from ..models import backbones, bundle
 from ..models.lazy import LazyClassifier, identify_weights
 from ..distributed import Group, check_sync_bn, joined, under_torchrun
-from ..engines.cpu import default_workers
+from ..machine import default_workers
 from ..doctor.health import nearest_train, quick_health, warnings as health_warnings
 from . import elastic
 from .checkpoint import load_checkpoint
 from .context import CachedFeatures, Context, Outcome
+from .options import for_strategy, read_saved, resolve
 from .parent import Parent
 from ..features.dataset import features_key, int8_key
 from .result import Run
@@ -44,7 +45,7 @@ def train(cfg: TrainConfig, console: Console, worker: Worker, started: float, ch
     """Train with the options `cfg` (not yet resolved); `checkpoint`: the interrupted run's, to
     continue from. The global torch RNG is seeded for the run and restored afterwards. A head
     fitted on cached features (the default, warm) imports no torch at all."""
-    cfg = cfg.resolved()
+    cfg = resolve(cfg)
     tracking = Tracking()
     try:
         return _train(cfg, console, worker, started, checkpoint, tracking)
@@ -396,7 +397,7 @@ def shards_features(cfg: TrainConfig) -> bool:
     """Whether a group's features stay sharded, each rank holding its share (#31): where the head
     fitted on them is the logistic regression, which is data-parallel (linear and auto with
     --optimizer lbfgs, LP-FT's probe); an epoch-trained head gets every feature on every rank."""
-    optimizer = cfg.for_strategy("linear").optimizer if cfg.strategy == "auto" else cfg.optimizer
+    optimizer = for_strategy(cfg, "linear").optimizer if cfg.strategy == "auto" else cfg.optimizer
     return cfg.strategy == "lp-ft" or optimizer == "lbfgs"
 
 
@@ -420,7 +421,7 @@ def resume_config(run: str, data, options: dict) -> tuple[TrainConfig, dict]:
     if missing:
         raise UserError(f"nothing to resume in {run_dir}: it has no {' and no '.join(missing)} "
                         "(a finished run keeps no checkpoint)")
-    saved = TrainConfig.from_saved(run_dir / "config.yaml").to_dict()
+    saved = read_saved(run_dir / "config.yaml").to_dict()
     given = {k: v for k, v in options.items() if k != "resume"}
     if data is not None and str(Path(data).expanduser().absolute()) != saved["data"]:
         raise UserError(f"{run_dir} was trained on {saved['data']}; resume it without a DATA folder")
@@ -679,7 +680,7 @@ def lr_find(cfg: TrainConfig, options: LRFindOptions, console: Console):
     from .losses import classification_loss
     from .network import network_setup, unfreeze_top
 
-    cfg = cfg.resolved()
+    cfg = resolve(cfg)
     if under_torchrun():
         raise UserError("lr-find runs in one process: start it without torchrun (or --nproc)")
     strategy = STRATEGIES.get(cfg.strategy)

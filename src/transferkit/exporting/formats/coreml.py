@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import MissingExtra, UserError, first_line
-from ...prediction.onnx_predictor import META_KEY
+from ...sessions.metadata import META_KEY
 from ..registry import ExportFormat, register
 
 EXTRA = "coreml"

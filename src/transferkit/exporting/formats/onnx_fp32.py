@@ -29,16 +29,9 @@ def build(job, path: Path) -> None:
 
 def set_metadata(path: Path, meta: dict) -> None:
     """Store `meta` (JSON) under the transferkit key of the model's metadata."""
-    import json
+    from ...sessions.metadata import onnx_with_metadata
 
-    import onnx
-
-    from ...prediction.onnx_predictor import META_KEY
-
-    proto = onnx.load(str(path))
-    del proto.metadata_props[:]
-    onnx.helper.set_model_props(proto, {META_KEY: json.dumps(meta)})
-    onnx.save(proto, str(path))
+    path.write_bytes(onnx_with_metadata(path.read_bytes(), meta))
 
 
 def runner(path: Path):

@@ -12,13 +12,13 @@ from .onnx_fp32 import runner
 
 
 def check() -> None:
-    from ...engines.openvino import require
+    from ...sessions.openvino import require
 
     require()
 
 
 def build(job, path: Path) -> str:
-    from ...engines.openvino import save_ir
+    from ...sessions.openvino import save_ir
 
     save_ir(job.built["onnx"], path, job.meta)
     return "model.xml + model.bin (fp32), from model.onnx; OpenVINO's CPU plugin run in f32"

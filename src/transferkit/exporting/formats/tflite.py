@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import MissingExtra, UserError, first_line
-from ...engines.litert import write_metadata
+from ...sessions.litert import write_metadata
 from ..registry import ExportFormat, register
 from .onnx_fp32 import runner
 
@@ -48,7 +48,7 @@ def check() -> None:
 def _quiet():
     """litert-torch narrates every conversion step and absl logs: kept off the user's console
     (a failure still raises, with its message)."""
-    from ...engines.litert import quiet_native
+    from ...sessions.litert import quiet_native
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+from ..options import for_strategy
 from .base import RECIPE_OPTIONS, STRATEGIES, Strategy, register
 
 # auto's thresholds. Fine-tuning that does not pay costs only time (LP-FT keeps its probe then).
@@ -69,7 +70,7 @@ def run(ctx):
     features_s = time.perf_counter() - start
     per_class = f.total_images / len(f.split.classes)
     ft_ctx = dataclasses.replace(context_at(ctx, network_preprocess(ctx.models.spec, ctx.split)),
-                                 cfg=ctx.cfg.for_strategy("lp-ft"))
+                                 cfg=for_strategy(ctx.cfg, "lp-ft"))
     estimate = {}
 
     def epochs_within() -> tuple[int, float]:
@@ -85,15 +86,15 @@ def run(ctx):
         return min(most, max(0, int(left // cost.per_epoch))), cost.seconds(MIN_EPOCHS)
 
     def choose():  # measured once, by the primary of a group
-        choice = head_choice(ctx.cfg.for_strategy("linear"), f)  # memoized on `f`: linear reuses it
+        choice = head_choice(for_strategy(ctx.cfg, "linear"), f)  # memoized on `f`: linear reuses it
         return choice, *choose_strategy(per_class, choice.cv_accuracy, epochs_within if deadline else None)
 
     start = time.perf_counter()
     if f.sharded:  # the cross-validation is data-parallel: every rank takes part (then it is memoized)
-        head_choice(ctx.cfg.for_strategy("linear"), f)
+        head_choice(for_strategy(ctx.cfg, "linear"), f)
     choice, chosen, reason, epochs = ctx.group.decide(choose)
     ctx.console.info(f"auto: {chosen}, because {reason}")
-    head = STRATEGIES.get("linear").run(dataclasses.replace(ctx, cfg=ctx.cfg.for_strategy("linear")))
+    head = STRATEGIES.get("linear").run(dataclasses.replace(ctx, cfg=for_strategy(ctx.cfg, "linear")))
     head_acc = ctx.group.decide(lambda: _val_acc(head))  # (sharded features: the val logits are the primary's)
     candidates = [
         {"candidate": "features", "what": f"{f.total_images} training + {len(f.split.val)} val images through the frozen "

@@ -93,13 +93,5 @@ class Strategy:
         return values
 
 
-def train_network(ctx):
-    """The `run` of strategies that train the network on images exactly as they declare
-    (finetune, partial, gradual, scratch): `training.network.train_network`, imported on use."""
-    from ..network import train_network as run
-
-    return run(ctx)
-
-
 STRATEGIES: Registry[Strategy] = Registry("strategy", package=__package__, sort_key=lambda s: (s.order, s.name))
 register = STRATEGIES.register

@@ -1,7 +1,8 @@
 """gradual: the head trains alone in the first epoch, then stages unfreeze from the top, all of
 them by the last epoch; each stage has its own learning rate, lower the deeper it is."""
 
-from .base import NETWORK_DEFAULTS, NO_LAYER_DECAY, Strategy, register, train_network
+from .base import NETWORK_DEFAULTS, NO_LAYER_DECAY, Strategy, register
+from .finetune import train_network
 
 register(Strategy(
     name="gradual", order=3, run=train_network, trains="gradual", backbone_lr="per-stage",

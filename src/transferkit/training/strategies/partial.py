@@ -1,7 +1,8 @@
 """partial: the last --unfreeze stages of the backbone and the head train; the other stages stay
 frozen (not given to the optimizer), their BatchNorm statistics fixed."""
 
-from .base import NETWORK_DEFAULTS, RECIPE_OPTIONS, Strategy, register, train_network
+from .base import NETWORK_DEFAULTS, RECIPE_OPTIONS, Strategy, register
+from .finetune import train_network
 
 register(Strategy(
     name="partial", order=2, run=train_network, trains="top", backbone_lr="scaled",

@@ -1,7 +1,8 @@
 """scratch: random initial weights, every layer at the same learning rate: the CIFAR recipe of
 the seeds (SGD + one-cycle). Small images get a CIFAR-style stem where the backbone has one."""
 
-from .base import NETWORK_DEFAULTS, NO_LAYER_DECAY, Strategy, register, train_network
+from .base import NETWORK_DEFAULTS, NO_LAYER_DECAY, Strategy, register
+from .finetune import train_network
 
 register(Strategy(
     name="scratch", order=5, run=train_network, trains="all", backbone_lr="same", weights="none",

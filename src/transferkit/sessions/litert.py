@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MissingExtra, UserError, first_line
-from ..prediction.onnx_predictor import META_KEY
-from .cpu import session_threads
+from .metadata import META_KEY
+from ..machine import session_threads
 from .openvino import ModelMeta, Port
 
 EXTRA = "tflite"
