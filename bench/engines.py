@@ -86,9 +86,9 @@ def main() -> None:
             rows.append((f"openvino fp32 (max |diff| {diff:.1e} of the scale)",
                          *timed(lambda: ov.run(None, {"input": xn}), args.repeat)))
             if cpu.has_bf16():  # OpenVINO's own default on such a CPU: not fp32's answers
-                import openvino
+                from transferkit.sessions.openvino import shared_core
 
-                core = openvino.Core()
+                core = shared_core()
                 compiled = core.compile_model(core.read_model(found.model), "CPU", {
                     "INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": args.threads})
                 got = compiled(xn)[0]

@@ -113,8 +113,7 @@ def test_every_strategy_is_declared_consistently():
             assert option in TrainConfig.__dataclass_fields__, (s.name, option)
 
 
-# (openvino: its own process, test_export.py's openvino_checks: a process that ran OpenVINO died later in the suite)
-@pytest.mark.parametrize("name", [n for n in FORMATS.names() if n != "openvino"])
+@pytest.mark.parametrize("name", FORMATS.names())
 def test_every_export_format_builds_and_matches_pytorch(tiny, tmp_path, name):
     data, weights, teacher, root = tiny
     result = transferkit.export(teacher, name, calib=4, runs=2, out=tmp_path / "x")

@@ -8,6 +8,7 @@ is set to f32 here, so that its answers are fp32's, the answers ONNX Runtime giv
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,22 @@ def ir_file(path: str | Path) -> Path | None:
     return p if p.suffix == ".xml" and p.is_file() else None
 
 
+@functools.lru_cache(maxsize=1)
+def shared_core():
+    """The process's one OpenVINO `Core`, kept for its lifetime.
+
+    Each `Core` whose CPU plugin loads replaces the main thread's alternate signal stack with one
+    of its own (for AMX) and, when it is destroyed, puts back the stack it found and unmaps its
+    own. Cores destroyed in another order than they were made (Python frees them when it likes)
+    leave the thread on an unmapped stack: the next signal with a handler (a child's SIGCHLD under
+    asyncio, faulthandler's) then kills the process with SIGSEGV. Seen here: a process that had
+    opened several sessions died that way minutes later. One Core, never destroyed, makes one
+    stack that stays mapped; OpenVINO's documentation recommends one Core per process anyway."""
+    import openvino as ov
+
+    return ov.Core()
+
+
 @dataclass
 class Port:
     name: str
@@ -56,9 +73,7 @@ class OvSession:
 
     def __init__(self, model: bytes | str | Path, threads: int = 0):
         require()
-        import openvino as ov
-
-        core = ov.Core()
+        core = shared_core()
         try:
             self.model = core.read_model(model if isinstance(model, bytes) else str(Path(model).expanduser()))
             self.compiled = core.compile_model(self.model, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
@@ -98,7 +113,7 @@ def save_ir(onnx_file: Path, folder: Path, meta: dict) -> None:
     import openvino as ov
 
     try:
-        model = ov.Core().read_model(str(onnx_file))
+        model = shared_core().read_model(str(onnx_file))
         model.set_rt_info(json.dumps(meta), [META_KEY])
         folder.mkdir(parents=True, exist_ok=True)
         ov.save_model(model, str(folder / IR_FILE), compress_to_fp16=False)
