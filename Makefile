@@ -15,9 +15,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/transferkit train samples/hymenoptera_small --out runs/demo
 
-# The suite, then its precision-dependent tests (-m precision) once more in bf16: they compare in
-# fp32 by default on every CPU, and bf16 runs anywhere (emulated where the CPU lacks it).
+# ruff's checks, the suite, then its precision-dependent tests (-m precision) once more in bf16:
+# they compare in fp32 by default on every CPU, and bf16 runs anywhere (emulated where the CPU lacks it).
 test: $(STAMP) system-deps
+	$(PY) -m ruff check src tests bench
 	$(PY) -m pytest -q
 	@echo "precision-dependent tests in bf16:"
 	$(PY) -m pytest -q -m precision --precision bf16
