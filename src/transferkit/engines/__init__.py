@@ -15,8 +15,8 @@ PyTorch.
 - `--engine onnxruntime-int8`: features from the backbone quantized to INT8 (`int8`), faster,
   not fp32's answers: asked for by name only;
 - `--engine openvino`: OpenVINO in fp32 on ONNX Runtime's conversions (`openvino`), asked for
-  by name: bench/engines.py measured it 1.7-2.2x ONNX Runtime's speed with the same answers on one
-  Intel Xeon, not yet on the AMD machines, so `auto` does not pick it;
+  by name: bench/engines.py measured it 1.3-2.2x ONNX Runtime's speed with the same answers (an
+  Intel Xeon, an AMD EPYC), but it starts slower and is an optional extra: `auto` does not pick it;
 - `--engine torch|onnxruntime` forces one; `--precision bf16` means PyTorch (ONNX Runtime has no
   bf16 kernels on CPU); ONNX Runtime missing, or a network it cannot run, means PyTorch.
 
