@@ -321,7 +321,7 @@ def test_the_studio_run_view_speaks_multilabel(multi):
 def test_the_studio_reads_joined_label_cells_with_its_label_delim(multi, tmp_path):
     import shutil
 
-    from transferkit.studio.app import train_command
+    from transferkit.studio.routes.jobs import train_command
     from transferkit.studio.datasets import Dataset
 
     data = tmp_path / "joined"
