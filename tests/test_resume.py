@@ -28,6 +28,8 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     subprocess.run(_cli("train", str(data), "--out", str(full), *OPTS), env=env, check=True, capture_output=True)
 
     killed = tmp_path / "killed"
+    import torch  # noqa: F401 - before the run starts: the poll below reads checkpoints with it, and its first
+    # import (seconds) outlasted the tiny run when this test ran alone ("finished before it could be killed")
     proc = subprocess.Popen(_cli("train", str(data), "--out", str(killed), *OPTS), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = killed / "checkpoint.pt"
