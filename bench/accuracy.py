@@ -70,7 +70,7 @@ def cached_features(data: Path, cache: Path):
     from transferkit.config import TrainConfig
     from transferkit.training.options import resolve
     from transferkit.console import Console
-    from transferkit.training.run import make_context
+    from transferkit.training.setup import make_context
 
     cfg = resolve(TrainConfig.from_mapping({"data": str(data), "cache_dir": str(cache),
                                             "out": tempfile.mkdtemp(prefix="tk-heads-")}))

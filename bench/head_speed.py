@@ -45,7 +45,7 @@ def extract(dataset: str, work: Path) -> dict:
     from transferkit.config import TrainConfig
     from transferkit.training.options import resolve
     from transferkit.console import Console
-    from transferkit.training.run import make_context
+    from transferkit.training.setup import make_context
 
     cache = work / "cache"
     cfg = resolve(TrainConfig.from_mapping({"data": str(SHARED / dataset), "cache_dir": str(cache),

@@ -212,7 +212,7 @@ def test_lp_ft_starts_at_the_probe_and_keeps_it_when_fine_tuning_does_not_beat_i
 
 def test_pretrained_networks_train_small_images_upscaled_not_at_full_size(tmp_path):
     from transferkit.data.discover import discover
-    from transferkit.training.run import network_input_size
+    from transferkit.training.setup import network_input_size
 
     small = discover(make_dataset(tmp_path / "s", n_train=2, n_val=1))  # 64 x 48 images
     assert network_input_size(small, 224) == 192

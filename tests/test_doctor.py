@@ -107,7 +107,7 @@ def test_train_warns_about_leakage_and_two_labels_from_its_own_features(dirty, t
 
 
 def test_train_warns_when_cross_validation_reads_far_above_val():
-    from transferkit.training.run import cv_warning
+    from transferkit.training.outputs import cv_warning
 
     results = {"val_acc": 0.684, "num_val": 400,
                "cv": {"accuracy": 0.948, "groups": 310, "estimates": "the kept model"}}

@@ -201,7 +201,7 @@ def test_distill_teacher_sees_the_students_view_of_each_epoch(tmp_path):
     very crop the student gets in that epoch (resized to the teacher's input size)."""
     from transferkit.models import bundle
     from transferkit.console import Console
-    from transferkit.training.run import make_context
+    from transferkit.training.setup import make_context
     from transferkit.config import TrainConfig
     from transferkit.training.options import resolve
     from transferkit.cache import Cache
@@ -299,7 +299,7 @@ def test_auto_writes_its_choice_and_reason(tmp_path, capsys):
 
 def test_auto_estimates_finetune_time_by_measuring_steps(tmp_path):
     from transferkit.console import Console
-    from transferkit.training.run import make_context
+    from transferkit.training.setup import make_context
     from transferkit.config import TrainConfig
     from transferkit.training.options import resolve
     from transferkit.cache import Cache

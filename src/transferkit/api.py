@@ -117,11 +117,11 @@ def _path(value, what: str, optional: bool = False):
 
 def _train_config(data, config: TrainConfig | None, options: dict) -> tuple[TrainConfig, dict | None]:
     """The options of a new run, or of the interrupted run `resume` names and its checkpoint."""
-    from .training import run
+    from .training.setup import resume_config
 
     resume = options.get("resume") or (config.resume if config else None)
     if resume:
-        return run.resume_config(resume, data, options)
+        return resume_config(resume, data, options)
     if data is None:
         raise UserError("give the dataset folder (or --resume RUN)")
     base = config.to_dict() if config else {}

@@ -61,7 +61,7 @@ def run(ctx):
 
     from ..heads import head_choice
     from ..network import estimate_finetune_cost
-    from ..run import context_at, network_preprocess
+    from ..setup import context_at, network_preprocess
 
     deadline = ctx.started + ctx.cfg.budget if ctx.cfg.budget else None
     reserve = BUDGET_RESERVE_S + BUDGET_RESERVE_SHARE * (ctx.cfg.budget or 0.0)
