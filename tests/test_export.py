@@ -320,6 +320,13 @@ def test_tflite_fp32_and_int8_are_gated_on_litert_and_predict_as_onnx_does(expor
     got = predictor.predict(images, top_k=1)
     assert [p.label for p in got] == [p.label for p in expected]
     np.testing.assert_allclose([p.probability for p in got], [p.probability for p in expected], atol=1e-3)
+    # the unknown score rides along (the run has one): the flatbuffer's second output, the run's scores
+    assert meta.get("ood") is not None and fp32.ood_max_diff is not None and fp32.ood_max_diff < 1e-4
+    assert all(p.ood_score is not None for p in got) and [p.unknown for p in got] == [p.unknown for p in expected]
+    np.testing.assert_allclose([p.ood_score for p in got], [p.ood_score for p in expected], atol=1e-4)
+    # INT8 moved the score too far to trust: the INT8 flatbuffer is the plain model's, its metadata names no score
+    assert int8.ood_max_diff is None and "ood" not in tflite_metadata(out / "model.int8.tflite")
+    assert all(p.ood_score is None for p in open_exported(out / "model.int8.tflite").predict(images[:2]))
     capsys.readouterr()
     assert main(["predict", str(out / "model.tflite"), images[0]]) == 0
     captured = capsys.readouterr()

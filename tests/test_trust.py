@@ -278,3 +278,17 @@ def test_class_maps_sum_the_stages_the_head_reads_and_leave_out_the_rest():
     only = class_maps([last, stage], weight[:, :4], np.array([1, 4]))
     np.testing.assert_allclose(only.mean((1, 2)), [weight[1, :4] @ means[0, :4], weight[4, :4] @ means[1, :4]],
                                rtol=1e-4)
+
+
+def test_kth_largest_without_a_sort_equals_top_k_ties_included():
+    """LiteRT's interpreter has no sort: the flatbuffer finds the k-th neighbour by taking out the
+    largest k - 1 times (`with_ood.kth_largest`). Its values are top-k's, exact duplicates (a tie)
+    counted once each."""
+    import torch
+
+    from transferkit.models.with_ood import kth_largest
+
+    sims = torch.rand(50, 40, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    sims[:, [5, 7, 9]] = 0.995  # three copies of one training image
+    for k in (1, 2, 3, 4, 10, 40):
+        assert torch.equal(kth_largest(sims, k), torch.topk(sims, k, dim=1).values[:, -1])
