@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import numpy as np
-from fastapi import Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -160,6 +160,11 @@ class Service:
         return self.model.task.probabilities(out[:, :k]), (out[:, k] if self.model.scores_ood else None)
 
 
+def current_service(request: Request) -> Service:
+    """The app's `Service`: what each route asks for (`Depends(current_service)`)."""
+    return request.app.state.service
+
+
 def create_app(model: ServedModel | str | Path, options: ServeOptions | None = None):
     """The ASGI application serving `model`: a loaded `ServedModel`, or the path of a run folder
     or an exported .onnx file, loaded in the background at start-up (`/ready` answers 503 until
@@ -182,79 +187,8 @@ def create_app(model: ServedModel | str | Path, options: ServeOptions | None = N
     app.state.service = service
     auth = [Depends(_bearer_check(options.token))] if options.token else []
 
-    @app.get("/", include_in_schema=False)
-    async def page():
-        return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
-
-    @app.get("/health", summary="Liveness: the process answers")
-    async def health():
-        return {"status": "ok"}
-
-    @app.get("/ready", summary="Readiness: the model is loaded and answers requests",
-             responses={503: {"model": ErrorResponse}})
-    async def ready():
-        if service.ready:
-            return {"ready": True, "model": service.model.info["name"]}
-        return JSONResponse({"ready": False, "detail": service.error or "the model is loading"}, 503)
-
-    @app.get("/model", summary="The model: classes, backbone, preprocessing, val metrics", dependencies=auth,
-             responses={503: {"model": ErrorResponse}})
-    async def model_info():
-        _require_ready(service)
-        o, b = service.options, service.batcher
-        return {**service.model.info, "top_k_default": o.top_k, "auth": bool(o.token),
-                "limits": {"max_body_mb": o.max_body_mb, "max_files": o.max_files},
-                "batching": {"max_batch": o.max_batch, "max_wait_ms": o.max_wait_ms, "batches": b.batches,
-                             "images": b.rows}}
-
-    @app.post("/predict", summary="Classify images", dependencies=auth, response_model=PredictResponse,
-              responses={400: {"model": ErrorResponse, "description": "no image, or none of them usable"},
-                         401: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
-                         415: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
-              openapi_extra={"requestBody": _request_body_doc()})
-    async def predict(request: Request, top_k: int | None = Query(None, ge=1, le=1000,
-                                                                   description="labels per image")):
-        """One or more images, as multipart files (any field name) or as the raw body with an image
-        content type. Per image: the label, its probability, the top-k labels with theirs, or
-        the reason it could not be used. Unusable images in a request with usable ones are
-        answered per image (200); a request without a usable image is a 400."""
-        _require_ready(service)
-        images = await _images_of(request, service.options.max_files)
-        request.scope.setdefault("state", {})["images"] = len(images)
-        k = min(top_k or service.options.top_k, len(service.model.classes))
-        preds = await service.predict(images, k)
-        body = {"model": service.model.info["name"], "predictions": preds}
-        if all(p["error"] for p in preds):
-            first = preds[0]
-            return JSONResponse({"detail": f"{first['name']}: {first['error']}", **body}, 400)
-        return JSONResponse(body)
-
-    @app.post("/explain", summary="Where in the image the answer comes from", dependencies=auth,
-              responses={400: {"model": ErrorResponse}, 401: {"model": ErrorResponse},
-                         409: {"model": ErrorResponse, "description": "the model has no spatial maps"},
-                         413: {"model": ErrorResponse}, 415: {"model": ErrorResponse},
-                         503: {"model": ErrorResponse}},
-              openapi_extra={"requestBody": _request_body_doc()})
-    async def explain(request: Request, top_k: int | None = Query(None, ge=1, le=1000,
-                                                                   description="labels per image")):
-        """One image (as /predict takes it): its prediction, and a heatmap of where its most
-        probable class comes from (exact class activation maps for a linear head on pooled
-        features, Grad-CAM elsewhere): `heatmap`, an 8-bit greyscale PNG of the image's size,
-        and `overlay`, a JPEG of the image under it, both base64."""
-        _require_ready(service)
-        images = await _images_of(request, 1)
-        if len(images) != 1:
-            raise HTTPException(400, "/explain takes one image")
-        k = min(top_k or service.options.top_k, len(service.model.classes))
-        name, data = images[0]
-        try:
-            answer = await asyncio.get_running_loop().run_in_executor(service._decode, service.model.explain, data,
-                                                                       name, k)
-        except UserError as exc:
-            status = 400 if str(exc).startswith(f"{name}:") else 409
-            return JSONResponse({"detail": str(exc)}, status)
-        return JSONResponse({"model": service.model.info["name"], **answer})
-
+    app.include_router(public)
+    app.include_router(guarded, dependencies=auth)
     app.include_router(inference_protocol.router(service, auth))
     app.add_exception_handler(inference_protocol.ProtocolError, inference_protocol.error_response)
     app.add_exception_handler(StarletteHTTPException, _http_error)
@@ -329,3 +263,87 @@ def _request_body_doc() -> dict:
             "file": {"type": "array", "items": binary, "description": "one or more images"}}}},
         "image/jpeg": {"schema": binary}, "image/png": {"schema": binary}, "image/webp": {"schema": binary},
         "application/octet-stream": {"schema": binary}}}
+
+
+# -- the routes: module-level, each asking for the app's Service --------------------------------------
+public = APIRouter()  # the page, liveness and readiness: no token
+guarded = APIRouter()  # the model and its answers: behind --token where one is set
+
+
+@public.get("/", include_in_schema=False)
+async def page():
+    return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
+
+
+@public.get("/health", summary="Liveness: the process answers")
+async def health():
+    return {"status": "ok"}
+
+
+@public.get("/ready", summary="Readiness: the model is loaded and answers requests",
+         responses={503: {"model": ErrorResponse}})
+async def ready(service: Service = Depends(current_service)):
+    if service.ready:
+        return {"ready": True, "model": service.model.info["name"]}
+    return JSONResponse({"ready": False, "detail": service.error or "the model is loading"}, 503)
+
+
+@guarded.get("/model", summary="The model: classes, backbone, preprocessing, val metrics",
+         responses={503: {"model": ErrorResponse}})
+async def model_info(service: Service = Depends(current_service)):
+    _require_ready(service)
+    o, b = service.options, service.batcher
+    return {**service.model.info, "top_k_default": o.top_k, "auth": bool(o.token),
+            "limits": {"max_body_mb": o.max_body_mb, "max_files": o.max_files},
+            "batching": {"max_batch": o.max_batch, "max_wait_ms": o.max_wait_ms, "batches": b.batches,
+                         "images": b.rows}}
+
+
+@guarded.post("/predict", summary="Classify images", response_model=PredictResponse,
+          responses={400: {"model": ErrorResponse, "description": "no image, or none of them usable"},
+                     401: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
+                     415: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+          openapi_extra={"requestBody": _request_body_doc()})
+async def predict(request: Request, top_k: int | None = Query(None, ge=1, le=1000,
+                                                               description="labels per image"), service: Service = Depends(current_service)):
+    """One or more images, as multipart files (any field name) or as the raw body with an image
+    content type. Per image: the label, its probability, the top-k labels with theirs, or
+    the reason it could not be used. Unusable images in a request with usable ones are
+    answered per image (200); a request without a usable image is a 400."""
+    _require_ready(service)
+    images = await _images_of(request, service.options.max_files)
+    request.scope.setdefault("state", {})["images"] = len(images)
+    k = min(top_k or service.options.top_k, len(service.model.classes))
+    preds = await service.predict(images, k)
+    body = {"model": service.model.info["name"], "predictions": preds}
+    if all(p["error"] for p in preds):
+        first = preds[0]
+        return JSONResponse({"detail": f"{first['name']}: {first['error']}", **body}, 400)
+    return JSONResponse(body)
+
+
+@guarded.post("/explain", summary="Where in the image the answer comes from",
+          responses={400: {"model": ErrorResponse}, 401: {"model": ErrorResponse},
+                     409: {"model": ErrorResponse, "description": "the model has no spatial maps"},
+                     413: {"model": ErrorResponse}, 415: {"model": ErrorResponse},
+                     503: {"model": ErrorResponse}},
+          openapi_extra={"requestBody": _request_body_doc()})
+async def explain(request: Request, top_k: int | None = Query(None, ge=1, le=1000,
+                                                               description="labels per image"), service: Service = Depends(current_service)):
+    """One image (as /predict takes it): its prediction, and a heatmap of where its most
+    probable class comes from (exact class activation maps for a linear head on pooled
+    features, Grad-CAM elsewhere): `heatmap`, an 8-bit greyscale PNG of the image's size,
+    and `overlay`, a JPEG of the image under it, both base64."""
+    _require_ready(service)
+    images = await _images_of(request, 1)
+    if len(images) != 1:
+        raise HTTPException(400, "/explain takes one image")
+    k = min(top_k or service.options.top_k, len(service.model.classes))
+    name, data = images[0]
+    try:
+        answer = await asyncio.get_running_loop().run_in_executor(service._decode, service.model.explain, data,
+                                                                   name, k)
+    except UserError as exc:
+        status = 400 if str(exc).startswith(f"{name}:") else 409
+        return JSONResponse({"detail": str(exc)}, status)
+    return JSONResponse({"model": service.model.info["name"], **answer})
