@@ -67,6 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     raw = argparse.RawDescriptionHelpFormatter
 
+    _training_commands(sub, raw)
+    _prediction_commands(sub, raw)
+    _data_and_tool_commands(sub, raw)
+    return parser
+
+
+def _training_commands(sub, raw) -> None:
+    """train, lr-find, eval, export, report."""
     p = sub.add_parser("train", help="train a classifier on a folder of images", formatter_class=raw,
                        description="Train on DATA/train/<class>/* (and DATA/val/<class>/* if present).\n\n"
                                    + _strategies_help())
@@ -118,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "predictions.csv; the model is not needed.")
     p.add_argument("run", help="run or eval folder")
 
+
+def _prediction_commands(sub, raw) -> None:
+    """predict, suggest."""
     p = sub.add_parser("predict", help="predict labels of images or folders",
                        description="Walks folders recursively; writes CSV (default) or JSON.")
     p.add_argument("run", help="run folder, or an exported model.onnx / model.int8.onnx (ONNX Runtime "
@@ -164,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "folder; an existing file only if suggest wrote it (or with --force)")
     p.add_argument("--force", action="store_true", help="replace an existing --output file that suggest did not write")
 
+
+def _data_and_tool_commands(sub, raw) -> None:
+    """doctor, serve, models, summary, studio, runs, cache."""
     p = sub.add_parser("doctor", help="find what is wrong with a dataset before training on it",
                        description="Exact and near duplicates (and train/val leakage), images with two labels, "
                                    "likely label errors (cleanlab), outliers, class balance, blank, dark, tiny or "
@@ -215,7 +229,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "shards as few, each entry once | clear: remove it")
     p.add_argument("--cache-dir", help="cache folder [default: $TRANSFERKIT_CACHE or ~/.cache/transferkit]")
     p.add_argument("--dry-run", action="store_true", help="clear: say what would be removed, remove nothing")
-    return parser
 
 
 def _config_and_options(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
