@@ -446,3 +446,17 @@ def test_the_helper_processes_import_only_what_they_run():
     assert not graph["transferkit.task"]
     doctor = {t for m, edges in graph.items() if m.startswith("transferkit.doctor") for t in edges}
     assert not {m for m in doctor if m.startswith("transferkit.training")}, doctor
+
+
+def test_the_public_functions_say_their_arguments_and_what_they_return():
+    """Every function of `transferkit.__all__` documents its arguments (Args:) and, where it
+    returns something, what (Returns:)."""
+    import inspect
+
+    for name in transferkit.__all__:
+        obj = getattr(transferkit, name)
+        if inspect.isfunction(obj):
+            doc = inspect.getdoc(obj) or ""
+            assert "Args:" in doc, name
+            assert "Returns:" in doc or inspect.signature(obj).return_annotation in (None, "None"), name
+

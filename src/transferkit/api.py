@@ -153,12 +153,25 @@ def lr_find(data: str | Path, *, config: TrainConfig | None = None, console: Con
 
 def load(path: str | Path, device: str = "auto", precision: str = "auto", tta: str = "none", engine: str = "auto",
          images: int | None = None, say=None):
-    """Load a run folder's bundle as a predictor: ``.predict(images, top_k)`` takes paths, the
-    files' bytes or PIL images. Use it as a context manager (or call ``close()``) to stop its
-    decoding threads when done. `tta`: test-time augmentation (none | flip | flip-crops).
-    `engine`: auto | onnxruntime | torch | onnxruntime-int8 (`engines.choose`; `images`, the number to predict,
-    informs it); the predictor's ``engine`` says which runs it and why. On ONNX Runtime (a CPU's
-    default) torch is imported only to convert a model the cache does not hold yet."""
+    """Load a run folder's bundle as a predictor. Use it as a context manager (or call
+    ``close()``) to stop its decoding threads when done. On ONNX Runtime (a CPU's default) torch is
+    imported only to convert a model the cache does not hold yet.
+
+    Args:
+        path: the run folder.
+        device, precision: auto | cpu | cuda, and auto | bf16 | fp32 (PyTorch's).
+        tta: test-time augmentation: none | flip | flip-crops.
+        engine: auto, or a registered engine (`engines.choose`); `images`, how many will be
+            predicted, informs the choice.
+        say: told of a conversion and of a fallback to PyTorch.
+
+    Returns:
+        A predictor: ``.predict(images, top_k)`` takes paths, the files' bytes or PIL images and
+        gives `Prediction`s; its ``engine`` says what runs it and why.
+
+    Raises:
+        UserError: no such run, a damaged bundle, or an option that cannot run here.
+    """
     from . import engines
 
     _path(path, "the run folder")
@@ -169,8 +182,19 @@ def load(path: str | Path, device: str = "auto", precision: str = "auto", tta: s
 
 def open_predictor(model: str | Path, device: str = "auto", precision: str = "auto", tta: str = "none",
                    engine: str = "auto", images: int | None = None, say=None, threads: int = 0):
-    """A predictor of `model`: a run folder's bundle (`load`), or an exported model (a model.onnx on
-    ONNX Runtime, an OpenVINO IR on OpenVINO: `prediction.exported`; torch is not imported)."""
+    """A predictor of `model`, whatever it is: the one place predict, suggest and serve ask.
+
+    Args:
+        model: a run folder (`load`), or an exported model: a model.onnx (ONNX Runtime), an
+            OpenVINO IR's folder or model.xml (OpenVINO), a model.tflite (LiteRT); an exported
+            model imports no torch (`prediction.exported`).
+        device, precision, tta, engine, images, say: as `load`'s (an exported model runs on its
+            own runtime: an engine or precision it does not take is refused).
+        threads: an exported model's intra-op threads (0: one per core this process may use).
+
+    Returns:
+        A predictor, as `load`'s.
+    """
     from .prediction.exported import exported_kind, open_exported
 
     if exported_kind(model) is not None:
@@ -182,13 +206,24 @@ def evaluate(run: str | Path, data: str | Path | None = None, device: str = "aut
              precision: str = "auto", console: Console | None = None, out: str | Path | None = None,
              tta: str = "none", engine: str = "auto", labels: str | None = None, path_col: str | None = None,
              label_col: str | None = None, split_col: str | None = None, label_delim: str | None = None) -> dict:
-    """Re-evaluate a saved run: on DATA/val (or DATA's class folders) when `data` is given,
-    else on the run's own validation split. Writes metrics.json, the plots, misclassified.csv and
-    report.html into `out` (default: a new RUN/eval-<name> folder) and returns the metrics
-    (with "out": that folder, and "engine": what ran the model). `engine`: as `load`'s. `labels`
-    (and its columns): a label table naming DATA's images and labels, as train takes it (DATA may
-    be the table itself; `label_delim`: how its cells join several labels, default the multi-label
-    run's own)."""
+    """Re-evaluate a saved run, writing metrics.json, predictions.csv, the plots, misclassified.csv
+    and report.html.
+
+    Args:
+        run: the run folder.
+        data: DATA/val (or DATA's class folders) to evaluate on; None: the run's own validation split.
+        device, precision, tta, engine: as `load`'s.
+        out: the folder to write (default: a new RUN/eval-<name> folder).
+        labels, path_col, label_col, split_col: a label table naming DATA's images and labels, as
+            train takes it (DATA may be the table itself).
+        label_delim: how a table's cells join several labels (default: the multi-label run's own).
+
+    Returns:
+        The metrics (metrics.json's), with "out": the folder written and "engine": what ran the model.
+
+    Raises:
+        UserError: no such run or data, the run's validation images gone, a bad option.
+    """
     from types import SimpleNamespace
 
     from .data.table import resolve_data, table_of
@@ -303,9 +338,22 @@ def _eval_dir(run_dir: Path, data, out) -> Path:
 
 def export(run: str | Path, formats: str = "all", calib: int = 100, max_drop: float = 1.0,
            out: str | Path | None = None, runs: int = 50, console: Console | None = None):
-    """Export RUN's model to the formats of `exporting.registry` (comma-separated, or "all"),
-    each checked on the run's validation images against the PyTorch model; returns the
-    `ExportResult` (``.failed`` lists artifacts whose accuracy drop exceeds `max_drop` points)."""
+    """Export RUN's model, each artifact checked on the run's validation images against PyTorch.
+
+    Args:
+        run: the run folder.
+        formats: formats of `exporting.registry`, comma-separated, or "all" (those needing no extra).
+        calib: INT8 calibration images drawn from the training split.
+        max_drop: the accuracy drop, in points, past which an artifact is renamed *.FAILED.*.
+        out: the folder to write (default: RUN/export).
+        runs: batch-1 latency samples per artifact.
+
+    Returns:
+        The `ExportResult`: a check per artifact (``.checks``), those past `max_drop` (``.failed``).
+
+    Raises:
+        UserError: no such run, an unknown format, or a format's extra missing (before any work).
+    """
     from .exporting.exporter import export as run_export
 
     _path(run, "the run folder"), _path(out, "out", optional=True)
@@ -314,8 +362,14 @@ def export(run: str | Path, formats: str = "all", calib: int = 100, max_drop: fl
 
 
 def report(run: str | Path) -> Path:
-    """Rebuild the plots, misclassified.csv and report.html of a run or eval folder from its
-    metrics.json and predictions.csv; returns the report's path."""
+    """Rebuild the plots, misclassified.csv and report.html of a run or eval folder.
+
+    Args:
+        run: a run or eval folder (its metrics.json and predictions.csv are read).
+
+    Returns:
+        The path of report.html.
+    """
     from .evaluation.report import render
 
     return render(_path(run, "the run or eval folder"))
@@ -344,11 +398,22 @@ def summary(model: str, num_classes: int = 1000, input_size: int | None = None,
 
 def doctor(data: str | Path, console: Console | None = None, worker: Worker | None = None, **options) -> dict:
     """Check the dataset DATA for duplicates and train/val leakage, images with two labels, likely
-    label errors, outliers, imbalance and bad images; write doctor.json and doctor.html (and with
-    ``write_exclude=FILE`` the files to leave out). Returns the report (``report["out"]``: the
-    folder). Options: `config.DoctorOptions`. Nothing in DATA is changed.
+    label errors, outliers, imbalance and bad images; write doctor.json and doctor.html. Nothing in
+    DATA is changed.
 
-    Example: ``transferkit.doctor("data")["label_issues"][:5]``"""
+    Args:
+        data: the dataset folder (or a label table), as train takes it.
+        console, worker: where it reports, and the helper process it may use.
+        **options: `config.DoctorOptions`'s fields (``write_exclude=FILE``: the files to leave out).
+
+    Returns:
+        The report (doctor.json's), ``report["out"]``: the folder written.
+
+    Raises:
+        UserError: no such data, or a bad option.
+
+    Example: ``transferkit.doctor("data")["label_issues"][:5]``
+    """
     from .doctor.diagnose import diagnose
 
     try:

@@ -166,10 +166,18 @@ def current_service(request: Request) -> Service:
 
 
 def create_app(model: ServedModel | str | Path, options: ServeOptions | None = None):
-    """The ASGI application serving `model`: a loaded `ServedModel`, or the path of a run folder
-    or an exported .onnx file, loaded in the background at start-up (`/ready` answers 503 until
-    then). `options`: batching, limits, token and CORS (`ServeOptions`; host and port are the
-    server's business)."""
+    """The ASGI application serving `model` (for uvicorn, or a test client).
+
+    Args:
+        model: a loaded `ServedModel`, or the path of a run folder or an exported model, loaded in
+            the background at start-up (`/ready` answers 503 until then).
+        options: batching, limits, token and CORS (`ServeOptions`; host and port are the server's
+            business).
+
+    Returns:
+        The FastAPI application: the page at /, /predict, /explain, /model, /health, /ready and the
+        Open Inference Protocol's /v2 routes.
+    """
     options = options or ServeOptions()
     service = Service(model, options)
 
