@@ -1,10 +1,12 @@
 """Every option of every command as a typed dataclass field: its default, its help, its
-constraints and, for training, the strategies it applies to. No torch here.
+constraints, and their checks. No torch here. The bottom layer: it imports only leaves (the
+registries' declarations, for the names an option may take); the strategies declare which
+training options they take, and `training.options` resolves a `TrainConfig` against them.
 
 The same names are used by the CLI (``--batch-size``), a YAML file (``batch_size:``) and Python
 (``transferkit.train(data, batch_size=...)``), and the same checks run for all three: a number
-out of range or not finite, an unknown choice, or an option that does not apply to the chosen
-strategy is one `UserError` line, raised before any work starts.
+out of range or not finite, an unknown choice, or (`training.options`) an option that does not
+apply to the chosen strategy is one `UserError` line, raised before any work starts.
 """
 
 from __future__ import annotations

@@ -230,6 +230,26 @@ def compare(a: str | Path, b: str | Path) -> Comparison:
     out = Comparison(*rows)
     configs = [read_yaml_object(f / "config.yaml") or Record() for f in folders]
     results = [read_json_object(f / "results.json") or Record() for f in folders]
+    _compare_settings(out, configs, results)
+    metrics = [read_json_object(f / "metrics.json") or Record() for f in folders]
+    _compare_metrics(out, results, metrics)
+    if out.a.data_fingerprint and out.b.data_fingerprint and out.a.data_fingerprint != out.b.data_fingerprint:
+        out.notes.append("the runs were trained or measured on different images (their data fingerprints differ): "
+                         "the deltas mix the models' differences with the data's")
+    predictions = [_predictions(f) for f in folders]
+    if all(p is not None for p in predictions):
+        (pa, pb) = predictions
+        out.same_val = set(pa) == set(pb) and all(pa[k][0] == pb[k][0] for k in pa)
+        if out.same_val:
+            out.only_a_right = sorted(k for k in pa if pa[k][0] == pa[k][1] and pb[k][0] != pb[k][1])
+            out.only_b_right = sorted(k for k in pb if pb[k][0] == pb[k][1] and pa[k][0] != pa[k][1])
+        else:
+            out.notes.append("the runs were measured on different validation images: no per-image comparison")
+    return out
+
+
+def _compare_settings(out: Comparison, configs: list[Record], results: list[Record]) -> None:
+    """The options that differ (those only one of two strategies takes, in a note), and what auto kept."""
     other_strategies = configs[0].get("strategy") != configs[1].get("strategy")
     only_one = []
     for key in sorted(set(configs[0]) | set(configs[1])):
@@ -247,7 +267,10 @@ def compare(a: str | Path, b: str | Path) -> Comparison:
     for key in ("strategy", "backbone"):  # what auto chose, beside what was asked for
         if results[0].get(key) != results[1].get(key):
             out.settings[f"kept {key}"] = (results[0].get(key), results[1].get(key))
-    metrics = [read_json_object(f / "metrics.json") or Record() for f in folders]
+
+
+def _compare_metrics(out: Comparison, results: list[Record], metrics: list[Record]) -> None:
+    """Each measure either run has, side by side, and the per-class rows."""
     # (multi-label runs: the mAP rows, and val accuracy is the subset accuracy; single-label: absent)
     for name, get in (("mAP (macro)", lambda r, m: m.get("map_macro")),
                       ("mAP (micro)", lambda r, m: m.get("map_micro")),
@@ -268,19 +291,6 @@ def compare(a: str | Path, b: str | Path) -> Comparison:
     for cls in list(dict.fromkeys([*per_class[0], *per_class[1]])):
         out.per_class[cls] = {k: tuple(pc.record(cls).number(k) for pc in per_class)
                               for k in ("precision", "recall", "f1", "support")}
-    if out.a.data_fingerprint and out.b.data_fingerprint and out.a.data_fingerprint != out.b.data_fingerprint:
-        out.notes.append("the runs were trained or measured on different images (their data fingerprints differ): "
-                         "the deltas mix the models' differences with the data's")
-    predictions = [_predictions(f) for f in folders]
-    if all(p is not None for p in predictions):
-        (pa, pb) = predictions
-        out.same_val = set(pa) == set(pb) and all(pa[k][0] == pb[k][0] for k in pa)
-        if out.same_val:
-            out.only_a_right = sorted(k for k in pa if pa[k][0] == pa[k][1] and pb[k][0] != pb[k][1])
-            out.only_b_right = sorted(k for k in pb if pb[k][0] == pb[k][1] and pa[k][0] != pa[k][1])
-        else:
-            out.notes.append("the runs were measured on different validation images: no per-image comparison")
-    return out
 
 
 def format_comparison(c: Comparison, limit: int = 10) -> str:
