@@ -237,19 +237,7 @@ def select_head(x: np.ndarray, y: np.ndarray, num_classes: int, widths: dict[str
     float round-off. (Without the span reduction `_in_span`: the L-BFGS iterates from zero stay in
     the rows' span anyway, so the fits are the same, only larger.)"""
     start = time.perf_counter()
-    yn, here = np.asarray(y), None  # here (sharded): each local row's position in the sample
-    total = len(yn) if shards is None else len(shards.labels)
-    most = cv_images(num_classes)  # images cross-validated
-    if shards is not None:
-        sample = stratified_sample(shards.labels, most, seed) if total > most else np.arange(total)
-        mine = np.isin(shards.index, sample)
-        x, yn, here = x[mine], yn[mine], np.searchsorted(sample, shards.index[mine])
-        y_all = shards.labels[sample]
-    elif total > most:  # a stratified sample
-        sample = stratified_sample(strata_of(yn), most, seed)
-        x, yn = x[sample], yn[sample]
-    if shards is None:
-        y_all = strata_of(yn)  # (multi-label: each image stratified by its rarest label)
+    x, yn, here, y_all, total = _cv_rows(x, y, num_classes, seed, shards)
     few = _few(total, num_classes)
     most_folds = CV_MAX_FOLDS if few else 3
     if shards is not None:
@@ -278,6 +266,24 @@ def select_head(x: np.ndarray, y: np.ndarray, num_classes: int, widths: dict[str
     return HeadChoice(best["features"], best["scaling"], chosen, best["cv_accuracy"], folds,
                       time.perf_counter() - start, table, images=len(y_all), groups=n_groups, grouped_images=grouped,
                       repeats=len(draws))
+
+
+def _cv_rows(x: np.ndarray, y: np.ndarray, num_classes: int, seed: int, shards: Shards | None):
+    """The rows cross-validated: every image, or a stratified sample of `cv_images(num_classes)`
+    (sharded: this rank's rows of the sample of all the rows). Returns (x, y of those rows, here:
+    each local row's position in the sample or None, the sample's strata, the number of images)."""
+    yn, here = np.asarray(y), None
+    total = len(yn) if shards is None else len(shards.labels)
+    most = cv_images(num_classes)  # images cross-validated
+    if shards is not None:
+        sample = stratified_sample(shards.labels, most, seed) if total > most else np.arange(total)
+        mine = np.isin(shards.index, sample)
+        x, yn, here = x[mine], yn[mine], np.searchsorted(sample, shards.index[mine])
+        return x, yn, here, shards.labels[sample], total
+    if total > most:  # a stratified sample
+        sample = stratified_sample(strata_of(yn), most, seed)
+        x, yn = x[sample], yn[sample]
+    return x, yn, here, strata_of(yn), total  # (multi-label: each image stratified by its rarest label)
 
 
 def _one_blas_thread():
