@@ -226,27 +226,14 @@ def evaluate(run: str | Path, data: str | Path | None = None, device: str = "aut
     """
     from types import SimpleNamespace
 
-    from .data.table import resolve_data, table_of
-    from .data.discover import eval_files, targets_of
+    from .data.discover import targets_of
     from .models import bundle
 
     console = console or Console()
     _path(run, "the run folder"), _path(data, "data", optional=True), _path(out, "out", optional=True)
     meta, run_dir = bundle.read_meta(run)
-    if data is not None:
-        columns = SimpleNamespace(path_col=path_col, label_col=label_col, split_col=split_col, label_delim=label_delim)
-        data, labels = resolve_data(str(data), labels, columns)
-        samples = eval_files(data, meta.classes, labels=table_of(SimpleNamespace(labels=labels, **vars(columns))),
-                             task=meta.task)
-    else:
-        split_file = run_dir / "split.json"
-        if not split_file.is_file():
-            raise UserError(f"{split_file} is missing: pass the DATA folder to evaluate on")
-        samples = split_samples(split_file, "val")
-        missing = [s.path for s in samples if not Path(s.path).exists()]
-        if missing:
-            raise UserError(f"{len(missing)} validation image(s) of this run are gone, e.g. {missing[0]}; "
-                            "pass the DATA folder to evaluate on")
+    columns = SimpleNamespace(path_col=path_col, label_col=label_col, split_col=split_col, label_delim=label_delim)
+    data, samples = _eval_samples(meta, run_dir, data, labels, columns)
     with load(run, device, precision, tta, engine, images=len(samples), say=console.info) as predictor:
         console.info(f"engine: {predictor.engine.line()}")
         out_dir = _eval_dir(run_dir, data, out)
@@ -322,6 +309,29 @@ def suggest(run: str | Path, inputs: list[str], n: int = 100, engine: str = "aut
         row["path"] = fresh[ok[row.pop("index")]]
     return {"suggestions": picked, "skipped": skipped, "already_labelled": len(files) - len(fresh),
             "images": len(ok), "features": features is not None, "engine": ran}
+
+
+def _eval_samples(meta, run_dir: Path, data, labels: str | None, columns) -> tuple:
+    """(data, the samples to evaluate on): DATA's (its folders, or the label table `labels` with
+    `columns`), or with no DATA the run's own validation split, every image of it still there."""
+    from types import SimpleNamespace
+
+    from .data.discover import eval_files
+    from .data.table import resolve_data, table_of
+
+    if data is not None:
+        data, labels = resolve_data(str(data), labels, columns)
+        return data, eval_files(data, meta.classes, labels=table_of(SimpleNamespace(labels=labels, **vars(columns))),
+                                task=meta.task)
+    split_file = run_dir / "split.json"
+    if not split_file.is_file():
+        raise UserError(f"{split_file} is missing: pass the DATA folder to evaluate on")
+    samples = split_samples(split_file, "val")
+    missing = [s.path for s in samples if not Path(s.path).exists()]
+    if missing:
+        raise UserError(f"{len(missing)} validation image(s) of this run are gone, e.g. {missing[0]}; "
+                        "pass the DATA folder to evaluate on")
+    return data, samples
 
 
 def _eval_dir(run_dir: Path, data, out) -> Path:

@@ -146,15 +146,7 @@ def network_setup(ctx: Context, head_init: LinearHead | None = None, split: Data
                           ctx.workers, drop_last=per_rank > cfg.batch_size, group=group)
     val_loader = DataLoader(dataset(split.val, False), batch_size=cfg.batch_size, num_workers=ctx.workers,
                             sampler=list(group.share(len(split.val))))
-    torch.manual_seed(cfg.seed)
-    if head_init is not None:
-        model.head.load_state_dict({"weight": torch.from_numpy(head_init.weight), "bias": torch.from_numpy(head_init.bias)})
-    else:
-        nn.init.normal_(model.head.weight, std=0.01)
-        nn.init.zeros_(model.head.bias)
-    runtime.train_module(model)
-    if cfg.sync_bn and group.distributed:
-        sync_batchnorm(model)
+    _start_training(model, head_init, cfg.seed, runtime, cfg.sync_bn and group.distributed)
     stages = ctx.models.spec.stages(model.backbone)
     layer_decay = cfg.layer_decay or 1.0
     layers = ctx.models.spec.stages(model.backbone, fine=True) if layer_decay < 1 else None
@@ -178,6 +170,20 @@ def network_setup(ctx: Context, head_init: LinearHead | None = None, split: Data
         if held else None
     return NetworkSetup(model, loader, val_loader, stages, groups, loss,
                         lambda u8: runtime.to_input(u8, mean, std), split, reference_loader, calibration_loader, held)
+
+
+def _start_training(model, head_init: LinearHead | None, seed: int, runtime, sync_bn: bool) -> None:
+    """The new head's first weights (`head_init`'s, or small random ones drawn from `seed`), the
+    model put in training mode on the runtime, and its BatchNorm synchronized across the group."""
+    torch.manual_seed(seed)
+    if head_init is not None:
+        model.head.load_state_dict({"weight": torch.from_numpy(head_init.weight), "bias": torch.from_numpy(head_init.bias)})
+    else:
+        nn.init.normal_(model.head.weight, std=0.01)
+        nn.init.zeros_(model.head.bias)
+    runtime.train_module(model)
+    if sync_bn:
+        sync_batchnorm(model)
 
 
 def class_means(model, loader: DataLoader, labels: list[int], to_input, runtime) -> np.ndarray:
