@@ -317,7 +317,7 @@ def cmd_predict(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     from .distributed import under_torchrun
     from .files import check_output_file
     from .prediction.batch import iter_inputs
-    from .prediction.outputs import OWN_HEADS, PredictionWriter, has_ood, joiner_of
+    from .prediction.outputs import OWN_HEADS
 
     options = PredictOptions(**_options(args, PredictOptions))
     if not args.inputs and not args.files_from:
@@ -357,25 +357,42 @@ def cmd_predict(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     if not files:
         raise UserError("no files found in the given inputs")
     if args.explain:
-        from .files import refuse_inside
-        from .models.bundle import trained_on
-
-        refuse_inside(args.explain, [*args.inputs, *(trained_on(Path(args.run)) if Path(args.run).is_dir() else [])],
-                      "--explain")
-        if _exported(args.run):
-            raise UserError(f"--explain: {args.run} is an exported model, which gives only its outputs, no spatial "
-                            "maps; explain with the run folder")
+        _check_explain(args)
     say = lambda message: print(printable(message, lines=False), file=sys.stderr, flush=True)  # noqa: E731 - stdout: CSV
     predictor = _open_predictor(args, options, len(files), say, explain=bool(args.explain))
     predictor.set_reject(options.reject, options.unknown_label)
-    top_k = min(options.top_k, len(predictor.classes))
+    _write_predictions(args, predictor, files, min(options.top_k, len(predictor.classes)))
+    if args.output:
+        print(f"{len(files)} predictions written to {args.output}")
+    if args.explain:
+        print(f"heatmaps written to {args.explain}", file=sys.stderr)
+    return 0
+
+
+def _check_explain(args: argparse.Namespace) -> None:
+    """--explain DIR: never inside an input folder or the data, and a run folder's model (an
+    exported model has no spatial maps)."""
+    from .files import refuse_inside
+    from .models.bundle import trained_on
+
+    refuse_inside(args.explain, [*args.inputs, *(trained_on(Path(args.run)) if Path(args.run).is_dir() else [])],
+                  "--explain")
+    if _exported(args.run):
+        raise UserError(f"--explain: {args.run} is an exported model, which gives only its outputs, no spatial "
+                        "maps; explain with the run folder")
+
+
+def _write_predictions(args: argparse.Namespace, predictor, files: list[str], top_k: int) -> None:
+    """`files`' predictions (and with --explain their heatmaps), PREDICT_CHUNK at a time, written as
+    they come (memory stays flat) as CSV or JSON to --output or stdout; a file's error a warning."""
     from .console import Console
+    from .prediction.outputs import PredictionWriter, has_ood, joiner_of
 
     kind = "json" if args.output and args.output.endswith(".json") else "csv"
     bar = Console().progress(len(files), "predict")
     with predictor, _output_stream(args.output) as stream:
         writer = PredictionWriter(stream, kind, top_k, joiner_of(predictor), has_ood(predictor))
-        for start in range(0, len(files), PREDICT_CHUNK):  # written as they come: memory stays flat
+        for start in range(0, len(files), PREDICT_CHUNK):
             chunk = files[start:start + PREDICT_CHUNK]
             if args.explain:
                 preds = _explained(predictor, chunk, top_k, args.inputs, Path(args.explain), bar)
@@ -387,11 +404,6 @@ def cmd_predict(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             writer.write(preds)
         writer.close()
     bar.close()
-    if args.output:
-        print(f"{len(files)} predictions written to {args.output}")
-    if args.explain:
-        print(f"heatmaps written to {args.explain}", file=sys.stderr)
-    return 0
 
 
 SUGGEST_COLUMNS = ("rank", "path", "guess", "probability", "uncertainty", "margin", "entropy", "ood_score", "novel",
