@@ -46,15 +46,7 @@ def write_outputs(run_dir: Path, outcome: Outcome, ran_on: tuple[str, str], star
     logits = logits.detach().float().cpu().numpy() if hasattr(logits, "detach") else np.asarray(logits, np.float32)
     task = trained_task(outcome)
 
-    def label(s):
-        return list(s.labels) if task.multi else s.label
-
-    write_json(run_dir / "split.json", {  # (first: converting the model to explain checks it on these images)
-        "val_source": split.val_source, "seed": cfg.seed, "val_fraction": cfg.val_fraction,
-        "classes": split.classes, "task": task.to_dict(),
-        "train": [[s.path, label(s)] for s in split.train],
-        "val": [[s.path, label(s)] for s in split.val],
-    })
+    _write_split(run_dir, outcome, task)  # (first: converting the model to explain checks it on these images)
     paths = [s.path for s in split.val]
     extra = {"skipped_files": split.skipped, "data_health": health}
     threshold = outcome.ood.threshold if outcome.ood is not None else None
@@ -92,7 +84,35 @@ def write_outputs(run_dir: Path, outcome: Outcome, ran_on: tuple[str, str], star
     else:
         summary, note = read_summary(run_dir), kept
 
-    results = {
+    results = _results(outcome, task, summary, health, ran_on, engine, started)
+    write_json(run_dir / "results.json", results)
+    if not cfg.no_report:
+        render_page(run_dir, note)  # misclassified.csv, report.html (the plots are drawn)
+    if kept is None:
+        memo.keep(store, digest, run_dir, None if cfg.no_report else note)
+    return results
+
+
+def _write_split(run_dir: Path, outcome: Outcome, task) -> None:
+    """split.json: the seed and the images of each split with their labels (multi-label: lists)."""
+    cfg, split = outcome.cfg, outcome.split
+
+    def label(s):
+        return list(s.labels) if task.multi else s.label
+
+    write_json(run_dir / "split.json", {
+        "val_source": split.val_source, "seed": cfg.seed, "val_fraction": cfg.val_fraction,
+        "classes": split.classes, "task": task.to_dict(),
+        "train": [[s.path, label(s)] for s in split.train],
+        "val": [[s.path, label(s)] for s in split.val],
+    })
+
+
+def _results(outcome: Outcome, task, summary: dict, health: dict | None, ran_on: tuple[str, str],
+             engine: engines.Choice | None, started: float) -> dict:
+    """results.json's object: the measures, what trained on what, where it ran, how long it took."""
+    cfg, split, fit = outcome.cfg, outcome.split, outcome.fit
+    return {
         "val_acc": summary["accuracy"],
         "cv": cross_validation(outcome),
         "balanced_accuracy": summary["balanced_accuracy"],
@@ -130,12 +150,6 @@ def write_outputs(run_dir: Path, outcome: Outcome, ran_on: tuple[str, str], star
         "cpu_s": round(_cpu_seconds(), 3),
         "finished_at": round(time.time(), 3),  # Unix time (`transferkit runs` lists by it)
     }
-    write_json(run_dir / "results.json", results)
-    if not cfg.no_report:
-        render_page(run_dir, note)  # misclassified.csv, report.html (the plots are drawn)
-    if kept is None:
-        memo.keep(store, digest, run_dir, None if cfg.no_report else note)
-    return results
 
 
 def results_epoch(fit) -> int | None:
