@@ -109,14 +109,12 @@ def _health(health: dict | None) -> str:
             f"images: <code>{e(health['command'])}</code></p>{table}")
 
 
-def report_html(run_dir: Path, summary: dict, wrong: list[dict], confusion_note: str) -> str:
-    """One self-contained page: settings, metrics, plots, misclassified images (all embedded)."""
-    e = html.escape
-    classes = summary["classes"]
+def _measures(summary: dict, multi: bool) -> tuple[list, list, list]:
+    """(the summary's rows, the per-class rows, their header): accuracy, calibration, the OOD
+    threshold; per class precision, recall, F1 (multi-label: AP and threshold too)."""
     def row(name: str, m: dict) -> list:
         return [name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", m["support"]]
 
-    multi = summary.get("task") == "multilabel"
     per_class = [row(c, m) for c, m in summary["per_class"].items()]
     per_class += [row(n.replace("_", " "), summary[n]) for n in ("macro_avg", "weighted_avg", "micro_avg")
                   if summary.get(n)]
@@ -145,16 +143,15 @@ def report_html(run_dir: Path, summary: dict, wrong: list[dict], confusion_note:
         overall.append(["out-of-distribution threshold (--reject auto)", f"{ood['threshold']:.4f}"])
         overall.append(["images above it (unknown)", f"{ood['rejected_share']:.1%}"])
     overall.append(["images", summary.get("num_images", sum(m["support"] for m in summary["per_class"].values()))])
-    measure = "exact-set accuracy" if multi else "accuracy"
-    selective = [[f"{r['coverage']:.0%}", r["images"], *("-" if r[k] is None else f"{r[k]:.4f}"
-                                                           for k in ("accuracy_by_confidence", "accuracy_by_ood"))]
-                 for r in summary.get("selective") or []]
-    selective_table = ("<h2>Selective prediction</h2><p class=\"note\">the " + measure + " on the images answered, "
-                       "the rest set aside: the most confident kept, or the most like the training images (lowest "
-                       "out-of-distribution score)</p>" + _table(["coverage", "images", "by confidence",
-                                                                 "by OOD score"], selective, "selective")
-                       if selective else "")
-    confused = [[p["actual"], p["predicted"], p["count"]] for p in summary.get("most_confused", [])]
+    header = ["class", "AP", "threshold", "precision", "recall", "f1", "support"] if multi else \
+        ["class", "precision", "recall", "f1", "support"]
+    return overall, per_class, header
+
+
+def _thumbs(run_dir: Path, wrong: list[dict], multi: bool) -> tuple[list[str], str]:
+    """The misclassified images' figures (REPORT_THUMBS of them, each with its heatmap where the
+    run made one), and the note on how many more misclassified.csv lists."""
+    e = html.escape
     thumbs = []
     from .explained import heatmap_files
 
@@ -171,9 +168,12 @@ def report_html(run_dir: Path, summary: dict, wrong: list[dict], confusion_note:
                       f'{e(r["predicted"]) or "(none)"} ({how})</span></figcaption></figure>')
     more = (f'<p class="note">{len(wrong) - REPORT_THUMBS} more in misclassified.csv</p>'
             if len(wrong) > REPORT_THUMBS else "")
-    skipped = summary.get("skipped_files") or []
-    health = _health(summary.get("data_health"))
-    plots = "".join(_img_tag(run_dir / name, caption) for name, caption in ([
+    return thumbs, more
+
+
+def _plots(run_dir: Path, multi: bool, confusion_note: str) -> str:
+    """The run's plots, embedded, each with its caption."""
+    return "".join(_img_tag(run_dir / name, caption) for name, caption in ([
         ("curves.png", "training curves"),
         ("pr_curves.png", "precision-recall curve of each class"),
         ("cooccurrence.png", f"labels together, true: {confusion_note}"),
@@ -188,8 +188,28 @@ def report_html(run_dir: Path, summary: dict, wrong: list[dict], confusion_note:
         ("predictions.png", "validation predictions: blue right, red wrong"),
         ("top_losses.png", "top losses: the most confidently wrong predictions"),
     ]))
-    header = ["class", "AP", "threshold", "precision", "recall", "f1", "support"] if multi else \
-        ["class", "precision", "recall", "f1", "support"]
+
+
+def report_html(run_dir: Path, summary: dict, wrong: list[dict], confusion_note: str) -> str:
+    """One self-contained page: settings, metrics, plots, misclassified images (all embedded)."""
+    e = html.escape
+    classes = summary["classes"]
+    multi = summary.get("task") == "multilabel"
+    overall, per_class, header = _measures(summary, multi)
+    measure = "exact-set accuracy" if multi else "accuracy"
+    selective = [[f"{r['coverage']:.0%}", r["images"], *("-" if r[k] is None else f"{r[k]:.4f}"
+                                                           for k in ("accuracy_by_confidence", "accuracy_by_ood"))]
+                 for r in summary.get("selective") or []]
+    selective_table = ("<h2>Selective prediction</h2><p class=\"note\">the " + measure + " on the images answered, "
+                       "the rest set aside: the most confident kept, or the most like the training images (lowest "
+                       "out-of-distribution score)</p>" + _table(["coverage", "images", "by confidence",
+                                                                 "by OOD score"], selective, "selective")
+                       if selective else "")
+    confused = [[p["actual"], p["predicted"], p["count"]] for p in summary.get("most_confused", [])]
+    thumbs, more = _thumbs(run_dir, wrong, multi)
+    skipped = summary.get("skipped_files") or []
+    health = _health(summary.get("data_health"))
+    plots = _plots(run_dir, multi, confusion_note)
     title = f"transferkit report: {run_dir.name}"
     # an eval folder: what was evaluated on what, then the settings of the run it evaluated
     evaluated = [[k, summary[k]] for k in ("run", "data") if summary.get(k)]
