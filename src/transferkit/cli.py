@@ -169,7 +169,7 @@ def _prediction_commands(sub, raw) -> None:
     p.add_argument("run", help="run folder, or an exported model.onnx (its class probabilities give the diversity)")
     p.add_argument("inputs", nargs="*", metavar="UNLABELLED")
     p.add_argument("--n", type=int, default=100, help="images to suggest [default: 100]")
-    p.add_argument("--engine", default="auto", choices=config.ENGINES(), help="what runs the model [default: auto]")
+    p.add_argument("--engine", default="auto", choices=config.engine_choices(), help="what runs the model [default: auto]")
     p.add_argument("--files-from", metavar="LIST", help="also rank the files listed in LIST, one path a line")
     p.add_argument("--output", help="suggestions.csv or .json (default: CSV on stdout); never inside an input "
                                     "folder; an existing file only if suggest wrote it (or with --force)")
@@ -242,8 +242,10 @@ def _launch(nproc: int, argv: list[str]) -> int:
     """--nproc N: the command in N processes under torchrun (`launch`); --nproc 1 runs it here."""
     from .launch import check_nproc, launch, without_nproc
 
+    if nproc != 1:
+        return launch(nproc, argv)  # (it checks --nproc itself)
     check_nproc(nproc)
-    return main(without_nproc(argv)) if nproc == 1 else launch(nproc, argv)
+    return main(without_nproc(argv))
 
 
 def cmd_train(args: argparse.Namespace, started: float, argv: list[str]) -> int:
@@ -337,9 +339,7 @@ def cmd_predict(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     if under_torchrun():
         raise UserError("predict under torchrun writes into --out-dir DIR (each process its share of the chunks)")
     if args.output:
-        from .models.bundle import trained_on
-
-        datasets = [*args.inputs, *(trained_on(Path(args.run)) if Path(args.run).is_dir() else [])]
+        datasets = [*args.inputs, *_run_data(args.run)]
         from .prediction.video import VIDEO_HEADS
 
         check_output_file(args.output, "--output", datasets, OWN_HEADS + VIDEO_HEADS, args.force)
@@ -369,14 +369,19 @@ def cmd_predict(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     return 0
 
 
+def _run_data(run: str) -> list[str]:
+    """The data a run folder was trained on (nothing for an exported model): never written into."""
+    from .models.bundle import trained_on
+
+    return trained_on(Path(run)) if Path(run).is_dir() else []
+
+
 def _check_explain(args: argparse.Namespace) -> None:
     """--explain DIR: never inside an input folder or the data, and a run folder's model (an
     exported model has no spatial maps)."""
     from .files import refuse_inside
-    from .models.bundle import trained_on
 
-    refuse_inside(args.explain, [*args.inputs, *(trained_on(Path(args.run)) if Path(args.run).is_dir() else [])],
-                  "--explain")
+    refuse_inside(args.explain, [*args.inputs, *_run_data(args.run)], "--explain")
     if _exported(args.run):
         raise UserError(f"--explain: {args.run} is an exported model, which gives only its outputs, no spatial "
                         "maps; explain with the run folder")
@@ -422,9 +427,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     if args.files_from and not Path(args.files_from).expanduser().is_file():
         raise UserError(f"--files-from {args.files_from}: no such file")
     if args.output:
-        from .models.bundle import trained_on
-
-        datasets = [*args.inputs, *(trained_on(Path(args.run)) if Path(args.run).is_dir() else [])]
+        datasets = [*args.inputs, *_run_data(args.run)]
         check_output_file(args.output, "--output", datasets, SUGGEST_HEADS, args.force)
     from .console import Console
 
@@ -576,14 +579,13 @@ def _predict_to_folder(args: argparse.Namespace, options: PredictOptions) -> int
     """predict --out-dir: chunked, resumable, shared out over a torchrun group (prediction.batch)."""
     from .distributed import joined
     from .files import refuse_inside
-    from .models.bundle import trained_on
     from .prediction.batch import claim_out_dir, predict_to_folder
 
     if args.output:
         raise UserError("--output and --out-dir: give one (with --out-dir, --merge writes DIR/predictions.csv)")
     out = Path(args.out_dir).expanduser().absolute()
     claim_out_dir(out, args.inputs)  # before the model loads: one line, nothing written
-    refuse_inside(out, trained_on(Path(args.run)) if Path(args.run).is_dir() else [], "--out-dir")
+    refuse_inside(out, _run_data(args.run), "--out-dir")
     say = lambda message: print(printable(message, lines=False), file=sys.stderr, flush=True)  # noqa: E731
     with joined(options.device) as group:
         from . import api

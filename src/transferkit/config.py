@@ -22,7 +22,7 @@ from typing import Any, Callable
 import yaml
 
 from .data.augment import AUGMENTS
-from .engines.base import choices as engine_choices
+from .engines.base import choices as engine_choices  # what runs a network: auto, or a registered engine
 from .errors import UserError
 from .task import TASKS
 from .tracking.registry import TRACKERS
@@ -35,8 +35,6 @@ SCHEDULES = ("cosine", "onecycle", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
 FEATURES = ("auto", "last", "multi")
-# what runs a network (`engines.choose`): auto, or a registered engine ("onnx": onnxruntime)
-ENGINES = engine_choices
 ENGINE_HELP = ("what runs the frozen network: auto (ONNX Runtime in fp32 on a CPU, the network converted once, "
                "cached and checked against PyTorch: the same answers on every CPU; PyTorch on a GPU) | onnxruntime "
                "| torch (bf16 where the CPU has it: faster with AMX, answers a little different) | onnxruntime-int8 "
@@ -180,7 +178,7 @@ class TrainConfig:
     precision: str = opt("auto", "auto (networks train in bf16 where the CPU has it, AMP on CUDA; features: "
                          "the engine's) | bf16 | fp32", choices=PRECISIONS)
     device: str = opt("auto", "auto | cpu | cuda", choices=DEVICES)
-    engine: str = opt("auto", ENGINE_HELP, choices=ENGINES)
+    engine: str = opt("auto", ENGINE_HELP, choices=engine_choices)
     workers: int | None = opt(None, "DataLoader worker processes (None: chosen for the machine)", low=0, high=64)
     track: str | None = opt(None, "log the run to experiment trackers: mlflow | tensorboard (repeat the flag or "
                             "comma-separate; optional extras: pip install transferkit[mlflow,tensorboard])",
@@ -249,7 +247,7 @@ class PredictOptions:
     """Options of `transferkit predict` and `transferkit.load(...).predict`."""
 
     top_k: int = opt(3, "labels per image", low=1)
-    engine: str = opt("auto", ENGINE_HELP, choices=ENGINES)
+    engine: str = opt("auto", ENGINE_HELP, choices=engine_choices)
     device: str = opt("auto", "auto | cpu | cuda", choices=DEVICES)
     precision: str = opt("auto", "auto | bf16 (PyTorch) | fp32", choices=PRECISIONS)
     tta: str = opt("none", "test-time augmentation, the probabilities of the views averaged: none | flip (and "
@@ -299,7 +297,7 @@ class ServeOptions:
     top_k: int = opt(3, "labels per image when the request does not say (?top_k=)", low=1)
     cors: str | None = opt(None, "origins allowed to call the API from other sites' pages, comma-separated "
                            "(* for any); CORS is off without it")
-    engine: str = opt("auto", ENGINE_HELP, choices=ENGINES)
+    engine: str = opt("auto", ENGINE_HELP, choices=engine_choices)
     device: str = opt("auto", "auto | cpu | cuda (a run folder's model)", choices=DEVICES)
     precision: str = opt("auto", "auto | bf16 | fp32 (a run folder's model under PyTorch)", choices=PRECISIONS)
     tta: str = opt("none", "test-time augmentation: none | flip | flip-crops", choices=TTA)
@@ -387,7 +385,7 @@ class DoctorOptions:
     seed: int = opt(0, "the split's seed (as train's)", low=0, high=2**31 - 1)
     cache_dir: str | None = opt(None, "cache folder [default: $TRANSFERKIT_CACHE or ~/.cache/transferkit]")
     workers: int | None = opt(None, "decoding processes (None: as train)", low=0, high=64)
-    engine: str = opt("auto", ENGINE_HELP, choices=ENGINES)
+    engine: str = opt("auto", ENGINE_HELP, choices=engine_choices)
     quiet: bool = opt(False, "print only the summary")
 
     def __post_init__(self) -> None:

@@ -41,10 +41,12 @@ def choose(engine: str = "auto", device: str = "auto", precision: str = "auto", 
 
     Raises `UserError` for a combination that cannot run (ONNX Runtime in bf16, or on a GPU)."""
     engine = normalized(engine)
-    if engine != "auto" and engine not in ENGINES:
-        raise UserError(f"--engine {engine}: choose from {', '.join(c for c in choices() if c != 'onnx')}")
-    if engine != "auto" and ENGINES.get(engine).by_name is not None:  # (int8, openvino: asked for by name only)
-        return ENGINES.get(engine).by_name(device, precision)
+    if engine != "auto":
+        if engine not in ENGINES:
+            raise UserError(f"--engine {engine}: choose from {', '.join(c for c in choices() if c != 'onnx')}")
+        by_name = ENGINES.get(engine).by_name
+        if by_name is not None:  # (int8, openvino: asked for by name only)
+            return by_name(device, precision)
     if device.startswith("cuda") or (device == "auto" and engine != "onnxruntime" and cuda_available()):
         if engine == "onnxruntime":
             raise UserError("--engine onnxruntime runs on the CPU: give --device cpu, or --engine torch for the GPU")

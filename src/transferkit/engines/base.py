@@ -26,12 +26,12 @@ class Engine:
 
 
 ENGINES: Registry[Engine] = Registry("inference engine", package=__package__)
+register = ENGINES.register
 
 
 def choices() -> tuple[str, ...]:
     """What --engine accepts: auto, every registered engine, and "onnx" for "onnxruntime"."""
     return ("auto", *ENGINES.names(), "onnx")
-register = ENGINES.register
 
 
 @dataclass(frozen=True)

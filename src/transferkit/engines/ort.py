@@ -14,7 +14,6 @@ from .base import Choice, Engine, register
 from .convert import CHECK_IMAGES, Converted, Network, check_images, convert, features_network, lookup, session
 
 
-
 class OrtExtractor:
     """Features of decoded uint8 batches on ONNX Runtime (the interface of `features.Extractor`).
 

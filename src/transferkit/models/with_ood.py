@@ -16,9 +16,10 @@ from ..ood import SCORE_RANGE, Ood
 class WithOod(nn.Module):
     """`model` (a `Classifier`) -> (logits (B, C), OOD scores (B,)); the reference rows a buffer."""
 
-    def __init__(self, model: nn.Module, ood: Ood, sortless: bool = False):
+    def __init__(self, model: nn.Module, ood: Ood):
         super().__init__()
-        self.model, self.k, self.width, self.sortless = model, ood.k, ood.width, sortless
+        self.model, self.k, self.width = model, ood.k, ood.width
+        self.sortless = False  # (`without_sort`: for runtimes without a sort)
         self.register_buffer("reference", torch.from_numpy(ood.reference.copy()))
         self.last_features = getattr(model.backbone, "last_features", None)
 
@@ -50,6 +51,6 @@ def kth_largest(sims: torch.Tensor, k: int) -> torch.Tensor:
     return sims.max(dim=1).values
 
 
-def with_ood(model: nn.Module, ood: Ood | None, sortless: bool = False) -> nn.Module:
-    """`WithOod(model, ood, sortless)`, or `model` itself for a run without a score."""
-    return model if ood is None else WithOod(model, ood, sortless).eval()
+def with_ood(model: nn.Module, ood: Ood | None) -> nn.Module:
+    """`WithOod(model, ood)`, or `model` itself for a run without a score."""
+    return model if ood is None else WithOod(model, ood).eval()

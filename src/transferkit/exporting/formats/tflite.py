@@ -71,7 +71,8 @@ def build(job, path: Path) -> str:
     _convert_model(model, job.meta, path)
     write_metadata(path, job.meta)
     size = job.meta["preprocess"]["input_size"]
-    return f"fp32; input (1, 3, {size}, {size}) normalized, logits" + (" and the OOD score" if job.scored_model else "") + " out"
+    outputs = "logits and the OOD score" if job.scored_model is not None else "logits"
+    return f"fp32; input (1, 3, {size}, {size}) normalized, {outputs} out"
 
 
 def build_int8(job, path: Path) -> str:
@@ -94,7 +95,8 @@ def build_int8(job, path: Path) -> str:
         _in_child(_quantize, str(source), str(Path(tmp) / "calib.npy"), str(path))
     write_metadata(path, meta)
     return (f"INT8 weights and activations (ai-edge-quantizer static_wi8_ai8), calibrated on {len(calib)} training "
-            "images" + ("; without the unknown score (its INT8 values are not the run's)" if meta is not job.meta else ""))
+            "images" + ("; without the unknown score (its INT8 values are not the run's)"
+                        if job.scored_model is not None else ""))
 
 
 def _convert_model(model, meta: dict, out: Path) -> None:
