@@ -53,22 +53,30 @@ def eps(precision: str) -> float:
 
 @contextlib.contextmanager
 def interrupted_after_first_epoch():
-    """Within the block, training stops as Ctrl-C would after its first epoch: engine.fit's
-    per-epoch callback raises KeyboardInterrupt (fit keeps that epoch and its checkpoint)."""
-    from transferkit.training import engine
-
-    real_fit = engine.fit
-
-    def stop_after_1(*args, **kwargs):
-        def on_epoch(stats):
-            if stats.epoch == 1:
-                raise KeyboardInterrupt
-        kwargs["on_epoch"] = on_epoch
-        return real_fit(*args, **kwargs)
+    """Within the block, training stops as Ctrl-C would after its first epoch: a last subscriber
+    of `loop.fit` raises KeyboardInterrupt at its end (fit keeps that epoch and its checkpoint)."""
+    from transferkit.training import loop
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(engine, "fit", stop_after_1)
+        mp.setattr(loop, "fit", interrupting_fit(1))
         yield
+
+
+def interrupting_fit(epoch: int):
+    """`loop.fit`, with a last subscriber raising KeyboardInterrupt (Ctrl-C) at `epoch`'s end."""
+    from transferkit.training import loop
+
+    real_fit = loop.fit
+
+    class CtrlC(loop.Subscriber):
+        def epoch_end(self, state, stats):
+            if stats.epoch == epoch:
+                raise KeyboardInterrupt
+
+    def fit(step, train_loader, val_loader, epochs, subscribers=(), *args, **kwargs):
+        return real_fit(step, train_loader, val_loader, epochs, [*subscribers, CtrlC()], *args, **kwargs)
+
+    return fit
 
 
 def file_tree(root: Path) -> dict[str, str]:

@@ -23,7 +23,7 @@ from transferkit.errors import UserError
 from transferkit.models import backbones
 from transferkit.models.classifier import Classifier
 from transferkit.runtime import Runtime
-from transferkit.training import engine, recipe
+from transferkit.training import loop, recipe, subscribers
 from transferkit.training.network import param_groups
 
 
@@ -83,8 +83,9 @@ def test_the_last_epochs_are_calm_no_ops_and_no_mixing(images):
     net = nn.Linear(4, 2)
     loader = DataLoader(TensorDataset(x, y), batch_size=4)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
-    engine.fit(net, loader, loader, optimizer, engine.make_scheduler("constant", optimizer, 8), nn.CrossEntropyLoss(),
-               Runtime(torch.device("cpu"), torch.float32), lambda t: t, 3, mixer=mixer, mix_epochs=2)
+    step = loop.Step(net, optimizer, loop.make_scheduler("constant", optimizer, 8), nn.CrossEntropyLoss(),
+                     Runtime(torch.device("cpu"), torch.float32), mixer=mixer, mix_epochs=2)
+    loop.fit(step, loader, loader, 3)
     assert mixed_in == [4, 4, 4, 4]  # two batches in each of the first two epochs, none in the third
 
 
@@ -126,9 +127,9 @@ def test_weight_average_follows_timm_warmup_and_is_what_fit_keeps():
     average = recipe.WeightAverage(net, decay=0.9)
     loader = DataLoader(TensorDataset(x, y), batch_size=8)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
-    scheduler = engine.make_scheduler("constant", optimizer, 8)
-    _, best = engine.fit(net, loader, loader, optimizer, scheduler, nn.CrossEntropyLoss(),
-                         Runtime(torch.device("cpu"), torch.float32), lambda t: t, 2, average=average)
+    scheduler = loop.make_scheduler("constant", optimizer, 8)
+    step = loop.Step(net, optimizer, scheduler, nn.CrossEntropyLoss(), Runtime(torch.device("cpu"), torch.float32))
+    _, best = loop.fit(step, loader, loader, 2, [subscribers.Averaging(average)])
     assert torch.equal(best["weight"], average.module.weight)  # the averaged weights are kept ...
     assert not torch.equal(best["weight"], net.weight)  # ... not the last step's
 

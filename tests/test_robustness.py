@@ -369,10 +369,10 @@ CLI_TINY = ["--model", "squeezenet1_1", "--weights", "none", "--image-size", "64
 def test_an_interrupted_run_keeps_its_best_epoch_and_exits_with_the_signal(tmp_path, capsys, monkeypatch,
                                                                           signal_name, code):
     from transferkit.errors import Terminated
-    from transferkit.training import engine
+    from transferkit.training import loop
 
     data = make_dataset(tmp_path / "d", n_train=3, n_val=2)
-    real, calls = engine.train_one_epoch, []
+    real, calls = loop.train_one_epoch, []
 
     def stop_in_epoch_2(*args, **kwargs):
         calls.append(1)
@@ -380,7 +380,7 @@ def test_an_interrupted_run_keeps_its_best_epoch_and_exits_with_the_signal(tmp_p
             raise KeyboardInterrupt() if signal_name == "SIGINT" else Terminated()
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "train_one_epoch", stop_in_epoch_2)
+    monkeypatch.setattr(loop, "train_one_epoch", stop_in_epoch_2)
     rc = main(["train", str(data), "--out", str(tmp_path / "r"), "--strategy", "finetune", "--epochs", "3",
                *CLI_TINY])
     err = capsys.readouterr().err

@@ -263,7 +263,7 @@ def test_fit_starts_no_epoch_that_would_end_past_the_deadline():
     from torch.utils.data import DataLoader, Dataset
 
     from transferkit.runtime import Runtime
-    from transferkit.training import engine
+    from transferkit.training import loop, subscribers
 
     class Slow(Dataset):
         def __len__(self):
@@ -278,9 +278,9 @@ def test_fit_starts_no_epoch_that_would_end_past_the_deadline():
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
     start = time.perf_counter()
     deadline = start + 1.0  # an epoch (train + validate) takes about 0.4 s
-    result, _ = engine.fit(net, loader, loader, optimizer, engine.make_scheduler("constant", optimizer, 40),
-                           nn.CrossEntropyLoss(), Runtime(torch.device("cpu"), torch.float32), lambda t: t, 10,
-                           deadline=deadline)
+    step = loop.Step(net, optimizer, loop.make_scheduler("constant", optimizer, 40), nn.CrossEntropyLoss(),
+                     Runtime(torch.device("cpu"), torch.float32))
+    result, _ = loop.fit(step, loader, loader, 10, [subscribers.Budget(deadline)])
     assert result.stopped_by == "budget" and result.stopped_early and 1 <= len(result.history) < 10
     assert time.perf_counter() <= deadline + 0.15
 

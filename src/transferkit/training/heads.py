@@ -23,14 +23,14 @@ from .result import FitResult, LinearHead
 def fit_head(cfg: TrainConfig, num_classes: int, x_train, y_train, x_val, y_val, progress=None,
              checkpoint: Path | None = None, resume: dict | None = None) -> tuple[FitResult, LinearHead]:
     """Dropout + linear head (zero init) trained on features (NumPy arrays) in fp32 for
-    `cfg.epochs`; the best epoch is kept. `checkpoint` / `resume`: as in `engine.fit`."""
+    `cfg.epochs`; the best epoch is kept. `checkpoint` / `resume`: as in `loop.fit`."""
     import torch
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
 
     from ..data.datasets import train_loader
     from ..runtime import Runtime
-    from . import engine
+    from . import loop, subscribers
     from .losses import classification_loss
 
     x_train, y_train, x_val, y_val = (torch.from_numpy(np.ascontiguousarray(a)) for a in (x_train, y_train, x_val, y_val))
@@ -43,15 +43,16 @@ def fit_head(cfg: TrainConfig, num_classes: int, x_train, y_train, x_val, y_val,
     strata = torch.from_numpy(strata_of(y_train.numpy()))  # (multi-label: what the class-balanced sampler draws by)
     loader = train_loader(TensorDataset(x_train, y_train), strata, cfg.batch_size, cfg.seed, balanced=cfg.balanced_sampler)
     val_loader = DataLoader(TensorDataset(x_val, y_val), batch_size=1024)
-    optimizer = engine.make_optimizer(cfg.optimizer, [{"params": head.parameters()}], cfg.lr, cfg.weight_decay)
+    optimizer = loop.make_optimizer(cfg.optimizer, [{"params": head.parameters()}], cfg.lr, cfg.weight_decay)
     steps = cfg.epochs * len(loader)
-    scheduler = engine.make_scheduler(cfg.schedule, optimizer, steps, int(cfg.warmup_epochs * len(loader)))
+    scheduler = loop.make_scheduler(cfg.schedule, optimizer, steps, int(cfg.warmup_epochs * len(loader)))
     bar = progress(cfg.epochs, "head")
-    result, best = engine.fit(
-        head, loader, val_loader, optimizer, scheduler, classification_loss(cfg, y_train, num_classes),
-        Runtime(torch.device("cpu"), torch.float32), lambda x: x, cfg.epochs, cfg.patience,
-        on_epoch=lambda s: _tick(bar, s), checkpoint=checkpoint, resume=resume,
-    )
+    step = loop.Step(head, optimizer, scheduler, classification_loss(cfg, y_train, num_classes),
+                     Runtime(torch.device("cpu"), torch.float32))
+    follow = [subscribers.Checkpointing(checkpoint)] if checkpoint is not None else []
+    result, best = loop.fit(step, loader, val_loader, cfg.epochs,
+                            [*follow, subscribers.EpochEnd(lambda s: _tick(bar, s)), subscribers.EarlyStop(cfg.patience)],
+                            resume=resume)
     bar.close()
     head.load_state_dict(best)
     return result, LinearHead.of(linear)
@@ -569,7 +570,7 @@ def fit_best_head(cfg: TrainConfig, f, progress=None, checkpoint: Path | None = 
     it. The logistic regression (--optimizer lbfgs): the feature set (--features auto: last or
     multi), the scaling and the weight decay (unless given) chosen by `select_head` on the
     training images, then fitted on all training rows. An epoch-trained head: on the last layer's
-    features unless --features multi (`checkpoint` / `resume`: as in `engine.fit`). The head reads the first `widths[choice.features]` columns."""
+    features unless --features multi (`checkpoint` / `resume`: as in `loop.fit`). The head reads the first `widths[choice.features]` columns."""
     if cfg.optimizer != "lbfgs":
         name = "multi" if cfg.features == "multi" and "multi" in f.widths else "last"
         choice = HeadChoice(name, "feature", cfg.weight_decay, None, 0, 0.0)

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..runtime import Runtime
-from . import engine
+from . import loop
 
 
 @dataclass
@@ -31,7 +31,7 @@ def range_test(model: nn.Module, loader: DataLoader, groups: list[dict], loss_fn
     """Train `model` for `steps` batches with the LR going from `start_lr` to `end_lr`
     (discriminative ratios between `groups` kept); stops early once the loss explodes.
     The model is changed: run it on a copy, or rebuild it afterwards."""
-    opt = engine.make_optimizer(optimizer, groups, start_lr, weight_decay)
+    opt = loop.make_optimizer(optimizer, groups, start_lr, weight_decay)
     top = max(g["lr"] for g in opt.param_groups)
     ratios = [g["lr"] / top for g in opt.param_groups]
     batches = itertools.chain.from_iterable(itertools.repeat(loader))

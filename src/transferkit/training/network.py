@@ -23,7 +23,7 @@ from ..folds import stratified_sample
 from ..ood import reference_rows
 from ..models.classifier import Classifier
 from ..runtime import Extractor
-from . import engine, recipe
+from . import loop, recipe, subscribers
 from .context import Context, Outcome
 from .losses import classification_loss
 from .result import LinearHead
@@ -232,74 +232,100 @@ def train_network(ctx: Context, head_init: LinearHead | None = None,
     net = network_setup(ctx, head_init, split, held)
     if adapt is not None:
         net = adapt(net)
-    model, loader, stages, groups = net.model, net.loader, net.stages, net.groups
-    peak_lrs = [{"name": g["name"], "lr": g["lr"]} for g in groups]  # before the schedule moves them
-    optimizer = engine.make_optimizer(cfg.optimizer, groups, cfg.lr, cfg.weight_decay)
+    model, loader = net.model, net.loader
+    peak_lrs = [{"name": g["name"], "lr": g["lr"]} for g in net.groups]  # before the schedule moves them
+    optimizer = loop.make_optimizer(cfg.optimizer, net.groups, cfg.lr, cfg.weight_decay)
     steps = cfg.epochs * len(loader)
-    scheduler = engine.make_scheduler(cfg.schedule, optimizer, steps, int(cfg.warmup_epochs * len(loader)))
-    before_epoch = None
-    if ctx.strategy.trains == "gradual":
-        def before_epoch(epoch: int) -> None:
-            unfreeze_top(model, stages, gradual_schedule(epoch, cfg.epochs, len(stages)))
-
-    def measure(m: Classifier) -> tuple[float, float, torch.Tensor]:
-        """Val loss, accuracy and logits of `m` on the path the saved model is used on (BatchNorm
-        folded, the compute dtype's weights: `Extractor`, as `predict` and `eval` run it). Measured
-        so every epoch, the kept epoch's row in metrics.csv is what its bundle scores; autocast
-        numerics differ enough to flip borderline images between the two paths."""
-        was_training = m.training
-        extractor = Extractor(m.backbone, ctx.pre, runtime, batch_size=32)
-        feats = [extractor.forward(u8) for u8, _ in net.val_loader]
-        measured["val_features"] = feats  # (a group's: each rank's share, put in order below)
-        with torch.inference_mode():
-            weight, bias = m.head.weight.detach().float().cpu(), m.head.bias.detach().float().cpu()
-            logits = nn.functional.linear(torch.cat(feats), weight, bias) if feats else torch.empty(0, len(bias))
-            if group.distributed:  # each rank measured its share: every rank gets them all, in order
-                every = torch.empty(len(y_val), len(bias))
-                for rows, part in group.all_gather((net.val_loader.sampler, logits)):
-                    every[rows] = part
-                logits = every
-                last = getattr(m.backbone, "last_features", None) or len(weight[0])
-                mine = torch.cat(feats)[:, :last].float() if feats else torch.empty(0, last)
-                every = torch.empty(len(y_val), last)
-                for rows, part in group.all_gather((net.val_loader.sampler, mine)):
-                    every[rows] = part
-                measured["val_features"] = [every]
-            loss = float(net.loss(logits, y_val))
-        m.train(was_training)
-        return loss, net.split.task.score(logits.numpy(), y_val.numpy()), logits
-
-    y_val = torch.from_numpy(net.split.targets(net.split.val))
-    measured: dict = {}
-    mixer = recipe.batch_mixer(cfg.mixup, cfg.cutmix, len(net.split.classes))
-    average = recipe.WeightAverage(model, cfg.ema, cfg.epochs * len(loader)) if cfg.ema else None
-    result, best = engine.fit(
-        model, loader, net.val_loader, optimizer, scheduler, net.loss, runtime, net.prepare,
-        cfg.epochs, cfg.patience,
-        on_epoch=lambda s: _epoch_ended(ctx, s),
-        progress_factory=_epoch_bar(ctx.console, cfg.strategy, cfg.epochs), before_epoch=before_epoch,
-        checkpoint=ctx.checkpoint, resume=ctx.resume, measure=measure,
-        group=group, replicate=group.replicate(runtime.device) if group.distributed else None,
-        mixer=mixer, mix_epochs=recipe.strong_epochs(cfg.epochs), average=average, deadline=ctx.deadline,
-    )
+    scheduler = loop.make_scheduler(cfg.schedule, optimizer, steps, int(cfg.warmup_epochs * len(loader)))
+    step = loop.Step(model, optimizer, scheduler, net.loss, runtime, net.prepare,
+                     recipe.batch_mixer(cfg.mixup, cfg.cutmix, len(net.split.classes)), recipe.strong_epochs(cfg.epochs),
+                     group.replicate(runtime.device) if group.distributed else None)
+    average = recipe.WeightAverage(model, cfg.ema, steps) if cfg.ema else None
+    measure = ValMeasure(ctx, net)
+    result, best = loop.fit(step, loader, net.val_loader, cfg.epochs, _subscribers(ctx, net, average),
+                            measure, group, ctx.resume)
     model.load_state_dict(best)
     _, _, val_logits = measure(model)  # the kept epoch's logits, as its row in metrics.csv measured them
     ood = val_ood = temperature = thresholds = None
     if group.primary:  # (the kept network, on the path `predict` runs it: one copy for both passes)
         kept = Extractor(model.backbone, ctx.pre, runtime, batch_size=32)
-        ood, val_ood = network_ood(net, model, kept, measured["val_features"])
+        ood, val_ood = network_ood(net, model, kept, measure.features)
         temperature, thresholds = calibrate(net, model, kept)
     model.to("cpu").eval()
+    info = _network_info(cfg, group, net, peak_lrs, average)
+    return Outcome(result, val_logits, model.state_dict(), net.split, cfg, info, ood=ood, val_ood=val_ood,
+                   temperature=temperature, thresholds=thresholds)
+
+
+def _subscribers(ctx: Context, net: NetworkSetup, average: recipe.WeightAverage | None) -> list[loop.Subscriber]:
+    """What follows the network's training loop, in the order each event reaches them."""
+    cfg = ctx.cfg
+    found: list[loop.Subscriber] = []
+    if ctx.deadline is not None:
+        found.append(subscribers.Budget(ctx.deadline))
+    if ctx.strategy.trains == "gradual":
+        model, stages = net.model, net.stages
+        found.append(subscribers.EpochStart(
+            lambda epoch: unfreeze_top(model, stages, gradual_schedule(epoch, cfg.epochs, len(stages)))))
+    found.append(subscribers.EpochBars(_epoch_bar(ctx.console, cfg.strategy, cfg.epochs)))
+    if average is not None:
+        found.append(subscribers.Averaging(average))
+    return [*found, subscribers.Checkpointing(ctx.checkpoint), subscribers.EpochEnd(lambda s: _epoch_ended(ctx, s)),
+            subscribers.EarlyStop(cfg.patience)]
+
+
+def _network_info(cfg, group, net: NetworkSetup, peak_lrs: list[dict], average) -> dict:
+    """What results.json records of the network's training: its param groups' peak rates, the
+    batch, the stages (trainable at the end), the weight average's decay, the calibration images."""
+    model = net.model
+    trainable = dict(model.backbone.named_parameters())
     info = {"param_groups": peak_lrs,
             "batch": {"per_process": cfg.batch_size, "processes": group.world, "global": cfg.batch_size * group.world,
                       "lr": cfg.lr, "sync_bn": bool(cfg.sync_bn) and group.distributed},
-            "stages": len(stages), "trainable_stages_at_end": sum(
-                any(dict(model.backbone.named_parameters())[n].requires_grad for n in st) for st in stages)}
+            "stages": len(net.stages),
+            "trainable_stages_at_end": sum(any(trainable[n].requires_grad for n in st) for st in net.stages)}
     if average is not None:
         info["ema_decay"] = average.decay  # the decay used: --ema, bounded by the run's length
     info["calibration_images"] = len(net.held_out)
-    return Outcome(result, val_logits, model.state_dict(), net.split, cfg, info, ood=ood, val_ood=val_ood,
-                   temperature=temperature, thresholds=thresholds)
+    return info
+
+
+class ValMeasure:
+    """Val loss, accuracy and logits of a network on the path the saved model is used on
+    (BatchNorm folded, the compute dtype's weights: `Extractor`, as `predict` and `eval` run it).
+    Measured so every epoch, the kept epoch's row in metrics.csv is what its bundle scores;
+    autocast numerics differ enough to flip borderline images between the two paths. `features`:
+    the last measured val features (in a group: every rank's, in order)."""
+
+    def __init__(self, ctx: Context, net: NetworkSetup):
+        self.ctx, self.net = ctx, net
+        self.y_val = torch.from_numpy(net.split.targets(net.split.val))
+        self.features: list[torch.Tensor] = []
+
+    def __call__(self, m: Classifier) -> tuple[float, float, torch.Tensor]:
+        net, group, y_val = self.net, self.ctx.group, self.y_val
+        was_training = m.training
+        extractor = Extractor(m.backbone, self.ctx.pre, self.ctx.runtime, batch_size=32)
+        feats = [extractor.forward(u8) for u8, _ in net.val_loader]
+        self.features = feats  # (a group's: each rank's share, put in order below)
+        with torch.inference_mode():
+            weight, bias = m.head.weight.detach().float().cpu(), m.head.bias.detach().float().cpu()
+            logits = nn.functional.linear(torch.cat(feats), weight, bias) if feats else torch.empty(0, len(bias))
+            if group.distributed:  # each rank measured its share: every rank gets them all, in order
+                logits = self._in_order(logits, len(bias))
+                last = getattr(m.backbone, "last_features", None) or len(weight[0])
+                mine = torch.cat(feats)[:, :last].float() if feats else torch.empty(0, last)
+                self.features = [self._in_order(mine, last)]
+            loss = float(net.loss(logits, y_val))
+        m.train(was_training)
+        return loss, net.split.task.score(logits.numpy(), y_val.numpy()), logits
+
+    def _in_order(self, mine: torch.Tensor, width: int) -> torch.Tensor:
+        """Every rank's rows of the val images (`mine`: this rank's share), in their order."""
+        every = torch.empty(len(self.y_val), width)
+        for rows, part in self.ctx.group.all_gather((self.net.val_loader.sampler, mine)):
+            every[rows] = part
+        return every
 
 
 # Fine-tuned networks are calibrated on training images held out of their training (the head on

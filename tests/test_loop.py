@@ -10,8 +10,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import transferkit
-from helpers import make_dataset
-from transferkit.training import engine
+from helpers import interrupting_fit, make_dataset
+from transferkit.training import loop, subscribers
 from transferkit.runtime import Runtime
 
 CPU = Runtime(torch.device("cpu"), torch.float32)
@@ -33,10 +33,11 @@ def _fit(epochs, patience=0, on_epoch=None, optimizer="adamw", schedule="cosine"
         x = torch.randn(64, 8, generator=torch.Generator().manual_seed(1))
         val = DataLoader(TensorDataset(x, torch.randint(0, 2, (64,), generator=torch.Generator().manual_seed(2))),
                          batch_size=64)
-    opt = engine.make_optimizer(optimizer, [{"params": model.parameters()}], 0.1, 0.0)
-    sched = engine.make_scheduler(schedule, opt, epochs * len(train))
-    return engine.fit(model, train, val, opt, sched, nn.CrossEntropyLoss(), CPU, lambda x: x,
-                      epochs, patience, on_epoch=on_epoch)
+    opt = loop.make_optimizer(optimizer, [{"params": model.parameters()}], 0.1, 0.0)
+    sched = loop.make_scheduler(schedule, opt, epochs * len(train))
+    follow = [subscribers.EpochEnd(on_epoch)] if on_epoch is not None else []
+    return loop.fit(loop.Step(model, opt, sched, nn.CrossEntropyLoss(), CPU), train, val, epochs,
+                    [*follow, subscribers.EarlyStop(patience)])
 
 
 def test_best_epoch_state_is_returned():
@@ -71,24 +72,49 @@ def test_optimizers_and_schedules_learn(optimizer, schedule):
     assert result.best_val_acc >= 0.9
 
 
+def test_subscribers_hear_the_named_events_in_order_and_may_stop_the_loop():
+    heard = []
+
+    class Listener(loop.Subscriber):
+        def __init__(self, name, stop_at=None):
+            self.name, self.stop_at = name, stop_at
+
+        def fit_start(self, state):
+            heard.append((self.name, "fit_start"))
+
+        def epoch_start(self, state, epoch):
+            heard.append((self.name, "epoch_start", epoch))
+            if epoch == self.stop_at:
+                state.stop("listener")
+
+        def step_end(self, state, step, tally):
+            heard.append((self.name, "step_end", step, round(tally.loss, 6) > 0))
+
+        def epoch_end(self, state, stats):
+            heard.append((self.name, "epoch_end", stats.epoch, state.result.best_epoch >= 1))
+
+        def fit_end(self, state):
+            heard.append((self.name, "fit_end"))
+
+    torch.manual_seed(0)
+    model = nn.Linear(8, 2)
+    train, val = _problem()  # 4 training batches an epoch
+    opt = loop.make_optimizer("sgd", [{"params": model.parameters()}], 0.1, 0.0)
+    result, _ = loop.fit(loop.Step(model, opt, loop.make_scheduler("constant", opt, 40), nn.CrossEntropyLoss(), CPU),
+                         train, val, 5, [Listener("a", stop_at=3), Listener("b")])
+    assert result.stopped_early and result.stopped_by == "listener" and len(result.history) == 2
+    epoch_1 = [("a", "epoch_start", 1), ("b", "epoch_start", 1)]
+    epoch_1 += [(who, "step_end", n, True) for n in range(1, 5) for who in "ab"]
+    epoch_1 += [("a", "epoch_end", 1, True), ("b", "epoch_end", 1, True)]
+    assert heard[:2] == [("a", "fit_start"), ("b", "fit_start")] and heard[2:2 + len(epoch_1)] == epoch_1
+    # epoch 3 is not trained: "a" stopped the loop, so "b" never heard it start; every one hears the end
+    assert heard[-3:] == [("a", "epoch_start", 3), ("a", "fit_end"), ("b", "fit_end")]
+
+
 def test_interrupted_run_still_writes_outputs(tmp_path, monkeypatch):
     """Ctrl-C during training: the run folder is complete, with the best epoch so far."""
     data = make_dataset(tmp_path / "d", n_train=3, n_val=2)
-    real_fit = engine.fit
-
-    def fit_interrupted_at_2(*args, **kwargs):
-        user_callback = kwargs.get("on_epoch")
-
-        def on_epoch(stats):
-            if user_callback:
-                user_callback(stats)
-            if stats.epoch == 2:
-                raise KeyboardInterrupt
-
-        kwargs["on_epoch"] = on_epoch
-        return real_fit(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "fit", fit_interrupted_at_2)
+    monkeypatch.setattr(loop, "fit", interrupting_fit(2))
     run = transferkit.train(data, optimizer="adamw", epochs=10, out=str(tmp_path / "r"), quiet=True)
     assert run.results["interrupted"] and run.results["epochs_run"] == 2
     assert (run.path / "model.safetensors").is_file() and (run.path / "curves.png").is_file()
