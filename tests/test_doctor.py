@@ -90,6 +90,52 @@ def test_doctor_finds_the_injected_problems_and_changes_nothing(dirty, tmp_path,
     assert results["data_health"]["leakage"] == 0  # the leaked copies were left out
 
 
+def test_a_new_check_is_one_registered_kind_shown_everywhere(dirty, tmp_path, capsys, monkeypatch):
+    """A kind of finding registered in `doctor.kinds` reaches doctor.json, the summary, the page,
+    the exclude list and the studio's findings, with no other change; a stored analysis made
+    without it is not reused."""
+    from transferkit.doctor import kinds
+    from transferkit.doctor.html import section, single
+    from transferkit.studio.datasets import Dataset
+
+    class Lonely(kinds.Kind):  # images whose nearest neighbour has another label
+        name, order = "lonely", 55
+
+        def find(self, evidence):
+            labels, nearest = evidence.labels, evidence.idx[:, 0]
+            return [{"i": int(i), "other": int(labels[nearest[i]])} for i in np.flatnonzero(labels != labels[nearest])]
+
+        def rows(self, found, who):
+            return [{**who(f["i"]), "nearest_label": who.split.classes[f["other"]]} for f in found]
+
+        def summary(self, report):
+            return [f"lonely images: {len(report['lonely'])}" + kinds.shown_names(report["lonely"])]
+
+        def sections(self, report):
+            return [section("Lonely images", report["lonely"], single("nearest_label"))]
+
+        def excluded(self, report):
+            return [(x["path"], f"lonely: its nearest image is a {x['nearest_label']}") for x in report["lonely"]]
+
+        def studio(self, report, image):
+            return {"lonely": [{"kind": "lonely", "images": [image(f)]} for f in kinds.studio_singles(report, "lonely")]}
+
+    data, truth = dirty
+    out, exclude = tmp_path / "out", tmp_path / "exclude.txt"
+    assert main(["doctor", str(data), "--out", str(tmp_path / "before")]) == 0  # stores its analysis
+    monkeypatch.setitem(kinds.KINDS._entries, "lonely", Lonely())
+    assert main(["doctor", str(data), "--out", str(out), "--write-exclude", str(exclude)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "doctor.json").read_text())
+    lonely = {x["path"]: x for x in report["lonely"]}
+    assert str(truth["flipped"]) in lonely and lonely[str(truth["flipped"])]["nearest_label"] == "bees"
+    assert f"lonely images: {len(lonely)}" in printed
+    assert f"Lonely images ({len(lonely)})" in (out / "doctor.html").read_text()
+    assert "# lonely: its nearest image is a " in exclude.read_text()
+    shown = Dataset("data", data, tmp_path / "fixes.csv", tmp_path / "thumbs").findings(out / "doctor.json")
+    assert {x["images"][0]["path"] for x in shown["groups"]["lonely"]} >= {"train/ants/really_a_bee.jpg"}
+
+
 def test_train_warns_about_leakage_and_two_labels_from_its_own_features(dirty, tmp_path, capsys):
     data, truth = dirty
     run = tmp_path / "run"

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..folds import components, max_folds
 from ..task import strata_of
-from . import checks
+from . import checks, kinds
 
 LABEL_FOLDS = 5
 MAP_NEIGHBOURS = 8  # "more like this": each image's nearest images on the features
@@ -38,7 +38,7 @@ def find_all(last: np.ndarray, head_features: np.ndarray, labels, splits, hashes
     sims, idx = checks.neighbours(last)
     found = look_and_group(sims, idx, labels, splits, hashes, props, thumbs, same_scene, multi_hot)
     if multi_hot is not None:
-        return _conclude_multilabel(found, last, head_features, multi_hot, sims, idx, seed)
+        return _conclude_multilabel(found, last, head_features, labels, multi_hot, sims, idx, seed)
     opinions = None
     if found["label_folds"] >= 2:
         # three opinions of each image's class, none of which saw it (nor its copies): heads on the
@@ -53,51 +53,46 @@ def find_all(last: np.ndarray, head_features: np.ndarray, labels, splits, hashes
 
 def look_and_group(sims, idx, labels, splits, hashes, props, thumbs, same_scene: float,
                    multi_hot: np.ndarray | None = None) -> dict:
-    """From each image's nearest neighbours and its facts: exact and near copies, same scenes,
-    image issues, the groups that keep look-alikes in one fold, and how many folds they allow."""
-    exact = checks.exact_duplicates(hashes, labels, splits)
-    image_issues = checks.image_issues(props)
-    # blank images are all alike (and reported as blank): pairing them with each other says nothing
-    blank = {f["i"] for f in image_issues.get("blank", [])}
-    near, scene = checks.look_alikes(sims, idx, thumbs, labels, splits, exact, blank, same_scene)
-    groups = components(len(labels), [(p["a"], p["b"]) for p in exact + near + scene])
+    """From each image's nearest neighbours and its facts: every kind of the "look" phase (exact
+    and near copies, same scenes, image issues: `kinds`), the groups that keep look-alikes in one
+    fold, and how many folds they allow."""
+    evidence = kinds.Evidence(sims, idx, labels, splits, hashes, props, thumbs, same_scene, multi_hot)
+    found = kinds.find(evidence, "look")
+    groups = components(len(labels), kinds.pairs_found(found))
     strata = labels if multi_hot is None else strata_of(multi_hot)  # (multi-label: each image's rarest label)
-    return {"exact_duplicates": exact, "near_duplicates": near, "same_scene": scene, "image_issues": image_issues,
-            "group_of": groups, "label_folds": max_folds(strata, groups, LABEL_FOLDS)}
+    return {**found, "group_of": groups, "label_folds": max_folds(strata, groups, LABEL_FOLDS)}
 
 
-def _conclude_multilabel(found: dict, last, head_features, y: np.ndarray, sims, idx, seed: int) -> dict:
+def _conclude_multilabel(found: dict, last, head_features, labels, y: np.ndarray, sims, idx, seed: int) -> dict:
     """`conclude` for multi-label data: the same three opinions (out-of-fold one-vs-rest heads on
     the last layer's and the multi-layer features, the neighbours' share), averaged per class, read
     by cleanlab's multi-label confident learning (`checks.multilabel_issues`)."""
-    groups = found.pop("group_of")
+    probs = None
     if found["label_folds"] >= 2:
-        opinions = [checks.out_of_fold_multilabel(x, y, found["label_folds"], seed, groups=groups)
+        opinions = [checks.out_of_fold_multilabel(x, y, found["label_folds"], seed, groups=found["group_of"])
                     for x in ([last, head_features] if head_features.shape[1] > last.shape[1] else [last])]
-        probs = np.mean(opinions + [checks.neighbour_share(sims, idx, y, groups)], axis=0)
-        label_issues, predicted = checks.multilabel_issues(probs, y, sims, idx), probs.argmax(1).tolist()
-    else:
-        label_issues, predicted = [], None
-    sizes = np.bincount(groups)
-    return {**found, "label_issues": label_issues, "outliers": checks.outliers(sims),
-            "map": {"xy": feature_map(last), "neighbours": idx[:, :MAP_NEIGHBOURS].tolist(), "predicted": predicted},
-            "groups": {"groups": int(len(sizes)), "grouped_images": int((sizes > 1)[groups].sum()),
-                       "largest": int(sizes.max()) if len(sizes) else 0}}
+        probs = np.mean(opinions + [checks.neighbour_share(sims, idx, y, found["group_of"])], axis=0)
+    return _concluded(found, kinds.Evidence(sims, idx, labels, multi_hot=y, probs=probs),
+                      feature_map(last))
 
 
 def conclude(found: dict, opinions: list | None, sims, idx, labels, num_classes: int, xy) -> dict:
     """The findings (`find_all`'s answer) from `look_and_group`'s, the out-of-fold heads'
     probabilities (None: too few images for folds) and the map's plane."""
-    groups = found.pop("group_of")
+    probs = None
     if opinions is not None:
-        opinions.append(checks.neighbour_vote(sims, idx, labels, num_classes, groups))
+        opinions.append(checks.neighbour_vote(sims, idx, labels, num_classes, found["group_of"]))
         probs = np.mean(opinions, axis=0)
-        label_issues = checks.label_issues(probs, labels, sims, idx)
-        predicted = probs.argmax(1).tolist()
-    else:
-        label_issues, predicted = [], None
+    return _concluded(found, kinds.Evidence(sims, idx, labels, probs=probs), xy)
+
+
+def _concluded(found: dict, evidence: kinds.Evidence, xy) -> dict:
+    """Every kind of the "conclude" phase found from `evidence`, the map and the groups' sizes."""
+    groups = found.pop("group_of")
+    concluded = kinds.find(evidence, "conclude")
+    predicted = evidence.probs.argmax(1).tolist() if evidence.probs is not None else None
     sizes = np.bincount(groups)
-    return {**found, "label_issues": label_issues, "outliers": checks.outliers(sims),
-            "map": {"xy": xy, "neighbours": idx[:, :MAP_NEIGHBOURS].tolist(), "predicted": predicted},
+    return {**found, **concluded,
+            "map": {"xy": xy, "neighbours": evidence.idx[:, :MAP_NEIGHBOURS].tolist(), "predicted": predicted},
             "groups": {"groups": int(len(sizes)), "grouped_images": int((sizes > 1)[groups].sum()),
                        "largest": int(sizes.max()) if len(sizes) else 0}}

@@ -16,7 +16,7 @@ from ..config import DoctorOptions
 from ..console import Console
 from ..errors import UserError
 from ..files import atomic_write, check_output_file, claim_out, fresh_dir, output_stream, refuse_inside, shown, text_bytes
-from . import checks, copies, images
+from . import checks, copies, images, kinds
 from .analysis import find_all
 from .report import EXCLUDE_HEAD, build_report, exclude_text, summary_lines
 
@@ -141,8 +141,9 @@ ANALYSIS_VERSION = 2  # 2: the feature map and neighbours (doctor_map.json)
 def _analysis_key(args: tuple) -> str:
     import hashlib
 
+    # (the kinds found, each with its version: a check added or changed finds its part again)
     h = hashlib.sha256(repr((ANALYSIS_VERSION, copies.COPY_MATCH, copies.COPY_SUM, checks.NEIGHBOURS,
-                             checks.OUTLIER_Z)).encode())
+                             checks.OUTLIER_Z, [(k.name, k.version) for k in kinds.KINDS])).encode())
     for a in args:
         items = a if isinstance(a, list) else [a]
         for x in items:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..data import fixes as fixing
 from ..data.discover import discover
+from ..doctor.kinds import KINDS
 from ..errors import UserError
 from ..files import Record, read_json_object, shown
 
@@ -299,31 +300,9 @@ class Dataset:
             return {"path": rel, "label": d.text("label"), "split": d.text("split"), "known": rel in self._index,
                     "fix": fix.to_dict() if fix else None}
 
-        def pairs(key: str) -> list[dict]:  # (a finding without its images, as a damaged file has, is left out)
-            return [{"kind": p.text("kind", ""), "similarity": p.number("similarity"),
-                     "images": [image(p.record("a")), image(p.record("b"))]}
-                    for p in report.items_of(key, dict) if p.record("a").text("path") and p.record("b").text("path")]
-
-        def singles(key: str) -> list[Record]:
-            return [f for f in report.items_of(key, dict) if f.text("path")]
-
-        groups = {
-            "exact copies": pairs("exact_duplicates"),
-            "near copies": pairs("near_duplicates"),
-            "same scene": pairs("same_scene"),
-            "likely label errors": [{"kind": f"labelled {f.text('label') or '(none)'}, looks like "
-                                             f"{f.text('suggested') or '(none)'}",
-                                     # (multi-label: the suggested set, as the relabel action takes it)
-                                     "suggested": fixing.LABELS_SEP.join(f.texts("suggested_labels"))
-                                     if f.get("suggested_labels") is not None else f.text("suggested"),
-                                     "score": f.number("score"), "images": [image(f)]}
-                                    for f in singles("label_issues")],
-            "outliers": [{"kind": f"z {f.number('z')}", "images": [image(f)]} for f in singles("outliers")],
-        }
-        issues = report.record("image_issues")
-        for kind in issues:
-            groups[f"{kind} images"] = [{"kind": f.text("detail", str(kind)), "images": [image(f)]}
-                                        for f in issues.items_of(kind, dict) if f.text("path")]
+        groups: dict[str, list[dict]] = {}
+        for kind in KINDS:
+            groups.update(kind.studio(report, image))
         return {"groups": {k: v for k, v in groups.items() if v}, "balance": report.record("balance") or None,
                 "unreadable": report.items_of("unreadable", dict), "images": report.integer("images")}
 
