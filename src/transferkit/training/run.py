@@ -54,16 +54,7 @@ def _train(cfg: TrainConfig, console: Console, worker: Worker, started: float, c
         if cfg.track and group.primary:  # the primary alone logs, for the group
             tracking.start(cfg.track, run_start(cfg, run_dir), console.warn)
             ctx = dataclasses.replace(ctx, observe=lambda stats: tracking.epoch(stats, len(ctx.split.train)))
-        spec = ctx.models.spec
-        processes = f", {group.world} processes ({group.backend})" if group.distributed else ""
-        trains = ctx.strategy.trains != "head"  # a network trains (in the runtime's precision), not only a head
-        console.info(
-            f"training {spec.name} ({cfg.strategy}) on {len(ctx.split.classes)} classes "
-            f"({ctx.split.val_source} validation)"
-            + (f", {ctx.runtime.device.type} {ctx.runtime.precision}" if trains else "") + processes
-        )
-        if ctx.engine is not None:
-            console.info(f"features: {ctx.engine.line()}")
+        _announce(ctx, console)
         outcome = ctx.strategy.run(ctx)
         features = ctx.features.computed() if ctx.features is not None else None
         # sharded features: the val x train search for near copies runs on every rank's rows
@@ -73,6 +64,39 @@ def _train(cfg: TrainConfig, console: Console, worker: Worker, started: float, c
         health = quick_health(outcome.split, features, cache, cfg.data, near)
         if group.distributed:
             outcome.info["distributed"] = group.describe()
+    _warn_of_data(outcome, health, console)
+    if outcome.fit.interrupted:
+        console.warn(f"interrupted: keeping the best epoch so far ({outcome.fit.best_epoch}); "
+                     f"continue with: transferkit train --resume {run_dir}")
+    elif ctx.checkpoint.exists():
+        ctx.checkpoint.unlink()  # finished: the bundle is what remains
+    elastic.finished(cfg)
+    _save_bundle(ctx, outcome)
+    results = write_outputs(run_dir, outcome, ran_on(ctx, outcome), started, worker, health, ctx.engine,
+                            None if cfg.no_cache else cache)
+    if tracking:
+        tracking.history(outcome.fit.history, outcome.fit.unit, len(outcome.split.train))
+        tracking.finish(run_end(run_dir, results, outcome))
+    _tell_results(results, outcome, run_dir, console)
+    return Run(run_dir, results)
+
+
+def _announce(ctx: Context, console: Console) -> None:
+    """What trains, on what, and where the features come from."""
+    cfg, group = ctx.cfg, ctx.group
+    processes = f", {group.world} processes ({group.backend})" if group.distributed else ""
+    trains = ctx.strategy.trains != "head"  # a network trains (in the runtime's precision), not only a head
+    console.info(
+        f"training {ctx.models.spec.name} ({cfg.strategy}) on {len(ctx.split.classes)} classes "
+        f"({ctx.split.val_source} validation)"
+        + (f", {ctx.runtime.device.type} {ctx.runtime.precision}" if trains else "") + processes
+    )
+    if ctx.engine is not None:
+        console.info(f"features: {ctx.engine.line()}")
+
+
+def _warn_of_data(outcome: Outcome, health: dict, console: Console) -> None:
+    """The data's problems train saw: its quick health check's, skipped files, classes without a val image."""
     for line in health_warnings(health):
         console.warn(line)
     for item in outcome.split.skipped:
@@ -82,13 +106,11 @@ def _train(cfg: TrainConfig, console: Console, worker: Worker, started: float, c
         if count == 0:
             console.warn(f"class {name} has no validation image: its accuracy is not measured, and the averages "
                          "leave it out; add images to it (or a val/ folder)")
-    if outcome.fit.interrupted:
-        console.warn(f"interrupted: keeping the best epoch so far ({outcome.fit.best_epoch}); "
-                     f"continue with: transferkit train --resume {run_dir}")
-    elif ctx.checkpoint.exists():
-        ctx.checkpoint.unlink()  # finished: the bundle is what remains
-    elastic.finished(cfg)
-    used = outcome.cfg  # auto: the options of the strategy it chose
+
+
+def _save_bundle(ctx: Context, outcome: Outcome) -> None:
+    """The model bundle (model.safetensors + model.json) of what trained, in the run folder."""
+    used, spec = outcome.cfg, ctx.models.spec  # auto: the options of the strategy it chose
     frozen = ctx.features_ident if STRATEGIES.get(used.strategy).trains == "head" and outcome.pre is None else None
     meta = bundle.BundleMeta(spec.name, spec.arch, outcome.split.classes, outcome.pre or ctx.pre, used.strategy,
                              used.dropout or 0.0,
@@ -96,12 +118,11 @@ def _train(cfg: TrainConfig, console: Console, worker: Worker, started: float, c
                              features=outcome.features, frozen_features=frozen, task=trained_task(outcome),
                              ood=outcome.ood.to_dict() if outcome.ood is not None else None)
     state = outcome.state if outcome.ood is None else {**outcome.state, bundle.OOD_KEY: outcome.ood.reference}
-    bundle.save(run_dir, state, meta)
-    results = write_outputs(run_dir, outcome, ran_on(ctx, outcome), started, worker, health, ctx.engine,
-                            None if cfg.no_cache else cache)
-    if tracking:
-        tracking.history(outcome.fit.history, outcome.fit.unit, len(outcome.split.train))
-        tracking.finish(run_end(run_dir, results, outcome))
+    bundle.save(ctx.run_dir, state, meta)
+
+
+def _tell_results(results: dict, outcome: Outcome, run_dir: Path, console: Console) -> None:
+    """The metrics table, the calibration, a cross-validation warning and the closing line."""
     console.info(metrics.format_table(results["metrics"]))
     cal = results["metrics"].get("calibration")
     if cal and cal["before"]["ece"] is not None:
@@ -121,7 +142,6 @@ def _train(cfg: TrainConfig, console: Console, worker: Worker, started: float, c
              if m.get("task") == "multilabel" else f"val accuracy {results['val_acc']:.4f}")
     console.info(f"{score} ({results['num_val']} val / {results['num_train']} train "
                  f"images{skipped}), {kept}, {results['wall_s']:.1f} s\noutputs: {run_dir}")
-    return Run(run_dir, results)
 
 
 def run_start(cfg: TrainConfig, run_dir: Path) -> RunStart:

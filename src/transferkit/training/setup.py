@@ -85,40 +85,18 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
         from ..runtime import Runtime
 
         check_sync_bn(cfg.sync_bn, group, Runtime.create(device, cfg.precision).device)
-    split = discover(cfg.data, cfg.val_fraction, cfg.seed, cache.datasets(), table_of(cfg), cfg.task, cfg.label_delim)
-    split = adjusted_split(cfg, split, console)
-    if cfg.loss != "bce" and not split.task.multi:
-        raise UserError(f"--loss {cfg.loss} is for multi-label data; this dataset has one label per image (its loss is "
-                        "the cross-entropy)")
-    if split.task.multi:
-        refuse_for_multilabel(cfg, strategy)
-        if split.merged:
-            console.info(f"{split.merged} image(s) are listed on several rows with other labels: each is one image "
-                         "with every label its rows give (multi-label)")
-    # Without pretrained weights, images of a fixed small size (CIFAR) are used at that size.
-    size = cfg.image_size or (split.image_size if cfg.weights == "none" else None)
-    upscaled = size is None and strategy.trains not in ("head", "chosen") and cfg.weights != "none"
-    pre = network_preprocess(spec, split) if upscaled else spec.with_input_size(size)
-    stem = cfg.stem if cfg.stem != "auto" else (
-        "small" if cfg.weights == "none" and pre.input_size <= 64 and backbones.has_small_stem(spec) else "standard")
+    split = _data_split(cfg, strategy, cache, console)
+    pre, stem = _input(cfg, spec, split, strategy)
     weights = identify_weights(spec, cfg.weights, cfg.seed)
     uses_features = strategy.uses_features if with_features is None else with_features
-    # the engine that extracts features, chosen by the primary for the group (the same precision everywhere)
-    images = len(split.train) * (1 + (cfg.aug_views or 0)) + len(split.val)
-    engine = group.decide(lambda: engines.choose(cfg.engine, device, cfg.precision, images)) if uses_features else None
+    engine = _feature_engine(cfg, split, device, group) if uses_features else None
     # (a network strategy's backbone weights are cached under its training precision's key; INT8
     # features under their quantized network's, `int8_key` below)
     key = features_key(spec, stem, weights.identity, pre, engine.network_precision if engine
                        else _training_precision(device, cfg))
     workers = default_workers() if cfg.workers is None else cfg.workers
     # --features auto | multi: the earlier stages' pooled activations are extracted too (one pass)
-    multi = cfg.features == "multi" or (cfg.features == "auto" and spec.has_multi_layer)
-    if multi and not spec.has_multi_layer:
-        raise UserError(f"--features multi needs a timm backbone (its feature_info names the stages); "
-                        f"{spec.name} is built by torchvision")
-    if cfg.drop_path and spec.family != "timm":
-        raise UserError(f"--drop-path needs a timm backbone (efficientnet_lite*, timm:<name>); {spec.name} is built "
-                        f"by torchvision")
+    multi = _multi_layer(cfg, spec)
     if strategy.trains != "head":  # random weights (scratch, a new head) are the same for a seed
         import torch
 
@@ -144,16 +122,66 @@ def make_context(cfg: TrainConfig, console: Console, cache: Cache, run_name: str
     if parent is not None and group.primary:
         for line in parent.lines(strategy.name):
             (console.warn if line.startswith("warning: ") else console.info)(line.removeprefix("warning: "))
-    def new_run_dir() -> Path:
-        run_dir = make_run_dir(cfg, run_name)
-        cfg.to_yaml(run_dir / "config.yaml")  # written first: --resume reads it
-        elastic.started(cfg, run_dir)
-        return run_dir
-
     return Context(cfg=cfg, split=split, models=models, pre=pre, device=device, cache=cache, workers=workers,
-                   console=console, features=features, run_dir=group.decide(new_run_dir), engine=engine,
+                   console=console, features=features, run_dir=group.decide(lambda: _new_run_dir(cfg, run_name)),
+                   engine=engine,
                    features_ident={"features": key, "multi": multi} if uses_features else None, resume=resume,
                    group=group, started=started, parent=parent)
+
+
+def _feature_engine(cfg: TrainConfig, split, device, group: Group):
+    """The engine that extracts the features, chosen by the primary for the group (the same
+    precision everywhere), for as many images as the pass gives."""
+    images = len(split.train) * (1 + (cfg.aug_views or 0)) + len(split.val)
+    return group.decide(lambda: engines.choose(cfg.engine, device, cfg.precision, images))
+
+
+def _new_run_dir(cfg: TrainConfig, run_name: str | None) -> Path:
+    """The run folder, made, with config.yaml written first (--resume reads it)."""
+    run_dir = make_run_dir(cfg, run_name)
+    cfg.to_yaml(run_dir / "config.yaml")
+    elastic.started(cfg, run_dir)
+    return run_dir
+
+
+def _data_split(cfg: TrainConfig, strategy, cache: Cache, console: Console):
+    """The data's split, as the options adjust it, checked against the options that depend on
+    its task (a multi-label loss, what multi-label data refuses)."""
+    split = discover(cfg.data, cfg.val_fraction, cfg.seed, cache.datasets(), table_of(cfg), cfg.task, cfg.label_delim)
+    split = adjusted_split(cfg, split, console)
+    if cfg.loss != "bce" and not split.task.multi:
+        raise UserError(f"--loss {cfg.loss} is for multi-label data; this dataset has one label per image (its loss is "
+                        "the cross-entropy)")
+    if split.task.multi:
+        refuse_for_multilabel(cfg, strategy)
+        if split.merged:
+            console.info(f"{split.merged} image(s) are listed on several rows with other labels: each is one image "
+                         "with every label its rows give (multi-label)")
+    return split
+
+
+def _input(cfg: TrainConfig, spec, split, strategy) -> tuple:
+    """(the preprocessing, the stem) the network gets the images with. Without pretrained
+    weights, images of a fixed small size (CIFAR) are used at that size."""
+    size = cfg.image_size or (split.image_size if cfg.weights == "none" else None)
+    upscaled = size is None and strategy.trains not in ("head", "chosen") and cfg.weights != "none"
+    pre = network_preprocess(spec, split) if upscaled else spec.with_input_size(size)
+    stem = cfg.stem if cfg.stem != "auto" else (
+        "small" if cfg.weights == "none" and pre.input_size <= 64 and backbones.has_small_stem(spec) else "standard")
+    return pre, stem
+
+
+def _multi_layer(cfg: TrainConfig, spec) -> bool:
+    """Whether the earlier stages' pooled activations are extracted too (--features auto | multi),
+    and the options that need a timm backbone checked."""
+    multi = cfg.features == "multi" or (cfg.features == "auto" and spec.has_multi_layer)
+    if multi and not spec.has_multi_layer:
+        raise UserError(f"--features multi needs a timm backbone (its feature_info names the stages); "
+                        f"{spec.name} is built by torchvision")
+    if cfg.drop_path and spec.family != "timm":
+        raise UserError(f"--drop-path needs a timm backbone (efficientnet_lite*, timm:<name>); {spec.name} is built "
+                        f"by torchvision")
+    return multi
 
 
 def adjusted_split(cfg: TrainConfig, split, console: Console):

@@ -96,42 +96,16 @@ def run(ctx):
     ctx.console.info(f"auto: {chosen}, because {reason}")
     head = STRATEGIES.get("linear").run(dataclasses.replace(ctx, cfg=for_strategy(ctx.cfg, "linear")))
     head_acc = ctx.group.decide(lambda: _val_acc(head))  # (sharded features: the val logits are the primary's)
-    candidates = [
-        {"candidate": "features", "what": f"{f.total_images} training + {len(f.split.val)} val images through the frozen "
-                                          f"backbone ({f.facts.get('features_computed', 0)} computed, the rest cached)",
-         "seconds": round(features_s, 2)},
-        {"candidate": "linear", "what": f"the head, cross-validated ({choice.folds} folds, "
-                                        f"{len(choice.table)} settings) and fitted",
-         "cv_accuracy": choice.cv_accuracy, "val_acc": head_acc,
-         "seconds": round(time.perf_counter() - start - estimate.get("seconds", 0.0), 2)},
-    ]
+    candidates = _head_candidates(f, features_s, choice, head_acc,
+                                  time.perf_counter() - start - estimate.get("seconds", 0.0))
     timed = (f"; fine-tuning's cost timed on 4 training steps in {estimate['seconds']:.1f} s"
              if "seconds" in estimate else "")
     outcome = head
     if chosen == "lp-ft":
         head.state = {k: v.copy() for k, v in head.state.items()}  # (NumPy) fine-tuning changes the network in place
-        tuned_cfg = ft_ctx.cfg if epochs is None else dataclasses.replace(ft_ctx.cfg, epochs=epochs)
-        tuned_ctx = dataclasses.replace(ft_ctx, cfg=tuned_cfg,
-                                        deadline=None if deadline is None else deadline - reserve)
-        start = time.perf_counter()
-        tuned = STRATEGIES.get("lp-ft").run(tuned_ctx)
-        tuned_acc = ctx.group.decide(lambda: _val_acc(tuned))
-        kept = tuned.info.get("kept") != "probe" and tuned_acc > head_acc
-        if kept:
-            outcome = dataclasses.replace(tuned, pre=ft_ctx.pre)
-            verdict = f"kept lp-ft: val accuracy {tuned_acc:.1%} vs the head's {head_acc:.1%} on the same images"
-        else:
-            verdict = (f"kept the head: val accuracy {head_acc:.1%}, lp-ft reached {tuned_acc:.1%} "
-                       f"(best fine-tuned epoch {tuned.info.get('fine_tuned_val_acc', tuned_acc):.1%})")
-        cost = estimate.get("cost")
-        candidates.append({
-            "candidate": "lp-ft", "what": f"{len(tuned.fit.history)} of {tuned_cfg.epochs} epochs at "
-                                          f"{ft_ctx.pre.input_size} px" + _stopped(tuned.fit) + timed,
-            "val_acc": tuned.info.get("fine_tuned_val_acc", tuned_acc),
-            "seconds": round(time.perf_counter() - start + estimate.get("seconds", 0.0), 2),
-            "estimated_seconds": round(cost.seconds(tuned_cfg.epochs), 1) if cost else None, "kept": kept})
-        outcome.info.update(head_val_acc=head_acc, lp_ft_val_acc=tuned_acc)
-        ctx.console.info(f"auto: {verdict}")
+        outcome, candidate, verdict = _lp_ft(ctx, ft_ctx, head, head_acc, epochs,
+                                             None if deadline is None else deadline - reserve, estimate, timed)
+        candidates.append(candidate)
         reason += "; " + verdict
     else:
         candidates.append({"candidate": "lp-ft", "what": "not run: " + reason + timed,
@@ -142,6 +116,49 @@ def run(ctx):
     outcome.info.update(strategy_reason=reason, head_cv_accuracy=choice.cv_accuracy, images_per_class=per_class,
                         candidates=candidates, budget_s=ctx.cfg.budget)
     return outcome
+
+
+def _head_candidates(f, features_s: float, choice, head_acc: float, head_s: float) -> list[dict]:
+    """The candidates' rows of the features' pass and the head on them."""
+    return [
+        {"candidate": "features", "what": f"{f.total_images} training + {len(f.split.val)} val images through the frozen "
+                                          f"backbone ({f.facts.get('features_computed', 0)} computed, the rest cached)",
+         "seconds": round(features_s, 2)},
+        {"candidate": "linear", "what": f"the head, cross-validated ({choice.folds} folds, "
+                                        f"{len(choice.table)} settings) and fitted",
+         "cv_accuracy": choice.cv_accuracy, "val_acc": head_acc, "seconds": round(head_s, 2)},
+    ]
+
+
+def _lp_ft(ctx, ft_ctx, head, head_acc: float, epochs: int | None, deadline: float | None, estimate: dict,
+           timed: str):
+    """Run LP-FT (`epochs`: None, its own; `deadline`: when it must end) and keep it if it beats
+    the head on the val images: (the outcome kept, its candidate row, the verdict)."""
+    import dataclasses
+
+    tuned_cfg = ft_ctx.cfg if epochs is None else dataclasses.replace(ft_ctx.cfg, epochs=epochs)
+    tuned_ctx = dataclasses.replace(ft_ctx, cfg=tuned_cfg, deadline=deadline)
+    start = time.perf_counter()
+    tuned = STRATEGIES.get("lp-ft").run(tuned_ctx)
+    tuned_acc = ctx.group.decide(lambda: _val_acc(tuned))
+    kept = tuned.info.get("kept") != "probe" and tuned_acc > head_acc
+    outcome = head
+    if kept:
+        outcome = dataclasses.replace(tuned, pre=ft_ctx.pre)
+        verdict = f"kept lp-ft: val accuracy {tuned_acc:.1%} vs the head's {head_acc:.1%} on the same images"
+    else:
+        verdict = (f"kept the head: val accuracy {head_acc:.1%}, lp-ft reached {tuned_acc:.1%} "
+                   f"(best fine-tuned epoch {tuned.info.get('fine_tuned_val_acc', tuned_acc):.1%})")
+    cost = estimate.get("cost")
+    candidate = {
+        "candidate": "lp-ft", "what": f"{len(tuned.fit.history)} of {tuned_cfg.epochs} epochs at "
+                                      f"{ft_ctx.pre.input_size} px" + _stopped(tuned.fit) + timed,
+        "val_acc": tuned.info.get("fine_tuned_val_acc", tuned_acc),
+        "seconds": round(time.perf_counter() - start + estimate.get("seconds", 0.0), 2),
+        "estimated_seconds": round(cost.seconds(tuned_cfg.epochs), 1) if cost else None, "kept": kept}
+    outcome.info.update(head_val_acc=head_acc, lp_ft_val_acc=tuned_acc)
+    ctx.console.info(f"auto: {verdict}")
+    return outcome, candidate, verdict
 
 
 def candidate_line(c: dict) -> str:
