@@ -460,3 +460,30 @@ def test_the_public_functions_say_their_arguments_and_what_they_return():
             assert "Args:" in doc, name
             assert "Returns:" in doc or inspect.signature(obj).return_annotation in (None, "None"), name
 
+
+
+LONGEST_FUNCTION = 60  # lines, its signature and docstring included
+
+
+def test_no_function_is_longer_than_a_screen():
+    """A function that does several jobs is split into functions named for them."""
+    import ast
+
+    long = []
+    for module, path in _module_files().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > LONGEST_FUNCTION:
+                    long.append(f"{module}.{node.name}: {lines} lines")
+    assert not long, "\n".join(long)
+
+
+def test_the_tests_are_arranged_by_package():
+    """Each folder of tests/ is named for the package of transferkit its tests are about (those
+    of a top-level module, or of several packages, are at the top)."""
+    tests = Path(__file__).parent
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))}
+    packages = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()}
+    assert folders and folders <= packages, folders - packages
+    assert all(any(f.glob("test_*.py")) for f in (tests / name for name in folders))

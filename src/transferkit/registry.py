@@ -9,6 +9,7 @@ validation, which must not pay the 1-2 s of importing torch.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import pkgutil
@@ -33,6 +34,16 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.kind} '{name}' registered twice")
         self._entries[name] = entry
         return entry
+
+    @contextlib.contextmanager
+    def temporarily(self, entry: T) -> Iterator[T]:
+        """`entry` registered within the block only (a plug-in tried out, a test's own entry)."""
+        self._load()
+        self.register(entry)
+        try:
+            yield entry
+        finally:
+            del self._entries[entry.name]  # type: ignore[attr-defined]
 
     def _load(self) -> None:
         if not self._loaded:

@@ -78,7 +78,7 @@ def test_onnxruntime_features_equal_pytorch_fp32_on_real_weights(tmp_path):
     spec = backbones.get("efficientnet_lite0")
     pre = spec.with_input_size(96)
     model, _ = build_classifier(spec, 2, features="multi")
-    root = Path(__file__).resolve().parents[1] / "samples" / "hymenoptera_small" / "val"
+    root = Path(__file__).resolve().parents[2] / "samples" / "hymenoptera_small" / "val"
     paths = sorted(str(p) for p in root.rglob("*.jpg"))[:6]
     batch = np.stack([eval_array(p, pre.resize_size, pre.input_size, pre.interpolation) for p in paths])
     batch = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
@@ -245,7 +245,7 @@ def test_int8_features_are_an_engine_asked_for_by_name(tmp_path, monkeypatch, ca
     from transferkit.engines import int8
 
     monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path / "cache"))
-    photos = Path(__file__).resolve().parents[1] / "samples" / "hymenoptera_small"
+    photos = Path(__file__).resolve().parents[2] / "samples" / "hymenoptera_small"
     run = transferkit.train(photos, out=str(tmp_path / "int8"), engine="onnxruntime-int8", no_report=True)
     said = capsys.readouterr()
     assert "quantizing" in said.out + said.err

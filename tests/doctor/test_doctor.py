@@ -90,7 +90,7 @@ def test_doctor_finds_the_injected_problems_and_changes_nothing(dirty, tmp_path,
     assert results["data_health"]["leakage"] == 0  # the leaked copies were left out
 
 
-def test_a_new_check_is_one_registered_kind_shown_everywhere(dirty, tmp_path, capsys, monkeypatch):
+def test_a_new_check_is_one_registered_kind_shown_everywhere(dirty, tmp_path, capsys):
     """A kind of finding registered in `doctor.kinds` reaches doctor.json, the summary, the page,
     the exclude list and the studio's findings, with no other change; a stored analysis made
     without it is not reused."""
@@ -123,8 +123,10 @@ def test_a_new_check_is_one_registered_kind_shown_everywhere(dirty, tmp_path, ca
     data, truth = dirty
     out, exclude = tmp_path / "out", tmp_path / "exclude.txt"
     assert main(["doctor", str(data), "--out", str(tmp_path / "before")]) == 0  # stores its analysis
-    monkeypatch.setitem(kinds.KINDS._entries, "lonely", Lonely())
-    assert main(["doctor", str(data), "--out", str(out), "--write-exclude", str(exclude)]) == 0
+    with kinds.KINDS.temporarily(Lonely()):
+        assert main(["doctor", str(data), "--out", str(out), "--write-exclude", str(exclude)]) == 0
+        shown = Dataset("data", data, tmp_path / "fixes.csv", tmp_path / "thumbs").findings(out / "doctor.json")
+    assert "lonely" not in kinds.KINDS  # registered within the block only
     printed = capsys.readouterr().out
     report = json.loads((out / "doctor.json").read_text())
     lonely = {x["path"]: x for x in report["lonely"]}
@@ -132,7 +134,6 @@ def test_a_new_check_is_one_registered_kind_shown_everywhere(dirty, tmp_path, ca
     assert f"lonely images: {len(lonely)}" in printed
     assert f"Lonely images ({len(lonely)})" in (out / "doctor.html").read_text()
     assert "# lonely: its nearest image is a " in exclude.read_text()
-    shown = Dataset("data", data, tmp_path / "fixes.csv", tmp_path / "thumbs").findings(out / "doctor.json")
     assert {x["images"][0]["path"] for x in shown["groups"]["lonely"]} >= {"train/ants/really_a_bee.jpg"}
 
 
