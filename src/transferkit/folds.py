@@ -100,7 +100,7 @@ def stratified_sample(y: np.ndarray, size: int, seed: int) -> np.ndarray:
 def group_folds(y: np.ndarray, groups: np.ndarray | None, folds: int, seed: int) -> np.ndarray:
     """The fold of each sample, whole groups in one fold, each class spread over the folds as
     evenly as the groups allow: scikit-learn's StratifiedGroupKFold(shuffle=True,
-    random_state=seed), fold for fold (tests/test_doctor.py compares them). Its greedy rule: the
+    random_state=seed), fold for fold (tests/doctor/test_doctor.py compares them). Its greedy rule: the
     groups, shuffled, the most single-class first, each into the fold that leaves each class's
     share over the folds least spread (the mean over classes of the standard deviation over
     folds; near-ties: the fold with fewer images). Here every candidate fold of a group is scored
