@@ -43,19 +43,21 @@ def jobs(studio: Studio = Depends(current_studio)):
     return [j.to_dict() for j in studio.jobs.jobs]
 
 
-@router.get("/api/jobs/{job_id}")
-def job(job_id: int, studio: Studio = Depends(current_studio)):
+def known_job(job_id: int, studio: Studio = Depends(current_studio)):
+    """The job `job_id` (a 404 for one the queue does not know)."""
     found = studio.jobs.get(job_id)
     if found is None:
         raise HTTPException(404, f"no job {job_id}")
+    return found
+
+
+@router.get("/api/jobs/{job_id}")
+def job(found=Depends(known_job)):
     return found.to_dict()
 
 
 @router.post("/api/jobs/{job_id}/stop")
-def stop(job_id: int, studio: Studio = Depends(current_studio)):
-    found = studio.jobs.get(job_id)
-    if found is None:
-        raise HTTPException(404, f"no job {job_id}")
+def stop(found=Depends(known_job), studio: Studio = Depends(current_studio)):
     studio.jobs.stop(found)
     return found.to_dict()
 

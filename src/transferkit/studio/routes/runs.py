@@ -44,27 +44,29 @@ def cell(name: str, actual: str, predicted: str, studio: Studio = Depends(curren
     return fixable({"items": found}, studio.dataset_of(folder), ("items",))
 
 
-@router.get("/api/runs/{name}/thumb")
-def run_thumb(name: str, i: int = Query(..., ge=0), studio: Studio = Depends(current_studio)):
-    from ..views import predictions
-
-    rows = predictions(studio.run_dir(name))
-    if i >= len(rows):
-        raise HTTPException(404, f"the run {name} has {len(rows)} validation images")
-    return Response(thumbnail(Path(rows[i]["path"]), studio.thumbs, Path(rows[i]["path"]).name),
-                    media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
-
-
-@router.get("/api/runs/{name}/heatmap")
-def run_heatmap(name: str, i: int = Query(..., ge=0), studio: Studio = Depends(current_studio)):
-    """Where the run's model looks in its val image `i` (an overlay JPEG)."""
+def val_image(name: str, i: int = Query(..., ge=0), studio: Studio = Depends(current_studio)) -> tuple[Path, str]:
+    """(the run's folder, the path of its val image `i`, as predictions.csv gives it: a 404 past its last)."""
     from ..views import predictions
 
     folder = studio.run_dir(name)
     rows = predictions(folder)
     if i >= len(rows):
         raise HTTPException(404, f"the run {name} has {len(rows)} validation images")
-    return Response(studio.heatmap(folder, rows[i]["path"]), media_type="image/jpeg",
+    return folder, rows[i]["path"]
+
+
+@router.get("/api/runs/{name}/thumb")
+def run_thumb(image: tuple[Path, str] = Depends(val_image), studio: Studio = Depends(current_studio)):
+    path = Path(image[1])
+    return Response(thumbnail(path, studio.thumbs, path.name),
+                    media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.get("/api/runs/{name}/heatmap")
+def run_heatmap(image: tuple[Path, str] = Depends(val_image), studio: Studio = Depends(current_studio)):
+    """Where the run's model looks in its val image `i` (an overlay JPEG)."""
+    folder, path = image
+    return Response(studio.heatmap(folder, path), media_type="image/jpeg",
                     headers={"Cache-Control": "private, max-age=3600"})
 
 
