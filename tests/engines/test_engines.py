@@ -63,6 +63,35 @@ def test_auto_picks_onnxruntime_on_every_cpu_and_says_why(monkeypatch):
     assert "not installed" in engines.choose("auto", "cpu", "auto").reason
 
 
+def test_auto_asks_the_registered_engines_by_rank_and_an_engine_is_one_registration(monkeypatch):
+    """A new engine is one `Engine` registered: `auto` asks it in its rank's turn, --engine names
+    it; one that declines passes its reason to the engine asked next."""
+    monkeypatch.setattr(cpu, "cuda_driver_present", lambda: False)
+    asked = []
+
+    def offer(request):
+        asked.append(request)
+        if request.precision == "fp32":
+            return engines.Choice("eager", "cpu", "fp32", "named" if request.named else "fp32 asked")
+        if request.named:
+            raise UserError("--engine eager runs in fp32")
+        return "eager runs in fp32 only"
+
+    eager = engines.Engine("eager", "a test's engine", features=None, bundle=None, offer=offer, rank=5)
+    with engines.ENGINES.temporarily(eager):
+        assert "eager" in engines.choices()
+        assert engines.choose("auto", "cpu", "fp32") == engines.Choice("eager", "cpu", "fp32", "fp32 asked")
+        assert engines.choose("auto", "cpu", "auto").engine == "onnxruntime"  # eager declined: the next rank
+        assert engines.choose("eager", "cpu", "fp32").reason == "named"
+        with pytest.raises(UserError, match="runs in fp32"):
+            engines.choose("eager", "cpu", "bf16")
+        bf16 = engines.choose("auto", "cpu", "bf16")  # eager, then ONNX Runtime declined: PyTorch says why
+        assert bf16.engine == "torch" and "ONNX Runtime has no bf16" in bf16.reason
+    assert [(r.precision, r.named, r.why) for r in asked] == [
+        ("fp32", False, None), ("auto", False, None), ("fp32", True, None), ("bf16", True, None), ("bf16", False, None)]
+    assert "eager" not in engines.ENGINES
+
+
 def test_onnxruntime_features_equal_pytorch_fp32_on_real_weights(tmp_path):
     """Lite0's ImageNet weights, multi-layer features, real photos' pixels: the engines agree to
     1e-5 of the features' scale (the README states the measured difference)."""

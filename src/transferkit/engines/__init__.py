@@ -20,74 +20,45 @@ PyTorch.
 - `--engine torch|onnxruntime` forces one; `--precision bf16` means PyTorch (ONNX Runtime has no
   bf16 kernels on CPU); ONNX Runtime missing, or a network it cannot run, means PyTorch.
 
-Each engine is one module of this package that registers an `Engine`; this module and those
-import no torch at the top, so a command that runs on ONNX Runtime never imports it.
+Each engine is one module of this package that registers an `Engine`, with its `offer`: whether
+it runs what a command asks, and why not; `auto` asks the engines by their `rank` (ONNX Runtime,
+then PyTorch) and takes the first that offers. This module and those import no torch at the
+top, so a command that runs on ONNX Runtime never imports it.
 """
 
 from __future__ import annotations
 
-import importlib.util
-
-from .. import machine
 from ..errors import UserError
-from .base import ENGINES, Choice, Engine, choices, normalized, register
+from .base import ENGINES, Choice, Engine, Request, choices, normalized, register
 
-__all__ = ["ENGINES", "Choice", "Engine", "choices", "choose", "fallback", "load_bundle", "register"]
+__all__ = ["ENGINES", "Choice", "Engine", "Request", "choices", "choose", "fallback", "load_bundle", "register"]
 
 
 def choose(engine: str = "auto", device: str = "auto", precision: str = "auto", images: int | None = None) -> Choice:
     """The engine for a pass over `images` images (None: an open-ended stream, as a server's;
-    the rule does not depend on it today, the callers say it for the rules to come).
+    the rule does not depend on it today, the callers say it for the rules to come): the one
+    named, or the first registered engine, by rank, that offers to run on `device` in `precision`.
 
     Raises `UserError` for a combination that cannot run (ONNX Runtime in bf16, or on a GPU)."""
     engine = normalized(engine)
     if engine != "auto":
         if engine not in ENGINES:
             raise UserError(f"--engine {engine}: choose from {', '.join(c for c in choices() if c != 'onnx')}")
-        by_name = ENGINES.get(engine).by_name
-        if by_name is not None:  # (int8, openvino: asked for by name only)
-            return by_name(device, precision)
-    if device.startswith("cuda") or (device == "auto" and engine != "onnxruntime" and cuda_available()):
-        if engine == "onnxruntime":
-            raise UserError("--engine onnxruntime runs on the CPU: give --device cpu, or --engine torch for the GPU")
-        return torch_choice(device, precision, "a CUDA GPU: PyTorch runs on it")
-    if engine == "torch":
-        return torch_choice("cpu", precision, "--engine torch")
-    if precision == "bf16":
-        if engine == "onnxruntime":
-            raise UserError("--engine onnxruntime runs in fp32 on a CPU: drop --precision bf16 (or --engine torch)")
-        return torch_choice("cpu", precision, "--precision bf16: ONNX Runtime has no bf16 kernels on a CPU")
-    if importlib.util.find_spec("onnxruntime") is None:
-        if engine == "onnxruntime":
-            raise UserError("--engine onnxruntime needs onnxruntime: pip install onnxruntime")
-        return torch_choice("cpu", precision, "onnxruntime is not installed")
-    reason = "--engine onnxruntime" if engine == "onnxruntime" else (
-        "fp32, the same answers on every CPU; --engine torch: PyTorch bf16, 1.34x the speed with AMX"
-        if machine.has_amx_bf16() else "the fastest engine on this CPU, fp32: the same answers on every CPU")
-    return Choice("onnxruntime", "cpu", "fp32", reason)
-
-
-def torch_choice(device: str, precision: str, reason: str) -> Choice:
-    from ..errors import require_torch
-
-    require_torch(f"running on PyTorch ({reason})")  # (the light install: one line naming the extra)
-    from ..runtime import Runtime
-
-    runtime = Runtime.create(device, precision)
-    return Choice("torch", str(runtime.device), runtime.precision, reason)
-
-
-def cuda_available() -> bool:
-    if not machine.cuda_driver_present() or importlib.util.find_spec("torch") is None:
-        return False
-    import torch
-
-    return torch.cuda.is_available()
+        return ENGINES.get(engine).offer(Request(device, precision, named=True))
+    why = None
+    for candidate in sorted((e for e in ENGINES if e.rank is not None), key=lambda e: e.rank):
+        answer = candidate.offer(Request(device, precision, why=why))
+        if isinstance(answer, Choice):
+            return answer
+        why = answer
+    raise UserError(f"no inference engine runs on {device} in {precision}: {why}")
 
 
 def fallback(choice: Choice, why: str) -> Choice:
     """PyTorch in place of ONNX Runtime for a network it could not convert or run, in the same
     precision (fp32: what is cached under the choice's precision must be computed in it)."""
+    from .pytorch import torch_choice
+
     return torch_choice(choice.device, choice.precision, f"ONNX Runtime could not run it: {why}")
 
 

@@ -12,17 +12,31 @@ from ..registry import Registry
 
 
 @dataclass(frozen=True)
+class Request:
+    """What a command asks of the engines: a device and a precision ("auto" or named), whether
+    --engine named the engine asked, and why the engines `auto` asked before it declined."""
+
+    device: str = "auto"
+    precision: str = "auto"
+    named: bool = False
+    why: str | None = None
+
+
+@dataclass(frozen=True)
 class Engine:
-    """One inference engine: how it extracts features and how it runs a run folder's model."""
+    """One inference engine: whether it runs what a command asks, how it extracts features and
+    how it runs a run folder's model."""
 
     name: str
     summary: str
     features: Callable  # (network: convert.Network, choice, cache, say) -> an extractor (features.Extractor's API)
     bundle: Callable  # (run, choice, tta, threads, cache, say) -> a prediction.base.BasePredictor
-    # An engine `auto` never picks (its answers are not fp32's, or it is an optional extra): its
-    # choice when asked for by name, (device, precision) -> Choice, raising UserError where it
-    # cannot run. None: `choose`'s rule picks it (onnxruntime, torch).
-    by_name: Callable | None = None
+    # (Request) -> its `Choice` where it runs what is asked; where it does not, a `UserError` when
+    # --engine named it, else one line saying why (the reason of the engine `auto` picks next)
+    offer: Callable
+    # the order in which `auto` asks the engines; None: asked for by name only (its answers are
+    # not fp32's, or it is an optional extra)
+    rank: int | None = None
 
 
 ENGINES: Registry[Engine] = Registry("inference engine", package=__package__)

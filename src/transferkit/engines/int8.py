@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Choice, Engine, register
+from .base import Choice, Engine, Request, register
 from .convert import Converted, Network, convert, features_network, lookup, store
 from .ort import bundle, features
 
@@ -148,12 +148,14 @@ def calibration_pixels(paths: list[str], pre, count: int = CALIBRATION) -> np.nd
     return np.ascontiguousarray(np.stack(rows).transpose(0, 3, 1, 2))
 
 
-def choice(device: str, precision: str) -> Choice:
-    """The INT8 engine where it can run (a CPU, precision auto or int8); a `UserError` elsewhere."""
+def offer(request: Request) -> Choice:
+    """The INT8 engine where it can run (a CPU, precision auto or int8); a `UserError` elsewhere (it is
+    asked for by name only)."""
     import importlib.util
 
     from ..errors import UserError
 
+    device, precision = request.device, request.precision
     if device.startswith("cuda"):
         raise UserError(f"--engine {NAME} runs on the CPU: give --device cpu, or --engine torch for the GPU")
     if precision not in ("auto", "int8"):
@@ -163,6 +165,6 @@ def choice(device: str, precision: str) -> Choice:
     return Choice(NAME, "cpu", "int8", f"--engine {NAME}: INT8 features, faster, not the same answers as fp32")
 
 
-register(Engine(name=NAME, features=features, bundle=bundle, by_name=choice,
+register(Engine(name=NAME, features=features, bundle=bundle, offer=offer,
                 summary="ONNX Runtime on the CPU in INT8: the features network quantized once, calibrated on "
                         "training images, cached"))

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from ..errors import UserError
 from ..sessions.openvino import require
-from .base import Choice, Engine, register
+from .base import Choice, Engine, Request, register
 
 
-def choice(device: str, precision: str) -> Choice:
-    """`--engine openvino`: the CPU, in fp32."""
+def offer(request: Request) -> Choice:
+    """`--engine openvino`: the CPU, in fp32 (asked for by name only)."""
+    device, precision = request.device, request.precision
     if device.startswith("cuda"):
         raise UserError("--engine openvino runs on the CPU here: give --device cpu, or --engine torch for the GPU")
     if precision not in ("auto", "fp32"):
@@ -36,5 +37,5 @@ def bundle(run, choice: Choice, tta: str, threads: int, cache, say, batch_size: 
     return on_sessions(run, choice, tta, threads, cache, say, batch_size, workers)
 
 
-register(Engine(name="openvino", features=features, bundle=bundle, by_name=choice,
+register(Engine(name="openvino", features=features, bundle=bundle, offer=offer,
                 summary="OpenVINO on the CPU in fp32: ONNX Runtime's conversions, compiled by OpenVINO"))

@@ -10,7 +10,8 @@ import numpy as np
 from ..errors import MissingExtra, UserError
 from ..prediction.base import BasePredictor
 from . import fallback
-from .base import Choice, Engine, register
+from .. import machine
+from .base import Choice, Engine, Request, register
 from .convert import CHECK_IMAGES, Converted, Network, check_images, convert, features_network, lookup, session
 
 
@@ -277,5 +278,31 @@ def bundle(run: str | Path, choice: Choice, tta: str, threads: int, cache, say, 
     return predictor
 
 
-register(Engine(name="onnxruntime", features=features, bundle=bundle,
+def offer(request: Request) -> Choice | str:
+    """ONNX Runtime in fp32 on the CPU, where no CUDA GPU is asked for (or, unnamed, found), the
+    precision is not bf16 and onnxruntime is installed."""
+    import importlib.util
+
+    from .pytorch import cuda_available
+
+    def declined(why: str, named: str) -> str:
+        if request.named:
+            raise UserError(named)
+        return why
+
+    if request.device.startswith("cuda") or (request.device == "auto" and not request.named and cuda_available()):
+        return declined("a CUDA GPU: PyTorch runs on it",
+                        "--engine onnxruntime runs on the CPU: give --device cpu, or --engine torch for the GPU")
+    if request.precision == "bf16":
+        return declined("--precision bf16: ONNX Runtime has no bf16 kernels on a CPU",
+                        "--engine onnxruntime runs in fp32 on a CPU: drop --precision bf16 (or --engine torch)")
+    if importlib.util.find_spec("onnxruntime") is None:
+        return declined("onnxruntime is not installed", "--engine onnxruntime needs onnxruntime: pip install onnxruntime")
+    reason = "--engine onnxruntime" if request.named else (
+        "fp32, the same answers on every CPU; --engine torch: PyTorch bf16, 1.34x the speed with AMX"
+        if machine.has_amx_bf16() else "the fastest engine on this CPU, fp32: the same answers on every CPU")
+    return Choice("onnxruntime", "cpu", "fp32", reason)
+
+
+register(Engine(name="onnxruntime", features=features, bundle=bundle, offer=offer, rank=10,
                 summary="ONNX Runtime on the CPU in fp32: the network converted once, cached and checked"))

@@ -4,9 +4,11 @@ passes, when asked for (`--engine torch`) and where ONNX Runtime cannot run a ne
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
-from .base import Choice, Engine, register
+from .. import machine
+from .base import Choice, Engine, Request, register
 from .convert import Network
 
 
@@ -32,5 +34,32 @@ def bundle(run: str | Path, choice: Choice, tta: str, threads: int, cache, say, 
     return predictor
 
 
-register(Engine(name="torch", features=features, bundle=bundle,
+def offer(request: Request) -> Choice:
+    """PyTorch runs whatever is asked: on a CUDA GPU where there is one (or one is named), else on
+    the CPU (in bf16 where asked: ONNX Runtime has no bf16 kernels on a CPU)."""
+    if request.device.startswith("cuda") or (request.device == "auto" and cuda_available()):
+        return torch_choice(request.device, request.precision, "a CUDA GPU: PyTorch runs on it")
+    why = "--engine torch" if request.named else request.why or "PyTorch on the CPU"
+    return torch_choice("cpu", request.precision, why)
+
+
+def torch_choice(device: str, precision: str, reason: str) -> Choice:
+    from ..errors import require_torch
+
+    require_torch(f"running on PyTorch ({reason})")  # (the light install: one line naming the extra)
+    from ..runtime import Runtime
+
+    runtime = Runtime.create(device, precision)
+    return Choice("torch", str(runtime.device), runtime.precision, reason)
+
+
+def cuda_available() -> bool:
+    if not machine.cuda_driver_present() or importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+register(Engine(name="torch", features=features, bundle=bundle, offer=offer, rank=20,
                 summary="PyTorch (CPU or CUDA; bf16 where the hardware has it)"))

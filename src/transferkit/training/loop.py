@@ -36,8 +36,6 @@ from .result import FitResult
 Prepare = Callable[[torch.Tensor], torch.Tensor]
 
 
-
-
 def _unchanged(x: torch.Tensor) -> torch.Tensor:
     return x
 
