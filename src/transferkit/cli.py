@@ -358,8 +358,7 @@ def cmd_predict(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         raise UserError("no files found in the given inputs")
     if args.explain:
         _check_explain(args)
-    say = lambda message: print(printable(message, lines=False), file=sys.stderr, flush=True)  # noqa: E731 - stdout: CSV
-    predictor = _open_predictor(args, options, len(files), say, explain=bool(args.explain))
+    predictor = _open_predictor(args, options, len(files), _say, explain=bool(args.explain))
     predictor.set_reject(options.reject, options.unknown_label)
     _write_predictions(args, predictor, files, min(options.top_k, len(predictor.classes)))
     if args.output:
@@ -388,27 +387,22 @@ def _check_explain(args: argparse.Namespace) -> None:
 
 
 def _write_predictions(args: argparse.Namespace, predictor, files: list[str], top_k: int) -> None:
-    """`files`' predictions (and with --explain their heatmaps), PREDICT_CHUNK at a time, written as
-    they come (memory stays flat) as CSV or JSON to --output or stdout; a file's error a warning."""
+    """`files`' predictions (and with --explain their heatmaps) as CSV or JSON to --output or
+    stdout, written as they come (`prediction.command.write_predictions`)."""
     from .console import Console
-    from .prediction.outputs import PredictionWriter, has_ood, joiner_of
+    from .prediction.command import write_predictions
 
     kind = "json" if args.output and args.output.endswith(".json") else "csv"
     bar = Console().progress(len(files), "predict")
     with predictor, _output_stream(args.output) as stream:
-        writer = PredictionWriter(stream, kind, top_k, joiner_of(predictor), has_ood(predictor))
-        for start in range(0, len(files), PREDICT_CHUNK):
-            chunk = files[start:start + PREDICT_CHUNK]
-            if args.explain:
-                preds = _explained(predictor, chunk, top_k, args.inputs, Path(args.explain), bar)
-            else:
-                preds = predictor.predict(chunk, top_k, progress=lambda n, desc: _Part(bar))
-            for p in preds:
-                if p.error:
-                    print(printable(f"warning: {p.path}: {p.error}", lines=False), file=sys.stderr)
-            writer.write(preds)
-        writer.close()
+        write_predictions(predictor, files, top_k, stream, kind, bar, _say,
+                          Path(args.explain) if args.explain else None, args.inputs)
     bar.close()
+
+
+def _say(message: str) -> None:
+    """One line on stderr (stdout may hold the predictions' CSV), its control characters escaped."""
+    print(printable(message, lines=False), file=sys.stderr, flush=True)
 
 
 SUGGEST_COLUMNS = ("rank", "path", "guess", "probability", "uncertainty", "margin", "entropy", "ood_score", "novel",
@@ -451,11 +445,10 @@ def _predict_videos(args: argparse.Namespace, options: PredictOptions, videos: l
     """predict on videos: a row per sampled frame (CSV) or an object per video with its frames and
     segments (JSON); each video's segments said on stderr. A video that cannot be read is named in
     a warning and the others are predicted."""
-    import json
     import math
 
-    from .files import csv_table
     from .prediction import video
+    from .prediction.command import write_videos
 
     if args.explain or args.out_dir:
         raise UserError("--explain and --out-dir take images: predict videos without them")
@@ -467,34 +460,11 @@ def _predict_videos(args: argparse.Namespace, options: PredictOptions, videos: l
     if unbounded:
         raise UserError(f"{unbounded[0]} is a stream: give --duration SECONDS (how long to predict it)")
     video.require_av()  # (the extra, checked before the model loads)
-    say = lambda message: print(printable(message, lines=False), file=sys.stderr, flush=True)  # noqa: E731
-    predictor = _open_predictor(args, options, len(videos), say)
+    predictor = _open_predictor(args, options, len(videos), _say)
     top_k = min(options.top_k, len(predictor.classes))
     as_json = bool(args.output and args.output.endswith(".json"))
-    results, failed = [], 0
     with predictor, _output_stream(args.output) as stream:
-        if not as_json:
-            stream.write(csv_table(video.csv_header(top_k), []))
-        for source in videos:
-            try:
-                found = video.predict_video(predictor, source, args.every, args.duration)
-            except UserError as exc:
-                say(f"warning: {exc}")
-                failed += 1
-                continue
-            if found.warning:
-                say(f"warning: {found.warning}")
-            layout = (predictor.classes, predictor.task, args.every, top_k)
-            segments = found.segments(predictor.classes, predictor.task, args.every)
-            say(f"{source}: {len(found.times)} frames; " + (", ".join(
-                f"{s['start']:.1f}-{s['end']:.1f} s {s['label'] or '(none)'} ({s['probability']:.2f})" for s in segments)
-                or "no frame predicted"))
-            if as_json:
-                results.append(video.to_json(found, *layout))
-            else:
-                stream.write(csv_table(None, video.csv_rows(found, *layout)))
-        if as_json:
-            stream.write(json.dumps(results, indent=2, ensure_ascii=False) + "\n" if results else "[]\n")
+        failed = write_videos(predictor, videos, args.every, args.duration, top_k, stream, as_json, _say)
     if failed == len(videos):
         raise UserError(f"no video could be read ({failed} given)")
     if args.output:
@@ -529,52 +499,6 @@ def _open_predictor(args: argparse.Namespace, options: PredictOptions, count: in
     return predictor
 
 
-def _explained(predictor, files: list[str], top_k: int, inputs: list[str], out: Path, bar) -> list:
-    """Predict `files` and write each one's heatmap and overlay under `out` (`heatmaps.write`),
-    from the same pass where the model averages no views (one pass for both), else from a second."""
-    from .errors import ImageDecodeError
-    from .prediction import heatmaps
-    from .prediction.outputs import top_predictions
-
-    logits, ood, maps, errors = predictor.explain(files, progress=lambda n, desc: _Part(bar))
-    if predictor.tta == "none":
-        preds = top_predictions(files, predictor.task.probabilities(logits), errors, predictor.classes, top_k,
-                                predictor.task, ood, predictor.threshold, predictor.unknown_label)
-    else:
-        preds = predictor.predict(files, top_k)
-    written: dict[Path, str] = {}
-    for path, cam in zip(files, maps):
-        if cam is None:
-            continue
-        target = out / heatmap_name(path, inputs)
-        if target in written:
-            print(printable(f"warning: {path}: its heatmap would replace {written[target]}'s (the same name under "
-                            f"{out}); not written", lines=False), file=sys.stderr)
-            continue
-        written[target] = path
-        try:
-            image, heat = heatmaps.of_image(path, cam, predictor.sizes())
-        except ImageDecodeError as exc:
-            print(printable(f"warning: {path}: {exc.reason}", lines=False), file=sys.stderr)
-            continue
-        heatmaps.write(target, image, heat)
-    return preds
-
-
-def heatmap_name(path: str, inputs: list[str]) -> Path:
-    """Where an image's heatmap goes under --explain DIR: its path relative to the folder given
-    (a file given: its name); with several inputs, under the name of the one it came from."""
-    p = Path(path).expanduser().absolute()
-    for item in inputs:
-        root = Path(item).expanduser().absolute()
-        if root.is_dir() and root in p.parents:
-            rel = p.relative_to(root)
-            return rel if len(inputs) == 1 else Path(root.name or "root") / rel
-        if root == p:
-            return Path(p.name)
-    return Path(p.name)
-
-
 def _predict_to_folder(args: argparse.Namespace, options: PredictOptions) -> int:
     """predict --out-dir: chunked, resumable, shared out over a torchrun group (prediction.batch)."""
     from .distributed import joined
@@ -586,42 +510,25 @@ def _predict_to_folder(args: argparse.Namespace, options: PredictOptions) -> int
     out = Path(args.out_dir).expanduser().absolute()
     claim_out_dir(out, args.inputs)  # before the model loads: one line, nothing written
     refuse_inside(out, _run_data(args.run), "--out-dir")
-    say = lambda message: print(printable(message, lines=False), file=sys.stderr, flush=True)  # noqa: E731
     with joined(options.device) as group:
         from . import api
 
         predictor = api.open_predictor(args.run, group.device(options.device), options.precision, options.tta,
-                                       options.engine, images=args.chunk_size, say=say if group.primary else None)
+                                       options.engine, images=args.chunk_size, say=_say if group.primary else None)
         if group.primary and not _exported(args.run):
-            say(f"engine: {predictor.engine.line()}")
+            _say(f"engine: {predictor.engine.line()}")
         predictor.set_reject(options.reject, options.unknown_label)
         top_k = min(options.top_k, len(predictor.classes))
         identity = {"model": str(Path(args.run).expanduser().absolute()), "tta": options.tta,
                     "reject": options.reject, "unknown_label": options.unknown_label}
         with predictor:
             manifest = predict_to_folder(predictor, args.inputs, args.files_from, Path(args.out_dir), args.chunk_size,
-                                         top_k, group, args.merge, identity, say)
+                                         top_k, group, args.merge, identity, _say)
         if group.primary:
             print(f"{manifest['files']} predictions in {len(manifest['chunks'])} chunk(s) in {args.out_dir} "
                   f"({manifest['errors']} unusable file(s); {manifest['resumed_chunks']} chunk(s) already there)"
                   + (f"; merged: {Path(args.out_dir) / 'predictions.csv'}" if args.merge else ""))
     return 0
-
-
-PREDICT_CHUNK = 4096  # images predicted, then written, at a time
-
-
-class _Part:
-    """One chunk's view of the whole command's progress bar."""
-
-    def __init__(self, bar):
-        self.bar = bar
-
-    def update(self, n: int = 1) -> None:
-        self.bar.update(n)
-
-    def close(self) -> None:
-        pass
 
 
 @contextlib.contextmanager
