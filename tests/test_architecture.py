@@ -314,11 +314,13 @@ def _module_files() -> dict[str, Path]:
     return files
 
 
-def _import_graph() -> tuple[dict[str, dict[str, int]], list[tuple[str, str, int]]]:
+def _import_graph() -> tuple[dict[str, dict[str, int]], list[tuple[str, str, int]], list[tuple[str, str, int]]]:
     """{module: {transferkit module it imports: line}}, counting imports at any depth (inside
-    functions too, not those under `if TYPE_CHECKING:`), and the private names imported from
-    another package (module, name, line): `from pkg.mod import _name` or a library's private module.
-    An import names the module it loads (`from .a import b` names a.b where b is a module, else a)."""
+    functions too, not those under `if TYPE_CHECKING:`), the private names imported from another
+    package (module, name, line): `from pkg.mod import _name` or a library's private module, and
+    the imports of a transferkit module that does not exist (module, name, line): a relative
+    import inside a function is seen by no linter. An import names the module it loads (`from .a
+    import b` names a.b where b is a module, else a)."""
     import ast
 
     files = _module_files()
@@ -328,7 +330,7 @@ def _import_graph() -> tuple[dict[str, dict[str, int]], list[tuple[str, str, int
             name = name.rpartition(".")[0]
         return name
 
-    graph, private = {}, []
+    graph, private, missing = {}, [], []
     for name, f in files.items():
         tree = ast.parse(f.read_text())
         skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
@@ -345,6 +347,8 @@ def _import_graph() -> tuple[dict[str, dict[str, int]], list[tuple[str, str, int
                     if any(part.startswith("_") for part in module.split(".")[1:]):
                         private.append((name, module, node.lineno))
                     continue
+                if module not in files:
+                    missing.append((name, module, node.lineno))
                 for alias in node.names:
                     target = f"{module}.{alias.name}" if f"{module}.{alias.name}" in files else known(module)
                     edges.setdefault(target, node.lineno)
@@ -354,11 +358,13 @@ def _import_graph() -> tuple[dict[str, dict[str, int]], list[tuple[str, str, int
             elif isinstance(node, ast.Import):
                 for alias in node.names:
                     if alias.name.startswith("transferkit"):
+                        if alias.name not in files:
+                            missing.append((name, alias.name, node.lineno))
                         edges.setdefault(known(alias.name), node.lineno)
                     elif any(part.startswith("_") for part in alias.name.split(".")[1:]):
                         private.append((name, alias.name, node.lineno))
         edges.pop(name, None)
-    return graph, private
+    return graph, private, missing
 
 
 def _circle(graph: dict[str, dict]) -> list[str] | None:
@@ -387,7 +393,7 @@ def _circle(graph: dict[str, dict]) -> list[str] | None:
 def test_no_module_imports_itself_through_others():
     """No circle in the import graph, imports inside functions counted: a module that needs one
     names a layer that is not there yet (move the shared piece down, or the user up)."""
-    graph, _ = _import_graph()
+    graph, _, _ = _import_graph()
     circle = _circle(graph)
     assert circle is None, "import circle: " + " -> ".join(
         f"{a} (line {graph[a][b]})" for a, b in zip(circle, circle[1:])) + f" -> {circle[-1]}"
@@ -408,7 +414,7 @@ def _leaves(graph: dict[str, dict]) -> set[str]:
 def test_packages_are_layered():
     """No package imports one that imports it back (cache <-> data, engines <-> prediction were
     such tangles), counting every import but those of a leaf: the packages stack as layers."""
-    graph, _ = _import_graph()
+    graph, _, _ = _import_graph()
     assert all(set(graph[m]) <= FOUNDATION for m in FOUNDATION), {m: graph[m] for m in FOUNDATION}
     leaves = _leaves(graph)
     packages: dict[str, dict[str, str]] = {}
@@ -426,21 +432,28 @@ def test_config_is_the_bottom_layer():
     """`config` declares and checks options: it imports only leaves (the registries' declarations
     for the names an option may take). Resolving options against the strategies is
     `training.options`'s; reading the formats, the exporter's."""
-    graph, _ = _import_graph()
+    graph, _, _ = _import_graph()
     assert set(graph["transferkit.config"]) <= _leaves(graph), set(graph["transferkit.config"]) - _leaves(graph)
+
+
+def test_every_import_names_a_module_that_exists():
+    """Inside functions too, where an import runs only when the function does (a module moved one
+    level down keeps its relative imports' dots: the test, not the user, finds them)."""
+    _, _, missing = _import_graph()
+    assert not missing, "\n".join(f"{m} line {line} imports {what}, which does not exist" for m, what, line in missing)
 
 
 def test_no_private_name_is_imported_from_another_package():
     """A name with a leading underscore stays inside its package (and a library's private modules
     are not ours to import): what another package needs is public, with a docstring."""
-    _, private = _import_graph()
+    _, private, _ = _import_graph()
     assert not private, "\n".join(f"{m} line {line} imports {what}" for m, what, line in private)
 
 
 def test_the_helper_processes_import_only_what_they_run():
     """The helper process imports no other part of transferkit but the task (`task.py`: NumPy
     alone, itself importing nothing of transferkit); the doctor does not import training."""
-    graph, _ = _import_graph()
+    graph, _, _ = _import_graph()
     assert not graph["transferkit.worker"]
     assert set(graph["transferkit.folds"]) | set(graph["transferkit.logistic"]) <= {"transferkit.task"}
     assert not graph["transferkit.task"]

@@ -74,7 +74,7 @@ def test_the_head_is_chosen_by_log_loss_over_repeated_folds_on_small_sets():
 def test_only_candidates_the_first_draw_leaves_in_contention_get_more_draws():
     """A candidate whose log loss is worse on every fold of the first draw (paired, beyond
     CLEARLY_WORSE standard errors) is not drawn again; one within the folds' noise is."""
-    from transferkit.training.heads import _contenders
+    from transferkit.training.heads.select import _contenders
 
     good = np.array([[0.30, 0.9], [0.35, 0.9], [0.28, 0.9], [0.33, 0.9], [0.31, 0.9]])
     found = {("last", "feature"): {0.1: good},
@@ -105,7 +105,8 @@ def test_the_folds_problem_is_each_folds_own_problem_summed():
 
 def test_cross_validation_in_the_span_of_the_training_rows_is_exact():
     """Fewer rows than features: the fit in the training rows' span predicts exactly as the full one."""
-    from transferkit.training.heads import Logistic, _in_span
+    from transferkit.logistic import Logistic
+    from transferkit.training.heads.select import _in_span
 
     x, y = _blobs(3, 3, 6, dim=40)
     z, ze = x[:12].double().numpy(), x[12:].double().numpy()

@@ -1,116 +1,20 @@
-"""Heads on cached features: the logistic regression (scipy's L-BFGS on scikit-learn's
-objective) with its settings chosen by cross-validation (`select_head`), and the epoch-trained head."""
+"""The logistic-regression head's settings chosen by cross-validation on the training images' cached
+features (`select_head`): the feature set, the scaling and the weight decay, every candidate's
+numbers kept (`HeadChoice`); near-identical images kept in one fold, a sample beyond `cv_images`."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from ..config import TrainConfig
-from ..evaluation.metrics import EpochStats
-from ..folds import group_folds, max_folds, similar_groups, stratified_sample
-from ..logistic import (STD_FLOOR_PERCENTILE, Folds, Logistic, ShardedLogistic, problem_for, scale,  # noqa: F401
-                        sharded_standardizer, standardizer)
-from ..task import choose_thresholds, fit_temperature, log_loss, sigmoid, strata_of
-from ..features.dataset import labels_of
-from .result import FitResult, LinearHead
-
-
-def fit_head(cfg: TrainConfig, num_classes: int, x_train, y_train, x_val, y_val, progress=None,
-             checkpoint: Path | None = None, resume: dict | None = None) -> tuple[FitResult, LinearHead]:
-    """Dropout + linear head (zero init) trained on features (NumPy arrays) in fp32 for
-    `cfg.epochs`; the best epoch is kept. `checkpoint` / `resume`: as in `loop.fit`."""
-    import torch
-    from torch import nn
-    from torch.utils.data import DataLoader, TensorDataset
-
-    from ..data.datasets import train_loader
-    from ..runtime import Runtime
-    from . import loop, subscribers
-    from .losses import classification_loss
-
-    x_train, y_train, x_val, y_val = (torch.from_numpy(np.ascontiguousarray(a)) for a in (x_train, y_train, x_val, y_val))
-    progress = progress or _no_progress
-    torch.manual_seed(cfg.seed)
-    linear = nn.Linear(x_train.shape[1], num_classes)
-    nn.init.zeros_(linear.weight)
-    nn.init.zeros_(linear.bias)
-    head = nn.Sequential(nn.Dropout(cfg.dropout), linear)
-    strata = torch.from_numpy(strata_of(y_train.numpy()))  # (multi-label: what the class-balanced sampler draws by)
-    loader = train_loader(TensorDataset(x_train, y_train), strata, cfg.batch_size, cfg.seed, balanced=cfg.balanced_sampler)
-    val_loader = DataLoader(TensorDataset(x_val, y_val), batch_size=1024)
-    optimizer = loop.make_optimizer(cfg.optimizer, [{"params": head.parameters()}], cfg.lr, cfg.weight_decay)
-    steps = cfg.epochs * len(loader)
-    scheduler = loop.make_scheduler(cfg.schedule, optimizer, steps, int(cfg.warmup_epochs * len(loader)))
-    bar = progress(cfg.epochs, "head")
-    step = loop.Step(head, optimizer, scheduler, classification_loss(cfg, y_train, num_classes),
-                     Runtime(torch.device("cpu"), torch.float32))
-    follow = [subscribers.Checkpointing(checkpoint)] if checkpoint is not None else []
-    result, best = loop.fit(step, loader, val_loader, cfg.epochs,
-                            [*follow, subscribers.EpochEnd(lambda s: _tick(bar, s)), subscribers.EarlyStop(cfg.patience)],
-                            resume=resume)
-    bar.close()
-    head.load_state_dict(best)
-    return result, LinearHead.of(linear)
-
-
-def fit_logistic(cfg: TrainConfig, num_classes: int, x_train, y_train, x_val, y_val,
-                 progress=None, scaling: str = "feature", group=None) -> tuple[FitResult, LinearHead]:
-    """Multinomial logistic regression, fitted full-batch by scipy's L-BFGS-B (float64) on
-    standardized features (`scaling`: see `standardizer`), folded back into one `LinearHead` on
-    the raw features. The objective is scikit-learn's LogisticRegression's (tested to give its
-    probabilities): the mean cross-entropy plus weight_decay / 2 * |W|^2, the bias unpenalized,
-    i.e. C = 1 / (weight_decay * n); with two classes one logit, as there. --class-weights auto
-    and --balanced-sampler weigh each class by inverse frequency (class_weight="balanced").
-    Convex: the converged model is kept, nothing is selected on the val set. The history records
-    the losses every LBFGS_STEP iterations. Not scikit-learn itself: importing it costs 0.7 s,
-    scipy.optimize 0.4 s (a torch optimizer imports torch._dynamo: 1.1 s).
-    `group` (sharded features, #31): every rank gives its rows and the fit is data-parallel
-    (`logistic.ShardedLogistic`, `sharded_standardizer`): every rank ends with the same head."""
-    progress = progress or _no_progress
-    xt, yt = np.asarray(x_train, dtype=np.float64), np.asarray(y_train)
-    xv, yv = np.asarray(x_val, dtype=np.float64), np.asarray(y_val)
-    balanced = cfg.class_weights == "auto" or cfg.balanced_sampler
-    if group is not None:
-        mean, std = sharded_standardizer(xt, scaling, group.sum)
-        problem = ShardedLogistic((xt - mean) / std, yt, num_classes, cfg.weight_decay, balanced, group.sum)
-    else:
-        mean, std = standardizer(xt, scaling)
-        problem = problem_for(yt)((xt - mean) / std, yt, num_classes, cfg.weight_decay, balanced)
-    zv = (xv - mean) / std
-    theta = problem.start()
-    result, start, done = FitResult(unit="iteration"), time.perf_counter(), 0
-    bar = progress(LBFGS_MAX_ITER, "head (L-BFGS)")
-    while done < LBFGS_MAX_ITER:
-        theta, iters = problem.fit(theta, LBFGS_STEP, LBFGS_GTOL)
-        if iters == 0 and result.history:  # converged exactly at the end of the last chunk: no new row
-            break
-        done += iters
-        seconds = time.perf_counter() - start
-        row = EpochStats(done, *problem.stats(problem.z, yt, theta), *problem.stats(zv, yv, theta), 0.0,
-                                seconds, seconds)
-        result.history.append(row)
-        _tick(bar, row, iters)
-        if iters < LBFGS_STEP:  # converged
-            break
-    bar.close()
-    result.best_epoch, result.best_val_acc = done, result.history[-1].val_acc
-    coef, intercept = problem.coefficients(theta)
-    coef = coef / std  # (k, d), on raw features
-    intercept = intercept - coef @ mean
-    return result, LinearHead(coef.astype(np.float32), intercept.astype(np.float32))
+from ...folds import group_folds, max_folds, similar_groups, stratified_sample
+from ...logistic import Folds, sharded_standardizer, standardizer
+from ...task import strata_of
 
 
 SCALINGS = ("feature", "global")
-
-
-# L-BFGS runs in chunks of LBFGS_STEP iterations (one row of the history each), at most LBFGS_MAX_ITER.
-LBFGS_STEP, LBFGS_MAX_ITER = 10, 1000
-LBFGS_GTOL = 1e-5  # on the largest gradient component (scikit-learn's default tol: 1e-4)
 
 # The head's L2 penalties (on the mean loss over standardized features) that cross-validation
 # tries, strongest first: each fit starts from the previous one's solution (a regularization path).
@@ -147,8 +51,6 @@ def _few(images: int, classes: int) -> bool:
 # 0.8840 against 0.8830, in 0.7 s instead of 4.3 s; the CV accuracy of a smaller sample reads
 # lower (each fold's head learns from fewer images).
 CV_SAMPLE_IMAGES, CV_SAMPLE_PER_CLASS, CV_SAMPLE_MOST = 1000, 40, 4000
-# The out-of-fold logits (the temperature, multi-label thresholds) come from at most this many.
-OUT_OF_FOLD_MAX_IMAGES = 4000
 
 
 def cv_images(num_classes: int) -> int:
@@ -354,7 +256,7 @@ def _in_threads(fn, items: list) -> list:
     NumPy's products release the GIL, so two cores fit two candidates at once."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from ..machine import usable_cores
+    from ...machine import usable_cores
 
     workers = min(usable_cores(), len(items))
     if workers < 2:
@@ -430,7 +332,7 @@ def sharded_similar_groups(x: np.ndarray, here: np.ndarray, n: int, group) -> np
     each rank's rows go round the group in turn (one rank's at a time: no process holds them
     all), each rank finds its rows' pairs with them, and the pairs (small) are shared. Each pair
     is found once, by the rank holding its lower row."""
-    from ..folds import SAME_SCENE, components, unit_rows
+    from ...folds import SAME_SCENE, components, unit_rows
 
     z = unit_rows(x)
     pairs = []
@@ -472,268 +374,3 @@ def _in_span(zt: np.ndarray, ze: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     basis = zt[pivots[:rank]].astype(np.float64)  # = L[:rank] Q
     held = solve_triangular(low[:rank], (ze.astype(np.float64) @ basis.T).T, lower=True).T
     return coordinates.astype(zt.dtype), held.astype(zt.dtype)
-
-
-def head_thresholds(cfg: TrainConfig, f, choice: HeadChoice) -> np.ndarray:
-    """Multi-label: each class's decision threshold, F1-optimal on out-of-fold probabilities of
-    the training images (`task.choose_thresholds`, `out_of_fold`)."""
-    found = out_of_fold(cfg, f, choice)
-    if found is None:
-        return choose_thresholds(np.zeros((0, len(f.split.classes))), np.zeros((0, len(f.split.classes))))
-    y, logits = found
-    return choose_thresholds(y, sigmoid(logits))
-
-
-def head_temperature(cfg: TrainConfig, f, choice: HeadChoice) -> float | None:
-    """Single-label: the temperature that calibrates the head (`task.fit_temperature` on its
-    out-of-fold logits of the training images, `out_of_fold`: never the val images that then
-    report the calibration); None (no temperature) where there are too few images for folds, or
-    where it lowers the out-of-fold log loss by less than TEMPERATURE_MIN_GAIN (the head, chosen
-    by that log loss, is calibrated already, and so small a change is within the folds' noise:
-    measured, hymenoptera T 0.96, flowers T 0.95, val ECE moving by +-0.01 either way), or where
-    it would sharpen (T < 1): fold models fitted on less data than the kept head are less sure
-    than it, so sharpening them would make the head more confident than its folds justify (on
-    separable data the fit runs to the range's end)."""
-    found = out_of_fold(cfg, f, choice)
-    if found is None:
-        return None
-    y, logits = found
-    temperature = fit_temperature(y, logits)
-    before, after = log_loss(y, logits, 1.0), log_loss(y, logits, temperature)
-    return temperature if temperature > 1 and before - after >= TEMPERATURE_MIN_GAIN * before else None
-
-
-TEMPERATURE_MIN_GAIN = 0.02  # the share of the out-of-fold log loss a temperature must save to be kept
-
-
-def out_of_fold(cfg: TrainConfig, f, choice: HeadChoice) -> tuple[np.ndarray, np.ndarray] | None:
-    """(targets, logits) of the training images, each image's logits from the chosen head's
-    settings fitted in `choice.folds` folds without it (near-identical images kept in one fold,
-    as cross-validation keeps them; at most OUT_OF_FOLD_MAX_IMAGES images, a stratified sample); None
-    where the images allow no folds. Memoized on `f` (auto, linear and LP-FT's probe ask), and
-    kept in the feature cache under a digest of what it saw (a warm run reads the logits)."""
-    balanced = cfg.class_weights == "auto" or cfg.balanced_sampler
-    key = ("out_of_fold", OUT_OF_FOLD_VERSION, choice.features, choice.scaling, choice.weight_decay, cfg.seed, balanced)
-    if key in f.memo:
-        return f.memo[key]
-    n, k = f.num_images, len(f.split.classes)
-    x, y = f.x_train[:n, :f.widths[choice.features]], np.asarray(f.y_train[:n])
-    strata = strata_of(y)
-    if len(y) > OUT_OF_FOLD_MAX_IMAGES:
-        sample = stratified_sample(strata, OUT_OF_FOLD_MAX_IMAGES, cfg.seed)
-        x, y, strata = x[sample], y[sample], strata[sample]
-    digest = _choice_key(f, key) if f.store is not None and not f.sharded else None
-    stored = f.store.get(digest, "oof") if digest is not None else None
-    if stored is not None and stored.shape == (len(y), k):
-        f.memo[key] = (y, stored.astype(np.float64))
-        return f.memo[key]
-    groups = similar_groups(x[:, :f.widths["last"]]) if len(y) else None
-    folds = max_folds(strata, groups, CV_MAX_FOLDS)
-    if groups is not None and folds < 2:
-        groups, folds = None, max_folds(strata, None, CV_MAX_FOLDS)
-    found = None
-    if folds >= 2:
-        fold_of = group_folds(strata, groups, folds, cfg.seed)
-        logits = np.zeros((len(y), k))
-        xs = np.asarray(x, dtype=np.float32)
-        for fold in range(folds):
-            tr, te = fold_of != fold, fold_of == fold
-            mean, std = standardizer(xs[tr], choice.scaling)
-            zt, ze = _in_span((xs[tr] - mean) / std, (xs[te] - mean) / std)
-            problem = problem_for(y)(zt, y[tr], k, choice.weight_decay, balanced)
-            theta, _ = problem.fit(problem.start(), LBFGS_MAX_ITER, gtol=1e-5)
-            logits[te] = problem.logits(ze, theta).astype(np.float64)
-        logits = logits.astype(np.float32).astype(np.float64)  # (as the cache keeps them: cold and warm alike)
-        found = (y, logits)
-        if digest is not None:
-            f.store.put(digest, "oof", logits.astype(np.float32))
-            f.store.flush()
-    f.memo[key] = found
-    return found
-
-
-OUT_OF_FOLD_VERSION = 1  # the out-of-fold logits kept in the feature cache (a change of how they are made: +1)
-
-
-def train_head(cfg: TrainConfig, num_classes: int, x_train, y_train, x_val, y_val, progress=None,
-               checkpoint: Path | None = None, resume: dict | None = None) -> tuple[FitResult, LinearHead]:
-    """The head on cached features: logistic regression (--optimizer lbfgs, linear's default) or
-    epochs of a first-order optimizer."""
-    if cfg.optimizer == "lbfgs":
-        return fit_logistic(cfg, num_classes, x_train, y_train, x_val, y_val, progress)
-    return fit_head(cfg, num_classes, x_train, y_train, x_val, y_val, progress, checkpoint, resume)
-
-
-def fit_best_head(cfg: TrainConfig, f, progress=None, checkpoint: Path | None = None,
-                  resume: dict | None = None) -> tuple[FitResult, LinearHead, HeadChoice]:
-    """The head on the cached features `f` (`context.Features`), as linear and LP-FT's probe fit
-    it. The logistic regression (--optimizer lbfgs): the feature set (--features auto: last or
-    multi), the scaling and the weight decay (unless given) chosen by `select_head` on the
-    training images, then fitted on all training rows. An epoch-trained head: on the last layer's
-    features unless --features multi (`checkpoint` / `resume`: as in `loop.fit`). The head reads the first `widths[choice.features]` columns."""
-    if cfg.optimizer != "lbfgs":
-        name = "multi" if cfg.features == "multi" and "multi" in f.widths else "last"
-        choice = HeadChoice(name, "feature", cfg.weight_decay, None, 0, 0.0)
-        result, linear = fit_head(cfg, len(f.split.classes), f.x_train[:, :f.widths[name]], f.y_train,
-                                  f.x_val[:, :f.widths[name]], f.y_val, progress, checkpoint, resume)
-        return result, linear, choice
-    choice = head_choice(cfg, f)
-    w = f.widths[choice.features]
-    fit_cfg = dataclasses.replace(cfg, weight_decay=choice.weight_decay)
-    args = (len(f.split.classes), f.x_train[:, :w], f.y_train, f.x_val[:, :w], f.y_val)
-    key = _fit_key(fit_cfg, choice, f, *args) if f.store is not None else None
-    stored = _stored_fit(f.store, key) if key is not None else None
-    if f.sharded:  # each rank reads its own cache: the fit is read only where every rank has it
-        stored = stored if all(f.group.all_gather(stored is not None)) else None
-    if stored is not None:
-        return *stored, choice
-    result, linear = fit_logistic(fit_cfg, *args, progress, choice.scaling, f.group if f.sharded else None)
-    if key is not None and (not f.sharded or f.group.writes_cache):  # (sharded: one rank per node)
-        _store_fit(f.store, key, result, linear)
-    return result, linear, choice
-
-
-# The fitted logistic head is kept in the feature cache too, under a digest of what it was fitted
-# on (every feature row, the labels, the val rows its history measured, the settings): the fit is
-# deterministic, so a warm run on the same images reads it instead of refitting (16,000 images:
-# 100 s of L-BFGS).
-HEAD_FIT_VERSION = 1
-
-
-def _fit_key(cfg: TrainConfig, choice: HeadChoice, f, num_classes: int, *arrays: np.ndarray) -> str:
-    import hashlib
-
-    ident = (HEAD_FIT_VERSION, num_classes, choice.scaling, cfg.weight_decay, cfg.class_weights, cfg.balanced_sampler,
-             LBFGS_STEP, LBFGS_MAX_ITER, LBFGS_GTOL)
-    h = hashlib.sha256(repr(ident).encode())
-    for a in arrays:
-        h.update(repr(tuple(a.shape)).encode())
-        h.update(np.ascontiguousarray(a).tobytes())
-    return _over_group(f, h.hexdigest())
-
-
-def _over_group(f, digest: str) -> str:
-    """A digest of what this rank holds made a digest of what the group holds (sharded: every
-    rank's in rank order, the same on every rank, and another than one process's)."""
-    if not f.sharded:
-        return digest
-    import hashlib
-
-    return hashlib.sha256(repr(("sharded", f.group.all_gather(digest))).encode()).hexdigest()
-
-
-def _stored_fit(store, key: str) -> tuple[FitResult, LinearHead] | None:
-    import json
-
-    params, meta = store.get(key, "fitp"), store.get(key, "fith")
-    if params is None or meta is None:
-        return None
-    try:
-        d = json.loads(meta.tobytes().decode())
-        result = FitResult([EpochStats(**h) for h in d["history"]], d["best_epoch"], d["best_val_acc"],
-                           unit="iteration")
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        return None
-    return result, LinearHead(np.ascontiguousarray(params[:, :-1], dtype=np.float32),
-                              np.ascontiguousarray(params[:, -1], dtype=np.float32))
-
-
-def _store_fit(store, key: str, result: FitResult, linear: LinearHead) -> None:
-    import json
-
-    meta = {"history": [dataclasses.asdict(h) for h in result.history], "best_epoch": result.best_epoch,
-            "best_val_acc": result.best_val_acc}
-    params = np.concatenate([linear.weight, linear.bias[:, None]], 1).astype(np.float32)
-    store.put(key, "fitp", params)
-    store.put(key, "fith", np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
-    store.flush()
-
-
-def head_choice(cfg: TrainConfig, f) -> HeadChoice:
-    """`select_head` on the training images of `f` for the options `cfg`, computed once per run
-    (memoized on `f`: auto, linear and LP-FT's probe ask for the same)."""
-    widths = _wanted_widths(cfg, f)
-    n, balanced = f.num_images, cfg.class_weights == "auto" or cfg.balanced_sampler
-    key = ("select_head", tuple(widths.items()), cfg.seed, cfg.weight_decay, balanced)
-    if key not in f.memo:
-        stored = _stored_choice(f, key)
-        if f.sharded:  # each rank reads its own cache: the primary's record, if every rank has one
-            stored = f.group.broadcast(stored) if all(f.group.all_gather(stored is not None)) else None
-        shards = Shards(f.group, f.train_index, labels_of(f.split.train)) if f.sharded else None
-        f.memo[key] = stored or select_head(
-            f.x_train[:n], f.y_train[:n], len(f.split.classes), widths, cfg.seed, cfg.weight_decay, balanced,
-            f.widths["last"], shards)
-        _store_choice(f, key, f.memo[key])
-    return f.memo[key]
-
-
-# The cross-validation's result is kept in the feature cache under a digest of exactly what it
-# saw (the features, labels, options and this version), so a warm run with the same images does
-# not cross-validate again.
-# 3: folds keep near-identical images together; 4: chosen by log loss, repeated folds; 5: all folds as
-# one problem standardized with all rows' statistics, further draws for the contenders only (#41)
-# 6: a sample of `cv_images` (1,000 for up to 25 classes) instead of 4,000 (#41)
-HEAD_CHOICE_VERSION = 6
-
-
-def _choice_key(f, key: tuple) -> str:
-    import hashlib
-
-    n = f.num_images
-    h = hashlib.sha256(repr((HEAD_CHOICE_VERSION, key)).encode())
-    h.update(np.ascontiguousarray(f.x_train[:n]).tobytes())
-    h.update(np.ascontiguousarray(f.y_train[:n]).tobytes())
-    return _over_group(f, h.hexdigest())
-
-
-def _stored_choice(f, key: tuple) -> HeadChoice | None:
-    import json
-
-    if f.store is None:
-        return None
-    data = f.store.get(_choice_key(f, key), "head")
-    if data is None:
-        return None
-    try:
-        d = json.loads(data.tobytes().decode())
-        return HeadChoice(d["features"], d["scaling"], float(d["weight_decay"]), d["cv_accuracy"], int(d["folds"]),
-                          0.0, d["candidates"], cached=True, images=d.get("cv_images"), groups=d.get("cv_groups"),
-                          grouped_images=d.get("cv_grouped_images", 0), repeats=d.get("cv_repeats", 1))
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        return None
-
-
-def _store_choice(f, key: tuple, choice: HeadChoice) -> None:
-    import json
-
-    if f.store is None or choice.cached or choice.cv_accuracy is None:
-        return
-    digest = _choice_key(f, key)  # (sharded: a collective, so every rank computes it)
-    if not f.sharded or f.group.writes_cache:  # one rank per node writes
-        f.store.put(digest, "head", np.frombuffer(json.dumps(choice.to_dict()).encode(), dtype=np.uint8))
-        f.store.flush()
-
-
-def _wanted_widths(cfg: TrainConfig, f) -> dict[str, int]:
-    wanted = cfg.features or "auto"
-    return {wanted: f.widths[wanted]} if wanted != "auto" and wanted in f.widths else dict(f.widths)
-
-
-def _tick(bar, stats: EpochStats, n: int = 1) -> None:
-    bar.update(n)
-    bar.set_postfix(loss=f"{stats.train_loss:.3f}", val_acc=f"{stats.val_acc:.3f}")
-
-
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def set_postfix(self, **kw) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _no_progress(total: int, desc: str) -> _NoBar:
-    return _NoBar()
