@@ -7,12 +7,12 @@ import html
 from pathlib import Path
 from typing import Callable
 
-from ..evaluation.page import thumb_uri
-
 SHOWN = 60  # items per section with thumbnails (all of them are in doctor.json)
 
 
 def figure(who: dict, note: str = "") -> str:
+    from ..evaluation.page import thumb_uri  # (the page's alone: the analysis, which imports the kinds, needs none)
+
     uri = thumb_uri(who["path"])
     img = f'<img src="{uri}" alt="{html.escape(Path(who["path"]).name)}">' if uri else "(unreadable)"
     caption = html.escape(f"{who['label']} / {who['split']}: {Path(who['path']).name}") + (
